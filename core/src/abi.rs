@@ -1,0 +1,341 @@
+//! The ABI-stable plugin boundary.
+//!
+//! Every latflow plugin is a `cdylib` exporting one [`PluginModRef`] root module (abi_stable
+//! checks its layout and [`PluginModRef::VERSION_STRINGS`] when the host loads it, before any
+//! plugin code runs). A theory plugin's constructor turns the run card's `[theory]` section
+//! (as JSON) into a [`TheoryBox`]: an opaque trait object whose methods take and return plain
+//! data — flat `f64` buffers laid out as the theory's [`FieldLayout`] says, `#[repr(C)]`
+//! structs, and [`PluginError`]s. Calls are coarse: one per batch or per trajectory.
+//!
+//! Rules for plugin authors (see the README's plugin guide):
+//! * wrap every entry point in [`guard`], so that a panic becomes an error instead of aborting
+//!   the host;
+//! * new trait methods and root-module fields go *after* the `last_prefix_field`, and every
+//!   in-tree plugin is rebuilt when `latflow-core` changes.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, RResult, RSlice, RSliceMut, RStr, RString, RVec};
+use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::layout::FieldLayout;
+use crate::rng::RngState;
+
+/// What kind of failure a plugin reports.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The configuration (run-card section) is invalid.
+    Config,
+    /// A buffer has the wrong length for the layout.
+    Shape,
+    /// A non-finite number appeared (NaN/inf in an input or a result).
+    Numerical,
+    /// The operation or parameter does not exist for this plugin.
+    Unsupported,
+    /// The plugin panicked; the panic was caught inside the plugin.
+    Panic,
+    /// Anything else.
+    Internal,
+}
+
+/// An error returned across the boundary. The host adds the plugin's name and the call.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct PluginError {
+    pub kind: ErrorKind,
+    pub message: RString,
+}
+
+impl PluginError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: RString::from(message.into()) }
+    }
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+    pub fn shape(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Shape, message)
+    }
+    pub fn numerical(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Numerical, message)
+    }
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unsupported, message)
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            ErrorKind::Config => "invalid configuration",
+            ErrorKind::Shape => "buffer size mismatch",
+            ErrorKind::Numerical => "non-finite number",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Panic => "plugin panicked",
+            ErrorKind::Internal => "internal error",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// Runs a plugin entry point, turning a panic into [`ErrorKind::Panic`]. A panic that crossed
+/// the FFI boundary would abort the host, so every exported function body goes through here.
+pub fn guard<T>(call: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.into(),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".into());
+            RResult::RErr(PluginError::new(ErrorKind::Panic, format!("panic in `{call}`: {msg}")))
+        }
+    }
+}
+
+/// Parses a plugin's configuration (the run card's section as JSON), with errors that name the
+/// offending key path (for example `m2: invalid type: string "x", expected f64`, or
+/// `unknown field `lamda`, expected one of ...`). Use `#[serde(deny_unknown_fields)]`.
+pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            PluginError::config(e.inner().to_string())
+        } else {
+            PluginError::config(format!("{path}: {}", e.inner()))
+        }
+    })
+}
+
+/// Which kind of plugin a library is.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PluginKind {
+    Theory,
+    Model,
+}
+
+/// Static facts about a plugin, for `latflow plugins` and provenance.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Short name used in run cards (`plugin = "phi4"`).
+    pub name: RString,
+    /// The plugin's own version.
+    pub version: RString,
+    pub kind: PluginKind,
+    /// One line.
+    pub description: RString,
+    /// What the plugin provides: configuration keys, observables, parameters (one item each).
+    pub provides: RVec<RString>,
+}
+
+/// One observable: a scalar (`len == 1`) or a vector (e.g. a correlator over time).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct ObservableSpec {
+    pub name: RString,
+    pub len: u64,
+    /// Definition and units, one line.
+    pub description: RString,
+}
+
+/// Integrator choice for HMC.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IntegratorKind {
+    Leapfrog,
+    Omelyan2,
+    Omelyan4,
+}
+
+/// HMC parameters, as plain data.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct HmcParams {
+    /// Trajectory length τ in MD time units.
+    pub trajectory_length: f64,
+    /// Steps of the outermost time scale.
+    pub md_steps: u32,
+    pub integrator: IntegratorKind,
+    /// λ of the Omelyan-2 scheme (ignored otherwise).
+    pub omelyan_lambda: f64,
+    /// Sub-steps of each inner time-scale level per outer drift (empty: one level).
+    pub inner_steps: RVec<u32>,
+    /// The Metropolis test at the end of the trajectory. `false` only when a card says so.
+    pub accept_reject: bool,
+}
+
+/// Outcome of one HMC trajectory.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
+pub struct TrajectoryRecord {
+    pub accepted: bool,
+    /// H(end) − H(start); +∞ when the MD diverged.
+    pub delta_h: f64,
+    /// The action of the configuration after the accept step.
+    pub action: f64,
+}
+
+/// How to initialise a configuration.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// Ordered: φ = 0, U = 1.
+    Cold,
+    /// Random.
+    Hot,
+}
+
+/// Actions and their Euclidean gradients for a batch.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct ActionGrad {
+    /// S per configuration.
+    pub actions: RVec<f64>,
+    /// ∂S/∂x_k for every real coordinate k of every configuration (same layout as the input).
+    pub grad: RVec<f64>,
+}
+
+/// A theory: an action on a field layout, its gradient, observables and an HMC.
+///
+/// Buffers hold `n` configurations back to back, each [`FieldLayout::config_len`] reals long.
+#[sabi_trait]
+pub trait Theory: Send + Sync {
+    /// The plugin's name.
+    fn name(&self) -> RString;
+
+    /// The field layout (fixed for the object's life).
+    fn layout(&self) -> FieldLayout;
+
+    /// All parameters after validation and defaults, as a JSON object (for provenance).
+    fn params_json(&self) -> RString;
+
+    /// The observables that [`Theory::measure`] returns, in order.
+    fn observables(&self) -> RVec<ObservableSpec>;
+
+    /// A named real parameter (e.g. `beta`, `lambda`).
+    fn parameter(&self, name: RStr<'_>) -> RResult<f64, PluginError>;
+
+    /// Changes a named real parameter (replica ladders, transfer). Validated like the card.
+    fn set_parameter(&mut self, name: RStr<'_>, value: f64) -> RResult<(), PluginError>;
+
+    /// Worker threads for this object's parallel loops (0: the plugin's default). Results must
+    /// not depend on it.
+    fn set_threads(&mut self, threads: u32) -> RResult<(), PluginError>;
+
+    /// A starting configuration.
+    fn initial(&self, start: Start, rng: &mut RngState) -> RResult<RVec<f64>, PluginError>;
+
+    /// S for each configuration of the batch.
+    fn action(&self, configs: RSlice<'_, f64>) -> RResult<RVec<f64>, PluginError>;
+
+    /// S and the Euclidean gradient ∂S/∂x for each configuration of the batch. This gradient,
+    /// in the flat real coordinates of the layout, is what model plugins train against.
+    fn action_grad(&self, configs: RSlice<'_, f64>) -> RResult<ActionGrad, PluginError>;
+
+    /// All observables of each configuration: `n × Σ len` values, in the order of
+    /// [`Theory::observables`].
+    fn measure(&self, configs: RSlice<'_, f64>) -> RResult<RVec<f64>, PluginError>;
+
+    /// Runs `n_traj` HMC trajectories in place on one configuration.
+    #[sabi(last_prefix_field)]
+    fn hmc(
+        &mut self,
+        config: RSliceMut<'_, f64>,
+        params: &HmcParams,
+        n_traj: u32,
+        rng: &mut RngState,
+    ) -> RResult<RVec<TrajectoryRecord>, PluginError>;
+}
+
+/// An owned theory object.
+pub type TheoryBox = Theory_TO<'static, RBox<()>>;
+
+/// The root module every latflow plugin exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+pub struct PluginMod {
+    /// Static facts about the plugin.
+    pub info: extern "C" fn() -> PluginInfo,
+    /// Builds a theory from the run card's `[theory]` section (minus `plugin`) as JSON.
+    /// Model plugins return an [`ErrorKind::Unsupported`] error.
+    #[sabi(last_prefix_field)]
+    pub new_theory: extern "C" fn(config: RStr<'_>) -> RResult<TheoryBox, PluginError>,
+}
+
+impl RootModule for PluginModRef {
+    declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "latflow_plugin";
+    const NAME: &'static str = "latflow_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// Checks that a batch buffer holds a whole number of configurations; returns the count.
+pub fn batch_len(buf_len: usize, config_len: usize) -> Result<usize, PluginError> {
+    if config_len == 0 || buf_len % config_len != 0 {
+        return Err(PluginError::shape(format!(
+            "buffer of {buf_len} reals is not a whole number of configurations of {config_len} reals"
+        )));
+    }
+    Ok(buf_len / config_len)
+}
+
+/// Errors with [`ErrorKind::Numerical`] if any value is not finite, naming the first index.
+pub fn check_finite(what: &str, values: &[f64]) -> Result<(), PluginError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(PluginError::numerical(format!("{what}[{i}] = {}", values[i]))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_catches_panics() {
+        let r: RResult<(), PluginError> = guard("action", || panic!("boom"));
+        let e = r.into_result().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Panic);
+        assert!(e.message.contains("action") && e.message.contains("boom"), "{}", e.message);
+        let ok: RResult<i32, PluginError> = guard("x", || Ok(3));
+        assert_eq!(ok.into_result().unwrap(), 3);
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Cfg {
+        lattice: Vec<i64>,
+        m2: f64,
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = parse_config::<Cfg>(r#"{"lattice":[4,4],"m2":"x"}"#).unwrap_err();
+        assert!(e.message.starts_with("m2:"), "{}", e.message);
+        let e = parse_config::<Cfg>(r#"{"lattice":[4,4],"m2":1,"lamda":2}"#).unwrap_err();
+        assert!(e.message.contains("lamda"), "{}", e.message);
+        let e = parse_config::<Cfg>(r#"{"lattice":[4,"a"],"m2":1}"#).unwrap_err();
+        assert!(e.message.starts_with("lattice[1]:"), "{}", e.message);
+    }
+
+    #[test]
+    fn batch_and_finite_checks() {
+        assert_eq!(batch_len(12, 4).unwrap(), 3);
+        assert!(batch_len(13, 4).is_err());
+        assert!(check_finite("grad", &[1.0, f64::NAN]).unwrap_err().message.contains("grad[1]"));
+    }
+}

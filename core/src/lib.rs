@@ -1,0 +1,25 @@
+//! `latflow-core`: the stable plugin interface of latflow and everything generic.
+//!
+//! * [`abi`]: the ABI-stable boundary (root module, theory trait object, plain-data types).
+//! * [`layout`]: how a plugin's fields map onto flat `f64` buffers.
+//! * [`lattice`]: periodic hypercubic geometry with neighbour tables and parity.
+//! * [`rng`]: counter-based, explicitly seeded random streams.
+//! * [`sum`]: compensated summation for actions.
+//! * [`hmc`]: field spaces, actions, nested integrators, HMC trajectories and the shared
+//!   Metropolis test. Plugins monomorphise these generic pieces inside themselves.
+//! * [`stats`]: Wolff's Γ-method, jackknife, reweighting helpers.
+//!
+//! Nothing here opens shared libraries or files: that is the host's job.
+
+pub mod abi;
+pub mod hmc;
+pub mod lattice;
+pub mod layout;
+pub mod rng;
+pub mod stats;
+pub mod sum;
+
+pub use abi::{PluginError, ErrorKind};
+pub use lattice::Lattice;
+pub use layout::FieldLayout;
+pub use rng::{RngState, Stream};
