@@ -311,7 +311,10 @@ impl Theory for Phi4 {
             let mut s = Stream::from_state(rng);
             let mut phi = vec![0.0; self.lattice.volume()];
             if start == Start::Hot {
+                // Gaussian with σ = 1/2: disordered, yet inside the MD stability range of
+                // typical step sizes even at large λ (σ = 1 gives forces ~ 4λ that stall HMC).
                 s.fill_normal(&mut phi);
+                phi.iter_mut().for_each(|p| *p *= 0.5);
             }
             *rng = s.state();
             Ok(phi.into())

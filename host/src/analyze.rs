@@ -1,0 +1,127 @@
+//! `latflow analyze`: Γ-method statistics of every observable and acceptance per step.
+
+use std::collections::BTreeMap;
+
+use latflow_core::stats::{gamma_method, GammaResult, S_TAU_DEFAULT};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::ensemble::Ensemble;
+
+/// The analysis of one observable (for vectors, one entry per component).
+#[derive(Debug, Clone)]
+pub struct ObservableAnalysis {
+    pub name: String,
+    pub description: String,
+    pub components: Vec<GammaResult>,
+}
+
+/// Acceptance and ΔH statistics of one chain step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepAnalysis {
+    pub label: String,
+    pub kind: String,
+    /// Applications recorded (measurement phase).
+    pub n: usize,
+    pub acceptance: f64,
+    /// ⟨exp(−ΔH)⟩ with its error (HMC steps); must be 1 within errors.
+    pub exp_minus_delta_h: Option<(f64, f64)>,
+    /// ⟨ΔH⟩ (HMC steps).
+    pub mean_delta_h: Option<f64>,
+}
+
+/// The full analysis of an ensemble.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub observables: Vec<ObservableAnalysis>,
+    pub steps: Vec<StepAnalysis>,
+}
+
+/// Analyses an ensemble. Observables whose series cannot be analysed (for example fewer than
+/// two measurements) are reported as errors.
+pub fn analyze(ens: &Ensemble) -> anyhow::Result<Analysis> {
+    let mut observables = Vec::new();
+    for o in &ens.observables {
+        let components = (0..o.len)
+            .map(|j| {
+                gamma_method(&o.component(j), S_TAU_DEFAULT).map_err(|e| {
+                    anyhow::anyhow!("{}: observable '{}'[{j}]: {e}", ens.path.display(), o.name)
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        observables.push(ObservableAnalysis { name: o.name.clone(), description: o.description.clone(), components });
+    }
+    let steps = ens
+        .steps
+        .iter()
+        .map(|s| {
+            let n = s.accepted.len();
+            let acceptance = if n == 0 { f64::NAN } else { s.accepted.iter().map(|&a| a as f64).sum::<f64>() / n as f64 };
+            let dh = s.columns.iter().find(|(c, _)| c == "delta_h").map(|(_, v)| v);
+            let exp_minus_delta_h = dh.and_then(|v| {
+                let e: Vec<f64> = v.iter().map(|x| (-x).exp()).collect();
+                gamma_method(&e, S_TAU_DEFAULT).ok().map(|g| (g.mean, g.error))
+            });
+            let mean_delta_h = dh.filter(|v| !v.is_empty()).map(|v| v.iter().sum::<f64>() / v.len() as f64);
+            StepAnalysis { label: s.label.clone(), kind: s.kind.clone(), n, acceptance, exp_minus_delta_h, mean_delta_h }
+        })
+        .collect();
+    Ok(Analysis { observables, steps })
+}
+
+impl Analysis {
+    /// The documented JSON shape:
+    /// `{"observables": {NAME: {"mean", "error", "tau_int", "tau_int_error", "n"}}, "acceptance": {KIND: rate}, "steps": {...}}`;
+    /// for vector observables `mean`, `error`, `tau_int` and `tau_int_error` are arrays.
+    pub fn to_json(&self) -> Value {
+        let mut obs = serde_json::Map::new();
+        for o in &self.observables {
+            let pick = |f: fn(&GammaResult) -> f64| -> Value {
+                if o.components.len() == 1 {
+                    json!(f(&o.components[0]))
+                } else {
+                    json!(o.components.iter().map(f).collect::<Vec<_>>())
+                }
+            };
+            obs.insert(
+                o.name.clone(),
+                json!({
+                    "mean": pick(|g| g.mean),
+                    "error": pick(|g| g.error),
+                    "tau_int": pick(|g| g.tau_int),
+                    "tau_int_error": pick(|g| g.tau_int_error),
+                    "n": o.components.first().map_or(0, |g| g.n),
+                }),
+            );
+        }
+        let acceptance: BTreeMap<&str, f64> = self.steps.iter().map(|s| (s.label.as_str(), s.acceptance)).collect();
+        let steps: BTreeMap<&str, &StepAnalysis> = self.steps.iter().map(|s| (s.label.as_str(), s)).collect();
+        json!({ "observables": obs, "acceptance": acceptance, "steps": steps })
+    }
+
+    /// A human-readable table.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "{:<22} {:>14} {:>12} {:>10} {:>9} {:>7}\n",
+            "observable", "mean", "error", "tau_int", "± ", "n"
+        ));
+        for o in &self.observables {
+            for (j, g) in o.components.iter().enumerate() {
+                let name = if o.components.len() == 1 { o.name.clone() } else { format!("{}[{j}]", o.name) };
+                s.push_str(&format!(
+                    "{:<22} {:>14.8} {:>12.3e} {:>10.3} {:>9.3} {:>7}\n",
+                    name, g.mean, g.error, g.tau_int, g.tau_int_error, g.n
+                ));
+            }
+        }
+        for st in &self.steps {
+            s.push_str(&format!("step {:<10} acceptance {:.4} over {}", st.label, st.acceptance, st.n));
+            if let Some((m, e)) = st.exp_minus_delta_h {
+                s.push_str(&format!(", <exp(-dH)> = {m:.4} ± {e:.4}"));
+            }
+            s.push('\n');
+        }
+        s
+    }
+}

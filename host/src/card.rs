@@ -1,0 +1,428 @@
+//! Run cards: TOML files that describe a run. The field names here are public interface.
+//!
+//! ```toml
+//! [theory]
+//! plugin = "phi4"          # a plugin name, or a path to a shared library
+//! lattice = [8, 8]         # the remaining keys belong to the plugin, which validates them
+//! m2 = -4.0
+//! lambda = 8.0
+//!
+//! [[chain]]                # steps, applied in order, once per sweep
+//! kind = "hmc"
+//! trajectory_length = 1.0
+//! md_steps = 10
+//! integrator = "omelyan2"  # leapfrog | omelyan2 | omelyan4
+//!
+//! [run]
+//! seed = 1
+//! thermalization = 200     # sweeps discarded
+//! measurements = 2000      # sweeps measured and stored
+//! save_every = 1           # store a configuration every N measurements (0 = observables only)
+//! output = "phi4.h5"
+//! ```
+//!
+//! Every error names the card file and the offending field (`chain[0].md_steps: ...`).
+
+use std::path::{Path, PathBuf};
+
+use latflow_core::abi::{HmcParams, IntegratorKind, Start};
+use latflow_core::hmc::OMELYAN_LAMBDA;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A run-card error: the file, the field path, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}{sep}{message}", sep = if field.is_empty() { "" } else { ": " })]
+pub struct CardError {
+    pub file: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// A parsed, validated run card.
+#[derive(Debug, Clone)]
+pub struct RunCard {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The card's text, stored verbatim in the ensemble.
+    pub text: String,
+    pub theory: TheoryCard,
+    pub chain: Vec<StepCard>,
+    pub run: RunSection,
+}
+
+/// The `[theory]` section: a plugin and the keys that belong to it.
+#[derive(Debug, Clone)]
+pub struct TheoryCard {
+    /// A plugin name or a path to a shared library.
+    pub plugin: String,
+    /// Every other key, passed to the plugin as a JSON object.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One `[[chain]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepCard {
+    Hmc(HmcCard),
+}
+
+impl StepCard {
+    /// The step's kind as written in cards (`hmc`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepCard::Hmc(_) => "hmc",
+        }
+    }
+
+    /// How often the step is applied per sweep.
+    pub fn repeat(&self) -> u32 {
+        match self {
+            StepCard::Hmc(h) => h.repeat,
+        }
+    }
+}
+
+/// An integrator name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegratorName {
+    Leapfrog,
+    Omelyan2,
+    Omelyan4,
+}
+
+/// `kind = "hmc"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmcCard {
+    /// Trajectory length τ (MD time units).
+    #[serde(default = "one")]
+    pub trajectory_length: f64,
+    /// Steps of the outermost time scale.
+    pub md_steps: u32,
+    #[serde(default = "default_integrator")]
+    pub integrator: IntegratorName,
+    /// λ of Omelyan-2.
+    #[serde(default = "default_lambda")]
+    pub omelyan_lambda: f64,
+    /// Sub-steps of each inner time scale per outer drift; empty = one time scale.
+    #[serde(default)]
+    pub time_scales: Vec<u32>,
+    /// Trajectories per sweep.
+    #[serde(default = "one_u32")]
+    pub repeat: u32,
+    /// The Metropolis test. Turning it off (an inexact sampler) must be explicit; it is recorded.
+    #[serde(default = "yes")]
+    pub accept_reject: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn one_u32() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_integrator() -> IntegratorName {
+    IntegratorName::Omelyan2
+}
+fn default_lambda() -> f64 {
+    OMELYAN_LAMBDA
+}
+
+impl HmcCard {
+    /// The plain-data parameters that cross the ABI.
+    pub fn params(&self) -> HmcParams {
+        HmcParams {
+            trajectory_length: self.trajectory_length,
+            md_steps: self.md_steps,
+            integrator: match self.integrator {
+                IntegratorName::Leapfrog => IntegratorKind::Leapfrog,
+                IntegratorName::Omelyan2 => IntegratorKind::Omelyan2,
+                IntegratorName::Omelyan4 => IntegratorKind::Omelyan4,
+            },
+            omelyan_lambda: self.omelyan_lambda,
+            inner_steps: self.time_scales.clone().into(),
+            accept_reject: self.accept_reject,
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        if !(self.trajectory_length.is_finite() && self.trajectory_length > 0.0) {
+            return err("trajectory_length", format!("must be a positive number, got {}", self.trajectory_length));
+        }
+        if self.md_steps == 0 {
+            return err("md_steps", "must be at least 1, got 0".into());
+        }
+        if !(self.omelyan_lambda.is_finite() && self.omelyan_lambda > 0.0 && self.omelyan_lambda < 0.5) {
+            return err("omelyan_lambda", format!("must lie in (0, 0.5), got {}", self.omelyan_lambda));
+        }
+        if let Some(i) = self.time_scales.iter().position(|&n| n == 0) {
+            return err(&format!("time_scales[{i}]"), "must be at least 1, got 0".into());
+        }
+        if self.repeat == 0 {
+            return err("repeat", "must be at least 1, got 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The `[run]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Seeds every random stream of the run.
+    pub seed: u64,
+    /// Sweeps discarded before measuring.
+    #[serde(default)]
+    pub thermalization: u64,
+    /// Sweeps measured and stored.
+    pub measurements: u64,
+    /// Store a configuration every N measurements (0 = observables only).
+    #[serde(default)]
+    pub save_every: u64,
+    /// The HDF5 file to write (relative paths are relative to the working directory).
+    pub output: PathBuf,
+    /// Checkpoint (flush the data, save the state) every this many sweeps, if set.
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoint at least every this many seconds of wall time.
+    #[serde(default = "default_checkpoint_seconds")]
+    pub checkpoint_seconds: f64,
+    /// Starting configuration.
+    #[serde(default = "default_start")]
+    pub start: Start,
+    /// Worker threads inside plugins (0 = their default, which honours RAYON_NUM_THREADS).
+    #[serde(default)]
+    pub threads: u32,
+}
+
+fn default_checkpoint_seconds() -> f64 {
+    30.0
+}
+fn default_start() -> Start {
+    Start::Cold
+}
+
+impl RunSection {
+    /// Total number of sweeps.
+    pub fn total_sweeps(&self) -> u64 {
+        self.thermalization + self.measurements
+    }
+
+    /// Where this run's checkpoint lives: beside the output, with `.ckpt` appended.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        let mut p = self.output.clone().into_os_string();
+        p.push(".ckpt");
+        PathBuf::from(p)
+    }
+}
+
+impl RunCard {
+    /// Reads and validates a card.
+    pub fn load(path: &Path) -> Result<Self, CardError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CardError {
+            file: path.display().to_string(),
+            field: String::new(),
+            message: format!("cannot read run card: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates card text; `path` is used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, CardError> {
+        let file = path.display().to_string();
+        let fail = |field: &str, message: String| CardError { file: file.clone(), field: field.into(), message };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| fail("", format!("not valid TOML: {e}")))?;
+        for key in table.keys() {
+            if !["theory", "chain", "run"].contains(&key.as_str()) {
+                return Err(fail(key, "unknown section (expected [theory], [[chain]], [run])".into()));
+            }
+        }
+
+        // [theory]
+        let theory = match table.remove("theory") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err(fail("theory", "must be a table ([theory])".into())),
+            None => return Err(fail("theory", "missing section [theory]".into())),
+        };
+        let mut config = serde_json::Map::new();
+        let mut plugin = None;
+        for (k, v) in theory {
+            if k == "plugin" {
+                match v {
+                    toml::Value::String(s) if !s.trim().is_empty() => plugin = Some(s),
+                    _ => return Err(fail("theory.plugin", "must be a non-empty string".into())),
+                }
+            } else {
+                let json = serde_json::to_value(&v).map_err(|e| fail(&format!("theory.{k}"), e.to_string()))?;
+                config.insert(k, json);
+            }
+        }
+        let plugin = plugin.ok_or_else(|| fail("theory.plugin", "missing (a plugin name or a path)".into()))?;
+
+        // [[chain]]
+        let steps = match table.remove("chain") {
+            Some(toml::Value::Array(a)) => a,
+            Some(_) => return Err(fail("chain", "must be an array of tables ([[chain]])".into())),
+            None => return Err(fail("chain", "missing: give at least one [[chain]] step".into())),
+        };
+        if steps.is_empty() {
+            return Err(fail("chain", "must contain at least one step".into()));
+        }
+        let mut chain = Vec::new();
+        for (i, step) in steps.into_iter().enumerate() {
+            let here = format!("chain[{i}]");
+            let mut t = match step {
+                toml::Value::Table(t) => t,
+                _ => return Err(fail(&here, "must be a table".into())),
+            };
+            let kind = match t.remove("kind") {
+                Some(toml::Value::String(s)) => s,
+                Some(_) => return Err(fail(&format!("{here}.kind"), "must be a string".into())),
+                None => return Err(fail(&format!("{here}.kind"), "missing (expected \"hmc\")".into())),
+            };
+            let step = match kind.as_str() {
+                "hmc" => {
+                    let h: HmcCard = section(t, &here).map_err(|(f, m)| fail(&f, m))?;
+                    h.validate().map_err(|(f, m)| fail(&format!("{here}.{f}"), m))?;
+                    StepCard::Hmc(h)
+                }
+                other => return Err(fail(&format!("{here}.kind"), format!("unknown step kind '{other}' (expected hmc)"))),
+            };
+            chain.push(step);
+        }
+
+        // [run]
+        let run = match table.remove("run") {
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err(fail("run", "must be a table ([run])".into())),
+            None => return Err(fail("run", "missing section [run]".into())),
+        };
+        let run: RunSection = section(run, "run").map_err(|(f, m)| fail(&f, m))?;
+        if run.measurements == 0 {
+            return Err(fail("run.measurements", "must be at least 1".into()));
+        }
+        if run.checkpoint_every == Some(0) {
+            return Err(fail("run.checkpoint_every", "must be at least 1".into()));
+        }
+        if !(run.checkpoint_seconds.is_finite() && run.checkpoint_seconds > 0.0) {
+            return Err(fail("run.checkpoint_seconds", format!("must be a positive number, got {}", run.checkpoint_seconds)));
+        }
+        if run.output.as_os_str().is_empty() {
+            return Err(fail("run.output", "must be a file path".into()));
+        }
+        if let Some(parent) = run.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(fail(
+                    "run.output",
+                    format!("directory '{}' does not exist", parent.display()),
+                ));
+            }
+        }
+
+        Ok(Self { path: path.to_path_buf(), text: text.to_string(), theory: TheoryCard { plugin, config }, chain, run })
+    }
+
+    /// The theory's keys as a JSON object (what the plugin receives).
+    pub fn theory_json(&self) -> String {
+        serde_json::Value::Object(self.theory.config.clone()).to_string()
+    }
+
+    /// A fingerprint of everything that determines the run's results, so that a checkpoint is
+    /// never resumed with another card. Comments and formatting do not matter.
+    pub fn hash(&self) -> String {
+        let canonical = serde_json::json!({
+            "theory": { "plugin": self.theory.plugin, "config": self.theory.config },
+            "chain": self.chain.iter().map(|s| match s {
+                StepCard::Hmc(h) => serde_json::json!({"kind": "hmc", "params": h}),
+            }).collect::<Vec<_>>(),
+            "run": self.run,
+        });
+        let digest = Sha256::digest(canonical.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Deserialises one section, naming the field path on error.
+fn section<T: DeserializeOwned>(table: toml::Table, prefix: &str) -> Result<T, (String, String)> {
+    let value = toml::Value::Table(table);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() { prefix.to_string() } else { format!("{prefix}.{path}") };
+        (field, e.into_inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[theory]
+plugin = "phi4"
+lattice = [8, 8]
+m2 = -4.0
+lambda = 8.0
+
+[[chain]]
+kind = "hmc"
+trajectory_length = 1.0
+md_steps = 10
+integrator = "omelyan2"
+
+[run]
+seed = 1
+thermalization = 200
+measurements = 2000
+save_every = 1
+output = "phi4.h5"
+"#;
+
+    #[test]
+    fn parses_the_documented_card() {
+        let c = RunCard::parse(Path::new("c.toml"), GOOD).unwrap();
+        assert_eq!(c.theory.plugin, "phi4");
+        assert_eq!(c.theory.config["m2"], serde_json::json!(-4.0));
+        assert_eq!(c.chain.len(), 1);
+        assert_eq!(c.run.total_sweeps(), 2200);
+        assert_eq!(c.run.checkpoint_path(), PathBuf::from("phi4.h5.ckpt"));
+        let again = RunCard::parse(Path::new("c.toml"), &format!("# comment\n{GOOD}")).unwrap();
+        assert_eq!(c.hash(), again.hash());
+        let other = RunCard::parse(Path::new("c.toml"), &GOOD.replace("seed = 1", "seed = 2")).unwrap();
+        assert_ne!(c.hash(), other.hash());
+    }
+
+    fn err(text: &str) -> String {
+        RunCard::parse(Path::new("bad.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let cases = [
+            (GOOD.replace("md_steps = 10", "md_step = 10"), "chain[0]"),
+            (GOOD.replace("md_steps = 10", "md_steps = 0"), "chain[0].md_steps"),
+            (GOOD.replace("md_steps = 10", "md_steps = \"ten\""), "chain[0].md_steps"),
+            (GOOD.replace("md_steps = 10", "md_steps = -3"), "chain[0].md_steps"),
+            (GOOD.replace("\"omelyan2\"", "\"verlet\""), "chain[0].integrator"),
+            (GOOD.replace("kind = \"hmc\"", "kind = \"hcm\""), "chain[0].kind"),
+            (GOOD.replace("seed = 1", "sed = 1"), "run"),
+            (GOOD.replace("[theory]\nplugin = \"phi4\"", "[theory]"), "theory.plugin"),
+            (GOOD.replace("output = \"phi4.h5\"", "output = \"/no/such/dir/x.h5\""), "run.output"),
+            (GOOD.replace("measurements = 2000", "measurements = 0"), "run.measurements"),
+            (GOOD.replace("trajectory_length = 1.0", "trajectory_length = nan"), "chain[0].trajectory_length"),
+            ("[run]\nseed = 1\n".into(), "theory"),
+            (format!("{GOOD}\n[extra]\nx = 1\n"), "extra"),
+            ("this is = = not toml".into(), "not valid TOML"),
+        ];
+        for (text, field) in cases {
+            let e = err(&text);
+            assert!(e.starts_with("bad.toml: "), "{e}");
+            assert!(e.contains(field), "expected '{field}' in: {e}");
+        }
+    }
+}

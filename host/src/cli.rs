@@ -1,0 +1,118 @@
+//! The `latflow` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::plugin::{self, Plugin, SearchPath};
+use crate::{analyze, ensemble, inspect, run};
+
+/// latflow: lattice field ensembles from HMC and normalizing flows, with exact samplers.
+#[derive(Debug, Parser)]
+#[command(name = "latflow", version, about)]
+pub struct Cli {
+    /// Extra directory to search for plugins (repeatable; searched first).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an ensemble from a run card, then print a summary.
+    Run {
+        /// The run card (TOML).
+        card: PathBuf,
+        /// Continue a stopped run from its checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Overwrite an existing output file.
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
+    },
+    /// Γ-method analysis of an ensemble: mean, error, τ_int per observable; acceptance per step.
+    Analyze {
+        file: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every plugin on the search path, its version, path and what it provides.
+    Plugins,
+    /// Show an ensemble's provenance and contents.
+    Inspect { file: PathBuf },
+}
+
+/// Parses the arguments, runs the command, and maps errors to a message and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { card, resume, force } => {
+            let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs };
+            let output = run::run(&card, &opts)?;
+            let ens = ensemble::read_ensemble(&output)?;
+            println!("wrote {}", output.display());
+            print!("{}", analyze::analyze(&ens)?.to_text());
+        }
+        Command::Analyze { file, json } => {
+            let ens = ensemble::read_ensemble(&file)?;
+            let a = analyze::analyze(&ens)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a.to_json())?);
+            } else {
+                print!("{}", a.to_text());
+            }
+        }
+        Command::Plugins => {
+            let search = SearchPath::new(&cli.plugin_dirs);
+            println!("plugin interface version {}", Plugin::host_interface_version());
+            println!("search path: {}", search.describe());
+            let listing = plugin::list(&search);
+            if listing.is_empty() {
+                println!("no plugin libraries found");
+            }
+            for l in listing {
+                match l.result {
+                    Ok(p) => {
+                        let note = if l.shadowed { " (shadowed by an earlier plugin of the same name)" } else { "" };
+                        println!(
+                            "{} {} [{:?}] {}{}\n    {}",
+                            p.info.name,
+                            p.info.version,
+                            p.info.kind,
+                            p.path.display(),
+                            note,
+                            p.info.description
+                        );
+                        for item in p.info.provides.iter() {
+                            println!("    {item}");
+                        }
+                    }
+                    Err(e) => println!("BROKEN {}\n    {e}", l.path.display()),
+                }
+            }
+        }
+        Command::Inspect { file } => {
+            let ens = ensemble::read_ensemble(&file)?;
+            print!("{}", inspect::describe(&ens));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The `latflow` host: run cards, plugin loading, Markov chains, HDF5 ensembles, checkpoints
+//! and analysis. The binary is a thin wrapper around [`cli::main`].
+
+pub mod analyze;
+pub mod card;
+pub mod chain;
+pub mod checkpoint;
+pub mod cli;
+pub mod ensemble;
+pub mod inspect;
+pub mod plugin;
+pub mod run;

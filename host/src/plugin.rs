@@ -1,0 +1,390 @@
+//! Finding and loading plugins, and a checked handle on a theory object.
+//!
+//! Search path, in order (the first plugin with a given name wins):
+//! 1. every `--plugin-dir` given on the command line;
+//! 2. the directories in `LATFLOW_PLUGIN_PATH` (separated by `:`);
+//! 3. the directory of the `latflow` executable, after its `deps/` (where cargo puts the
+//!    in-tree plugins it builds alongside the host, always fresh);
+//! 4. the cargo target directory (`CARGO_TARGET_DIR`, or this workspace's `target/`),
+//!    `release/` then `debug/`, each after its `deps/`.
+//!
+//! In 1 and 2 every shared library is a candidate; in 3 and 4, where cargo also leaves
+//! unrelated libraries, only files named `liblatflow_*`.
+//!
+//! Libraries are opened with abi_stable's `lib_header_from_path(..).init_root_module()`, which
+//! checks the root module's layout and version before any plugin code runs. (Not
+//! `RootModule::load_from_file`, which caches per type and would return the first plugin for
+//! every later one.)
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{lib_header_from_path, RootModule};
+use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
+use latflow_core::abi::{
+    ObservableSpec, PluginError, PluginInfo, PluginKind, PluginModRef, Start, TheoryBox, TrajectoryRecord,
+};
+use latflow_core::abi::{ActionGrad, HmcParams};
+use latflow_core::{FieldLayout, Stream};
+
+/// Errors from loading or calling plugins.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginLoadError {
+    #[error("plugin library '{path}' could not be loaded: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("no plugin named '{name}' on the search path ({searched}); `latflow plugins` lists what is found")]
+    NotFound { name: String, searched: String },
+    #[error("plugin '{name}' ({path}) is a {kind:?} plugin, but a theory plugin is needed here")]
+    WrongKind { name: String, path: PathBuf, kind: PluginKind },
+    #[error("plugin '{plugin}' failed in `{call}`: {error}")]
+    Call { plugin: String, call: String, error: PluginError },
+    #[error("plugin '{plugin}' returned bad data from `{call}`: {reason}")]
+    BadOutput { plugin: String, call: String, reason: String },
+}
+
+/// Where a search-path directory came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    CommandLine,
+    Environment,
+    Executable,
+    CargoTarget,
+}
+
+/// The ordered plugin search path.
+#[derive(Debug, Clone)]
+pub struct SearchPath {
+    pub dirs: Vec<(PathBuf, Origin)>,
+}
+
+impl SearchPath {
+    /// The search path for these `--plugin-dir`s and the current environment.
+    pub fn new(cli_dirs: &[PathBuf]) -> Self {
+        let mut dirs: Vec<(PathBuf, Origin)> = cli_dirs.iter().map(|d| (d.clone(), Origin::CommandLine)).collect();
+        if let Some(env) = std::env::var_os("LATFLOW_PLUGIN_PATH") {
+            dirs.extend(std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()).map(|p| (p, Origin::Environment)));
+        }
+        if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+            // deps/ first: cargo refreshes it on every build, while the uplifted copy beside
+            // the executable is only refreshed when the plugin is built as a workspace member.
+            dirs.push((exe_dir.join("deps"), Origin::Executable));
+            dirs.push((exe_dir, Origin::Executable));
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        for profile in ["release", "debug"] {
+            dirs.push((target.join(profile).join("deps"), Origin::CargoTarget));
+            dirs.push((target.join(profile), Origin::CargoTarget));
+        }
+        // drop duplicates (the exe dir is usually inside the target dir)
+        let mut seen = Vec::new();
+        dirs.retain(|(d, _)| {
+            let key = d.canonicalize().unwrap_or_else(|_| d.clone());
+            if seen.contains(&key) {
+                false
+            } else {
+                seen.push(key);
+                true
+            }
+        });
+        Self { dirs }
+    }
+
+    /// Candidate libraries, in search order.
+    pub fn candidates(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for (dir, origin) in &self.dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_shared_library(p))
+                .filter(|p| {
+                    matches!(origin, Origin::CommandLine | Origin::Environment)
+                        || p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("liblatflow_"))
+                })
+                .collect();
+            files.sort();
+            out.extend(files);
+        }
+        out
+    }
+
+    /// A short description for error messages.
+    pub fn describe(&self) -> String {
+        self.dirs.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn is_shared_library(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll"))
+}
+
+/// A loaded plugin library.
+#[derive(Clone)]
+pub struct Plugin {
+    pub path: PathBuf,
+    pub info: PluginInfo,
+    module: PluginModRef,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("path", &self.path).field("info", &self.info).finish()
+    }
+}
+
+/// Keeps only the informative lines of an abi_stable load error (its layout reports are long).
+fn short_reason(e: &abi_stable::library::LibraryError) -> String {
+    let full = e.to_string();
+    let lines: Vec<&str> = full.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let errors: Vec<&str> = lines.iter().copied().filter(|l| l.contains("Error")).collect();
+    let picked = if errors.is_empty() { lines.iter().take(3).copied().collect::<Vec<_>>() } else { errors };
+    let mut s = picked.join(" | ");
+    if s.len() > 400 {
+        s.truncate(400);
+        s.push_str(" …");
+    }
+    s
+}
+
+impl Plugin {
+    /// Opens a library and checks its latflow root module (layout and version).
+    pub fn load(path: &Path) -> Result<Self, PluginLoadError> {
+        let header = lib_header_from_path(path)
+            .map_err(|e| PluginLoadError::Load { path: path.to_path_buf(), reason: short_reason(&e) })?;
+        let module = header
+            .init_root_module::<PluginModRef>()
+            .map_err(|e| PluginLoadError::Load { path: path.to_path_buf(), reason: short_reason(&e) })?;
+        let info = (module.info())();
+        Ok(Self { path: path.to_path_buf(), info, module })
+    }
+
+    /// The interface version the host expects.
+    pub fn host_interface_version() -> String {
+        PluginModRef::VERSION_STRINGS.version.to_string()
+    }
+
+    /// Builds a theory from the card's `[theory]` keys (JSON), with checked calls.
+    pub fn new_theory(&self, config_json: &str) -> Result<TheoryHandle, PluginLoadError> {
+        if self.info.kind != PluginKind::Theory {
+            return Err(PluginLoadError::WrongKind {
+                name: self.info.name.to_string(),
+                path: self.path.clone(),
+                kind: self.info.kind,
+            });
+        }
+        let obj = call(&self.info.name, "new_theory", (self.module.new_theory())(RStr::from_str(config_json)))?;
+        TheoryHandle::new(self.info.name.to_string(), self.info.version.to_string(), self.path.clone(), obj)
+    }
+}
+
+/// Finds a plugin by name (or opens it by path if `name` looks like a path).
+pub fn find(search: &SearchPath, name: &str) -> Result<Plugin, PluginLoadError> {
+    let as_path = Path::new(name);
+    if name.contains(std::path::MAIN_SEPARATOR) || is_shared_library(as_path) {
+        return Plugin::load(as_path);
+    }
+    let candidates = search.candidates();
+    // Conventional file names first, so that resolving a name does not open every library.
+    let conventional = [format!("liblatflow_{name}"), format!("lib{name}")];
+    let (preferred, rest): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|p| {
+        p.file_stem().and_then(|s| s.to_str()).is_some_and(|s| conventional.iter().any(|c| c == s))
+    });
+    for path in preferred.iter().chain(&rest) {
+        if let Ok(p) = Plugin::load(path) {
+            if p.info.name.as_str() == name {
+                return Ok(p);
+            }
+        }
+    }
+    Err(PluginLoadError::NotFound { name: name.into(), searched: search.describe() })
+}
+
+/// One entry of `latflow plugins`.
+#[derive(Debug)]
+pub struct Listing {
+    pub path: PathBuf,
+    pub result: Result<Plugin, PluginLoadError>,
+    /// A plugin of the same name found earlier on the path takes precedence.
+    pub shadowed: bool,
+}
+
+/// Every candidate library on the search path, loaded or with the reason it failed.
+pub fn list(search: &SearchPath) -> Vec<Listing> {
+    let mut names: Vec<String> = Vec::new();
+    search
+        .candidates()
+        .into_iter()
+        .map(|path| {
+            let result = Plugin::load(&path);
+            let shadowed = match &result {
+                Ok(p) => {
+                    let n = p.info.name.to_string();
+                    let s = names.contains(&n);
+                    names.push(n);
+                    s
+                }
+                Err(_) => false,
+            };
+            Listing { path, result, shadowed }
+        })
+        .collect()
+}
+
+fn call<T>(plugin: &str, name: &str, r: RResult<T, PluginError>) -> Result<T, PluginLoadError> {
+    r.into_result().map_err(|error| PluginLoadError::Call { plugin: plugin.into(), call: name.into(), error })
+}
+
+/// A theory object with every call checked: errors and panics caught in the plugin come back
+/// as [`PluginLoadError::Call`], and wrong-sized or non-finite results as
+/// [`PluginLoadError::BadOutput`] — both naming the plugin and the call.
+pub struct TheoryHandle {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    obj: TheoryBox,
+    layout: FieldLayout,
+    observables: Vec<ObservableSpec>,
+    obs_len: usize,
+    config_len: usize,
+}
+
+impl std::fmt::Debug for TheoryHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TheoryHandle").field("name", &self.name).field("path", &self.path).finish()
+    }
+}
+
+impl TheoryHandle {
+    fn new(name: String, version: String, path: PathBuf, obj: TheoryBox) -> Result<Self, PluginLoadError> {
+        let layout = obj.layout();
+        let observables: Vec<ObservableSpec> = obj.observables().into_iter().collect();
+        let obs_len = observables.iter().map(|o| o.len as usize).sum();
+        let config_len = layout.config_len();
+        let h = Self { name, version, path, obj, layout, observables, obs_len, config_len };
+        if h.config_len == 0 {
+            return Err(h.bad("layout", "the field layout has no dynamical degrees of freedom".into()));
+        }
+        if let Some(o) = h.observables.iter().find(|o| o.len == 0 || o.name.is_empty()) {
+            return Err(h.bad("observables", format!("observable '{}' has an empty name or length 0", o.name)));
+        }
+        Ok(h)
+    }
+
+    fn bad(&self, call: &str, reason: String) -> PluginLoadError {
+        PluginLoadError::BadOutput { plugin: self.name.clone(), call: call.into(), reason }
+    }
+
+    fn call<T>(&self, name: &str, r: RResult<T, PluginError>) -> Result<T, PluginLoadError> {
+        call(&self.name, name, r)
+    }
+
+    fn check_len(&self, call: &str, what: &str, got: usize, want: usize) -> Result<(), PluginLoadError> {
+        if got != want {
+            return Err(self.bad(call, format!("{what} has {got} values, expected {want}")));
+        }
+        Ok(())
+    }
+
+    fn check_finite(&self, call: &str, what: &str, v: &[f64]) -> Result<(), PluginLoadError> {
+        match v.iter().position(|x| !x.is_finite()) {
+            Some(i) => Err(self.bad(call, format!("{what}[{i}] is {}", v[i]))),
+            None => Ok(()),
+        }
+    }
+
+    /// The field layout.
+    pub fn layout(&self) -> &FieldLayout {
+        &self.layout
+    }
+
+    /// Reals per configuration.
+    pub fn config_len(&self) -> usize {
+        self.config_len
+    }
+
+    /// The observables, in measurement order.
+    pub fn observables(&self) -> &[ObservableSpec] {
+        &self.observables
+    }
+
+    /// Validated parameters as JSON.
+    pub fn params_json(&self) -> String {
+        self.obj.params_json().into()
+    }
+
+    /// Sets the plugin's worker-thread count.
+    pub fn set_threads(&mut self, n: u32) -> Result<(), PluginLoadError> {
+        let r = self.obj.set_threads(n);
+        self.call("set_threads", r)
+    }
+
+    /// A named parameter.
+    pub fn parameter(&self, name: &str) -> Result<f64, PluginLoadError> {
+        self.call("parameter", self.obj.parameter(RStr::from_str(name)))
+    }
+
+    /// Changes a named parameter.
+    pub fn set_parameter(&mut self, name: &str, value: f64) -> Result<(), PluginLoadError> {
+        let r = self.obj.set_parameter(RStr::from_str(name), value);
+        self.call("set_parameter", r)
+    }
+
+    /// A starting configuration drawn from `rng`.
+    pub fn initial(&self, start: Start, rng: &mut Stream) -> Result<Vec<f64>, PluginLoadError> {
+        let mut st = rng.state();
+        let v = self.call("initial", self.obj.initial(start, &mut st))?.into_vec();
+        *rng = Stream::from_state(&st);
+        self.check_len("initial", "the configuration", v.len(), self.config_len)?;
+        self.check_finite("initial", "configuration", &v)?;
+        Ok(v)
+    }
+
+    /// S of each configuration in a batch.
+    pub fn action(&self, configs: &[f64]) -> Result<Vec<f64>, PluginLoadError> {
+        let n = configs.len() / self.config_len;
+        let s = self.call("action", self.obj.action(RSlice::from_slice(configs)))?.into_vec();
+        self.check_len("action", "the action batch", s.len(), n)?;
+        self.check_finite("action", "action", &s)?;
+        Ok(s)
+    }
+
+    /// S and ∂S/∂x of each configuration in a batch.
+    pub fn action_grad(&self, configs: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
+        let n = configs.len() / self.config_len;
+        let ActionGrad { actions, grad } = self.call("action_grad", self.obj.action_grad(RSlice::from_slice(configs)))?;
+        self.check_len("action_grad", "the action batch", actions.len(), n)?;
+        self.check_len("action_grad", "the gradient", grad.len(), configs.len())?;
+        self.check_finite("action_grad", "action", &actions)?;
+        self.check_finite("action_grad", "gradient", &grad)?;
+        Ok((actions.into_vec(), grad.into_vec()))
+    }
+
+    /// All observables of one configuration, concatenated in [`TheoryHandle::observables`] order.
+    pub fn measure(&self, config: &[f64]) -> Result<Vec<f64>, PluginLoadError> {
+        let m = self.call("measure", self.obj.measure(RSlice::from_slice(config)))?.into_vec();
+        self.check_len("measure", "the observable row", m.len(), self.obs_len)?;
+        self.check_finite("measure", "observable", &m)?;
+        Ok(m)
+    }
+
+    /// `n` HMC trajectories in place on `config`, drawing from `rng`.
+    pub fn hmc(
+        &mut self,
+        config: &mut [f64],
+        params: &HmcParams,
+        n: u32,
+        rng: &mut Stream,
+    ) -> Result<Vec<TrajectoryRecord>, PluginLoadError> {
+        let mut st = rng.state();
+        let r = self.obj.hmc(RSliceMut::from_mut_slice(config), params, n, &mut st);
+        let recs = self.call("hmc", r)?.into_vec();
+        *rng = Stream::from_state(&st);
+        self.check_len("hmc", "the trajectory records", recs.len(), n as usize)?;
+        if let Some(i) = recs.iter().position(|r| r.delta_h.is_nan() || r.action.is_nan()) {
+            return Err(self.bad("hmc", format!("trajectory {i} has a NaN ΔH or action")));
+        }
+        self.check_finite("hmc", "configuration", config)?;
+        Ok(recs)
+    }
+}

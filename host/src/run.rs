@@ -1,0 +1,186 @@
+//! `latflow run`: generate an ensemble from a run card, with checkpoints and resume.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use latflow_core::Stream;
+
+use crate::card::RunCard;
+use crate::chain::{Chain, StepRecord, STREAM_INIT};
+use crate::checkpoint::Checkpoint;
+use crate::ensemble::{ConfigDef, EnsembleWriter, ObservableDef, Provenance, StepDef};
+use crate::plugin::{self, SearchPath, TheoryHandle};
+
+/// Options of `latflow run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the checkpoint beside the output.
+    pub resume: bool,
+    /// Overwrite an existing output file.
+    pub force: bool,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Extra plugin directories.
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+/// Loads the card's theory plugin and builds the theory; errors name the card and the field.
+pub fn load_theory(card: &RunCard, plugin_dirs: &[PathBuf]) -> Result<TheoryHandle> {
+    let search = SearchPath::new(plugin_dirs);
+    let file = card.path.display();
+    let plugin = plugin::find(&search, &card.theory.plugin).with_context(|| format!("{file}: theory.plugin"))?;
+    let mut theory = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
+    theory.set_threads(card.run.threads).with_context(|| format!("{file}: run.threads"))?;
+    Ok(theory)
+}
+
+/// Step labels: the kind, with the step's index appended when a kind occurs more than once.
+pub fn step_labels(kinds: &[&str]) -> Vec<String> {
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| if kinds.iter().filter(|x| x == &k).count() > 1 { format!("{k}_{i}") } else { k.to_string() })
+        .collect()
+}
+
+/// Runs (or resumes) the card. Returns the output path.
+pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
+    let card = RunCard::load(card_path)?;
+    let file = card.path.display().to_string();
+    let mut theory = load_theory(&card, &opts.plugin_dirs)?;
+    let mut chain = Chain::new(&card);
+
+    let observables: Vec<ObservableDef> = theory
+        .observables()
+        .iter()
+        .map(|o| ObservableDef { name: o.name.to_string(), len: o.len as usize, description: o.description.to_string() })
+        .collect();
+    let kinds: Vec<&str> = chain.steps().iter().map(|s| s.kind()).collect();
+    let steps: Vec<StepDef> = step_labels(&kinds)
+        .into_iter()
+        .zip(chain.steps())
+        .enumerate()
+        .map(|(index, (label, s))| StepDef {
+            label,
+            kind: s.kind().into(),
+            index,
+            params: s.params_json(),
+            columns: s.columns(),
+        })
+        .collect();
+    let configs = (card.run.save_every > 0)
+        .then(|| ConfigDef { config_len: theory.config_len(), shape: theory.layout().shape() });
+    let ckpt_path = card.run.checkpoint_path();
+    let output = card.run.output.clone();
+    let hash = card.hash();
+
+    let (mut writer, mut config, mut sweeps_done) = if opts.resume {
+        let ck = Checkpoint::load(&ckpt_path).with_context(|| format!("{file}: run.output (--resume)"))?;
+        if ck.card_hash != hash {
+            bail!(
+                "{file}: --resume: checkpoint '{}' was written by a different run card (its card hash {} ≠ {}); \
+                 resume with the card that started the run, or start afresh without --resume",
+                ckpt_path.display(),
+                &ck.card_hash[..12.min(ck.card_hash.len())],
+                &hash[..12]
+            );
+        }
+        if ck.config.len() != theory.config_len() {
+            bail!("{file}: --resume: checkpoint configuration has {} reals, the theory needs {}", ck.config.len(), theory.config_len());
+        }
+        chain.restore_rngs(&ck.step_rngs).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
+        let writer = EnsembleWriter::resume(&output, &hash, &observables, &steps, configs.as_ref(), &ck.counts)
+            .with_context(|| format!("{file}: run.output (--resume)"))?;
+        (writer, ck.config, ck.sweeps_done)
+    } else {
+        if output.exists() && !opts.force {
+            bail!(
+                "{file}: run.output: '{}' already exists; use --resume to continue its run or --force to overwrite it",
+                output.display()
+            );
+        }
+        let prov = Provenance {
+            latflow_version: env!("CARGO_PKG_VERSION").into(),
+            run_card: card.text.clone(),
+            card_path: card.path.display().to_string(),
+            card_hash: hash.clone(),
+            seed: card.run.seed,
+            plugin_name: theory.name.clone(),
+            plugin_version: theory.version.clone(),
+            plugin_path: theory.path.display().to_string(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            theory_params: theory.params_json(),
+            layout: serde_json::to_string(theory.layout()).unwrap_or_default(),
+        };
+        let writer = EnsembleWriter::create(&output, &prov, &observables, &steps, configs.as_ref(), opts.force)
+            .with_context(|| format!("{file}: run.output"))?;
+        let _ = std::fs::remove_file(&ckpt_path);
+        let mut init = Stream::new(card.run.seed, Stream::id(STREAM_INIT, 0, 0, 0));
+        let config = theory.initial(card.run.start, &mut init)?;
+        (writer, config, 0)
+    };
+
+    let total = card.run.total_sweeps();
+    let therm = card.run.thermalization;
+    let bar = progress_bar(total, sweeps_done, opts.quiet);
+    let mut records: Vec<Vec<StepRecord>> = vec![Vec::new(); steps.len()];
+    let mut accepted = vec![0u64; steps.len()];
+    let mut applied = vec![0u64; steps.len()];
+    let mut last_checkpoint = std::time::Instant::now();
+
+    while sweeps_done < total {
+        records.iter_mut().for_each(Vec::clear);
+        chain.sweep(&mut theory, &mut config, &mut records)?;
+        for (i, recs) in records.iter().enumerate() {
+            accepted[i] += recs.iter().filter(|r| r.accepted).count() as u64;
+            applied[i] += recs.len() as u64;
+        }
+        if sweeps_done >= therm {
+            let m = sweeps_done - therm;
+            for (i, recs) in records.iter().enumerate() {
+                for r in recs {
+                    writer.push_step_record(i, r.accepted, &r.columns)?;
+                }
+            }
+            writer.push_measurement(sweeps_done, &theory.measure(&config)?)?;
+            if card.run.save_every > 0 && m % card.run.save_every == 0 {
+                writer.push_config(sweeps_done, &config)?;
+            }
+        }
+        sweeps_done += 1;
+        let due = card.run.checkpoint_every.is_some_and(|n| sweeps_done % n == 0)
+            || last_checkpoint.elapsed().as_secs_f64() >= card.run.checkpoint_seconds;
+        if due || sweeps_done == total {
+            last_checkpoint = std::time::Instant::now();
+            let counts = writer.flush()?;
+            Checkpoint { card_hash: hash.clone(), sweeps_done, counts, step_rngs: chain.rng_states(), config: config.clone() }
+                .save(&ckpt_path)?;
+        }
+        bar.set_position(sweeps_done);
+        if sweeps_done % 16 == 0 {
+            let acc: Vec<String> = steps
+                .iter()
+                .zip(accepted.iter().zip(&applied))
+                .map(|(s, (a, n))| format!("{} {:.3}", s.label, *a as f64 / (*n).max(1) as f64))
+                .collect();
+            bar.set_message(format!("acceptance {}", acc.join(", ")));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(output)
+}
+
+fn progress_bar(total: u64, done: u64, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if quiet || !std::io::stdout().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} sweeps (eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(done);
+    bar
+}
