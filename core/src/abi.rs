@@ -108,10 +108,15 @@ pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
     let de = &mut serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
+        // serde_json appends the position in the JSON text, which the user never wrote
+        let mut msg = e.inner().to_string();
+        if let Some(i) = msg.rfind(" at line ") {
+            msg.truncate(i);
+        }
         if path == "." || path.is_empty() {
-            PluginError::config(e.inner().to_string())
+            PluginError::config(msg)
         } else {
-            PluginError::config(format!("{path}: {}", e.inner()))
+            PluginError::config(format!("{path}: {msg}"))
         }
     })
 }
@@ -173,6 +178,10 @@ pub struct HmcParams {
     pub inner_steps: RVec<u32>,
     /// The Metropolis test at the end of the trajectory. `false` only when a card says so.
     pub accept_reject: bool,
+    /// Trajectory-length randomisation: each trajectory's length is drawn uniformly from
+    /// τ·[1 − jitter, 1 + jitter] (0 ≤ jitter < 1; 0 = fixed). This breaks the resonances of
+    /// fixed-length HMC on near-harmonic modes (ωτ ≈ π), which spoil ergodicity.
+    pub jitter: f64,
 }
 
 /// Outcome of one HMC trajectory.
@@ -327,7 +336,7 @@ mod tests {
         let e = parse_config::<Cfg>(r#"{"lattice":[4,4],"m2":"x"}"#).unwrap_err();
         assert!(e.message.starts_with("m2:"), "{}", e.message);
         let e = parse_config::<Cfg>(r#"{"lattice":[4,4],"m2":1,"lamda":2}"#).unwrap_err();
-        assert!(e.message.contains("lamda"), "{}", e.message);
+        assert!(e.message.contains("lamda") && !e.message.contains("at line"), "{}", e.message);
         let e = parse_config::<Cfg>(r#"{"lattice":[4,"a"],"m2":1}"#).unwrap_err();
         assert!(e.message.starts_with("lattice[1]:"), "{}", e.message);
     }

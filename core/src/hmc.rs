@@ -109,6 +109,8 @@ pub struct Schedule {
     pub tau: f64,
     pub steps: Vec<u32>,
     pub scheme: Scheme,
+    /// Trajectory-length randomisation, see [`HmcParams::jitter`].
+    pub jitter: f64,
 }
 
 impl Schedule {
@@ -129,6 +131,9 @@ impl Schedule {
                 levels
             ));
         }
+        if !(p.jitter.is_finite() && (0.0..1.0).contains(&p.jitter)) {
+            return Err(format!("trajectory_jitter must lie in [0, 1), got {}", p.jitter));
+        }
         if p.inner_steps.iter().any(|&n| n == 0) {
             return Err("every nested time-scale step count must be at least 1".into());
         }
@@ -145,7 +150,7 @@ impl Schedule {
         let mut steps = vec![p.md_steps];
         steps.extend(p.inner_steps.iter().copied());
         steps.resize(levels.max(1), 1);
-        Ok(Self { tau: p.trajectory_length, steps, scheme })
+        Ok(Self { tau: p.trajectory_length, steps, scheme, jitter: p.jitter })
     }
 }
 
@@ -240,6 +245,9 @@ impl std::error::Error for HmcError {}
 
 /// One HMC trajectory: refresh momenta (and auxiliary fields), integrate, Metropolis test on ΔH.
 ///
+/// With `schedule.jitter > 0` the trajectory length is first drawn uniformly from
+/// τ·[1 − jitter, 1 + jitter] (independently of the state, so detailed balance holds).
+///
 /// On acceptance `u` holds the new configuration; on rejection it is unchanged. A trajectory
 /// whose final H is not finite (an MD instability) is rejected and recorded with ΔH = +∞.
 /// With `accept_reject == false` every trajectory is accepted (an explicit, recorded option
@@ -252,6 +260,14 @@ pub fn hmc_trajectory<S: FieldSpace, A: Action<S> + ?Sized>(
     accept_reject: bool,
     rng: &mut Stream,
 ) -> Result<TrajectoryRecord, HmcError> {
+    let jittered;
+    let schedule = if schedule.jitter > 0.0 {
+        let scale = 1.0 + schedule.jitter * (2.0 * rng.uniform() - 1.0);
+        jittered = Schedule { tau: schedule.tau * scale, ..schedule.clone() };
+        &jittered
+    } else {
+        schedule
+    };
     action.refresh(u, rng);
     let mut p = space.sample_momentum(rng);
     let s0 = action.action(u);
@@ -321,6 +337,7 @@ impl FieldSpace for RealScalar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::{gamma_method, S_TAU_DEFAULT};
     use abi_stable::std_types::RVec;
 
     /// Anharmonic oscillators with a two-level split: S = Σ a x²/2 (level 0) + Σ b x⁴/4 (level 1).
@@ -356,6 +373,7 @@ mod tests {
             omelyan_lambda: OMELYAN_LAMBDA,
             inner_steps: RVec::from(inner.to_vec()),
             accept_reject: true,
+            jitter: 0.0,
         }
     }
 
@@ -458,21 +476,17 @@ mod tests {
         let mut rng = Stream::new(9, 0);
         let mut u = vec![0.0; 4];
         let n = 40_000;
-        let (mut ex, mut ex2, mut x2) = (0.0, 0.0, 0.0);
+        let mut e = Vec::with_capacity(n);
+        let mut x2 = Vec::with_capacity(n);
         for _ in 0..n {
             let r = hmc_trajectory(&space, &mut act, &mut u, &sched, true, &mut rng).unwrap();
-            let e = (-r.delta_h).exp();
-            ex += e;
-            ex2 += e * e;
-            x2 += u.iter().map(|x| x * x).sum::<f64>() / 4.0;
+            e.push((-r.delta_h).exp());
+            x2.push(u.iter().map(|x| x * x).sum::<f64>() / 4.0);
         }
-        let m = ex / n as f64;
-        let err = ((ex2 / n as f64 - m * m) / n as f64).sqrt();
-        assert!(((m - 1.0) / err).abs() < 4.0, "<exp(-dH)> = {m} ± {err}");
-        // τ ≈ 1.3 with 3 steps decorrelates quickly; a generous factor 3 for autocorrelation.
-        let x2m = x2 / n as f64;
-        let x2err = 3.0 * (2.0 / (4.0 * n as f64)).sqrt();
-        assert!(((x2m - 1.0) / x2err).abs() < 4.0, "<x^2> = {x2m}");
+        let g = gamma_method(&e, S_TAU_DEFAULT).unwrap();
+        assert!(((g.mean - 1.0) / g.error).abs() < 4.0, "<exp(-dH)> = {} ± {}", g.mean, g.error);
+        let g = gamma_method(&x2, S_TAU_DEFAULT).unwrap();
+        assert!(((g.mean - 1.0) / g.error).abs() < 4.0, "<x^2> = {} ± {}", g.mean, g.error);
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub struct ObservableAnalysis {
     pub name: String,
     pub description: String,
     pub components: Vec<GammaResult>,
+    /// Components where the Γ-method could not estimate an error (too few samples, or a
+    /// pathological autocorrelation function), with the reason. Their `error`, `tau_int` and
+    /// `tau_int_error` are NaN (`null` in JSON); `mean` is the plain sample mean.
+    pub failures: Vec<(usize, String)>,
 }
 
 /// Acceptance and ΔH statistics of one chain step.
@@ -37,19 +41,23 @@ pub struct Analysis {
     pub steps: Vec<StepAnalysis>,
 }
 
-/// Analyses an ensemble. Observables whose series cannot be analysed (for example fewer than
-/// two measurements) are reported as errors.
+/// Analyses an ensemble. A component whose error cannot be estimated is kept, with the reason
+/// in [`ObservableAnalysis::failures`], so that one bad series never hides the others.
 pub fn analyze(ens: &Ensemble) -> anyhow::Result<Analysis> {
     let mut observables = Vec::new();
     for o in &ens.observables {
+        let mut failures = Vec::new();
         let components = (0..o.len)
             .map(|j| {
-                gamma_method(&o.component(j), S_TAU_DEFAULT).map_err(|e| {
-                    anyhow::anyhow!("{}: observable '{}'[{j}]: {e}", ens.path.display(), o.name)
+                let series = o.component(j);
+                gamma_method(&series, S_TAU_DEFAULT).unwrap_or_else(|e| {
+                    failures.push((j, e.to_string()));
+                    let mean = if series.is_empty() { f64::NAN } else { series.iter().sum::<f64>() / series.len() as f64 };
+                    GammaResult { mean, error: f64::NAN, tau_int: f64::NAN, tau_int_error: f64::NAN, window: 0, n: series.len() }
                 })
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        observables.push(ObservableAnalysis { name: o.name.clone(), description: o.description.clone(), components });
+            .collect();
+        observables.push(ObservableAnalysis { name: o.name.clone(), description: o.description.clone(), components, failures });
     }
     let steps = ens
         .steps
@@ -73,6 +81,7 @@ impl Analysis {
     /// The documented JSON shape:
     /// `{"observables": {NAME: {"mean", "error", "tau_int", "tau_int_error", "n"}}, "acceptance": {KIND: rate}, "steps": {...}}`;
     /// for vector observables `mean`, `error`, `tau_int` and `tau_int_error` are arrays.
+    /// NaN (no estimate) is written as `null`.
     pub fn to_json(&self) -> Value {
         let mut obs = serde_json::Map::new();
         for o in &self.observables {
@@ -83,16 +92,17 @@ impl Analysis {
                     json!(o.components.iter().map(f).collect::<Vec<_>>())
                 }
             };
-            obs.insert(
-                o.name.clone(),
-                json!({
-                    "mean": pick(|g| g.mean),
-                    "error": pick(|g| g.error),
-                    "tau_int": pick(|g| g.tau_int),
-                    "tau_int_error": pick(|g| g.tau_int_error),
-                    "n": o.components.first().map_or(0, |g| g.n),
-                }),
-            );
+            let mut entry = json!({
+                "mean": pick(|g| g.mean),
+                "error": pick(|g| g.error),
+                "tau_int": pick(|g| g.tau_int),
+                "tau_int_error": pick(|g| g.tau_int_error),
+                "n": o.components.first().map_or(0, |g| g.n),
+            });
+            if !o.failures.is_empty() {
+                entry["warnings"] = json!(o.failures.iter().map(|(j, w)| format!("[{j}]: {w}")).collect::<Vec<_>>());
+            }
+            obs.insert(o.name.clone(), entry);
         }
         let acceptance: BTreeMap<&str, f64> = self.steps.iter().map(|s| (s.label.as_str(), s.acceptance)).collect();
         let steps: BTreeMap<&str, &StepAnalysis> = self.steps.iter().map(|s| (s.label.as_str(), s)).collect();
@@ -107,6 +117,9 @@ impl Analysis {
             "observable", "mean", "error", "tau_int", "± ", "n"
         ));
         for o in &self.observables {
+            for (j, why) in &o.failures {
+                s.push_str(&format!("warning: {}[{j}]: no error estimate: {why}\n", o.name));
+            }
             for (j, g) in o.components.iter().enumerate() {
                 let name = if o.components.len() == 1 { o.name.clone() } else { format!("{}[{j}]", o.name) };
                 s.push_str(&format!(

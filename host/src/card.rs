@@ -109,6 +109,9 @@ pub struct HmcCard {
     /// Sub-steps of each inner time scale per outer drift; empty = one time scale.
     #[serde(default)]
     pub time_scales: Vec<u32>,
+    /// Trajectory-length randomisation: τ is drawn from τ·[1 − j, 1 + j] per trajectory.
+    #[serde(default)]
+    pub trajectory_jitter: f64,
     /// Trajectories per sweep.
     #[serde(default = "one_u32")]
     pub repeat: u32,
@@ -147,6 +150,7 @@ impl HmcCard {
             omelyan_lambda: self.omelyan_lambda,
             inner_steps: self.time_scales.clone().into(),
             accept_reject: self.accept_reject,
+            jitter: self.trajectory_jitter,
         }
     }
 
@@ -160,6 +164,9 @@ impl HmcCard {
         }
         if !(self.omelyan_lambda.is_finite() && self.omelyan_lambda > 0.0 && self.omelyan_lambda < 0.5) {
             return err("omelyan_lambda", format!("must lie in (0, 0.5), got {}", self.omelyan_lambda));
+        }
+        if !(self.trajectory_jitter.is_finite() && (0.0..1.0).contains(&self.trajectory_jitter)) {
+            return err("trajectory_jitter", format!("must lie in [0, 1), got {}", self.trajectory_jitter));
         }
         if let Some(i) = self.time_scales.iter().position(|&n| n == 0) {
             return err(&format!("time_scales[{i}]"), "must be at least 1, got 0".into());
@@ -259,7 +266,9 @@ impl RunCard {
                     _ => return Err(fail("theory.plugin", "must be a non-empty string".into())),
                 }
             } else {
-                let json = serde_json::to_value(&v).map_err(|e| fail(&format!("theory.{k}"), e.to_string()))?;
+                let field = format!("theory.{k}");
+                check_finite_floats(&v).map_err(|m| fail(&field, m))?;
+                let json = serde_json::to_value(&v).map_err(|e| fail(&field, e.to_string()))?;
                 config.insert(k, json);
             }
         }
@@ -348,13 +357,25 @@ impl RunCard {
     }
 }
 
+/// Plugins receive their keys as JSON, which has no NaN or infinity: refuse them here.
+fn check_finite_floats(v: &toml::Value) -> Result<(), String> {
+    match v {
+        toml::Value::Float(x) if !x.is_finite() => Err(format!("must be a finite number, got {x}")),
+        toml::Value::Array(a) => a.iter().try_for_each(check_finite_floats),
+        toml::Value::Table(t) => t.values().try_for_each(check_finite_floats),
+        _ => Ok(()),
+    }
+}
+
 /// Deserialises one section, naming the field path on error.
 fn section<T: DeserializeOwned>(table: toml::Table, prefix: &str) -> Result<T, (String, String)> {
     let value = toml::Value::Table(table);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." || path.is_empty() { prefix.to_string() } else { format!("{prefix}.{path}") };
-        (field, e.into_inner().to_string())
+        // toml repeats the key as "\nin `key`"; the field path already names it
+        let msg = e.into_inner().to_string();
+        (field, msg.lines().next().unwrap_or_default().trim().to_string())
     })
 }
 
@@ -416,6 +437,7 @@ output = "phi4.h5"
             (GOOD.replace("measurements = 2000", "measurements = 0"), "run.measurements"),
             (GOOD.replace("trajectory_length = 1.0", "trajectory_length = nan"), "chain[0].trajectory_length"),
             ("[run]\nseed = 1\n".into(), "theory"),
+            (GOOD.replace("m2 = -4.0", "m2 = nan"), "theory.m2"),
             (format!("{GOOD}\n[extra]\nx = 1\n"), "extra"),
             ("this is = = not toml".into(), "not valid TOML"),
         ];

@@ -120,15 +120,16 @@ impl Chain {
         Ok(())
     }
 
-    /// One sweep: every step in order. `records[i]` receives step i's records.
+    /// One sweep: every step in order. `records[i]` receives step i's records. An error
+    /// carries the index of the step that failed.
     pub fn sweep(
         &mut self,
         theory: &mut TheoryHandle,
         config: &mut [f64],
         records: &mut [Vec<StepRecord>],
-    ) -> Result<(), PluginLoadError> {
-        for ((step, rng), out) in self.steps.iter_mut().zip(&mut self.rngs).zip(records.iter_mut()) {
-            step.apply(theory, config, rng, out)?;
+    ) -> Result<(), (usize, PluginLoadError)> {
+        for (i, ((step, rng), out)) in self.steps.iter_mut().zip(&mut self.rngs).zip(records.iter_mut()).enumerate() {
+            step.apply(theory, config, rng, out).map_err(|e| (i, e))?;
         }
         Ok(())
     }

@@ -132,7 +132,11 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
 
     while sweeps_done < total {
         records.iter_mut().for_each(Vec::clear);
-        chain.sweep(&mut theory, &mut config, &mut records)?;
+        if let Err((i, e)) = chain.sweep(&mut theory, &mut config, &mut records) {
+            // keep what is on disk readable; the last checkpoint stays the resume point
+            let _ = writer.flush();
+            return Err(anyhow::Error::new(e).context(format!("{file}: chain[{i}] (sweep {sweeps_done})")));
+        }
         for (i, recs) in records.iter().enumerate() {
             accepted[i] += recs.iter().filter(|r| r.accepted).count() as u64;
             applied[i] += recs.len() as u64;

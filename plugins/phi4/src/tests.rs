@@ -155,6 +155,7 @@ fn results_do_not_depend_on_thread_count() {
         omelyan_lambda: OMELYAN_LAMBDA,
         inner_steps: RVec::new(),
         accept_reject: true,
+        jitter: 0.0,
     };
     let run = |threads: u32| {
         let mut t = theory(json);
@@ -185,6 +186,7 @@ fn hmc_rejects_non_finite_configurations_with_an_error() {
         omelyan_lambda: OMELYAN_LAMBDA,
         inner_steps: RVec::new(),
         accept_reject: true,
+        jitter: 0.0,
     };
     let mut rng = Stream::new(1, 1).state();
     let e = t.hmc(RSliceMut::from(&mut phi[..]), &params, 1, &mut rng).into_result().unwrap_err();

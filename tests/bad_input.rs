@@ -1,0 +1,140 @@
+//! Bad input gets a clear error and exit code 1 — never a panic, an abort or a silent wrong
+//! answer. Each case states what the message must name.
+
+mod common;
+
+use std::path::Path;
+
+use common::{run, run_ok, write_card};
+
+const GOOD: &str = r#"
+[theory]
+plugin = "phi4"
+lattice = [4, 4]
+m2 = -4.0
+lambda = 8.0
+
+[[chain]]
+kind = "hmc"
+md_steps = 10
+integrator = "omelyan2"
+
+[run]
+seed = 1
+thermalization = 10
+measurements = 50
+save_every = 10
+output = "{OUT}"
+"#;
+
+/// Runs `latflow ARGS` and checks: exit code 1, "error:" on stderr, every `needle` present,
+/// no panic text.
+fn expect_error(args: &[&str], needles: &[&str]) -> String {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "latflow {args:?}: expected exit code 1, got {}:\n{stderr}", out.status);
+    assert!(stderr.contains("error:"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "latflow {args:?} panicked:\n{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "latflow {args:?}: expected '{n}' in:\n{stderr}");
+    }
+    stderr
+}
+
+/// A card with `from` replaced by `to`; the error must name the card file and `needles`.
+fn bad_card(dir: &Path, name: &str, from: &str, to: &str, needles: &[&str]) {
+    assert!(GOOD.contains(from), "test bug: '{from}' not in the card");
+    let (card, _) = write_card(dir, name, &GOOD.replace(from, to));
+    let file = format!("{name}.toml");
+    let mut all = vec![file.as_str()];
+    all.extend_from_slice(needles);
+    expect_error(&["run", card.to_str().unwrap(), "-q"], &all);
+}
+
+#[test]
+fn bad_run_cards() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let theory = "[theory]\nplugin = \"phi4\"\nlattice = [4, 4]\nm2 = -4.0\nlambda = 8.0\n";
+    bad_card(d, "no_theory", theory, "", &["theory", "missing"]);
+    bad_card(d, "unknown_plugin", "plugin = \"phi4\"", "plugin = \"phi5\"", &["theory.plugin", "phi5", "latflow plugins"]);
+    bad_card(d, "missing_so", "plugin = \"phi4\"", "plugin = \"/no/such/libplugin.so\"", &["theory.plugin", "/no/such/libplugin.so"]);
+    bad_card(d, "typo_chain_key", "md_steps = 10", "md_step = 10", &["chain[0]", "md_step"]);
+    bad_card(d, "typo_theory_key", "lambda = 8.0", "lamda = 8.0", &["[theory]", "phi4", "new_theory", "lamda"]);
+    bad_card(d, "typo_run_key", "seed = 1", "sede = 1", &["run", "sede"]);
+    bad_card(d, "negative_extent", "lattice = [4, 4]", "lattice = [4, -4]", &["lattice", "-4"]);
+    bad_card(d, "zero_extent", "lattice = [4, 4]", "lattice = [0, 4]", &["lattice", "extent 0"]);
+    bad_card(d, "empty_lattice", "lattice = [4, 4]", "lattice = []", &["lattice"]);
+    bad_card(d, "nan_coupling", "m2 = -4.0", "m2 = nan", &["theory.m2", "finite"]);
+    bad_card(d, "inf_coupling", "lambda = 8.0", "lambda = inf", &["theory.lambda", "finite"]);
+    bad_card(d, "negative_lambda", "lambda = 8.0", "lambda = -1.0", &["lambda", "≥ 0"]);
+    bad_card(d, "unstable_free_field", "lambda = 8.0", "lambda = 0.0", &["m2", "m2 > 0"]);
+    bad_card(d, "zero_md_steps", "md_steps = 10", "md_steps = 0", &["chain[0].md_steps", "at least 1"]);
+    bad_card(d, "negative_md_steps", "md_steps = 10", "md_steps = -2", &["chain[0].md_steps"]);
+    bad_card(d, "wrong_type", "md_steps = 10", "md_steps = \"ten\"", &["chain[0].md_steps", "invalid type"]);
+    bad_card(d, "wrong_type_lattice", "lattice = [4, 4]", "lattice = \"4x4\"", &["lattice", "invalid type"]);
+    bad_card(d, "unknown_integrator", "\"omelyan2\"", "\"verlet\"", &["chain[0].integrator", "verlet"]);
+    bad_card(d, "unknown_step_kind", "kind = \"hmc\"", "kind = \"heatbath\"", &["chain[0].kind", "heatbath"]);
+    bad_card(d, "zero_measurements", "measurements = 50", "measurements = 0", &["run.measurements"]);
+    bad_card(d, "bad_jitter", "md_steps = 10", "md_steps = 10\ntrajectory_jitter = 1.5", &["trajectory_jitter"]);
+    bad_card(d, "missing_dir", "output = \"{OUT}\"", "output = \"/no/such/dir/x.h5\"", &["run.output", "/no/such/dir"]);
+    bad_card(d, "not_toml", "[run]", "[run", &["not valid TOML"]);
+    bad_card(d, "unknown_section", "[run]", "[runn]\nx = 1\n[run]", &["runn", "unknown section"]);
+    bad_card(d, "nested_too_deep", "md_steps = 10", "md_steps = 10\ntime_scales = [2, 2]", &["hmc", "level"]);
+}
+
+#[test]
+fn missing_card_file() {
+    expect_error(&["run", "/no/such/card.toml"], &["/no/such/card.toml", "cannot read"]);
+}
+
+#[test]
+fn existing_output_needs_force_or_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, out) = write_card(dir.path(), "exists", GOOD);
+    std::fs::write(&out, b"precious").unwrap();
+    expect_error(&["run", card.to_str().unwrap(), "-q"], &["run.output", "already exists", "--force"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious", "an existing file was touched");
+    run_ok(&["run", card.to_str().unwrap(), "-q", "--force"]);
+}
+
+#[test]
+fn resume_without_checkpoint_or_from_another_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, _) = write_card(dir.path(), "fresh", GOOD);
+    expect_error(&["run", card.to_str().unwrap(), "-q", "--resume"], &["fresh.toml", "no checkpoint", "--resume"]);
+
+    // a finished run leaves a checkpoint; a different card pointing at the same output is refused
+    run_ok(&["run", card.to_str().unwrap(), "-q"]);
+    let other = GOOD.replace("seed = 1", "seed = 2").replace("{OUT}", &dir.path().join("fresh.h5").display().to_string());
+    let other_card = dir.path().join("other.toml");
+    std::fs::write(&other_card, other).unwrap();
+    expect_error(&["run", other_card.to_str().unwrap(), "-q", "--resume"], &["other.toml", "different run card"]);
+}
+
+#[test]
+fn corrupt_or_truncated_hdf5_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.h5");
+    std::fs::write(&junk, (0..4096u32).map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8).collect::<Vec<_>>()).unwrap();
+    for cmd in ["analyze", "inspect"] {
+        expect_error(&[cmd, junk.to_str().unwrap()], &["junk.h5"]);
+    }
+    let empty = dir.path().join("empty.h5");
+    std::fs::write(&empty, b"").unwrap();
+    expect_error(&["analyze", empty.to_str().unwrap()], &["empty.h5"]);
+    expect_error(&["analyze", "/no/such/file.h5"], &["/no/such/file.h5"]);
+
+    // a real ensemble cut in half
+    let (card, out) = write_card(dir.path(), "real", GOOD);
+    run_ok(&["run", card.to_str().unwrap(), "-q"]);
+    let bytes = std::fs::read(&out).unwrap();
+    let cut = dir.path().join("truncated.h5");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    expect_error(&["analyze", cut.to_str().unwrap()], &["truncated.h5"]);
+
+    // a damaged checkpoint is refused on --resume, naming it
+    let ckpt = format!("{}.ckpt", out.display());
+    std::fs::write(&ckpt, b"LFCKPT01garbage").unwrap();
+    expect_error(&["run", card.to_str().unwrap(), "-q", "--resume"], &["real.h5.ckpt"]);
+}
