@@ -80,6 +80,9 @@ fn bad_run_cards() {
     bad_card(d, "missing_dir", "output = \"{OUT}\"", "output = \"/no/such/dir/x.h5\"", &["run.output", "/no/such/dir"]);
     bad_card(d, "not_toml", "[run]", "[run", &["not valid TOML"]);
     bad_card(d, "unknown_section", "[run]", "[runn]\nx = 1\n[run]", &["runn", "unknown section"]);
+    bad_card(d, "unknown_reference", "[run]", "[reference]\nchi3 = 1.0\n[run]", &["reference.chi3", "chi2"]);
+    bad_card(d, "bad_reference", "[run]", "[reference]\nchi2 = [1.0, -1.0]\n[run]", &["reference.chi2"]);
+    bad_card(d, "vector_reference", "[run]", "[reference]\ncorrelator = 1.0\n[run]", &["reference.correlator"]);
     bad_card(d, "nested_too_deep", "md_steps = 10", "md_steps = 10\ntime_scales = [2, 2]", &["hmc", "level"]);
 }
 

@@ -77,7 +77,44 @@ pub fn analyze(ens: &Ensemble) -> anyhow::Result<Analysis> {
     Ok(Analysis { observables, steps })
 }
 
+/// A comparison of a measured value with a reference value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub name: String,
+    pub mean: f64,
+    pub error: f64,
+    pub reference: f64,
+    pub reference_error: f64,
+    /// (mean − reference)/√(error² + reference_error²).
+    pub z: f64,
+}
+
 impl Analysis {
+    /// Looks up a scalar observable or a component written `name[j]`.
+    pub fn get(&self, name: &str) -> Option<&GammaResult> {
+        let (base, j) = match name.split_once('[') {
+            Some((b, rest)) => (b, rest.trim_end_matches(']').parse::<usize>().ok()?),
+            None => (name, 0),
+        };
+        let o = self.observables.iter().find(|o| o.name == base)?;
+        if !name.contains('[') && o.components.len() != 1 {
+            return None;
+        }
+        o.components.get(j)
+    }
+
+    /// z-scores against reference values `(name, value, error)`; unknown names are errors.
+    pub fn compare(&self, reference: &[(String, f64, f64)]) -> Result<Vec<Comparison>, String> {
+        reference
+            .iter()
+            .map(|(name, r, re)| {
+                let g = self.get(name).ok_or_else(|| format!("reference.{name}: no such scalar observable or component"))?;
+                let z = (g.mean - r) / (g.error * g.error + re * re).sqrt();
+                Ok(Comparison { name: name.clone(), mean: g.mean, error: g.error, reference: *r, reference_error: *re, z })
+            })
+            .collect()
+    }
+
     /// The documented JSON shape:
     /// `{"observables": {NAME: {"mean", "error", "tau_int", "tau_int_error", "n"}}, "acceptance": {KIND: rate}, "steps": {...}}`;
     /// for vector observables `mean`, `error`, `tau_int` and `tau_int_error` are arrays.

@@ -50,6 +50,9 @@ pub struct RunCard {
     pub theory: TheoryCard,
     pub chain: Vec<StepCard>,
     pub run: RunSection,
+    /// Optional `[reference]` values: observable (or `name[j]` for a component) → (value,
+    /// error). The run summary prints the z-score of each.
+    pub reference: Vec<(String, f64, f64)>,
 }
 
 /// The `[theory]` section: a plugin and the keys that belong to it.
@@ -246,8 +249,8 @@ impl RunCard {
         let fail = |field: &str, message: String| CardError { file: file.clone(), field: field.into(), message };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| fail("", format!("not valid TOML: {e}")))?;
         for key in table.keys() {
-            if !["theory", "chain", "run"].contains(&key.as_str()) {
-                return Err(fail(key, "unknown section (expected [theory], [[chain]], [run])".into()));
+            if !["theory", "chain", "run", "reference"].contains(&key.as_str()) {
+                return Err(fail(key, "unknown section (expected [theory], [[chain]], [run], [reference])".into()));
             }
         }
 
@@ -334,7 +337,39 @@ impl RunCard {
             }
         }
 
-        Ok(Self { path: path.to_path_buf(), text: text.to_string(), theory: TheoryCard { plugin, config }, chain, run })
+        // [reference]
+        let mut reference = Vec::new();
+        match table.remove("reference") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (name, v) in t {
+                    let field = format!("reference.{name}");
+                    let num = |v: &toml::Value| match v {
+                        toml::Value::Float(x) if x.is_finite() => Some(*x),
+                        toml::Value::Integer(i) => Some(*i as f64),
+                        _ => None,
+                    };
+                    let (value, error) = match &v {
+                        toml::Value::Array(a) if a.len() == 2 => (num(&a[0]), num(&a[1])),
+                        other => (num(other), Some(0.0)),
+                    };
+                    match (value, error) {
+                        (Some(x), Some(e)) if e >= 0.0 => reference.push((name, x, e)),
+                        _ => return Err(fail(&field, "must be a finite number or [value, error] with error ≥ 0".into())),
+                    }
+                }
+            }
+            Some(_) => return Err(fail("reference", "must be a table ([reference])".into())),
+        }
+
+        Ok(Self {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+            theory: TheoryCard { plugin, config },
+            chain,
+            run,
+            reference,
+        })
     }
 
     /// The theory's keys as a JSON object (what the plugin receives).

@@ -69,7 +69,19 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             let output = run::run(&card, &opts)?;
             let ens = ensemble::read_ensemble(&output)?;
             println!("wrote {}", output.display());
-            print!("{}", analyze::analyze(&ens)?.to_text());
+            let analysis = analyze::analyze(&ens)?;
+            print!("{}", analysis.to_text());
+            let reference = crate::card::RunCard::load(&card)?.reference;
+            if !reference.is_empty() {
+                let cmp = analysis.compare(&reference).map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?;
+                println!("{:<22} {:>14} {:>12} {:>14} {:>12} {:>7}", "reference", "measured", "error", "reference", "error", "z");
+                for c in cmp {
+                    println!(
+                        "{:<22} {:>14.8} {:>12.3e} {:>14.8} {:>12.3e} {:>+7.2}",
+                        c.name, c.mean, c.error, c.reference, c.reference_error, c.z
+                    );
+                }
+            }
         }
         Command::Analyze { file, json } => {
             let ens = ensemble::read_ensemble(&file)?;

@@ -57,6 +57,17 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
         .iter()
         .map(|o| ObservableDef { name: o.name.to_string(), len: o.len as usize, description: o.description.to_string() })
         .collect();
+    for (name, _, _) in &card.reference {
+        let (base, j) = match name.split_once('[') {
+            Some((b, rest)) => (b, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (name.as_str(), Some(0)),
+        };
+        let ok = observables.iter().any(|o| o.name == base && j.is_some_and(|j| j < o.len) && (name.contains('[') || o.len == 1));
+        if !ok {
+            let names: Vec<&str> = observables.iter().map(|o| o.name.as_str()).collect();
+            bail!("{file}: reference.{name}: no such scalar observable or component (the theory has: {})", names.join(", "));
+        }
+    }
     let kinds: Vec<&str> = chain.steps().iter().map(|s| s.kind()).collect();
     let steps: Vec<StepDef> = step_labels(&kinds)
         .into_iter()
