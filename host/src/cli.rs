@@ -44,7 +44,11 @@ pub enum Command {
         json: bool,
     },
     /// List every plugin on the search path, its version, path and what it provides.
-    Plugins,
+    Plugins {
+        /// For broken libraries, print the loader's full report.
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Show an ensemble's provenance and contents.
     Inspect { file: PathBuf },
 }
@@ -92,7 +96,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 print!("{}", a.to_text());
             }
         }
-        Command::Plugins => {
+        Command::Plugins { verbose } => {
             let search = SearchPath::new(&cli.plugin_dirs);
             println!("plugin interface version {}", Plugin::host_interface_version());
             println!("search path: {}", search.describe());
@@ -117,7 +121,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                             println!("    {item}");
                         }
                     }
-                    Err(e) => println!("BROKEN {}\n    {e}", l.path.display()),
+                    Err(e) => {
+                        println!("BROKEN {}\n    {e}", l.path.display());
+                        if let (true, plugin::PluginLoadError::Load { detail, .. }) = (verbose, &e) {
+                            for line in detail.lines() {
+                                println!("      | {line}");
+                            }
+                        }
+                    }
                 }
             }
         }

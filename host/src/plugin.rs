@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, RootModule};
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
 use latflow_core::abi::{
     ObservableSpec, PluginError, PluginInfo, PluginKind, PluginModRef, Start, TheoryBox, TrajectoryRecord,
@@ -30,7 +30,13 @@ use latflow_core::{FieldLayout, Stream};
 #[derive(Debug, thiserror::Error)]
 pub enum PluginLoadError {
     #[error("plugin library '{path}' could not be loaded: {reason}")]
-    Load { path: PathBuf, reason: String },
+    Load {
+        path: PathBuf,
+        /// One line.
+        reason: String,
+        /// abi_stable's full report (`latflow plugins --verbose`).
+        detail: String,
+    },
     #[error("no plugin named '{name}' on the search path ({searched}); `latflow plugins` lists what is found")]
     NotFound { name: String, searched: String },
     #[error("plugin '{name}' ({path}) is a {kind:?} plugin, but a theory plugin is needed here")]
@@ -71,7 +77,10 @@ impl SearchPath {
         }
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+            .unwrap_or_else(|| {
+                let host = Path::new(env!("CARGO_MANIFEST_DIR"));
+                host.parent().unwrap_or(host).join("target")
+            });
         for profile in ["release", "debug"] {
             dirs.push((target.join(profile).join("deps"), Origin::CargoTarget));
             dirs.push((target.join(profile), Origin::CargoTarget));
@@ -133,28 +142,70 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-/// Keeps only the informative lines of an abi_stable load error (its layout reports are long).
-fn short_reason(e: &abi_stable::library::LibraryError) -> String {
-    let full = e.to_string();
-    let lines: Vec<&str> = full.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let errors: Vec<&str> = lines.iter().copied().filter(|l| l.contains("Error")).collect();
-    let picked = if errors.is_empty() { lines.iter().take(3).copied().collect::<Vec<_>>() } else { errors };
-    let mut s = picked.join(" | ");
-    if s.len() > 400 {
-        s.truncate(400);
-        s.push_str(" …");
+/// A one-line reason for an abi_stable load error; its layout reports run to pages.
+fn short_reason(e: &LibraryError) -> String {
+    const REBUILD: &str = "rebuild the plugin against this latflow's latflow-core";
+    match e {
+        LibraryError::OpenError { err, .. } => format!("cannot open the library: {err}"),
+        LibraryError::GetSymbolError { .. } => {
+            "not a latflow plugin (it exports no abi_stable root module)".to_string()
+        }
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => format!(
+            "plugin built for interface version {actual_version}, this latflow has {expected_version}; {REBUILD}"
+        ),
+        LibraryError::AbiInstability(_) => {
+            // Keep each "Error:" line with the expected/found lines under it, and name the
+            // innermost type whose layout differs.
+            let full = e.to_string();
+            let lines: Vec<&str> = full.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            // the type a layout report is about is the first `type:` after its
+            // "Layout of expected type:" header; the last report is the innermost type
+            let mut ty = None;
+            let mut header = false;
+            let mut problems = Vec::new();
+            for (i, l) in lines.iter().enumerate() {
+                if l.starts_with("Layout of expected type") {
+                    header = true;
+                } else if let Some(t) = l.strip_prefix("type:").filter(|_| header) {
+                    ty = Some(t.trim());
+                    header = false;
+                }
+                if let Some(p) = l.strip_prefix("Error:") {
+                    let detail: Vec<&str> = lines[i + 1..]
+                        .iter()
+                        .take_while(|n| n.starts_with("expected") || n.starts_with("found"))
+                        .copied()
+                        .collect();
+                    problems.push(if detail.is_empty() { p.trim().to_string() } else { format!("{} ({})", p.trim(), detail.join(", ")) });
+                }
+            }
+            let mut s = match ty {
+                Some(t) => format!("its interface layout differs from this latflow's in `{t}`"),
+                None => "its interface layout differs from this latflow's".to_string(),
+            };
+            if !problems.is_empty() {
+                s.push_str(&format!(": {}", problems.join("; ")));
+            }
+            if s.len() > 400 {
+                s.truncate(400);
+                s.push_str(" …");
+            }
+            format!("{s}; {REBUILD}")
+        }
+        other => other.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
     }
-    s
 }
 
 impl Plugin {
     /// Opens a library and checks its latflow root module (layout and version).
     pub fn load(path: &Path) -> Result<Self, PluginLoadError> {
-        let header = lib_header_from_path(path)
-            .map_err(|e| PluginLoadError::Load { path: path.to_path_buf(), reason: short_reason(&e) })?;
-        let module = header
-            .init_root_module::<PluginModRef>()
-            .map_err(|e| PluginLoadError::Load { path: path.to_path_buf(), reason: short_reason(&e) })?;
+        let fail = |e: LibraryError| PluginLoadError::Load {
+            path: path.to_path_buf(),
+            reason: short_reason(&e),
+            detail: e.to_string(),
+        };
+        let header = lib_header_from_path(path).map_err(fail)?;
+        let module = header.init_root_module::<PluginModRef>().map_err(fail)?;
         let info = (module.info())();
         Ok(Self { path: path.to_path_buf(), info, module })
     }

@@ -107,10 +107,12 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
         (writer, ck.config, ck.sweeps_done)
     } else {
         if output.exists() && !opts.force {
-            bail!(
-                "{file}: run.output: '{}' already exists; use --resume to continue its run or --force to overwrite it",
-                output.display()
-            );
+            let hint = if ckpt_path.exists() {
+                "use --resume to continue its run or --force to overwrite it"
+            } else {
+                "it has no checkpoint to resume from; use --force to overwrite it"
+            };
+            bail!("{file}: run.output: '{}' already exists; {hint}", output.display());
         }
         let prov = Provenance {
             latflow_version: env!("CARGO_PKG_VERSION").into(),
@@ -125,13 +127,24 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             theory_params: theory.params_json(),
             layout: serde_json::to_string(theory.layout()).unwrap_or_default(),
         };
+        let mut init = Stream::new(card.run.seed, Stream::id(STREAM_INIT, 0, 0, 0));
+        let config = theory.initial(card.run.start, &mut init).with_context(|| format!("{file}: run.start"))?;
         let writer = EnsembleWriter::create(&output, &prov, &observables, &steps, configs.as_ref(), opts.force)
             .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&ckpt_path);
-        let mut init = Stream::new(card.run.seed, Stream::id(STREAM_INIT, 0, 0, 0));
-        let config = theory.initial(card.run.start, &mut init)?;
         (writer, config, 0)
     };
+
+    // One call of the plain action entry point, so that a plugin whose `action` is broken is
+    // caught here rather than later by a sampler that relies on it.
+    let fresh = !opts.resume;
+    if let Err(e) = theory.action(&config) {
+        drop(writer);
+        if fresh {
+            let _ = std::fs::remove_file(&output);
+        }
+        return Err(anyhow::Error::new(e).context(format!("{file}: [theory] (action of the starting configuration)")));
+    }
 
     let total = card.run.total_sweeps();
     let therm = card.run.thermalization;
@@ -140,13 +153,23 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let mut accepted = vec![0u64; steps.len()];
     let mut applied = vec![0u64; steps.len()];
     let mut last_checkpoint = std::time::Instant::now();
+    let mut checkpointed = !fresh;
+    // A fresh run that fails before its first checkpoint leaves nothing resumable: remove its file.
+    let abandon = |writer: EnsembleWriter, checkpointed: bool, e: anyhow::Error| -> anyhow::Error {
+        drop(writer);
+        if !checkpointed {
+            let _ = std::fs::remove_file(&output);
+        }
+        e
+    };
 
     while sweeps_done < total {
         records.iter_mut().for_each(Vec::clear);
         if let Err((i, e)) = chain.sweep(&mut theory, &mut config, &mut records) {
             // keep what is on disk readable; the last checkpoint stays the resume point
             let _ = writer.flush();
-            return Err(anyhow::Error::new(e).context(format!("{file}: chain[{i}] (sweep {sweeps_done})")));
+            let e = anyhow::Error::new(e).context(format!("{file}: chain[{i}] (sweep {sweeps_done})"));
+            return Err(abandon(writer, checkpointed, e));
         }
         for (i, recs) in records.iter().enumerate() {
             accepted[i] += recs.iter().filter(|r| r.accepted).count() as u64;
@@ -159,7 +182,15 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
                     writer.push_step_record(i, r.accepted, &r.columns)?;
                 }
             }
-            writer.push_measurement(sweeps_done, &theory.measure(&config)?)?;
+            let values = match theory.measure(&config) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = writer.flush();
+                    let e = anyhow::Error::new(e).context(format!("{file}: measurement (sweep {sweeps_done})"));
+                    return Err(abandon(writer, checkpointed, e));
+                }
+            };
+            writer.push_measurement(sweeps_done, &values)?;
             if card.run.save_every > 0 && m % card.run.save_every == 0 {
                 writer.push_config(sweeps_done, &config)?;
             }
@@ -172,6 +203,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             let counts = writer.flush()?;
             Checkpoint { card_hash: hash.clone(), sweeps_done, counts, step_rngs: chain.rng_states(), config: config.clone() }
                 .save(&ckpt_path)?;
+            checkpointed = true;
         }
         bar.set_position(sweeps_done);
         if sweeps_done % 16 == 0 {
