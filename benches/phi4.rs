@@ -1,0 +1,176 @@
+//! Criterion benchmarks of the φ⁴ plugin, used directly as an rlib (no plugin loading, no ABI).
+//!
+//! Run: `cargo bench --bench phi4` (about 2–3 minutes); a subset with a filter, e.g.
+//! `cargo bench --bench phi4 -- hmc_trajectory/leapfrog`. Theory: 2D, the tutorial couplings
+//! m² = −4, λ = 8 of Albergo et al. (arXiv:2101.08176), convention
+//! S = Σ_x [Σ_μ (φ(x+μ̂) − φ(x))² + m²φ² + λφ⁴].
+//!
+//! Groups:
+//! * `kernel/{action,gradient,action+gradient}/L`: one evaluation on an L×L configuration;
+//!   throughput is `Elements(V)`, so criterion's `elem/s` reads as site-updates per second.
+//!   Single thread.
+//! * `hmc_trajectory/{leapfrog,omelyan2}/L`: one HMC trajectory (τ = 1, 10 MD steps, momentum
+//!   refresh + integration + Metropolis test) through `Phi4::hmc_vec`; throughput is
+//!   `Elements(1)`, so `elem/s` reads as trajectories per second. Single thread.
+//! * `threads/{trajectory_omelyan2,action+gradient}/L128/tN`: the same at L = 128 inside a
+//!   rayon pool of N = 1 or 2 threads. The kernel only goes parallel at ≥ 8192 sites, so
+//!   L = 128 (16384 sites) is the only size here where threads can matter.
+//!
+//! Every measurement runs inside an explicit rayon pool (`iter_custom` + `ThreadPool::install`
+//! around the whole timed loop, so the pool hand-off is not in the per-iteration time):
+//! without it the kernel would use rayon's global pool, i.e. all cores.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::RVec;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use latflow_core::abi::{HmcParams, IntegratorKind};
+use latflow_core::hmc::OMELYAN_LAMBDA;
+use latflow_core::Stream;
+use latflow_phi4::Phi4;
+
+const M2: f64 = -4.0;
+const LAMBDA: f64 = 8.0;
+const SIZES: [usize; 3] = [8, 32, 128];
+
+fn theory(l: usize) -> Phi4 {
+    Phi4::from_json(&format!(r#"{{"lattice": [{l}, {l}], "m2": {M2}, "lambda": {LAMBDA}}}"#))
+        .expect("valid phi4 config")
+}
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool")
+}
+
+fn params(integrator: IntegratorKind, md_steps: u32) -> HmcParams {
+    HmcParams {
+        trajectory_length: 1.0,
+        md_steps,
+        integrator,
+        omelyan_lambda: OMELYAN_LAMBDA,
+        inner_steps: RVec::new(),
+        accept_reject: true,
+        jitter: 0.0,
+    }
+}
+
+/// A configuration thermalised with 200 Omelyan-2 trajectories (τ = 1, 10 steps).
+fn thermalised(th: &Phi4, rng: &mut Stream) -> Vec<f64> {
+    let v = th.lattice().volume();
+    let mut phi = vec![0.0; v];
+    rng.fill_normal(&mut phi);
+    phi.iter_mut().for_each(|p| *p *= 0.1);
+    th.hmc_vec(&mut phi, &params(IntegratorKind::Omelyan2, 10), 200, rng).expect("thermalisation");
+    phi
+}
+
+/// Times `iters` calls of `f` inside `pool`.
+fn timed(pool: &rayon::ThreadPool, iters: u64, mut f: impl FnMut() + Send) -> Duration {
+    pool.install(|| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        t.elapsed()
+    })
+}
+
+fn kernel(c: &mut Criterion) {
+    let one = pool(1);
+    let mut g = c.benchmark_group("kernel");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    for l in SIZES {
+        let th = theory(l);
+        let mut rng = Stream::new(1, 0);
+        let phi = thermalised(&th, &mut rng);
+        let k = th.kernel();
+        let mut grad = vec![0.0; phi.len()];
+        g.throughput(Throughput::Elements(phi.len() as u64));
+        g.bench_function(BenchmarkId::new("action", l), |b| {
+            b.iter_custom(|n| {
+                timed(&one, n, || {
+                    black_box(k.action(black_box(&phi), M2, LAMBDA));
+                })
+            })
+        });
+        g.bench_function(BenchmarkId::new("gradient", l), |b| {
+            b.iter_custom(|n| {
+                timed(&one, n, || {
+                    k.gradient(black_box(&phi), M2, LAMBDA, &mut grad);
+                    black_box(&mut grad);
+                })
+            })
+        });
+        g.bench_function(BenchmarkId::new("action+gradient", l), |b| {
+            b.iter_custom(|n| {
+                timed(&one, n, || {
+                    black_box(k.action(black_box(&phi), M2, LAMBDA));
+                    k.gradient(black_box(&phi), M2, LAMBDA, &mut grad);
+                    black_box(&mut grad);
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn trajectory(c: &mut Criterion) {
+    let one = pool(1);
+    let mut g = c.benchmark_group("hmc_trajectory");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(1));
+    for (name, kind) in [("leapfrog", IntegratorKind::Leapfrog), ("omelyan2", IntegratorKind::Omelyan2)] {
+        let p = params(kind, 10);
+        for l in SIZES {
+            let th = theory(l);
+            let mut rng = Stream::new(2, 0);
+            let mut phi = thermalised(&th, &mut rng);
+            g.bench_function(BenchmarkId::new(name, l), |b| {
+                b.iter_custom(|n| {
+                    timed(&one, n, || {
+                        black_box(th.hmc_vec(&mut phi, &p, 1, &mut rng).expect("trajectory"));
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn threads(c: &mut Criterion) {
+    let l = 128;
+    let th = theory(l);
+    let p = params(IntegratorKind::Omelyan2, 10);
+    let mut g = c.benchmark_group("threads");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
+    for t in [1usize, 2] {
+        let pl = pool(t);
+        let mut rng = Stream::new(3, 0);
+        let mut phi = thermalised(&th, &mut rng);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new(format!("trajectory_omelyan2/L{l}"), format!("t{t}")), |b| {
+            b.iter_custom(|n| {
+                timed(&pl, n, || {
+                    black_box(th.hmc_vec(&mut phi, &p, 1, &mut rng).expect("trajectory"));
+                })
+            })
+        });
+        let k = th.kernel();
+        let mut grad = vec![0.0; phi.len()];
+        g.throughput(Throughput::Elements(phi.len() as u64));
+        g.bench_function(BenchmarkId::new(format!("action+gradient/L{l}"), format!("t{t}")), |b| {
+            b.iter_custom(|n| {
+                timed(&pl, n, || {
+                    black_box(k.action(black_box(&phi), M2, LAMBDA));
+                    k.gradient(black_box(&phi), M2, LAMBDA, &mut grad);
+                    black_box(&mut grad);
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernel, trajectory, threads);
+criterion_main!(benches);
