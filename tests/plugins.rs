@@ -9,78 +9,13 @@
 
 mod common;
 
-use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::env::consts::DLL_SUFFIX;
+use std::path::Path;
 use std::time::Instant;
+use std::process::Output;
 
-use common::{analyze_json, assert_z, latflow, run_ok, scalar, write_card};
+use common::{analyze_json, assert_z, fixtures_dir, latflow, library, run_ok, scalar, write_card, xy_plugin_dir};
 
-// ---------------------------------------------------------------------------------------------
-// Building the out-of-tree crates
-// ---------------------------------------------------------------------------------------------
-
-fn workspace_root() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.canonicalize().unwrap_or(root)
-}
-
-/// The target directory shared by the example and the fixtures.
-fn external_target() -> PathBuf {
-    workspace_root().join("target").join("external")
-}
-
-/// `cargo build --manifest-path MANIFEST` (dev profile) into [`external_target`]; returns the
-/// directory holding the built libraries.
-fn cargo_build(what: &str, manifest: &Path) -> PathBuf {
-    let target = external_target();
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO"))
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(manifest)
-        .env("CARGO_TARGET_DIR", &target)
-        .output()
-        .unwrap_or_else(|e| panic!("could not start cargo to build {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "building {what} ({}) failed ({}):\n{}",
-        manifest.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("built {what} in {:.1} s (target dir {})", start.elapsed().as_secs_f64(), target.display());
-    target.join("debug")
-}
-
-fn library(dir: &Path, lib_name: &str) -> PathBuf {
-    let p = dir.join(format!("{DLL_PREFIX}{lib_name}{DLL_SUFFIX}"));
-    assert!(p.is_file(), "{} was not built", p.display());
-    p
-}
-
-/// Builds examples/xy-plugin once; its plugin directory.
-fn xy_plugin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = cargo_build("the xy example plugin", &workspace_root().join("examples/xy-plugin/Cargo.toml"));
-        library(&dir, "latflow_xy");
-        dir
-    })
-}
-
-/// Builds the tests/fixtures workspace once; its plugin directory.
-fn fixtures_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = cargo_build("the test fixture plugins", &workspace_root().join("tests/fixtures/Cargo.toml"));
-        for lib in ["latflow_faulty", "latflow_badabi", "latflow_badlayout"] {
-            library(&dir, lib);
-        }
-        dir
-    })
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

@@ -3,46 +3,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
-
-use common::{latflow, run_ok, write_card};
-use latflow_host::ensemble::{read_configs, read_ensemble, Ensemble};
-
-/// Every number in the file that the run produced: observables, sweeps, step records, configs.
-fn contents(path: &Path) -> (Ensemble, Vec<u64>) {
-    let ens = read_ensemble(path).unwrap();
-    let configs = match &ens.configs {
-        Some(c) => read_configs(path, 0, c.count).unwrap(),
-        None => Vec::new(),
-    };
-    (ens, configs.iter().map(|x| x.to_bits()).collect())
-}
-
-fn assert_same_bits(a: &Path, b: &Path) {
-    let (ea, ca) = contents(a);
-    let (eb, cb) = contents(b);
-    assert_eq!(ea.sweeps, eb.sweeps);
-    assert_eq!(ea.observables.len(), eb.observables.len());
-    for (x, y) in ea.observables.iter().zip(&eb.observables) {
-        assert_eq!(x.name, y.name);
-        let bx: Vec<u64> = x.values.iter().map(|v| v.to_bits()).collect();
-        let by: Vec<u64> = y.values.iter().map(|v| v.to_bits()).collect();
-        assert!(bx == by, "observable {} differs between {} and {}", x.name, a.display(), b.display());
-    }
-    assert_eq!(ea.steps.len(), eb.steps.len());
-    for (x, y) in ea.steps.iter().zip(&eb.steps) {
-        assert_eq!(x.accepted, y.accepted, "accept flags of {}", x.label);
-        for ((nx, vx), (ny, vy)) in x.columns.iter().zip(&y.columns) {
-            assert_eq!(nx, ny);
-            let bx: Vec<u64> = vx.iter().map(|v| v.to_bits()).collect();
-            let by: Vec<u64> = vy.iter().map(|v| v.to_bits()).collect();
-            assert!(bx == by, "step column {}/{nx} differs", x.label);
-        }
-    }
-    assert!(!ca.is_empty(), "no configurations stored");
-    assert!(ca == cb, "configurations differ between {} and {}", a.display(), b.display());
-}
+use common::{assert_same_bits, kill_and_resume, run_ok, write_card};
 
 fn card(lattice: &str, threads: u32, meas: u64, extra_run: &str) -> String {
     format!(
@@ -103,29 +64,8 @@ fn sigkill_and_resume_gives_the_same_bits() {
     run_ok(&["run", reference_card.to_str().unwrap(), "-q"]);
 
     let card = card.to_str().unwrap();
-    let mut kills = 0;
-    for (attempt, delay_ms) in [120u64, 260, 90, 400, 170].iter().enumerate() {
-        let mut cmd = latflow();
-        cmd.args(["run", card, "-q"]);
-        if attempt > 0 {
-            cmd.arg("--resume");
-        }
-        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(*delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL on unix
-            kills += 1;
-        }
-        child.wait().unwrap();
-        if attempt == 0 && !Path::new(&format!("{}.ckpt", out.display())).exists() {
-            // killed before the first checkpoint: start again rather than resume
-            continue;
-        }
-        // the file left behind by a kill is readable
-        read_ensemble(&out).expect("a killed run must leave a readable file");
-    }
+    let kills = kill_and_resume(card, &out, &[120, 260, 90, 400, 170]);
     assert!(kills >= 2, "the run finished too quickly to be killed ({kills} kills)");
-    run_ok(&["run", card, "-q", "--resume"]);
     assert_same_bits(&reference, &out);
 
     // resuming a finished run changes nothing

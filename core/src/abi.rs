@@ -271,6 +271,113 @@ pub trait Theory: Send + Sync {
 /// An owned theory object.
 pub type TheoryBox = Theory_TO<'static, RBox<()>>;
 
+/// Proposals from a model: `n` configurations and the model's log-density of each.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct Proposals {
+    /// `n × config_len` reals, in the theory's flat layout.
+    pub configs: RVec<f64>,
+    /// log q(φ) per configuration, as a density with respect to the flat measure Π dφ.
+    pub log_q: RVec<f64>,
+}
+
+/// The learning-rate schedule.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LrSchedule {
+    /// Fixed learning rate.
+    Constant,
+    /// Cosine decay from the base rate to `min_lr` over `steps` steps, after a linear warm-up of
+    /// `warmup` steps.
+    Cosine { steps: u64, min_lr: f64, warmup: u64 },
+    /// Multiply by `factor` every `every` steps.
+    Step { every: u64, factor: f64 },
+}
+
+/// Optimiser settings for training, as plain data.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct TrainSettings {
+    /// Configurations per step.
+    pub batch: u32,
+    /// Adam's base learning rate.
+    pub learning_rate: f64,
+    pub schedule: LrSchedule,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (0: no clipping).
+    pub grad_clip: f64,
+    /// Path-gradient estimator (Vaitl et al. 2022) instead of the plain reparameterised one.
+    pub path_gradients: bool,
+}
+
+/// What one training step reports.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq)]
+pub struct TrainMetrics {
+    /// Reverse-KL loss mean(log q + S) of the batch (≥ −log Z in expectation).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The learning rate used for this step.
+    pub learning_rate: f64,
+}
+
+/// A normalizing-flow model: a density q(φ) on a theory's configurations that can be sampled.
+///
+/// Training is driven by the host in two calls per step, so that the model never sees the
+/// action and the theory never sees the model: [`Model::train_sample`] draws a batch (keeping
+/// its autograd graph); the host gets S and ∂S/∂φ from the theory; [`Model::train_step`]
+/// backpropagates the surrogate loss mean(log q + Σ φ·stopgrad(∂S/∂φ)), whose parameter
+/// gradient equals that of the reverse KL, and takes an optimiser step.
+#[sabi_trait]
+pub trait Model: Send + Sync {
+    /// The plugin's name.
+    fn name(&self) -> RString;
+
+    /// The layout the model produces.
+    fn layout(&self) -> FieldLayout;
+
+    /// The architecture as JSON (also stored in saved weights' metadata).
+    fn architecture(&self) -> RString;
+
+    /// Worker threads (0: the plugin's default). Results must not depend on it.
+    fn set_threads(&mut self, threads: u32) -> RResult<(), PluginError>;
+
+    /// Draws `n` configurations with their log q.
+    fn sample(&self, n: u32, rng: &mut RngState) -> RResult<Proposals, PluginError>;
+
+    /// log q of each configuration of a batch.
+    fn log_prob(&self, configs: RSlice<'_, f64>) -> RResult<RVec<f64>, PluginError>;
+
+    /// Sets up the optimiser (keeps its state if called again with the same settings).
+    fn train_begin(&mut self, settings: &TrainSettings) -> RResult<(), PluginError>;
+
+    /// Draws a training batch of `settings.batch` configurations and keeps what the gradient needs.
+    fn train_sample(&mut self, rng: &mut RngState) -> RResult<Proposals, PluginError>;
+
+    /// One optimiser step, given S and ∂S/∂φ of the batch from the last `train_sample`.
+    fn train_step(&mut self, actions: RSlice<'_, f64>, grad: RSlice<'_, f64>) -> RResult<TrainMetrics, PluginError>;
+
+    /// The weights (and, if `with_optimizer`, Adam's state and step) as safetensors bytes, with
+    /// the architecture in the metadata.
+    fn save(&self, with_optimizer: bool) -> RResult<RVec<u8>, PluginError>;
+
+    /// Loads weights saved by [`Model::save`] by a model of the same architecture (optimizer state too, if present).
+    fn load(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError>;
+
+    /// Transfer: initialises from another model's weights, which may come from a different
+    /// lattice size or coupling; tensors are matched by name and shape.
+    #[sabi(last_prefix_field)]
+    fn init_from(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError>;
+}
+
+/// An owned model object.
+pub type ModelBox = Model_TO<'static, RBox<()>>;
+
 /// The root module every latflow plugin exports.
 #[repr(C)]
 #[derive(StableAbi)]
@@ -282,6 +389,10 @@ pub struct PluginMod {
     /// Model plugins return an [`ErrorKind::Unsupported`] error.
     #[sabi(last_prefix_field)]
     pub new_theory: extern "C" fn(config: RStr<'_>) -> RResult<TheoryBox, PluginError>,
+    /// Builds a model for `layout` from the run card's `[model]` section (minus `plugin`) as
+    /// JSON. Appended after the prefix: plugins built before models existed lack it (the host
+    /// sees `None`), and theory plugins may leave it out.
+    pub new_model: Option<extern "C" fn(config: RStr<'_>, layout: &FieldLayout) -> RResult<ModelBox, PluginError>>,
 }
 
 impl RootModule for PluginModRef {

@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use latflow_core::stats::{gamma_method, GammaResult, S_TAU_DEFAULT};
+use latflow_core::stats::{
+    ess_per_sample, gamma_method, jackknife_weighted, log_z_estimate, GammaResult, S_TAU_DEFAULT,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -34,23 +36,72 @@ pub struct StepAnalysis {
     pub mean_delta_h: Option<f64>,
 }
 
+/// Importance-sampling summary of a `reweight` ensemble.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Reweighting {
+    /// (Σw)²/(N Σw²).
+    pub ess_per_sample: f64,
+    /// log Ẑ = logsumexp(log w) − ln N, an estimate of log Z with respect to the flat measure
+    /// of the model's density (Π dφ for real fields).
+    pub log_z: f64,
+    /// Jackknife error of log Ẑ.
+    pub log_z_error: f64,
+    pub n: usize,
+}
+
 /// The full analysis of an ensemble.
 #[derive(Debug, Clone)]
 pub struct Analysis {
     pub observables: Vec<ObservableAnalysis>,
     pub steps: Vec<StepAnalysis>,
+    /// Present for `reweight` ensembles: their means are weighted, with jackknife errors.
+    pub reweighting: Option<Reweighting>,
 }
 
 /// Analyses an ensemble. A component whose error cannot be estimated is kept, with the reason
 /// in [`ObservableAnalysis::failures`], so that one bad series never hides the others.
 pub fn analyze(ens: &Ensemble) -> anyhow::Result<Analysis> {
+    // A reweight ensemble: independent model samples with importance weights.
+    let log_w: Option<&Vec<f64>> = match ens.steps.as_slice() {
+        [s] if s.kind == "reweight" => s.columns.iter().find(|(c, _)| c == "log_w").map(|(_, v)| v),
+        _ => None,
+    };
+    if let Some(lw) = log_w {
+        if lw.len() != ens.sweeps.len() {
+            anyhow::bail!(
+                "{}: reweight step has {} weights for {} measurements",
+                ens.path.display(),
+                lw.len(),
+                ens.sweeps.len()
+            );
+        }
+    }
+    let reweighting = match log_w {
+        Some(lw) => {
+            let (log_z, log_z_error) = log_z_estimate(lw, 1).map_err(|e| anyhow::anyhow!("{}: log Z: {e}", ens.path.display()))?;
+            Some(Reweighting { ess_per_sample: ess_per_sample(lw), log_z, log_z_error, n: lw.len() })
+        }
+        None => None,
+    };
     let mut observables = Vec::new();
     for o in &ens.observables {
         let mut failures = Vec::new();
         let components = (0..o.len)
             .map(|j| {
                 let series = o.component(j);
-                gamma_method(&series, S_TAU_DEFAULT).unwrap_or_else(|e| {
+                let result = match log_w {
+                    // independent samples: τ_int = ½ by construction; weighted jackknife errors
+                    Some(lw) => jackknife_weighted(&[&series], lw, 1, |m| m[0]).map(|r| GammaResult {
+                        mean: r.mean,
+                        error: r.error,
+                        tau_int: 0.5,
+                        tau_int_error: 0.0,
+                        window: 0,
+                        n: series.len(),
+                    }),
+                    None => gamma_method(&series, S_TAU_DEFAULT),
+                };
+                result.unwrap_or_else(|e| {
                     failures.push((j, e.to_string()));
                     let mean = if series.is_empty() { f64::NAN } else { series.iter().sum::<f64>() / series.len() as f64 };
                     GammaResult { mean, error: f64::NAN, tau_int: f64::NAN, tau_int_error: f64::NAN, window: 0, n: series.len() }
@@ -74,7 +125,7 @@ pub fn analyze(ens: &Ensemble) -> anyhow::Result<Analysis> {
             StepAnalysis { label: s.label.clone(), kind: s.kind.clone(), n, acceptance, exp_minus_delta_h, mean_delta_h }
         })
         .collect();
-    Ok(Analysis { observables, steps })
+    Ok(Analysis { observables, steps, reweighting })
 }
 
 /// A comparison of a measured value with a reference value.
@@ -143,7 +194,11 @@ impl Analysis {
         }
         let acceptance: BTreeMap<&str, f64> = self.steps.iter().map(|s| (s.label.as_str(), s.acceptance)).collect();
         let steps: BTreeMap<&str, &StepAnalysis> = self.steps.iter().map(|s| (s.label.as_str(), s)).collect();
-        json!({ "observables": obs, "acceptance": acceptance, "steps": steps })
+        let mut out = json!({ "observables": obs, "acceptance": acceptance, "steps": steps });
+        if let Some(r) = &self.reweighting {
+            out["reweighting"] = json!(r);
+        }
+        out
     }
 
     /// A human-readable table.
@@ -164,6 +219,12 @@ impl Analysis {
                     name, g.mean, g.error, g.tau_int, g.tau_int_error, g.n
                 ));
             }
+        }
+        if let Some(r) = &self.reweighting {
+            s.push_str(&format!(
+                "reweighting: means are weighted; ESS/N = {:.4}; log Z = {:.6} ± {:.6} (flat measure of the model's density)\n",
+                r.ess_per_sample, r.log_z, r.log_z_error
+            ));
         }
         for st in &self.steps {
             s.push_str(&format!("step {:<10} acceptance {:.4} over {}", st.label, st.acceptance, st.n));

@@ -50,6 +50,10 @@ pub struct RunCard {
     pub theory: TheoryCard,
     pub chain: Vec<StepCard>,
     pub run: RunSection,
+    /// Optional `[model]` section (needed by `flow` and `reweight` steps and `latflow train`).
+    pub model: Option<ModelCard>,
+    /// Optional `[train]` section.
+    pub train: Option<TrainCard>,
     /// Optional `[reference]` values: observable (or `name[j]` for a component) → (value,
     /// error). The run summary prints the z-score of each.
     pub reference: Vec<(String, f64, f64)>,
@@ -68,13 +72,17 @@ pub struct TheoryCard {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepCard {
     Hmc(HmcCard),
+    Flow(ProposalCard),
+    Reweight(ProposalCard),
 }
 
 impl StepCard {
-    /// The step's kind as written in cards (`hmc`, ...).
+    /// The step's kind as written in cards (`hmc`, `flow`, `reweight`).
     pub fn kind(&self) -> &'static str {
         match self {
             StepCard::Hmc(_) => "hmc",
+            StepCard::Flow(_) => "flow",
+            StepCard::Reweight(_) => "reweight",
         }
     }
 
@@ -82,7 +90,163 @@ impl StepCard {
     pub fn repeat(&self) -> u32 {
         match self {
             StepCard::Hmc(h) => h.repeat,
+            StepCard::Flow(p) | StepCard::Reweight(p) => p.repeat,
         }
+    }
+}
+
+/// `kind = "flow"` (independence Metropolis with model proposals) and `kind = "reweight"`
+/// (model samples with importance weights, no accept/reject).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalCard {
+    /// Proposals drawn from the model per call (they are then used one at a time, in order).
+    #[serde(default = "default_proposal_batch")]
+    pub batch: u32,
+    /// Applications per sweep.
+    #[serde(default = "one_u32")]
+    pub repeat: u32,
+}
+
+fn default_proposal_batch() -> u32 {
+    256
+}
+
+/// The `[model]` section: a model plugin, its weights, and the keys that belong to it.
+#[derive(Debug, Clone)]
+pub struct ModelCard {
+    /// A plugin name or a path to a shared library.
+    pub plugin: String,
+    /// Weights (safetensors) to load; `latflow train` writes them here.
+    pub weights: Option<PathBuf>,
+    /// Transfer: initialise training from these weights (another coupling or volume).
+    pub init_from: Option<PathBuf>,
+    /// Every other key, passed to the plugin as JSON.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The `[train]` section, for `latflow train` (and for `latflow run` when the weights do not
+/// exist yet).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainCard {
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Configurations per step.
+    #[serde(default = "default_train_batch")]
+    pub batch: u32,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// `"constant"` (default), or a table `{ kind = "cosine", steps, min_lr, warmup }` or
+    /// `{ kind = "step", every, factor }`.
+    #[serde(default = "default_schedule")]
+    pub schedule: latflow_core::abi::LrSchedule,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm (0: off).
+    #[serde(default)]
+    pub grad_clip: f64,
+    /// Path-gradient estimator (Vaitl et al. 2022).
+    #[serde(default)]
+    pub path_gradients: bool,
+    /// Seeds the training streams (defaults to `[run].seed`, else 0).
+    pub seed: Option<u64>,
+    /// Steps between training checkpoints.
+    #[serde(default = "default_train_checkpoint")]
+    pub checkpoint_every: u64,
+    /// Training curves as PNG (default: the weights path with `.png`).
+    pub plot: Option<PathBuf>,
+}
+
+fn default_train_batch() -> u32 {
+    64
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_schedule() -> latflow_core::abi::LrSchedule {
+    latflow_core::abi::LrSchedule::Constant
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_train_checkpoint() -> u64 {
+    100
+}
+
+impl TrainCard {
+    /// The plain-data settings that cross the ABI.
+    pub fn settings(&self) -> latflow_core::abi::TrainSettings {
+        latflow_core::abi::TrainSettings {
+            batch: self.batch,
+            learning_rate: self.learning_rate,
+            schedule: self.schedule,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+            path_gradients: self.path_gradients,
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        use latflow_core::abi::LrSchedule;
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if self.steps == 0 {
+            return err("steps", "must be at least 1".into());
+        }
+        if self.batch < 2 {
+            return err("batch", format!("must be at least 2, got {}", self.batch));
+        }
+        if !positive(self.learning_rate) {
+            return err("learning_rate", format!("must be a positive number, got {}", self.learning_rate));
+        }
+        if !(self.beta1.is_finite() && (0.0..1.0).contains(&self.beta1)) {
+            return err("beta1", format!("must lie in [0, 1), got {}", self.beta1));
+        }
+        if !(self.beta2.is_finite() && (0.0..1.0).contains(&self.beta2)) {
+            return err("beta2", format!("must lie in [0, 1), got {}", self.beta2));
+        }
+        if !positive(self.eps) {
+            return err("eps", format!("must be a positive number, got {}", self.eps));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return err("weight_decay", format!("must be ≥ 0, got {}", self.weight_decay));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return err("grad_clip", format!("must be ≥ 0 (0 = off), got {}", self.grad_clip));
+        }
+        if self.checkpoint_every == 0 {
+            return err("checkpoint_every", "must be at least 1".into());
+        }
+        match self.schedule {
+            LrSchedule::Constant => {}
+            LrSchedule::Cosine { steps, min_lr, .. } => {
+                if steps == 0 || !(min_lr.is_finite() && min_lr >= 0.0) {
+                    return err("schedule", "cosine needs steps ≥ 1 and min_lr ≥ 0".into());
+                }
+            }
+            LrSchedule::Step { every, factor } => {
+                if every == 0 || !positive(factor) {
+                    return err("schedule", "step needs every ≥ 1 and factor > 0".into());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -249,8 +413,11 @@ impl RunCard {
         let fail = |field: &str, message: String| CardError { file: file.clone(), field: field.into(), message };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| fail("", format!("not valid TOML: {e}")))?;
         for key in table.keys() {
-            if !["theory", "chain", "run", "reference"].contains(&key.as_str()) {
-                return Err(fail(key, "unknown section (expected [theory], [[chain]], [run], [reference])".into()));
+            if !["theory", "chain", "run", "model", "train", "reference"].contains(&key.as_str()) {
+                return Err(fail(
+                    key,
+                    "unknown section (expected [theory], [[chain]], [run], [model], [train], [reference])".into(),
+                ));
             }
         }
 
@@ -260,22 +427,40 @@ impl RunCard {
             Some(_) => return Err(fail("theory", "must be a table ([theory])".into())),
             None => return Err(fail("theory", "missing section [theory]".into())),
         };
-        let mut config = serde_json::Map::new();
-        let mut plugin = None;
-        for (k, v) in theory {
-            if k == "plugin" {
-                match v {
-                    toml::Value::String(s) if !s.trim().is_empty() => plugin = Some(s),
-                    _ => return Err(fail("theory.plugin", "must be a non-empty string".into())),
-                }
-            } else {
-                let field = format!("theory.{k}");
-                check_finite_floats(&v).map_err(|m| fail(&field, m))?;
-                let json = serde_json::to_value(&v).map_err(|e| fail(&field, e.to_string()))?;
-                config.insert(k, json);
+        let (plugin, config) = plugin_section(theory, "theory").map_err(|(f, m)| fail(&f, m))?;
+
+        // [model]
+        let model = match table.remove("model") {
+            None => None,
+            Some(toml::Value::Table(mut t)) => {
+                let mut path_key = |key: &str| -> Result<Option<PathBuf>, CardError> {
+                    match t.remove(key) {
+                        None => Ok(None),
+                        Some(toml::Value::String(p)) if !p.is_empty() => Ok(Some(PathBuf::from(p))),
+                        Some(_) => Err(fail(&format!("model.{key}"), "must be a file path".into())),
+                    }
+                };
+                let weights = path_key("weights")?;
+                let init_from = path_key("init_from")?;
+                let (plugin, config) = plugin_section(t, "model").map_err(|(f, m)| fail(&f, m))?;
+                Some(ModelCard { plugin, weights, init_from, config })
             }
-        }
-        let plugin = plugin.ok_or_else(|| fail("theory.plugin", "missing (a plugin name or a path)".into()))?;
+            Some(_) => return Err(fail("model", "must be a table ([model])".into())),
+        };
+
+        // [train]
+        let train = match table.remove("train") {
+            None => None,
+            Some(toml::Value::Table(t)) => {
+                let tc: TrainCard = section(t, "train").map_err(|(f, m)| fail(&f, m))?;
+                tc.validate().map_err(|(f, m)| fail(&format!("train.{f}"), m))?;
+                if model.is_none() {
+                    return Err(fail("train", "needs a [model] section".into()));
+                }
+                Some(tc)
+            }
+            Some(_) => return Err(fail("train", "must be a table ([train])".into())),
+        };
 
         // [[chain]]
         let steps = match table.remove("chain") {
@@ -286,6 +471,7 @@ impl RunCard {
         if steps.is_empty() {
             return Err(fail("chain", "must contain at least one step".into()));
         }
+        let n_steps = steps.len();
         let mut chain = Vec::new();
         for (i, step) in steps.into_iter().enumerate() {
             let here = format!("chain[{i}]");
@@ -304,8 +490,34 @@ impl RunCard {
                     h.validate().map_err(|(f, m)| fail(&format!("{here}.{f}"), m))?;
                     StepCard::Hmc(h)
                 }
-                other => return Err(fail(&format!("{here}.kind"), format!("unknown step kind '{other}' (expected hmc)"))),
+                "flow" | "reweight" => {
+                    let p: ProposalCard = section(t, &here).map_err(|(f, m)| fail(&f, m))?;
+                    if p.batch == 0 || p.repeat == 0 {
+                        let f = if p.batch == 0 { "batch" } else { "repeat" };
+                        return Err(fail(&format!("{here}.{f}"), "must be at least 1".into()));
+                    }
+                    if model.is_none() {
+                        return Err(fail(
+                            &format!("{here}.kind"),
+                            format!("a '{kind}' step needs a [model] section naming the model plugin and its weights"),
+                        ));
+                    }
+                    if kind == "flow" { StepCard::Flow(p) } else { StepCard::Reweight(p) }
+                }
+                other => {
+                    return Err(fail(
+                        &format!("{here}.kind"),
+                        format!("unknown step kind '{other}' (expected hmc, flow or reweight)"),
+                    ))
+                }
             };
+            if let StepCard::Reweight(p) = &step {
+                // Importance weights belong to independent model samples: a reweight step
+                // only makes sense alone, once per sweep.
+                if n_steps != 1 || p.repeat != 1 {
+                    return Err(fail(&here, "a reweight step must be the only step of the chain, with repeat = 1".into()));
+                }
+            }
             chain.push(step);
         }
 
@@ -368,8 +580,15 @@ impl RunCard {
             theory: TheoryCard { plugin, config },
             chain,
             run,
+            model,
+            train,
             reference,
         })
+    }
+
+    /// The model's keys as a JSON object (what the model plugin receives).
+    pub fn model_json(&self) -> Option<String> {
+        self.model.as_ref().map(|m| serde_json::Value::Object(m.config.clone()).to_string())
     }
 
     /// The theory's keys as a JSON object (what the plugin receives).
@@ -384,12 +603,41 @@ impl RunCard {
             "theory": { "plugin": self.theory.plugin, "config": self.theory.config },
             "chain": self.chain.iter().map(|s| match s {
                 StepCard::Hmc(h) => serde_json::json!({"kind": "hmc", "params": h}),
+                StepCard::Flow(p) | StepCard::Reweight(p) => serde_json::json!({"kind": s.kind(), "params": p}),
             }).collect::<Vec<_>>(),
             "run": self.run,
+            "model": self.model.as_ref().map(|m| serde_json::json!({
+                "plugin": m.plugin, "weights": m.weights, "init_from": m.init_from, "config": m.config,
+            })),
+            "train": self.train,
         });
         let digest = Sha256::digest(canonical.to_string().as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// Splits a plugin section into the plugin name and the keys the plugin receives (as JSON).
+fn plugin_section(
+    table: toml::Table,
+    section: &str,
+) -> Result<(String, serde_json::Map<String, serde_json::Value>), (String, String)> {
+    let mut config = serde_json::Map::new();
+    let mut plugin = None;
+    for (k, v) in table {
+        if k == "plugin" {
+            match v {
+                toml::Value::String(s) if !s.trim().is_empty() => plugin = Some(s),
+                _ => return Err((format!("{section}.plugin"), "must be a non-empty string".into())),
+            }
+        } else {
+            let field = format!("{section}.{k}");
+            check_finite_floats(&v).map_err(|m| (field.clone(), m))?;
+            let json = serde_json::to_value(&v).map_err(|e| (field, e.to_string()))?;
+            config.insert(k, json);
+        }
+    }
+    let plugin = plugin.ok_or_else(|| (format!("{section}.plugin"), "missing (a plugin name or a path)".into()))?;
+    Ok((plugin, config))
 }
 
 /// Plugins receive their keys as JSON, which has no NaN or infinity: refuse them here.

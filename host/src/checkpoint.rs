@@ -32,6 +32,9 @@ pub struct Checkpoint {
     /// The current configuration (not in the JSON header; stored as raw f64 bits).
     #[serde(skip)]
     pub config: Vec<f64>,
+    /// Each chain step's internal state (e.g. unused flow proposals), raw f64 bits.
+    #[serde(skip)]
+    pub step_states: Vec<Vec<f64>>,
 }
 
 /// Checkpoint I/O errors.
@@ -58,9 +61,13 @@ impl Checkpoint {
             f.write_all(MAGIC).map_err(io)?;
             f.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
             f.write_all(&header).map_err(io)?;
-            f.write_all(&(self.config.len() as u64).to_le_bytes()).map_err(io)?;
-            for x in &self.config {
-                f.write_all(&x.to_le_bytes()).map_err(io)?;
+            let arrays = std::iter::once(&self.config).chain(&self.step_states);
+            f.write_all(&(1 + self.step_states.len() as u64).to_le_bytes()).map_err(io)?;
+            for a in arrays {
+                f.write_all(&(a.len() as u64).to_le_bytes()).map_err(io)?;
+                for x in a {
+                    f.write_all(&x.to_le_bytes()).map_err(io)?;
+                }
             }
             let f = f.into_inner().map_err(|e| io(e.into_error()))?;
             f.sync_all().map_err(io)?;
@@ -95,9 +102,21 @@ impl Checkpoint {
         let hlen = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
         let mut ck: Checkpoint =
             serde_json::from_slice(take(hlen)?).map_err(|e| corrupt(format!("bad header: {e}")))?;
-        let n = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
-        let raw = take(n.checked_mul(8).ok_or_else(|| corrupt("bad length".into()))?)?;
-        ck.config = raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let n_arrays = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
+        if n_arrays == 0 {
+            return Err(corrupt("no configuration".into()));
+        }
+        let mut arrays = Vec::new();
+        for _ in 0..n_arrays {
+            let n = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
+            let raw = take(n.checked_mul(8).ok_or_else(|| corrupt("bad length".into()))?)?;
+            arrays.push(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect());
+        }
+        if !rest.is_empty() {
+            return Err(corrupt("trailing bytes".into()));
+        }
+        ck.config = arrays.remove(0);
+        ck.step_states = arrays;
         Ok(ck)
     }
 }
@@ -118,10 +137,14 @@ mod tests {
             counts: Counts { measurements: 5, steps: vec![5, 10], configs: 2 },
             step_rngs: vec![Stream::new(1, 2).state()],
             config: vec![0.1, -0.0, f64::MIN_POSITIVE, 1e300],
+            step_states: vec![vec![], vec![3.0, f64::NAN]],
         };
         ck.save(&path).unwrap();
         let back = Checkpoint::load(&path).unwrap();
-        assert_eq!(back, ck);
+        assert_eq!(back.config, ck.config);
+        assert_eq!(back.step_rngs, ck.step_rngs);
+        assert_eq!(back.step_states[0], Vec::<f64>::new());
+        assert_eq!(back.step_states[1][1].to_bits(), f64::NAN.to_bits());
         assert!(back.config.iter().zip(&ck.config).all(|(a, b)| a.to_bits() == b.to_bits()));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();

@@ -36,6 +36,17 @@ pub enum Command {
         #[arg(long, conflicts_with = "resume")]
         force: bool,
     },
+    /// Train the card's [model] against its [theory] by reverse-KL self-training ([train]).
+    Train {
+        /// The run card (TOML) with [theory], [model] (with `weights`) and [train].
+        card: PathBuf,
+        /// Continue from the training checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Overwrite existing weights.
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
+    },
     /// Γ-method analysis of an ensemble: mean, error, τ_int per observable; acceptance per step.
     Analyze {
         file: PathBuf,
@@ -86,6 +97,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                     );
                 }
             }
+        }
+        Command::Train { card, resume, force } => {
+            let opts = crate::train::TrainOptions { quiet: cli.quiet, plugin_dirs: cli.plugin_dirs, resume, force };
+            let weights = crate::train::train(&card, &opts)?;
+            let mut hist = weights.clone().into_os_string();
+            hist.push(".history.csv");
+            let history = crate::train::read_history(std::path::Path::new(&hist))?;
+            println!("wrote {} (history {}, plot beside it)", weights.display(), std::path::Path::new(&hist).display());
+            println!("{}", crate::train::summary(&history, 100));
         }
         Command::Analyze { file, json } => {
             let ens = ensemble::read_ensemble(&file)?;

@@ -15,7 +15,7 @@
 //! /                          attrs: schema_version (u32 = 1), latflow_version, run_card (full TOML
 //! │                                 text), card_path, card_hash (hex), seed (u64), plugin_name,
 //! │                                 plugin_version, plugin_path, created (UTC, RFC 3339),
-//! │                                 theory_params (JSON), layout (JSON)
+//! │                                 theory_params (JSON), layout (JSON), model (JSON or "")
 //! ├── observables/           attrs: names (JSON array: observable names in definition order)
 //! │   ├── sweep              u64 [n]          sweep index of each measurement row
 //! │   └── <name>             f64 [n] (scalar) or [n, len] (vector); attr: description
@@ -186,6 +186,9 @@ pub struct Provenance {
     pub theory_params: String,
     /// Field layout as JSON (also stored on `/configs`).
     pub layout: String,
+    /// The model used by flow/reweight steps, as JSON (plugin, version, path, architecture,
+    /// weights path and SHA-256); empty when the chain uses no model.
+    pub model: String,
 }
 
 /// One observable: `len == 1` is a scalar (`[n]` dataset), `len > 1` a vector (`[n, len]`).
@@ -366,7 +369,7 @@ impl EnsembleWriter {
     ) -> Result<Self, EnsembleError> {
         // Root attributes.
         write_scalar_attr(path, &file, "/", "schema_version", &SCHEMA_VERSION)?;
-        let strings: [(&str, &str); 10] = [
+        let strings: [(&str, &str); 11] = [
             ("latflow_version", &prov.latflow_version),
             ("run_card", &prov.run_card),
             ("card_path", &prov.card_path),
@@ -377,6 +380,7 @@ impl EnsembleWriter {
             ("created", &prov.created),
             ("theory_params", &prov.theory_params),
             ("layout", &prov.layout),
+            ("model", &prov.model),
         ];
         for (name, value) in strings {
             write_str_attr(path, &file, "/", name, value)?;
@@ -988,6 +992,7 @@ pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
         created: s("created")?,
         theory_params: s("theory_params")?,
         layout: s("layout")?,
+        model: s("model")?,
     };
 
     // Observables.
@@ -1777,6 +1782,7 @@ mod tests {
             plugin_path: "/tmp/libphi4.so".into(),
             created: "2025-01-02T03:04:05Z".into(),
             theory_params: r#"{"kappa":0.18,"lambda":1.1}"#.into(),
+            model: String::new(),
             layout: r#"{"shape":[4,4],"components":1}"#.into(),
         }
     }

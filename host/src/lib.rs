@@ -8,5 +8,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod ensemble;
 pub mod inspect;
+pub mod plot;
 pub mod plugin;
 pub mod run;
+pub mod train;

@@ -23,7 +23,7 @@ use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
 use latflow_core::abi::{
     ObservableSpec, PluginError, PluginInfo, PluginKind, PluginModRef, Start, TheoryBox, TrajectoryRecord,
 };
-use latflow_core::abi::{ActionGrad, HmcParams};
+use latflow_core::abi::{ActionGrad, HmcParams, ModelBox, Proposals, TrainMetrics, TrainSettings};
 use latflow_core::{FieldLayout, Stream};
 
 /// Errors from loading or calling plugins.
@@ -39,8 +39,10 @@ pub enum PluginLoadError {
     },
     #[error("no plugin named '{name}' on the search path ({searched}); `latflow plugins` lists what is found")]
     NotFound { name: String, searched: String },
-    #[error("plugin '{name}' ({path}) is a {kind:?} plugin, but a theory plugin is needed here")]
-    WrongKind { name: String, path: PathBuf, kind: PluginKind },
+    #[error("plugin '{name}' ({path}) is a {kind:?} plugin, but a {wanted} plugin is needed here")]
+    WrongKind { name: String, path: PathBuf, kind: PluginKind, wanted: &'static str },
+    #[error("model '{model}' does not fit theory '{theory}': {reason}")]
+    LayoutMismatch { model: String, theory: String, reason: String },
     #[error("plugin '{plugin}' failed in `{call}`: {error}")]
     Call { plugin: String, call: String, error: PluginError },
     #[error("plugin '{plugin}' returned bad data from `{call}`: {reason}")]
@@ -222,10 +224,158 @@ impl Plugin {
                 name: self.info.name.to_string(),
                 path: self.path.clone(),
                 kind: self.info.kind,
+                wanted: "theory",
             });
         }
         let obj = call(&self.info.name, "new_theory", (self.module.new_theory())(RStr::from_str(config_json)))?;
         TheoryHandle::new(self.info.name.to_string(), self.info.version.to_string(), self.path.clone(), obj)
+    }
+}
+
+impl Plugin {
+    /// Builds a model for `theory`'s layout from the card's `[model]` keys (JSON), with checked
+    /// calls. The model's layout must match the theory's.
+    pub fn new_model(&self, config_json: &str, theory: &TheoryHandle) -> Result<ModelHandle, PluginLoadError> {
+        let wrong_kind = || PluginLoadError::WrongKind {
+            name: self.info.name.to_string(),
+            path: self.path.clone(),
+            kind: self.info.kind,
+            wanted: "model",
+        };
+        if self.info.kind != PluginKind::Model {
+            return Err(wrong_kind());
+        }
+        let ctor = self.module.new_model().flatten().ok_or_else(wrong_kind)?;
+        let obj = call(&self.info.name, "new_model", ctor(RStr::from_str(config_json), theory.layout()))?;
+        let layout = obj.layout();
+        layout.check_compatible(theory.layout()).map_err(|reason| PluginLoadError::LayoutMismatch {
+            model: self.info.name.to_string(),
+            theory: theory.name.clone(),
+            reason,
+        })?;
+        Ok(ModelHandle {
+            name: self.info.name.to_string(),
+            version: self.info.version.to_string(),
+            path: self.path.clone(),
+            config_len: layout.config_len(),
+            obj,
+        })
+    }
+}
+
+/// A model object with every call checked, like [`TheoryHandle`].
+pub struct ModelHandle {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    obj: ModelBox,
+    config_len: usize,
+}
+
+impl std::fmt::Debug for ModelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelHandle").field("name", &self.name).field("path", &self.path).finish()
+    }
+}
+
+impl ModelHandle {
+    fn call<T>(&self, name: &str, r: RResult<T, PluginError>) -> Result<T, PluginLoadError> {
+        call(&self.name, name, r)
+    }
+
+    fn bad(&self, call: &str, reason: String) -> PluginLoadError {
+        PluginLoadError::BadOutput { plugin: self.name.clone(), call: call.into(), reason }
+    }
+
+    fn check_proposals(&self, call: &str, p: Proposals, n: usize) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
+        if p.configs.len() != n * self.config_len || p.log_q.len() != n {
+            return Err(self.bad(
+                call,
+                format!("{} reals and {} log q for {n} configurations of {} reals", p.configs.len(), p.log_q.len(), self.config_len),
+            ));
+        }
+        if let Some(i) = p.configs.iter().position(|x| !x.is_finite()) {
+            return Err(self.bad(call, format!("configuration value [{i}] is {}", p.configs[i])));
+        }
+        if let Some(i) = p.log_q.iter().position(|x| !x.is_finite()) {
+            return Err(self.bad(call, format!("log q [{i}] is {}", p.log_q[i])));
+        }
+        Ok((p.configs.into_vec(), p.log_q.into_vec()))
+    }
+
+    /// Reals per configuration.
+    pub fn config_len(&self) -> usize {
+        self.config_len
+    }
+
+    /// The architecture as JSON.
+    pub fn architecture(&self) -> String {
+        self.obj.architecture().into()
+    }
+
+    /// Sets the plugin's worker-thread count.
+    pub fn set_threads(&mut self, n: u32) -> Result<(), PluginLoadError> {
+        let r = self.obj.set_threads(n);
+        self.call("set_threads", r)
+    }
+
+    /// `n` proposals and their log q.
+    pub fn sample(&self, n: u32, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
+        let mut st = rng.state();
+        let p = self.call("sample", self.obj.sample(n, &mut st))?;
+        *rng = Stream::from_state(&st);
+        self.check_proposals("sample", p, n as usize)
+    }
+
+    /// log q of each configuration in a batch.
+    pub fn log_prob(&self, configs: &[f64]) -> Result<Vec<f64>, PluginLoadError> {
+        let n = configs.len() / self.config_len;
+        let lq = self.call("log_prob", self.obj.log_prob(RSlice::from_slice(configs)))?.into_vec();
+        if lq.len() != n {
+            return Err(self.bad("log_prob", format!("{} values for {n} configurations", lq.len())));
+        }
+        if let Some(i) = lq.iter().position(|x| !x.is_finite()) {
+            return Err(self.bad("log_prob", format!("log q [{i}] is {}", lq[i])));
+        }
+        Ok(lq)
+    }
+
+    /// Sets up training.
+    pub fn train_begin(&mut self, settings: &TrainSettings) -> Result<(), PluginLoadError> {
+        let r = self.obj.train_begin(settings);
+        self.call("train_begin", r)
+    }
+
+    /// Draws a training batch.
+    pub fn train_sample(&mut self, batch: usize, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
+        let mut st = rng.state();
+        let r = self.obj.train_sample(&mut st);
+        let p = self.call("train_sample", r)?;
+        *rng = Stream::from_state(&st);
+        self.check_proposals("train_sample", p, batch)
+    }
+
+    /// One optimiser step from the batch's actions and gradients.
+    pub fn train_step(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginLoadError> {
+        let r = self.obj.train_step(RSlice::from_slice(actions), RSlice::from_slice(grad));
+        self.call("train_step", r)
+    }
+
+    /// Weights (and optimiser state) as safetensors bytes.
+    pub fn save(&self, with_optimizer: bool) -> Result<Vec<u8>, PluginLoadError> {
+        Ok(self.call("save", self.obj.save(with_optimizer))?.into_vec())
+    }
+
+    /// Loads weights saved by a model of the same architecture.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<(), PluginLoadError> {
+        let r = self.obj.load(RSlice::from_slice(bytes));
+        self.call("load", r)
+    }
+
+    /// Initialises from another model's weights (transfer).
+    pub fn init_from(&mut self, bytes: &[u8]) -> Result<(), PluginLoadError> {
+        let r = self.obj.init_from(RSlice::from_slice(bytes));
+        self.call("init_from", r)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -11,7 +12,7 @@ use crate::card::RunCard;
 use crate::chain::{Chain, StepRecord, STREAM_INIT};
 use crate::checkpoint::Checkpoint;
 use crate::ensemble::{ConfigDef, EnsembleWriter, ObservableDef, Provenance, StepDef};
-use crate::plugin::{self, SearchPath, TheoryHandle};
+use crate::plugin::{self, ModelHandle, SearchPath, TheoryHandle};
 
 /// Options of `latflow run`.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +37,67 @@ pub fn load_theory(card: &RunCard, plugin_dirs: &[PathBuf]) -> Result<TheoryHand
     Ok(theory)
 }
 
+/// A model ready for sampling, with its provenance (JSON) and a digest of its weights.
+pub struct LoadedModel {
+    pub handle: ModelHandle,
+    pub provenance: String,
+    pub weights_digest: String,
+}
+
+/// Loads the card's `[model]` for `theory`: builds it, then loads `model.weights` if given —
+/// training first (per `[train]`) when the weights file does not exist yet. Without
+/// `model.weights` the model keeps its seeded initial weights (an untrained model, which the
+/// exact samplers still handle correctly, at low acceptance).
+pub fn load_model(card: &RunCard, theory: &TheoryHandle, opts: &RunOptions) -> Result<Option<LoadedModel>> {
+    let Some(mc) = &card.model else { return Ok(None) };
+    let file = card.path.display();
+    let mut handle = build_model(card, theory, &opts.plugin_dirs)?;
+    let digest = match &mc.weights {
+        Some(w) => {
+            if !w.exists() {
+                if card.train.is_none() {
+                    bail!(
+                        "{file}: model.weights: '{}' does not exist; train it first (`latflow train`), or add a [train] section",
+                        w.display()
+                    );
+                }
+                crate::train::train(&card.path, &crate::train::TrainOptions { quiet: opts.quiet, plugin_dirs: opts.plugin_dirs.clone(), resume: false, force: false })?;
+            }
+            let bytes = std::fs::read(w).with_context(|| format!("{file}: model.weights: cannot read '{}'", w.display()))?;
+            handle.load(&bytes).with_context(|| format!("{file}: model.weights ('{}')", w.display()))?;
+            sha256_hex(&bytes)
+        }
+        None => {
+            eprintln!("note: {file}: [model] has no `weights`: using the untrained model");
+            sha256_hex(&handle.save(false)?)
+        }
+    };
+    let provenance = serde_json::json!({
+        "plugin": handle.name, "version": handle.version, "path": handle.path,
+        "architecture": serde_json::from_str::<serde_json::Value>(&handle.architecture()).unwrap_or_default(),
+        "weights": mc.weights, "weights_sha256": digest,
+    })
+    .to_string();
+    Ok(Some(LoadedModel { handle, provenance, weights_digest: digest }))
+}
+
+/// Builds the card's model (no weights loaded) and checks that it fits the theory.
+pub fn build_model(card: &RunCard, theory: &TheoryHandle, plugin_dirs: &[PathBuf]) -> Result<ModelHandle> {
+    let file = card.path.display();
+    let mc = card.model.as_ref().ok_or_else(|| anyhow::anyhow!("{file}: [model]: missing section"))?;
+    let search = SearchPath::new(plugin_dirs);
+    let plugin = plugin::find(&search, &mc.plugin).with_context(|| format!("{file}: model.plugin"))?;
+    let mut handle = plugin.new_model(&card.model_json().unwrap_or_default(), theory).with_context(|| format!("{file}: [model]"))?;
+    handle.set_threads(card.run.threads).with_context(|| format!("{file}: run.threads"))?;
+    Ok(handle)
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Step labels: the kind, with the step's index appended when a kind occurs more than once.
 pub fn step_labels(kinds: &[&str]) -> Vec<String> {
     kinds
@@ -50,7 +112,11 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let card = RunCard::load(card_path)?;
     let file = card.path.display().to_string();
     let mut theory = load_theory(&card, &opts.plugin_dirs)?;
-    let mut chain = Chain::new(&card);
+    let model = load_model(&card, &theory, opts)?;
+    let model_provenance = model.as_ref().map(|m| m.provenance.clone()).unwrap_or_default();
+    let weights_digest = model.as_ref().map(|m| m.weights_digest.clone()).unwrap_or_default();
+    let model = model.map(|m| Arc::new(m.handle));
+    let mut chain = Chain::new(&card, model).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
 
     let observables: Vec<ObservableDef> = theory
         .observables()
@@ -85,7 +151,8 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
         .then(|| ConfigDef { config_len: theory.config_len(), shape: theory.layout().shape() });
     let ckpt_path = card.run.checkpoint_path();
     let output = card.run.output.clone();
-    let hash = card.hash();
+    // The card and the model's weights together determine the run.
+    let hash = if weights_digest.is_empty() { card.hash() } else { sha256_hex(format!("{}{weights_digest}", card.hash()).as_bytes()) };
 
     let (mut writer, mut config, mut sweeps_done) = if opts.resume {
         let ck = Checkpoint::load(&ckpt_path).with_context(|| format!("{file}: run.output (--resume)"))?;
@@ -102,6 +169,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             bail!("{file}: --resume: checkpoint configuration has {} reals, the theory needs {}", ck.config.len(), theory.config_len());
         }
         chain.restore_rngs(&ck.step_rngs).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
+        chain.restore_states(&ck.step_states).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
         let writer = EnsembleWriter::resume(&output, &hash, &observables, &steps, configs.as_ref(), &ck.counts)
             .with_context(|| format!("{file}: run.output (--resume)"))?;
         (writer, ck.config, ck.sweeps_done)
@@ -126,6 +194,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             theory_params: theory.params_json(),
             layout: serde_json::to_string(theory.layout()).unwrap_or_default(),
+            model: model_provenance.clone(),
         };
         let mut init = Stream::new(card.run.seed, Stream::id(STREAM_INIT, 0, 0, 0));
         let config = theory.initial(card.run.start, &mut init).with_context(|| format!("{file}: run.start"))?;
@@ -201,7 +270,14 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
         if due || sweeps_done == total {
             last_checkpoint = std::time::Instant::now();
             let counts = writer.flush()?;
-            Checkpoint { card_hash: hash.clone(), sweeps_done, counts, step_rngs: chain.rng_states(), config: config.clone() }
+            Checkpoint {
+                card_hash: hash.clone(),
+                sweeps_done,
+                counts,
+                step_rngs: chain.rng_states(),
+                config: config.clone(),
+                step_states: chain.step_states(),
+            }
                 .save(&ckpt_path)?;
             checkpointed = true;
         }

@@ -1,8 +1,11 @@
 //! Shared helpers for the integration tests: run the real `latflow` binary on generated cards.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The `latflow` binary cargo built for these tests.
 pub fn latflow() -> Command {
@@ -56,4 +59,142 @@ pub fn assert_z(what: &str, (mean, err): (f64, f64), expected: f64, ref_err: f64
     let z = (mean - expected) / sigma;
     println!("{what}: {mean:.6} ± {err:.6} vs {expected:.6} ± {ref_err:.6}: z = {z:+.2}");
     assert!(z.abs() < 4.0, "{what}: {mean} ± {err} vs {expected} ± {ref_err}: |z| = {:.2} ≥ 4", z.abs());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building the out-of-tree crates
+// ---------------------------------------------------------------------------------------------
+
+pub fn workspace_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// The target directory shared by the example and the fixtures.
+pub fn external_target() -> PathBuf {
+    workspace_root().join("target").join("external")
+}
+
+/// `cargo build --manifest-path MANIFEST` (dev profile) into [`external_target`]; returns the
+/// directory holding the built libraries.
+pub fn cargo_build(what: &str, manifest: &Path) -> PathBuf {
+    let target = external_target();
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO"))
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap_or_else(|e| panic!("could not start cargo to build {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "building {what} ({}) failed ({}):\n{}",
+        manifest.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("built {what} in {:.1} s (target dir {})", start.elapsed().as_secs_f64(), target.display());
+    target.join("debug")
+}
+
+pub fn library(dir: &Path, lib_name: &str) -> PathBuf {
+    let p = dir.join(format!("{DLL_PREFIX}{lib_name}{DLL_SUFFIX}"));
+    assert!(p.is_file(), "{} was not built", p.display());
+    p
+}
+
+/// Builds examples/xy-plugin once; its plugin directory.
+pub fn xy_plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = cargo_build("the xy example plugin", &workspace_root().join("examples/xy-plugin/Cargo.toml"));
+        library(&dir, "latflow_xy");
+        dir
+    })
+}
+
+/// Builds the tests/fixtures workspace once; its plugin directory.
+pub fn fixtures_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = cargo_build("the test fixture plugins", &workspace_root().join("tests/fixtures/Cargo.toml"));
+        for lib in ["latflow_faulty", "latflow_badabi", "latflow_badlayout"] {
+            library(&dir, lib);
+        }
+        dir
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bit-for-bit comparison of ensembles, and kill/resume
+// ---------------------------------------------------------------------------------------------
+
+/// Every number in the file that the run produced: observables, sweeps, step records, configs.
+pub fn contents(path: &Path) -> (latflow_host::ensemble::Ensemble, Vec<u64>) {
+    let ens = latflow_host::ensemble::read_ensemble(path).unwrap();
+    let configs = match &ens.configs {
+        Some(c) => latflow_host::ensemble::read_configs(path, 0, c.count).unwrap(),
+        None => Vec::new(),
+    };
+    (ens, configs.iter().map(|x| x.to_bits()).collect())
+}
+
+pub fn assert_same_bits(a: &Path, b: &Path) {
+    let (ea, ca) = contents(a);
+    let (eb, cb) = contents(b);
+    assert_eq!(ea.sweeps, eb.sweeps);
+    assert_eq!(ea.observables.len(), eb.observables.len());
+    for (x, y) in ea.observables.iter().zip(&eb.observables) {
+        assert_eq!(x.name, y.name);
+        let bx: Vec<u64> = x.values.iter().map(|v| v.to_bits()).collect();
+        let by: Vec<u64> = y.values.iter().map(|v| v.to_bits()).collect();
+        assert!(bx == by, "observable {} differs between {} and {}", x.name, a.display(), b.display());
+    }
+    assert_eq!(ea.steps.len(), eb.steps.len());
+    for (x, y) in ea.steps.iter().zip(&eb.steps) {
+        assert_eq!(x.accepted, y.accepted, "accept flags of {}", x.label);
+        for ((nx, vx), (ny, vy)) in x.columns.iter().zip(&y.columns) {
+            assert_eq!(nx, ny);
+            let bx: Vec<u64> = vx.iter().map(|v| v.to_bits()).collect();
+            let by: Vec<u64> = vy.iter().map(|v| v.to_bits()).collect();
+            assert!(bx == by, "step column {}/{nx} differs", x.label);
+        }
+    }
+    assert!(!ca.is_empty(), "no configurations stored");
+    assert!(ca == cb, "configurations differ between {} and {}", a.display(), b.display());
+}
+
+
+/// Runs `card` and SIGKILLs it after each delay (ms), resuming from the checkpoint each time
+/// (or starting afresh if the first kill came before any checkpoint), then runs it to the end
+/// with `--resume`. Returns how many times the run was really killed.
+pub fn kill_and_resume(card: &str, out: &Path, delays_ms: &[u64]) -> usize {
+    let ckpt = PathBuf::from(format!("{}.ckpt", out.display()));
+    let mut kills = 0;
+    for delay in delays_ms {
+        let mut cmd = latflow();
+        cmd.args(["run", card, "-q"]);
+        if ckpt.exists() {
+            cmd.arg("--resume");
+        } else {
+            cmd.arg("--force");
+        }
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(*delay));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL on unix
+            kills += 1;
+        }
+        child.wait().unwrap();
+        if out.exists() {
+            latflow_host::ensemble::read_ensemble(out).expect("a killed run must leave a readable file");
+        }
+    }
+    if ckpt.exists() {
+        run_ok(&["run", card, "-q", "--resume"]);
+    } else {
+        run_ok(&["run", card, "-q", "--force"]);
+    }
+    kills
 }

@@ -352,7 +352,7 @@ extern "C" fn new_theory(config: RStr<'_>) -> RResult<TheoryBox, PluginError> {
 /// host's before any of the functions above can be called.
 #[export_root_module]
 pub fn get_library() -> PluginModRef {
-    PluginMod { info, new_theory }.leak_into_prefix()
+    PluginMod { info, new_theory, new_model: None }.leak_into_prefix()
 }
 
 #[cfg(test)]

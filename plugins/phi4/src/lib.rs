@@ -413,7 +413,7 @@ extern "C" fn new_theory(config: RStr<'_>) -> RResult<TheoryBox, PluginError> {
 /// The plugin's root module.
 #[export_root_module]
 pub fn get_library() -> PluginModRef {
-    PluginMod { info, new_theory }.leak_into_prefix()
+    PluginMod { info, new_theory, new_model: None }.leak_into_prefix()
 }
 
 #[cfg(test)]

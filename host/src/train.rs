@@ -1,0 +1,339 @@
+//! `latflow train`: reverse-KL self-training of a model plugin against a theory plugin.
+//!
+//! The host drives each step across both boundaries (the surrogate-gradient trick of
+//! DESIGN.md): the model draws a batch φ = f(z) with log q and keeps its graph; the theory
+//! returns S(φ) and ∂S/∂φ; the model backpropagates mean(log q + Σ φ·stopgrad(∂S/∂φ)), which
+//! has the gradient of the reverse KL, and takes an Adam step. Per step the host records the
+//! loss, the batch ESS per sample and an estimate of the flow-Metropolis acceptance.
+//!
+//! Outputs (beside `model.weights`): the weights (safetensors, architecture in the metadata),
+//! `<weights>.history.csv`, the training curves as PNG, and a checkpoint
+//! `<weights>.train.ckpt` (model + optimiser state, RNG, history) written atomically every
+//! `checkpoint_every` steps. A NaN or infinite loss or gradient stops training with the step
+//! number; the last good checkpoint is kept and `--resume` continues from it.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use latflow_core::hmc::metropolis_accept;
+use latflow_core::stats::ess_per_sample;
+use latflow_core::{RngState, Stream};
+use serde::{Deserialize, Serialize};
+
+use crate::card::RunCard;
+use crate::run::{build_model, load_theory, sha256_hex};
+
+/// Purpose tag of the training streams.
+pub const STREAM_TRAIN: u16 = 3;
+
+const MAGIC: &[u8; 8] = b"LFTRAIN1";
+
+/// Options of `latflow train`.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub quiet: bool,
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Continue from the training checkpoint.
+    pub resume: bool,
+    /// Overwrite existing weights.
+    pub force: bool,
+}
+
+/// One row of the training history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    pub step: u64,
+    /// mean(log q + S) over the batch: ≥ −log Z in expectation.
+    pub loss: f64,
+    /// (Σw)²/(N Σw²) over the batch, w = e^{−S}/q.
+    pub ess: f64,
+    /// Acceptance of an independence-Metropolis chain run through the batch.
+    pub acceptance: f64,
+    pub grad_norm: f64,
+    pub learning_rate: f64,
+    /// Wall time of the step in seconds.
+    pub seconds: f64,
+}
+
+/// The resumable state of a training run (header of the checkpoint file; the model's
+/// safetensors bytes, with optimiser state, follow it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainCheckpoint {
+    train_hash: String,
+    steps_done: u64,
+    rng: RngState,
+    metrics_rng: RngState,
+    history: Vec<HistoryRow>,
+}
+
+/// Paths derived from the weights path.
+pub struct TrainPaths {
+    pub weights: PathBuf,
+    pub checkpoint: PathBuf,
+    pub history: PathBuf,
+    pub plot: PathBuf,
+}
+
+impl TrainPaths {
+    fn new(weights: &Path, plot: Option<&Path>) -> Self {
+        let with = |ext: &str| {
+            let mut p = weights.as_os_str().to_owned();
+            p.push(ext);
+            PathBuf::from(p)
+        };
+        Self {
+            weights: weights.to_path_buf(),
+            checkpoint: with(".train.ckpt"),
+            history: with(".history.csv"),
+            plot: plot.map(Path::to_path_buf).unwrap_or_else(|| with(".png")),
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+fn save_checkpoint(path: &Path, ck: &TrainCheckpoint, model: &[u8]) -> Result<()> {
+    let header = serde_json::to_vec(ck)?;
+    let mut bytes = Vec::with_capacity(24 + header.len() + model.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(model);
+    write_atomic(path, &bytes).with_context(|| format!("cannot write training checkpoint '{}'", path.display()))
+}
+
+fn load_checkpoint(path: &Path) -> Result<(TrainCheckpoint, Vec<u8>)> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("no training checkpoint at '{}': nothing to resume (train without --resume to start)", path.display())
+        }
+        Err(e) => bail!("cannot read training checkpoint '{}': {e}", path.display()),
+    };
+    let bad = |why: &str| anyhow::anyhow!("training checkpoint '{}' is unreadable: {why}", path.display());
+    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+        return Err(bad("not a latflow training checkpoint"));
+    }
+    let n = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
+    if bytes.len() < 16 + n {
+        return Err(bad("file is truncated"));
+    }
+    let ck: TrainCheckpoint = serde_json::from_slice(&bytes[16..16 + n]).map_err(|e| bad(&e.to_string()))?;
+    Ok((ck, bytes[16 + n..].to_vec()))
+}
+
+/// Writes the history as CSV.
+fn write_history(path: &Path, history: &[HistoryRow]) -> Result<()> {
+    let mut s = String::from("step,loss,ess_per_sample,acceptance,grad_norm,learning_rate,seconds\n");
+    for r in history {
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            r.step, r.loss, r.ess, r.acceptance, r.grad_norm, r.learning_rate, r.seconds
+        ));
+    }
+    write_atomic(path, s.as_bytes()).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+/// Acceptance of an independence-Metropolis chain through the batch's log-weights, started at
+/// the first element, with uniforms from `rng` (a stream of its own, so that the metrics never
+/// change the training).
+pub fn batch_acceptance(log_w: &[f64], rng: &mut Stream) -> f64 {
+    if log_w.len() < 2 {
+        return f64::NAN;
+    }
+    let mut cur = log_w[0];
+    let mut acc = 0usize;
+    for &lw in &log_w[1..] {
+        if metropolis_accept(lw - cur, rng) {
+            cur = lw;
+            acc += 1;
+        }
+    }
+    acc as f64 / (log_w.len() - 1) as f64
+}
+
+/// Trains the model of `card_path` and returns the weights path.
+pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
+    let card = RunCard::load(card_path)?;
+    let file = card.path.display().to_string();
+    let tc = card.train.clone().ok_or_else(|| anyhow::anyhow!("{file}: [train]: missing section"))?;
+    let mc = card.model.clone().ok_or_else(|| anyhow::anyhow!("{file}: [model]: missing section"))?;
+    let weights = mc.weights.clone().ok_or_else(|| {
+        anyhow::anyhow!("{file}: model.weights: missing (the path where training writes the weights)")
+    })?;
+    if let Some(parent) = weights.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!("{file}: model.weights: directory '{}' does not exist", parent.display());
+        }
+    }
+    let paths = TrainPaths::new(&weights, tc.plot.as_deref());
+    let theory = load_theory(&card, &opts.plugin_dirs)?;
+    let mut model = build_model(&card, &theory, &opts.plugin_dirs)?;
+    let batch = tc.batch as usize;
+    let seed = tc.seed.unwrap_or(card.run.seed);
+    // Everything that determines the training: the theory, the model, the settings.
+    let train_hash = sha256_hex(
+        serde_json::json!({
+            "theory": { "plugin": card.theory.plugin, "config": card.theory.config },
+            "model": { "plugin": mc.plugin, "config": mc.config, "init_from": mc.init_from },
+            "train": tc, "seed": seed,
+        })
+        .to_string()
+        .as_bytes(),
+    );
+
+    let (mut rng, mut metrics_rng, mut history, start) = if opts.resume {
+        let (ck, bytes) = load_checkpoint(&paths.checkpoint).with_context(|| format!("{file}: --resume"))?;
+        if ck.train_hash != train_hash {
+            bail!(
+                "{file}: --resume: training checkpoint '{}' was written with different theory, model or [train] settings",
+                paths.checkpoint.display()
+            );
+        }
+        model.load(&bytes).with_context(|| format!("{file}: --resume: '{}'", paths.checkpoint.display()))?;
+        model.train_begin(&tc.settings()).with_context(|| format!("{file}: [train]"))?;
+        (Stream::from_state(&ck.rng), Stream::from_state(&ck.metrics_rng), ck.history, ck.steps_done)
+    } else {
+        if weights.exists() && !opts.force {
+            bail!(
+                "{file}: model.weights: '{}' already exists; use --force to train again and overwrite it",
+                weights.display()
+            );
+        }
+        if let Some(src) = &mc.init_from {
+            let bytes = std::fs::read(src).with_context(|| format!("{file}: model.init_from: cannot read '{}'", src.display()))?;
+            model.init_from(&bytes).with_context(|| format!("{file}: model.init_from ('{}')", src.display()))?;
+        }
+        model.train_begin(&tc.settings()).with_context(|| format!("{file}: [train]"))?;
+        (
+            Stream::new(seed, Stream::id(STREAM_TRAIN, 0, 0, 0)),
+            Stream::new(seed, Stream::id(STREAM_TRAIN, 1, 0, 0)),
+            Vec::new(),
+            0,
+        )
+    };
+
+    let bar = ProgressBar::with_draw_target(Some(tc.steps), ProgressDrawTarget::stderr());
+    if opts.quiet || !std::io::stdout().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+
+    let mut last_good = start;
+    for step in start..tc.steps {
+        let t0 = std::time::Instant::now();
+        let diverged = |e: anyhow::Error, last_good: u64| {
+            let kept = if last_good > 0 {
+                format!("the last good checkpoint (step {last_good}) is kept at '{}'", paths.checkpoint.display())
+            } else {
+                "no checkpoint was written yet".to_string()
+            };
+            e.context(format!("{file}: training diverged at step {}; {kept}", step + 1))
+        };
+        let (configs, log_q) = model.train_sample(batch, &mut rng).map_err(|e| diverged(e.into(), last_good))?;
+        let (actions, grad) = theory.action_grad(&configs).map_err(|e| diverged(e.into(), last_good))?;
+        let m = model.train_step(&actions, &grad).map_err(|e| diverged(e.into(), last_good))?;
+        if !(m.loss.is_finite() && m.grad_norm.is_finite()) {
+            return Err(diverged(anyhow::anyhow!("loss {} or gradient norm {} is not finite", m.loss, m.grad_norm), last_good));
+        }
+        let log_w: Vec<f64> = actions.iter().zip(&log_q).map(|(s, q)| -s - q).collect();
+        history.push(HistoryRow {
+            step: step + 1,
+            loss: m.loss,
+            ess: ess_per_sample(&log_w),
+            acceptance: batch_acceptance(&log_w, &mut metrics_rng),
+            grad_norm: m.grad_norm,
+            learning_rate: m.learning_rate,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        let done = step + 1;
+        bar.set_position(done);
+        if done % 10 == 0 {
+            let recent = &history[history.len().saturating_sub(50)..];
+            let mean = |f: fn(&HistoryRow) -> f64| recent.iter().map(f).sum::<f64>() / recent.len() as f64;
+            bar.set_message(format!("loss {:.3} ess {:.3} acc {:.3}", mean(|r| r.loss), mean(|r| r.ess), mean(|r| r.acceptance)));
+        }
+        if done % tc.checkpoint_every == 0 || done == tc.steps {
+            let ck = TrainCheckpoint {
+                train_hash: train_hash.clone(),
+                steps_done: done,
+                rng: rng.state(),
+                metrics_rng: metrics_rng.state(),
+                history: history.clone(),
+            };
+            save_checkpoint(&paths.checkpoint, &ck, &model.save(true)?)?;
+            last_good = done;
+        }
+    }
+    bar.finish_and_clear();
+
+    write_atomic(&paths.weights, &model.save(false)?).with_context(|| format!("{file}: model.weights"))?;
+    write_history(&paths.history, &history)?;
+    let col = |f: fn(&HistoryRow) -> f64| history.iter().map(f).collect::<Vec<f64>>();
+    crate::plot::training_curves(
+        &paths.plot,
+        &col(|r| r.step as f64),
+        &col(|r| r.loss),
+        &col(|r| r.ess),
+        &col(|r| r.acceptance),
+        None,
+        50,
+    )
+    .with_context(|| format!("{file}: train.plot"))?;
+    Ok(paths.weights)
+}
+
+/// A one-paragraph summary of the last `window` steps of a history.
+pub fn summary(history: &[HistoryRow], window: usize) -> String {
+    let recent = &history[history.len().saturating_sub(window)..];
+    if recent.is_empty() {
+        return "no training steps".into();
+    }
+    let mean = |f: fn(&HistoryRow) -> f64| recent.iter().map(f).sum::<f64>() / recent.len() as f64;
+    let time: f64 = history.iter().map(|r| r.seconds).sum();
+    format!(
+        "{} steps in {:.1} s ({:.2} ms/step); last {} steps: loss {:.4}, ESS/N {:.4}, acceptance {:.4}",
+        history.len(),
+        time,
+        1e3 * time / history.len() as f64,
+        recent.len(),
+        mean(|r| r.loss),
+        mean(|r| r.ess),
+        mean(|r| r.acceptance)
+    )
+}
+
+/// Reads a history CSV written by [`train`].
+pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            let v: Vec<f64> = l.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>()
+                .with_context(|| format!("{}: line {}: not numbers", path.display(), i + 2))?;
+            if v.len() != 7 {
+                bail!("{}: line {}: expected 7 columns", path.display(), i + 2);
+            }
+            Ok(HistoryRow { step: v[0] as u64, loss: v[1], ess: v[2], acceptance: v[3], grad_norm: v[4], learning_rate: v[5], seconds: v[6] })
+        })
+        .collect()
+}

@@ -1,0 +1,308 @@
+//! The affine coupling flow on candle tensors.
+//!
+//! Fields are `[B, V]` tensors in checkerboard order (see [`crate::geometry`]). Layer ℓ has
+//! parity p = ℓ mod 2 and updates the sites of parity p (the peer's `m = checker(p)`, frozen =
+//! m·x):
+//!
+//! ```text
+//! (s, t) = tanh(CNN(frozen))            on the active sites
+//! x'_active = x_active · e^s + t,       log J = Σ_active s
+//! x_active  = (x'_active − t) · e^{−s}  (inverse), log J⁻¹ = −Σ_active s
+//! ```
+//!
+//! The CNN is `len(hidden) + 1` periodic convolutions (kernel k, any dimension) with the
+//! activation between them. Its input is the frozen field with zeros on the active sites, as
+//! in the peer; its last convolution is evaluated on the active sites only.
+//!
+//! Parameters are candle `Var`s named `layers.{ℓ}.conv{j}.weight` (`[k, …, k, C_in, C_out]`,
+//! d kernel axes) and `layers.{ℓ}.conv{j}.bias` (`[C_out]`), kept in that order.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+
+use crate::config::{Activation, Architecture, DTypeCfg, PriorKind};
+use crate::geometry::{Geometry, Outputs, Source};
+use crate::kernels::{self, Act, Table};
+use crate::prior::Prior;
+use latflow_core::Stream;
+
+/// The random stream purpose of weight initialisation (`init_seed` is its run seed).
+pub const INIT_STREAM: u64 = 0x464c_4f57_494e_4954; // "FLOWINIT"
+
+/// A named parameter.
+#[derive(Debug)]
+pub struct NamedVar {
+    pub name: String,
+    pub var: Var,
+}
+
+/// The flow: geometry, gather tables, parameters and prior.
+#[derive(Debug)]
+pub struct Flow {
+    pub arch: Architecture,
+    pub device: Device,
+    pub dtype: DType,
+    pub geom: Geometry,
+    /// `(C_in, C_out)` of each convolution of a conditioner.
+    pub channels: Vec<(usize, usize)>,
+    /// Ordered parameters: per layer, per convolution, weight then bias.
+    pub vars: Vec<NamedVar>,
+    /// `tables[j][p]`: gather table of convolution j in a layer of parity p (generic path).
+    tables: Vec<[Tensor; 2]>,
+    /// The same tables for the fused CPU kernels.
+    ktables: Vec<[Arc<Table>; 2]>,
+    /// Whether to use the fused CPU kernels (default: on the CPU).
+    fused: bool,
+    pub prior: Prior,
+}
+
+/// Creates a tensor of `dtype` from f64 values (rounded to nearest for f32).
+pub fn tensor_from_f64<S: Into<Shape>>(
+    data: &[f64],
+    shape: S,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    match dtype {
+        DType::F64 => Tensor::from_slice(data, shape, device),
+        DType::F32 => {
+            let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+            Tensor::from_vec(v, shape, device)
+        }
+        other => Err(candle_core::Error::Msg(format!("unsupported dtype {other:?}"))),
+    }
+}
+
+/// All elements of a tensor as f64 (exact for f32 and f64).
+pub fn tensor_to_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+impl Flow {
+    /// Builds the flow with PyTorch's default convolution initialisation (kaiming-uniform with
+    /// a = √5: weights and biases U(−1/√fan_in, 1/√fan_in), fan_in = C_in·k^d), drawn in f64
+    /// from the stream (`init_seed`, [`INIT_STREAM`]) layer by layer, convolution by
+    /// convolution, weights (in storage order) before biases, then rounded to the dtype.
+    pub fn new(arch: &Architecture, device: &Device, init_seed: u64) -> candle_core::Result<Self> {
+        let lattice = latflow_core::Lattice::new(&arch.lattice.iter().map(|&l| l as i64).collect::<Vec<_>>())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let geom = Geometry::new(&lattice, arch.kernel);
+        let dtype = match arch.dtype {
+            DTypeCfg::F32 => DType::F32,
+            DTypeCfg::F64 => DType::F64,
+        };
+        let mut sizes = vec![1usize];
+        sizes.extend(&arch.hidden);
+        sizes.push(2);
+        let channels: Vec<(usize, usize)> = sizes.windows(2).map(|w| (w[0], w[1])).collect();
+        let n = channels.len();
+        let kvol = geom.kvol();
+        let d = lattice.dim();
+        let mut tables = Vec::with_capacity(n);
+        let mut ktables = Vec::with_capacity(n);
+        for j in 0..n {
+            let source = if j == 0 { Source::FrozenPadded } else { Source::Full };
+            let outputs = if j == n - 1 { Outputs::Active } else { Outputs::All };
+            let n_in = if j == 0 { geom.half } else { geom.volume };
+            let m = if j == n - 1 { geom.half } else { geom.volume };
+            let mk = |p: usize| -> candle_core::Result<(Tensor, Arc<Table>)> {
+                let t = geom.table(source, outputs, p);
+                let len = t.len();
+                Ok((Tensor::from_vec(t.clone(), len, device)?, Arc::new(Table::new(t, m, kvol, n_in))))
+            };
+            let (t0, k0) = mk(0)?;
+            let (t1, k1) = mk(1)?;
+            tables.push([t0, t1]);
+            ktables.push([k0, k1]);
+        }
+        let mut rng = Stream::new(init_seed, INIT_STREAM);
+        let mut vars = Vec::with_capacity(arch.layers * n * 2);
+        for l in 0..arch.layers {
+            for (j, &(cin, cout)) in channels.iter().enumerate() {
+                let fan_in = cin * kvol;
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let mut wshape = vec![arch.kernel; d];
+                wshape.extend([cin, cout]);
+                let w: Vec<f64> = (0..kvol * cin * cout).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect();
+                let b: Vec<f64> = (0..cout).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect();
+                vars.push(NamedVar {
+                    name: format!("layers.{l}.conv{j}.weight"),
+                    var: Var::from_tensor(&tensor_from_f64(&w, wshape, dtype, device)?)?,
+                });
+                vars.push(NamedVar {
+                    name: format!("layers.{l}.conv{j}.bias"),
+                    var: Var::from_tensor(&tensor_from_f64(&b, cout, dtype, device)?)?,
+                });
+            }
+        }
+        let prior = match arch.prior {
+            PriorKind::Normal => Prior::normal(&geom),
+            PriorKind::Free => Prior::free(&geom, arch.prior_m2.unwrap_or(1.0), device)?,
+        };
+        let fused = device.is_cpu();
+        Ok(Self {
+            arch: arch.clone(),
+            device: device.clone(),
+            dtype,
+            geom,
+            channels,
+            vars,
+            tables,
+            ktables,
+            fused,
+            prior,
+        })
+    }
+
+    pub fn volume(&self) -> usize {
+        self.geom.volume
+    }
+
+    /// The parameters as the flow uses them (weights as `[K·C_in, C_out]`): tracked by
+    /// autograd when `track` is true, detached otherwise (no graph is recorded then).
+    pub fn params(&self, track: bool) -> candle_core::Result<Vec<Tensor>> {
+        let kvol = self.geom.kvol();
+        let mut out = Vec::with_capacity(self.vars.len());
+        for (i, nv) in self.vars.iter().enumerate() {
+            let t: Tensor = if track { nv.var.as_tensor().clone() } else { nv.var.as_tensor().detach() };
+            if i % 2 == 0 {
+                let (cin, cout) = self.channels[(i / 2) % self.channels.len()];
+                out.push(t.reshape((kvol * cin, cout))?);
+            } else {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chooses the fused CPU kernels (`true`, the default on the CPU) or the generic candle
+    /// formulation (`false`, the only one on other devices). Both compute the same function.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused && self.device.is_cpu();
+    }
+
+    pub fn fused(&self) -> bool {
+        self.fused
+    }
+
+    fn activate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.arch.activation {
+            Activation::LeakyRelu => x.maximum(&x.affine(kernels::LEAKY_SLOPE, 0.0)?),
+            Activation::Tanh => x.tanh(),
+            Activation::Relu => x.relu(),
+            Activation::Gelu => x.gelu_erf(),
+        }
+    }
+
+    /// tanh(CNN(frozen)) of layer `l` on its active sites: `[B, H, 2]` holding (s, t).
+    fn conditioner(&self, frozen: &Tensor, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
+        let p = l % 2;
+        let b = frozen.dim(0)?;
+        let h = self.geom.half;
+        let v = self.geom.volume;
+        let kvol = self.geom.kvol();
+        let n = self.channels.len();
+        if self.fused {
+            let mut act = frozen.reshape((b, h, 1))?;
+            for (j, _) in self.channels.iter().enumerate() {
+                let w = &params[2 * (l * n + j)];
+                let bias = &params[2 * (l * n + j) + 1];
+                let last = j == n - 1;
+                let a = match (last, self.arch.activation) {
+                    (true, _) => Act::Tanh,
+                    (false, Activation::LeakyRelu) => Act::LeakyRelu,
+                    (false, Activation::Relu) => Act::Relu,
+                    (false, Activation::Tanh) => Act::Tanh,
+                    (false, Activation::Gelu) => Act::Identity,
+                };
+                act = kernels::conv(&act, w, bias, &self.ktables[j][p], a)?;
+                if !last && self.arch.activation == Activation::Gelu {
+                    act = act.gelu_erf()?;
+                }
+            }
+            return Ok(act);
+        }
+        let pad = Tensor::zeros((b, 1), self.dtype, &self.device)?;
+        let mut act = Tensor::cat(&[frozen, &pad], 1)?.unsqueeze(2)?;
+        for (j, &(cin, cout)) in self.channels.iter().enumerate() {
+            let m = if j == n - 1 { h } else { v };
+            let w = &params[2 * (l * n + j)];
+            let bias = &params[2 * (l * n + j) + 1];
+            let g = act.index_select(&self.tables[j][p], 1)?.reshape((b * m, kvol * cin))?;
+            let y = g.matmul(w)?.broadcast_add(bias)?.reshape((b, m, cout))?;
+            act = if j == n - 1 { y.tanh()? } else { self.activate(&y)? };
+        }
+        Ok(act)
+    }
+
+    /// The affine update of the active half from (s, t) = `st`, and its log-determinant.
+    fn couple(&self, x: &Tensor, st: &Tensor, inverse: bool) -> candle_core::Result<(Tensor, Tensor)> {
+        if self.fused {
+            let y = if inverse { kernels::uncouple(x, st)? } else { kernels::couple(x, st)? };
+            return Ok((y, kernels::sum_s(st, inverse)?));
+        }
+        let (b, h, _) = st.dims3()?;
+        let s = st.narrow(2, 0, 1)?.reshape((b, h))?;
+        let t = st.narrow(2, 1, 1)?.reshape((b, h))?;
+        if inverse {
+            Ok((x.sub(&t)?.mul(&s.neg()?.exp()?)?, s.sum(1)?.neg()?))
+        } else {
+            Ok((x.mul(&s.exp()?)?.add(&t)?, s.sum(1)?))
+        }
+    }
+
+    fn split(&self, x: &Tensor) -> candle_core::Result<[Tensor; 2]> {
+        let h = self.geom.half;
+        Ok([x.narrow(1, 0, h)?.contiguous()?, x.narrow(1, h, h)?.contiguous()?])
+    }
+
+    /// Coupling layer `l` on a field held as its even and odd halves; returns log J (or log J⁻¹).
+    pub fn layer(
+        &self,
+        halves: &mut [Tensor; 2],
+        l: usize,
+        params: &[Tensor],
+        inverse: bool,
+    ) -> candle_core::Result<Tensor> {
+        let p = l % 2;
+        let st = self.conditioner(&halves[1 - p], l, params)?;
+        let (y, ld) = self.couple(&halves[p], &st, inverse)?;
+        halves[p] = y;
+        Ok(ld)
+    }
+
+    /// Coupling layer `l` forward on a `[B, V]` field: (x', log J).
+    pub fn layer_forward(&self, x: &Tensor, l: usize, params: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut halves = self.split(x)?;
+        let ld = self.layer(&mut halves, l, params, false)?;
+        Ok((Tensor::cat(&halves, 1)?, ld))
+    }
+
+    /// Coupling layer `l` inverse on a `[B, V]` field: (x, log J⁻¹) with log J⁻¹ = −log J.
+    pub fn layer_inverse(&self, y: &Tensor, l: usize, params: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut halves = self.split(y)?;
+        let ld = self.layer(&mut halves, l, params, true)?;
+        Ok((Tensor::cat(&halves, 1)?, ld))
+    }
+
+    /// The whole flow, z → φ, with Σ log J per configuration ([B]).
+    pub fn forward(&self, z: &Tensor, params: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut halves = self.split(z)?;
+        let mut lds = Vec::with_capacity(self.arch.layers);
+        for l in 0..self.arch.layers {
+            lds.push(self.layer(&mut halves, l, params, false)?);
+        }
+        Ok((Tensor::cat(&halves, 1)?, Tensor::stack(&lds, 1)?.sum(1)?))
+    }
+
+    /// The inverse flow, φ → z, with Σ log J⁻¹ per configuration ([B]).
+    pub fn inverse(&self, phi: &Tensor, params: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut halves = self.split(phi)?;
+        let mut lds = Vec::with_capacity(self.arch.layers);
+        for l in (0..self.arch.layers).rev() {
+            lds.push(self.layer(&mut halves, l, params, true)?);
+        }
+        Ok((Tensor::cat(&halves, 1)?, Tensor::stack(&lds, 1)?.sum(1)?))
+    }
+}

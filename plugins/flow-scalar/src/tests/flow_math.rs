@@ -1,0 +1,244 @@
+//! Bijectivity, log-determinants, masks, equivariance, and the fused kernels against the
+//! generic candle formulation.
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::*;
+use crate::flow::Flow;
+
+fn cb_tensor(m: &FlowScalar, sites: &[f64]) -> Tensor {
+    let v = m.volume();
+    let cb = m.flow.geom.to_checkerboard(sites);
+    tensor_from_f64(&cb, (sites.len() / v, v), m.flow.dtype, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn layer_zero_updates_even_sites_and_layers_alternate() {
+    // the peer's checker(0) mask is 0 (updated) where Σ coords is even
+    let m = model(r#"{"dtype":"f64","layers":2}"#, &[4, 4]);
+    randomize(&m, 2.0, 1);
+    let lat = Lattice::new(&[4, 4]).unwrap();
+    let z = normals(16, 3);
+    let params = m.flow.params(false).unwrap();
+    let (y1, _) = m.flow.layer_forward(&cb_tensor(&m, &z), 0, &params).unwrap();
+    let y1 = m.flow.geom.to_sites(&tensor_to_f64(&y1).unwrap());
+    let (y2, _) = m.flow.layer_forward(&cb_tensor(&m, &y1), 1, &params).unwrap();
+    let y2 = m.flow.geom.to_sites(&tensor_to_f64(&y2).unwrap());
+    for x in 0..16 {
+        if lat.parity(x) == 0 {
+            assert_ne!(y1[x], z[x], "layer 0 must update even site {x}");
+            assert_eq!(y2[x], y1[x], "layer 1 must freeze even site {x}");
+        } else {
+            assert_eq!(y1[x], z[x], "layer 0 must freeze odd site {x}");
+            assert_ne!(y2[x], y1[x], "layer 1 must update odd site {x}");
+        }
+    }
+}
+
+#[test]
+fn peer_architecture_has_the_peers_parameter_count() {
+    // torch: per layer Conv2d(1,8,3) + Conv2d(8,8,3) + Conv2d(8,2,3) = 80 + 584 + 146 = 810
+    let m = model("{}", &[8, 8]);
+    assert_eq!(m.parameter_count(), 16 * 810);
+    assert_eq!(m.parameter_names()[0], "layers.0.conv0.weight");
+    assert_eq!(m.flow.vars[0].var.dims(), &[3, 3, 1, 8]);
+    assert_eq!(m.flow.vars[5].var.dims(), &[2]);
+}
+
+fn check_layer_round_trip(shape: &[usize], json: &str) {
+    let m = model(json, shape);
+    randomize(&m, 3.0, 11);
+    let v = m.volume();
+    let z = normals(5 * v, 5);
+    let params = m.flow.params(false).unwrap();
+    for l in 0..m.arch().layers {
+        let x = cb_tensor(&m, &z);
+        let (y, ld) = m.flow.layer_forward(&x, l, &params).unwrap();
+        let (back, ld_inv) = m.flow.layer_inverse(&y, l, &params).unwrap();
+        let d = max_abs_diff(&tensor_to_f64(&back).unwrap(), &tensor_to_f64(&x).unwrap());
+        assert!(d < ATOL, "{shape:?} layer {l}: round trip off by {d}");
+        let ld = tensor_to_f64(&ld).unwrap();
+        assert!(ld.iter().any(|&l| l.abs() > 1e-3), "log-det is trivially zero");
+        let sum: Vec<f64> = ld.iter().zip(tensor_to_f64(&ld_inv).unwrap()).map(|(a, b)| a + b).collect();
+        assert!(sum.iter().all(|s| s.abs() < ATOL), "{shape:?} layer {l}: log J + log J⁻¹ = {sum:?}");
+    }
+}
+
+#[test]
+fn every_layer_inverts_in_f64() {
+    check_layer_round_trip(&[4, 4], r#"{"dtype":"f64","layers":4}"#);
+    check_layer_round_trip(&[8], r#"{"dtype":"f64","layers":3,"hidden":[5],"kernel":5,"activation":"tanh"}"#);
+    check_layer_round_trip(&[4, 4, 4], r#"{"dtype":"f64","layers":2,"activation":"gelu"}"#);
+    check_layer_round_trip(&[2, 6], r#"{"dtype":"f64","layers":2,"hidden":[],"kernel":1,"activation":"relu"}"#);
+}
+
+#[test]
+fn model_round_trip_and_inverse_log_det() {
+    for act in ["leaky_relu", "tanh", "relu", "gelu"] {
+        let m = model(&format!(r#"{{"dtype":"f64","activation":"{act}"}}"#), &[8, 8]);
+        randomize(&m, 3.0, 2);
+        let z = normals(7 * 64, 9);
+        let (phi, ld) = m.push_forward(&z).unwrap();
+        let (back, ld_inv) = m.pull_back(&phi).unwrap();
+        let d = max_abs_diff(&back, &z);
+        assert!(d < ATOL, "{act}: f⁻¹(f(z)) − z = {d}");
+        let s: Vec<f64> = ld.iter().zip(&ld_inv).map(|(a, b)| a + b).collect();
+        assert!(s.iter().all(|x| x.abs() < ATOL), "{act}: log J + log J⁻¹ = {s:?}");
+        assert!(ld.iter().all(|x| x.abs() > 1e-2), "{act}: log J too small to test: {ld:?}");
+    }
+}
+
+/// The dense Jacobian ∂φ/∂z of the whole flow at one point, rows by autograd (one backward
+/// pass per output component), in checkerboard order.
+fn jacobian_autograd(m: &FlowScalar, z_sites: &[f64]) -> (Vec<f64>, f64) {
+    let v = m.volume();
+    let zc = Var::from_tensor(&cb_tensor(m, z_sites)).unwrap();
+    let params = m.flow.params(false).unwrap();
+    let (phi, ld) = m.flow.forward(zc.as_tensor(), &params).unwrap();
+    let mut jac = Vec::with_capacity(v * v);
+    for i in 0..v {
+        let g = phi.narrow(1, i, 1).unwrap().sum_all().unwrap().backward().unwrap();
+        jac.extend(tensor_to_f64(g.get(zc.as_tensor()).unwrap()).unwrap());
+    }
+    (jac, tensor_to_f64(&ld).unwrap()[0])
+}
+
+/// The same by central finite differences through `push_forward` (site order).
+fn jacobian_fd(m: &FlowScalar, z: &[f64], h: f64) -> Vec<f64> {
+    let v = m.volume();
+    let mut cols = vec![0.0; v * v];
+    for j in 0..v {
+        let mut zp = z.to_vec();
+        let mut zm = z.to_vec();
+        zp[j] += h;
+        zm[j] -= h;
+        let (fp, _) = m.push_forward(&zp).unwrap();
+        let (fm, _) = m.push_forward(&zm).unwrap();
+        for i in 0..v {
+            cols[i * v + j] = (fp[i] - fm[i]) / (2.0 * h);
+        }
+    }
+    cols
+}
+
+fn check_log_det(shape: &[usize], json: &str) {
+    let m = model(json, shape);
+    randomize(&m, 3.0, 4);
+    let v = m.volume();
+    let z = normals(v, 12);
+    let (jac, ld) = jacobian_autograd(&m, &z);
+    let (_, ld_pub) = m.push_forward(&z).unwrap();
+    assert!((ld - ld_pub[0]).abs() < ATOL);
+    let dense = log_abs_det(jac, v);
+    assert!(ld.abs() > 0.1, "{shape:?}: log-det {ld} too small to test");
+    assert!((dense - ld).abs() < ATOL_RELAXED * ld.abs().max(1.0), "{shape:?}: log|det J| = {dense}, flow says {ld}");
+    if v <= 16 {
+        let dense_fd = log_abs_det(jacobian_fd(&m, &z, 1e-5), v);
+        assert!(
+            (dense_fd - ld).abs() < ATOL_RELAXED * ld.abs().max(1.0),
+            "{shape:?}: FD log|det J| = {dense_fd}, flow says {ld}"
+        );
+    }
+}
+
+#[test]
+fn log_det_matches_dense_jacobian_2d() {
+    check_log_det(&[4, 4], r#"{"dtype":"f64","layers":6}"#);
+}
+
+#[test]
+fn log_det_matches_dense_jacobian_1d() {
+    check_log_det(&[8], r#"{"dtype":"f64","layers":5,"hidden":[6,4],"kernel":5,"activation":"tanh"}"#);
+}
+
+#[test]
+fn log_det_matches_dense_jacobian_3d() {
+    check_log_det(&[4, 2, 4], r#"{"dtype":"f64","layers":4,"kernel":1,"hidden":[4]}"#);
+    check_log_det(&[4, 4, 4], r#"{"dtype":"f64","layers":3,"activation":"gelu"}"#);
+}
+
+#[test]
+fn flow_is_translation_equivariant_under_parity_preserving_shifts() {
+    let m = model(r#"{"dtype":"f64","layers":4}"#, &[4, 6]);
+    randomize(&m, 3.0, 8);
+    let lat = Lattice::new(&[4, 6]).unwrap();
+    let z = normals(24, 1);
+    let shift = |f: &[f64]| -> Vec<f64> {
+        let mut out = vec![0.0; 24];
+        for x in 0..24 {
+            let c = lat.coords(x);
+            out[lat.index(&[c[0] + 1, c[1] + 3])] = f[x];
+        }
+        out
+    };
+    let (phi, ld) = m.push_forward(&z).unwrap();
+    let (phi_s, ld_s) = m.push_forward(&shift(&z)).unwrap();
+    // every site does the same arithmetic in the same order: equal bits
+    assert_eq!(phi_s, shift(&phi));
+    assert!((ld[0] - ld_s[0]).abs() < ATOL);
+}
+
+/// Parameters' gradients of Σ (φ·u) + Σ log J and the input's gradient, through the flow.
+fn grads(flow: &Flow, z: &Tensor, u: &Tensor, inverse: bool) -> Vec<Vec<f64>> {
+    let zv = Var::from_tensor(z).unwrap();
+    let params = flow.params(true).unwrap();
+    let (phi, ld) = if inverse {
+        flow.inverse(zv.as_tensor(), &params).unwrap()
+    } else {
+        flow.forward(zv.as_tensor(), &params).unwrap()
+    };
+    let loss = (phi.mul(u).unwrap().sum_all().unwrap() + ld.sum_all().unwrap()).unwrap();
+    let g = loss.backward().unwrap();
+    let mut out: Vec<Vec<f64>> =
+        flow.vars.iter().map(|nv| tensor_to_f64(g.get(nv.var.as_tensor()).unwrap()).unwrap()).collect();
+    out.push(tensor_to_f64(g.get(zv.as_tensor()).unwrap()).unwrap());
+    out.push(tensor_to_f64(&phi).unwrap());
+    out.push(tensor_to_f64(&ld).unwrap());
+    out
+}
+
+#[test]
+fn fused_kernels_match_the_generic_formulation() {
+    for (shape, json) in [
+        (vec![8, 8], r#"{"dtype":"f64","layers":4,"activation":"leaky_relu"}"#),
+        (vec![4, 4], r#"{"dtype":"f64","layers":3,"activation":"tanh","hidden":[3,5]}"#),
+        (vec![8], r#"{"dtype":"f64","layers":3,"activation":"relu","kernel":5,"hidden":[16]}"#),
+        (vec![4, 4, 4], r#"{"dtype":"f64","layers":2,"activation":"gelu","hidden":[7]}"#),
+        (vec![6, 4], r#"{"dtype":"f64","layers":2,"hidden":[]}"#),
+    ] {
+        let mut m = model(json, &shape);
+        randomize(&m, 2.0, 21);
+        let v = m.volume();
+        let z = Tensor::from_vec(normals(20 * v, 2), (20, v), &Device::Cpu).unwrap();
+        let u = Tensor::from_vec(normals(20 * v, 3), (20, v), &Device::Cpu).unwrap();
+        for inverse in [false, true] {
+            assert!(m.flow.fused());
+            let a = grads(&m.flow, &z, &u, inverse);
+            m.flow.set_fused(false);
+            let b = grads(&m.flow, &z, &u, inverse);
+            m.flow.set_fused(true);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                let scale = y.iter().fold(1.0f64, |s, v| s.max(v.abs()));
+                let d = max_abs_diff(x, y);
+                assert!(d < 1e-12 * scale, "{json} inverse={inverse}: tensor {i} differs by {d} (scale {scale})");
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_model_matches_f64_model_to_single_precision() {
+    let m32 = model(r#"{"init_seed":5}"#, &[8, 8]);
+    let m64 = model(r#"{"init_seed":5,"dtype":"f64"}"#, &[8, 8]);
+    let z = normals(4 * 64, 4);
+    let (a, la) = m32.push_forward(&z).unwrap();
+    let (b, lb) = m64.push_forward(&z).unwrap();
+    eprintln!(
+        "f32 vs f64, 16 layers on 8x8: max |Δφ| = {:.2e}, max |Δ log J| = {:.2e}",
+        max_abs_diff(&a, &b),
+        max_abs_diff(&la, &lb)
+    );
+    assert!(max_abs_diff(&a, &b) < 1e-4, "{}", max_abs_diff(&a, &b));
+    assert!(max_abs_diff(&la, &lb) < 1e-3, "{}", max_abs_diff(&la, &lb));
+    assert_eq!(m32.flow.dtype, DType::F32);
+}
