@@ -280,3 +280,42 @@ output = "{{OUT}}"
     assert!(d.join("nan.safetensors.train.ckpt").is_file());
     assert!(!d.join("nan.safetensors").exists(), "no weights are written from a diverged run");
 }
+
+/// Weights are standard safetensors: Python's `safetensors` reads them, with the architecture in
+/// the metadata. CI installs `safetensors` and sets LATFLOW_REQUIRE_SAFETENSORS=1, making this
+/// mandatory there; elsewhere it is skipped (with a message) when the package is missing.
+#[test]
+fn python_safetensors_reads_the_weights() {
+    let probe = "import safetensors.numpy, numpy";
+    let have = std::process::Command::new("python3").args(["-c", probe]).status().is_ok_and(|s| s.success());
+    if !have {
+        assert!(std::env::var_os("LATFLOW_REQUIRE_SAFETENSORS").is_none(), "python safetensors is required but missing");
+        eprintln!("python safetensors not available: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = "[train]\nsteps = 3\nbatch = 8\nseed = 1";
+    let text = card(d, TUTORIAL, "layers = 2\nhidden = [4]", "w.safetensors", train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 2");
+    let (c, _) = write_card(d, "py", &text);
+    run_ok(&["train", c.to_str().unwrap(), "-q"]);
+    let script = r#"
+import sys, json
+from safetensors import safe_open
+from safetensors.numpy import load_file
+t = load_file(sys.argv[1])
+with safe_open(sys.argv[1], framework="numpy") as f:
+    meta = f.metadata()
+arch = json.loads(meta["latflow.architecture"])
+print(json.dumps({"names": sorted(t.keys()), "layers": arch["layers"],
+                  "w0": list(t["layers.0.conv0.weight"].shape), "format": meta["latflow.format"]}))
+"#;
+    let o = std::process::Command::new("python3").arg("-c").arg(script).arg(d.join("w.safetensors")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["layers"], 2);
+    assert_eq!(v["format"], "1");
+    // two layers, each conv0 (1 → 4) and conv1 (4 → 2), weight and bias
+    assert_eq!(v["names"].as_array().unwrap().len(), 8, "{v}");
+    assert_eq!(v["w0"], serde_json::json!([3, 3, 1, 4]));
+}

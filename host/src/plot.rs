@@ -161,15 +161,18 @@ pub fn training_curves(
     let smooth = if smooth > 1 { Some(smooth) } else { None };
     // All three panels share the step axis.
     let steps = min_max(step.iter().copied().filter(|s| s.is_finite()));
-    let curves = |y: &[f64], colour: RGBColor, name: &str| -> Vec<Curve> {
+    // The first 5% of the loss curve (the initial transient, often orders of magnitude above
+    // the rest) is left out of the loss panel, so that the approach to −log Z stays visible.
+    let skip_loss = step.len() / 20;
+    let curves = |y: &[f64], colour: RGBColor, name: &str, skip: usize| -> Vec<Curve> {
         if y.is_empty() {
             return Vec::new();
         }
-        let raw = finite_points(step, y);
+        let raw = finite_points(&step[skip..], &y[skip..]);
         match smooth {
             None => vec![Curve { label: name.to_string(), pts: raw, style: colour.stroke_width(2), markers: false }],
             Some(w) => {
-                let mean = finite_points(step, &running_mean(y, w));
+                let mean = finite_points(&step[skip..], &running_mean(&y[skip..], w));
                 vec![
                     Curve {
                         label: format!("{name}, per step"),
@@ -189,10 +192,14 @@ pub fn training_curves(
     };
     let mut specs = vec![
         PanelSpec {
-            title: "Training loss".into(),
+            title: if skip_loss > 0 && !loss.is_empty() {
+                format!("Training loss (from step {})", step[skip_loss])
+            } else {
+                "Training loss".into()
+            },
             x_label: "step".into(),
             y_label: "loss".into(),
-            curves: curves(loss, palette(0), "loss"),
+            curves: curves(loss, palette(0), "loss", if loss.is_empty() { 0 } else { skip_loss }),
             log_y: false,
             hline: minus_log_z.map(|z| (z, format!("exact −log Z = {}", fmt_sig(z, 5)))),
             y_hint: None,
@@ -202,7 +209,7 @@ pub fn training_curves(
             title: "Batch effective sample size per sample".into(),
             x_label: "step".into(),
             y_label: "ESS / N".into(),
-            curves: curves(ess, palette(1), "ESS / N"),
+            curves: curves(ess, palette(1), "ESS / N", 0),
             log_y: false,
             hline: None,
             y_hint: Some((0.0, 1.0)),
@@ -212,7 +219,7 @@ pub fn training_curves(
             title: "Acceptance estimate".into(),
             x_label: "step".into(),
             y_label: "acceptance".into(),
-            curves: curves(acceptance, palette(2), "acceptance"),
+            curves: curves(acceptance, palette(2), "acceptance", 0),
             log_y: false,
             hline: None,
             y_hint: Some((0.0, 1.0)),

@@ -54,7 +54,8 @@ pub enum PriorKind {
 pub enum Coupling {
     #[default]
     Affine,
-    /// Rational-quadratic splines: accepted by the parser so that the error is specific.
+    /// Monotone rational-quadratic splines with linear tails (Durkan et al. 2019), see
+    /// [`crate::spline`].
     Spline,
 }
 
@@ -93,6 +94,8 @@ struct RawConfig {
     coupling: Coupling,
     #[serde(default)]
     z2: Z2,
+    spline_bins: Option<i64>,
+    spline_bound: Option<f64>,
 }
 
 fn default_layers() -> i64 {
@@ -104,6 +107,13 @@ fn default_hidden() -> Vec<i64> {
 fn default_kernel() -> i64 {
     3
 }
+
+/// Default number of spline bins K.
+pub const DEFAULT_SPLINE_BINS: usize = 8;
+/// Default half-width B of the spline interval [−B, B] (fields of O(1); identity outside).
+pub const DEFAULT_SPLINE_BOUND: f64 = 4.0;
+/// Largest K: the minimum bin size (10⁻³ of the interval) needs K · 10⁻³ < 1.
+pub const MAX_SPLINE_BINS: usize = 256;
 
 /// Largest volume for `prior = "free"`: its square-root covariance is a dense V×V matrix in f64
 /// (8·V² bytes: 128 MiB at V = 4096) and every draw costs V² multiply-adds.
@@ -136,11 +146,25 @@ pub struct Architecture {
     pub prior_m2: Option<f64>,
     pub z2: Z2,
     pub lattice: Vec<usize>,
+    /// K, with `coupling = "spline"` only (absent for affine, so affine records are unchanged).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub spline_bins: Option<usize>,
+    /// B, with `coupling = "spline"` only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub spline_bound: Option<f64>,
 }
 
 impl Architecture {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("architecture serialises")
+    }
+
+    /// Output channels of a conditioner: (s, t) for affine, 3K − 1 spline parameters.
+    pub fn conditioner_outputs(&self) -> usize {
+        match self.coupling {
+            Coupling::Affine => 2,
+            Coupling::Spline => 3 * self.spline_bins.unwrap_or(DEFAULT_SPLINE_BINS) - 1,
+        }
     }
 }
 
@@ -178,11 +202,32 @@ pub fn check_layout(layout: &FieldLayout) -> Result<Lattice, PluginError> {
 pub fn parse(json: &str, layout: &FieldLayout) -> Result<(ModelConfig, Lattice), PluginError> {
     let raw: RawConfig = parse_config(json)?;
     let lattice = check_layout(layout)?;
-    if raw.coupling == Coupling::Spline {
-        return Err(PluginError::config(
-            "coupling: \"spline\" (rational-quadratic splines) is not implemented yet; use \"affine\"",
-        ));
-    }
+    let (spline_bins, spline_bound) = match raw.coupling {
+        Coupling::Affine => {
+            if raw.spline_bins.is_some() || raw.spline_bound.is_some() {
+                let key = if raw.spline_bins.is_some() { "spline_bins" } else { "spline_bound" };
+                return Err(PluginError::config(format!(
+                    "{key}: only used with coupling = \"spline\" (the coupling is \"affine\")"
+                )));
+            }
+            (None, None)
+        }
+        Coupling::Spline => {
+            let bins = raw.spline_bins.unwrap_or(DEFAULT_SPLINE_BINS as i64);
+            if !(2..=MAX_SPLINE_BINS as i64).contains(&bins) {
+                return Err(PluginError::config(format!(
+                    "spline_bins: must be between 2 and {MAX_SPLINE_BINS}, got {bins}"
+                )));
+            }
+            let bound = raw.spline_bound.unwrap_or(DEFAULT_SPLINE_BOUND);
+            if !(bound.is_finite() && bound > 0.0 && bound <= 1e6) {
+                return Err(PluginError::config(format!(
+                    "spline_bound: must be finite, > 0 and at most 1e6, got {bound}"
+                )));
+            }
+            (Some(bins as usize), Some(bound))
+        }
+    };
     if raw.layers < 1 {
         return Err(PluginError::config(format!("layers: must be at least 1, got {}", raw.layers)));
     }
@@ -251,13 +296,18 @@ pub fn parse(json: &str, layout: &FieldLayout) -> Result<(ModelConfig, Lattice),
         hidden: raw.hidden.iter().map(|&h| h as usize).collect(),
         kernel: raw.kernel as usize,
         activation: raw.activation,
-        scale_bound: "tanh".into(),
+        scale_bound: match raw.coupling {
+            Coupling::Affine => "tanh".into(),
+            Coupling::Spline => "none".into(),
+        },
         masks: "checkerboard".into(),
         dtype: raw.dtype,
         prior: raw.prior,
         prior_m2,
         z2: raw.z2,
         lattice: lattice.shape().to_vec(),
+        spline_bins,
+        spline_bound,
     };
     Ok((ModelConfig { arch, device: raw.device, init_seed: raw.init_seed }, lattice))
 }

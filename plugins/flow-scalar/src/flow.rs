@@ -10,6 +10,10 @@
 //! x_active  = (x'_active − t) · e^{−s}  (inverse), log J⁻¹ = −Σ_active s
 //! ```
 //!
+//! With `coupling = "spline"` the last convolution outputs 3K − 1 raw spline parameters per
+//! active site (no tanh) and the active values go through monotone rational-quadratic splines
+//! instead ([`crate::spline`], candle ops, autograd backward); log J = Σ_active ln dy/dx.
+//!
 //! The CNN is `len(hidden) + 1` periodic convolutions (kernel k, any dimension) with the
 //! activation between them. Its input is the frozen field with zeros on the active sites, as
 //! in the peer; its last convolution is evaluated on the active sites only.
@@ -21,10 +25,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
-use crate::config::{Activation, Architecture, DTypeCfg, PriorKind};
+use crate::config::{Activation, Architecture, Coupling, DTypeCfg, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND};
 use crate::geometry::{Geometry, Outputs, Source};
 use crate::kernels::{self, Act, Table};
 use crate::prior::Prior;
+use crate::spline;
 use latflow_core::Stream;
 
 /// The random stream purpose of weight initialisation (`init_seed` is its run seed).
@@ -94,7 +99,7 @@ impl Flow {
         };
         let mut sizes = vec![1usize];
         sizes.extend(&arch.hidden);
-        sizes.push(2);
+        sizes.push(arch.conditioner_outputs());
         let channels: Vec<(usize, usize)> = sizes.windows(2).map(|w| (w[0], w[1])).collect();
         let n = channels.len();
         let kvol = geom.kvol();
@@ -195,14 +200,16 @@ impl Flow {
         }
     }
 
-    /// tanh(CNN(frozen)) of layer `l` on its active sites: `[B, H, 2]` holding (s, t).
-    fn conditioner(&self, frozen: &Tensor, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
+    /// tanh(CNN(frozen)) of layer `l` on its active sites: `[B, H, 2]` holding (s, t) (affine),
+    /// or CNN(frozen) `[B, H, 3K − 1]`, the raw spline parameters (spline).
+    pub(crate) fn conditioner(&self, frozen: &Tensor, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
         let p = l % 2;
         let b = frozen.dim(0)?;
         let h = self.geom.half;
         let v = self.geom.volume;
         let kvol = self.geom.kvol();
         let n = self.channels.len();
+        let spline = self.arch.coupling == Coupling::Spline;
         if self.fused {
             let mut act = frozen.reshape((b, h, 1))?;
             for (j, _) in self.channels.iter().enumerate() {
@@ -210,6 +217,7 @@ impl Flow {
                 let bias = &params[2 * (l * n + j) + 1];
                 let last = j == n - 1;
                 let a = match (last, self.arch.activation) {
+                    (true, _) if spline => Act::Identity,
                     (true, _) => Act::Tanh,
                     (false, Activation::LeakyRelu) => Act::LeakyRelu,
                     (false, Activation::Relu) => Act::Relu,
@@ -231,13 +239,22 @@ impl Flow {
             let bias = &params[2 * (l * n + j) + 1];
             let g = act.index_select(&self.tables[j][p], 1)?.reshape((b * m, kvol * cin))?;
             let y = g.matmul(w)?.broadcast_add(bias)?.reshape((b, m, cout))?;
-            act = if j == n - 1 { y.tanh()? } else { self.activate(&y)? };
+            act = match (j == n - 1, spline) {
+                (true, true) => y,
+                (true, false) => y.tanh()?,
+                (false, _) => self.activate(&y)?,
+            };
         }
         Ok(act)
     }
 
-    /// The affine update of the active half from (s, t) = `st`, and its log-determinant.
+    /// The update of the active half from the conditioner's output `st` (affine: (s, t);
+    /// spline: the raw spline parameters), and its log-determinant.
     fn couple(&self, x: &Tensor, st: &Tensor, inverse: bool) -> candle_core::Result<(Tensor, Tensor)> {
+        if self.arch.coupling == Coupling::Spline {
+            let (k, bound) = self.spline_shape();
+            return spline::apply(x, st, k, bound, inverse);
+        }
         if self.fused {
             let y = if inverse { kernels::uncouple(x, st)? } else { kernels::couple(x, st)? };
             return Ok((y, kernels::sum_s(st, inverse)?));
@@ -250,6 +267,11 @@ impl Flow {
         } else {
             Ok((x.mul(&s.exp()?)?.add(&t)?, s.sum(1)?))
         }
+    }
+
+    /// (K, B) of the spline couplings.
+    pub fn spline_shape(&self) -> (usize, f64) {
+        (self.arch.spline_bins.unwrap_or(DEFAULT_SPLINE_BINS), self.arch.spline_bound.unwrap_or(DEFAULT_SPLINE_BOUND))
     }
 
     fn split(&self, x: &Tensor) -> candle_core::Result<[Tensor; 2]> {

@@ -42,6 +42,7 @@ pub mod io;
 pub mod kernels;
 pub mod optim;
 pub mod prior;
+pub mod spline;
 
 use std::collections::HashMap;
 

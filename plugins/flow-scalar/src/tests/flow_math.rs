@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::*;
 use crate::flow::Flow;
 
-fn cb_tensor(m: &FlowScalar, sites: &[f64]) -> Tensor {
+pub(super) fn cb_tensor(m: &FlowScalar, sites: &[f64]) -> Tensor {
     let v = m.volume();
     let cb = m.flow.geom.to_checkerboard(sites);
     tensor_from_f64(&cb, (sites.len() / v, v), m.flow.dtype, &Device::Cpu).unwrap()
@@ -45,7 +45,7 @@ fn peer_architecture_has_the_peers_parameter_count() {
     assert_eq!(m.flow.vars[5].var.dims(), &[2]);
 }
 
-fn check_layer_round_trip(shape: &[usize], json: &str) {
+pub(super) fn check_layer_round_trip(shape: &[usize], json: &str) {
     let m = model(json, shape);
     randomize(&m, 3.0, 11);
     let v = m.volume();
@@ -90,7 +90,7 @@ fn model_round_trip_and_inverse_log_det() {
 
 /// The dense Jacobian ∂φ/∂z of the whole flow at one point, rows by autograd (one backward
 /// pass per output component), in checkerboard order.
-fn jacobian_autograd(m: &FlowScalar, z_sites: &[f64]) -> (Vec<f64>, f64) {
+pub(super) fn jacobian_autograd(m: &FlowScalar, z_sites: &[f64]) -> (Vec<f64>, f64) {
     let v = m.volume();
     let zc = Var::from_tensor(&cb_tensor(m, z_sites)).unwrap();
     let params = m.flow.params(false).unwrap();
@@ -104,7 +104,7 @@ fn jacobian_autograd(m: &FlowScalar, z_sites: &[f64]) -> (Vec<f64>, f64) {
 }
 
 /// The same by central finite differences through `push_forward` (site order).
-fn jacobian_fd(m: &FlowScalar, z: &[f64], h: f64) -> Vec<f64> {
+pub(super) fn jacobian_fd(m: &FlowScalar, z: &[f64], h: f64) -> Vec<f64> {
     let v = m.volume();
     let mut cols = vec![0.0; v * v];
     for j in 0..v {
@@ -121,7 +121,7 @@ fn jacobian_fd(m: &FlowScalar, z: &[f64], h: f64) -> Vec<f64> {
     cols
 }
 
-fn check_log_det(shape: &[usize], json: &str) {
+pub(super) fn check_log_det(shape: &[usize], json: &str) {
     let m = model(json, shape);
     randomize(&m, 3.0, 4);
     let v = m.volume();
@@ -179,7 +179,7 @@ fn flow_is_translation_equivariant_under_parity_preserving_shifts() {
 }
 
 /// Parameters' gradients of Σ (φ·u) + Σ log J and the input's gradient, through the flow.
-fn grads(flow: &Flow, z: &Tensor, u: &Tensor, inverse: bool) -> Vec<Vec<f64>> {
+pub(super) fn grads(flow: &Flow, z: &Tensor, u: &Tensor, inverse: bool) -> Vec<Vec<f64>> {
     let zv = Var::from_tensor(z).unwrap();
     let params = flow.params(true).unwrap();
     let (phi, ld) = if inverse {

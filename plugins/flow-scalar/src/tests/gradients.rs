@@ -19,7 +19,7 @@ fn analytic_phi4_gradient_matches_candle_autograd() {
     }
 }
 
-fn check_surrogate(shape: &[usize], json: &str, batch: u32) {
+pub(super) fn check_surrogate(shape: &[usize], json: &str, batch: u32) {
     let mut m = model(json, shape);
     randomize(&m, 2.0, 31);
     let lat = Lattice::new(&shape.iter().map(|&l| l as i64).collect::<Vec<_>>()).unwrap();

@@ -5,6 +5,7 @@ mod flow_math;
 mod gradients;
 mod persistence;
 mod sampling;
+mod spline_tests;
 mod training;
 
 use candle_core::Tensor;

@@ -5,7 +5,7 @@ use latflow_core::ErrorKind;
 use super::*;
 use crate::io;
 
-fn train_steps(m: &mut FlowScalar, rng: &mut Stream, n: usize) -> Vec<u64> {
+pub(super) fn train_steps(m: &mut FlowScalar, rng: &mut Stream, n: usize) -> Vec<u64> {
     let lat = Lattice::new(&m.arch().lattice.iter().map(|&l| l as i64).collect::<Vec<_>>()).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
@@ -17,7 +17,7 @@ fn train_steps(m: &mut FlowScalar, rng: &mut Stream, n: usize) -> Vec<u64> {
     out
 }
 
-fn sample_bits(m: &FlowScalar, seed: u64) -> (Vec<u64>, Vec<u64>) {
+pub(super) fn sample_bits(m: &FlowScalar, seed: u64) -> (Vec<u64>, Vec<u64>) {
     let mut rng = Stream::new(seed, 4);
     let (c, l) = m.sample_with(50, &mut rng).unwrap();
     (c.iter().map(|x| x.to_bits()).collect(), l.iter().map(|x| x.to_bits()).collect())
