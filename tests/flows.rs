@@ -319,3 +319,51 @@ print(json.dumps({"names": sorted(t.keys()), "layers": arch["layers"],
     assert_eq!(v["names"].as_array().unwrap().len(), 8, "{v}");
     assert_eq!(v["w0"], serde_json::json!([3, 3, 1, 4]));
 }
+
+/// A training run killed with SIGKILL and resumed from its checkpoint ends with the same weights,
+/// bit for bit, as an uninterrupted one (model, Adam state, RNG and history are checkpointed).
+#[test]
+fn training_resume_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let make = |name: &str| {
+        let train = "[train]\nsteps = 400\nbatch = 16\ncheckpoint_every = 7\nseed = 5\nschedule = { kind = \"cosine\", steps = 400, min_lr = 1e-5, warmup = 10 }";
+        let text = card(d, TUTORIAL, "layers = 4\nhidden = [8]", &format!("{name}.safetensors"), train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 2");
+        write_card(d, name, &text).0
+    };
+    let reference = make("reference");
+    run_ok(&["train", reference.to_str().unwrap(), "-q"]);
+    let resumed = make("resumed");
+    let ckpt = d.join("resumed.safetensors.train.ckpt");
+    let mut kills = 0;
+    for delay in [700u64, 900, 600] {
+        let mut cmd = common::latflow();
+        cmd.args(["train", resumed.to_str().unwrap(), "-q"]);
+        cmd.arg(if ckpt.exists() { "--resume" } else { "--force" });
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 1, "training finished before it could be killed");
+    if d.join("resumed.safetensors").exists() {
+        // the last attempt finished by itself
+    } else {
+        run_ok(&["train", resumed.to_str().unwrap(), "-q", if ckpt.exists() { "--resume" } else { "--force" }]);
+    }
+    let a = std::fs::read(d.join("reference.safetensors")).unwrap();
+    let b = std::fs::read(d.join("resumed.safetensors")).unwrap();
+    assert!(a == b, "resumed training gave different weights");
+    let ha = std::fs::read_to_string(d.join("reference.safetensors.history.csv")).unwrap();
+    let hb = std::fs::read_to_string(d.join("resumed.safetensors.history.csv")).unwrap();
+    // identical except the wall-time column
+    let strip = |h: &str| h.lines().map(|l| l.rsplit_once(',').map_or(l, |(a, _)| a).to_string()).collect::<Vec<_>>();
+    let (sa, sb) = (strip(&ha), strip(&hb));
+    assert_eq!(sa.len(), sb.len(), "history lengths differ");
+    for (x, y) in sa.iter().zip(&sb) {
+        assert_eq!(x, y, "history rows differ");
+    }
+}
