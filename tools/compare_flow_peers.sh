@@ -271,16 +271,16 @@ run_peer() { # round threads
 }
 
 # ---------------------------------------------------------------- interleaved rounds
-loads=()
+loads=() # 1-minute load average at the start of each round, and at the end
 for r in $(seq 1 "$ROUNDS"); do
-    loads+=("$(load)")
+    loads+=("$(load | cut -d' ' -f1)")
     log "round $r/$ROUNDS, load $(load)"
     for t in $THREADS; do
         if [ $((r % 2)) = 1 ]; then run_latflow "$r" "$t"; run_peer "$r" "$t"
         else run_peer "$r" "$t"; run_latflow "$r" "$t"; fi
     done
 done
-loads+=("$(load)")
+loads+=("$(load | cut -d' ' -f1)")
 
 # ---------------------------------------------------------------- table
 # median (min–max) of a side/metric/threads over rounds; "n/a" when no finite value
@@ -301,7 +301,7 @@ ratio() { # threads metric invert(0/1)
 }
 
 echo
-echo "φ⁴ flow, L = 8, 16 affine layers, f32; $ROUNDS interleaved rounds, medians (min–max); load averages per round: ${loads[*]}"
+echo "φ⁴ flow, L = 8, 16 affine layers, f32; $ROUNDS interleaved rounds, medians (min–max); 1-min load average at each round's start and at the end: ${loads[*]} (2 cores)"
 echo
 echo "| threads | metric | latflow | peer (torch) | latflow ÷ peer speed |"
 echo "|---|---|---|---|---|"

@@ -367,9 +367,12 @@ pub struct RunSection {
     /// Checkpoint at least every this many seconds of wall time.
     #[serde(default = "default_checkpoint_seconds")]
     pub checkpoint_seconds: f64,
-    /// Starting configuration.
-    #[serde(default = "default_start")]
-    pub start: Start,
+    /// Starting configuration: `cold`, `hot`, or `model` (a sample of the card's model). The
+    /// default is `model` when the chain has a flow or reweight step, else `cold`: a flow chain
+    /// started from an ordered configuration (φ = 0) can sit there for very long, because its
+    /// importance weight e^{−S}/q is far larger than that of typical proposals.
+    #[serde(default)]
+    pub start: Option<StartChoice>,
     /// Worker threads inside plugins (0 = their default, which honours RAYON_NUM_THREADS).
     #[serde(default)]
     pub threads: u32,
@@ -378,8 +381,24 @@ pub struct RunSection {
 fn default_checkpoint_seconds() -> f64 {
     30.0
 }
-fn default_start() -> Start {
-    Start::Cold
+/// How the chain's first configuration is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartChoice {
+    Cold,
+    Hot,
+    Model,
+}
+
+impl StartChoice {
+    /// The theory's start, or `None` for a model sample.
+    pub fn theory_start(self) -> Option<Start> {
+        match self {
+            StartChoice::Cold => Some(Start::Cold),
+            StartChoice::Hot => Some(Start::Hot),
+            StartChoice::Model => None,
+        }
+    }
 }
 
 impl RunSection {
@@ -527,9 +546,17 @@ impl RunCard {
             Some(_) => return Err(fail("run", "must be a table ([run])".into())),
             None => return Err(fail("run", "missing section [run]".into())),
         };
-        let run: RunSection = section(run, "run").map_err(|(f, m)| fail(&f, m))?;
+        let mut run: RunSection = section(run, "run").map_err(|(f, m)| fail(&f, m))?;
         if run.measurements == 0 {
             return Err(fail("run.measurements", "must be at least 1".into()));
+        }
+        let uses_model = chain.iter().any(|s| matches!(s, StepCard::Flow(_) | StepCard::Reweight(_)));
+        match run.start {
+            Some(StartChoice::Model) if model.is_none() => {
+                return Err(fail("run.start", "\"model\" needs a [model] section".into()))
+            }
+            None => run.start = Some(if uses_model { StartChoice::Model } else { StartChoice::Cold }),
+            _ => {}
         }
         if run.checkpoint_every == Some(0) {
             return Err(fail("run.checkpoint_every", "must be at least 1".into()));

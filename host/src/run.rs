@@ -116,6 +116,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let model_provenance = model.as_ref().map(|m| m.provenance.clone()).unwrap_or_default();
     let weights_digest = model.as_ref().map(|m| m.weights_digest.clone()).unwrap_or_default();
     let model = model.map(|m| Arc::new(m.handle));
+    let model_for_start = model.clone();
     let mut chain = Chain::new(&card, model).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
 
     let observables: Vec<ObservableDef> = theory
@@ -197,7 +198,12 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             model: model_provenance.clone(),
         };
         let mut init = Stream::new(card.run.seed, Stream::id(STREAM_INIT, 0, 0, 0));
-        let config = theory.initial(card.run.start, &mut init).with_context(|| format!("{file}: run.start"))?;
+        let start = card.run.start.unwrap_or(crate::card::StartChoice::Cold);
+        let config = match (start.theory_start(), &model_for_start) {
+            (Some(s), _) => theory.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
+            (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
+            (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
+        };
         let writer = EnsembleWriter::create(&output, &prov, &observables, &steps, configs.as_ref(), opts.force)
             .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&ckpt_path);

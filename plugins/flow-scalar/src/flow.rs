@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
-use crate::config::{Activation, Architecture, Coupling, DTypeCfg, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND};
+use crate::config::{
+    Activation, Architecture, Coupling, DTypeCfg, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND,
+};
 use crate::geometry::{Geometry, Outputs, Source};
 use crate::kernels::{self, Act, Table};
 use crate::prior::Prior;

@@ -322,6 +322,9 @@ fn gather_conv_impl<T: Real, const FMA: bool>(
         (8, true) => gather_conv_co::<T, 8, 8, FMA>(x, rows, w, bias, tab, b, ci, act, out),
         (8, false) => gather_conv_co::<T, 8, 4, FMA>(x, rows, w, bias, tab, b, ci, act, out),
         (16, _) => gather_conv_co::<T, 16, 4, FMA>(x, rows, w, bias, tab, b, ci, act, out),
+        // the spline conditioners' 3K − 1 outputs for K = 4 and 8
+        (11, _) => gather_conv_co::<T, 11, 8, FMA>(x, rows, w, bias, tab, b, ci, act, out),
+        (23, _) => gather_conv_co::<T, 23, 2, FMA>(x, rows, w, bias, tab, b, ci, act, out),
         _ => gather_conv_dyn::<T, FMA>(x, rows, w, bias, tab, b, ci, co, act, out),
     }
 }
@@ -478,7 +481,8 @@ macro_rules! back_weight_impl {
                 (2, 1), (2, 2), (2, 4), (2, 8), (2, 16),
                 (4, 1), (4, 2), (4, 4), (4, 8), (4, 16),
                 (8, 1), (8, 2), (8, 4), (8, 8), (8, 16),
-                (16, 1), (16, 2), (16, 4), (16, 8), (16, 16))
+                (16, 1), (16, 2), (16, 4), (16, 8), (16, 16),
+                (4, 11), (8, 11), (16, 11), (4, 23), (8, 23), (16, 23))
         }
     };
 }

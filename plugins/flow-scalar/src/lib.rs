@@ -1,5 +1,5 @@
-//! latflow model plugin `flow-scalar`: an affine-coupling normalizing flow for real scalar fields
-//! on periodic lattices of any dimension, written with candle.
+//! latflow model plugin `flow-scalar`: an affine- or spline-coupling normalizing flow for real
+//! scalar fields on periodic lattices of any dimension, written with candle.
 //!
 //! The architecture is that of Albergo, Kanwar and Shanahan (arXiv 2101.08176) and of the
 //! PyTorch peer `shared/peers/phi4_flow.py`: a prior (N(0, 1) per site, or optionally the free
@@ -13,8 +13,9 @@
 //! `[model]` keys (all optional): `layers` (16), `hidden` ([8, 8]), `kernel` (3, odd, ≤ the
 //! smallest extent), `activation` ("leaky_relu" | "tanh" | "relu" | "gelu"), `dtype` ("f32" |
 //! "f64"), `device` ("cpu" | "cuda", the latter with the `cuda` feature), `prior` ("normal" |
-//! "free", the latter with `prior_m2` > 0), `init_seed` (0), `coupling` ("affine"), `z2`
-//! ("none" | "symmetrize").
+//! "free", the latter with `prior_m2` > 0), `init_seed` (0), `coupling` ("affine" | "spline":
+//! rational-quadratic splines, [`spline`]), `spline_bins` (8) and `spline_bound` (4.0) with
+//! splines only, `z2` ("none" | "symmetrize").
 //!
 //! Precision: the flow runs in `dtype`. Prior deviates are drawn in f64 (in a fixed order from
 //! the caller's stream: all n·V normals, configuration by configuration in site order, then, with
@@ -627,9 +628,10 @@ extern "C" fn info() -> PluginInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         kind: PluginKind::Model,
         description:
-            "affine-coupling normalizing flow (checkerboard masks, periodic CNNs) for real scalar fields, candle".into(),
+            "affine- or rational-quadratic-spline-coupling normalizing flow (checkerboard masks, periodic CNNs) for real scalar fields, candle"
+                .into(),
         provides: RVec::from(vec![
-            RString::from("keys: layers hidden kernel activation dtype device prior prior_m2 init_seed coupling z2"),
+            RString::from("keys: layers hidden kernel activation dtype device prior prior_m2 init_seed coupling spline_bins spline_bound z2"),
             RString::from("layouts: one Real per Site, any dimension, even extents"),
             RString::from(if cfg!(feature = "cuda") { "devices: cpu cuda" } else { "devices: cpu" }),
         ]),

@@ -23,8 +23,9 @@
 //! dy/dx = δ² (d_{k+1} θ² + 2δ θ(1−θ) + d_k (1−θ)²) / (δ + (d_k + d_{k+1} − 2δ) θ(1−θ))²
 //! ```
 //!
-//! The inverse solves the quadratic a θ² + b θ + c = 0 (the paper's eq. 6–8) in the stable form
-//! θ = 2c / (−b − √(b² − 4ac)). Outside [−B, B] the map is the identity (log-derivative 0).
+//! The inverse solves the quadratic a θ² + b θ + c = 0 (the paper's eq. 6–8): θ = 2c / (−b − √D),
+//! D = b² − 4ac, as in the paper when b ≥ 0, and the equal (−b + √D) / 2a when b < 0, where the
+//! paper's form would cancel. Outside [−B, B] the map is the identity (log-derivative 0).
 //! Bin search: the number of interior knots ≤ the value (a comparison, not differentiated), then
 //! `gather`.
 
@@ -89,12 +90,15 @@ pub fn knots(raw: &Tensor, k: usize, bound: f64) -> Result<Knots> {
     Ok(Knots { xs, ys, ds })
 }
 
-/// `t[..., k]` and `t[..., k + 1]` for the bin index `idx` `[B, H, 1]`: two `[B, H]` tensors.
-fn at_bin(t: &Tensor, idx: &Tensor) -> Result<(Tensor, Tensor)> {
-    let n = t.dim(2)? - 1;
-    let lo = t.narrow(2, 0, n)?.contiguous()?.gather(idx, 2)?.squeeze(2)?;
-    let hi = t.narrow(2, 1, n)?.contiguous()?.gather(idx, 2)?.squeeze(2)?;
-    Ok((lo, hi))
+/// The bin ends of `kn` for the bin index `idx` `[B, H, 1]`: one gather of
+/// `[x_k, x_{k+1}, y_k, y_{k+1}, d_k, d_{k+1}]`, returned as six `[B, H]` tensors.
+fn at_bin(kn: &Knots, idx: &Tensor) -> Result<[Tensor; 6]> {
+    let n1 = kn.xs.dim(2)? as u32;
+    let all = Tensor::cat(&[&kn.xs, &kn.ys, &kn.ds], 2)?;
+    let offsets = Tensor::from_vec(vec![0u32, 1, n1, n1 + 1, 2 * n1, 2 * n1 + 1], (1, 1, 6), idx.device())?;
+    let g = all.gather(&idx.broadcast_add(&offsets)?.contiguous()?, 2)?;
+    let col = |j: usize| g.narrow(2, j, 1)?.squeeze(2);
+    Ok([col(0)?, col(1)?, col(2)?, col(3)?, col(4)?, col(5)?])
 }
 
 /// The bin of each value `v` `[B, H]` (inside [knots₀, knots_K]) among `knots` `[B, H, K + 1]`:
@@ -131,12 +135,11 @@ pub fn apply(x: &Tensor, raw: &Tensor, k: usize, bound: f64, inverse: bool) -> R
     let zeros = x.zeros_like()?;
     // values outside are replaced by 0 (inside) so that the spline branch stays finite
     let v = inside.where_cond(x, &zeros)?;
-    let (src, dst) = if inverse { (&kn.ys, &kn.xs) } else { (&kn.xs, &kn.ys) };
+    let src = if inverse { &kn.ys } else { &kn.xs };
     let idx = bin_index(&v, src)?;
-    let (s_lo, s_hi) = at_bin(src, &idx)?;
-    let (t_lo, t_hi) = at_bin(dst, &idx)?;
-    let (d0, d1) = at_bin(&kn.ds, &idx)?;
-    let (xw, yh) = if inverse { (t_hi.sub(&t_lo)?, s_hi.sub(&s_lo)?) } else { (s_hi.sub(&s_lo)?, t_hi.sub(&t_lo)?) };
+    let [x_lo, x_hi, y_lo, y_hi, d0, d1] = at_bin(&kn, &idx)?;
+    let (s_lo, t_lo) = if inverse { (y_lo.clone(), x_lo.clone()) } else { (x_lo.clone(), y_lo.clone()) };
+    let (xw, yh) = (x_hi.sub(&x_lo)?, y_hi.sub(&y_lo)?);
     let delta = yh.div(&xw)?;
     let (out, ld) = if inverse {
         // a θ² + b θ + c = 0 with dy = y − y_k, s = d_k + d_{k+1} − 2δ
@@ -145,8 +148,17 @@ pub fn apply(x: &Tensor, raw: &Tensor, k: usize, bound: f64, inverse: bool) -> R
         let a = yh.mul(&delta.sub(&d0)?)?.add(&dy.mul(&s)?)?;
         let b = yh.mul(&d0)?.sub(&dy.mul(&s)?)?;
         let c = delta.mul(&dy)?.neg()?;
-        let disc = b.sqr()?.sub(&a.mul(&c)?.affine(4.0, 0.0)?)?.relu()?;
-        let theta = c.affine(2.0, 0.0)?.div(&b.neg()?.sub(&disc.sqrt()?)?)?;
+        let sq = b.sqr()?.sub(&a.mul(&c)?.affine(4.0, 0.0)?)?.relu()?.sqrt()?;
+        // θ = 2c / (−b − √D) = (−b + √D) / 2a, whichever does not cancel: the first for b ≥ 0,
+        // the second for b < 0 (then a ≥ |b|/2 > 0 since θ ≤ 1). The branch not taken gets a
+        // harmless denominator so that its (masked) gradient stays finite.
+        let pos = b.ge(0.0)?;
+        let minus_one = Tensor::ones_like(&b)?.neg()?;
+        let den1 = pos.where_cond(&b.neg()?.sub(&sq)?, &minus_one)?;
+        let a_safe = pos.where_cond(&Tensor::ones_like(&a)?, &a)?;
+        let theta1 = c.affine(2.0, 0.0)?.div(&den1)?;
+        let theta2 = sq.sub(&b)?.div(&a_safe.affine(2.0, 0.0)?)?;
+        let theta = pos.where_cond(&theta1, &theta2)?;
         let x_out = t_lo.add(&theta.mul(&xw)?)?;
         (x_out, log_derivative(&theta, &delta, &d0, &d1)?.neg()?)
     } else {

@@ -154,3 +154,15 @@ fn init_from_transfers_weights_across_lattice_sizes() {
     trained.init_from_bytes(&bytes).unwrap();
     assert_eq!(trained.optimizer_steps(), 0);
 }
+
+/// z2 symmetrisation has no weights of its own: weights trained without it load into a
+/// symmetrised model (and back), while a real architecture difference is still refused.
+#[test]
+fn z2_is_a_sampling_option_for_weights() {
+    let a = model(r#"{"dtype":"f64","layers":2,"init_seed":1}"#, &[4, 4]);
+    let bytes = a.save_bytes(false).unwrap();
+    let mut sym = model(r#"{"dtype":"f64","layers":2,"init_seed":2,"z2":"symmetrize"}"#, &[4, 4]);
+    sym.load_bytes(&bytes).unwrap();
+    let mut other = model(r#"{"dtype":"f64","layers":3,"init_seed":2,"z2":"symmetrize"}"#, &[4, 4]);
+    assert!(other.load_bytes(&bytes).is_err());
+}

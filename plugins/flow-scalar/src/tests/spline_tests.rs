@@ -1,14 +1,22 @@
 //! Rational-quadratic spline couplings: the spline itself (round trips including the tails and
 //! the knots, monotonicity, derivative, C¹ tails), layers and models (round trips, dense
 //! Jacobian, fused vs generic conditioner, surrogate gradient), persistence and training.
+//!
+//! Spline parameters are unbounded (the affine couplings' s and t go through tanh), so the
+//! weights are randomised at amplitude [`AMP`] rather than 2–3: at amplitude 3 a 16-layer model
+//! has log J ≈ −300 on 8×8 (most values squeezed into bins of 10⁻³ width), and f⁻¹(f(z))
+//! loses everything to conditioning (layer round trips 1e-9, model 6.5). At [`AMP`] log J ≈ −100
+//! and the model round trip holds to 1e-13.
+
+/// Amplitude of the randomised weights in these tests.
+const AMP: f64 = 1.0;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::flow_math::{cb_tensor, check_layer_round_trip, check_log_det, grads};
-use super::gradients::check_surrogate;
+use super::flow_math::{cb_tensor, check_layer_round_trip_amp, check_log_det_amp, grads};
+use super::gradients::check_surrogate_amp;
 use super::persistence::{sample_bits, train_steps};
 use super::*;
-use crate::io;
 use crate::spline;
 
 fn t64(data: Vec<f64>, shape: &[usize]) -> Tensor {
@@ -27,7 +35,7 @@ fn v3(t: &Tensor) -> Vec<Vec<Vec<f64>>> {
 
 #[test]
 fn spline_round_trip_in_the_tails_at_the_knots_and_at_the_bounds() {
-    for (k, bound, amp) in [(8, 4.0, 1.0), (8, 2.0, 3.0), (3, 1.0, 5.0), (16, 4.0, 8.0)] {
+    for (k, bound, amp) in [(8, 4.0, 1.0), (8, 2.0, 2.0), (3, 1.0, 3.0), (16, 4.0, 2.0)] {
         let (n, h) = (6, 40);
         let raw = raw_params(n, h, k, amp, 3 + k as u64);
         let kn = spline::knots(&raw, k, bound).unwrap();
@@ -75,12 +83,18 @@ fn spline_round_trip_in_the_tails_at_the_knots_and_at_the_bounds() {
     }
 }
 
-/// One spline (row `row` of `raw`) on a dense grid: (x, y, ln dy/dx).
+/// One spline (row `row` of `raw`) on a dense grid over [−1.5B, 1.5B]: (x, y, ln dy/dx).
 fn on_grid(raw: &Tensor, row: usize, k: usize, bound: f64, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let x: Vec<f64> = (0..n).map(|i| -1.5 * bound + 3.0 * bound * i as f64 / (n - 1) as f64).collect();
+    on_grid_at(raw, row, k, bound, x)
+}
+
+/// One spline at the points `x`: (x, y, ln dy/dx).
+fn on_grid_at(raw: &Tensor, row: usize, k: usize, bound: f64, x: Vec<f64>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let n = x.len();
     let c = 3 * k - 1;
     let one = raw.narrow(0, row, 1).unwrap().narrow(1, 0, 1).unwrap();
     let rep = one.broadcast_as((n, 1, c)).unwrap().contiguous().unwrap();
-    let x: Vec<f64> = (0..n).map(|i| -1.5 * bound + 3.0 * bound * i as f64 / (n - 1) as f64).collect();
     let (y, ld) = spline::apply(&t64(x.clone(), &[n, 1]), &rep, k, bound, false).unwrap();
     (x, tensor_to_f64(&y).unwrap(), tensor_to_f64(&ld).unwrap())
 }
@@ -92,23 +106,39 @@ fn spline_is_strictly_increasing_with_the_right_derivative_and_c1_tails() {
         let raw = raw_params(4, 1, k, amp, 100 + k as u64);
         for row in 0..4 {
             let (x, y, ld) = on_grid(&raw, row, k, bound, n);
-            let h = x[1] - x[0];
-            let mut worst = 0.0f64;
             for i in 1..n {
                 assert!(y[i] > y[i - 1], "K={k} amp={amp}: not increasing at x = {}", x[i]);
             }
-            for i in 1..n - 1 {
-                // central difference vs the analytic derivative (relative, O(h²) error)
-                let fd = (y[i + 1] - y[i - 1]) / (2.0 * h);
+            // central differences with step 1e-6 at every grid point vs the analytic derivative,
+            // skipping points within a step of a knot (where the second derivative jumps)
+            let kn = v3(&spline::knots(&raw.narrow(0, row, 1).unwrap(), k, bound).unwrap().xs)[0][0].clone();
+            let step = 1e-6;
+            let (_, yp, _) = on_grid_at(&raw, row, k, bound, x.iter().map(|v| v + step).collect());
+            let (_, ym, _) = on_grid_at(&raw, row, k, bound, x.iter().map(|v| v - step).collect());
+            let mut worst = 0.0f64;
+            for i in 0..n {
+                if kn.iter().any(|&t| (t - x[i]).abs() <= step) {
+                    continue;
+                }
+                let fd = (yp[i] - ym[i]) / (2.0 * step);
                 let an = ld[i].exp();
                 worst = worst.max((fd - an).abs() / an.max(1.0));
             }
-            assert!(worst < 1e-3, "K={k} amp={amp}: dy/dx vs finite differences off by {worst}");
-            // C¹ at ±B: derivative → 1 from inside, and the map is continuous there
+            assert!(worst < 1e-4, "K={k} amp={amp}: dy/dx vs finite differences off by {worst}");
+            eprintln!("K={k} B={bound} amp={amp}: dy/dx vs central differences (relative) ≤ {worst:.1e}");
+            // C¹ at ±B: dy/dx = 1 at and just inside the bounds, y(±B) = ±B
             let (lo, hi) = (n / 6, n - 1 - n / 6);
             assert!((x[lo] + bound).abs() < 1e-9 && (x[hi] - bound).abs() < 1e-9);
-            assert!((y[lo] + bound).abs() < 1e-12 && (y[hi] - bound).abs() < 1e-12);
-            assert!(ld[lo + 1].abs() < 1e-2 * amp.max(1.0) && ld[hi - 1].abs() < 1e-2 * amp.max(1.0));
+            let e = 1e-10;
+            let pts = vec![-bound, -bound + e, bound - e, bound];
+            let c = 3 * k - 1;
+            let rep = raw.narrow(0, row, 1).unwrap().broadcast_as((4, 1, c)).unwrap().contiguous().unwrap();
+            let (yb, lb) = spline::apply(&t64(pts.clone(), &[4, 1]), &rep, k, bound, false).unwrap();
+            let (yb, lb) = (tensor_to_f64(&yb).unwrap(), tensor_to_f64(&lb).unwrap());
+            assert!((yb[0] + bound).abs() < 1e-14 && (yb[3] - bound).abs() < 1e-14, "y(±B) = {yb:?}");
+            // exactly 1 at ±B; 1e-10 inside, 1 + O(1e-10 · y'') (y'' is large next to tiny edge bins)
+            assert!(lb[0].abs() < 1e-12 && lb[3].abs() < 1e-12, "K={k} amp={amp}: ln dy/dx at ±B {lb:?}");
+            assert!(lb[1].abs() < 1e-3 && lb[2].abs() < 1e-3, "K={k} amp={amp}: ln dy/dx inside ±B {lb:?}");
             assert!(ld[lo - 1] == 0.0 && ld[hi + 1] == 0.0);
         }
     }
@@ -126,20 +156,25 @@ fn zero_conditioner_output_is_the_identity() {
 
 #[test]
 fn spline_layers_invert_in_f64() {
-    check_layer_round_trip(&[4, 4], r#"{"dtype":"f64","layers":4,"coupling":"spline"}"#);
+    check_layer_round_trip_amp(&[4, 4], r#"{"dtype":"f64","layers":4,"coupling":"spline"}"#, AMP);
     // a narrow interval: most values in the tails
-    check_layer_round_trip(&[4, 4], r#"{"dtype":"f64","layers":2,"coupling":"spline","spline_bound":0.7}"#);
-    check_layer_round_trip(
+    check_layer_round_trip_amp(&[4, 4], r#"{"dtype":"f64","layers":2,"coupling":"spline","spline_bound":0.7}"#, AMP);
+    check_layer_round_trip_amp(
         &[8],
         r#"{"dtype":"f64","layers":3,"hidden":[5],"kernel":5,"activation":"tanh","coupling":"spline","spline_bins":3}"#,
+        AMP,
     );
-    check_layer_round_trip(&[4, 4, 4], r#"{"dtype":"f64","layers":2,"activation":"gelu","coupling":"spline"}"#);
+    check_layer_round_trip_amp(
+        &[4, 4, 4],
+        r#"{"dtype":"f64","layers":2,"activation":"gelu","coupling":"spline"}"#,
+        AMP,
+    );
 }
 
 #[test]
 fn spline_layer_maps_knots_to_knots_and_inverts_there() {
     let m = model(r#"{"dtype":"f64","layers":2,"coupling":"spline","spline_bins":5,"spline_bound":2.0}"#, &[6, 6]);
-    randomize(&m, 3.0, 13);
+    randomize(&m, AMP, 13);
     let (k, bound) = m.flow.spline_shape();
     let v = m.volume();
     let h = v / 2;
@@ -181,7 +216,7 @@ fn spline_model_round_trip_and_inverse_log_det() {
         (r#"{"dtype":"f64","coupling":"spline","spline_bound":1.5,"spline_bins":12,"activation":"tanh"}"#, 1.5),
     ] {
         let m = model(json, &[8, 8]);
-        randomize(&m, 3.0, 2);
+        randomize(&m, AMP, 2);
         let z: Vec<f64> = normals(7 * 64, 9).iter().map(|v| scale * v).collect();
         let (phi, ld) = m.push_forward(&z).unwrap();
         let (back, ld_inv) = m.pull_back(&phi).unwrap();
@@ -190,26 +225,44 @@ fn spline_model_round_trip_and_inverse_log_det() {
         let s: Vec<f64> = ld.iter().zip(&ld_inv).map(|(a, b)| a + b).collect();
         assert!(s.iter().all(|x| x.abs() < ATOL), "{json}: log J + log J⁻¹ = {s:?}");
         assert!(ld.iter().all(|x| x.abs() > 1e-2), "{json}: log J too small to test: {ld:?}");
-        eprintln!("{json} ×{scale}: |f⁻¹(f(z)) − z| ≤ {d:.1e}, |log J + log J⁻¹| ≤ {:.1e}", max_abs_diff(&ld, &ld_inv.iter().map(|x| -x).collect::<Vec<_>>()));
+        eprintln!(
+            "{json} ×{scale}: |f⁻¹(f(z)) − z| ≤ {d:.1e}, |log J + log J⁻¹| ≤ {:.1e}",
+            max_abs_diff(&ld, &ld_inv.iter().map(|x| -x).collect::<Vec<_>>())
+        );
     }
 }
 
 #[test]
 fn spline_log_det_matches_dense_jacobian() {
-    check_log_det(&[4, 4], r#"{"dtype":"f64","layers":6,"coupling":"spline"}"#);
-    check_log_det(&[4, 4], r#"{"dtype":"f64","layers":4,"coupling":"spline","spline_bound":1.0,"spline_bins":5}"#);
-    check_log_det(&[8], r#"{"dtype":"f64","layers":5,"hidden":[6,4],"kernel":5,"activation":"tanh","coupling":"spline"}"#);
+    check_log_det_amp(&[4, 4], r#"{"dtype":"f64","layers":6,"coupling":"spline"}"#, AMP);
+    check_log_det_amp(
+        &[4, 4],
+        r#"{"dtype":"f64","layers":4,"coupling":"spline","spline_bound":1.0,"spline_bins":5}"#,
+        AMP,
+    );
+    check_log_det_amp(
+        &[8],
+        r#"{"dtype":"f64","layers":5,"hidden":[6,4],"kernel":5,"activation":"tanh","coupling":"spline"}"#,
+        AMP,
+    );
 }
 
 #[test]
 fn spline_fused_conditioner_matches_the_generic_formulation() {
     for (shape, json) in [
         (vec![8, 8], r#"{"dtype":"f64","layers":4,"coupling":"spline"}"#),
-        (vec![4, 4, 4], r#"{"dtype":"f64","layers":2,"activation":"gelu","hidden":[7],"coupling":"spline","spline_bins":5}"#),
+        (
+            vec![4, 4, 4],
+            r#"{"dtype":"f64","layers":2,"activation":"gelu","hidden":[7],"coupling":"spline","spline_bins":5}"#,
+        ),
         (vec![6, 4], r#"{"dtype":"f64","layers":2,"hidden":[],"coupling":"spline","spline_bins":16}"#),
+        // the specialised kernels for 3K − 1 = 11 and 23 outputs
+        (vec![8, 8], r#"{"dtype":"f64","layers":2,"hidden":[8],"coupling":"spline","spline_bins":4}"#),
+        (vec![4, 4], r#"{"dtype":"f64","layers":2,"hidden":[4, 16],"coupling":"spline","spline_bins":4}"#),
+        (vec![4, 4], r#"{"dtype":"f64","layers":2,"hidden":[16],"coupling":"spline"}"#),
     ] {
         let mut m = model(json, &shape);
-        randomize(&m, 2.0, 21);
+        randomize(&m, AMP, 21);
         let v = m.volume();
         let z = Tensor::from_vec(normals(20 * v, 2).iter().map(|x| 2.0 * x).collect::<Vec<_>>(), (20, v), &Device::Cpu)
             .unwrap();
@@ -231,16 +284,26 @@ fn spline_fused_conditioner_matches_the_generic_formulation() {
 
 #[test]
 fn spline_surrogate_gradient_equals_true_gradient_phi4() {
-    check_surrogate(&[4, 4], r#"{"dtype":"f64","layers":4,"coupling":"spline"}"#, 16);
-    check_surrogate(&[8, 8], r#"{"dtype":"f64","layers":4,"activation":"tanh","coupling":"spline","spline_bound":1.5}"#, 8);
-    check_surrogate(&[8], r#"{"dtype":"f64","layers":3,"prior":"free","prior_m2":0.5,"coupling":"spline","spline_bins":4}"#, 8);
+    check_surrogate_amp(&[4, 4], r#"{"dtype":"f64","layers":4,"coupling":"spline"}"#, 16, AMP);
+    check_surrogate_amp(
+        &[8, 8],
+        r#"{"dtype":"f64","layers":4,"activation":"tanh","coupling":"spline","spline_bound":1.5}"#,
+        8,
+        AMP,
+    );
+    check_surrogate_amp(
+        &[8],
+        r#"{"dtype":"f64","layers":3,"prior":"free","prior_m2":0.5,"coupling":"spline","spline_bins":4}"#,
+        8,
+        AMP,
+    );
 }
 
 #[test]
 fn spline_input_gradient_matches_finite_differences() {
     // ∂(Σ φ·u + log J)/∂z by autograd against central differences of the same scalar
     let m = model(r#"{"dtype":"f64","layers":4,"coupling":"spline","spline_bound":2.0}"#, &[4, 4]);
-    randomize(&m, 2.0, 6);
+    randomize(&m, AMP, 6);
     let v = m.volume();
     let z = t64(normals(2 * v, 4).iter().map(|x| 1.5 * x).collect(), &[2, v]);
     let u = t64(normals(2 * v, 5), &[2, v]);
@@ -275,8 +338,7 @@ fn spline_architecture_is_saved_and_other_couplings_are_refused() {
     assert_eq!(arch["spline_bound"], 4.0);
     assert_eq!(m.flow.vars[5].var.dims(), &[23], "3K − 1 = 23 output channels");
     // affine records carry no spline keys (files written before splines still load)
-    let affine: serde_json::Value =
-        serde_json::from_str(&model(r#"{"layers":4}"#, &[4, 4]).arch().to_json()).unwrap();
+    let affine: serde_json::Value = serde_json::from_str(&model(r#"{"layers":4}"#, &[4, 4]).arch().to_json()).unwrap();
     assert!(affine.get("spline_bins").is_none() && affine.get("spline_bound").is_none(), "{affine}");
     for dtype in ["f32", "f64"] {
         let mut a = model(&format!(r#"{{"dtype":"{dtype}","layers":4,"init_seed":1,"coupling":"spline"}}"#), &[4, 4]);
@@ -366,26 +428,5 @@ fn bench_training_step_spline_vs_affine() {
         }
         let ms = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
         eprintln!("{json}: {ms:.2} ms per training step ({} parameters)", m.parameter_count());
-    }
-}
-
-#[test]
-fn debug_model_rt() {
-    let m = model(r#"{"dtype":"f64","coupling":"spline"}"#, &[8, 8]);
-    randomize(&m, 3.0, 2);
-    let z = normals(7 * 64, 9);
-    let params = m.flow.params(false).unwrap();
-    let mut x = cb_tensor(&m, &z);
-    for l in 0..16 {
-        let (y, ld) = m.flow.layer_forward(&x, l, &params).unwrap();
-        let (back, _) = m.flow.layer_inverse(&y, l, &params).unwrap();
-        let xb = tensor_to_f64(&back).unwrap();
-        let xv = tensor_to_f64(&x).unwrap();
-        let yv = tensor_to_f64(&y).unwrap();
-        let mut worst = (0.0, 0);
-        for i in 0..xv.len() { let d = (xv[i]-xb[i]).abs(); if d > worst.0 { worst = (d, i); } }
-        let i = worst.1;
-        eprintln!("layer {l}: err {:.2e} at {i}: x={} y={} back={} ld={:?}", worst.0, xv[i], yv[i], xb[i], &tensor_to_f64(&ld).unwrap()[..2]);
-        x = y;
     }
 }
