@@ -117,6 +117,10 @@ impl SearchPath {
             files.sort();
             out.extend(files);
         }
+        // cargo's uplifted copy beside the executable is a hard link to the one in deps/:
+        // list each file once
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|p| seen.insert(file_identity(p)));
         out
     }
 
@@ -124,6 +128,18 @@ impl SearchPath {
     pub fn describe(&self) -> String {
         self.dirs.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// Identifies a file independently of the path (device and inode on unix).
+fn file_identity(p: &Path) -> (u64, u64, PathBuf) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(p) {
+            return (m.dev(), m.ino(), PathBuf::new());
+        }
+    }
+    (0, 0, p.to_path_buf())
 }
 
 fn is_shared_library(p: &Path) -> bool {
