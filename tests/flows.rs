@@ -327,7 +327,7 @@ fn training_resume_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let make = |name: &str| {
-        let train = "[train]\nsteps = 400\nbatch = 16\ncheckpoint_every = 7\nseed = 5\nschedule = { kind = \"cosine\", steps = 400, min_lr = 1e-5, warmup = 10 }";
+        let train = "[train]\nsteps = 1200\nbatch = 16\ncheckpoint_every = 7\nseed = 5\nschedule = { kind = \"cosine\", steps = 1200, min_lr = 1e-5, warmup = 10 }";
         let text = card(d, TUTORIAL, "layers = 4\nhidden = [8]", &format!("{name}.safetensors"), train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 2");
         write_card(d, name, &text).0
     };
@@ -336,7 +336,8 @@ fn training_resume_is_bit_identical() {
     let resumed = make("resumed");
     let ckpt = d.join("resumed.safetensors.train.ckpt");
     let mut kills = 0;
-    for delay in [700u64, 900, 600] {
+    // long enough (several seconds) that the kills land mid-run on an idle machine too
+    for delay in [300u64, 600, 400] {
         let mut cmd = common::latflow();
         cmd.args(["train", resumed.to_str().unwrap(), "-q"]);
         cmd.arg(if ckpt.exists() { "--resume" } else { "--force" });
