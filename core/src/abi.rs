@@ -412,6 +412,28 @@ pub fn batch_len(buf_len: usize, config_len: usize) -> Result<usize, PluginError
     Ok(buf_len / config_len)
 }
 
+/// The common body of a configuration-updating entry point such as [`Theory::hmc`]: checks
+/// that `config` holds `expected_len` finite reals, restores the stream from `rng`, runs `f` on a
+/// copy of the configuration, and on success writes the configuration and the stream state back
+/// (on error both are left unchanged). Call it inside [`guard`].
+pub fn update_config<T>(
+    config: RSliceMut<'_, f64>,
+    expected_len: usize,
+    rng: &mut RngState,
+    f: impl FnOnce(&mut Vec<f64>, &mut crate::rng::Stream) -> Result<T, PluginError>,
+) -> Result<T, PluginError> {
+    if config.len() != expected_len {
+        return Err(PluginError::shape(format!("configuration has {} reals, expected {expected_len}", config.len())));
+    }
+    check_finite("configuration", &config)?;
+    let mut field = config.to_vec();
+    let mut stream = crate::rng::Stream::from_state(rng);
+    let out = f(&mut field, &mut stream)?;
+    config.into_mut_slice().copy_from_slice(&field);
+    *rng = stream.state();
+    Ok(out)
+}
+
 /// Errors with [`ErrorKind::Numerical`] if any value is not finite, naming the first index.
 pub fn check_finite(what: &str, values: &[f64]) -> Result<(), PluginError> {
     match values.iter().position(|v| !v.is_finite()) {

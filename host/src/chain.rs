@@ -224,7 +224,7 @@ impl MarkovStep for FlowStep {
     }
 
     fn restore(&mut self, state: &[f64]) -> Result<(), String> {
-        let n = self.model_config_len();
+        let n = self.model.config_len();
         let (buffer, rest) = ProposalBuffer::restore(state, n)?;
         self.buffer = buffer;
         self.current = match rest {
@@ -233,12 +233,6 @@ impl MarkovStep for FlowStep {
             _ => return Err("flow step state has the wrong length".into()),
         };
         Ok(())
-    }
-}
-
-impl FlowStep {
-    fn model_config_len(&self) -> usize {
-        self.model.config_len()
     }
 }
 

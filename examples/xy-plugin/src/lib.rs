@@ -36,7 +36,7 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString, RVec};
 use latflow_core::abi::{
-    batch_len, check_finite, guard, parse_config, ActionGrad, HmcParams, ObservableSpec, PluginError, PluginInfo,
+    batch_len, guard, parse_config, update_config, ActionGrad, HmcParams, ObservableSpec, PluginError, PluginInfo,
     PluginKind, PluginMod, PluginModRef, Start, Theory, TheoryBox, Theory_TO, TrajectoryRecord,
 };
 use latflow_core::hmc::{hmc_trajectory, Action, RealScalar, Schedule};
@@ -308,17 +308,9 @@ impl Theory for Xy {
         rng: &mut RngState,
     ) -> RResult<RVec<TrajectoryRecord>, PluginError> {
         guard("hmc", || {
-            let v = self.lattice.volume();
-            if config.len() != v {
-                return Err(PluginError::shape(format!("configuration has {} reals, expected {v}", config.len())));
-            }
-            check_finite("configuration", &config)?;
-            let mut theta = config.to_vec();
-            let mut s = Stream::from_state(rng);
-            let recs = self.hmc_vec(&mut theta, params, n_traj, &mut s)?;
-            config.into_mut_slice().copy_from_slice(&theta);
-            *rng = s.state();
-            Ok(recs.into())
+            // core's helper checks the buffer, restores the stream and writes both back
+            update_config(config, self.lattice.volume(), rng, |theta, s| self.hmc_vec(theta, params, n_traj, s))
+                .map(RVec::from)
         })
     }
 }

@@ -21,7 +21,7 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString, RVec};
 use latflow_core::abi::{
-    batch_len, check_finite, guard, parse_config, ActionGrad, HmcParams, ObservableSpec, PluginError, PluginInfo,
+    batch_len, guard, parse_config, update_config, ActionGrad, HmcParams, ObservableSpec, PluginError, PluginInfo,
     PluginKind, PluginMod, PluginModRef, Start, Theory, TheoryBox, Theory_TO, TrajectoryRecord,
 };
 use latflow_core::hmc::{hmc_trajectory, Action, RealScalar, Schedule};
@@ -375,17 +375,10 @@ impl Theory for Phi4 {
         rng: &mut RngState,
     ) -> RResult<RVec<TrajectoryRecord>, PluginError> {
         guard("hmc", || {
-            let v = self.lattice.volume();
-            if config.len() != v {
-                return Err(PluginError::shape(format!("configuration has {} reals, expected {v}", config.len())));
-            }
-            check_finite("configuration", &config)?;
-            let mut phi = config.to_vec();
-            let mut s = Stream::from_state(rng);
-            let recs = self.install(|| self.hmc_vec(&mut phi, params, n_traj, &mut s))?;
-            config.into_mut_slice().copy_from_slice(&phi);
-            *rng = s.state();
-            Ok(recs.into())
+            update_config(config, self.lattice.volume(), rng, |phi, s| {
+                self.install(|| self.hmc_vec(phi, params, n_traj, s))
+            })
+            .map(RVec::from)
         })
     }
 }
