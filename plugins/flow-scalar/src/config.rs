@@ -67,6 +67,11 @@ pub enum Z2 {
     None,
     /// Sample φ, then flip its sign with probability ½; log q_sym = logsumexp(log q(φ), log q(−φ)) − ln 2.
     Symmetrize,
+    /// A Z₂-equivariant network (affine couplings only): every conditioner output is split into
+    /// its even part s(x) = ½(n_s(x) + n_s(−x)) and odd part t(x) = ½(n_t(x) − n_t(−x)), so each
+    /// layer obeys f(−x) = −f(x) with an even log-determinant, and with the symmetric priors
+    /// q(−φ) = q(φ) exactly, in training as in sampling. It costs two conditioner passes.
+    Equivariant,
 }
 
 /// The run card's `[model]` section (minus `plugin` and the host's keys), as written.
@@ -213,6 +218,11 @@ pub fn parse(json: &str, layout: &FieldLayout) -> Result<(ModelConfig, Lattice),
             (None, None)
         }
         Coupling::Spline => {
+            if raw.z2 == Z2::Equivariant {
+                return Err(PluginError::config(
+                    "z2: \"equivariant\" needs coupling = \"affine\" (for splines use z2 = \"symmetrize\")",
+                ));
+            }
             let bins = raw.spline_bins.unwrap_or(DEFAULT_SPLINE_BINS as i64);
             if !(2..=MAX_SPLINE_BINS as i64).contains(&bins) {
                 return Err(PluginError::config(format!(
@@ -323,8 +333,10 @@ pub fn describe_difference(file: &serde_json::Value, ours: &serde_json::Value) -
     keys.dedup();
     for k in keys {
         // z2 symmetrisation wraps sampling and log q; it has no weights of its own, so weights
-        // trained either way load into a model with either setting.
-        if k == "z2" {
+        // trained either way load into a model with either setting. An equivariant network is
+        // another function of its weights, so it only takes weights trained equivariant.
+        let equivariant = |v: &serde_json::Value| v.get("z2").and_then(|z| z.as_str()) == Some("equivariant");
+        if k == "z2" && equivariant(file) == equivariant(ours) {
             continue;
         }
         let a = f.get(k);

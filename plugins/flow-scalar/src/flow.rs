@@ -26,7 +26,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 
 use crate::config::{
-    Activation, Architecture, Coupling, DTypeCfg, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND,
+    Activation, Architecture, Coupling, Z2, DTypeCfg, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND,
 };
 use crate::geometry::{Geometry, Outputs, Source};
 use crate::kernels::{self, Act, Table};
@@ -250,6 +250,18 @@ impl Flow {
         Ok(act)
     }
 
+    /// The Z₂-equivariant conditioner: (s, t) = (½(n_s(x) + n_s(−x)), ½(n_t(x) − n_t(−x))), from
+    /// one pass over the batch [x; −x]. With s even and t odd in the frozen half x, the affine
+    /// layer maps −φ to −f(φ) with the same log-determinant.
+    fn equivariant_conditioner(&self, frozen: &Tensor, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
+        let b = frozen.dim(0)?;
+        let both = self.conditioner(&Tensor::cat(&[frozen, &frozen.neg()?], 0)?, l, params)?;
+        let plus = both.narrow(0, 0, b)?;
+        let minus = both.narrow(0, b, b)?;
+        let sign = Tensor::new(&[0.5f64, -0.5], &self.device)?.to_dtype(self.dtype)?.reshape((1, 1, 2))?;
+        plus.affine(0.5, 0.0)?.add(&minus.broadcast_mul(&sign)?)?.contiguous()
+    }
+
     /// The update of the active half from the conditioner's output `st` (affine: (s, t);
     /// spline: the raw spline parameters), and its log-determinant.
     fn couple(&self, x: &Tensor, st: &Tensor, inverse: bool) -> candle_core::Result<(Tensor, Tensor)> {
@@ -290,7 +302,11 @@ impl Flow {
         inverse: bool,
     ) -> candle_core::Result<Tensor> {
         let p = l % 2;
-        let st = self.conditioner(&halves[1 - p], l, params)?;
+        let st = if self.arch.z2 == Z2::Equivariant {
+            self.equivariant_conditioner(&halves[1 - p], l, params)?
+        } else {
+            self.conditioner(&halves[1 - p], l, params)?
+        };
         let (y, ld) = self.couple(&halves[p], &st, inverse)?;
         halves[p] = y;
         Ok(ld)
