@@ -1,0 +1,298 @@
+//! The U(1) kernels on one configuration of link angles `θ[x·d + μ]`: plaquette angles, action,
+//! gradient, topological charge and Wilson loops.
+//!
+//! Plaquettes are enumerated per site x and per plane (μ, ν), μ < ν, in the order of
+//! [`Kernel::planes`]; the plaquette angle is
+//! θ_P(x; μ, ν) = θ_μ(x) + θ_ν(x+μ̂) − θ_μ(x+ν̂) − θ_ν(x).
+//!
+//! Work is split into fixed chunks of sites, independent of the thread count; the gradient has
+//! no reductions, and partial action sums are compensated and merged in chunk order, so results
+//! are bit-identical for any number of threads.
+
+use std::f64::consts::{PI, TAU};
+
+use latflow_core::sum::{compensated_sum, CompensatedSum};
+use latflow_core::Lattice;
+use rayon::prelude::*;
+
+/// Below this volume a configuration is processed on the calling thread.
+const PARALLEL_MIN_SITES: usize = 8192;
+/// Sites per chunk.
+const CHUNK_SITES: usize = 1024;
+
+/// Wraps an angle into (−π, π]; the identity on angles already there.
+#[inline]
+pub fn wrap_angle(x: f64) -> f64 {
+    if x > -PI && x <= PI {
+        return x;
+    }
+    let y = x - TAU * ((x - PI) / TAU).ceil();
+    if y <= -PI {
+        y + TAU
+    } else {
+        y
+    }
+}
+
+/// Precomputed geometry: neighbour tables and the plane enumeration.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    d: usize,
+    volume: usize,
+    shape: Vec<usize>,
+    fwd: Vec<u32>,
+    bwd: Vec<u32>,
+    planes: Vec<(usize, usize)>,
+    /// `plane_of[μ·d + ν]`: index of the plane {μ, ν} in `planes` (unused on the diagonal).
+    plane_of: Vec<usize>,
+}
+
+impl Kernel {
+    /// Geometry for `lattice` (d ≥ 2).
+    pub fn new(lattice: &Lattice) -> Self {
+        let d = lattice.dim();
+        assert!(d >= 2, "a U(1) gauge field needs at least 2 dimensions");
+        let mut planes = Vec::new();
+        let mut plane_of = vec![usize::MAX; d * d];
+        for mu in 0..d {
+            for nu in mu + 1..d {
+                plane_of[mu * d + nu] = planes.len();
+                plane_of[nu * d + mu] = planes.len();
+                planes.push((mu, nu));
+            }
+        }
+        Self {
+            d,
+            volume: lattice.volume(),
+            shape: lattice.shape().to_vec(),
+            fwd: lattice.fwd_table().to_vec(),
+            bwd: lattice.bwd_table().to_vec(),
+            planes,
+            plane_of,
+        }
+    }
+
+    /// Number of sites V.
+    pub fn volume(&self) -> usize {
+        self.volume
+    }
+
+    /// Number of links V·d (the length of a configuration).
+    pub fn n_links(&self) -> usize {
+        self.volume * self.d
+    }
+
+    /// The planes (μ, ν), μ < ν, in plaquette order.
+    pub fn planes(&self) -> &[(usize, usize)] {
+        &self.planes
+    }
+
+    /// Number of plaquettes V·d(d−1)/2.
+    pub fn n_plaquettes(&self) -> usize {
+        self.volume * self.planes.len()
+    }
+
+    #[inline]
+    fn fwd(&self, x: usize, mu: usize) -> usize {
+        self.fwd[x * self.d + mu] as usize
+    }
+
+    #[inline]
+    fn bwd(&self, x: usize, mu: usize) -> usize {
+        self.bwd[x * self.d + mu] as usize
+    }
+
+    fn parallel(&self) -> bool {
+        self.volume >= PARALLEL_MIN_SITES && rayon::current_num_threads() > 1
+    }
+
+    /// θ_P(x; μ, ν) of plane `p`.
+    #[inline]
+    fn plaquette(&self, theta: &[f64], x: usize, p: usize) -> f64 {
+        let (mu, nu) = self.planes[p];
+        let d = self.d;
+        theta[x * d + mu] + theta[self.fwd(x, mu) * d + nu] - theta[self.fwd(x, nu) * d + mu] - theta[x * d + nu]
+    }
+
+    /// Fills `out` (`per_site` values per site) by `f(x, site's values, chunk sum)`, in fixed
+    /// chunks of sites, possibly in parallel; returns the chunk sums merged in chunk order.
+    fn fill_sites(
+        &self,
+        out: &mut [f64],
+        per_site: usize,
+        f: impl Fn(usize, &mut [f64], &mut CompensatedSum) + Sync,
+    ) -> f64 {
+        let body = |(c, block): (usize, &mut [f64])| {
+            let mut s = CompensatedSum::new();
+            for (j, site) in block.chunks_mut(per_site).enumerate() {
+                f(c * CHUNK_SITES + j, site, &mut s);
+            }
+            s
+        };
+        let partials: Vec<CompensatedSum> = if self.parallel() {
+            out.par_chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
+        } else {
+            out.chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
+        };
+        let mut total = CompensatedSum::new();
+        for p in partials {
+            total.merge(p);
+        }
+        total.value()
+    }
+
+    /// Σ_P cos θ_P, compensated, in fixed chunks of sites merged in order.
+    pub fn sum_cos(&self, theta: &[f64]) -> f64 {
+        let n_chunks = self.volume.div_ceil(CHUNK_SITES);
+        let chunk = |c: usize| {
+            let mut s = CompensatedSum::new();
+            for x in c * CHUNK_SITES..((c + 1) * CHUNK_SITES).min(self.volume) {
+                for p in 0..self.planes.len() {
+                    s.add(self.plaquette(theta, x, p).cos());
+                }
+            }
+            s
+        };
+        let partials: Vec<CompensatedSum> = if self.parallel() {
+            (0..n_chunks).into_par_iter().map(chunk).collect()
+        } else {
+            (0..n_chunks).map(chunk).collect()
+        };
+        let mut total = CompensatedSum::new();
+        for p in partials {
+            total.merge(p);
+        }
+        total.value()
+    }
+
+    /// S = −β Σ_P cos θ_P (dimensionless).
+    pub fn action(&self, theta: &[f64], beta: f64) -> f64 {
+        -beta * self.sum_cos(theta)
+    }
+
+    /// Writes every plaquette angle θ_P (unwrapped) to `out`, `[site][plane]`.
+    pub fn plaquette_angles(&self, theta: &[f64], out: &mut [f64]) {
+        let np = self.planes.len();
+        self.fill_sites(out, np, |x, site, _| {
+            for (p, o) in site.iter_mut().enumerate() {
+                *o = self.plaquette(theta, x, p);
+            }
+        });
+    }
+
+    /// ∂S/∂θ_μ(x) from the plaquette sines `sp` (`[site][plane]`), written to `out`:
+    /// β Σ_{ν≠μ} ±[sin θ_P(x; μ, ν) − sin θ_P(x−ν̂; μ, ν)], with + for μ < ν (θ_μ(x) enters
+    /// P(x) with + and P(x−ν̂) with −) and − for μ > ν.
+    fn gather(&self, sp: &[f64], beta: f64, out: &mut [f64]) {
+        let (d, np) = (self.d, self.planes.len());
+        self.fill_sites(out, d, |x, site, _| {
+            for (mu, o) in site.iter_mut().enumerate() {
+                let mut g = 0.0;
+                for nu in 0..d {
+                    if nu == mu {
+                        continue;
+                    }
+                    let p = self.plane_of[mu * d + nu];
+                    let diff = sp[x * np + p] - sp[self.bwd(x, nu) * np + p];
+                    g += if mu < nu { diff } else { -diff };
+                }
+                *o = beta * g;
+            }
+        });
+    }
+
+    /// The Euclidean gradient ∂S/∂θ_μ(x) for every link, written to `out` (len V·d). It is also
+    /// the HMC force: U(1)'s Lie algebra is the real line, with θ itself as the coordinate.
+    pub fn gradient(&self, theta: &[f64], beta: f64, out: &mut [f64]) {
+        let np = self.planes.len();
+        let mut sp = vec![0.0; self.volume * np];
+        self.fill_sites(&mut sp, np, |x, site, _| {
+            for (p, o) in site.iter_mut().enumerate() {
+                *o = self.plaquette(theta, x, p).sin();
+            }
+        });
+        self.gather(&sp, beta, out);
+    }
+
+    /// S and the gradient in one pass over the plaquettes (each angle's sin and cos together);
+    /// S is summed in the same order as by [`Kernel::action`].
+    pub fn action_and_gradient(&self, theta: &[f64], beta: f64, out: &mut [f64]) -> f64 {
+        let np = self.planes.len();
+        let mut sp = vec![0.0; self.volume * np];
+        let sum_cos = self.fill_sites(&mut sp, np, |x, site, s| {
+            for (p, o) in site.iter_mut().enumerate() {
+                let (sn, cs) = self.plaquette(theta, x, p).sin_cos();
+                *o = sn;
+                s.add(cs);
+            }
+        });
+        self.gather(&sp, beta, out);
+        -beta * sum_cos
+    }
+
+    /// Q = (1/2π) Σ_P wrap(θ_P), before rounding (2D only, else `None`). On a torus it is an
+    /// integer up to round-off, since Σ_P θ_P = 0 link by link.
+    pub fn topological_charge_raw(&self, theta: &[f64]) -> Option<f64> {
+        if self.d != 2 {
+            return None;
+        }
+        let mut ang = vec![0.0; self.n_plaquettes()];
+        self.plaquette_angles(theta, &mut ang);
+        Some(compensated_sum(ang.iter().map(|&a| wrap_angle(a))) / TAU)
+    }
+
+    /// Σ_{i<n} θ_μ(x + iμ̂) for every site, and the table x ↦ x + nμ̂.
+    fn line_sums(&self, theta: &[f64], mu: usize, n: usize) -> (Vec<f64>, Vec<u32>) {
+        let d = self.d;
+        let mut sums: Vec<f64> = (0..self.volume).map(|x| theta[x * d + mu]).collect();
+        let mut cur: Vec<u32> = (0..self.volume).map(|x| self.fwd(x, mu) as u32).collect();
+        for _ in 1..n {
+            for (s, c) in sums.iter_mut().zip(cur.iter_mut()) {
+                *s += theta[*c as usize * d + mu];
+                *c = self.fwd(*c as usize, mu) as u32;
+            }
+        }
+        (sums, cur)
+    }
+
+    /// Whether an R×T loop fits: R ≤ L_μ and T ≤ L_ν for every plane (μ, ν), μ < ν.
+    pub fn loop_fits(&self, r: usize, t: usize) -> bool {
+        self.planes.iter().all(|&(mu, nu)| r <= self.shape[mu] && t <= self.shape[nu])
+    }
+
+    /// The R×T Wilson loop ⟨cos θ_C⟩, averaged over all sites and all planes (μ, ν), μ < ν,
+    /// with R along μ and T along ν:
+    /// θ_C(x) = Σ_{i<R} θ_μ(x+iμ̂) + Σ_{j<T} θ_ν(x+Rμ̂+jν̂) − Σ_{i<R} θ_μ(x+Tν̂+iμ̂) − Σ_{j<T} θ_ν(x+jν̂).
+    /// The 1×1 loop is the plaquette. Requires [`Kernel::loop_fits`].
+    pub fn wilson_loop(&self, theta: &[f64], r: usize, t: usize) -> f64 {
+        let mut s = CompensatedSum::new();
+        for &(mu, nu) in &self.planes {
+            let (lr, shift_r) = self.line_sums(theta, mu, r);
+            let (lt, shift_t) = self.line_sums(theta, nu, t);
+            for x in 0..self.volume {
+                let c = lr[x] + lt[shift_r[x] as usize] - lr[shift_t[x] as usize] - lt[x];
+                s.add(c.cos());
+            }
+        }
+        s.value() / self.n_plaquettes() as f64
+    }
+
+    /// Appends the observables of one configuration to `out`, in the plugin's order:
+    /// plaquette, action_density, then in 2D topological_charge and topological_susceptibility,
+    /// then one Wilson loop per entry of `loops`.
+    pub fn observables(&self, theta: &[f64], beta: f64, loops: &[(usize, usize)], out: &mut Vec<f64>) {
+        let mut ang = vec![0.0; self.n_plaquettes()];
+        self.plaquette_angles(theta, &mut ang);
+        let sum_cos = compensated_sum(ang.iter().map(|a| a.cos()));
+        out.push(sum_cos / ang.len() as f64);
+        out.push(-beta * sum_cos / self.volume as f64);
+        if self.d == 2 {
+            let q = (compensated_sum(ang.iter().map(|&a| wrap_angle(a))) / TAU).round();
+            out.push(q);
+            out.push(q * q / self.volume as f64);
+        }
+        for &(r, t) in loops {
+            out.push(self.wilson_loop(theta, r, t));
+        }
+    }
+}
