@@ -373,6 +373,32 @@ pub trait Model: Send + Sync {
     /// lattice size or coupling; tensors are matched by name and shape.
     #[sabi(last_prefix_field)]
     fn init_from(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError>;
+
+    // Appended after the prefix, with default implementations: a plugin built before these
+    // existed (its vtable lacks them) and a model that does not override them both answer
+    // `ErrorKind::Unsupported`, which the host reports as "does not support flow-assisted swaps".
+
+    /// The inverse map into the latent space, for flow-assisted replica swaps: for each
+    /// configuration x of the batch, z = F⁻¹(x) and log q(x), where F is the model's bijection
+    /// from its latent density r to q (x = F(z), z ~ r). Every model that implements this must
+    /// use the same latent density r — latflow's convention is r = N(0, 1) for every latent
+    /// real — so that F_b ∘ F_a⁻¹ maps between two models' densities with
+    /// |det J| = q_a(x)/q_b(F_b(F_a⁻¹(x))). `Proposals::configs` holds the latent points
+    /// (`n × config_len` reals). A model whose sampler is not a bijection (e.g. a symmetrised
+    /// mixture) returns the log-density of its underlying bijection, consistently with
+    /// [`Model::from_latent`].
+    fn to_latent(&self, configs: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
+        let _ = configs;
+        RResult::RErr(PluginError::unsupported("to_latent is not implemented by this model"))
+    }
+
+    /// The forward map: for each latent point z of the batch, x = F(z) and log q(x) (the same
+    /// F and r as [`Model::to_latent`]).
+    #[allow(clippy::wrong_self_convention)]
+    fn from_latent(&self, latent: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
+        let _ = latent;
+        RResult::RErr(PluginError::unsupported("from_latent is not implemented by this model"))
+    }
 }
 
 /// An owned model object.

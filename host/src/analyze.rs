@@ -8,7 +8,7 @@ use latflow_core::stats::{
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::ensemble::Ensemble;
+use crate::ensemble::{Ensemble, ReplicaEnsemble};
 
 /// The analysis of one observable (for vectors, one entry per component).
 #[derive(Debug, Clone)]
@@ -234,5 +234,248 @@ impl Analysis {
             s.push('\n');
         }
         s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replica exchange
+// ---------------------------------------------------------------------------------------------
+
+/// Swap statistics of one `replica_exchange` step.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapAnalysis {
+    pub label: String,
+    /// Flow-assisted swaps.
+    pub flow: bool,
+    /// Attempted swaps recorded (measurement phase).
+    pub n: usize,
+    /// Accepted / attempted, over all pairs.
+    pub acceptance: f64,
+    /// The swap-acceptance matrix: `attempts[i][j]` swaps attempted between couplings i and j
+    /// (symmetric; only neighbours j = i ± 1 are ever attempted).
+    pub attempts: Vec<Vec<u64>>,
+    /// `accepts[i][j]`: swaps accepted between couplings i and j.
+    pub accepts: Vec<Vec<u64>>,
+    /// Acceptance of each neighbour pair (i, i+1); NaN (`null`) where none was attempted.
+    pub pair_acceptance: Vec<f64>,
+    /// ⟨e^{log r}⟩ over the attempted swaps with its Γ-method error. A swap is a deterministic
+    /// involution T of the pair, so E[r] = ∫ π(T y)|det J_T(y)| dy = 1 in equilibrium, like
+    /// ⟨e^{−ΔH}⟩ for HMC: a wrong action or Jacobian term shows up here.
+    pub exp_log_ratio: Option<(f64, f64)>,
+}
+
+/// Round trips of the replicas along the ladder: a round trip is a replica's walk from the
+/// lowest coupling (index 0) to the highest (index K − 1) and back. Its time is the number of
+/// sweeps from the replica's first visit of the lowest coupling (or its previous return there)
+/// to its next return after having reached the highest. Only the measured sweeps are seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTrips {
+    /// Completed round trips, all replicas together.
+    pub count: usize,
+    /// Mean round-trip time in sweeps (NaN without round trips).
+    pub mean: f64,
+    /// Standard error of the mean (NaN with fewer than two round trips).
+    pub error: f64,
+    /// Each replica's round-trip times, in sweeps.
+    pub per_replica: Vec<Vec<u64>>,
+}
+
+/// The analysis of a replica-exchange ensemble: one [`Analysis`] per coupling, the swap
+/// statistics and the round trips.
+#[derive(Debug, Clone)]
+pub struct ReplicaAnalysis {
+    pub parameter: String,
+    pub values: Vec<f64>,
+    /// The analysis of the ensemble at each coupling.
+    pub replicas: Vec<Analysis>,
+    pub swaps: Vec<SwapAnalysis>,
+    pub round_trips: RoundTrips,
+}
+
+/// Analyses a replica-exchange ensemble.
+pub fn analyze_replicas(ens: &ReplicaEnsemble) -> anyhow::Result<ReplicaAnalysis> {
+    let k = ens.values.len();
+    let replicas = ens
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| analyze(r).map_err(|e| e.context(format!("replica {i}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut swaps = Vec::new();
+    for s in &ens.swaps {
+        let pairs = s
+            .columns
+            .iter()
+            .find(|(c, _)| c == "pair")
+            .map(|(_, v)| v)
+            .ok_or_else(|| anyhow::anyhow!("{}: swap step {} has no `pair` column", ens.path.display(), s.label))?;
+        let mut attempts = vec![vec![0u64; k]; k];
+        let mut accepts = vec![vec![0u64; k]; k];
+        for (&p, &a) in pairs.iter().zip(&s.accepted) {
+            let i = p as usize;
+            if p < 0.0 || p.fract() != 0.0 || i + 1 >= k {
+                anyhow::bail!("{}: swap step {}: pair index {p} out of range (K = {k})", ens.path.display(), s.label);
+            }
+            attempts[i][i + 1] += 1;
+            attempts[i + 1][i] += 1;
+            if a != 0 {
+                accepts[i][i + 1] += 1;
+                accepts[i + 1][i] += 1;
+            }
+        }
+        let pair_acceptance = (0..k.saturating_sub(1))
+            .map(|i| if attempts[i][i + 1] == 0 { f64::NAN } else { accepts[i][i + 1] as f64 / attempts[i][i + 1] as f64 })
+            .collect();
+        let n = s.accepted.len();
+        let acceptance = if n == 0 { f64::NAN } else { s.accepted.iter().filter(|&&a| a != 0).count() as f64 / n as f64 };
+        let flow = serde_json::from_str::<Value>(&s.params).ok().and_then(|v| v["flow"].as_bool()).unwrap_or(false);
+        let exp_log_ratio = s.columns.iter().find(|(c, _)| c == "log_ratio").and_then(|(_, v)| {
+            let e: Vec<f64> = v.iter().map(|x| x.exp()).collect();
+            if e.iter().all(|x| x.is_finite()) {
+                gamma_method(&e, S_TAU_DEFAULT).ok().map(|g| (g.mean, g.error))
+            } else {
+                None
+            }
+        });
+        swaps.push(SwapAnalysis { label: s.label.clone(), flow, n, acceptance, attempts, accepts, pair_acceptance, exp_log_ratio });
+    }
+    let round_trips = round_trips(&ens.path_sweeps, &ens.replica_coupling, k);
+    Ok(ReplicaAnalysis { parameter: ens.parameter.clone(), values: ens.values.clone(), replicas, swaps, round_trips })
+}
+
+/// Round trips from the replica paths: `coupling[i * k + r]` is the coupling of replica r at
+/// row i (sweep `sweeps[i]`).
+pub fn round_trips(sweeps: &[u64], coupling: &[u64], k: usize) -> RoundTrips {
+    let top = k.saturating_sub(1) as u64;
+    let mut per_replica = vec![Vec::new(); k];
+    for (r, times) in per_replica.iter_mut().enumerate() {
+        // start of the current trip (a visit of the bottom), and whether the top was reached since
+        let mut start: Option<u64> = None;
+        let mut seen_top = false;
+        for (i, &t) in sweeps.iter().enumerate() {
+            let c = coupling[i * k + r];
+            if c == 0 {
+                match start {
+                    Some(s) if seen_top => {
+                        times.push(t - s);
+                        start = Some(t);
+                        seen_top = false;
+                    }
+                    None => start = Some(t),
+                    _ => {}
+                }
+            } else if c == top && start.is_some() {
+                seen_top = true;
+            }
+        }
+    }
+    let all: Vec<f64> = per_replica.iter().flatten().map(|&t| t as f64).collect();
+    let count = all.len();
+    let mean = if count == 0 { f64::NAN } else { all.iter().sum::<f64>() / count as f64 };
+    let error = if count < 2 {
+        f64::NAN
+    } else {
+        let var = all.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (count - 1) as f64;
+        (var / count as f64).sqrt()
+    };
+    RoundTrips { count, mean, error, per_replica }
+}
+
+impl ReplicaAnalysis {
+    /// The documented JSON shape:
+    /// `{"replica_exchange": {"parameter", "values", "swaps": {LABEL: {"flow", "n", "acceptance",
+    /// "attempts", "accepts", "pair_acceptance", "exp_log_ratio": [mean, error]}}, "round_trips": {"count", "mean", "error",
+    /// "per_replica"}}, "replicas": [{"index", "parameter", "value", "observables", "acceptance",
+    /// "steps"}, ...]}`, where each replica's `observables`, `acceptance` and `steps` are those of
+    /// a plain ensemble's analysis (Γ-method errors). NaN is written as `null`.
+    pub fn to_json(&self) -> Value {
+        let swaps: BTreeMap<&str, &SwapAnalysis> = self.swaps.iter().map(|s| (s.label.as_str(), s)).collect();
+        let replicas: Vec<Value> = self
+            .replicas
+            .iter()
+            .zip(&self.values)
+            .enumerate()
+            .map(|(k, (a, v))| {
+                let mut j = a.to_json();
+                j["index"] = json!(k);
+                j["parameter"] = json!(self.parameter);
+                j["value"] = json!(v);
+                j
+            })
+            .collect();
+        json!({
+            "replica_exchange": {
+                "parameter": self.parameter,
+                "values": self.values,
+                "swaps": swaps,
+                "round_trips": self.round_trips,
+            },
+            "replicas": replicas,
+        })
+    }
+
+    /// A human-readable report: each coupling's table, then the swap statistics.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for (k, (a, v)) in self.replicas.iter().zip(&self.values).enumerate() {
+            s.push_str(&format!("== replica {k}: {} = {v}\n", self.parameter));
+            s.push_str(&a.to_text());
+        }
+        s.push_str(&format!("== replica exchange over {}: {} couplings\n", self.parameter, self.values.len()));
+        for sw in &self.swaps {
+            s.push_str(&format!(
+                "swap step {} ({}): acceptance {:.4} over {}",
+                sw.label,
+                if sw.flow { "flow-assisted" } else { "plain" },
+                sw.acceptance,
+                sw.n
+            ));
+            if let Some((m, e)) = sw.exp_log_ratio {
+                s.push_str(&format!(", <exp(log r)> = {m:.4} ± {e:.4}"));
+            }
+            s.push('\n');
+            s.push_str(&format!("  {:<6} {:>26} {:>10} {:>10} {:>10}\n", "pair", self.parameter, "attempts", "accepts", "acceptance"));
+            for (i, acc) in sw.pair_acceptance.iter().enumerate() {
+                s.push_str(&format!(
+                    "  {:<6} {:>26} {:>10} {:>10} {:>10.4}\n",
+                    format!("{i}-{}", i + 1),
+                    format!("{} <-> {}", self.values[i], self.values[i + 1]),
+                    sw.attempts[i][i + 1],
+                    sw.accepts[i][i + 1],
+                    acc
+                ));
+            }
+        }
+        let rt = &self.round_trips;
+        if rt.count == 0 {
+            s.push_str("round trips: none completed in the measured sweeps\n");
+        } else {
+            s.push_str(&format!("round trips: {} (mean {:.1} ± {:.1} sweeps)\n", rt.count, rt.mean, rt.error));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_follow_the_paths() {
+        // 3 couplings; replica 0 goes 0 → 1 → 2 → 1 → 0 → 2 → 0; replica 1 never reaches 0
+        let sweeps = [10, 11, 12, 13, 14, 15, 16];
+        let r0 = [0u64, 1, 2, 1, 0, 2, 0];
+        let r1 = [1u64, 0, 1, 2, 2, 0, 2];
+        let r2 = [2u64, 2, 0, 0, 1, 1, 1];
+        let mut path = Vec::new();
+        for i in 0..7 {
+            path.extend([r0[i], r1[i], r2[i]]);
+        }
+        let rt = round_trips(&sweeps, &path, 3);
+        assert_eq!(rt.per_replica[0], vec![4, 2]);
+        assert_eq!(rt.per_replica[1], vec![4]); // at 0 at sweep 11, top at 13, back at 15
+        assert_eq!(rt.per_replica[2], Vec::<u64>::new());
+        assert_eq!(rt.count, 3);
+        assert!((rt.mean - 10.0 / 3.0).abs() < 1e-12);
     }
 }

@@ -21,6 +21,10 @@
 //! output = "phi4.h5"
 //! ```
 //!
+//! A replica-exchange card adds a ladder — `[ladder]` (`parameter`, `values`) or `[[replicas]]`
+//! (one table per coupling: the parameter's value and optional `weights`) — and a
+//! `kind = "replica_exchange"` step (`flow`, `repeat`); see [`crate::replica`].
+//!
 //! Every error names the card file and the offending field (`chain[0].md_steps: ...`).
 
 use std::path::{Path, PathBuf};
@@ -57,6 +61,75 @@ pub struct RunCard {
     /// Optional `[reference]` values: observable (or `name[j]` for a component) → (value,
     /// error). The run summary prints the z-score of each.
     pub reference: Vec<(String, f64, f64)>,
+    /// The replica ladder of a replica-exchange run (`[ladder]` or `[[replicas]]`).
+    pub ladder: Option<Ladder>,
+}
+
+/// Which section a replica ladder was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LadderSection {
+    /// `[ladder]`: `parameter = "…"`, `values = [...]`.
+    Ladder,
+    /// `[[replicas]]`: one table per coupling, `PARAMETER = value` and optionally `weights`.
+    Replicas,
+}
+
+/// A ladder of couplings for replica exchange: one replica (chain) per value of one theory
+/// parameter. Coupling k is `values[k]`, in card order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ladder {
+    /// The theory parameter that differs between replicas (`Theory::parameter` name).
+    pub parameter: String,
+    /// Its value at each coupling: at least two, strictly increasing or strictly decreasing.
+    pub values: Vec<f64>,
+    /// Per-coupling model weights (`[[replicas]]` `weights`); `None`: `[model].weights`.
+    pub weights: Vec<Option<PathBuf>>,
+    pub section: LadderSection,
+}
+
+impl Ladder {
+    /// Number of couplings.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Always false (a ladder has at least two couplings).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The card field that names the parameter, for messages.
+    pub fn parameter_field(&self) -> String {
+        match self.section {
+            LadderSection::Ladder => "ladder.parameter".into(),
+            LadderSection::Replicas => format!("replicas[0].{}", self.parameter),
+        }
+    }
+
+    /// The card field that holds coupling k's value, for messages.
+    pub fn value_field(&self, k: usize) -> String {
+        match self.section {
+            LadderSection::Ladder => format!("ladder.values[{k}]"),
+            LadderSection::Replicas => format!("replicas[{k}].{}", self.parameter),
+        }
+    }
+
+    /// The card field of coupling k's weights, for messages.
+    pub fn weights_field(&self, k: usize) -> String {
+        match (self.section, &self.weights[k]) {
+            (LadderSection::Replicas, Some(_)) => format!("replicas[{k}].weights"),
+            _ => "model.weights".into(),
+        }
+    }
+
+    /// The section's name, for messages.
+    pub fn section_name(&self) -> &'static str {
+        match self.section {
+            LadderSection::Ladder => "[ladder]",
+            LadderSection::Replicas => "[[replicas]]",
+        }
+    }
 }
 
 /// The `[theory]` section: a plugin and the keys that belong to it.
@@ -74,6 +147,7 @@ pub enum StepCard {
     Hmc(HmcCard),
     Flow(ProposalCard),
     Reweight(ProposalCard),
+    ReplicaExchange(ExchangeCard),
 }
 
 impl StepCard {
@@ -83,6 +157,7 @@ impl StepCard {
             StepCard::Hmc(_) => "hmc",
             StepCard::Flow(_) => "flow",
             StepCard::Reweight(_) => "reweight",
+            StepCard::ReplicaExchange(_) => "replica_exchange",
         }
     }
 
@@ -91,8 +166,23 @@ impl StepCard {
         match self {
             StepCard::Hmc(h) => h.repeat,
             StepCard::Flow(p) | StepCard::Reweight(p) => p.repeat,
+            StepCard::ReplicaExchange(x) => x.repeat,
         }
     }
+}
+
+/// `kind = "replica_exchange"`: the swap phase of replica exchange (parallel tempering) between
+/// neighbouring couplings of the `[ladder]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeCard {
+    /// Flow-assisted swaps: propose (T⁻¹ x_{i+1}, T x_i) with T = F_{i+1} ∘ F_i⁻¹ through the
+    /// couplings' models, instead of exchanging the configurations as they are.
+    #[serde(default)]
+    pub flow: bool,
+    /// Applications per sweep; successive applications alternate even and odd pairs.
+    #[serde(default = "one_u32")]
+    pub repeat: u32,
 }
 
 /// `kind = "flow"` (independence Metropolis with model proposals) and `kind = "reweight"`
@@ -432,10 +522,11 @@ impl RunCard {
         let fail = |field: &str, message: String| CardError { file: file.clone(), field: field.into(), message };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| fail("", format!("not valid TOML: {e}")))?;
         for key in table.keys() {
-            if !["theory", "chain", "run", "model", "train", "reference"].contains(&key.as_str()) {
+            if !["theory", "chain", "run", "model", "train", "reference", "ladder", "replicas"].contains(&key.as_str()) {
                 return Err(fail(
                     key,
-                    "unknown section (expected [theory], [[chain]], [run], [model], [train], [reference])".into(),
+                    "unknown section (expected [theory], [[chain]], [run], [model], [train], [reference], [ladder], [[replicas]])"
+                        .into(),
                 ));
             }
         }
@@ -481,6 +572,19 @@ impl RunCard {
             Some(_) => return Err(fail("train", "must be a table ([train])".into())),
         };
 
+        // [ladder] or [[replicas]]
+        let ladder = parse_ladder(table.remove("ladder"), table.remove("replicas")).map_err(|(f, m)| fail(&f, m))?;
+        if let Some(l) = &ladder {
+            if model.is_none() {
+                if let Some(k) = l.weights.iter().position(Option::is_some) {
+                    return Err(fail(
+                        &format!("replicas[{k}].weights"),
+                        "needs a [model] section naming the model plugin (and its other keys)".into(),
+                    ));
+                }
+            }
+        }
+
         // [[chain]]
         let steps = match table.remove("chain") {
             Some(toml::Value::Array(a)) => a,
@@ -523,10 +627,33 @@ impl RunCard {
                     }
                     if kind == "flow" { StepCard::Flow(p) } else { StepCard::Reweight(p) }
                 }
+                "replica_exchange" => {
+                    let x: ExchangeCard = section(t, &here).map_err(|(f, m)| fail(&f, m))?;
+                    if x.repeat == 0 {
+                        return Err(fail(&format!("{here}.repeat"), "must be at least 1".into()));
+                    }
+                    if ladder.is_none() {
+                        return Err(fail(
+                            &format!("{here}.kind"),
+                            "a 'replica_exchange' step needs a replica ladder: a [ladder] section (parameter, values) \
+                             or a [[replicas]] list"
+                                .into(),
+                        ));
+                    }
+                    if x.flow && model.is_none() {
+                        return Err(fail(
+                            &format!("{here}.flow"),
+                            "flow-assisted swaps need a model per coupling: add a [model] section (with `weights` \
+                             per coupling in [[replicas]], or one [model].weights)"
+                                .into(),
+                        ));
+                    }
+                    StepCard::ReplicaExchange(x)
+                }
                 other => {
                     return Err(fail(
                         &format!("{here}.kind"),
-                        format!("unknown step kind '{other}' (expected hmc, flow or reweight)"),
+                        format!("unknown step kind '{other}' (expected hmc, flow, reweight or replica_exchange)"),
                     ))
                 }
             };
@@ -538,6 +665,16 @@ impl RunCard {
                 }
             }
             chain.push(step);
+        }
+
+        if let Some(l) = &ladder {
+            if !chain.iter().any(|s| matches!(s, StepCard::ReplicaExchange(_))) {
+                let field = if l.section == LadderSection::Ladder { "ladder" } else { "replicas" };
+                return Err(fail(
+                    field,
+                    "a replica ladder needs a [[chain]] step with kind = \"replica_exchange\" (the swap phase)".into(),
+                ));
+            }
         }
 
         // [run]
@@ -600,6 +737,14 @@ impl RunCard {
             }
             Some(_) => return Err(fail("reference", "must be a table ([reference])".into())),
         }
+        if ladder.is_some() && !reference.is_empty() {
+            return Err(fail(
+                "reference",
+                "not supported with a replica ladder (each coupling has its own values); compare per coupling with \
+                 `latflow analyze --json`"
+                    .into(),
+            ));
+        }
 
         Ok(Self {
             path: path.to_path_buf(),
@@ -610,6 +755,7 @@ impl RunCard {
             model,
             train,
             reference,
+            ladder,
         })
     }
 
@@ -631,6 +777,7 @@ impl RunCard {
             "chain": self.chain.iter().map(|s| match s {
                 StepCard::Hmc(h) => serde_json::json!({"kind": "hmc", "params": h}),
                 StepCard::Flow(p) | StepCard::Reweight(p) => serde_json::json!({"kind": s.kind(), "params": p}),
+                StepCard::ReplicaExchange(x) => serde_json::json!({"kind": s.kind(), "params": x}),
             }).collect::<Vec<_>>(),
             "run": self.run,
             "model": self.model.as_ref().map(|m| serde_json::json!({
@@ -638,9 +785,130 @@ impl RunCard {
             })),
             "train": self.train,
         });
+        // only replica cards carry the key, so that other cards keep their hashes
+        let mut canonical = canonical;
+        if let Some(l) = &self.ladder {
+            canonical["ladder"] = serde_json::json!(l);
+        }
         let digest = Sha256::digest(canonical.to_string().as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// Parses `[ladder]` or `[[replicas]]` (at most one of them) and checks the ladder: at least
+/// two couplings, strictly monotone, finite.
+fn parse_ladder(ladder: Option<toml::Value>, replicas: Option<toml::Value>) -> Result<Option<Ladder>, (String, String)> {
+    let err = |f: String, m: String| Err((f, m));
+    let parsed = match (ladder, replicas) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return err(
+                "replicas".into(),
+                "give the replica ladder either as [ladder] or as [[replicas]], not both".into(),
+            )
+        }
+        (Some(toml::Value::Table(t)), None) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Raw {
+                parameter: String,
+                values: Vec<f64>,
+            }
+            check_finite_floats(&toml::Value::Table(t.clone())).map_err(|m| ("ladder.values".to_string(), m))?;
+            let raw: Raw = section(t, "ladder")?;
+            if raw.parameter.trim().is_empty() {
+                return err("ladder.parameter".into(), "must name a theory parameter".into());
+            }
+            let n = raw.values.len();
+            Ladder { parameter: raw.parameter, values: raw.values, weights: vec![None; n], section: LadderSection::Ladder }
+        }
+        (Some(_), None) => return err("ladder".into(), "must be a table ([ladder])".into()),
+        (None, Some(toml::Value::Array(entries))) => {
+            let mut parameter: Option<String> = None;
+            let mut values = Vec::new();
+            let mut weights = Vec::new();
+            for (k, e) in entries.into_iter().enumerate() {
+                let here = format!("replicas[{k}]");
+                let toml::Value::Table(t) = e else { return err(here, "must be a table ([[replicas]])".into()) };
+                let mut w = None;
+                let mut value = None;
+                for (key, v) in t {
+                    if key == "weights" {
+                        match v {
+                            toml::Value::String(p) if !p.is_empty() => w = Some(PathBuf::from(p)),
+                            _ => return err(format!("{here}.weights"), "must be a file path".into()),
+                        }
+                        continue;
+                    }
+                    let x = match v {
+                        toml::Value::Float(x) if x.is_finite() => x,
+                        toml::Value::Integer(i) => i as f64,
+                        _ => return err(format!("{here}.{key}"), "must be a finite number (the parameter's value)".into()),
+                    };
+                    if value.is_some() {
+                        return err(
+                            format!("{here}.{key}"),
+                            "each replica sets exactly one parameter (plus optional `weights`)".into(),
+                        );
+                    }
+                    match &parameter {
+                        Some(p) if *p != key => {
+                            return err(
+                                format!("{here}.{key}"),
+                                format!("every replica must set the same parameter; replicas[0] sets '{p}'"),
+                            )
+                        }
+                        _ => parameter = Some(key.clone()),
+                    }
+                    value = Some(x);
+                }
+                match value {
+                    Some(x) => values.push(x),
+                    None => return err(here, "missing the parameter's value (e.g. `beta = 2.0`)".into()),
+                }
+                weights.push(w);
+            }
+            let Some(parameter) = parameter else {
+                return err("replicas".into(), "a replica ladder needs at least 2 couplings, got 0".into());
+            };
+            Ladder { parameter, values, weights, section: LadderSection::Replicas }
+        }
+        (None, Some(_)) => return err("replicas".into(), "must be an array of tables ([[replicas]])".into()),
+    };
+    let n = parsed.values.len();
+    if n < 2 {
+        let field = match parsed.section {
+            LadderSection::Ladder => "ladder.values".to_string(),
+            LadderSection::Replicas => "replicas".to_string(),
+        };
+        return err(field, format!("a replica ladder needs at least 2 couplings, got {n}"));
+    }
+    if n > usize::from(u16::MAX) {
+        return err("replicas".into(), format!("at most {} couplings, got {n}", u16::MAX));
+    }
+    let v = &parsed.values;
+    let increasing = v[1] > v[0];
+    for k in 1..n {
+        if v[k] == v[k - 1] {
+            return err(
+                parsed.value_field(k),
+                format!("duplicate value {} (the ladder must be strictly increasing or strictly decreasing)", v[k]),
+            );
+        }
+        if (v[k] > v[k - 1]) != increasing {
+            return err(
+                parsed.value_field(k),
+                format!(
+                    "the ladder is not monotone: {} follows {} in a {} ladder (it must be strictly increasing or \
+                     strictly decreasing)",
+                    v[k],
+                    v[k - 1],
+                    if increasing { "increasing" } else { "decreasing" }
+                ),
+            );
+        }
+    }
+    Ok(Some(parsed))
 }
 
 /// Splits a plugin section into the plugin name and the keys the plugin receives (as JSON).
@@ -730,6 +998,39 @@ output = "phi4.h5"
 
     fn err(text: &str) -> String {
         RunCard::parse(Path::new("bad.toml"), text).unwrap_err().to_string()
+    }
+
+    const LADDER: &str = "\n[ladder]\nparameter = \"m2\"\nvalues = [1.0, 1.5, 2.0]\n\n[[chain]]\nkind = \"replica_exchange\"\n";
+
+    #[test]
+    fn replica_ladders() {
+        let c = RunCard::parse(Path::new("c.toml"), &format!("{GOOD}{LADDER}")).unwrap();
+        let l = c.ladder.as_ref().unwrap();
+        assert_eq!((l.parameter.as_str(), l.values.len(), l.section), ("m2", 3, LadderSection::Ladder));
+        assert!(matches!(c.chain[1], StepCard::ReplicaExchange(ExchangeCard { flow: false, repeat: 1 })));
+        assert_ne!(c.hash(), RunCard::parse(Path::new("c.toml"), &format!("{GOOD}{}", LADDER.replace("2.0]", "2.5]"))).unwrap().hash());
+        let replicas = "\n[[replicas]]\nlambda = 1\n\n[[replicas]]\nlambda = 0.5\n\n[[chain]]\nkind = \"replica_exchange\"\n";
+        let c = RunCard::parse(Path::new("c.toml"), &format!("{GOOD}{replicas}")).unwrap();
+        let l = c.ladder.as_ref().unwrap();
+        assert_eq!((l.parameter.as_str(), l.values.clone(), l.section), ("lambda", vec![1.0, 0.5], LadderSection::Replicas));
+
+        let cases = [
+            (format!("{GOOD}{}", LADDER.replace("[1.0, 1.5, 2.0]", "[1.0]")), "ladder.values: a replica ladder needs at least 2"),
+            (format!("{GOOD}{}", LADDER.replace("[1.0, 1.5, 2.0]", "[1.0, 2.0, 1.5]")), "ladder.values[2]: the ladder is not monotone"),
+            (format!("{GOOD}{}", LADDER.replace("[1.0, 1.5, 2.0]", "[1.0, 1.0]")), "ladder.values[1]: duplicate"),
+            (format!("{GOOD}{}", LADDER.replace("1.5", "nan")), "ladder.values"),
+            (format!("{GOOD}{LADDER}{}", replicas.replace("[[chain]]\nkind = \"replica_exchange\"\n", "")), "not both"),
+            (format!("{GOOD}{}", replicas.replace("lambda = 0.5", "m2 = 0.5")), "replicas[1].m2: every replica must set the same parameter"),
+            (format!("{GOOD}{}", replicas.replace("lambda = 0.5", "weights = \"w\"\nlambda = 0.5")), "replicas[1].weights: needs a [model]"),
+            (format!("{GOOD}\n[ladder]\nparameter = \"m2\"\nvalues = [1.0, 2.0]\n"), "ladder: a replica ladder needs a [[chain]] step"),
+            (format!("{GOOD}\n[[chain]]\nkind = \"replica_exchange\"\n"), "chain[1].kind: a 'replica_exchange' step needs a replica ladder"),
+            (format!("{GOOD}{}", LADDER.replace("\"replica_exchange\"", "\"replica_exchange\"\nflow = true")), "chain[1].flow: flow-assisted swaps need a model"),
+            (format!("{GOOD}{LADDER}\n[reference]\nchi2 = 1.0\n"), "reference: not supported with a replica ladder"),
+        ];
+        for (text, needle) in cases {
+            let e = err(&text);
+            assert!(e.starts_with("bad.toml: ") && e.contains(needle), "expected '{needle}' in: {e}");
+        }
     }
 
     #[test]

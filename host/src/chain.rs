@@ -19,6 +19,14 @@ use crate::plugin::{ModelHandle, PluginLoadError, TheoryHandle};
 pub const STREAM_STEP: u16 = 1;
 /// Purpose tag of the stream that draws the starting configuration.
 pub const STREAM_INIT: u16 = 2;
+/// Purpose tag of the per-step streams of a replica-exchange run: `Stream::id(STREAM_REPLICA_STEP,
+/// step, k, 0)` for card step `step` at coupling slot `k`.
+pub const STREAM_REPLICA_STEP: u16 = 3;
+/// Purpose tag of the stream that draws coupling slot k's starting configuration
+/// (`Stream::id(STREAM_REPLICA_INIT, 0, k, 0)`).
+pub const STREAM_REPLICA_INIT: u16 = 4;
+/// Purpose tag of a `replica_exchange` step's accept/reject stream (`Stream::id(STREAM_SWAP, step, 0, 0)`).
+pub const STREAM_SWAP: u16 = 5;
 
 /// The outcome of one application of a step.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +37,7 @@ pub struct StepRecord {
 }
 
 /// A Markov step acting on the configuration.
-pub trait MarkovStep {
+pub trait MarkovStep: Send + Sync {
     /// The kind as written in run cards.
     fn kind(&self) -> &'static str;
     /// Names of the per-application columns stored besides the accept flag.
@@ -301,26 +309,54 @@ impl MarkovStep for ReweightStep {
 pub struct Chain {
     steps: Vec<Box<dyn MarkovStep>>,
     rngs: Vec<Stream>,
+    /// The card index of each step.
+    card_indices: Vec<usize>,
 }
 
 impl Chain {
     /// The chain of a card, with fresh streams derived from the run seed. `model` must be
     /// given when the chain has `flow` or `reweight` steps.
     pub fn new(card: &RunCard, model: Option<Arc<ModelHandle>>) -> Result<Self, String> {
-        let steps = card
-            .chain
+        let steps: Vec<(usize, &StepCard)> = card.chain.iter().enumerate().collect();
+        Self::build(card.run.seed, &steps, model, |i| Stream::id(STREAM_STEP, i as u16, 0, 0))
+    }
+
+    /// The chain that runs at coupling slot `k` of a replica-exchange run: the card's steps
+    /// except the `replica_exchange` ones (which act across replicas), each with its own stream
+    /// `Stream::id(STREAM_REPLICA_STEP, card index, k, 0)`. `model` is coupling k's model.
+    pub fn for_replica(card: &RunCard, k: usize, model: Option<Arc<ModelHandle>>) -> Result<Self, String> {
+        let steps: Vec<(usize, &StepCard)> =
+            card.chain.iter().enumerate().filter(|(_, s)| !matches!(s, StepCard::ReplicaExchange(_))).collect();
+        Self::build(card.run.seed, &steps, model, |i| Stream::id(STREAM_REPLICA_STEP, i as u16, k as u16, 0))
+    }
+
+    fn build(
+        seed: u64,
+        steps: &[(usize, &StepCard)],
+        model: Option<Arc<ModelHandle>>,
+        stream: impl Fn(usize) -> u64,
+    ) -> Result<Self, String> {
+        let boxed = steps
             .iter()
-            .map(|s| -> Result<Box<dyn MarkovStep>, String> {
+            .map(|(_, s)| -> Result<Box<dyn MarkovStep>, String> {
                 let model = || model.clone().ok_or_else(|| format!("a '{}' step needs a [model]", s.kind()));
                 Ok(match s {
                     StepCard::Hmc(h) => Box::new(HmcStep::new(h)),
                     StepCard::Flow(p) => Box::new(FlowStep::new(p, model()?)),
                     StepCard::Reweight(p) => Box::new(ReweightStep::new(p, model()?)),
+                    StepCard::ReplicaExchange(_) => {
+                        return Err("a 'replica_exchange' step needs a replica ladder ([ladder] or [[replicas]])".into())
+                    }
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let rngs = (0..steps.len()).map(|i| Stream::new(card.run.seed, Stream::id(STREAM_STEP, i as u16, 0, 0))).collect();
-        Ok(Self { steps, rngs })
+        let rngs = steps.iter().map(|(i, _)| Stream::new(seed, stream(*i))).collect();
+        Ok(Self { steps: boxed, rngs, card_indices: steps.iter().map(|(i, _)| *i).collect() })
+    }
+
+    /// The card index of each step.
+    pub fn card_indices(&self) -> &[usize] {
+        &self.card_indices
     }
 
     /// Every step's internal state, for checkpoints.
@@ -355,6 +391,22 @@ impl Chain {
             return Err(format!("checkpoint has {} step streams, the chain has {} steps", states.len(), self.rngs.len()));
         }
         self.rngs = states.iter().map(Stream::from_state).collect();
+        Ok(())
+    }
+
+    /// Applies the steps at positions `steps` (a range of this chain's steps), in order.
+    /// `records[i]` receives the records of the chain's step i. An error carries the position of
+    /// the step that failed.
+    pub fn sweep_range(
+        &mut self,
+        steps: std::ops::Range<usize>,
+        theory: &mut TheoryHandle,
+        config: &mut [f64],
+        records: &mut [Vec<StepRecord>],
+    ) -> Result<(), (usize, PluginLoadError)> {
+        for i in steps {
+            self.steps[i].apply(theory, config, &mut self.rngs[i], &mut records[i]).map_err(|e| (i, e))?;
+        }
         Ok(())
     }
 

@@ -32,9 +32,32 @@ pub struct Checkpoint {
     /// The current configuration (not in the JSON header; stored as raw f64 bits).
     #[serde(skip)]
     pub config: Vec<f64>,
-    /// Each chain step's internal state (e.g. unused flow proposals), raw f64 bits.
+    /// Each chain step's internal state (e.g. unused flow proposals), raw f64 bits. In a
+    /// replica-exchange run: for each coupling slot in ladder order, its configuration followed by
+    /// its chain steps' states (`config` is then empty).
     #[serde(skip)]
     pub step_states: Vec<Vec<f64>>,
+    /// The state of a replica-exchange run beyond the arrays (absent for other runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaCheckpoint>,
+}
+
+/// What a replica-exchange checkpoint holds besides the configurations and step states.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaCheckpoint {
+    /// Rows on disk in each coupling's group (`/replicas/<k>`).
+    pub counts: Vec<Counts>,
+    /// Rows on disk under `/replica_exchange`: `measurements` = rows of the replica paths,
+    /// `steps` = swap records of each `replica_exchange` step.
+    pub exchange_counts: Counts,
+    /// For each coupling slot, the stream of each of its chain steps.
+    pub rngs: Vec<Vec<RngState>>,
+    /// The accept/reject stream of each `replica_exchange` step, in card order.
+    pub swap_rngs: Vec<RngState>,
+    /// How often each `replica_exchange` step has been applied (its parity).
+    pub swap_applications: Vec<u64>,
+    /// The replica (walker) at each coupling: the replica ↔ coupling permutation.
+    pub walker_at: Vec<u64>,
 }
 
 /// Checkpoint I/O errors.
@@ -138,6 +161,7 @@ mod tests {
             step_rngs: vec![Stream::new(1, 2).state()],
             config: vec![0.1, -0.0, f64::MIN_POSITIVE, 1e300],
             step_states: vec![vec![], vec![3.0, f64::NAN]],
+            replica: None,
         };
         ck.save(&path).unwrap();
         let back = Checkpoint::load(&path).unwrap();

@@ -62,6 +62,15 @@ pub enum Command {
     },
     /// Show an ensemble's provenance and contents.
     Inspect { file: PathBuf },
+    /// Compare samplers on one target by cost per independent sample (a bench card: [theory],
+    /// [bench], [[contender]]); writes the ensembles, bench.json and PNG plots to bench.output.
+    Bench {
+        /// The bench card (TOML).
+        card: PathBuf,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses the arguments, runs the command, and maps errors to a message and exit code 1.
@@ -82,8 +91,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run { card, resume, force } => {
             let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs };
             let output = run::run(&card, &opts)?;
-            let ens = ensemble::read_ensemble(&output)?;
             println!("wrote {}", output.display());
+            let ens = match ensemble::read_any(&output)? {
+                ensemble::AnyEnsemble::Plain(e) => e,
+                ensemble::AnyEnsemble::Replica(r) => {
+                    print!("{}", analyze::analyze_replicas(&r)?.to_text());
+                    return Ok(());
+                }
+            };
             let analysis = analyze::analyze(&ens)?;
             print!("{}", analysis.to_text());
             let reference = crate::card::RunCard::load(&card)?.reference;
@@ -107,15 +122,24 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             println!("wrote {} (history {}, plot beside it)", weights.display(), std::path::Path::new(&hist).display());
             println!("{}", crate::train::summary(&history, 100));
         }
-        Command::Analyze { file, json } => {
-            let ens = ensemble::read_ensemble(&file)?;
-            let a = analyze::analyze(&ens)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&a.to_json())?);
-            } else {
-                print!("{}", a.to_text());
+        Command::Analyze { file, json } => match ensemble::read_any(&file)? {
+            ensemble::AnyEnsemble::Plain(ens) => {
+                let a = analyze::analyze(&ens)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&a.to_json())?);
+                } else {
+                    print!("{}", a.to_text());
+                }
             }
-        }
+            ensemble::AnyEnsemble::Replica(ens) => {
+                let a = analyze::analyze_replicas(&ens)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&a.to_json())?);
+                } else {
+                    print!("{}", a.to_text());
+                }
+            }
+        },
         Command::Plugins { verbose } => {
             let search = SearchPath::new(&cli.plugin_dirs);
             println!("plugin interface version {}", Plugin::host_interface_version());
@@ -152,9 +176,18 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Inspect { file } => {
-            let ens = ensemble::read_ensemble(&file)?;
-            print!("{}", inspect::describe(&ens));
+        Command::Inspect { file } => match ensemble::read_any(&file)? {
+            ensemble::AnyEnsemble::Plain(ens) => print!("{}", inspect::describe(&ens)),
+            ensemble::AnyEnsemble::Replica(ens) => print!("{}", inspect::describe_replicas(&ens)),
+        },
+        Command::Bench { card, json } => {
+            let opts = crate::bench::BenchOptions { quiet: cli.quiet || json, plugin_dirs: cli.plugin_dirs, force: true };
+            let report = crate::bench::bench(&card, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.to_text());
+            }
         }
     }
     Ok(())

@@ -29,6 +29,16 @@
 //! └── configs_sweep          u64 [k]          sweep index of each stored configuration
 //! ```
 //!
+//! # Replica-exchange ensembles (schema version 2)
+//!
+//! A replica-exchange run ([`ReplicaWriter`]) writes the same root attributes (with
+//! `schema_version = 2`), the layout above once per coupling under `/replicas/<k>` (attrs
+//! `index`, `parameter`, `value`, `theory_params`, `model`), and `/replica_exchange` (attrs
+//! `parameter`, `values`): `sweep` u64 [n], `replica_coupling` u64 [n, K] (the coupling of each
+//! replica after that sweep) and `steps/<label>/` (one row per attempted swap: `accepted`, `pair`,
+//! `log_ratio`, `delta_s`, `delta_log_q`). Files without replicas keep schema version 1.
+//! [`read_any`] reads both.
+//!
 //! All row datasets are chunked and resizable along axis 0 (`maxshape = (None, ...)`).
 //! Observable and step rows are numbered independently: measurement row `i` of every
 //! observable belongs to sweep `observables/sweep[i]`; step rows have no sweep column.
@@ -58,6 +68,10 @@ use hdf5::{Dataset, File, Group, H5Type, Location, MinorErrorCode};
 
 /// Version of the file layout described in the module documentation.
 pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the replica-exchange layout: version 1's ensemble once per coupling, under
+/// `/replicas/<k>`, plus `/replica_exchange`. Files without replicas keep version 1, so that
+/// older latflow versions still read them.
+pub const REPLICA_SCHEMA_VERSION: u32 = 2;
 
 /// Rows per chunk of the 1-D row datasets (and the upper bound for 2-D ones).
 const ROW_CHUNK: usize = 1024;
@@ -88,7 +102,7 @@ pub enum EnsembleError {
     #[error("{}: missing {object} (not a latflow ensemble, or a damaged one)", .path.display())]
     Missing { path: PathBuf, object: String },
     /// The file was written with another schema version.
-    #[error("{}: attribute /schema_version is {found}, but this latflow reads schema version {expected}", .path.display())]
+    #[error("{}: attribute /schema_version is {found}, but this latflow reads schema version {expected} (and {} for replica-exchange ensembles)", .path.display(), REPLICA_SCHEMA_VERSION)]
     SchemaVersion {
         path: PathBuf,
         found: u32,
@@ -254,28 +268,64 @@ struct StepSlot {
     buf_columns: Vec<f64>,
 }
 
+impl StepSlot {
+    fn push(&mut self, path: &Path, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
+        if columns.len() != self.ncols {
+            return Err(EnsembleError::Shape {
+                path: path.to_owned(),
+                object: format!("step record for {}", self.group_path),
+                detail: format!("got {} columns, expected {}", columns.len(), self.ncols),
+            });
+        }
+        self.buf_accepted.push(u8::from(accepted));
+        self.buf_columns.extend_from_slice(columns);
+        Ok(())
+    }
+
+    /// Appends the buffered records to the datasets.
+    fn write(&mut self, path: &Path) -> Result<(), EnsembleError> {
+        let mb = self.buf_accepted.len();
+        if mb == 0 {
+            return Ok(());
+        }
+        let m0 = self.on_disk as usize;
+        let object = format!("{}/accepted", self.group_path);
+        append_1d(path, &self.accepted, &object, m0, &self.buf_accepted)?;
+        let mut col = vec![0.0; mb];
+        for (j, (object, ds)) in self.columns.iter().enumerate() {
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = self.buf_columns[i * self.ncols + j];
+            }
+            append_1d(path, ds, object, m0, &col)?;
+        }
+        self.on_disk = (m0 + mb) as u64;
+        self.buf_accepted.clear();
+        self.buf_columns.clear();
+        Ok(())
+    }
+
+    fn pending(&self) -> u64 {
+        self.buf_accepted.len() as u64
+    }
+}
+
 struct ConfigSlot {
     config_len: usize,
     ds: Dataset,
     sweeps: Dataset,
+    /// `{prefix}/configs`, for messages.
+    object: String,
     /// Rows written to the datasets (configurations are written through, not buffered).
     written: u64,
     /// Rows on disk as of the last flush.
     on_disk: u64,
 }
 
-/// Appends rows to an ensemble file. Measurement and step rows are buffered in memory and
-/// written by [`flush`](Self::flush); configurations (potentially large) are written to the
-/// dataset at once but, like everything else, are only guaranteed on disk after `flush`.
-///
-/// Dropping the writer does not flush: rows pushed since the last `flush` are lost (or, for
-/// configurations, discarded by the next `resume`). After any error the writer should be
-/// dropped; the file can be resumed from the last checkpoint.
-pub struct EnsembleWriter {
-    path: PathBuf,
-    file: File,
-    /// A plain handle on the same file, used only to `fsync` it at every flush.
-    sync: std::fs::File,
+/// The row datasets of one ensemble: at the file root (schema version 1), or in a coupling's
+/// group `/replicas/<k>` of a replica-exchange file (schema version 2).
+struct GroupSlots {
+    /// HDF5 path of the group: "" for the root, `/replicas/<k>` otherwise (for messages).
+    prefix: String,
     observables: Vec<ObsSlot>,
     row_len: usize,
     sweep: Dataset,
@@ -287,395 +337,257 @@ pub struct EnsembleWriter {
     configs: Option<ConfigSlot>,
 }
 
-impl fmt::Debug for EnsembleWriter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EnsembleWriter")
-            .field("path", &self.path)
-            .field("counts", &self.counts())
-            .finish_non_exhaustive()
+/// Creates the observables, steps and configurations of one ensemble under `base`
+/// (`prefix` is its HDF5 path, "" for the root).
+fn create_layout(
+    path: &Path,
+    base: &Group,
+    prefix: &str,
+    layout: &str,
+    observables: &[ObservableDef],
+    steps: &[StepDef],
+    configs: Option<&ConfigDef>,
+) -> Result<(), EnsembleError> {
+    // Observables.
+    let opath = format!("{prefix}/observables");
+    let og = base.create_group("observables").map_err(h5(path, format!("group {opath}")))?;
+    let names: Vec<&str> = observables.iter().map(|o| o.name.as_str()).collect();
+    write_str_attr(path, &og, &opath, "names", &json_list(&names))?;
+    create_rows::<u64>(path, &og, &opath, "sweep", None, ROW_CHUNK)?;
+    for o in observables {
+        let width = (o.len > 1).then_some(o.len);
+        let ds = create_rows::<f64>(path, &og, &opath, &o.name, width, ROW_CHUNK)?;
+        let object = format!("{opath}/{}", o.name);
+        write_str_attr(path, &ds, &object, "description", &o.description)?;
     }
+
+    create_steps(path, base, prefix, steps)?;
+
+    // Configurations.
+    if let Some(c) = configs {
+        let ds = create_rows::<f64>(path, base, prefix, "configs", Some(c.config_len), CONFIG_ROW_CHUNK)?;
+        let shape: Vec<u64> = c.shape.iter().map(|&x| x as u64).collect();
+        ds.new_attr::<u64>()
+            .shape([shape.len()])
+            .create("shape")
+            .and_then(|a| a.write_raw(&shape[..]))
+            .map_err(h5(path, format!("attribute {prefix}/configs/shape")))?;
+        write_str_attr(path, &ds, &format!("{prefix}/configs"), "layout", layout)?;
+        create_rows::<u64>(path, base, prefix, "configs_sweep", None, ROW_CHUNK)?;
+    }
+    Ok(())
 }
 
-impl EnsembleWriter {
-    /// Creates a new file (fails if the parent directory is missing, with a clear message;
-    /// overwrites an existing file only if `overwrite`). Names are validated first: non-empty,
-    /// no `/`, no NUL, not `sweep`, `.` or `..`, unique; step columns also not `accepted`.
-    /// Observable `len` and `config_len` must be at least 1. If creation fails after the file
-    /// was made, the partial file is removed.
-    pub fn create(
-        path: &Path,
-        prov: &Provenance,
-        observables: &[ObservableDef],
-        steps: &[StepDef],
-        configs: Option<&ConfigDef>,
-        overwrite: bool,
-    ) -> Result<Self, EnsembleError> {
-        hdf5::silence_errors(true);
-        validate_defs(path, observables, steps, configs)?;
-
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if !parent.is_dir() {
-            return Err(EnsembleError::MissingDirectory {
-                path: path.to_owned(),
-                dir: parent.to_owned(),
-            });
-        }
-        if path.is_dir() {
-            return Err(invalid(path, "file", "is a directory"));
-        }
-        if !overwrite && path.exists() {
-            return Err(EnsembleError::AlreadyExists {
-                path: path.to_owned(),
-            });
-        }
-
-        let mut builder = File::with_options();
-        builder.with_fapl(writer_fapl);
-        let file = if overwrite {
-            builder.create(path)
-        } else {
-            builder.create_excl(path)
-        };
-        let file = file.map_err(|e| {
-            if path.exists() && !overwrite {
-                EnsembleError::AlreadyExists {
-                    path: path.to_owned(),
-                }
-            } else {
-                h5(path, "file (create)")(e)
-            }
-        })?;
-
-        match Self::init_new(path, file, prov, observables, steps, configs) {
-            Ok(w) => Ok(w),
-            Err(e) => {
-                // The File handle was dropped inside init_new; remove the half-made file.
-                let _ = std::fs::remove_file(path);
-                Err(e)
-            }
+/// Creates `{prefix}/steps/<label>` for every step.
+fn create_steps(path: &Path, base: &Group, prefix: &str, steps: &[StepDef]) -> Result<(), EnsembleError> {
+    let spath = format!("{prefix}/steps");
+    let sg = base.create_group("steps").map_err(h5(path, format!("group {spath}")))?;
+    for s in steps {
+        let gpath = format!("{spath}/{}", s.label);
+        let g = sg.create_group(&s.label).map_err(h5(path, format!("group {gpath}")))?;
+        write_str_attr(path, &g, &gpath, "kind", &s.kind)?;
+        let index = u32::try_from(s.index).map_err(|_| invalid(path, &gpath, "step index does not fit in u32"))?;
+        write_scalar_attr(path, &g, &gpath, "index", &index)?;
+        write_str_attr(path, &g, &gpath, "params", &s.params)?;
+        let cols: Vec<&str> = s.columns.iter().map(String::as_str).collect();
+        write_str_attr(path, &g, &gpath, "columns", &json_list(&cols))?;
+        create_rows::<u8>(path, &g, &gpath, "accepted", None, ROW_CHUNK)?;
+        for c in &s.columns {
+            create_rows::<f64>(path, &g, &gpath, c, None, ROW_CHUNK)?;
         }
     }
+    Ok(())
+}
 
-    fn init_new(
-        path: &Path,
-        file: File,
-        prov: &Provenance,
-        observables: &[ObservableDef],
-        steps: &[StepDef],
-        configs: Option<&ConfigDef>,
-    ) -> Result<Self, EnsembleError> {
-        // Root attributes.
-        write_scalar_attr(path, &file, "/", "schema_version", &SCHEMA_VERSION)?;
-        let strings: [(&str, &str); 11] = [
-            ("latflow_version", &prov.latflow_version),
-            ("run_card", &prov.run_card),
-            ("card_path", &prov.card_path),
-            ("card_hash", &prov.card_hash),
-            ("plugin_name", &prov.plugin_name),
-            ("plugin_version", &prov.plugin_version),
-            ("plugin_path", &prov.plugin_path),
-            ("created", &prov.created),
-            ("theory_params", &prov.theory_params),
-            ("layout", &prov.layout),
-            ("model", &prov.model),
-        ];
-        for (name, value) in strings {
-            write_str_attr(path, &file, "/", name, value)?;
-        }
-        write_scalar_attr(path, &file, "/", "seed", &prov.seed)?;
-
-        // Observables.
-        let og = file
-            .create_group("observables")
-            .map_err(h5(path, "group /observables"))?;
-        let names: Vec<&str> = observables.iter().map(|o| o.name.as_str()).collect();
-        write_str_attr(path, &og, "/observables", "names", &json_list(&names))?;
-        create_rows::<u64>(path, &og, "/observables", "sweep", None, ROW_CHUNK)?;
-        for o in observables {
-            let width = (o.len > 1).then_some(o.len);
-            let ds = create_rows::<f64>(path, &og, "/observables", &o.name, width, ROW_CHUNK)?;
-            let object = format!("/observables/{}", o.name);
-            write_str_attr(path, &ds, &object, "description", &o.description)?;
-        }
-
-        // Steps.
-        let sg = file
-            .create_group("steps")
-            .map_err(h5(path, "group /steps"))?;
-        for s in steps {
-            let gpath = format!("/steps/{}", s.label);
-            let g = sg
-                .create_group(&s.label)
-                .map_err(h5(path, format!("group {gpath}")))?;
-            write_str_attr(path, &g, &gpath, "kind", &s.kind)?;
-            let index = u32::try_from(s.index)
-                .map_err(|_| invalid(path, &gpath, "step index does not fit in u32"))?;
-            write_scalar_attr(path, &g, &gpath, "index", &index)?;
-            write_str_attr(path, &g, &gpath, "params", &s.params)?;
-            let cols: Vec<&str> = s.columns.iter().map(String::as_str).collect();
-            write_str_attr(path, &g, &gpath, "columns", &json_list(&cols))?;
-            create_rows::<u8>(path, &g, &gpath, "accepted", None, ROW_CHUNK)?;
-            for c in &s.columns {
-                create_rows::<f64>(path, &g, &gpath, c, None, ROW_CHUNK)?;
-            }
-        }
-
-        // Configurations.
-        if let Some(c) = configs {
-            let ds = create_rows::<f64>(
+/// Checks that the ensemble under `base` has exactly these definitions (for resume).
+fn check_layout(
+    path: &Path,
+    base: &Group,
+    prefix: &str,
+    observables: &[ObservableDef],
+    steps: &[StepDef],
+    configs: Option<&ConfigDef>,
+) -> Result<(), EnsembleError> {
+    // Observables.
+    let opath = format!("{prefix}/observables");
+    let og = open_group(path, base, "observables")?;
+    let names = read_json_list(path, &og, &opath, "names")?;
+    let want: Vec<&str> = observables.iter().map(|o| o.name.as_str()).collect();
+    if names != want {
+        return Err(mismatch(
+            path,
+            format!("attribute {opath}/names"),
+            format!("file has observables {names:?}, this run defines {want:?}"),
+        ));
+    }
+    for o in observables {
+        let object = format!("{opath}/{}", o.name);
+        let ds = open_dataset(path, &og, &opath, &o.name)?;
+        let width = row_width(path, &ds, &object)?;
+        if width != o.len {
+            return Err(mismatch(
                 path,
-                &file,
-                "",
-                "configs",
-                Some(c.config_len),
-                CONFIG_ROW_CHUNK,
-            )?;
-            let shape: Vec<u64> = c.shape.iter().map(|&x| x as u64).collect();
-            ds.new_attr::<u64>()
-                .shape([shape.len()])
-                .create("shape")
-                .and_then(|a| a.write_raw(&shape[..]))
-                .map_err(h5(path, "attribute /configs/shape"))?;
-            write_str_attr(path, &ds, "/configs", "layout", &prov.layout)?;
-            create_rows::<u64>(path, &file, "", "configs_sweep", None, ROW_CHUNK)?;
+                format!("dataset {object}"),
+                format!("file has length {width}, this run defines length {}", o.len),
+            ));
         }
-
-        file.flush().map_err(h5(path, "file (flush)"))?;
-        let counts = Counts {
-            measurements: 0,
-            steps: vec![0; steps.len()],
-            configs: 0,
-        };
-        Self::open_slots(path, file, observables, steps, configs, &counts)
+        let descr = read_str_attr(path, &ds, &object, "description")?;
+        if descr != o.description {
+            return Err(mismatch(
+                path,
+                format!("attribute {object}/description"),
+                format!("file has {descr:?}, this run defines {:?}", o.description),
+            ));
+        }
     }
 
-    /// Reopens a file for appending and truncates every dataset to `counts` (rows written after
-    /// the last checkpoint are discarded). Checks that the file's card_hash equals `card_hash`
-    /// and that the observables/steps/config defs match exactly (names, order, lengths,
-    /// descriptions, kinds, indices, params, columns, config shape); errors otherwise. Also
-    /// errors if the file holds fewer rows than `counts` claims. The truncation is flushed
-    /// before this returns.
-    pub fn resume(
+    check_steps(path, base, prefix, steps)?;
+
+    // Configurations.
+    let cpath = format!("{prefix}/configs");
+    match (configs, base.link_exists("configs")) {
+        (Some(c), true) => {
+            let ds = open_dataset(path, base, prefix, "configs")?;
+            let width = row_width(path, &ds, &cpath)?;
+            let shape = read_u64_list(path, &ds, &cpath, "shape")?;
+            let want: Vec<u64> = c.shape.iter().map(|&x| x as u64).collect();
+            if width != c.config_len || shape != want {
+                return Err(mismatch(
+                    path,
+                    format!("dataset {cpath}"),
+                    format!(
+                        "file has config_len {width}, shape {shape:?}; this run defines \
+                         config_len {}, shape {want:?}",
+                        c.config_len
+                    ),
+                ));
+            }
+        }
+        (None, false) => {}
+        (Some(_), false) => {
+            return Err(mismatch(path, format!("dataset {cpath}"), "this run stores configurations but the file has none"))
+        }
+        (None, true) => {
+            return Err(mismatch(path, format!("dataset {cpath}"), "the file stores configurations but this run does not"))
+        }
+    }
+    Ok(())
+}
+
+/// Checks `{prefix}/steps` against the step definitions (for resume).
+fn check_steps(path: &Path, base: &Group, prefix: &str, steps: &[StepDef]) -> Result<(), EnsembleError> {
+    let spath = format!("{prefix}/steps");
+    let sg = open_group(path, base, "steps")?;
+    let mut in_file = sg.member_names().map_err(h5(path, format!("group {spath}")))?;
+    in_file.sort();
+    let mut labels: Vec<&str> = steps.iter().map(|s| s.label.as_str()).collect();
+    labels.sort_unstable();
+    if in_file != labels {
+        return Err(mismatch(
+            path,
+            format!("group {spath}"),
+            format!("file has steps {in_file:?}, this run defines {labels:?}"),
+        ));
+    }
+    for s in steps {
+        let gpath = format!("{spath}/{}", s.label);
+        let g = open_group(path, &sg, &s.label)?;
+        let info = read_step_info(path, &g, &gpath)?;
+        let file_def = StepDef { label: s.label.clone(), kind: info.0, index: info.1, params: info.2, columns: info.3 };
+        if &file_def != s {
+            return Err(mismatch(
+                path,
+                format!("group {gpath}"),
+                format!("file has step {file_def:?}, this run defines {s:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens `{prefix}/steps/<label>` of every step and truncates each to its count.
+fn open_steps(path: &Path, base: &Group, prefix: &str, steps: &[StepDef], counts: &[u64]) -> Result<Vec<StepSlot>, EnsembleError> {
+    let sg = open_group(path, base, "steps")?;
+    let mut step_slots = Vec::with_capacity(steps.len());
+    for (s, &m) in steps.iter().zip(counts) {
+        let gpath = format!("{prefix}/steps/{}", s.label);
+        let g = open_group(path, &sg, &s.label)?;
+        let accepted = open_dataset(path, &g, &gpath, "accepted")?;
+        truncate_rows(path, &accepted, &format!("{gpath}/accepted"), m)?;
+        let mut columns = Vec::with_capacity(s.columns.len());
+        for c in &s.columns {
+            let ds = open_dataset(path, &g, &gpath, c)?;
+            let object = format!("{gpath}/{c}");
+            truncate_rows(path, &ds, &object, m)?;
+            columns.push((object, ds));
+        }
+        step_slots.push(StepSlot {
+            ncols: s.columns.len(),
+            accepted,
+            columns,
+            group_path: gpath,
+            on_disk: m,
+            buf_accepted: Vec::new(),
+            buf_columns: Vec::new(),
+        });
+    }
+    Ok(step_slots)
+}
+
+impl GroupSlots {
+    /// Opens every dataset of a validated ensemble under `base` and truncates it to `counts`.
+    fn open(
         path: &Path,
-        card_hash: &str,
+        base: &Group,
+        prefix: &str,
         observables: &[ObservableDef],
         steps: &[StepDef],
         configs: Option<&ConfigDef>,
         counts: &Counts,
     ) -> Result<Self, EnsembleError> {
-        hdf5::silence_errors(true);
-        validate_defs(path, observables, steps, configs)?;
-        let file = open_file(path, true)?;
-        check_schema_version(path, &file)?;
-
-        let found = read_str_attr(path, &file, "/", "card_hash")?;
-        if found != card_hash {
-            return Err(mismatch(
-                path,
-                "attribute /card_hash",
-                format!(
-                    "the file belongs to another run card (file has {found:?}, this card is \
-                     {card_hash:?})"
-                ),
-            ));
-        }
         if counts.steps.len() != steps.len() {
             return Err(invalid(
                 path,
                 "checkpoint counts",
-                format!(
-                    "{} step counts for {} steps",
-                    counts.steps.len(),
-                    steps.len()
-                ),
+                format!("{} step counts for {} steps", counts.steps.len(), steps.len()),
             ));
         }
-
-        // Observables.
-        let og = open_group(path, &file, "observables")?;
-        let names = read_json_list(path, &og, "/observables", "names")?;
-        let want: Vec<&str> = observables.iter().map(|o| o.name.as_str()).collect();
-        if names != want {
-            return Err(mismatch(
-                path,
-                "attribute /observables/names",
-                format!("file has observables {names:?}, this run defines {want:?}"),
-            ));
-        }
-        for o in observables {
-            let object = format!("/observables/{}", o.name);
-            let ds = open_dataset(path, &og, "/observables", &o.name)?;
-            let width = row_width(path, &ds, &object)?;
-            if width != o.len {
-                return Err(mismatch(
-                    path,
-                    format!("dataset {object}"),
-                    format!("file has length {width}, this run defines length {}", o.len),
-                ));
-            }
-            let descr = read_str_attr(path, &ds, &object, "description")?;
-            if descr != o.description {
-                return Err(mismatch(
-                    path,
-                    format!("attribute {object}/description"),
-                    format!("file has {descr:?}, this run defines {:?}", o.description),
-                ));
-            }
-        }
-
-        // Steps.
-        let sg = open_group(path, &file, "steps")?;
-        let mut in_file = sg.member_names().map_err(h5(path, "group /steps"))?;
-        in_file.sort();
-        let mut labels: Vec<&str> = steps.iter().map(|s| s.label.as_str()).collect();
-        labels.sort_unstable();
-        if in_file != labels {
-            return Err(mismatch(
-                path,
-                "group /steps",
-                format!("file has steps {in_file:?}, this run defines {labels:?}"),
-            ));
-        }
-        for s in steps {
-            let gpath = format!("/steps/{}", s.label);
-            let g = open_group(path, &sg, &s.label)?;
-            let info = read_step_info(path, &g, &gpath)?;
-            let file_def = StepDef {
-                label: s.label.clone(),
-                kind: info.0,
-                index: info.1,
-                params: info.2,
-                columns: info.3,
-            };
-            if &file_def != s {
-                return Err(mismatch(
-                    path,
-                    format!("group {gpath}"),
-                    format!("file has step {file_def:?}, this run defines {s:?}"),
-                ));
-            }
-        }
-
-        // Configurations.
-        match (configs, file.link_exists("configs")) {
-            (Some(c), true) => {
-                let ds = open_dataset(path, &file, "", "configs")?;
-                let width = row_width(path, &ds, "/configs")?;
-                let shape = read_u64_list(path, &ds, "/configs", "shape")?;
-                let want: Vec<u64> = c.shape.iter().map(|&x| x as u64).collect();
-                if width != c.config_len || shape != want {
-                    return Err(mismatch(
-                        path,
-                        "dataset /configs",
-                        format!(
-                            "file has config_len {width}, shape {shape:?}; this run defines \
-                             config_len {}, shape {want:?}",
-                            c.config_len
-                        ),
-                    ));
-                }
-            }
-            (None, false) => {}
-            (Some(_), false) => {
-                return Err(mismatch(
-                    path,
-                    "dataset /configs",
-                    "this run stores configurations but the file has none",
-                ))
-            }
-            (None, true) => {
-                return Err(mismatch(
-                    path,
-                    "dataset /configs",
-                    "the file stores configurations but this run does not",
-                ))
-            }
-        }
-
-        Self::open_slots(path, file, observables, steps, configs, counts)
-    }
-
-    /// Opens every dataset of a validated file and truncates it to `counts`.
-    fn open_slots(
-        path: &Path,
-        file: File,
-        observables: &[ObservableDef],
-        steps: &[StepDef],
-        configs: Option<&ConfigDef>,
-        counts: &Counts,
-    ) -> Result<Self, EnsembleError> {
-        let og = open_group(path, &file, "observables")?;
-        let sweep = open_dataset(path, &og, "/observables", "sweep")?;
-        truncate_rows(path, &sweep, "/observables/sweep", counts.measurements)?;
+        let opath = format!("{prefix}/observables");
+        let og = open_group(path, base, "observables")?;
+        let sweep = open_dataset(path, &og, &opath, "sweep")?;
+        truncate_rows(path, &sweep, &format!("{opath}/sweep"), counts.measurements)?;
         let mut slots = Vec::with_capacity(observables.len());
         let mut offset = 0;
         for o in observables {
-            let ds = open_dataset(path, &og, "/observables", &o.name)?;
-            let object = format!("/observables/{}", o.name);
+            let ds = open_dataset(path, &og, &opath, &o.name)?;
+            let object = format!("{opath}/{}", o.name);
             truncate_rows(path, &ds, &object, counts.measurements)?;
-            slots.push(ObsSlot {
-                len: o.len,
-                offset,
-                ds,
-                object,
-            });
+            slots.push(ObsSlot { len: o.len, offset, ds, object });
             offset += o.len;
         }
 
-        let sg = open_group(path, &file, "steps")?;
-        let mut step_slots = Vec::with_capacity(steps.len());
-        for (s, &m) in steps.iter().zip(&counts.steps) {
-            let gpath = format!("/steps/{}", s.label);
-            let g = open_group(path, &sg, &s.label)?;
-            let accepted = open_dataset(path, &g, &gpath, "accepted")?;
-            truncate_rows(path, &accepted, &format!("{gpath}/accepted"), m)?;
-            let mut columns = Vec::with_capacity(s.columns.len());
-            for c in &s.columns {
-                let ds = open_dataset(path, &g, &gpath, c)?;
-                let object = format!("{gpath}/{c}");
-                truncate_rows(path, &ds, &object, m)?;
-                columns.push((object, ds));
-            }
-            step_slots.push(StepSlot {
-                ncols: s.columns.len(),
-                accepted,
-                columns,
-                group_path: gpath,
-                on_disk: m,
-                buf_accepted: Vec::new(),
-                buf_columns: Vec::new(),
-            });
-        }
+        let step_slots = open_steps(path, base, prefix, steps, &counts.steps)?;
 
         let config_slot = match configs {
             Some(c) => {
-                let ds = open_dataset(path, &file, "", "configs")?;
-                let sweeps = open_dataset(path, &file, "", "configs_sweep")?;
-                truncate_rows(path, &ds, "/configs", counts.configs)?;
-                truncate_rows(path, &sweeps, "/configs_sweep", counts.configs)?;
+                let object = format!("{prefix}/configs");
+                let ds = open_dataset(path, base, prefix, "configs")?;
+                let sweeps = open_dataset(path, base, prefix, "configs_sweep")?;
+                truncate_rows(path, &ds, &object, counts.configs)?;
+                truncate_rows(path, &sweeps, &format!("{prefix}/configs_sweep"), counts.configs)?;
                 Some(ConfigSlot {
                     config_len: c.config_len,
                     ds,
                     sweeps,
+                    object,
                     written: counts.configs,
                     on_disk: counts.configs,
                 })
             }
             None => None,
         };
-
-        let sync = std::fs::File::open(path).map_err(|error| EnsembleError::Io {
-            path: path.to_owned(),
-            object: "file (open for fsync)".into(),
-            error,
-        })?;
-        let mut w = Self {
-            path: path.to_owned(),
-            file,
-            sync,
+        Ok(Self {
+            prefix: prefix.to_string(),
             observables: slots,
             row_len: offset,
             sweep,
@@ -684,23 +596,18 @@ impl EnsembleWriter {
             buf_values: Vec::new(),
             steps: step_slots,
             configs: config_slot,
-        };
-        w.flush()?;
-        Ok(w)
+        })
     }
 
-    /// The file being written.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Buffers one measurement row: `values` is the concatenation of all observables in
-    /// definition order (total length = Σ len). Error on length mismatch.
-    pub fn push_measurement(&mut self, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
+    fn push_measurement(&mut self, path: &Path, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
         if values.len() != self.row_len {
             return Err(EnsembleError::Shape {
-                path: self.path.clone(),
-                object: "measurement row".into(),
+                path: path.to_owned(),
+                object: if self.prefix.is_empty() {
+                    "measurement row".into()
+                } else {
+                    format!("measurement row of {}", self.prefix)
+                },
                 detail: format!(
                     "got {} values, expected {} (the sum of the observable lengths)",
                     values.len(),
@@ -713,101 +620,56 @@ impl EnsembleWriter {
         Ok(())
     }
 
-    /// Buffers one record of step `step` (index into the StepDefs): accepted flag and one value
-    /// per column. Error on an unknown step or a wrong number of columns.
-    pub fn push_step_record(
-        &mut self,
-        step: usize,
-        accepted: bool,
-        columns: &[f64],
-    ) -> Result<(), EnsembleError> {
+    fn push_step_record(&mut self, path: &Path, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
+        let n = self.steps.len();
         let Some(slot) = self.steps.get_mut(step) else {
-            return Err(invalid(
-                &self.path,
-                "step record",
-                format!(
-                    "step {step} does not exist ({} steps defined)",
-                    self.steps.len()
-                ),
-            ));
+            return Err(invalid(path, "step record", format!("step {step} does not exist ({n} steps defined)")));
         };
-        if columns.len() != slot.ncols {
-            return Err(EnsembleError::Shape {
-                path: self.path.clone(),
-                object: format!("step record for {}", slot.group_path),
-                detail: format!("got {} columns, expected {}", columns.len(), slot.ncols),
-            });
-        }
-        slot.buf_accepted.push(u8::from(accepted));
-        slot.buf_columns.extend_from_slice(columns);
-        Ok(())
+        slot.push(path, accepted, columns)
     }
 
-    /// Appends one configuration (length config_len) with its sweep index. It is written to
-    /// `/configs` at once (configurations can be large), but only guaranteed on disk after
-    /// [`flush`](Self::flush). Error if the file stores no configurations or on length mismatch.
-    pub fn push_config(&mut self, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
-        let path = &self.path;
+    fn push_config(&mut self, path: &Path, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
         let Some(c) = self.configs.as_mut() else {
             return Err(invalid(
                 path,
-                "dataset /configs",
+                format!("dataset {}/configs", self.prefix),
                 "this ensemble stores no configurations",
             ));
         };
         if config.len() != c.config_len {
             return Err(EnsembleError::Shape {
-                path: path.clone(),
+                path: path.to_owned(),
                 object: "configuration".into(),
-                detail: format!(
-                    "got {} values, expected config_len {}",
-                    config.len(),
-                    c.config_len
-                ),
+                detail: format!("got {} values, expected config_len {}", config.len(), c.config_len),
             });
         }
         let row = c.written as usize;
-        c.ds.resize([row + 1, c.config_len])
-            .map_err(h5(path, "dataset /configs (resize)"))?;
-        c.ds.write_slice(config, (row, ..))
-            .map_err(h5(path, "dataset /configs (write)"))?;
-        c.sweeps
-            .resize([row + 1])
-            .map_err(h5(path, "dataset /configs_sweep (resize)"))?;
+        let obj = c.object.clone();
+        c.ds.resize([row + 1, c.config_len]).map_err(h5(path, format!("dataset {obj} (resize)")))?;
+        c.ds.write_slice(config, (row, ..)).map_err(h5(path, format!("dataset {obj} (write)")))?;
+        c.sweeps.resize([row + 1]).map_err(h5(path, format!("dataset {obj}_sweep (resize)")))?;
         c.sweeps
             .write_slice(&[sweep][..], row..row + 1)
-            .map_err(h5(path, "dataset /configs_sweep (write)"))?;
+            .map_err(h5(path, format!("dataset {obj}_sweep (write)")))?;
         c.written += 1;
         Ok(())
     }
 
-    /// Appends all buffered rows to the datasets (resize + write slab), then flushes the file to
-    /// disk (HDF5 flush and fsync). Returns the counts now on disk — what a checkpoint records.
-    pub fn flush(&mut self) -> Result<Counts, EnsembleError> {
-        let path = self.path.as_path();
-
+    /// Appends the buffered rows to the datasets (not yet synced to disk).
+    fn write(&mut self, path: &Path) -> Result<(), EnsembleError> {
         // Measurements.
         let nb = self.buf_sweeps.len();
         if nb > 0 {
             let n0 = self.meas_on_disk as usize;
             let n1 = n0 + nb;
-            append_1d(
-                path,
-                &self.sweep,
-                "/observables/sweep",
-                n0,
-                &self.buf_sweeps,
-            )?;
+            append_1d(path, &self.sweep, &format!("{}/observables/sweep", self.prefix), n0, &self.buf_sweeps)?;
             for o in &self.observables {
                 if o.len == 1 {
-                    let col: Vec<f64> = (0..nb)
-                        .map(|i| self.buf_values[i * self.row_len + o.offset])
-                        .collect();
+                    let col: Vec<f64> = (0..nb).map(|i| self.buf_values[i * self.row_len + o.offset]).collect();
                     append_1d(path, &o.ds, &o.object, n0, &col)?;
                 } else {
                     let obj = o.object.as_str();
-                    o.ds.resize([n1, o.len])
-                        .map_err(h5(path, format!("dataset {obj} (resize)")))?;
+                    o.ds.resize([n1, o.len]).map_err(h5(path, format!("dataset {obj} (resize)")))?;
                     // Without ndarray we can only write 1-D slabs: one call per row or per
                     // component, whichever is fewer.
                     if nb <= o.len {
@@ -835,35 +697,16 @@ impl EnsembleWriter {
 
         // Step records.
         for s in &mut self.steps {
-            let mb = s.buf_accepted.len();
-            if mb == 0 {
-                continue;
-            }
-            let m0 = s.on_disk as usize;
-            let object = format!("{}/accepted", s.group_path);
-            append_1d(path, &s.accepted, &object, m0, &s.buf_accepted)?;
-            let mut col = vec![0.0; mb];
-            for (j, (object, ds)) in s.columns.iter().enumerate() {
-                for (i, v) in col.iter_mut().enumerate() {
-                    *v = s.buf_columns[i * s.ncols + j];
-                }
-                append_1d(path, ds, object, m0, &col)?;
-            }
-            s.on_disk = (m0 + mb) as u64;
-            s.buf_accepted.clear();
-            s.buf_columns.clear();
+            s.write(path)?;
         }
+        Ok(())
+    }
 
-        self.file.flush().map_err(h5(path, "file (flush)"))?;
-        self.sync.sync_all().map_err(|error| EnsembleError::Io {
-            path: path.to_owned(),
-            object: "file (fsync)".into(),
-            error,
-        })?;
+    /// After the file was flushed and synced: the configurations written so far are on disk.
+    fn synced(&mut self) {
         if let Some(c) = self.configs.as_mut() {
             c.on_disk = c.written;
         }
-        Ok(self.on_disk_counts())
     }
 
     fn on_disk_counts(&self) -> Counts {
@@ -874,17 +717,531 @@ impl EnsembleWriter {
         }
     }
 
-    /// Row counts including rows pushed since the last flush.
-    pub fn counts(&self) -> Counts {
+    fn counts(&self) -> Counts {
         Counts {
             measurements: self.meas_on_disk + self.buf_sweeps.len() as u64,
-            steps: self
-                .steps
-                .iter()
-                .map(|s| s.on_disk + s.buf_accepted.len() as u64)
-                .collect(),
+            steps: self.steps.iter().map(|s| s.on_disk + s.pending()).collect(),
             configs: self.configs.as_ref().map_or(0, |c| c.written),
         }
+    }
+}
+
+/// Appends rows to an ensemble file. Measurement and step rows are buffered in memory and
+/// written by [`flush`](Self::flush); configurations (potentially large) are written to the
+/// dataset at once but, like everything else, are only guaranteed on disk after `flush`.
+///
+/// Dropping the writer does not flush: rows pushed since the last `flush` are lost (or, for
+/// configurations, discarded by the next `resume`). After any error the writer should be
+/// dropped; the file can be resumed from the last checkpoint.
+pub struct EnsembleWriter {
+    path: PathBuf,
+    file: File,
+    /// A plain handle on the same file, used only to `fsync` it at every flush.
+    sync: std::fs::File,
+    slots: GroupSlots,
+}
+
+impl fmt::Debug for EnsembleWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnsembleWriter")
+            .field("path", &self.path)
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates a file for writing: checks the directory, refuses to overwrite unless asked.
+fn create_file(path: &Path, overwrite: bool) -> Result<File, EnsembleError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(EnsembleError::MissingDirectory { path: path.to_owned(), dir: parent.to_owned() });
+    }
+    if path.is_dir() {
+        return Err(invalid(path, "file", "is a directory"));
+    }
+    if !overwrite && path.exists() {
+        return Err(EnsembleError::AlreadyExists { path: path.to_owned() });
+    }
+    let mut builder = File::with_options();
+    builder.with_fapl(writer_fapl);
+    let file = if overwrite { builder.create(path) } else { builder.create_excl(path) };
+    file.map_err(|e| {
+        if path.exists() && !overwrite {
+            EnsembleError::AlreadyExists { path: path.to_owned() }
+        } else {
+            h5(path, "file (create)")(e)
+        }
+    })
+}
+
+/// Writes the provenance attributes and the schema version on the root group.
+fn write_provenance(path: &Path, file: &File, prov: &Provenance, schema_version: u32) -> Result<(), EnsembleError> {
+    write_scalar_attr(path, file, "/", "schema_version", &schema_version)?;
+    let strings: [(&str, &str); 11] = [
+        ("latflow_version", &prov.latflow_version),
+        ("run_card", &prov.run_card),
+        ("card_path", &prov.card_path),
+        ("card_hash", &prov.card_hash),
+        ("plugin_name", &prov.plugin_name),
+        ("plugin_version", &prov.plugin_version),
+        ("plugin_path", &prov.plugin_path),
+        ("created", &prov.created),
+        ("theory_params", &prov.theory_params),
+        ("layout", &prov.layout),
+        ("model", &prov.model),
+    ];
+    for (name, value) in strings {
+        write_str_attr(path, file, "/", name, value)?;
+    }
+    write_scalar_attr(path, file, "/", "seed", &prov.seed)
+}
+
+/// Opens a file for resume: schema version and card hash must match.
+fn open_for_resume(path: &Path, card_hash: &str, schema_version: u32) -> Result<File, EnsembleError> {
+    let file = open_file(path, true)?;
+    let found_version = check_schema_version(path, &file)?;
+    if found_version != schema_version {
+        return Err(mismatch(
+            path,
+            "attribute /schema_version",
+            match schema_version {
+                REPLICA_SCHEMA_VERSION => "the file is not a replica-exchange ensemble, but this run card has a replica ladder",
+                _ => "the file is a replica-exchange ensemble, but this run card has no replica ladder",
+            },
+        ));
+    }
+    let found = read_str_attr(path, &file, "/", "card_hash")?;
+    if found != card_hash {
+        return Err(mismatch(
+            path,
+            "attribute /card_hash",
+            format!(
+                "the file belongs to another run card (file has {found:?}, this card is \
+                 {card_hash:?})"
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Flushes the file and `fsync`s it.
+fn sync_file(path: &Path, file: &File, sync: &std::fs::File) -> Result<(), EnsembleError> {
+    file.flush().map_err(h5(path, "file (flush)"))?;
+    sync.sync_all().map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (fsync)".into(), error })
+}
+
+fn sync_handle(path: &Path) -> Result<std::fs::File, EnsembleError> {
+    std::fs::File::open(path).map_err(|error| EnsembleError::Io {
+        path: path.to_owned(),
+        object: "file (open for fsync)".into(),
+        error,
+    })
+}
+
+impl EnsembleWriter {
+    /// Creates a new file (fails if the parent directory is missing, with a clear message;
+    /// overwrites an existing file only if `overwrite`). Names are validated first: non-empty,
+    /// no `/`, no NUL, not `sweep`, `.` or `..`, unique; step columns also not `accepted`.
+    /// Observable `len` and `config_len` must be at least 1. If creation fails after the file
+    /// was made, the partial file is removed.
+    pub fn create(
+        path: &Path,
+        prov: &Provenance,
+        observables: &[ObservableDef],
+        steps: &[StepDef],
+        configs: Option<&ConfigDef>,
+        overwrite: bool,
+    ) -> Result<Self, EnsembleError> {
+        hdf5::silence_errors(true);
+        validate_defs(path, observables, steps, configs)?;
+        let file = create_file(path, overwrite)?;
+        let made = (|| {
+            write_provenance(path, &file, prov, SCHEMA_VERSION)?;
+            create_layout(path, &file, "", &prov.layout, observables, steps, configs)?;
+            file.flush().map_err(h5(path, "file (flush)"))?;
+            let counts = Counts { measurements: 0, steps: vec![0; steps.len()], configs: 0 };
+            let slots = GroupSlots::open(path, &file, "", observables, steps, configs, &counts)?;
+            Ok(slots)
+        })();
+        match made.and_then(|slots| Self::finish(path, file, slots)) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                // remove the half-made file
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    fn finish(path: &Path, file: File, slots: GroupSlots) -> Result<Self, EnsembleError> {
+        let sync = sync_handle(path)?;
+        let mut w = Self { path: path.to_owned(), file, sync, slots };
+        w.flush()?;
+        Ok(w)
+    }
+
+    /// Reopens a file for appending and truncates every dataset to `counts` (rows written after
+    /// the last checkpoint are discarded). Checks that the file's card_hash equals `card_hash`
+    /// and that the observables/steps/config defs match exactly (names, order, lengths,
+    /// descriptions, kinds, indices, params, columns, config shape); errors otherwise. Also
+    /// errors if the file holds fewer rows than `counts` claims. The truncation is flushed
+    /// before this returns.
+    pub fn resume(
+        path: &Path,
+        card_hash: &str,
+        observables: &[ObservableDef],
+        steps: &[StepDef],
+        configs: Option<&ConfigDef>,
+        counts: &Counts,
+    ) -> Result<Self, EnsembleError> {
+        hdf5::silence_errors(true);
+        validate_defs(path, observables, steps, configs)?;
+        let file = open_for_resume(path, card_hash, SCHEMA_VERSION)?;
+        if counts.steps.len() != steps.len() {
+            return Err(invalid(
+                path,
+                "checkpoint counts",
+                format!("{} step counts for {} steps", counts.steps.len(), steps.len()),
+            ));
+        }
+        check_layout(path, &file, "", observables, steps, configs)?;
+        let slots = GroupSlots::open(path, &file, "", observables, steps, configs, counts)?;
+        Self::finish(path, file, slots)
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Buffers one measurement row: `values` is the concatenation of all observables in
+    /// definition order (total length = Σ len). Error on length mismatch.
+    pub fn push_measurement(&mut self, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
+        self.slots.push_measurement(&self.path, sweep, values)
+    }
+
+    /// Buffers one record of step `step` (index into the StepDefs): accepted flag and one value
+    /// per column. Error on an unknown step or a wrong number of columns.
+    pub fn push_step_record(&mut self, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
+        self.slots.push_step_record(&self.path, step, accepted, columns)
+    }
+
+    /// Appends one configuration (length config_len) with its sweep index. It is written to
+    /// `/configs` at once (configurations can be large), but only guaranteed on disk after
+    /// [`flush`](Self::flush). Error if the file stores no configurations or on length mismatch.
+    pub fn push_config(&mut self, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
+        self.slots.push_config(&self.path, sweep, config)
+    }
+
+    /// Appends all buffered rows to the datasets (resize + write slab), then flushes the file to
+    /// disk (HDF5 flush and fsync). Returns the counts now on disk — what a checkpoint records.
+    pub fn flush(&mut self) -> Result<Counts, EnsembleError> {
+        self.slots.write(&self.path)?;
+        sync_file(&self.path, &self.file, &self.sync)?;
+        self.slots.synced();
+        Ok(self.slots.on_disk_counts())
+    }
+
+    /// Row counts including rows pushed since the last flush.
+    pub fn counts(&self) -> Counts {
+        self.slots.counts()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replica-exchange ensembles (schema version 2)
+// ---------------------------------------------------------------------------------------------
+
+/// One coupling of a replica ladder, as stored on `/replicas/<k>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaDef {
+    /// The ladder parameter's value at this coupling.
+    pub value: f64,
+    /// The theory's parameters at this coupling (JSON).
+    pub theory_params: String,
+    /// This coupling's model (JSON provenance), or "".
+    pub model: String,
+}
+
+/// Writes a replica-exchange ensemble: one ensemble per coupling under `/replicas/<k>` (the
+/// layout of a schema-1 file's root, so each is "the ensemble at coupling k"), and the swap
+/// records and replica paths under `/replica_exchange`. Buffering, flushing and resume work as
+/// for [`EnsembleWriter`], with one [`Counts`] per coupling plus one for `/replica_exchange`.
+pub struct ReplicaWriter {
+    path: PathBuf,
+    file: File,
+    sync: std::fs::File,
+    replicas: Vec<GroupSlots>,
+    exchange: Vec<StepSlot>,
+    n_replicas: usize,
+    path_sweep: Dataset,
+    path_ds: Dataset,
+    path_on_disk: u64,
+    buf_path_sweeps: Vec<u64>,
+    /// Row-major `[rows, n_replicas]`.
+    buf_path: Vec<u64>,
+}
+
+impl fmt::Debug for ReplicaWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaWriter").field("path", &self.path).field("replicas", &self.n_replicas).finish_non_exhaustive()
+    }
+}
+
+/// HDF5 path of coupling k's group.
+pub fn replica_group(k: usize) -> String {
+    format!("/replicas/{k}")
+}
+
+impl ReplicaWriter {
+    /// Creates a replica-exchange file (see the module documentation for the layout). `steps`
+    /// are the per-coupling chain steps (the same at every coupling), `exchange_steps` the
+    /// `replica_exchange` steps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        path: &Path,
+        prov: &Provenance,
+        parameter: &str,
+        replicas: &[ReplicaDef],
+        observables: &[ObservableDef],
+        steps: &[StepDef],
+        configs: Option<&ConfigDef>,
+        exchange_steps: &[StepDef],
+        overwrite: bool,
+    ) -> Result<Self, EnsembleError> {
+        hdf5::silence_errors(true);
+        validate_defs(path, observables, steps, configs)?;
+        validate_defs(path, &[], exchange_steps, None)?;
+        if replicas.len() < 2 {
+            return Err(invalid(path, "/replicas", "a replica ladder needs at least 2 couplings"));
+        }
+        let file = create_file(path, overwrite)?;
+        let made = (|| {
+            write_provenance(path, &file, prov, REPLICA_SCHEMA_VERSION)?;
+            let rg = file.create_group("replicas").map_err(h5(path, "group /replicas"))?;
+            for (k, r) in replicas.iter().enumerate() {
+                let prefix = replica_group(k);
+                let g = rg.create_group(&k.to_string()).map_err(h5(path, format!("group {prefix}")))?;
+                write_scalar_attr(path, &g, &prefix, "index", &(k as u32))?;
+                write_str_attr(path, &g, &prefix, "parameter", parameter)?;
+                write_scalar_attr(path, &g, &prefix, "value", &r.value)?;
+                write_str_attr(path, &g, &prefix, "theory_params", &r.theory_params)?;
+                write_str_attr(path, &g, &prefix, "model", &r.model)?;
+                create_layout(path, &g, &prefix, &prov.layout, observables, steps, configs)?;
+            }
+            let xg = file.create_group("replica_exchange").map_err(h5(path, "group /replica_exchange"))?;
+            write_str_attr(path, &xg, "/replica_exchange", "parameter", parameter)?;
+            let values: Vec<f64> = replicas.iter().map(|r| r.value).collect();
+            write_str_attr(path, &xg, "/replica_exchange", "values", &serde_json::to_string(&values).unwrap_or_default())?;
+            create_rows::<u64>(path, &xg, "/replica_exchange", "sweep", None, ROW_CHUNK)?;
+            create_rows::<u64>(path, &xg, "/replica_exchange", "replica_coupling", Some(replicas.len()), ROW_CHUNK)?;
+            create_steps(path, &xg, "/replica_exchange", exchange_steps)?;
+            file.flush().map_err(h5(path, "file (flush)"))?;
+            let zero = Counts { measurements: 0, steps: vec![0; steps.len()], configs: 0 };
+            let exchange_zero = Counts { measurements: 0, steps: vec![0; exchange_steps.len()], configs: 0 };
+            Self::open_all(path, &file, replicas.len(), observables, steps, configs, exchange_steps, &vec![zero; replicas.len()], &exchange_zero)
+        })();
+        match made.and_then(|parts| Self::finish(path, file, replicas.len(), parts)) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reopens a replica-exchange file and truncates it to the checkpoint's counts (see
+    /// [`EnsembleWriter::resume`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        path: &Path,
+        card_hash: &str,
+        n_replicas: usize,
+        observables: &[ObservableDef],
+        steps: &[StepDef],
+        configs: Option<&ConfigDef>,
+        exchange_steps: &[StepDef],
+        counts: &[Counts],
+        exchange_counts: &Counts,
+    ) -> Result<Self, EnsembleError> {
+        hdf5::silence_errors(true);
+        validate_defs(path, observables, steps, configs)?;
+        let file = open_for_resume(path, card_hash, REPLICA_SCHEMA_VERSION)?;
+        if counts.len() != n_replicas || exchange_counts.steps.len() != exchange_steps.len() {
+            return Err(invalid(
+                path,
+                "checkpoint counts",
+                format!(
+                    "{} replica counts and {} swap-step counts for {n_replicas} replicas and {} swap steps",
+                    counts.len(),
+                    exchange_counts.steps.len(),
+                    exchange_steps.len()
+                ),
+            ));
+        }
+        let rg = open_group(path, &file, "replicas")?;
+        let mut members = rg.member_names().map_err(h5(path, "group /replicas"))?;
+        members.sort_by_key(|m| m.parse::<usize>().unwrap_or(usize::MAX));
+        let want: Vec<String> = (0..n_replicas).map(|k| k.to_string()).collect();
+        if members != want {
+            return Err(mismatch(path, "group /replicas", format!("file has replicas {members:?}, this run defines {n_replicas}")));
+        }
+        for k in 0..n_replicas {
+            let g = open_group(path, &rg, &k.to_string())?;
+            check_layout(path, &g, &replica_group(k), observables, steps, configs)?;
+        }
+        let xg = open_group(path, &file, "replica_exchange")?;
+        check_steps(path, &xg, "/replica_exchange", exchange_steps)?;
+        let parts = Self::open_all(path, &file, n_replicas, observables, steps, configs, exchange_steps, counts, exchange_counts)?;
+        Self::finish(path, file, n_replicas, parts)
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn open_all(
+        path: &Path,
+        file: &File,
+        n_replicas: usize,
+        observables: &[ObservableDef],
+        steps: &[StepDef],
+        configs: Option<&ConfigDef>,
+        exchange_steps: &[StepDef],
+        counts: &[Counts],
+        exchange_counts: &Counts,
+    ) -> Result<(Vec<GroupSlots>, Vec<StepSlot>, Dataset, Dataset, u64), EnsembleError> {
+        let rg = open_group(path, file, "replicas")?;
+        let mut replicas = Vec::with_capacity(n_replicas);
+        for (k, c) in counts.iter().enumerate() {
+            let g = open_group(path, &rg, &k.to_string())?;
+            replicas.push(GroupSlots::open(path, &g, &replica_group(k), observables, steps, configs, c)?);
+        }
+        let xg = open_group(path, file, "replica_exchange")?;
+        let exchange = open_steps(path, &xg, "/replica_exchange", exchange_steps, &exchange_counts.steps)?;
+        let sweep = open_dataset(path, &xg, "/replica_exchange", "sweep")?;
+        truncate_rows(path, &sweep, "/replica_exchange/sweep", exchange_counts.measurements)?;
+        let rc = open_dataset(path, &xg, "/replica_exchange", "replica_coupling")?;
+        let width = row_width(path, &rc, "/replica_exchange/replica_coupling")?;
+        if width != n_replicas {
+            return Err(mismatch(
+                path,
+                "dataset /replica_exchange/replica_coupling",
+                format!("file has {width} replicas, this run defines {n_replicas}"),
+            ));
+        }
+        truncate_rows(path, &rc, "/replica_exchange/replica_coupling", exchange_counts.measurements)?;
+        Ok((replicas, exchange, sweep, rc, exchange_counts.measurements))
+    }
+
+    fn finish(
+        path: &Path,
+        file: File,
+        n_replicas: usize,
+        (replicas, exchange, path_sweep, path_ds, path_on_disk): (Vec<GroupSlots>, Vec<StepSlot>, Dataset, Dataset, u64),
+    ) -> Result<Self, EnsembleError> {
+        let sync = sync_handle(path)?;
+        let mut w = Self {
+            path: path.to_owned(),
+            file,
+            sync,
+            replicas,
+            exchange,
+            n_replicas,
+            path_sweep,
+            path_ds,
+            path_on_disk,
+            buf_path_sweeps: Vec::new(),
+            buf_path: Vec::new(),
+        };
+        w.flush()?;
+        Ok(w)
+    }
+
+    fn replica(&mut self, k: usize) -> Result<&mut GroupSlots, EnsembleError> {
+        let n = self.replicas.len();
+        self.replicas.get_mut(k).ok_or_else(|| invalid(&self.path, "/replicas", format!("replica {k} does not exist ({n} defined)")))
+    }
+
+    /// Buffers one measurement row of coupling k.
+    pub fn push_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
+        let path = self.path.clone();
+        self.replica(k)?.push_measurement(&path, sweep, values)
+    }
+
+    /// Buffers one record of chain step `step` at coupling k.
+    pub fn push_step_record(&mut self, k: usize, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
+        let path = self.path.clone();
+        self.replica(k)?.push_step_record(&path, step, accepted, columns)
+    }
+
+    /// Appends one configuration of coupling k.
+    pub fn push_config(&mut self, k: usize, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
+        let path = self.path.clone();
+        self.replica(k)?.push_config(&path, sweep, config)
+    }
+
+    /// Buffers one swap record of `replica_exchange` step `step` (index into its StepDefs).
+    pub fn push_swap_record(&mut self, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
+        let n = self.exchange.len();
+        let Some(slot) = self.exchange.get_mut(step) else {
+            return Err(invalid(&self.path, "swap record", format!("swap step {step} does not exist ({n} defined)")));
+        };
+        slot.push(&self.path, accepted, columns)
+    }
+
+    /// Buffers one row of the replica paths: the coupling index of each replica after `sweep`.
+    pub fn push_path(&mut self, sweep: u64, coupling_of_replica: &[u64]) -> Result<(), EnsembleError> {
+        if coupling_of_replica.len() != self.n_replicas {
+            return Err(shape_err(
+                &self.path,
+                "row of /replica_exchange/replica_coupling",
+                format!("got {} values, expected {}", coupling_of_replica.len(), self.n_replicas),
+            ));
+        }
+        self.buf_path_sweeps.push(sweep);
+        self.buf_path.extend_from_slice(coupling_of_replica);
+        Ok(())
+    }
+
+    /// Writes every buffered row, flushes and syncs the file; returns the counts on disk (per
+    /// coupling, and for `/replica_exchange`).
+    pub fn flush(&mut self) -> Result<(Vec<Counts>, Counts), EnsembleError> {
+        let path = self.path.clone();
+        for r in &mut self.replicas {
+            r.write(&path)?;
+        }
+        for s in &mut self.exchange {
+            s.write(&path)?;
+        }
+        let nb = self.buf_path_sweeps.len();
+        if nb > 0 {
+            let n0 = self.path_on_disk as usize;
+            let n1 = n0 + nb;
+            append_1d(&path, &self.path_sweep, "/replica_exchange/sweep", n0, &self.buf_path_sweeps)?;
+            let obj = "/replica_exchange/replica_coupling";
+            self.path_ds.resize([n1, self.n_replicas]).map_err(h5(&path, format!("dataset {obj} (resize)")))?;
+            let mut col = vec![0u64; nb];
+            for j in 0..self.n_replicas {
+                for (i, v) in col.iter_mut().enumerate() {
+                    *v = self.buf_path[i * self.n_replicas + j];
+                }
+                self.path_ds.write_slice(&col[..], (n0..n1, j)).map_err(h5(&path, format!("dataset {obj} (write)")))?;
+            }
+            self.path_on_disk = n1 as u64;
+            self.buf_path_sweeps.clear();
+            self.buf_path.clear();
+        }
+        sync_file(&path, &self.file, &self.sync)?;
+        for r in &mut self.replicas {
+            r.synced();
+        }
+        let exchange = Counts {
+            measurements: self.path_on_disk,
+            steps: self.exchange.iter().map(|s| s.on_disk).collect(),
+            configs: 0,
+        };
+        Ok((self.replicas.iter().map(GroupSlots::on_disk_counts).collect(), exchange))
     }
 }
 
@@ -964,23 +1321,12 @@ pub struct ConfigInfo {
     pub layout: String,
 }
 
-/// Opens and validates a file: a clear error (naming the path) for a missing file, a non-HDF5
-/// or truncated/corrupt file, a wrong schema version, or inconsistent dataset lengths.
-/// Never panics on a bad file.
-pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
-    hdf5::silence_errors(true);
-    let file = open_file(path, false)?;
-    let file_len = file_len(path)?;
-    let schema_version = check_schema_version(path, &file)?;
-
-    let s = |name: &str| read_str_attr(path, &file, "/", name);
-    let seed_attr = file
-        .attr("seed")
-        .map_err(|e| missing_or_h5(path, &file, "/", "seed", e))?;
-    let seed = seed_attr
-        .read_scalar::<u64>()
-        .map_err(h5(path, "attribute /seed"))?;
-    let provenance = Provenance {
+/// Reads the root provenance attributes.
+fn read_provenance(path: &Path, file: &File) -> Result<Provenance, EnsembleError> {
+    let s = |name: &str| read_str_attr(path, file, "/", name);
+    let seed_attr = file.attr("seed").map_err(|e| missing_or_h5(path, file, "/", "seed", e))?;
+    let seed = seed_attr.read_scalar::<u64>().map_err(h5(path, "attribute /seed"))?;
+    Ok(Provenance {
         latflow_version: s("latflow_version")?,
         run_card: s("run_card")?,
         card_path: s("card_path")?,
@@ -993,44 +1339,74 @@ pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
         theory_params: s("theory_params")?,
         layout: s("layout")?,
         model: s("model")?,
-    };
+    })
+}
 
+/// The observables, sweeps, steps and configuration info of the ensemble under `base`.
+type GroupData = (Vec<ObservableData>, Vec<u64>, Vec<StepData>, Option<ConfigInfo>);
+
+fn read_group(path: &Path, file_len: u64, base: &Group, prefix: &str) -> Result<GroupData, EnsembleError> {
     // Observables.
-    let og = open_group(path, &file, "observables")?;
-    let sweep_ds = open_dataset(path, &og, "/observables", "sweep")?;
-    let n = rows_of(path, &sweep_ds, "/observables/sweep", Some(1))?;
-    let sweeps = read_all::<u64>(path, &sweep_ds, "/observables/sweep", n, file_len)?;
-    let names = read_json_list(path, &og, "/observables", "names")?;
+    let opath = format!("{prefix}/observables");
+    let og = open_group(path, base, "observables")?;
+    let sweep_obj = format!("{opath}/sweep");
+    let sweep_ds = open_dataset(path, &og, &opath, "sweep")?;
+    let n = rows_of(path, &sweep_ds, &sweep_obj, Some(1))?;
+    let sweeps = read_all::<u64>(path, &sweep_ds, &sweep_obj, n, file_len)?;
+    let names = read_json_list(path, &og, &opath, "names")?;
     let mut observables = Vec::with_capacity(names.len());
     for name in names {
-        let object = format!("/observables/{name}");
-        let ds = open_dataset(path, &og, "/observables", &name)?;
+        let object = format!("{opath}/{name}");
+        let ds = open_dataset(path, &og, &opath, &name)?;
         let len = row_width(path, &ds, &object)?;
         let rows = rows_of(path, &ds, &object, None)?;
         if rows != n {
-            return Err(shape_err(
-                path,
-                format!("dataset {object}"),
-                format!("{rows} rows, but /observables/sweep has {n}"),
-            ));
+            return Err(shape_err(path, format!("dataset {object}"), format!("{rows} rows, but {sweep_obj} has {n}")));
         }
         let values = read_all::<f64>(path, &ds, &object, n * len, file_len)?;
         let description = read_str_attr(path, &ds, &object, "description")?;
-        observables.push(ObservableData {
-            name,
-            len,
-            description,
-            values,
-        });
+        observables.push(ObservableData { name, len, description, values });
     }
 
-    // Steps.
-    let sg = open_group(path, &file, "steps")?;
-    let mut labels = sg.member_names().map_err(h5(path, "group /steps"))?;
+    let steps = read_steps(path, file_len, base, prefix)?;
+
+    // Configurations.
+    let cpath = format!("{prefix}/configs");
+    let cspath = format!("{prefix}/configs_sweep");
+    let configs = match (base.link_exists("configs"), base.link_exists("configs_sweep")) {
+        (false, false) => None,
+        (true, false) => return Err(missing(path, format!("dataset {cspath}"))),
+        (false, true) => return Err(missing(path, format!("dataset {cpath}"))),
+        (true, true) => {
+            let ds = open_dataset(path, base, prefix, "configs")?;
+            let config_len = row_width(path, &ds, &cpath)?;
+            let count = rows_of(path, &ds, &cpath, None)?;
+            let sw = open_dataset(path, base, prefix, "configs_sweep")?;
+            let count_sw = rows_of(path, &sw, &cspath, Some(1))?;
+            if count != count_sw {
+                return Err(shape_err(path, format!("dataset {cpath}"), format!("{count} rows, but {cspath} has {count_sw}")));
+            }
+            check_size(path, &cpath, count, config_len, 8, file_len)?;
+            let shape = read_u64_list(path, &ds, &cpath, "shape")?
+                .into_iter()
+                .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
+                .collect();
+            let layout = read_str_attr(path, &ds, &cpath, "layout")?;
+            Some(ConfigInfo { count, config_len, shape, layout })
+        }
+    };
+    Ok((observables, sweeps, steps, configs))
+}
+
+/// Reads `{prefix}/steps/*`, sorted by step index.
+fn read_steps(path: &Path, file_len: u64, base: &Group, prefix: &str) -> Result<Vec<StepData>, EnsembleError> {
+    let spath = format!("{prefix}/steps");
+    let sg = open_group(path, base, "steps")?;
+    let mut labels = sg.member_names().map_err(h5(path, format!("group {spath}")))?;
     labels.sort();
     let mut steps = Vec::with_capacity(labels.len());
     for label in labels {
-        let gpath = format!("/steps/{label}");
+        let gpath = format!("{spath}/{label}");
         let g = open_group(path, &sg, &label)?;
         let (kind, index, params, column_names) = read_step_info(path, &g, &gpath)?;
         let acc_obj = format!("{gpath}/accepted");
@@ -1043,106 +1419,187 @@ pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
             let ds = open_dataset(path, &g, &gpath, &c)?;
             let rows = rows_of(path, &ds, &object, Some(1))?;
             if rows != m {
-                return Err(shape_err(
-                    path,
-                    format!("dataset {object}"),
-                    format!("{rows} rows, but {acc_obj} has {m}"),
-                ));
+                return Err(shape_err(path, format!("dataset {object}"), format!("{rows} rows, but {acc_obj} has {m}")));
             }
             let values = read_all::<f64>(path, &ds, &object, m, file_len)?;
             columns.push((c, values));
         }
-        steps.push(StepData {
-            label,
-            kind,
-            index,
-            params,
-            accepted,
-            columns,
-        });
+        steps.push(StepData { label, kind, index, params, accepted, columns });
     }
     steps.sort_by_key(|s| s.index);
+    Ok(steps)
+}
 
-    // Configurations.
-    let configs = match (
-        file.link_exists("configs"),
-        file.link_exists("configs_sweep"),
-    ) {
-        (false, false) => None,
-        (true, false) => {
-            return Err(missing(path, "dataset /configs_sweep"));
-        }
-        (false, true) => {
-            return Err(missing(path, "dataset /configs"));
-        }
-        (true, true) => {
-            let ds = open_dataset(path, &file, "", "configs")?;
-            let config_len = row_width(path, &ds, "/configs")?;
-            let count = rows_of(path, &ds, "/configs", None)?;
-            let sw = open_dataset(path, &file, "", "configs_sweep")?;
-            let count_sw = rows_of(path, &sw, "/configs_sweep", Some(1))?;
-            if count != count_sw {
-                return Err(shape_err(
-                    path,
-                    "dataset /configs",
-                    format!("{count} rows, but /configs_sweep has {count_sw}"),
-                ));
-            }
-            check_size(path, "/configs", count, config_len, 8, file_len)?;
-            let shape = read_u64_list(path, &ds, "/configs", "shape")?
-                .into_iter()
-                .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
-                .collect();
-            let layout = read_str_attr(path, &ds, "/configs", "layout")?;
-            Some(ConfigInfo {
-                count,
-                config_len,
-                shape,
-                layout,
-            })
-        }
+/// Opens and validates a file: a clear error (naming the path) for a missing file, a non-HDF5
+/// or truncated/corrupt file, a wrong schema version, or inconsistent dataset lengths.
+/// Never panics on a bad file. A replica-exchange file (schema version 2) is refused with a
+/// pointer to [`read_replica_ensemble`]; [`read_any`] reads either kind.
+pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
+    hdf5::silence_errors(true);
+    let file = open_file(path, false)?;
+    let file_len = file_len(path)?;
+    let schema_version = check_schema_version(path, &file)?;
+    if schema_version != SCHEMA_VERSION {
+        return Err(invalid(
+            path,
+            "file",
+            "is a replica-exchange ensemble (schema version 2: one ensemble per coupling under /replicas/<k>); \
+             read it with read_replica_ensemble",
+        ));
+    }
+    let provenance = read_provenance(path, &file)?;
+    let (observables, sweeps, steps, configs) = read_group(path, file_len, &file, "")?;
+    Ok(Ensemble { path: path.to_owned(), schema_version, provenance, observables, sweeps, steps, configs })
+}
+
+/// A replica-exchange ensemble (schema version 2), read into memory.
+#[derive(Debug, Clone)]
+pub struct ReplicaEnsemble {
+    pub path: PathBuf,
+    pub schema_version: u32,
+    /// The root attributes (`theory_params` are those of the card's `[theory]`).
+    pub provenance: Provenance,
+    /// The ladder parameter.
+    pub parameter: String,
+    /// Its value at each coupling.
+    pub values: Vec<f64>,
+    /// The ensemble at each coupling (`/replicas/<k>`), with that coupling's `theory_params`
+    /// and `model` in its provenance. Read its configurations with [`read_replica_configs`].
+    pub replicas: Vec<Ensemble>,
+    /// Sweep index of each row of `replica_coupling`.
+    pub path_sweeps: Vec<u64>,
+    /// Row-major `[n, K]`: the coupling index of replica r after sweep `path_sweeps[i]`.
+    pub replica_coupling: Vec<u64>,
+    /// The swap records of each `replica_exchange` step (columns pair, log_ratio, …).
+    pub swaps: Vec<StepData>,
+}
+
+/// Either kind of ensemble file.
+#[derive(Debug, Clone)]
+pub enum AnyEnsemble {
+    Plain(Ensemble),
+    Replica(ReplicaEnsemble),
+}
+
+/// Reads a plain (schema 1) or replica-exchange (schema 2) ensemble.
+pub fn read_any(path: &Path) -> Result<AnyEnsemble, EnsembleError> {
+    hdf5::silence_errors(true);
+    let version = {
+        let file = open_file(path, false)?;
+        check_schema_version(path, &file)?
     };
+    if version == REPLICA_SCHEMA_VERSION {
+        read_replica_ensemble(path).map(AnyEnsemble::Replica)
+    } else {
+        read_ensemble(path).map(AnyEnsemble::Plain)
+    }
+}
 
-    Ok(Ensemble {
+/// Reads a replica-exchange ensemble (schema version 2).
+pub fn read_replica_ensemble(path: &Path) -> Result<ReplicaEnsemble, EnsembleError> {
+    hdf5::silence_errors(true);
+    let file = open_file(path, false)?;
+    let file_len = file_len(path)?;
+    let schema_version = check_schema_version(path, &file)?;
+    if schema_version != REPLICA_SCHEMA_VERSION {
+        return Err(invalid(path, "file", "is not a replica-exchange ensemble (schema version 1); read it with read_ensemble"));
+    }
+    let provenance = read_provenance(path, &file)?;
+    let xg = open_group(path, &file, "replica_exchange")?;
+    let parameter = read_str_attr(path, &xg, "/replica_exchange", "parameter")?;
+    let values_text = read_str_attr(path, &xg, "/replica_exchange", "values")?;
+    let values: Vec<f64> = serde_json::from_str(&values_text).map_err(|e| {
+        corrupt(path, "attribute /replica_exchange/values", format!("expected a JSON array of numbers: {e}"))
+    })?;
+    let k = values.len();
+    let rg = open_group(path, &file, "replicas")?;
+    let mut replicas = Vec::with_capacity(k);
+    for i in 0..k {
+        let prefix = replica_group(i);
+        let g = open_group(path, &rg, &i.to_string())?;
+        let mut prov = provenance.clone();
+        prov.theory_params = read_str_attr(path, &g, &prefix, "theory_params")?;
+        prov.model = read_str_attr(path, &g, &prefix, "model")?;
+        let (observables, sweeps, steps, configs) = read_group(path, file_len, &g, &prefix)?;
+        replicas.push(Ensemble { path: path.to_owned(), schema_version, provenance: prov, observables, sweeps, steps, configs });
+    }
+    let sw_obj = "/replica_exchange/sweep";
+    let sw = open_dataset(path, &xg, "/replica_exchange", "sweep")?;
+    let n = rows_of(path, &sw, sw_obj, Some(1))?;
+    let path_sweeps = read_all::<u64>(path, &sw, sw_obj, n, file_len)?;
+    let rc_obj = "/replica_exchange/replica_coupling";
+    let rc = open_dataset(path, &xg, "/replica_exchange", "replica_coupling")?;
+    let rows = rows_of(path, &rc, rc_obj, Some(2))?;
+    let width = row_width(path, &rc, rc_obj)?;
+    if rows != n || width != k {
+        return Err(shape_err(
+            path,
+            format!("dataset {rc_obj}"),
+            format!("shape [{rows}, {width}], expected [{n}, {k}] ({sw_obj} rows, couplings)"),
+        ));
+    }
+    let replica_coupling = read_all::<u64>(path, &rc, rc_obj, n * k, file_len)?;
+    if let Some(bad) = replica_coupling.iter().find(|&&c| c as usize >= k) {
+        return Err(corrupt(path, format!("dataset {rc_obj}"), format!("coupling index {bad} out of range (K = {k})")));
+    }
+    let swaps = read_steps(path, file_len, &xg, "/replica_exchange")?;
+    Ok(ReplicaEnsemble {
         path: path.to_owned(),
         schema_version,
         provenance,
-        observables,
-        sweeps,
-        steps,
-        configs,
+        parameter,
+        values,
+        replicas,
+        path_sweeps,
+        replica_coupling,
+        swaps,
     })
 }
 
 /// Reads configurations `[start, start+count)` as a flat row-major Vec
 /// (`count * config_len` values). Errors if the range exceeds the stored configurations.
 pub fn read_configs(path: &Path, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
+    read_configs_in(path, None, start, count)
+}
+
+/// [`read_configs`] for coupling k of a replica-exchange ensemble (`/replicas/<k>/configs`).
+pub fn read_replica_configs(path: &Path, k: usize, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
+    read_configs_in(path, Some(k), start, count)
+}
+
+fn read_configs_in(path: &Path, replica: Option<usize>, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
     hdf5::silence_errors(true);
     let file = open_file(path, false)?;
-    check_schema_version(path, &file)?;
-    let ds = open_dataset(path, &file, "", "configs")?;
-    let config_len = row_width(path, &ds, "/configs")?;
-    let k = rows_of(path, &ds, "/configs", None)?;
-    let end = start
-        .checked_add(count)
-        .filter(|&e| e <= k)
-        .ok_or_else(|| {
-            invalid(
-                path,
-                "dataset /configs",
-                format!(
-                    "requested configurations {start}..{} but the file holds {k}",
-                    start + count
-                ),
-            )
-        })?;
+    let version = check_schema_version(path, &file)?;
+    let (base, prefix): (Group, String) = match replica {
+        None if version == SCHEMA_VERSION => ((*file).clone(), String::new()),
+        None => return Err(invalid(path, "/configs", "a replica-exchange ensemble: read a coupling's configurations")),
+        Some(_) if version != REPLICA_SCHEMA_VERSION => {
+            return Err(invalid(path, "/replicas", "not a replica-exchange ensemble"))
+        }
+        Some(k) => {
+            let rg = open_group(path, &file, "replicas")?;
+            (open_group(path, &rg, &k.to_string())?, replica_group(k))
+        }
+    };
+    let cpath = format!("{prefix}/configs");
+    let ds = open_dataset(path, &base, &prefix, "configs")?;
+    let config_len = row_width(path, &ds, &cpath)?;
+    let k = rows_of(path, &ds, &cpath, None)?;
+    let end = start.checked_add(count).filter(|&e| e <= k).ok_or_else(|| {
+        invalid(
+            path,
+            format!("dataset {cpath}"),
+            format!("requested configurations {start}..{} but the file holds {k}", start + count),
+        )
+    })?;
     if count == 0 {
         return Ok(Vec::new());
     }
-    check_size(path, "/configs", count, config_len, 8, file_len(path)?)?;
+    check_size(path, &cpath, count, config_len, 8, file_len(path)?)?;
     let block = ds
         .read_slice_2d::<f64, _>((start..end, ..))
-        .map_err(h5(path, "dataset /configs (read)"))?;
+        .map_err(h5(path, format!("dataset {cpath} (read)")))?;
     Ok(block.iter().copied().collect())
 }
 
@@ -1298,7 +1755,7 @@ fn check_schema_version(path: &Path, file: &File) -> Result<u32, EnsembleError> 
     let found = attr
         .read_scalar::<u32>()
         .map_err(h5(path, "attribute /schema_version"))?;
-    if found != SCHEMA_VERSION {
+    if found != SCHEMA_VERSION && found != REPLICA_SCHEMA_VERSION {
         return Err(EnsembleError::SchemaVersion {
             path: path.to_owned(),
             found,
@@ -2130,18 +2587,18 @@ mod tests {
         assert!(msg.contains("schema_version"), "{msg}");
 
         // A wrong schema version.
-        let v2 = dir.path().join("v2.h5");
-        std::fs::copy(&real, &v2).unwrap();
+        let v3 = dir.path().join("v3.h5");
+        std::fs::copy(&real, &v3).unwrap();
         {
-            let f = File::open_rw(&v2).unwrap();
+            let f = File::open_rw(&v3).unwrap();
             f.attr("schema_version")
                 .unwrap()
-                .write_scalar(&2u32)
+                .write_scalar(&3u32)
                 .unwrap();
         }
-        let msg = check(&v2);
+        let msg = check(&v3);
         assert!(
-            msg.contains("schema version 1") && msg.contains("is 2"),
+            msg.contains("schema version 1") && msg.contains("is 3"),
             "{msg}"
         );
 

@@ -1,9 +1,66 @@
 //! `latflow inspect`: provenance and contents of an ensemble file.
 
-use crate::ensemble::Ensemble;
+use crate::ensemble::{replica_group, Ensemble, ReplicaEnsemble};
 
 /// A readable description of the file's provenance and datasets.
 pub fn describe(ens: &Ensemble) -> String {
+    let mut s = header(ens);
+    s.push_str(&format!("parameters      {}\n", ens.provenance.theory_params));
+    s.push_str(&format!("layout          {}\n", ens.provenance.layout));
+    s.push_str(&contents(ens, ""));
+    card(&mut s, &ens.provenance.run_card);
+    s
+}
+
+/// The same for a replica-exchange ensemble: the provenance, then each coupling's group and
+/// the swap records.
+pub fn describe_replicas(ens: &ReplicaEnsemble) -> String {
+    let p = &ens.provenance;
+    let mut s = String::new();
+    s.push_str(&format!("file            {}\n", ens.path.display()));
+    s.push_str(&format!("schema version  {} (replica exchange)\n", ens.schema_version));
+    s.push_str(&format!("latflow         {}\n", p.latflow_version));
+    s.push_str(&format!("created         {}\n", p.created));
+    s.push_str(&format!("plugin          {} {} ({})\n", p.plugin_name, p.plugin_version, p.plugin_path));
+    s.push_str(&format!("seed            {}\n", p.seed));
+    s.push_str(&format!("card            {} (hash {})\n", p.card_path, p.card_hash));
+    s.push_str(&format!("layout          {}\n", p.layout));
+    s.push_str(&format!("ladder          {} = {:?} ({} couplings)\n", ens.parameter, ens.values, ens.values.len()));
+    for (k, (r, v)) in ens.replicas.iter().zip(&ens.values).enumerate() {
+        let g = replica_group(k);
+        s.push_str(&format!("{g}: {} = {v}, {} measurements\n", ens.parameter, r.sweeps.len()));
+        s.push_str(&format!("  parameters    {}\n", r.provenance.theory_params));
+        if !r.provenance.model.is_empty() {
+            s.push_str(&format!("  model         {}\n", r.provenance.model));
+        }
+        s.push_str(&contents(r, &g));
+    }
+    s.push_str(&format!(
+        "/replica_exchange: replica paths [{}, {}] (replica_coupling, sweep)\n",
+        ens.path_sweeps.len(),
+        ens.values.len()
+    ));
+    for st in &ens.swaps {
+        let cols: Vec<&str> = st.columns.iter().map(|(c, _)| c.as_str()).collect();
+        s.push_str(&format!(
+            "  /replica_exchange/steps/{:<12} {} swap records, columns: accepted {}\n",
+            st.label,
+            st.accepted.len(),
+            cols.join(" ")
+        ));
+    }
+    card(&mut s, &p.run_card);
+    s
+}
+
+fn card(s: &mut String, text: &str) {
+    s.push_str("run card:\n");
+    for line in text.lines() {
+        s.push_str(&format!("  | {line}\n"));
+    }
+}
+
+fn header(ens: &Ensemble) -> String {
     let p = &ens.provenance;
     let mut s = String::new();
     s.push_str(&format!("file            {}\n", ens.path.display()));
@@ -13,17 +70,23 @@ pub fn describe(ens: &Ensemble) -> String {
     s.push_str(&format!("plugin          {} {} ({})\n", p.plugin_name, p.plugin_version, p.plugin_path));
     s.push_str(&format!("seed            {}\n", p.seed));
     s.push_str(&format!("card            {} (hash {})\n", p.card_path, p.card_hash));
-    s.push_str(&format!("parameters      {}\n", p.theory_params));
-    s.push_str(&format!("layout          {}\n", p.layout));
-    s.push_str(&format!("measurements    {}\n", ens.sweeps.len()));
+    s
+}
+
+/// The datasets of one ensemble group (`prefix` "" for the root).
+fn contents(ens: &Ensemble, prefix: &str) -> String {
+    let mut s = String::new();
+    if prefix.is_empty() {
+        s.push_str(&format!("measurements    {}\n", ens.sweeps.len()));
+    }
     for o in &ens.observables {
         let shape = if o.len == 1 { format!("[{}]", o.n()) } else { format!("[{}, {}]", o.n(), o.len) };
-        s.push_str(&format!("  /observables/{:<20} {:<14} {}\n", o.name, shape, o.description));
+        s.push_str(&format!("  {prefix}/observables/{:<20} {:<14} {}\n", o.name, shape, o.description));
     }
     for st in &ens.steps {
         let cols: Vec<&str> = st.columns.iter().map(|(c, _)| c.as_str()).collect();
         s.push_str(&format!(
-            "  /steps/{:<12} kind {:<8} {} records, columns: accepted {}\n",
+            "  {prefix}/steps/{:<12} kind {:<8} {} records, columns: accepted {}\n",
             st.label,
             st.kind,
             st.accepted.len(),
@@ -32,14 +95,10 @@ pub fn describe(ens: &Ensemble) -> String {
     }
     match &ens.configs {
         Some(c) => s.push_str(&format!(
-            "  /configs         [{}, {}], lattice {:?}\n",
+            "  {prefix}/configs         [{}, {}], lattice {:?}\n",
             c.count, c.config_len, c.shape
         )),
-        None => s.push_str("  /configs         none stored (save_every = 0)\n"),
-    }
-    s.push_str("run card:\n");
-    for line in p.run_card.lines() {
-        s.push_str(&format!("  | {line}\n"));
+        None => s.push_str(&format!("  {prefix}/configs         none stored (save_every = 0)\n")),
     }
     s
 }

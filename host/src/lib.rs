@@ -2,6 +2,7 @@
 //! and analysis. The binary is a thin wrapper around [`cli::main`].
 
 pub mod analyze;
+pub mod bench;
 pub mod card;
 pub mod chain;
 pub mod checkpoint;
@@ -10,5 +11,6 @@ pub mod ensemble;
 pub mod inspect;
 pub mod plot;
 pub mod plugin;
+pub mod replica;
 pub mod run;
 pub mod train;

@@ -47,6 +47,8 @@ pub enum PluginLoadError {
     Call { plugin: String, call: String, error: PluginError },
     #[error("plugin '{plugin}' returned bad data from `{call}`: {reason}")]
     BadOutput { plugin: String, call: String, reason: String },
+    #[error("model plugin '{plugin}' does not support {feature} ({detail}); rebuild it against this latflow-core, or use a model that implements it")]
+    Unsupported { plugin: String, feature: String, detail: String },
 }
 
 /// Where a search-path directory came from.
@@ -178,15 +180,26 @@ fn short_reason(e: &LibraryError) -> String {
             let lines: Vec<&str> = full.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
             // the type a layout report is about is the first `type:` after its
             // "Layout of expected type:" header; the last report is the innermost type
-            let mut ty = None;
+            let mut ty: Option<String> = None;
             let mut header = false;
+            let mut want_mod = false;
             let mut problems = Vec::new();
             for (i, l) in lines.iter().enumerate() {
                 if l.starts_with("Layout of expected type") {
                     header = true;
                 } else if let Some(t) = l.strip_prefix("type:").filter(|_| header) {
-                    ty = Some(t.trim());
+                    ty = Some(t.trim().to_string());
                     header = false;
+                    want_mod = true;
+                } else if let Some((_, m)) = l.split_once("mod:").filter(|_| want_mod && l.starts_with("line:")) {
+                    // name generated types by their module, e.g. `Model_trait::VTable`
+                    let m = m.trim().rsplit("::").next().unwrap_or_default();
+                    if let (Some(t), false) = (&mut ty, m.is_empty()) {
+                        if t.as_str() == "VTable" {
+                            *t = format!("{m}::{t}");
+                        }
+                    }
+                    want_mod = false;
                 }
                 if let Some(p) = l.strip_prefix("Error:") {
                     let detail: Vec<&str> = lines[i + 1..]
@@ -392,6 +405,36 @@ impl ModelHandle {
     pub fn init_from(&mut self, bytes: &[u8]) -> Result<(), PluginLoadError> {
         let r = self.obj.init_from(RSlice::from_slice(bytes));
         self.call("init_from", r)
+    }
+
+    /// A latent-map call, checked: an `Unsupported` answer — from a model that does not
+    /// implement the map, or from a plugin built before `Model` had it (its vtable lacks the
+    /// method, and the trait's default answers) — becomes [`PluginLoadError::Unsupported`].
+    fn latent_call(&self, call: &str, r: RResult<Proposals, PluginError>, n: usize) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
+        match r {
+            RResult::RErr(e) if e.kind == latflow_core::ErrorKind::Unsupported => Err(PluginLoadError::Unsupported {
+                plugin: self.name.clone(),
+                feature: "flow-assisted swaps".into(),
+                detail: format!("`{call}`: {}", e.message),
+            }),
+            r => {
+                let p = self.call(call, r)?;
+                self.check_proposals(call, p, n)
+            }
+        }
+    }
+
+    /// For each configuration x of the batch: the latent point z = F⁻¹(x) and log q(x)
+    /// (flow-assisted replica swaps; see [`latflow_core::abi::Model::to_latent`]).
+    pub fn to_latent(&self, configs: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
+        let n = configs.len() / self.config_len;
+        self.latent_call("to_latent", self.obj.to_latent(RSlice::from_slice(configs)), n)
+    }
+
+    /// For each latent point z of the batch: x = F(z) and log q(x).
+    pub fn from_latent(&self, latent: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
+        let n = latent.len() / self.config_len;
+        self.latent_call("from_latent", self.obj.from_latent(RSlice::from_slice(latent)), n)
     }
 }
 
@@ -603,5 +646,75 @@ impl TheoryHandle {
         }
         self.check_finite("hmc", "configuration", config)?;
         Ok(recs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::sabi_trait::TD_Opaque;
+    use abi_stable::std_types::{RString, RVec};
+    use latflow_core::abi::{Model, Model_TO};
+    use latflow_core::layout::{ElementKind, Support};
+    use latflow_core::RngState;
+
+    /// A model that implements only the methods every model plugin had before the latent maps:
+    /// it stands for a plugin built before them (whose calls reach the trait's defaults).
+    struct OldModel(FieldLayout);
+
+    impl Model for OldModel {
+        fn name(&self) -> RString {
+            "old".into()
+        }
+        fn layout(&self) -> FieldLayout {
+            self.0.clone()
+        }
+        fn architecture(&self) -> RString {
+            "{}".into()
+        }
+        fn set_threads(&mut self, _: u32) -> RResult<(), PluginError> {
+            RResult::ROk(())
+        }
+        fn sample(&self, _: u32, _: &mut RngState) -> RResult<Proposals, PluginError> {
+            RResult::RErr(PluginError::unsupported("no"))
+        }
+        fn log_prob(&self, _: RSlice<'_, f64>) -> RResult<RVec<f64>, PluginError> {
+            RResult::RErr(PluginError::unsupported("no"))
+        }
+        fn train_begin(&mut self, _: &TrainSettings) -> RResult<(), PluginError> {
+            RResult::ROk(())
+        }
+        fn train_sample(&mut self, _: &mut RngState) -> RResult<Proposals, PluginError> {
+            RResult::RErr(PluginError::unsupported("no"))
+        }
+        fn train_step(&mut self, _: RSlice<'_, f64>, _: RSlice<'_, f64>) -> RResult<TrainMetrics, PluginError> {
+            RResult::RErr(PluginError::unsupported("no"))
+        }
+        fn save(&self, _: bool) -> RResult<RVec<u8>, PluginError> {
+            RResult::ROk(RVec::new())
+        }
+        fn load(&mut self, _: RSlice<'_, u8>) -> RResult<(), PluginError> {
+            RResult::ROk(())
+        }
+        fn init_from(&mut self, _: RSlice<'_, u8>) -> RResult<(), PluginError> {
+            RResult::ROk(())
+        }
+    }
+
+    #[test]
+    fn a_model_without_latent_maps_is_reported_by_name() {
+        let layout = FieldLayout::single(&[2, 2], "phi", Support::Site, ElementKind::Real);
+        let handle = ModelHandle {
+            name: "old".into(),
+            version: "0".into(),
+            path: PathBuf::from("libold.so"),
+            config_len: layout.config_len(),
+            obj: Model_TO::from_value(OldModel(layout), TD_Opaque),
+        };
+        for e in [handle.to_latent(&[0.0; 4]).unwrap_err(), handle.from_latent(&[0.0; 4]).unwrap_err()] {
+            assert!(matches!(e, PluginLoadError::Unsupported { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("model plugin 'old' does not support flow-assisted swaps"), "{msg}");
+        }
     }
 }

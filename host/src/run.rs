@@ -110,6 +110,9 @@ pub fn step_labels(kinds: &[&str]) -> Vec<String> {
 /// Runs (or resumes) the card. Returns the output path.
 pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let card = RunCard::load(card_path)?;
+    if card.ladder.is_some() {
+        return crate::replica::run(&card, opts);
+    }
     let file = card.path.display().to_string();
     let mut theory = load_theory(&card, &opts.plugin_dirs)?;
     let model = load_model(&card, &theory, opts)?;
@@ -283,6 +286,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
                 step_rngs: chain.rng_states(),
                 config: config.clone(),
                 step_states: chain.step_states(),
+                replica: None,
             }
                 .save(&ckpt_path)?;
             checkpointed = true;
@@ -301,7 +305,8 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     Ok(output)
 }
 
-fn progress_bar(total: u64, done: u64, quiet: bool) -> ProgressBar {
+/// The run's progress bar (hidden with `--quiet` or when stdout is not a terminal).
+pub(crate) fn progress_bar(total: u64, done: u64, quiet: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if quiet || !std::io::stdout().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());

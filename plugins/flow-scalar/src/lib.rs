@@ -277,6 +277,90 @@ impl FlowScalar {
         })
     }
 
+    /// The latent map of flow-assisted replica swaps ([`Model::to_latent`]): φ (n × V, site
+    /// order) → (ε, log q(φ)), where ε is the standard-normal latent point (site order) with
+    /// φ = F(ε). F is the prior's whitening map followed by the flow: ε itself for the normal
+    /// prior, z = P^{−1/2} ε for the free-field prior. So every flow-scalar model shares the latent
+    /// density N(0, 1), whatever its prior, and F_b ∘ F_a⁻¹ is a bijection between any two of
+    /// them. With `z2 = "symmetrize"` the bijection is the unsymmetrised flow, and log q is its
+    /// density (consistently with [`FlowScalar::from_latent_with`]).
+    pub fn to_latent_with(&self, configs: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        let v = self.volume();
+        batch_len(configs.len(), v)?;
+        check_finite("configuration", configs)?;
+        let cb = self.flow.geom.to_checkerboard(configs);
+        self.install(|| {
+            let params = self.flow.params(false).map_err(ce)?;
+            let mut latent = Vec::with_capacity(configs.len());
+            let mut logq = Vec::with_capacity(configs.len() / v);
+            for chunk in cb.chunks(CHUNK * v) {
+                let n = chunk.len() / v;
+                let t = tensor_from_f64(chunk, (n, v), self.flow.dtype, &self.flow.device).map_err(ce)?;
+                let (z, ld) = self.flow.inverse(&t, &params).map_err(ce)?;
+                let z = tensor_to_f64(&z).map_err(ce)?;
+                let lq0 = self.flow.prior.log_prob_host(&z);
+                let ld = tensor_to_f64(&ld).map_err(ce)?;
+                logq.extend(lq0.iter().zip(&ld).map(|(a, b)| a + b));
+                latent.extend(self.flow.geom.to_sites(&self.whiten(&z)?));
+            }
+            Ok((latent, logq))
+        })
+    }
+
+    /// The inverse of [`FlowScalar::to_latent_with`] ([`Model::from_latent`]): standard-normal
+    /// latent points ε (n × V, site order) → (φ, log q(φ)), computed exactly as `sample` computes
+    /// a proposal from its normal deviates (without the Z₂ flip).
+    pub fn from_latent_with(&self, latent: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        let v = self.volume();
+        batch_len(latent.len(), v)?;
+        check_finite("latent point", latent)?;
+        let eps = self.flow.geom.to_checkerboard(latent);
+        self.install(|| {
+            let params = self.flow.params(false).map_err(ce)?;
+            let mut configs = Vec::with_capacity(latent.len());
+            let mut logq = Vec::with_capacity(latent.len() / v);
+            for chunk in eps.chunks(CHUNK * v) {
+                let (z, lq0) = self.flow.prior.draw(chunk, self.flow.dtype, &self.flow.device).map_err(ce)?;
+                let (phi, ld) = self.flow.forward(&z, &params).map_err(ce)?;
+                let ld = tensor_to_f64(&ld).map_err(ce)?;
+                logq.extend(lq0.iter().zip(&ld).map(|(a, b)| a - b));
+                configs.extend(self.flow.geom.to_sites(&tensor_to_f64(&phi).map_err(ce)?));
+            }
+            Ok((configs, logq))
+        })
+    }
+
+    /// Prior space → standard-normal latent space, n × V in checkerboard order: the identity for
+    /// the normal prior; ε = P^{1/2} z = P (P^{−1/2} z) for the free-field prior, with
+    /// P = 2K, (K w)(x) = (2d + m²) w(x) − Σ_μ [w(x + μ̂) + w(x − μ̂)] (in f64).
+    fn whiten(&self, z: &[f64]) -> Result<Vec<f64>, PluginError> {
+        let f = match &self.flow.prior {
+            prior::Prior::Normal { .. } => return Ok(z.to_vec()),
+            prior::Prior::Free(f) => f,
+        };
+        let v = self.volume();
+        let d = self.flow.geom.lattice.dim();
+        // P^{−1/2} z: the prior's draw applies its square-root covariance to "deviates"
+        let (w, _) = self.flow.prior.draw(z, DType::F64, &self.flow.device).map_err(ce)?;
+        let w = tensor_to_f64(&w).map_err(ce)?;
+        let fwd = self.flow.geom.fwd_positions();
+        let mut bwd = vec![0usize; fwd.len()];
+        for i in 0..v {
+            for mu in 0..d {
+                bwd[fwd[i * d + mu] as usize * d + mu] = i;
+            }
+        }
+        let diag = 2.0 * d as f64 + f.m2;
+        let mut eps = vec![0.0; w.len()];
+        for (e, c) in eps.chunks_mut(v).zip(w.chunks(v)) {
+            for i in 0..v {
+                let nb: f64 = (0..d).map(|mu| c[fwd[i * d + mu] as usize] + c[bwd[i * d + mu]]).sum();
+                e[i] = 2.0 * (diag * c[i] - nb);
+            }
+        }
+        Ok(eps)
+    }
+
     /// Sets up training (validated settings). The optimiser's moments and step count live in
     /// the model and are kept across calls (and restored by `load`); `init_from` resets them.
     pub fn train_begin_with(&mut self, settings: &TrainSettings) -> Result<(), PluginError> {
@@ -620,6 +704,20 @@ impl Model for FlowScalar {
     fn init_from(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError> {
         guard("init_from", || self.init_from_bytes(bytes.as_slice()).map(|_| ()))
     }
+
+    fn to_latent(&self, configs: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
+        guard("to_latent", || {
+            let (latent, log_q) = self.to_latent_with(configs.as_slice())?;
+            Ok(Proposals { configs: latent.into(), log_q: log_q.into() })
+        })
+    }
+
+    fn from_latent(&self, latent: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
+        guard("from_latent", || {
+            let (configs, log_q) = self.from_latent_with(latent.as_slice())?;
+            Ok(Proposals { configs: configs.into(), log_q: log_q.into() })
+        })
+    }
 }
 
 extern "C" fn info() -> PluginInfo {
@@ -656,3 +754,53 @@ pub fn get_library() -> PluginModRef {
 
 #[cfg(test)]
 mod tests;
+
+/// The latent maps of flow-assisted replica swaps (`to_latent`, `from_latent`).
+#[cfg(test)]
+mod latent_tests {
+    use super::*;
+    use latflow_core::layout::{ElementKind, Support};
+
+    fn model(json: &str) -> FlowScalar {
+        let layout = FieldLayout::single(&[4, 4], "phi", Support::Site, ElementKind::Real);
+        FlowScalar::from_json(json, &layout).unwrap()
+    }
+
+    fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    }
+
+    /// F(F⁻¹(φ)) = φ, log q agrees with `log_prob` and between the two directions, and the
+    /// latent point of a sample is the standard-normal deviate it was drawn from — for both
+    /// priors (so the free prior's whitening is exact), in f64.
+    #[test]
+    fn latent_round_trip_and_log_q() {
+        for json in [r#"{"dtype":"f64","layers":4}"#, r#"{"dtype":"f64","layers":4,"prior":"free","prior_m2":1.5}"#] {
+            let m = model(json);
+            let mut rng = Stream::new(5, 1);
+            let (phi, lq) = m.sample_with(7, &mut rng).unwrap();
+            let mut again = Stream::new(5, 1);
+            let mut eps = vec![0.0; 7 * 16];
+            again.fill_normal(&mut eps);
+            let (z, lq_inv) = m.to_latent_with(&phi).unwrap();
+            assert!(max_abs_diff(&z, &eps) < 1e-10, "{json}: latent of a sample is its deviate");
+            assert!(max_abs_diff(&lq_inv, &lq) < 1e-10, "{json}: log q from to_latent");
+            assert!(max_abs_diff(&lq_inv, &m.log_prob_vec(&phi).unwrap()) < 1e-10, "{json}: log q vs log_prob");
+            let (back, lq_fwd) = m.from_latent_with(&z).unwrap();
+            assert!(max_abs_diff(&back, &phi) < 1e-10, "{json}: round trip");
+            assert!(max_abs_diff(&lq_fwd, &lq) < 1e-10, "{json}: log q from from_latent");
+        }
+    }
+
+    #[test]
+    fn latent_maps_cross_the_abi() {
+        let m = model(r#"{"layers":2}"#).into_box();
+        let phi = vec![0.25; 32];
+        let p = m.to_latent(RSlice::from_slice(&phi)).into_result().unwrap();
+        assert_eq!((p.configs.len(), p.log_q.len()), (32, 2));
+        let q = m.from_latent(RSlice::from_slice(&p.configs)).into_result().unwrap();
+        assert!(max_abs_diff(&q.configs, &phi) < 1e-5, "f32 round trip");
+        let e = m.to_latent(RSlice::from_slice(&phi[..5])).into_result().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Shape);
+    }
+}

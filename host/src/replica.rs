@@ -1,0 +1,715 @@
+//! Replica exchange (parallel tempering), plain and flow-assisted.
+//!
+//! A card with a `[ladder]` (or `[[replicas]]`) runs one replica per coupling: coupling k is the
+//! card's `[theory]` with the ladder parameter set to `values[k]` (`Theory::set_parameter`). Each
+//! coupling slot owns a theory object at its coupling, its model (if any), its configuration, and
+//! its own chain: the card's `hmc`/`flow` steps, each with its own stream
+//! `Stream::id(STREAM_REPLICA_STEP, step, k, 0)`. The slots run their chain steps in parallel
+//! (rayon, `[run].threads` workers); every slot's numbers depend only on its own streams, so the
+//! result is bit-identical for any thread count.
+//!
+//! A `replica_exchange` step is the swap phase. Application a attempts the pairs (i, i+1) with
+//! i ≡ a (mod 2) — even and odd pairs alternate — computing their log-ratios in parallel and then
+//! accepting or rejecting them in pair order with [`metropolis_accept`] on the step's own stream.
+//!
+//! **What is exchanged.** Configurations move between coupling slots; the couplings (theory
+//! objects, models, chains and their streams) stay put. So the ensemble stored for slot k is
+//! always the ensemble at coupling k, and a *replica* (walker) is the identity of a configuration
+//! as it travels along the ladder: the permutation `walker_at[k]` (which replica sits at coupling
+//! k) swaps with every accepted exchange, and the path of every replica is stored.
+//!
+//! **Plain swaps** exchange x_i and x_{i+1} as they are: with theories S_i, S_j (j = i + 1) at
+//! their own couplings, log r = −S_i(x_j) − S_j(x_i) + S_i(x_i) + S_j(x_j).
+//!
+//! **Flow-assisted swaps** (`flow = true`). Each coupling k has a model q_k, the push-forward of a
+//! latent density r (shared by all models: N(0, 1)) through a bijection F_k. The swap proposes
+//!
+//! ```text
+//!     (x_i, x_j) → (x_i', x_j') = (T⁻¹ x_j, T x_i),     T = F_j ∘ F_i⁻¹,
+//! ```
+//!
+//! a deterministic involution of the pair space (applying it twice gives back (x_i, x_j)), so
+//! Metropolis–Hastings accepts it with
+//!
+//! ```text
+//!     r = p_i(x_i') p_j(x_j') / (p_i(x_i) p_j(x_j)) · |det J_T(x_i)| · |det J_{T⁻¹}(x_j)|.
+//! ```
+//!
+//! With z = F_i⁻¹(x), q_i(x) = r(z) / |det F_i'(z)| and q_j(T x) = r(z) / |det F_j'(z)|, so
+//! |det J_T(x)| = |det F_j'(z)| / |det F_i'(z)| = q_i(x) / q_j(T x), and likewise
+//! |det J_{T⁻¹}(y)| = q_j(y) / q_i(T⁻¹ y). With p_k ∝ e^{−S_k} and log w_k = −S_k − log q_k, the
+//! normalisations cancel between numerator and denominator and
+//!
+//! ```text
+//!     log r = log w_j(T x_i) − log w_i(x_i) + log w_i(T⁻¹ x_j) − log w_j(x_j)
+//!           = [S_i(x_i) − S_i(x_i')] + [S_j(x_j) − S_j(x_j')]              (delta_s)
+//!           + [log q_i(x_i) − log q_j(x_j')] + [log q_j(x_j) − log q_i(x_i')]  (delta_log_q).
+//! ```
+//!
+//! The models provide z = F⁻¹(x) with log q(x) (`Model::to_latent`) and x = F(z) with log q(x)
+//! (`Model::from_latent`). When q_k = p_k exactly, T maps p_i onto p_j and every swap is
+//! accepted; plain swaps are the special case T = identity (the swap records' `delta_log_q` is 0).
+//! The involution is exact up to the models' floating-point round-off (f32 by default).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use latflow_core::hmc::metropolis_accept;
+use latflow_core::Stream;
+use rayon::prelude::*;
+
+use crate::card::{ExchangeCard, Ladder, RunCard, StartChoice, StepCard};
+use crate::chain::{Chain, StepRecord, STREAM_REPLICA_INIT, STREAM_SWAP};
+use crate::checkpoint::{Checkpoint, ReplicaCheckpoint};
+use crate::ensemble::{ConfigDef, Counts, ObservableDef, Provenance, ReplicaDef, ReplicaWriter, StepDef};
+use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
+use crate::run::{build_model, progress_bar, sha256_hex, step_labels, RunOptions};
+
+/// The columns of a swap record: the lower coupling of the pair, the log acceptance ratio and
+/// its two parts (`log_ratio = delta_s + delta_log_q`).
+pub const SWAP_COLUMNS: [&str; 4] = ["pair", "log_ratio", "delta_s", "delta_log_q"];
+
+/// One coupling slot.
+pub struct Replica {
+    /// The theory at this coupling.
+    pub theory: TheoryHandle,
+    /// This coupling's model, if the card uses models.
+    pub model: Option<Arc<ModelHandle>>,
+    /// The card's chain steps other than `replica_exchange`, with this slot's streams.
+    pub chain: Chain,
+    /// The configuration now at this coupling.
+    pub config: Vec<f64>,
+    records: Vec<Vec<StepRecord>>,
+}
+
+/// A `replica_exchange` step.
+pub struct ExchangeStep {
+    pub card_index: usize,
+    pub card: ExchangeCard,
+    /// Applications so far; application a attempts the pairs (i, i+1) with i ≡ a (mod 2).
+    pub applications: u64,
+    pub rng: Stream,
+}
+
+/// One attempted swap of the pair (pair, pair + 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwapRecord {
+    pub pair: usize,
+    pub accepted: bool,
+    pub log_ratio: f64,
+    pub delta_s: f64,
+    pub delta_log_q: f64,
+}
+
+impl SwapRecord {
+    fn columns(&self) -> [f64; 4] {
+        [self.pair as f64, self.log_ratio, self.delta_s, self.delta_log_q]
+    }
+}
+
+/// What a swap would put at the two couplings, and its log-ratio.
+struct Proposal {
+    lower: Vec<f64>,
+    upper: Vec<f64>,
+    delta_s: f64,
+    delta_log_q: f64,
+}
+
+/// A stretch of the sweep: chain steps (positions in every replica's chain) run in parallel, or
+/// one `replica_exchange` step (index into [`ReplicaSet::exchange`]).
+#[derive(Debug, Clone)]
+enum Segment {
+    Chains(std::ops::Range<usize>),
+    Swap(usize),
+}
+
+/// Why a sweep failed.
+#[derive(Debug)]
+pub struct SweepError {
+    /// The card step index.
+    pub step: usize,
+    /// The coupling slot, or the lower coupling of the pair.
+    pub replica: usize,
+    pub error: PluginLoadError,
+}
+
+/// All coupling slots, the swap steps, and the replica ↔ coupling permutation.
+pub struct ReplicaSet {
+    pub replicas: Vec<Replica>,
+    pub exchange: Vec<ExchangeStep>,
+    /// `walker_at[k]`: the replica (walker) now at coupling k.
+    pub walker_at: Vec<usize>,
+    plan: Vec<Segment>,
+    pool: rayon::ThreadPool,
+    /// This sweep's swap records, per exchange step.
+    pub swap_records: Vec<Vec<SwapRecord>>,
+}
+
+impl ReplicaSet {
+    /// Builds the slots' chains and the swap steps of a card, with fresh streams. `theories`,
+    /// `models` and `configs` are per coupling.
+    pub fn new(
+        card: &RunCard,
+        theories: Vec<TheoryHandle>,
+        models: Vec<Option<Arc<ModelHandle>>>,
+        configs: Vec<Vec<f64>>,
+    ) -> Result<Self, String> {
+        let mut replicas = Vec::with_capacity(theories.len());
+        for (k, ((theory, model), config)) in theories.into_iter().zip(models).zip(configs).enumerate() {
+            let chain = Chain::for_replica(card, k, model.clone())?;
+            let records = vec![Vec::new(); chain.steps().len()];
+            replicas.push(Replica { theory, model, chain, config, records });
+        }
+        let mut exchange = Vec::new();
+        let mut plan = Vec::new();
+        let mut pos = 0;
+        let mut start = 0;
+        for (i, s) in card.chain.iter().enumerate() {
+            if let StepCard::ReplicaExchange(x) = s {
+                if pos > start {
+                    plan.push(Segment::Chains(start..pos));
+                }
+                plan.push(Segment::Swap(exchange.len()));
+                exchange.push(ExchangeStep {
+                    card_index: i,
+                    card: x.clone(),
+                    applications: 0,
+                    rng: Stream::new(card.run.seed, Stream::id(STREAM_SWAP, i as u16, 0, 0)),
+                });
+                start = pos;
+            } else {
+                pos += 1;
+            }
+        }
+        if pos > start {
+            plan.push(Segment::Chains(start..pos));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(card.run.threads as usize)
+            .build()
+            .map_err(|e| format!("cannot start the replica thread pool: {e}"))?;
+        let n = replicas.len();
+        let swap_records = vec![Vec::new(); exchange.len()];
+        Ok(Self { replicas, exchange, walker_at: (0..n).collect(), plan, pool, swap_records })
+    }
+
+    /// The coupling index of each replica (the inverse of `walker_at`).
+    pub fn coupling_of_replica(&self) -> Vec<u64> {
+        let mut c = vec![0u64; self.walker_at.len()];
+        for (k, &w) in self.walker_at.iter().enumerate() {
+            c[w] = k as u64;
+        }
+        c
+    }
+
+    /// One sweep: the card's steps in order — chain steps on every slot in parallel, swap steps
+    /// across slots. Clears and refills every slot's step records and `swap_records`.
+    pub fn sweep(&mut self) -> Result<(), SweepError> {
+        for r in &mut self.replicas {
+            r.records.iter_mut().for_each(Vec::clear);
+        }
+        self.swap_records.iter_mut().for_each(Vec::clear);
+        for seg in self.plan.clone() {
+            match seg {
+                Segment::Chains(range) => {
+                    let run = |(k, r): (usize, &mut Replica)| {
+                        let Replica { chain, theory, config, records, .. } = r;
+                        chain.sweep_range(range.clone(), theory, config, records).map_err(|(i, error)| SweepError {
+                            step: chain.card_indices()[i],
+                            replica: k,
+                            error,
+                        })
+                    };
+                    if self.pool.current_num_threads() == 1 {
+                        self.replicas.iter_mut().enumerate().try_for_each(run)?;
+                    } else {
+                        let replicas = &mut self.replicas;
+                        self.pool.install(|| replicas.par_iter_mut().enumerate().try_for_each(run))?;
+                    }
+                }
+                Segment::Swap(j) => {
+                    for _ in 0..self.exchange[j].card.repeat {
+                        self.swap(j)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One application of exchange step j.
+    fn swap(&mut self, j: usize) -> Result<(), SweepError> {
+        let n = self.replicas.len();
+        let step = &self.exchange[j];
+        let parity = (step.applications % 2) as usize;
+        let flow = step.card.flow;
+        let card_index = step.card_index;
+        let pairs: Vec<usize> = (parity..n.saturating_sub(1)).step_by(2).collect();
+        let replicas = &self.replicas;
+        let propose = |&i: &usize| {
+            let (a, b) = (&replicas[i], &replicas[i + 1]);
+            let p = if flow { flow_proposal(a, b) } else { plain_proposal(a, b) };
+            p.map_err(|error| SweepError { step: card_index, replica: i, error })
+        };
+        // (a fork-join costs more than one small pair)
+        let proposals: Vec<Result<Proposal, SweepError>> = if self.pool.current_num_threads() == 1 || pairs.len() < 2 {
+            pairs.iter().map(propose).collect()
+        } else {
+            self.pool.install(|| pairs.par_iter().map(propose).collect())
+        };
+        let step = &mut self.exchange[j];
+        for (&i, p) in pairs.iter().zip(proposals) {
+            let p = p?;
+            let log_ratio = p.delta_s + p.delta_log_q;
+            let accepted = metropolis_accept(log_ratio, &mut step.rng);
+            if accepted {
+                self.replicas[i].config = p.lower;
+                self.replicas[i + 1].config = p.upper;
+                self.walker_at.swap(i, i + 1);
+            }
+            self.swap_records[j].push(SwapRecord { pair: i, accepted, log_ratio, delta_s: p.delta_s, delta_log_q: p.delta_log_q });
+        }
+        step.applications += 1;
+        Ok(())
+    }
+
+    /// Every slot's measurement (in parallel), in coupling order.
+    pub fn measure(&self) -> Result<Vec<Vec<f64>>, (usize, PluginLoadError)> {
+        let measure = |(k, r): (usize, &Replica)| r.theory.measure(&r.config).map_err(|e| (k, e));
+        if self.pool.current_num_threads() == 1 {
+            self.replicas.iter().enumerate().map(measure).collect()
+        } else {
+            let replicas = &self.replicas;
+            self.pool.install(|| replicas.par_iter().enumerate().map(measure).collect())
+        }
+    }
+
+    /// The step records of slot k from the last sweep, per chain step.
+    pub fn records(&self, k: usize) -> &[Vec<StepRecord>] {
+        &self.replicas[k].records
+    }
+
+    /// The checkpoint state: (arrays, rngs, swap rngs, swap applications, walker_at). The arrays
+    /// are, per slot, its configuration followed by its chain steps' states.
+    fn checkpoint_parts(&self) -> (Vec<Vec<f64>>, ReplicaCheckpoint) {
+        let mut arrays = Vec::new();
+        for r in &self.replicas {
+            arrays.push(r.config.clone());
+            arrays.extend(r.chain.step_states());
+        }
+        let ck = ReplicaCheckpoint {
+            counts: Vec::new(),
+            exchange_counts: Counts::default(),
+            rngs: self.replicas.iter().map(|r| r.chain.rng_states()).collect(),
+            swap_rngs: self.exchange.iter().map(|x| x.rng.state()).collect(),
+            swap_applications: self.exchange.iter().map(|x| x.applications).collect(),
+            walker_at: self.walker_at.iter().map(|&w| w as u64).collect(),
+        };
+        (arrays, ck)
+    }
+
+    /// Restores the state saved by a checkpoint.
+    fn restore(&mut self, ck: &ReplicaCheckpoint, arrays: &[Vec<f64>]) -> Result<(), String> {
+        let n = self.replicas.len();
+        if ck.rngs.len() != n || ck.walker_at.len() != n {
+            return Err(format!("checkpoint has {} replicas, the ladder has {n}", ck.rngs.len()));
+        }
+        if ck.swap_rngs.len() != self.exchange.len() || ck.swap_applications.len() != self.exchange.len() {
+            return Err(format!("checkpoint has {} swap steps, the chain has {}", ck.swap_rngs.len(), self.exchange.len()));
+        }
+        let mut perm: Vec<u64> = ck.walker_at.clone();
+        perm.sort_unstable();
+        if perm.iter().enumerate().any(|(i, &w)| w != i as u64) {
+            return Err("the replica permutation is not a permutation".into());
+        }
+        let per = 1 + self.replicas[0].chain.steps().len();
+        if arrays.len() != n * per {
+            return Err(format!("checkpoint has {} arrays, expected {}", arrays.len(), n * per));
+        }
+        for (k, (r, a)) in self.replicas.iter_mut().zip(arrays.chunks(per)).enumerate() {
+            if a[0].len() != r.theory.config_len() {
+                return Err(format!("replica {k}: configuration has {} reals, the theory needs {}", a[0].len(), r.theory.config_len()));
+            }
+            r.config = a[0].clone();
+            r.chain.restore_rngs(&ck.rngs[k]).map_err(|e| format!("replica {k}: {e}"))?;
+            r.chain.restore_states(&a[1..]).map_err(|e| format!("replica {k}: {e}"))?;
+        }
+        for (x, (st, apps)) in self.exchange.iter_mut().zip(ck.swap_rngs.iter().zip(&ck.swap_applications)) {
+            x.rng = Stream::from_state(st);
+            x.applications = *apps;
+        }
+        self.walker_at = ck.walker_at.iter().map(|&w| w as usize).collect();
+        Ok(())
+    }
+}
+
+/// A plain swap of the pair (a, b): the configurations exchanged as they are.
+fn plain_proposal(a: &Replica, b: &Replica) -> Result<Proposal, PluginLoadError> {
+    let both = [a.config.as_slice(), b.config.as_slice()].concat();
+    let sa = a.theory.action(&both)?; // S_a(x_a), S_a(x_b)
+    let sb = b.theory.action(&both)?; // S_b(x_a), S_b(x_b)
+    Ok(Proposal {
+        lower: b.config.clone(),
+        upper: a.config.clone(),
+        delta_s: (sa[0] - sa[1]) + (sb[1] - sb[0]),
+        delta_log_q: 0.0,
+    })
+}
+
+/// A flow-assisted swap of the pair (a, b): (x_a, x_b) → (T⁻¹ x_b, T x_a), T = F_b ∘ F_a⁻¹
+/// (see the module documentation).
+fn flow_proposal(a: &Replica, b: &Replica) -> Result<Proposal, PluginLoadError> {
+    let (ma, mb) = match (&a.model, &b.model) {
+        (Some(ma), Some(mb)) => (ma, mb),
+        _ => unreachable!("flow-assisted swaps are set up with a model at every coupling"),
+    };
+    let (za, lq_a) = ma.to_latent(&a.config)?; // z_a = F_a⁻¹(x_a), log q_a(x_a)
+    let (zb, lq_b) = mb.to_latent(&b.config)?; // z_b = F_b⁻¹(x_b), log q_b(x_b)
+    let (upper, lq_upper) = mb.from_latent(&za)?; // T x_a = F_b(z_a), log q_b(T x_a)
+    let (lower, lq_lower) = ma.from_latent(&zb)?; // T⁻¹ x_b = F_a(z_b), log q_a(T⁻¹ x_b)
+    let sa = a.theory.action(&[a.config.as_slice(), lower.as_slice()].concat())?; // S_a(x_a), S_a(x_a')
+    let sb = b.theory.action(&[b.config.as_slice(), upper.as_slice()].concat())?; // S_b(x_b), S_b(x_b')
+    Ok(Proposal {
+        delta_s: (sa[0] - sa[1]) + (sb[0] - sb[1]),
+        delta_log_q: (lq_a[0] - lq_upper[0]) + (lq_b[0] - lq_lower[0]),
+        lower,
+        upper,
+    })
+}
+
+/// The per-coupling models of a card: coupling k's weights are `[[replicas]]` k's `weights`, or
+/// `[model].weights` (couplings with the same weights share one model object). Returns the
+/// models, their provenance (JSON per coupling) and the weights' digests.
+#[allow(clippy::type_complexity)]
+fn load_models(
+    card: &RunCard,
+    ladder: &Ladder,
+    theories: &[TheoryHandle],
+    opts: &RunOptions,
+) -> Result<(Vec<Option<Arc<ModelHandle>>>, Vec<String>, Vec<String>)> {
+    let file = card.path.display().to_string();
+    let Some(mc) = &card.model else { return Ok((vec![None; ladder.len()], vec![String::new(); ladder.len()], Vec::new())) };
+    let mut cache: Vec<(Option<PathBuf>, Arc<ModelHandle>, String, String)> = Vec::new();
+    let mut models = Vec::new();
+    let mut provenance = Vec::new();
+    let mut digests = Vec::new();
+    for (k, theory) in theories.iter().enumerate() {
+        let weights = ladder.weights[k].clone().or_else(|| mc.weights.clone());
+        let field = ladder.weights_field(k);
+        if let Some((_, m, p, d)) = cache.iter().find(|(w, ..)| *w == weights) {
+            models.push(Some(m.clone()));
+            provenance.push(p.clone());
+            digests.push(d.clone());
+            continue;
+        }
+        let mut handle = build_model(card, theory, &opts.plugin_dirs)?;
+        let digest = match &weights {
+            Some(w) => {
+                if !w.exists() {
+                    bail!(
+                        "{file}: {field}: '{}' does not exist; train it first with `latflow train` on a card at {} = {}",
+                        w.display(),
+                        ladder.parameter,
+                        ladder.values[k]
+                    );
+                }
+                let bytes = std::fs::read(w).with_context(|| format!("{file}: {field}: cannot read '{}'", w.display()))?;
+                handle.load(&bytes).with_context(|| format!("{file}: {field} ('{}')", w.display()))?;
+                sha256_hex(&bytes)
+            }
+            None => {
+                eprintln!("note: {file}: coupling {k} has no model weights: using the untrained model");
+                sha256_hex(&handle.save(false)?)
+            }
+        };
+        let prov = serde_json::json!({
+            "plugin": handle.name, "version": handle.version, "path": handle.path,
+            "architecture": serde_json::from_str::<serde_json::Value>(&handle.architecture()).unwrap_or_default(),
+            "weights": weights, "weights_sha256": digest,
+        })
+        .to_string();
+        let m = Arc::new(handle);
+        cache.push((weights, m.clone(), prov.clone(), digest.clone()));
+        models.push(Some(m));
+        provenance.push(prov);
+        digests.push(digest);
+    }
+    Ok((models, provenance, digests))
+}
+
+/// Runs (or resumes) a replica-exchange card. Returns the output path.
+pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
+    let ladder = card.ladder.as_ref().expect("a replica card");
+    let file = card.path.display().to_string();
+    let k_count = ladder.len();
+
+    // One theory object per coupling.
+    let search = SearchPath::new(&opts.plugin_dirs);
+    let plugin = plugin::find(&search, &card.theory.plugin).with_context(|| format!("{file}: theory.plugin"))?;
+    let base = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
+    if let Err(e) = base.parameter(&ladder.parameter) {
+        bail!(
+            "{file}: {}: theory '{}' has no parameter '{}' to build a replica ladder on ({e})",
+            ladder.parameter_field(),
+            base.name,
+            ladder.parameter
+        );
+    }
+    let base_params = base.params_json();
+    drop(base);
+    let mut theories = Vec::with_capacity(k_count);
+    for (k, &v) in ladder.values.iter().enumerate() {
+        let mut t = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
+        t.set_threads(card.run.threads).with_context(|| format!("{file}: run.threads"))?;
+        t.set_parameter(&ladder.parameter, v)
+            .with_context(|| format!("{file}: {}: cannot set {} = {v}", ladder.value_field(k), ladder.parameter))?;
+        theories.push(t);
+    }
+
+    // Models, where the chain needs them.
+    let flow_swaps = card.chain.iter().any(|s| matches!(s, StepCard::ReplicaExchange(x) if x.flow));
+    let needs_models = flow_swaps
+        || card.chain.iter().any(|s| matches!(s, StepCard::Flow(_) | StepCard::Reweight(_)))
+        || card.run.start == Some(StartChoice::Model);
+    let (models, model_prov, digests) = if needs_models {
+        load_models(card, ladder, &theories, opts)?
+    } else {
+        (vec![None; k_count], vec![String::new(); k_count], Vec::new())
+    };
+    let hash = if digests.is_empty() { card.hash() } else { sha256_hex(format!("{}{}", card.hash(), digests.join("")).as_bytes()) };
+
+    // Output definitions.
+    let observables: Vec<ObservableDef> = theories[0]
+        .observables()
+        .iter()
+        .map(|o| ObservableDef { name: o.name.to_string(), len: o.len as usize, description: o.description.to_string() })
+        .collect();
+    let kinds: Vec<&str> = card.chain.iter().map(StepCard::kind).collect();
+    let labels = step_labels(&kinds);
+    let replica_defs: Vec<ReplicaDef> = theories
+        .iter()
+        .zip(&ladder.values)
+        .zip(&model_prov)
+        .map(|((t, &value), m)| ReplicaDef { value, theory_params: t.params_json(), model: m.clone() })
+        .collect();
+    let configs_def = (card.run.save_every > 0)
+        .then(|| ConfigDef { config_len: theories[0].config_len(), shape: theories[0].layout().shape() });
+    let ckpt_path = card.run.checkpoint_path();
+    let output = card.run.output.clone();
+
+    // Starting configurations (replaced by the checkpoint's on resume).
+    let start = card.run.start.unwrap_or(StartChoice::Cold);
+    let mut configs = Vec::with_capacity(k_count);
+    for (k, t) in theories.iter().enumerate() {
+        let mut init = Stream::new(card.run.seed, Stream::id(STREAM_REPLICA_INIT, 0, k as u16, 0));
+        let c = match (start.theory_start(), &models[k]) {
+            (Some(s), _) => t.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
+            (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
+            (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
+        };
+        configs.push(c);
+    }
+    let layout_json = serde_json::to_string(theories[0].layout()).unwrap_or_default();
+    let theory_name = theories[0].name.clone();
+    let theory_version = theories[0].version.clone();
+    let theory_path = theories[0].path.display().to_string();
+    let mut set = ReplicaSet::new(card, theories, models, configs).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
+
+    let steps: Vec<StepDef> = set.replicas[0]
+        .chain
+        .steps()
+        .iter()
+        .zip(set.replicas[0].chain.card_indices())
+        .map(|(s, &i)| StepDef { label: labels[i].clone(), kind: s.kind().into(), index: i, params: s.params_json(), columns: s.columns() })
+        .collect();
+    let exchange_steps: Vec<StepDef> = set
+        .exchange
+        .iter()
+        .map(|x| StepDef {
+            label: labels[x.card_index].clone(),
+            kind: "replica_exchange".into(),
+            index: x.card_index,
+            params: serde_json::to_string(&x.card).unwrap_or_default(),
+            columns: SWAP_COLUMNS.iter().map(|c| c.to_string()).collect(),
+        })
+        .collect();
+
+    let (mut writer, mut sweeps_done) = if opts.resume {
+        let ck = Checkpoint::load(&ckpt_path).with_context(|| format!("{file}: run.output (--resume)"))?;
+        if ck.card_hash != hash {
+            bail!(
+                "{file}: --resume: checkpoint '{}' was written by a different run card (its card hash {} ≠ {}); \
+                 resume with the card that started the run, or start afresh without --resume",
+                ckpt_path.display(),
+                &ck.card_hash[..12.min(ck.card_hash.len())],
+                &hash[..12]
+            );
+        }
+        let Some(rk) = &ck.replica else {
+            bail!("{file}: --resume: checkpoint '{}' is not from a replica-exchange run", ckpt_path.display());
+        };
+        set.restore(rk, &ck.step_states).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
+        let writer = ReplicaWriter::resume(
+            &output,
+            &hash,
+            k_count,
+            &observables,
+            &steps,
+            configs_def.as_ref(),
+            &exchange_steps,
+            &rk.counts,
+            &rk.exchange_counts,
+        )
+        .with_context(|| format!("{file}: run.output (--resume)"))?;
+        (writer, ck.sweeps_done)
+    } else {
+        if output.exists() && !opts.force {
+            let hint = if ckpt_path.exists() {
+                "use --resume to continue its run or --force to overwrite it"
+            } else {
+                "it has no checkpoint to resume from; use --force to overwrite it"
+            };
+            bail!("{file}: run.output: '{}' already exists; {hint}", output.display());
+        }
+        let prov = Provenance {
+            latflow_version: env!("CARGO_PKG_VERSION").into(),
+            run_card: card.text.clone(),
+            card_path: card.path.display().to_string(),
+            card_hash: hash.clone(),
+            seed: card.run.seed,
+            plugin_name: theory_name,
+            plugin_version: theory_version,
+            plugin_path: theory_path,
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            theory_params: base_params,
+            layout: layout_json,
+            model: if needs_models { format!("[{}]", model_prov.join(",")) } else { String::new() },
+        };
+        let writer = ReplicaWriter::create(
+            &output,
+            &prov,
+            &ladder.parameter,
+            &replica_defs,
+            &observables,
+            &steps,
+            configs_def.as_ref(),
+            &exchange_steps,
+            opts.force,
+        )
+        .with_context(|| format!("{file}: run.output"))?;
+        let _ = std::fs::remove_file(&ckpt_path);
+        (writer, 0)
+    };
+
+    // Check the plugins on the starting state before the run: the action at every coupling, and
+    // the models' latent maps for flow-assisted swaps (a model plugin without them is refused
+    // here, by name).
+    let fresh = !opts.resume;
+    let preflight = || -> Result<()> {
+        for (k, r) in set.replicas.iter().enumerate() {
+            r.theory.action(&r.config).with_context(|| format!("{file}: [theory] (action of replica {k}'s configuration)"))?;
+        }
+        if let Some(x) = set.exchange.iter().find(|x| x.card.flow) {
+            for (k, r) in set.replicas.iter().enumerate() {
+                let m = r.model.as_ref().expect("models are loaded for flow-assisted swaps");
+                m.to_latent(&r.config).with_context(|| format!("{file}: chain[{}].flow (the model of coupling {k})", x.card_index))?;
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = preflight() {
+        drop(writer);
+        if fresh {
+            let _ = std::fs::remove_file(&output);
+        }
+        return Err(e);
+    }
+
+    let total = card.run.total_sweeps();
+    let therm = card.run.thermalization;
+    let bar = progress_bar(total, sweeps_done, opts.quiet);
+    let mut swap_acc = 0u64;
+    let mut swap_n = 0u64;
+    let mut last_checkpoint = std::time::Instant::now();
+    let mut checkpointed = !fresh;
+    let abandon = |writer: ReplicaWriter, checkpointed: bool, e: anyhow::Error| -> anyhow::Error {
+        drop(writer);
+        if !checkpointed {
+            let _ = std::fs::remove_file(&output);
+        }
+        e
+    };
+
+    while sweeps_done < total {
+        if let Err(e) = set.sweep() {
+            let _ = writer.flush();
+            let what = if matches!(card.chain[e.step], StepCard::ReplicaExchange(_)) {
+                format!("pair ({}, {})", e.replica, e.replica + 1)
+            } else {
+                format!("replica {}", e.replica)
+            };
+            let err = anyhow::Error::new(e.error).context(format!("{file}: chain[{}] ({what}, sweep {sweeps_done})", e.step));
+            return Err(abandon(writer, checkpointed, err));
+        }
+        for recs in &set.swap_records {
+            swap_acc += recs.iter().filter(|r| r.accepted).count() as u64;
+            swap_n += recs.len() as u64;
+        }
+        if sweeps_done >= therm {
+            let m = sweeps_done - therm;
+            let values = match set.measure() {
+                Ok(v) => v,
+                Err((k, e)) => {
+                    let _ = writer.flush();
+                    let e = anyhow::Error::new(e).context(format!("{file}: measurement (replica {k}, sweep {sweeps_done})"));
+                    return Err(abandon(writer, checkpointed, e));
+                }
+            };
+            for (k, row) in values.iter().enumerate() {
+                for (i, recs) in set.records(k).iter().enumerate() {
+                    for r in recs {
+                        writer.push_step_record(k, i, r.accepted, &r.columns)?;
+                    }
+                }
+                writer.push_measurement(k, sweeps_done, row)?;
+                if card.run.save_every > 0 && m % card.run.save_every == 0 {
+                    writer.push_config(k, sweeps_done, &set.replicas[k].config)?;
+                }
+            }
+            for (j, recs) in set.swap_records.iter().enumerate() {
+                for r in recs {
+                    writer.push_swap_record(j, r.accepted, &r.columns())?;
+                }
+            }
+            writer.push_path(sweeps_done, &set.coupling_of_replica())?;
+        }
+        sweeps_done += 1;
+        let due = card.run.checkpoint_every.is_some_and(|n| sweeps_done % n == 0)
+            || last_checkpoint.elapsed().as_secs_f64() >= card.run.checkpoint_seconds;
+        if due || sweeps_done == total {
+            last_checkpoint = std::time::Instant::now();
+            let (counts, exchange_counts) = writer.flush()?;
+            let (arrays, mut rk) = set.checkpoint_parts();
+            rk.counts = counts;
+            rk.exchange_counts = exchange_counts;
+            Checkpoint {
+                card_hash: hash.clone(),
+                sweeps_done,
+                counts: Counts::default(),
+                step_rngs: Vec::new(),
+                config: Vec::new(),
+                step_states: arrays,
+                replica: Some(rk),
+            }
+            .save(&ckpt_path)?;
+            checkpointed = true;
+        }
+        bar.set_position(sweeps_done);
+        if sweeps_done % 16 == 0 {
+            bar.set_message(format!("swap acceptance {:.3}", swap_acc as f64 / swap_n.max(1) as f64));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(output)
+}

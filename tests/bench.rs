@@ -1,0 +1,150 @@
+//! `latflow bench`: a tiny card runs to the end, its numbers are consistent (N_eff ≤ N, costs
+//! and rates agree, z-scores against the exact free-field value), it writes valid JSON and the
+//! plots, and bad bench cards are refused with messages that name the field.
+
+mod common;
+
+use common::{latflow, run_ok};
+
+/// Free field L = 4, m² = 1, convention B: ⟨φ²⟩ = (1/V) Σ_p 1 / (2 (m² + p̂²)).
+fn free_phi2(l: usize, m2: f64) -> f64 {
+    let mut s = 0.0;
+    for a in 0..l {
+        for b in 0..l {
+            let ph = |k: usize| 4.0 * (std::f64::consts::PI * k as f64 / l as f64).sin().powi(2);
+            s += 1.0 / (2.0 * (m2 + ph(a) + ph(b)));
+        }
+    }
+    s / (l * l) as f64
+}
+
+fn bench_card(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[theory]
+plugin = "phi4"
+lattice = [4, 4]
+m2 = 1.0
+lambda = 0.0
+
+[bench]
+observables = ["phi2", "magnetization"]
+measurements = 4000
+thermalization = 100
+seed = 5
+output = "{out}"
+
+[reference]
+phi2 = {phi2}
+
+[[contender]]
+name = "HMC leapfrog"
+chain = [{{ kind = "hmc", md_steps = 6, trajectory_length = 1.0, trajectory_jitter = 0.5 }}]
+
+[[contender]]
+name = "HMC Omelyan"
+chain = [{{ kind = "hmc", md_steps = 3, trajectory_length = 1.0, integrator = "omelyan2", trajectory_jitter = 0.5 }}]
+
+[[contender]]
+name = "flow Metropolis"
+model = {{ plugin = "flow-scalar", weights = "{w}", layers = 4, hidden = [4], dtype = "f64", prior = "free", prior_m2 = 1.0 }}
+train = {{ steps = 150, batch = 32, learning_rate = 3e-3 }}
+chain = [{{ kind = "flow", batch = 128 }}]
+
+[[contender]]
+name = "hybrid"
+model = {{ plugin = "flow-scalar", weights = "{w}", layers = 4, hidden = [4], dtype = "f64", prior = "free", prior_m2 = 1.0 }}
+chain = [{{ kind = "hmc", md_steps = 6, trajectory_length = 1.0, trajectory_jitter = 0.5 }}, {{ kind = "flow" }}]
+"#,
+        out = dir.join("out").display(),
+        w = dir.join("free.safetensors").display(),
+        phi2 = free_phi2(4, 1.0),
+    )
+}
+
+#[test]
+fn bench_runs_and_reports_consistent_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let card = d.join("bench.toml");
+    std::fs::write(&card, bench_card(d)).unwrap();
+    let stdout = run_ok(&["bench", card.to_str().unwrap(), "--json", "-q"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("bench --json prints one JSON object");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/bench.json")).unwrap()).expect("bench.json is valid JSON");
+    assert_eq!(json, file);
+    let contenders = json["contenders"].as_array().unwrap();
+    assert_eq!(contenders.len(), 4);
+    for c in contenders {
+        let name = c["name"].as_str().unwrap();
+        let n = c["samples"].as_f64().unwrap();
+        let wall = c["wall_seconds"].as_f64().unwrap();
+        assert_eq!(n, 4000.0, "{name}");
+        assert!(wall > 0.0, "{name}");
+        for (k, a) in c["acceptance"].as_object().unwrap() {
+            let a = a.as_f64().unwrap();
+            assert!(a > 0.0 && a <= 1.0, "{name} {k} acceptance {a}");
+        }
+        for obs in ["phi2", "magnetization"] {
+            let o = &c["observables"][obs];
+            let eff = o["effective_samples"].as_f64().unwrap();
+            let tau = o["tau_int"].as_f64().unwrap();
+            let cost = o["cost_per_independent_sample_s"].as_f64().unwrap();
+            let rate = o["effective_samples_per_second"].as_f64().unwrap();
+            assert!(eff > 0.0 && eff <= n, "{name} {obs}: N_eff {eff} of {n}");
+            assert!(tau >= 0.5, "{name} {obs}: tau {tau}");
+            assert!(((eff - n / (2.0 * tau)) / eff).abs() < 1e-9, "{name} {obs}");
+            assert!((cost * rate - 1.0).abs() < 1e-9, "{name} {obs}: cost {cost} rate {rate}");
+            assert!(((cost - wall / eff) / cost).abs() < 1e-9, "{name} {obs}");
+        }
+        // z-scores are present exactly where the card gives a reference value, and exact
+        let z = c["observables"]["phi2"]["z"].as_f64().expect("z for phi2");
+        println!("{name}: <phi^2> z = {z:+.2}, tau_int = {:.2}", c["observables"]["phi2"]["tau_int"]);
+        assert!(z.abs() < 4.0, "{name}: <phi^2> z = {z}");
+        assert!(c["observables"]["magnetization"]["z"].is_null());
+    }
+    // training is a separate one-off cost: timed for the contender that trained, not the other
+    assert!(contenders[2]["training_seconds"].as_f64().unwrap() > 0.0);
+    assert!(contenders[2]["amortised_cost_s"].as_f64().unwrap() > contenders[2]["observables"]["phi2"]["cost_per_independent_sample_s"].as_f64().unwrap());
+    assert!(contenders[3]["training_seconds"].is_null());
+    assert!(json["winner"].is_string() && json["winner_factor"].as_f64().unwrap() >= 1.0);
+    for png in ["histories.png", "acf.png", "cost.png"] {
+        let bytes = std::fs::read(d.join("out").join(png)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{png}");
+    }
+    // each contender's generated run card reruns on its own
+    assert!(d.join("out/hmc_omelyan.toml").is_file() && d.join("out/hybrid.h5").is_file());
+
+    // the table names every contender
+    let text = run_ok(&["bench", card.to_str().unwrap(), "-q"]);
+    for c in ["HMC leapfrog", "HMC Omelyan", "flow Metropolis", "hybrid", "cheapest independent phi2"] {
+        assert!(text.contains(c), "table lacks {c}:\n{text}");
+    }
+}
+
+#[test]
+fn bad_bench_cards_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = bench_card(d);
+    let cases = [
+        (good.replace("measurements = 4000", "measurements = 4000\nseconds = 5"), "not both"),
+        (good.replace("measurements = 4000", ""), "bench: give `measurements`"),
+        (good.replace("observables = [\"phi2\", \"magnetization\"]", "observables = []"), "bench.observables"),
+        (good.replace("observables = [\"phi2\", \"magnetization\"]", "observables = [\"phi2\"]\nsteps = 3"), "bench.steps"),
+        (good.replace("name = \"HMC Omelyan\"", "name = \"HMC leapfrog\""), "used twice"),
+        (good.replace("[bench]", "[benchmark]"), "unknown section"),
+        (good.split("[[contender]]").next().unwrap().to_string(), "contender: missing"),
+        (good.replace("name = \"hybrid\"\n", ""), "contender[3].name: missing"),
+        (good.replace("[\"phi2\", \"magnetization\"]", "[\"phi2\", \"plaquette\"]"), "'plaquette' is not a scalar observable"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let card = d.join(format!("bad{i}.toml"));
+        std::fs::write(&card, text).unwrap();
+        let out = latflow().args(["bench", card.to_str().unwrap(), "-q"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {err}");
+        assert!(err.contains(want), "case {i}: expected '{want}' in:\n{err}");
+        assert!(!err.contains("panicked"), "case {i}: {err}");
+    }
+}
