@@ -52,6 +52,11 @@ train = {{ steps = 150, batch = 32, learning_rate = 3e-3 }}
 chain = [{{ kind = "flow", batch = 128 }}]
 
 [[contender]]
+name = "replica exchange"
+ladder = {{ parameter = "m2", values = [1.0, 1.4] }}
+chain = [{{ kind = "hmc", md_steps = 6, trajectory_length = 1.0, trajectory_jitter = 0.5 }}, {{ kind = "replica_exchange" }}]
+
+[[contender]]
 name = "hybrid"
 model = {{ plugin = "flow-scalar", weights = "{w}", layers = 4, hidden = [4], dtype = "f64", prior = "free", prior_m2 = 1.0 }}
 chain = [{{ kind = "hmc", md_steps = 6, trajectory_length = 1.0, trajectory_jitter = 0.5 }}, {{ kind = "flow" }}]
@@ -74,7 +79,7 @@ fn bench_runs_and_reports_consistent_numbers() {
         serde_json::from_str(&std::fs::read_to_string(d.join("out/bench.json")).unwrap()).expect("bench.json is valid JSON");
     assert_eq!(json, file);
     let contenders = json["contenders"].as_array().unwrap();
-    assert_eq!(contenders.len(), 4);
+    assert_eq!(contenders.len(), 5);
     for c in contenders {
         let name = c["name"].as_str().unwrap();
         let n = c["samples"].as_f64().unwrap();
@@ -106,7 +111,11 @@ fn bench_runs_and_reports_consistent_numbers() {
     // training is a separate one-off cost: timed for the contender that trained, not the other
     assert!(contenders[2]["training_seconds"].as_f64().unwrap() > 0.0);
     assert!(contenders[2]["amortised_cost_s"].as_f64().unwrap() > contenders[2]["observables"]["phi2"]["cost_per_independent_sample_s"].as_f64().unwrap());
-    assert!(contenders[3]["training_seconds"].is_null());
+    assert!(contenders[4]["training_seconds"].is_null());
+    // replica exchange: the ensemble at the target coupling, and the swap acceptance beside HMC's
+    let swaps = contenders[3]["acceptance"].as_object().unwrap().iter().find(|(k, _)| k.contains("swaps")).expect("swap acceptance");
+    let a = swaps.1.as_f64().unwrap();
+    assert!(a > 0.0 && a < 1.0, "swap acceptance {a}");
     assert!(json["winner"].is_string() && json["winner_factor"].as_f64().unwrap() >= 1.0);
     for png in ["histories.png", "acf.png", "cost.png"] {
         let bytes = std::fs::read(d.join("out").join(png)).unwrap();
@@ -117,7 +126,7 @@ fn bench_runs_and_reports_consistent_numbers() {
 
     // the table names every contender
     let text = run_ok(&["bench", card.to_str().unwrap(), "-q"]);
-    for c in ["HMC leapfrog", "HMC Omelyan", "flow Metropolis", "hybrid", "cheapest independent phi2"] {
+    for c in ["HMC leapfrog", "HMC Omelyan", "flow Metropolis", "replica exchange", "hybrid", "cheapest independent phi2"] {
         assert!(text.contains(c), "table lacks {c}:\n{text}");
     }
 }
@@ -135,7 +144,9 @@ fn bad_bench_cards_are_refused() {
         (good.replace("name = \"HMC Omelyan\"", "name = \"HMC leapfrog\""), "used twice"),
         (good.replace("[bench]", "[benchmark]"), "unknown section"),
         (good.split("[[contender]]").next().unwrap().to_string(), "contender: missing"),
-        (good.replace("name = \"hybrid\"\n", ""), "contender[3].name: missing"),
+        (good.replace("name = \"hybrid\"\n", ""), "contender[4].name: missing"),
+        (good.replace("values = [1.0, 1.4]", "values = [1.2, 1.4]"), "does not contain the target's value 1"),
+        (good.replace("phi2 = ", "phi2 = \"x\"\nchi = "), "reference.phi2"),
         (good.replace("[\"phi2\", \"magnetization\"]", "[\"phi2\", \"plaquette\"]"), "'plaquette' is not a scalar observable"),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {

@@ -57,9 +57,9 @@ use latflow_core::stats::{autocorrelation, GammaResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::analyze::{analyze, Analysis};
+use crate::analyze::{analyze, analyze_replicas};
 use crate::card::RunCard;
-use crate::ensemble::read_ensemble;
+use crate::ensemble::{read_any, AnyEnsemble};
 use crate::plot::{bar_chart, line_panels, Panel, Series};
 use crate::run::RunOptions;
 use crate::train::TrainOptions;
@@ -129,7 +129,10 @@ pub struct BenchCard {
     pub path: PathBuf,
     pub theory: toml::Table,
     pub bench: BenchSection,
-    pub reference: Option<toml::Table>,
+    /// The `[reference]` table as it was written (passed on to plain run cards).
+    pub reference_table: Option<toml::Table>,
+    /// Its values: (observable, value, error).
+    pub reference: Vec<(String, f64, f64)>,
     pub contenders: Vec<Contender>,
 }
 
@@ -178,10 +181,14 @@ impl BenchCard {
         if bench.calibration < 10 {
             bail!("{file}: bench.calibration: must be at least 10 sweeps");
         }
-        let reference = match table.remove("reference") {
+        let reference_table = match table.remove("reference") {
             Some(toml::Value::Table(t)) => Some(t),
             Some(_) => bail!("{file}: reference: must be a table ([reference])"),
             None => None,
+        };
+        let reference = match &reference_table {
+            Some(t) => crate::card::reference_values(t.clone()).map_err(|(f, m)| anyhow::anyhow!("{file}: {f}: {m}"))?,
+            None => Vec::new(),
         };
         let list = match table.remove("contender") {
             Some(toml::Value::Array(a)) => a,
@@ -220,7 +227,7 @@ impl BenchCard {
             }
             contenders.push(Contender { name, slug, sections: t });
         }
-        Ok(Self { path: path.to_path_buf(), theory, bench, reference, contenders })
+        Ok(Self { path: path.to_path_buf(), theory, bench, reference_table, reference, contenders })
     }
 
     /// The output directory.
@@ -263,7 +270,10 @@ impl BenchCard {
             }
         }
         card.insert("run".into(), toml::Value::Table(run));
-        if let Some(r) = &self.reference {
+        // A ladder card takes no [reference] (its values are per coupling): bench compares the
+        // target coupling's ensemble itself.
+        let ladder = c.sections.contains_key("ladder") || c.sections.contains_key("replicas");
+        if let (Some(r), false) = (&self.reference_table, ladder) {
             card.insert("reference".into(), toml::Value::Table(r.clone()));
         }
         let text = toml::to_string(&card).context("serialising a contender's run card")?;
@@ -453,18 +463,36 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
     };
     // 3. The run itself.
     write(card.run_card(c, measurements, card.bench.thermalization, &ens_path)?)?;
-    let parsed = RunCard::load(&card_path)?;
     let (_, wall) = timed(|| crate::run::run(&card_path, &run_opts).map(|_| ()))?;
-    // 4. Its analysis.
-    let ens = read_ensemble(&ens_path)?;
-    let analysis: Analysis = analyze(&ens)?;
+    // 4. Its analysis: for replica exchange, the ensemble at the target coupling, with the
+    // swap acceptance of each exchange step beside the chain steps'.
+    let (ens, analysis, swap_acceptance) = match read_any(&ens_path)? {
+        AnyEnsemble::Plain(ens) => {
+            let a = analyze(&ens)?;
+            (ens, a, Vec::new())
+        }
+        AnyEnsemble::Replica(mut r) => {
+            let target = card.theory.get(&r.parameter).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+            let Some(target) = target else {
+                bail!("the ladder varies '{}', which the target [theory] does not set", r.parameter)
+            };
+            let Some(k) = r.values.iter().position(|&v| v == target) else {
+                bail!("the ladder {:?} of '{}' does not contain the target's value {target}", r.values, r.parameter)
+            };
+            let ra = analyze_replicas(&r)?;
+            let swaps: Vec<(String, f64)> = ra.swaps.iter().map(|s| (format!("{} (swaps)", s.label), s.acceptance)).collect();
+            let ens = r.replicas.swap_remove(k);
+            let a = ra.replicas.into_iter().nth(k).expect("one analysis per coupling");
+            (ens, a, swaps)
+        }
+    };
     let ess = analysis.reweighting.map(|r| r.ess_per_sample);
     let mut obs = Vec::new();
     for name in &card.bench.observables {
         let g = analysis.get(name).ok_or_else(|| {
             anyhow::anyhow!("bench.observables: '{name}' is not a scalar observable of this theory (or `name[j]` component)")
         })?;
-        obs.push(figures(name, g, ess, wall, &parsed.reference));
+        obs.push(figures(name, g, ess, wall, &card.reference));
     }
     let first = &card.bench.observables[0];
     let history = series(&ens, first).unwrap_or_default();
@@ -477,7 +505,7 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
         ensemble: ens_path,
         samples: measurements,
         wall_seconds: wall,
-        acceptance: analysis.steps.iter().map(|s| (s.label.clone(), s.acceptance)).collect(),
+        acceptance: analysis.steps.iter().map(|s| (s.label.clone(), s.acceptance)).chain(swap_acceptance).collect(),
         ess_per_sample: ess,
         observables: obs,
         training_seconds,

@@ -505,6 +505,33 @@ impl RunSection {
     }
 }
 
+/// Parses a `[reference]` table: observable (or `name[j]`) → a finite value, or
+/// `[value, error]` with error ≥ 0. Errors are (field, message).
+pub fn reference_values(t: toml::Table) -> Result<Vec<(String, f64, f64)>, (String, String)> {
+    let num = |v: &toml::Value| match v {
+        toml::Value::Float(x) if x.is_finite() => Some(*x),
+        toml::Value::Integer(i) => Some(*i as f64),
+        _ => None,
+    };
+    let mut reference = Vec::new();
+    for (name, v) in t {
+        let (value, error) = match &v {
+            toml::Value::Array(a) if a.len() == 2 => (num(&a[0]), num(&a[1])),
+            other => (num(other), Some(0.0)),
+        };
+        match (value, error) {
+            (Some(x), Some(e)) if e >= 0.0 => reference.push((name, x, e)),
+            _ => {
+                return Err((
+                    format!("reference.{name}"),
+                    "must be a finite number or [value, error] with error ≥ 0".into(),
+                ))
+            }
+        }
+    }
+    Ok(reference)
+}
+
 impl RunCard {
     /// Reads and validates a card.
     pub fn load(path: &Path) -> Result<Self, CardError> {
@@ -714,29 +741,11 @@ impl RunCard {
         }
 
         // [reference]
-        let mut reference = Vec::new();
-        match table.remove("reference") {
-            None => {}
-            Some(toml::Value::Table(t)) => {
-                for (name, v) in t {
-                    let field = format!("reference.{name}");
-                    let num = |v: &toml::Value| match v {
-                        toml::Value::Float(x) if x.is_finite() => Some(*x),
-                        toml::Value::Integer(i) => Some(*i as f64),
-                        _ => None,
-                    };
-                    let (value, error) = match &v {
-                        toml::Value::Array(a) if a.len() == 2 => (num(&a[0]), num(&a[1])),
-                        other => (num(other), Some(0.0)),
-                    };
-                    match (value, error) {
-                        (Some(x), Some(e)) if e >= 0.0 => reference.push((name, x, e)),
-                        _ => return Err(fail(&field, "must be a finite number or [value, error] with error ≥ 0".into())),
-                    }
-                }
-            }
+        let reference = match table.remove("reference") {
+            None => Vec::new(),
+            Some(toml::Value::Table(t)) => reference_values(t).map_err(|(f, m)| fail(&f, m))?,
             Some(_) => return Err(fail("reference", "must be a table ([reference])".into())),
-        }
+        };
         if ladder.is_some() && !reference.is_empty() {
             return Err(fail(
                 "reference",
