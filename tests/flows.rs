@@ -114,8 +114,7 @@ fn tutorial_point_flow_and_hybrid() {
 fn untrained_model_is_still_exact() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let text = format!(
-        r#"
+    let text = r#"
 [theory]
 plugin = "phi4"
 lattice = [2, 2]
@@ -135,10 +134,9 @@ kind = "flow"
 seed = 12
 thermalization = 100
 measurements = 60000
-output = "{{OUT}}"
-"#
-    );
-    let (c, out) = write_card(d, "untrained", &text);
+output = "{OUT}"
+"#;
+    let (c, out) = write_card(d, "untrained", text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
     let json = analyze_json(&out);
     let exact = 0.25 * (1.0 + 2.0 / 5.0 + 1.0 / 9.0) / 2.0;

@@ -68,6 +68,7 @@ pub enum Scheme {
 pub const OMELYAN_LAMBDA: f64 = 0.193_183_327_503_783_6;
 const OMF4_XI: f64 = 0.178_617_895_844_809_1;
 const OMF4_LAMBDA: f64 = -0.212_341_831_062_605_4;
+#[allow(clippy::excessive_precision)] // the published digits, kept as printed
 const OMF4_CHI: f64 = -0.066_264_582_669_818_49;
 
 #[derive(Clone, Copy)]
@@ -134,7 +135,7 @@ impl Schedule {
         if !(p.jitter.is_finite() && (0.0..1.0).contains(&p.jitter)) {
             return Err(format!("trajectory_jitter must lie in [0, 1), got {}", p.jitter));
         }
-        if p.inner_steps.iter().any(|&n| n == 0) {
+        if p.inner_steps.contains(&0) {
             return Err("every nested time-scale step count must be at least 1".into());
         }
         let scheme = match p.integrator {

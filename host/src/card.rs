@@ -505,9 +505,12 @@ impl RunSection {
     }
 }
 
+/// One `[reference]` entry: (observable or `name[j]`, value, error).
+pub type ReferenceValue = (String, f64, f64);
+
 /// Parses a `[reference]` table: observable (or `name[j]`) → a finite value, or
 /// `[value, error]` with error ≥ 0. Errors are (field, message).
-pub fn reference_values(t: toml::Table) -> Result<Vec<(String, f64, f64)>, (String, String)> {
+pub fn reference_values(t: toml::Table) -> Result<Vec<ReferenceValue>, (String, String)> {
     let num = |v: &toml::Value| match v {
         toml::Value::Float(x) if x.is_finite() => Some(*x),
         toml::Value::Integer(i) => Some(*i as f64),
