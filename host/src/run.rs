@@ -47,7 +47,8 @@ pub struct LoadedModel {
 /// Loads the card's `[model]` for `theory`: builds it, then loads `model.weights` if given —
 /// training first (per `[train]`) when the weights file does not exist yet. Without
 /// `model.weights` the model keeps its seeded initial weights (an untrained model, which the
-/// exact samplers still handle correctly, at low acceptance).
+/// exact samplers still handle correctly, at low acceptance), or takes those of
+/// `model.init_from` (transfer without further training).
 pub fn load_model(card: &RunCard, theory: &TheoryHandle, opts: &RunOptions) -> Result<Option<LoadedModel>> {
     let Some(mc) = &card.model else { return Ok(None) };
     let file = card.path.display();
@@ -68,14 +69,24 @@ pub fn load_model(card: &RunCard, theory: &TheoryHandle, opts: &RunOptions) -> R
             sha256_hex(&bytes)
         }
         None => {
-            eprintln!("note: {file}: [model] has no `weights`: using the untrained model");
+            match &mc.init_from {
+                // a transferred model used as it is (e.g. to measure what transfer alone gives)
+                Some(src) => {
+                    let bytes = std::fs::read(src).with_context(|| format!("{file}: model.init_from: cannot read '{}'", src.display()))?;
+                    handle.init_from(&bytes).with_context(|| format!("{file}: model.init_from ('{}')", src.display()))?;
+                    if !opts.quiet {
+                        eprintln!("note: {file}: [model] has no `weights`: using the weights of '{}' untrained here", src.display());
+                    }
+                }
+                None => eprintln!("note: {file}: [model] has no `weights`: using the untrained model"),
+            }
             sha256_hex(&handle.save(false)?)
         }
     };
     let provenance = serde_json::json!({
         "plugin": handle.name, "version": handle.version, "path": handle.path,
         "architecture": serde_json::from_str::<serde_json::Value>(&handle.architecture()).unwrap_or_default(),
-        "weights": mc.weights, "weights_sha256": digest,
+        "weights": mc.weights, "init_from": mc.init_from, "weights_sha256": digest,
     })
     .to_string();
     Ok(Some(LoadedModel { handle, provenance, weights_digest: digest }))
