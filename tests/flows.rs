@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{analyze_json, assert_z, run, run_ok, scalar, write_card};
+use common::{analyze_json, assert_z, expect_failure, run_ok, scalar, write_card};
 
 /// A card with a theory, a model (weights in `dir`), optional training, a chain and a run.
 fn card(dir: &Path, theory: &str, model: &str, weights: &str, train: &str, chain: &str, run: &str) -> String {
@@ -36,16 +36,6 @@ output = "{{OUT}}"
 const FREE: &str = "lattice = [8, 8]\nm2 = 1.0\nlambda = 0.0";
 const TUTORIAL: &str = "lattice = [8, 8]\nm2 = -4.0\nlambda = 8.0";
 const SMALL_FLOW: &str = "layers = 8\nhidden = [8, 8]\nkernel = 3";
-
-fn expect_failure(args: &[&str], needles: &[&str]) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "latflow {args:?}: {stderr}");
-    assert!(!stderr.contains("panicked at host"), "{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "expected '{n}' in:\n{stderr}");
-    }
-}
 
 /// Free field L = 8, m² = 1 (convention B) with a briefly trained flow: flow Metropolis gives
 /// ⟨φ²⟩ and C(0); reweighting gives ⟨φ²⟩ and log Ẑ = log Z_B (flat measure Π dφ).

@@ -12,7 +12,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_z, run, run_ok, write_card};
+use common::{assert_z, expect_failure, run_ok, write_card};
 use latflow_host::ensemble::{read_replica_configs, read_replica_ensemble, ReplicaEnsemble};
 use serde_json::Value;
 
@@ -170,16 +170,6 @@ fn assert_same_replica_bits(a: &Path, b: &Path) {
     let (x, y) = (replica_bits(a), replica_bits(b));
     assert_eq!(x.len(), y.len(), "{} and {} differ in size", a.display(), b.display());
     assert!(x == y, "{} and {} differ", a.display(), b.display());
-}
-
-fn expect_failure(args: &[&str], needles: &[&str]) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "latflow {args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "expected '{n}' in:\n{stderr}");
-    }
 }
 
 const FREE_L4: &str = "plugin = \"phi4\"\nlattice = [4, 4]\nm2 = 1.0\nlambda = 0.0";

@@ -19,6 +19,18 @@ pub fn run(args: &[&str]) -> Output {
     latflow().args(args).output().expect("failed to start latflow")
 }
 
+/// Runs `latflow ARGS` and asserts a clean refusal: exit code 1, no panic, and every needle in
+/// stderr.
+pub fn expect_failure(args: &[&str], needles: &[&str]) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "latflow {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "expected '{n}' in:\n{stderr}");
+    }
+}
+
 /// Runs `latflow ARGS`, panicking with stderr if it fails.
 pub fn run_ok(args: &[&str]) -> String {
     let out = run(args);
