@@ -1,0 +1,244 @@
+//! Weights as safetensors bytes, with latflow's metadata.
+//!
+//! Convention of the model plugins: every parameter under its name (e.g.
+//! `layers.{ℓ}.conv{j}.weight|bias`, in the model's dtype) and, when saved with the optimiser,
+//! `adam.m.<name>` and `adam.v.<name>` (f64). Metadata: [`KEY_FORMAT`] = [`FORMAT`],
+//! [`KEY_PLUGIN`] (the plugin's name), [`KEY_VERSION`], [`KEY_ARCH`] (the plugin's architecture
+//! record as JSON) and, with the optimiser, [`KEY_STEP`] (completed steps).
+//!
+//! [`serialize`] writes deterministic bytes (sorted header); [`parse`] refuses truncated or
+//! garbage input and non-float tensors with `Config` errors that start with `weights:`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use latflow_core::abi::PluginError;
+use safetensors::tensor::{Dtype, SafeTensors, View};
+
+/// The weights format version written and read.
+pub const FORMAT: &str = "1";
+/// Metadata key of the format version.
+pub const KEY_FORMAT: &str = "latflow.format";
+/// Metadata key of the architecture record (JSON).
+pub const KEY_ARCH: &str = "latflow.architecture";
+/// Metadata key of the plugin name.
+pub const KEY_PLUGIN: &str = "latflow.plugin";
+/// Metadata key of the plugin version.
+pub const KEY_VERSION: &str = "latflow.plugin_version";
+/// Metadata key of Adam's completed step count (present when saved with the optimiser).
+pub const KEY_STEP: &str = "latflow.adam.step";
+
+/// One tensor to write: raw little-endian bytes.
+pub struct RawTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl RawTensor {
+    /// Values written as `dtype` (F32 rounds, F64 is exact).
+    pub fn new(values: &[f64], shape: Vec<usize>, f64_storage: bool) -> Self {
+        let data = if f64_storage {
+            values.iter().flat_map(|x| x.to_le_bytes()).collect()
+        } else {
+            values.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()
+        };
+        Self { dtype: if f64_storage { Dtype::F64 } else { Dtype::F32 }, shape, data }
+    }
+}
+
+impl View for &RawTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Serialises named tensors with metadata. The header is rewritten with its keys sorted, so the
+/// same model always gives the same bytes (safetensors writes the metadata map in hash order).
+pub fn serialize(tensors: &[(String, RawTensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>, PluginError> {
+    let internal = |m: String| PluginError::new(latflow_core::ErrorKind::Internal, m);
+    let mut bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+        .map_err(|e| internal(format!("writing safetensors: {e}")))?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte header length")) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| internal(format!("re-reading the header: {e}")))?;
+    let mut canonical = String::with_capacity(n);
+    write_sorted(&header, &mut canonical);
+    if canonical.len() > n {
+        return Err(internal("canonical safetensors header is longer than the original".into()));
+    }
+    bytes[8..8 + canonical.len()].copy_from_slice(canonical.as_bytes());
+    bytes[8 + canonical.len()..8 + n].fill(b' ');
+    Ok(bytes)
+}
+
+/// Compact JSON with object keys in sorted order.
+fn write_sorted(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String((*k).clone()).to_string());
+                out.push(':');
+                write_sorted(&map[*k], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_sorted(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// A tensor read back: its dtype (F32 or F64), shape and values as f64.
+#[derive(Debug, Clone)]
+pub struct ReadTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
+/// A parsed weights file.
+#[derive(Debug)]
+pub struct WeightsFile {
+    pub metadata: HashMap<String, String>,
+    pub tensors: HashMap<String, ReadTensor>,
+}
+
+/// Parses safetensors bytes. Truncated or garbage input is an error, never a panic; tensors of
+/// a dtype other than F32/F64 are an error.
+pub fn parse(bytes: &[u8]) -> Result<WeightsFile, PluginError> {
+    let bad = |msg: String| PluginError::config(format!("weights: {msg}"));
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(format!("not a readable safetensors file ({} bytes): {e}", bytes.len())))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("unreadable header: {e}")))?;
+    let metadata: HashMap<String, String> =
+        meta.metadata().as_ref().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let count: usize = shape.iter().product();
+        let data = view.data();
+        let values: Vec<f64> = match view.dtype() {
+            Dtype::F32 if data.len() == 4 * count => {
+                data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+            }
+            Dtype::F64 if data.len() == 8 * count => data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+            Dtype::F32 | Dtype::F64 => {
+                return Err(bad(format!("tensor '{name}' has {} bytes for shape {shape:?}", data.len())))
+            }
+            other => return Err(bad(format!("tensor '{name}' has dtype {other:?}; only F32 and F64 are used"))),
+        };
+        tensors.insert(name, ReadTensor { dtype: view.dtype(), shape, values });
+    }
+    Ok(WeightsFile { metadata, tensors })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latflow_core::ErrorKind;
+
+    fn sample_file() -> Vec<u8> {
+        let mut meta = HashMap::new();
+        meta.insert(KEY_FORMAT.to_string(), FORMAT.to_string());
+        meta.insert(KEY_ARCH.to_string(), r#"{"layers":2}"#.to_string());
+        meta.insert("z.last".to_string(), "1".to_string());
+        let tensors = vec![
+            ("b".to_string(), RawTensor::new(&[0.1, -2.5, 3.0e-30], vec![3], false)),
+            ("a".to_string(), RawTensor::new(&[std::f64::consts::PI, -0.0, 1e300, 5e-324], vec![2, 2], true)),
+        ];
+        serialize(&tensors, meta).unwrap()
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_bytes_are_deterministic() {
+        let bytes = sample_file();
+        for _ in 0..5 {
+            assert_eq!(bytes, sample_file(), "serialisation depends on hash order");
+        }
+        let f = parse(&bytes).unwrap();
+        assert_eq!(f.metadata[KEY_ARCH], r#"{"layers":2}"#);
+        assert_eq!(f.metadata.len(), 3);
+        let a = &f.tensors["a"];
+        assert_eq!((a.dtype, a.shape.clone()), (Dtype::F64, vec![2, 2]));
+        let bits: Vec<u64> = a.values.iter().map(|x| x.to_bits()).collect();
+        let want: Vec<u64> = [std::f64::consts::PI, -0.0, 1e300, 5e-324].iter().map(|x| x.to_bits()).collect();
+        assert_eq!(bits, want, "f64 tensors are stored bit for bit");
+        let b = &f.tensors["b"];
+        assert_eq!(b.dtype, Dtype::F32);
+        assert_eq!(b.values, vec![0.1f32 as f64, -2.5, 3.0e-30f32 as f64], "f32 tensors round to nearest");
+        // the header is sorted: "a" comes before "b", and the metadata before both
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+        let (ia, ib, im) =
+            (header.find("\"a\"").unwrap(), header.find("\"b\"").unwrap(), header.find("__metadata__").unwrap());
+        assert!(im < ia && ia < ib, "{header}");
+    }
+
+    #[test]
+    fn damaged_files_are_refused_with_clear_errors() {
+        let good = sample_file();
+        let mut huge = good.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        for (what, bytes) in [
+            ("empty", Vec::new()),
+            ("short", good[..5].to_vec()),
+            ("truncated header", good[..30].to_vec()),
+            ("truncated data", good[..good.len() - 3].to_vec()),
+            ("garbage", b"definitely not a safetensors file, just text".to_vec()),
+            ("huge header length", huge),
+        ] {
+            let e = parse(&bytes).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Config, "{what}");
+            assert!(e.message.starts_with("weights: ") && e.message.contains("safetensors"), "{what}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn non_float_tensors_are_refused() {
+        struct I32;
+        impl View for &I32 {
+            fn dtype(&self) -> Dtype {
+                Dtype::I32
+            }
+            fn shape(&self) -> &[usize] {
+                &[1]
+            }
+            fn data(&self) -> Cow<'_, [u8]> {
+                Cow::Borrowed(&[1, 0, 0, 0])
+            }
+            fn data_len(&self) -> usize {
+                4
+            }
+        }
+        let bytes = safetensors::serialize([("n", &I32)], None).unwrap();
+        let e = parse(&bytes).unwrap_err();
+        assert!(e.message.contains("'n' has dtype I32"), "{}", e.message);
+    }
+}

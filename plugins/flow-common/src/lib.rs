@@ -1,0 +1,26 @@
+//! Shared pieces of latflow's candle model plugins (`flow-scalar`, `flow-u1`, …): a plain
+//! library, linked statically into each plugin.
+//!
+//! * [`kernels`]: fused CPU periodic convolutions as candle custom ops with hand-written
+//!   backward passes (gather [`kernels::Table`]s, activations fused, AVX2+FMA when available,
+//!   results independent of the thread count), plus the [`kernels::Real`] trait and helpers for
+//!   a plugin's own element-wise custom ops.
+//! * [`periodic`]: gather tables of periodic convolutions on the full lattice or on any subset
+//!   of sites, in any dimension.
+//! * [`tensor`]: f64 ↔ tensor conversions and the generic (any-device) convolution that the
+//!   fused kernels are tested against.
+//! * [`optim`]: Adam(W) on the host in f64 with serialisable state, learning-rate schedules,
+//!   gradient clipping and validation of the host's `TrainSettings`.
+//! * [`io`]: safetensors weights with latflow metadata, deterministic bytes, and parsing that
+//!   refuses damaged files with clear errors.
+
+pub mod io;
+pub mod kernels;
+pub mod optim;
+pub mod periodic;
+pub mod tensor;
+
+/// Re-exported for the [`dispatch_float!`] macro.
+pub use candle_core;
+
+pub use tensor::{tensor_from_f64, tensor_to_f64};

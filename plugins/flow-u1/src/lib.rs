@@ -1,0 +1,637 @@
+//! latflow model plugin `flow-u1`: a gauge-equivariant normalizing flow for compact U(1) gauge
+//! fields on 2D periodic lattices, written with candle.
+//!
+//! The architecture is that of Kanwar et al. (PRL 125, 121601 (2020)) and Albergo et al.
+//! (arXiv 2101.08176, section "U(1)"), as in the PyTorch peer `shared/peers/u1_flow.py`: a
+//! uniform (Haar) prior on every link, then `layers` gauge-equivariant coupling layers. Layer ℓ
+//! updates the links of direction μ = ℓ mod 2 on a stripe with offset ⌊ℓ/2⌋ mod p (p =
+//! `mask_period`, 4): it transforms the *active* plaquettes (those that contain an updated
+//! link) with an invertible circle map conditioned on the *frozen* plaquettes (which contain
+//! none) and leaves the *passive* ones to follow; see [`geometry`] for the masks and the
+//! reasoning, [`flow`] for the layers, [`ncp`] and [`spline`] for the circle maps and [`ops`] for
+//! the fused CPU ops.
+//!
+//! **Configurations** are the u1 theory's layout: one dynamical component "links", an `Angle`
+//! per `Link`, flat index `2·x + μ` with sites x row-major (last axis fastest). Inputs may be any
+//! representative of each angle; every output angle is wrapped into **[0, 2π)**.
+//!
+//! **Measure.** log q is a density with respect to the plain Lebesgue measure Π_links dθ on
+//! [0, 2π)^{N_links}: the prior has log q₀ = −N_links ln 2π (N_links = 2V), and
+//! log q = log q₀ − Σ_layers log J. With the normalised Haar measure Π dθ/2π the density would
+//! be larger by N_links ln 2π; a flow's log Ẑ estimate (−S − log q averaged) therefore estimates
+//! log Z + N_links ln 2π, where log Z is REFERENCE.md §3's (normalised Haar measure).
+//!
+//! `[model]` keys (all optional): `layers` (16), `hidden` ([8, 8]), `kernel` (3, odd, ≤ the
+//! smallest extent), `activation` ("leaky_relu" | "tanh" | "relu" | "gelu"), `coupling` ("ncp" |
+//! "spline"), `n_mix` (2, NCP only), `spline_bins` (8, spline only), `mask_period` (4; each
+//! extent must be a multiple of it), `dtype` ("f32" | "f64"), `device` ("cpu" | "cuda", the
+//! latter with the `cuda` feature), `init_seed` (0).
+//!
+//! **Training** follows the host's surrogate route: `train_sample` draws a batch and keeps its
+//! graph, the host computes S and ∂S/∂θ, and `train_step` backpropagates
+//! mean(log q + Σ θ·stopgrad(∂S/∂θ)) and takes an Adam step (latflow-flow-common's). Path
+//! gradients (`path_gradients = true`) are refused: the NCP inverse has no backward pass.
+//!
+//! **Precision.** The flow runs in `dtype`. Prior angles are drawn in f64 (n·2V uniforms from
+//! the caller's stream, configuration by configuration, link by link, times 2π) and rounded to
+//! the dtype; log q₀ is exact; the log-determinants are summed in the dtype, converted to f64
+//! and subtracted. The NCP inverse is solved in f64 whatever the dtype.
+//!
+//! **Threads**: `set_threads(n)` gives the model its own rayon pool of n threads and runs every
+//! call inside it (0: the global pool, sized by `RAYON_NUM_THREADS`). The kernels split a batch
+//! into fixed blocks of 16 configurations, so results do not depend on the thread count.
+
+pub mod config;
+pub mod flow;
+pub mod geometry;
+pub mod ncp;
+pub mod ops;
+pub mod spline;
+
+use std::collections::HashMap;
+
+use abi_stable::export_root_module;
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use candle_core::{DType, Device, Tensor};
+use latflow_core::abi::{
+    batch_len, check_finite, guard, Model, ModelBox, Model_TO, PluginError, PluginInfo, PluginKind, PluginMod,
+    PluginModRef, Proposals, TheoryBox, TrainMetrics, TrainSettings,
+};
+use latflow_core::layout::FieldLayout;
+use latflow_core::{ErrorKind, RngState, Stream};
+use latflow_flow_common::optim::{self, AdamState};
+use latflow_flow_common::{io, tensor_from_f64, tensor_to_f64};
+
+use crate::config::{describe_difference, DeviceCfg, ModelConfig};
+use crate::flow::Flow;
+use crate::geometry::wrap_2pi;
+
+/// The plugin's name in run cards.
+pub const NAME: &str = "flow-u1";
+
+/// Configurations per internal batch in `sample` and `log_prob`: bounds memory and keeps the
+/// working set in cache (at L = 8, 256 drew about 15% faster than 1024).
+pub const CHUNK: usize = 256;
+
+/// ln 2π.
+pub const LN_2PI: f64 = 1.837_877_066_409_345_3;
+
+/// Architecture keys that `init_from` ignores: conv weights do not depend on the lattice, and
+/// values convert between f32 and f64.
+pub const TRANSFER_IGNORES: [&str; 2] = ["lattice", "dtype"];
+
+fn ce(e: candle_core::Error) -> PluginError {
+    PluginError::new(ErrorKind::Internal, format!("candle: {e}"))
+}
+
+/// The batch drawn by the last `train_sample`, with its autograd graph.
+struct Pending {
+    /// θ, `[n, 2V]`, attached to the graph (not wrapped: representatives differ from the
+    /// host's copy by multiples of 2π, which S and ∂S/∂θ do not see).
+    links: Tensor,
+    /// log q(θ) in the dtype, attached to the graph.
+    logq: Tensor,
+    /// log q(θ) in f64 (prior part exact).
+    logq_host: Vec<f64>,
+    n: usize,
+}
+
+/// The flow-u1 model object.
+pub struct FlowU1 {
+    cfg: ModelConfig,
+    layout: FieldLayout,
+    flow: Flow,
+    adam: AdamState,
+    settings: Option<TrainSettings>,
+    pending: Option<Pending>,
+    pool: Option<rayon::ThreadPool>,
+}
+
+fn make_device(d: DeviceCfg) -> Result<Device, PluginError> {
+    match d {
+        DeviceCfg::Cpu => Ok(Device::Cpu),
+        DeviceCfg::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                Device::new_cuda(0).map_err(|e| PluginError::config(format!("device: \"cuda\" is unavailable: {e}")))
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                Err(PluginError::config(
+                    "device: \"cuda\" needs flow-u1 built with its `cuda` feature \
+                     (cargo build --release -p latflow-flow-u1 --features cuda); this build is CPU-only",
+                ))
+            }
+        }
+    }
+}
+
+impl FlowU1 {
+    /// Builds the model for `layout` from the `[model]` section as JSON. Refuses layouts that
+    /// are not 2D U(1) links, lattices that do not fit the masks, and unknown keys.
+    pub fn from_json(json: &str, layout: &FieldLayout) -> Result<Self, PluginError> {
+        let cfg = config::parse(json, layout)?;
+        let device = make_device(cfg.device)?;
+        let flow = Flow::new(&cfg.arch, &device, cfg.init_seed).map_err(ce)?;
+        let adam = AdamState::zeros(&flow.vars.iter().map(|v| v.var.elem_count()).collect::<Vec<_>>());
+        Ok(Self { cfg, layout: layout.clone(), flow, adam, settings: None, pending: None, pool: None })
+    }
+
+    /// Wraps the model as an ABI-stable trait object.
+    pub fn into_box(self) -> ModelBox {
+        Model_TO::from_value(self, TD_Opaque)
+    }
+
+    /// The architecture record (also in saved weights).
+    pub fn arch(&self) -> &config::Architecture {
+        &self.cfg.arch
+    }
+
+    /// Reals per configuration: N_links = 2V.
+    pub fn n_links(&self) -> usize {
+        self.flow.n_links()
+    }
+
+    /// Completed optimiser steps.
+    pub fn optimizer_steps(&self) -> u64 {
+        self.adam.step
+    }
+
+    /// The parameters' names, in order.
+    pub fn parameter_names(&self) -> Vec<String> {
+        self.flow.vars.iter().map(|v| v.name.clone()).collect()
+    }
+
+    /// Number of trainable reals.
+    pub fn parameter_count(&self) -> usize {
+        self.flow.vars.iter().map(|v| v.var.elem_count()).sum()
+    }
+
+    /// The flow itself (for tests and benchmarks).
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    /// Mutable access to the flow (tests: switching between the fused and generic formulations).
+    pub fn flow_mut(&mut self) -> &mut Flow {
+        &mut self.flow
+    }
+
+    /// log q₀ = −N_links ln 2π, the uniform prior's density with respect to Π dθ.
+    pub fn log_q_prior(&self) -> f64 {
+        -(self.n_links() as f64) * LN_2PI
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    fn tensor(&self, values: &[f64], n: usize) -> Result<Tensor, PluginError> {
+        tensor_from_f64(values, (n, self.n_links()), self.flow.dtype, &self.flow.device).map_err(ce)
+    }
+
+    /// The flow itself (no prior): angles `z` (n × 2V, any representatives) → (θ wrapped into
+    /// [0, 2π), log|det ∂θ/∂z|) per configuration, computed in the model's dtype.
+    pub fn push_forward(&self, z: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        let n = batch_len(z.len(), self.n_links())?;
+        self.install(|| {
+            let params = self.flow.params(false).map_err(ce)?;
+            let (theta, ld) = self.flow.forward(&self.tensor(z, n)?, &params).map_err(ce)?;
+            Ok((wrapped(&theta)?, tensor_to_f64(&ld).map_err(ce)?))
+        })
+    }
+
+    /// The inverse flow: θ (n × 2V) → (z wrapped into [0, 2π), log|det ∂z/∂θ|).
+    pub fn pull_back(&self, theta: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        let n = batch_len(theta.len(), self.n_links())?;
+        self.install(|| {
+            let params = self.flow.params(false).map_err(ce)?;
+            let (z, ld) = self.flow.inverse(&self.tensor(theta, n)?, &params).map_err(ce)?;
+            Ok((wrapped(&z)?, tensor_to_f64(&ld).map_err(ce)?))
+        })
+    }
+
+    /// n·2V prior angles, uniform on [0, 2π), drawn in order from `rng`.
+    fn draw_prior(&self, n: usize, rng: &mut Stream) -> Vec<f64> {
+        (0..n * self.n_links()).map(|_| 2.0 * std::f64::consts::PI * rng.uniform()).collect()
+    }
+
+    /// `n` proposals (angles in [0, 2π)) and their log q; advances `rng` by n·2V uniforms.
+    pub fn sample_with(&self, n: usize, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        let w = self.n_links();
+        let z = self.draw_prior(n, rng);
+        let lq0 = self.log_q_prior();
+        self.install(|| {
+            let params = self.flow.params(false).map_err(ce)?;
+            let mut configs = Vec::with_capacity(n * w);
+            let mut logq = Vec::with_capacity(n);
+            for chunk in z.chunks(CHUNK * w) {
+                let (theta, ld) = self.flow.forward(&self.tensor(chunk, chunk.len() / w)?, &params).map_err(ce)?;
+                configs.extend(wrapped(&theta)?);
+                logq.extend(tensor_to_f64(&ld).map_err(ce)?.into_iter().map(|l| lq0 - l));
+            }
+            Ok((configs, logq))
+        })
+    }
+
+    /// log q of each configuration of a batch (any representatives; inverse pass).
+    pub fn log_prob_vec(&self, configs: &[f64]) -> Result<Vec<f64>, PluginError> {
+        let w = self.n_links();
+        batch_len(configs.len(), w)?;
+        check_finite("configuration", configs)?;
+        let lq0 = self.log_q_prior();
+        self.install(|| {
+            let params = self.flow.params(false).map_err(ce)?;
+            let mut out = Vec::with_capacity(configs.len() / w);
+            for chunk in configs.chunks(CHUNK * w) {
+                let (_, ld) = self.flow.inverse(&self.tensor(chunk, chunk.len() / w)?, &params).map_err(ce)?;
+                out.extend(tensor_to_f64(&ld).map_err(ce)?.into_iter().map(|l| lq0 + l));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Sets up training (validated settings). The optimiser's moments and step count live in
+    /// the model and are kept across calls (and restored by `load`); `init_from` resets them.
+    pub fn train_begin_with(&mut self, settings: &TrainSettings) -> Result<(), PluginError> {
+        optim::validate(settings)?;
+        if settings.path_gradients {
+            return Err(PluginError::unsupported(
+                "train settings: path_gradients is not supported by flow-u1 (the NCP coupling's inverse has no \
+                 backward pass); use the default reparameterised gradient",
+            ));
+        }
+        if self.settings.as_ref() != Some(settings) {
+            self.pending = None;
+        }
+        self.settings = Some(settings.clone());
+        Ok(())
+    }
+
+    /// Draws a training batch and keeps its graph.
+    pub fn train_sample_with(&mut self, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        let settings =
+            self.settings.as_ref().ok_or_else(|| PluginError::unsupported("train_sample: call train_begin first"))?;
+        let n = settings.batch as usize;
+        self.pending = None;
+        let z = self.draw_prior(n, rng);
+        let lq0 = self.log_q_prior();
+        let zt = self.tensor(&z, n)?;
+        let pending = self
+            .install(|| -> candle_core::Result<Pending> {
+                let params = self.flow.params(true)?;
+                let (links, ld) = self.flow.forward(&zt, &params)?;
+                let logq_host: Vec<f64> = tensor_to_f64(&ld)?.into_iter().map(|l| lq0 - l).collect();
+                let logq = ld.affine(-1.0, lq0)?;
+                Ok(Pending { links, logq, logq_host, n })
+            })
+            .map_err(ce)?;
+        let configs = self.install(|| wrapped(&pending.links))?;
+        let logq = pending.logq_host.clone();
+        self.pending = Some(pending);
+        Ok((configs, logq))
+    }
+
+    /// One optimiser step from S and ∂S/∂θ (flat, the layout's order) of the last training batch.
+    pub fn train_step_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginError> {
+        let settings =
+            self.settings.clone().ok_or_else(|| PluginError::unsupported("train_step: call train_begin first"))?;
+        let w = self.n_links();
+        let n = match &self.pending {
+            Some(p) => p.n,
+            None => {
+                return Err(PluginError::unsupported(
+                    "train_step: no training batch pending: call train_sample before every train_step",
+                ))
+            }
+        };
+        if actions.len() != n {
+            return Err(PluginError::shape(format!(
+                "train_step: {} actions for a batch of {n} configurations",
+                actions.len()
+            )));
+        }
+        if grad.len() != n * w {
+            return Err(PluginError::shape(format!(
+                "train_step: gradient of {} reals for a batch of {n} configurations of {w} links ({} expected)",
+                grad.len(),
+                n * w
+            )));
+        }
+        let pending = self.pending.take().expect("checked above");
+        let loss = pending.logq_host.iter().zip(actions).map(|(a, s)| a + s).sum::<f64>() / n as f64;
+        if !loss.is_finite() {
+            return Err(PluginError::numerical(format!(
+                "train_step: the loss mean(log q + S) is {loss}; weights unchanged"
+            )));
+        }
+        check_finite("train_step: action gradient", grad)?;
+        let grads = self.install(|| self.batch_gradients(&pending, grad)).map_err(ce)?;
+        for (nv, g) in self.flow.vars.iter().zip(&grads) {
+            if let Some(i) = g.iter().position(|x| !x.is_finite()) {
+                return Err(PluginError::numerical(format!(
+                    "train_step: gradient of {}[{i}] is {}; weights unchanged",
+                    nv.name, g[i]
+                )));
+            }
+        }
+        let norm = optim::global_norm(&grads);
+        let factor = optim::clip_factor(norm, settings.grad_clip);
+        let grads: Vec<Vec<f64>> = if factor < 1.0 {
+            grads.into_iter().map(|g| g.into_iter().map(|x| x * factor).collect()).collect()
+        } else {
+            grads
+        };
+        let lr = optim::learning_rate(&settings, self.adam.step);
+        let mut params = self.param_values()?;
+        let mut adam = self.adam.clone();
+        adam.update(&mut params, &grads, lr, &settings);
+        for (nv, p) in self.flow.vars.iter().zip(&params) {
+            if p.iter().any(|x| !x.is_finite()) {
+                return Err(PluginError::numerical(format!(
+                    "train_step: the update made {} non-finite; weights unchanged",
+                    nv.name
+                )));
+            }
+        }
+        self.set_params(&params)?;
+        self.adam = adam;
+        Ok(TrainMetrics { loss, grad_norm: norm, learning_rate: lr })
+    }
+
+    /// The parameter gradients of the surrogate loss mean(log q + Σ θ·g) of a pending batch,
+    /// given g = ∂S/∂θ (flat, n × 2V). Equal to the gradient of mean(log q + S(θ)) (tested).
+    fn batch_gradients(&self, pending: &Pending, grad: &[f64]) -> candle_core::Result<Vec<Vec<f64>>> {
+        let flow = &self.flow;
+        let g = tensor_from_f64(grad, (pending.n, flow.n_links()), flow.dtype, &flow.device)?;
+        let surrogate = pending.logq.add(&pending.links.mul(&g)?.sum(1)?)?.mean(0)?;
+        let store = surrogate.backward()?;
+        flow.vars
+            .iter()
+            .map(|nv| match store.get(nv.var.as_tensor()) {
+                Some(t) => tensor_to_f64(t),
+                None => Ok(vec![0.0; nv.var.elem_count()]),
+            })
+            .collect()
+    }
+
+    fn param_values(&self) -> Result<Vec<Vec<f64>>, PluginError> {
+        self.flow.vars.iter().map(|nv| tensor_to_f64(nv.var.as_tensor())).collect::<Result<_, _>>().map_err(ce)
+    }
+
+    /// Sets every parameter from f64 values (rounded to the dtype), in [`Self::parameter_names`]'
+    /// order.
+    pub fn set_params(&self, values: &[Vec<f64>]) -> Result<(), PluginError> {
+        for (nv, p) in self.flow.vars.iter().zip(values) {
+            let t = tensor_from_f64(p, nv.var.shape().clone(), self.flow.dtype, &self.flow.device).map_err(ce)?;
+            nv.var.set(&t).map_err(ce)?;
+        }
+        Ok(())
+    }
+
+    /// The weights (and optionally Adam's state) as safetensors bytes, deterministic.
+    pub fn save_bytes(&self, with_optimizer: bool) -> Result<Vec<u8>, PluginError> {
+        let f64_storage = self.flow.dtype == DType::F64;
+        let mut tensors = Vec::new();
+        for (i, nv) in self.flow.vars.iter().enumerate() {
+            let vals = tensor_to_f64(nv.var.as_tensor()).map_err(ce)?;
+            let shape = nv.var.dims().to_vec();
+            tensors.push((nv.name.clone(), io::RawTensor::new(&vals, shape.clone(), f64_storage)));
+            if with_optimizer {
+                tensors.push((format!("adam.m.{}", nv.name), io::RawTensor::new(&self.adam.m[i], shape.clone(), true)));
+                tensors.push((format!("adam.v.{}", nv.name), io::RawTensor::new(&self.adam.v[i], shape, true)));
+            }
+        }
+        let mut meta = HashMap::new();
+        meta.insert(io::KEY_FORMAT.to_string(), io::FORMAT.to_string());
+        meta.insert(io::KEY_PLUGIN.to_string(), NAME.to_string());
+        meta.insert(io::KEY_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string());
+        meta.insert(io::KEY_ARCH.to_string(), self.cfg.arch.to_json());
+        if with_optimizer {
+            meta.insert(io::KEY_STEP.to_string(), self.adam.step.to_string());
+        }
+        io::serialize(&tensors, meta)
+    }
+
+    /// The file's architecture record, compared with ours ignoring `ignore`; errors name the
+    /// first difference.
+    fn check_architecture(&self, file: &io::WeightsFile, what: &str, ignore: &[&str]) -> Result<(), PluginError> {
+        let arch = file.metadata.get(io::KEY_ARCH).ok_or_else(|| {
+            PluginError::config(format!(
+                "{what}: no '{}' metadata, so the weights were not saved by {NAME}",
+                io::KEY_ARCH
+            ))
+        })?;
+        if let Some(f) = file.metadata.get(io::KEY_FORMAT) {
+            if f != io::FORMAT {
+                return Err(PluginError::config(format!(
+                    "{what}: format version {f}, this {NAME} reads version {}",
+                    io::FORMAT
+                )));
+            }
+        }
+        let theirs: serde_json::Value = serde_json::from_str(arch)
+            .map_err(|e| PluginError::config(format!("{what}: architecture metadata is not JSON: {e}")))?;
+        let ours = serde_json::to_value(&self.cfg.arch).expect("architecture serialises");
+        match describe_difference(&theirs, &ours, ignore) {
+            Some(diff) => Err(PluginError::config(format!("{what}: {diff}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Every parameter from the file, converted to f64; `dtype` = None accepts F32 and F64.
+    fn fetch_params(
+        &self,
+        file: &io::WeightsFile,
+        what: &str,
+        dtype: Option<safetensors::Dtype>,
+    ) -> Result<Vec<Vec<f64>>, PluginError> {
+        self.flow.vars.iter().map(|nv| fetch(file, what, &nv.name, nv.var.dims(), dtype)).collect()
+    }
+
+    /// Loads weights saved by a model of the same architecture (lattice and dtype included) and
+    /// Adam's state, if saved (otherwise the optimiser restarts from zero moments). Bit exact;
+    /// nothing changes on error.
+    pub fn load_bytes(&mut self, bytes: &[u8]) -> Result<(), PluginError> {
+        let file = io::parse(bytes)?;
+        self.check_architecture(&file, "weights", &[])?;
+        let want = if self.flow.dtype == DType::F64 { safetensors::Dtype::F64 } else { safetensors::Dtype::F32 };
+        let params = self.fetch_params(&file, "weights", Some(want))?;
+        let adam = match file.metadata.get(io::KEY_STEP) {
+            None => AdamState::zeros(&params.iter().map(|p| p.len()).collect::<Vec<_>>()),
+            Some(step) => {
+                let step: u64 = step.parse().map_err(|_| {
+                    PluginError::config(format!("weights: '{}' = '{step}' is not a step count", io::KEY_STEP))
+                })?;
+                let mut m = Vec::new();
+                let mut v = Vec::new();
+                for nv in &self.flow.vars {
+                    let f64t = Some(safetensors::Dtype::F64);
+                    m.push(fetch(&file, "weights", &format!("adam.m.{}", nv.name), nv.var.dims(), f64t)?);
+                    v.push(fetch(&file, "weights", &format!("adam.v.{}", nv.name), nv.var.dims(), f64t)?);
+                }
+                AdamState { m, v, step }
+            }
+        };
+        self.set_params(&params)?;
+        self.adam = adam;
+        self.pending = None;
+        Ok(())
+    }
+
+    /// Transfer: starts from weights trained for another lattice size, dtype or coupling
+    /// constant (the convolutions do not depend on the lattice extent). The architecture must
+    /// otherwise be the same (layers, hidden, kernel, activation, coupling, n_mix/spline_bins,
+    /// mask_period); the optimiser is reset. Returns the number of tensors copied.
+    pub fn init_from_bytes(&mut self, bytes: &[u8]) -> Result<usize, PluginError> {
+        let file = io::parse(bytes)?;
+        self.check_architecture(&file, "init_from", &TRANSFER_IGNORES)?;
+        let params = self.fetch_params(&file, "init_from", None)?;
+        self.set_params(&params)?;
+        self.adam = AdamState::zeros(&params.iter().map(|p| p.len()).collect::<Vec<_>>());
+        self.pending = None;
+        Ok(params.len())
+    }
+
+    /// Gives the model its own rayon pool of `threads` threads (0: the global pool).
+    pub fn set_thread_count(&mut self, threads: u32) -> Result<(), PluginError> {
+        self.pool = if threads == 0 {
+            None
+        } else {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads as usize)
+                    .build()
+                    .map_err(|e| PluginError::new(ErrorKind::Internal, e.to_string()))?,
+            )
+        };
+        Ok(())
+    }
+}
+
+/// One tensor of a weights file with the expected shape (and dtype, if given).
+fn fetch(
+    file: &io::WeightsFile,
+    what: &str,
+    name: &str,
+    dims: &[usize],
+    dtype: Option<safetensors::Dtype>,
+) -> Result<Vec<f64>, PluginError> {
+    let t = file.tensors.get(name).ok_or_else(|| PluginError::config(format!("{what}: tensor '{name}' is missing")))?;
+    if t.shape != dims || dtype.is_some_and(|d| d != t.dtype) {
+        return Err(PluginError::config(format!(
+            "{what}: tensor '{name}' is {:?} {:?}, expected {} {dims:?}",
+            t.dtype,
+            t.shape,
+            dtype.map_or("F32/F64".to_string(), |d| format!("{d:?}"))
+        )));
+    }
+    Ok(t.values.clone())
+}
+
+/// The links of a tensor as f64, wrapped into [0, 2π).
+fn wrapped(t: &Tensor) -> Result<Vec<f64>, PluginError> {
+    Ok(tensor_to_f64(t).map_err(ce)?.into_iter().map(wrap_2pi).collect())
+}
+
+impl Model for FlowU1 {
+    fn name(&self) -> RString {
+        NAME.into()
+    }
+
+    fn layout(&self) -> FieldLayout {
+        self.layout.clone()
+    }
+
+    fn architecture(&self) -> RString {
+        self.cfg.arch.to_json().into()
+    }
+
+    fn set_threads(&mut self, threads: u32) -> RResult<(), PluginError> {
+        guard("set_threads", || self.set_thread_count(threads))
+    }
+
+    fn sample(&self, n: u32, rng: &mut RngState) -> RResult<Proposals, PluginError> {
+        guard("sample", || {
+            let mut s = Stream::from_state(rng);
+            let (configs, log_q) = self.sample_with(n as usize, &mut s)?;
+            *rng = s.state();
+            Ok(Proposals { configs: configs.into(), log_q: log_q.into() })
+        })
+    }
+
+    fn log_prob(&self, configs: RSlice<'_, f64>) -> RResult<RVec<f64>, PluginError> {
+        guard("log_prob", || Ok(self.log_prob_vec(configs.as_slice())?.into()))
+    }
+
+    fn train_begin(&mut self, settings: &TrainSettings) -> RResult<(), PluginError> {
+        guard("train_begin", || self.train_begin_with(settings))
+    }
+
+    fn train_sample(&mut self, rng: &mut RngState) -> RResult<Proposals, PluginError> {
+        guard("train_sample", || {
+            let mut s = Stream::from_state(rng);
+            let (configs, log_q) = self.train_sample_with(&mut s)?;
+            *rng = s.state();
+            Ok(Proposals { configs: configs.into(), log_q: log_q.into() })
+        })
+    }
+
+    fn train_step(&mut self, actions: RSlice<'_, f64>, grad: RSlice<'_, f64>) -> RResult<TrainMetrics, PluginError> {
+        guard("train_step", || self.train_step_with(actions.as_slice(), grad.as_slice()))
+    }
+
+    fn save(&self, with_optimizer: bool) -> RResult<RVec<u8>, PluginError> {
+        guard("save", || Ok(self.save_bytes(with_optimizer)?.into()))
+    }
+
+    fn load(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        guard("load", || self.load_bytes(bytes.as_slice()))
+    }
+
+    fn init_from(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        guard("init_from", || self.init_from_bytes(bytes.as_slice()).map(|_| ()))
+    }
+}
+
+extern "C" fn info() -> PluginInfo {
+    PluginInfo {
+        name: NAME.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        kind: PluginKind::Model,
+        description: "gauge-equivariant normalizing flow for 2D U(1) links (stripe masks, NCP or circular-spline \
+                      plaquette couplings, periodic CNNs), candle"
+            .into(),
+        provides: RVec::from(vec![
+            RString::from(
+                "keys: layers hidden kernel activation coupling n_mix spline_bins mask_period dtype device init_seed",
+            ),
+            RString::from("layouts: one Angle per Link, 2D, extents multiples of mask_period"),
+            RString::from(if cfg!(feature = "cuda") { "devices: cpu cuda" } else { "devices: cpu" }),
+        ]),
+    }
+}
+
+extern "C" fn new_theory(_config: RStr<'_>) -> RResult<TheoryBox, PluginError> {
+    guard("new_theory", || {
+        Err(PluginError::unsupported(format!("{NAME} is a model plugin: it provides no theory (use it under [model])")))
+    })
+}
+
+extern "C" fn new_model(config: RStr<'_>, layout: &FieldLayout) -> RResult<ModelBox, PluginError> {
+    guard("new_model", || Ok(FlowU1::from_json(config.as_str(), layout)?.into_box()))
+}
+
+/// The plugin's root module.
+#[export_root_module]
+pub fn get_library() -> PluginModRef {
+    PluginMod { info, new_theory, new_model: Some(new_model) }.leak_into_prefix()
+}
+
+#[cfg(test)]
+mod tests;
