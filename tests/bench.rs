@@ -159,3 +159,20 @@ fn bad_bench_cards_are_refused() {
         assert!(!err.contains("panicked"), "case {i}: {err}");
     }
 }
+
+/// `seconds` mode: the number of sweeps comes from two calibration runs; the contender runs at
+/// least the calibration length, and the report says which mode it used.
+#[test]
+fn wall_time_mode_calibrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = bench_card(d).replace("measurements = 4000", "seconds = 2.0\ncalibration = 50");
+    let text = text.split("[[contender]]\nname = \"HMC Omelyan\"").next().unwrap().to_string();
+    let card = d.join("bench.toml");
+    std::fs::write(&card, text).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&run_ok(&["bench", card.to_str().unwrap(), "--json", "-q"])).unwrap();
+    assert!(json["mode"].as_str().unwrap().starts_with("equal wall time"), "{}", json["mode"]);
+    let c = &json["contenders"][0];
+    assert!(c["samples"].as_u64().unwrap() >= 50, "{c}");
+    assert!(!d.join("out/hmc_leapfrog.calibration.h5").exists(), "the calibration ensemble is removed");
+}

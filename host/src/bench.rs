@@ -11,7 +11,7 @@
 //! [bench]
 //! observables = ["topological_charge", "plaquette"]  # τ_int and cost are computed for these
 //! measurements = 20000         # equal number of configurations per contender, or
-//! # seconds = 60               # an equal wall-clock budget (calibrated by a short run)
+//! # seconds = 60               # an equal wall-clock budget (calibrated by two short runs)
 //! thermalization = 200
 //! seed = 1
 //! threads = 1
@@ -84,7 +84,7 @@ pub struct BenchSection {
     pub measurements: Option<u64>,
     /// Or: an equal wall-clock budget per contender, in seconds.
     pub seconds: Option<f64>,
-    /// Sweeps of the calibration run in `seconds` mode.
+    /// Sweeps of the shorter calibration run in `seconds` mode (a second one runs twice as many).
     #[serde(default = "default_calibration")]
     pub calibration: u64,
     #[serde(default)]
@@ -450,13 +450,19 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
     let measurements = match (card.bench.measurements, card.bench.seconds) {
         (Some(n), _) => n,
         (_, Some(budget)) => {
+            // Two calibration runs, of n and 2n sweeps: their difference is the cost per sweep
+            // without the fixed cost (start-up, plugin and model loading, the first batch).
             let calib = out.join(format!("{}.calibration.h5", c.slug));
             let n_cal = card.bench.calibration;
-            write(card.run_card(c, n_cal, card.bench.thermalization, &calib)?)?;
-            let (_, secs) = timed(|| crate::run::run(&card_path, &RunOptions { quiet: true, ..run_opts.clone() }).map(|_| ()))?;
-            let per_sweep = secs / (n_cal + card.bench.thermalization) as f64;
-            let total = (budget / per_sweep).floor() as u64;
+            let mut secs = [0.0; 2];
+            for (i, n) in [n_cal, 2 * n_cal].into_iter().enumerate() {
+                write(card.run_card(c, n, 0, &calib)?)?;
+                secs[i] = timed(|| crate::run::run(&card_path, &RunOptions { quiet: true, ..run_opts.clone() }).map(|_| ()))?.1;
+            }
             let _ = std::fs::remove_file(&calib);
+            let per_sweep = ((secs[1] - secs[0]) / n_cal as f64).max(secs[1] / (2 * n_cal) as f64 * 0.1);
+            let fixed = (secs[0] - n_cal as f64 * per_sweep).max(0.0);
+            let total = ((budget - fixed) / per_sweep).floor().max(0.0) as u64;
             total.saturating_sub(card.bench.thermalization).max(n_cal)
         }
         _ => unreachable!("validated in BenchCard::load"),
