@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::config::{
     Activation, Architecture, Coupling, Z2, DTypeCfg, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND,
@@ -33,6 +33,8 @@ use crate::kernels::{self, Act, Table};
 use crate::prior::Prior;
 use crate::spline;
 use latflow_core::Stream;
+use latflow_flow_common::tensor::conv_generic;
+pub use latflow_flow_common::{tensor_from_f64, tensor_to_f64};
 
 /// The random stream purpose of weight initialisation (`init_seed` is its run seed).
 pub const INIT_STREAM: u64 = 0x464c_4f57_494e_4954; // "FLOWINIT"
@@ -62,28 +64,6 @@ pub struct Flow {
     /// Whether to use the fused CPU kernels (default: on the CPU).
     fused: bool,
     pub prior: Prior,
-}
-
-/// Creates a tensor of `dtype` from f64 values (rounded to nearest for f32).
-pub fn tensor_from_f64<S: Into<Shape>>(
-    data: &[f64],
-    shape: S,
-    dtype: DType,
-    device: &Device,
-) -> candle_core::Result<Tensor> {
-    match dtype {
-        DType::F64 => Tensor::from_slice(data, shape, device),
-        DType::F32 => {
-            let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
-            Tensor::from_vec(v, shape, device)
-        }
-        other => Err(candle_core::Error::Msg(format!("unsupported dtype {other:?}"))),
-    }
-}
-
-/// All elements of a tensor as f64 (exact for f32 and f64).
-pub fn tensor_to_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
-    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
 }
 
 impl Flow {
@@ -208,8 +188,6 @@ impl Flow {
         let p = l % 2;
         let b = frozen.dim(0)?;
         let h = self.geom.half;
-        let v = self.geom.volume;
-        let kvol = self.geom.kvol();
         let n = self.channels.len();
         let spline = self.arch.coupling == Coupling::Spline;
         if self.fused {
@@ -233,14 +211,11 @@ impl Flow {
             }
             return Ok(act);
         }
-        let pad = Tensor::zeros((b, 1), self.dtype, &self.device)?;
-        let mut act = Tensor::cat(&[frozen, &pad], 1)?.unsqueeze(2)?;
-        for (j, &(cin, cout)) in self.channels.iter().enumerate() {
-            let m = if j == n - 1 { h } else { v };
+        let mut act = frozen.reshape((b, h, 1))?;
+        for j in 0..n {
             let w = &params[2 * (l * n + j)];
             let bias = &params[2 * (l * n + j) + 1];
-            let g = act.index_select(&self.tables[j][p], 1)?.reshape((b * m, kvol * cin))?;
-            let y = g.matmul(w)?.broadcast_add(bias)?.reshape((b, m, cout))?;
+            let y = conv_generic(&act, w, bias, &self.tables[j][p], None)?;
             act = match (j == n - 1, spline) {
                 (true, true) => y,
                 (true, false) => y.tanh()?,

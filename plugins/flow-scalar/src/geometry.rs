@@ -14,6 +14,7 @@
 //! `table[m·K + o]` is the position of the neighbour x_m + o of the m-th output site.
 
 use latflow_core::Lattice;
+use latflow_flow_common::periodic;
 
 /// Where a convolution reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub struct Geometry {
     pub perm: Vec<usize>,
     /// `pos[x]` is the checkerboard position of site x.
     pub pos: Vec<usize>,
-    /// The K kernel offsets, row-major over [−r, r]^d.
+    /// The K kernel offsets, row-major over [−r, r]^d ([`periodic::kernel_offsets`]).
     pub offsets: Vec<Vec<i64>>,
     parity: Vec<usize>,
     coords: Vec<Vec<usize>>,
@@ -64,17 +65,7 @@ impl Geometry {
         for (i, &x) in perm.iter().enumerate() {
             pos[x] = i;
         }
-        let r = (kernel / 2) as i64;
-        let kvol = kernel.pow(d as u32);
-        let mut offsets = Vec::with_capacity(kvol);
-        for mut k in 0..kvol {
-            let mut o = vec![0i64; d];
-            for mu in (0..d).rev() {
-                o[mu] = (k % kernel) as i64 - r;
-                k /= kernel;
-            }
-            offsets.push(o);
-        }
+        let offsets = periodic::kernel_offsets(d, kernel);
         Self { lattice: lattice.clone(), volume: v, half: v / 2, perm, pos, offsets, parity, coords }
     }
 

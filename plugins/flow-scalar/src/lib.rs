@@ -26,9 +26,10 @@
 //! against the same model in f64), and the configurations are f32 values in f64.
 //!
 //! Speed: on the CPU the conditioners run as fused candle custom ops with hand-written
-//! backward passes ([`kernels`]: a direct gather convolution with the activation fused, AVX2+FMA
-//! when the CPU has them); elsewhere (CUDA) the generic formulation ([`flow`]: `index_select`
-//! im2col + matmul, whose backward candle derives) runs. Both compute the same function (tested
+//! backward passes ([`kernels`]: latflow-flow-common's direct gather convolution with the
+//! activation fused, AVX2+FMA when the CPU has them, and the affine update); elsewhere (CUDA) the
+//! generic formulation ([`flow`]: `index_select` im2col + matmul, whose backward candle derives)
+//! runs. Both compute the same function (tested
 //! to 1e-12 in f64, gradients included).
 //!
 //! Threads: `set_threads(n)` gives the model its own rayon pool of n threads and runs every call
@@ -39,11 +40,14 @@
 pub mod config;
 pub mod flow;
 pub mod geometry;
-pub mod io;
 pub mod kernels;
-pub mod optim;
 pub mod prior;
 pub mod spline;
+
+/// Adam(W), learning-rate schedules, clipping and settings validation (latflow-flow-common's).
+pub use latflow_flow_common::optim;
+/// Safetensors weights with latflow metadata (latflow-flow-common's); `latflow.plugin` is [`NAME`].
+pub use latflow_flow_common::io;
 
 use std::collections::HashMap;
 
