@@ -380,20 +380,24 @@ pub trait Model: Send + Sync {
 
     /// The inverse map into the latent space, for flow-assisted replica swaps: for each
     /// configuration x of the batch, z = F⁻¹(x) and log q(x), where F is the model's bijection
-    /// from its latent density r to q (x = F(z), z ~ r). Every model that implements this must
-    /// use the same latent density r — latflow's convention is r = N(0, 1) for every latent
-    /// real — so that F_b ∘ F_a⁻¹ maps between two models' densities with
-    /// |det J| = q_a(x)/q_b(F_b(F_a⁻¹(x))). `Proposals::configs` holds the latent points
-    /// (`n × config_len` reals). A model whose sampler is not a bijection (e.g. a symmetrised
-    /// mixture) returns the log-density of its underlying bijection, consistently with
-    /// [`Model::from_latent`].
+    /// from its latent density r to q (x = F(z), z ~ r). The two models of a swap must share r,
+    /// so that F_b ∘ F_a⁻¹ maps between their densities with |det J| = q_a(x)/q_b(F_b(F_a⁻¹(x))).
+    /// The host builds every coupling's model from the card's one `[model]` section, so the two
+    /// models of a swap are always of the same plugin (and layout): r is each plugin's own
+    /// convention, shared by all its models whatever their weights — for example N(0, 1) per
+    /// latent real for flow-scalar, and the Haar prior (uniform angles in [0, 2π)) for flow-u1.
+    /// There is no latflow-wide latent density. `Proposals::configs` holds the latent points
+    /// (`n × config_len` reals); `log_q` is log q(x) with respect to the same flat measure as
+    /// [`Model::log_prob`] (for a bijective model, the same values). A model whose sampler is not
+    /// a bijection (e.g. a symmetrised mixture) returns the log-density of its underlying
+    /// bijection, consistently with [`Model::from_latent`].
     fn to_latent(&self, configs: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
         let _ = configs;
         RResult::RErr(PluginError::unsupported("to_latent is not implemented by this model"))
     }
 
     /// The forward map: for each latent point z of the batch, x = F(z) and log q(x) (the same
-    /// F and r as [`Model::to_latent`]).
+    /// F and the same plugin-specific latent density r as [`Model::to_latent`]).
     #[allow(clippy::wrong_self_convention)]
     fn from_latent(&self, latent: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
         let _ = latent;

@@ -210,3 +210,35 @@ pub fn kill_and_resume(card: &str, out: &Path, delays_ms: &[u64]) -> usize {
     }
     kills
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exact 2D U(1) results (REFERENCE.md §3)
+// ---------------------------------------------------------------------------------------------
+
+/// I_n(x) for n ≥ 0 by its power series Σ_k (x/2)^{2k+n} / (k! (k+n)!).
+pub fn bessel_i(n: u32, x: f64) -> f64 {
+    let h = 0.5 * x;
+    let mut term = (1..=n).fold(1.0, |t, j| t * h / f64::from(j));
+    let mut sum = term;
+    for k in 1..200u32 {
+        term *= h * h / (f64::from(k) * f64::from(k + n));
+        sum += term;
+        if term < 1e-18 * sum {
+            break;
+        }
+    }
+    sum
+}
+
+/// ⟨W_A⟩ = Σ_n I_n^{V−A} I_{n+1}^A / Σ_n I_n^V on a 2D torus of V plaquettes (REFERENCE.md §3);
+/// A = 1 is the plaquette ⟨cos θ_P⟩. Computed with ratios I_n/I_0 so that nothing overflows.
+pub fn exact_wilson_loop(beta: f64, v: i32, a: i32) -> f64 {
+    let i0 = bessel_i(0, beta);
+    let r = |n: i32| bessel_i(n.unsigned_abs(), beta) / i0;
+    let (mut num, mut den) = (0.0, 0.0);
+    for n in -40..=40 {
+        num += r(n).powi(v - a) * r(n + 1).powi(a);
+        den += r(n).powi(v);
+    }
+    num / den
+}

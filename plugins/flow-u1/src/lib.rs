@@ -21,6 +21,12 @@
 //! be larger by N_links ln 2π; a flow's log Ẑ estimate (−S − log q averaged) therefore estimates
 //! log Z + N_links ln 2π, where log Z is REFERENCE.md §3's (normalised Haar measure).
 //!
+//! **Latent maps** (`to_latent`, `from_latent`, for flow-assisted replica swaps): the latent
+//! space is this plugin's Haar prior — z uniform on [0, 2π)^{N_links}, the links in the layout's
+//! order — with θ = F(z) the flow and log q(θ) exactly `log_prob`'s value. (flow-scalar's latent
+//! space is N(0, 1) instead; a swap always pairs two models of the same plugin, so each plugin's
+//! own prior is the right convention.) Both maps are gauge covariant: F⁻¹(g·θ) = g·F⁻¹(θ).
+//!
 //! `[model]` keys (all optional): `layers` (16), `hidden` ([8, 8]), `kernel` (3, odd, ≤ the
 //! smallest extent), `activation` ("leaky_relu" | "tanh" | "relu" | "gelu"), `coupling` ("ncp" |
 //! "spline"), `n_mix` (2, NCP only), `spline_bins` (8, spline only), `mask_period` (4; each
@@ -223,13 +229,49 @@ impl FlowU1 {
 
     /// `n` proposals (angles in [0, 2π)) and their log q; advances `rng` by n·2V uniforms.
     pub fn sample_with(&self, n: usize, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
-        let w = self.n_links();
         let z = self.draw_prior(n, rng);
+        self.forward_chunks(&z)
+    }
+
+    /// log q of each configuration of a batch (any representatives; inverse pass).
+    pub fn log_prob_vec(&self, configs: &[f64]) -> Result<Vec<f64>, PluginError> {
+        Ok(self.inverse_chunks(configs, false)?.1)
+    }
+
+    /// The latent map of flow-assisted replica swaps ([`Model::to_latent`]): θ (n × 2V, any
+    /// representatives) → (z, log q(θ)), where z = F⁻¹(θ) is the point of the **Haar prior**
+    /// (uniform link angles, wrapped into [0, 2π), the layout's link order) that the flow F maps
+    /// to θ, and log q(θ) is exactly [`FlowU1::log_prob_vec`]'s value (the same inverse pass;
+    /// density with respect to plain Π dθ).
+    ///
+    /// The latent density is this plugin's own prior, uniform on [0, 2π)^{2V} — not flow-scalar's
+    /// N(0, 1): a flow-assisted swap always maps between two models of the same plugin (on the
+    /// same layout), so F_b ∘ F_a⁻¹ only needs the two to share their latent density, which every
+    /// flow-u1 model does, whatever its weights, coupling or dtype. The map is gauge covariant:
+    /// every layer is gauge equivariant, so F⁻¹(g·θ) = g·F⁻¹(θ) (mod 2π) and log q(g·θ) = log q(θ).
+    pub fn to_latent_with(&self, configs: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        self.inverse_chunks(configs, true)
+    }
+
+    /// The inverse of [`FlowU1::to_latent_with`] ([`Model::from_latent`]): latent angles z of the
+    /// Haar prior (n × 2V, any representatives) → (θ = F(z) wrapped into [0, 2π), log q(θ)),
+    /// computed exactly as `sample` computes a proposal from its prior draw (the same latent
+    /// convention: uniform angles, not N(0, 1); see [`FlowU1::to_latent_with`]).
+    pub fn from_latent_with(&self, latent: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        batch_len(latent.len(), self.n_links())?;
+        check_finite("latent point", latent)?;
+        self.forward_chunks(latent)
+    }
+
+    /// The forward pass of `sample` and `from_latent`, in chunks of [`CHUNK`] configurations:
+    /// prior angles z (n × 2V) → (θ wrapped into [0, 2π), log q(θ) = log q₀ − log J).
+    fn forward_chunks(&self, z: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
+        let w = self.n_links();
         let lq0 = self.log_q_prior();
         self.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let mut configs = Vec::with_capacity(n * w);
-            let mut logq = Vec::with_capacity(n);
+            let mut configs = Vec::with_capacity(z.len());
+            let mut logq = Vec::with_capacity(z.len() / w);
             for chunk in z.chunks(CHUNK * w) {
                 let (theta, ld) = self.flow.forward(&self.tensor(chunk, chunk.len() / w)?, &params).map_err(ce)?;
                 configs.extend(wrapped(&theta)?);
@@ -239,20 +281,25 @@ impl FlowU1 {
         })
     }
 
-    /// log q of each configuration of a batch (any representatives; inverse pass).
-    pub fn log_prob_vec(&self, configs: &[f64]) -> Result<Vec<f64>, PluginError> {
+    /// The inverse pass of `log_prob` and `to_latent`, in chunks of [`CHUNK`] configurations:
+    /// θ (n × 2V) → (z wrapped into [0, 2π) if `latent`, else empty; log q(θ) = log q₀ + log|det ∂z/∂θ|).
+    fn inverse_chunks(&self, configs: &[f64], latent: bool) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let w = self.n_links();
         batch_len(configs.len(), w)?;
         check_finite("configuration", configs)?;
         let lq0 = self.log_q_prior();
         self.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
+            let mut z = Vec::with_capacity(if latent { configs.len() } else { 0 });
             let mut out = Vec::with_capacity(configs.len() / w);
             for chunk in configs.chunks(CHUNK * w) {
-                let (_, ld) = self.flow.inverse(&self.tensor(chunk, chunk.len() / w)?, &params).map_err(ce)?;
+                let (zc, ld) = self.flow.inverse(&self.tensor(chunk, chunk.len() / w)?, &params).map_err(ce)?;
+                if latent {
+                    z.extend(wrapped(&zc)?);
+                }
                 out.extend(tensor_to_f64(&ld).map_err(ce)?.into_iter().map(|l| lq0 + l));
             }
-            Ok(out)
+            Ok((z, out))
         })
     }
 
@@ -596,6 +643,25 @@ impl Model for FlowU1 {
 
     fn init_from(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError> {
         guard("init_from", || self.init_from_bytes(bytes.as_slice()).map(|_| ()))
+    }
+
+    /// z = F⁻¹(θ) in the Haar prior's latent space (uniform angles in [0, 2π); this plugin's
+    /// convention, shared by every flow-u1 model — swaps never pair flow-u1 with another plugin)
+    /// and log q(θ) as `log_prob` returns it. See [`FlowU1::to_latent_with`].
+    fn to_latent(&self, configs: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
+        guard("to_latent", || {
+            let (latent, log_q) = self.to_latent_with(configs.as_slice())?;
+            Ok(Proposals { configs: latent.into(), log_q: log_q.into() })
+        })
+    }
+
+    /// θ = F(z) for latent points z of the Haar prior (uniform angles; see `to_latent`) and
+    /// log q(θ), as `sample` computes them. See [`FlowU1::from_latent_with`].
+    fn from_latent(&self, latent: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
+        guard("from_latent", || {
+            let (configs, log_q) = self.from_latent_with(latent.as_slice())?;
+            Ok(Proposals { configs: configs.into(), log_q: log_q.into() })
+        })
     }
 }
 

@@ -5,6 +5,7 @@ mod config_tests;
 mod flow_math;
 mod gauge;
 mod gradients;
+mod latent;
 mod persistence;
 mod sampling;
 mod training;
