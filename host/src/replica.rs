@@ -22,7 +22,8 @@
 //! their own couplings, log r = −S_i(x_j) − S_j(x_i) + S_i(x_i) + S_j(x_j).
 //!
 //! **Flow-assisted swaps** (`flow = true`). Each coupling k has a model q_k, the push-forward of a
-//! latent density r (shared by all models: N(0, 1)) through a bijection F_k. The swap proposes
+//! latent density r (the plugin's own prior, shared by every model built from the card's one
+//! `[model]` section: N(0, 1) for flow-scalar, uniform angles for flow-u1) through a bijection F_k. The swap proposes
 //!
 //! ```text
 //!     (x_i, x_j) → (x_i', x_j') = (T⁻¹ x_j, T x_i),     T = F_j ∘ F_i⁻¹,
