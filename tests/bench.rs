@@ -175,4 +175,5 @@ fn wall_time_mode_calibrates() {
     let c = &json["contenders"][0];
     assert!(c["samples"].as_u64().unwrap() >= 50, "{c}");
     assert!(!d.join("out/hmc_leapfrog.calibration.h5").exists(), "the calibration ensemble is removed");
+    assert!(!d.join("out/hmc_leapfrog.calibration.h5.ckpt").exists(), "and its checkpoint");
 }

@@ -460,6 +460,9 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
                 secs[i] = timed(|| crate::run::run(&card_path, &RunOptions { quiet: true, ..run_opts.clone() }).map(|_| ()))?.1;
             }
             let _ = std::fs::remove_file(&calib);
+            let mut ckpt = calib.clone().into_os_string();
+            ckpt.push(".ckpt");
+            let _ = std::fs::remove_file(ckpt);
             let per_sweep = ((secs[1] - secs[0]) / n_cal as f64).max(secs[1] / (2 * n_cal) as f64 * 0.1);
             let fixed = (secs[0] - n_cal as f64 * per_sweep).max(0.0);
             let total = ((budget - fixed) / per_sweep).floor().max(0.0) as u64;

@@ -15,7 +15,7 @@
 //! "f64"), `device` ("cpu" | "cuda", the latter with the `cuda` feature), `prior` ("normal" |
 //! "free", the latter with `prior_m2` > 0), `init_seed` (0), `coupling` ("affine" | "spline":
 //! rational-quadratic splines, [`spline`]), `spline_bins` (8) and `spline_bound` (4.0) with
-//! splines only, `z2` ("none" | "symmetrize").
+//! splines only, `z2` ("none" | "symmetrize" | "equivariant", the last for affine couplings only).
 //!
 //! Precision: the flow runs in `dtype`. Prior deviates are drawn in f64 (in a fixed order from
 //! the caller's stream: all n·V normals, configuration by configuration in site order, then, with
