@@ -1,31 +1,41 @@
 #!/usr/bin/env bash
-# Side-by-side timing of the φ⁴ normalizing flow: latflow's flow-scalar plugin against the PyTorch
-# peer shared/peers/phi4_flow.py (the same architecture: N(0,1) prior, 16 affine coupling layers,
-# CNN 1 → 8 → 8 → 2, kernel 3, float32, L = 8, m² = −4, λ = 8), measured in the same run on this
-# machine, interleaved. A benchmark, not a test: never run it in CI.
+# Side-by-side timing of a normalizing flow, latflow against its PyTorch peer, with the same
+# architecture, measured in the same run on this machine, interleaved. THEORY picks the flow:
+#   phi4 (default)  latflow's flow-scalar model with the phi4 theory against
+#                   shared/peers/phi4_flow.py: N(0,1) prior, 16 affine coupling layers,
+#                   CNN 1 → 8 → 8 → 2, kernel 3, float32, L = 8, m² = −4, λ = 8.
+#   u1              latflow's flow-u1 model with the u1 theory against shared/peers/u1_flow.py:
+#                   2D U(1), Haar prior, 16 gauge-equivariant coupling layers (stripe masks),
+#                   NCP mixtures of 2 components, CNN 2 → 8 → 8 → 3, kernel 3, float32,
+#                   L = 8, β = 2.
+# A benchmark, not a test: never run it in CI.
 #
-# What is measured (per thread count T, per round):
+# What is measured (per thread count T, per round; the same definitions for both theories):
 #   train step   latflow: `latflow train` of TRAIN_STEPS steps (batch 64, Adam lr 1e-3) with
 #                [run] threads = T and RAYON_NUM_THREADS=T; the median of the history CSV's
-#                `seconds` column (sample + log q + φ⁴ action and gradient + backward + Adam),
-#                skipping the first 5 steps.
-#                peer: the step of probe.py (sample + log q + action + backward + Adam + .item()),
-#                median of PEER_STEPS steps after one warm-up step.
+#                `seconds` column (sample + log q + action and gradient (φ⁴, or the U(1) Wilson
+#                action −β Σ cos P) + backward + Adam), skipping the first 5 steps.
+#                peer: the step of probe.py (its phi4 step, or its u1 step for THEORY=u1:
+#                sample + log q + action + backward + Adam + .item()), median of PEER_STEPS
+#                steps after one warm-up step.
 #   proposals/s  latflow: wall time of a whole `latflow run` of a `kind = "reweight"` chain with
 #                N_PROPOSALS measurements, `batch = B` in the step (B = 64 and 1024), untrained
 #                model (the cost does not depend on the weights), no thermalisation, observables
-#                only (save_every = 0). That includes process start, plugin loading, the φ⁴
+#                only (save_every = 0). That includes process start, plugin loading, the
 #                action, measurements and the HDF5 writes: nothing is subtracted.
 #                peer: N_PROPOSALS draws with log q under no_grad, in batches of B, plus the
-#                action of each batch (probe.py times the action separately; here it is inside).
+#                action of each batch (probe.py and u1_flow.py time the action separately; here
+#                it is inside).
 # Order: in each round and for each T, latflow then the peer on odd rounds, the peer then latflow
 # on even rounds, so both see the same load. Figures are medians over rounds.
 #
 # Usage (from anywhere; needs cargo and a python with torch and numpy):
-#   tools/compare_flow_peers.sh
+#   tools/compare_flow_peers.sh                  # φ⁴ flow
+#   THEORY=u1 tools/compare_flow_peers.sh        # U(1) flow
 #   PEER_PYTHON=/tmp/peervenv/bin/python ROUNDS=3 THREADS="1 2" tools/compare_flow_peers.sh
 #
 # Environment knobs (all optional):
+#   THEORY=phi4           phi4 | u1: which flow (see above)
 #   ROUNDS=3              interleaved rounds
 #   THREADS="1 2"         thread counts (both sides)
 #   TRAIN_STEPS=150       latflow training steps per measurement
@@ -43,13 +53,20 @@
 # Output: progress on stderr; on stdout a Markdown table with the medians (and min–max) per thread
 # count, and the ratios latflow/peer (faster = larger). The load average is logged per round and
 # printed with the table: the machine's 2 cores are shared, so quote it with the figures.
-# Exit status: 1 only when latflow cannot be built; a failed single measurement shows as "n/a".
+# Exit status: 1 when latflow cannot be built, 2 for an unknown THEORY; a failed single
+# measurement shows as "n/a".
 
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+THEORY=${THEORY:-phi4}
+case "$THEORY" in
+    phi4) peer_script=phi4_flow.py ;;
+    u1) peer_script=u1_flow.py ;;
+    *) printf '[compare_flow_peers] THEORY must be phi4 or u1, not %s\n' "$THEORY" >&2; exit 2 ;;
+esac
 ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-"1 2"}
 TRAIN_STEPS=${TRAIN_STEPS:-150}
@@ -84,7 +101,7 @@ fi
 peers=${PEERS_DIR:-}
 if [ -z "$peers" ]; then
     for d in "$root/shared/peers" "$root/../shared/peers" "$root/../../shared/peers"; do
-        if [ -f "$d/phi4_flow.py" ]; then peers=$(cd "$d" && pwd); break; fi
+        if [ -f "$d/$peer_script" ]; then peers=$(cd "$d" && pwd); break; fi
     done
 fi
 PY=${PEER_PYTHON:-}
@@ -94,24 +111,38 @@ if [ -z "$PY" ]; then
     done
 fi
 have_peer=1
-if [ -z "$peers" ] || [ ! -f "$peers/phi4_flow.py" ]; then
+if [ -z "$peers" ] || [ ! -f "$peers/$peer_script" ]; then
     log "peer scripts not found (set PEERS_DIR); the peer columns read n/a"; have_peer=0
 elif [ -z "$PY" ] || ! "$PY" -c 'import torch, numpy' >/dev/null 2>&1; then
     log "no python with torch and numpy (set PEER_PYTHON); the peer columns read n/a"; have_peer=0
 fi
-log "output in $OUT_DIR; latflow $LATFLOW; peers ${peers:-none}; python ${PY:-none}; load $(load)"
+log "theory $THEORY; output in $OUT_DIR; latflow $LATFLOW; peers ${peers:-none}; python ${PY:-none}; load $(load)"
 
 # ---------------------------------------------------------------- cards
-theory='[theory]
+if [ "$THEORY" = u1 ]; then
+    theory='[theory]
+plugin = "u1"
+lattice = [8, 8]
+beta = 2.0'
+    model='plugin = "flow-u1"
+layers = 16
+hidden = [8, 8]
+kernel = 3
+coupling = "ncp"
+n_mix = 2
+dtype = "f32"'
+else
+    theory='[theory]
 plugin = "phi4"
 lattice = [8, 8]
 m2 = -4.0
 lambda = 8.0'
-model='plugin = "flow-scalar"
+    model='plugin = "flow-scalar"
 layers = 16
 hidden = [8, 8]
 kernel = 3
 dtype = "f32"'
+fi
 
 train_card() { # threads -> card path
     local c="$OUT_DIR/train_t$1.toml"
@@ -208,6 +239,28 @@ run_latflow() { # round threads
     done
 }
 
+# The peer's setup per theory: `layers`, `action(x)` and `sample(n) -> (x, log q)`, as in probe.py.
+if [ "$THEORY" = u1 ]; then
+    peer_setup='
+import u1_flow
+L = 8
+beta = 2.0
+layers, plaq = u1_flow.build_model(torch, L)
+def action(x):
+    return -beta * torch.cos(plaq(x)).sum(dim=(1, 2))
+def sample(n):
+    return u1_flow.sample(torch, layers, n, L)
+'
+else
+    peer_setup='
+import phi4_flow
+L = 8
+layers = phi4_flow.build_model(torch, L)
+action = phi4_flow.make_action(torch, -4.0, 8.0)
+def sample(n):
+    return phi4_flow.sample(torch, layers, n, L)
+'
+fi
 peer_py='
 import sys, time, json
 sys.path.insert(0, sys.argv[1])
@@ -215,14 +268,11 @@ threads, steps, n, batches = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]
 import common
 from common import np
 torch, _ = common.setup_torch(11, "float32", threads=threads)
-import phi4_flow
-L = 8
-layers = phi4_flow.build_model(torch, L)
-action = phi4_flow.make_action(torch, -4.0, 8.0)
+'"$peer_setup"'
 opt = torch.optim.Adam(layers.parameters(), lr=1e-3)
 def step():
     opt.zero_grad()
-    x, lq = phi4_flow.sample(torch, layers, 64, L)
+    x, lq = sample(64)
     loss = (lq + action(x)).mean()
     loss.backward()
     opt.step()
@@ -234,12 +284,12 @@ for _ in range(steps):
 out = {"train_ms": 1e3 * float(np.median(ts))}
 with torch.no_grad():
     for b in batches:
-        phi4_flow.sample(torch, layers, b, L)  # warm-up
+        sample(b)  # warm-up
         t0 = time.perf_counter()
         left = n
         while left > 0:
             k = min(b, left)
-            x, lq = phi4_flow.sample(torch, layers, k, L)
+            x, lq = sample(k)
             s = action(x)
             float(s.sum() + lq.sum())
             left -= k
@@ -301,7 +351,9 @@ ratio() { # threads metric invert(0/1)
 }
 
 echo
-echo "φ⁴ flow, L = 8, 16 affine layers, f32; $ROUNDS interleaved rounds, medians (min–max); 1-min load average at each round's start and at the end: ${loads[*]} (2 cores)"
+if [ "$THEORY" = u1 ]; then flow_desc="U(1) flow, L = 8, β = 2, 16 NCP layers (2 components)"
+else flow_desc="φ⁴ flow, L = 8, 16 affine layers"; fi
+echo "$flow_desc, f32; $ROUNDS interleaved rounds, medians (min–max); 1-min load average at each round's start and at the end: ${loads[*]} (2 cores)"
 echo
 echo "| threads | metric | latflow | peer (torch) | latflow ÷ peer speed |"
 echo "|---|---|---|---|---|"
