@@ -4,7 +4,7 @@
 # scratch at beta = 6, L = 8 for comparison, then bench HMC against flow Metropolis and a hybrid
 # chain at L = 16, beta = 6.
 #
-#   examples/u1_headline/run.sh [WORKDIR]      (default: ./u1_headline; about 15-25 min on 2 cores)
+#   examples/u1_headline/run.sh [WORKDIR]      (default: ./u1_headline; about 15 min on 2 cores)
 #
 # Weights that already exist are kept (delete them to retrain). Needs a release build:
 #   cargo build --release
