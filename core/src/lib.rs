@@ -8,6 +8,7 @@
 //! * [`hmc`]: field spaces, actions, nested integrators, HMC trajectories and the shared
 //!   Metropolis test. Plugins monomorphise these generic pieces inside themselves.
 //! * [`stats`]: Wolff's Γ-method, jackknife, reweighting helpers.
+//! * [`workers`]: a plugin's optional private thread pool.
 //!
 //! Nothing here opens shared libraries or files: that is the host's job.
 
@@ -18,8 +19,10 @@ pub mod layout;
 pub mod rng;
 pub mod stats;
 pub mod sum;
+pub mod workers;
 
 pub use abi::{PluginError, ErrorKind};
 pub use lattice::Lattice;
 pub use layout::FieldLayout;
 pub use rng::{RngState, Stream};
+pub use workers::Workers;

@@ -26,7 +26,7 @@ use latflow_core::abi::{
 };
 use latflow_core::hmc::{hmc_trajectory, Action, RealScalar, Schedule};
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
-use latflow_core::{Lattice, RngState, Stream};
+use latflow_core::{Lattice, RngState, Stream, Workers};
 use serde::{Deserialize, Serialize};
 
 pub use kernel::Kernel;
@@ -99,7 +99,7 @@ pub struct Phi4 {
     lattice: Lattice,
     kernel: Kernel,
     couplings: Couplings,
-    pool: Option<rayon::ThreadPool>,
+    workers: Workers,
 }
 
 impl Phi4 {
@@ -132,7 +132,7 @@ impl Phi4 {
     /// A theory on `lattice` with the given couplings.
     pub fn new(lattice: Lattice, couplings: Couplings) -> Self {
         let kernel = Kernel::new(&lattice);
-        Self { lattice, kernel, couplings, pool: None }
+        Self { lattice, kernel, couplings, workers: Workers::default() }
     }
 
     /// The couplings.
@@ -148,13 +148,6 @@ impl Phi4 {
     /// The kernel (action, force, observables) for these couplings.
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
-    }
-
-    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
     }
 
     fn observable_specs(&self) -> Vec<ObservableSpec> {
@@ -292,16 +285,7 @@ impl Theory for Phi4 {
 
     fn set_threads(&mut self, threads: u32) -> RResult<(), PluginError> {
         guard("set_threads", || {
-            self.pool = if threads == 0 {
-                None
-            } else {
-                Some(
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads as usize)
-                        .build()
-                        .map_err(|e| PluginError::new(latflow_core::ErrorKind::Internal, e.to_string()))?,
-                )
-            };
+            self.workers = Workers::new(threads)?;
             Ok(())
         })
     }
@@ -326,7 +310,7 @@ impl Theory for Phi4 {
             let v = self.lattice.volume();
             batch_len(configs.len(), v)?;
             let c = self.couplings;
-            let out: Vec<f64> = self.install(|| {
+            let out: Vec<f64> = self.workers.install(|| {
                 use rayon::prelude::*;
                 configs.as_slice().par_chunks(v).map(|phi| self.kernel.action(phi, c.m2, c.lambda)).collect()
             });
@@ -341,7 +325,7 @@ impl Theory for Phi4 {
             let c = self.couplings;
             let mut grad = vec![0.0; n * v];
             let mut actions = vec![0.0; n];
-            self.install(|| {
+            self.workers.install(|| {
                 use rayon::prelude::*;
                 grad.par_chunks_mut(v).zip(actions.par_iter_mut()).zip(configs.as_slice().par_chunks(v)).for_each(
                     |((g, s), phi)| {
@@ -376,7 +360,7 @@ impl Theory for Phi4 {
     ) -> RResult<RVec<TrajectoryRecord>, PluginError> {
         guard("hmc", || {
             update_config(config, self.lattice.volume(), rng, |phi, s| {
-                self.install(|| self.hmc_vec(phi, params, n_traj, s))
+                self.workers.install(|| self.hmc_vec(phi, params, n_traj, s))
             })
             .map(RVec::from)
         })

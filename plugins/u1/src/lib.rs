@@ -27,7 +27,7 @@ use latflow_core::abi::{
 };
 use latflow_core::hmc::{hmc_trajectory, Action, FieldSpace, RealScalar, Schedule};
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
-use latflow_core::{Lattice, RngState, Stream};
+use latflow_core::{Lattice, RngState, Stream, Workers};
 use serde::Deserialize;
 
 pub use kernel::{wrap_angle, Kernel};
@@ -141,7 +141,7 @@ pub struct U1 {
     kernel: Kernel,
     beta: f64,
     loops: Vec<(usize, usize)>,
-    pool: Option<rayon::ThreadPool>,
+    workers: Workers,
 }
 
 impl U1 {
@@ -175,7 +175,7 @@ impl U1 {
             }
             loops.push((r, t));
         }
-        Ok(Self { lattice, kernel, beta, loops, pool: None })
+        Ok(Self { lattice, kernel, beta, loops, workers: Workers::default() })
     }
 
     /// β.
@@ -195,13 +195,6 @@ impl U1 {
 
     fn config_len(&self) -> usize {
         self.kernel.n_links()
-    }
-
-    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
     }
 
     fn observable_specs(&self) -> Vec<ObservableSpec> {
@@ -299,16 +292,7 @@ impl Theory for U1 {
 
     fn set_threads(&mut self, threads: u32) -> RResult<(), PluginError> {
         guard("set_threads", || {
-            self.pool = if threads == 0 {
-                None
-            } else {
-                Some(
-                    rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads as usize)
-                        .build()
-                        .map_err(|e| PluginError::new(latflow_core::ErrorKind::Internal, e.to_string()))?,
-                )
-            };
+            self.workers = Workers::new(threads)?;
             Ok(())
         })
     }
@@ -330,7 +314,7 @@ impl Theory for U1 {
         guard("action", || {
             let n = self.config_len();
             batch_len(configs.len(), n)?;
-            let out: Vec<f64> = self.install(|| {
+            let out: Vec<f64> = self.workers.install(|| {
                 use rayon::prelude::*;
                 configs.as_slice().par_chunks(n).map(|theta| self.kernel.action(theta, self.beta)).collect()
             });
@@ -344,7 +328,7 @@ impl Theory for U1 {
             let count = batch_len(configs.len(), n)?;
             let mut grad = vec![0.0; count * n];
             let mut actions = vec![0.0; count];
-            self.install(|| {
+            self.workers.install(|| {
                 use rayon::prelude::*;
                 grad.par_chunks_mut(n)
                     .zip(actions.par_iter_mut())
@@ -361,7 +345,7 @@ impl Theory for U1 {
             let count = batch_len(configs.len(), n)?;
             let per = 2 + if self.lattice.dim() == 2 { 2 } else { 0 } + self.loops.len();
             let mut out = Vec::with_capacity(count * per);
-            self.install(|| {
+            self.workers.install(|| {
                 for theta in configs.as_slice().chunks(n) {
                     self.kernel.observables(theta, self.beta, &self.loops, &mut out);
                 }
@@ -379,7 +363,7 @@ impl Theory for U1 {
     ) -> RResult<RVec<TrajectoryRecord>, PluginError> {
         guard("hmc", || {
             update_config(config, self.config_len(), rng, |theta, s| {
-                self.install(|| self.hmc_vec(theta, params, n_traj, s))
+                self.workers.install(|| self.hmc_vec(theta, params, n_traj, s))
             })
             .map(RVec::from)
         })
