@@ -159,6 +159,41 @@ pub fn parse(bytes: &[u8]) -> Result<WeightsFile, PluginError> {
     Ok(WeightsFile { metadata, tensors })
 }
 
+/// A plugin's weights file: every parameter of `vars` under its name (F64 with `f64_storage`,
+/// F32 otherwise), with `adam` also Adam's moments (`adam.m.{name}`, `adam.v.{name}`, F64,
+/// after each parameter) and its step count ([`KEY_STEP`]), and the metadata [`KEY_FORMAT`],
+/// [`KEY_PLUGIN`] (`plugin`), [`KEY_VERSION`] (`version`) and [`KEY_ARCH`] (`arch_json`, stored
+/// as given). Deterministic bytes (see [`serialize`]).
+pub fn save_weights(
+    vars: &[crate::tensor::NamedVar],
+    f64_storage: bool,
+    adam: Option<&crate::optim::AdamState>,
+    plugin: &str,
+    version: &str,
+    arch_json: String,
+) -> Result<Vec<u8>, PluginError> {
+    let ce = |e: candle_core::Error| PluginError::new(latflow_core::ErrorKind::Internal, format!("candle: {e}"));
+    let mut tensors = Vec::new();
+    for (i, nv) in vars.iter().enumerate() {
+        let vals = crate::tensor_to_f64(nv.var.as_tensor()).map_err(ce)?;
+        let shape = nv.var.dims().to_vec();
+        tensors.push((nv.name.clone(), RawTensor::new(&vals, shape.clone(), f64_storage)));
+        if let Some(adam) = adam {
+            tensors.push((format!("adam.m.{}", nv.name), RawTensor::new(&adam.m[i], shape.clone(), true)));
+            tensors.push((format!("adam.v.{}", nv.name), RawTensor::new(&adam.v[i], shape, true)));
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert(KEY_FORMAT.to_string(), FORMAT.to_string());
+    meta.insert(KEY_PLUGIN.to_string(), plugin.to_string());
+    meta.insert(KEY_VERSION.to_string(), version.to_string());
+    meta.insert(KEY_ARCH.to_string(), arch_json);
+    if let Some(adam) = adam {
+        meta.insert(KEY_STEP.to_string(), adam.step.to_string());
+    }
+    serialize(&tensors, meta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,13 +11,21 @@
 //!   fused kernels are tested against.
 //! * [`optim`]: Adam(W) on the host in f64 with serialisable state, learning-rate schedules,
 //!   gradient clipping and validation of the host's `TrainSettings`.
+//! * [`config`]: the `[model]` enums every plugin shares (activation, dtype, device).
+//! * [`spline`]: the rational-quadratic spline core (knots, bin search, the bin map and its
+//!   inverse) under both the interval splines and the circular ones.
+//! * [`plugin`]: [`impl_flow_model!`], the `Model` trait glue forwarding to a plugin's
+//!   inherent methods.
 //! * [`io`]: safetensors weights with latflow metadata, deterministic bytes, and parsing that
 //!   refuses damaged files with clear errors.
 
+pub mod config;
 pub mod io;
 pub mod kernels;
 pub mod optim;
 pub mod periodic;
+pub mod plugin;
+pub mod spline;
 pub mod tensor;
 
 /// Re-exported for the [`dispatch_float!`] macro.

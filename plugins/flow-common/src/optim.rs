@@ -247,3 +247,107 @@ mod tests {
         }
     }
 }
+
+/// The outcome of [`checked_step`]: the updated parameters and optimiser state, and the
+/// metrics of the step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub params: Vec<Vec<f64>>,
+    pub adam: AdamState,
+    /// ‖g‖₂ over all parameters, before clipping.
+    pub grad_norm: f64,
+    pub learning_rate: f64,
+}
+
+/// One optimiser step of a training batch, all or nothing: refuses a non-finite gradient
+/// (naming `names[j]` and the index), clips the gradients to `settings.grad_clip` in global
+/// norm, takes the Adam(W) step of `adam` (at the rate of its step count) on the current
+/// parameter values that `params` reads (called once, after the gradient checks), and refuses
+/// an update that makes a parameter non-finite. Errors leave the caller's weights and state
+/// untouched; on success the caller installs [`Step::params`] and [`Step::adam`].
+pub fn checked_step<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    grads: Vec<Vec<f64>>,
+    params: impl FnOnce() -> Result<Vec<Vec<f64>>, PluginError>,
+    adam: &AdamState,
+    settings: &TrainSettings,
+) -> Result<Step, PluginError> {
+    let names: Vec<&str> = names.into_iter().collect();
+    for (name, g) in names.iter().zip(&grads) {
+        if let Some(i) = g.iter().position(|x| !x.is_finite()) {
+            return Err(PluginError::numerical(format!(
+                "train_step: gradient of {name}[{i}] is {}; weights unchanged",
+                g[i]
+            )));
+        }
+    }
+    let norm = global_norm(&grads);
+    let factor = clip_factor(norm, settings.grad_clip);
+    let grads: Vec<Vec<f64>> = if factor < 1.0 {
+        grads.into_iter().map(|g| g.into_iter().map(|x| x * factor).collect()).collect()
+    } else {
+        grads
+    };
+    let lr = learning_rate(settings, adam.step);
+    let mut params = params()?;
+    let mut adam = adam.clone();
+    adam.update(&mut params, &grads, lr, settings);
+    for (name, p) in names.iter().zip(&params) {
+        if p.iter().any(|x| !x.is_finite()) {
+            return Err(PluginError::numerical(format!(
+                "train_step: the update made {name} non-finite; weights unchanged"
+            )));
+        }
+    }
+    Ok(Step { params, adam, grad_norm: norm, learning_rate: lr })
+}
+
+/// Checks the host's buffers for `train_step` against the pending training batch: `pending`
+/// is the size n of the batch that `train_sample` left (None: no batch pending), `actions` must
+/// hold n reals and `grad` n × `width` (`unit` names what the `width` reals of a configuration
+/// are in the error, e.g. "reals" or "links"). Returns n.
+pub fn check_train_buffers(
+    pending: Option<usize>,
+    actions: &[f64],
+    grad: &[f64],
+    width: usize,
+    unit: &str,
+) -> Result<usize, PluginError> {
+    let n = match pending {
+        Some(n) => n,
+        None => {
+            return Err(PluginError::unsupported(
+                "train_step: no training batch pending: call train_sample before every train_step",
+            ))
+        }
+    };
+    if actions.len() != n {
+        return Err(PluginError::shape(format!(
+            "train_step: {} actions for a batch of {n} configurations",
+            actions.len()
+        )));
+    }
+    if grad.len() != n * width {
+        return Err(PluginError::shape(format!(
+            "train_step: gradient of {} reals for a batch of {n} configurations of {width} {unit} ({} expected)",
+            grad.len(),
+            n * width
+        )));
+    }
+    Ok(n)
+}
+
+/// The training loss mean(log q + S) of a batch from its log q (`logq`) and actions
+/// (`actions`), in that summation order; refuses a non-finite loss, then a non-finite action
+/// gradient `grad`, leaving the weights unchanged.
+pub fn batch_loss(logq: &[f64], actions: &[f64], grad: &[f64]) -> Result<f64, PluginError> {
+    let n = actions.len();
+    let loss = logq.iter().zip(actions).map(|(a, s)| a + s).sum::<f64>() / n as f64;
+    if !loss.is_finite() {
+        return Err(PluginError::numerical(format!(
+            "train_step: the loss mean(log q + S) is {loss}; weights unchanged"
+        )));
+    }
+    latflow_core::abi::check_finite("train_step: action gradient", grad)?;
+    Ok(loss)
+}

@@ -51,3 +51,34 @@ pub fn conv_generic(
     let g = x.index_select(idx, 1)?.reshape((b * m, kci))?;
     g.matmul(w)?.broadcast_add(bias)?.reshape((b, m, co))
 }
+
+/// A named parameter.
+#[derive(Debug)]
+pub struct NamedVar {
+    pub name: String,
+    pub var: candle_core::Var,
+}
+
+/// The parameters of a stack of convolutions as a flow uses them: `vars` alternate weight,
+/// bias, weight, bias, …, weight j (`vars[2j]`) shaped `[K, C_in, C_out]` (any shape of
+/// `kvol · C_in · C_out` elements) with `(C_in, C_out) = channels[j % channels.len()]`, is
+/// returned reshaped to `[kvol · C_in, C_out]`; biases are returned as they are. Tracked by
+/// autograd when `track` is true, detached otherwise (no graph is recorded then).
+pub fn conv_params(
+    vars: &[NamedVar],
+    channels: &[(usize, usize)],
+    kvol: usize,
+    track: bool,
+) -> candle_core::Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(vars.len());
+    for (i, nv) in vars.iter().enumerate() {
+        let t: Tensor = if track { nv.var.as_tensor().clone() } else { nv.var.as_tensor().detach() };
+        if i % 2 == 0 {
+            let (cin, cout) = channels[(i / 2) % channels.len()];
+            out.push(t.reshape((kvol * cin, cout))?);
+        } else {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}

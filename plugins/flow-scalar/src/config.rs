@@ -5,36 +5,7 @@ use latflow_core::layout::{ElementKind, FieldLayout, FieldRole, Support};
 use latflow_core::Lattice;
 use serde::{Deserialize, Serialize};
 
-/// Nonlinearity between the convolutions of a conditioner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// max(x, 0.01 x), torch's `LeakyReLU()` default slope.
-    #[default]
-    LeakyRelu,
-    Tanh,
-    Relu,
-    /// The exact (erf) GELU, torch's `GELU()` default.
-    Gelu,
-}
-
-/// Floating-point type of the weights and of the flow's arithmetic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DTypeCfg {
-    #[default]
-    F32,
-    F64,
-}
-
-/// Where the flow runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceCfg {
-    #[default]
-    Cpu,
-    Cuda,
-}
+pub use latflow_flow_common::config::{Activation, DTypeCfg, DeviceCfg};
 
 /// The base distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

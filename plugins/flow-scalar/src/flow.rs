@@ -39,12 +39,7 @@ pub use latflow_flow_common::{tensor_from_f64, tensor_to_f64};
 /// The random stream purpose of weight initialisation (`init_seed` is its run seed).
 pub const INIT_STREAM: u64 = 0x464c_4f57_494e_4954; // "FLOWINIT"
 
-/// A named parameter.
-#[derive(Debug)]
-pub struct NamedVar {
-    pub name: String,
-    pub var: Var,
-}
+pub use latflow_flow_common::tensor::NamedVar;
 
 /// The flow: geometry, gather tables, parameters and prior.
 #[derive(Debug)]
@@ -149,18 +144,7 @@ impl Flow {
     /// The parameters as the flow uses them (weights as `[K·C_in, C_out]`): tracked by
     /// autograd when `track` is true, detached otherwise (no graph is recorded then).
     pub fn params(&self, track: bool) -> candle_core::Result<Vec<Tensor>> {
-        let kvol = self.geom.kvol();
-        let mut out = Vec::with_capacity(self.vars.len());
-        for (i, nv) in self.vars.iter().enumerate() {
-            let t: Tensor = if track { nv.var.as_tensor().clone() } else { nv.var.as_tensor().detach() };
-            if i % 2 == 0 {
-                let (cin, cout) = self.channels[(i / 2) % self.channels.len()];
-                out.push(t.reshape((kvol * cin, cout))?);
-            } else {
-                out.push(t);
-            }
-        }
-        Ok(out)
+        latflow_flow_common::tensor::conv_params(&self.vars, &self.channels, self.geom.kvol(), track)
     }
 
     /// Chooses the fused CPU kernels (`true`, the default on the CPU) or the generic candle

@@ -49,19 +49,21 @@ pub use latflow_flow_common::optim;
 /// Safetensors weights with latflow metadata (latflow-flow-common's); `latflow.plugin` is [`NAME`].
 pub use latflow_flow_common::io;
 
-use std::collections::HashMap;
-
 use abi_stable::export_root_module;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
+#[cfg(test)]
+use abi_stable::std_types::RSlice;
 use candle_core::{DType, Device, Tensor, Var};
 use latflow_core::abi::{
-    batch_len, check_finite, guard, Model, ModelBox, Model_TO, PluginError, PluginInfo, PluginKind, PluginMod,
-    PluginModRef, Proposals, TheoryBox, TrainMetrics, TrainSettings,
+    batch_len, check_finite, guard, ModelBox, Model_TO, PluginError, PluginInfo, PluginKind, PluginMod,
+    PluginModRef, TheoryBox, TrainMetrics, TrainSettings,
 };
 use latflow_core::layout::FieldLayout;
-use latflow_core::{ErrorKind, RngState, Stream};
+#[cfg(doc)]
+use latflow_core::abi::Model;
+use latflow_core::{ErrorKind, Stream};
 
 use crate::config::{describe_difference, DeviceCfg, ModelConfig, Z2};
 use crate::flow::{tensor_from_f64, tensor_to_f64, Flow};
@@ -407,68 +409,16 @@ impl FlowScalar {
         let settings =
             self.settings.clone().ok_or_else(|| PluginError::unsupported("train_step: call train_begin first"))?;
         let v = self.volume();
-        let n = match &self.pending {
-            Some(p) => p.n,
-            None => {
-                return Err(PluginError::unsupported(
-                    "train_step: no training batch pending: call train_sample before every train_step",
-                ))
-            }
-        };
-        if actions.len() != n {
-            return Err(PluginError::shape(format!(
-                "train_step: {} actions for a batch of {n} configurations",
-                actions.len()
-            )));
-        }
-        if grad.len() != n * v {
-            return Err(PluginError::shape(format!(
-                "train_step: gradient of {} reals for a batch of {n} configurations of {v} reals ({} expected)",
-                grad.len(),
-                n * v
-            )));
-        }
+        optim::check_train_buffers(self.pending.as_ref().map(|p| p.n), actions, grad, v, "reals")?;
         let pending = self.pending.take().expect("checked above");
-        let loss = pending.logq_host.iter().zip(actions).map(|(a, s)| a + s).sum::<f64>() / n as f64;
-        if !loss.is_finite() {
-            return Err(PluginError::numerical(format!(
-                "train_step: the loss mean(log q + S) is {loss}; weights unchanged"
-            )));
-        }
-        check_finite("train_step: action gradient", grad)?;
+        let loss = optim::batch_loss(&pending.logq_host, actions, grad)?;
         let g_cb = self.flow.geom.to_checkerboard(grad);
         let grads = self.install(|| self.batch_gradients(&pending, &g_cb, settings.path_gradients)).map_err(ce)?;
-        for (nv, g) in self.flow.vars.iter().zip(&grads) {
-            if let Some(i) = g.iter().position(|x| !x.is_finite()) {
-                return Err(PluginError::numerical(format!(
-                    "train_step: gradient of {}[{i}] is {}; weights unchanged",
-                    nv.name, g[i]
-                )));
-            }
-        }
-        let norm = optim::global_norm(&grads);
-        let factor = optim::clip_factor(norm, settings.grad_clip);
-        let grads: Vec<Vec<f64>> = if factor < 1.0 {
-            grads.into_iter().map(|g| g.into_iter().map(|x| x * factor).collect()).collect()
-        } else {
-            grads
-        };
-        let lr = optim::learning_rate(&settings, self.adam.step);
-        let mut params: Vec<Vec<f64>> =
-            self.flow.vars.iter().map(|nv| tensor_to_f64(nv.var.as_tensor())).collect::<Result<_, _>>().map_err(ce)?;
-        let mut adam = self.adam.clone();
-        adam.update(&mut params, &grads, lr, &settings);
-        for (nv, p) in self.flow.vars.iter().zip(&params) {
-            if p.iter().any(|x| !x.is_finite()) {
-                return Err(PluginError::numerical(format!(
-                    "train_step: the update made {} non-finite; weights unchanged",
-                    nv.name
-                )));
-            }
-        }
-        self.set_params(&params)?;
-        self.adam = adam;
-        Ok(TrainMetrics { loss, grad_norm: norm, learning_rate: lr })
+        let names = self.flow.vars.iter().map(|nv| nv.name.as_str());
+        let step = optim::checked_step(names, grads, || self.param_values(), &self.adam, &settings)?;
+        self.set_params(&step.params)?;
+        self.adam = step.adam;
+        Ok(TrainMetrics { loss, grad_norm: step.grad_norm, learning_rate: step.learning_rate })
     }
 
     /// The parameter gradients of the surrogate loss of a pending batch, given ∂S/∂φ in
@@ -502,6 +452,11 @@ impl FlowScalar {
             .collect()
     }
 
+    /// Every parameter's current values as f64, in [`Self::parameter_names`]' order.
+    fn param_values(&self) -> Result<Vec<Vec<f64>>, PluginError> {
+        self.flow.vars.iter().map(|nv| tensor_to_f64(nv.var.as_tensor())).collect::<Result<_, _>>().map_err(ce)
+    }
+
     fn set_params(&self, values: &[Vec<f64>]) -> Result<(), PluginError> {
         for (nv, p) in self.flow.vars.iter().zip(values) {
             let t = tensor_from_f64(p, nv.var.shape().clone(), self.flow.dtype, &self.flow.device).map_err(ce)?;
@@ -513,25 +468,8 @@ impl FlowScalar {
     /// The weights (and optionally Adam's state) as safetensors bytes.
     pub fn save_bytes(&self, with_optimizer: bool) -> Result<Vec<u8>, PluginError> {
         let f64_storage = self.flow.dtype == DType::F64;
-        let mut tensors = Vec::new();
-        for (i, nv) in self.flow.vars.iter().enumerate() {
-            let vals = tensor_to_f64(nv.var.as_tensor()).map_err(ce)?;
-            let shape = nv.var.dims().to_vec();
-            tensors.push((nv.name.clone(), io::RawTensor::new(&vals, shape.clone(), f64_storage)));
-            if with_optimizer {
-                tensors.push((format!("adam.m.{}", nv.name), io::RawTensor::new(&self.adam.m[i], shape.clone(), true)));
-                tensors.push((format!("adam.v.{}", nv.name), io::RawTensor::new(&self.adam.v[i], shape, true)));
-            }
-        }
-        let mut meta = HashMap::new();
-        meta.insert(io::KEY_FORMAT.to_string(), io::FORMAT.to_string());
-        meta.insert(io::KEY_PLUGIN.to_string(), NAME.to_string());
-        meta.insert(io::KEY_VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string());
-        meta.insert(io::KEY_ARCH.to_string(), self.cfg.arch.to_json());
-        if with_optimizer {
-            meta.insert(io::KEY_STEP.to_string(), self.adam.step.to_string());
-        }
-        io::serialize(&tensors, meta)
+        let adam = if with_optimizer { Some(&self.adam) } else { None };
+        io::save_weights(&self.flow.vars, f64_storage, adam, NAME, env!("CARGO_PKG_VERSION"), self.cfg.arch.to_json())
     }
 
     /// Loads weights saved by a model of the same architecture (and Adam's state, if saved;
@@ -602,8 +540,7 @@ impl FlowScalar {
     /// the optimiser. Errors if nothing matches.
     pub fn init_from_bytes(&mut self, bytes: &[u8]) -> Result<usize, PluginError> {
         let file = io::parse(bytes)?;
-        let mut params: Vec<Vec<f64>> =
-            self.flow.vars.iter().map(|nv| tensor_to_f64(nv.var.as_tensor())).collect::<Result<_, _>>().map_err(ce)?;
+        let mut params = self.param_values()?;
         let mut matched = 0;
         for (nv, p) in self.flow.vars.iter().zip(params.iter_mut()) {
             if let Some(t) = file.tensors.get(&nv.name) {
@@ -650,79 +587,7 @@ impl FlowScalar {
     }
 }
 
-impl Model for FlowScalar {
-    fn name(&self) -> RString {
-        NAME.into()
-    }
-
-    fn layout(&self) -> FieldLayout {
-        self.layout.clone()
-    }
-
-    fn architecture(&self) -> RString {
-        self.cfg.arch.to_json().into()
-    }
-
-    fn set_threads(&mut self, threads: u32) -> RResult<(), PluginError> {
-        guard("set_threads", || self.set_thread_count(threads))
-    }
-
-    fn sample(&self, n: u32, rng: &mut RngState) -> RResult<Proposals, PluginError> {
-        guard("sample", || {
-            let mut s = Stream::from_state(rng);
-            let (configs, log_q) = self.sample_with(n as usize, &mut s)?;
-            *rng = s.state();
-            Ok(Proposals { configs: configs.into(), log_q: log_q.into() })
-        })
-    }
-
-    fn log_prob(&self, configs: RSlice<'_, f64>) -> RResult<RVec<f64>, PluginError> {
-        guard("log_prob", || Ok(self.log_prob_vec(configs.as_slice())?.into()))
-    }
-
-    fn train_begin(&mut self, settings: &TrainSettings) -> RResult<(), PluginError> {
-        guard("train_begin", || self.train_begin_with(settings))
-    }
-
-    fn train_sample(&mut self, rng: &mut RngState) -> RResult<Proposals, PluginError> {
-        guard("train_sample", || {
-            let mut s = Stream::from_state(rng);
-            let (configs, log_q) = self.train_sample_with(&mut s)?;
-            *rng = s.state();
-            Ok(Proposals { configs: configs.into(), log_q: log_q.into() })
-        })
-    }
-
-    fn train_step(&mut self, actions: RSlice<'_, f64>, grad: RSlice<'_, f64>) -> RResult<TrainMetrics, PluginError> {
-        guard("train_step", || self.train_step_with(actions.as_slice(), grad.as_slice()))
-    }
-
-    fn save(&self, with_optimizer: bool) -> RResult<RVec<u8>, PluginError> {
-        guard("save", || Ok(self.save_bytes(with_optimizer)?.into()))
-    }
-
-    fn load(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError> {
-        guard("load", || self.load_bytes(bytes.as_slice()))
-    }
-
-    fn init_from(&mut self, bytes: RSlice<'_, u8>) -> RResult<(), PluginError> {
-        guard("init_from", || self.init_from_bytes(bytes.as_slice()).map(|_| ()))
-    }
-
-    fn to_latent(&self, configs: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
-        guard("to_latent", || {
-            let (latent, log_q) = self.to_latent_with(configs.as_slice())?;
-            Ok(Proposals { configs: latent.into(), log_q: log_q.into() })
-        })
-    }
-
-    fn from_latent(&self, latent: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
-        guard("from_latent", || {
-            let (configs, log_q) = self.from_latent_with(latent.as_slice())?;
-            Ok(Proposals { configs: configs.into(), log_q: log_q.into() })
-        })
-    }
-}
+latflow_flow_common::impl_flow_model!(FlowScalar, NAME);
 
 extern "C" fn info() -> PluginInfo {
     PluginInfo {

@@ -6,36 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ncp::MAX_N_MIX;
 
-/// Nonlinearity between the convolutions of a conditioner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// max(x, 0.01 x), torch's `LeakyReLU()` default slope (the peer's).
-    #[default]
-    LeakyRelu,
-    Tanh,
-    Relu,
-    /// The exact (erf) GELU, torch's `GELU()` default.
-    Gelu,
-}
-
-/// Floating-point type of the weights and of the flow's arithmetic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DTypeCfg {
-    #[default]
-    F32,
-    F64,
-}
-
-/// Where the flow runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceCfg {
-    #[default]
-    Cpu,
-    Cuda,
-}
+pub use latflow_flow_common::config::{Activation, DTypeCfg, DeviceCfg};
 
 /// The circle map applied to the active plaquettes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

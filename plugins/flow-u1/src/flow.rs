@@ -49,12 +49,7 @@ pub const INIT_STREAM: u64 = 0x5531_464c_4f57_494e; // "U1FLOWIN"
 /// The conditioner's input on non-frozen plaquettes: (cos 0, sin 0), as the peer's masked input.
 pub const PAD_FEATURES: [f64; 2] = [1.0, 0.0];
 
-/// A named parameter.
-#[derive(Debug)]
-pub struct NamedVar {
-    pub name: String,
-    pub var: Var,
-}
+pub use latflow_flow_common::tensor::NamedVar;
 
 /// One mask's index tables, for both formulations.
 #[derive(Debug)]
@@ -194,18 +189,7 @@ impl Flow {
     /// The parameters as the flow uses them (weights as `[K·C_in, C_out]`): tracked by
     /// autograd when `track` is true, detached otherwise (no graph is recorded then).
     pub fn params(&self, track: bool) -> candle_core::Result<Vec<Tensor>> {
-        let kvol = self.arch.kernel * self.arch.kernel;
-        let mut out = Vec::with_capacity(self.vars.len());
-        for (i, nv) in self.vars.iter().enumerate() {
-            let t: Tensor = if track { nv.var.as_tensor().clone() } else { nv.var.as_tensor().detach() };
-            if i % 2 == 0 {
-                let (cin, cout) = self.channels[(i / 2) % self.channels.len()];
-                out.push(t.reshape((kvol * cin, cout))?);
-            } else {
-                out.push(t);
-            }
-        }
-        Ok(out)
+        latflow_flow_common::tensor::conv_params(&self.vars, &self.channels, self.arch.kernel * self.arch.kernel, track)
     }
 
     /// Chooses the fused CPU ops (`true`, the default on the CPU) or the generic candle
