@@ -130,7 +130,7 @@ fn bad_configs_name_the_key() {
 fn observables_of_a_known_configuration() {
     // φ = 1 on every site of a 4×4 lattice: M/V = 1, φ² = 1, energy = 1, C(t) = (1/V) Σ_t0 4·4 = 4.
     let t = theory(r#"{"lattice": [4, 4], "m2": -4.0, "lambda": 8.0}"#);
-    let phi = vec![1.0; 16];
+    let phi = [1.0; 16];
     let o = t.measure(RSlice::from(&phi[..])).into_result().unwrap();
     let names: Vec<String> = t.observables().iter().map(|s| s.name.to_string()).collect();
     assert_eq!(
@@ -177,7 +177,7 @@ fn results_do_not_depend_on_thread_count() {
 #[test]
 fn hmc_rejects_non_finite_configurations_with_an_error() {
     let mut t = theory(r#"{"lattice": [4, 4], "m2": 1.0, "lambda": 1.0}"#);
-    let mut phi = vec![0.0; 16];
+    let mut phi = [0.0; 16];
     phi[3] = f64::NAN;
     let params = HmcParams {
         trajectory_length: 1.0,
@@ -191,6 +191,6 @@ fn hmc_rejects_non_finite_configurations_with_an_error() {
     let mut rng = Stream::new(1, 1).state();
     let e = t.hmc(RSliceMut::from(&mut phi[..]), &params, 1, &mut rng).into_result().unwrap_err();
     assert!(e.message.contains("configuration[3]"), "{}", e.message);
-    let mut short = vec![0.0; 15];
+    let mut short = [0.0; 15];
     assert!(t.hmc(RSliceMut::from(&mut short[..]), &params, 1, &mut rng).into_result().is_err());
 }
