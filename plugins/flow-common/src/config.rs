@@ -38,3 +38,29 @@ pub enum DeviceCfg {
     Cpu,
     Cuda,
 }
+
+impl DeviceCfg {
+    /// The candle device (CUDA: GPU 0). Without the `cuda` feature, `Cuda` is a configuration
+    /// error that names the plugin (`plugin`, whose crate is `latflow-{plugin}`) to rebuild with
+    /// `--features cuda`.
+    pub fn device(self, plugin: &str) -> Result<candle_core::Device, latflow_core::PluginError> {
+        match self {
+            DeviceCfg::Cpu => Ok(candle_core::Device::Cpu),
+            DeviceCfg::Cuda => {
+                #[cfg(feature = "cuda")]
+                {
+                    let _ = plugin;
+                    candle_core::Device::new_cuda(0)
+                        .map_err(|e| latflow_core::PluginError::config(format!("device: \"cuda\" is unavailable: {e}")))
+                }
+                #[cfg(not(feature = "cuda"))]
+                {
+                    Err(latflow_core::PluginError::config(format!(
+                        "device: \"cuda\" needs {plugin} built with its `cuda` feature \
+                         (cargo build --release -p latflow-{plugin} --features cuda); this build is CPU-only"
+                    )))
+                }
+            }
+        }
+    }
+}

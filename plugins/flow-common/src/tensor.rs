@@ -82,3 +82,8 @@ pub fn conv_params(
     }
     Ok(out)
 }
+
+/// A candle error as a plugin error (kind `Internal`, message prefixed `candle:`).
+pub fn candle_error(e: candle_core::Error) -> latflow_core::PluginError {
+    latflow_core::PluginError::new(latflow_core::ErrorKind::Internal, format!("candle: {e}"))
+}

@@ -55,7 +55,7 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 #[cfg(test)]
 use abi_stable::std_types::RSlice;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use latflow_core::abi::{
     batch_len, check_finite, guard, ModelBox, Model_TO, PluginError, PluginInfo, PluginKind, PluginMod,
     PluginModRef, TheoryBox, TrainMetrics, TrainSettings,
@@ -63,9 +63,9 @@ use latflow_core::abi::{
 use latflow_core::layout::FieldLayout;
 #[cfg(doc)]
 use latflow_core::abi::Model;
-use latflow_core::{ErrorKind, Stream};
+use latflow_core::{Stream, Workers};
 
-use crate::config::{describe_difference, DeviceCfg, ModelConfig, Z2};
+use crate::config::{describe_difference, ModelConfig, Z2};
 use crate::flow::{tensor_from_f64, tensor_to_f64, Flow};
 use crate::optim::AdamState;
 
@@ -77,9 +77,7 @@ pub const CHUNK: usize = 1024;
 
 const LN_2: f64 = std::f64::consts::LN_2;
 
-fn ce(e: candle_core::Error) -> PluginError {
-    PluginError::new(ErrorKind::Internal, format!("candle: {e}"))
-}
+use latflow_flow_common::tensor::candle_error as ce;
 
 /// The batch drawn by the last `train_sample`, with its autograd graph.
 struct Pending {
@@ -100,26 +98,7 @@ pub struct FlowScalar {
     adam: AdamState,
     settings: Option<TrainSettings>,
     pending: Option<Pending>,
-    pool: Option<rayon::ThreadPool>,
-}
-
-fn make_device(d: DeviceCfg) -> Result<Device, PluginError> {
-    match d {
-        DeviceCfg::Cpu => Ok(Device::Cpu),
-        DeviceCfg::Cuda => {
-            #[cfg(feature = "cuda")]
-            {
-                Device::new_cuda(0).map_err(|e| PluginError::config(format!("device: \"cuda\" is unavailable: {e}")))
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                Err(PluginError::config(
-                    "device: \"cuda\" needs flow-scalar built with its `cuda` feature \
-                     (cargo build --release -p latflow-flow-scalar --features cuda); this build is CPU-only",
-                ))
-            }
-        }
-    }
+    workers: Workers,
 }
 
 /// log(e^a + e^b), symmetric in a and b to the last bit.
@@ -135,10 +114,10 @@ impl FlowScalar {
     /// Builds the model for `layout` from the `[model]` section as JSON.
     pub fn from_json(json: &str, layout: &FieldLayout) -> Result<Self, PluginError> {
         let (cfg, _lattice) = config::parse(json, layout)?;
-        let device = make_device(cfg.device)?;
+        let device = cfg.device.device(NAME)?;
         let flow = Flow::new(&cfg.arch, &device, cfg.init_seed).map_err(ce)?;
         let adam = AdamState::zeros(&flow.vars.iter().map(|v| v.var.elem_count()).collect::<Vec<_>>());
-        Ok(Self { cfg, layout: layout.clone(), flow, adam, settings: None, pending: None, pool: None })
+        Ok(Self { cfg, layout: layout.clone(), flow, adam, settings: None, pending: None, workers: Workers::default() })
     }
 
     /// Wraps the model as an ABI-stable trait object.
@@ -176,19 +155,12 @@ impl FlowScalar {
         &self.flow
     }
 
-    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
-    }
-
     /// The flow itself (no prior, no symmetrisation): prior-space points `z` (n × V, site order)
     /// → (φ, log|det ∂φ/∂z|) per configuration, computed in the model's dtype.
     pub fn push_forward(&self, z: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let v = self.volume();
         let n = batch_len(z.len(), v)?;
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let zt = tensor_from_f64(&self.flow.geom.to_checkerboard(z), (n, v), self.flow.dtype, &self.flow.device)
                 .map_err(ce)?;
@@ -201,7 +173,7 @@ impl FlowScalar {
     pub fn pull_back(&self, phi: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let v = self.volume();
         let n = batch_len(phi.len(), v)?;
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let pt = tensor_from_f64(&self.flow.geom.to_checkerboard(phi), (n, v), self.flow.dtype, &self.flow.device)
                 .map_err(ce)?;
@@ -230,7 +202,7 @@ impl FlowScalar {
         let eps = self.draw_eps(n, rng);
         let z2 = self.cfg.arch.z2 == Z2::Symmetrize;
         let flips: Vec<bool> = if z2 { (0..n).map(|_| rng.uniform() < 0.5).collect() } else { Vec::new() };
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let mut configs = Vec::with_capacity(n * v);
             let mut logq = Vec::with_capacity(n);
@@ -264,7 +236,7 @@ impl FlowScalar {
         check_finite("configuration", configs)?;
         let cb = self.flow.geom.to_checkerboard(configs);
         let z2 = self.cfg.arch.z2 == Z2::Symmetrize;
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let mut out = Vec::with_capacity(configs.len() / v);
             for chunk in cb.chunks(CHUNK * v) {
@@ -295,7 +267,7 @@ impl FlowScalar {
         batch_len(configs.len(), v)?;
         check_finite("configuration", configs)?;
         let cb = self.flow.geom.to_checkerboard(configs);
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let mut latent = Vec::with_capacity(configs.len());
             let mut logq = Vec::with_capacity(configs.len() / v);
@@ -321,7 +293,7 @@ impl FlowScalar {
         batch_len(latent.len(), v)?;
         check_finite("latent point", latent)?;
         let eps = self.flow.geom.to_checkerboard(latent);
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let mut configs = Vec::with_capacity(latent.len());
             let mut logq = Vec::with_capacity(latent.len() / v);
@@ -386,7 +358,7 @@ impl FlowScalar {
         let v = self.volume();
         self.pending = None;
         let eps = self.draw_eps(n, rng);
-        let pending = self.install(|| -> candle_core::Result<Pending> {
+        let pending = self.workers.install(|| -> candle_core::Result<Pending> {
             let params = self.flow.params(true)?;
             let (z, lq0) = self.flow.prior.draw(&eps, self.flow.dtype, &self.flow.device)?;
             let (phi, ld) = self.flow.forward(&z, &params)?;
@@ -396,7 +368,7 @@ impl FlowScalar {
             Ok(Pending { phi, logq, logq_host, n })
         });
         let pending = pending.map_err(ce)?;
-        let phi_host = self.install(|| tensor_to_f64(&pending.phi)).map_err(ce)?;
+        let phi_host = self.workers.install(|| tensor_to_f64(&pending.phi)).map_err(ce)?;
         let configs = self.flow.geom.to_sites(&phi_host);
         let logq = pending.logq_host.clone();
         debug_assert_eq!(configs.len(), n * v);
@@ -413,7 +385,7 @@ impl FlowScalar {
         let pending = self.pending.take().expect("checked above");
         let loss = optim::batch_loss(&pending.logq_host, actions, grad)?;
         let g_cb = self.flow.geom.to_checkerboard(grad);
-        let grads = self.install(|| self.batch_gradients(&pending, &g_cb, settings.path_gradients)).map_err(ce)?;
+        let grads = self.workers.install(|| self.batch_gradients(&pending, &g_cb, settings.path_gradients)).map_err(ce)?;
         let names = self.flow.vars.iter().map(|nv| nv.name.as_str());
         let step = optim::checked_step(names, grads, || self.param_values(), &self.adam, &settings)?;
         self.set_params(&step.params)?;
@@ -573,16 +545,7 @@ impl FlowScalar {
 
     /// Gives the model its own rayon pool of `threads` threads (0: the global pool).
     pub fn set_thread_count(&mut self, threads: u32) -> Result<(), PluginError> {
-        self.pool = if threads == 0 {
-            None
-        } else {
-            Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads as usize)
-                    .build()
-                    .map_err(|e| PluginError::new(ErrorKind::Internal, e.to_string()))?,
-            )
-        };
+        self.workers = Workers::new(threads)?;
         Ok(())
     }
 }
@@ -628,6 +591,7 @@ mod tests;
 #[cfg(test)]
 mod latent_tests {
     use super::*;
+    use latflow_core::ErrorKind;
     use latflow_core::layout::{ElementKind, Support};
 
     fn model(json: &str) -> FlowScalar {

@@ -58,7 +58,7 @@ use abi_stable::export_root_module;
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use latflow_core::abi::{
     batch_len, check_finite, guard, ModelBox, Model_TO, PluginError, PluginInfo, PluginKind, PluginMod,
     PluginModRef, TheoryBox, TrainMetrics, TrainSettings,
@@ -66,11 +66,11 @@ use latflow_core::abi::{
 use latflow_core::layout::FieldLayout;
 #[cfg(doc)]
 use latflow_core::abi::Model;
-use latflow_core::{ErrorKind, Stream};
+use latflow_core::{Stream, Workers};
 use latflow_flow_common::optim::{self, AdamState};
 use latflow_flow_common::{io, tensor_from_f64, tensor_to_f64};
 
-use crate::config::{describe_difference, DeviceCfg, ModelConfig};
+use crate::config::{describe_difference, ModelConfig};
 use crate::flow::Flow;
 use crate::geometry::wrap_2pi;
 
@@ -88,9 +88,7 @@ pub const LN_2PI: f64 = 1.837_877_066_409_345_3;
 /// values convert between f32 and f64.
 pub const TRANSFER_IGNORES: [&str; 2] = ["lattice", "dtype"];
 
-fn ce(e: candle_core::Error) -> PluginError {
-    PluginError::new(ErrorKind::Internal, format!("candle: {e}"))
-}
+use latflow_flow_common::tensor::candle_error as ce;
 
 /// The batch drawn by the last `train_sample`, with its autograd graph.
 struct Pending {
@@ -112,26 +110,7 @@ pub struct FlowU1 {
     adam: AdamState,
     settings: Option<TrainSettings>,
     pending: Option<Pending>,
-    pool: Option<rayon::ThreadPool>,
-}
-
-fn make_device(d: DeviceCfg) -> Result<Device, PluginError> {
-    match d {
-        DeviceCfg::Cpu => Ok(Device::Cpu),
-        DeviceCfg::Cuda => {
-            #[cfg(feature = "cuda")]
-            {
-                Device::new_cuda(0).map_err(|e| PluginError::config(format!("device: \"cuda\" is unavailable: {e}")))
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                Err(PluginError::config(
-                    "device: \"cuda\" needs flow-u1 built with its `cuda` feature \
-                     (cargo build --release -p latflow-flow-u1 --features cuda); this build is CPU-only",
-                ))
-            }
-        }
-    }
+    workers: Workers,
 }
 
 impl FlowU1 {
@@ -139,10 +118,10 @@ impl FlowU1 {
     /// are not 2D U(1) links, lattices that do not fit the masks, and unknown keys.
     pub fn from_json(json: &str, layout: &FieldLayout) -> Result<Self, PluginError> {
         let cfg = config::parse(json, layout)?;
-        let device = make_device(cfg.device)?;
+        let device = cfg.device.device(NAME)?;
         let flow = Flow::new(&cfg.arch, &device, cfg.init_seed).map_err(ce)?;
         let adam = AdamState::zeros(&flow.vars.iter().map(|v| v.var.elem_count()).collect::<Vec<_>>());
-        Ok(Self { cfg, layout: layout.clone(), flow, adam, settings: None, pending: None, pool: None })
+        Ok(Self { cfg, layout: layout.clone(), flow, adam, settings: None, pending: None, workers: Workers::default() })
     }
 
     /// Wraps the model as an ABI-stable trait object.
@@ -190,13 +169,6 @@ impl FlowU1 {
         -(self.n_links() as f64) * LN_2PI
     }
 
-    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
-    }
-
     fn tensor(&self, values: &[f64], n: usize) -> Result<Tensor, PluginError> {
         tensor_from_f64(values, (n, self.n_links()), self.flow.dtype, &self.flow.device).map_err(ce)
     }
@@ -205,7 +177,7 @@ impl FlowU1 {
     /// [0, 2π), log|det ∂θ/∂z|) per configuration, computed in the model's dtype.
     pub fn push_forward(&self, z: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let n = batch_len(z.len(), self.n_links())?;
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let (theta, ld) = self.flow.forward(&self.tensor(z, n)?, &params).map_err(ce)?;
             Ok((wrapped(&theta)?, tensor_to_f64(&ld).map_err(ce)?))
@@ -215,7 +187,7 @@ impl FlowU1 {
     /// The inverse flow: θ (n × 2V) → (z wrapped into [0, 2π), log|det ∂z/∂θ|).
     pub fn pull_back(&self, theta: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let n = batch_len(theta.len(), self.n_links())?;
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let (z, ld) = self.flow.inverse(&self.tensor(theta, n)?, &params).map_err(ce)?;
             Ok((wrapped(&z)?, tensor_to_f64(&ld).map_err(ce)?))
@@ -268,7 +240,7 @@ impl FlowU1 {
     fn forward_chunks(&self, z: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let w = self.n_links();
         let lq0 = self.log_q_prior();
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let mut configs = Vec::with_capacity(z.len());
             let mut logq = Vec::with_capacity(z.len() / w);
@@ -288,7 +260,7 @@ impl FlowU1 {
         batch_len(configs.len(), w)?;
         check_finite("configuration", configs)?;
         let lq0 = self.log_q_prior();
-        self.install(|| {
+        self.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let mut z = Vec::with_capacity(if latent { configs.len() } else { 0 });
             let mut out = Vec::with_capacity(configs.len() / w);
@@ -330,6 +302,7 @@ impl FlowU1 {
         let lq0 = self.log_q_prior();
         let zt = self.tensor(&z, n)?;
         let pending = self
+            .workers
             .install(|| -> candle_core::Result<Pending> {
                 let params = self.flow.params(true)?;
                 let (links, ld) = self.flow.forward(&zt, &params)?;
@@ -338,7 +311,7 @@ impl FlowU1 {
                 Ok(Pending { links, logq, logq_host, n })
             })
             .map_err(ce)?;
-        let configs = self.install(|| wrapped(&pending.links))?;
+        let configs = self.workers.install(|| wrapped(&pending.links))?;
         let logq = pending.logq_host.clone();
         self.pending = Some(pending);
         Ok((configs, logq))
@@ -352,7 +325,7 @@ impl FlowU1 {
         optim::check_train_buffers(self.pending.as_ref().map(|p| p.n), actions, grad, w, "links")?;
         let pending = self.pending.take().expect("checked above");
         let loss = optim::batch_loss(&pending.logq_host, actions, grad)?;
-        let grads = self.install(|| self.batch_gradients(&pending, grad)).map_err(ce)?;
+        let grads = self.workers.install(|| self.batch_gradients(&pending, grad)).map_err(ce)?;
         let names = self.flow.vars.iter().map(|nv| nv.name.as_str());
         let step = optim::checked_step(names, grads, || self.param_values(), &self.adam, &settings)?;
         self.set_params(&step.params)?;
@@ -479,16 +452,7 @@ impl FlowU1 {
 
     /// Gives the model its own rayon pool of `threads` threads (0: the global pool).
     pub fn set_thread_count(&mut self, threads: u32) -> Result<(), PluginError> {
-        self.pool = if threads == 0 {
-            None
-        } else {
-            Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads as usize)
-                    .build()
-                    .map_err(|e| PluginError::new(ErrorKind::Internal, e.to_string()))?,
-            )
-        };
+        self.workers = Workers::new(threads)?;
         Ok(())
     }
 }
