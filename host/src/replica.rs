@@ -565,14 +565,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         .with_context(|| format!("{file}: run.output (--resume)"))?;
         (writer, ck.sweeps_done)
     } else {
-        if output.exists() && !opts.force {
-            let hint = if ckpt_path.exists() {
-                "use --resume to continue its run or --force to overwrite it"
-            } else {
-                "it has no checkpoint to resume from; use --force to overwrite it"
-            };
-            bail!("{file}: run.output: '{}' already exists; {hint}", output.display());
-        }
+        crate::run::refuse_existing_output(&file, &output, &ckpt_path, opts.force)?;
         let prov = Provenance {
             latflow_version: env!("CARGO_PKG_VERSION").into(),
             run_card: card.text.clone(),

@@ -103,6 +103,20 @@ pub fn build_model(card: &RunCard, theory: &TheoryHandle, plugin_dirs: &[PathBuf
     Ok(handle)
 }
 
+/// Refuses to overwrite an existing output without `--force`, pointing at `--resume` when its
+/// checkpoint exists.
+pub fn refuse_existing_output(file: &str, output: &Path, ckpt_path: &Path, force: bool) -> Result<()> {
+    if output.exists() && !force {
+        let hint = if ckpt_path.exists() {
+            "use --resume to continue its run or --force to overwrite it"
+        } else {
+            "it has no checkpoint to resume from; use --force to overwrite it"
+        };
+        bail!("{file}: run.output: '{}' already exists; {hint}", output.display());
+    }
+    Ok(())
+}
+
 /// Hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -189,14 +203,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             .with_context(|| format!("{file}: run.output (--resume)"))?;
         (writer, ck.config, ck.sweeps_done)
     } else {
-        if output.exists() && !opts.force {
-            let hint = if ckpt_path.exists() {
-                "use --resume to continue its run or --force to overwrite it"
-            } else {
-                "it has no checkpoint to resume from; use --force to overwrite it"
-            };
-            bail!("{file}: run.output: '{}' already exists; {hint}", output.display());
-        }
+        crate::run::refuse_existing_output(&file, &output, &ckpt_path, opts.force)?;
         let prov = Provenance {
             latflow_version: env!("CARGO_PKG_VERSION").into(),
             run_card: card.text.clone(),
