@@ -203,7 +203,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             .with_context(|| format!("{file}: run.output (--resume)"))?;
         (writer, ck.config, ck.sweeps_done)
     } else {
-        crate::run::refuse_existing_output(&file, &output, &ckpt_path, opts.force)?;
+        refuse_existing_output(&file, &output, &ckpt_path, opts.force)?;
         let prov = Provenance {
             latflow_version: env!("CARGO_PKG_VERSION").into(),
             run_card: card.text.clone(),
