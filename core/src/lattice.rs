@@ -18,6 +18,9 @@ pub enum LatticeError {
     OddExtent { axis: usize, extent: usize },
     /// The volume does not fit the index type.
     TooLarge,
+    /// A field given to [`Lattice::shift_field`] does not have `per_site` values per site, or
+    /// the axis does not exist.
+    FieldShape { len: usize, out: usize, per_site: usize, axis: usize },
 }
 
 impl fmt::Display for LatticeError {
@@ -32,6 +35,10 @@ impl fmt::Display for LatticeError {
                 "lattice extent {extent} along axis {axis} is odd, but a checkerboard (even/odd) decomposition needs every extent even"
             ),
             LatticeError::TooLarge => write!(f, "lattice volume is too large"),
+            LatticeError::FieldShape { len, out, per_site, axis } => write!(
+                f,
+                "cannot shift a field of {len} values into {out} along axis {axis} with {per_site} values per site on this lattice"
+            ),
         }
     }
 }
@@ -48,6 +55,10 @@ pub struct Lattice {
     fwd: Vec<u32>,
     /// `bwd[x * d + mu]` is the site x − μ̂ (periodic).
     bwd: Vec<u32>,
+    /// The sites of parity 0 and of parity 1 (Σ coords even/odd), each in increasing order.
+    eo_sites: [Vec<u32>; 2],
+    /// `eo_pos[x]`: the position of x in `eo_sites[parity(x)]`.
+    eo_pos: Vec<u32>,
 }
 
 impl Lattice {
@@ -77,7 +88,12 @@ impl Lattice {
         let mut fwd = vec![0u32; volume * d];
         let mut bwd = vec![0u32; volume * d];
         let mut coords = vec![0usize; d];
+        let mut eo_sites = [Vec::with_capacity(volume / 2 + 1), Vec::with_capacity(volume / 2 + 1)];
+        let mut eo_pos = vec![0u32; volume];
         for x in 0..volume {
+            let parity = coords.iter().sum::<usize>() % 2;
+            eo_pos[x] = eo_sites[parity].len() as u32;
+            eo_sites[parity].push(x as u32);
             for mu in 0..d {
                 let c = coords[mu];
                 let up = if c + 1 == shape[mu] { x - c * strides[mu] } else { x + strides[mu] };
@@ -94,7 +110,7 @@ impl Lattice {
                 coords[mu] = 0;
             }
         }
-        Ok(Self { shape, strides, volume, fwd, bwd })
+        Ok(Self { shape, strides, volume, fwd, bwd, eo_sites, eo_pos })
     }
 
     /// Extents `[L_0, …, L_{d−1}]`.
@@ -178,6 +194,70 @@ impl Lattice {
         }
         Ok(sets)
     }
+
+    /// The sites of one parity (0: Σ coords even, 1: odd), in increasing order, precomputed at
+    /// construction: iterate a checkerboard without allocating. A proper checkerboard (every
+    /// neighbour of one parity has the other) needs even extents; see
+    /// [`Lattice::checkerboard_view`].
+    #[inline]
+    pub fn sites_of_parity(&self, parity: usize) -> &[u32] {
+        &self.eo_sites[parity & 1]
+    }
+
+    /// The even and the odd sites as borrowed, precomputed lists (no allocation). Requires
+    /// even extents. A half-lattice field (e.g. an even/odd-preconditioned spinor) is indexed by
+    /// [`Lattice::eo_index`].
+    pub fn checkerboard_view(&self) -> Result<[&[u32]; 2], LatticeError> {
+        self.require_even()?;
+        Ok([&self.eo_sites[0], &self.eo_sites[1]])
+    }
+
+    /// The position of site x within the list of its parity, in 0..V/2 for even extents.
+    #[inline]
+    pub fn eo_index(&self, x: usize) -> usize {
+        self.eo_pos[x] as usize
+    }
+
+    /// The parity of site x from the precomputed tables (no allocation, unlike
+    /// [`Lattice::parity`], with which it agrees).
+    #[inline]
+    pub fn site_parity(&self, x: usize) -> usize {
+        let p = usize::from(self.eo_sites[1].get(self.eo_pos[x] as usize) == Some(&(x as u32)));
+        p
+    }
+
+    /// The site x + n·μ̂ (periodic, any signed n).
+    #[inline]
+    pub fn shift_site(&self, x: usize, mu: usize, n: isize) -> usize {
+        let l = self.shape[mu] as isize;
+        let c = ((x / self.strides[mu]) % self.shape[mu]) as isize;
+        let to = (c + n).rem_euclid(l);
+        (x as isize + (to - c) * self.strides[mu] as isize) as usize
+    }
+
+    /// A whole-field shift along μ (Grid's `Cshift`): `out[x] = src[x + μ̂]` for `forward`,
+    /// `out[x] = src[x − μ̂]` otherwise, with `per_site` consecutive values per site. This is the
+    /// operation a domain-decomposed lattice implements with a halo exchange; physics written
+    /// against it needs no global site indices. Errors if the lengths are not `per_site · V`.
+    pub fn shift_field<T: Copy>(
+        &self,
+        src: &[T],
+        per_site: usize,
+        mu: usize,
+        forward: bool,
+        out: &mut [T],
+    ) -> Result<(), LatticeError> {
+        if mu >= self.dim() || src.len() != per_site * self.volume || out.len() != src.len() {
+            return Err(LatticeError::FieldShape { len: src.len(), out: out.len(), per_site, axis: mu });
+        }
+        let table = if forward { &self.fwd } else { &self.bwd };
+        let d = self.dim();
+        for (x, o) in out.chunks_exact_mut(per_site.max(1)).enumerate().take(self.volume) {
+            let y = table[x * d + mu] as usize;
+            o.copy_from_slice(&src[y * per_site..(y + 1) * per_site]);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -230,5 +310,55 @@ mod tests {
         assert_eq!(Lattice::new(&[8, 0]).unwrap_err(), LatticeError::TooSmall { axis: 1, extent: 0 });
         assert_eq!(Lattice::new(&[-4]).unwrap_err(), LatticeError::TooSmall { axis: 0, extent: -4 });
         assert_eq!(Lattice::new(&[1 << 20, 1 << 20]).unwrap_err(), LatticeError::TooLarge);
+    }
+    #[test]
+    fn even_odd_views_match_parity() {
+        for shape in [vec![4, 6], vec![2, 2, 4], vec![3, 4]] {
+            let lat = Lattice::new(&shape).unwrap();
+            let (e, o) = (lat.sites_of_parity(0), lat.sites_of_parity(1));
+            assert_eq!(e.len() + o.len(), lat.volume());
+            for p in 0..2 {
+                for (i, &x) in lat.sites_of_parity(p).iter().enumerate() {
+                    assert_eq!(lat.parity(x as usize), p);
+                    assert_eq!(lat.site_parity(x as usize), p);
+                    assert_eq!(lat.eo_index(x as usize), i);
+                }
+                assert!(lat.sites_of_parity(p).windows(2).all(|w| w[0] < w[1]));
+            }
+        }
+        let lat = Lattice::new(&[4, 6]).unwrap();
+        let owned = lat.checkerboard().unwrap();
+        let view = lat.checkerboard_view().unwrap();
+        for p in 0..2 {
+            assert!(owned[p].iter().zip(view[p]).all(|(&a, &b)| a == b as usize));
+        }
+        assert!(Lattice::new(&[3, 4]).unwrap().checkerboard_view().is_err());
+    }
+
+    #[test]
+    fn shifts() {
+        let lat = Lattice::new(&[3, 4, 5]).unwrap();
+        for x in 0..lat.volume() {
+            for mu in 0..3 {
+                assert_eq!(lat.shift_site(x, mu, 1), lat.fwd(x, mu));
+                assert_eq!(lat.shift_site(x, mu, -1), lat.bwd(x, mu));
+                assert_eq!(lat.shift_site(x, mu, 0), x);
+                let l = lat.shape()[mu] as isize;
+                assert_eq!(lat.shift_site(x, mu, l), x);
+                assert_eq!(lat.shift_site(lat.shift_site(x, mu, 7), mu, -7), x);
+            }
+        }
+        // a field of two values per site: (x, 10x)
+        let src: Vec<usize> = (0..lat.volume()).flat_map(|x| [x, 10 * x]).collect();
+        let mut out = vec![0; src.len()];
+        for (mu, fwd) in [(0, true), (1, false), (2, true)] {
+            lat.shift_field(&src, 2, mu, fwd, &mut out).unwrap();
+            for x in 0..lat.volume() {
+                let y = if fwd { lat.fwd(x, mu) } else { lat.bwd(x, mu) };
+                assert_eq!(&out[2 * x..2 * x + 2], &[y, 10 * y]);
+            }
+        }
+        assert!(lat.shift_field(&src, 3, 0, true, &mut out).is_err());
+        assert!(lat.shift_field(&src, 2, 3, true, &mut out).is_err());
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! * [`abi`]: the ABI-stable boundary (root module, theory trait object, plain-data types).
 //! * [`layout`]: how a plugin's fields map onto flat `f64` buffers.
+//! * [`gauge`]: complex numbers, SU(N) and U(1) links, exponential maps, staples, plaquettes,
+//!   deterministic parallel fills, and the HMC field space of group-valued links.
 //! * [`lattice`]: periodic hypercubic geometry with neighbour tables and parity.
 //! * [`rng`]: counter-based, explicitly seeded random streams.
 //! * [`sum`]: compensated summation for actions.
@@ -13,6 +15,7 @@
 //! Nothing here opens shared libraries or files: that is the host's job.
 
 pub mod abi;
+pub mod gauge;
 pub mod hmc;
 pub mod lattice;
 pub mod layout;

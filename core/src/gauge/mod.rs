@@ -1,0 +1,73 @@
+//! Gauge fields for any plugin with link variables: complex numbers, SU(N) and U(1) groups,
+//! their Lie algebras and exact exponential maps, link fields with plaquettes, staples and
+//! rectangles, deterministic parallel loops and random fills, and the HMC field space of
+//! group-valued links.
+//!
+//! # Pieces
+//! * [`Complex`]: a `#[repr(C)]` (re, im) pair.
+//! * [`Matrix<N>`]: N×N complex matrices, row-major, whose memory is the flat layout of
+//!   `ElementKind::ComplexMatrix { n: N }` (2N² reals, row-major, (re, im) interleaved).
+//!   [`Su2`] and [`Su3`] are `Matrix<2>` and `Matrix<3>`.
+//! * [`GaugeGroup`] and [`LieAlgebra`]: what fields, loops and HMC are generic over. Implemented
+//!   by [`Su2`] (closed-form exponential), [`Su3`] (Cayley–Hamilton exponential after
+//!   Morningstar–Peardon), and [`U1Angle`] (U(1) with the angle as storage). The algebra of
+//!   SU(N) is [`SuAlg<N>`] with generators T^a, Tr(T^a T^b) = ½δ^{ab} (Pauli/Gell-Mann order);
+//!   momenta have N(0, 1) coefficients and kinetic energy ½ Σ_a (p^a)² = −Tr P².
+//!   [`Matrix::exp_taylor`] exponentiates for any N by scaling and squaring.
+//! * [`LinkField`] and the loop functions [`plaquette`], [`staple`], [`rectangle`],
+//!   [`rectangle_staple`], [`plaquette_sum`], [`mean_plaquette`], [`rectangle_sum`],
+//!   [`gauge_transform`], all generic over the group and over [`Neighbours`].
+//! * [`parallel`]: fixed-chunk fills and compensated reductions, and [`fill_random`], a
+//!   parallel random fill that gives the same bits for any thread count.
+//! * [`LinkSpace`]: `hmc::FieldSpace` for links in any [`GaugeGroup`].
+//!
+//! # Neighbour access and domain decomposition
+//! Physics kernels never compute global site indices. They reach x ± μ̂ through the
+//! [`Neighbours`] trait (a storage index for a local site's neighbour), and whole fields move
+//! with [`Lattice::shift_field`](crate::lattice::Lattice::shift_field) (Grid's `Cshift`:
+//! `out[x] = src[x ± μ̂]`). Today a [`Lattice`](crate::lattice::Lattice) is the single domain
+//! and its periodic tables are the neighbours. To split a lattice across MPI ranks, a
+//! `Domain` type implements [`Neighbours`] for its local sites, with out-of-domain neighbours
+//! pointing into halo slots stored after the local sites of every field, and a halo exchange
+//! fills those slots (from the neighbouring ranks) before each kernel; `shift_field` becomes
+//! the same exchange plus a local copy. Reductions (`sum_sites`) are then summed per rank in
+//! fixed chunks and combined in rank order, keeping results independent of the thread count.
+//!
+//! # What a fermion operator needs next
+//! A Wilson (or clover) operator D ψ(x) = ψ(x) − κ Σ_μ [(1 − γ_μ) U_μ(x) ψ(x+μ̂) +
+//! (1 + γ_μ) U_μ(x−μ̂)† ψ(x−μ̂)] needs: a spinor site type (`[Complex; 4N]` or spin × colour
+//! arrays, the flat layout of `ElementKind::ComplexVector`), colour matrix × vector products
+//! ([`Matrix`] has the pieces), the γ-matrix projections, the same [`Neighbours`] access for
+//! ψ(x ± μ̂) (halo of spinors on a decomposed lattice), the even/odd site lists of
+//! [`Lattice::sites_of_parity`](crate::lattice::Lattice::sites_of_parity) and
+//! [`Lattice::eo_index`](crate::lattice::Lattice::eo_index) for even/odd preconditioning, and
+//! [`fill_random`] for Gaussian pseudofermion refreshes. Its force is the outer product
+//! ψ ⊗ χ† projected with [`Matrix::traceless_antihermitian`], in the coefficient convention
+//! of [`group`].
+
+mod algebra;
+mod complex;
+mod field;
+pub mod group;
+mod matrix;
+pub mod parallel;
+mod space;
+pub mod su2;
+pub mod su3;
+mod sun;
+
+pub use algebra::SuAlg;
+pub use complex::Complex;
+pub use field::{
+    gauge_transform, link_index, mean_plaquette, path, plaquette, plaquette_sum, rectangle, rectangle_staple,
+    rectangle_sum, staple, FieldError, LinkField, Neighbours, Step,
+};
+pub use group::{wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
+pub use matrix::Matrix;
+pub use parallel::{fill_random, RngFillError};
+pub use space::LinkSpace;
+pub use su2::Su2;
+pub use su3::Su3;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! Fixed-chunk parallel loops over sites: fills, compensated reductions and random fills whose
+//! results are bit-identical for any thread count.
+//!
+//! Work is cut into chunks of [`CHUNK_SITES`] sites (or [`RNG_CHUNK`] items for random fills)
+//! that do not depend on the number of threads; per-chunk partial sums are merged in chunk
+//! order. Small problems (fewer than [`PARALLEL_MIN_SITES`] sites) run on the calling thread,
+//! which changes nothing but speed.
+
+use std::fmt;
+
+use rayon::prelude::*;
+
+use crate::rng::Stream;
+use crate::sum::CompensatedSum;
+
+/// Sites per chunk of a fill or a reduction.
+pub const CHUNK_SITES: usize = 1024;
+/// Below this many sites, loops run on the calling thread.
+pub const PARALLEL_MIN_SITES: usize = 8192;
+/// Items per chunk of a random fill: each chunk draws from its own counter range.
+pub const RNG_CHUNK: usize = 256;
+/// The counter range (in 32-bit ChaCha words) reserved for one chunk of a random fill, 2³⁶
+/// words: far more than any chunk of [`RNG_CHUNK`] items draws.
+pub const RNG_CHUNK_WORDS: u128 = 1 << 36;
+/// The ChaCha word counter has 68 bits.
+const WORD_POS_LIMIT: u128 = 1 << 68;
+
+fn parallel(sites: usize) -> bool {
+    sites >= PARALLEL_MIN_SITES && rayon::current_num_threads() > 1
+}
+
+/// Fills `out` (`per_site` values per site) by `f(x, site's values, chunk sum)` in fixed
+/// chunks of [`CHUNK_SITES`] sites, possibly in parallel, and returns the compensated chunk
+/// sums merged in chunk order (`f` adds to the sum whatever the caller wants reduced).
+pub fn fill_sites<T: Send>(
+    out: &mut [T],
+    per_site: usize,
+    f: impl Fn(usize, &mut [T], &mut CompensatedSum) + Sync,
+) -> f64 {
+    let body = |(c, block): (usize, &mut [T])| {
+        let mut s = CompensatedSum::new();
+        for (j, site) in block.chunks_mut(per_site).enumerate() {
+            f(c * CHUNK_SITES + j, site, &mut s);
+        }
+        s
+    };
+    let sites = out.len() / per_site.max(1);
+    let partials: Vec<CompensatedSum> = if parallel(sites) {
+        out.par_chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
+    } else {
+        out.chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
+    };
+    let mut total = CompensatedSum::new();
+    for p in partials {
+        total.merge(p);
+    }
+    total.value()
+}
+
+/// Σ_x terms over `sites` sites: `f(x, sum)` adds site x's terms; chunks of [`CHUNK_SITES`]
+/// sites are summed with compensation and merged in order.
+pub fn sum_sites(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> f64 {
+    let n_chunks = sites.div_ceil(CHUNK_SITES);
+    let chunk = |c: usize| {
+        let mut s = CompensatedSum::new();
+        for x in c * CHUNK_SITES..((c + 1) * CHUNK_SITES).min(sites) {
+            f(x, &mut s);
+        }
+        s
+    };
+    let partials: Vec<CompensatedSum> = if parallel(sites) {
+        (0..n_chunks).into_par_iter().map(chunk).collect()
+    } else {
+        (0..n_chunks).map(chunk).collect()
+    };
+    let mut total = CompensatedSum::new();
+    for p in partials {
+        total.merge(p);
+    }
+    total.value()
+}
+
+/// Why a random fill could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RngFillError {
+    /// The field needs more counter ranges than the stream has left.
+    StreamExhausted { chunks: usize },
+    /// A chunk drew more than [`RNG_CHUNK_WORDS`] words (its draws would overlap the next
+    /// chunk's).
+    ChunkOverrun { chunk: usize, words: u128 },
+}
+
+impl fmt::Display for RngFillError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RngFillError::StreamExhausted { chunks } => {
+                write!(f, "a random fill of {chunks} chunks would run past the end of the random stream")
+            }
+            RngFillError::ChunkOverrun { chunk, words } => write!(
+                f,
+                "chunk {chunk} of a random fill drew {words} words, more than the {RNG_CHUNK_WORDS} reserved per chunk"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RngFillError {}
+
+/// Fills every item of `out` with `draw(stream, item)`, in parallel and bit-identically for
+/// any thread count.
+///
+/// How the stream advances: with the caller's stream at word counter c, items are cut into
+/// chunks of [`RNG_CHUNK`] items; chunk k draws from the same key and stream id starting at
+/// counter c + k·[`RNG_CHUNK_WORDS`], items in order. Afterwards the caller's stream is at
+/// c + n_chunks·[`RNG_CHUNK_WORDS`] (unchanged for an empty `out`), whatever was drawn.
+pub fn fill_random<T: Send>(
+    out: &mut [T],
+    rng: &mut Stream,
+    draw: impl Fn(&mut Stream, &mut T) + Sync,
+) -> Result<(), RngFillError> {
+    let state = rng.state();
+    let base = (u128::from(state.counter_hi) << 64) | u128::from(state.counter_lo);
+    let chunks = out.len().div_ceil(RNG_CHUNK);
+    let end = base + chunks as u128 * RNG_CHUNK_WORDS;
+    if end > WORD_POS_LIMIT {
+        return Err(RngFillError::StreamExhausted { chunks });
+    }
+    let body = |(k, block): (usize, &mut [T])| {
+        let start = base + k as u128 * RNG_CHUNK_WORDS;
+        let mut st = state;
+        st.counter_lo = start as u64;
+        st.counter_hi = (start >> 64) as u64;
+        let mut s = Stream::from_state(&st);
+        for item in block {
+            draw(&mut s, item);
+        }
+        let used = {
+            let e = s.state();
+            ((u128::from(e.counter_hi) << 64) | u128::from(e.counter_lo)) - start
+        };
+        if used > RNG_CHUNK_WORDS {
+            Err(RngFillError::ChunkOverrun { chunk: k, words: used })
+        } else {
+            Ok(())
+        }
+    };
+    let results: Vec<Result<(), RngFillError>> = if chunks > 1 && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(RNG_CHUNK).enumerate().map(body).collect()
+    } else {
+        out.chunks_mut(RNG_CHUNK).enumerate().map(body).collect()
+    };
+    results.into_iter().collect::<Result<(), _>>()?;
+    let mut st = state;
+    st.counter_lo = end as u64;
+    st.counter_hi = (end >> 64) as u64;
+    *rng = Stream::from_state(&st);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    }
+
+    #[test]
+    fn random_fill_is_thread_count_independent_and_advances_as_documented() {
+        let run = |threads: usize, n: usize| {
+            in_pool(threads, || {
+                let mut rng = Stream::new(77, 5);
+                rng.normal();
+                let mut v = vec![[0.0f64; 3]; n];
+                fill_random(&mut v, &mut rng, |s, x| {
+                    for e in x.iter_mut() {
+                        *e = s.normal();
+                    }
+                })
+                .unwrap();
+                (v, rng.state())
+            })
+        };
+        for n in [0, 1, 255, 256, 257, 5000] {
+            let (a, sa) = run(1, n);
+            let (b, sb) = run(2, n);
+            let (c, _) = run(3, n);
+            assert!(a.iter().zip(&b).all(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())));
+            assert!(a.iter().zip(&c).all(|(x, y)| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())));
+            assert_eq!(sa, sb);
+            let mut start = Stream::new(77, 5);
+            start.normal();
+            let s0 = start.state();
+            let pos = |s: &crate::rng::RngState| (u128::from(s.counter_hi) << 64) | u128::from(s.counter_lo);
+            assert_eq!(pos(&sa), pos(&s0) + n.div_ceil(RNG_CHUNK) as u128 * RNG_CHUNK_WORDS);
+            // chunk k's first item is the first draw at its counter offset
+            if n > RNG_CHUNK {
+                let mut st = s0;
+                let p = pos(&s0) + RNG_CHUNK_WORDS;
+                st.counter_lo = p as u64;
+                st.counter_hi = (p >> 64) as u64;
+                let mut s = Stream::from_state(&st);
+                assert_eq!(a[RNG_CHUNK][0].to_bits(), s.normal().to_bits());
+            }
+        }
+        // the values are normal deviates
+        let (v, _) = run(2, 20_000);
+        let m2 = v.iter().flatten().map(|x| x * x).sum::<f64>() / 60_000.0;
+        assert!((m2 - 1.0).abs() < 4.0 * (2.0f64 / 60_000.0).sqrt());
+    }
+
+    #[test]
+    fn exhausted_stream_is_an_error() {
+        let mut st = Stream::new(1, 1).state();
+        let p = WORD_POS_LIMIT - RNG_CHUNK_WORDS;
+        st.counter_lo = p as u64;
+        st.counter_hi = (p >> 64) as u64;
+        let mut rng = Stream::from_state(&st);
+        let mut v = vec![0.0; 2 * RNG_CHUNK];
+        assert_eq!(
+            fill_random(&mut v, &mut rng, |s, x| *x = s.uniform()),
+            Err(RngFillError::StreamExhausted { chunks: 2 })
+        );
+    }
+
+    #[test]
+    fn reductions_are_thread_count_independent() {
+        let n = 3 * PARALLEL_MIN_SITES + 17;
+        let term = |x: usize| ((x as f64) * 0.37).sin() * 1e3;
+        let a = in_pool(1, || sum_sites(n, |x, s| s.add(term(x))));
+        let b = in_pool(2, || sum_sites(n, |x, s| s.add(term(x))));
+        assert_eq!(a.to_bits(), b.to_bits());
+        let fill = |threads| {
+            in_pool(threads, || {
+                let mut out = vec![0.0; 2 * n];
+                let s = fill_sites(&mut out, 2, |x, o, s| {
+                    o[0] = term(x);
+                    o[1] = -term(x);
+                    s.add(term(x));
+                });
+                (out, s)
+            })
+        };
+        let ((o1, s1), (o2, s2)) = (fill(1), fill(2));
+        assert_eq!(o1, o2);
+        assert_eq!(s1.to_bits(), s2.to_bits());
+        assert_eq!(s1.to_bits(), a.to_bits());
+        assert_eq!(o1[2 * 5000], term(5000));
+    }
+}
