@@ -5,7 +5,7 @@
 //! index), never through global coordinates; see the module docs of [`crate::gauge`] for how
 //! this carries over to a domain-decomposed lattice.
 
-use super::group::GaugeGroup;
+use super::group::{GaugeGroup, U1Angle};
 use super::parallel::{fill_random, sum_sites, RngFillError};
 use crate::lattice::Lattice;
 use crate::rng::Stream;
@@ -42,6 +42,28 @@ impl Neighbours for Lattice {
     #[inline]
     fn dn(&self, x: usize, mu: usize) -> usize {
         self.bwd(x, mu)
+    }
+}
+
+/// Read access to the links of a field by storage index (`x·d + μ`): a slice of group
+/// elements, or a slice of raw angles for U(1) (the flat layout of `ElementKind::Angle`), so
+/// that a plugin can run the loop functions on its configuration buffer without copying.
+pub trait Links<G>: Sync {
+    /// The link at storage index i.
+    fn at(&self, i: usize) -> G;
+}
+
+impl<G: GaugeGroup> Links<G> for [G] {
+    #[inline]
+    fn at(&self, i: usize) -> G {
+        self[i]
+    }
+}
+
+impl Links<U1Angle> for [f64] {
+    #[inline]
+    fn at(&self, i: usize) -> U1Angle {
+        U1Angle(self[i])
     }
 }
 
@@ -168,9 +190,18 @@ impl<G: GaugeGroup> LinkField<G> {
 /// The plaquette U_P(x; μ, ν) = U_μ(x) U_ν(x+μ̂) U_μ(x+ν̂)† U_ν(x)†, multiplied left to right
 /// (for U(1) angles: ((θ_μ(x) + θ_ν(x+μ̂)) − θ_μ(x+ν̂)) − θ_ν(x)).
 #[inline]
-pub fn plaquette<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], x: usize, mu: usize, nu: usize) -> G {
+pub fn plaquette<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
+    nb: &N,
+    u: &L,
+    x: usize,
+    mu: usize,
+    nu: usize,
+) -> G {
     let d = nb.dim();
-    u[x * d + mu].mul(&u[nb.up(x, mu) * d + nu]).mul_dagger(&u[nb.up(x, nu) * d + mu]).mul_dagger(&u[x * d + nu])
+    u.at(x * d + mu)
+        .mul(&u.at(nb.up(x, mu) * d + nu))
+        .mul_dagger(&u.at(nb.up(x, nu) * d + mu))
+        .mul_dagger(&u.at(x * d + nu))
 }
 
 /// The staple sum of link U_μ(x): the 2(d−1) open paths from x+μ̂ back to x,
@@ -178,7 +209,12 @@ pub fn plaquette<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], x: usiz
 /// so that Re Tr(U_μ(x) · staple) is the sum of Re Tr U_P over every plaquette containing
 /// U_μ(x).
 #[inline]
-pub fn staple<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], x: usize, mu: usize) -> G::Mat {
+pub fn staple<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
+    nb: &N,
+    u: &L,
+    x: usize,
+    mu: usize,
+) -> G::Mat {
     let d = nb.dim();
     let xp = nb.up(x, mu);
     let mut s = G::Mat::default();
@@ -186,11 +222,11 @@ pub fn staple<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], x: usize, 
         if nu == mu {
             continue;
         }
-        let up = u[xp * d + nu].mul_dagger(&u[nb.up(x, nu) * d + mu]).mul_dagger(&u[x * d + nu]);
+        let up = u.at(xp * d + nu).mul_dagger(&u.at(nb.up(x, nu) * d + mu)).mul_dagger(&u.at(x * d + nu));
         s += up.to_mat();
         let xm = nb.dn(x, nu);
         // U_ν(x+μ̂−ν̂)† U_μ(x−ν̂)† U_ν(x−ν̂) = (U_μ(x−ν̂) U_ν(x+μ̂−ν̂))† U_ν(x−ν̂)
-        let down = u[xm * d + mu].mul(&u[nb.dn(xp, nu) * d + nu]).dagger_mul(&u[xm * d + nu]);
+        let down = u.at(xm * d + mu).mul(&u.at(nb.dn(xp, nu) * d + nu)).dagger_mul(&u.at(xm * d + nu));
         s += down.to_mat();
     }
     s
@@ -208,17 +244,22 @@ pub struct Step {
 /// The ordered product of links along a path from x: a step +μ̂ at site y multiplies by
 /// U_μ(y), a step −μ̂ by U_μ(y−μ̂)†. Returns the product and the end site.
 #[inline]
-pub fn path<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], x: usize, steps: &[Step]) -> (G, usize) {
+pub fn path<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
+    nb: &N,
+    u: &L,
+    x: usize,
+    steps: &[Step],
+) -> (G, usize) {
     let d = nb.dim();
     let mut y = x;
     let mut p = G::identity();
     for s in steps {
         if s.forward {
-            p = p.mul(&u[y * d + s.mu]);
+            p = p.mul(&u.at(y * d + s.mu));
             y = nb.up(y, s.mu);
         } else {
             y = nb.dn(y, s.mu);
-            p = p.mul_dagger(&u[y * d + s.mu]);
+            p = p.mul_dagger(&u.at(y * d + s.mu));
         }
     }
     (p, y)
@@ -235,7 +276,13 @@ const fn bw(mu: usize) -> Step {
 /// The 2×1 rectangle R(x; μ, ν), two links along μ and one along ν:
 /// U_μ(x) U_μ(x+μ̂) U_ν(x+2μ̂) U_μ(x+μ̂+ν̂)† U_μ(x+ν̂)† U_ν(x)†.
 #[inline]
-pub fn rectangle<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], x: usize, mu: usize, nu: usize) -> G {
+pub fn rectangle<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
+    nb: &N,
+    u: &L,
+    x: usize,
+    mu: usize,
+    nu: usize,
+) -> G {
     path(nb, u, x, &[fw(mu), fw(mu), fw(nu), bw(mu), bw(mu), bw(nu)]).0
 }
 
@@ -243,7 +290,12 @@ pub fn rectangle<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], x: usiz
 /// close U_μ(x) into a 2×1 or 1×2 rectangle, so that Re Tr(U_μ(x) · result) is the sum of
 /// Re Tr R over every rectangle (either orientation) containing U_μ(x). This is the staple of
 /// the rectangle term of Symanzik and Iwasaki actions.
-pub fn rectangle_staple<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], x: usize, mu: usize) -> G::Mat {
+pub fn rectangle_staple<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
+    nb: &N,
+    u: &L,
+    x: usize,
+    mu: usize,
+) -> G::Mat {
     let d = nb.dim();
     let xp = nb.up(x, mu);
     let mut s = G::Mat::default();
@@ -271,7 +323,7 @@ pub fn rectangle_staple<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G], 
 
 /// Σ_x Σ_{μ<ν} Re Tr U_P(x; μ, ν), compensated, in fixed chunks of sites (bit-identical for any
 /// thread count).
-pub fn plaquette_sum<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G]) -> f64 {
+pub fn plaquette_sum<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(nb: &N, u: &L) -> f64 {
     let d = nb.dim();
     sum_sites(nb.sites(), |x, s| {
         for mu in 0..d {
@@ -283,7 +335,7 @@ pub fn plaquette_sum<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G]) -> 
 }
 
 /// The mean plaquette ⟨Re Tr U_P⟩/N over all sites and planes μ < ν (1 on the cold field).
-pub fn mean_plaquette<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G]) -> f64 {
+pub fn mean_plaquette<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(nb: &N, u: &L) -> f64 {
     let d = nb.dim();
     let count = nb.sites() * d * (d - 1) / 2;
     plaquette_sum(nb, u) / (count as f64 * G::NC as f64)
@@ -291,7 +343,7 @@ pub fn mean_plaquette<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G]) ->
 
 /// Σ_x Σ_{μ≠ν} Re Tr R(x; μ, ν): every 2×1 rectangle once in each orientation (long side
 /// along μ), compensated, in fixed chunks.
-pub fn rectangle_sum<G: GaugeGroup, N: Neighbours + ?Sized>(nb: &N, u: &[G]) -> f64 {
+pub fn rectangle_sum<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(nb: &N, u: &L) -> f64 {
     let d = nb.dim();
     sum_sites(nb.sites(), |x, s| {
         for mu in 0..d {

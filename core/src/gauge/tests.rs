@@ -1,1 +1,286 @@
+//! Whole-module checks: staples and rectangle staples against the loop sums, a Wilson action
+//! for SU(2)/SU(3) built from the staples (force against finite differences, gauge invariance),
+//! and HMC with [`LinkSpace`] (reversibility, ⟨e^{−ΔH}⟩ = 1, the 2D SU(2) plaquette).
 
+use super::*;
+use crate::abi::{HmcParams, IntegratorKind};
+use crate::hmc::{hmc_trajectory, integrate, Action, FieldSpace, Schedule, OMELYAN_LAMBDA};
+use crate::lattice::Lattice;
+use crate::rng::Stream;
+use crate::stats::{gamma_method, S_TAU_DEFAULT};
+use crate::sum::compensated_sum;
+use abi_stable::std_types::RVec;
+
+/// S = −(β/N) Σ_P Re Tr U_P, with force F_μ(x) = −(β/N) ∂ Re Tr(U_μ(x) · staple): each
+/// plaquette through U_μ(x) appears once in Re Tr(U_μ(x) · staple), so the Lie derivative of S
+/// along link (x, μ) is −(β/N) times that of Re Tr(U_μ(x) · staple).
+struct Wilson<'a, G> {
+    lat: &'a Lattice,
+    beta: f64,
+    _g: std::marker::PhantomData<G>,
+}
+
+impl<'a, G: GaugeGroup> Wilson<'a, G> {
+    fn new(lat: &'a Lattice, beta: f64) -> Self {
+        Self { lat, beta, _g: std::marker::PhantomData }
+    }
+}
+
+impl<G: GaugeGroup> Action<LinkSpace<G>> for Wilson<'_, G> {
+    fn action(&self, u: &LinkField<G>) -> f64 {
+        -self.beta / G::NC as f64 * plaquette_sum(self.lat, u.links())
+    }
+
+    fn force(&self, _level: usize, u: &LinkField<G>, out: &mut Vec<G::Algebra>) {
+        let d = self.lat.dim();
+        let c = -self.beta / G::NC as f64;
+        parallel::fill_sites(out, d, |x, f, _| {
+            for (mu, fo) in f.iter_mut().enumerate() {
+                let s = staple(self.lat, u.links(), x, mu);
+                *fo = u.link(x, mu).re_trace_derivative(&s).scale(c);
+            }
+        });
+    }
+}
+
+fn hot<G: GaugeGroup>(lat: &Lattice, seed: u64) -> LinkField<G> {
+    LinkField::random(lat.dim(), lat.volume(), &mut Stream::new(seed, 0)).unwrap()
+}
+
+/// A field near the identity (exp of small random algebra elements), for HMC tests at moderate β.
+fn warm<G: GaugeGroup>(lat: &Lattice, seed: u64, size: f64) -> LinkField<G> {
+    let mut rng = Stream::new(seed, 1);
+    let links = (0..lat.volume() * lat.dim()).map(|_| G::exp(&G::Algebra::gaussian(&mut rng).scale(size))).collect();
+    LinkField::from_links(lat.dim(), links)
+}
+
+/// Re Tr(U_μ(x) · staple) is the sum of the 2(d−1) plaquettes through the link, and
+/// Re Tr(U_μ(x) · rectangle staple) the sum of the 6(d−1) rectangles through it: summing over
+/// links counts every plaquette 4 times and every rectangle 6 times.
+fn staple_sums<G: GaugeGroup>() {
+    for shape in [&[4, 4][..], &[3, 4, 5][..], &[2, 3, 2, 3][..]] {
+        let lat = Lattice::new(shape).unwrap();
+        let u = hot::<G>(&lat, 3);
+        let d = lat.dim();
+        let (mut s1, mut s2) = (Vec::new(), Vec::new());
+        for x in 0..lat.volume() {
+            for mu in 0..d {
+                s1.push(u.link(x, mu).re_trace_mul(&staple(&lat, u.links(), x, mu)));
+                s2.push(u.link(x, mu).re_trace_mul(&rectangle_staple(&lat, u.links(), x, mu)));
+            }
+        }
+        let p = plaquette_sum(&lat, u.links());
+        let r = rectangle_sum(&lat, u.links());
+        assert!((compensated_sum(s1) - 4.0 * p).abs() < 1e-11 * (1.0 + p.abs()), "{shape:?}");
+        assert!((compensated_sum(s2) - 6.0 * r).abs() < 1e-11 * (1.0 + r.abs()), "{shape:?}");
+    }
+}
+
+#[test]
+fn staples_close_every_loop_through_a_link() {
+    staple_sums::<Su2>();
+    staple_sums::<Su3>();
+    staple_sums::<U1Angle>();
+}
+
+/// The rectangle staple's derivative is that of the rectangle sum: move one link along a
+/// random direction and compare with a central finite difference.
+fn rectangle_staple_derivative<G: GaugeGroup>() {
+    let lat = Lattice::new(&[3, 4, 3]).unwrap();
+    let u = hot::<G>(&lat, 5);
+    let mut rng = Stream::new(6, 0);
+    for (x, mu) in [(0, 0), (7, 1), (20, 2)] {
+        let dir = G::Algebra::gaussian(&mut rng);
+        let moved = |t: f64| {
+            let mut v = u.clone();
+            *v.link_mut(x, mu) = G::exp(&dir.scale(t)).mul(u.link(x, mu));
+            rectangle_sum(&lat, v.links())
+        };
+        let h = 1e-5;
+        let fd = (moved(h) - moved(-h)) / (2.0 * h);
+        let g = u.link(x, mu).re_trace_derivative(&rectangle_staple(&lat, u.links(), x, mu));
+        let (mut gc, mut dc) = (vec![0.0; G::Algebra::N_GEN], vec![0.0; G::Algebra::N_GEN]);
+        g.write_coeffs(&mut gc);
+        dir.write_coeffs(&mut dc);
+        // each rectangle through the link is counted once in the rectangle sum
+        let an: f64 = gc.iter().zip(&dc).map(|(a, b)| a * b).sum();
+        assert!((fd - an).abs() < 1e-7 * (1.0 + an.abs()), "{fd} vs {an}");
+    }
+}
+
+#[test]
+fn rectangle_staples_give_the_rectangle_force() {
+    rectangle_staple_derivative::<Su2>();
+    rectangle_staple_derivative::<Su3>();
+}
+
+/// dS/dt along U → exp(tX) U (every link moved along its own random X) equals Σ X^a F^a.
+fn wilson_force_matches_finite_differences<G: GaugeGroup>(shape: &[i64]) {
+    let lat = Lattice::new(shape).unwrap();
+    let act = Wilson::<G>::new(&lat, 2.3);
+    let space = LinkSpace::<G>::new(lat.dim(), lat.volume());
+    let u = hot::<G>(&lat, 11);
+    let mut f = space.zero_momentum();
+    act.force(0, &u, &mut f);
+    let mut rng = Stream::new(12, 0);
+    for _ in 0..3 {
+        let dir = space.sample_momentum(&mut rng);
+        let s_at = |t: f64| {
+            let mut v = u.clone();
+            space.step_field(&mut v, &dir, t);
+            act.action(&v)
+        };
+        let h = 1e-5;
+        let fd = (s_at(h) - s_at(-h)) / (2.0 * h);
+        let (mut a, mut b) = (vec![0.0; G::Algebra::N_GEN], vec![0.0; G::Algebra::N_GEN]);
+        let an: f64 = f
+            .iter()
+            .zip(&dir)
+            .map(|(fa, da)| {
+                fa.write_coeffs(&mut a);
+                da.write_coeffs(&mut b);
+                a.iter().zip(&b).map(|(p, q)| p * q).sum::<f64>()
+            })
+            .sum();
+        assert!((fd - an).abs() < 1e-7 * (1.0 + an.abs()), "{shape:?}: {fd} vs {an}");
+    }
+}
+
+#[test]
+fn wilson_force_is_the_lie_derivative_of_the_action() {
+    wilson_force_matches_finite_differences::<Su2>(&[4, 4]);
+    wilson_force_matches_finite_differences::<Su3>(&[4, 4]);
+    wilson_force_matches_finite_differences::<Su2>(&[2, 2, 2, 2]);
+    wilson_force_matches_finite_differences::<Su3>(&[2, 2, 2, 2]);
+    wilson_force_matches_finite_differences::<U1Angle>(&[3, 4]);
+}
+
+fn gauge_invariance<G: GaugeGroup>() {
+    let lat = Lattice::new(&[2, 3, 2, 4]).unwrap();
+    let u = hot::<G>(&lat, 21);
+    let mut rng = Stream::new(22, 0);
+    let g: Vec<G> = (0..lat.volume()).map(|_| G::random(&mut rng)).collect();
+    let mut v = u.clone();
+    gauge_transform(&lat, v.links_mut(), &g);
+    let act = Wilson::<G>::new(&lat, 1.7);
+    let (a, b) = (act.action(&u), act.action(&v));
+    assert!((a - b).abs() < 1e-12 * a.abs(), "{a} vs {b}");
+    let (r, rv) = (rectangle_sum(&lat, u.links()), rectangle_sum(&lat, v.links()));
+    assert!((r - rv).abs() < 1e-12 * (1.0 + r.abs()));
+    // and the transformed field differs
+    assert!(u.links().iter().zip(v.links()).any(|(p, q)| p != q));
+}
+
+#[test]
+fn wilson_action_and_rectangles_are_gauge_invariant() {
+    gauge_invariance::<Su2>();
+    gauge_invariance::<Su3>();
+    gauge_invariance::<U1Angle>();
+}
+
+fn params(integrator: IntegratorKind, md_steps: u32, tau: f64) -> HmcParams {
+    HmcParams {
+        trajectory_length: tau,
+        md_steps,
+        integrator,
+        omelyan_lambda: OMELYAN_LAMBDA,
+        inner_steps: RVec::new(),
+        accept_reject: true,
+        jitter: 0.0,
+    }
+}
+
+/// Integrate forward, flip the momenta, integrate back: the starting links return.
+fn reversibility<G: GaugeGroup>(shape: &[i64]) {
+    let lat = Lattice::new(shape).unwrap();
+    let act = Wilson::<G>::new(&lat, 2.0);
+    let space = LinkSpace::<G>::new(lat.dim(), lat.volume());
+    for kind in [IntegratorKind::Leapfrog, IntegratorKind::Omelyan2, IntegratorKind::Omelyan4] {
+        let sched = Schedule::from_params(&params(kind, 8, 1.0), 1).unwrap();
+        let u0 = hot::<G>(&lat, 31);
+        let mut rng = Stream::new(32, 0);
+        let p0 = space.sample_momentum(&mut rng);
+        let (mut u, mut p) = (u0.clone(), p0.clone());
+        let mut buf = space.zero_momentum();
+        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
+        p.iter_mut().for_each(|q| *q = q.scale(-1.0));
+        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
+        let mut r0 = vec![0.0; G::REALS * u0.links().len()];
+        let mut r1 = r0.clone();
+        u0.write_reals(&mut r0).unwrap();
+        u.write_reals(&mut r1).unwrap();
+        let err = r0.iter().zip(&r1).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-11, "{kind:?} {shape:?}: {err:e}");
+        let perr = p.iter().zip(&p0).map(|(a, b)| (a.norm2() - b.norm2()).abs()).fold(0.0, f64::max);
+        assert!(perr < 1e-10, "{kind:?}: {perr:e}");
+        assert!(space.max_deviation(&u) < 1e-13);
+    }
+}
+
+#[test]
+fn hmc_is_reversible() {
+    reversibility::<Su2>(&[4, 4]);
+    reversibility::<Su3>(&[4, 4]);
+    reversibility::<Su3>(&[2, 2, 2, 2]);
+}
+
+/// ⟨e^{−ΔH}⟩ = 1 over an equilibrated chain, with the Γ-method error.
+fn exp_minus_delta_h<G: GaugeGroup>(shape: &[i64], beta: f64, steps: u32, n: usize) {
+    let lat = Lattice::new(shape).unwrap();
+    let mut act = Wilson::<G>::new(&lat, beta);
+    let space = LinkSpace::<G>::new(lat.dim(), lat.volume());
+    let sched = Schedule::from_params(&params(IntegratorKind::Leapfrog, steps, 1.0), 1).unwrap();
+    let mut rng = Stream::new(41, 0);
+    let mut u = warm::<G>(&lat, 42, 0.3);
+    for _ in 0..20 {
+        hmc_trajectory(&space, &mut act, &mut u, &sched, true, &mut rng).unwrap();
+    }
+    let mut e = Vec::with_capacity(n);
+    let mut acc = 0usize;
+    for _ in 0..n {
+        let r = hmc_trajectory(&space, &mut act, &mut u, &sched, true, &mut rng).unwrap();
+        e.push((-r.delta_h).exp());
+        acc += usize::from(r.accepted);
+    }
+    let g = gamma_method(&e, S_TAU_DEFAULT).unwrap();
+    let z = (g.mean - 1.0) / g.error;
+    eprintln!("SU({}) {shape:?}: <exp(-dH)> = {} ± {} (z = {z:.2}), acceptance {acc}/{n}", G::NC, g.mean, g.error);
+    assert!(z.abs() < 4.0, "{shape:?}: <exp(-dH)> = {} ± {} (z = {z})", g.mean, g.error);
+    assert!(acc > n / 2, "acceptance {acc}/{n}");
+}
+
+#[test]
+fn exp_minus_delta_h_averages_to_one() {
+    exp_minus_delta_h::<Su2>(&[4, 4], 2.0, 2, 1000);
+    exp_minus_delta_h::<Su3>(&[4, 4], 4.0, 4, 1000);
+    exp_minus_delta_h::<Su3>(&[2, 2, 2, 2], 5.0, 5, 1000);
+}
+
+/// 2D SU(N) on an 8×8 torus: u = ⟨Re Tr U_P⟩/N against the exact values (the same as in
+/// infinite volume to the digits given): SU(2) β = 2: 0.4331274267; SU(3) β = 2: 0.1286277853.
+fn plaquette_2d<G: GaugeGroup>(beta: f64, exact: f64, n: usize) {
+    let lat = Lattice::new(&[8, 8]).unwrap();
+    let mut act = Wilson::<G>::new(&lat, beta);
+    let space = LinkSpace::<G>::new(2, lat.volume());
+    let sched = Schedule::from_params(&params(IntegratorKind::Omelyan2, 5, 1.0), 1).unwrap();
+    let mut rng = Stream::new(51, 0);
+    let mut u = hot::<G>(&lat, 52);
+    for _ in 0..50 {
+        hmc_trajectory(&space, &mut act, &mut u, &sched, true, &mut rng).unwrap();
+    }
+    let mut plaq = Vec::with_capacity(n);
+    for _ in 0..n {
+        hmc_trajectory(&space, &mut act, &mut u, &sched, true, &mut rng).unwrap();
+        plaq.push(mean_plaquette(&lat, u.links()));
+    }
+    let g = gamma_method(&plaq, S_TAU_DEFAULT).unwrap();
+    let z = (g.mean - exact) / g.error;
+    eprintln!("SU({}) beta = {beta}: <P> = {} ± {} (exact {exact}, z = {z:.2})", G::NC, g.mean, g.error);
+    assert!(z.abs() < 4.0, "<P> = {} ± {} (z = {z})", g.mean, g.error);
+}
+
+#[test]
+fn su2_and_su3_2d_plaquettes_match_the_exact_values() {
+    plaquette_2d::<Su2>(2.0, 0.4331274267, 3000);
+    plaquette_2d::<Su3>(2.0, 0.1286277853, 3000);
+}
