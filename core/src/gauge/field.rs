@@ -324,14 +324,18 @@ pub fn rectangle_staple<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Si
 /// Σ_x Σ_{μ<ν} Re Tr U_P(x; μ, ν), compensated, in fixed chunks of sites (bit-identical for any
 /// thread count).
 pub fn plaquette_sum<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(nb: &N, u: &L) -> f64 {
-    let d = nb.dim();
+    let planes = planes(nb.dim());
     sum_sites(nb.sites(), |x, s| {
-        for mu in 0..d {
-            for nu in mu + 1..d {
-                s.add(plaquette(nb, u, x, mu, nu).re_trace());
-            }
+        for &(mu, nu) in &planes {
+            s.add(plaquette(nb, u, x, mu, nu).re_trace());
         }
     })
+}
+
+/// The planes (μ, ν), μ < ν, in the order μ = 0, ν = 1, 2, …; then μ = 1, … (the order of
+/// every plaquette loop here). Listed once per call so that site loops walk a flat list.
+pub fn planes(d: usize) -> Vec<(usize, usize)> {
+    (0..d).flat_map(|mu| (mu + 1..d).map(move |nu| (mu, nu))).collect()
 }
 
 /// The mean plaquette ⟨Re Tr U_P⟩/N over all sites and planes μ < ν (1 on the cold field).

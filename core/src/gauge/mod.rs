@@ -59,7 +59,7 @@ mod sun;
 pub use algebra::SuAlg;
 pub use complex::Complex;
 pub use field::{
-    gauge_transform, link_index, mean_plaquette, path, plaquette, plaquette_sum, rectangle, rectangle_staple,
+    gauge_transform, link_index, mean_plaquette, path, planes, plaquette, plaquette_sum, rectangle, rectangle_staple,
     rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Step,
 };
 pub use group::{wrap_angle, GaugeGroup, LieAlgebra, U1Angle};

@@ -2,46 +2,31 @@
 //! gradient, topological charge and Wilson loops.
 //!
 //! Plaquettes are enumerated per site x and per plane (μ, ν), μ < ν, in the order of
-//! [`Kernel::planes`]; the plaquette angle is
+//! [`Kernel::planes`] (the gauge module's [`planes`]); the plaquette angle is
 //! θ_P(x; μ, ν) = θ_μ(x) + θ_ν(x+μ̂) − θ_μ(x+ν̂) − θ_ν(x).
 //!
-//! Work is split into fixed chunks of sites, independent of the thread count; the gradient has
-//! no reductions, and partial action sums are compensated and merged in chunk order, so results
-//! are bit-identical for any number of threads.
+//! The kernels run on `latflow_core::gauge` with U(1) in the angle representation
+//! ([`U1Angle`]): the configuration buffer itself is the link field (read through
+//! [`latflow_core::gauge::Links`]), plaquettes and the action come from the gauge module's loop
+//! functions, and every neighbour is reached through [`Neighbours`], never a table of its own.
+//!
+//! Work is split into fixed chunks of sites ([`latflow_core::gauge::parallel`]), independent of
+//! the thread count; the gradient has no reductions, and partial action sums are compensated and
+//! merged in chunk order, so results are bit-identical for any number of threads.
 
-use std::f64::consts::{PI, TAU};
+use std::f64::consts::TAU;
 
+use latflow_core::gauge::parallel::fill_sites;
+use latflow_core::gauge::{planes, plaquette, plaquette_sum, Neighbours, U1Angle};
 use latflow_core::sum::{compensated_sum, CompensatedSum};
 use latflow_core::Lattice;
-use rayon::prelude::*;
 
-/// Below this volume a configuration is processed on the calling thread.
-const PARALLEL_MIN_SITES: usize = 8192;
-/// Sites per chunk.
-const CHUNK_SITES: usize = 1024;
+pub use latflow_core::gauge::wrap_angle;
 
-/// Wraps an angle into (−π, π]; the identity on angles already there.
-#[inline]
-pub fn wrap_angle(x: f64) -> f64 {
-    if x > -PI && x <= PI {
-        return x;
-    }
-    let y = x - TAU * ((x - PI) / TAU).ceil();
-    if y <= -PI {
-        y + TAU
-    } else {
-        y
-    }
-}
-
-/// Precomputed geometry: neighbour tables and the plane enumeration.
+/// Precomputed geometry: the lattice (its neighbours) and the plane enumeration.
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    d: usize,
-    volume: usize,
-    shape: Vec<usize>,
-    fwd: Vec<u32>,
-    bwd: Vec<u32>,
+    lattice: Lattice,
     planes: Vec<(usize, usize)>,
     /// `plane_of[μ·d + ν]`: index of the plane {μ, ν} in `planes` (unused on the diagonal).
     plane_of: Vec<usize>,
@@ -52,34 +37,29 @@ impl Kernel {
     pub fn new(lattice: &Lattice) -> Self {
         let d = lattice.dim();
         assert!(d >= 2, "a U(1) gauge field needs at least 2 dimensions");
-        let mut planes = Vec::new();
+        let planes = planes(d);
         let mut plane_of = vec![usize::MAX; d * d];
-        for mu in 0..d {
-            for nu in mu + 1..d {
-                plane_of[mu * d + nu] = planes.len();
-                plane_of[nu * d + mu] = planes.len();
-                planes.push((mu, nu));
-            }
+        for (p, &(mu, nu)) in planes.iter().enumerate() {
+            plane_of[mu * d + nu] = p;
+            plane_of[nu * d + mu] = p;
         }
-        Self {
-            d,
-            volume: lattice.volume(),
-            shape: lattice.shape().to_vec(),
-            fwd: lattice.fwd_table().to_vec(),
-            bwd: lattice.bwd_table().to_vec(),
-            planes,
-            plane_of,
-        }
+        Self { lattice: lattice.clone(), planes, plane_of }
     }
 
     /// Number of sites V.
     pub fn volume(&self) -> usize {
-        self.volume
+        self.lattice.volume()
+    }
+
+    /// Number of dimensions d.
+    #[inline]
+    fn d(&self) -> usize {
+        self.lattice.dim()
     }
 
     /// Number of links V·d (the length of a configuration).
     pub fn n_links(&self) -> usize {
-        self.volume * self.d
+        self.volume() * self.d()
     }
 
     /// The planes (μ, ν), μ < ν, in plaquette order.
@@ -89,80 +69,19 @@ impl Kernel {
 
     /// Number of plaquettes V·d(d−1)/2.
     pub fn n_plaquettes(&self) -> usize {
-        self.volume * self.planes.len()
+        self.volume() * self.planes.len()
     }
 
-    #[inline]
-    fn fwd(&self, x: usize, mu: usize) -> usize {
-        self.fwd[x * self.d + mu] as usize
-    }
-
-    #[inline]
-    fn bwd(&self, x: usize, mu: usize) -> usize {
-        self.bwd[x * self.d + mu] as usize
-    }
-
-    fn parallel(&self) -> bool {
-        self.volume >= PARALLEL_MIN_SITES && rayon::current_num_threads() > 1
-    }
-
-    /// θ_P(x; μ, ν) of plane `p`.
+    /// θ_P(x; μ, ν) of plane `p`: the gauge module's plaquette U_P(x; μ, ν) of U(1) angles.
     #[inline]
     fn plaquette(&self, theta: &[f64], x: usize, p: usize) -> f64 {
         let (mu, nu) = self.planes[p];
-        let d = self.d;
-        theta[x * d + mu] + theta[self.fwd(x, mu) * d + nu] - theta[self.fwd(x, nu) * d + mu] - theta[x * d + nu]
+        plaquette::<U1Angle, _, _>(&self.lattice, theta, x, mu, nu).0
     }
 
-    /// Fills `out` (`per_site` values per site) by `f(x, site's values, chunk sum)`, in fixed
-    /// chunks of sites, possibly in parallel; returns the chunk sums merged in chunk order.
-    fn fill_sites(
-        &self,
-        out: &mut [f64],
-        per_site: usize,
-        f: impl Fn(usize, &mut [f64], &mut CompensatedSum) + Sync,
-    ) -> f64 {
-        let body = |(c, block): (usize, &mut [f64])| {
-            let mut s = CompensatedSum::new();
-            for (j, site) in block.chunks_mut(per_site).enumerate() {
-                f(c * CHUNK_SITES + j, site, &mut s);
-            }
-            s
-        };
-        let partials: Vec<CompensatedSum> = if self.parallel() {
-            out.par_chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
-        } else {
-            out.chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
-        };
-        let mut total = CompensatedSum::new();
-        for p in partials {
-            total.merge(p);
-        }
-        total.value()
-    }
-
-    /// Σ_P cos θ_P, compensated, in fixed chunks of sites merged in order.
+    /// Σ_P cos θ_P = Σ_P Re U_P, compensated, in fixed chunks of sites merged in order.
     pub fn sum_cos(&self, theta: &[f64]) -> f64 {
-        let n_chunks = self.volume.div_ceil(CHUNK_SITES);
-        let chunk = |c: usize| {
-            let mut s = CompensatedSum::new();
-            for x in c * CHUNK_SITES..((c + 1) * CHUNK_SITES).min(self.volume) {
-                for p in 0..self.planes.len() {
-                    s.add(self.plaquette(theta, x, p).cos());
-                }
-            }
-            s
-        };
-        let partials: Vec<CompensatedSum> = if self.parallel() {
-            (0..n_chunks).into_par_iter().map(chunk).collect()
-        } else {
-            (0..n_chunks).map(chunk).collect()
-        };
-        let mut total = CompensatedSum::new();
-        for p in partials {
-            total.merge(p);
-        }
-        total.value()
+        plaquette_sum::<U1Angle, _, _>(&self.lattice, theta)
     }
 
     /// S = −β Σ_P cos θ_P (dimensionless).
@@ -173,7 +92,7 @@ impl Kernel {
     /// Writes every plaquette angle θ_P (unwrapped) to `out`, `[site][plane]`.
     pub fn plaquette_angles(&self, theta: &[f64], out: &mut [f64]) {
         let np = self.planes.len();
-        self.fill_sites(out, np, |x, site, _| {
+        fill_sites(out, np, |x, site, _| {
             for (p, o) in site.iter_mut().enumerate() {
                 *o = self.plaquette(theta, x, p);
             }
@@ -184,8 +103,8 @@ impl Kernel {
     /// β Σ_{ν≠μ} ±[sin θ_P(x; μ, ν) − sin θ_P(x−ν̂; μ, ν)], with + for μ < ν (θ_μ(x) enters
     /// P(x) with + and P(x−ν̂) with −) and − for μ > ν.
     fn gather(&self, sp: &[f64], beta: f64, out: &mut [f64]) {
-        let (d, np) = (self.d, self.planes.len());
-        self.fill_sites(out, d, |x, site, _| {
+        let (d, np) = (self.d(), self.planes.len());
+        fill_sites(out, d, |x, site, _| {
             for (mu, o) in site.iter_mut().enumerate() {
                 let mut g = 0.0;
                 for nu in 0..d {
@@ -193,7 +112,7 @@ impl Kernel {
                         continue;
                     }
                     let p = self.plane_of[mu * d + nu];
-                    let diff = sp[x * np + p] - sp[self.bwd(x, nu) * np + p];
+                    let diff = sp[x * np + p] - sp[self.lattice.dn(x, nu) * np + p];
                     g += if mu < nu { diff } else { -diff };
                 }
                 *o = beta * g;
@@ -205,8 +124,8 @@ impl Kernel {
     /// the HMC force: U(1)'s Lie algebra is the real line, with θ itself as the coordinate.
     pub fn gradient(&self, theta: &[f64], beta: f64, out: &mut [f64]) {
         let np = self.planes.len();
-        let mut sp = vec![0.0; self.volume * np];
-        self.fill_sites(&mut sp, np, |x, site, _| {
+        let mut sp = vec![0.0; self.volume() * np];
+        fill_sites(&mut sp, np, |x, site, _| {
             for (p, o) in site.iter_mut().enumerate() {
                 *o = self.plaquette(theta, x, p).sin();
             }
@@ -218,8 +137,8 @@ impl Kernel {
     /// S is summed in the same order as by [`Kernel::action`].
     pub fn action_and_gradient(&self, theta: &[f64], beta: f64, out: &mut [f64]) -> f64 {
         let np = self.planes.len();
-        let mut sp = vec![0.0; self.volume * np];
-        let sum_cos = self.fill_sites(&mut sp, np, |x, site, s| {
+        let mut sp = vec![0.0; self.volume() * np];
+        let sum_cos = fill_sites(&mut sp, np, |x, site, s| {
             for (p, o) in site.iter_mut().enumerate() {
                 let (sn, cs) = self.plaquette(theta, x, p).sin_cos();
                 *o = sn;
@@ -233,7 +152,7 @@ impl Kernel {
     /// Q = (1/2π) Σ_P wrap(θ_P), before rounding (2D only, else `None`). On a torus it is an
     /// integer up to round-off, since Σ_P θ_P = 0 link by link.
     pub fn topological_charge_raw(&self, theta: &[f64]) -> Option<f64> {
-        if self.d != 2 {
+        if self.d() != 2 {
             return None;
         }
         let mut ang = vec![0.0; self.n_plaquettes()];
@@ -243,13 +162,14 @@ impl Kernel {
 
     /// Σ_{i<n} θ_μ(x + iμ̂) for every site, and the table x ↦ x + nμ̂.
     fn line_sums(&self, theta: &[f64], mu: usize, n: usize) -> (Vec<f64>, Vec<u32>) {
-        let d = self.d;
-        let mut sums: Vec<f64> = (0..self.volume).map(|x| theta[x * d + mu]).collect();
-        let mut cur: Vec<u32> = (0..self.volume).map(|x| self.fwd(x, mu) as u32).collect();
+        let d = self.d();
+        let nb = &self.lattice;
+        let mut sums: Vec<f64> = (0..self.volume()).map(|x| theta[x * d + mu]).collect();
+        let mut cur: Vec<u32> = (0..self.volume()).map(|x| nb.up(x, mu) as u32).collect();
         for _ in 1..n {
             for (s, c) in sums.iter_mut().zip(cur.iter_mut()) {
                 *s += theta[*c as usize * d + mu];
-                *c = self.fwd(*c as usize, mu) as u32;
+                *c = nb.up(*c as usize, mu) as u32;
             }
         }
         (sums, cur)
@@ -257,7 +177,8 @@ impl Kernel {
 
     /// Whether an R×T loop fits: R ≤ L_μ and T ≤ L_ν for every plane (μ, ν), μ < ν.
     pub fn loop_fits(&self, r: usize, t: usize) -> bool {
-        self.planes.iter().all(|&(mu, nu)| r <= self.shape[mu] && t <= self.shape[nu])
+        let shape = self.lattice.shape();
+        self.planes.iter().all(|&(mu, nu)| r <= shape[mu] && t <= shape[nu])
     }
 
     /// The R×T Wilson loop ⟨cos θ_C⟩, averaged over all sites and all planes (μ, ν), μ < ν,
@@ -269,7 +190,7 @@ impl Kernel {
         for &(mu, nu) in &self.planes {
             let (lr, shift_r) = self.line_sums(theta, mu, r);
             let (lt, shift_t) = self.line_sums(theta, nu, t);
-            for x in 0..self.volume {
+            for x in 0..self.volume() {
                 let c = lr[x] + lt[shift_r[x] as usize] - lr[shift_t[x] as usize] - lt[x];
                 s.add(c.cos());
             }
@@ -285,11 +206,11 @@ impl Kernel {
         self.plaquette_angles(theta, &mut ang);
         let sum_cos = compensated_sum(ang.iter().map(|a| a.cos()));
         out.push(sum_cos / ang.len() as f64);
-        out.push(-beta * sum_cos / self.volume as f64);
-        if self.d == 2 {
+        out.push(-beta * sum_cos / self.volume() as f64);
+        if self.d() == 2 {
             let q = (compensated_sum(ang.iter().map(|&a| wrap_angle(a))) / TAU).round();
             out.push(q);
-            out.push(q * q / self.volume as f64);
+            out.push(q * q / self.volume() as f64);
         }
         for &(r, t) in loops {
             out.push(self.wilson_loop(theta, r, t));
