@@ -68,6 +68,12 @@ pub trait GaugeGroup: Copy + Clone + Debug + PartialEq + Send + Sync + 'static {
     fn re_trace(&self) -> f64 {
         self.trace().re
     }
+    /// det U (1 for SU(N) up to rounding, e^{iθ} for U(1)).
+    fn det(&self) -> Complex;
+    /// The number of generators of the algebra (N² − 1 for SU(N), 1 for U(1)).
+    fn n_gen() -> usize {
+        Self::Algebra::N_GEN
+    }
     /// A Haar-distributed element.
     fn random(rng: &mut Stream) -> Self;
     /// The exact exponential map exp(X).
@@ -181,6 +187,10 @@ impl GaugeGroup for U1Angle {
     fn re_trace(&self) -> f64 {
         self.0.cos()
     }
+    #[inline]
+    fn det(&self) -> Complex {
+        Complex::cis(self.0)
+    }
     /// θ = π − 2πu, uniform in (−π, π]: one uniform.
     #[inline]
     fn random(rng: &mut Stream) -> Self {
@@ -253,6 +263,8 @@ mod tests {
                 (U1Angle::exp(&h).mul(&u).re_trace_mul(&m) - U1Angle::exp(&-h).mul(&u).re_trace_mul(&m)) / (2.0 * h);
             assert!((fd - u.re_trace_derivative(&m)).abs() < 1e-8);
             assert_eq!(u.mul(&u.dagger()), U1Angle::identity());
+            assert_eq!(u.det(), u.trace());
+            assert_eq!(U1Angle::n_gen(), 1);
         }
     }
 }

@@ -45,6 +45,10 @@ macro_rules! impl_special_unitary {
                 Matrix::re_trace(self)
             }
             #[inline]
+            fn det(&self) -> Complex {
+                Matrix::det(self)
+            }
+            #[inline]
             fn random(rng: &mut Stream) -> Self {
                 $group::random(rng)
             }
@@ -217,6 +221,8 @@ mod tests {
         for _ in 0..n {
             let u = G::random(&mut rng);
             assert!(u.deviation() < 1e-14);
+            assert!((u.det() - Complex::ONE).abs() < 1e-14);
+            assert_eq!(G::n_gen(), G::NC * G::NC - 1);
             let t = u.trace();
             s += t;
             s2 += t.abs2();

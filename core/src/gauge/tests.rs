@@ -284,3 +284,60 @@ fn su2_and_su3_2d_plaquettes_match_the_exact_values() {
     plaquette_2d::<Su2>(2.0, 0.4331274267, 3000);
     plaquette_2d::<Su3>(2.0, 0.1286277853, 3000);
 }
+
+#[test]
+fn link_fields_round_trip_the_flat_layout_and_reject_bad_input() {
+    let lat = Lattice::new(&[2, 3, 2]).unwrap();
+    let u = hot::<Su3>(&lat, 61);
+    let mut r = vec![0.0; 18 * lat.volume() * 3];
+    u.write_reals(&mut r).unwrap();
+    // [site][μ][row][col][re, im]
+    assert_eq!(r[18 * 4 + 2 * 3 + 1], u.link(1, 1).0[1][0].im);
+    let back = LinkField::<Su3>::from_reals(3, lat.volume(), &r, 1e-12).unwrap();
+    assert_eq!(back, u);
+    assert_eq!(
+        LinkField::<Su3>::from_reals(3, lat.volume(), &r[1..], 1e-12).unwrap_err(),
+        FieldError::Length { expected: r.len(), got: r.len() - 1 }
+    );
+    r[18 * 5] += 0.1;
+    assert!(matches!(
+        LinkField::<Su3>::from_reals(3, lat.volume(), &r, 1e-12),
+        Err(FieldError::NotInGroup { link: 5, .. })
+    ));
+    r[18 * 5] = f64::NAN;
+    assert!(LinkField::<Su3>::from_reals(3, lat.volume(), &r, 1e-12).is_err());
+    let mut short = vec![0.0; 5];
+    assert!(u.write_reals(&mut short).is_err());
+}
+
+#[test]
+fn angle_buffers_and_u1_fields_give_the_same_bits() {
+    let lat = Lattice::new(&[4, 6]).unwrap();
+    let u = hot::<U1Angle>(&lat, 62);
+    let theta: Vec<f64> = u.links().iter().map(|l| l.0).collect();
+    let a = plaquette_sum::<U1Angle, _, _>(&lat, theta.as_slice());
+    let b = plaquette_sum(&lat, u.links());
+    assert_eq!(a.to_bits(), b.to_bits());
+    let p = plaquette::<U1Angle, _, _>(&lat, theta.as_slice(), 5, 0, 1).0;
+    let d = 2;
+    let direct = theta[5 * d] + theta[lat.fwd(5, 0) * d + 1] - theta[lat.fwd(5, 1) * d] - theta[5 * d + 1];
+    assert_eq!(p.to_bits(), direct.to_bits());
+}
+
+#[test]
+fn hot_fields_are_thread_count_independent() {
+    let lat = Lattice::new(&[4, 4, 4, 4]).unwrap();
+    let make = |threads: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+            let mut rng = Stream::new(63, 0);
+            let u = LinkField::<Su3>::random(4, lat.volume(), &mut rng).unwrap();
+            let p = LinkSpace::<Su3>::new(4, lat.volume()).sample_momentum(&mut rng);
+            (u, p, rng.state())
+        })
+    };
+    let (u1, p1, s1) = make(1);
+    let (u2, p2, s2) = make(2);
+    assert_eq!(u1, u2);
+    assert_eq!(p1, p2);
+    assert_eq!(s1, s2);
+}

@@ -398,4 +398,6 @@ pub fn get_library() -> PluginModRef {
 }
 
 #[cfg(test)]
+mod gauge_tests;
+#[cfg(test)]
 mod tests;
