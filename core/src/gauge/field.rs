@@ -132,8 +132,8 @@ impl<G: GaugeGroup> LinkField<G> {
         let links: Vec<G> = r.chunks_exact(G::REALS).map(G::from_reals).collect();
         for (link, u) in links.iter().enumerate() {
             let deviation = u.deviation();
-            // `!(≤)` so that NaN is rejected
-            if !(deviation <= tol) {
+            // NaN deviations are rejected too
+            if deviation.is_nan() || deviation > tol {
                 return Err(FieldError::NotInGroup { link, deviation });
             }
         }

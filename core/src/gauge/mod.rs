@@ -13,7 +13,8 @@
 //!   Morningstar–Peardon), and [`U1Angle`] (U(1) with the angle as storage). The algebra of
 //!   SU(N) is [`SuAlg<N>`] with generators T^a, Tr(T^a T^b) = ½δ^{ab} (Pauli/Gell-Mann order);
 //!   momenta have N(0, 1) coefficients and kinetic energy ½ Σ_a (p^a)² = −Tr P².
-//!   [`Matrix::exp_taylor`] exponentiates for any N by scaling and squaring.
+//!   [`SuN<N>`] is SU(N) for any N, with [`Matrix::exp_taylor`] (scaling and squaring) as its
+//!   exponential.
 //! * [`LinkField`] and the loop functions [`plaquette`], [`staple`], [`rectangle`],
 //!   [`rectangle_staple`], [`plaquette_sum`], [`mean_plaquette`], [`rectangle_sum`],
 //!   [`gauge_transform`], all generic over the group and over [`Neighbours`].
@@ -68,6 +69,7 @@ pub use parallel::{fill_random, RngFillError};
 pub use space::LinkSpace;
 pub use su2::Su2;
 pub use su3::Su3;
+pub use sun::SuN;
 
 #[cfg(test)]
 mod tests;

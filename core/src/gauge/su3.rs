@@ -84,13 +84,16 @@ fn orthonormalize_rows(u: &mut Su3) {
     for z in &mut u.0[0] {
         *z = z.scale(n0);
     }
-    let mut dot = Complex::ZERO;
-    for j in 0..3 {
-        dot += u.0[0][j].conj_mul(u.0[1][j]);
-    }
-    for j in 0..3 {
-        let sub = u.0[0][j] * dot;
-        u.0[1][j] -= sub;
+    // project twice, so that row 1 is orthogonal to rounding even when nearly parallel
+    for _ in 0..2 {
+        let mut dot = Complex::ZERO;
+        for j in 0..3 {
+            dot += u.0[0][j].conj_mul(u.0[1][j]);
+        }
+        for j in 0..3 {
+            let sub = u.0[0][j] * dot;
+            u.0[1][j] -= sub;
+        }
     }
     let n1 = 1.0 / u.0[1].iter().map(|z| z.abs2()).sum::<f64>().sqrt();
     for z in &mut u.0[1] {

@@ -81,6 +81,7 @@ fn staples_close_every_loop_through_a_link() {
     staple_sums::<Su2>();
     staple_sums::<Su3>();
     staple_sums::<U1Angle>();
+    staple_sums::<SuN<4>>();
 }
 
 /// The rectangle staple's derivative is that of the rectangle sum: move one link along a
@@ -153,6 +154,7 @@ fn wilson_force_is_the_lie_derivative_of_the_action() {
     wilson_force_matches_finite_differences::<Su2>(&[2, 2, 2, 2]);
     wilson_force_matches_finite_differences::<Su3>(&[2, 2, 2, 2]);
     wilson_force_matches_finite_differences::<U1Angle>(&[3, 4]);
+    wilson_force_matches_finite_differences::<SuN<4>>(&[3, 4]);
 }
 
 fn gauge_invariance<G: GaugeGroup>() {
@@ -176,6 +178,7 @@ fn wilson_action_and_rectangles_are_gauge_invariant() {
     gauge_invariance::<Su2>();
     gauge_invariance::<Su3>();
     gauge_invariance::<U1Angle>();
+    gauge_invariance::<SuN<4>>();
 }
 
 fn params(integrator: IntegratorKind, md_steps: u32, tau: f64) -> HmcParams {
@@ -222,6 +225,7 @@ fn hmc_is_reversible() {
     reversibility::<Su2>(&[4, 4]);
     reversibility::<Su3>(&[4, 4]);
     reversibility::<Su3>(&[2, 2, 2, 2]);
+    reversibility::<SuN<4>>(&[4, 4]);
 }
 
 /// ⟨e^{−ΔH}⟩ = 1 over an equilibrated chain, with the Γ-method error.
