@@ -33,7 +33,7 @@ use abi_stable::std_types::{RSlice, RSliceMut, RVec};
 use clap::{Parser, ValueEnum};
 use latflow_core::abi::{HmcParams, IntegratorKind, Theory};
 use latflow_core::hmc::OMELYAN_LAMBDA;
-use latflow_core::stats::gamma_method;
+use latflow_stats::gamma_method;
 use latflow_core::Stream;
 use latflow_phi4::Phi4;
 use serde_json::json;
@@ -227,7 +227,7 @@ fn run_one(args: &Args, l: usize) -> serde_json::Value {
     let g_m = gamma_method(&abs_m, 1.5).ok();
     let g_s = gamma_method(&act, 1.5).ok();
     let g_chi = gamma_method(&chi2, 1.5).ok();
-    let tau_of = |g: &Option<latflow_core::stats::GammaResult>| g.as_ref().map(|g| g.tau_int);
+    let tau_of = |g: &Option<latflow_stats::GammaResult>| g.as_ref().map(|g| g.tau_int);
     let tau_worst = tau_of(&g_m).unwrap_or(f64::NAN).max(tau_of(&g_s).unwrap_or(f64::NAN));
     eprintln!(
         "L={l} n_md {md_steps} acc {acceptance:.3} traj/s {traj_per_s:.1} tau|M| {:.2} tauS {:.2} chi2 {:.4}+-{:.4} <exp(-dH)> {exp_mdh:.3}",

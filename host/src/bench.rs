@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use latflow_core::stats::{autocorrelation, GammaResult};
+use latflow_stats::{autocorrelation, GammaResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

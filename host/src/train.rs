@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use latflow_core::hmc::metropolis_accept;
-use latflow_core::stats::ess_per_sample;
+use latflow_stats::ess_per_sample;
 use latflow_core::{RngState, Stream};
 use serde::{Deserialize, Serialize};
 
