@@ -1,5 +1,5 @@
 //! Single-chain φ⁴ HMC throughput, set up like the peer baseline `phi4_hmc.py`
-//! (shared/peers), for side-by-side comparisons (`tools/compare_peers.sh`).
+//! (benches/peers), for side-by-side comparisons (`tools/compare_peers.sh`).
 //!
 //! ```text
 //! cargo run --release -p latflow-host --example hmc_throughput -- \
@@ -55,7 +55,7 @@ enum Measure {
     Full,
 }
 
-/// Single-chain φ⁴ HMC throughput at the tutorial point, like shared/peers/phi4_hmc.py.
+/// Single-chain φ⁴ HMC throughput at the tutorial point, like benches/peers/phi4_hmc.py.
 #[derive(Debug, Parser)]
 #[command(name = "hmc_throughput")]
 struct Args {
