@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the `flow-scalar` model plugin at the peer's φ⁴ setup
-//! (`shared/peers/phi4_flow.py`, Albergo et al. arXiv 2101.08176): L = 8, m² = −4, λ = 8,
+//! (`benches/peers/phi4_flow.py`, Albergo et al. arXiv 2101.08176): L = 8, m² = −4, λ = 8,
 //! 16 affine coupling layers with checkerboard masks, hidden [8, 8], kernel 3, f32, batch 64.
 //!
 //! The model is loaded from its shared library through the plugin ABI, as `latflow train` and

@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the `flow-u1` model plugin at the peer's setup
-//! (`shared/peers/u1_flow.py`, Albergo et al. arXiv 2101.08176): L = 8, β = 2, 16 gauge-equivariant
+//! (`benches/peers/u1_flow.py`, Albergo et al. arXiv 2101.08176): L = 8, β = 2, 16 gauge-equivariant
 //! NCP coupling layers (2 components), hidden [8, 8], kernel 3, f32, batch 64.
 //!
 //! The model is loaded from its shared library through the plugin ABI, as `latflow train` and
