@@ -37,7 +37,7 @@ class Phi4:
         v = phi.shape[1] * phi.shape[2]
         m = phi.sum(axis=(1, 2))
         to_np = (lambda a: a) if self.xp is np else (lambda a: a.double().numpy())
-        return {"absM": np.abs(to_np(m)) / v, "M2V": to_np(m) ** 2 / v, "S": to_np(self.action(phi))}
+        return {"absM": np.abs(to_np(m)) / v, "S": to_np(self.action(phi))}
 
 
 def main():
@@ -52,7 +52,8 @@ def main():
 
     t_abs_m, t_s = peerlib.tau_int(rec["absM"]), peerlib.tau_int(rec["S"])
     worst = max(t_abs_m["tau"], t_s["tau"])
-    chi2 = peerlib.binned_mean(rec["M2V"].mean(axis=1), max(1, int(4 * worst)))
+    volume = args.L * args.L
+    chi2 = peerlib.binned_mean((volume * rec["absM"] ** 2).mean(axis=1), max(1, int(4 * worst)))  # M^2/V
     result = hmc.common_result(args, n_md, scan, rec)
     result.update({
         "tag": args.tag or f"phi4_hmc_{args.backend}_B{args.chains}_t{args.threads}",
