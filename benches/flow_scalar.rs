@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the `flow-scalar` model plugin at the peer's φ⁴ setup
-//! (`shared/peers/phi4_flow.py`, Albergo et al. arXiv 2101.08176): L = 8, m² = −4, λ = 8,
+//! (`benches/peers/phi4_flow.py`, Albergo et al. arXiv 2101.08176): L = 8, m² = −4, λ = 8,
 //! 16 affine coupling layers with checkerboard masks, hidden [8, 8], kernel 3, f32, batch 64.
 //!
 //! The model is loaded from its shared library through the plugin ABI, as `latflow train` and
@@ -14,10 +14,11 @@
 //! Groups:
 //! * `flow_scalar/train_step/tN`: one training step at batch 64 with the model's pool (and the
 //!   theory's) set to N = 1 or 2 threads. Compare with the peer's median step time
-//!   (`phi4_flow.py --threads N`).
+//!   (`benches/peers/phi4_flow.py --threads N`: `training.step_ms_median`).
 //! * `flow_scalar/sample/B`: B proposals with their log q plus the theory's action on them, at
 //!   B = 64 and 1024, one thread; throughput is `Elements(B)`, so criterion's `elem/s` reads as
-//!   proposals per second (the peer's `sample_time_bs64_s`/`_bs1000_s` also include the action).
+//!   proposals per second (the peer's `evaluation.proposals_per_s_bs64`/`_bs1000` also include
+//!   the action).
 
 use std::hint::black_box;
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the `flow-u1` model plugin at the peer's setup
-//! (`shared/peers/u1_flow.py`, Albergo et al. arXiv 2101.08176): L = 8, β = 2, 16 gauge-equivariant
+//! (`benches/peers/u1_flow.py`, Albergo et al. arXiv 2101.08176): L = 8, β = 2, 16 gauge-equivariant
 //! NCP coupling layers (2 components), hidden [8, 8], kernel 3, f32, batch 64.
 //!
 //! The model is loaded from its shared library through the plugin ABI, as `latflow train` and
@@ -14,11 +14,11 @@
 //! Groups:
 //! * `flow_u1/train_step/tN`: one training step at batch 64 with the model's pool (and the
 //!   theory's) set to N = 1 or 2 threads. Compare with the peer's median step time
-//!   (`u1_flow.py --threads N --steps 200 --no-eval`, or `probe.py --threads N`).
+//!   (`benches/peers/u1_flow.py --threads N --steps 200 --n-eval 1000`: `training.step_ms_median`).
 //! * `flow_u1/sample/tN/B`: B proposals with their log q plus the theory's action on them, at
 //!   B = 64 and 1024, with N = 1 or 2 threads; throughput is `Elements(B)`, so criterion's
-//!   `elem/s` reads as proposals per second (the peer's `proposals_per_s_bs64`/`_bs1000`, from
-//!   `u1_flow.py --steps 1 --eval-at 1 --n-eval 10000`, also include the action).
+//!   `elem/s` reads as proposals per second (the peer's `evaluation.proposals_per_s_bs64`/`_bs1000`,
+//!   from `u1_flow.py --steps 1 --n-eval 10000`, also include the action).
 
 use std::hint::black_box;
 use std::path::PathBuf;

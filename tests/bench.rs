@@ -60,6 +60,11 @@ chain = [{{ kind = "hmc", md_steps = 6, trajectory_length = 1.0, trajectory_jitt
 name = "hybrid"
 model = {{ plugin = "flow-scalar", weights = "{w}", layers = 4, hidden = [4], dtype = "f64", prior = "free", prior_m2 = 1.0 }}
 chain = [{{ kind = "hmc", md_steps = 6, trajectory_length = 1.0, trajectory_jitter = 0.5 }}, {{ kind = "flow" }}]
+
+[[contender]]
+name = "HMC hopping form"
+theory = {{ plugin = "phi4", lattice = [4, 4], kappa = 0.2, lambda_hat = 0.0 }}
+chain = [{{ kind = "hmc", md_steps = 6, trajectory_length = 1.0, trajectory_jitter = 0.5 }}]
 "#,
         out = dir.join("out").display(),
         w = dir.join("free.safetensors").display(),
@@ -79,7 +84,7 @@ fn bench_runs_and_reports_consistent_numbers() {
         serde_json::from_str(&std::fs::read_to_string(d.join("out/bench.json")).unwrap()).expect("bench.json is valid JSON");
     assert_eq!(json, file);
     let contenders = json["contenders"].as_array().unwrap();
-    assert_eq!(contenders.len(), 5);
+    assert_eq!(contenders.len(), 6);
     for c in contenders {
         let name = c["name"].as_str().unwrap();
         let n = c["samples"].as_f64().unwrap();
@@ -123,10 +128,17 @@ fn bench_runs_and_reports_consistent_numbers() {
     }
     // each contender's generated run card reruns on its own
     assert!(d.join("out/hmc_omelyan.toml").is_file() && d.join("out/hybrid.h5").is_file());
+    // a contender's own [theory] (the free field in the hopping form: (2d + m²)κ = 1 with
+    // λ̂ = 0, so κ = 1/5 is m² = 1) replaces the card's, and is measured against the common
+    // reference like the others (its z-score is checked above)
+    let hopping: toml::Table = std::fs::read_to_string(d.join("out/hmc_hopping_form.toml")).unwrap().parse().unwrap();
+    let theory = hopping["theory"].as_table().unwrap();
+    assert_eq!(theory.get("kappa").and_then(|v| v.as_float()), Some(0.2), "{theory:?}");
+    assert!(!theory.contains_key("m2") && !theory.contains_key("lambda"), "the override is complete: {theory:?}");
 
     // the table names every contender
     let text = run_ok(&["bench", card.to_str().unwrap(), "-q"]);
-    for c in ["HMC leapfrog", "HMC Omelyan", "flow Metropolis", "replica exchange", "hybrid", "cheapest independent phi2"] {
+    for c in ["HMC leapfrog", "HMC Omelyan", "flow Metropolis", "replica exchange", "hybrid", "HMC hopping form", "cheapest independent phi2"] {
         assert!(text.contains(c), "table lacks {c}:\n{text}");
     }
 }
@@ -148,6 +160,8 @@ fn bad_bench_cards_are_refused() {
         (good.replace("values = [1.0, 1.4]", "values = [1.2, 1.4]"), "does not contain the target's value 1"),
         (good.replace("phi2 = ", "phi2 = \"x\"\nchi = "), "reference.phi2"),
         (good.replace("[\"phi2\", \"magnetization\"]", "[\"phi2\", \"plaquette\"]"), "'plaquette' is not a scalar observable"),
+        (good.replace("theory = { plugin = \"phi4\", lattice = [4, 4], kappa = 0.2, lambda_hat = 0.0 }", "theory = 3"), "contender[5].theory: must be a table"),
+        (good.replace("name = \"hybrid\"\n", "name = \"hybrid\"\nreference = { phi2 = 0.1 }\n"), "contender[4].reference: not allowed"),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
         let card = d.join(format!("bad{i}.toml"));

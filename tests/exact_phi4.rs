@@ -1,4 +1,4 @@
-//! φ⁴ HMC against exact and reference values (REFERENCE.md §1 and §2), through the whole
+//! φ⁴ HMC against exact and reference values (docs/reference.md §1 and §2), through the whole
 //! pipeline: card → plugin .so → HMC → HDF5 → Γ-method analysis. Fixed seeds; |z| < 4 against
 //! the measured error (combined with the reference value's error where it has one).
 
@@ -44,7 +44,7 @@ fn check_hmc_step(json: &serde_json::Value, label: &str) {
     assert!(acc > 0.5 && acc < 1.0, "acceptance {acc}");
 }
 
-/// Free field, L = 8, m² = 1, convention B: G_B = G_A/2 (REFERENCE.md §1).
+/// Free field, L = 8, m² = 1, convention B: G_B = G_A/2 (docs/reference.md §1).
 ///
 /// Fixed-length HMC is not ergodic here: the modes with p̂² + m² = 5 have ω = √10 ≈ π, so a
 /// τ = 1 trajectory maps them to ≈ −themselves (C(1) came out 4.5σ low with fixed τ). The

@@ -1,4 +1,4 @@
-//! 2D U(1) gauge theory HMC against the exact finite-volume results of REFERENCE.md §3, through
+//! 2D U(1) gauge theory HMC against the exact finite-volume results of docs/reference.md §3, through
 //! the whole pipeline: card → u1 plugin .so → HMC → HDF5 → Γ-method analysis. Fixed seeds;
 //! |z| < 4 against the measured error. Also: bad couplings are refused with exit code 1.
 //!
@@ -8,7 +8,7 @@ mod common;
 
 use common::{analyze_json, assert_z, bessel_i, exact_wilson_loop, run, run_ok, scalar, write_card};
 
-/// The helper reproduces REFERENCE.md's plaquette column, so its Wilson loops can be trusted.
+/// The helper reproduces docs/reference.md's plaquette column, so its Wilson loops can be trusted.
 #[test]
 fn exact_formula_reproduces_the_reference_table() {
     for (beta, l, plaq) in
@@ -77,7 +77,7 @@ fn check_exact(name: &str, json: &serde_json::Value, beta: f64, plaquette: f64, 
     println!("{name}: tau_int plaquette {:.2}, Q {tq:.2}, Q^2/V {tchi:.2}", tau_int(json, "plaquette"));
 }
 
-/// β = 1, L = 8 (REFERENCE.md §3): ⟨cos θ_P⟩ = 0.4463899659, χ_top = 0.04063623611. Leapfrog.
+/// β = 1, L = 8 (docs/reference.md §3): ⟨cos θ_P⟩ = 0.4463899659, χ_top = 0.04063623611. Leapfrog.
 #[test]
 fn beta_1_plaquette_topology_and_wilson_loops() {
     let chain = "[[chain]]\nkind = \"hmc\"\nmd_steps = 4\nintegrator = \"leapfrog\"";

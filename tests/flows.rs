@@ -72,7 +72,7 @@ fn free_field_flow_metropolis_reweighting_and_log_z() {
 }
 
 /// Tutorial point: flow Metropolis, and the hybrid chain HMC×5 + flow, reproduce χ₂ and
-/// ⟨|M|⟩/V (REFERENCE.md §2) with a briefly trained flow.
+/// ⟨|M|⟩/V (docs/reference.md §2) with a briefly trained flow.
 #[test]
 fn tutorial_point_flow_and_hybrid() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,7 +358,7 @@ fn training_resume_is_bit_identical() {
 }
 
 /// Rational-quadratic spline couplings inside flow Metropolis and reweighting: free field,
-/// L = 4, m² = 1, ⟨φ²⟩_B = 0.263492063492/2 (REFERENCE.md §1), log Ẑ = log Z_B = −2.8581318146.
+/// L = 4, m² = 1, ⟨φ²⟩_B = 0.263492063492/2 (docs/reference.md §1), log Ẑ = log Z_B = −2.8581318146.
 #[test]
 fn spline_flow_is_exact_on_the_free_field() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,5 @@
 //! Gauge-equivariant U(1) flows inside exact samplers (flow-u1 model plugin + u1 theory plugin,
-//! 2D, REFERENCE.md §3): flow Metropolis, a hybrid HMC + flow chain, reweighting with log Ẑ,
+//! 2D, docs/reference.md §3): flow Metropolis, a hybrid HMC + flow chain, reweighting with log Ẑ,
 //! transfer in β and in volume, and the bad inputs that must be refused. Fixed seeds; |z| < 4
 //! against measured errors.
 

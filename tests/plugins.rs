@@ -270,6 +270,49 @@ fn assert_refused(lib_name: &str) -> String {
 fn plugin_built_for_another_interface_version_is_refused() {
     let stderr = assert_refused("latflow_badabi");
     assert!(stderr.contains("99.0.0"), "{stderr}");
+    // one message with both versions and what to do
+    let host = env!("CARGO_PKG_VERSION"); // latflow-core shares the workspace version
+    let advice = format!("rebuild the plugin against latflow-core {host}");
+    assert!(stderr.contains(&format!("latflow-core 99.0.0, but this latflow has latflow-core {host}")), "{stderr}");
+    assert_eq!(stderr.matches(&advice).count(), 1, "{stderr}");
+}
+
+/// `latflow run` with a plugin name whose library exists but is refused says what it found
+/// and why, instead of "no plugin named …".
+#[test]
+fn a_refused_library_named_like_the_plugin_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let copy = plugins.join(format!("{}latflow_o3{DLL_SUFFIX}", std::env::consts::DLL_PREFIX));
+    std::fs::copy(library(fixtures_dir(), "latflow_badabi"), &copy).unwrap();
+    let (card, _) = write_card(
+        tmp.path(),
+        "card",
+        "[theory]\nplugin = \"o3\"\nlattice = [4]\n\n[[chain]]\nkind = \"hmc\"\nmd_steps = 4\n\n\
+         [run]\nseed = 1\nmeasurements = 5\noutput = \"{OUT}\"\n",
+    );
+    let run = run_with_dir(&plugins, &["run", card.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(exit_code(&run), 1, "{stderr}");
+    assert!(!stderr.contains("no plugin named"), "{stderr}");
+    for want in ["plugin 'o3' was found but refused", copy.to_str().unwrap(), "99.0.0", "rebuild the plugin against latflow-core"] {
+        assert!(stderr.contains(want), "expected {want:?} in:\n{stderr}");
+    }
+    println!("{}", stderr.trim());
+}
+
+/// `latflow plugins` shows the latflow-core version each plugin was built against.
+#[test]
+fn plugins_shows_the_core_version_of_each_plugin() {
+    let listing = run_ok(&["plugins"]);
+    let (header, details) = {
+        let lines: Vec<&str> = listing.lines().collect();
+        let i = lines.iter().position(|l| l.starts_with("phi4 ")).unwrap_or_else(|| panic!("{listing}"));
+        (lines[i], lines[i + 1..].iter().take_while(|l| l.starts_with(' ')).copied().collect::<Vec<_>>())
+    };
+    let want = format!("built against latflow-core {}", env!("CARGO_PKG_VERSION"));
+    assert!(details.iter().any(|l| l.trim() == want), "{header}: {details:#?}");
 }
 
 /// A stale build (the current interface version, an older root-module layout): refused by the
@@ -368,4 +411,30 @@ fn fault_wrong_size_initial_is_an_error() {
 #[test]
 fn fault_nan_left_by_hmc_is_an_error() {
     assert_fault("nan_hmc", &["hmc"], &["NaN"]);
+}
+
+/// A plugin that aborts the process (an unguarded panic does that) cannot be survived, but the
+/// host names the plugin and the call before the process ends.
+#[cfg(unix)]
+#[test]
+fn a_plugin_that_aborts_is_named_with_its_call() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (card, _) = write_card(
+        tmp.path(),
+        "card",
+        "[theory]\nplugin = \"faulty\"\nlattice = [4]\nfault = \"abort_measure\"\n\n\
+         [[chain]]\nkind = \"hmc\"\nmd_steps = 4\n\n\
+         [run]\nseed = 1\nthermalization = 2\nmeasurements = 5\noutput = \"{OUT}\"\n",
+    );
+    let out = run_with_dir(fixtures_dir(), &["run", card.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc_sigabrt()), "expected an abort:\n{stderr}");
+    assert!(stderr.contains("latflow: plugin 'faulty' aborted the process in `measure`"), "{stderr}");
+    println!("{}", stderr.trim());
+}
+
+#[cfg(unix)]
+fn libc_sigabrt() -> i32 {
+    6 // SIGABRT on every unix latflow builds for (Linux, macOS, the BSDs)
 }

@@ -124,7 +124,7 @@ pub fn check_paths(ens: &ReplicaEnsemble, repeat: u64) {
 }
 
 /// ⟨φ²⟩ of the free field in convention B on an L×L torus: G_B(0) = (1/2V) Σ_p 1/(p̂² + m²)
-/// (REFERENCE.md §1).
+/// (docs/reference.md §1).
 fn free_phi2(l: usize, m2: f64) -> f64 {
     let s2 = |n: usize| 4.0 * (std::f64::consts::PI * n as f64 / l as f64).sin().powi(2);
     let mut sum = 0.0;
@@ -183,7 +183,7 @@ const HMC: &str = "[[chain]]\nkind = \"hmc\"\nmd_steps = 8\ntrajectory_jitter = 
 #[test]
 fn plain_replica_exchange_reproduces_every_coupling() {
     let dir = tempfile::tempdir().unwrap();
-    assert!((free_phi2(4, 1.0) - 0.263492063492 / 2.0).abs() < 1e-12, "the exact formula matches REFERENCE.md §1");
+    assert!((free_phi2(4, 1.0) - 0.263492063492 / 2.0).abs() < 1e-12, "the exact formula matches docs/reference.md §1");
     let masses = [0.5, 0.8, 1.2, 1.8];
     let ladder = "[ladder]\nparameter = \"m2\"\nvalues = [0.5, 0.8, 1.2, 1.8]";
     let chain = format!("{HMC}\n\n[[chain]]\nkind = \"replica_exchange\"");
@@ -214,7 +214,7 @@ fn plain_replica_exchange_reproduces_every_coupling() {
 }
 
 /// Plain replica exchange on 2D U(1), L = 8, over β ∈ {1, 2, 3, 4}: every coupling reproduces
-/// its exact plaquette and χ_top = ⟨Q²⟩/V (REFERENCE.md §3), and every neighbour pair swaps with
+/// its exact plaquette and χ_top = ⟨Q²⟩/V (docs/reference.md §3), and every neighbour pair swaps with
 /// an acceptance strictly between 0 and 1.
 #[test]
 fn u1_replica_exchange_reproduces_every_beta() {
@@ -316,8 +316,8 @@ fn u1_flow_assisted_swaps_are_exact_and_beat_plain_swaps() {
         betas[1],
         weights[1].display()
     );
-    // ⟨cos θ_P⟩ on the 8×8 torus (V = 64 plaquettes), REFERENCE.md §3
-    assert!((exact_wilson_loop(2.0, 64, 1) - 0.6977746580).abs() < 1e-9, "the exact formula matches REFERENCE.md §3");
+    // ⟨cos θ_P⟩ on the 8×8 torus (V = 64 plaquettes), docs/reference.md §3
+    assert!((exact_wilson_loop(2.0, 64, 1) - 0.6977746580).abs() < 1e-9, "the exact formula matches docs/reference.md §3");
     let exact = betas.map(|b| (exact_wilson_loop(b, 64, 1), 0.0));
     let hmc = "[[chain]]\nkind = \"hmc\"\nmd_steps = 4\ntrajectory_length = 1.0\nintegrator = \"omelyan2\"\ntrajectory_jitter = 0.3";
     let mut acceptance = Vec::new();

@@ -2,9 +2,9 @@
 # Side-by-side timing of a normalizing flow, latflow against its PyTorch peer, with the same
 # architecture, measured in the same run on this machine, interleaved. THEORY picks the flow:
 #   phi4 (default)  latflow's flow-scalar model with the phi4 theory against
-#                   shared/peers/phi4_flow.py: N(0,1) prior, 16 affine coupling layers,
+#                   benches/peers/phi4_flow.py: N(0,1) prior, 16 affine coupling layers,
 #                   CNN 1 → 8 → 8 → 2, kernel 3, float32, L = 8, m² = −4, λ = 8.
-#   u1              latflow's flow-u1 model with the u1 theory against shared/peers/u1_flow.py:
+#   u1              latflow's flow-u1 model with the u1 theory against benches/peers/u1_flow.py:
 #                   2D U(1), Haar prior, 16 gauge-equivariant coupling layers (stripe masks),
 #                   NCP mixtures of 2 components, CNN 2 → 8 → 8 → 3, kernel 3, float32,
 #                   L = 8, β = 2.
@@ -15,17 +15,17 @@
 #                [run] threads = T and RAYON_NUM_THREADS=T; the median of the history CSV's
 #                `seconds` column (sample + log q + action and gradient (φ⁴, or the U(1) Wilson
 #                action −β Σ cos P) + backward + Adam), skipping the first 5 steps.
-#                peer: the step of probe.py (its phi4 step, or its u1 step for THEORY=u1:
-#                sample + log q + action + backward + Adam + .item()), median of PEER_STEPS
-#                steps after one warm-up step.
+#                peer: one reverse-KL step of the peer's model (sample + log q + action +
+#                backward + Adam + .item(), as flowlib.train), median of PEER_STEPS steps
+#                after one warm-up step.
 #   proposals/s  latflow: wall time of a whole `latflow run` of a `kind = "reweight"` chain with
 #                N_PROPOSALS measurements, `batch = B` in the step (B = 64 and 1024), untrained
 #                model (the cost does not depend on the weights), no thermalisation, observables
 #                only (save_every = 0). That includes process start, plugin loading, the
 #                action, measurements and the HDF5 writes: nothing is subtracted.
 #                peer: N_PROPOSALS draws with log q under no_grad, in batches of B, plus the
-#                action of each batch (probe.py and u1_flow.py time the action separately; here
-#                it is inside).
+#                action of each batch (the peer scripts' own evaluation times the action
+#                separately; here it is inside).
 # Order: in each round and for each T, latflow then the peer on odd rounds, the peer then latflow
 # on even rounds, so both see the same load. Figures are medians over rounds.
 #
@@ -39,10 +39,10 @@
 #   ROUNDS=3              interleaved rounds
 #   THREADS="1 2"         thread counts (both sides)
 #   TRAIN_STEPS=150       latflow training steps per measurement
-#   PEER_STEPS=40         peer training steps per measurement (probe.py's default)
+#   PEER_STEPS=40         peer training steps per measurement
 #   N_PROPOSALS=20000     proposals per rate measurement (both sides)
 #   BATCHES="64 1024"     proposal batch sizes
-#   PEERS_DIR             default: shared/peers in, beside or above the repository
+#   PEERS_DIR             default: benches/peers in the repository
 #   PEER_PYTHON           default: the first of /tmp/peervenv/bin/python, .tools/peer-venv/bin/python
 #                         and python3 that imports torch and numpy (nothing is installed)
 #   LATFLOW               the binary (default: target/release/latflow, built with cargo if missing
@@ -98,12 +98,7 @@ if [ ! -x "$LATFLOW" ]; then
 fi
 
 # ---------------------------------------------------------------- peer and its python
-peers=${PEERS_DIR:-}
-if [ -z "$peers" ]; then
-    for d in "$root/shared/peers" "$root/../shared/peers" "$root/../../shared/peers"; do
-        if [ -f "$d/$peer_script" ]; then peers=$(cd "$d" && pwd); break; fi
-    done
-fi
+peers=${PEERS_DIR:-$root/benches/peers}
 PY=${PEER_PYTHON:-}
 if [ -z "$PY" ]; then
     for p in /tmp/peervenv/bin/python "$root/.tools/peer-venv/bin/python" python3; do
@@ -239,7 +234,7 @@ run_latflow() { # round threads
     done
 }
 
-# The peer's setup per theory: `layers`, `action(x)` and `sample(n) -> (x, log q)`, as in probe.py.
+# The peer's setup per theory: `layers`, `action(x)` and `sample(n) -> (x, log q)`.
 if [ "$THEORY" = u1 ]; then
     peer_setup='
 import u1_flow
@@ -265,9 +260,9 @@ peer_py='
 import sys, time, json
 sys.path.insert(0, sys.argv[1])
 threads, steps, n, batches = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), [int(b) for b in sys.argv[5].split()]
-import common
-from common import np
-torch, _ = common.setup_torch(11, "float32", threads=threads)
+import peerlib
+from peerlib import np
+torch = peerlib.torch_cpu(11, "float32", threads=threads)
 '"$peer_setup"'
 opt = torch.optim.Adam(layers.parameters(), lr=1e-3)
 def step():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side φ⁴ HMC throughput: latflow (examples/hmc_throughput.rs) against the peer
-# baselines shared/peers/phi4_hmc.py (numpy, PyTorch), measured in the same run on this machine.
+# Side-by-side φ⁴ HMC throughput: latflow (benches/hmc_throughput.rs) against the peer
+# baselines benches/peers/phi4_hmc.py (numpy, PyTorch), measured in the same run on this machine.
 # Regenerates the README's comparison table. A benchmark, not a test: never run it in CI.
 #
 # Usage (from anywhere; needs cargo, python3 and, for the peers, numpy and torch):
@@ -22,7 +22,7 @@
 #                         hence the explicit 30.
 #   TORCH_B64_LATTICES="8 32"  also run torch with 64 vectorised chains (its best case; rates
 #                         are summed over chains) at these L, 1 thread. Empty to skip.
-#   PEERS_DIR             default: shared/peers in, beside or above the repository
+#   PEERS_DIR             default: benches/peers in the repository
 #   PEER_PYTHON           the python for the peers. Default: .tools/peer-venv if it exists; else
 #                         python3 if it imports numpy and torch (numpy alone with INSTALL_TORCH=0);
 #                         else .tools/peer-venv is created and `pip install numpy [torch]` run.
@@ -75,13 +75,8 @@ peer_counts() { # L chains -> "ntraj ntherm"
 }
 
 # ---------------------------------------------------------------- peers and their python
-peers=${PEERS_DIR:-}
-if [ -z "$peers" ]; then
-    for d in "$root/shared/peers" "$root/../shared/peers" "$root/../../shared/peers"; do
-        [ -f "$d/phi4_hmc.py" ] && { peers=$(cd "$d" && pwd); break; }
-    done
-fi
-if [ -z "$peers" ] || [ ! -f "$peers/phi4_hmc.py" ]; then
+peers=${PEERS_DIR:-$root/benches/peers}
+if [ ! -f "$peers/phi4_hmc.py" ]; then
     log "peer scripts not found (set PEERS_DIR); running latflow only"
     peers=""
 fi
@@ -128,8 +123,8 @@ if [ -n "$peers" ]; then
 fi
 
 # ---------------------------------------------------------------- build latflow
-log "building examples/hmc_throughput.rs (release)"
-if ! cargo build --release -p latflow-host --example hmc_throughput >&2; then
+log "building benches/hmc_throughput.rs (release)"
+if ! cargo build --release -p latflow-benches --example hmc_throughput >&2; then
     log "build failed"
     exit 1
 fi

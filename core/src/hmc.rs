@@ -338,7 +338,7 @@ impl FieldSpace for RealScalar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::{gamma_method, S_TAU_DEFAULT};
+    use latflow_stats::{gamma_method, S_TAU_DEFAULT};
     use abi_stable::std_types::RVec;
 
     /// Anharmonic oscillators with a two-level split: S = Σ a x²/2 (level 0) + Σ b x⁴/4 (level 1).

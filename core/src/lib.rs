@@ -9,7 +9,6 @@
 //! * [`sum`]: compensated summation for actions.
 //! * [`hmc`]: field spaces, actions, nested integrators, HMC trajectories and the shared
 //!   Metropolis test. Plugins monomorphise these generic pieces inside themselves.
-//! * [`stats`]: Wolff's Γ-method, jackknife, reweighting helpers.
 //! * [`workers`]: a plugin's optional private thread pool.
 //!
 //! Nothing here opens shared libraries or files: that is the host's job.
@@ -20,7 +19,6 @@ pub mod hmc;
 pub mod lattice;
 pub mod layout;
 pub mod rng;
-pub mod stats;
 pub mod sum;
 pub mod workers;
 

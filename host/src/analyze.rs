@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use latflow_core::stats::{
+use latflow_stats::{
     ess_per_sample, gamma_method, jackknife_weighted, log_z_estimate, GammaResult, S_TAU_DEFAULT,
 };
 use serde::Serialize;

@@ -31,11 +31,32 @@
 //! chain = [{ kind = "flow", batch = 256 }]
 //! ```
 //!
-//! Every key of a contender except `name` becomes a top-level section of a generated run card
-//! (`chain`, `model`, `train`, and whatever else the run card knows, e.g. a replica `ladder`);
-//! its `run` table, if any, is merged over the `[run]` that `[bench]` generates. Each generated
-//! card is written to the output directory, so every contender can be rerun on its own with
-//! `latflow run`.
+//! Every key of a contender except `name` and `theory` becomes a top-level section of a
+//! generated run card (`chain`, `model`, `train`, and whatever else the run card knows, e.g. a
+//! replica `ladder`); its `run` table, if any, is merged over the `[run]` that `[bench]`
+//! generates. Each generated card is written to the output directory, so every contender can
+//! be rerun on its own with `latflow run`.
+//!
+//! A contender may override the target's `[theory]`, to compare plugins for the same physics
+//! or a plugin's own options, while the observables and the `[reference]` stay common:
+//!
+//! ```toml
+//! [[contender]]
+//! name = "HMC, hopping form"
+//! theory = { plugin = "phi4", lattice = [8, 8], kappa = 0.25, lambda_hat = 0.5 }  # complete
+//! chain = [{ kind = "hmc", md_steps = 8 }]
+//!
+//! [[contender]]
+//! name = "HMC, 2 threads"
+//! theory = { threads = 2 }                  # keys merged over the card's [theory]
+//! chain = [{ kind = "hmc", md_steps = 8 }]
+//! ```
+//!
+//! A `theory` that names a `plugin` is a complete theory table of its own (another plugin,
+//! or the same plugin written with other keys); one without `plugin` lists keys that replace or
+//! add to the card's `[theory]`. It is the contender's job to describe the same target: the
+//! common observables and reference values are what make the comparison fair, and the table
+//! shows each contender's z-scores against them.
 //!
 //! Definitions (per contender, per observable O):
 //! * wall time: the whole `latflow run` (plugin loading, thermalization, measurements, HDF5
@@ -53,7 +74,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use latflow_core::stats::{autocorrelation, GammaResult};
+use latflow_stats::{autocorrelation, GammaResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -121,6 +142,8 @@ pub struct Contender {
     pub slug: String,
     /// The top-level sections it contributes to its run card.
     pub sections: toml::Table,
+    /// Its `theory` override, as written (see the module documentation).
+    pub theory: Option<toml::Table>,
 }
 
 /// A parsed bench card.
@@ -210,11 +233,15 @@ impl BenchCard {
                 Some(_) => bail!("{file}: {here}.name: must be a non-empty string"),
                 None => bail!("{file}: {here}.name: missing"),
             };
-            for forbidden in ["theory", "reference"] {
-                if t.contains_key(forbidden) {
-                    bail!("{file}: {here}.{forbidden}: not allowed: every contender samples the card's one target theory");
-                }
+            if t.contains_key("reference") {
+                bail!("{file}: {here}.reference: not allowed: every contender is compared with the card's one [reference]");
             }
+            let theory = match t.remove("theory") {
+                Some(toml::Value::Table(th)) if th.is_empty() => bail!("{file}: {here}.theory: empty; leave it out to sample the card's [theory]"),
+                Some(toml::Value::Table(th)) => Some(th),
+                Some(_) => bail!("{file}: {here}.theory: must be a table of [theory] keys"),
+                None => None,
+            };
             if !t.contains_key("chain") {
                 bail!("{file}: {here}.chain: missing (the contender's chain steps)");
             }
@@ -225,7 +252,7 @@ impl BenchCard {
             if contenders.iter().any(|c| c.name == name) {
                 bail!("{file}: {here}.name: '{name}' is used twice");
             }
-            contenders.push(Contender { name, slug, sections: t });
+            contenders.push(Contender { name, slug, sections: t, theory });
         }
         Ok(Self { path: path.to_path_buf(), theory, bench, reference_table, reference, contenders })
     }
@@ -238,11 +265,25 @@ impl BenchCard {
         })
     }
 
+    /// The `[theory]` a contender samples: its own `theory` if that names a `plugin`, else the
+    /// card's `[theory]` with the contender's keys merged over it.
+    pub fn contender_theory(&self, c: &Contender) -> toml::Table {
+        match &c.theory {
+            None => self.theory.clone(),
+            Some(own) if own.contains_key("plugin") => own.clone(),
+            Some(own) => {
+                let mut merged = self.theory.clone();
+                merged.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+                merged
+            }
+        }
+    }
+
     /// The run card of one contender, with `measurements` sweeps (and `thermalization`) written
     /// to `output`.
     pub fn run_card(&self, c: &Contender, measurements: u64, thermalization: u64, output: &Path) -> Result<String> {
         let mut card = toml::Table::new();
-        card.insert("theory".into(), toml::Value::Table(self.theory.clone()));
+        card.insert("theory".into(), toml::Value::Table(self.contender_theory(c)));
         let mut run = toml::Table::new();
         run.insert("seed".into(), toml::Value::Integer(self.bench.seed as i64));
         run.insert("thermalization".into(), toml::Value::Integer(thermalization as i64));
@@ -481,9 +522,10 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
             (ens, a, Vec::new())
         }
         AnyEnsemble::Replica(mut r) => {
-            let target = card.theory.get(&r.parameter).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+            let theory = card.contender_theory(c);
+            let target = theory.get(&r.parameter).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
             let Some(target) = target else {
-                bail!("the ladder varies '{}', which the target [theory] does not set", r.parameter)
+                bail!("the ladder varies '{}', which the contender's [theory] does not set", r.parameter)
             };
             let Some(k) = r.values.iter().position(|&v| v == target) else {
                 bail!("the ladder {:?} of '{}' does not contain the target's value {target}", r.values, r.parameter)

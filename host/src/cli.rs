@@ -142,7 +142,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         },
         Command::Plugins { verbose } => {
             let search = SearchPath::new(&cli.plugin_dirs);
-            println!("plugin interface version {}", Plugin::host_interface_version());
+            println!("plugin interface version {} (latflow-core)", Plugin::host_interface_version());
             println!("search path: {}", search.describe());
             let listing = plugin::list(&search);
             if listing.is_empty() {
@@ -153,12 +153,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                     Ok(p) => {
                         let note = if l.shadowed { " (shadowed by an earlier plugin of the same name)" } else { "" };
                         println!(
-                            "{} {} [{:?}] {}{}\n    {}",
+                            "{} {} [{:?}] {}{}\n    built against latflow-core {}\n    {}",
                             p.info.name,
                             p.info.version,
                             p.info.kind,
                             p.path.display(),
                             note,
+                            p.core_version,
                             p.info.description
                         );
                         for item in p.info.provides.iter() {

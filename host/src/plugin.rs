@@ -3,18 +3,23 @@
 //! Search path, in order (the first plugin with a given name wins):
 //! 1. every `--plugin-dir` given on the command line;
 //! 2. the directories in `LATFLOW_PLUGIN_PATH` (separated by `:`);
-//! 3. the directory of the `latflow` executable, after its `deps/` (where cargo puts the
-//!    in-tree plugins it builds alongside the host, always fresh);
-//! 4. the cargo target directory (`CARGO_TARGET_DIR`, or this workspace's `target/`),
-//!    `release/` then `debug/`, each after its `deps/`.
+//! 3. when the `latflow` executable lies in a cargo target directory (`cargo run`, the
+//!    integration tests): its directory's `deps/`, then its directory, where cargo puts the
+//!    in-tree plugins it builds (deps/ first: always fresh);
+//! 4. an installed prefix: `../lib/latflow/` relative to the executable, so that
+//!    `PREFIX/bin/latflow` finds `PREFIX/lib/latflow/*.so` (see tools/install.sh).
 //!
-//! In 1 and 2 every shared library is a candidate; in 3 and 4, where cargo also leaves
-//! unrelated libraries, only files named `liblatflow_*`.
+//! Nothing else: outside a cargo target directory and an install prefix, plugins are found
+//! only through 1 and 2 (no path compiled into the binary). In 1, 2 and 4 every shared library
+//! is a candidate; in 3, where cargo also leaves unrelated libraries, only files named
+//! `liblatflow_*`.
 //!
 //! Libraries are opened with abi_stable's `lib_header_from_path(..).init_root_module()`, which
 //! checks the root module's layout and version before any plugin code runs. (Not
 //! `RootModule::load_from_file`, which caches per type and would return the first plugin for
 //! every later one.)
+
+mod abort_report;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +44,9 @@ pub enum PluginLoadError {
     },
     #[error("no plugin named '{name}' on the search path ({searched}); `latflow plugins` lists what is found")]
     NotFound { name: String, searched: String },
+    /// A library named like the plugin was found but could not be loaded.
+    #[error("plugin '{name}' was found but refused: {found}")]
+    Refused { name: String, found: String },
     #[error("plugin '{name}' ({path}) is a {kind:?} plugin, but a {wanted} plugin is needed here")]
     WrongKind { name: String, path: PathBuf, kind: PluginKind, wanted: &'static str },
     #[error("model '{model}' does not fit theory '{theory}': {reason}")]
@@ -56,8 +64,10 @@ pub enum PluginLoadError {
 pub enum Origin {
     CommandLine,
     Environment,
-    Executable,
+    /// Beside an executable that lies in a cargo target directory.
     CargoTarget,
+    /// `../lib/latflow` relative to the executable.
+    Installed,
 }
 
 /// The ordered plugin search path.
@@ -67,29 +77,32 @@ pub struct SearchPath {
 }
 
 impl SearchPath {
-    /// The search path for these `--plugin-dir`s and the current environment.
+    /// The search path for these `--plugin-dir`s, the current environment and the running
+    /// executable.
     pub fn new(cli_dirs: &[PathBuf]) -> Self {
+        let exe = std::env::current_exe().ok();
+        Self::for_executable(cli_dirs, std::env::var_os("LATFLOW_PLUGIN_PATH").as_deref(), exe.as_deref())
+    }
+
+    /// The search path for these `--plugin-dir`s, a `LATFLOW_PLUGIN_PATH` value and the path
+    /// of the executable (see the module documentation for the order).
+    pub fn for_executable(cli_dirs: &[PathBuf], env: Option<&std::ffi::OsStr>, exe: Option<&Path>) -> Self {
         let mut dirs: Vec<(PathBuf, Origin)> = cli_dirs.iter().map(|d| (d.clone(), Origin::CommandLine)).collect();
-        if let Some(env) = std::env::var_os("LATFLOW_PLUGIN_PATH") {
-            dirs.extend(std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()).map(|p| (p, Origin::Environment)));
+        if let Some(env) = env {
+            dirs.extend(std::env::split_paths(env).filter(|p| !p.as_os_str().is_empty()).map(|p| (p, Origin::Environment)));
         }
-        if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
-            // deps/ first: cargo refreshes it on every build, while the uplifted copy beside
-            // the executable is only refreshed when the plugin is built as a workspace member.
-            dirs.push((exe_dir.join("deps"), Origin::Executable));
-            dirs.push((exe_dir, Origin::Executable));
+        if let Some(exe_dir) = exe.and_then(Path::parent) {
+            if is_cargo_profile_dir(exe_dir) {
+                // deps/ first: cargo refreshes it on every build, while the uplifted copy beside
+                // the executable is only refreshed when the plugin is built as a workspace member.
+                dirs.push((exe_dir.join("deps"), Origin::CargoTarget));
+                dirs.push((exe_dir.to_path_buf(), Origin::CargoTarget));
+            }
+            if let Some(prefix) = exe_dir.parent() {
+                dirs.push((prefix.join("lib").join("latflow"), Origin::Installed));
+            }
         }
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let host = Path::new(env!("CARGO_MANIFEST_DIR"));
-                host.parent().unwrap_or(host).join("target")
-            });
-        for profile in ["release", "debug"] {
-            dirs.push((target.join(profile).join("deps"), Origin::CargoTarget));
-            dirs.push((target.join(profile), Origin::CargoTarget));
-        }
-        // drop duplicates (the exe dir is usually inside the target dir)
+        // drop duplicates
         let mut seen = Vec::new();
         dirs.retain(|(d, _)| {
             let key = d.canonicalize().unwrap_or_else(|_| d.clone());
@@ -112,7 +125,7 @@ impl SearchPath {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.is_file() && is_shared_library(p))
                 .filter(|p| {
-                    matches!(origin, Origin::CommandLine | Origin::Environment)
+                    *origin != Origin::CargoTarget
                         || p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("liblatflow_"))
                 })
                 .collect();
@@ -130,6 +143,12 @@ impl SearchPath {
     pub fn describe(&self) -> String {
         self.dirs.iter().map(|(d, _)| d.display().to_string()).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// Whether `dir` is a cargo profile directory (`target/debug`, `target/release`, …): cargo
+/// keeps its build fingerprints there.
+fn is_cargo_profile_dir(dir: &Path) -> bool {
+    dir.join(".fingerprint").is_dir() && dir.join("deps").is_dir()
 }
 
 /// Identifies a file independently of the path (device and inode on unix).
@@ -153,6 +172,8 @@ fn is_shared_library(p: &Path) -> bool {
 pub struct Plugin {
     pub path: PathBuf,
     pub info: PluginInfo,
+    /// The latflow-core version the plugin was built against (from its library header).
+    pub core_version: String,
     module: PluginModRef,
 }
 
@@ -162,16 +183,31 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+/// "rebuild the plugin against latflow-core X", X being this latflow's.
+fn rebuild_advice() -> String {
+    format!("rebuild the plugin against latflow-core {}", Plugin::host_interface_version())
+}
+
+/// The one-line reason for a library that was built against another latflow-core version
+/// and failed to load: abi_stable would report each type whose package version differs.
+fn version_mismatch_reason(plugin_core: &str) -> String {
+    format!(
+        "built against latflow-core {plugin_core}, but this latflow has latflow-core {}; {}",
+        Plugin::host_interface_version(),
+        rebuild_advice()
+    )
+}
+
 /// A one-line reason for an abi_stable load error; its layout reports run to pages.
 fn short_reason(e: &LibraryError) -> String {
-    const REBUILD: &str = "rebuild the plugin against this latflow's latflow-core";
+    let rebuild = rebuild_advice();
     match e {
         LibraryError::OpenError { err, .. } => format!("cannot open the library: {err}"),
         LibraryError::GetSymbolError { .. } => {
             "not a latflow plugin (it exports no abi_stable root module)".to_string()
         }
         LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => format!(
-            "plugin built for interface version {actual_version}, this latflow has {expected_version}; {REBUILD}"
+            "plugin built for interface version {actual_version}, this latflow has {expected_version}; {rebuild}"
         ),
         LibraryError::AbiInstability(_) => {
             // Keep each "Error:" line with the expected/found lines under it, and name the
@@ -221,7 +257,7 @@ fn short_reason(e: &LibraryError) -> String {
                 s.truncate(400);
                 s.push_str(" …");
             }
-            format!("{s}; {REBUILD}")
+            format!("{s}; {rebuild}")
         }
         other => other.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
     }
@@ -235,13 +271,29 @@ impl Plugin {
             reason: short_reason(&e),
             detail: e.to_string(),
         };
+        abort_report::install();
         let header = lib_header_from_path(path).map_err(fail)?;
-        let module = header.init_root_module::<PluginModRef>().map_err(fail)?;
-        let info = (module.info())();
-        Ok(Self { path: path.to_path_buf(), info, module })
+        let core_version = header.version_strings().version.to_string();
+        let module = header.init_root_module::<PluginModRef>().map_err(|e| {
+            if core_version == Self::host_interface_version() {
+                fail(e)
+            } else {
+                PluginLoadError::Load {
+                    path: path.to_path_buf(),
+                    reason: version_mismatch_reason(&core_version),
+                    detail: e.to_string(),
+                }
+            }
+        })?;
+        let info = {
+            let _in = abort_report::enter(path.to_str().unwrap_or("?"), "info");
+            (module.info())()
+        };
+        Ok(Self { path: path.to_path_buf(), info, core_version, module })
     }
 
-    /// The interface version the host expects.
+    /// The interface version the host expects: the version of the latflow-core it was built
+    /// with.
     pub fn host_interface_version() -> String {
         PluginModRef::VERSION_STRINGS.version.to_string()
     }
@@ -256,6 +308,7 @@ impl Plugin {
                 wanted: "theory",
             });
         }
+        let _in = abort_report::enter(&self.info.name, "new_theory");
         let obj = call(&self.info.name, "new_theory", (self.module.new_theory())(RStr::from_str(config_json)))?;
         TheoryHandle::new(self.info.name.to_string(), self.info.version.to_string(), self.path.clone(), obj)
     }
@@ -275,7 +328,9 @@ impl Plugin {
             return Err(wrong_kind());
         }
         let ctor = self.module.new_model().flatten().ok_or_else(wrong_kind)?;
+        let _in = abort_report::enter(&self.info.name, "new_model");
         let obj = call(&self.info.name, "new_model", ctor(RStr::from_str(config_json), theory.layout()))?;
+        let _in = abort_report::enter(&self.info.name, "layout");
         let layout = obj.layout();
         layout.check_compatible(theory.layout()).map_err(|reason| PluginLoadError::LayoutMismatch {
             model: self.info.name.to_string(),
@@ -339,11 +394,13 @@ impl ModelHandle {
 
     /// The architecture as JSON.
     pub fn architecture(&self) -> String {
+        let _in = abort_report::enter(&self.name, "architecture");
         self.obj.architecture().into()
     }
 
     /// Sets the plugin's worker-thread count.
     pub fn set_threads(&mut self, n: u32) -> Result<(), PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "set_threads");
         let r = self.obj.set_threads(n);
         self.call("set_threads", r)
     }
@@ -351,6 +408,7 @@ impl ModelHandle {
     /// `n` proposals and their log q.
     pub fn sample(&self, n: u32, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
         let mut st = rng.state();
+        let _in = abort_report::enter(&self.name, "sample");
         let p = self.call("sample", self.obj.sample(n, &mut st))?;
         *rng = Stream::from_state(&st);
         self.check_proposals("sample", p, n as usize)
@@ -359,6 +417,7 @@ impl ModelHandle {
     /// log q of each configuration in a batch.
     pub fn log_prob(&self, configs: &[f64]) -> Result<Vec<f64>, PluginLoadError> {
         let n = configs.len() / self.config_len;
+        let _in = abort_report::enter(&self.name, "log_prob");
         let lq = self.call("log_prob", self.obj.log_prob(RSlice::from_slice(configs)))?.into_vec();
         if lq.len() != n {
             return Err(self.bad("log_prob", format!("{} values for {n} configurations", lq.len())));
@@ -371,6 +430,7 @@ impl ModelHandle {
 
     /// Sets up training.
     pub fn train_begin(&mut self, settings: &TrainSettings) -> Result<(), PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "train_begin");
         let r = self.obj.train_begin(settings);
         self.call("train_begin", r)
     }
@@ -378,6 +438,7 @@ impl ModelHandle {
     /// Draws a training batch.
     pub fn train_sample(&mut self, batch: usize, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
         let mut st = rng.state();
+        let _in = abort_report::enter(&self.name, "train_sample");
         let r = self.obj.train_sample(&mut st);
         let p = self.call("train_sample", r)?;
         *rng = Stream::from_state(&st);
@@ -386,23 +447,27 @@ impl ModelHandle {
 
     /// One optimiser step from the batch's actions and gradients.
     pub fn train_step(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "train_step");
         let r = self.obj.train_step(RSlice::from_slice(actions), RSlice::from_slice(grad));
         self.call("train_step", r)
     }
 
     /// Weights (and optimiser state) as safetensors bytes.
     pub fn save(&self, with_optimizer: bool) -> Result<Vec<u8>, PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "save");
         Ok(self.call("save", self.obj.save(with_optimizer))?.into_vec())
     }
 
     /// Loads weights saved by a model of the same architecture.
     pub fn load(&mut self, bytes: &[u8]) -> Result<(), PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "load");
         let r = self.obj.load(RSlice::from_slice(bytes));
         self.call("load", r)
     }
 
     /// Initialises from another model's weights (transfer).
     pub fn init_from(&mut self, bytes: &[u8]) -> Result<(), PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "init_from");
         let r = self.obj.init_from(RSlice::from_slice(bytes));
         self.call("init_from", r)
     }
@@ -428,12 +493,14 @@ impl ModelHandle {
     /// (flow-assisted replica swaps; see [`latflow_core::abi::Model::to_latent`]).
     pub fn to_latent(&self, configs: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
         let n = configs.len() / self.config_len;
+        let _in = abort_report::enter(&self.name, "to_latent");
         self.latent_call("to_latent", self.obj.to_latent(RSlice::from_slice(configs)), n)
     }
 
     /// For each latent point z of the batch: x = F(z) and log q(x).
     pub fn from_latent(&self, latent: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
         let n = latent.len() / self.config_len;
+        let _in = abort_report::enter(&self.name, "from_latent");
         self.latent_call("from_latent", self.obj.from_latent(RSlice::from_slice(latent)), n)
     }
 }
@@ -450,14 +517,33 @@ pub fn find(search: &SearchPath, name: &str) -> Result<Plugin, PluginLoadError> 
     let (preferred, rest): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|p| {
         p.file_stem().and_then(|s| s.to_str()).is_some_and(|s| conventional.iter().any(|c| c == s))
     });
+    let mut refused = Vec::new();
     for path in preferred.iter().chain(&rest) {
-        if let Ok(p) = Plugin::load(path) {
-            if p.info.name.as_str() == name {
-                return Ok(p);
-            }
+        match Plugin::load(path) {
+            Ok(p) if p.info.name.as_str() == name => return Ok(p),
+            Ok(_) => {}
+            Err(e) => refused.push((path, e)),
         }
     }
-    Err(PluginLoadError::NotFound { name: name.into(), searched: search.describe() })
+    // A library that could not be loaded cannot say its name: one named like the plugin is
+    // most likely it, so say what was found there and why it was refused.
+    let named: Vec<String> = refused
+        .iter()
+        .filter(|(p, _)| preferred.contains(*p))
+        .map(|(p, e)| match e {
+            PluginLoadError::Load { reason, .. } => format!("{}: {reason}", p.display()),
+            other => format!("{}: {other}", p.display()),
+        })
+        .collect();
+    if !named.is_empty() {
+        return Err(PluginLoadError::Refused { name: name.into(), found: named.join("; ") });
+    }
+    let others = match refused.len() {
+        0 => String::new(),
+        1 => "; 1 other library there could not be loaded".to_string(),
+        n => format!("; {n} other libraries there could not be loaded"),
+    };
+    Err(PluginLoadError::NotFound { name: name.into(), searched: format!("{}{others}", search.describe()) })
 }
 
 /// One entry of `latflow plugins`.
@@ -517,8 +603,12 @@ impl std::fmt::Debug for TheoryHandle {
 
 impl TheoryHandle {
     fn new(name: String, version: String, path: PathBuf, obj: TheoryBox) -> Result<Self, PluginLoadError> {
-        let layout = obj.layout();
-        let observables: Vec<ObservableSpec> = obj.observables().into_iter().collect();
+        let (layout, observables) = {
+            let _in = abort_report::enter(&name, "layout");
+            let layout = obj.layout();
+            let _in = abort_report::enter(&name, "observables");
+            (layout, obj.observables().into_iter().collect::<Vec<ObservableSpec>>())
+        };
         let obs_len = observables.iter().map(|o| o.len as usize).sum();
         let config_len = layout.config_len();
         let h = Self { name, version, path, obj, layout, observables, obs_len, config_len };
@@ -570,22 +660,26 @@ impl TheoryHandle {
 
     /// Validated parameters as JSON.
     pub fn params_json(&self) -> String {
+        let _in = abort_report::enter(&self.name, "params_json");
         self.obj.params_json().into()
     }
 
     /// Sets the plugin's worker-thread count.
     pub fn set_threads(&mut self, n: u32) -> Result<(), PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "set_threads");
         let r = self.obj.set_threads(n);
         self.call("set_threads", r)
     }
 
     /// A named parameter.
     pub fn parameter(&self, name: &str) -> Result<f64, PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "parameter");
         self.call("parameter", self.obj.parameter(RStr::from_str(name)))
     }
 
     /// Changes a named parameter.
     pub fn set_parameter(&mut self, name: &str, value: f64) -> Result<(), PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "set_parameter");
         let r = self.obj.set_parameter(RStr::from_str(name), value);
         self.call("set_parameter", r)
     }
@@ -593,6 +687,7 @@ impl TheoryHandle {
     /// A starting configuration drawn from `rng`.
     pub fn initial(&self, start: Start, rng: &mut Stream) -> Result<Vec<f64>, PluginLoadError> {
         let mut st = rng.state();
+        let _in = abort_report::enter(&self.name, "initial");
         let v = self.call("initial", self.obj.initial(start, &mut st))?.into_vec();
         *rng = Stream::from_state(&st);
         self.check_len("initial", "the configuration", v.len(), self.config_len)?;
@@ -603,6 +698,7 @@ impl TheoryHandle {
     /// S of each configuration in a batch.
     pub fn action(&self, configs: &[f64]) -> Result<Vec<f64>, PluginLoadError> {
         let n = configs.len() / self.config_len;
+        let _in = abort_report::enter(&self.name, "action");
         let s = self.call("action", self.obj.action(RSlice::from_slice(configs)))?.into_vec();
         self.check_len("action", "the action batch", s.len(), n)?;
         self.check_finite("action", "action", &s)?;
@@ -612,6 +708,7 @@ impl TheoryHandle {
     /// S and ∂S/∂x of each configuration in a batch.
     pub fn action_grad(&self, configs: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginLoadError> {
         let n = configs.len() / self.config_len;
+        let _in = abort_report::enter(&self.name, "action_grad");
         let ActionGrad { actions, grad } = self.call("action_grad", self.obj.action_grad(RSlice::from_slice(configs)))?;
         self.check_len("action_grad", "the action batch", actions.len(), n)?;
         self.check_len("action_grad", "the gradient", grad.len(), configs.len())?;
@@ -622,6 +719,7 @@ impl TheoryHandle {
 
     /// All observables of one configuration, concatenated in [`TheoryHandle::observables`] order.
     pub fn measure(&self, config: &[f64]) -> Result<Vec<f64>, PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "measure");
         let m = self.call("measure", self.obj.measure(RSlice::from_slice(config)))?.into_vec();
         self.check_len("measure", "the observable row", m.len(), self.obs_len)?;
         self.check_finite("measure", "observable", &m)?;
@@ -637,6 +735,7 @@ impl TheoryHandle {
         rng: &mut Stream,
     ) -> Result<Vec<TrajectoryRecord>, PluginLoadError> {
         let mut st = rng.state();
+        let _in = abort_report::enter(&self.name, "hmc");
         let r = self.obj.hmc(RSliceMut::from_mut_slice(config), params, n, &mut st);
         let recs = self.call("hmc", r)?.into_vec();
         *rng = Stream::from_state(&st);
@@ -716,5 +815,42 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.contains("model plugin 'old' does not support flow-assisted swaps"), "{msg}");
         }
+    }
+
+    fn dirs_of(search: &SearchPath) -> Vec<(PathBuf, Origin)> {
+        search.dirs.iter().map(|(d, o)| (d.clone(), *o)).collect()
+    }
+
+    #[test]
+    fn outside_a_target_dir_only_the_environment_and_the_prefix_are_searched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(bin.join("deps")).unwrap(); // a deps/ alone is not a target dir
+        let env = std::ffi::OsString::from("/p1::/p2");
+        let s = SearchPath::for_executable(&[PathBuf::from("/cli")], Some(&env), Some(&bin.join("latflow")));
+        let want = vec![
+            (PathBuf::from("/cli"), Origin::CommandLine),
+            (PathBuf::from("/p1"), Origin::Environment),
+            (PathBuf::from("/p2"), Origin::Environment),
+            (tmp.path().join("lib").join("latflow"), Origin::Installed),
+        ];
+        assert_eq!(dirs_of(&s), want);
+        let none = SearchPath::for_executable(&[], None, None);
+        assert!(none.dirs.is_empty(), "{:?}", none.dirs);
+    }
+
+    #[test]
+    fn inside_a_target_dir_deps_then_the_binary_dir_are_searched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let profile = tmp.path().join("target").join("debug");
+        std::fs::create_dir_all(profile.join("deps")).unwrap();
+        std::fs::create_dir_all(profile.join(".fingerprint")).unwrap();
+        let s = SearchPath::for_executable(&[], None, Some(&profile.join("latflow")));
+        let want = vec![
+            (profile.join("deps"), Origin::CargoTarget),
+            (profile.clone(), Origin::CargoTarget),
+            (tmp.path().join("target").join("lib").join("latflow"), Origin::Installed),
+        ];
+        assert_eq!(dirs_of(&s), want);
     }
 }

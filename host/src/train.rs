@@ -1,7 +1,7 @@
 //! `latflow train`: reverse-KL self-training of a model plugin against a theory plugin.
 //!
-//! The host drives each step across both boundaries (the surrogate-gradient trick of
-//! DESIGN.md): the model draws a batch φ = f(z) with log q and keeps its graph; the theory
+//! The host drives each step across both boundaries (the surrogate-gradient
+//! trick): the model draws a batch φ = f(z) with log q and keeps its graph; the theory
 //! returns S(φ) and ∂S/∂φ; the model backpropagates mean(log q + Σ φ·stopgrad(∂S/∂φ)), which
 //! has the gradient of the reverse KL, and takes an Adam step. Per step the host records the
 //! loss, the batch ESS per sample and an estimate of the flow-Metropolis acceptance.
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use latflow_core::hmc::metropolis_accept;
-use latflow_core::stats::ess_per_sample;
+use latflow_stats::ess_per_sample;
 use latflow_core::{RngState, Stream};
 use serde::{Deserialize, Serialize};
 

@@ -7,9 +7,16 @@ use std::sync::OnceLock;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The `latflow` binary cargo built for these tests.
+mod fresh;
+
+/// The `latflow` command cargo built for these tests (tests/Cargo.toml's `latflow-tested`:
+/// the same `latflow_host::cli::main` as `latflow`). The first call checks that no in-tree
+/// plugin library it can load is stale ([`fresh`]).
 pub fn latflow() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_latflow"));
+    static FRESH: OnceLock<()> = OnceLock::new();
+    let exe = Path::new(env!("CARGO_BIN_EXE_latflow-tested"));
+    FRESH.get_or_init(|| fresh::check_plugins_beside(exe.parent().expect("binary directory"), &workspace_root()));
+    let mut c = Command::new(exe);
     c.env_remove("LATFLOW_PLUGIN_PATH");
     c
 }
@@ -212,7 +219,7 @@ pub fn kill_and_resume(card: &str, out: &Path, delays_ms: &[u64]) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Exact 2D U(1) results (REFERENCE.md §3)
+// Exact 2D U(1) results (docs/reference.md §3)
 // ---------------------------------------------------------------------------------------------
 
 /// I_n(x) for n ≥ 0 by its power series Σ_k (x/2)^{2k+n} / (k! (k+n)!).
@@ -230,7 +237,7 @@ pub fn bessel_i(n: u32, x: f64) -> f64 {
     sum
 }
 
-/// ⟨W_A⟩ = Σ_n I_n^{V−A} I_{n+1}^A / Σ_n I_n^V on a 2D torus of V plaquettes (REFERENCE.md §3);
+/// ⟨W_A⟩ = Σ_n I_n^{V−A} I_{n+1}^A / Σ_n I_n^V on a 2D torus of V plaquettes (docs/reference.md §3);
 /// A = 1 is the plaquette ⟨cos θ_P⟩. Computed with ratios I_n/I_0 so that nothing overflows.
 pub fn exact_wilson_loop(beta: f64, v: i32, a: i32) -> f64 {
     let i0 = bessel_i(0, beta);

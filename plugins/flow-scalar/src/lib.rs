@@ -2,7 +2,7 @@
 //! scalar fields on periodic lattices of any dimension, written with candle.
 //!
 //! The architecture is that of Albergo, Kanwar and Shanahan (arXiv 2101.08176) and of the
-//! PyTorch peer `shared/peers/phi4_flow.py`: a prior (N(0, 1) per site, or optionally the free
+//! PyTorch peer `benches/peers/phi4_flow.py`: a prior (N(0, 1) per site, or optionally the free
 //! field), then `layers` affine coupling layers with checkerboard masks of alternating parity
 //! (layer ℓ updates the sites with Σ coords ≡ ℓ mod 2 — the peer's `mask = checker(ℓ % 2)` is 0
 //! there), each conditioned by a small CNN of periodic convolutions whose last output is

@@ -2,7 +2,7 @@
 //! fields on 2D periodic lattices, written with candle.
 //!
 //! The architecture is that of Kanwar et al. (PRL 125, 121601 (2020)) and Albergo et al.
-//! (arXiv 2101.08176, section "U(1)"), as in the PyTorch peer `shared/peers/u1_flow.py`: a
+//! (arXiv 2101.08176, section "U(1)"), as in the PyTorch peer `benches/peers/u1_flow.py`: a
 //! uniform (Haar) prior on every link, then `layers` gauge-equivariant coupling layers. Layer ℓ
 //! updates the links of direction μ = ℓ mod 2 on a stripe with offset ⌊ℓ/2⌋ mod p (p =
 //! `mask_period`, 4): it transforms the *active* plaquettes (those that contain an updated
@@ -19,7 +19,7 @@
 //! [0, 2π)^{N_links}: the prior has log q₀ = −N_links ln 2π (N_links = 2V), and
 //! log q = log q₀ − Σ_layers log J. With the normalised Haar measure Π dθ/2π the density would
 //! be larger by N_links ln 2π; a flow's log Ẑ estimate (−S − log q averaged) therefore estimates
-//! log Z + N_links ln 2π, where log Z is REFERENCE.md §3's (normalised Haar measure).
+//! log Z + N_links ln 2π, where log Z is docs/reference.md §3's (normalised Haar measure).
 //!
 //! **Latent maps** (`to_latent`, `from_latent`, for flow-assisted replica swaps): the latent
 //! space is this plugin's Haar prior — z uniform on [0, 2π)^{N_links}, the links in the layout's

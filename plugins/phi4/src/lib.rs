@@ -1,6 +1,6 @@
 //! latflow theory plugin: real scalar φ⁴ theory in any dimension.
 //!
-//! Convention B of REFERENCE.md (Albergo, Kanwar, Shanahan, PRD 100 034515), dimensionless:
+//! Convention B of docs/reference.md §1 (Albergo, Kanwar, Shanahan, PRD 100 034515), dimensionless:
 //!
 //! ```text
 //! S[φ] = Σ_x [ Σ_μ (φ(x+μ̂) − φ(x))² + m² φ(x)² + λ φ(x)⁴ ]

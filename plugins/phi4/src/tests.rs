@@ -91,7 +91,7 @@ fn gradient_through_the_abi_matches_finite_differences() {
 
 #[test]
 fn hopping_form_round_trips() {
-    // m² = −4, d = 2 gives λ̂ = 1/2 and κ = 1/√(2λ) (REFERENCE.md §2).
+    // m² = −4, d = 2 gives λ̂ = 1/2 and κ = 1/√(2λ) (docs/reference.md §2).
     let c = Couplings::new(-4.0, 8.0).unwrap();
     let (k, lh) = c.hopping(2);
     assert!((lh - 0.5).abs() < 1e-14 && (k - 0.25).abs() < 1e-14, "{k} {lh}");

@@ -7,7 +7,7 @@
 //! S[θ] = −β Σ_x Σ_{μ<ν} cos θ_P(x; μ, ν),   θ_P(x; μ, ν) = θ_μ(x) + θ_ν(x+μ̂) − θ_μ(x+ν̂) − θ_ν(x)
 //! ```
 //!
-//! with Haar measure Π dθ/2π (REFERENCE.md §3). Run-card keys (`[theory]`): `lattice`, `beta`
+//! with Haar measure Π dθ/2π (docs/reference.md §3). Run-card keys (`[theory]`): `lattice`, `beta`
 //! (finite, ≥ 0; β = 0 is the pure Haar measure) and `wilson_loops` (a list of [R, T] sizes,
 //! default `[[1, 1], [2, 2]]`). Parameter for `parameter`/`set_parameter`: `beta`.
 //!

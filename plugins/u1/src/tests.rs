@@ -247,7 +247,7 @@ fn topological_charge_is_an_integer_on_hot_configurations() {
 }
 
 /// The constant-flux configuration with total flux 2πk has Q = k, plaquette cos(2πk/V), and an
-/// R×T Wilson loop cos(F·R·T) (REFERENCE.md §3 convention: Q = (1/2π) Σ_P wrap(θ_P)).
+/// R×T Wilson loop cos(F·R·T) (docs/reference.md §3 convention: Q = (1/2π) Σ_P wrap(θ_P)).
 #[test]
 fn constant_flux_configuration_has_the_given_charge() {
     let (l0, l1) = (6usize, 8usize);

@@ -5,7 +5,7 @@ use latflow_core::ErrorKind;
 use super::*;
 use crate::optim;
 
-/// −log Z_B of the free field, L = 8, m² = 1, 2D (REFERENCE.md §1).
+/// −log Z_B of the free field, L = 8, m² = 1, 2D (docs/reference.md §1).
 const MINUS_LOG_Z_FREE_L8: f64 = 11.6228852573;
 
 #[test]

@@ -48,7 +48,7 @@ fn training_smoke_test_at_the_peer_point() {
          {:.1} ms per step",
         1e3 * dt / 100.0
     );
-    // −log Z − N_links ln 2π = −52.7356 − 235.24 is the lower bound of the loss (REFERENCE.md §3)
+    // −log Z − N_links ln 2π = −52.7356 − 235.24 is the lower bound of the loss (docs/reference.md §3)
     let bound = -52.735586655 - 128.0 * (2.0 * PI).ln();
     assert!(last > bound, "loss {last} below the bound {bound}");
     assert!(first - last > 10.0, "loss {first} → {last}: too little progress");

@@ -1,5 +1,5 @@
 //! Single-chain φ⁴ HMC throughput, set up like the peer baseline `phi4_hmc.py`
-//! (shared/peers), for side-by-side comparisons (`tools/compare_peers.sh`).
+//! (benches/peers), for side-by-side comparisons (`tools/compare_peers.sh`).
 //!
 //! ```text
 //! cargo run --release -p latflow-host --example hmc_throughput -- \
@@ -33,7 +33,7 @@ use abi_stable::std_types::{RSlice, RSliceMut, RVec};
 use clap::{Parser, ValueEnum};
 use latflow_core::abi::{HmcParams, IntegratorKind, Theory};
 use latflow_core::hmc::OMELYAN_LAMBDA;
-use latflow_core::stats::gamma_method;
+use latflow_stats::gamma_method;
 use latflow_core::Stream;
 use latflow_phi4::Phi4;
 use serde_json::json;
@@ -55,7 +55,7 @@ enum Measure {
     Full,
 }
 
-/// Single-chain φ⁴ HMC throughput at the tutorial point, like shared/peers/phi4_hmc.py.
+/// Single-chain φ⁴ HMC throughput at the tutorial point, like benches/peers/phi4_hmc.py.
 #[derive(Debug, Parser)]
 #[command(name = "hmc_throughput")]
 struct Args {
@@ -227,7 +227,7 @@ fn run_one(args: &Args, l: usize) -> serde_json::Value {
     let g_m = gamma_method(&abs_m, 1.5).ok();
     let g_s = gamma_method(&act, 1.5).ok();
     let g_chi = gamma_method(&chi2, 1.5).ok();
-    let tau_of = |g: &Option<latflow_core::stats::GammaResult>| g.as_ref().map(|g| g.tau_int);
+    let tau_of = |g: &Option<latflow_stats::GammaResult>| g.as_ref().map(|g| g.tau_int);
     let tau_worst = tau_of(&g_m).unwrap_or(f64::NAN).max(tau_of(&g_s).unwrap_or(f64::NAN));
     eprintln!(
         "L={l} n_md {md_steps} acc {acceptance:.3} traj/s {traj_per_s:.1} tau|M| {:.2} tauS {:.2} chi2 {:.4}+-{:.4} <exp(-dH)> {exp_mdh:.3}",

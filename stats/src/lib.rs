@@ -1,4 +1,4 @@
-//! Statistical analysis of Monte Carlo time series.
+//! `latflow-stats`: statistical analysis of Monte Carlo time series.
 //!
 //! * [`gamma_method`], [`gamma_method_derived`]: Wolff's Γ-method (U. Wolff, "Monte Carlo
 //!   errors with less errors", hep-lat/0306017) for one replica, with automatic windowing.
