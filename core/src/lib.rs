@@ -4,6 +4,7 @@
 //! * [`layout`]: how a plugin's fields map onto flat `f64` buffers.
 //! * [`lattice`]: periodic hypercubic geometry with neighbour tables and parity.
 //! * [`rng`]: counter-based, explicitly seeded random streams.
+//! * [`streams`]: the one registry of random-stream purposes and their ids.
 //! * [`sum`]: compensated summation for actions.
 //! * [`hmc`]: field spaces, actions, nested integrators, HMC trajectories and the shared
 //!   Metropolis test. Plugins monomorphise these generic pieces inside themselves.
@@ -18,6 +19,7 @@ pub mod lattice;
 pub mod layout;
 pub mod rng;
 pub mod stats;
+pub mod streams;
 pub mod sum;
 pub mod workers;
 

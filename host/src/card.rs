@@ -215,8 +215,8 @@ pub struct ModelCard {
     pub config: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The `[train]` section, for `latflow train` (and for `latflow run` when the weights do not
-/// exist yet).
+/// The `[train]` section, for `latflow train` (and for `latflow run --train`, or `latflow run`
+/// with `before_run = true`, when the weights do not exist yet).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainCard {
@@ -252,6 +252,10 @@ pub struct TrainCard {
     pub checkpoint_every: u64,
     /// Training curves as PNG (default: the weights path with `.png`).
     pub plot: Option<PathBuf>,
+    /// `latflow run` trains first when `model.weights` does not exist yet (as `--train` does).
+    /// Not part of what determines the training, so never serialised (nor hashed).
+    #[serde(default, skip_serializing)]
+    pub before_run: bool,
 }
 
 fn default_train_batch() -> u32 {

@@ -14,19 +14,7 @@ use latflow_core::{RngState, Stream};
 
 use crate::card::{HmcCard, ProposalCard, RunCard, StepCard};
 use crate::plugin::{ModelHandle, PluginLoadError, TheoryHandle};
-
-/// Purpose tag of the per-step streams.
-pub const STREAM_STEP: u16 = 1;
-/// Purpose tag of the stream that draws the starting configuration.
-pub const STREAM_INIT: u16 = 2;
-/// Purpose tag of the per-step streams of a replica-exchange run: `Stream::id(STREAM_REPLICA_STEP,
-/// step, k, 0)` for card step `step` at coupling slot `k`.
-pub const STREAM_REPLICA_STEP: u16 = 3;
-/// Purpose tag of the stream that draws coupling slot k's starting configuration
-/// (`Stream::id(STREAM_REPLICA_INIT, 0, k, 0)`).
-pub const STREAM_REPLICA_INIT: u16 = 4;
-/// Purpose tag of a `replica_exchange` step's accept/reject stream (`Stream::id(STREAM_SWAP, step, 0, 0)`).
-pub const STREAM_SWAP: u16 = 5;
+use crate::streams::{stream, StreamUse};
 
 /// The outcome of one application of a step.
 #[derive(Debug, Clone, PartialEq)]
@@ -318,23 +306,23 @@ impl Chain {
     /// given when the chain has `flow` or `reweight` steps.
     pub fn new(card: &RunCard, model: Option<Arc<ModelHandle>>) -> Result<Self, String> {
         let steps: Vec<(usize, &StepCard)> = card.chain.iter().enumerate().collect();
-        Self::build(card.run.seed, &steps, model, |i| Stream::id(STREAM_STEP, i as u16, 0, 0))
+        Self::build(card.run.seed, &steps, model, |step| StreamUse::Step { step, slot: None })
     }
 
     /// The chain that runs at coupling slot `k` of a replica-exchange run: the card's steps
     /// except the `replica_exchange` ones (which act across replicas), each with its own stream
-    /// `Stream::id(STREAM_REPLICA_STEP, card index, k, 0)`. `model` is coupling k's model.
+    /// (`StreamUse::Step { step: card index, slot: Some(k) }`). `model` is coupling k's model.
     pub fn for_replica(card: &RunCard, k: usize, model: Option<Arc<ModelHandle>>) -> Result<Self, String> {
         let steps: Vec<(usize, &StepCard)> =
             card.chain.iter().enumerate().filter(|(_, s)| !matches!(s, StepCard::ReplicaExchange(_))).collect();
-        Self::build(card.run.seed, &steps, model, |i| Stream::id(STREAM_REPLICA_STEP, i as u16, k as u16, 0))
+        Self::build(card.run.seed, &steps, model, |step| StreamUse::Step { step, slot: Some(k) })
     }
 
     fn build(
         seed: u64,
         steps: &[(usize, &StepCard)],
         model: Option<Arc<ModelHandle>>,
-        stream: impl Fn(usize) -> u64,
+        stream_of: impl Fn(usize) -> StreamUse,
     ) -> Result<Self, String> {
         let boxed = steps
             .iter()
@@ -350,7 +338,10 @@ impl Chain {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let rngs = steps.iter().map(|(i, _)| Stream::new(seed, stream(*i))).collect();
+        let rngs = steps
+            .iter()
+            .map(|(i, _)| stream(seed, stream_of(*i)).map_err(|e| format!("chain[{i}]: {e}")))
+            .collect::<Result<_, _>>()?;
         Ok(Self { steps: boxed, rngs, card_indices: steps.iter().map(|(i, _)| *i).collect() })
     }
 

@@ -13,4 +13,5 @@ pub mod plot;
 pub mod plugin;
 pub mod replica;
 pub mod run;
+pub mod streams;
 pub mod train;

@@ -4,7 +4,7 @@
 //! card's `[theory]` with the ladder parameter set to `values[k]` (`Theory::set_parameter`). Each
 //! coupling slot owns a theory object at its coupling, its model (if any), its configuration, and
 //! its own chain: the card's `hmc`/`flow` steps, each with its own stream
-//! `Stream::id(STREAM_REPLICA_STEP, step, k, 0)`. The slots run their chain steps in parallel
+//! `StreamUse::Step { step, slot: Some(k) }` (see [`crate::streams`]). The slots run their chain steps in parallel
 //! (rayon, `[run].threads` workers); every slot's numbers depend only on its own streams, so the
 //! result is bit-identical for any thread count.
 //!
@@ -61,11 +61,12 @@ use latflow_core::Stream;
 use rayon::prelude::*;
 
 use crate::card::{ExchangeCard, Ladder, RunCard, StartChoice, StepCard};
-use crate::chain::{Chain, StepRecord, STREAM_REPLICA_INIT, STREAM_SWAP};
+use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, ReplicaCheckpoint};
 use crate::ensemble::{ConfigDef, Counts, ObservableDef, Provenance, ReplicaDef, ReplicaWriter, StepDef};
 use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
 use crate::run::{build_model, progress_bar, sha256_hex, step_labels, RunOptions};
+use crate::streams::{stream, StreamUse};
 
 /// The columns of a swap record: the lower coupling of the pair, the log acceptance ratio and
 /// its two parts (`log_ratio = delta_s + delta_log_q`).
@@ -176,7 +177,7 @@ impl ReplicaSet {
                     card_index: i,
                     card: x.clone(),
                     applications: 0,
-                    rng: Stream::new(card.run.seed, Stream::id(STREAM_SWAP, i as u16, 0, 0)),
+                    rng: stream(card.run.seed, StreamUse::Swap { step: i }).map_err(|e| format!("chain[{i}]: {e}"))?,
                 });
                 start = pos;
             } else {
@@ -503,7 +504,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let start = card.run.start.unwrap_or(StartChoice::Cold);
     let mut configs = Vec::with_capacity(k_count);
     for (k, t) in theories.iter().enumerate() {
-        let mut init = Stream::new(card.run.seed, Stream::id(STREAM_REPLICA_INIT, 0, k as u16, 0));
+        let mut init = stream(card.run.seed, StreamUse::Init { slot: Some(k) }).with_context(|| format!("{file}: ladder"))?;
         let c = match (start.theory_start(), &models[k]) {
             (Some(s), _) => t.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
             (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use latflow_core::Stream;
 
 use crate::card::RunCard;
-use crate::chain::{Chain, StepRecord, STREAM_INIT};
+use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::Checkpoint;
 use crate::ensemble::{ConfigDef, EnsembleWriter, ObservableDef, Provenance, StepDef};
 use crate::plugin::{self, ModelHandle, SearchPath, TheoryHandle};
+use crate::streams::{stream, StreamUse};
 
 /// Options of `latflow run`.
 #[derive(Debug, Clone, Default)]
@@ -44,10 +44,11 @@ pub struct LoadedModel {
     pub weights_digest: String,
 }
 
-/// Loads the card's `[model]` for `theory`: builds it, then loads `model.weights` if given —
-/// training first (per `[train]`) when the weights file does not exist yet. Without
-/// `model.weights` the model keeps its seeded initial weights (an untrained model, which the
-/// exact samplers still handle correctly, at low acceptance), or takes those of
+/// Loads the card's `[model]` for `theory`: builds it, then loads `model.weights` if given. A
+/// missing weights file is an error naming the command that trains it (`run` never trains:
+/// `latflow run --train` or `[train] before_run = true` train first, see [`crate::cli`]).
+/// Without `model.weights` the model keeps its seeded initial weights (an untrained model, which
+/// the exact samplers still handle correctly, at low acceptance), or takes those of
 /// `model.init_from` (transfer without further training).
 pub fn load_model(card: &RunCard, theory: &TheoryHandle, opts: &RunOptions) -> Result<Option<LoadedModel>> {
     let Some(mc) = &card.model else { return Ok(None) };
@@ -56,13 +57,7 @@ pub fn load_model(card: &RunCard, theory: &TheoryHandle, opts: &RunOptions) -> R
     let digest = match &mc.weights {
         Some(w) => {
             if !w.exists() {
-                if card.train.is_none() {
-                    bail!(
-                        "{file}: model.weights: '{}' does not exist; train it first (`latflow train`), or add a [train] section",
-                        w.display()
-                    );
-                }
-                crate::train::train(&card.path, &crate::train::TrainOptions { quiet: opts.quiet, plugin_dirs: opts.plugin_dirs.clone(), resume: false, force: false })?;
+                bail!("{file}: model.weights: '{}' does not exist; {}", w.display(), train_hint(card));
             }
             let bytes = std::fs::read(w).with_context(|| format!("{file}: model.weights: cannot read '{}'", w.display()))?;
             handle.load(&bytes).with_context(|| format!("{file}: model.weights ('{}')", w.display()))?;
@@ -90,6 +85,19 @@ pub fn load_model(card: &RunCard, theory: &TheoryHandle, opts: &RunOptions) -> R
     })
     .to_string();
     Ok(Some(LoadedModel { handle, provenance, weights_digest: digest }))
+}
+
+/// How to get missing weights for `card`: the command that trains them.
+pub fn train_hint(card: &RunCard) -> String {
+    let path = card.path.display();
+    if card.train.is_some() {
+        format!(
+            "train it first with `latflow train {path}` (or let `latflow run --train {path}` train it before sampling, \
+             or set `before_run = true` in [train])"
+        )
+    } else {
+        format!("train it first with `latflow train` on a card with a [train] section (this card, {path}, has none)")
+    }
 }
 
 /// Builds the card's model (no weights loaded) and checks that it fits the theory.
@@ -218,7 +226,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             layout: serde_json::to_string(theory.layout()).unwrap_or_default(),
             model: model_provenance.clone(),
         };
-        let mut init = Stream::new(card.run.seed, Stream::id(STREAM_INIT, 0, 0, 0));
+        let mut init = stream(card.run.seed, StreamUse::Init { slot: None })?;
         let start = card.run.start.unwrap_or(crate::card::StartChoice::Cold);
         let config = match (start.theory_start(), &model_for_start) {
             (Some(s), _) => theory.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,

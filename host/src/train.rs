@@ -24,9 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::card::RunCard;
 use crate::run::{build_model, load_theory, sha256_hex};
-
-/// Purpose tag of the training streams.
-pub const STREAM_TRAIN: u16 = 3;
+use crate::streams::{stream, train_seed, StreamUse};
 
 const MAGIC: &[u8; 8] = b"LFTRAIN1";
 
@@ -183,7 +181,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let theory = load_theory(&card, &opts.plugin_dirs)?;
     let mut model = build_model(&card, &theory, &opts.plugin_dirs)?;
     let batch = tc.batch as usize;
-    let seed = tc.seed.unwrap_or(card.run.seed);
+    let seed = train_seed(&card);
     // Everything that determines the training: the theory, the model, the settings.
     let train_hash = sha256_hex(
         serde_json::json!({
@@ -219,8 +217,8 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
         }
         model.train_begin(&tc.settings()).with_context(|| format!("{file}: [train]"))?;
         (
-            Stream::new(seed, Stream::id(STREAM_TRAIN, 0, 0, 0)),
-            Stream::new(seed, Stream::id(STREAM_TRAIN, 1, 0, 0)),
+            stream(seed, StreamUse::Train)?,
+            stream(seed, StreamUse::TrainMetrics)?,
             Vec::new(),
             0,
         )
