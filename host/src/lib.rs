@@ -13,5 +13,6 @@ pub mod plot;
 pub mod plugin;
 pub mod replica;
 pub mod run;
+pub mod setup;
 pub mod streams;
 pub mod train;
