@@ -14,5 +14,6 @@ pub mod plugin;
 pub mod replica;
 pub mod run;
 pub mod setup;
+pub mod steps;
 pub mod streams;
 pub mod train;
