@@ -44,10 +44,10 @@ fn free_field_flow_metropolis_reweighting_and_log_z() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let train = "[train]\nsteps = 300\nbatch = 64\nlearning_rate = 3e-3\nseed = 3";
-    // `run` trains first, because the weights do not exist yet
+    // `run --train` trains first, because the weights do not exist yet
     let text = card(d, FREE, SMALL_FLOW, "free.safetensors", train, "[[chain]]\nkind = \"flow\"", "seed = 4\nthermalization = 200\nmeasurements = 30000");
     let (c, out) = write_card(d, "free_flow", &text);
-    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    run_ok(&["run", c.to_str().unwrap(), "-q", "--train"]);
     assert!(d.join("free.safetensors").is_file() && d.join("free.safetensors.history.csv").is_file());
     let json = analyze_json(&out);
     let g_b = 0.254173997690 / 2.0;
@@ -77,10 +77,12 @@ fn free_field_flow_metropolis_reweighting_and_log_z() {
 fn tutorial_point_flow_and_hybrid() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let train = "[train]\nsteps = 400\nbatch = 64\nlearning_rate = 3e-3\nseed = 7";
+    // `before_run = true`: `run` trains first, because the weights do not exist yet
+    let train = "[train]\nsteps = 400\nbatch = 64\nlearning_rate = 3e-3\nseed = 7\nbefore_run = true";
     let text = card(d, TUTORIAL, SMALL_FLOW, "tut.safetensors", train, "[[chain]]\nkind = \"flow\"", "seed = 8\nthermalization = 500\nmeasurements = 40000");
     let (c, out) = write_card(d, "tut_flow", &text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    assert!(d.join("tut.safetensors").is_file());
     let json = analyze_json(&out);
     assert_z("flow tutorial chi2", scalar(&json, "chi2"), 0.7442, 0.0012);
     assert_z("flow tutorial <|M|>/V", scalar(&json, "abs_magnetization"), 0.08705, 0.00008);
@@ -198,6 +200,9 @@ fn bad_model_input_is_refused() {
     // train a tiny model, then: a truncated weights file; weights of another architecture
     let train = "[train]\nsteps = 5\nbatch = 8\nseed = 1";
     let (c, _) = write_card(d, "tiny", &card(d, TUTORIAL, "layers = 2\nhidden = [4]", "tiny.safetensors", train, flow, short));
+    // `run` never trains on its own: it names the command that does
+    expect_failure(&["run", c.to_str().unwrap()], &["model.weights", "does not exist", "latflow train", "tiny.toml", "--train"]);
+    assert!(!d.join("tiny.safetensors").exists());
     run_ok(&["train", c.to_str().unwrap(), "-q"]);
     let bytes = std::fs::read(d.join("tiny.safetensors")).unwrap();
     std::fs::write(d.join("cut.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
@@ -368,6 +373,7 @@ fn spline_flow_is_exact_on_the_free_field() {
     let train = "[train]\nsteps = 150\nbatch = 64\nlearning_rate = 3e-3\nseed = 2";
     let text = card(d, theory, model, "spline.safetensors", train, "[[chain]]\nkind = \"flow\"", "seed = 3\nthermalization = 100\nmeasurements = 20000");
     let (c, out) = write_card(d, "spline_flow", &text);
+    run_ok(&["train", c.to_str().unwrap(), "-q"]);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
     let json = analyze_json(&out);
     let exact = 0.263492063492 / 2.0;

@@ -52,7 +52,7 @@ fn flow_metropolis_hybrid_and_reweighting_at_beta_2() {
     let train = "[train]\nsteps = 300\nbatch = 64\nlearning_rate = 3e-3\nseed = 3";
     let text = card(d, 8, 2.0, FLOW, "b2.safetensors", train, "[[chain]]\nkind = \"flow\"\nbatch = 256", "seed = 4\nthermalization = 200\nmeasurements = 30000");
     let (c, out) = write_card(d, "flow", &text);
-    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    run_ok(&["run", c.to_str().unwrap(), "-q", "--train"]);
     let json = analyze_json(&out);
     assert_z("flow plaquette", scalar(&json, "plaquette"), PLAQ_B2, 0.0);
     assert_z("flow chi_top", scalar(&json, "topological_susceptibility"), CHI_B2, 0.0);

@@ -6,6 +6,7 @@
 //!   deterministic parallel fills, and the HMC field space of group-valued links.
 //! * [`lattice`]: periodic hypercubic geometry with neighbour tables and parity.
 //! * [`rng`]: counter-based, explicitly seeded random streams.
+//! * [`streams`]: the one registry of random-stream purposes and their ids.
 //! * [`sum`]: compensated summation for actions.
 //! * [`hmc`]: field spaces, actions, nested integrators, HMC trajectories and the shared
 //!   Metropolis test. Plugins monomorphise these generic pieces inside themselves.
@@ -19,6 +20,7 @@ pub mod hmc;
 pub mod lattice;
 pub mod layout;
 pub mod rng;
+pub mod streams;
 pub mod sum;
 pub mod workers;
 

@@ -1,9 +1,10 @@
 //! Counter-based, explicitly seeded random streams.
 //!
 //! A [`Stream`] is ChaCha8 keyed by a 64-bit run seed, with a 64-bit *stream id* that names
-//! its purpose (chain, step, replica, …) and a 128-bit word counter. Streams with different
-//! ids are independent; a stream's whole state is `(key, stream id, counter)`, which crosses
-//! the plugin boundary as [`RngState`] and is stored in checkpoints. There is no global or
+//! its purpose (chain, step, replica, …: ids are made only by the registry [`crate::streams`])
+//! and a 128-bit word counter. Streams with different ids are independent; a stream's whole
+//! state is `(key, stream id, counter)`, which crosses the plugin boundary as [`RngState`] and
+//! is stored in checkpoints. There is no global or
 //! implicit RNG anywhere in latflow: every random draw comes from a stream passed in.
 
 use abi_stable::StableAbi;
@@ -11,6 +12,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
+
+use crate::streams::{stream_id, Purpose, StreamIndexError};
 
 /// The plain-data state of a [`Stream`]: it crosses the plugin boundary and goes into
 /// checkpoints. Restoring it continues the exact same sequence.
@@ -41,10 +44,16 @@ impl Stream {
         Self { rng }
     }
 
-    /// A stream id built from a purpose tag and up to three indices (chain step, replica, …),
-    /// so that ids are stable under changes elsewhere in a run card.
-    pub fn id(purpose: u16, a: u16, b: u16, c: u16) -> u64 {
-        (u64::from(purpose) << 48) | (u64::from(a) << 32) | (u64::from(b) << 16) | u64::from(c)
+    /// The stream `purpose` (step, replica, index) of the run seeded with `seed`, at counter 0;
+    /// fails when an index does not fit in a stream id (see [`crate::streams`]).
+    pub fn for_purpose(
+        seed: u64,
+        purpose: Purpose,
+        step: u64,
+        replica: u64,
+        index: u64,
+    ) -> Result<Self, StreamIndexError> {
+        Ok(Self::new(seed, stream_id(purpose, step, replica, index)?))
     }
 
     /// Restores a stream from its state.

@@ -215,8 +215,8 @@ pub struct ModelCard {
     pub config: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The `[train]` section, for `latflow train` (and for `latflow run` when the weights do not
-/// exist yet).
+/// The `[train]` section, for `latflow train` (and for `latflow run --train`, or `latflow run`
+/// with `before_run = true`, when the weights do not exist yet).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainCard {
@@ -252,6 +252,10 @@ pub struct TrainCard {
     pub checkpoint_every: u64,
     /// Training curves as PNG (default: the weights path with `.png`).
     pub plot: Option<PathBuf>,
+    /// `latflow run` trains first when `model.weights` does not exist yet (as `--train` does).
+    /// Not part of what determines the training, so never serialised (nor hashed).
+    #[serde(default, skip_serializing)]
+    pub before_run: bool,
 }
 
 fn default_train_batch() -> u32 {
@@ -549,215 +553,50 @@ impl RunCard {
     /// Parses and validates card text; `path` is used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, CardError> {
         let file = path.display().to_string();
-        let fail = |field: &str, message: String| CardError { file: file.clone(), field: field.into(), message };
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| fail("", format!("not valid TOML: {e}")))?;
+        let fail = |(field, message): (String, String)| CardError { file: file.clone(), field, message };
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| fail((String::new(), format!("not valid TOML: {e}"))))?;
         for key in table.keys() {
             if !["theory", "chain", "run", "model", "train", "reference", "ladder", "replicas"].contains(&key.as_str()) {
-                return Err(fail(
-                    key,
+                return Err(fail((
+                    key.clone(),
                     "unknown section (expected [theory], [[chain]], [run], [model], [train], [reference], [ladder], [[replicas]])"
                         .into(),
-                ));
+                )));
             }
         }
-
-        // [theory]
         let theory = match table.remove("theory") {
             Some(toml::Value::Table(t)) => t,
-            Some(_) => return Err(fail("theory", "must be a table ([theory])".into())),
-            None => return Err(fail("theory", "missing section [theory]".into())),
+            Some(_) => return Err(fail(("theory".into(), "must be a table ([theory])".into()))),
+            None => return Err(fail(("theory".into(), "missing section [theory]".into()))),
         };
-        let (plugin, config) = plugin_section(theory, "theory").map_err(|(f, m)| fail(&f, m))?;
-
-        // [model]
-        let model = match table.remove("model") {
-            None => None,
-            Some(toml::Value::Table(mut t)) => {
-                let mut path_key = |key: &str| -> Result<Option<PathBuf>, CardError> {
-                    match t.remove(key) {
-                        None => Ok(None),
-                        Some(toml::Value::String(p)) if !p.is_empty() => Ok(Some(PathBuf::from(p))),
-                        Some(_) => Err(fail(&format!("model.{key}"), "must be a file path".into())),
-                    }
-                };
-                let weights = path_key("weights")?;
-                let init_from = path_key("init_from")?;
-                let (plugin, config) = plugin_section(t, "model").map_err(|(f, m)| fail(&f, m))?;
-                Some(ModelCard { plugin, weights, init_from, config })
-            }
-            Some(_) => return Err(fail("model", "must be a table ([model])".into())),
-        };
-
-        // [train]
-        let train = match table.remove("train") {
-            None => None,
-            Some(toml::Value::Table(t)) => {
-                let tc: TrainCard = section(t, "train").map_err(|(f, m)| fail(&f, m))?;
-                tc.validate().map_err(|(f, m)| fail(&format!("train.{f}"), m))?;
-                if model.is_none() {
-                    return Err(fail("train", "needs a [model] section".into()));
-                }
-                Some(tc)
-            }
-            Some(_) => return Err(fail("train", "must be a table ([train])".into())),
-        };
-
-        // [ladder] or [[replicas]]
-        let ladder = parse_ladder(table.remove("ladder"), table.remove("replicas")).map_err(|(f, m)| fail(&f, m))?;
-        if let Some(l) = &ladder {
-            if model.is_none() {
-                if let Some(k) = l.weights.iter().position(Option::is_some) {
-                    return Err(fail(
-                        &format!("replicas[{k}].weights"),
-                        "needs a [model] section naming the model plugin (and its other keys)".into(),
-                    ));
-                }
+        let (plugin, config) = plugin_section(theory, "theory").map_err(fail)?;
+        let model = parse_model(table.remove("model")).map_err(fail)?;
+        let train = parse_train(table.remove("train"), model.is_some()).map_err(fail)?;
+        let ladder = parse_ladder(table.remove("ladder"), table.remove("replicas")).map_err(fail)?;
+        if let (Some(l), None) = (&ladder, &model) {
+            if let Some(k) = l.weights.iter().position(Option::is_some) {
+                return Err(fail((
+                    format!("replicas[{k}].weights"),
+                    "needs a [model] section naming the model plugin (and its other keys)".into(),
+                )));
             }
         }
-
-        // [[chain]]
-        let steps = match table.remove("chain") {
-            Some(toml::Value::Array(a)) => a,
-            Some(_) => return Err(fail("chain", "must be an array of tables ([[chain]])".into())),
-            None => return Err(fail("chain", "missing: give at least one [[chain]] step".into())),
-        };
-        if steps.is_empty() {
-            return Err(fail("chain", "must contain at least one step".into()));
-        }
-        let n_steps = steps.len();
-        let mut chain = Vec::new();
-        for (i, step) in steps.into_iter().enumerate() {
-            let here = format!("chain[{i}]");
-            let mut t = match step {
-                toml::Value::Table(t) => t,
-                _ => return Err(fail(&here, "must be a table".into())),
-            };
-            let kind = match t.remove("kind") {
-                Some(toml::Value::String(s)) => s,
-                Some(_) => return Err(fail(&format!("{here}.kind"), "must be a string".into())),
-                None => return Err(fail(&format!("{here}.kind"), "missing (expected \"hmc\")".into())),
-            };
-            let step = match kind.as_str() {
-                "hmc" => {
-                    let h: HmcCard = section(t, &here).map_err(|(f, m)| fail(&f, m))?;
-                    h.validate().map_err(|(f, m)| fail(&format!("{here}.{f}"), m))?;
-                    StepCard::Hmc(h)
-                }
-                "flow" | "reweight" => {
-                    let p: ProposalCard = section(t, &here).map_err(|(f, m)| fail(&f, m))?;
-                    if p.batch == 0 || p.repeat == 0 {
-                        let f = if p.batch == 0 { "batch" } else { "repeat" };
-                        return Err(fail(&format!("{here}.{f}"), "must be at least 1".into()));
-                    }
-                    if model.is_none() {
-                        return Err(fail(
-                            &format!("{here}.kind"),
-                            format!("a '{kind}' step needs a [model] section naming the model plugin and its weights"),
-                        ));
-                    }
-                    if kind == "flow" { StepCard::Flow(p) } else { StepCard::Reweight(p) }
-                }
-                "replica_exchange" => {
-                    let x: ExchangeCard = section(t, &here).map_err(|(f, m)| fail(&f, m))?;
-                    if x.repeat == 0 {
-                        return Err(fail(&format!("{here}.repeat"), "must be at least 1".into()));
-                    }
-                    if ladder.is_none() {
-                        return Err(fail(
-                            &format!("{here}.kind"),
-                            "a 'replica_exchange' step needs a replica ladder: a [ladder] section (parameter, values) \
-                             or a [[replicas]] list"
-                                .into(),
-                        ));
-                    }
-                    if x.flow && model.is_none() {
-                        return Err(fail(
-                            &format!("{here}.flow"),
-                            "flow-assisted swaps need a model per coupling: add a [model] section (with `weights` \
-                             per coupling in [[replicas]], or one [model].weights)"
-                                .into(),
-                        ));
-                    }
-                    StepCard::ReplicaExchange(x)
-                }
-                other => {
-                    return Err(fail(
-                        &format!("{here}.kind"),
-                        format!("unknown step kind '{other}' (expected hmc, flow, reweight or replica_exchange)"),
-                    ))
-                }
-            };
-            if let StepCard::Reweight(p) = &step {
-                // Importance weights belong to independent model samples: a reweight step
-                // only makes sense alone, once per sweep.
-                if n_steps != 1 || p.repeat != 1 {
-                    return Err(fail(&here, "a reweight step must be the only step of the chain, with repeat = 1".into()));
-                }
-            }
-            chain.push(step);
-        }
-
-        if let Some(l) = &ladder {
-            if !chain.iter().any(|s| matches!(s, StepCard::ReplicaExchange(_))) {
-                let field = if l.section == LadderSection::Ladder { "ladder" } else { "replicas" };
-                return Err(fail(
-                    field,
-                    "a replica ladder needs a [[chain]] step with kind = \"replica_exchange\" (the swap phase)".into(),
-                ));
-            }
-        }
-
-        // [run]
-        let run = match table.remove("run") {
-            Some(toml::Value::Table(t)) => t,
-            Some(_) => return Err(fail("run", "must be a table ([run])".into())),
-            None => return Err(fail("run", "missing section [run]".into())),
-        };
-        let mut run: RunSection = section(run, "run").map_err(|(f, m)| fail(&f, m))?;
-        if run.measurements == 0 {
-            return Err(fail("run.measurements", "must be at least 1".into()));
-        }
-        let uses_model = chain.iter().any(|s| matches!(s, StepCard::Flow(_) | StepCard::Reweight(_)));
-        match run.start {
-            Some(StartChoice::Model) if model.is_none() => {
-                return Err(fail("run.start", "\"model\" needs a [model] section".into()))
-            }
-            None => run.start = Some(if uses_model { StartChoice::Model } else { StartChoice::Cold }),
-            _ => {}
-        }
-        if run.checkpoint_every == Some(0) {
-            return Err(fail("run.checkpoint_every", "must be at least 1".into()));
-        }
-        if !(run.checkpoint_seconds.is_finite() && run.checkpoint_seconds > 0.0) {
-            return Err(fail("run.checkpoint_seconds", format!("must be a positive number, got {}", run.checkpoint_seconds)));
-        }
-        if run.output.as_os_str().is_empty() {
-            return Err(fail("run.output", "must be a file path".into()));
-        }
-        if let Some(parent) = run.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(fail(
-                    "run.output",
-                    format!("directory '{}' does not exist", parent.display()),
-                ));
-            }
-        }
-
-        // [reference]
+        let chain = parse_chain(table.remove("chain"), model.is_some(), ladder.as_ref()).map_err(fail)?;
+        let run = parse_run(table.remove("run"), &chain, model.is_some()).map_err(fail)?;
         let reference = match table.remove("reference") {
             None => Vec::new(),
-            Some(toml::Value::Table(t)) => reference_values(t).map_err(|(f, m)| fail(&f, m))?,
-            Some(_) => return Err(fail("reference", "must be a table ([reference])".into())),
+            Some(toml::Value::Table(t)) => reference_values(t).map_err(fail)?,
+            Some(_) => return Err(fail(("reference".into(), "must be a table ([reference])".into()))),
         };
         if ladder.is_some() && !reference.is_empty() {
-            return Err(fail(
-                "reference",
+            return Err(fail((
+                "reference".into(),
                 "not supported with a replica ladder (each coupling has its own values); compare per coupling with \
                  `latflow analyze --json`"
                     .into(),
-            ));
+            )));
         }
-
         Ok(Self {
             path: path.to_path_buf(),
             text: text.to_string(),
@@ -835,58 +674,70 @@ fn parse_ladder(ladder: Option<toml::Value>, replicas: Option<toml::Value>) -> R
             Ladder { parameter: raw.parameter, values: raw.values, weights: vec![None; n], section: LadderSection::Ladder }
         }
         (Some(_), None) => return err("ladder".into(), "must be a table ([ladder])".into()),
-        (None, Some(toml::Value::Array(entries))) => {
-            let mut parameter: Option<String> = None;
-            let mut values = Vec::new();
-            let mut weights = Vec::new();
-            for (k, e) in entries.into_iter().enumerate() {
-                let here = format!("replicas[{k}]");
-                let toml::Value::Table(t) = e else { return err(here, "must be a table ([[replicas]])".into()) };
-                let mut w = None;
-                let mut value = None;
-                for (key, v) in t {
-                    if key == "weights" {
-                        match v {
-                            toml::Value::String(p) if !p.is_empty() => w = Some(PathBuf::from(p)),
-                            _ => return err(format!("{here}.weights"), "must be a file path".into()),
-                        }
-                        continue;
-                    }
-                    let x = match v {
-                        toml::Value::Float(x) if x.is_finite() => x,
-                        toml::Value::Integer(i) => i as f64,
-                        _ => return err(format!("{here}.{key}"), "must be a finite number (the parameter's value)".into()),
-                    };
-                    if value.is_some() {
-                        return err(
-                            format!("{here}.{key}"),
-                            "each replica sets exactly one parameter (plus optional `weights`)".into(),
-                        );
-                    }
-                    match &parameter {
-                        Some(p) if *p != key => {
-                            return err(
-                                format!("{here}.{key}"),
-                                format!("every replica must set the same parameter; replicas[0] sets '{p}'"),
-                            )
-                        }
-                        _ => parameter = Some(key.clone()),
-                    }
-                    value = Some(x);
-                }
-                match value {
-                    Some(x) => values.push(x),
-                    None => return err(here, "missing the parameter's value (e.g. `beta = 2.0`)".into()),
-                }
-                weights.push(w);
-            }
-            let Some(parameter) = parameter else {
-                return err("replicas".into(), "a replica ladder needs at least 2 couplings, got 0".into());
-            };
-            Ladder { parameter, values, weights, section: LadderSection::Replicas }
-        }
+        (None, Some(toml::Value::Array(entries))) => parse_replicas(entries)?,
         (None, Some(_)) => return err("replicas".into(), "must be an array of tables ([[replicas]])".into()),
     };
+    check_ladder(&parsed)?;
+    Ok(Some(parsed))
+}
+
+/// `[[replicas]]`: one table per coupling, each setting the same one parameter (and optionally
+/// its own `weights`).
+fn parse_replicas(entries: Vec<toml::Value>) -> Result<Ladder, FieldError> {
+    let err = |f: String, m: String| Err((f, m));
+    let mut parameter: Option<String> = None;
+    let mut values = Vec::new();
+    let mut weights = Vec::new();
+    for (k, e) in entries.into_iter().enumerate() {
+        let here = format!("replicas[{k}]");
+        let toml::Value::Table(t) = e else { return err(here, "must be a table ([[replicas]])".into()) };
+        let mut w = None;
+        let mut value = None;
+        for (key, v) in t {
+            if key == "weights" {
+                match v {
+                    toml::Value::String(p) if !p.is_empty() => w = Some(PathBuf::from(p)),
+                    _ => return err(format!("{here}.weights"), "must be a file path".into()),
+                }
+                continue;
+            }
+            let x = match v {
+                toml::Value::Float(x) if x.is_finite() => x,
+                toml::Value::Integer(i) => i as f64,
+                _ => return err(format!("{here}.{key}"), "must be a finite number (the parameter's value)".into()),
+            };
+            if value.is_some() {
+                return err(
+                    format!("{here}.{key}"),
+                    "each replica sets exactly one parameter (plus optional `weights`)".into(),
+                );
+            }
+            match &parameter {
+                Some(p) if *p != key => {
+                    return err(
+                        format!("{here}.{key}"),
+                        format!("every replica must set the same parameter; replicas[0] sets '{p}'"),
+                    )
+                }
+                _ => parameter = Some(key.clone()),
+            }
+            value = Some(x);
+        }
+        match value {
+            Some(x) => values.push(x),
+            None => return err(here, "missing the parameter's value (e.g. `beta = 2.0`)".into()),
+        }
+        weights.push(w);
+    }
+    let Some(parameter) = parameter else {
+        return err("replicas".into(), "a replica ladder needs at least 2 couplings, got 0".into());
+    };
+    Ok(Ladder { parameter, values, weights, section: LadderSection::Replicas })
+}
+
+/// A ladder has at least 2 couplings (at most 65535), strictly increasing or decreasing.
+fn check_ladder(parsed: &Ladder) -> Result<(), FieldError> {
+    let err = |f: String, m: String| Err((f, m));
     let n = parsed.values.len();
     if n < 2 {
         let field = match parsed.section {
@@ -920,7 +771,179 @@ fn parse_ladder(ladder: Option<toml::Value>, replicas: Option<toml::Value>) -> R
             );
         }
     }
-    Ok(Some(parsed))
+    Ok(())
+}
+
+/// A card error before the file name is known: (field, message).
+type FieldError = (String, String);
+
+fn field_err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, FieldError> {
+    Err((field.into(), message.into()))
+}
+
+/// `[model]`: the plugin, `weights`, `init_from`, and the plugin's own keys.
+fn parse_model(value: Option<toml::Value>) -> Result<Option<ModelCard>, FieldError> {
+    let mut t = match value {
+        None => return Ok(None),
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return field_err("model", "must be a table ([model])"),
+    };
+    let mut path_key = |key: &str| -> Result<Option<PathBuf>, FieldError> {
+        match t.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(p)) if !p.is_empty() => Ok(Some(PathBuf::from(p))),
+            Some(_) => field_err(format!("model.{key}"), "must be a file path"),
+        }
+    };
+    let weights = path_key("weights")?;
+    let init_from = path_key("init_from")?;
+    let (plugin, config) = plugin_section(t, "model")?;
+    Ok(Some(ModelCard { plugin, weights, init_from, config }))
+}
+
+/// `[train]`, which needs a `[model]`.
+fn parse_train(value: Option<toml::Value>, has_model: bool) -> Result<Option<TrainCard>, FieldError> {
+    match value {
+        None => Ok(None),
+        Some(toml::Value::Table(t)) => {
+            let tc: TrainCard = section(t, "train")?;
+            tc.validate().map_err(|(f, m)| (format!("train.{f}"), m))?;
+            if !has_model {
+                return field_err("train", "needs a [model] section");
+            }
+            Ok(Some(tc))
+        }
+        Some(_) => field_err("train", "must be a table ([train])"),
+    }
+}
+
+/// `[[chain]]`: at least one step; a ladder needs a `replica_exchange` step.
+fn parse_chain(value: Option<toml::Value>, has_model: bool, ladder: Option<&Ladder>) -> Result<Vec<StepCard>, FieldError> {
+    let steps = match value {
+        Some(toml::Value::Array(a)) => a,
+        Some(_) => return field_err("chain", "must be an array of tables ([[chain]])"),
+        None => return field_err("chain", "missing: give at least one [[chain]] step"),
+    };
+    if steps.is_empty() {
+        return field_err("chain", "must contain at least one step");
+    }
+    let n_steps = steps.len();
+    let chain = steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, step)| parse_step(i, step, n_steps, has_model, ladder.is_some()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(l) = ladder {
+        if !chain.iter().any(|s| matches!(s, StepCard::ReplicaExchange(_))) {
+            let field = if l.section == LadderSection::Ladder { "ladder" } else { "replicas" };
+            return field_err(field, "a replica ladder needs a [[chain]] step with kind = \"replica_exchange\" (the swap phase)");
+        }
+    }
+    Ok(chain)
+}
+
+/// `[[chain]]` entry i of `n_steps`.
+fn parse_step(i: usize, step: toml::Value, n_steps: usize, has_model: bool, has_ladder: bool) -> Result<StepCard, FieldError> {
+    let here = format!("chain[{i}]");
+    let mut t = match step {
+        toml::Value::Table(t) => t,
+        _ => return field_err(here, "must be a table"),
+    };
+    let kind = match t.remove("kind") {
+        Some(toml::Value::String(s)) => s,
+        Some(_) => return field_err(format!("{here}.kind"), "must be a string"),
+        None => return field_err(format!("{here}.kind"), "missing (expected \"hmc\")"),
+    };
+    let step = match kind.as_str() {
+        "hmc" => {
+            let h: HmcCard = section(t, &here)?;
+            h.validate().map_err(|(f, m)| (format!("{here}.{f}"), m))?;
+            StepCard::Hmc(h)
+        }
+        "flow" | "reweight" => {
+            let p: ProposalCard = section(t, &here)?;
+            if p.batch == 0 || p.repeat == 0 {
+                let f = if p.batch == 0 { "batch" } else { "repeat" };
+                return field_err(format!("{here}.{f}"), "must be at least 1");
+            }
+            if !has_model {
+                return field_err(
+                    format!("{here}.kind"),
+                    format!("a '{kind}' step needs a [model] section naming the model plugin and its weights"),
+                );
+            }
+            if kind == "flow" { StepCard::Flow(p) } else { StepCard::Reweight(p) }
+        }
+        "replica_exchange" => {
+            let x: ExchangeCard = section(t, &here)?;
+            if x.repeat == 0 {
+                return field_err(format!("{here}.repeat"), "must be at least 1");
+            }
+            if !has_ladder {
+                return field_err(
+                    format!("{here}.kind"),
+                    "a 'replica_exchange' step needs a replica ladder: a [ladder] section (parameter, values) \
+                     or a [[replicas]] list",
+                );
+            }
+            if x.flow && !has_model {
+                return field_err(
+                    format!("{here}.flow"),
+                    "flow-assisted swaps need a model per coupling: add a [model] section (with `weights` \
+                     per coupling in [[replicas]], or one [model].weights)",
+                );
+            }
+            StepCard::ReplicaExchange(x)
+        }
+        other => {
+            return field_err(
+                format!("{here}.kind"),
+                format!("unknown step kind '{other}' (expected hmc, flow, reweight or replica_exchange)"),
+            )
+        }
+    };
+    if let StepCard::Reweight(p) = &step {
+        // Importance weights belong to independent model samples: a reweight step
+        // only makes sense alone, once per sweep.
+        if n_steps != 1 || p.repeat != 1 {
+            return field_err(here, "a reweight step must be the only step of the chain, with repeat = 1");
+        }
+    }
+    Ok(step)
+}
+
+/// `[run]`, with `start` defaulted from the chain (a model start when the chain uses a model).
+fn parse_run(value: Option<toml::Value>, chain: &[StepCard], has_model: bool) -> Result<RunSection, FieldError> {
+    let run = match value {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return field_err("run", "must be a table ([run])"),
+        None => return field_err("run", "missing section [run]"),
+    };
+    let mut run: RunSection = section(run, "run")?;
+    if run.measurements == 0 {
+        return field_err("run.measurements", "must be at least 1");
+    }
+    let uses_model = chain.iter().any(|s| matches!(s, StepCard::Flow(_) | StepCard::Reweight(_)));
+    match run.start {
+        Some(StartChoice::Model) if !has_model => return field_err("run.start", "\"model\" needs a [model] section"),
+        None => run.start = Some(if uses_model { StartChoice::Model } else { StartChoice::Cold }),
+        _ => {}
+    }
+    if run.checkpoint_every == Some(0) {
+        return field_err("run.checkpoint_every", "must be at least 1");
+    }
+    if !(run.checkpoint_seconds.is_finite() && run.checkpoint_seconds > 0.0) {
+        return field_err("run.checkpoint_seconds", format!("must be a positive number, got {}", run.checkpoint_seconds));
+    }
+    if run.output.as_os_str().is_empty() {
+        return field_err("run.output", "must be a file path");
+    }
+    if let Some(parent) = run.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return field_err("run.output", format!("directory '{}' does not exist", parent.display()));
+        }
+    }
+    Ok(run)
 }
 
 /// Splits a plugin section into the plugin name and the keys the plugin receives (as JSON).

@@ -1,9 +1,9 @@
 //! The `latflow` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use crate::plugin::{self, Plugin, SearchPath};
@@ -35,6 +35,11 @@ pub enum Command {
         /// Overwrite an existing output file.
         #[arg(long, conflicts_with = "resume")]
         force: bool,
+        /// Train the model first (per the card's [train]) when `model.weights` does not exist
+        /// yet; `[train] before_run = true` asks for the same. Without either, missing weights
+        /// are an error.
+        #[arg(long)]
+        train: bool,
     },
     /// Train the card's [model] against its [theory] by reverse-KL self-training ([train]).
     Train {
@@ -88,30 +93,14 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command.
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { card, resume, force } => {
+        Command::Run { card, resume, force, train } => {
+            if !resume {
+                train_before_run(&card, train, cli.quiet, &cli.plugin_dirs)?;
+            }
             let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs };
             let output = run::run(&card, &opts)?;
             println!("wrote {}", output.display());
-            let ens = match ensemble::read_any(&output)? {
-                ensemble::AnyEnsemble::Plain(e) => e,
-                ensemble::AnyEnsemble::Replica(r) => {
-                    print!("{}", analyze::analyze_replicas(&r)?.to_text());
-                    return Ok(());
-                }
-            };
-            let analysis = analyze::analyze(&ens)?;
-            print!("{}", analysis.to_text());
-            let reference = crate::card::RunCard::load(&card)?.reference;
-            if !reference.is_empty() {
-                let cmp = analysis.compare(&reference).map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?;
-                println!("{:<22} {:>14} {:>12} {:>14} {:>12} {:>7}", "reference", "measured", "error", "reference", "error", "z");
-                for c in cmp {
-                    println!(
-                        "{:<22} {:>14.8} {:>12.3e} {:>14.8} {:>12.3e} {:>+7.2}",
-                        c.name, c.mean, c.error, c.reference, c.reference_error, c.z
-                    );
-                }
-            }
+            print_summary(&card, &output)?;
         }
         Command::Train { card, resume, force } => {
             let opts = crate::train::TrainOptions { quiet: cli.quiet, plugin_dirs: cli.plugin_dirs, resume, force };
@@ -122,24 +111,23 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             println!("wrote {} (history {}, plot beside it)", weights.display(), std::path::Path::new(&hist).display());
             println!("{}", crate::train::summary(&history, 100));
         }
-        Command::Analyze { file, json } => match ensemble::read_any(&file)? {
-            ensemble::AnyEnsemble::Plain(ens) => {
-                let a = analyze::analyze(&ens)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&a.to_json())?);
-                } else {
-                    print!("{}", a.to_text());
+        Command::Analyze { file, json } => {
+            let a = match ensemble::read_any(&file)? {
+                ensemble::AnyEnsemble::Plain(ens) => {
+                    let a = analyze::analyze(&ens)?;
+                    (a.to_json(), a.to_text())
                 }
-            }
-            ensemble::AnyEnsemble::Replica(ens) => {
-                let a = analyze::analyze_replicas(&ens)?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&a.to_json())?);
-                } else {
-                    print!("{}", a.to_text());
+                ensemble::AnyEnsemble::Replica(ens) => {
+                    let a = analyze::analyze_replicas(&ens)?;
+                    (a.to_json(), a.to_text())
                 }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a.0)?);
+            } else {
+                print!("{}", a.1);
             }
-        },
+        }
         Command::Plugins { verbose } => {
             let search = SearchPath::new(&cli.plugin_dirs);
             println!("plugin interface version {} (latflow-core)", Plugin::host_interface_version());
@@ -189,6 +177,69 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", report.to_text());
             }
+        }
+    }
+    Ok(())
+}
+
+/// `latflow run --train` and `[train] before_run = true`: trains the card's model (as
+/// `latflow train` does) when its `model.weights` does not exist yet. Nothing happens when
+/// neither asks for it, or when the weights exist (they are used as they are).
+fn train_before_run(card_path: &Path, flag: bool, quiet: bool, plugin_dirs: &[PathBuf]) -> Result<()> {
+    let card = crate::card::RunCard::load(card_path)?;
+    let asked = flag || card.train.as_ref().is_some_and(|t| t.before_run);
+    if !asked {
+        return Ok(());
+    }
+    let file = card.path.display();
+    if card.ladder.is_some() {
+        bail!(
+            "{file}: --train / [train] before_run: a replica ladder's models are trained one coupling at a time; \
+             run `latflow train` on a card for each coupling"
+        );
+    }
+    let weights = card.model.as_ref().and_then(|m| m.weights.clone());
+    let Some(weights) = weights else {
+        bail!("{file}: --train / [train] before_run: needs [model] with `weights` (the path where training writes them)");
+    };
+    if card.train.is_none() {
+        bail!("{file}: --train: the card has no [train] section");
+    }
+    if weights.exists() {
+        if !quiet {
+            eprintln!(
+                "note: {file}: model.weights '{}' exists: sampling with it as it is (`latflow train --force` retrains)",
+                weights.display()
+            );
+        }
+        return Ok(());
+    }
+    let opts = crate::train::TrainOptions { quiet, plugin_dirs: plugin_dirs.to_vec(), resume: false, force: false };
+    crate::train::train(card_path, &opts)?;
+    Ok(())
+}
+
+/// Prints the analysis of a finished run and, for plain runs, its comparison with the card's
+/// `[reference]` values.
+fn print_summary(card: &Path, output: &Path) -> Result<()> {
+    let ens = match ensemble::read_any(output)? {
+        ensemble::AnyEnsemble::Plain(e) => e,
+        ensemble::AnyEnsemble::Replica(r) => {
+            print!("{}", analyze::analyze_replicas(&r)?.to_text());
+            return Ok(());
+        }
+    };
+    let analysis = analyze::analyze(&ens)?;
+    print!("{}", analysis.to_text());
+    let reference = crate::card::RunCard::load(card)?.reference;
+    if !reference.is_empty() {
+        let cmp = analysis.compare(&reference).map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?;
+        println!("{:<22} {:>14} {:>12} {:>14} {:>12} {:>7}", "reference", "measured", "error", "reference", "error", "z");
+        for c in cmp {
+            println!(
+                "{:<22} {:>14.8} {:>12.3e} {:>14.8} {:>12.3e} {:>+7.2}",
+                c.name, c.mean, c.error, c.reference, c.reference_error, c.z
+            );
         }
     }
     Ok(())

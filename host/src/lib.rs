@@ -13,4 +13,7 @@ pub mod plot;
 pub mod plugin;
 pub mod replica;
 pub mod run;
+pub mod setup;
+pub mod steps;
+pub mod streams;
 pub mod train;

@@ -4,7 +4,7 @@
 //! card's `[theory]` with the ladder parameter set to `values[k]` (`Theory::set_parameter`). Each
 //! coupling slot owns a theory object at its coupling, its model (if any), its configuration, and
 //! its own chain: the card's `hmc`/`flow` steps, each with its own stream
-//! `Stream::id(STREAM_REPLICA_STEP, step, k, 0)`. The slots run their chain steps in parallel
+//! `StreamUse::Step { step, slot: Some(k) }` (see [`crate::streams`]). The slots run their chain steps in parallel
 //! (rayon, `[run].threads` workers); every slot's numbers depend only on its own streams, so the
 //! result is bit-identical for any thread count.
 //!
@@ -61,11 +61,15 @@ use latflow_core::Stream;
 use rayon::prelude::*;
 
 use crate::card::{ExchangeCard, Ladder, RunCard, StartChoice, StepCard};
-use crate::chain::{Chain, StepRecord, STREAM_REPLICA_INIT, STREAM_SWAP};
+use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, ReplicaCheckpoint};
-use crate::ensemble::{ConfigDef, Counts, ObservableDef, Provenance, ReplicaDef, ReplicaWriter, StepDef};
+use crate::ensemble::{ConfigDef, Counts, ReplicaDef, ReplicaWriter, StepDef};
 use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
-use crate::run::{build_model, progress_bar, sha256_hex, step_labels, RunOptions};
+use crate::setup::{
+    build_model, checkpoint_due, load_checkpoint, observable_defs, progress_bar, provenance, refuse_existing_output, sha256_hex,
+    step_labels, OutputFiles, RunOptions,
+};
+use crate::streams::{stream, StreamUse};
 
 /// The columns of a swap record: the lower coupling of the pair, the log acceptance ratio and
 /// its two parts (`log_ratio = delta_s + delta_log_q`).
@@ -176,7 +180,7 @@ impl ReplicaSet {
                     card_index: i,
                     card: x.clone(),
                     applications: 0,
-                    rng: Stream::new(card.run.seed, Stream::id(STREAM_SWAP, i as u16, 0, 0)),
+                    rng: stream(card.run.seed, StreamUse::Swap { step: i }).map_err(|e| format!("chain[{i}]: {e}"))?,
                 });
                 start = pos;
             } else {
@@ -441,32 +445,10 @@ fn load_models(
 
 /// Runs (or resumes) a replica-exchange card. Returns the output path.
 pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
-    let ladder = card.ladder.as_ref().expect("a replica card");
+    let ladder = card.ladder.as_ref().ok_or_else(|| anyhow::anyhow!("{}: not a replica-ladder card", card.path.display()))?;
     let file = card.path.display().to_string();
     let k_count = ladder.len();
-
-    // One theory object per coupling.
-    let search = SearchPath::new(&opts.plugin_dirs);
-    let plugin = plugin::find(&search, &card.theory.plugin).with_context(|| format!("{file}: theory.plugin"))?;
-    let base = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
-    if let Err(e) = base.parameter(&ladder.parameter) {
-        bail!(
-            "{file}: {}: theory '{}' has no parameter '{}' to build a replica ladder on ({e})",
-            ladder.parameter_field(),
-            base.name,
-            ladder.parameter
-        );
-    }
-    let base_params = base.params_json();
-    drop(base);
-    let mut theories = Vec::with_capacity(k_count);
-    for (k, &v) in ladder.values.iter().enumerate() {
-        let mut t = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
-        t.set_threads(card.run.threads).with_context(|| format!("{file}: run.threads"))?;
-        t.set_parameter(&ladder.parameter, v)
-            .with_context(|| format!("{file}: {}: cannot set {} = {v}", ladder.value_field(k), ladder.parameter))?;
-        theories.push(t);
-    }
+    let (theories, base_params) = ladder_theories(card, ladder, opts)?;
 
     // Models, where the chain needs them.
     let flow_swaps = card.chain.iter().any(|s| matches!(s, StepCard::ReplicaExchange(x) if x.flow));
@@ -481,13 +463,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let hash = if digests.is_empty() { card.hash() } else { sha256_hex(format!("{}{}", card.hash(), digests.join("")).as_bytes()) };
 
     // Output definitions.
-    let observables: Vec<ObservableDef> = theories[0]
-        .observables()
-        .iter()
-        .map(|o| ObservableDef { name: o.name.to_string(), len: o.len as usize, description: o.description.to_string() })
-        .collect();
-    let kinds: Vec<&str> = card.chain.iter().map(StepCard::kind).collect();
-    let labels = step_labels(&kinds);
+    let observables = observable_defs(&theories[0]);
     let replica_defs: Vec<ReplicaDef> = theories
         .iter()
         .zip(&ladder.values)
@@ -496,63 +472,21 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         .collect();
     let configs_def = (card.run.save_every > 0)
         .then(|| ConfigDef { config_len: theories[0].config_len(), shape: theories[0].layout().shape() });
-    let ckpt_path = card.run.checkpoint_path();
-    let output = card.run.output.clone();
-
-    // Starting configurations (replaced by the checkpoint's on resume).
-    let start = card.run.start.unwrap_or(StartChoice::Cold);
-    let mut configs = Vec::with_capacity(k_count);
-    for (k, t) in theories.iter().enumerate() {
-        let mut init = Stream::new(card.run.seed, Stream::id(STREAM_REPLICA_INIT, 0, k as u16, 0));
-        let c = match (start.theory_start(), &models[k]) {
-            (Some(s), _) => t.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
-            (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
-            (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
-        };
-        configs.push(c);
-    }
-    let layout_json = serde_json::to_string(theories[0].layout()).unwrap_or_default();
-    let theory_name = theories[0].name.clone();
-    let theory_version = theories[0].version.clone();
-    let theory_path = theories[0].path.display().to_string();
+    let out = OutputFiles::of(card);
+    let model_json = if needs_models { format!("[{}]", model_prov.join(",")) } else { String::new() };
+    let prov = provenance(card, &theories[0], &hash, base_params, model_json);
+    let configs = initial_configs(card, &theories, &models)?;
     let mut set = ReplicaSet::new(card, theories, models, configs).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
+    let (steps, exchange_steps) = replica_step_defs(card, &set);
 
-    let steps: Vec<StepDef> = set.replicas[0]
-        .chain
-        .steps()
-        .iter()
-        .zip(set.replicas[0].chain.card_indices())
-        .map(|(s, &i)| StepDef { label: labels[i].clone(), kind: s.kind().into(), index: i, params: s.params_json(), columns: s.columns() })
-        .collect();
-    let exchange_steps: Vec<StepDef> = set
-        .exchange
-        .iter()
-        .map(|x| StepDef {
-            label: labels[x.card_index].clone(),
-            kind: "replica_exchange".into(),
-            index: x.card_index,
-            params: serde_json::to_string(&x.card).unwrap_or_default(),
-            columns: SWAP_COLUMNS.iter().map(|c| c.to_string()).collect(),
-        })
-        .collect();
-
-    let (mut writer, mut sweeps_done) = if opts.resume {
-        let ck = Checkpoint::load(&ckpt_path).with_context(|| format!("{file}: run.output (--resume)"))?;
-        if ck.card_hash != hash {
-            bail!(
-                "{file}: --resume: checkpoint '{}' was written by a different run card (its card hash {} ≠ {}); \
-                 resume with the card that started the run, or start afresh without --resume",
-                ckpt_path.display(),
-                &ck.card_hash[..12.min(ck.card_hash.len())],
-                &hash[..12]
-            );
-        }
+    let (writer, sweeps_done) = if opts.resume {
+        let ck = load_checkpoint(card, &out, &hash)?;
         let Some(rk) = &ck.replica else {
-            bail!("{file}: --resume: checkpoint '{}' is not from a replica-exchange run", ckpt_path.display());
+            bail!("{file}: --resume: checkpoint '{}' is not from a replica-exchange run", out.checkpoint.display());
         };
         set.restore(rk, &ck.step_states).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
         let writer = ReplicaWriter::resume(
-            &output,
+            &out.output,
             &hash,
             k_count,
             &observables,
@@ -565,23 +499,9 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         .with_context(|| format!("{file}: run.output (--resume)"))?;
         (writer, ck.sweeps_done)
     } else {
-        crate::run::refuse_existing_output(&file, &output, &ckpt_path, opts.force)?;
-        let prov = Provenance {
-            latflow_version: env!("CARGO_PKG_VERSION").into(),
-            run_card: card.text.clone(),
-            card_path: card.path.display().to_string(),
-            card_hash: hash.clone(),
-            seed: card.run.seed,
-            plugin_name: theory_name,
-            plugin_version: theory_version,
-            plugin_path: theory_path,
-            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            theory_params: base_params,
-            layout: layout_json,
-            model: if needs_models { format!("[{}]", model_prov.join(",")) } else { String::new() },
-        };
+        refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
         let writer = ReplicaWriter::create(
-            &output,
+            &out.output,
             &prov,
             &ladder.parameter,
             &replica_defs,
@@ -592,103 +512,184 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
             opts.force,
         )
         .with_context(|| format!("{file}: run.output"))?;
-        let _ = std::fs::remove_file(&ckpt_path);
+        let _ = std::fs::remove_file(&out.checkpoint);
         (writer, 0)
     };
-
-    // Check the plugins on the starting state before the run: the action at every coupling, and
-    // the models' latent maps for flow-assisted swaps (a model plugin without them is refused
-    // here, by name).
-    let fresh = !opts.resume;
-    let preflight = || -> Result<()> {
-        for (k, r) in set.replicas.iter().enumerate() {
-            r.theory.action(&r.config).with_context(|| format!("{file}: [theory] (action of replica {k}'s configuration)"))?;
-        }
-        if let Some(x) = set.exchange.iter().find(|x| x.card.flow) {
-            for (k, r) in set.replicas.iter().enumerate() {
-                let m = r.model.as_ref().expect("models are loaded for flow-assisted swaps");
-                m.to_latent(&r.config).with_context(|| format!("{file}: chain[{}].flow (the model of coupling {k})", x.card_index))?;
-            }
-        }
-        Ok(())
-    };
-    if let Err(e) = preflight() {
+    if let Err(e) = preflight(&file, &set) {
         drop(writer);
-        if fresh {
-            let _ = std::fs::remove_file(&output);
-        }
+        out.discard_unless(opts.resume);
         return Err(e);
     }
+    sweep_loop(card, &out, &hash, &mut set, writer, sweeps_done, opts)?;
+    Ok(out.output)
+}
 
+/// One theory object per coupling, at its ladder value; also the base theory's parameters (JSON).
+fn ladder_theories(card: &RunCard, ladder: &Ladder, opts: &RunOptions) -> Result<(Vec<TheoryHandle>, String)> {
+    let file = card.path.display().to_string();
+    let search = SearchPath::new(&opts.plugin_dirs);
+    let plugin = plugin::find(&search, &card.theory.plugin).with_context(|| format!("{file}: theory.plugin"))?;
+    let base = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
+    if let Err(e) = base.parameter(&ladder.parameter) {
+        bail!(
+            "{file}: {}: theory '{}' has no parameter '{}' to build a replica ladder on ({e})",
+            ladder.parameter_field(),
+            base.name,
+            ladder.parameter
+        );
+    }
+    let base_params = base.params_json();
+    drop(base);
+    let mut theories = Vec::with_capacity(ladder.len());
+    for (k, &v) in ladder.values.iter().enumerate() {
+        let mut t = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
+        t.set_threads(card.run.threads).with_context(|| format!("{file}: run.threads"))?;
+        t.set_parameter(&ladder.parameter, v)
+            .with_context(|| format!("{file}: {}: cannot set {} = {v}", ladder.value_field(k), ladder.parameter))?;
+        theories.push(t);
+    }
+    Ok((theories, base_params))
+}
+
+/// The starting configuration of every coupling slot, each from its own stream (replaced by
+/// the checkpoint's on resume).
+fn initial_configs(card: &RunCard, theories: &[TheoryHandle], models: &[Option<Arc<ModelHandle>>]) -> Result<Vec<Vec<f64>>> {
+    let file = card.path.display().to_string();
+    let start = card.run.start.unwrap_or(StartChoice::Cold);
+    let mut configs = Vec::with_capacity(theories.len());
+    for (k, t) in theories.iter().enumerate() {
+        let mut init = stream(card.run.seed, StreamUse::Init { slot: Some(k) }).with_context(|| format!("{file}: ladder"))?;
+        let c = match (start.theory_start(), &models[k]) {
+            (Some(s), _) => t.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
+            (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
+            (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
+        };
+        configs.push(c);
+    }
+    Ok(configs)
+}
+
+/// The stored definitions of the per-coupling chain steps and of the swap steps.
+fn replica_step_defs(card: &RunCard, set: &ReplicaSet) -> (Vec<StepDef>, Vec<StepDef>) {
+    let kinds: Vec<&str> = card.chain.iter().map(StepCard::kind).collect();
+    let labels = step_labels(&kinds);
+    let chain = &set.replicas[0].chain;
+    let steps = chain
+        .steps()
+        .iter()
+        .zip(chain.card_indices())
+        .map(|(s, &i)| StepDef { label: labels[i].clone(), kind: s.kind().into(), index: i, params: s.params_json(), columns: s.columns() })
+        .collect();
+    let exchange_steps = set
+        .exchange
+        .iter()
+        .map(|x| StepDef {
+            label: labels[x.card_index].clone(),
+            kind: "replica_exchange".into(),
+            index: x.card_index,
+            params: serde_json::to_string(&x.card).unwrap_or_default(),
+            columns: SWAP_COLUMNS.iter().map(|c| c.to_string()).collect(),
+        })
+        .collect();
+    (steps, exchange_steps)
+}
+
+/// Checks the plugins on the starting state before the run: the action at every coupling, and
+/// the models' latent maps for flow-assisted swaps (a model plugin without them is refused
+/// here, by name).
+fn preflight(file: &str, set: &ReplicaSet) -> Result<()> {
+    for (k, r) in set.replicas.iter().enumerate() {
+        r.theory.action(&r.config).with_context(|| format!("{file}: [theory] (action of replica {k}'s configuration)"))?;
+    }
+    if let Some(x) = set.exchange.iter().find(|x| x.card.flow) {
+        for (k, r) in set.replicas.iter().enumerate() {
+            let m = r.model.as_ref().ok_or_else(|| anyhow::anyhow!("{file}: chain[{}].flow: coupling {k} has no model", x.card_index))?;
+            m.to_latent(&r.config).with_context(|| format!("{file}: chain[{}].flow (the model of coupling {k})", x.card_index))?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores one sweep's records, measurements, configurations, swaps and replica paths.
+fn store_sweep(card: &RunCard, set: &ReplicaSet, writer: &mut ReplicaWriter, values: &[Vec<f64>], sweep: u64) -> Result<()> {
+    let m = sweep - card.run.thermalization;
+    for (k, row) in values.iter().enumerate() {
+        for (i, recs) in set.records(k).iter().enumerate() {
+            for r in recs {
+                writer.push_step_record(k, i, r.accepted, &r.columns)?;
+            }
+        }
+        writer.push_measurement(k, sweep, row)?;
+        if card.run.save_every > 0 && m % card.run.save_every == 0 {
+            writer.push_config(k, sweep, &set.replicas[k].config)?;
+        }
+    }
+    for (j, recs) in set.swap_records.iter().enumerate() {
+        for r in recs {
+            writer.push_swap_record(j, r.accepted, &r.columns())?;
+        }
+    }
+    writer.push_path(sweep, &set.coupling_of_replica())?;
+    Ok(())
+}
+
+/// Sweeps until the card's total, storing after thermalisation and checkpointing as the card
+/// says. A fresh run that fails before its first checkpoint leaves nothing resumable: its file
+/// is removed.
+fn sweep_loop(
+    card: &RunCard,
+    out: &OutputFiles,
+    hash: &str,
+    set: &mut ReplicaSet,
+    mut writer: ReplicaWriter,
+    mut sweeps_done: u64,
+    opts: &RunOptions,
+) -> Result<()> {
+    let file = card.path.display().to_string();
     let total = card.run.total_sweeps();
-    let therm = card.run.thermalization;
     let bar = progress_bar(total, sweeps_done, opts.quiet);
-    let mut swap_acc = 0u64;
-    let mut swap_n = 0u64;
+    let (mut swap_acc, mut swap_n) = (0u64, 0u64);
     let mut last_checkpoint = std::time::Instant::now();
-    let mut checkpointed = !fresh;
-    let abandon = |writer: ReplicaWriter, checkpointed: bool, e: anyhow::Error| -> anyhow::Error {
-        drop(writer);
-        if !checkpointed {
-            let _ = std::fs::remove_file(&output);
-        }
-        e
-    };
-
+    let mut checkpointed = opts.resume;
     while sweeps_done < total {
-        if let Err(e) = set.sweep() {
-            let _ = writer.flush();
-            let what = if matches!(card.chain[e.step], StepCard::ReplicaExchange(_)) {
-                format!("pair ({}, {})", e.replica, e.replica + 1)
-            } else {
-                format!("replica {}", e.replica)
-            };
-            let err = anyhow::Error::new(e.error).context(format!("{file}: chain[{}] ({what}, sweep {sweeps_done})", e.step));
-            return Err(abandon(writer, checkpointed, err));
-        }
+        let measured = match set.sweep() {
+            Err(e) => {
+                let what = if matches!(card.chain[e.step], StepCard::ReplicaExchange(_)) {
+                    format!("pair ({}, {})", e.replica, e.replica + 1)
+                } else {
+                    format!("replica {}", e.replica)
+                };
+                Err(anyhow::Error::new(e.error).context(format!("{file}: chain[{}] ({what}, sweep {sweeps_done})", e.step)))
+            }
+            Ok(()) if sweeps_done >= card.run.thermalization => set.measure().map(Some).map_err(|(k, e)| {
+                anyhow::Error::new(e).context(format!("{file}: measurement (replica {k}, sweep {sweeps_done})"))
+            }),
+            Ok(()) => Ok(None),
+        };
+        let values = match measured {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = writer.flush();
+                drop(writer);
+                out.discard_unless(checkpointed);
+                return Err(e);
+            }
+        };
         for recs in &set.swap_records {
             swap_acc += recs.iter().filter(|r| r.accepted).count() as u64;
             swap_n += recs.len() as u64;
         }
-        if sweeps_done >= therm {
-            let m = sweeps_done - therm;
-            let values = match set.measure() {
-                Ok(v) => v,
-                Err((k, e)) => {
-                    let _ = writer.flush();
-                    let e = anyhow::Error::new(e).context(format!("{file}: measurement (replica {k}, sweep {sweeps_done})"));
-                    return Err(abandon(writer, checkpointed, e));
-                }
-            };
-            for (k, row) in values.iter().enumerate() {
-                for (i, recs) in set.records(k).iter().enumerate() {
-                    for r in recs {
-                        writer.push_step_record(k, i, r.accepted, &r.columns)?;
-                    }
-                }
-                writer.push_measurement(k, sweeps_done, row)?;
-                if card.run.save_every > 0 && m % card.run.save_every == 0 {
-                    writer.push_config(k, sweeps_done, &set.replicas[k].config)?;
-                }
-            }
-            for (j, recs) in set.swap_records.iter().enumerate() {
-                for r in recs {
-                    writer.push_swap_record(j, r.accepted, &r.columns())?;
-                }
-            }
-            writer.push_path(sweeps_done, &set.coupling_of_replica())?;
+        if let Some(values) = values {
+            store_sweep(card, set, &mut writer, &values, sweeps_done)?;
         }
         sweeps_done += 1;
-        let due = card.run.checkpoint_every.is_some_and(|n| sweeps_done % n == 0)
-            || last_checkpoint.elapsed().as_secs_f64() >= card.run.checkpoint_seconds;
-        if due || sweeps_done == total {
-            last_checkpoint = std::time::Instant::now();
+        if checkpoint_due(card, &mut last_checkpoint, sweeps_done, total) {
             let (counts, exchange_counts) = writer.flush()?;
             let (arrays, mut rk) = set.checkpoint_parts();
             rk.counts = counts;
             rk.exchange_counts = exchange_counts;
             Checkpoint {
-                card_hash: hash.clone(),
+                card_hash: hash.to_string(),
                 sweeps_done,
                 counts: Counts::default(),
                 step_rngs: Vec::new(),
@@ -696,7 +697,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
                 step_states: arrays,
                 replica: Some(rk),
             }
-            .save(&ckpt_path)?;
+            .save(&out.checkpoint)?;
             checkpointed = true;
         }
         bar.set_position(sweeps_done);
@@ -705,5 +706,5 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         }
     }
     bar.finish_and_clear();
-    Ok(output)
+    Ok(())
 }

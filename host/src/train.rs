@@ -22,11 +22,10 @@ use latflow_stats::ess_per_sample;
 use latflow_core::{RngState, Stream};
 use serde::{Deserialize, Serialize};
 
-use crate::card::RunCard;
-use crate::run::{build_model, load_theory, sha256_hex};
-
-/// Purpose tag of the training streams.
-pub const STREAM_TRAIN: u16 = 3;
+use crate::card::{ModelCard, RunCard, TrainCard};
+use crate::plugin::ModelHandle;
+use crate::setup::{build_model, load_theory, sha256_hex};
+use crate::streams::{stream, train_seed, StreamUse};
 
 const MAGIC: &[u8; 8] = b"LFTRAIN1";
 
@@ -183,48 +182,10 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let theory = load_theory(&card, &opts.plugin_dirs)?;
     let mut model = build_model(&card, &theory, &opts.plugin_dirs)?;
     let batch = tc.batch as usize;
-    let seed = tc.seed.unwrap_or(card.run.seed);
-    // Everything that determines the training: the theory, the model, the settings.
-    let train_hash = sha256_hex(
-        serde_json::json!({
-            "theory": { "plugin": card.theory.plugin, "config": card.theory.config },
-            "model": { "plugin": mc.plugin, "config": mc.config, "init_from": mc.init_from },
-            "train": tc, "seed": seed,
-        })
-        .to_string()
-        .as_bytes(),
-    );
+    let seed = train_seed(&card);
+    let train_hash = train_hash(&card, &mc, &tc, seed);
 
-    let (mut rng, mut metrics_rng, mut history, start) = if opts.resume {
-        let (ck, bytes) = load_checkpoint(&paths.checkpoint).with_context(|| format!("{file}: --resume"))?;
-        if ck.train_hash != train_hash {
-            bail!(
-                "{file}: --resume: training checkpoint '{}' was written with different theory, model or [train] settings",
-                paths.checkpoint.display()
-            );
-        }
-        model.load(&bytes).with_context(|| format!("{file}: --resume: '{}'", paths.checkpoint.display()))?;
-        model.train_begin(&tc.settings()).with_context(|| format!("{file}: [train]"))?;
-        (Stream::from_state(&ck.rng), Stream::from_state(&ck.metrics_rng), ck.history, ck.steps_done)
-    } else {
-        if weights.exists() && !opts.force {
-            bail!(
-                "{file}: model.weights: '{}' already exists; use --force to train again and overwrite it",
-                weights.display()
-            );
-        }
-        if let Some(src) = &mc.init_from {
-            let bytes = std::fs::read(src).with_context(|| format!("{file}: model.init_from: cannot read '{}'", src.display()))?;
-            model.init_from(&bytes).with_context(|| format!("{file}: model.init_from ('{}')", src.display()))?;
-        }
-        model.train_begin(&tc.settings()).with_context(|| format!("{file}: [train]"))?;
-        (
-            Stream::new(seed, Stream::id(STREAM_TRAIN, 0, 0, 0)),
-            Stream::new(seed, Stream::id(STREAM_TRAIN, 1, 0, 0)),
-            Vec::new(),
-            0,
-        )
-    };
+    let (mut rng, mut metrics_rng, mut history, start) = begin(&card, &mut model, &paths, &train_hash, seed, opts)?;
 
     let bar = ProgressBar::with_draw_target(Some(tc.steps), ProgressDrawTarget::stderr());
     if opts.quiet || !std::io::stdout().is_terminal() {
@@ -284,8 +245,76 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     }
     bar.finish_and_clear();
 
+    write_outputs(&file, &paths, &model, &history)?;
+    Ok(paths.weights)
+}
+
+/// Everything that determines a training: the theory, the model, the settings and the seed.
+fn train_hash(card: &RunCard, mc: &ModelCard, tc: &TrainCard, seed: u64) -> String {
+    sha256_hex(
+        serde_json::json!({
+            "theory": { "plugin": card.theory.plugin, "config": card.theory.config },
+            "model": { "plugin": mc.plugin, "config": mc.config, "init_from": mc.init_from },
+            "train": tc, "seed": seed,
+        })
+        .to_string()
+        .as_bytes(),
+    )
+}
+
+/// Starts a training (`model.init_from` applied, fresh streams) or resumes it from its
+/// checkpoint (model, optimiser, streams, history). Returns the sampling and metrics streams,
+/// the history so far and the number of steps done.
+fn begin(
+    card: &RunCard,
+    model: &mut ModelHandle,
+    paths: &TrainPaths,
+    train_hash: &str,
+    seed: u64,
+    opts: &TrainOptions,
+) -> Result<(Stream, Stream, Vec<HistoryRow>, u64)> {
+    let file = card.path.display().to_string();
+    let (tc, mc) = match (&card.train, &card.model) {
+        (Some(tc), Some(mc)) => (tc, mc),
+        _ => bail!("{file}: [train] and [model] are both needed"),
+    };
+    let weights = &paths.weights;
+    Ok(if opts.resume {
+        let (ck, bytes) = load_checkpoint(&paths.checkpoint).with_context(|| format!("{file}: --resume"))?;
+        if ck.train_hash != train_hash {
+            bail!(
+                "{file}: --resume: training checkpoint '{}' was written with different theory, model or [train] settings",
+                paths.checkpoint.display()
+            );
+        }
+        model.load(&bytes).with_context(|| format!("{file}: --resume: '{}'", paths.checkpoint.display()))?;
+        model.train_begin(&tc.settings()).with_context(|| format!("{file}: [train]"))?;
+        (Stream::from_state(&ck.rng), Stream::from_state(&ck.metrics_rng), ck.history, ck.steps_done)
+    } else {
+        if weights.exists() && !opts.force {
+            bail!(
+                "{file}: model.weights: '{}' already exists; use --force to train again and overwrite it",
+                weights.display()
+            );
+        }
+        if let Some(src) = &mc.init_from {
+            let bytes = std::fs::read(src).with_context(|| format!("{file}: model.init_from: cannot read '{}'", src.display()))?;
+            model.init_from(&bytes).with_context(|| format!("{file}: model.init_from ('{}')", src.display()))?;
+        }
+        model.train_begin(&tc.settings()).with_context(|| format!("{file}: [train]"))?;
+        (
+            stream(seed, StreamUse::Train)?,
+            stream(seed, StreamUse::TrainMetrics)?,
+            Vec::new(),
+            0,
+        )
+    })
+}
+
+/// Writes the final weights, the history CSV and the training curves.
+fn write_outputs(file: &str, paths: &TrainPaths, model: &ModelHandle, history: &[HistoryRow]) -> Result<()> {
     write_atomic(&paths.weights, &model.save(false)?).with_context(|| format!("{file}: model.weights"))?;
-    write_history(&paths.history, &history)?;
+    write_history(&paths.history, history)?;
     let col = |f: fn(&HistoryRow) -> f64| history.iter().map(f).collect::<Vec<f64>>();
     crate::plot::training_curves(
         &paths.plot,
@@ -297,7 +326,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
         50,
     )
     .with_context(|| format!("{file}: train.plot"))?;
-    Ok(paths.weights)
+    Ok(())
 }
 
 /// A one-paragraph summary of the last `window` steps of a history.

@@ -36,8 +36,9 @@ use latflow_core::Stream;
 use latflow_flow_common::tensor::conv_generic;
 pub use latflow_flow_common::{tensor_from_f64, tensor_to_f64};
 
-/// The random stream purpose of weight initialisation (`init_seed` is its run seed).
-pub const INIT_STREAM: u64 = 0x464c_4f57_494e_4954; // "FLOWINIT"
+/// The random stream of weight initialisation (`init_seed` is its run seed), from the core
+/// stream registry.
+pub const INIT_STREAM: u64 = latflow_core::streams::Purpose::ModelInit.id(0, 0, 0);
 
 pub use latflow_flow_common::tensor::NamedVar;
 

@@ -43,8 +43,9 @@ use crate::geometry::{Geometry, Mask, PLAQ_SIGNS};
 use crate::ops::{self, OpGeom};
 use crate::{ncp, spline};
 
-/// The random stream purpose of weight initialisation (`init_seed` is its run seed).
-pub const INIT_STREAM: u64 = 0x5531_464c_4f57_494e; // "U1FLOWIN"
+/// The random stream of weight initialisation (`init_seed` is its run seed), from the core
+/// stream registry.
+pub const INIT_STREAM: u64 = latflow_core::streams::Purpose::ModelInit.id(0, 0, 0);
 
 /// The conditioner's input on non-frozen plaquettes: (cos 0, sin 0), as the peer's masked input.
 pub const PAD_FEATURES: [f64; 2] = [1.0, 0.0];

@@ -1,0 +1,607 @@
+//! HDF5 helpers: files, attributes, datasets, row appends and truncation, and the errors they
+//! map to.
+
+use std::str::FromStr;
+
+use hdf5::file::{
+    CacheDecreaseMode, CacheIncreaseMode, FileAccessBuilder, FlashIncreaseMode, LibraryVersion,
+    MetadataCacheConfig,
+};
+use hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
+use hdf5::MinorErrorCode;
+use std::path::Path;
+
+use hdf5::{Dataset, File, Group, H5Type, Location};
+
+use super::*;
+
+/// Creates a file for writing: checks the directory, refuses to overwrite unless asked.
+pub(super) fn create_file(path: &Path, overwrite: bool) -> Result<File, EnsembleError> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(EnsembleError::MissingDirectory { path: path.to_owned(), dir: parent.to_owned() });
+    }
+    if path.is_dir() {
+        return Err(invalid(path, "file", "is a directory"));
+    }
+    if !overwrite && path.exists() {
+        return Err(EnsembleError::AlreadyExists { path: path.to_owned() });
+    }
+    let mut builder = File::with_options();
+    builder.with_fapl(writer_fapl);
+    let file = if overwrite { builder.create(path) } else { builder.create_excl(path) };
+    file.map_err(|e| {
+        if path.exists() && !overwrite {
+            EnsembleError::AlreadyExists { path: path.to_owned() }
+        } else {
+            h5(path, "file (create)")(e)
+        }
+    })
+}
+
+/// Writes the provenance attributes and the schema version on the root group.
+pub(super) fn write_provenance(path: &Path, file: &File, prov: &Provenance, schema_version: u32) -> Result<(), EnsembleError> {
+    write_scalar_attr(path, file, "/", "schema_version", &schema_version)?;
+    let strings: [(&str, &str); 11] = [
+        ("latflow_version", &prov.latflow_version),
+        ("run_card", &prov.run_card),
+        ("card_path", &prov.card_path),
+        ("card_hash", &prov.card_hash),
+        ("plugin_name", &prov.plugin_name),
+        ("plugin_version", &prov.plugin_version),
+        ("plugin_path", &prov.plugin_path),
+        ("created", &prov.created),
+        ("theory_params", &prov.theory_params),
+        ("layout", &prov.layout),
+        ("model", &prov.model),
+    ];
+    for (name, value) in strings {
+        write_str_attr(path, file, "/", name, value)?;
+    }
+    write_scalar_attr(path, file, "/", "seed", &prov.seed)
+}
+
+/// Opens a file for resume: schema version and card hash must match.
+pub(super) fn open_for_resume(path: &Path, card_hash: &str, schema_version: u32) -> Result<File, EnsembleError> {
+    let file = open_file(path, true)?;
+    let found_version = check_schema_version(path, &file)?;
+    if found_version != schema_version {
+        return Err(mismatch(
+            path,
+            "attribute /schema_version",
+            match schema_version {
+                REPLICA_SCHEMA_VERSION => "the file is not a replica-exchange ensemble, but this run card has a replica ladder",
+                _ => "the file is a replica-exchange ensemble, but this run card has no replica ladder",
+            },
+        ));
+    }
+    let found = read_str_attr(path, &file, "/", "card_hash")?;
+    if found != card_hash {
+        return Err(mismatch(
+            path,
+            "attribute /card_hash",
+            format!(
+                "the file belongs to another run card (file has {found:?}, this card is \
+                 {card_hash:?})"
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Flushes the file and `fsync`s it.
+pub(super) fn sync_file(path: &Path, file: &File, sync: &std::fs::File) -> Result<(), EnsembleError> {
+    file.flush().map_err(h5(path, "file (flush)"))?;
+    sync.sync_all().map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (fsync)".into(), error })
+}
+
+pub(super) fn sync_handle(path: &Path) -> Result<std::fs::File, EnsembleError> {
+    std::fs::File::open(path).map_err(|error| EnsembleError::Io {
+        path: path.to_owned(),
+        object: "file (open for fsync)".into(),
+        error,
+    })
+}
+
+
+
+pub(super) fn h5(path: &Path, object: impl Into<String>) -> impl FnOnce(hdf5::Error) -> EnsembleError {
+    let path = path.to_owned();
+    let object = object.into();
+    move |e| EnsembleError::Hdf5 {
+        path,
+        object,
+        detail: e.to_string(),
+    }
+}
+
+pub(super) fn invalid(path: &Path, object: impl Into<String>, detail: impl Into<String>) -> EnsembleError {
+    EnsembleError::Invalid {
+        path: path.to_owned(),
+        object: object.into(),
+        detail: detail.into(),
+    }
+}
+
+pub(super) fn mismatch(path: &Path, object: impl Into<String>, detail: impl Into<String>) -> EnsembleError {
+    EnsembleError::Mismatch {
+        path: path.to_owned(),
+        object: object.into(),
+        detail: detail.into(),
+    }
+}
+
+pub(super) fn shape_err(path: &Path, object: impl Into<String>, detail: impl Into<String>) -> EnsembleError {
+    EnsembleError::Shape {
+        path: path.to_owned(),
+        object: object.into(),
+        detail: detail.into(),
+    }
+}
+
+pub(super) fn corrupt(path: &Path, object: impl Into<String>, detail: impl Into<String>) -> EnsembleError {
+    EnsembleError::Corrupt {
+        path: path.to_owned(),
+        object: object.into(),
+        detail: detail.into(),
+    }
+}
+
+pub(super) fn missing(path: &Path, object: impl Into<String>) -> EnsembleError {
+    EnsembleError::Missing {
+        path: path.to_owned(),
+        object: object.into(),
+    }
+}
+
+/// File-access settings of the writer: HDF5 1.8 format (readable by any h5py, no SWMR flag
+/// that a killed writer would leave set), file locking that is skipped on file systems that
+/// do not support it, and no metadata-cache evictions (metadata reaches the disk only at a
+/// flush, so a killed process leaves the last checkpoint's metadata intact).
+pub(super) fn writer_fapl(p: &mut FileAccessBuilder) -> &mut FileAccessBuilder {
+    let mdc = MetadataCacheConfig {
+        evictions_enabled: false,
+        incr_mode: CacheIncreaseMode::Off,
+        flash_incr_mode: FlashIncreaseMode::Off,
+        decr_mode: CacheDecreaseMode::Off,
+        ..MetadataCacheConfig::default()
+    };
+    p.libver_bounds(LibraryVersion::V18, LibraryVersion::V18)
+        .file_locking(true)
+        .mdc_config(&mdc)
+}
+
+/// Opens an existing file, mapping failures to NotFound / NotHdf5 / Hdf5.
+pub(super) fn open_file(path: &Path, rw: bool) -> Result<File, EnsembleError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(EnsembleError::NotFound {
+                path: path.to_owned(),
+            })
+        }
+        Err(error) => {
+            return Err(EnsembleError::Io {
+                path: path.to_owned(),
+                object: "file".into(),
+                error,
+            })
+        }
+    };
+    if meta.is_dir() {
+        return Err(invalid(
+            path,
+            "file",
+            "is a directory, not an ensemble file",
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(EnsembleError::NotHdf5 {
+            path: path.to_owned(),
+            detail: "the file is empty".into(),
+        });
+    }
+    let mut builder = File::with_options();
+    if rw {
+        builder.with_fapl(writer_fapl);
+    } else {
+        builder.with_fapl(|p| p.file_locking(true));
+    }
+    let res = if rw {
+        builder.open_rw(path)
+    } else {
+        builder.open(path)
+    };
+    res.map_err(|e| {
+        if e.contains_minor(MinorErrorCode::NotHdf5) || e.contains_minor(MinorErrorCode::Truncated)
+        {
+            EnsembleError::NotHdf5 {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+        } else {
+            let hint = if e.contains_minor(MinorErrorCode::CantLockFile)
+                || e.contains_minor(MinorErrorCode::CantLock)
+            {
+                " (is another process writing it?)"
+            } else {
+                ""
+            };
+            EnsembleError::Hdf5 {
+                path: path.to_owned(),
+                object: "file (open)".into(),
+                detail: format!("{e}{hint}"),
+            }
+        }
+    })
+}
+
+pub(super) fn file_len(path: &Path) -> Result<u64, EnsembleError> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|error| EnsembleError::Io {
+            path: path.to_owned(),
+            object: "file".into(),
+            error,
+        })
+}
+
+pub(super) fn check_schema_version(path: &Path, file: &File) -> Result<u32, EnsembleError> {
+    let attr = file
+        .attr("schema_version")
+        .map_err(|e| missing_or_h5(path, file, "/", "schema_version", e))?;
+    let found = attr
+        .read_scalar::<u32>()
+        .map_err(h5(path, "attribute /schema_version"))?;
+    if found != SCHEMA_VERSION && found != REPLICA_SCHEMA_VERSION {
+        return Err(EnsembleError::SchemaVersion {
+            path: path.to_owned(),
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    Ok(found)
+}
+
+pub(super) fn attr_object(obj: &str, name: &str) -> String {
+    if obj.is_empty() || obj == "/" {
+        format!("attribute /{name}")
+    } else {
+        format!("attribute {obj}/{name}")
+    }
+}
+
+/// Classifies a failed attribute open: absent (Missing) or another HDF5 error.
+pub(super) fn missing_or_h5(
+    path: &Path,
+    loc: &Location,
+    obj: &str,
+    name: &str,
+    e: hdf5::Error,
+) -> EnsembleError {
+    let object = attr_object(obj, name);
+    match loc.attr_names() {
+        Ok(names) if !names.iter().any(|n| n == name) => missing(path, object),
+        _ => h5(path, object)(e),
+    }
+}
+
+pub(super) fn write_scalar_attr<T: H5Type>(
+    path: &Path,
+    loc: &Location,
+    obj: &str,
+    name: &str,
+    value: &T,
+) -> Result<(), EnsembleError> {
+    loc.new_attr::<T>()
+        .shape(())
+        .create(name)
+        .and_then(|a| a.write_scalar(value))
+        .map_err(h5(path, attr_object(obj, name)))
+}
+
+/// Writes a scalar variable-length UTF-8 string attribute (h5py reads it as `str`).
+pub(super) fn write_str_attr(
+    path: &Path,
+    loc: &Location,
+    obj: &str,
+    name: &str,
+    value: &str,
+) -> Result<(), EnsembleError> {
+    let v = VarLenUnicode::from_str(value).map_err(|e| {
+        invalid(
+            path,
+            attr_object(obj, name),
+            format!("cannot be stored as an HDF5 string: {e}"),
+        )
+    })?;
+    write_scalar_attr(path, loc, obj, name, &v)
+}
+
+/// Reads a scalar string attribute (variable-length UTF-8 or ASCII, as h5py writes them).
+pub(super) fn read_str_attr(
+    path: &Path,
+    loc: &Location,
+    obj: &str,
+    name: &str,
+) -> Result<String, EnsembleError> {
+    let object = attr_object(obj, name);
+    let attr = loc
+        .attr(name)
+        .map_err(|e| missing_or_h5(path, loc, obj, name, e))?;
+    let descr = attr
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(h5(path, object.clone()))?;
+    match descr {
+        TypeDescriptor::VarLenUnicode => attr
+            .read_scalar::<VarLenUnicode>()
+            .map(|s| s.as_str().to_owned())
+            .map_err(h5(path, object)),
+        TypeDescriptor::VarLenAscii => attr
+            .read_scalar::<VarLenAscii>()
+            .map(|s| s.as_str().to_owned())
+            .map_err(h5(path, object)),
+        other => Err(corrupt(
+            path,
+            object,
+            format!("expected a variable-length string attribute, found type {other}"),
+        )),
+    }
+}
+
+pub(super) fn read_json_list(
+    path: &Path,
+    loc: &Location,
+    obj: &str,
+    name: &str,
+) -> Result<Vec<String>, EnsembleError> {
+    let text = read_str_attr(path, loc, obj, name)?;
+    serde_json::from_str(&text).map_err(|e| {
+        corrupt(
+            path,
+            attr_object(obj, name),
+            format!("expected a JSON array of strings: {e}"),
+        )
+    })
+}
+
+pub(super) fn json_list(items: &[&str]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
+}
+
+pub(super) fn read_u64_list(
+    path: &Path,
+    loc: &Location,
+    obj: &str,
+    name: &str,
+) -> Result<Vec<u64>, EnsembleError> {
+    let attr = loc
+        .attr(name)
+        .map_err(|e| missing_or_h5(path, loc, obj, name, e))?;
+    let object = attr_object(obj, name);
+    let shape = attr.get_shape().map_err(h5(path, object.clone()))?;
+    if shape.len() != 1 || shape[0] > 64 {
+        return Err(corrupt(
+            path,
+            object,
+            format!("expected a short 1-D array, found shape {shape:?}"),
+        ));
+    }
+    attr.read_raw::<u64>().map_err(h5(path, object))
+}
+
+/// Reads kind, index, params and columns of a step group.
+pub(super) fn read_step_info(
+    path: &Path,
+    g: &Group,
+    gpath: &str,
+) -> Result<(String, usize, String, Vec<String>), EnsembleError> {
+    let kind = read_str_attr(path, g, gpath, "kind")?;
+    let index_attr = g
+        .attr("index")
+        .map_err(|e| missing_or_h5(path, g, gpath, "index", e))?;
+    let index = index_attr
+        .read_scalar::<u32>()
+        .map_err(h5(path, attr_object(gpath, "index")))?;
+    let params = read_str_attr(path, g, gpath, "params")?;
+    let columns = read_json_list(path, g, gpath, "columns")?;
+    Ok((kind, index as usize, params, columns))
+}
+
+pub(super) fn open_group(path: &Path, parent: &Group, name: &str) -> Result<Group, EnsembleError> {
+    let full = join(&parent.name(), name);
+    if !parent.link_exists(name) {
+        return Err(missing(path, format!("group {full}")));
+    }
+    parent
+        .group(name)
+        .map_err(h5(path, format!("group {full}")))
+}
+
+pub(super) fn open_dataset(
+    path: &Path,
+    parent: &Group,
+    ppath: &str,
+    name: &str,
+) -> Result<Dataset, EnsembleError> {
+    let full = join(ppath, name);
+    if !parent.link_exists(name) {
+        return Err(missing(path, format!("dataset {full}")));
+    }
+    parent
+        .dataset(name)
+        .map_err(h5(path, format!("dataset {full}")))
+}
+
+pub(super) fn join(parent: &str, name: &str) -> String {
+    format!("{}/{name}", parent.trim_end_matches('/'))
+}
+
+/// Creates an empty row dataset `[0]` or `[0, width]`, resizable along axis 0.
+pub(super) fn create_rows<T: H5Type>(
+    path: &Path,
+    parent: &Group,
+    ppath: &str,
+    name: &str,
+    width: Option<usize>,
+    max_rows: usize,
+) -> Result<Dataset, EnsembleError> {
+    let object = format!("dataset {}", join(ppath, name));
+    let builder = parent.new_dataset::<T>();
+    let res = match width {
+        None => builder.chunk([max_rows]).shape([0..]).create(name),
+        Some(w) => {
+            let rows = (CHUNK_TARGET_ELEMS / w).clamp(1, max_rows);
+            builder
+                .chunk([rows, w.min(MAX_CHUNK_COLS)])
+                .shape((0.., w))
+                .create(name)
+        }
+    };
+    res.map_err(h5(path, object))
+}
+
+/// Number of rows of a row dataset; `want_ndim` is the required rank (`None`: 1 or 2).
+pub(super) fn rows_of(
+    path: &Path,
+    ds: &Dataset,
+    object: &str,
+    want_ndim: Option<usize>,
+) -> Result<usize, EnsembleError> {
+    let shape = ds
+        .get_shape()
+        .map_err(h5(path, format!("dataset {object}")))?;
+    let ok = match want_ndim {
+        Some(d) => shape.len() == d,
+        None => shape.len() == 1 || shape.len() == 2,
+    };
+    if !ok {
+        return Err(shape_err(
+            path,
+            format!("dataset {object}"),
+            format!("unexpected shape {shape:?}"),
+        ));
+    }
+    Ok(shape[0])
+}
+
+/// Row width: 1 for `[n]`, `len` for `[n, len]` (which must have `len >= 1`).
+pub(super) fn row_width(path: &Path, ds: &Dataset, object: &str) -> Result<usize, EnsembleError> {
+    let shape = ds
+        .get_shape()
+        .map_err(h5(path, format!("dataset {object}")))?;
+    match shape[..] {
+        [_] => Ok(1),
+        [_, w] if w >= 1 => Ok(w),
+        _ => Err(shape_err(
+            path,
+            format!("dataset {object}"),
+            format!("unexpected shape {shape:?}"),
+        )),
+    }
+}
+
+/// Guards against allocating for a dataset whose size a damaged file misreports: our datasets
+/// are never compressed, so their data cannot exceed the file size.
+pub(super) fn check_size(
+    path: &Path,
+    object: &str,
+    rows: usize,
+    width: usize,
+    elem: u64,
+    file_len: u64,
+) -> Result<(), EnsembleError> {
+    let bytes = (rows as u64)
+        .checked_mul(width as u64)
+        .and_then(|x| x.checked_mul(elem));
+    match bytes {
+        Some(b) if b <= file_len => Ok(()),
+        _ => Err(corrupt(
+            path,
+            format!("dataset {object}"),
+            format!(
+                "claims {rows} x {width} elements, more than the {file_len}-byte file can hold"
+            ),
+        )),
+    }
+}
+
+/// Reads a whole row dataset (`elems` values, row-major) after a size sanity check.
+pub(super) fn read_all<T: H5Type>(
+    path: &Path,
+    ds: &Dataset,
+    object: &str,
+    elems: usize,
+    file_len: u64,
+) -> Result<Vec<T>, EnsembleError> {
+    check_size(
+        path,
+        object,
+        elems,
+        1,
+        std::mem::size_of::<T>() as u64,
+        file_len,
+    )?;
+    let v = ds
+        .read_raw::<T>()
+        .map_err(h5(path, format!("dataset {object} (read)")))?;
+    if v.len() != elems {
+        return Err(shape_err(
+            path,
+            format!("dataset {object}"),
+            format!("read {} values, expected {elems}", v.len()),
+        ));
+    }
+    Ok(v)
+}
+
+/// Resizes a 1-D dataset to `start + data.len()` rows and writes `data` at `start`.
+pub(super) fn append_1d<T: H5Type>(
+    path: &Path,
+    ds: &Dataset,
+    object: &str,
+    start: usize,
+    data: &[T],
+) -> Result<(), EnsembleError> {
+    let end = start + data.len();
+    ds.resize([end])
+        .map_err(h5(path, format!("dataset {object} (resize)")))?;
+    ds.write_slice(data, start..end)
+        .map_err(h5(path, format!("dataset {object} (write)")))
+}
+
+/// Shrinks a row dataset to `rows` (keeping its width); errors if it holds fewer.
+pub(super) fn truncate_rows(path: &Path, ds: &Dataset, object: &str, rows: u64) -> Result<(), EnsembleError> {
+    let mut shape = ds
+        .get_shape()
+        .map_err(h5(path, format!("dataset {object}")))?;
+    if shape.is_empty() {
+        return Err(shape_err(
+            path,
+            format!("dataset {object}"),
+            "scalar dataset, expected rows",
+        ));
+    }
+    let rows = usize::try_from(rows).unwrap_or(usize::MAX);
+    if shape[0] < rows {
+        return Err(mismatch(
+            path,
+            format!("dataset {object}"),
+            format!(
+                "has {} rows but the checkpoint records {rows}; the file is older than the \
+                 checkpoint or was replaced",
+                shape[0]
+            ),
+        ));
+    }
+    if shape[0] > rows {
+        shape[0] = rows;
+        ds.resize(shape)
+            .map_err(h5(path, format!("dataset {object} (truncate)")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! Reading plain (schema 1) and replica-exchange (schema 2) ensembles into memory.
+
+use std::path::{Path, PathBuf};
+
+use hdf5::{File, Group};
+
+use super::*;
+
+/// Everything analyse/inspect needs, read into memory.
+#[derive(Debug, Clone)]
+pub struct Ensemble {
+    pub path: PathBuf,
+    pub schema_version: u32,
+    pub provenance: Provenance,
+    /// In definition order.
+    pub observables: Vec<ObservableData>,
+    /// Sweep index of each measurement row.
+    pub sweeps: Vec<u64>,
+    /// Sorted by step index.
+    pub steps: Vec<StepData>,
+    /// Present if the file stores configurations (read them with [`read_configs`]).
+    pub configs: Option<ConfigInfo>,
+}
+
+/// One observable's measurements.
+#[derive(Debug, Clone)]
+pub struct ObservableData {
+    pub name: String,
+    pub len: usize,
+    pub description: String,
+    /// Row-major `[n, len]`.
+    pub values: Vec<f64>,
+}
+
+impl ObservableData {
+    /// Number of measurement rows.
+    pub fn n(&self) -> usize {
+        self.values.len().checked_div(self.len).unwrap_or(0)
+    }
+
+    /// Component `j` of every row (the whole series for a scalar, `j == 0`).
+    /// Panics if `j >= len`.
+    pub fn component(&self, j: usize) -> Vec<f64> {
+        assert!(
+            j < self.len,
+            "component {j} of observable {:?} with len {}",
+            self.name,
+            self.len
+        );
+        self.values
+            .iter()
+            .skip(j)
+            .step_by(self.len)
+            .copied()
+            .collect()
+    }
+}
+
+/// One step's records.
+#[derive(Debug, Clone)]
+pub struct StepData {
+    pub label: String,
+    pub kind: String,
+    pub index: usize,
+    pub params: String,
+    /// 0/1 per record.
+    pub accepted: Vec<u8>,
+    /// `(name, values)` in column order; every `values` has `accepted.len()` entries.
+    pub columns: Vec<(String, Vec<f64>)>,
+}
+
+/// What `/configs` holds (not the data itself).
+#[derive(Debug, Clone)]
+pub struct ConfigInfo {
+    pub count: usize,
+    pub config_len: usize,
+    pub shape: Vec<usize>,
+    pub layout: String,
+}
+
+/// Reads the root provenance attributes.
+pub(super) fn read_provenance(path: &Path, file: &File) -> Result<Provenance, EnsembleError> {
+    let s = |name: &str| read_str_attr(path, file, "/", name);
+    let seed_attr = file.attr("seed").map_err(|e| missing_or_h5(path, file, "/", "seed", e))?;
+    let seed = seed_attr.read_scalar::<u64>().map_err(h5(path, "attribute /seed"))?;
+    Ok(Provenance {
+        latflow_version: s("latflow_version")?,
+        run_card: s("run_card")?,
+        card_path: s("card_path")?,
+        card_hash: s("card_hash")?,
+        seed,
+        plugin_name: s("plugin_name")?,
+        plugin_version: s("plugin_version")?,
+        plugin_path: s("plugin_path")?,
+        created: s("created")?,
+        theory_params: s("theory_params")?,
+        layout: s("layout")?,
+        model: s("model")?,
+    })
+}
+
+/// The observables, sweeps, steps and configuration info of the ensemble under `base`.
+type GroupData = (Vec<ObservableData>, Vec<u64>, Vec<StepData>, Option<ConfigInfo>);
+
+pub(super) fn read_group(path: &Path, file_len: u64, base: &Group, prefix: &str) -> Result<GroupData, EnsembleError> {
+    // Observables.
+    let opath = format!("{prefix}/observables");
+    let og = open_group(path, base, "observables")?;
+    let sweep_obj = format!("{opath}/sweep");
+    let sweep_ds = open_dataset(path, &og, &opath, "sweep")?;
+    let n = rows_of(path, &sweep_ds, &sweep_obj, Some(1))?;
+    let sweeps = read_all::<u64>(path, &sweep_ds, &sweep_obj, n, file_len)?;
+    let names = read_json_list(path, &og, &opath, "names")?;
+    let mut observables = Vec::with_capacity(names.len());
+    for name in names {
+        let object = format!("{opath}/{name}");
+        let ds = open_dataset(path, &og, &opath, &name)?;
+        let len = row_width(path, &ds, &object)?;
+        let rows = rows_of(path, &ds, &object, None)?;
+        if rows != n {
+            return Err(shape_err(path, format!("dataset {object}"), format!("{rows} rows, but {sweep_obj} has {n}")));
+        }
+        let values = read_all::<f64>(path, &ds, &object, n * len, file_len)?;
+        let description = read_str_attr(path, &ds, &object, "description")?;
+        observables.push(ObservableData { name, len, description, values });
+    }
+
+    let steps = read_steps(path, file_len, base, prefix)?;
+
+    // Configurations.
+    let cpath = format!("{prefix}/configs");
+    let cspath = format!("{prefix}/configs_sweep");
+    let configs = match (base.link_exists("configs"), base.link_exists("configs_sweep")) {
+        (false, false) => None,
+        (true, false) => return Err(missing(path, format!("dataset {cspath}"))),
+        (false, true) => return Err(missing(path, format!("dataset {cpath}"))),
+        (true, true) => {
+            let ds = open_dataset(path, base, prefix, "configs")?;
+            let config_len = row_width(path, &ds, &cpath)?;
+            let count = rows_of(path, &ds, &cpath, None)?;
+            let sw = open_dataset(path, base, prefix, "configs_sweep")?;
+            let count_sw = rows_of(path, &sw, &cspath, Some(1))?;
+            if count != count_sw {
+                return Err(shape_err(path, format!("dataset {cpath}"), format!("{count} rows, but {cspath} has {count_sw}")));
+            }
+            check_size(path, &cpath, count, config_len, 8, file_len)?;
+            let shape = read_u64_list(path, &ds, &cpath, "shape")?
+                .into_iter()
+                .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
+                .collect();
+            let layout = read_str_attr(path, &ds, &cpath, "layout")?;
+            Some(ConfigInfo { count, config_len, shape, layout })
+        }
+    };
+    Ok((observables, sweeps, steps, configs))
+}
+
+/// Reads `{prefix}/steps/*`, sorted by step index.
+pub(super) fn read_steps(path: &Path, file_len: u64, base: &Group, prefix: &str) -> Result<Vec<StepData>, EnsembleError> {
+    let spath = format!("{prefix}/steps");
+    let sg = open_group(path, base, "steps")?;
+    let mut labels = sg.member_names().map_err(h5(path, format!("group {spath}")))?;
+    labels.sort();
+    let mut steps = Vec::with_capacity(labels.len());
+    for label in labels {
+        let gpath = format!("{spath}/{label}");
+        let g = open_group(path, &sg, &label)?;
+        let (kind, index, params, column_names) = read_step_info(path, &g, &gpath)?;
+        let acc_obj = format!("{gpath}/accepted");
+        let acc_ds = open_dataset(path, &g, &gpath, "accepted")?;
+        let m = rows_of(path, &acc_ds, &acc_obj, Some(1))?;
+        let accepted = read_all::<u8>(path, &acc_ds, &acc_obj, m, file_len)?;
+        let mut columns = Vec::with_capacity(column_names.len());
+        for c in column_names {
+            let object = format!("{gpath}/{c}");
+            let ds = open_dataset(path, &g, &gpath, &c)?;
+            let rows = rows_of(path, &ds, &object, Some(1))?;
+            if rows != m {
+                return Err(shape_err(path, format!("dataset {object}"), format!("{rows} rows, but {acc_obj} has {m}")));
+            }
+            let values = read_all::<f64>(path, &ds, &object, m, file_len)?;
+            columns.push((c, values));
+        }
+        steps.push(StepData { label, kind, index, params, accepted, columns });
+    }
+    steps.sort_by_key(|s| s.index);
+    Ok(steps)
+}
+
+/// Opens and validates a file: a clear error (naming the path) for a missing file, a non-HDF5
+/// or truncated/corrupt file, a wrong schema version, or inconsistent dataset lengths.
+/// Never panics on a bad file. A replica-exchange file (schema version 2) is refused with a
+/// pointer to [`read_replica_ensemble`]; [`read_any`] reads either kind.
+pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
+    hdf5::silence_errors(true);
+    let file = open_file(path, false)?;
+    let file_len = file_len(path)?;
+    let schema_version = check_schema_version(path, &file)?;
+    if schema_version != SCHEMA_VERSION {
+        return Err(invalid(
+            path,
+            "file",
+            "is a replica-exchange ensemble (schema version 2: one ensemble per coupling under /replicas/<k>); \
+             read it with read_replica_ensemble",
+        ));
+    }
+    let provenance = read_provenance(path, &file)?;
+    let (observables, sweeps, steps, configs) = read_group(path, file_len, &file, "")?;
+    Ok(Ensemble { path: path.to_owned(), schema_version, provenance, observables, sweeps, steps, configs })
+}
+
+/// A replica-exchange ensemble (schema version 2), read into memory.
+#[derive(Debug, Clone)]
+pub struct ReplicaEnsemble {
+    pub path: PathBuf,
+    pub schema_version: u32,
+    /// The root attributes (`theory_params` are those of the card's `[theory]`).
+    pub provenance: Provenance,
+    /// The ladder parameter.
+    pub parameter: String,
+    /// Its value at each coupling.
+    pub values: Vec<f64>,
+    /// The ensemble at each coupling (`/replicas/<k>`), with that coupling's `theory_params`
+    /// and `model` in its provenance. Read its configurations with [`read_replica_configs`].
+    pub replicas: Vec<Ensemble>,
+    /// Sweep index of each row of `replica_coupling`.
+    pub path_sweeps: Vec<u64>,
+    /// Row-major `[n, K]`: the coupling index of replica r after sweep `path_sweeps[i]`.
+    pub replica_coupling: Vec<u64>,
+    /// The swap records of each `replica_exchange` step (columns pair, log_ratio, …).
+    pub swaps: Vec<StepData>,
+}
+
+/// Either kind of ensemble file.
+#[derive(Debug, Clone)]
+pub enum AnyEnsemble {
+    Plain(Ensemble),
+    Replica(ReplicaEnsemble),
+}
+
+/// Reads a plain (schema 1) or replica-exchange (schema 2) ensemble.
+pub fn read_any(path: &Path) -> Result<AnyEnsemble, EnsembleError> {
+    hdf5::silence_errors(true);
+    let version = {
+        let file = open_file(path, false)?;
+        check_schema_version(path, &file)?
+    };
+    if version == REPLICA_SCHEMA_VERSION {
+        read_replica_ensemble(path).map(AnyEnsemble::Replica)
+    } else {
+        read_ensemble(path).map(AnyEnsemble::Plain)
+    }
+}
+
+/// Reads a replica-exchange ensemble (schema version 2).
+pub fn read_replica_ensemble(path: &Path) -> Result<ReplicaEnsemble, EnsembleError> {
+    hdf5::silence_errors(true);
+    let file = open_file(path, false)?;
+    let file_len = file_len(path)?;
+    let schema_version = check_schema_version(path, &file)?;
+    if schema_version != REPLICA_SCHEMA_VERSION {
+        return Err(invalid(path, "file", "is not a replica-exchange ensemble (schema version 1); read it with read_ensemble"));
+    }
+    let provenance = read_provenance(path, &file)?;
+    let xg = open_group(path, &file, "replica_exchange")?;
+    let parameter = read_str_attr(path, &xg, "/replica_exchange", "parameter")?;
+    let values_text = read_str_attr(path, &xg, "/replica_exchange", "values")?;
+    let values: Vec<f64> = serde_json::from_str(&values_text).map_err(|e| {
+        corrupt(path, "attribute /replica_exchange/values", format!("expected a JSON array of numbers: {e}"))
+    })?;
+    let k = values.len();
+    let rg = open_group(path, &file, "replicas")?;
+    let mut replicas = Vec::with_capacity(k);
+    for i in 0..k {
+        let prefix = replica_group(i);
+        let g = open_group(path, &rg, &i.to_string())?;
+        let mut prov = provenance.clone();
+        prov.theory_params = read_str_attr(path, &g, &prefix, "theory_params")?;
+        prov.model = read_str_attr(path, &g, &prefix, "model")?;
+        let (observables, sweeps, steps, configs) = read_group(path, file_len, &g, &prefix)?;
+        replicas.push(Ensemble { path: path.to_owned(), schema_version, provenance: prov, observables, sweeps, steps, configs });
+    }
+    let sw_obj = "/replica_exchange/sweep";
+    let sw = open_dataset(path, &xg, "/replica_exchange", "sweep")?;
+    let n = rows_of(path, &sw, sw_obj, Some(1))?;
+    let path_sweeps = read_all::<u64>(path, &sw, sw_obj, n, file_len)?;
+    let rc_obj = "/replica_exchange/replica_coupling";
+    let rc = open_dataset(path, &xg, "/replica_exchange", "replica_coupling")?;
+    let rows = rows_of(path, &rc, rc_obj, Some(2))?;
+    let width = row_width(path, &rc, rc_obj)?;
+    if rows != n || width != k {
+        return Err(shape_err(
+            path,
+            format!("dataset {rc_obj}"),
+            format!("shape [{rows}, {width}], expected [{n}, {k}] ({sw_obj} rows, couplings)"),
+        ));
+    }
+    let replica_coupling = read_all::<u64>(path, &rc, rc_obj, n * k, file_len)?;
+    if let Some(bad) = replica_coupling.iter().find(|&&c| c as usize >= k) {
+        return Err(corrupt(path, format!("dataset {rc_obj}"), format!("coupling index {bad} out of range (K = {k})")));
+    }
+    let swaps = read_steps(path, file_len, &xg, "/replica_exchange")?;
+    Ok(ReplicaEnsemble {
+        path: path.to_owned(),
+        schema_version,
+        provenance,
+        parameter,
+        values,
+        replicas,
+        path_sweeps,
+        replica_coupling,
+        swaps,
+    })
+}
+
+/// Reads configurations `[start, start+count)` as a flat row-major Vec
+/// (`count * config_len` values). Errors if the range exceeds the stored configurations.
+pub fn read_configs(path: &Path, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
+    read_configs_in(path, None, start, count)
+}
+
+/// [`read_configs`] for coupling k of a replica-exchange ensemble (`/replicas/<k>/configs`).
+pub fn read_replica_configs(path: &Path, k: usize, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
+    read_configs_in(path, Some(k), start, count)
+}
+
+pub(super) fn read_configs_in(path: &Path, replica: Option<usize>, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
+    hdf5::silence_errors(true);
+    let file = open_file(path, false)?;
+    let version = check_schema_version(path, &file)?;
+    let (base, prefix): (Group, String) = match replica {
+        None if version == SCHEMA_VERSION => ((*file).clone(), String::new()),
+        None => return Err(invalid(path, "/configs", "a replica-exchange ensemble: read a coupling's configurations")),
+        Some(_) if version != REPLICA_SCHEMA_VERSION => {
+            return Err(invalid(path, "/replicas", "not a replica-exchange ensemble"))
+        }
+        Some(k) => {
+            let rg = open_group(path, &file, "replicas")?;
+            (open_group(path, &rg, &k.to_string())?, replica_group(k))
+        }
+    };
+    let cpath = format!("{prefix}/configs");
+    let ds = open_dataset(path, &base, &prefix, "configs")?;
+    let config_len = row_width(path, &ds, &cpath)?;
+    let k = rows_of(path, &ds, &cpath, None)?;
+    let end = start.checked_add(count).filter(|&e| e <= k).ok_or_else(|| {
+        invalid(
+            path,
+            format!("dataset {cpath}"),
+            format!("requested configurations {start}..{} but the file holds {k}", start + count),
+        )
+    })?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    check_size(path, &cpath, count, config_len, 8, file_len(path)?)?;
+    let block = ds
+        .read_slice_2d::<f64, _>((start..end, ..))
+        .map_err(h5(path, format!("dataset {cpath} (read)")))?;
+    Ok(block.iter().copied().collect())
+}

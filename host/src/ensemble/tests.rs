@@ -1,0 +1,584 @@
+//! Tests of ensemble writing, resuming and reading.
+
+use super::*;
+use hdf5::File;
+use std::sync::{RwLock, RwLockReadGuard};
+
+/// HDF5 opens files without `O_CLOEXEC`, so a child process spawned while another test has
+/// a file open inherits the descriptor and its lock (opening the file then fails with
+/// "unable to lock file" until the child exits). Tests hold this lock for reading; the one
+/// test that spawns a child holds it for writing while it spawns.
+static OPEN_FILES: RwLock<()> = RwLock::new(());
+
+fn files() -> RwLockReadGuard<'static, ()> {
+    OPEN_FILES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn prov() -> Provenance {
+    Provenance {
+        latflow_version: "0.1.0".into(),
+        run_card: "[theory]\nname = \"phi4\"\n# ünïcödé\n".into(),
+        card_path: "cards/phi4.toml".into(),
+        card_hash: "deadbeef".into(),
+        seed: u64::MAX - 7,
+        plugin_name: "phi4".into(),
+        plugin_version: "0.1.0".into(),
+        plugin_path: "/tmp/libphi4.so".into(),
+        created: "2025-01-02T03:04:05Z".into(),
+        theory_params: r#"{"kappa":0.18,"lambda":1.1}"#.into(),
+        model: String::new(),
+        layout: r#"{"shape":[4,4],"components":1}"#.into(),
+    }
+}
+
+fn obs() -> Vec<ObservableDef> {
+    vec![
+        ObservableDef {
+            name: "mag".into(),
+            len: 1,
+            description: "magnetisation".into(),
+        },
+        ObservableDef {
+            name: "corr".into(),
+            len: 3,
+            description: "correlator".into(),
+        },
+        ObservableDef {
+            name: "action".into(),
+            len: 1,
+            description: "action density".into(),
+        },
+    ]
+}
+
+fn steps() -> Vec<StepDef> {
+    vec![
+        StepDef {
+            label: "hmc".into(),
+            kind: "hmc".into(),
+            index: 0,
+            params: r#"{"n_md":10}"#.into(),
+            columns: vec!["delta_h".into()],
+        },
+        StepDef {
+            label: "flip".into(),
+            kind: "global_flip".into(),
+            index: 1,
+            params: "{}".into(),
+            columns: vec!["log_q".into(), "action".into()],
+        },
+    ]
+}
+
+fn cdef() -> ConfigDef {
+    ConfigDef {
+        config_len: 16,
+        shape: vec![4, 4],
+    }
+}
+
+/// Deterministic, bit-pattern-rich values (negative zero, subnormals, NaN payloads excluded).
+fn val(i: usize, j: usize) -> f64 {
+    let x = (i as f64 + 1.0) * 0.1 + (j as f64) * 1e-7;
+    if (i + j) % 5 == 0 {
+        -x / 3.0
+    } else {
+        x.sqrt() * 1e300_f64.powf((j % 3) as f64 / 10.0)
+    }
+}
+
+fn row(i: usize) -> Vec<f64> {
+    (0..5).map(|j| val(i, j)).collect()
+}
+
+fn config(i: usize) -> Vec<f64> {
+    (0..16).map(|j| val(i + 1000, j)).collect()
+}
+
+/// Pushes measurements [from, to), one hmc record per measurement, a flip record every other
+/// one and a config every third one.
+fn push_range(w: &mut EnsembleWriter, from: usize, to: usize) {
+    for i in from..to {
+        w.push_measurement(10 * i as u64, &row(i)).unwrap();
+        w.push_step_record(0, i % 3 != 0, &[val(i, 7)]).unwrap();
+        if i % 2 == 0 {
+            w.push_step_record(1, i % 4 == 0, &[val(i, 8), val(i, 9)])
+                .unwrap();
+        }
+        if i % 3 == 0 {
+            w.push_config(10 * i as u64, &config(i)).unwrap();
+        }
+    }
+}
+
+fn create(path: &Path) -> EnsembleWriter {
+    EnsembleWriter::create(path, &prov(), &obs(), &steps(), Some(&cdef()), false).unwrap()
+}
+
+fn check_contents(path: &Path, n: usize) {
+    let e = read_ensemble(path).unwrap();
+    assert_eq!(e.schema_version, SCHEMA_VERSION);
+    assert_eq!(e.provenance, prov());
+    assert_eq!(e.sweeps, (0..n).map(|i| 10 * i as u64).collect::<Vec<_>>());
+    let names: Vec<_> = e.observables.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["mag", "corr", "action"]);
+    let (mag, corr, action) = (&e.observables[0], &e.observables[1], &e.observables[2]);
+    assert_eq!((mag.len, corr.len, action.len), (1, 3, 1));
+    assert_eq!(corr.description, "correlator");
+    assert_eq!((mag.n(), corr.n(), action.n()), (n, n, n));
+    for i in 0..n {
+        let r = row(i);
+        assert_eq!(mag.values[i].to_bits(), r[0].to_bits());
+        for j in 0..3 {
+            assert_eq!(corr.values[3 * i + j].to_bits(), r[1 + j].to_bits());
+        }
+        assert_eq!(action.values[i].to_bits(), r[4].to_bits());
+    }
+    let c1 = corr.component(1);
+    assert_eq!(c1.len(), n);
+    if n > 0 {
+        assert_eq!(c1[n - 1].to_bits(), row(n - 1)[2].to_bits());
+    }
+
+    assert_eq!(e.steps.len(), 2);
+    let (hmc, flip) = (&e.steps[0], &e.steps[1]);
+    assert_eq!(
+        (hmc.label.as_str(), hmc.kind.as_str(), hmc.index),
+        ("hmc", "hmc", 0)
+    );
+    assert_eq!(hmc.params, r#"{"n_md":10}"#);
+    assert_eq!(
+        hmc.accepted,
+        (0..n).map(|i| u8::from(i % 3 != 0)).collect::<Vec<_>>()
+    );
+    assert_eq!(hmc.columns.len(), 1);
+    assert_eq!(hmc.columns[0].0, "delta_h");
+    let dh: Vec<u64> = hmc.columns[0].1.iter().map(|x| x.to_bits()).collect();
+    assert_eq!(dh, (0..n).map(|i| val(i, 7).to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        (flip.label.as_str(), flip.kind.as_str(), flip.index),
+        ("flip", "global_flip", 1)
+    );
+    let evens: Vec<usize> = (0..n).filter(|i| i % 2 == 0).collect();
+    assert_eq!(
+        flip.accepted,
+        evens
+            .iter()
+            .map(|i| u8::from(i % 4 == 0))
+            .collect::<Vec<_>>()
+    );
+    let names: Vec<_> = flip.columns.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(names, ["log_q", "action"]);
+    for (k, &i) in evens.iter().enumerate() {
+        assert_eq!(flip.columns[0].1[k].to_bits(), val(i, 8).to_bits());
+        assert_eq!(flip.columns[1].1[k].to_bits(), val(i, 9).to_bits());
+    }
+
+    let ci = e.configs.unwrap();
+    let thirds: Vec<usize> = (0..n).filter(|i| i % 3 == 0).collect();
+    assert_eq!(
+        (ci.count, ci.config_len, ci.shape.clone()),
+        (thirds.len(), 16, vec![4, 4])
+    );
+    assert_eq!(ci.layout, prov().layout);
+    let all = read_configs(path, 0, ci.count).unwrap();
+    let want: Vec<u64> = thirds
+        .iter()
+        .flat_map(|&i| config(i))
+        .map(f64::to_bits)
+        .collect();
+    assert_eq!(all.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want);
+    if ci.count >= 2 {
+        let one = read_configs(path, 1, 1).unwrap();
+        assert_eq!(one, config(thirds[1]));
+    }
+    assert!(read_configs(path, ci.count, 1).is_err());
+}
+
+#[test]
+fn round_trip() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    // Flushes of 1 row (per-row writes of the vector observable) and of many rows
+    // (per-component writes), crossing chunk boundaries.
+    push_range(&mut w, 0, 1);
+    let c = w.flush().unwrap();
+    assert_eq!(
+        c,
+        Counts {
+            measurements: 1,
+            steps: vec![1, 1],
+            configs: 1
+        }
+    );
+    push_range(&mut w, 1, 2500);
+    assert_eq!(w.counts().measurements, 2500);
+    let c = w.flush().unwrap();
+    assert_eq!(c, w.counts());
+    assert_eq!(
+        c,
+        Counts {
+            measurements: 2500,
+            steps: vec![2500, 1250],
+            configs: 834
+        }
+    );
+    drop(w);
+    check_contents(&path, 2500);
+}
+
+#[test]
+fn empty_ensemble_reads() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.h5");
+    drop(create(&path));
+    check_contents(&path, 0);
+    // No configs, no steps, no observables at all.
+    let p2 = dir.path().join("bare.h5");
+    let mut w = EnsembleWriter::create(&p2, &prov(), &[], &[], None, false).unwrap();
+    w.push_measurement(3, &[]).unwrap();
+    assert!(w.push_config(0, &[1.0]).is_err());
+    assert_eq!(w.flush().unwrap().measurements, 1);
+    drop(w);
+    let e = read_ensemble(&p2).unwrap();
+    assert_eq!(e.sweeps, [3]);
+    assert!(e.configs.is_none() && e.steps.is_empty() && e.observables.is_empty());
+}
+
+#[test]
+fn resume_truncates_to_checkpoint() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 1100);
+    let checkpoint = w.flush().unwrap();
+    push_range(&mut w, 1100, 1500); // flushed but not checkpointed
+    w.flush().unwrap();
+    push_range(&mut w, 1500, 1600); // never flushed
+    drop(w);
+
+    let mut w = EnsembleWriter::resume(
+        &path,
+        "deadbeef",
+        &obs(),
+        &steps(),
+        Some(&cdef()),
+        &checkpoint,
+    )
+    .unwrap();
+    assert_eq!(w.counts(), checkpoint);
+    check_contents(&path, 1100);
+    push_range(&mut w, 1100, 1700);
+    w.flush().unwrap();
+    drop(w);
+    check_contents(&path, 1700);
+}
+
+#[test]
+fn resume_rejects_mismatches() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 10);
+    let counts = w.flush().unwrap();
+    drop(w);
+    let resume =
+        |hash: &str, o: &[ObservableDef], s: &[StepDef], c: Option<&ConfigDef>, n: &Counts| {
+            EnsembleWriter::resume(&path, hash, o, s, c, n)
+                .unwrap_err()
+                .to_string()
+        };
+    let msg = resume("cafe", &obs(), &steps(), Some(&cdef()), &counts);
+    assert!(
+        msg.contains("card_hash") && msg.contains(&*path.to_string_lossy()),
+        "{msg}"
+    );
+    let mut o = obs();
+    o[1].len = 4;
+    assert!(
+        resume("deadbeef", &o, &steps(), Some(&cdef()), &counts).contains("/observables/corr")
+    );
+    let mut s = steps();
+    s[1].columns.pop();
+    assert!(resume("deadbeef", &o[..0], &s, Some(&cdef()), &counts).contains("/observables"));
+    assert!(resume("deadbeef", &obs(), &s, Some(&cdef()), &counts).contains("/steps/flip"));
+    assert!(resume("deadbeef", &obs(), &steps(), None, &counts).contains("/configs"));
+    let more = Counts {
+        measurements: 11,
+        ..counts.clone()
+    };
+    let msg = resume("deadbeef", &obs(), &steps(), Some(&cdef()), &more);
+    assert!(
+        msg.contains("/observables/sweep") && msg.contains("checkpoint"),
+        "{msg}"
+    );
+    // The file is untouched by the failed attempts.
+    check_contents(&path, 10);
+}
+
+#[test]
+fn bad_files_give_errors_naming_the_path() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |p: &Path| {
+        let msg = read_ensemble(p).unwrap_err().to_string();
+        assert!(msg.contains(&*p.to_string_lossy()), "{msg}");
+        let msg2 = read_configs(p, 0, 1).unwrap_err().to_string();
+        assert!(msg2.contains(&*p.to_string_lossy()), "{msg2}");
+        msg
+    };
+    check(&dir.path().join("missing.h5"));
+
+    let random = dir.path().join("random.h5");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&random, bytes).unwrap();
+    check(&random);
+
+    let empty = dir.path().join("empty.h5");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(check(&empty).contains("empty"));
+
+    let real = dir.path().join("real.h5");
+    let mut w = create(&real);
+    push_range(&mut w, 0, 3000);
+    w.flush().unwrap();
+    drop(w);
+    let data = std::fs::read(&real).unwrap();
+    for (name, cut) in [
+        ("half.h5", data.len() / 2),
+        ("head.h5", 100),
+        ("almost.h5", data.len() - 1),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &data[..cut]).unwrap();
+        check(&p);
+    }
+
+    // A valid HDF5 file that is not an ensemble.
+    let other = dir.path().join("other.h5");
+    File::create(&other).unwrap();
+    let msg = check(&other);
+    assert!(msg.contains("schema_version"), "{msg}");
+
+    // A wrong schema version.
+    let v3 = dir.path().join("v3.h5");
+    std::fs::copy(&real, &v3).unwrap();
+    {
+        let f = File::open_rw(&v3).unwrap();
+        f.attr("schema_version")
+            .unwrap()
+            .write_scalar(&3u32)
+            .unwrap();
+    }
+    let msg = check(&v3);
+    assert!(
+        msg.contains("schema version 1") && msg.contains("is 3"),
+        "{msg}"
+    );
+
+    // Inconsistent lengths.
+    let bad = dir.path().join("bad.h5");
+    std::fs::copy(&real, &bad).unwrap();
+    File::open_rw(&bad)
+        .unwrap()
+        .dataset("observables/mag")
+        .unwrap()
+        .resize([5])
+        .unwrap();
+    let msg = read_ensemble(&bad).unwrap_err().to_string();
+    assert!(
+        msg.contains("/observables/mag") && msg.contains("rows"),
+        "{msg}"
+    );
+    // Missing dataset.
+    File::open_rw(&bad)
+        .unwrap()
+        .unlink("observables/mag")
+        .unwrap();
+    let msg = read_ensemble(&bad).unwrap_err().to_string();
+    assert!(msg.contains("missing dataset /observables/mag"), "{msg}");
+}
+
+#[test]
+fn create_errors() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no/such/dir/ens.h5");
+    let err =
+        EnsembleWriter::create(&path, &prov(), &obs(), &steps(), None, false).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, EnsembleError::MissingDirectory { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("ens.h5") && msg.contains("does not exist"),
+        "{msg}"
+    );
+
+    let path = dir.path().join("ens.h5");
+    drop(create(&path));
+    let err =
+        EnsembleWriter::create(&path, &prov(), &obs(), &steps(), None, false).unwrap_err();
+    assert!(matches!(err, EnsembleError::AlreadyExists { .. }), "{err}");
+    let w = EnsembleWriter::create(&path, &prov(), &obs(), &[], None, true).unwrap();
+    drop(w);
+    assert!(read_ensemble(&path).unwrap().steps.is_empty());
+
+    let p = dir.path().join("names.h5");
+    for bad in ["", "a/b", "sweep", "."] {
+        let o = [ObservableDef {
+            name: bad.into(),
+            len: 1,
+            description: String::new(),
+        }];
+        let err = EnsembleWriter::create(&p, &prov(), &o, &[], None, false).unwrap_err();
+        assert!(matches!(err, EnsembleError::InvalidName { .. }), "{err}");
+    }
+    let mut s = steps();
+    s[0].columns.push("accepted".into());
+    assert!(EnsembleWriter::create(&p, &prov(), &[], &s, None, false).is_err());
+    let mut s = steps();
+    s[1].label = "hmc".into();
+    assert!(EnsembleWriter::create(&p, &prov(), &[], &s, None, false).is_err());
+    let o = [ObservableDef {
+        name: "x".into(),
+        len: 0,
+        description: String::new(),
+    }];
+    assert!(EnsembleWriter::create(&p, &prov(), &o, &[], None, false).is_err());
+    let mut bad_prov = prov();
+    bad_prov.run_card.push('\0');
+    let err = EnsembleWriter::create(&p, &bad_prov, &[], &[], None, false).unwrap_err();
+    assert!(err.to_string().contains("/run_card"), "{err}");
+    assert!(!p.exists(), "a failed create leaves no file");
+}
+
+#[test]
+fn push_errors() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    assert!(matches!(
+        w.push_measurement(0, &[1.0; 4]),
+        Err(EnsembleError::Shape { .. })
+    ));
+    assert!(matches!(
+        w.push_step_record(2, true, &[]),
+        Err(EnsembleError::Invalid { .. })
+    ));
+    assert!(matches!(
+        w.push_step_record(1, true, &[1.0]),
+        Err(EnsembleError::Shape { .. })
+    ));
+    assert!(matches!(
+        w.push_config(0, &[1.0; 15]),
+        Err(EnsembleError::Shape { .. })
+    ));
+    assert_eq!(
+        w.counts(),
+        Counts {
+            measurements: 0,
+            steps: vec![0, 0],
+            configs: 0
+        }
+    );
+}
+
+/// Child half of `resume_after_sigkill`: runs only when the parent sets the env variable.
+#[test]
+#[ignore = "helper process for resume_after_sigkill"]
+fn sigkill_child() {
+    let Ok(dir) = std::env::var("LATFLOW_ENSEMBLE_SIGKILL_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let path = dir.join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 1200);
+    let checkpoint = w.flush().unwrap();
+    std::fs::write(
+        dir.join("counts.json"),
+        serde_json::to_string(&checkpoint).unwrap(),
+    )
+    .unwrap();
+    push_range(&mut w, 1200, 3000);
+    w.flush().unwrap();
+    // Configurations are written through (lots of unflushed chunk-index updates); the
+    // rest stays buffered.
+    push_range(&mut w, 3000, 30000);
+    std::fs::write(dir.join("ready"), b"").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(120));
+}
+
+#[test]
+fn resume_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let test_name = format!(
+        "{}::sigkill_child",
+        module_path!()
+            .split_once("::")
+            .map_or(module_path!(), |(_, rest)| rest)
+    );
+    let spawn_guard = OPEN_FILES.write().unwrap_or_else(|e| e.into_inner());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            test_name.as_str(),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LATFLOW_ENSEMBLE_SIGKILL_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(spawn_guard);
+    let ready = dir.path().join("ready");
+    let t0 = std::time::Instant::now();
+    while !ready.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("child exited early ({status}): {err}");
+        }
+        if t0.elapsed().as_secs() > 120 {
+            let _ = child.kill();
+            panic!("child never got ready");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+
+    let path = dir.path().join("ens.h5");
+    let counts: Counts =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("counts.json")).unwrap())
+            .unwrap();
+    // The killed file reads exactly as it was at its last flush ...
+    check_contents(&path, 3000);
+    // ... and resumes to the checkpoint.
+    let mut w =
+        EnsembleWriter::resume(&path, "deadbeef", &obs(), &steps(), Some(&cdef()), &counts)
+            .unwrap();
+    check_contents(&path, 1200);
+    push_range(&mut w, 1200, 1300);
+    w.flush().unwrap();
+    drop(w);
+    check_contents(&path, 1300);
+}

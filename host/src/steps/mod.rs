@@ -1,0 +1,77 @@
+//! The step registry: every kind of Markov step that acts on one configuration, one file each.
+//!
+//! * [`hmc`]: `kind = "hmc"`, trajectories inside the theory plugin;
+//! * [`flow`]: `kind = "flow"`, independence Metropolis with model proposals;
+//! * [`reweight`]: `kind = "reweight"`, independent model samples with importance weights.
+//!
+//! (`replica_exchange` acts across the configurations of a replica ladder and lives with the
+//! ladder driver, [`crate::replica`].) A new kind is a file here implementing [`MarkovStep`], its
+//! line in [`build`], and its `[[chain]]` card variant in [`crate::card::StepCard`].
+
+use std::sync::Arc;
+
+use latflow_core::Stream;
+
+use crate::card::StepCard;
+use crate::plugin::{ModelHandle, PluginLoadError, TheoryHandle};
+
+pub mod flow;
+pub mod hmc;
+mod proposals;
+pub mod reweight;
+
+pub use flow::FlowStep;
+pub use hmc::HmcStep;
+pub use reweight::ReweightStep;
+
+/// The outcome of one application of a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub accepted: bool,
+    /// One value per column of the step, in [`MarkovStep::columns`] order.
+    pub columns: Vec<f64>,
+}
+
+/// A Markov step acting on the configuration.
+pub trait MarkovStep: Send + Sync {
+    /// The kind as written in run cards.
+    fn kind(&self) -> &'static str;
+    /// Names of the per-application columns stored besides the accept flag.
+    fn columns(&self) -> Vec<String>;
+    /// The step's parameters as JSON (stored in the ensemble).
+    fn params_json(&self) -> String;
+    /// Applies the step `repeat` times, appending one record per application.
+    fn apply(
+        &mut self,
+        theory: &mut TheoryHandle,
+        config: &mut [f64],
+        rng: &mut Stream,
+        out: &mut Vec<StepRecord>,
+    ) -> Result<(), PluginLoadError>;
+    /// Internal state that must survive a checkpoint (e.g. unused proposals), as exact f64s.
+    fn state(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// Restores [`MarkovStep::state`].
+    fn restore(&mut self, state: &[f64]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("a {} step has no state, but the checkpoint holds {} values", self.kind(), state.len()))
+        }
+    }
+}
+
+/// The step of a `[[chain]]` entry. `model` is the run's (or the coupling's) model, which `flow`
+/// and `reweight` steps need; `replica_exchange` is not a single-configuration step.
+pub fn build(card: &StepCard, model: Option<Arc<ModelHandle>>) -> Result<Box<dyn MarkovStep>, String> {
+    let model = || model.clone().ok_or_else(|| format!("a '{}' step needs a [model]", card.kind()));
+    Ok(match card {
+        StepCard::Hmc(h) => Box::new(HmcStep::new(h)),
+        StepCard::Flow(p) => Box::new(FlowStep::new(p, model()?)),
+        StepCard::Reweight(p) => Box::new(ReweightStep::new(p, model()?)),
+        StepCard::ReplicaExchange(_) => {
+            return Err("a 'replica_exchange' step needs a replica ladder ([ladder] or [[replicas]])".into())
+        }
+    })
+}
