@@ -135,7 +135,7 @@ fn init_from_transfers_weights_across_lattice_sizes() {
     let mut big = model(r#"{"layers":4,"init_seed":2}"#, &[8, 8]);
     assert!(big.load_bytes(&bytes).is_err(), "load must refuse another lattice");
     assert_eq!(big.init_from_bytes(&bytes).unwrap(), small.parameter_names().len());
-    for (a, b) in small.flow.vars.iter().zip(&big.flow.vars) {
+    for (a, b) in small.flow.net.vars.iter().zip(&big.flow.net.vars) {
         assert_eq!(tensor_to_f64(a.var.as_tensor()).unwrap(), tensor_to_f64(b.var.as_tensor()).unwrap(), "{}", a.name);
     }
     // a deeper model takes the layers that exist (by name and shape); an f64 file into f32 converts

@@ -268,11 +268,11 @@ fn spline_fused_conditioner_matches_the_generic_formulation() {
             .unwrap();
         let u = Tensor::from_vec(normals(20 * v, 3), (20, v), &Device::Cpu).unwrap();
         for inverse in [false, true] {
-            assert!(m.flow.fused());
+            assert!(m.flow.net.fused());
             let a = grads(&m.flow, &z, &u, inverse);
-            m.flow.set_fused(false);
+            m.flow.net.set_fused(false);
             let b = grads(&m.flow, &z, &u, inverse);
-            m.flow.set_fused(true);
+            m.flow.net.set_fused(true);
             for (i, (x, y)) in a.iter().zip(&b).enumerate() {
                 let scale = y.iter().fold(1.0f64, |s, v| s.max(v.abs()));
                 let d = max_abs_diff(x, y);
@@ -336,7 +336,7 @@ fn spline_architecture_is_saved_and_other_couplings_are_refused() {
     assert_eq!(arch["coupling"], "spline");
     assert_eq!(arch["spline_bins"], 8);
     assert_eq!(arch["spline_bound"], 4.0);
-    assert_eq!(m.flow.vars[5].var.dims(), &[23], "3K − 1 = 23 output channels");
+    assert_eq!(m.flow.net.vars[5].var.dims(), &[23], "3K − 1 = 23 output channels");
     // affine records carry no spline keys (files written before splines still load)
     let affine: serde_json::Value = serde_json::from_str(&model(r#"{"layers":4}"#, &[4, 4]).arch().to_json()).unwrap();
     assert!(affine.get("spline_bins").is_none() && affine.get("spline_bound").is_none(), "{affine}");

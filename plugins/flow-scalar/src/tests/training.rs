@@ -47,17 +47,17 @@ fn adam_first_step_moves_every_parameter_by_the_learning_rate() {
     let lat = Lattice::new(&[4, 4]).unwrap();
     let lr = 1e-3;
     m.train_begin_with(&settings(16, lr)).unwrap();
-    let before: Vec<Vec<f64>> = m.flow.vars.iter().map(|nv| tensor_to_f64(nv.var.as_tensor()).unwrap()).collect();
+    let before: Vec<Vec<f64>> = m.flow.net.vars.iter().map(|nv| tensor_to_f64(nv.var.as_tensor()).unwrap()).collect();
     let mut rng = Stream::new(1, 1);
     let (configs, _) = m.train_sample_with(&mut rng).unwrap();
     let (s, g) = phi4_host(&lat, &configs, -4.0, 8.0);
     let pending_grads = {
-        let p = m.pending.as_ref().unwrap();
+        let p = m.state.pending.as_ref().unwrap();
         m.batch_gradients(p, &m.flow.geom.to_checkerboard(&g), false).unwrap()
     };
     m.train_step_with(&s, &g).unwrap();
     assert_eq!(m.optimizer_steps(), 1);
-    for ((nv, b), gr) in m.flow.vars.iter().zip(&before).zip(&pending_grads) {
+    for ((nv, b), gr) in m.flow.net.vars.iter().zip(&before).zip(&pending_grads) {
         let after = tensor_to_f64(nv.var.as_tensor()).unwrap();
         for i in 0..b.len() {
             let expect = b[i] - lr * gr[i] / (gr[i].abs() + 1e-8);

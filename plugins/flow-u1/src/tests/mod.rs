@@ -43,6 +43,7 @@ pub fn randomize(m: &FlowU1, amp: f64, seed: u64) {
     let mut rng = Stream::new(seed, 99);
     let values: Vec<Vec<f64>> = m
         .flow()
+        .net
         .vars
         .iter()
         .map(|nv| {
@@ -53,7 +54,7 @@ pub fn randomize(m: &FlowU1, amp: f64, seed: u64) {
             (0..n).map(|_| scale * (2.0 * rng.uniform() - 1.0)).collect()
         })
         .collect();
-    m.set_params(&values).unwrap();
+    m.flow().net.set_values(&values).unwrap();
 }
 
 pub fn settings(batch: u32, lr: f64) -> TrainSettings {

@@ -149,7 +149,7 @@ fn init_from_transfers_weights_across_lattice_sizes_and_dtypes() {
     assert!(big.load_bytes(&bytes).is_err(), "load must refuse another lattice");
     assert_eq!(big.init_from_bytes(&bytes).unwrap(), small.parameter_names().len());
     assert_eq!(big.optimizer_steps(), 0, "transfer resets the optimiser");
-    for (a, b) in small.flow().vars.iter().zip(&big.flow().vars) {
+    for (a, b) in small.flow().net.vars.iter().zip(&big.flow().net.vars) {
         assert_eq!(tensor_to_f64(a.var.as_tensor()).unwrap(), tensor_to_f64(b.var.as_tensor()).unwrap(), "{}", a.name);
     }
     // and the transferred model trains at another β
@@ -159,8 +159,8 @@ fn init_from_transfers_weights_across_lattice_sizes_and_dtypes() {
     let mut wide = model(r#"{"layers":4,"dtype":"f64"}"#, &[8, 8]);
     wide.init_from_bytes(&bytes).unwrap();
     assert_eq!(
-        tensor_to_f64(wide.flow().vars[3].var.as_tensor()).unwrap(),
-        tensor_to_f64(small.flow().vars[3].var.as_tensor()).unwrap()
+        tensor_to_f64(wide.flow().net.vars[3].var.as_tensor()).unwrap(),
+        tensor_to_f64(small.flow().net.vars[3].var.as_tensor()).unwrap()
     );
     // anything else must match
     for (json, needle) in [
