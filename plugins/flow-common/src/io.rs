@@ -318,17 +318,7 @@ mod tests {
 
     #[test]
     fn damaged_files_are_refused_with_clear_errors() {
-        let good = sample_file();
-        let mut huge = good.clone();
-        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        for (what, bytes) in [
-            ("empty", Vec::new()),
-            ("short", good[..5].to_vec()),
-            ("truncated header", good[..30].to_vec()),
-            ("truncated data", good[..good.len() - 3].to_vec()),
-            ("garbage", b"definitely not a safetensors file, just text".to_vec()),
-            ("huge header length", huge),
-        ] {
+        for (what, bytes) in crate::testing::damaged_files(&sample_file()) {
             let e = parse(&bytes).unwrap_err();
             assert_eq!(e.kind, ErrorKind::Config, "{what}");
             assert!(e.message.starts_with("weights: ") && e.message.contains("safetensors"), "{what}: {}", e.message);

@@ -18,6 +18,8 @@ use latflow_core::{ErrorKind, PluginError, RngState, Stream};
 
 use crate::io;
 use crate::net::ConvNet;
+use crate::tensor_to_f64;
+use candle_core::{Tensor, Var};
 
 /// S and ∂S/∂x of a batch of configurations (flat, the layout's order).
 pub type Action<'a> = &'a dyn Fn(&[f64]) -> (Vec<f64>, Vec<f64>);
@@ -84,6 +86,34 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
+/// Checks the parameter gradients `got` against `truth`, parameter by parameter of `net`: each
+/// within `rtol` of the parameter's largest |truth| component (which must be non-zero). Returns
+/// the largest relative difference; failures name `what` and the parameter.
+pub fn check_gradients(net: &ConvNet, truth: &[Vec<f64>], got: &[Vec<f64>], rtol: f64, what: &str) -> f64 {
+    let mut worst = 0.0f64;
+    for ((nv, a), b) in net.vars.iter().zip(truth).zip(got) {
+        let scale = a.iter().fold(0.0f64, |s, v| s.max(v.abs()));
+        assert!(scale > 0.0, "{what} {}: zero gradient", nv.name);
+        let d = max_abs_diff(a, b);
+        worst = worst.max(d / scale);
+        assert!(d <= rtol * scale, "{what} {}: gradient differs by {d} (scale {scale})", nv.name);
+    }
+    worst
+}
+
+/// For a flow output `y` and log-determinant `ld` computed from the input leaf `x` with `net`'s
+/// tracked parameters: the gradients of Σ y·u + Σ ld with respect to every parameter and to `x`,
+/// followed by `y` and `ld` themselves, all as f64.
+pub fn flow_gradients(net: &ConvNet, x: &Var, y: &Tensor, ld: &Tensor, u: &Tensor) -> Vec<Vec<f64>> {
+    let loss = (y.mul(u).unwrap().sum_all().unwrap() + ld.sum_all().unwrap()).unwrap();
+    let g = loss.backward().unwrap();
+    let mut out = net.gradients(&g).unwrap();
+    out.push(tensor_to_f64(g.get(x.as_tensor()).unwrap()).unwrap());
+    out.push(tensor_to_f64(y).unwrap());
+    out.push(tensor_to_f64(ld).unwrap());
+    out
+}
+
 /// The bit patterns of a vector, for exact comparisons.
 pub fn bits(x: &[f64]) -> Vec<u64> {
     x.iter().map(|v| v.to_bits()).collect()
@@ -142,6 +172,34 @@ pub fn check_thread_independence<M: Model, T: PartialEq + Debug>(m: &mut M, run:
         m.set_threads(t).into_result().unwrap();
         assert_eq!(first, run(m), "{t} threads");
     }
+}
+
+/// Drawing `n` proposals from the stream (11, 5) gives the same configurations, log q and final
+/// stream state on every thread count (see [`check_thread_independence`]); returns that state.
+pub fn check_sampling_thread_independence<M: Model>(m: &mut M, n: u32) -> RngState {
+    fn draw<M: Model>(m: &mut M, n: u32) -> (Vec<u64>, Vec<u64>, RngState) {
+        let mut rng = Stream::new(11, 5).state();
+        let p = m.sample(n, &mut rng).into_result().unwrap();
+        (bits(&p.configs), bits(&p.log_q), rng)
+    }
+    check_thread_independence(m, |m: &mut M| draw(m, n));
+    draw(m, n).2
+}
+
+/// Three training steps (batch 40) on the model's own pool of 1 and 3 threads and on the global
+/// pool give the same metrics, weights and optimiser state, bit for bit; `make` builds a fresh
+/// model each time.
+pub fn check_training_thread_independence<M: Model>(make: impl Fn() -> M, action: Action<'_>) {
+    let run = |threads: u32| {
+        let mut m = make();
+        m.set_threads(threads).into_result().unwrap();
+        m.train_begin(&settings(40, 1e-2)).into_result().unwrap();
+        let bits = train_steps(&mut m, &mut Stream::new(8, 8).state(), 3, action);
+        (bits, m.save(true).into_result().unwrap())
+    };
+    let one = run(1);
+    assert_eq!(one, run(3), "3 threads");
+    assert_eq!(one, run(0), "default pool");
 }
 
 /// `train_sample` and `train_step` out of order or with buffers of the wrong size (a

@@ -197,14 +197,7 @@ pub(super) fn grads(flow: &Flow, z: &Tensor, u: &Tensor, inverse: bool) -> Vec<V
     } else {
         flow.forward(zv.as_tensor(), &params).unwrap()
     };
-    let loss = (phi.mul(u).unwrap().sum_all().unwrap() + ld.sum_all().unwrap()).unwrap();
-    let g = loss.backward().unwrap();
-    let mut out: Vec<Vec<f64>> =
-        flow.net.vars.iter().map(|nv| tensor_to_f64(g.get(nv.var.as_tensor()).unwrap()).unwrap()).collect();
-    out.push(tensor_to_f64(g.get(zv.as_tensor()).unwrap()).unwrap());
-    out.push(tensor_to_f64(&phi).unwrap());
-    out.push(tensor_to_f64(&ld).unwrap());
-    out
+    testing::flow_gradients(&flow.net, &zv, &phi, &ld, u)
 }
 
 #[test]

@@ -208,14 +208,7 @@ fn grads(flow: &Flow, z: &Tensor, u: &Tensor) -> Vec<Vec<f64>> {
     let zv = Var::from_tensor(z).unwrap();
     let params = flow.params(true).unwrap();
     let (theta, ld) = flow.forward(zv.as_tensor(), &params).unwrap();
-    let loss = (theta.mul(u).unwrap().sum_all().unwrap() + ld.sum_all().unwrap()).unwrap();
-    let g = loss.backward().unwrap();
-    let mut out: Vec<Vec<f64>> =
-        flow.net.vars.iter().map(|nv| tensor_to_f64(g.get(nv.var.as_tensor()).unwrap()).unwrap()).collect();
-    out.push(tensor_to_f64(g.get(zv.as_tensor()).unwrap()).unwrap());
-    out.push(tensor_to_f64(&theta).unwrap());
-    out.push(tensor_to_f64(&ld).unwrap());
-    out
+    testing::flow_gradients(&flow.net, &zv, &theta, &ld, u)
 }
 
 #[test]
