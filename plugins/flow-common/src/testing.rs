@@ -281,6 +281,31 @@ pub fn check_resume_is_bit_exact(a: &mut impl Model, b: &mut impl Model, action:
     assert_eq!(final_a, b.save(true).into_result().unwrap(), "weights or optimiser state differ after resume");
 }
 
+/// `save` gives the same bytes twice; with the optimiser, the file holds the format version,
+/// `plugin`'s name, the architecture record (which has the `keys`), step 0, and every
+/// parameter with its two Adam moments; without, the parameters only and no step. Returns the
+/// file saved with the optimiser.
+pub fn check_saved_weights(m: &impl Model, plugin: &str, keys: &[&str]) -> io::WeightsFile {
+    let a = m.save(true).into_result().unwrap();
+    assert_eq!(a, m.save(true).into_result().unwrap(), "save is not deterministic");
+    let f = io::parse(&a).unwrap();
+    assert_eq!(f.metadata[io::KEY_FORMAT], io::FORMAT);
+    assert_eq!(f.metadata[io::KEY_PLUGIN], plugin);
+    assert_eq!(f.metadata[io::KEY_ARCH], m.architecture().as_str());
+    assert_eq!(f.metadata[io::KEY_STEP], "0");
+    let arch: serde_json::Value = serde_json::from_str(&f.metadata[io::KEY_ARCH]).unwrap();
+    for key in keys {
+        assert!(arch.get(key).is_some(), "architecture lacks {key}: {arch}");
+    }
+    let plain = io::parse(&m.save(false).into_result().unwrap()).unwrap();
+    assert!(!plain.metadata.contains_key(io::KEY_STEP));
+    assert_eq!(f.tensors.len(), 3 * plain.tensors.len());
+    for name in plain.tensors.keys() {
+        assert!(f.tensors.contains_key(&format!("adam.m.{name}")) && f.tensors.contains_key(&format!("adam.v.{name}")));
+    }
+    f
+}
+
 /// `good` (a valid weights file) damaged in every way that [`io::parse`] must catch.
 pub fn damaged_files(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let mut huge = good.to_vec();

@@ -23,22 +23,10 @@ pub(super) fn sample_bits(m: &FlowScalar, seed: u64) -> (Vec<u64>, Vec<u64>) {
 #[test]
 fn save_is_deterministic_and_carries_the_architecture() {
     let m = model(r#"{"layers":3}"#, &[4, 4]);
-    let a = m.save_bytes(true).unwrap();
-    let b = m.save_bytes(true).unwrap();
-    assert_eq!(a, b);
-    let f = io::parse(&a).unwrap();
-    assert_eq!(f.metadata[io::KEY_FORMAT], "1");
-    assert_eq!(f.metadata[io::KEY_ARCH], m.arch().to_json());
-    assert_eq!(f.metadata[io::KEY_STEP], "0");
+    let keys = ["layers", "hidden", "kernel", "activation", "dtype", "coupling", "prior", "z2", "lattice"];
+    let f = testing::check_saved_weights(&m, crate::NAME, &keys);
     assert_eq!(f.tensors.len(), 3 * 3 * 2 * 3);
     assert!(f.tensors.contains_key("adam.m.layers.2.conv1.weight"));
-    let arch: serde_json::Value = serde_json::from_str(&m.arch().to_json()).unwrap();
-    for key in ["layers", "hidden", "kernel", "activation", "dtype", "coupling", "prior", "z2", "lattice"] {
-        assert!(arch.get(key).is_some(), "architecture lacks {key}: {arch}");
-    }
-    let plain = io::parse(&m.save_bytes(false).unwrap()).unwrap();
-    assert_eq!(plain.tensors.len(), 3 * 3 * 2);
-    assert!(!plain.metadata.contains_key(io::KEY_STEP));
 }
 
 #[test]
