@@ -194,6 +194,86 @@ pub fn save_weights(
     serialize(&tensors, meta)
 }
 
+/// Checks a file's architecture record ([`KEY_ARCH`], and [`KEY_FORMAT`] if present) against
+/// `ours`, skipping the keys in `ignore`. Errors start with `what` (e.g. `weights`, `init_from`)
+/// and name the first difference; `plugin` names the plugin that reads the file.
+pub fn check_architecture(
+    file: &WeightsFile,
+    what: &str,
+    plugin: &str,
+    ours: &serde_json::Value,
+    ignore: &[&str],
+) -> Result<(), PluginError> {
+    let arch = file.metadata.get(KEY_ARCH).ok_or_else(|| {
+        PluginError::config(format!("{what}: no '{KEY_ARCH}' metadata, so the weights were not saved by {plugin}"))
+    })?;
+    if let Some(f) = file.metadata.get(KEY_FORMAT) {
+        if f != FORMAT {
+            return Err(PluginError::config(format!(
+                "{what}: format version {f}, this {plugin} reads version {FORMAT}"
+            )));
+        }
+    }
+    let theirs: serde_json::Value = serde_json::from_str(arch)
+        .map_err(|e| PluginError::config(format!("{what}: architecture metadata is not JSON: {e}")))?;
+    match crate::config::describe_difference(&theirs, ours, ignore) {
+        Some(diff) => Err(PluginError::config(format!("{what}: {diff}"))),
+        None => Ok(()),
+    }
+}
+
+/// One tensor of a weights file with the expected shape (and dtype, if given), as f64.
+pub fn fetch(
+    file: &WeightsFile,
+    what: &str,
+    name: &str,
+    dims: &[usize],
+    dtype: Option<Dtype>,
+) -> Result<Vec<f64>, PluginError> {
+    let t = file.tensors.get(name).ok_or_else(|| PluginError::config(format!("{what}: tensor '{name}' is missing")))?;
+    if t.shape != dims || dtype.is_some_and(|d| d != t.dtype) {
+        return Err(PluginError::config(format!(
+            "{what}: tensor '{name}' is {:?} {:?}, expected {} {dims:?}",
+            t.dtype,
+            t.shape,
+            dtype.map_or("F32/F64".to_string(), |d| format!("{d:?}"))
+        )));
+    }
+    Ok(t.values.clone())
+}
+
+/// Every parameter of `vars` from the file, as f64; `dtype` = None accepts F32 and F64.
+pub fn fetch_params(
+    file: &WeightsFile,
+    what: &str,
+    vars: &[crate::tensor::NamedVar],
+    dtype: Option<Dtype>,
+) -> Result<Vec<Vec<f64>>, PluginError> {
+    vars.iter().map(|nv| fetch(file, what, &nv.name, nv.var.dims(), dtype)).collect()
+}
+
+/// Adam's state for `vars` from the file: its moments (F64) and step count when [`KEY_STEP`]
+/// is present, zero moments otherwise.
+pub fn fetch_adam(
+    file: &WeightsFile,
+    what: &str,
+    vars: &[crate::tensor::NamedVar],
+) -> Result<crate::optim::AdamState, PluginError> {
+    let Some(step) = file.metadata.get(KEY_STEP) else {
+        return Ok(crate::optim::AdamState::zeros(&vars.iter().map(|v| v.var.elem_count()).collect::<Vec<_>>()));
+    };
+    let step: u64 = step
+        .parse()
+        .map_err(|_| PluginError::config(format!("{what}: '{KEY_STEP}' = '{step}' is not a step count")))?;
+    let mut m = Vec::new();
+    let mut v = Vec::new();
+    for nv in vars {
+        m.push(fetch(file, what, &format!("adam.m.{}", nv.name), nv.var.dims(), Some(Dtype::F64))?);
+        v.push(fetch(file, what, &format!("adam.v.{}", nv.name), nv.var.dims(), Some(Dtype::F64))?);
+    }
+    Ok(crate::optim::AdamState { m, v, step })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,17 +318,7 @@ mod tests {
 
     #[test]
     fn damaged_files_are_refused_with_clear_errors() {
-        let good = sample_file();
-        let mut huge = good.clone();
-        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        for (what, bytes) in [
-            ("empty", Vec::new()),
-            ("short", good[..5].to_vec()),
-            ("truncated header", good[..30].to_vec()),
-            ("truncated data", good[..good.len() - 3].to_vec()),
-            ("garbage", b"definitely not a safetensors file, just text".to_vec()),
-            ("huge header length", huge),
-        ] {
+        for (what, bytes) in crate::testing::damaged_files(&sample_file()) {
             let e = parse(&bytes).unwrap_err();
             assert_eq!(e.kind, ErrorKind::Config, "{what}");
             assert!(e.message.starts_with("weights: ") && e.message.contains("safetensors"), "{what}: {}", e.message);

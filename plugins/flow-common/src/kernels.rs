@@ -78,91 +78,31 @@ pub trait Real:
     }
 }
 
-impl Real for f32 {
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn exp(self) -> Self {
-        f32::exp(self)
-    }
-    fn ln(self) -> Self {
-        f32::ln(self)
-    }
-    fn tanh(self) -> Self {
-        f32::tanh(self)
-    }
-    fn sin(self) -> Self {
-        f32::sin(self)
-    }
-    fn cos(self) -> Self {
-        f32::cos(self)
-    }
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
-    fn floor(self) -> Self {
-        f32::floor(self)
-    }
-    fn round(self) -> Self {
-        f32::round(self)
-    }
-    fn atan2(self, other: Self) -> Self {
-        f32::atan2(self, other)
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f32::mul_add(self, a, b)
-    }
+/// Implements [`Real`] for a primitive float type with its inherent methods (`$unary`: the
+/// methods of one argument that return `Self`).
+macro_rules! impl_real {
+    ($t:ty; $($unary:ident)*) => {
+        impl Real for $t {
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            $(fn $unary(self) -> Self { <$t>::$unary(self) })*
+            fn atan2(self, other: Self) -> Self {
+                <$t>::atan2(self, other)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
+            }
+        }
+    };
 }
 
-impl Real for f64 {
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn exp(self) -> Self {
-        f64::exp(self)
-    }
-    fn ln(self) -> Self {
-        f64::ln(self)
-    }
-    fn tanh(self) -> Self {
-        f64::tanh(self)
-    }
-    fn sin(self) -> Self {
-        f64::sin(self)
-    }
-    fn cos(self) -> Self {
-        f64::cos(self)
-    }
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
-    fn floor(self) -> Self {
-        f64::floor(self)
-    }
-    fn round(self) -> Self {
-        f64::round(self)
-    }
-    fn atan2(self, other: Self) -> Self {
-        f64::atan2(self, other)
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f64::mul_add(self, a, b)
-    }
-}
+impl_real!(f32; exp ln tanh sin cos sqrt abs floor round);
+impl_real!(f64; exp ln tanh sin cos sqrt abs floor round);
 
 /// Whether the convolution kernels use the AVX2 + FMA versions (x86-64 CPUs that have both,
 /// checked once at run time; the portable versions otherwise). The two round differently

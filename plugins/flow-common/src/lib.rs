@@ -18,15 +18,28 @@
 //!   inherent methods.
 //! * [`io`]: safetensors weights with latflow metadata, deterministic bytes, and parsing that
 //!   refuses damaged files with clear errors.
+//! * [`net`]: [`net::ConvNet`], a flow's conditioner parameters (initialisation, values and
+//!   gradients as f64) and their convolution stacks in both formulations.
+//! * [`model`]: [`model::ModelState`], the thread pool, optimiser and training batch of a
+//!   model, with the training protocol's flow-independent steps.
+//! * `testing` (feature `testing`, for the plugins' tests): shared test helpers and contract
+//!   checks that drive a model through the `Model` trait.
+//! * [`export`]: [`impl_flow_accessors!`] (a model's shared inherent methods) and
+//!   [`export_flow_plugin!`] (the plugin's root module).
 
 pub mod config;
+pub mod export;
 pub mod io;
 pub mod kernels;
+pub mod model;
+pub mod net;
 pub mod optim;
 pub mod periodic;
 pub mod plugin;
 pub mod spline;
 pub mod tensor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// Re-exported for the [`dispatch_float!`] macro.
 pub use candle_core;

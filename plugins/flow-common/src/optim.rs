@@ -151,17 +151,7 @@ mod tests {
     use latflow_core::ErrorKind;
 
     fn settings(lr: f64) -> TrainSettings {
-        TrainSettings {
-            batch: 8,
-            learning_rate: lr,
-            schedule: LrSchedule::Constant,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            grad_clip: 0.0,
-            path_gradients: false,
-        }
+        crate::testing::settings(8, lr)
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `[model]` section: parsing, validation, and the architecture record.
 
 use latflow_core::abi::{parse_config, PluginError};
-use latflow_core::layout::{ElementKind, FieldLayout, FieldRole, Support};
+use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::Lattice;
 use serde::{Deserialize, Serialize};
 
@@ -45,75 +45,40 @@ pub enum Z2 {
     Equivariant,
 }
 
-/// The run card's `[model]` section (minus `plugin` and the host's keys), as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default = "default_layers")]
-    layers: i64,
-    #[serde(default = "default_hidden")]
-    hidden: Vec<i64>,
-    #[serde(default = "default_kernel")]
-    kernel: i64,
-    #[serde(default)]
-    activation: Activation,
-    #[serde(default)]
-    dtype: DTypeCfg,
-    #[serde(default)]
-    device: DeviceCfg,
-    #[serde(default)]
-    prior: PriorKind,
-    prior_m2: Option<f64>,
-    #[serde(default)]
-    init_seed: u64,
-    #[serde(default)]
-    coupling: Coupling,
-    #[serde(default)]
-    z2: Z2,
-    spline_bins: Option<i64>,
-    spline_bound: Option<f64>,
+latflow_flow_common::model_keys! {
+    /// The run card's `[model]` section (minus `plugin` and the host's keys), as written.
+    RawConfig {
+        #[serde(default)]
+        prior: PriorKind,
+        prior_m2: Option<f64>,
+        #[serde(default)]
+        coupling: Coupling,
+        #[serde(default)]
+        z2: Z2,
+        spline_bins: Option<i64>,
+        spline_bound: Option<f64>,
+    }
 }
 
-fn default_layers() -> i64 {
-    16
-}
-fn default_hidden() -> Vec<i64> {
-    vec![8, 8]
-}
-fn default_kernel() -> i64 {
-    3
-}
+pub use latflow_flow_common::config::{DEFAULT_SPLINE_BINS, MAX_SPLINE_BINS};
 
-/// Default number of spline bins K.
-pub const DEFAULT_SPLINE_BINS: usize = 8;
 /// Default half-width B of the spline interval [−B, B] (fields of O(1); identity outside).
 pub const DEFAULT_SPLINE_BOUND: f64 = 4.0;
-/// Largest K: the minimum bin size (10⁻³ of the interval) needs K · 10⁻³ < 1.
-pub const MAX_SPLINE_BINS: usize = 256;
-
 /// Largest volume for `prior = "free"`: its square-root covariance is a dense V×V matrix in f64
 /// (8·V² bytes: 128 MiB at V = 4096) and every draw costs V² multiply-adds.
 pub const MAX_FREE_PRIOR_VOLUME: usize = 4096;
 
-/// Everything that determines the model: the architecture (what the weights mean) plus the
-/// run-time choices (device, initial seed) that do not.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelConfig {
-    pub arch: Architecture,
-    pub device: DeviceCfg,
-    pub init_seed: u64,
-}
+/// Everything that determines the model: the architecture plus the device and initial seed.
+pub type ModelConfig = latflow_flow_common::config::ModelConfig<Architecture>;
 
 /// What determines the weights' shapes and meaning. Stored in saved weights as JSON and
 /// compared on `load`.
+pub type Architecture = latflow_flow_common::config::Architecture<Coupling, ScalarArch>;
+
+/// flow-scalar's own part of the architecture record, after the shared fields (model, coupling,
+/// layers, hidden, kernel, activation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Architecture {
-    pub model: String,
-    pub coupling: Coupling,
-    pub layers: usize,
-    pub hidden: Vec<usize>,
-    pub kernel: usize,
-    pub activation: Activation,
+pub struct ScalarArch {
     pub scale_bound: String,
     pub masks: String,
     pub dtype: DTypeCfg,
@@ -130,29 +95,20 @@ pub struct Architecture {
     pub spline_bound: Option<f64>,
 }
 
-impl Architecture {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("architecture serialises")
-    }
-
-    /// Output channels of a conditioner: (s, t) for affine, 3K − 1 spline parameters.
-    pub fn conditioner_outputs(&self) -> usize {
-        match self.coupling {
-            Coupling::Affine => 2,
-            Coupling::Spline => 3 * self.spline_bins.unwrap_or(DEFAULT_SPLINE_BINS) - 1,
-        }
+/// Output channels of a conditioner: (s, t) for affine, 3K − 1 spline parameters.
+pub fn conditioner_outputs(arch: &Architecture) -> usize {
+    match arch.coupling {
+        Coupling::Affine => 2,
+        Coupling::Spline => 3 * arch.spline_bins.unwrap_or(DEFAULT_SPLINE_BINS) - 1,
     }
 }
 
 /// Checks that `layout` is a real scalar field and returns its lattice.
 pub fn check_layout(layout: &FieldLayout) -> Result<Lattice, PluginError> {
-    let dynamical: Vec<_> = layout.components.iter().filter(|c| c.role == FieldRole::Dynamical).collect();
+    let dynamical = latflow_flow_common::config::dynamical(layout);
     let describe = || {
-        dynamical
-            .iter()
-            .map(|c| format!("'{}': {:?} {:?}", c.name, c.support, c.element))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let list: Vec<_> = dynamical.iter().map(|c| format!("'{}': {:?} {:?}", c.name, c.support, c.element)).collect();
+        list.join(", ")
     };
     if dynamical.len() != 1 {
         return Err(PluginError::config(format!(
@@ -194,50 +150,22 @@ pub fn parse(json: &str, layout: &FieldLayout) -> Result<(ModelConfig, Lattice),
                     "z2: \"equivariant\" needs coupling = \"affine\" (for splines use z2 = \"symmetrize\")",
                 ));
             }
-            let bins = raw.spline_bins.unwrap_or(DEFAULT_SPLINE_BINS as i64);
-            if !(2..=MAX_SPLINE_BINS as i64).contains(&bins) {
-                return Err(PluginError::config(format!(
-                    "spline_bins: must be between 2 and {MAX_SPLINE_BINS}, got {bins}"
-                )));
-            }
+            let bins = latflow_flow_common::config::spline_bins(raw.spline_bins)?;
             let bound = raw.spline_bound.unwrap_or(DEFAULT_SPLINE_BOUND);
             if !(bound.is_finite() && bound > 0.0 && bound <= 1e6) {
                 return Err(PluginError::config(format!(
                     "spline_bound: must be finite, > 0 and at most 1e6, got {bound}"
                 )));
             }
-            (Some(bins as usize), Some(bound))
+            (Some(bins), Some(bound))
         }
     };
-    if raw.layers < 1 {
-        return Err(PluginError::config(format!("layers: must be at least 1, got {}", raw.layers)));
-    }
-    if raw.layers > 1024 {
-        return Err(PluginError::config(format!("layers: at most 1024, got {}", raw.layers)));
-    }
-    for (i, &h) in raw.hidden.iter().enumerate() {
-        if !(1..=65536).contains(&h) {
-            return Err(PluginError::config(format!(
-                "hidden[{i}]: channel counts must be between 1 and 65536, got {h}"
-            )));
-        }
-    }
-    let min_extent = *lattice.shape().iter().min().expect("lattice has a dimension");
-    if raw.kernel < 1 || raw.kernel % 2 == 0 {
-        return Err(PluginError::config(format!("kernel: must be odd and at least 1, got {}", raw.kernel)));
-    }
-    if raw.kernel as usize > min_extent {
-        return Err(PluginError::config(format!(
-            "kernel: {} exceeds the smallest lattice extent {min_extent} (lattice {:?})",
-            raw.kernel,
-            lattice.shape()
-        )));
-    }
-    let kvol = (raw.kernel as usize).checked_pow(lattice.dim() as u32).filter(|&k| k <= 1 << 20);
+    let net = latflow_flow_common::config::check_network(raw.layers, &raw.hidden, raw.kernel, 65536, lattice.shape())?;
+    let kvol = net.kernel.checked_pow(lattice.dim() as u32).filter(|&k| k <= 1 << 20);
     if kvol.is_none() {
         return Err(PluginError::config(format!(
             "kernel: {} in {} dimensions gives too many offsets",
-            raw.kernel,
+            net.kernel,
             lattice.dim()
         )));
     }
@@ -270,13 +198,7 @@ pub fn parse(json: &str, layout: &FieldLayout) -> Result<(ModelConfig, Lattice),
             Some(m2)
         }
     };
-    let arch = Architecture {
-        model: crate::NAME.into(),
-        coupling: raw.coupling,
-        layers: raw.layers as usize,
-        hidden: raw.hidden.iter().map(|&h| h as usize).collect(),
-        kernel: raw.kernel as usize,
-        activation: raw.activation,
+    let own = ScalarArch {
         scale_bound: match raw.coupling {
             Coupling::Affine => "tanh".into(),
             Coupling::Spline => "none".into(),
@@ -290,36 +212,19 @@ pub fn parse(json: &str, layout: &FieldLayout) -> Result<(ModelConfig, Lattice),
         spline_bins,
         spline_bound,
     };
+    let arch = Architecture::new(crate::NAME, raw.coupling, net, raw.activation, own);
     Ok((ModelConfig { arch, device: raw.device, init_seed: raw.init_seed }, lattice))
 }
 
-/// Describes the first difference between two architecture records (as JSON objects), in the
-/// form `"weights are for layers=8, this model has layers=16"`.
-pub fn describe_difference(file: &serde_json::Value, ours: &serde_json::Value) -> Option<String> {
-    let (Some(f), Some(o)) = (file.as_object(), ours.as_object()) else {
-        return if file == ours { None } else { Some(format!("weights are for {file}, this model is {ours}")) };
-    };
-    let mut keys: Vec<&String> = f.keys().chain(o.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for k in keys {
-        // z2 symmetrisation wraps sampling and log q; it has no weights of its own, so weights
-        // trained either way load into a model with either setting. An equivariant network is
-        // another function of its weights, so it only takes weights trained equivariant.
-        let equivariant = |v: &serde_json::Value| v.get("z2").and_then(|z| z.as_str()) == Some("equivariant");
-        if k == "z2" && equivariant(file) == equivariant(ours) {
-            continue;
-        }
-        let a = f.get(k);
-        let b = o.get(k);
-        if a != b {
-            let show = |v: Option<&serde_json::Value>| match v {
-                None => "(absent)".to_string(),
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(v) => v.to_string(),
-            };
-            return Some(format!("weights are for {k}={}, this model has {k}={}", show(a), show(b)));
-        }
+/// The architecture keys that `load` skips when comparing records `file` and `ours`: z2
+/// symmetrisation wraps sampling and log q and has no weights of its own, so weights trained
+/// either way load into a model with either setting; an equivariant network is another function
+/// of its weights, so it only takes weights trained equivariant.
+pub fn load_ignores(file: &serde_json::Value, ours: &serde_json::Value) -> &'static [&'static str] {
+    let equivariant = |v: &serde_json::Value| v.get("z2").and_then(|z| z.as_str()) == Some("equivariant");
+    if equivariant(file) == equivariant(ours) {
+        &["z2"]
+    } else {
+        &[]
     }
-    None
 }

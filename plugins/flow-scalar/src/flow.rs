@@ -23,17 +23,16 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 
 use crate::config::{
-    Activation, Architecture, Coupling, Z2, DTypeCfg, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND,
+    conditioner_outputs, Architecture, Coupling, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND, Z2,
 };
 use crate::geometry::{Geometry, Outputs, Source};
 use crate::kernels::{self, Act, Table};
 use crate::prior::Prior;
 use crate::spline;
-use latflow_core::Stream;
-use latflow_flow_common::tensor::conv_generic;
+pub use latflow_flow_common::net::{ConvNet, Gather};
 pub use latflow_flow_common::{tensor_from_f64, tensor_to_f64};
 
 /// The random stream of weight initialisation (`init_seed` is its run seed), from the core
@@ -46,19 +45,13 @@ pub use latflow_flow_common::tensor::NamedVar;
 #[derive(Debug)]
 pub struct Flow {
     pub arch: Architecture,
-    pub device: Device,
-    pub dtype: DType,
     pub geom: Geometry,
-    /// `(C_in, C_out)` of each convolution of a conditioner.
-    pub channels: Vec<(usize, usize)>,
-    /// Ordered parameters: per layer, per convolution, weight then bias.
-    pub vars: Vec<NamedVar>,
+    /// The conditioners' parameters, device, dtype and formulation.
+    pub net: ConvNet,
     /// `tables[j][p]`: gather table of convolution j in a layer of parity p (generic path).
     tables: Vec<[Tensor; 2]>,
     /// The same tables for the fused CPU kernels.
     ktables: Vec<[Arc<Table>; 2]>,
-    /// Whether to use the fused CPU kernels (default: on the CPU).
-    fused: bool,
     pub prior: Prior,
 }
 
@@ -71,17 +64,12 @@ impl Flow {
         let lattice = latflow_core::Lattice::new(&arch.lattice.iter().map(|&l| l as i64).collect::<Vec<_>>())
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let geom = Geometry::new(&lattice, arch.kernel);
-        let dtype = match arch.dtype {
-            DTypeCfg::F32 => DType::F32,
-            DTypeCfg::F64 => DType::F64,
-        };
         let mut sizes = vec![1usize];
         sizes.extend(&arch.hidden);
-        sizes.push(arch.conditioner_outputs());
+        sizes.push(conditioner_outputs(arch));
         let channels: Vec<(usize, usize)> = sizes.windows(2).map(|w| (w[0], w[1])).collect();
         let n = channels.len();
         let kvol = geom.kvol();
-        let d = lattice.dim();
         let mut tables = Vec::with_capacity(n);
         let mut ktables = Vec::with_capacity(n);
         for j in 0..n {
@@ -99,115 +87,34 @@ impl Flow {
             tables.push([t0, t1]);
             ktables.push([k0, k1]);
         }
-        let mut rng = Stream::new(init_seed, INIT_STREAM);
-        let mut vars = Vec::with_capacity(arch.layers * n * 2);
-        for l in 0..arch.layers {
-            for (j, &(cin, cout)) in channels.iter().enumerate() {
-                let fan_in = cin * kvol;
-                let bound = 1.0 / (fan_in as f64).sqrt();
-                let mut wshape = vec![arch.kernel; d];
-                wshape.extend([cin, cout]);
-                let w: Vec<f64> = (0..kvol * cin * cout).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect();
-                let b: Vec<f64> = (0..cout).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect();
-                vars.push(NamedVar {
-                    name: format!("layers.{l}.conv{j}.weight"),
-                    var: Var::from_tensor(&tensor_from_f64(&w, wshape, dtype, device)?)?,
-                });
-                vars.push(NamedVar {
-                    name: format!("layers.{l}.conv{j}.bias"),
-                    var: Var::from_tensor(&tensor_from_f64(&b, cout, dtype, device)?)?,
-                });
-            }
-        }
+        let seed = (init_seed, INIT_STREAM);
+        let net = ConvNet::new(arch.layers, arch.kernel, lattice.dim(), channels, arch.dtype.dtype(), device, seed)?;
         let prior = match arch.prior {
             PriorKind::Normal => Prior::normal(&geom),
             PriorKind::Free => Prior::free(&geom, arch.prior_m2.unwrap_or(1.0), device)?,
         };
-        let fused = device.is_cpu();
-        Ok(Self {
-            arch: arch.clone(),
-            device: device.clone(),
-            dtype,
-            geom,
-            channels,
-            vars,
-            tables,
-            ktables,
-            fused,
-            prior,
-        })
+        Ok(Self { arch: arch.clone(), geom, net, tables, ktables, prior })
     }
 
     pub fn volume(&self) -> usize {
         self.geom.volume
     }
 
-    /// The parameters as the flow uses them (weights as `[K·C_in, C_out]`): tracked by
-    /// autograd when `track` is true, detached otherwise (no graph is recorded then).
+    /// The parameters as the flow uses them ([`ConvNet::params`]).
     pub fn params(&self, track: bool) -> candle_core::Result<Vec<Tensor>> {
-        latflow_flow_common::tensor::conv_params(&self.vars, &self.channels, self.geom.kvol(), track)
-    }
-
-    /// Chooses the fused CPU kernels (`true`, the default on the CPU) or the generic candle
-    /// formulation (`false`, the only one on other devices). Both compute the same function.
-    pub fn set_fused(&mut self, fused: bool) {
-        self.fused = fused && self.device.is_cpu();
-    }
-
-    pub fn fused(&self) -> bool {
-        self.fused
-    }
-
-    fn activate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self.arch.activation {
-            Activation::LeakyRelu => x.maximum(&x.affine(kernels::LEAKY_SLOPE, 0.0)?),
-            Activation::Tanh => x.tanh(),
-            Activation::Relu => x.relu(),
-            Activation::Gelu => x.gelu_erf(),
-        }
+        self.net.params(track)
     }
 
     /// tanh(CNN(frozen)) of layer `l` on its active sites: `[B, H, 2]` holding (s, t) (affine),
     /// or CNN(frozen) `[B, H, 3K − 1]`, the raw spline parameters (spline).
     pub(crate) fn conditioner(&self, frozen: &Tensor, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
         let p = l % 2;
-        let b = frozen.dim(0)?;
-        let h = self.geom.half;
-        let n = self.channels.len();
-        let spline = self.arch.coupling == Coupling::Spline;
-        if self.fused {
-            let mut act = frozen.reshape((b, h, 1))?;
-            for (j, _) in self.channels.iter().enumerate() {
-                let w = &params[2 * (l * n + j)];
-                let bias = &params[2 * (l * n + j) + 1];
-                let last = j == n - 1;
-                let a = match (last, self.arch.activation) {
-                    (true, _) if spline => Act::Identity,
-                    (true, _) => Act::Tanh,
-                    (false, Activation::LeakyRelu) => Act::LeakyRelu,
-                    (false, Activation::Relu) => Act::Relu,
-                    (false, Activation::Tanh) => Act::Tanh,
-                    (false, Activation::Gelu) => Act::Identity,
-                };
-                act = kernels::conv(&act, w, bias, &self.ktables[j][p], a)?;
-                if !last && self.arch.activation == Activation::Gelu {
-                    act = act.gelu_erf()?;
-                }
-            }
-            return Ok(act);
-        }
-        let mut act = frozen.reshape((b, h, 1))?;
-        for j in 0..n {
-            let w = &params[2 * (l * n + j)];
-            let bias = &params[2 * (l * n + j) + 1];
-            let y = conv_generic(&act, w, bias, &self.tables[j][p], None)?;
-            act = match (j == n - 1, spline) {
-                (true, true) => y,
-                (true, false) => y.tanh()?,
-                (false, _) => self.activate(&y)?,
-            };
-        }
-        Ok(act)
+        let x = frozen.reshape((frozen.dim(0)?, self.geom.half, 1))?;
+        let layer = self.net.layer(params, l);
+        let last = if self.arch.coupling == Coupling::Spline { Act::Identity } else { Act::Tanh };
+        let (fused, generic) = (|j: usize| &self.ktables[j][p], |j: usize| &self.tables[j][p]);
+        let gather = if self.net.fused() { Gather::Fused(&fused) } else { Gather::Generic(&generic) };
+        self.net.stack(&x, layer, gather, self.arch.activation, None, last)
     }
 
     /// The Z₂-equivariant conditioner: (s, t) = (½(n_s(x) + n_s(−x)), ½(n_t(x) − n_t(−x))), from
@@ -218,7 +125,7 @@ impl Flow {
         let both = self.conditioner(&Tensor::cat(&[frozen, &frozen.neg()?], 0)?, l, params)?;
         let plus = both.narrow(0, 0, b)?;
         let minus = both.narrow(0, b, b)?;
-        let sign = Tensor::new(&[0.5f64, -0.5], &self.device)?.to_dtype(self.dtype)?.reshape((1, 1, 2))?;
+        let sign = Tensor::new(&[0.5f64, -0.5], &self.net.device)?.to_dtype(self.net.dtype)?.reshape((1, 1, 2))?;
         plus.affine(0.5, 0.0)?.add(&minus.broadcast_mul(&sign)?)?.contiguous()
     }
 
@@ -229,7 +136,7 @@ impl Flow {
             let (k, bound) = self.spline_shape();
             return spline::apply(x, st, k, bound, inverse);
         }
-        if self.fused {
+        if self.net.fused() {
             let y = if inverse { kernels::uncouple(x, st)? } else { kernels::couple(x, st)? };
             return Ok((y, kernels::sum_s(st, inverse)?));
         }

@@ -44,30 +44,23 @@ pub mod kernels;
 pub mod prior;
 pub mod spline;
 
-/// Adam(W), learning-rate schedules, clipping and settings validation (latflow-flow-common's).
-pub use latflow_flow_common::optim;
 /// Safetensors weights with latflow metadata (latflow-flow-common's); `latflow.plugin` is [`NAME`].
 pub use latflow_flow_common::io;
+/// Adam(W), learning-rate schedules, clipping and settings validation (latflow-flow-common's).
+pub use latflow_flow_common::optim;
 
-use abi_stable::export_root_module;
-use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
 #[cfg(test)]
 use abi_stable::std_types::RSlice;
 use candle_core::{DType, Tensor, Var};
-use latflow_core::abi::{
-    batch_len, check_finite, guard, ModelBox, Model_TO, PluginError, PluginInfo, PluginKind, PluginMod,
-    PluginModRef, TheoryBox, TrainMetrics, TrainSettings,
-};
-use latflow_core::layout::FieldLayout;
 #[cfg(doc)]
 use latflow_core::abi::Model;
-use latflow_core::{Stream, Workers};
+use latflow_core::abi::{batch_len, check_finite, PluginError, TrainMetrics, TrainSettings};
+use latflow_core::layout::FieldLayout;
+use latflow_core::Stream;
+use latflow_flow_common::model::{map_chunks, ModelState, TrainBatch};
 
-use crate::config::{describe_difference, ModelConfig, Z2};
+use crate::config::{ModelConfig, Z2};
 use crate::flow::{tensor_from_f64, tensor_to_f64, Flow};
-use crate::optim::AdamState;
 
 /// The plugin's name in run cards.
 pub const NAME: &str = "flow-scalar";
@@ -79,26 +72,12 @@ const LN_2: f64 = std::f64::consts::LN_2;
 
 use latflow_flow_common::tensor::candle_error as ce;
 
-/// The batch drawn by the last `train_sample`, with its autograd graph.
-struct Pending {
-    /// φ, [n, V] in checkerboard order, attached to the graph.
-    phi: Tensor,
-    /// log q(φ) in the dtype, attached to the graph.
-    logq: Tensor,
-    /// log q(φ) in f64 (prior part exact in f64).
-    logq_host: Vec<f64>,
-    n: usize,
-}
-
-/// The flow-scalar model object.
+/// The flow-scalar model object. Its training batch holds φ `[n, V]` in checkerboard order.
 pub struct FlowScalar {
     cfg: ModelConfig,
     layout: FieldLayout,
     flow: Flow,
-    adam: AdamState,
-    settings: Option<TrainSettings>,
-    pending: Option<Pending>,
-    workers: Workers,
+    state: ModelState,
 }
 
 /// log(e^a + e^b), symmetric in a and b to the last bit.
@@ -114,20 +93,9 @@ impl FlowScalar {
     /// Builds the model for `layout` from the `[model]` section as JSON.
     pub fn from_json(json: &str, layout: &FieldLayout) -> Result<Self, PluginError> {
         let (cfg, _lattice) = config::parse(json, layout)?;
-        let device = cfg.device.device(NAME)?;
-        let flow = Flow::new(&cfg.arch, &device, cfg.init_seed).map_err(ce)?;
-        let adam = AdamState::zeros(&flow.vars.iter().map(|v| v.var.elem_count()).collect::<Vec<_>>());
-        Ok(Self { cfg, layout: layout.clone(), flow, adam, settings: None, pending: None, workers: Workers::default() })
-    }
-
-    /// Wraps the model as an ABI-stable trait object.
-    pub fn into_box(self) -> ModelBox {
-        Model_TO::from_value(self, TD_Opaque)
-    }
-
-    /// The architecture record (also in saved weights).
-    pub fn arch(&self) -> &config::Architecture {
-        &self.cfg.arch
+        let flow = Flow::new(&cfg.arch, &cfg.device.device(NAME)?, cfg.init_seed).map_err(ce)?;
+        let state = ModelState::new(&flow.net);
+        Ok(Self { cfg, layout: layout.clone(), flow, state })
     }
 
     /// Number of sites V.
@@ -135,24 +103,14 @@ impl FlowScalar {
         self.flow.volume()
     }
 
-    /// Completed optimiser steps.
-    pub fn optimizer_steps(&self) -> u64 {
-        self.adam.step
-    }
-
-    /// The parameters' names, in order.
-    pub fn parameter_names(&self) -> Vec<String> {
-        self.flow.vars.iter().map(|v| v.name.clone()).collect()
-    }
-
-    /// Number of trainable reals.
-    pub fn parameter_count(&self) -> usize {
-        self.flow.vars.iter().map(|v| v.var.elem_count()).sum()
-    }
-
     /// Access to the flow (for tests and benchmarks inside this crate).
     pub fn flow(&self) -> &Flow {
         &self.flow
+    }
+
+    /// n configurations of V reals as a `[n, V]` tensor in the model's dtype and device.
+    fn tensor(&self, values: &[f64], n: usize) -> candle_core::Result<Tensor> {
+        tensor_from_f64(values, (n, self.volume()), self.flow.net.dtype, &self.flow.net.device)
     }
 
     /// The flow itself (no prior, no symmetrisation): prior-space points `z` (n × V, site order)
@@ -160,10 +118,9 @@ impl FlowScalar {
     pub fn push_forward(&self, z: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let v = self.volume();
         let n = batch_len(z.len(), v)?;
-        self.workers.install(|| {
+        self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let zt = tensor_from_f64(&self.flow.geom.to_checkerboard(z), (n, v), self.flow.dtype, &self.flow.device)
-                .map_err(ce)?;
+            let zt = self.tensor(&self.flow.geom.to_checkerboard(z), n).map_err(ce)?;
             let (phi, ld) = self.flow.forward(&zt, &params).map_err(ce)?;
             Ok((self.flow.geom.to_sites(&tensor_to_f64(&phi).map_err(ce)?), tensor_to_f64(&ld).map_err(ce)?))
         })
@@ -173,10 +130,9 @@ impl FlowScalar {
     pub fn pull_back(&self, phi: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let v = self.volume();
         let n = batch_len(phi.len(), v)?;
-        self.workers.install(|| {
+        self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let pt = tensor_from_f64(&self.flow.geom.to_checkerboard(phi), (n, v), self.flow.dtype, &self.flow.device)
-                .map_err(ce)?;
+            let pt = self.tensor(&self.flow.geom.to_checkerboard(phi), n).map_err(ce)?;
             let (z, ld) = self.flow.inverse(&pt, &params).map_err(ce)?;
             Ok((self.flow.geom.to_sites(&tensor_to_f64(&z).map_err(ce)?), tensor_to_f64(&ld).map_err(ce)?))
         })
@@ -202,31 +158,33 @@ impl FlowScalar {
         let eps = self.draw_eps(n, rng);
         let z2 = self.cfg.arch.z2 == Z2::Symmetrize;
         let flips: Vec<bool> = if z2 { (0..n).map(|_| rng.uniform() < 0.5).collect() } else { Vec::new() };
-        self.workers.install(|| {
+        let (mut configs, logq) = self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let mut configs = Vec::with_capacity(n * v);
-            let mut logq = Vec::with_capacity(n);
-            for chunk in eps.chunks(CHUNK * v) {
-                let (z, lq0) = self.flow.prior.draw(chunk, self.flow.dtype, &self.flow.device).map_err(ce)?;
-                let (phi, ld) = self.flow.forward(&z, &params).map_err(ce)?;
-                let ld = tensor_to_f64(&ld).map_err(ce)?;
-                let mut lq: Vec<f64> = lq0.iter().zip(&ld).map(|(a, b)| a - b).collect();
+            map_chunks(&eps, CHUNK * v, |chunk| {
+                let (phi, mut lq) = self.forward_cb(chunk, &params)?;
                 if z2 {
                     let lq_neg = self.log_prob_cb(&phi.neg().map_err(ce)?, &params).map_err(ce)?;
                     for (a, b) in lq.iter_mut().zip(&lq_neg) {
                         *a = log_add_exp(*a, *b) - LN_2;
                     }
                 }
-                configs.extend(self.flow.geom.to_sites(&tensor_to_f64(&phi).map_err(ce)?));
-                logq.extend(lq);
+                Ok((self.flow.geom.to_sites(&tensor_to_f64(&phi).map_err(ce)?), lq))
+            })
+        })?;
+        for (cfg, &flip) in configs.chunks_mut(v).zip(&flips) {
+            if flip {
+                cfg.iter_mut().for_each(|x| *x = -*x);
             }
-            for (cfg, &flip) in configs.chunks_mut(v).zip(&flips) {
-                if flip {
-                    cfg.iter_mut().for_each(|x| *x = -*x);
-                }
-            }
-            Ok((configs, logq))
-        })
+        }
+        Ok((configs, logq))
+    }
+
+    /// Prior deviates ε (checkerboard order) of a chunk → (φ `[n, V]`, log q(φ) = log q₀ − log J).
+    fn forward_cb(&self, eps: &[f64], params: &[Tensor]) -> Result<(Tensor, Vec<f64>), PluginError> {
+        let (z, lq0) = self.flow.prior.draw(eps, self.flow.net.dtype, &self.flow.net.device).map_err(ce)?;
+        let (phi, ld) = self.flow.forward(&z, params).map_err(ce)?;
+        let ld = tensor_to_f64(&ld).map_err(ce)?;
+        Ok((phi, lq0.iter().zip(&ld).map(|(a, b)| a - b).collect()))
     }
 
     /// log q of each configuration of a batch (site order).
@@ -236,12 +194,10 @@ impl FlowScalar {
         check_finite("configuration", configs)?;
         let cb = self.flow.geom.to_checkerboard(configs);
         let z2 = self.cfg.arch.z2 == Z2::Symmetrize;
-        self.workers.install(|| {
+        let (_, out) = self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let mut out = Vec::with_capacity(configs.len() / v);
-            for chunk in cb.chunks(CHUNK * v) {
-                let n = chunk.len() / v;
-                let t = tensor_from_f64(chunk, (n, v), self.flow.dtype, &self.flow.device).map_err(ce)?;
+            map_chunks(&cb, CHUNK * v, |chunk| {
+                let t = self.tensor(chunk, chunk.len() / v).map_err(ce)?;
                 let mut lq = self.log_prob_cb(&t, &params).map_err(ce)?;
                 if z2 {
                     let lq_neg = self.log_prob_cb(&t.neg().map_err(ce)?, &params).map_err(ce)?;
@@ -249,10 +205,10 @@ impl FlowScalar {
                         *a = log_add_exp(*a, *b) - LN_2;
                     }
                 }
-                out.extend(lq);
-            }
-            Ok(out)
-        })
+                Ok((Vec::new(), lq))
+            })
+        })?;
+        Ok(out)
     }
 
     /// The latent map of flow-assisted replica swaps ([`Model::to_latent`]): φ (n × V, site
@@ -267,21 +223,17 @@ impl FlowScalar {
         batch_len(configs.len(), v)?;
         check_finite("configuration", configs)?;
         let cb = self.flow.geom.to_checkerboard(configs);
-        self.workers.install(|| {
+        self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let mut latent = Vec::with_capacity(configs.len());
-            let mut logq = Vec::with_capacity(configs.len() / v);
-            for chunk in cb.chunks(CHUNK * v) {
-                let n = chunk.len() / v;
-                let t = tensor_from_f64(chunk, (n, v), self.flow.dtype, &self.flow.device).map_err(ce)?;
+            map_chunks(&cb, CHUNK * v, |chunk| {
+                let t = self.tensor(chunk, chunk.len() / v).map_err(ce)?;
                 let (z, ld) = self.flow.inverse(&t, &params).map_err(ce)?;
                 let z = tensor_to_f64(&z).map_err(ce)?;
                 let lq0 = self.flow.prior.log_prob_host(&z);
                 let ld = tensor_to_f64(&ld).map_err(ce)?;
-                logq.extend(lq0.iter().zip(&ld).map(|(a, b)| a + b));
-                latent.extend(self.flow.geom.to_sites(&self.whiten(&z)?));
-            }
-            Ok((latent, logq))
+                let lq = lq0.iter().zip(&ld).map(|(a, b)| a + b).collect();
+                Ok((self.flow.geom.to_sites(&self.whiten(&z)?), lq))
+            })
         })
     }
 
@@ -293,18 +245,12 @@ impl FlowScalar {
         batch_len(latent.len(), v)?;
         check_finite("latent point", latent)?;
         let eps = self.flow.geom.to_checkerboard(latent);
-        self.workers.install(|| {
+        self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let mut configs = Vec::with_capacity(latent.len());
-            let mut logq = Vec::with_capacity(latent.len() / v);
-            for chunk in eps.chunks(CHUNK * v) {
-                let (z, lq0) = self.flow.prior.draw(chunk, self.flow.dtype, &self.flow.device).map_err(ce)?;
-                let (phi, ld) = self.flow.forward(&z, &params).map_err(ce)?;
-                let ld = tensor_to_f64(&ld).map_err(ce)?;
-                logq.extend(lq0.iter().zip(&ld).map(|(a, b)| a - b));
-                configs.extend(self.flow.geom.to_sites(&tensor_to_f64(&phi).map_err(ce)?));
-            }
-            Ok((configs, logq))
+            map_chunks(&eps, CHUNK * v, |chunk| {
+                let (phi, lq) = self.forward_cb(chunk, &params)?;
+                Ok((self.flow.geom.to_sites(&tensor_to_f64(&phi).map_err(ce)?), lq))
+            })
         })
     }
 
@@ -319,7 +265,7 @@ impl FlowScalar {
         let v = self.volume();
         let d = self.flow.geom.lattice.dim();
         // P^{−1/2} z: the prior's draw applies its square-root covariance to "deviates"
-        let (w, _) = self.flow.prior.draw(z, DType::F64, &self.flow.device).map_err(ce)?;
+        let (w, _) = self.flow.prior.draw(z, DType::F64, &self.flow.net.device).map_err(ce)?;
         let w = tensor_to_f64(&w).map_err(ce)?;
         let fwd = self.flow.geom.fwd_positions();
         let mut bwd = vec![0usize; fwd.len()];
@@ -342,66 +288,52 @@ impl FlowScalar {
     /// Sets up training (validated settings). The optimiser's moments and step count live in
     /// the model and are kept across calls (and restored by `load`); `init_from` resets them.
     pub fn train_begin_with(&mut self, settings: &TrainSettings) -> Result<(), PluginError> {
-        optim::validate(settings)?;
-        if self.settings.as_ref() != Some(settings) {
-            self.pending = None;
-        }
-        self.settings = Some(settings.clone());
-        Ok(())
+        self.state.begin(settings)
     }
 
     /// Draws a training batch (unsymmetrised: `z2` does not enter training) and keeps its graph.
     pub fn train_sample_with(&mut self, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
-        let settings =
-            self.settings.as_ref().ok_or_else(|| PluginError::unsupported("train_sample: call train_begin first"))?;
-        let n = settings.batch as usize;
-        let v = self.volume();
-        self.pending = None;
+        let n = self.state.batch_size()?;
         let eps = self.draw_eps(n, rng);
-        let pending = self.workers.install(|| -> candle_core::Result<Pending> {
-            let params = self.flow.params(true)?;
-            let (z, lq0) = self.flow.prior.draw(&eps, self.flow.dtype, &self.flow.device)?;
-            let (phi, ld) = self.flow.forward(&z, &params)?;
+        let (flow, net) = (&self.flow, &self.flow.net);
+        let pending = self.state.workers.install(|| -> candle_core::Result<TrainBatch> {
+            let params = flow.params(true)?;
+            let (z, lq0) = flow.prior.draw(&eps, net.dtype, &net.device)?;
+            let (phi, ld) = flow.forward(&z, &params)?;
             let ld_host = tensor_to_f64(&ld)?;
             let logq_host: Vec<f64> = lq0.iter().zip(&ld_host).map(|(a, b)| a - b).collect();
-            let logq = tensor_from_f64(&lq0, n, self.flow.dtype, &self.flow.device)?.sub(&ld)?;
-            Ok(Pending { phi, logq, logq_host, n })
+            let logq = tensor_from_f64(&lq0, n, net.dtype, &net.device)?.sub(&ld)?;
+            Ok(TrainBatch { x: phi, logq, logq_host, n })
         });
         let pending = pending.map_err(ce)?;
-        let phi_host = self.workers.install(|| tensor_to_f64(&pending.phi)).map_err(ce)?;
+        let phi_host = self.state.workers.install(|| tensor_to_f64(&pending.x)).map_err(ce)?;
         let configs = self.flow.geom.to_sites(&phi_host);
         let logq = pending.logq_host.clone();
-        debug_assert_eq!(configs.len(), n * v);
-        self.pending = Some(pending);
+        self.state.pending = Some(pending);
         Ok((configs, logq))
     }
 
     /// One optimiser step from S and ∂S/∂φ of the last training batch.
     pub fn train_step_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginError> {
-        let settings =
-            self.settings.clone().ok_or_else(|| PluginError::unsupported("train_step: call train_begin first"))?;
-        let v = self.volume();
-        optim::check_train_buffers(self.pending.as_ref().map(|p| p.n), actions, grad, v, "reals")?;
-        let pending = self.pending.take().expect("checked above");
-        let loss = optim::batch_loss(&pending.logq_host, actions, grad)?;
+        let (settings, pending, loss) = self.state.take_batch(actions, grad, self.volume(), "reals")?;
         let g_cb = self.flow.geom.to_checkerboard(grad);
-        let grads = self.workers.install(|| self.batch_gradients(&pending, &g_cb, settings.path_gradients)).map_err(ce)?;
-        let names = self.flow.vars.iter().map(|nv| nv.name.as_str());
-        let step = optim::checked_step(names, grads, || self.param_values(), &self.adam, &settings)?;
-        self.set_params(&step.params)?;
-        self.adam = step.adam;
-        Ok(TrainMetrics { loss, grad_norm: step.grad_norm, learning_rate: step.learning_rate })
+        let grads = self
+            .state
+            .workers
+            .install(|| self.batch_gradients(&pending, &g_cb, settings.path_gradients))
+            .map_err(ce)?;
+        self.state.step(&self.flow.net, grads, &settings, loss)
     }
 
     /// The parameter gradients of the surrogate loss of a pending batch, given ∂S/∂φ in
     /// checkerboard order: mean(log q + Σ φ·g) (reparameterised), or with `path`,
     /// mean(Σ φ·stopgrad(g + ∂_φ log q_θ(φ))) with θ fixed in the score (Vaitl et al. 2022).
-    fn batch_gradients(&self, pending: &Pending, g_cb: &[f64], path: bool) -> candle_core::Result<Vec<Vec<f64>>> {
+    fn batch_gradients(&self, pending: &TrainBatch, g_cb: &[f64], path: bool) -> candle_core::Result<Vec<Vec<f64>>> {
         let flow = &self.flow;
-        let g = tensor_from_f64(g_cb, (pending.n, flow.volume()), flow.dtype, &flow.device)?;
+        let g = self.tensor(g_cb, pending.n)?;
         let surrogate = if path {
             // ∂/∂φ log q_θ(φ) at fixed θ: an inverse pass with detached weights on a leaf copy of φ
-            let leaf = Var::from_tensor(&pending.phi.detach())?;
+            let leaf = Var::from_tensor(&pending.x.detach())?;
             let params_d = flow.params(false)?;
             let (z, ld_inv) = flow.inverse(leaf.as_tensor(), &params_d)?;
             let lq = flow.prior.log_prob_tensor(&z)?.add(&ld_inv)?;
@@ -410,101 +342,22 @@ impl FlowScalar {
                 .get(leaf.as_tensor())
                 .ok_or_else(|| candle_core::Error::Msg("no gradient for the path-gradient leaf".into()))?
                 .detach();
-            pending.phi.mul(&g.add(&score)?)?.sum(1)?.mean(0)?
+            pending.x.mul(&g.add(&score)?)?.sum(1)?.mean(0)?
         } else {
-            pending.logq.add(&pending.phi.mul(&g)?.sum(1)?)?.mean(0)?
+            pending.logq.add(&pending.x.mul(&g)?.sum(1)?)?.mean(0)?
         };
-        let store = surrogate.backward()?;
-        flow.vars
-            .iter()
-            .map(|nv| match store.get(nv.var.as_tensor()) {
-                Some(t) => tensor_to_f64(t),
-                None => Ok(vec![0.0; nv.var.elem_count()]),
-            })
-            .collect()
-    }
-
-    /// Every parameter's current values as f64, in [`Self::parameter_names`]' order.
-    fn param_values(&self) -> Result<Vec<Vec<f64>>, PluginError> {
-        self.flow.vars.iter().map(|nv| tensor_to_f64(nv.var.as_tensor())).collect::<Result<_, _>>().map_err(ce)
-    }
-
-    fn set_params(&self, values: &[Vec<f64>]) -> Result<(), PluginError> {
-        for (nv, p) in self.flow.vars.iter().zip(values) {
-            let t = tensor_from_f64(p, nv.var.shape().clone(), self.flow.dtype, &self.flow.device).map_err(ce)?;
-            nv.var.set(&t).map_err(ce)?;
-        }
-        Ok(())
-    }
-
-    /// The weights (and optionally Adam's state) as safetensors bytes.
-    pub fn save_bytes(&self, with_optimizer: bool) -> Result<Vec<u8>, PluginError> {
-        let f64_storage = self.flow.dtype == DType::F64;
-        let adam = if with_optimizer { Some(&self.adam) } else { None };
-        io::save_weights(&self.flow.vars, f64_storage, adam, NAME, env!("CARGO_PKG_VERSION"), self.cfg.arch.to_json())
+        flow.net.gradients(&surrogate.backward()?)
     }
 
     /// Loads weights saved by a model of the same architecture (and Adam's state, if saved;
     /// otherwise the optimiser restarts from zero moments). Nothing changes on error.
     pub fn load_bytes(&mut self, bytes: &[u8]) -> Result<(), PluginError> {
         let file = io::parse(bytes)?;
-        let arch = file.metadata.get(io::KEY_ARCH).ok_or_else(|| {
-            PluginError::config(format!(
-                "weights: no '{}' metadata, so not saved by {NAME} (init_from transfers weights by name and shape)",
-                io::KEY_ARCH
-            ))
-        })?;
-        if let Some(f) = file.metadata.get(io::KEY_FORMAT) {
-            if f != io::FORMAT {
-                return Err(PluginError::config(format!(
-                    "weights: format version {f}, this {NAME} reads version {}",
-                    io::FORMAT
-                )));
-            }
-        }
-        let theirs: serde_json::Value = serde_json::from_str(arch)
-            .map_err(|e| PluginError::config(format!("weights: architecture metadata is not JSON: {e}")))?;
         let ours = serde_json::to_value(&self.cfg.arch).expect("architecture serialises");
-        if let Some(diff) = describe_difference(&theirs, &ours) {
-            return Err(PluginError::config(diff));
-        }
-        let want_dtype = if self.flow.dtype == DType::F64 { safetensors::Dtype::F64 } else { safetensors::Dtype::F32 };
-        let fetch = |name: &str, dims: &[usize], dtype: safetensors::Dtype| -> Result<Vec<f64>, PluginError> {
-            let t = file
-                .tensors
-                .get(name)
-                .ok_or_else(|| PluginError::config(format!("weights: tensor '{name}' is missing")))?;
-            if t.shape != dims || t.dtype != dtype {
-                return Err(PluginError::config(format!(
-                    "weights: tensor '{name}' is {:?} {:?}, expected {dtype:?} {dims:?}",
-                    t.dtype, t.shape
-                )));
-            }
-            Ok(t.values.clone())
-        };
-        let mut params = Vec::new();
-        for nv in &self.flow.vars {
-            params.push(fetch(&nv.name, nv.var.dims(), want_dtype)?);
-        }
-        let adam = match file.metadata.get(io::KEY_STEP) {
-            None => AdamState::zeros(&params.iter().map(|p| p.len()).collect::<Vec<_>>()),
-            Some(step) => {
-                let step: u64 = step.parse().map_err(|_| {
-                    PluginError::config(format!("weights: '{}' = '{step}' is not a step count", io::KEY_STEP))
-                })?;
-                let mut m = Vec::new();
-                let mut v = Vec::new();
-                for nv in &self.flow.vars {
-                    m.push(fetch(&format!("adam.m.{}", nv.name), nv.var.dims(), safetensors::Dtype::F64)?);
-                    v.push(fetch(&format!("adam.v.{}", nv.name), nv.var.dims(), safetensors::Dtype::F64)?);
-                }
-                AdamState { m, v, step }
-            }
-        };
-        self.set_params(&params)?;
-        self.adam = adam;
-        self.pending = None;
-        Ok(())
+        let theirs = file.metadata.get(io::KEY_ARCH).and_then(|a| serde_json::from_str(a).ok());
+        let ignore = config::load_ignores(theirs.as_ref().unwrap_or(&serde_json::Value::Null), &ours);
+        io::check_architecture(&file, "weights", NAME, &ours, ignore)?;
+        self.state.load(&self.flow.net, &file)
     }
 
     /// Transfer: copies every tensor of the file whose name and shape match a parameter
@@ -512,77 +365,44 @@ impl FlowScalar {
     /// the optimiser. Errors if nothing matches.
     pub fn init_from_bytes(&mut self, bytes: &[u8]) -> Result<usize, PluginError> {
         let file = io::parse(bytes)?;
-        let mut params = self.param_values()?;
+        let vars = &self.flow.net.vars;
+        let mut params = self.flow.net.values()?;
         let mut matched = 0;
-        for (nv, p) in self.flow.vars.iter().zip(params.iter_mut()) {
-            if let Some(t) = file.tensors.get(&nv.name) {
-                if t.shape == nv.var.dims() {
-                    p.clone_from(&t.values);
-                    matched += 1;
-                }
+        for (nv, p) in vars.iter().zip(params.iter_mut()) {
+            if let Some(t) = file.tensors.get(&nv.name).filter(|t| t.shape == nv.var.dims()) {
+                p.clone_from(&t.values);
+                matched += 1;
             }
         }
         if matched == 0 {
             let mut names: Vec<_> = file.tensors.iter().map(|(n, t)| format!("'{n}' {:?}", t.shape)).collect();
             names.sort();
             names.truncate(3);
-            let first = &self.flow.vars[0];
             return Err(PluginError::config(format!(
                 "init_from: no tensor of the file matches this model by name and shape (the file has {} tensors{}{}; \
                  this model expects e.g. '{}' {:?})",
                 file.tensors.len(),
                 if names.is_empty() { "" } else { ", e.g. " },
                 names.join(", "),
-                first.name,
-                first.var.dims()
+                vars[0].name,
+                vars[0].var.dims()
             )));
         }
-        self.set_params(&params)?;
-        self.adam = AdamState::zeros(&params.iter().map(|p| p.len()).collect::<Vec<_>>());
-        self.pending = None;
+        self.state.restart(&self.flow.net, &params)?;
         Ok(matched)
     }
-
-    /// Gives the model its own rayon pool of `threads` threads (0: the global pool).
-    pub fn set_thread_count(&mut self, threads: u32) -> Result<(), PluginError> {
-        self.workers = Workers::new(threads)?;
-        Ok(())
-    }
 }
 
+latflow_flow_common::impl_flow_accessors!(FlowScalar, NAME, config::Architecture);
 latflow_flow_common::impl_flow_model!(FlowScalar, NAME);
 
-extern "C" fn info() -> PluginInfo {
-    PluginInfo {
-        name: NAME.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        kind: PluginKind::Model,
-        description:
-            "affine- or rational-quadratic-spline-coupling normalizing flow (checkerboard masks, periodic CNNs) for real scalar fields, candle"
-                .into(),
-        provides: RVec::from(vec![
-            RString::from("keys: layers hidden kernel activation dtype device prior prior_m2 init_seed coupling spline_bins spline_bound z2"),
-            RString::from("layouts: one Real per Site, any dimension, even extents"),
-            RString::from(if cfg!(feature = "cuda") { "devices: cpu cuda" } else { "devices: cpu" }),
-        ]),
-    }
-}
-
-extern "C" fn new_theory(_config: RStr<'_>) -> RResult<TheoryBox, PluginError> {
-    guard("new_theory", || {
-        Err(PluginError::unsupported(format!("{NAME} is a model plugin: it provides no theory (use it under [model])")))
-    })
-}
-
-extern "C" fn new_model(config: RStr<'_>, layout: &FieldLayout) -> RResult<ModelBox, PluginError> {
-    guard("new_model", || Ok(FlowScalar::from_json(config.as_str(), layout)?.into_box()))
-}
-
-/// The plugin's root module.
-#[export_root_module]
-pub fn get_library() -> PluginModRef {
-    PluginMod { info, new_theory, new_model: Some(new_model) }.leak_into_prefix()
-}
+latflow_flow_common::export_flow_plugin!(
+    FlowScalar,
+    NAME,
+    "affine- or rational-quadratic-spline-coupling normalizing flow (checkerboard masks, periodic CNNs) for real scalar fields, candle",
+    keys: "layers hidden kernel activation dtype device prior prior_m2 init_seed coupling spline_bins spline_bound z2",
+    layouts: "one Real per Site, any dimension, even extents",
+);
 
 #[cfg(test)]
 mod tests;
@@ -591,8 +411,8 @@ mod tests;
 #[cfg(test)]
 mod latent_tests {
     use super::*;
-    use latflow_core::ErrorKind;
     use latflow_core::layout::{ElementKind, Support};
+    use latflow_core::ErrorKind;
 
     fn model(json: &str) -> FlowScalar {
         let layout = FieldLayout::single(&[4, 4], "phi", Support::Site, ElementKind::Real);

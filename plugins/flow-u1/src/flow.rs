@@ -32,13 +32,11 @@
 use std::f64::consts::PI;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor, Var};
-use latflow_core::Stream;
-use latflow_flow_common::kernels::{self, Act, Table};
-use latflow_flow_common::tensor::conv_generic;
+use candle_core::{Device, Tensor};
+use latflow_flow_common::kernels::{Act, Table};
 use latflow_flow_common::tensor_from_f64;
 
-use crate::config::{Activation, Architecture, Coupling, DTypeCfg, DEFAULT_N_MIX, DEFAULT_SPLINE_BINS};
+use crate::config::{channels, Architecture, Coupling, DEFAULT_N_MIX, DEFAULT_SPLINE_BINS};
 use crate::geometry::{Geometry, Mask, PLAQ_SIGNS};
 use crate::ops::{self, OpGeom};
 use crate::{ncp, spline};
@@ -50,6 +48,7 @@ pub const INIT_STREAM: u64 = latflow_core::streams::Purpose::ModelInit.id(0, 0, 
 /// The conditioner's input on non-frozen plaquettes: (cos 0, sin 0), as the peer's masked input.
 pub const PAD_FEATURES: [f64; 2] = [1.0, 0.0];
 
+pub use latflow_flow_common::net::{ConvNet, Gather};
 pub use latflow_flow_common::tensor::NamedVar;
 
 /// One mask's index tables, for both formulations.
@@ -73,18 +72,13 @@ pub struct MaskData {
 #[derive(Debug)]
 pub struct Flow {
     pub arch: Architecture,
-    pub device: Device,
-    pub dtype: DType,
     pub geom: Geometry,
-    /// `(C_in, C_out)` of each convolution of a conditioner.
-    pub channels: Vec<(usize, usize)>,
-    /// Ordered parameters: per layer, per convolution, weight then bias.
-    pub vars: Vec<NamedVar>,
+    /// The conditioners' parameters, device, dtype and formulation.
+    pub net: ConvNet,
     /// Per distinct mask (index [`Geometry::mask_index`]); built for the masks that layers use.
     masks: Vec<Option<MaskData>>,
     /// The plaquette signs `[1, 1, −1, −1]` in the dtype.
     signs: Tensor,
-    fused: bool,
 }
 
 fn u32_tensor(v: Vec<u32>, device: &Device) -> candle_core::Result<Tensor> {
@@ -99,13 +93,9 @@ impl Flow {
     /// weights (in storage order) before biases, then rounded to the dtype.
     pub fn new(arch: &Architecture, device: &Device, init_seed: u64) -> candle_core::Result<Self> {
         let geom = Geometry::new([arch.lattice[0], arch.lattice[1]], arch.mask_period);
-        let dtype = match arch.dtype {
-            DTypeCfg::F32 => DType::F32,
-            DTypeCfg::F64 => DType::F64,
-        };
-        let channels = arch.channels();
+        let dtype = arch.dtype.dtype();
+        let channels = channels(arch);
         let n_conv = channels.len();
-        let kvol = arch.kernel * arch.kernel;
         let mut masks: Vec<Option<MaskData>> = (0..2 * arch.mask_period).map(|_| None).collect();
         for l in 0..arch.layers {
             let i = geom.mask_index(l);
@@ -141,35 +131,9 @@ impl Flow {
                 mask,
             });
         }
-        let mut rng = Stream::new(init_seed, INIT_STREAM);
-        let mut vars = Vec::with_capacity(arch.layers * n_conv * 2);
-        for l in 0..arch.layers {
-            for (j, &(cin, cout)) in channels.iter().enumerate() {
-                let bound = 1.0 / ((cin * kvol) as f64).sqrt();
-                let w: Vec<f64> = (0..kvol * cin * cout).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect();
-                let b: Vec<f64> = (0..cout).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect();
-                vars.push(NamedVar {
-                    name: format!("layers.{l}.conv{j}.weight"),
-                    var: Var::from_tensor(&tensor_from_f64(&w, (arch.kernel, arch.kernel, cin, cout), dtype, device)?)?,
-                });
-                vars.push(NamedVar {
-                    name: format!("layers.{l}.conv{j}.bias"),
-                    var: Var::from_tensor(&tensor_from_f64(&b, cout, dtype, device)?)?,
-                });
-            }
-        }
+        let net = ConvNet::new(arch.layers, arch.kernel, 2, channels, dtype, device, (init_seed, INIT_STREAM))?;
         let signs = tensor_from_f64(&PLAQ_SIGNS, 4, dtype, device)?;
-        Ok(Self {
-            arch: arch.clone(),
-            device: device.clone(),
-            dtype,
-            geom,
-            channels,
-            vars,
-            masks,
-            signs,
-            fused: device.is_cpu(),
-        })
+        Ok(Self { arch: arch.clone(), geom, net, masks, signs })
     }
 
     /// Number of sites V.
@@ -187,20 +151,9 @@ impl Flow {
         self.masks[self.geom.mask_index(l)].as_ref().expect("masks of every layer are built")
     }
 
-    /// The parameters as the flow uses them (weights as `[K·C_in, C_out]`): tracked by
-    /// autograd when `track` is true, detached otherwise (no graph is recorded then).
+    /// The parameters as the flow uses them ([`ConvNet::params`]).
     pub fn params(&self, track: bool) -> candle_core::Result<Vec<Tensor>> {
-        latflow_flow_common::tensor::conv_params(&self.vars, &self.channels, self.arch.kernel * self.arch.kernel, track)
-    }
-
-    /// Chooses the fused CPU ops (`true`, the default on the CPU) or the generic candle
-    /// formulation (`false`, the only one on other devices). Both compute the same function.
-    pub fn set_fused(&mut self, fused: bool) {
-        self.fused = fused && self.device.is_cpu();
-    }
-
-    pub fn fused(&self) -> bool {
-        self.fused
+        self.net.params(track)
     }
 
     fn n_mix(&self) -> usize {
@@ -209,15 +162,6 @@ impl Flow {
 
     fn spline_bins(&self) -> usize {
         self.arch.spline_bins.unwrap_or(DEFAULT_SPLINE_BINS)
-    }
-
-    fn activate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self.arch.activation {
-            Activation::LeakyRelu => x.maximum(&x.affine(kernels::LEAKY_SLOPE, 0.0)?),
-            Activation::Tanh => x.tanh(),
-            Activation::Relu => x.relu(),
-            Activation::Gelu => x.gelu_erf(),
-        }
     }
 
     /// Plaquettes `[B, N]` at the plaquettes whose link indices are `idx` `[N·4]` (generic).
@@ -230,40 +174,15 @@ impl Flow {
     /// The conditioner of layer `l` on its active plaquettes: `[B, N_active, outputs]`.
     pub fn conditioner(&self, state: &Tensor, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
         let md = self.mask_data(l);
-        let n = self.channels.len();
-        if self.fused {
-            let mut act = ops::features(state, &md.op)?;
-            for j in 0..n {
-                let w = &params[2 * (l * n + j)];
-                let bias = &params[2 * (l * n + j) + 1];
-                let last = j == n - 1;
-                let a = match (last, self.arch.activation) {
-                    (true, _) | (false, Activation::Gelu) => Act::Identity,
-                    (false, Activation::LeakyRelu) => Act::LeakyRelu,
-                    (false, Activation::Relu) => Act::Relu,
-                    (false, Activation::Tanh) => Act::Tanh,
-                };
-                act = if j == 0 {
-                    kernels::conv_padded(&act, w, bias, &md.ktables[0], a, &PAD_FEATURES)?
-                } else {
-                    kernels::conv(&act, w, bias, &md.ktables[j], a)?
-                };
-                if !last && self.arch.activation == Activation::Gelu {
-                    act = act.gelu_erf()?;
-                }
-            }
-            return Ok(act);
-        }
-        let p = self.plaquettes(state, &md.frozen_idx)?;
-        let mut act = Tensor::stack(&[p.cos()?, p.sin()?], 2)?;
-        for j in 0..n {
-            let w = &params[2 * (l * n + j)];
-            let bias = &params[2 * (l * n + j) + 1];
-            let pad = if j == 0 { Some(&PAD_FEATURES[..]) } else { None };
-            let y = conv_generic(&act, w, bias, &md.gtables[j], pad)?;
-            act = if j == n - 1 { y } else { self.activate(&y)? };
-        }
-        Ok(act)
+        let (layer, act) = (self.net.layer(params, l), self.arch.activation);
+        let (fused, generic) = (|j: usize| &md.ktables[j], |j: usize| &md.gtables[j]);
+        let (x, gather) = if self.net.fused() {
+            (ops::features(state, &md.op)?, Gather::Fused(&fused))
+        } else {
+            let p = self.plaquettes(state, &md.frozen_idx)?;
+            (Tensor::stack(&[p.cos()?, p.sin()?], 2)?, Gather::Generic(&generic))
+        };
+        self.net.stack(&x, layer, gather, act, Some(&PAD_FEATURES), Act::Identity)
     }
 
     /// Adds σ·δ (`[B, N_active]`) to the active links, wrapped into [0, 2π), and `ld` (`[B]`) to
@@ -281,7 +200,7 @@ impl Flow {
         let md = self.mask_data(l);
         let raw = self.conditioner(state, l, params)?;
         match (self.arch.coupling, inverse) {
-            (Coupling::Ncp, false) if self.fused => ops::ncp_couple(state, &raw, &md.op, self.n_mix()),
+            (Coupling::Ncp, false) if self.net.fused() => ops::ncp_couple(state, &raw, &md.op, self.n_mix()),
             (Coupling::Ncp, false) => {
                 let p = self.plaquettes(state, &md.active_idx)?;
                 let p_w = p.sub(&p.affine(0.5 / PI, 0.0)?.round()?.affine(2.0 * PI, 0.0)?)?;
@@ -289,12 +208,12 @@ impl Flow {
                 self.update(state, md, &delta, &log_dh.sum(1)?)
             }
             (Coupling::Ncp, true) => {
-                if self.device.is_cpu() {
+                if self.net.device.is_cpu() {
                     ops::ncp_inverse(state, &raw, &md.op, self.n_mix())
                 } else {
                     let cpu = Device::Cpu;
                     let s = ops::ncp_inverse(&state.to_device(&cpu)?, &raw.to_device(&cpu)?, &md.op, self.n_mix())?;
-                    s.to_device(&self.device)
+                    s.to_device(&self.net.device)
                 }
             }
             (Coupling::Spline, inv) => {

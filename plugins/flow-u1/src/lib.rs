@@ -54,23 +54,16 @@ pub mod ncp;
 pub mod ops;
 pub mod spline;
 
-use abi_stable::export_root_module;
-use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
-use candle_core::{DType, Tensor};
-use latflow_core::abi::{
-    batch_len, check_finite, guard, ModelBox, Model_TO, PluginError, PluginInfo, PluginKind, PluginMod,
-    PluginModRef, TheoryBox, TrainMetrics, TrainSettings,
-};
-use latflow_core::layout::FieldLayout;
+use candle_core::Tensor;
 #[cfg(doc)]
 use latflow_core::abi::Model;
-use latflow_core::{Stream, Workers};
-use latflow_flow_common::optim::{self, AdamState};
-use latflow_flow_common::{io, tensor_from_f64, tensor_to_f64};
+use latflow_core::abi::{batch_len, check_finite, PluginError, TrainMetrics, TrainSettings};
+use latflow_core::layout::FieldLayout;
+use latflow_core::Stream;
+use latflow_flow_common::model::{map_chunks, ModelState, TrainBatch};
+use latflow_flow_common::{io, optim, tensor_from_f64, tensor_to_f64};
 
-use crate::config::{describe_difference, ModelConfig};
+use crate::config::ModelConfig;
 use crate::flow::Flow;
 use crate::geometry::wrap_2pi;
 
@@ -90,27 +83,13 @@ pub const TRANSFER_IGNORES: [&str; 2] = ["lattice", "dtype"];
 
 use latflow_flow_common::tensor::candle_error as ce;
 
-/// The batch drawn by the last `train_sample`, with its autograd graph.
-struct Pending {
-    /// θ, `[n, 2V]`, attached to the graph (not wrapped: representatives differ from the
-    /// host's copy by multiples of 2π, which S and ∂S/∂θ do not see).
-    links: Tensor,
-    /// log q(θ) in the dtype, attached to the graph.
-    logq: Tensor,
-    /// log q(θ) in f64 (prior part exact).
-    logq_host: Vec<f64>,
-    n: usize,
-}
-
-/// The flow-u1 model object.
+/// The flow-u1 model object. Its training batch holds θ `[n, 2V]`, not wrapped: representatives
+/// differ from the host's copy by multiples of 2π, which S and ∂S/∂θ do not see.
 pub struct FlowU1 {
     cfg: ModelConfig,
     layout: FieldLayout,
     flow: Flow,
-    adam: AdamState,
-    settings: Option<TrainSettings>,
-    pending: Option<Pending>,
-    workers: Workers,
+    state: ModelState,
 }
 
 impl FlowU1 {
@@ -118,40 +97,14 @@ impl FlowU1 {
     /// are not 2D U(1) links, lattices that do not fit the masks, and unknown keys.
     pub fn from_json(json: &str, layout: &FieldLayout) -> Result<Self, PluginError> {
         let cfg = config::parse(json, layout)?;
-        let device = cfg.device.device(NAME)?;
-        let flow = Flow::new(&cfg.arch, &device, cfg.init_seed).map_err(ce)?;
-        let adam = AdamState::zeros(&flow.vars.iter().map(|v| v.var.elem_count()).collect::<Vec<_>>());
-        Ok(Self { cfg, layout: layout.clone(), flow, adam, settings: None, pending: None, workers: Workers::default() })
-    }
-
-    /// Wraps the model as an ABI-stable trait object.
-    pub fn into_box(self) -> ModelBox {
-        Model_TO::from_value(self, TD_Opaque)
-    }
-
-    /// The architecture record (also in saved weights).
-    pub fn arch(&self) -> &config::Architecture {
-        &self.cfg.arch
+        let flow = Flow::new(&cfg.arch, &cfg.device.device(NAME)?, cfg.init_seed).map_err(ce)?;
+        let state = ModelState::new(&flow.net);
+        Ok(Self { cfg, layout: layout.clone(), flow, state })
     }
 
     /// Reals per configuration: N_links = 2V.
     pub fn n_links(&self) -> usize {
         self.flow.n_links()
-    }
-
-    /// Completed optimiser steps.
-    pub fn optimizer_steps(&self) -> u64 {
-        self.adam.step
-    }
-
-    /// The parameters' names, in order.
-    pub fn parameter_names(&self) -> Vec<String> {
-        self.flow.vars.iter().map(|v| v.name.clone()).collect()
-    }
-
-    /// Number of trainable reals.
-    pub fn parameter_count(&self) -> usize {
-        self.flow.vars.iter().map(|v| v.var.elem_count()).sum()
     }
 
     /// The flow itself (for tests and benchmarks).
@@ -170,14 +123,14 @@ impl FlowU1 {
     }
 
     fn tensor(&self, values: &[f64], n: usize) -> Result<Tensor, PluginError> {
-        tensor_from_f64(values, (n, self.n_links()), self.flow.dtype, &self.flow.device).map_err(ce)
+        tensor_from_f64(values, (n, self.n_links()), self.flow.net.dtype, &self.flow.net.device).map_err(ce)
     }
 
     /// The flow itself (no prior): angles `z` (n × 2V, any representatives) → (θ wrapped into
     /// [0, 2π), log|det ∂θ/∂z|) per configuration, computed in the model's dtype.
     pub fn push_forward(&self, z: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let n = batch_len(z.len(), self.n_links())?;
-        self.workers.install(|| {
+        self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let (theta, ld) = self.flow.forward(&self.tensor(z, n)?, &params).map_err(ce)?;
             Ok((wrapped(&theta)?, tensor_to_f64(&ld).map_err(ce)?))
@@ -187,7 +140,7 @@ impl FlowU1 {
     /// The inverse flow: θ (n × 2V) → (z wrapped into [0, 2π), log|det ∂z/∂θ|).
     pub fn pull_back(&self, theta: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let n = batch_len(theta.len(), self.n_links())?;
-        self.workers.install(|| {
+        self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             let (z, ld) = self.flow.inverse(&self.tensor(theta, n)?, &params).map_err(ce)?;
             Ok((wrapped(&z)?, tensor_to_f64(&ld).map_err(ce)?))
@@ -240,16 +193,12 @@ impl FlowU1 {
     fn forward_chunks(&self, z: &[f64]) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let w = self.n_links();
         let lq0 = self.log_q_prior();
-        self.workers.install(|| {
+        self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let mut configs = Vec::with_capacity(z.len());
-            let mut logq = Vec::with_capacity(z.len() / w);
-            for chunk in z.chunks(CHUNK * w) {
+            map_chunks(z, CHUNK * w, |chunk| {
                 let (theta, ld) = self.flow.forward(&self.tensor(chunk, chunk.len() / w)?, &params).map_err(ce)?;
-                configs.extend(wrapped(&theta)?);
-                logq.extend(tensor_to_f64(&ld).map_err(ce)?.into_iter().map(|l| lq0 - l));
-            }
-            Ok((configs, logq))
+                Ok((wrapped(&theta)?, tensor_to_f64(&ld).map_err(ce)?.into_iter().map(|l| lq0 - l).collect()))
+            })
         })
     }
 
@@ -260,18 +209,13 @@ impl FlowU1 {
         batch_len(configs.len(), w)?;
         check_finite("configuration", configs)?;
         let lq0 = self.log_q_prior();
-        self.workers.install(|| {
+        self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
-            let mut z = Vec::with_capacity(if latent { configs.len() } else { 0 });
-            let mut out = Vec::with_capacity(configs.len() / w);
-            for chunk in configs.chunks(CHUNK * w) {
+            map_chunks(configs, CHUNK * w, |chunk| {
                 let (zc, ld) = self.flow.inverse(&self.tensor(chunk, chunk.len() / w)?, &params).map_err(ce)?;
-                if latent {
-                    z.extend(wrapped(&zc)?);
-                }
-                out.extend(tensor_to_f64(&ld).map_err(ce)?.into_iter().map(|l| lq0 + l));
-            }
-            Ok((z, out))
+                let z = if latent { wrapped(&zc)? } else { Vec::new() };
+                Ok((z, tensor_to_f64(&ld).map_err(ce)?.into_iter().map(|l| lq0 + l).collect()))
+            })
         })
     }
 
@@ -285,125 +229,47 @@ impl FlowU1 {
                  backward pass); use the default reparameterised gradient",
             ));
         }
-        if self.settings.as_ref() != Some(settings) {
-            self.pending = None;
-        }
-        self.settings = Some(settings.clone());
-        Ok(())
+        self.state.begin(settings)
     }
 
     /// Draws a training batch and keeps its graph.
     pub fn train_sample_with(&mut self, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
-        let settings =
-            self.settings.as_ref().ok_or_else(|| PluginError::unsupported("train_sample: call train_begin first"))?;
-        let n = settings.batch as usize;
-        self.pending = None;
+        let n = self.state.batch_size()?;
         let z = self.draw_prior(n, rng);
         let lq0 = self.log_q_prior();
         let zt = self.tensor(&z, n)?;
+        let flow = &self.flow;
         let pending = self
+            .state
             .workers
-            .install(|| -> candle_core::Result<Pending> {
-                let params = self.flow.params(true)?;
-                let (links, ld) = self.flow.forward(&zt, &params)?;
+            .install(|| -> candle_core::Result<TrainBatch> {
+                let params = flow.params(true)?;
+                let (links, ld) = flow.forward(&zt, &params)?;
                 let logq_host: Vec<f64> = tensor_to_f64(&ld)?.into_iter().map(|l| lq0 - l).collect();
                 let logq = ld.affine(-1.0, lq0)?;
-                Ok(Pending { links, logq, logq_host, n })
+                Ok(TrainBatch { x: links, logq, logq_host, n })
             })
             .map_err(ce)?;
-        let configs = self.workers.install(|| wrapped(&pending.links))?;
+        let configs = self.state.workers.install(|| wrapped(&pending.x))?;
         let logq = pending.logq_host.clone();
-        self.pending = Some(pending);
+        self.state.pending = Some(pending);
         Ok((configs, logq))
     }
 
     /// One optimiser step from S and ∂S/∂θ (flat, the layout's order) of the last training batch.
     pub fn train_step_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginError> {
-        let settings =
-            self.settings.clone().ok_or_else(|| PluginError::unsupported("train_step: call train_begin first"))?;
-        let w = self.n_links();
-        optim::check_train_buffers(self.pending.as_ref().map(|p| p.n), actions, grad, w, "links")?;
-        let pending = self.pending.take().expect("checked above");
-        let loss = optim::batch_loss(&pending.logq_host, actions, grad)?;
-        let grads = self.workers.install(|| self.batch_gradients(&pending, grad)).map_err(ce)?;
-        let names = self.flow.vars.iter().map(|nv| nv.name.as_str());
-        let step = optim::checked_step(names, grads, || self.param_values(), &self.adam, &settings)?;
-        self.set_params(&step.params)?;
-        self.adam = step.adam;
-        Ok(TrainMetrics { loss, grad_norm: step.grad_norm, learning_rate: step.learning_rate })
+        let (settings, pending, loss) = self.state.take_batch(actions, grad, self.n_links(), "links")?;
+        let grads = self.state.workers.install(|| self.batch_gradients(&pending, grad)).map_err(ce)?;
+        self.state.step(&self.flow.net, grads, &settings, loss)
     }
 
     /// The parameter gradients of the surrogate loss mean(log q + Σ θ·g) of a pending batch,
     /// given g = ∂S/∂θ (flat, n × 2V). Equal to the gradient of mean(log q + S(θ)) (tested).
-    fn batch_gradients(&self, pending: &Pending, grad: &[f64]) -> candle_core::Result<Vec<Vec<f64>>> {
-        let flow = &self.flow;
-        let g = tensor_from_f64(grad, (pending.n, flow.n_links()), flow.dtype, &flow.device)?;
-        let surrogate = pending.logq.add(&pending.links.mul(&g)?.sum(1)?)?.mean(0)?;
-        let store = surrogate.backward()?;
-        flow.vars
-            .iter()
-            .map(|nv| match store.get(nv.var.as_tensor()) {
-                Some(t) => tensor_to_f64(t),
-                None => Ok(vec![0.0; nv.var.elem_count()]),
-            })
-            .collect()
-    }
-
-    fn param_values(&self) -> Result<Vec<Vec<f64>>, PluginError> {
-        self.flow.vars.iter().map(|nv| tensor_to_f64(nv.var.as_tensor())).collect::<Result<_, _>>().map_err(ce)
-    }
-
-    /// Sets every parameter from f64 values (rounded to the dtype), in [`Self::parameter_names`]'
-    /// order.
-    pub fn set_params(&self, values: &[Vec<f64>]) -> Result<(), PluginError> {
-        for (nv, p) in self.flow.vars.iter().zip(values) {
-            let t = tensor_from_f64(p, nv.var.shape().clone(), self.flow.dtype, &self.flow.device).map_err(ce)?;
-            nv.var.set(&t).map_err(ce)?;
-        }
-        Ok(())
-    }
-
-    /// The weights (and optionally Adam's state) as safetensors bytes, deterministic.
-    pub fn save_bytes(&self, with_optimizer: bool) -> Result<Vec<u8>, PluginError> {
-        let f64_storage = self.flow.dtype == DType::F64;
-        let adam = if with_optimizer { Some(&self.adam) } else { None };
-        io::save_weights(&self.flow.vars, f64_storage, adam, NAME, env!("CARGO_PKG_VERSION"), self.cfg.arch.to_json())
-    }
-
-    /// The file's architecture record, compared with ours ignoring `ignore`; errors name the
-    /// first difference.
-    fn check_architecture(&self, file: &io::WeightsFile, what: &str, ignore: &[&str]) -> Result<(), PluginError> {
-        let arch = file.metadata.get(io::KEY_ARCH).ok_or_else(|| {
-            PluginError::config(format!(
-                "{what}: no '{}' metadata, so the weights were not saved by {NAME}",
-                io::KEY_ARCH
-            ))
-        })?;
-        if let Some(f) = file.metadata.get(io::KEY_FORMAT) {
-            if f != io::FORMAT {
-                return Err(PluginError::config(format!(
-                    "{what}: format version {f}, this {NAME} reads version {}",
-                    io::FORMAT
-                )));
-            }
-        }
-        let theirs: serde_json::Value = serde_json::from_str(arch)
-            .map_err(|e| PluginError::config(format!("{what}: architecture metadata is not JSON: {e}")))?;
-        let ours = serde_json::to_value(&self.cfg.arch).expect("architecture serialises");
-        match describe_difference(&theirs, &ours, ignore) {
-            Some(diff) => Err(PluginError::config(format!("{what}: {diff}"))),
-            None => Ok(()),
-        }
-    }
-
-    /// Every parameter from the file, converted to f64; `dtype` = None accepts F32 and F64.
-    fn fetch_params(
-        &self,
-        file: &io::WeightsFile,
-        what: &str,
-        dtype: Option<safetensors::Dtype>,
-    ) -> Result<Vec<Vec<f64>>, PluginError> {
-        self.flow.vars.iter().map(|nv| fetch(file, what, &nv.name, nv.var.dims(), dtype)).collect()
+    fn batch_gradients(&self, pending: &TrainBatch, grad: &[f64]) -> candle_core::Result<Vec<Vec<f64>>> {
+        let net = &self.flow.net;
+        let g = tensor_from_f64(grad, (pending.n, self.n_links()), net.dtype, &net.device)?;
+        let surrogate = pending.logq.add(&pending.x.mul(&g)?.sum(1)?)?.mean(0)?;
+        net.gradients(&surrogate.backward()?)
     }
 
     /// Loads weights saved by a model of the same architecture (lattice and dtype included) and
@@ -412,28 +278,13 @@ impl FlowU1 {
     pub fn load_bytes(&mut self, bytes: &[u8]) -> Result<(), PluginError> {
         let file = io::parse(bytes)?;
         self.check_architecture(&file, "weights", &[])?;
-        let want = if self.flow.dtype == DType::F64 { safetensors::Dtype::F64 } else { safetensors::Dtype::F32 };
-        let params = self.fetch_params(&file, "weights", Some(want))?;
-        let adam = match file.metadata.get(io::KEY_STEP) {
-            None => AdamState::zeros(&params.iter().map(|p| p.len()).collect::<Vec<_>>()),
-            Some(step) => {
-                let step: u64 = step.parse().map_err(|_| {
-                    PluginError::config(format!("weights: '{}' = '{step}' is not a step count", io::KEY_STEP))
-                })?;
-                let mut m = Vec::new();
-                let mut v = Vec::new();
-                for nv in &self.flow.vars {
-                    let f64t = Some(safetensors::Dtype::F64);
-                    m.push(fetch(&file, "weights", &format!("adam.m.{}", nv.name), nv.var.dims(), f64t)?);
-                    v.push(fetch(&file, "weights", &format!("adam.v.{}", nv.name), nv.var.dims(), f64t)?);
-                }
-                AdamState { m, v, step }
-            }
-        };
-        self.set_params(&params)?;
-        self.adam = adam;
-        self.pending = None;
-        Ok(())
+        self.state.load(&self.flow.net, &file)
+    }
+
+    /// The file's architecture record, compared with ours ignoring `ignore`.
+    fn check_architecture(&self, file: &io::WeightsFile, what: &str, ignore: &[&str]) -> Result<(), PluginError> {
+        let ours = serde_json::to_value(&self.cfg.arch).expect("architecture serialises");
+        io::check_architecture(file, what, NAME, &ours, ignore)
     }
 
     /// Transfer: starts from weights trained for another lattice size, dtype or coupling
@@ -443,38 +294,10 @@ impl FlowU1 {
     pub fn init_from_bytes(&mut self, bytes: &[u8]) -> Result<usize, PluginError> {
         let file = io::parse(bytes)?;
         self.check_architecture(&file, "init_from", &TRANSFER_IGNORES)?;
-        let params = self.fetch_params(&file, "init_from", None)?;
-        self.set_params(&params)?;
-        self.adam = AdamState::zeros(&params.iter().map(|p| p.len()).collect::<Vec<_>>());
-        self.pending = None;
+        let params = io::fetch_params(&file, "init_from", &self.flow.net.vars, None)?;
+        self.state.restart(&self.flow.net, &params)?;
         Ok(params.len())
     }
-
-    /// Gives the model its own rayon pool of `threads` threads (0: the global pool).
-    pub fn set_thread_count(&mut self, threads: u32) -> Result<(), PluginError> {
-        self.workers = Workers::new(threads)?;
-        Ok(())
-    }
-}
-
-/// One tensor of a weights file with the expected shape (and dtype, if given).
-fn fetch(
-    file: &io::WeightsFile,
-    what: &str,
-    name: &str,
-    dims: &[usize],
-    dtype: Option<safetensors::Dtype>,
-) -> Result<Vec<f64>, PluginError> {
-    let t = file.tensors.get(name).ok_or_else(|| PluginError::config(format!("{what}: tensor '{name}' is missing")))?;
-    if t.shape != dims || dtype.is_some_and(|d| d != t.dtype) {
-        return Err(PluginError::config(format!(
-            "{what}: tensor '{name}' is {:?} {:?}, expected {} {dims:?}",
-            t.dtype,
-            t.shape,
-            dtype.map_or("F32/F64".to_string(), |d| format!("{d:?}"))
-        )));
-    }
-    Ok(t.values.clone())
 }
 
 /// The links of a tensor as f64, wrapped into [0, 2π).
@@ -484,39 +307,16 @@ fn wrapped(t: &Tensor) -> Result<Vec<f64>, PluginError> {
 
 latflow_flow_common::impl_flow_model!(FlowU1, NAME);
 
-extern "C" fn info() -> PluginInfo {
-    PluginInfo {
-        name: NAME.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        kind: PluginKind::Model,
-        description: "gauge-equivariant normalizing flow for 2D U(1) links (stripe masks, NCP or circular-spline \
-                      plaquette couplings, periodic CNNs), candle"
-            .into(),
-        provides: RVec::from(vec![
-            RString::from(
-                "keys: layers hidden kernel activation coupling n_mix spline_bins mask_period dtype device init_seed",
-            ),
-            RString::from("layouts: one Angle per Link, 2D, extents multiples of mask_period"),
-            RString::from(if cfg!(feature = "cuda") { "devices: cpu cuda" } else { "devices: cpu" }),
-        ]),
-    }
-}
+latflow_flow_common::impl_flow_accessors!(FlowU1, NAME, config::Architecture);
 
-extern "C" fn new_theory(_config: RStr<'_>) -> RResult<TheoryBox, PluginError> {
-    guard("new_theory", || {
-        Err(PluginError::unsupported(format!("{NAME} is a model plugin: it provides no theory (use it under [model])")))
-    })
-}
-
-extern "C" fn new_model(config: RStr<'_>, layout: &FieldLayout) -> RResult<ModelBox, PluginError> {
-    guard("new_model", || Ok(FlowU1::from_json(config.as_str(), layout)?.into_box()))
-}
-
-/// The plugin's root module.
-#[export_root_module]
-pub fn get_library() -> PluginModRef {
-    PluginMod { info, new_theory, new_model: Some(new_model) }.leak_into_prefix()
-}
+latflow_flow_common::export_flow_plugin!(
+    FlowU1,
+    NAME,
+    "gauge-equivariant normalizing flow for 2D U(1) links (stripe masks, NCP or circular-spline \
+     plaquette couplings, periodic CNNs), candle",
+    keys: "layers hidden kernel activation coupling n_mix spline_bins mask_period dtype device init_seed",
+    layouts: "one Angle per Link, 2D, extents multiples of mask_period",
+);
 
 #[cfg(test)]
 mod tests;

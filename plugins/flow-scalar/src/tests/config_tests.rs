@@ -1,19 +1,12 @@
 //! Configuration and layout validation: every error names the key and what was given.
 
-use latflow_core::layout::{FieldComponent, FieldRole};
-use latflow_core::ErrorKind;
+use latflow_core::layout::FieldRole;
 
 use super::*;
 use crate::config::{Activation, Coupling, DTypeCfg, PriorKind, Z2};
 
 fn err(json: &str, shape: &[usize]) -> String {
-    match FlowScalar::from_json(json, &layout(shape)) {
-        Ok(_) => panic!("{json} on {shape:?} was accepted"),
-        Err(e) => {
-            assert_eq!(e.kind, ErrorKind::Config, "{}", e.message);
-            e.message.to_string()
-        }
-    }
+    testing::config_error(FlowScalar::from_json(json, &layout(shape)), &format!("{json} on {shape:?}"))
 }
 
 #[test]
@@ -93,22 +86,11 @@ fn non_scalar_layouts_are_refused() {
     assert!(e.message.contains("Real per Site") && e.message.contains("'theta': Link Angle"), "{}", e.message);
     let su3 = FieldLayout::single(&[4, 4], "U", Support::Link, ElementKind::ComplexMatrix { n: 3 });
     assert!(FlowScalar::from_json("{}", &su3).is_err());
-    let mut two = layout(&[4, 4]);
-    two.components.push(FieldComponent {
-        name: "chi".into(),
-        support: Support::Site,
-        element: ElementKind::Real,
-        role: FieldRole::Dynamical,
-    });
+    let two = testing::with_component(&layout(&[4, 4]), "chi", Support::Site, ElementKind::Real, FieldRole::Dynamical);
     let e = FlowScalar::from_json("{}", &two).err().expect("two components accepted");
     assert!(e.message.contains("exactly one dynamical component") && e.message.contains("it has 2"), "{}", e.message);
     // auxiliary components are not part of configurations and are ignored
-    let mut aux = layout(&[4, 4]);
-    aux.components.push(FieldComponent {
-        name: "pf".into(),
-        support: Support::Site,
-        element: ElementKind::ComplexVector { n: 2 },
-        role: FieldRole::Auxiliary,
-    });
+    let pf = ElementKind::ComplexVector { n: 2 };
+    let aux = testing::with_component(&layout(&[4, 4]), "pf", Support::Site, pf, FieldRole::Auxiliary);
     FlowScalar::from_json("{}", &aux).unwrap();
 }

@@ -9,7 +9,7 @@ use crate::flow::Flow;
 pub(super) fn cb_tensor(m: &FlowScalar, sites: &[f64]) -> Tensor {
     let v = m.volume();
     let cb = m.flow.geom.to_checkerboard(sites);
-    tensor_from_f64(&cb, (sites.len() / v, v), m.flow.dtype, &Device::Cpu).unwrap()
+    tensor_from_f64(&cb, (sites.len() / v, v), m.flow.net.dtype, &Device::Cpu).unwrap()
 }
 
 #[test]
@@ -41,8 +41,8 @@ fn peer_architecture_has_the_peers_parameter_count() {
     let m = model("{}", &[8, 8]);
     assert_eq!(m.parameter_count(), 16 * 810);
     assert_eq!(m.parameter_names()[0], "layers.0.conv0.weight");
-    assert_eq!(m.flow.vars[0].var.dims(), &[3, 3, 1, 8]);
-    assert_eq!(m.flow.vars[5].var.dims(), &[2]);
+    assert_eq!(m.flow.net.vars[0].var.dims(), &[3, 3, 1, 8]);
+    assert_eq!(m.flow.net.vars[5].var.dims(), &[2]);
 }
 
 pub(super) fn check_layer_round_trip(shape: &[usize], json: &str) {
@@ -197,14 +197,7 @@ pub(super) fn grads(flow: &Flow, z: &Tensor, u: &Tensor, inverse: bool) -> Vec<V
     } else {
         flow.forward(zv.as_tensor(), &params).unwrap()
     };
-    let loss = (phi.mul(u).unwrap().sum_all().unwrap() + ld.sum_all().unwrap()).unwrap();
-    let g = loss.backward().unwrap();
-    let mut out: Vec<Vec<f64>> =
-        flow.vars.iter().map(|nv| tensor_to_f64(g.get(nv.var.as_tensor()).unwrap()).unwrap()).collect();
-    out.push(tensor_to_f64(g.get(zv.as_tensor()).unwrap()).unwrap());
-    out.push(tensor_to_f64(&phi).unwrap());
-    out.push(tensor_to_f64(&ld).unwrap());
-    out
+    testing::flow_gradients(&flow.net, &zv, &phi, &ld, u)
 }
 
 #[test]
@@ -222,11 +215,11 @@ fn fused_kernels_match_the_generic_formulation() {
         let z = Tensor::from_vec(normals(20 * v, 2), (20, v), &Device::Cpu).unwrap();
         let u = Tensor::from_vec(normals(20 * v, 3), (20, v), &Device::Cpu).unwrap();
         for inverse in [false, true] {
-            assert!(m.flow.fused());
+            assert!(m.flow.net.fused());
             let a = grads(&m.flow, &z, &u, inverse);
-            m.flow.set_fused(false);
+            m.flow.net.set_fused(false);
             let b = grads(&m.flow, &z, &u, inverse);
-            m.flow.set_fused(true);
+            m.flow.net.set_fused(true);
             for (i, (x, y)) in a.iter().zip(&b).enumerate() {
                 let scale = y.iter().fold(1.0f64, |s, v| s.max(v.abs()));
                 let d = max_abs_diff(x, y);
@@ -250,7 +243,7 @@ fn f32_model_matches_f64_model_to_single_precision() {
     );
     assert!(max_abs_diff(&a, &b) < 1e-4, "{}", max_abs_diff(&a, &b));
     assert!(max_abs_diff(&la, &lb) < 1e-3, "{}", max_abs_diff(&la, &lb));
-    assert_eq!(m32.flow.dtype, DType::F32);
+    assert_eq!(m32.flow.net.dtype, DType::F32);
 }
 
 /// `z2 = "equivariant"`: f(−z) = −f(z) with the same log-determinant (random, far-from-identity
@@ -265,7 +258,11 @@ fn equivariant_network_is_odd_and_exact() {
     let (phi, ld) = m.push_forward(&z).unwrap();
     let (phi_neg, ld_neg) = m.push_forward(&neg).unwrap();
     let odd: Vec<f64> = phi.iter().zip(&phi_neg).map(|(a, b)| a + b).collect();
-    assert!(odd.iter().all(|x| x.abs() < ATOL), "f(−z) ≠ −f(z): {}", max_abs_diff(&phi, &phi_neg.iter().map(|x| -x).collect::<Vec<_>>()));
+    assert!(
+        odd.iter().all(|x| x.abs() < ATOL),
+        "f(−z) ≠ −f(z): {}",
+        max_abs_diff(&phi, &phi_neg.iter().map(|x| -x).collect::<Vec<_>>())
+    );
     assert!(max_abs_diff(&ld, &ld_neg) < ATOL, "log J(−z) ≠ log J(z)");
     assert!(ld.iter().all(|x| x.abs() > 1e-2), "log J too small to test: {ld:?}");
     let (back, ld_inv) = m.pull_back(&phi).unwrap();

@@ -31,23 +31,15 @@ pub(super) fn check_surrogate_amp(shape: &[usize], json: &str, batch: u32, amp: 
     let mut rng = Stream::new(5, 1);
     let (configs, _) = m.train_sample_with(&mut rng).unwrap();
     let (_, g) = phi4_host(&lat, &configs, -4.0, 8.0);
-    let pending = m.pending.as_ref().unwrap();
+    let pending = m.state.pending.as_ref().unwrap();
     // true loss mean(log q + S(φ)) with S written in candle, differentiated through φ
-    let s = phi4_candle(&pending.phi, &m.flow.geom, -4.0, 8.0).unwrap();
+    let s = phi4_candle(&pending.x, &m.flow.geom, -4.0, 8.0).unwrap();
     let loss = pending.logq.add(&s).unwrap().mean(0).unwrap();
     let store = loss.backward().unwrap();
-    let truth: Vec<Vec<f64>> =
-        m.flow.vars.iter().map(|nv| tensor_to_f64(store.get(nv.var.as_tensor()).unwrap()).unwrap()).collect();
+    let truth = m.flow.net.gradients(&store).unwrap();
     let g_cb = m.flow.geom.to_checkerboard(&g);
     let surrogate = m.batch_gradients(pending, &g_cb, false).unwrap();
-    let mut worst = 0.0f64;
-    for ((nv, a), b) in m.flow.vars.iter().zip(&truth).zip(&surrogate) {
-        let scale = a.iter().fold(0.0f64, |s, v| s.max(v.abs()));
-        assert!(scale > 0.0, "{}: zero gradient", nv.name);
-        let d = max_abs_diff(a, b);
-        worst = worst.max(d / scale);
-        assert!(d <= GRAD_RTOL * scale, "{shape:?} {}: surrogate differs by {d} (scale {scale})", nv.name);
-    }
+    let worst = testing::check_gradients(&m.flow.net, &truth, &surrogate, GRAD_RTOL, &format!("{shape:?}"));
     eprintln!("{shape:?} {json}: surrogate vs true gradient, max relative difference {worst:.1e}");
 }
 
@@ -79,7 +71,7 @@ fn path_gradient_agrees_with_reparameterised_gradient_in_expectation() {
         let (configs, _) = m.train_sample_with(&mut rng).unwrap();
         let (_, g) = phi4_host(&lat, &configs, 1.0, 0.0);
         let g_cb = m.flow.geom.to_checkerboard(&g);
-        let pending = m.pending.as_ref().unwrap();
+        let pending = m.state.pending.as_ref().unwrap();
         let a: Vec<f64> = m.batch_gradients(pending, &g_cb, false).unwrap().concat();
         let b: Vec<f64> = m.batch_gradients(pending, &g_cb, true).unwrap().concat();
         let pa: f64 = a.iter().zip(&u).map(|(x, y)| x * y).sum();

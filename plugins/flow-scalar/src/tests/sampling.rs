@@ -13,26 +13,12 @@ use crate::prior::Prior;
 fn sampling_is_reproducible_and_independent_of_threads() {
     let mut m = model(r#"{"layers":4}"#, &[8, 8]);
     randomize(&m, 2.0, 3);
-    let draw = |m: &FlowScalar| {
-        let mut s = Stream::new(11, 5);
-        let (c, l) = m.sample_with(300, &mut s).unwrap();
-        (
-            c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            l.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            s.state(),
-        )
-    };
-    let a = draw(&m);
-    assert_eq!(a, draw(&m));
-    for t in [1, 2, 3, 0] {
-        m.set_thread_count(t).unwrap();
-        assert_eq!(a, draw(&m), "{t} threads");
-    }
+    let after = testing::check_sampling_thread_independence(&mut m, 300);
     // the stream advanced by exactly the n·V normal deviates
     let mut s = Stream::new(11, 5);
     let mut skip = vec![0.0; 300 * 64];
     s.fill_normal(&mut skip);
-    assert_eq!(a.2, s.state());
+    assert_eq!(after, s.state());
 }
 
 #[test]

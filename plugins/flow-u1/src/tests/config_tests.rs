@@ -1,19 +1,12 @@
 //! The `[model]` keys, the layout check and the lattice checks.
 
-use latflow_core::layout::{FieldComponent, FieldRole};
-use latflow_core::ErrorKind;
+use latflow_core::layout::FieldRole;
 
 use super::*;
 use crate::config::{Activation, Coupling, DTypeCfg};
 
 fn err(json: &str, l: &FieldLayout) -> String {
-    match FlowU1::from_json(json, l) {
-        Ok(_) => panic!("{json} was accepted"),
-        Err(e) => {
-            assert_eq!(e.kind, ErrorKind::Config, "{}", e.message);
-            e.message.to_string()
-        }
-    }
+    testing::config_error(FlowU1::from_json(json, l), json)
 }
 
 #[test]
@@ -64,22 +57,11 @@ fn non_u1_layouts_are_refused() {
     assert!(m.contains("the theory's layout has 1 dynamical component ('phi': Real per Site)"), "{m}");
     let su2 = FieldLayout::single(&[8, 8], "U", Support::Link, ElementKind::ComplexMatrix { n: 2 });
     assert!(err("{}", &su2).contains("'U': ComplexMatrix { n: 2 } per Link"));
-    let mut two = layout(&[8, 8]);
-    two.components.push(FieldComponent {
-        name: "phi".into(),
-        support: Support::Site,
-        element: ElementKind::Real,
-        role: FieldRole::Dynamical,
-    });
+    let two = testing::with_component(&layout(&[8, 8]), "phi", Support::Site, ElementKind::Real, FieldRole::Dynamical);
     assert!(err("{}", &two).contains("2 dynamical components"));
     // auxiliary components are fine
-    let mut aux = layout(&[8, 8]);
-    aux.components.push(FieldComponent {
-        name: "pf".into(),
-        support: Support::Site,
-        element: ElementKind::ComplexVector { n: 2 },
-        role: FieldRole::Auxiliary,
-    });
+    let pf = ElementKind::ComplexVector { n: 2 };
+    let aux = testing::with_component(&layout(&[8, 8]), "pf", Support::Site, pf, FieldRole::Auxiliary);
     FlowU1::from_json("{}", &aux).unwrap();
     let m = err("{}", &layout(&[4, 4, 4]));
     assert!(m.contains("flow-u1 needs a 2D lattice") && m.contains("[4, 4, 4]"), "{m}");

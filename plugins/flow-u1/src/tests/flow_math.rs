@@ -11,7 +11,7 @@ const SPLINE: &str = r#""coupling":"spline""#;
 
 pub(super) fn links_tensor(m: &FlowU1, x: &[f64]) -> Tensor {
     let w = m.n_links();
-    tensor_from_f64(x, (x.len() / w, w), m.flow().dtype, &Device::Cpu).unwrap()
+    tensor_from_f64(x, (x.len() / w, w), m.flow().net.dtype, &Device::Cpu).unwrap()
 }
 
 /// The peer's masks written out as in `u1_flow.py` (`link_mask`, `stripes`), on its
@@ -68,8 +68,8 @@ fn peer_architecture_has_the_peers_parameter_count() {
     let m = model("{}", &[8, 8]);
     assert_eq!(m.parameter_count(), 16 * 955);
     assert_eq!(m.parameter_names()[0], "layers.0.conv0.weight");
-    assert_eq!(m.flow().vars[0].var.dims(), &[3, 3, 2, 8]);
-    assert_eq!(m.flow().vars[5].var.dims(), &[3]);
+    assert_eq!(m.flow().net.vars[0].var.dims(), &[3, 3, 2, 8]);
+    assert_eq!(m.flow().net.vars[5].var.dims(), &[3]);
     // the convolutions run on 64, 48 and 16 sites
     let md = m.flow().mask_data(0);
     let sizes: Vec<usize> = md.mask.conv_outputs.iter().map(|s| s.len()).collect();
@@ -208,14 +208,7 @@ fn grads(flow: &Flow, z: &Tensor, u: &Tensor) -> Vec<Vec<f64>> {
     let zv = Var::from_tensor(z).unwrap();
     let params = flow.params(true).unwrap();
     let (theta, ld) = flow.forward(zv.as_tensor(), &params).unwrap();
-    let loss = (theta.mul(u).unwrap().sum_all().unwrap() + ld.sum_all().unwrap()).unwrap();
-    let g = loss.backward().unwrap();
-    let mut out: Vec<Vec<f64>> =
-        flow.vars.iter().map(|nv| tensor_to_f64(g.get(nv.var.as_tensor()).unwrap()).unwrap()).collect();
-    out.push(tensor_to_f64(g.get(zv.as_tensor()).unwrap()).unwrap());
-    out.push(tensor_to_f64(&theta).unwrap());
-    out.push(tensor_to_f64(&ld).unwrap());
-    out
+    testing::flow_gradients(&flow.net, &zv, &theta, &ld, u)
 }
 
 #[test]
@@ -230,12 +223,12 @@ fn fused_ops_match_the_generic_formulation() {
         let n = 37; // more than two blocks of 16
         let z = links_tensor(&m, &angles(n * 128, 1));
         let u = links_tensor(&m, &angles(n * 128, 2));
-        assert!(m.flow().fused());
+        assert!(m.flow().net.fused());
         let fused = grads(m.flow(), &z, &u);
         let params = m.flow().params(false).unwrap();
         let (theta, _) = m.flow().forward(&z, &params).unwrap();
         let (back_f, ld_f) = m.flow().inverse(&theta, &params).unwrap();
-        m.flow_mut().set_fused(false);
+        m.flow_mut().net.set_fused(false);
         let generic = grads(m.flow(), &z, &u);
         let (back_g, ld_g) = m.flow().inverse(&theta, &params).unwrap();
         for (i, (a, b)) in fused.iter().zip(&generic).enumerate() {

@@ -28,22 +28,14 @@ fn check_surrogate(shape: &[usize], json: &str, batch: u32, amp: f64, beta: f64)
     let (configs, logq) = m.train_sample_with(&mut rng).unwrap();
     // the host's route: S and ∂S/∂θ as flat arrays, through the surrogate
     let (actions, g) = wilson_host(&geom, &configs, beta);
-    let pending = m.pending.as_ref().unwrap();
+    let pending = m.state.pending.as_ref().unwrap();
     let surrogate = m.batch_gradients(pending, &g).unwrap();
     // the truth: mean(log q + S(θ)) with S written in candle, differentiated through θ
-    let s = wilson_candle(&pending.links, &geom, beta).unwrap();
+    let s = wilson_candle(&pending.x, &geom, beta).unwrap();
     let loss = pending.logq.add(&s).unwrap().mean(0).unwrap();
     let store = loss.backward().unwrap();
-    let truth: Vec<Vec<f64>> =
-        m.flow().vars.iter().map(|nv| tensor_to_f64(store.get(nv.var.as_tensor()).unwrap()).unwrap()).collect();
-    let mut worst = 0.0f64;
-    for ((nv, a), b) in m.flow().vars.iter().zip(&truth).zip(&surrogate) {
-        let scale = a.iter().fold(0.0f64, |s, v| s.max(v.abs()));
-        assert!(scale > 0.0, "{}: zero gradient", nv.name);
-        let d = max_abs_diff(a, b);
-        worst = worst.max(d / scale);
-        assert!(d <= GRAD_RTOL * scale, "{json} {}: surrogate differs by {d} (scale {scale})", nv.name);
-    }
+    let truth = m.flow().net.gradients(&store).unwrap();
+    let worst = testing::check_gradients(&m.flow().net, &truth, &surrogate, GRAD_RTOL, json);
     eprintln!("{shape:?} {json}: surrogate vs true gradient, max relative difference {worst:.1e}");
     // and train_step itself: it reports the loss and the norm of the true gradient
     let met = m.train_step_with(&actions, &g).unwrap();
@@ -68,17 +60,17 @@ fn surrogate_gradient_equals_true_gradient_spline() {
 #[test]
 fn surrogate_gradient_equals_true_gradient_generic_formulation() {
     let mut m = model(r#"{"dtype":"f64","layers":4}"#, &[4, 4]);
-    m.flow_mut().set_fused(false);
+    m.flow_mut().net.set_fused(false);
     randomize(&m, 2.0, 3);
     let geom = m.flow().geom.clone();
     m.train_begin_with(&settings(8, 1e-3)).unwrap();
     let (configs, _) = m.train_sample_with(&mut Stream::new(2, 2)).unwrap();
     let (_, g) = wilson_host(&geom, &configs, 2.0);
-    let pending = m.pending.as_ref().unwrap();
+    let pending = m.state.pending.as_ref().unwrap();
     let surrogate = m.batch_gradients(pending, &g).unwrap();
-    let s = wilson_candle(&pending.links, &geom, 2.0).unwrap();
+    let s = wilson_candle(&pending.x, &geom, 2.0).unwrap();
     let store = pending.logq.add(&s).unwrap().mean(0).unwrap().backward().unwrap();
-    for (nv, b) in m.flow().vars.iter().zip(&surrogate) {
+    for (nv, b) in m.flow().net.vars.iter().zip(&surrogate) {
         let a = tensor_to_f64(store.get(nv.var.as_tensor()).unwrap()).unwrap();
         let scale = a.iter().fold(0.0f64, |s, v| s.max(v.abs()));
         assert!(max_abs_diff(&a, b) <= GRAD_RTOL * scale, "{}", nv.name);

@@ -8,8 +8,10 @@ use latflow_core::ErrorKind;
 
 use super::*;
 
-const CASES: [(&str, f64); 2] =
-    [(r#"{"dtype":"f64","layers":8,"coupling":"ncp"}"#, 1.5), (r#"{"dtype":"f64","layers":6,"coupling":"spline"}"#, 1.0)];
+const CASES: [(&str, f64); 2] = [
+    (r#"{"dtype":"f64","layers":8,"coupling":"ncp"}"#, 1.5),
+    (r#"{"dtype":"f64","layers":6,"coupling":"spline"}"#, 1.0),
+];
 
 /// Round trips both ways, for arbitrary configurations (any representatives) and across chunks;
 /// log q from both maps equals `log_prob`'s value.
@@ -21,7 +23,8 @@ fn latent_round_trip_and_log_q() {
         let w = m.n_links();
         let n = crate::CHUNK + 9;
         // other representatives than [0, 2π)
-        let theta: Vec<f64> = angles(n * w, 4).iter().enumerate().map(|(i, x)| x + 2.0 * PI * ((i % 5) as f64 - 2.0)).collect();
+        let theta: Vec<f64> =
+            angles(n * w, 4).iter().enumerate().map(|(i, x)| x + 2.0 * PI * ((i % 5) as f64 - 2.0)).collect();
         let (z, lq_inv) = m.to_latent_with(&theta).unwrap();
         assert_eq!((z.len(), lq_inv.len()), (n * w, n));
         assert!(z.iter().all(|&t| (0.0..2.0 * PI).contains(&t)), "{json}: latent angles wrapped into [0, 2π)");
@@ -44,7 +47,10 @@ fn latent_round_trip_and_log_q() {
         // the flow is far from the identity, so the checks are not vacuous
         let moved = max_circle_diff(&z, &theta);
         let mean_log_j = lp.iter().map(|l| (l - m.log_q_prior()).abs()).sum::<f64>() / n as f64;
-        assert!(moved > 0.5 && mean_log_j > 0.1, "{json}: the flow is too close to the identity: {moved}, {mean_log_j}");
+        assert!(
+            moved > 0.5 && mean_log_j > 0.1,
+            "{json}: the flow is too close to the identity: {moved}, {mean_log_j}"
+        );
     }
 }
 

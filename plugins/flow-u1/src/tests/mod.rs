@@ -13,9 +13,10 @@ mod training;
 use std::f64::consts::PI;
 
 use candle_core::{DType, Device, Tensor, Var};
-use latflow_core::abi::{LrSchedule, TrainSettings};
+pub use latflow_core::abi::TrainSettings;
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::Stream;
+pub use latflow_flow_common::testing::{self, bits, log_abs_det, max_abs_diff, settings};
 use latflow_flow_common::{tensor_from_f64, tensor_to_f64};
 
 use crate::geometry::{wrap_pi, Geometry, PLAQ_SIGNS};
@@ -37,37 +38,9 @@ pub fn model(json: &str, shape: &[usize]) -> FlowU1 {
     FlowU1::from_json(json, &layout(shape)).unwrap_or_else(|e| panic!("{json} on {shape:?}: {e}"))
 }
 
-/// Replaces every weight by U(−amp, amp)/√fan_in and every bias by U(−amp, amp)/2, so that
-/// the couplings are far from the initialisation.
+/// flow-common's `testing::randomize` on the model's parameters.
 pub fn randomize(m: &FlowU1, amp: f64, seed: u64) {
-    let mut rng = Stream::new(seed, 99);
-    let values: Vec<Vec<f64>> = m
-        .flow()
-        .vars
-        .iter()
-        .map(|nv| {
-            let dims = nv.var.dims();
-            let n = nv.var.elem_count();
-            let scale =
-                if nv.name.ends_with("weight") { amp / ((n / dims[dims.len() - 1]) as f64).sqrt() } else { amp / 2.0 };
-            (0..n).map(|_| scale * (2.0 * rng.uniform() - 1.0)).collect()
-        })
-        .collect();
-    m.set_params(&values).unwrap();
-}
-
-pub fn settings(batch: u32, lr: f64) -> TrainSettings {
-    TrainSettings {
-        batch,
-        learning_rate: lr,
-        schedule: LrSchedule::Constant,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        grad_clip: 0.0,
-        path_gradients: false,
-    }
+    latflow_flow_common::testing::randomize(&m.flow().net, amp, seed);
 }
 
 /// Uniform angles in [0, 2π).
@@ -131,34 +104,6 @@ pub fn gauge_transform(geom: &Geometry, links: &[f64], alpha: &[f64]) -> Vec<f64
         }
     }
     out
-}
-
-/// log|det A| of a dense n×n matrix (row-major) by LU with partial pivoting.
-pub fn log_abs_det(mut a: Vec<f64>, n: usize) -> f64 {
-    let mut acc = 0.0;
-    for col in 0..n {
-        let piv = (col..n).max_by(|&i, &j| a[i * n + col].abs().partial_cmp(&a[j * n + col].abs()).unwrap()).unwrap();
-        if piv != col {
-            for k in 0..n {
-                a.swap(col * n + k, piv * n + k);
-            }
-        }
-        let p = a[col * n + col];
-        assert!(p != 0.0, "singular matrix");
-        acc += p.abs().ln();
-        for i in col + 1..n {
-            let f = a[i * n + col] / p;
-            for k in col..n {
-                a[i * n + k] -= f * a[col * n + k];
-            }
-        }
-    }
-    acc
-}
-
-pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 /// The largest distance between angles on the circle.

@@ -11,27 +11,13 @@ use super::*;
 fn sampling_is_reproducible_and_independent_of_threads() {
     let mut m = model(r#"{"layers":4}"#, &[8, 8]);
     randomize(&m, 2.0, 3);
-    let draw = |m: &FlowU1| {
-        let mut s = Stream::new(11, 5);
-        let (c, l) = m.sample_with(100, &mut s).unwrap();
-        (
-            c.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            l.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-            s.state(),
-        )
-    };
-    let a = draw(&m);
-    assert_eq!(a, draw(&m));
-    for t in [1, 2, 3, 0] {
-        m.set_thread_count(t).unwrap();
-        assert_eq!(a, draw(&m), "{t} threads");
-    }
+    let after = testing::check_sampling_thread_independence(&mut m, 100);
     // the stream advanced by exactly the n·2V uniforms
     let mut s = Stream::new(11, 5);
     for _ in 0..100 * 128 {
         s.uniform();
     }
-    assert_eq!(a.2, s.state());
+    assert_eq!(after, s.state());
 }
 
 #[test]

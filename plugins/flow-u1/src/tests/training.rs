@@ -58,23 +58,7 @@ fn training_smoke_test_at_the_peer_point() {
 #[test]
 fn train_calls_are_refused_out_of_order_or_with_bad_buffers() {
     let mut m = model(r#"{"layers":2}"#, &[4, 4]);
-    let mut rng = Stream::new(1, 1);
-    let e = m.train_sample_with(&mut rng).unwrap_err();
-    assert!(e.message.contains("train_begin"), "{}", e.message);
-    m.train_begin_with(&settings(8, 1e-3)).unwrap();
-    let e = m.train_step_with(&[0.0; 8], &[0.0; 256]).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert!(e.message.contains("train_sample"), "{}", e.message);
-    m.train_sample_with(&mut rng).unwrap();
-    let e = m.train_step_with(&[0.0; 7], &[0.0; 256]).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Shape, "{}", e.message);
-    let e = m.train_step_with(&[0.0; 8], &[0.0; 255]).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Shape, "{}", e.message);
-    assert!(e.message.contains("256 expected"), "{}", e.message);
-    m.train_step_with(&[0.0; 8], &[0.0; 256]).unwrap();
-    assert!(m.train_step_with(&[0.0; 8], &[0.0; 256]).is_err(), "a batch is spent by its step");
-    let e = m.train_begin_with(&TrainSettings { batch: 0, ..settings(8, 1e-3) }).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Config);
+    testing::check_training_protocol(&mut m, 32);
     let e = m.train_begin_with(&TrainSettings { path_gradients: true, ..settings(8, 1e-3) }).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported);
     assert!(e.message.contains("path_gradients"), "{}", e.message);
@@ -82,34 +66,14 @@ fn train_calls_are_refused_out_of_order_or_with_bad_buffers() {
 
 #[test]
 fn non_finite_loss_or_gradient_leaves_the_weights_alone() {
-    let mut m = model(r#"{"layers":2}"#, &[4, 4]);
-    m.train_begin_with(&settings(8, 1e-3)).unwrap();
-    let before = m.save_bytes(true).unwrap();
-    let mut rng = Stream::new(1, 1);
-    let mut nan = vec![0.0; 256];
-    nan[5] = f64::NAN;
-    for (actions, grad) in
-        [(vec![f64::INFINITY; 8], vec![0.0; 256]), (vec![0.0; 8], nan), (vec![0.0; 8], vec![1e300; 256])]
-    {
-        m.train_sample_with(&mut rng).unwrap();
-        let e = m.train_step_with(&actions, &grad).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Numerical, "{}", e.message);
-        assert_eq!(m.save_bytes(true).unwrap(), before, "weights or optimiser changed after: {}", e.message);
-    }
+    testing::check_non_finite_steps_change_nothing(&mut model(r#"{"layers":2}"#, &[4, 4]), 32);
 }
 
 #[test]
 fn training_is_independent_of_the_thread_count() {
-    let run = |threads: u32| {
-        let mut m = model(r#"{"layers":4}"#, &[8, 8]);
-        m.set_thread_count(threads).unwrap();
-        m.train_begin_with(&settings(40, 1e-2)).unwrap();
-        let bits = super::persistence::train_steps(&mut m, &mut Stream::new(8, 8), 3, 2.0);
-        (bits, m.save_bytes(true).unwrap())
-    };
-    let one = run(1);
-    assert_eq!(one, run(3), "3 threads");
-    assert_eq!(one, run(0), "default pool");
+    let make = || model(r#"{"layers":4}"#, &[8, 8]);
+    let geom = make().flow().geom.clone();
+    testing::check_training_thread_independence(make, &|c: &[f64]| wilson_host(&geom, c, 2.0));
 }
 
 /// Timing at the peer's setup (L = 8, β = 2, 16 NCP layers, hidden [8, 8], kernel 3, f32,
