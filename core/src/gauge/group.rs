@@ -36,7 +36,7 @@ pub trait LieAlgebra: Copy + Clone + Debug + PartialEq + Send + Sync + 'static {
     fn gaussian(rng: &mut Stream) -> Self;
     /// Writes the N_GEN real coefficients x^a to `out[..N_GEN]`.
     fn write_coeffs(&self, out: &mut [f64]);
-    /// The element Σ_a c[a] X_a from `c[..N_GEN]`.
+    /// The element Σ_a c_a X_a from the coefficients `c[..N_GEN]`.
     fn from_coeffs(c: &[f64]) -> Self;
 }
 
