@@ -4,8 +4,8 @@
 //! its purpose (chain, step, replica, …: ids are made only by the registry [`crate::streams`])
 //! and a 128-bit word counter. Streams with different ids are independent; a stream's whole
 //! state is `(key, stream id, counter)`, which crosses the plugin boundary as [`RngState`] and
-//! is stored in checkpoints. There is no global or
-//! implicit RNG anywhere in latflow: every random draw comes from a stream passed in.
+//! is stored in checkpoints. There is no global or implicit RNG anywhere in latflow: every
+//! random draw comes from a stream passed in.
 
 use abi_stable::StableAbi;
 use rand::{Rng, RngCore, SeedableRng};

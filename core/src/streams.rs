@@ -108,9 +108,10 @@ pub fn stream_id(purpose: Purpose, step: u64, replica: u64, index: u64) -> Resul
 /// The inverse of [`stream_id`]: (purpose, step, replica, index), or `None` for an id whose tag
 /// is no registered purpose.
 pub fn decode(id: u64) -> Option<(Purpose, u16, u16, u16)> {
-    let tag = (id >> 48) as u16;
-    let purpose = Purpose::ALL.into_iter().find(|p| p.tag() == tag)?;
-    Some((purpose, (id >> 32) as u16, (id >> 16) as u16, id as u16))
+    let b = id.to_be_bytes();
+    let field = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+    let purpose = Purpose::ALL.into_iter().find(|p| p.tag() == field(0))?;
+    Some((purpose, field(2), field(4), field(6)))
 }
 
 #[cfg(test)]
@@ -133,8 +134,9 @@ mod tests {
             for (s, r, i) in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (65_535, 65_535, 65_535), (7, 3, 2)] {
                 let id = stream_id(p, s, r, i).unwrap();
                 assert!(seen.insert(id), "{p:?} {s} {r} {i} repeats id {id:#x}");
-                assert_eq!(decode(id), Some((p, s as u16, r as u16, i as u16)));
-                assert_eq!(id, p.id(s as u16, r as u16, i as u16));
+                let (s16, r16, i16) = (u16::try_from(s).unwrap(), u16::try_from(r).unwrap(), u16::try_from(i).unwrap());
+                assert_eq!(decode(id), Some((p, s16, r16, i16)));
+                assert_eq!(id, p.id(s16, r16, i16));
             }
         }
         assert_eq!(decode(0), None);

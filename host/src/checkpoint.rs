@@ -7,6 +7,10 @@
 //!
 //! File format (little-endian): the 8-byte magic `LFCKPT01`, a u64 header length, a JSON header
 //! ([`Checkpoint`] without the configuration), then the configuration as raw f64 (exact bits).
+//!
+//! The header names the driver that wrote it: `"kind": "plain"` or `"replica"`. Checkpoints
+//! written before the field existed (0.1) have no `kind`; it is inferred from the presence of
+//! the replica state, so they still resume.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -18,9 +22,33 @@ use crate::ensemble::Counts;
 
 const MAGIC: &[u8; 8] = b"LFCKPT01";
 
+/// Which driver wrote a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointKind {
+    /// A plain chain: `config`, `step_rngs` and `step_states` hold its state.
+    #[default]
+    Plain,
+    /// A replica ladder: `replica` and `step_states` hold its state.
+    Replica,
+}
+
+impl CheckpointKind {
+    /// The kind as written in the header and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointKind::Plain => "plain",
+            CheckpointKind::Replica => "replica",
+        }
+    }
+}
+
 /// The resumable state of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// Which driver wrote it (inferred for checkpoints without the field, see the module docs).
+    #[serde(default)]
+    pub kind: CheckpointKind,
     /// [`crate::card::RunCard::hash`] of the card that produced it.
     pub card_hash: String,
     /// Sweeps completed (thermalization and measurement).
@@ -123,8 +151,16 @@ impl Checkpoint {
             return Err(corrupt("not a latflow checkpoint (bad magic)".into()));
         }
         let hlen = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
-        let mut ck: Checkpoint =
+        let header: serde_json::Value =
             serde_json::from_slice(take(hlen)?).map_err(|e| corrupt(format!("bad header: {e}")))?;
+        let has_kind = header.get("kind").is_some();
+        let mut ck: Checkpoint = serde_json::from_value(header).map_err(|e| corrupt(format!("bad header: {e}")))?;
+        if !has_kind && ck.replica.is_some() {
+            ck.kind = CheckpointKind::Replica;
+        }
+        if (ck.kind == CheckpointKind::Replica) != ck.replica.is_some() {
+            return Err(corrupt(format!("a '{}' checkpoint with{} replica state", ck.kind.name(), if ck.replica.is_some() { "" } else { "out" })));
+        }
         let n_arrays = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
         if n_arrays == 0 {
             return Err(corrupt("no configuration".into()));
@@ -155,6 +191,7 @@ mod tests {
         let path = dir.path().join("x.ckpt");
         assert!(matches!(Checkpoint::load(&path), Err(CheckpointError::Missing(_))));
         let ck = Checkpoint {
+            kind: CheckpointKind::Plain,
             card_hash: "abc".into(),
             sweeps_done: 17,
             counts: Counts { measurements: 5, steps: vec![5, 10], configs: 2 },
@@ -175,5 +212,61 @@ mod tests {
         assert!(matches!(Checkpoint::load(&path), Err(CheckpointError::Corrupt { .. })));
         std::fs::write(&path, b"garbage").unwrap();
         assert!(matches!(Checkpoint::load(&path), Err(CheckpointError::Corrupt { .. })));
+    }
+
+    /// A header as 0.1 wrote it: no `kind`, inferred from the replica state.
+    #[test]
+    fn checkpoints_without_a_kind_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.ckpt");
+        let replica = ReplicaCheckpoint {
+            counts: vec![Counts::default(); 2],
+            exchange_counts: Counts::default(),
+            rngs: vec![vec![Stream::new(1, 3).state()]; 2],
+            swap_rngs: vec![Stream::new(1, 5).state()],
+            swap_applications: vec![4],
+            walker_at: vec![1, 0],
+        };
+        for (replica, kind) in [(None, CheckpointKind::Plain), (Some(replica), CheckpointKind::Replica)] {
+            let ck = Checkpoint {
+                kind,
+                card_hash: "abc".into(),
+                sweeps_done: 3,
+                counts: Counts::default(),
+                step_rngs: vec![],
+                config: vec![1.0],
+                step_states: vec![],
+                replica,
+            };
+            ck.save(&path).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let hlen = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+            let mut header: serde_json::Value = serde_json::from_slice(&bytes[16..16 + hlen]).unwrap();
+            assert_eq!(header["kind"], kind.name());
+            header.as_object_mut().unwrap().remove("kind");
+            let header = serde_json::to_vec(&header).unwrap();
+            let mut old = bytes[..8].to_vec();
+            old.extend_from_slice(&(header.len() as u64).to_le_bytes());
+            old.extend_from_slice(&header);
+            old.extend_from_slice(&bytes[16 + hlen..]);
+            std::fs::write(&path, &old).unwrap();
+            let back = Checkpoint::load(&path).unwrap();
+            assert_eq!(back.kind, kind);
+            assert_eq!(back, ck);
+        }
+        // a kind that contradicts the state is refused
+        let ck = Checkpoint {
+            kind: CheckpointKind::Replica,
+            card_hash: "abc".into(),
+            sweeps_done: 3,
+            counts: Counts::default(),
+            step_rngs: vec![],
+            config: vec![1.0],
+            step_states: vec![],
+            replica: None,
+        };
+        ck.save(&path).unwrap();
+        let e = Checkpoint::load(&path).unwrap_err();
+        assert!(e.to_string().contains("'replica' checkpoint without replica state"), "{e}");
     }
 }

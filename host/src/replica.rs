@@ -62,7 +62,7 @@ use rayon::prelude::*;
 
 use crate::card::{ExchangeCard, Ladder, RunCard, StartChoice, StepCard};
 use crate::chain::{Chain, StepRecord};
-use crate::checkpoint::{Checkpoint, ReplicaCheckpoint};
+use crate::checkpoint::{Checkpoint, CheckpointKind, ReplicaCheckpoint};
 use crate::ensemble::{ConfigDef, Counts, ReplicaDef, ReplicaWriter, StepDef};
 use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
 use crate::setup::{
@@ -480,9 +480,9 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let (steps, exchange_steps) = replica_step_defs(card, &set);
 
     let (writer, sweeps_done) = if opts.resume {
-        let ck = load_checkpoint(card, &out, &hash)?;
+        let ck = load_checkpoint(card, &out, &hash, CheckpointKind::Replica)?;
         let Some(rk) = &ck.replica else {
-            bail!("{file}: --resume: checkpoint '{}' is not from a replica-exchange run", out.checkpoint.display());
+            bail!("{file}: --resume: checkpoint '{}' holds no replica state", out.checkpoint.display());
         };
         set.restore(rk, &ck.step_states).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
         let writer = ReplicaWriter::resume(
@@ -689,6 +689,7 @@ fn sweep_loop(
             rk.counts = counts;
             rk.exchange_counts = exchange_counts;
             Checkpoint {
+                kind: CheckpointKind::Replica,
                 card_hash: hash.to_string(),
                 sweeps_done,
                 counts: Counts::default(),

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::card::RunCard;
 use crate::chain::{Chain, StepRecord};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::ensemble::{ConfigDef, EnsembleWriter, ObservableDef, StepDef};
 use crate::plugin::TheoryHandle;
 use crate::setup::{
@@ -42,7 +42,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let hash = if weights_digest.is_empty() { card.hash() } else { sha256_hex(format!("{}{weights_digest}", card.hash()).as_bytes()) };
 
     let (writer, config, sweeps_done) = if opts.resume {
-        let ck = load_checkpoint(&card, &out, &hash)?;
+        let ck = load_checkpoint(&card, &out, &hash, CheckpointKind::Plain)?;
         if ck.config.len() != theory.config_len() {
             bail!("{file}: --resume: checkpoint configuration has {} reals, the theory needs {}", ck.config.len(), theory.config_len());
         }
@@ -181,6 +181,7 @@ fn sweep_loop(
         if checkpoint_due(card, &mut last_checkpoint, st.sweeps_done, total) {
             let counts = writer.flush()?;
             Checkpoint {
+                kind: CheckpointKind::Plain,
                 card_hash: hash.to_string(),
                 sweeps_done: st.sweeps_done,
                 counts,

@@ -1,7 +1,7 @@
 //! The bottom of the host's run machinery, shared by `run` (plain and replica drivers), `train`
-//! and `bench`: run options, loading theories and models, the run hash, the output policy (output
-//! and checkpoint files, when to checkpoint, provenance), step labels and the progress bar. It imports no driver, so the drivers never import each other
-//! through it.
+//! and `bench`: run options, loading theories and models, the run hash, the output policy
+//! (output and checkpoint files, when to checkpoint, provenance), step labels and the progress
+//! bar. It imports no driver, so the drivers never import each other through it.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::card::RunCard;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::ensemble::{ObservableDef, Provenance};
 use crate::plugin::{self, ModelHandle, SearchPath, TheoryHandle};
 
@@ -159,8 +159,9 @@ impl OutputFiles {
     }
 }
 
-/// The card's run checkpoint, refused when another card (or other weights) wrote it.
-pub fn load_checkpoint(card: &RunCard, out: &OutputFiles, hash: &str) -> Result<Checkpoint> {
+/// The card's run checkpoint, refused when another card (or other weights) wrote it, or
+/// another driver (`kind`: a plain run's checkpoint for a ladder card, or the reverse).
+pub fn load_checkpoint(card: &RunCard, out: &OutputFiles, hash: &str, kind: CheckpointKind) -> Result<Checkpoint> {
     let file = card.path.display();
     let ck = Checkpoint::load(&out.checkpoint).with_context(|| format!("{file}: run.output (--resume)"))?;
     if ck.card_hash != hash {
@@ -170,6 +171,14 @@ pub fn load_checkpoint(card: &RunCard, out: &OutputFiles, hash: &str) -> Result<
             out.checkpoint.display(),
             &ck.card_hash[..12.min(ck.card_hash.len())],
             &hash[..12]
+        );
+    }
+    if ck.kind != kind {
+        bail!(
+            "{file}: --resume: checkpoint '{}' is from a {} run, this card is a {} run",
+            out.checkpoint.display(),
+            ck.kind.name(),
+            kind.name()
         );
     }
     Ok(ck)
