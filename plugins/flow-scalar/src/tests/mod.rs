@@ -11,7 +11,7 @@ mod training;
 use candle_core::Tensor;
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::{Lattice, Stream};
-pub use latflow_flow_common::testing::{self, bits, log_abs_det, max_abs_diff, settings};
+pub use latflow_flow_common::testing::{self, log_abs_det, max_abs_diff, settings};
 
 use crate::flow::{tensor_from_f64, tensor_to_f64};
 use crate::geometry::Geometry;

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor, Var};
 pub use latflow_core::abi::TrainSettings;
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::Stream;
-pub use latflow_flow_common::testing::{self, bits, log_abs_det, max_abs_diff, settings};
+pub use latflow_flow_common::testing::{self, log_abs_det, max_abs_diff, settings};
 use latflow_flow_common::{tensor_from_f64, tensor_to_f64};
 
 use crate::geometry::{wrap_pi, Geometry, PLAQ_SIGNS};
