@@ -60,7 +60,7 @@ use latflow_core::hmc::metropolis_accept;
 use latflow_core::Stream;
 use rayon::prelude::*;
 
-use crate::card::{ExchangeCard, Ladder, RunCard, StartChoice, StepCard};
+use crate::card::{Ladder, RunCard, StartChoice, StepCard};
 use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind, ReplicaCheckpoint};
 use crate::ensemble::{ConfigDef, Counts, ReplicaDef, ReplicaWriter, StepDef};
@@ -69,11 +69,9 @@ use crate::setup::{
     build_model, checkpoint_due, load_checkpoint, observable_defs, progress_bar, provenance, refuse_existing_output, sha256_hex,
     step_labels, OutputFiles, RunOptions,
 };
+pub use crate::steps::swap::{ExchangeStep, SwapRecord, SWAP_COLUMNS};
+use crate::steps::swap::{propose, PairSide, Proposal};
 use crate::streams::{stream, StreamUse};
-
-/// The columns of a swap record: the lower coupling of the pair, the log acceptance ratio and
-/// its two parts (`log_ratio = delta_s + delta_log_q`).
-pub const SWAP_COLUMNS: [&str; 4] = ["pair", "log_ratio", "delta_s", "delta_log_q"];
 
 /// One coupling slot.
 pub struct Replica {
@@ -88,37 +86,11 @@ pub struct Replica {
     records: Vec<Vec<StepRecord>>,
 }
 
-/// A `replica_exchange` step.
-pub struct ExchangeStep {
-    pub card_index: usize,
-    pub card: ExchangeCard,
-    /// Applications so far; application a attempts the pairs (i, i+1) with i ≡ a (mod 2).
-    pub applications: u64,
-    pub rng: Stream,
-}
-
-/// One attempted swap of the pair (pair, pair + 1).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SwapRecord {
-    pub pair: usize,
-    pub accepted: bool,
-    pub log_ratio: f64,
-    pub delta_s: f64,
-    pub delta_log_q: f64,
-}
-
-impl SwapRecord {
-    fn columns(&self) -> [f64; 4] {
-        [self.pair as f64, self.log_ratio, self.delta_s, self.delta_log_q]
+impl Replica {
+    /// This slot as one side of a swap.
+    fn side(&self) -> PairSide<'_> {
+        PairSide { theory: &self.theory, model: self.model.as_deref(), config: &self.config }
     }
-}
-
-/// What a swap would put at the two couplings, and its log-ratio.
-struct Proposal {
-    lower: Vec<f64>,
-    upper: Vec<f64>,
-    delta_s: f64,
-    delta_log_q: f64,
 }
 
 /// A stretch of the sweep: chain steps (positions in every replica's chain) run in parallel, or
@@ -253,9 +225,8 @@ impl ReplicaSet {
         let pairs: Vec<usize> = (parity..n.saturating_sub(1)).step_by(2).collect();
         let replicas = &self.replicas;
         let propose = |&i: &usize| {
-            let (a, b) = (&replicas[i], &replicas[i + 1]);
-            let p = if flow { flow_proposal(a, b) } else { plain_proposal(a, b) };
-            p.map_err(|error| SweepError { step: card_index, replica: i, error })
+            propose(flow, &replicas[i].side(), &replicas[i + 1].side())
+                .map_err(|error| SweepError { step: card_index, replica: i, error })
         };
         // (a fork-join costs more than one small pair)
         let proposals: Vec<Result<Proposal, SweepError>> = if self.pool.current_num_threads() == 1 || pairs.len() < 2 {
@@ -347,40 +318,6 @@ impl ReplicaSet {
         self.walker_at = ck.walker_at.iter().map(|&w| w as usize).collect();
         Ok(())
     }
-}
-
-/// A plain swap of the pair (a, b): the configurations exchanged as they are.
-fn plain_proposal(a: &Replica, b: &Replica) -> Result<Proposal, PluginLoadError> {
-    let both = [a.config.as_slice(), b.config.as_slice()].concat();
-    let sa = a.theory.action(&both)?; // S_a(x_a), S_a(x_b)
-    let sb = b.theory.action(&both)?; // S_b(x_a), S_b(x_b)
-    Ok(Proposal {
-        lower: b.config.clone(),
-        upper: a.config.clone(),
-        delta_s: (sa[0] - sa[1]) + (sb[1] - sb[0]),
-        delta_log_q: 0.0,
-    })
-}
-
-/// A flow-assisted swap of the pair (a, b): (x_a, x_b) → (T⁻¹ x_b, T x_a), T = F_b ∘ F_a⁻¹
-/// (see the module documentation).
-fn flow_proposal(a: &Replica, b: &Replica) -> Result<Proposal, PluginLoadError> {
-    let (ma, mb) = match (&a.model, &b.model) {
-        (Some(ma), Some(mb)) => (ma, mb),
-        _ => unreachable!("flow-assisted swaps are set up with a model at every coupling"),
-    };
-    let (za, lq_a) = ma.to_latent(&a.config)?; // z_a = F_a⁻¹(x_a), log q_a(x_a)
-    let (zb, lq_b) = mb.to_latent(&b.config)?; // z_b = F_b⁻¹(x_b), log q_b(x_b)
-    let (upper, lq_upper) = mb.from_latent(&za)?; // T x_a = F_b(z_a), log q_b(T x_a)
-    let (lower, lq_lower) = ma.from_latent(&zb)?; // T⁻¹ x_b = F_a(z_b), log q_a(T⁻¹ x_b)
-    let sa = a.theory.action(&[a.config.as_slice(), lower.as_slice()].concat())?; // S_a(x_a), S_a(x_a')
-    let sb = b.theory.action(&[b.config.as_slice(), upper.as_slice()].concat())?; // S_b(x_b), S_b(x_b')
-    Ok(Proposal {
-        delta_s: (sa[0] - sa[1]) + (sb[0] - sb[1]),
-        delta_log_q: (lq_a[0] - lq_upper[0]) + (lq_b[0] - lq_lower[0]),
-        lower,
-        upper,
-    })
 }
 
 /// The per-coupling models of a card: coupling k's weights are `[[replicas]]` k's `weights`, or

@@ -2,11 +2,13 @@
 //!
 //! * [`hmc`]: `kind = "hmc"`, trajectories inside the theory plugin;
 //! * [`flow`]: `kind = "flow"`, independence Metropolis with model proposals;
-//! * [`reweight`]: `kind = "reweight"`, independent model samples with importance weights.
+//! * [`reweight`]: `kind = "reweight"`, independent model samples with importance weights;
+//! * [`swap`]: `kind = "replica_exchange"`, swaps between neighbouring couplings of a replica
+//!   ladder. It acts on pairs of configurations, so the ladder driver ([`crate::replica`])
+//!   applies it rather than [`build`].
 //!
-//! (`replica_exchange` acts across the configurations of a replica ladder and lives with the
-//! ladder driver, [`crate::replica`].) A new kind is a file here implementing [`MarkovStep`], its
-//! line in [`build`], and its `[[chain]]` card variant in [`crate::card::StepCard`].
+//! A new single-configuration kind is a file here implementing [`MarkovStep`], its line in
+//! [`build`], and its `[[chain]]` card variant in [`crate::card::StepCard`].
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ pub mod flow;
 pub mod hmc;
 mod proposals;
 pub mod reweight;
+pub mod swap;
 
 pub use flow::FlowStep;
 pub use hmc::HmcStep;
