@@ -7,7 +7,7 @@ use crate::abi::{HmcParams, IntegratorKind};
 use crate::hmc::{hmc_trajectory, integrate, Action, FieldSpace, Schedule, OMELYAN_LAMBDA};
 use crate::lattice::Lattice;
 use crate::rng::Stream;
-use crate::stats::{gamma_method, S_TAU_DEFAULT};
+use latflow_stats::{gamma_method, S_TAU_DEFAULT};
 use crate::sum::compensated_sum;
 use abi_stable::std_types::RVec;
 
