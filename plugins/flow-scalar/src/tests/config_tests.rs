@@ -91,7 +91,7 @@ fn non_scalar_layouts_are_refused() {
     let link = FieldLayout::single(&[4, 4], "theta", Support::Link, ElementKind::Angle);
     let e = FlowScalar::from_json("{}", &link).err().expect("link layout accepted");
     assert!(e.message.contains("Real per Site") && e.message.contains("'theta': Link Angle"), "{}", e.message);
-    let su3 = FieldLayout::single(&[4, 4], "U", Support::Link, ElementKind::ComplexMatrix { n: 3 });
+    let su3 = FieldLayout::single(&[4, 4], "U", Support::Link, ElementKind::complex_matrix(3));
     assert!(FlowScalar::from_json("{}", &su3).is_err());
     let mut two = layout(&[4, 4]);
     two.components.push(FieldComponent {
@@ -107,7 +107,7 @@ fn non_scalar_layouts_are_refused() {
     aux.components.push(FieldComponent {
         name: "pf".into(),
         support: Support::Site,
-        element: ElementKind::ComplexVector { n: 2 },
+        element: ElementKind::complex_vector(2),
         role: FieldRole::Auxiliary,
     });
     FlowScalar::from_json("{}", &aux).unwrap();

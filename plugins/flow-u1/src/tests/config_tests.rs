@@ -62,7 +62,7 @@ fn non_u1_layouts_are_refused() {
     let m = err("{}", &phi4);
     assert!(m.starts_with("flow-u1 needs U(1) link angles"), "{m}");
     assert!(m.contains("the theory's layout has 1 dynamical component ('phi': Real per Site)"), "{m}");
-    let su2 = FieldLayout::single(&[8, 8], "U", Support::Link, ElementKind::ComplexMatrix { n: 2 });
+    let su2 = FieldLayout::single(&[8, 8], "U", Support::Link, ElementKind::complex_matrix(2));
     assert!(err("{}", &su2).contains("'U': ComplexMatrix { n: 2 } per Link"));
     let mut two = layout(&[8, 8]);
     two.components.push(FieldComponent {
@@ -77,7 +77,7 @@ fn non_u1_layouts_are_refused() {
     aux.components.push(FieldComponent {
         name: "pf".into(),
         support: Support::Site,
-        element: ElementKind::ComplexVector { n: 2 },
+        element: ElementKind::complex_vector(2),
         role: FieldRole::Auxiliary,
     });
     FlowU1::from_json("{}", &aux).unwrap();
