@@ -154,6 +154,18 @@ pub struct ObservableSpec {
     pub description: RString,
 }
 
+impl ObservableSpec {
+    /// An observable of `len` values.
+    pub fn new(name: &str, len: usize, description: &str) -> Self {
+        Self { name: name.into(), len: len as u64, description: description.into() }
+    }
+
+    /// A scalar observable (`len == 1`).
+    pub fn scalar(name: &str, description: &str) -> Self {
+        Self::new(name, 1, description)
+    }
+}
+
 crate::open_enum::open_enum! {
     /// Integrator choice for HMC (an open enum, see [`crate::open_enum`]): a plugin built
     /// before a scheme existed refuses its code with a config error instead of misreading it.

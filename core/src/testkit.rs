@@ -166,6 +166,7 @@ pub fn check_exp_minus_delta_h<P: Physics>(json: &str, params: &HmcParams, n_tra
     let (mean, err) = batch_means(&e, 20);
     let z = (mean - 1.0) / err;
     assert!(z.abs() < 4.0, "{}: <exp(-dH)> = {mean} ± {err} (z = {z:.2})", P::NAME);
+    println!("{}: <exp(-dH)> = {mean:.6} ± {err:.6} (z = {z:.2}) over {n_traj} trajectories", P::NAME);
     let acc = recs.iter().filter(|r| r.accepted).count();
     assert!(acc > 0, "{}: no trajectory accepted", P::NAME);
     z

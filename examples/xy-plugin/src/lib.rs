@@ -95,11 +95,7 @@ impl Physics for Xy {
         Ok(())
     }
     fn observables(&self) -> Vec<ObservableSpec> {
-        let spec = |name: &str, description: &str| ObservableSpec {
-            name: name.into(),
-            len: 1,
-            description: description.into(),
-        };
+        let spec = ObservableSpec::scalar;
         vec![
             spec("action_density", "S/V"),
             spec("energy", "(1/(dV)) sum_x sum_mu cos(theta(x+mu) - theta(x))"),

@@ -229,11 +229,7 @@ impl Physics for Phi4 {
     }
 
     fn observables(&self) -> Vec<ObservableSpec> {
-        let spec = |name: &str, len: usize, description: &str| ObservableSpec {
-            name: name.into(),
-            len: len as u64,
-            description: description.into(),
-        };
+        let spec = ObservableSpec::new;
         vec![
             spec("action_density", 1, "S/V"),
             spec("phi2", 1, "mean of phi^2 over sites"),

@@ -190,11 +190,7 @@ impl Physics for U1 {
     }
 
     fn observables(&self) -> Vec<ObservableSpec> {
-        let spec = |name: &str, description: &str| ObservableSpec {
-            name: name.into(),
-            len: 1,
-            description: description.into(),
-        };
+        let spec = ObservableSpec::scalar;
         let mut specs = vec![
             spec("plaquette", "mean of cos(theta_P) over all plaquettes"),
             spec("action_density", "S/V, V = number of sites"),
