@@ -176,6 +176,8 @@ crate::open_enum::open_enum! {
     Omelyan2 = 1, "omelyan2";
     /// Omelyan–Mryglod–Folk 4th order.
     Omelyan4 = 2, "omelyan4";
+    /// The 4th-order force-gradient scheme (see `hmc::Scheme::ForceGradient`).
+    ForceGradient = 3, "force_gradient";
 }
 
 /// HMC parameters, as plain data.

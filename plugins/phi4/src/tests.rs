@@ -221,6 +221,8 @@ fn contract_observables() {
 fn contract_reversibility() {
     testkit::check_reversibility::<Phi4>(CARD, &HmcParams::default());
     testkit::check_reversibility::<Phi4>(CARD, &split());
+    let force_gradient = HmcParams { integrator: IntegratorKind::ForceGradient, ..split() };
+    testkit::check_reversibility::<Phi4>(CARD, &force_gradient);
 }
 
 #[test]

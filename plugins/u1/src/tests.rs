@@ -520,6 +520,7 @@ fn contract_observables() {
 #[test]
 fn contract_reversibility() {
     testkit::check_reversibility::<U1>(CARD_3D, &params(IntegratorKind::Omelyan4, 7));
+    testkit::check_reversibility::<U1>(CARD, &params(IntegratorKind::ForceGradient, 5));
 }
 
 #[test]
