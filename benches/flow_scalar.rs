@@ -30,6 +30,7 @@ use abi_stable::std_types::{RSlice, RStr};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use latflow_core::abi::{LrSchedule, ModelBox, PluginModRef, Theory, TrainSettings};
 use latflow_core::Stream;
+use latflow_core::sdk::Adapter;
 use latflow_phi4::Phi4;
 
 const L: usize = 8;
@@ -60,14 +61,14 @@ fn plugin() -> PluginModRef {
         .unwrap_or_else(|e| panic!("{} is not a latflow plugin: {e}", lib.display()))
 }
 
-fn theory(threads: u32) -> Phi4 {
-    let mut th = Phi4::from_json(&format!(r#"{{"lattice": [{L}, {L}], "m2": {M2}, "lambda": {LAMBDA}}}"#))
+fn theory(threads: u32) -> Adapter<Phi4> {
+    let mut th = Adapter::<Phi4>::from_json(&format!(r#"{{"lattice": [{L}, {L}], "m2": {M2}, "lambda": {LAMBDA}}}"#))
         .expect("valid phi4 config");
     th.set_threads(threads).into_result().expect("theory threads");
     th
 }
 
-fn model(lib: PluginModRef, th: &Phi4, threads: u32) -> ModelBox {
+fn model(lib: PluginModRef, th: &Adapter<Phi4>, threads: u32) -> ModelBox {
     let ctor = lib.new_model().flatten().expect("flow-scalar is a model plugin");
     let mut m = ctor(RStr::from_str(MODEL), &th.layout()).into_result().expect("valid flow-scalar config");
     m.set_threads(threads).into_result().expect("model threads");

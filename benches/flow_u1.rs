@@ -30,6 +30,7 @@ use abi_stable::std_types::{RSlice, RStr};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use latflow_core::abi::{LrSchedule, ModelBox, PluginModRef, Theory, TrainSettings};
 use latflow_core::Stream;
+use latflow_core::sdk::Adapter;
 use latflow_u1::U1;
 
 const L: usize = 8;
@@ -57,13 +58,13 @@ fn plugin() -> PluginModRef {
         .unwrap_or_else(|e| panic!("{} is not a latflow plugin: {e}", lib.display()))
 }
 
-fn theory(threads: u32) -> U1 {
-    let mut th = U1::from_json(&format!(r#"{{"lattice": [{L}, {L}], "beta": {BETA}}}"#)).expect("valid u1 config");
+fn theory(threads: u32) -> Adapter<U1> {
+    let mut th = Adapter::<U1>::from_json(&format!(r#"{{"lattice": [{L}, {L}], "beta": {BETA}}}"#)).expect("valid u1 config");
     th.set_threads(threads).into_result().expect("theory threads");
     th
 }
 
-fn model(lib: PluginModRef, th: &U1, threads: u32) -> ModelBox {
+fn model(lib: PluginModRef, th: &Adapter<U1>, threads: u32) -> ModelBox {
     let ctor = lib.new_model().flatten().expect("flow-u1 is a model plugin");
     let mut m = ctor(RStr::from_str(MODEL), &th.layout()).into_result().expect("valid flow-u1 config");
     m.set_threads(threads).into_result().expect("model threads");

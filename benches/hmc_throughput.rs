@@ -20,7 +20,7 @@
 //! traj/s = trajectories / wall time of the timed loop (measurement included). Threads: the
 //! whole run happens inside a rayon pool of `--threads` threads (0 = rayon's global pool);
 //! the kernel only goes parallel at ≥ 8192 sites (L ≥ 91 in 2D). The default path calls
-//! `Phi4::hmc_vec` (the plugin's HMC, monomorphised, no ABI); `--via-trait` goes through the
+//! `Adapter::hmc_vec` (the plugin's HMC, monomorphised, no ABI); `--via-trait` goes through the
 //! `Theory` trait methods the host uses instead (`hmc` + `measure`, with their per-call copies
 //! and checks), still without loading the .so.
 //!
@@ -35,6 +35,7 @@ use latflow_core::abi::{HmcParams, IntegratorKind, Theory};
 use latflow_core::hmc::OMELYAN_LAMBDA;
 use latflow_stats::gamma_method;
 use latflow_core::Stream;
+use latflow_core::sdk::Adapter;
 use latflow_phi4::Phi4;
 use serde_json::json;
 
@@ -106,7 +107,7 @@ struct Args {
 }
 
 struct Chain<'a> {
-    th: &'a mut Phi4,
+    th: &'a mut Adapter<Phi4>,
     phi: Vec<f64>,
     rng: Stream,
     via_trait: bool,
@@ -115,7 +116,7 @@ struct Chain<'a> {
 impl Chain<'_> {
     /// Runs `n` trajectories with `p`, calling `each(theory, φ, accepted, ΔH, S)` after each;
     /// returns the number accepted.
-    fn run(&mut self, p: &HmcParams, n: usize, mut each: impl FnMut(&Phi4, &[f64], bool, f64, f64)) -> usize {
+    fn run(&mut self, p: &HmcParams, n: usize, mut each: impl FnMut(&Adapter<Phi4>, &[f64], bool, f64, f64)) -> usize {
         let mut acc = 0;
         for _ in 0..n {
             let rec = if self.via_trait {
@@ -145,12 +146,13 @@ fn params(args: &Args, md_steps: u32) -> HmcParams {
         inner_steps: RVec::new(),
         accept_reject: true,
         jitter: 0.0,
+        extra: "{}".into(),
     }
 }
 
 fn run_one(args: &Args, l: usize) -> serde_json::Value {
     let mut th =
-        Phi4::from_json(&format!(r#"{{"lattice": [{l}, {l}], "m2": {}, "lambda": {}}}"#, args.m2, args.lambda))
+        Adapter::<Phi4>::from_json(&format!(r#"{{"lattice": [{l}, {l}], "m2": {}, "lambda": {}}}"#, args.m2, args.lambda))
             .unwrap_or_else(|e| panic!("phi4 config: {e:?}"));
     let v = l * l;
     let mut rng = Stream::new(args.seed, 0);
@@ -158,7 +160,7 @@ fn run_one(args: &Args, l: usize) -> serde_json::Value {
     rng.fill_normal(&mut phi);
     phi.iter_mut().for_each(|p| *p *= 0.1);
     let mut ch = Chain { th: &mut th, phi, rng, via_trait: args.via_trait };
-    let none = |_: &Phi4, _: &[f64], _: bool, _: f64, _: f64| {};
+    let none = |_: &Adapter<Phi4>, _: &[f64], _: bool, _: f64, _: f64| {};
 
     // 1–2: thermalise with a safe step count, then tune like the peer.
     ch.run(&params(args, 20), 200, none);
@@ -277,7 +279,7 @@ fn main() {
     let out = json!({
         "benchmark": "phi4_hmc_throughput",
         "implementation": "latflow",
-        "path": if args.via_trait { "Theory::hmc + Theory::measure" } else { "Phi4::hmc_vec" },
+        "path": if args.via_trait { "Theory::hmc + Theory::measure" } else { "Adapter::hmc_vec" },
         "measure": format!("{:?}", args.measure).to_lowercase(),
         "theory": {"m2": args.m2, "lam": args.lambda, "dim": 2},
         "threads": threads_effective,

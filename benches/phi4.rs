@@ -28,14 +28,15 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use latflow_core::abi::{HmcParams, IntegratorKind};
 use latflow_core::hmc::OMELYAN_LAMBDA;
 use latflow_core::Stream;
+use latflow_core::sdk::Adapter;
 use latflow_phi4::Phi4;
 
 const M2: f64 = -4.0;
 const LAMBDA: f64 = 8.0;
 const SIZES: [usize; 3] = [8, 32, 128];
 
-fn theory(l: usize) -> Phi4 {
-    Phi4::from_json(&format!(r#"{{"lattice": [{l}, {l}], "m2": {M2}, "lambda": {LAMBDA}}}"#))
+fn theory(l: usize) -> Adapter<Phi4> {
+    Adapter::<Phi4>::from_json(&format!(r#"{{"lattice": [{l}, {l}], "m2": {M2}, "lambda": {LAMBDA}}}"#))
         .expect("valid phi4 config")
 }
 
@@ -52,11 +53,12 @@ fn params(integrator: IntegratorKind, md_steps: u32) -> HmcParams {
         inner_steps: RVec::new(),
         accept_reject: true,
         jitter: 0.0,
+        extra: "{}".into(),
     }
 }
 
 /// A configuration thermalised with 200 Omelyan-2 trajectories (τ = 1, 10 steps).
-fn thermalised(th: &Phi4, rng: &mut Stream) -> Vec<f64> {
+fn thermalised(th: &Adapter<Phi4>, rng: &mut Stream) -> Vec<f64> {
     let v = th.lattice().volume();
     let mut phi = vec![0.0; v];
     rng.fill_normal(&mut phi);

@@ -24,13 +24,14 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use latflow_core::abi::{HmcParams, IntegratorKind};
 use latflow_core::hmc::OMELYAN_LAMBDA;
 use latflow_core::Stream;
+use latflow_core::sdk::Adapter;
 use latflow_u1::U1;
 
 const BETA: f64 = 3.0;
 const SIZES: [usize; 3] = [16, 32, 64];
 
-fn theory(l: usize) -> U1 {
-    U1::from_json(&format!(r#"{{"lattice": [{l}, {l}], "beta": {BETA}}}"#)).expect("valid u1 config")
+fn theory(l: usize) -> Adapter<U1> {
+    Adapter::<U1>::from_json(&format!(r#"{{"lattice": [{l}, {l}], "beta": {BETA}}}"#)).expect("valid u1 config")
 }
 
 fn pool() -> rayon::ThreadPool {
@@ -46,11 +47,12 @@ fn params(md_steps: u32) -> HmcParams {
         inner_steps: RVec::new(),
         accept_reject: true,
         jitter: 0.0,
+        extra: "{}".into(),
     }
 }
 
 /// A configuration thermalised with 100 Omelyan-2 trajectories from a cold start.
-fn thermalised(th: &U1, rng: &mut Stream) -> Vec<f64> {
+fn thermalised(th: &Adapter<U1>, rng: &mut Stream) -> Vec<f64> {
     let mut theta = vec![0.0; th.kernel().n_links()];
     th.hmc_vec(&mut theta, &params(4), 100, rng).expect("thermalisation");
     theta

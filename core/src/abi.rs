@@ -7,11 +7,16 @@
 //! data — flat `f64` buffers laid out as the theory's [`FieldLayout`] says, `#[repr(C)]`
 //! structs, and [`PluginError`]s. Calls are coarse: one per batch or per trajectory.
 //!
-//! Rules for plugin authors (see the README's plugin guide):
+//! Theory plugins normally do not implement [`Theory`] by hand: they implement
+//! [`crate::sdk::Physics`] and export it with [`crate::export_theory!`], whose adapter guards
+//! every call. Rules for whoever touches this boundary (see the README's plugin guide):
 //! * wrap every entry point in [`guard`], so that a panic becomes an error instead of aborting
 //!   the host;
-//! * new trait methods and root-module fields go *after* the `last_prefix_field`, and every
-//!   in-tree plugin is rebuilt when `latflow-core` changes.
+//! * new trait methods and root-module fields go *after* the `last_prefix_field`, with a
+//!   default; new enum values are new codes of the open enums ([`crate::open_enum`]); any
+//!   other layout change bumps the interface version (`[workspace.package] version`, 0.x
+//!   minor), after which every plugin must be rebuilt against the new latflow-core
+//!   ([`crate::CORE_VERSION`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -25,22 +30,24 @@ use serde::{Deserialize, Serialize};
 use crate::layout::FieldLayout;
 use crate::rng::RngState;
 
-/// What kind of failure a plugin reports.
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ErrorKind {
+crate::open_enum::open_enum! {
+    /// What kind of failure a plugin reports. An open enum (see [`crate::open_enum`]): a kind
+    /// added later reaches an older host as `Unknown(code)`.
+    pub struct ErrorKind;
     /// The configuration (run-card section) is invalid.
-    Config,
+    Config = 0, "invalid configuration";
     /// A buffer has the wrong length for the layout.
-    Shape,
+    Shape = 1, "buffer size mismatch";
     /// A non-finite number appeared (NaN/inf in an input or a result).
-    Numerical,
+    Numerical = 2, "non-finite number";
     /// The operation or parameter does not exist for this plugin.
-    Unsupported,
+    Unsupported = 3, "unsupported";
     /// The plugin panicked; the panic was caught inside the plugin.
-    Panic,
+    Panic = 4, "plugin panicked";
     /// Anything else.
-    Internal,
+    Internal = 5, "internal error";
+    /// A term of the action failed (e.g. a solver did not converge); the message names it.
+    ActionTerm = 6, "action term failed";
 }
 
 /// An error returned across the boundary. The host adds the plugin's name and the call.
@@ -71,15 +78,7 @@ impl PluginError {
 
 impl std::fmt::Display for PluginError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            ErrorKind::Config => "invalid configuration",
-            ErrorKind::Shape => "buffer size mismatch",
-            ErrorKind::Numerical => "non-finite number",
-            ErrorKind::Unsupported => "unsupported",
-            ErrorKind::Panic => "plugin panicked",
-            ErrorKind::Internal => "internal error",
-        };
-        write!(f, "{kind}: {}", self.message)
+        write!(f, "{}: {}", self.kind, self.message)
     }
 }
 
@@ -121,12 +120,13 @@ pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
     })
 }
 
-/// Which kind of plugin a library is.
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PluginKind {
-    Theory,
-    Model,
+crate::open_enum::open_enum! {
+    /// Which kind of plugin a library is (an open enum, see [`crate::open_enum`]).
+    pub struct PluginKind;
+    /// A theory: action, observables, HMC.
+    Theory = 0, "theory";
+    /// A model: a density q(φ) that can be sampled (a normalizing flow).
+    Model = 1, "model";
 }
 
 /// Static facts about a plugin, for `latflow plugins` and provenance.
@@ -154,13 +154,30 @@ pub struct ObservableSpec {
     pub description: RString,
 }
 
-/// Integrator choice for HMC.
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IntegratorKind {
-    Leapfrog,
-    Omelyan2,
-    Omelyan4,
+impl ObservableSpec {
+    /// An observable of `len` values.
+    pub fn new(name: &str, len: usize, description: &str) -> Self {
+        Self { name: name.into(), len: len as u64, description: description.into() }
+    }
+
+    /// A scalar observable (`len == 1`).
+    pub fn scalar(name: &str, description: &str) -> Self {
+        Self::new(name, 1, description)
+    }
+}
+
+crate::open_enum::open_enum! {
+    /// Integrator choice for HMC (an open enum, see [`crate::open_enum`]): a plugin built
+    /// before a scheme existed refuses its code with a config error instead of misreading it.
+    pub struct IntegratorKind;
+    /// Leapfrog (velocity Verlet), error O(h²).
+    Leapfrog = 0, "leapfrog";
+    /// Omelyan–Mryglod–Folk 2nd-order minimum norm with parameter λ.
+    Omelyan2 = 1, "omelyan2";
+    /// Omelyan–Mryglod–Folk 4th order.
+    Omelyan4 = 2, "omelyan4";
+    /// The 4th-order force-gradient scheme (see `hmc::Scheme::ForceGradient`).
+    ForceGradient = 3, "force_gradient";
 }
 
 /// HMC parameters, as plain data.
@@ -182,6 +199,37 @@ pub struct HmcParams {
     /// τ·[1 − jitter, 1 + jitter] (0 ≤ jitter < 1; 0 = fixed). This breaks the resonances of
     /// fixed-length HMC on near-harmonic modes (ωτ ≈ π), which spoil ergodicity.
     pub jitter: f64,
+    /// The extension slot: plugin-specific sampler options as a JSON object (`"{}"` when there
+    /// are none), e.g. solver tolerances, Hasenbusch masses or a plugin's own integrator
+    /// choice. Each plugin documents and validates its keys (see [`HmcParams::extra_options`]).
+    pub extra: RString,
+}
+
+impl Default for HmcParams {
+    /// τ = 1, 10 Omelyan-2 steps with the usual λ, one time scale, Metropolis on, no jitter,
+    /// no extra options.
+    fn default() -> Self {
+        Self {
+            trajectory_length: 1.0,
+            md_steps: 10,
+            integrator: IntegratorKind::Omelyan2,
+            omelyan_lambda: crate::hmc::OMELYAN_LAMBDA,
+            inner_steps: RVec::new(),
+            accept_reject: true,
+            jitter: 0.0,
+            extra: RString::from("{}"),
+        }
+    }
+}
+
+impl HmcParams {
+    /// Parses the extension slot [`HmcParams::extra`] into a plugin's options type (use
+    /// `#[serde(deny_unknown_fields)]` and `#[serde(default)]`); an empty string counts as
+    /// `{}`. Errors are [`ErrorKind::Config`], start with `extra options:` and name the key.
+    pub fn extra_options<T: DeserializeOwned>(&self) -> Result<T, PluginError> {
+        let text = if self.extra.trim().is_empty() { "{}" } else { self.extra.as_str() };
+        parse_config(text).map_err(|e| PluginError::new(e.kind, format!("extra options: {}", e.message)))
+    }
 }
 
 /// Outcome of one HMC trajectory.
@@ -266,6 +314,16 @@ pub trait Theory: Send + Sync {
         n_traj: u32,
         rng: &mut RngState,
     ) -> RResult<RVec<TrajectoryRecord>, PluginError>;
+
+    // Appended after the prefix, with a default: a plugin built before this existed answers
+    // `true`, which is what every such plugin's action was.
+
+    /// Whether [`Theory::action`] is the exact action. `false` for an action that can only be
+    /// estimated stochastically (e.g. pseudofermions): HMC stays exact, but anything that needs
+    /// S itself (flow Metropolis, reweighting, plain replica swaps) must refuse such a theory.
+    fn action_is_exact(&self) -> bool {
+        true
+    }
 }
 
 /// An owned theory object.
@@ -502,6 +560,33 @@ mod tests {
         assert!(e.message.contains("lamda") && !e.message.contains("at line"), "{}", e.message);
         let e = parse_config::<Cfg>(r#"{"lattice":[4,"a"],"m2":1}"#).unwrap_err();
         assert!(e.message.starts_with("lattice[1]:"), "{}", e.message);
+    }
+
+    #[test]
+    fn extra_options_parse_with_named_keys() {
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(deny_unknown_fields, default)]
+        struct Opts {
+            tolerance: f64,
+        }
+        let mut p = HmcParams::default();
+        assert_eq!(p.extra_options::<Opts>().unwrap().tolerance, 0.0);
+        p.extra = r#"{"tolerance": 1e-8}"#.into();
+        assert_eq!(p.extra_options::<Opts>().unwrap().tolerance, 1e-8);
+        p.extra = r#"{"tolerence": 1}"#.into();
+        let e = p.extra_options::<Opts>().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.starts_with("extra options:") && e.message.contains("tolerence"), "{}", e.message);
+        p.extra = "".into();
+        assert_eq!(p.extra_options::<Opts>().unwrap().tolerance, 0.0);
+    }
+
+    #[test]
+    fn unknown_error_kinds_display_their_code() {
+        let e = PluginError::new(ErrorKind::from_code(99), "from a newer plugin");
+        assert_eq!(e.to_string(), "unknown (code 99): from a newer plugin");
+        assert_eq!(PluginError::config("x").to_string(), "invalid configuration: x");
+        assert_eq!(format!("{:?}", PluginKind::Model), "Model");
     }
 
     #[test]

@@ -1,15 +1,22 @@
-//! Hybrid Monte Carlo, generic over the field's geometry.
+//! Hybrid Monte Carlo, generic over the field's geometry, with composable, fallible actions.
 //!
 //! * [`FieldSpace`] is the geometry policy (Grid's "Impl"): momenta, kinetic energy, the field
-//!   update. [`RealScalar`] is the flat-space case; gauge groups add their own.
-//! * [`Action`] is an action split into time-scale *levels* (level 0 outermost, integrated with
-//!   the fewest steps); each level has a force that lives beside the action.
-//! * [`Schedule`] + [`integrate`] run a nested leapfrog, Omelyan-2 or Omelyan-4 integrator.
-//! * [`hmc_trajectory`] does momentum refresh, integration and the accept test through the one
-//!   shared [`metropolis_accept`].
+//!   update. [`RealScalar`] is the flat-space case, [`Angles`] the periodic one (U(1) links,
+//!   XY spins); gauge groups add their own.
+//! * [`ActionTerm`] is one term of the action (a gauge action, a pseudofermion, a Hasenbusch
+//!   ratio): an optional refresh (heat bath) at the start of a trajectory, its action and its
+//!   force, each of which may fail with a [`TermError`] that names the term.
+//! * [`LeveledAction`] is the whole action as a list of terms per time-scale *level* (Grid's
+//!   ActionLevel): level 0 is the outermost time scale, integrated with the fewest steps.
+//! * [`Schedule`] gives each level its own integrator [`Scheme`] and step count; [`integrate`]
+//!   runs the nested integration.
+//! * [`hmc_trajectory`] does the refreshes, integration and the accept test through the one
+//!   shared [`metropolis_accept`]. A failing term aborts the trajectory with its error: there
+//!   is never a silently wrong trajectory.
 //!
 //! Plugins call these generic functions with their own concrete types, so everything is
-//! monomorphised inside the plugin and only one call per trajectory crosses the ABI.
+//! monomorphised inside the plugin and only one call per trajectory crosses the ABI (the
+//! [`crate::sdk`] adapter does this for a plugin).
 
 use crate::abi::{HmcParams, IntegratorKind, TrajectoryRecord};
 use crate::rng::Stream;
@@ -29,26 +36,242 @@ pub trait FieldSpace {
     /// Kinetic energy K(p), compensated sum.
     fn kinetic(&self, p: &Self::Momentum) -> f64;
     /// Moves the field along p for MD time `eps` (u ← u + eps·p; for groups u ← exp(eps·p)·u).
-    fn step_field(&self, u: &mut Self::Field, p: &Self::Momentum, eps: f64);
-    /// p ← p − eps·f, where f is a force from [`Action::force`].
+    ///
+    /// The momentum is mutable because on a curved field space it lives in the tangent space
+    /// at u, so it must be transported along with the field (e.g. for spins on a sphere, p is
+    /// rotated with the spin so that it stays tangent). Flat spaces and group manifolds (whose
+    /// momenta live in the Lie algebra) leave it unchanged. The map must stay reversible:
+    /// stepping by `eps` and then by `−eps` with the transported momentum returns (u, p).
+    fn step_field(&self, u: &mut Self::Field, p: &mut Self::Momentum, eps: f64);
+    /// p ← p − eps·f, where f is a force from [`ActionTerm::force`].
     fn kick(&self, p: &mut Self::Momentum, f: &Self::Momentum, eps: f64);
-    /// Restores the field to its manifold after many updates (reunitarise); no-op by default.
+    /// Restores the field to its manifold after many updates (reunitarise, wrap angles);
+    /// called at the end of each integration; no-op by default.
     fn project(&self, _u: &mut Self::Field) {}
 }
 
-/// An action S(u) split into time-scale levels; S = Σ_levels S_level.
-pub trait Action<S: FieldSpace> {
-    /// Number of levels (≥ 1). Level 0 is the outermost time scale.
-    fn levels(&self) -> usize {
-        1
+/// A failure of one action term: which term, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TermError {
+    /// The term's [`ActionTerm::name`].
+    pub term: String,
+    /// What went wrong (e.g. "CG did not converge in 1000 iterations, residual 3e-5").
+    pub message: String,
+}
+
+impl TermError {
+    /// An error of the term called `term`.
+    pub fn new(term: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { term: term.into(), message: message.into() }
     }
-    /// The total action S(u), accumulated with compensated sums.
-    fn action(&self, u: &S::Field) -> f64;
-    /// Writes the force of `level`, i.e. the derivative dS_level/du in momentum space (for a
-    /// real scalar field simply ∂S_level/∂φ), into `out` (overwriting it).
-    fn force(&self, level: usize, u: &S::Field, out: &mut S::Momentum);
-    /// Refreshes auxiliary fields (pseudofermion heat bath) at the start of a trajectory.
-    fn refresh(&mut self, _u: &S::Field, _rng: &mut Stream) {}
+}
+
+impl std::fmt::Display for TermError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "action term '{}': {}", self.term, self.message)
+    }
+}
+
+impl std::error::Error for TermError {}
+
+/// One term of an action on the field space `S`.
+pub trait ActionTerm<S: FieldSpace> {
+    /// A short name that errors carry (e.g. `gauge`, `pseudofermion`).
+    fn name(&self) -> &str;
+
+    /// Whether [`ActionTerm::action`] is the exact action of this term (`true`), or only a
+    /// stochastic estimate, e.g. a pseudofermion action whose expectation over the heat bath
+    /// is the fermion determinant's. HMC is exact either way.
+    fn is_exact(&self) -> bool {
+        true
+    }
+
+    /// Refreshes the term's auxiliary fields at the start of a trajectory (e.g. a
+    /// pseudofermion heat bath φ = M†η); a no-op by default.
+    fn refresh(&mut self, _u: &S::Field, _rng: &mut Stream) -> Result<(), TermError> {
+        Ok(())
+    }
+
+    /// The term's action at u (dimensionless), a compensated sum.
+    fn action(&self, u: &S::Field) -> Result<f64, TermError>;
+
+    /// Writes the term's force into `out` (overwriting it): the derivative of the action in
+    /// momentum space, dS(exp(εX)·u)/dε = ⟨out, X⟩ (for a real or angle field simply ∂S/∂φ).
+    fn force(&self, u: &S::Field, out: &mut S::Momentum) -> Result<(), TermError>;
+
+    /// A [`TermError`] that names this term.
+    fn error(&self, message: impl Into<String>) -> TermError
+    where
+        Self: Sized,
+    {
+        TermError::new(self.name(), message)
+    }
+}
+
+/// A shared reference to an exact term is a term (so a theory that is itself its one term can
+/// hand `Box::new(self)` to [`LeveledAction::single`]). A borrowed term is not refreshed, so
+/// borrowing a stochastic term (pseudofermions, whose heat bath must run) is refused at the
+/// first refresh: such a term must be owned by the action.
+impl<S: FieldSpace, T: ActionTerm<S> + ?Sized> ActionTerm<S> for &T {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn is_exact(&self) -> bool {
+        (**self).is_exact()
+    }
+    fn refresh(&mut self, _u: &S::Field, _rng: &mut Stream) -> Result<(), TermError> {
+        if self.is_exact() {
+            return Ok(());
+        }
+        Err(TermError::new(
+            self.name(),
+            "a stochastic term must be owned by the action, not borrowed (its refresh must run)",
+        ))
+    }
+    fn action(&self, u: &S::Field) -> Result<f64, TermError> {
+        (**self).action(u)
+    }
+    fn force(&self, u: &S::Field, out: &mut S::Momentum) -> Result<(), TermError> {
+        (**self).force(u, out)
+    }
+}
+
+/// A boxed action term.
+pub type Term<'a, S> = Box<dyn ActionTerm<S> + 'a>;
+
+/// An action S = Σ_levels Σ_terms S_term, as a list of terms per time-scale level (level 0
+/// outermost). Each level's force is applied term by term.
+pub struct LeveledAction<'a, S: FieldSpace> {
+    levels: Vec<Vec<Term<'a, S>>>,
+    total: Option<TotalAction<'a, S>>,
+}
+
+/// A one-pass evaluation of the summed action, see [`LeveledAction::with_total`].
+pub type TotalAction<'a, S> = Box<dyn Fn(&<S as FieldSpace>::Field) -> f64 + 'a>;
+
+impl<S: FieldSpace> std::fmt::Debug for LeveledAction<'_, S> {
+    /// The term names per level, e.g. `[["gauge"], ["pseudofermion"]]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<Vec<&str>> = self.levels.iter().map(|l| l.iter().map(|t| t.name()).collect()).collect();
+        write!(f, "LeveledAction{names:?}")
+    }
+}
+
+impl<'a, S: FieldSpace> LeveledAction<'a, S> {
+    /// The action with these levels of terms. Errors if there is no level or a level has no
+    /// term.
+    pub fn new(levels: Vec<Vec<Term<'a, S>>>) -> Result<Self, String> {
+        if levels.is_empty() {
+            return Err("an action needs at least one level".into());
+        }
+        if let Some(l) = levels.iter().position(|terms| terms.is_empty()) {
+            return Err(format!("time-scale level {l} of the action has no term"));
+        }
+        Ok(Self { levels, total: None })
+    }
+
+    /// A one-level action of one term.
+    pub fn single(term: Term<'a, S>) -> Self {
+        Self { levels: vec![vec![term]], total: None }
+    }
+
+    /// The same action, whose total [`LeveledAction::action`] is evaluated by `total` in one
+    /// pass instead of term by term (e.g. one sweep over the lattice instead of one per term;
+    /// it then also rounds exactly like the theory's own action). `total` must equal the sum
+    /// of the terms' actions up to rounding (the [`crate::testkit`] checks it), and is only
+    /// allowed when every term is exact, since a stochastic term's action changes with its
+    /// refresh; otherwise it is ignored.
+    pub fn with_total(mut self, total: impl Fn(&S::Field) -> f64 + 'a) -> Self {
+        if self.is_exact() {
+            self.total = Some(Box::new(total));
+        }
+        self
+    }
+
+    /// Number of levels (≥ 1).
+    pub fn levels(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// The terms of each level.
+    pub fn terms(&self) -> &[Vec<Term<'a, S>>] {
+        &self.levels
+    }
+
+    /// Whether every term's action is exact.
+    pub fn is_exact(&self) -> bool {
+        self.levels.iter().flatten().all(|t| t.is_exact())
+    }
+
+    /// The total action: the one-pass total if one was given ([`LeveledAction::with_total`]),
+    /// else the sum over all terms in level order (compensated; a single term's value
+    /// unchanged).
+    pub fn action(&self, u: &S::Field) -> Result<f64, TermError> {
+        if let Some(total) = &self.total {
+            return Ok(total(u));
+        }
+        self.sum_of_terms(u)
+    }
+
+    /// The sum of the terms' actions, in level order (compensated; a single term's value
+    /// unchanged), ignoring any one-pass total.
+    pub fn sum_of_terms(&self, u: &S::Field) -> Result<f64, TermError> {
+        if let [level] = self.levels.as_slice() {
+            if let [term] = level.as_slice() {
+                return term.action(u);
+            }
+        }
+        let mut sum = CompensatedSum::new();
+        for term in self.levels.iter().flatten() {
+            sum.add(term.action(u)?);
+        }
+        Ok(sum.value())
+    }
+
+    /// Refreshes every term, in level order.
+    pub fn refresh(&mut self, u: &S::Field, rng: &mut Stream) -> Result<(), TermError> {
+        for term in self.levels.iter_mut().flatten() {
+            term.refresh(u, rng)?;
+        }
+        Ok(())
+    }
+
+    /// The field moved by `eps` along the force of `level` (u' = u + eps·F for flat spaces,
+    /// exp(eps·F)·u for groups), for force-gradient kicks; `buf` is scratch space.
+    pub fn shifted_along_force(
+        &self,
+        space: &S,
+        level: usize,
+        u: &S::Field,
+        eps: f64,
+        buf: &mut S::Momentum,
+    ) -> Result<S::Field, TermError> {
+        let mut force = space.zero_momentum();
+        for term in &self.levels[level] {
+            term.force(u, buf)?;
+            space.kick(&mut force, buf, -1.0);
+        }
+        let mut shifted = u.clone();
+        space.step_field(&mut shifted, &mut force, eps);
+        Ok(shifted)
+    }
+
+    /// p ← p − eps·F_level(u), term by term; `buf` is scratch space.
+    pub fn kick(
+        &self,
+        space: &S,
+        level: usize,
+        u: &S::Field,
+        p: &mut S::Momentum,
+        eps: f64,
+        buf: &mut S::Momentum,
+    ) -> Result<(), TermError> {
+        for term in &self.levels[level] {
+            term.force(u, buf)?;
+            space.kick(p, buf, eps);
+        }
+        Ok(())
+    }
 }
 
 /// A molecular-dynamics integration scheme for one level.
@@ -62,6 +285,13 @@ pub enum Scheme {
     /// Omelyan–Mryglod–Folk 4th order (Comput. Phys. Commun. 151 (2003) 272, eq. 71):
     /// P(ξh) U((1−2λ)h/2) P(χh) U(λh) P((1−2(χ+ξ))h) U(λh) P(χh) U((1−2λ)h/2) P(ξh). Error O(h⁴).
     Omelyan4,
+    /// Force-gradient (Chin's 4th-order scheme C, as used for lattice QCD by Kennedy, Clark
+    /// and Silva): P(h/6) U(h/2) P̃(2h/3) U(h/2) P(h/6), where the middle kick P̃ applies the
+    /// force F = ∂S at the field moved by −h²/24 along F (u' = u − (h²/24)F, for groups
+    /// exp(−(h²/24)F)·u), which is the force of the modified potential that cancels the h²
+    /// error to the needed order. Error O(h⁴), with one force evaluation more per step than
+    /// Omelyan-2.
+    ForceGradient,
 }
 
 /// The usual Omelyan-2 parameter.
@@ -75,6 +305,12 @@ const OMF4_CHI: f64 = -0.066_264_582_669_818_49;
 enum Op {
     Kick(f64),
     Drift(f64),
+    /// A force-gradient kick: p ← p − c·h·F(u'), u' = u moved by ξh² along F(u) (ξ < 0:
+    /// against it).
+    GradientKick {
+        c: f64,
+        xi: f64,
+    },
 }
 
 impl Scheme {
@@ -84,6 +320,15 @@ impl Scheme {
             Scheme::Leapfrog => vec![Kick(0.5), Drift(1.0), Kick(0.5)],
             Scheme::Omelyan2 { lambda } => {
                 vec![Kick(lambda), Drift(0.5), Kick(1.0 - 2.0 * lambda), Drift(0.5), Kick(lambda)]
+            }
+            Scheme::ForceGradient => {
+                vec![
+                    Kick(1.0 / 6.0),
+                    Drift(0.5),
+                    GradientKick { c: 2.0 / 3.0, xi: -1.0 / 24.0 },
+                    Drift(0.5),
+                    Kick(1.0 / 6.0),
+                ]
             }
             Scheme::Omelyan4 => {
                 let (xi, la, chi) = (OMF4_XI, OMF4_LAMBDA, OMF4_CHI);
@@ -103,21 +348,29 @@ impl Scheme {
     }
 }
 
-/// A nested integration schedule: total MD time `tau`; `steps[0]` steps of the outermost level,
-/// and for each inner level `steps[l]` sub-steps per drift of level l−1. All levels use `scheme`.
+/// One level of a [`Schedule`]: its scheme and its step count (for level 0 the steps per
+/// trajectory, for an inner level the sub-steps per drift of the level above).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LevelSchedule {
+    pub steps: u32,
+    pub scheme: Scheme,
+}
+
+/// A nested integration schedule: total MD time `tau`, and one [`LevelSchedule`] per action
+/// level (level 0 outermost).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     pub tau: f64,
-    pub steps: Vec<u32>,
-    pub scheme: Scheme,
+    pub levels: Vec<LevelSchedule>,
     /// Trajectory-length randomisation, see [`HmcParams::jitter`].
     pub jitter: f64,
 }
 
 impl Schedule {
-    /// Builds a schedule from the plain-data parameters that cross the ABI. `levels` is the
-    /// action's level count: extra inner levels without sub-step counts get 1 sub-step; more
-    /// sub-step counts than inner levels is an error.
+    /// Builds a schedule from the plain-data parameters that cross the ABI, with the same
+    /// scheme on every level (set another per level with [`Schedule::with_scheme`]). `levels`
+    /// is the action's level count: extra inner levels without sub-step counts get 1 sub-step;
+    /// more sub-step counts than inner levels is an error.
     pub fn from_params(p: &HmcParams, levels: usize) -> Result<Self, String> {
         if !(p.trajectory_length.is_finite() && p.trajectory_length > 0.0) {
             return Err(format!("trajectory_length must be a positive number, got {}", p.trajectory_length));
@@ -138,79 +391,116 @@ impl Schedule {
         if p.inner_steps.contains(&0) {
             return Err("every nested time-scale step count must be at least 1".into());
         }
-        let scheme = match p.integrator {
-            IntegratorKind::Leapfrog => Scheme::Leapfrog,
+        let scheme = Scheme::from_params(p)?;
+        let mut steps = vec![p.md_steps];
+        steps.extend(p.inner_steps.iter().copied());
+        steps.resize(levels.max(1), 1);
+        let levels = steps.into_iter().map(|steps| LevelSchedule { steps, scheme }).collect();
+        Ok(Self { tau: p.trajectory_length, levels, jitter: p.jitter })
+    }
+
+    /// The same schedule with `scheme` on `level` (ignored for a level that does not exist).
+    pub fn with_scheme(mut self, level: usize, scheme: Scheme) -> Self {
+        if let Some(l) = self.levels.get_mut(level) {
+            l.scheme = scheme;
+        }
+        self
+    }
+
+    /// The step counts, level 0 first.
+    pub fn steps(&self) -> Vec<u32> {
+        self.levels.iter().map(|l| l.steps).collect()
+    }
+}
+
+impl Scheme {
+    /// The scheme that [`HmcParams::integrator`] names (checking λ for Omelyan-2). An
+    /// integrator code this build does not know is an error that asks for a rebuild.
+    pub fn from_params(p: &HmcParams) -> Result<Self, String> {
+        match p.integrator {
+            IntegratorKind::Leapfrog => Ok(Scheme::Leapfrog),
             IntegratorKind::Omelyan2 => {
                 if !(p.omelyan_lambda.is_finite() && p.omelyan_lambda > 0.0 && p.omelyan_lambda < 0.5) {
                     return Err(format!("omelyan_lambda must lie in (0, 0.5), got {}", p.omelyan_lambda));
                 }
-                Scheme::Omelyan2 { lambda: p.omelyan_lambda }
+                Ok(Scheme::Omelyan2 { lambda: p.omelyan_lambda })
             }
-            IntegratorKind::Omelyan4 => Scheme::Omelyan4,
-        };
-        let mut steps = vec![p.md_steps];
-        steps.extend(p.inner_steps.iter().copied());
-        steps.resize(levels.max(1), 1);
-        Ok(Self { tau: p.trajectory_length, steps, scheme, jitter: p.jitter })
+            IntegratorKind::Omelyan4 => Ok(Scheme::Omelyan4),
+            IntegratorKind::ForceGradient => Ok(Scheme::ForceGradient),
+            other => Err(format!(
+                "integrator {other:?} is not known to this plugin's latflow-core {}: rebuild the plugin \
+                 against the host's latflow-core",
+                crate::CORE_VERSION
+            )),
+        }
     }
 }
 
-/// Integrates (u, p) for MD time `schedule.tau`. `force_buf` is scratch space.
+/// Integrates (u, p) for MD time `schedule.tau`. `force_buf` is scratch space. The schedule
+/// must have one level per action level.
 ///
 /// Consecutive kicks of one level with no drift in between act on the same field and are merged
 /// into one force evaluation, so leapfrog with n steps costs n+1 outer forces, Omelyan-2 2n+1.
-pub fn integrate<S: FieldSpace, A: Action<S> + ?Sized>(
+/// A failing term stops the integration with its error ((u, p) are then meaningless).
+pub fn integrate<S: FieldSpace>(
     space: &S,
-    action: &A,
+    action: &LeveledAction<'_, S>,
     u: &mut S::Field,
     p: &mut S::Momentum,
     schedule: &Schedule,
     force_buf: &mut S::Momentum,
-) {
-    evolve(space, action, u, p, schedule, 0, schedule.tau, force_buf);
+) -> Result<(), TermError> {
+    assert_eq!(schedule.levels.len(), action.levels(), "the schedule needs one level per action level");
+    evolve(space, action, u, p, schedule, 0, schedule.tau, force_buf)?;
+    space.project(u);
+    Ok(())
 }
 
-fn evolve<S: FieldSpace, A: Action<S> + ?Sized>(
+fn evolve<S: FieldSpace>(
     space: &S,
-    action: &A,
+    action: &LeveledAction<'_, S>,
     u: &mut S::Field,
     p: &mut S::Momentum,
     schedule: &Schedule,
     level: usize,
     time: f64,
     force_buf: &mut S::Momentum,
-) {
-    let n = schedule.steps[level];
+) -> Result<(), TermError> {
+    let LevelSchedule { steps: n, scheme } = schedule.levels[level];
     let h = time / f64::from(n);
-    let ops = schedule.scheme.ops();
-    let innermost = level + 1 == schedule.steps.len();
+    let ops = scheme.ops();
+    let innermost = level + 1 == schedule.levels.len();
     let mut pending = 0.0;
     for _ in 0..n {
         for op in &ops {
             match *op {
                 Op::Kick(c) => pending += c,
+                Op::GradientKick { c, xi } => {
+                    if pending != 0.0 {
+                        action.kick(space, level, u, p, pending * h, force_buf)?;
+                        pending = 0.0;
+                    }
+                    let shifted = action.shifted_along_force(space, level, u, xi * h * h, force_buf)?;
+                    action.kick(space, level, &shifted, p, c * h, force_buf)?;
+                }
                 Op::Drift(c) => {
                     if pending != 0.0 {
-                        action.force(level, u, force_buf);
-                        space.kick(p, force_buf, pending * h);
+                        action.kick(space, level, u, p, pending * h, force_buf)?;
                         pending = 0.0;
                     }
                     if innermost {
                         space.step_field(u, p, c * h);
                     } else {
-                        evolve(space, action, u, p, schedule, level + 1, c * h, force_buf);
+                        evolve(space, action, u, p, schedule, level + 1, c * h, force_buf)?;
                     }
                 }
             }
         }
     }
     if pending != 0.0 {
-        action.force(level, u, force_buf);
-        space.kick(p, force_buf, pending * h);
+        action.kick(space, level, u, p, pending * h, force_buf)?;
     }
-    if level == 0 {
-        space.project(u);
-    }
+    Ok(())
 }
 
 /// The shared Metropolis test: accepts with probability min(1, exp(log_ratio)).
@@ -230,6 +520,10 @@ pub fn metropolis_accept(log_ratio: f64, rng: &mut Stream) -> bool {
 pub enum HmcError {
     /// The action of the starting configuration is not finite.
     NonFiniteStart { action: f64 },
+    /// An action term failed (refresh, action or force).
+    Term(TermError),
+    /// The schedule does not fit the action.
+    Schedule(String),
 }
 
 impl std::fmt::Display for HmcError {
@@ -238,29 +532,46 @@ impl std::fmt::Display for HmcError {
             HmcError::NonFiniteStart { action } => {
                 write!(f, "the action of the starting configuration is not finite ({action})")
             }
+            HmcError::Term(e) => e.fmt(f),
+            HmcError::Schedule(m) => f.write_str(m),
         }
     }
 }
 
 impl std::error::Error for HmcError {}
 
-/// One HMC trajectory: refresh momenta (and auxiliary fields), integrate, Metropolis test on ΔH.
+impl From<TermError> for HmcError {
+    fn from(e: TermError) -> Self {
+        HmcError::Term(e)
+    }
+}
+
+/// One HMC trajectory: refresh the terms' auxiliary fields and the momenta, integrate,
+/// Metropolis test on ΔH.
 ///
 /// With `schedule.jitter > 0` the trajectory length is first drawn uniformly from
 /// τ·[1 − jitter, 1 + jitter] (independently of the state, so detailed balance holds).
 ///
 /// On acceptance `u` holds the new configuration; on rejection it is unchanged. A trajectory
 /// whose final H is not finite (an MD instability) is rejected and recorded with ΔH = +∞.
-/// With `accept_reject == false` every trajectory is accepted (an explicit, recorded option
-/// for tests of the integrator, never a default).
-pub fn hmc_trajectory<S: FieldSpace, A: Action<S> + ?Sized>(
+/// A failing term is an error (and `u` is unchanged). With `accept_reject == false` every
+/// trajectory is accepted (an explicit, recorded option for tests of the integrator, never a
+/// default).
+pub fn hmc_trajectory<S: FieldSpace>(
     space: &S,
-    action: &mut A,
+    action: &mut LeveledAction<'_, S>,
     u: &mut S::Field,
     schedule: &Schedule,
     accept_reject: bool,
     rng: &mut Stream,
 ) -> Result<TrajectoryRecord, HmcError> {
+    if schedule.levels.len() != action.levels() {
+        return Err(HmcError::Schedule(format!(
+            "the schedule has {} level(s) but the action has {}",
+            schedule.levels.len(),
+            action.levels()
+        )));
+    }
     let jittered;
     let schedule = if schedule.jitter > 0.0 {
         let scale = 1.0 + schedule.jitter * (2.0 * rng.uniform() - 1.0);
@@ -269,17 +580,17 @@ pub fn hmc_trajectory<S: FieldSpace, A: Action<S> + ?Sized>(
     } else {
         schedule
     };
-    action.refresh(u, rng);
+    action.refresh(u, rng)?;
     let mut p = space.sample_momentum(rng);
-    let s0 = action.action(u);
+    let s0 = action.action(u)?;
     if !s0.is_finite() {
         return Err(HmcError::NonFiniteStart { action: s0 });
     }
     let k0 = space.kinetic(&p);
     let mut v = u.clone();
     let mut buf = space.zero_momentum();
-    integrate(space, &*action, &mut v, &mut p, schedule, &mut buf);
-    let s1 = action.action(&v);
+    integrate(space, action, &mut v, &mut p, schedule, &mut buf)?;
+    let s1 = action.action(&v)?;
     let k1 = space.kinetic(&p);
     let mut dh = CompensatedSum::new();
     dh.add(s1);
@@ -322,8 +633,8 @@ impl FieldSpace for RealScalar {
         0.5 * crate::sum::compensated_sum(p.iter().map(|x| x * x))
     }
 
-    fn step_field(&self, u: &mut Vec<f64>, p: &Vec<f64>, eps: f64) {
-        for (x, q) in u.iter_mut().zip(p) {
+    fn step_field(&self, u: &mut Vec<f64>, p: &mut Vec<f64>, eps: f64) {
+        for (x, q) in u.iter_mut().zip(p.iter()) {
             *x += eps * q;
         }
     }
@@ -335,89 +646,173 @@ impl FieldSpace for RealScalar {
     }
 }
 
+/// Wraps an angle into (−π, π]; the identity on angles already there.
+#[inline]
+pub fn wrap_angle(x: f64) -> f64 {
+    use std::f64::consts::{PI, TAU};
+    if x > -PI && x <= PI {
+        return x;
+    }
+    let y = x - TAU * ((x - PI) / TAU).ceil();
+    if y <= -PI {
+        y + TAU
+    } else {
+        y
+    }
+}
+
+/// Angles with real momenta, H = ½ Σ p² + S (U(1) links, XY spins): the exponential map of
+/// U(1) is θ ← θ + εp. [`FieldSpace::project`] wraps every angle into (−π, π] at the end of
+/// each integration, so stored angles stay bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Angles {
+    /// Number of angles.
+    pub len: usize,
+}
+
+impl FieldSpace for Angles {
+    type Field = Vec<f64>;
+    type Momentum = Vec<f64>;
+
+    fn sample_momentum(&self, rng: &mut Stream) -> Vec<f64> {
+        RealScalar { len: self.len }.sample_momentum(rng)
+    }
+
+    fn zero_momentum(&self) -> Vec<f64> {
+        vec![0.0; self.len]
+    }
+
+    fn kinetic(&self, p: &Vec<f64>) -> f64 {
+        RealScalar { len: self.len }.kinetic(p)
+    }
+
+    fn step_field(&self, u: &mut Vec<f64>, p: &mut Vec<f64>, eps: f64) {
+        RealScalar { len: self.len }.step_field(u, p, eps)
+    }
+
+    fn kick(&self, p: &mut Vec<f64>, f: &Vec<f64>, eps: f64) {
+        RealScalar { len: self.len }.kick(p, f, eps)
+    }
+
+    fn project(&self, u: &mut Vec<f64>) {
+        u.iter_mut().for_each(|t| *t = wrap_angle(*t));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use latflow_stats::{gamma_method, S_TAU_DEFAULT};
+    use crate::testkit::batch_means;
     use abi_stable::std_types::RVec;
 
-    /// Anharmonic oscillators with a two-level split: S = Σ a x²/2 (level 0) + Σ b x⁴/4 (level 1).
-    struct Anharmonic {
-        a: f64,
-        b: f64,
-        split: bool,
+    /// S = Σ a x²/2.
+    struct Quadratic(f64);
+    /// S = Σ b x⁴/4.
+    struct Quartic(f64);
+    /// S = Σ (a x²/2 + b x⁴/4), as one term.
+    struct Both(f64, f64);
+
+    impl ActionTerm<RealScalar> for Quadratic {
+        fn name(&self) -> &str {
+            "quadratic"
+        }
+        fn action(&self, u: &Vec<f64>) -> Result<f64, TermError> {
+            Ok(crate::sum::compensated_sum(u.iter().map(|x| 0.5 * self.0 * x * x)))
+        }
+        fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+            out.iter_mut().zip(u).for_each(|(o, x)| *o = self.0 * x);
+            Ok(())
+        }
     }
 
-    impl Action<RealScalar> for Anharmonic {
-        fn levels(&self) -> usize {
-            if self.split { 2 } else { 1 }
+    impl ActionTerm<RealScalar> for Quartic {
+        fn name(&self) -> &str {
+            "quartic"
         }
-        fn action(&self, u: &Vec<f64>) -> f64 {
-            crate::sum::compensated_sum(u.iter().map(|x| 0.5 * self.a * x * x + 0.25 * self.b * x.powi(4)))
+        fn action(&self, u: &Vec<f64>) -> Result<f64, TermError> {
+            Ok(crate::sum::compensated_sum(u.iter().map(|x| 0.25 * self.0 * x.powi(4))))
         }
-        fn force(&self, level: usize, u: &Vec<f64>, out: &mut Vec<f64>) {
-            for (o, x) in out.iter_mut().zip(u) {
-                *o = match (self.split, level) {
-                    (false, _) => self.a * x + self.b * x.powi(3),
-                    (true, 0) => self.a * x,
-                    (true, _) => self.b * x.powi(3),
-                };
-            }
+        fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+            out.iter_mut().zip(u).for_each(|(o, x)| *o = self.0 * x.powi(3));
+            Ok(())
+        }
+    }
+
+    impl ActionTerm<RealScalar> for Both {
+        fn name(&self) -> &str {
+            "both"
+        }
+        fn action(&self, u: &Vec<f64>) -> Result<f64, TermError> {
+            Ok(crate::sum::compensated_sum(u.iter().map(|x| 0.5 * self.0 * x * x + 0.25 * self.1 * x.powi(4))))
+        }
+        fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+            out.iter_mut().zip(u).for_each(|(o, x)| *o = self.0 * x + self.1 * x.powi(3));
+            Ok(())
+        }
+    }
+
+    /// Anharmonic oscillators, a = 1.3, b = 0.7: one term, or split over two levels.
+    fn anharmonic(split: bool) -> LeveledAction<'static, RealScalar> {
+        if split {
+            LeveledAction::new(vec![vec![Box::new(Quadratic(1.3))], vec![Box::new(Quartic(0.7))]]).unwrap()
+        } else {
+            LeveledAction::single(Box::new(Both(1.3, 0.7)))
         }
     }
 
     fn params(kind: IntegratorKind, steps: u32, inner: &[u32]) -> HmcParams {
-        HmcParams {
-            trajectory_length: 1.0,
-            md_steps: steps,
-            integrator: kind,
-            omelyan_lambda: OMELYAN_LAMBDA,
-            inner_steps: RVec::from(inner.to_vec()),
-            accept_reject: true,
-            jitter: 0.0,
-        }
+        HmcParams { md_steps: steps, integrator: kind, inner_steps: RVec::from(inner.to_vec()), ..HmcParams::default() }
     }
 
-    fn delta_h(kind: IntegratorKind, steps: u32, inner: &[u32], split: bool) -> f64 {
+    /// (u, p) after integrating from a fixed random start, and ΔH.
+    fn run(act: &LeveledAction<'_, RealScalar>, sched: &Schedule) -> (Vec<f64>, Vec<f64>, f64) {
         let space = RealScalar { len: 16 };
-        let act = Anharmonic { a: 1.3, b: 0.7, split };
-        let sched = Schedule::from_params(&params(kind, steps, inner), act.levels()).unwrap();
         let mut rng = Stream::new(11, 0);
         let mut u = space.sample_momentum(&mut rng);
         let mut p = space.sample_momentum(&mut rng);
-        let h0 = space.kinetic(&p) + act.action(&u);
+        let h0 = space.kinetic(&p) + act.action(&u).unwrap();
         let mut buf = space.zero_momentum();
-        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
-        space.kinetic(&p) + act.action(&u) - h0
+        integrate(&space, act, &mut u, &mut p, sched, &mut buf).unwrap();
+        let dh = space.kinetic(&p) + act.action(&u).unwrap() - h0;
+        (u, p, dh)
+    }
+
+    fn delta_h(kind: IntegratorKind, steps: u32, inner: &[u32], split: bool) -> f64 {
+        let act = anharmonic(split);
+        run(&act, &Schedule::from_params(&params(kind, steps, inner), act.levels()).unwrap()).2
+    }
+
+    fn assert_reversible(act: &LeveledAction<'_, RealScalar>, sched: &Schedule, what: &str) {
+        let space = RealScalar { len: 16 };
+        let mut rng = Stream::new(5, 0);
+        let u0 = space.sample_momentum(&mut rng);
+        let p0 = space.sample_momentum(&mut rng);
+        let (mut u, mut p) = (u0.clone(), p0.clone());
+        let mut buf = space.zero_momentum();
+        integrate(&space, act, &mut u, &mut p, sched, &mut buf).unwrap();
+        p.iter_mut().for_each(|x| *x = -*x);
+        integrate(&space, act, &mut u, &mut p, sched, &mut buf).unwrap();
+        for (a, b) in u.iter().zip(&u0) {
+            assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{what}: {a} vs {b}");
+        }
+        for (a, b) in p.iter().zip(&p0) {
+            assert!((a + b).abs() <= 1e-12 * b.abs().max(1.0), "{what}");
+        }
     }
 
     #[test]
     fn reversibility() {
-        for kind in [IntegratorKind::Leapfrog, IntegratorKind::Omelyan2, IntegratorKind::Omelyan4] {
+        for kind in IntegratorKind::KNOWN.iter().copied() {
             for (inner, split) in [(&[][..], false), (&[3][..], true)] {
-                let space = RealScalar { len: 16 };
-                let act = Anharmonic { a: 1.3, b: 0.7, split };
+                let act = anharmonic(split);
                 let sched = Schedule::from_params(&params(kind, 7, inner), act.levels()).unwrap();
-                let mut rng = Stream::new(5, 0);
-                let u0 = space.sample_momentum(&mut rng);
-                let p0 = space.sample_momentum(&mut rng);
-                let (mut u, mut p) = (u0.clone(), p0.clone());
-                let mut buf = space.zero_momentum();
-                integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
-                p.iter_mut().for_each(|x| *x = -*x);
-                integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
-                for (a, b) in u.iter().zip(&u0) {
-                    assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{kind:?}: {a} vs {b}");
-                }
-                for (a, b) in p.iter().zip(&p0) {
-                    assert!((a + b).abs() <= 1e-12 * b.abs().max(1.0), "{kind:?}");
-                }
+                assert_reversible(&act, &sched, &format!("{kind:?} {inner:?}"));
             }
         }
     }
 
-    /// log2 of the ratio |ΔH(n)| / |ΔH(2n)| estimates the order 2k of the error ΔH ∝ h^{2k}... for
-    /// a single trajectory ΔH ∝ h^p with p = 2 (2nd-order schemes) or 4 (OMF4).
+    /// log2 of the ratio |ΔH(n)| / |ΔH(2n)|: for a single trajectory ΔH ∝ h^p with p = 2
+    /// (2nd-order schemes) or 4 (OMF4).
     fn order(kind: IntegratorKind, inner: &[u32], split: bool) -> f64 {
         let d1 = delta_h(kind, 16, inner, split).abs();
         let d2 = delta_h(kind, 32, inner, split).abs();
@@ -430,6 +825,9 @@ mod tests {
             let lf = order(IntegratorKind::Leapfrog, inner, split);
             let om = order(IntegratorKind::Omelyan2, inner, split);
             let o4 = order(IntegratorKind::Omelyan4, inner, split);
+            let fg = order(IntegratorKind::ForceGradient, inner, split);
+            assert!((fg - 4.0).abs() < 0.3, "force-gradient order {fg}");
+            println!("orders {inner:?}: leapfrog {lf:.3}, omelyan2 {om:.3}, omelyan4 {o4:.3}, force-gradient {fg:.3}");
             assert!((lf - 2.0).abs() < 0.2, "leapfrog order {lf}");
             assert!((om - 2.0).abs() < 0.2, "omelyan2 order {om}");
             assert!((o4 - 4.0).abs() < 0.3, "omelyan4 order {o4}");
@@ -443,6 +841,123 @@ mod tests {
         let flat = delta_h(IntegratorKind::Omelyan2, 20, &[], false).abs();
         let nested = delta_h(IntegratorKind::Omelyan2, 20, &[4], true).abs();
         assert!(nested < 10.0 * flat + 1e-12 && nested > 0.0);
+    }
+
+    /// Two terms on one level integrate like the one summed term: same (u, p) up to the
+    /// rounding of kicking twice instead of once.
+    #[test]
+    fn two_terms_on_one_level_equal_the_summed_action() {
+        let two: LeveledAction<'_, RealScalar> =
+            LeveledAction::new(vec![vec![Box::new(Quadratic(1.3)), Box::new(Quartic(0.7))]]).unwrap();
+        let one = anharmonic(false);
+        for kind in IntegratorKind::KNOWN.iter().copied() {
+            let sched = Schedule::from_params(&params(kind, 9, &[]), 1).unwrap();
+            let (u2, p2, dh2) = run(&two, &sched);
+            let (u1, p1, dh1) = run(&one, &sched);
+            for (a, b) in u2.iter().chain(&p2).zip(u1.iter().chain(&p1)) {
+                assert!((a - b).abs() <= 1e-13 * b.abs().max(1.0), "{kind:?}: {a} vs {b}");
+            }
+            assert!((dh2 - dh1).abs() <= 1e-12, "{kind:?}: {dh2} vs {dh1}");
+            let u = vec![0.3; 16];
+            assert!((two.action(&u).unwrap() - one.action(&u).unwrap()).abs() < 1e-14);
+        }
+    }
+
+    #[test]
+    fn a_one_pass_total_replaces_the_sum_only_for_exact_terms() {
+        let u = vec![0.3; 16];
+        let act = anharmonic(true).with_total(|u: &Vec<f64>| u.len() as f64);
+        assert_eq!(act.action(&u).unwrap(), 16.0);
+        assert!((act.sum_of_terms(&u).unwrap() - anharmonic(false).action(&u).unwrap()).abs() < 1e-14);
+        let stochastic =
+            LeveledAction::single(Box::new(Estimate) as Term<'_, RealScalar>).with_total(|_: &Vec<f64>| 1.0);
+        assert!(!stochastic.is_exact());
+        assert_eq!(stochastic.action(&u).unwrap(), 2.0);
+    }
+
+    /// A term whose action is only an estimate.
+    struct Estimate;
+
+    impl ActionTerm<RealScalar> for Estimate {
+        fn name(&self) -> &str {
+            "estimate"
+        }
+        fn is_exact(&self) -> bool {
+            false
+        }
+        fn action(&self, _u: &Vec<f64>) -> Result<f64, TermError> {
+            Ok(2.0)
+        }
+        fn force(&self, _u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+            out.iter_mut().for_each(|o| *o = 0.0);
+            Ok(())
+        }
+    }
+
+    /// Each level integrates with its own scheme: OMF4 on the outer level with a force-free
+    /// inner leapfrog level keeps 4th order; a leapfrog inner level with a force makes it 2nd.
+    #[test]
+    fn per_level_schemes() {
+        let order_of = |b: f64| {
+            let act: LeveledAction<'_, RealScalar> =
+                LeveledAction::new(vec![vec![Box::new(Quadratic(1.3))], vec![Box::new(Quartic(b))]]).unwrap();
+            let dh = |n: u32| {
+                let sched = Schedule::from_params(&params(IntegratorKind::Omelyan4, n, &[1]), 2)
+                    .unwrap()
+                    .with_scheme(1, Scheme::Leapfrog);
+                assert_reversible(&act, &sched, "omelyan4 / leapfrog");
+                run(&act, &sched).2.abs()
+            };
+            (dh(16) / dh(32)).log2()
+        };
+        let free = order_of(0.0);
+        let coupled = order_of(0.7);
+        assert!((free - 4.0).abs() < 0.3, "order with a force-free leapfrog level: {free}");
+        assert!((coupled - 2.0).abs() < 0.3, "order with a leapfrog level: {coupled}");
+    }
+
+    /// A term whose force fails (a solver that does not converge) after a few calls.
+    struct Flaky {
+        calls: std::cell::Cell<u32>,
+    }
+
+    impl ActionTerm<RealScalar> for Flaky {
+        fn name(&self) -> &str {
+            "solver"
+        }
+        fn action(&self, _u: &Vec<f64>) -> Result<f64, TermError> {
+            Ok(0.0)
+        }
+        fn force(&self, _u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+            self.calls.set(self.calls.get() + 1);
+            if self.calls.get() > 3 {
+                return Err(self.error("CG did not converge"));
+            }
+            out.iter_mut().for_each(|o| *o = 0.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_term_is_an_error_that_names_it() {
+        let space = RealScalar { len: 4 };
+        let mut act: LeveledAction<'_, RealScalar> =
+            LeveledAction::new(vec![vec![Box::new(Quadratic(1.0)), Box::new(Flaky { calls: 0.into() })]]).unwrap();
+        let sched = Schedule::from_params(&params(IntegratorKind::Leapfrog, 10, &[]), 1).unwrap();
+        let mut u = vec![0.5; 4];
+        let e = hmc_trajectory(&space, &mut act, &mut u, &sched, true, &mut Stream::new(1, 0)).unwrap_err();
+        assert_eq!(e, HmcError::Term(TermError::new("solver", "CG did not converge")));
+        assert_eq!(e.to_string(), "action term 'solver': CG did not converge");
+        assert_eq!(u, vec![0.5; 4], "a failed trajectory leaves the configuration unchanged");
+        assert!(LeveledAction::<RealScalar>::new(vec![]).is_err());
+        assert!(LeveledAction::<RealScalar>::new(vec![vec![]]).unwrap_err().contains("level 0"));
+    }
+
+    #[test]
+    fn unknown_integrators_ask_for_a_rebuild() {
+        let p = params(IntegratorKind::from_code(77), 4, &[]);
+        let e = Schedule::from_params(&p, 1).unwrap_err();
+        assert!(e.contains("Unknown(77)") && e.contains(crate::CORE_VERSION), "{e}");
     }
 
     #[test]
@@ -470,7 +985,7 @@ mod tests {
     fn exp_minus_delta_h_averages_to_one_and_samples_gaussian() {
         // Harmonic oscillators, a = 1: <x²> = 1 exactly; <exp(-ΔH)> = 1.
         let space = RealScalar { len: 4 };
-        let mut act = Anharmonic { a: 1.0, b: 0.0, split: false };
+        let mut act = LeveledAction::single(Box::new(Quadratic(1.0)));
         let mut pr = params(IntegratorKind::Leapfrog, 3, &[]);
         pr.trajectory_length = 1.3;
         let sched = Schedule::from_params(&pr, 1).unwrap();
@@ -484,10 +999,10 @@ mod tests {
             e.push((-r.delta_h).exp());
             x2.push(u.iter().map(|x| x * x).sum::<f64>() / 4.0);
         }
-        let g = gamma_method(&e, S_TAU_DEFAULT).unwrap();
-        assert!(((g.mean - 1.0) / g.error).abs() < 4.0, "<exp(-dH)> = {} ± {}", g.mean, g.error);
-        let g = gamma_method(&x2, S_TAU_DEFAULT).unwrap();
-        assert!(((g.mean - 1.0) / g.error).abs() < 4.0, "<x^2> = {} ± {}", g.mean, g.error);
+        let (mean, err) = batch_means(&e, 50);
+        assert!(((mean - 1.0) / err).abs() < 4.0, "<exp(-dH)> = {mean} ± {err}");
+        let (mean, err) = batch_means(&x2, 50);
+        assert!(((mean - 1.0) / err).abs() < 4.0, "<x^2> = {mean} ± {err}");
     }
 
     #[test]
@@ -502,6 +1017,54 @@ mod tests {
         p.trajectory_length = f64::NAN;
         assert!(Schedule::from_params(&p, 1).is_err());
         let s = Schedule::from_params(&params(IntegratorKind::Leapfrog, 4, &[]), 3).unwrap();
-        assert_eq!(s.steps, vec![4, 1, 1]);
+        assert_eq!(s.steps(), vec![4, 1, 1]);
+        let mut act = anharmonic(true);
+        let one_level = Schedule::from_params(&params(IntegratorKind::Leapfrog, 4, &[]), 1).unwrap();
+        let e = hmc_trajectory(
+            &RealScalar { len: 16 },
+            &mut act,
+            &mut vec![0.0; 16],
+            &one_level,
+            true,
+            &mut Stream::new(1, 0),
+        );
+        assert!(matches!(e, Err(HmcError::Schedule(_))));
+    }
+
+    #[test]
+    fn angles_wrap_at_the_end_of_integration() {
+        assert_eq!(wrap_angle(1.0), 1.0);
+        assert_eq!(wrap_angle(std::f64::consts::PI), std::f64::consts::PI);
+        assert!((wrap_angle(-std::f64::consts::PI) - std::f64::consts::PI).abs() < 1e-15);
+        assert!((wrap_angle(7.0) - (7.0 - std::f64::consts::TAU)).abs() < 1e-15);
+        let space = Angles { len: 3 };
+        let mut u = vec![3.0, -3.0, 0.0];
+        let mut p = vec![10.0, -10.0, 0.5];
+        let act = LeveledAction::single(Box::new(Quadratic(0.0)) as Term<'_, RealScalar>);
+        // Quadratic(0) has no force: the angles move freely, then wrap.
+        let sched = Schedule::from_params(&params(IntegratorKind::Leapfrog, 2, &[]), 1).unwrap();
+        let free = RealScalar { len: 3 };
+        let mut v = u.clone();
+        integrate(&free, &act, &mut v, &mut p.clone(), &sched, &mut vec![0.0; 3]).unwrap();
+        space.project(&mut v);
+        let act_angles = LeveledAction::single(Box::new(FreeAngles) as Term<'_, Angles>);
+        integrate(&space, &act_angles, &mut u, &mut p, &sched, &mut vec![0.0; 3]).unwrap();
+        assert_eq!(u, v);
+        assert!(u.iter().all(|t| *t > -std::f64::consts::PI && *t <= std::f64::consts::PI));
+    }
+
+    struct FreeAngles;
+
+    impl ActionTerm<Angles> for FreeAngles {
+        fn name(&self) -> &str {
+            "free"
+        }
+        fn action(&self, _u: &Vec<f64>) -> Result<f64, TermError> {
+            Ok(0.0)
+        }
+        fn force(&self, _u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+            out.iter_mut().for_each(|o| *o = 0.0);
+            Ok(())
+        }
     }
 }

@@ -12,6 +12,9 @@
 //! | `Angle` | 1 | θ, radians, any representative (periodic with 2π) |
 //! | `ComplexMatrix { n }` | 2n² | row-major entries, each as (re, im) |
 //! | `ComplexVector { n }` | 2n | entries as (re, im); e.g. spin ⊗ colour for fermions |
+//! | `RealVector { n }` | n | components; e.g. an O(N) spin |
+//!
+//! [`FieldLayout::component_dims`] gives the array shape a component's reals reshape to.
 //!
 //! Auxiliary components (pseudofermions) are described so that tools know they exist, but they
 //! are owned and refreshed by the theory, not stored in configurations.
@@ -30,28 +33,124 @@ pub enum Support {
     Link,
 }
 
-/// What one element of a component is.
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ElementKind {
-    /// A real number.
-    Real,
-    /// An angle in radians (a U(1) link).
-    Angle,
-    /// An n×n complex matrix (an SU(N) link).
-    ComplexMatrix { n: u32 },
-    /// A complex vector of length n (e.g. a Wilson spinor, spin ⊗ colour).
-    ComplexVector { n: u32 },
+/// What one element of a component is: an open kind code, a size parameter `n`, and the
+/// element's number of reals.
+///
+/// Not a Rust `enum`, so that kinds can be added without breaking plugins built before (see
+/// [`crate::open_enum`]): a kind this build does not know still carries its real count, so
+/// lengths stay right, and shows as `Unknown`. Build values with the constants
+/// ([`ElementKind::Real`], [`ElementKind::Angle`]) and constructors
+/// ([`ElementKind::real_vector`], [`ElementKind::complex_matrix`],
+/// [`ElementKind::complex_vector`]); inspect them with [`ElementKind::shape`]. Serde keeps the
+/// format of the former enum: `"Real"`, `"Angle"`, `{"ComplexMatrix": {"n": 3}}`, ….
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "Element", from = "Element")]
+pub struct ElementKind {
+    code: u32,
+    n: u32,
+    reals: u64,
 }
 
+/// The readable form of an [`ElementKind`], for matching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Element {
+    /// A real number.
+    Real,
+    /// An angle in radians (a U(1) link, an XY spin), periodic with 2π.
+    Angle,
+    /// An n×n complex matrix (an SU(N) link): 2n² reals, row-major, each entry (re, im).
+    ComplexMatrix { n: u32 },
+    /// A complex vector of length n (e.g. a Wilson spinor, spin ⊗ colour): 2n reals.
+    ComplexVector { n: u32 },
+    /// A real vector of length n (e.g. an O(N) spin): n reals.
+    RealVector { n: u32 },
+    /// A kind unknown to this build of latflow-core, with its code, size and real count.
+    Unknown { code: u32, n: u32, reals: u64 },
+}
+
+const CODE_REAL: u32 = 0;
+const CODE_ANGLE: u32 = 1;
+const CODE_COMPLEX_MATRIX: u32 = 2;
+const CODE_COMPLEX_VECTOR: u32 = 3;
+const CODE_REAL_VECTOR: u32 = 4;
+
+#[allow(non_upper_case_globals)]
 impl ElementKind {
+    /// A real number.
+    pub const Real: ElementKind = ElementKind { code: CODE_REAL, n: 1, reals: 1 };
+    /// An angle in radians.
+    pub const Angle: ElementKind = ElementKind { code: CODE_ANGLE, n: 1, reals: 1 };
+
+    /// An n×n complex matrix (2n² reals).
+    pub const fn complex_matrix(n: u32) -> Self {
+        Self { code: CODE_COMPLEX_MATRIX, n, reals: 2 * (n as u64) * (n as u64) }
+    }
+
+    /// A complex vector of length n (2n reals).
+    pub const fn complex_vector(n: u32) -> Self {
+        Self { code: CODE_COMPLEX_VECTOR, n, reals: 2 * n as u64 }
+    }
+
+    /// A real vector of length n (n reals), e.g. an O(N) spin.
+    pub const fn real_vector(n: u32) -> Self {
+        Self { code: CODE_REAL_VECTOR, n, reals: n as u64 }
+    }
+
     /// Number of reals per element.
     pub fn reals(&self) -> usize {
-        match *self {
-            ElementKind::Real | ElementKind::Angle => 1,
-            ElementKind::ComplexMatrix { n } => 2 * (n as usize) * (n as usize),
-            ElementKind::ComplexVector { n } => 2 * n as usize,
+        self.reals as usize
+    }
+
+    /// The readable form, for matching.
+    pub fn shape(&self) -> Element {
+        let n = self.n;
+        match self.code {
+            CODE_REAL => Element::Real,
+            CODE_ANGLE => Element::Angle,
+            CODE_COMPLEX_MATRIX => Element::ComplexMatrix { n },
+            CODE_COMPLEX_VECTOR => Element::ComplexVector { n },
+            CODE_REAL_VECTOR => Element::RealVector { n },
+            code => Element::Unknown { code, n, reals: self.reals },
         }
+    }
+
+    /// The array dimensions of one element, innermost last, that its reals reshape to: `[]`
+    /// for a real or an angle, `[n]` for a real vector, `[n, 2]` for a complex vector and
+    /// `[n, n, 2]` for a complex matrix (the 2 is (re, im)); `[reals]` for an unknown kind.
+    pub fn dims(&self) -> Vec<usize> {
+        match self.shape() {
+            Element::Real | Element::Angle => vec![],
+            Element::RealVector { n } => vec![n as usize],
+            Element::ComplexVector { n } => vec![n as usize, 2],
+            Element::ComplexMatrix { n } => vec![n as usize, n as usize, 2],
+            Element::Unknown { reals, .. } => vec![reals as usize],
+        }
+    }
+}
+
+impl From<Element> for ElementKind {
+    fn from(e: Element) -> Self {
+        match e {
+            Element::Real => Self::Real,
+            Element::Angle => Self::Angle,
+            Element::ComplexMatrix { n } => Self::complex_matrix(n),
+            Element::ComplexVector { n } => Self::complex_vector(n),
+            Element::RealVector { n } => Self::real_vector(n),
+            Element::Unknown { code, n, reals } => Self { code, n, reals },
+        }
+    }
+}
+
+impl From<ElementKind> for Element {
+    fn from(k: ElementKind) -> Self {
+        k.shape()
+    }
+}
+
+impl std::fmt::Debug for ElementKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.shape(), f)
     }
 }
 
@@ -117,6 +216,17 @@ impl FieldLayout {
         self.volume() * per_site * c.element.reals()
     }
 
+    /// The array dimensions a component's reals reshape to, outermost first: the lattice
+    /// extents, then the direction for a link field, then [`ElementKind::dims`].
+    pub fn component_dims(&self, c: &FieldComponent) -> Vec<usize> {
+        let mut dims = self.shape();
+        if c.support == Support::Link {
+            dims.push(self.dim());
+        }
+        dims.extend(c.element.dims());
+        dims
+    }
+
     /// Length of a flat configuration: all dynamical components.
     pub fn config_len(&self) -> usize {
         self.components.iter().filter(|c| c.role == FieldRole::Dynamical).map(|c| self.component_len(c)).sum()
@@ -173,21 +283,46 @@ mod tests {
         l.components.push(FieldComponent {
             name: "U".into(),
             support: Support::Link,
-            element: ElementKind::ComplexMatrix { n: 3 },
+            element: ElementKind::complex_matrix(3),
             role: FieldRole::Dynamical,
         });
         assert_eq!(l.config_len(), 16 + 32 + 32 * 18);
         l.components.push(FieldComponent {
             name: "pf".into(),
             support: Support::Site,
-            element: ElementKind::ComplexVector { n: 2 },
+            element: ElementKind::complex_vector(2),
             role: FieldRole::Auxiliary,
         });
         assert_eq!(l.config_len(), 16 + 32 + 32 * 18);
         assert_eq!(l.aux_len(), 16 * 4);
+        l.components.push(FieldComponent {
+            name: "spin".into(),
+            support: Support::Site,
+            element: ElementKind::real_vector(3),
+            role: FieldRole::Dynamical,
+        });
+        assert_eq!(l.config_len(), 16 + 32 + 32 * 18 + 16 * 3);
+        let dims: Vec<_> = l.components.iter().map(|c| l.component_dims(c)).collect();
+        assert_eq!(dims, vec![vec![4, 4], vec![4, 4, 2], vec![4, 4, 2, 3, 3, 2], vec![4, 4, 2, 2], vec![4, 4, 3]]);
+        for (c, d) in l.components.iter().zip(&dims) {
+            assert_eq!(l.component_len(c), d.iter().product::<usize>());
+        }
         let json = serde_json::to_string(&l).unwrap();
+        assert!(
+            json.contains(r#""element":{"ComplexMatrix":{"n":3}}"#) && json.contains(r#""element":"Real""#),
+            "{json}"
+        );
         let back: FieldLayout = serde_json::from_str(&json).unwrap();
         assert_eq!(back, l);
+    }
+
+    #[test]
+    fn unknown_element_kinds_keep_their_size() {
+        let future: ElementKind = serde_json::from_str(r#"{"Unknown":{"code":99,"n":4,"reals":10}}"#).unwrap();
+        assert_eq!(future.reals(), 10);
+        assert_eq!(future.dims(), vec![10]);
+        assert_eq!(format!("{future:?}"), "Unknown { code: 99, n: 4, reals: 10 }");
+        assert_eq!(serde_json::from_str::<ElementKind>(r#""Angle""#).unwrap(), ElementKind::Angle);
     }
 
     #[test]

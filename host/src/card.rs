@@ -412,6 +412,7 @@ impl HmcCard {
             inner_steps: self.time_scales.clone().into(),
             accept_reject: self.accept_reject,
             jitter: self.trajectory_jitter,
+            extra: "{}".into(),
         }
     }
 

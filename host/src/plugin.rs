@@ -664,6 +664,13 @@ impl TheoryHandle {
         self.obj.params_json().into()
     }
 
+    /// Whether the theory's action is exact (`false`: only a stochastic estimate, e.g. with
+    /// pseudofermions). HMC is exact either way, but flow Metropolis, reweighting and plain
+    /// replica swaps need S itself and must refuse a theory that answers `false`.
+    pub fn action_is_exact(&self) -> bool {
+        self.obj.action_is_exact()
+    }
+
     /// Sets the plugin's worker-thread count.
     pub fn set_threads(&mut self, n: u32) -> Result<(), PluginLoadError> {
         let _in = abort_report::enter(&self.name, "set_threads");

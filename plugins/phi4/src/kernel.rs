@@ -137,6 +137,11 @@ impl Kernel {
         self.sum_sites(phi, |p, n| p * (c2 * p - n))
     }
 
+    /// The local potential alone, Σ_x (m² φ² + λ φ⁴), a compensated sum.
+    pub fn action_local(&self, phi: &[f64], m2: f64, lambda: f64) -> f64 {
+        latflow_core::sum::compensated_sum(phi.iter().map(|p| p * p * (m2 + lambda * p * p)))
+    }
+
     /// ∂S/∂φ(x) = 2(2d + m²) φ − 2 nb + 4λ φ³, written to `out`.
     pub fn gradient(&self, phi: &[f64], m2: f64, lambda: f64, out: &mut [f64]) {
         let c = 2.0 * (2.0 * self.d as f64 + m2);

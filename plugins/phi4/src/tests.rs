@@ -1,6 +1,9 @@
 use super::*;
-use latflow_core::abi::IntegratorKind;
+use latflow_core::abi::{IntegratorKind, Theory};
+use latflow_core::abi_stable::std_types::{RSlice, RSliceMut, RVec};
 use latflow_core::hmc::OMELYAN_LAMBDA;
+use latflow_core::sdk::Adapter;
+use latflow_core::testkit;
 
 /// Reference action straight from the definition, with the lattice's neighbour tables.
 fn naive_action(lat: &Lattice, phi: &[f64], m2: f64, lambda: f64) -> f64 {
@@ -20,8 +23,8 @@ fn random_field(n: usize, seed: u64) -> Vec<f64> {
     (0..n).map(|_| s.normal()).collect()
 }
 
-fn theory(json: &str) -> Phi4 {
-    Phi4::from_json(json).unwrap()
+fn theory(json: &str) -> Adapter<Phi4> {
+    Adapter::new(Phi4::from_config(json).unwrap()).unwrap()
 }
 
 #[test]
@@ -115,7 +118,7 @@ fn bad_configs_name_the_key() {
         (r#"{"m2": 1.0, "lambda": 1.0}"#, "lattice"),
     ];
     for (json, key) in cases {
-        let e = Phi4::from_json(json).err().unwrap_or_else(|| panic!("accepted {json}"));
+        let e = Phi4::from_config(json).err().unwrap_or_else(|| panic!("accepted {json}"));
         assert!(e.message.contains(key), "{json}: {}", e.message);
     }
     // NaN cannot be written in JSON; check it through set_parameter.
@@ -133,10 +136,7 @@ fn observables_of_a_known_configuration() {
     let phi = [1.0; 16];
     let o = t.measure(RSlice::from(&phi[..])).into_result().unwrap();
     let names: Vec<String> = t.observables().iter().map(|s| s.name.to_string()).collect();
-    assert_eq!(
-        names,
-        ["action_density", "phi2", "magnetization", "abs_magnetization", "chi2", "energy", "correlator"]
-    );
+    assert_eq!(names, ["action_density", "phi2", "magnetization", "abs_magnetization", "chi2", "energy", "correlator"]);
     assert_eq!(o.len(), 6 + 4);
     let expect = [-4.0 + 8.0, 1.0, 1.0, 1.0, 16.0, 1.0, 4.0, 4.0, 4.0, 4.0];
     for (a, b) in o.iter().zip(expect) {
@@ -156,6 +156,7 @@ fn results_do_not_depend_on_thread_count() {
         inner_steps: RVec::new(),
         accept_reject: true,
         jitter: 0.0,
+        extra: "{}".into(),
     };
     let run = |threads: u32| {
         let mut t = theory(json);
@@ -187,10 +188,49 @@ fn hmc_rejects_non_finite_configurations_with_an_error() {
         inner_steps: RVec::new(),
         accept_reject: true,
         jitter: 0.0,
+        extra: "{}".into(),
     };
     let mut rng = Stream::new(1, 1).state();
     let e = t.hmc(RSliceMut::from(&mut phi[..]), &params, 1, &mut rng).into_result().unwrap_err();
     assert!(e.message.contains("configuration[3]"), "{}", e.message);
     let mut short = [0.0; 15];
     assert!(t.hmc(RSliceMut::from(&mut short[..]), &params, 1, &mut rng).into_result().is_err());
+}
+
+// The generic contract checks of latflow_core::testkit.
+
+const CARD: &str = r#"{"lattice": [4, 3], "m2": -1.0, "lambda": 1.5}"#;
+
+/// Two time scales: the gradient term outside, the potential inside.
+fn split() -> HmcParams {
+    HmcParams { inner_steps: RVec::from(vec![3]), ..HmcParams::default() }
+}
+
+#[test]
+fn contract_force() {
+    testkit::check_force::<Phi4>(CARD, &HmcParams::default());
+    testkit::check_force::<Phi4>(CARD, &split());
+}
+
+#[test]
+fn contract_observables() {
+    testkit::check_observables::<Phi4>(CARD);
+}
+
+#[test]
+fn contract_reversibility() {
+    testkit::check_reversibility::<Phi4>(CARD, &HmcParams::default());
+    testkit::check_reversibility::<Phi4>(CARD, &split());
+    let force_gradient = HmcParams { integrator: IntegratorKind::ForceGradient, ..split() };
+    testkit::check_reversibility::<Phi4>(CARD, &force_gradient);
+}
+
+#[test]
+fn contract_exp_minus_delta_h() {
+    testkit::check_exp_minus_delta_h::<Phi4>(CARD, &split(), 4000);
+}
+
+#[test]
+fn contract_adapter() {
+    testkit::check_adapter::<Phi4>(CARD, &HmcParams::default());
 }

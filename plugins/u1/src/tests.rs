@@ -1,8 +1,11 @@
 use std::f64::consts::{PI, TAU};
 
 use super::*;
-use latflow_core::abi::IntegratorKind;
-use latflow_core::hmc::{integrate, OMELYAN_LAMBDA};
+use latflow_core::abi::{IntegratorKind, Theory};
+use latflow_core::abi_stable::std_types::{RSlice, RSliceMut, RVec};
+use latflow_core::hmc::{integrate, FieldSpace, Schedule, OMELYAN_LAMBDA};
+use latflow_core::sdk::Adapter;
+use latflow_core::testkit;
 
 /// Finite-difference agreement of the gradient (relative to max(|value|, 1)).
 const RTOL_FD: f64 = 1e-8;
@@ -11,8 +14,8 @@ const ATOL_GAUGE: f64 = 1e-12;
 /// Distance of the unrounded Q from an integer.
 const ATOL_Q: f64 = 1e-9;
 
-fn theory(json: &str) -> U1 {
-    U1::from_json(json).unwrap()
+fn theory(json: &str) -> Adapter<U1> {
+    Adapter::from_json(json).unwrap()
 }
 
 fn lattice(shape: &[i64]) -> Lattice {
@@ -34,6 +37,7 @@ fn params(integrator: IntegratorKind, md_steps: u32) -> HmcParams {
         inner_steps: RVec::new(),
         accept_reject: true,
         jitter: 0.0,
+        extra: "{}".into(),
     }
 }
 
@@ -330,7 +334,7 @@ fn hmc_integration_is_reversible() {
     ] {
         let lat = lattice(&shape);
         let k = Kernel::new(&lat);
-        let act = WilsonAction { kernel: &k, beta: 2.0 };
+        let act = LeveledAction::single(Box::new(WilsonAction { kernel: &k, beta: 2.0 }));
         let space = Angles { len: k.n_links() };
         let sched = Schedule::from_params(&params(kind, 9), 1).unwrap();
         let mut rng = Stream::new(5, 0);
@@ -338,11 +342,11 @@ fn hmc_integration_is_reversible() {
         let p0 = space.sample_momentum(&mut rng);
         let (mut u, mut p) = (u0.clone(), p0.clone());
         let mut buf = space.zero_momentum();
-        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
+        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf).unwrap();
         assert!(u.iter().all(|&x| x > -PI && x <= PI), "angles not wrapped after a trajectory");
         assert!(u.iter().zip(&u0).map(|(a, b)| wrap_angle(a - b).abs()).fold(0.0, f64::max) > 0.1);
         p.iter_mut().for_each(|x| *x = -*x);
-        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
+        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf).unwrap();
         for (a, b) in u.iter().zip(&u0) {
             assert!(wrap_angle(a - b).abs() < 1e-10, "{shape:?} {kind:?}: {a} vs {b}");
         }
@@ -357,7 +361,7 @@ fn hmc_integration_is_reversible() {
 fn leapfrog_delta_h_scales_as_step_squared() {
     let t = theory(r#"{"lattice": [8, 8], "beta": 2.0}"#);
     let k = t.kernel();
-    let act = WilsonAction { kernel: k, beta: 2.0 };
+    let act = LeveledAction::single(Box::new(WilsonAction { kernel: k, beta: 2.0 }));
     let space = Angles { len: k.n_links() };
     // a thermalised configuration (so that ΔH is dominated by the integration error, not by a
     // relaxation from an atypical start)
@@ -370,10 +374,10 @@ fn leapfrog_delta_h_scales_as_step_squared() {
         for _ in 0..4 {
             let mut u = theta.clone();
             let mut p = space.sample_momentum(&mut rng);
-            let h0 = space.kinetic(&p) + act.action(&u);
+            let h0 = space.kinetic(&p) + act.action(&u).unwrap();
             let sched = Schedule::from_params(&params(IntegratorKind::Leapfrog, steps), 1).unwrap();
-            integrate(&space, &act, &mut u, &mut p, &sched, &mut space.zero_momentum());
-            total += (space.kinetic(&p) + act.action(&u) - h0).abs();
+            integrate(&space, &act, &mut u, &mut p, &sched, &mut space.zero_momentum()).unwrap();
+            total += (space.kinetic(&p) + act.action(&u).unwrap() - h0).abs();
         }
         total
     };
@@ -454,7 +458,7 @@ fn bad_configs_name_the_key() {
         (r#"{"lattice": [8, 8], "beta": 1.0, "betta": 2.0}"#, "betta"),
     ];
     for (json, key) in cases {
-        let e = U1::from_json(json).err().unwrap_or_else(|| panic!("accepted {json}"));
+        let e = U1::from_config(json).err().unwrap_or_else(|| panic!("accepted {json}"));
         assert!(e.message.contains(key), "{json}: {}", e.message);
     }
     // β = 0 (Haar measure) and an empty loop list are fine
@@ -489,4 +493,42 @@ fn layout_and_params() {
     // no topological observables in d ≠ 2
     let names: Vec<String> = t.observables().iter().map(|s| s.name.to_string()).collect();
     assert_eq!(names, ["plaquette", "action_density", "wilson_loop_1x1", "wilson_loop_2x2"]);
+}
+
+// The generic contract checks of latflow_core::testkit.
+
+const CARD: &str = r#"{"lattice": [4, 3], "beta": 1.7, "wilson_loops": [[1, 1], [2, 2]]}"#;
+const CARD_3D: &str = r#"{"lattice": [3, 3, 2], "beta": 0.9}"#;
+
+#[test]
+fn contract_force() {
+    testkit::check_force::<U1>(CARD, &HmcParams::default());
+    testkit::check_force::<U1>(CARD_3D, &HmcParams::default());
+}
+
+#[test]
+fn contract_gauge_invariance() {
+    testkit::check_gauge_invariance::<U1>(CARD);
+    testkit::check_gauge_invariance::<U1>(CARD_3D);
+}
+
+#[test]
+fn contract_observables() {
+    testkit::check_observables::<U1>(CARD);
+}
+
+#[test]
+fn contract_reversibility() {
+    testkit::check_reversibility::<U1>(CARD_3D, &params(IntegratorKind::Omelyan4, 7));
+    testkit::check_reversibility::<U1>(CARD, &params(IntegratorKind::ForceGradient, 5));
+}
+
+#[test]
+fn contract_exp_minus_delta_h() {
+    testkit::check_exp_minus_delta_h::<U1>(CARD, &params(IntegratorKind::Leapfrog, 6), 4000);
+}
+
+#[test]
+fn contract_adapter() {
+    testkit::check_adapter::<U1>(CARD, &HmcParams::default());
 }

@@ -84,13 +84,13 @@ fn non_scalar_layouts_are_refused() {
     let link = FieldLayout::single(&[4, 4], "theta", Support::Link, ElementKind::Angle);
     let e = FlowScalar::from_json("{}", &link).err().expect("link layout accepted");
     assert!(e.message.contains("Real per Site") && e.message.contains("'theta': Link Angle"), "{}", e.message);
-    let su3 = FieldLayout::single(&[4, 4], "U", Support::Link, ElementKind::ComplexMatrix { n: 3 });
+    let su3 = FieldLayout::single(&[4, 4], "U", Support::Link, ElementKind::complex_matrix(3));
     assert!(FlowScalar::from_json("{}", &su3).is_err());
     let two = testing::with_component(&layout(&[4, 4]), "chi", Support::Site, ElementKind::Real, FieldRole::Dynamical);
     let e = FlowScalar::from_json("{}", &two).err().expect("two components accepted");
     assert!(e.message.contains("exactly one dynamical component") && e.message.contains("it has 2"), "{}", e.message);
     // auxiliary components are not part of configurations and are ignored
-    let pf = ElementKind::ComplexVector { n: 2 };
+    let pf = ElementKind::complex_vector(2);
     let aux = testing::with_component(&layout(&[4, 4]), "pf", Support::Site, pf, FieldRole::Auxiliary);
     FlowScalar::from_json("{}", &aux).unwrap();
 }

@@ -55,12 +55,12 @@ fn non_u1_layouts_are_refused() {
     let m = err("{}", &phi4);
     assert!(m.starts_with("flow-u1 needs U(1) link angles"), "{m}");
     assert!(m.contains("the theory's layout has 1 dynamical component ('phi': Real per Site)"), "{m}");
-    let su2 = FieldLayout::single(&[8, 8], "U", Support::Link, ElementKind::ComplexMatrix { n: 2 });
+    let su2 = FieldLayout::single(&[8, 8], "U", Support::Link, ElementKind::complex_matrix(2));
     assert!(err("{}", &su2).contains("'U': ComplexMatrix { n: 2 } per Link"));
     let two = testing::with_component(&layout(&[8, 8]), "phi", Support::Site, ElementKind::Real, FieldRole::Dynamical);
     assert!(err("{}", &two).contains("2 dynamical components"));
     // auxiliary components are fine
-    let pf = ElementKind::ComplexVector { n: 2 };
+    let pf = ElementKind::complex_vector(2);
     let aux = testing::with_component(&layout(&[8, 8]), "pf", Support::Site, pf, FieldRole::Auxiliary);
     FlowU1::from_json("{}", &aux).unwrap();
     let m = err("{}", &layout(&[4, 4, 4]));
