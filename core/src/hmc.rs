@@ -646,20 +646,7 @@ impl FieldSpace for RealScalar {
     }
 }
 
-/// Wraps an angle into (−π, π]; the identity on angles already there.
-#[inline]
-pub fn wrap_angle(x: f64) -> f64 {
-    use std::f64::consts::{PI, TAU};
-    if x > -PI && x <= PI {
-        return x;
-    }
-    let y = x - TAU * ((x - PI) / TAU).ceil();
-    if y <= -PI {
-        y + TAU
-    } else {
-        y
-    }
-}
+pub use crate::gauge::wrap_angle;
 
 /// Angles with real momenta, H = ½ Σ p² + S (U(1) links, XY spins): the exponential map of
 /// U(1) is θ ← θ + εp. [`FieldSpace::project`] wraps every angle into (−π, π] at the end of

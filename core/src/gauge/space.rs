@@ -67,7 +67,7 @@ impl<G: GaugeGroup> FieldSpace for LinkSpace<G> {
         })
     }
 
-    fn step_field(&self, u: &mut LinkField<G>, p: &Vec<G::Algebra>, eps: f64) {
+    fn step_field(&self, u: &mut LinkField<G>, p: &mut Vec<G::Algebra>, eps: f64) {
         let d = self.dim;
         fill_sites(u.links_mut(), d, |x, links, _| {
             for (l, q) in links.iter_mut().zip(&p[x * d..(x + 1) * d]) {

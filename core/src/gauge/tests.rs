@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::abi::{HmcParams, IntegratorKind};
-use crate::hmc::{hmc_trajectory, integrate, Action, FieldSpace, Schedule, OMELYAN_LAMBDA};
+use crate::hmc::{hmc_trajectory, integrate, ActionTerm, FieldSpace, LeveledAction, Schedule, TermError, OMELYAN_LAMBDA};
 use crate::lattice::Lattice;
 use crate::rng::Stream;
 use latflow_stats::{gamma_method, S_TAU_DEFAULT};
@@ -26,12 +26,12 @@ impl<'a, G: GaugeGroup> Wilson<'a, G> {
     }
 }
 
-impl<G: GaugeGroup> Action<LinkSpace<G>> for Wilson<'_, G> {
+impl<G: GaugeGroup> Wilson<'_, G> {
     fn action(&self, u: &LinkField<G>) -> f64 {
         -self.beta / G::NC as f64 * plaquette_sum(self.lat, u.links())
     }
 
-    fn force(&self, _level: usize, u: &LinkField<G>, out: &mut Vec<G::Algebra>) {
+    fn force(&self, u: &LinkField<G>, out: &mut Vec<G::Algebra>) {
         let d = self.lat.dim();
         let c = -self.beta / G::NC as f64;
         parallel::fill_sites(out, d, |x, f, _| {
@@ -41,6 +41,26 @@ impl<G: GaugeGroup> Action<LinkSpace<G>> for Wilson<'_, G> {
             }
         });
     }
+}
+
+impl<G: GaugeGroup> ActionTerm<LinkSpace<G>> for Wilson<'_, G> {
+    fn name(&self) -> &str {
+        "wilson"
+    }
+
+    fn action(&self, u: &LinkField<G>) -> Result<f64, TermError> {
+        Ok(Wilson::action(self, u))
+    }
+
+    fn force(&self, u: &LinkField<G>, out: &mut Vec<G::Algebra>) -> Result<(), TermError> {
+        Wilson::force(self, u, out);
+        Ok(())
+    }
+}
+
+/// The Wilson action as a one-level, one-term HMC action.
+fn leveled<'a, G: GaugeGroup>(w: &'a Wilson<'a, G>) -> LeveledAction<'a, LinkSpace<G>> {
+    LeveledAction::single(Box::new(w))
 }
 
 fn hot<G: GaugeGroup>(lat: &Lattice, seed: u64) -> LinkField<G> {
@@ -122,13 +142,13 @@ fn wilson_force_matches_finite_differences<G: GaugeGroup>(shape: &[i64]) {
     let space = LinkSpace::<G>::new(lat.dim(), lat.volume());
     let u = hot::<G>(&lat, 11);
     let mut f = space.zero_momentum();
-    act.force(0, &u, &mut f);
+    act.force(&u, &mut f);
     let mut rng = Stream::new(12, 0);
     for _ in 0..3 {
         let dir = space.sample_momentum(&mut rng);
         let s_at = |t: f64| {
             let mut v = u.clone();
-            space.step_field(&mut v, &dir, t);
+            space.step_field(&mut v, &mut dir.clone(), t);
             act.action(&v)
         };
         let h = 1e-5;
@@ -190,13 +210,15 @@ fn params(integrator: IntegratorKind, md_steps: u32, tau: f64) -> HmcParams {
         inner_steps: RVec::new(),
         accept_reject: true,
         jitter: 0.0,
+        extra: "{}".into(),
     }
 }
 
 /// Integrate forward, flip the momenta, integrate back: the starting links return.
 fn reversibility<G: GaugeGroup>(shape: &[i64]) {
     let lat = Lattice::new(shape).unwrap();
-    let act = Wilson::<G>::new(&lat, 2.0);
+    let wilson = Wilson::<G>::new(&lat, 2.0);
+    let act = leveled(&wilson);
     let space = LinkSpace::<G>::new(lat.dim(), lat.volume());
     for kind in [IntegratorKind::Leapfrog, IntegratorKind::Omelyan2, IntegratorKind::Omelyan4] {
         let sched = Schedule::from_params(&params(kind, 8, 1.0), 1).unwrap();
@@ -205,9 +227,9 @@ fn reversibility<G: GaugeGroup>(shape: &[i64]) {
         let p0 = space.sample_momentum(&mut rng);
         let (mut u, mut p) = (u0.clone(), p0.clone());
         let mut buf = space.zero_momentum();
-        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
+        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf).unwrap();
         p.iter_mut().for_each(|q| *q = q.scale(-1.0));
-        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf);
+        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf).unwrap();
         let mut r0 = vec![0.0; G::REALS * u0.links().len()];
         let mut r1 = r0.clone();
         u0.write_reals(&mut r0).unwrap();
@@ -231,7 +253,8 @@ fn hmc_is_reversible() {
 /// ⟨e^{−ΔH}⟩ = 1 over an equilibrated chain, with the Γ-method error.
 fn exp_minus_delta_h<G: GaugeGroup>(shape: &[i64], beta: f64, steps: u32, n: usize) {
     let lat = Lattice::new(shape).unwrap();
-    let mut act = Wilson::<G>::new(&lat, beta);
+    let wilson = Wilson::<G>::new(&lat, beta);
+    let mut act = leveled(&wilson);
     let space = LinkSpace::<G>::new(lat.dim(), lat.volume());
     let sched = Schedule::from_params(&params(IntegratorKind::Leapfrog, steps, 1.0), 1).unwrap();
     let mut rng = Stream::new(41, 0);
@@ -264,7 +287,8 @@ fn exp_minus_delta_h_averages_to_one() {
 /// infinite volume to the digits given): SU(2) β = 2: 0.4331274267; SU(3) β = 2: 0.1286277853.
 fn plaquette_2d<G: GaugeGroup>(beta: f64, exact: f64, n: usize) {
     let lat = Lattice::new(&[8, 8]).unwrap();
-    let mut act = Wilson::<G>::new(&lat, beta);
+    let wilson = Wilson::<G>::new(&lat, beta);
+    let mut act = leveled(&wilson);
     let space = LinkSpace::<G>::new(2, lat.volume());
     let sched = Schedule::from_params(&params(IntegratorKind::Omelyan2, 5, 1.0), 1).unwrap();
     let mut rng = Stream::new(51, 0);

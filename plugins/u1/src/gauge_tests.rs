@@ -47,12 +47,12 @@ fn link_space_moves_angles_like_the_flat_space() {
     let flat = Angles { len: n };
     let space = LinkSpace::<U1Angle>::new(lat.dim(), lat.volume());
     let (mut a, mut q) = (theta.clone(), p.clone());
-    flat.step_field(&mut a, &p, 0.3);
+    flat.step_field(&mut a, &mut p.clone(), 0.3);
     flat.kick(&mut q, &f, 0.2);
     flat.project(&mut a);
     let mut b = LinkField::from_links(lat.dim(), theta.iter().map(|&t| U1Angle(t)).collect());
     let mut r = p.clone();
-    space.step_field(&mut b, &p, 0.3);
+    space.step_field(&mut b, &mut p.clone(), 0.3);
     space.kick(&mut r, &f, 0.2);
     space.project(&mut b);
     assert!(a.iter().zip(b.links()).all(|(x, y)| x.to_bits() == y.0.to_bits()));
