@@ -86,6 +86,16 @@ fn bad_run_cards() {
     bad_card(d, "nested_too_deep", "md_steps = 10", "md_steps = 10\ntime_scales = [2, 2]", &["hmc", "level"]);
 }
 
+/// Plugin-specific HMC options (`options`, passed as `HmcParams::extra`) are validated by the
+/// plugin: phi4 takes none, so any key is refused with its name, never silently ignored.
+#[test]
+fn unknown_hmc_options_are_refused_by_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace("md_steps = 10", "md_steps = 10\noptions = { solver_tol = 1e-8 }");
+    let (card, _) = write_card(dir.path(), "options", &text);
+    expect_error(&["run", card.to_str().unwrap(), "-q"], &["phi4", "extra options", "solver_tol"]);
+}
+
 #[test]
 fn missing_card_file() {
     expect_error(&["run", "/no/such/card.toml"], &["/no/such/card.toml", "cannot read"]);

@@ -106,6 +106,7 @@ fn every_integrator_and_parameterisation_is_exact() {
             "m2 = -4.0\nlambda = 8.0",
             "[[chain]]\nkind = \"hmc\"\nmd_steps = 8\ntrajectory_length = 0.5\nrepeat = 2\n\n[[chain]]\nkind = \"hmc\"\nmd_steps = 10\nintegrator = \"leapfrog\"",
         ),
+        ("force_gradient", "m2 = -4.0\nlambda = 8.0", "[[chain]]\nkind = \"hmc\"\nmd_steps = 4\nintegrator = \"force_gradient\""),
     ];
     for (i, (name, couplings, chain)) in variants.iter().enumerate() {
         let json = run_card(name, &card("[8, 8]", couplings, chain, 20 + i as u64, 300, 30_000));

@@ -103,6 +103,23 @@ pub trait Physics: Send + Sync + Sized + 'static {
     /// reads its own options from [`HmcParams::extra_options`] here).
     fn action_levels(&self, params: &HmcParams) -> Result<LeveledAction<'_, Self::Space>, PluginError>;
 
+    /// Validates the plugin-specific sampler options in [`HmcParams::extra`] (the run card's
+    /// `options` table of an HMC step). By default a plugin takes none and refuses every key,
+    /// so that a misspelt or misplaced option is never silently ignored; a plugin with options
+    /// overrides this (parsing them with [`HmcParams::extra_options`] into a
+    /// `deny_unknown_fields` struct) and reads them in [`Physics::action_levels`] or
+    /// [`Physics::schedule`].
+    fn check_options(&self, params: &HmcParams) -> Result<(), PluginError> {
+        let options: serde_json::Map<String, serde_json::Value> = params.extra_options()?;
+        match options.keys().next() {
+            Some(key) => Err(PluginError::config(format!(
+                "extra options: {} takes no plugin-specific HMC options, got '{key}'",
+                Self::NAME
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The integration schedule for an action of `levels` levels; by default
     /// [`Schedule::from_params`] (one scheme on all levels).
     fn schedule(&self, params: &HmcParams, levels: usize) -> Result<Schedule, PluginError> {
@@ -140,6 +157,7 @@ pub fn hmc_trajectories<P: Physics>(
     n_traj: u32,
     rng: &mut Stream,
 ) -> Result<Vec<TrajectoryRecord>, PluginError> {
+    physics.check_options(params)?;
     let mut action = physics.action_levels(params)?;
     let schedule = physics.schedule(params, action.levels())?;
     let space = physics.space();

@@ -11,7 +11,7 @@
 //! kind = "hmc"
 //! trajectory_length = 1.0
 //! md_steps = 10
-//! integrator = "omelyan2"  # leapfrog | omelyan2 | omelyan4
+//! integrator = "omelyan2"  # leapfrog | omelyan2 | omelyan4 | force_gradient
 //!
 //! [run]
 //! seed = 1
@@ -351,6 +351,9 @@ pub enum IntegratorName {
     Leapfrog,
     Omelyan2,
     Omelyan4,
+    /// The force-gradient integrator (4th order, one force gradient per step).
+    #[serde(rename = "force_gradient")]
+    ForceGradient,
 }
 
 /// `kind = "hmc"`.
@@ -379,6 +382,11 @@ pub struct HmcCard {
     /// The Metropolis test. Turning it off (an inexact sampler) must be explicit; it is recorded.
     #[serde(default = "yes")]
     pub accept_reject: bool,
+    /// Plugin-specific sampler options (solver tolerances, Hasenbusch masses, a plugin's own
+    /// integrator choice), passed to the theory as the JSON object `HmcParams::extra`. The
+    /// plugin validates them: one that takes none refuses every key.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 fn one() -> f64 {
@@ -407,12 +415,13 @@ impl HmcCard {
                 IntegratorName::Leapfrog => IntegratorKind::Leapfrog,
                 IntegratorName::Omelyan2 => IntegratorKind::Omelyan2,
                 IntegratorName::Omelyan4 => IntegratorKind::Omelyan4,
+                IntegratorName::ForceGradient => IntegratorKind::ForceGradient,
             },
             omelyan_lambda: self.omelyan_lambda,
             inner_steps: self.time_scales.clone().into(),
             accept_reject: self.accept_reject,
             jitter: self.trajectory_jitter,
-            extra: "{}".into(),
+            extra: serde_json::Value::Object(self.options.clone()).to_string().into(),
         }
     }
 

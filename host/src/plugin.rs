@@ -55,6 +55,9 @@ pub enum PluginLoadError {
     Call { plugin: String, call: String, error: PluginError },
     #[error("plugin '{plugin}' returned bad data from `{call}`: {reason}")]
     BadOutput { plugin: String, call: String, reason: String },
+    /// A step that needs the exact action S met a theory that only estimates it.
+    #[error("theory plugin '{plugin}' computes its action only stochastically (e.g. through pseudofermions), but {step} needs the exact action S; use HMC steps with this theory")]
+    InexactAction { plugin: String, step: String },
     #[error("model plugin '{plugin}' does not support {feature} ({detail}); rebuild it against this latflow-core, or use a model that implements it")]
     Unsupported { plugin: String, feature: String, detail: String },
 }

@@ -48,6 +48,7 @@ impl MarkovStep for FlowStep {
         rng: &mut Stream,
         out: &mut Vec<StepRecord>,
     ) -> Result<(), PluginLoadError> {
+        super::require_exact_action(theory, "a 'flow' step")?;
         for _ in 0..self.card.repeat {
             let log_w_cur = match &self.current {
                 Some((c, w)) if bits_equal(c, config) => *w,

@@ -65,6 +65,17 @@ pub trait MarkovStep: Send + Sync {
     }
 }
 
+/// Refuses a theory whose action is only a stochastic estimate for a step that needs the exact
+/// action S (`what`, e.g. "a 'flow' step"): flow Metropolis, reweighting, and replica swaps,
+/// whose acceptance ratios and weights are built from S itself.
+pub fn require_exact_action(theory: &TheoryHandle, what: &str) -> Result<(), PluginLoadError> {
+    if theory.action_is_exact() {
+        Ok(())
+    } else {
+        Err(PluginLoadError::InexactAction { plugin: theory.name.clone(), step: what.to_string() })
+    }
+}
+
 /// The step of a `[[chain]]` entry. `model` is the run's (or the coupling's) model, which `flow`
 /// and `reweight` steps need; `replica_exchange` is not a single-configuration step.
 pub fn build(card: &StepCard, model: Option<Arc<ModelHandle>>) -> Result<Box<dyn MarkovStep>, String> {

@@ -44,6 +44,7 @@ impl MarkovStep for ReweightStep {
         rng: &mut Stream,
         out: &mut Vec<StepRecord>,
     ) -> Result<(), PluginLoadError> {
+        super::require_exact_action(theory, "a 'reweight' step")?;
         for _ in 0..self.card.repeat {
             let (proposal, log_q, action) = self.buffer.next(&self.model, theory, self.card.batch, rng)?;
             config.copy_from_slice(proposal);

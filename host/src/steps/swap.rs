@@ -60,6 +60,9 @@ pub struct PairSide<'a> {
 
 /// The swap proposal for the pair (a, b): plain, or flow-assisted when `flow`.
 pub fn propose(flow: bool, a: &PairSide<'_>, b: &PairSide<'_>) -> Result<Proposal, PluginLoadError> {
+    for side in [a, b] {
+        super::require_exact_action(side.theory, "a replica swap")?;
+    }
     if flow {
         flow_proposal(a, b)
     } else {
