@@ -63,7 +63,8 @@ fn run_prints_a_summary_and_analyze_json_has_the_documented_shape() {
     assert_eq!(json["steps"]["hmc_1"]["n"], 900, "repeat = 3 records three trajectories per sweep");
 
     let inspect = run_ok(&["inspect", out.to_str().unwrap()]);
-    for needle in ["schema version  1", "phi4 0.1.0", "seed            5", "/observables/correlator", "[300, 4]", "/configs", "[43, 24]", "lambda = 8.0"] {
+    let plugin = format!("phi4 {}", env!("CARGO_PKG_VERSION"));
+    for needle in ["schema version  1", plugin.as_str(), "seed            5", "/observables/correlator", "[300, 4]", "/configs", "[43, 24]", "lambda = 8.0"] {
         assert!(inspect.contains(needle), "'{needle}' missing from inspect:\n{inspect}");
     }
 }
