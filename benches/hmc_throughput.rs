@@ -150,6 +150,27 @@ fn params(args: &Args, md_steps: u32) -> HmcParams {
     }
 }
 
+/// The outermost step count: `args.md_steps` if given, else the first of the peer's scan whose
+/// acceptance reaches `args.target_acc` (the last one otherwise), with the scan's records.
+fn tune_md_steps(args: &Args, l: usize, ch: &mut Chain<'_>) -> (u32, Vec<serde_json::Value>) {
+    let none = |_: &Adapter<Phi4>, _: &[f64], _: bool, _: f64, _: f64| {};
+    let mut scan = Vec::new();
+    if args.md_steps > 0 {
+        return (args.md_steps, scan);
+    }
+    for n in PEER_SCAN {
+        let t = Instant::now();
+        let acc = ch.run(&params(args, n), args.scan_traj, none) as f64 / args.scan_traj as f64;
+        let rate = args.scan_traj as f64 / t.elapsed().as_secs_f64();
+        eprintln!("L={l} scan n_md={n}: acc {acc:.3}");
+        scan.push(json!({"nmd": n, "acc": acc, "traj_per_s": rate}));
+        if acc >= args.target_acc {
+            return (n, scan);
+        }
+    }
+    (PEER_SCAN[PEER_SCAN.len() - 1], scan)
+}
+
 fn run_one(args: &Args, l: usize) -> serde_json::Value {
     let mut th =
         Adapter::<Phi4>::from_json(&format!(r#"{{"lattice": [{l}, {l}], "m2": {}, "lambda": {}}}"#, args.m2, args.lambda))
@@ -164,24 +185,7 @@ fn run_one(args: &Args, l: usize) -> serde_json::Value {
 
     // 1–2: thermalise with a safe step count, then tune like the peer.
     ch.run(&params(args, 20), 200, none);
-    let mut scan = Vec::new();
-    let md_steps = if args.md_steps > 0 {
-        args.md_steps
-    } else {
-        let mut chosen = None;
-        for n in PEER_SCAN {
-            let t = Instant::now();
-            let acc = ch.run(&params(args, n), args.scan_traj, none) as f64 / args.scan_traj as f64;
-            let rate = args.scan_traj as f64 / t.elapsed().as_secs_f64();
-            eprintln!("L={l} scan n_md={n}: acc {acc:.3}");
-            scan.push(json!({"nmd": n, "acc": acc, "traj_per_s": rate}));
-            if acc >= args.target_acc {
-                chosen = Some(n);
-                break;
-            }
-        }
-        chosen.unwrap_or(PEER_SCAN[PEER_SCAN.len() - 1])
-    };
+    let (md_steps, scan) = tune_md_steps(args, l, &mut ch);
     let p = params(args, md_steps);
     let t = Instant::now();
     ch.run(&p, args.therm, none);
