@@ -37,7 +37,8 @@
 //! `parameter`, `values`): `sweep` u64 [n], `replica_coupling` u64 [n, K] (the coupling of each
 //! replica after that sweep) and `steps/<label>/` (one row per attempted swap: `accepted`, `pair`,
 //! `log_ratio`, `delta_s`, `delta_log_q`). Files without replicas keep schema version 1.
-//! [`read_any`] reads both.
+//! [`read`] reads both, as one or more couplings ([`EnsembleFile`]): a plain file is one coupling
+//! without a ladder.
 //!
 //! All row datasets are chunked and resizable along axis 0 (`maxshape = (None, ...)`).
 //! Observable and step rows are numbered independently: measurement row `i` of every
@@ -69,8 +70,8 @@ use h5::*;
 use schema::*;
 
 pub use reader::{
-    read_any, read_configs, read_ensemble, read_replica_configs, read_replica_ensemble, AnyEnsemble, ConfigInfo, Ensemble,
-    ObservableData, ReplicaEnsemble, StepData,
+    read, read_configs, read_ensemble, read_replica_configs, read_replica_ensemble, ConfigInfo, Ensemble, EnsembleFile,
+    Ladder, ObservableData, StepData,
 };
 pub use replica_writer::{replica_group, ReplicaDef, ReplicaWriter};
 pub use writer::EnsembleWriter;
