@@ -1,0 +1,115 @@
+//! The one sweep loop of `latflow run`, and the interfaces it drives.
+//!
+//! A run is a [`Sampler`] (a plain chain at one coupling, or a replica ladder of several
+//! couplings with swaps) and the [`RunWriter`] of its ensemble file. [`sweep_loop`] sweeps until
+//! the card's total, measures and stores after thermalisation, and checkpoints as the card
+//! says; the samplers say what a sweep, a measurement, a stored row and a checkpoint are.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::card::RunCard;
+use crate::checkpoint::Checkpoint;
+use crate::ensemble::{Counts, EnsembleError, EnsembleWriter, ReplicaWriter};
+use crate::setup::{checkpoint_due, progress_bar, OutputFiles, RunOptions};
+
+/// An ensemble file being written by a run. Rows are appended by [`Sampler::store`]; the loop
+/// only flushes, at every checkpoint and before giving up on an error.
+pub trait RunWriter {
+    /// What a checkpoint records of the file: the row counts that `resume` truncates back to.
+    type Counts;
+    /// Writes everything appended so far to disk (with `fsync`) and returns the row counts.
+    fn flush_rows(&mut self) -> Result<Self::Counts, EnsembleError>;
+}
+
+impl RunWriter for EnsembleWriter {
+    type Counts = Counts;
+    fn flush_rows(&mut self) -> Result<Counts, EnsembleError> {
+        self.flush()
+    }
+}
+
+impl RunWriter for ReplicaWriter {
+    /// The counts of every coupling's group, and of `/replica_exchange`.
+    type Counts = (Vec<Counts>, Counts);
+    fn flush_rows(&mut self) -> Result<(Vec<Counts>, Counts), EnsembleError> {
+        self.flush()
+    }
+}
+
+/// A Markov-chain sampler of one or more couplings, driven by [`sweep_loop`].
+pub trait Sampler {
+    /// The writer of its ensemble file.
+    type Writer: RunWriter;
+    /// One sweep; `sweep` is its index. An error names the card file (`file`), the step, the
+    /// coupling where there are several, and the sweep.
+    fn sweep(&mut self, file: &str, sweep: u64) -> Result<()>;
+    /// Every coupling's measurement of its current configuration, in coupling order.
+    fn measure(&self, file: &str, sweep: u64) -> Result<Vec<Vec<f64>>>;
+    /// Adds the last sweep's accept decisions to the acceptance shown by [`Self::progress`].
+    fn tally(&mut self);
+    /// Appends the last sweep's step records and the measurements `values` (from
+    /// [`Self::measure`]) as measurement row `sweep`, and every coupling's configuration when
+    /// `save_config`.
+    fn store(&self, writer: &mut Self::Writer, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()>;
+    /// The checkpoint after `sweeps_done` sweeps, given the writer's row counts at that point.
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: <Self::Writer as RunWriter>::Counts) -> Checkpoint;
+    /// The progress bar's message: the acceptance so far.
+    fn progress(&self) -> String;
+}
+
+/// Sweeps `sampler` from `sweeps_done` to the card's total, storing records, measurements and
+/// configurations after thermalisation and checkpointing (`hash` is the run hash) as the card
+/// says. A fresh run that fails before its first checkpoint leaves nothing resumable: its file
+/// is removed.
+pub fn sweep_loop<S: Sampler>(
+    card: &RunCard,
+    out: &OutputFiles,
+    hash: &str,
+    sampler: &mut S,
+    mut writer: S::Writer,
+    mut sweeps_done: u64,
+    opts: &RunOptions,
+) -> Result<()> {
+    let file = card.path.display().to_string();
+    let total = card.run.total_sweeps();
+    let therm = card.run.thermalization;
+    let bar = progress_bar(total, sweeps_done, opts.quiet);
+    let mut last_checkpoint = Instant::now();
+    let mut checkpointed = opts.resume;
+    while sweeps_done < total {
+        let measured = match sampler.sweep(&file, sweeps_done) {
+            Err(e) => Err(e),
+            Ok(()) if sweeps_done >= therm => sampler.measure(&file, sweeps_done).map(Some),
+            Ok(()) => Ok(None),
+        };
+        let values = match measured {
+            Ok(v) => v,
+            Err(e) => {
+                // keep what is on disk readable; the last checkpoint stays the resume point
+                let _ = writer.flush_rows();
+                drop(writer);
+                out.discard_unless(checkpointed);
+                return Err(e);
+            }
+        };
+        sampler.tally();
+        if let Some(values) = values {
+            let save_config = card.run.save_every > 0 && (sweeps_done - therm) % card.run.save_every == 0;
+            sampler.store(&mut writer, &values, sweeps_done, save_config)?;
+        }
+        sweeps_done += 1;
+        if checkpoint_due(card, &mut last_checkpoint, sweeps_done, total) {
+            let counts = writer.flush_rows()?;
+            sampler.checkpoint(hash, sweeps_done, counts).save(&out.checkpoint)?;
+            checkpointed = true;
+        }
+        bar.set_position(sweeps_done);
+        if sweeps_done % 16 == 0 {
+            bar.set_message(sampler.progress());
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
