@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{assert_z, exact_wilson_loop, expect_failure, run_ok, write_card};
-use latflow_host::ensemble::{read_replica_configs, read_replica_ensemble, EnsembleFile};
+use latflow_host::ensemble::{read_replica_ensemble, EnsembleFile};
 use serde_json::Value;
 
 /// A replica-exchange card: `[theory]` keys (including `plugin`), the ladder (`[ladder]` or
@@ -154,7 +154,7 @@ fn replica_bits(path: &Path) -> Vec<u64> {
         }
         let n = r.configs.as_ref().expect("configurations are stored").count;
         assert!(n > 0);
-        bits.extend(read_replica_configs(path, k, 0, n).unwrap().iter().map(|x| x.to_bits()));
+        bits.extend(ens.read_configs(k, 0, n).unwrap().iter().map(|x| x.to_bits()));
     }
     let ladder = ens.ladder().expect("a replica-exchange ensemble");
     bits.extend(&ladder.path_sweeps);

@@ -332,15 +332,11 @@ fn read_ladder(path: &Path, file_len: u64, file: &File, provenance: &Provenance)
     Ok((replicas, Ladder { parameter, values, path_sweeps, replica_coupling, swaps }))
 }
 
-/// Reads configurations `[start, start+count)` as a flat row-major Vec
+/// Reads configurations `[start, start+count)` of a plain file as a flat row-major Vec
 /// (`count * config_len` values). Errors if the range exceeds the stored configurations.
+/// [`EnsembleFile::read_configs`] reads those of any coupling of any file.
 pub fn read_configs(path: &Path, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
     read_configs_in(path, None, start, count)
-}
-
-/// [`read_configs`] for coupling k of a replica-exchange ensemble (`/replicas/<k>/configs`).
-pub fn read_replica_configs(path: &Path, k: usize, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
-    read_configs_in(path, Some(k), start, count)
 }
 
 pub(super) fn read_configs_in(path: &Path, replica: Option<usize>, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
