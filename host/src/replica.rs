@@ -65,7 +65,7 @@ use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind, ReplicaCheckpoint};
 use crate::ensemble::{ConfigDef, Counts, ReplicaDef, ReplicaWriter, StepDef};
 use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
-use crate::sampler::{sweep_loop, Sampler};
+use crate::sampler::{chain_step_defs, initial_config, sweep_loop, Sampler};
 use crate::setup::{
     build_model, load_checkpoint, observable_defs, provenance, refuse_existing_output, sha256_hex, step_labels, OutputFiles,
     RunOptions,
@@ -493,32 +493,14 @@ fn ladder_theories(card: &RunCard, ladder: &Ladder, opts: &RunOptions) -> Result
 /// The starting configuration of every coupling slot, each from its own stream (replaced by
 /// the checkpoint's on resume).
 fn initial_configs(card: &RunCard, theories: &[TheoryHandle], models: &[Option<Arc<ModelHandle>>]) -> Result<Vec<Vec<f64>>> {
-    let file = card.path.display().to_string();
-    let start = card.run.start.unwrap_or(StartChoice::Cold);
-    let mut configs = Vec::with_capacity(theories.len());
-    for (k, t) in theories.iter().enumerate() {
-        let mut init = stream(card.run.seed, StreamUse::Init { slot: Some(k) }).with_context(|| format!("{file}: ladder"))?;
-        let c = match (start.theory_start(), &models[k]) {
-            (Some(s), _) => t.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
-            (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
-            (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
-        };
-        configs.push(c);
-    }
-    Ok(configs)
+    theories.iter().zip(models).enumerate().map(|(k, (t, m))| initial_config(card, t, m.as_deref(), Some(k))).collect()
 }
 
 /// The stored definitions of the per-coupling chain steps and of the swap steps.
 fn replica_step_defs(card: &RunCard, set: &ReplicaSet) -> (Vec<StepDef>, Vec<StepDef>) {
     let kinds: Vec<&str> = card.chain.iter().map(StepCard::kind).collect();
     let labels = step_labels(&kinds);
-    let chain = &set.replicas[0].chain;
-    let steps = chain
-        .steps()
-        .iter()
-        .zip(chain.card_indices())
-        .map(|(s, &i)| StepDef { label: labels[i].clone(), kind: s.kind().into(), index: i, params: s.params_json(), columns: s.columns() })
-        .collect();
+    let steps = chain_step_defs(card, &set.replicas[0].chain);
     let exchange_steps = set
         .exchange
         .iter()

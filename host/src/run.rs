@@ -8,14 +8,12 @@ use anyhow::{bail, Context, Result};
 use crate::card::RunCard;
 use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind};
-use crate::ensemble::{ConfigDef, Counts, EnsembleWriter, ObservableDef, StepDef};
+use crate::ensemble::{ConfigDef, Counts, EnsembleWriter, ObservableDef};
 use crate::plugin::TheoryHandle;
-use crate::sampler::{sweep_loop, Sampler};
+use crate::sampler::{chain_step_defs, initial_config, sweep_loop, Sampler};
 use crate::setup::{
-    load_checkpoint, load_model, load_theory, observable_defs, provenance, refuse_existing_output, sha256_hex, step_labels,
-    OutputFiles,
+    load_checkpoint, load_model, load_theory, observable_defs, provenance, refuse_existing_output, sha256_hex, OutputFiles,
 };
-use crate::streams::{stream, StreamUse};
 
 pub use crate::setup::RunOptions;
 
@@ -35,7 +33,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
 
     let observables = observable_defs(&theory);
     check_references(&card, &observables)?;
-    let steps = step_defs(&chain);
+    let steps = chain_step_defs(&card, &chain);
     let configs = (card.run.save_every > 0)
         .then(|| ConfigDef { config_len: theory.config_len(), shape: theory.layout().shape() });
     let out = OutputFiles::of(&card);
@@ -55,13 +53,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     } else {
         refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
         let prov = provenance(&card, &theory, &hash, theory.params_json(), model_provenance);
-        let mut init = stream(card.run.seed, StreamUse::Init { slot: None })?;
-        let start = card.run.start.unwrap_or(crate::card::StartChoice::Cold);
-        let config = match (start.theory_start(), &model) {
-            (Some(s), _) => theory.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
-            (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
-            (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
-        };
+        let config = initial_config(&card, &theory, model.as_deref(), None)?;
         let writer = EnsembleWriter::create(&out.output, &prov, &observables, &steps, configs.as_ref(), opts.force)
             .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&out.checkpoint);
@@ -108,17 +100,6 @@ fn check_references(card: &RunCard, observables: &[ObservableDef]) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// The stored definitions of a plain chain's steps.
-fn step_defs(chain: &Chain) -> Vec<StepDef> {
-    let kinds: Vec<&str> = chain.steps().iter().map(|s| s.kind()).collect();
-    step_labels(&kinds)
-        .into_iter()
-        .zip(chain.steps())
-        .enumerate()
-        .map(|(index, (label, s))| StepDef { label, kind: s.kind().into(), index, params: s.params_json(), columns: s.columns() })
-        .collect()
 }
 
 /// A plain run as a [`Sampler`]: the chain at the card's one coupling.

@@ -7,12 +7,15 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
-use crate::card::RunCard;
+use crate::card::{RunCard, StartChoice, StepCard};
+use crate::chain::Chain;
 use crate::checkpoint::Checkpoint;
-use crate::ensemble::{Counts, EnsembleError, EnsembleWriter, ReplicaWriter};
-use crate::setup::{checkpoint_due, progress_bar, OutputFiles, RunOptions};
+use crate::ensemble::{Counts, EnsembleError, EnsembleWriter, ReplicaWriter, StepDef};
+use crate::plugin::{ModelHandle, TheoryHandle};
+use crate::setup::{checkpoint_due, progress_bar, step_labels, OutputFiles, RunOptions};
+use crate::streams::{stream, StreamUse};
 
 /// An ensemble file being written by a run. Rows are appended by [`Sampler::store`]; the loop
 /// only flushes, at every checkpoint and before giving up on an error.
@@ -112,4 +115,31 @@ pub fn sweep_loop<S: Sampler>(
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// The starting configuration of coupling slot `slot` (`None` for a plain run), drawn from its
+/// own stream `StreamUse::Init { slot }`: the card's `run.start` from the theory, or one sample
+/// of `model` for `start = "model"`. On resume the checkpoint's configuration replaces it.
+pub fn initial_config(card: &RunCard, theory: &TheoryHandle, model: Option<&ModelHandle>, slot: Option<usize>) -> Result<Vec<f64>> {
+    let file = card.path.display().to_string();
+    let mut init = stream(card.run.seed, StreamUse::Init { slot }).with_context(|| format!("{file}: run.start"))?;
+    let start = card.run.start.unwrap_or(StartChoice::Cold);
+    Ok(match (start.theory_start(), model) {
+        (Some(s), _) => theory.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
+        (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
+        (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
+    })
+}
+
+/// The stored definitions of a chain's steps (a plain chain, or one coupling's chain of a
+/// ladder), labelled and indexed as the card's `[[chain]]` entries they come from.
+pub fn chain_step_defs(card: &RunCard, chain: &Chain) -> Vec<StepDef> {
+    let kinds: Vec<&str> = card.chain.iter().map(StepCard::kind).collect();
+    let labels = step_labels(&kinds);
+    chain
+        .steps()
+        .iter()
+        .zip(chain.card_indices())
+        .map(|(s, &i)| StepDef { label: labels[i].clone(), kind: s.kind().into(), index: i, params: s.params_json(), columns: s.columns() })
+        .collect()
 }
