@@ -65,7 +65,7 @@ use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind, ReplicaCheckpoint};
 use crate::ensemble::{ConfigDef, Counts, ReplicaDef, ReplicaWriter, StepDef};
 use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
-use crate::sampler::{chain_step_defs, initial_config, sweep_loop, Sampler};
+use crate::sampler::{chain_step_defs, initial_config, store_coupling, sweep_loop, Sampler};
 use crate::setup::{
     build_model, load_checkpoint, observable_defs, provenance, refuse_existing_output, sha256_hex, step_labels, OutputFiles,
     RunOptions,
@@ -571,15 +571,8 @@ impl Sampler for LadderSampler<'_> {
     fn store(&self, writer: &mut ReplicaWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()> {
         let set = &*self.set;
         for (k, row) in values.iter().enumerate() {
-            for (i, recs) in set.records(k).iter().enumerate() {
-                for r in recs {
-                    writer.push_step_record(k, i, r.accepted, &r.columns)?;
-                }
-            }
-            writer.push_measurement(k, sweep, row)?;
-            if save_config {
-                writer.push_config(k, sweep, &set.replicas[k].config)?;
-            }
+            let config = save_config.then_some(set.replicas[k].config.as_slice());
+            store_coupling(writer, k, set.records(k), sweep, row, config)?;
         }
         for (j, recs) in set.swap_records.iter().enumerate() {
             for r in recs {

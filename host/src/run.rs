@@ -10,7 +10,7 @@ use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::ensemble::{ConfigDef, Counts, EnsembleWriter, ObservableDef};
 use crate::plugin::TheoryHandle;
-use crate::sampler::{chain_step_defs, initial_config, sweep_loop, Sampler};
+use crate::sampler::{chain_step_defs, initial_config, store_coupling, sweep_loop, Sampler};
 use crate::setup::{
     load_checkpoint, load_model, load_theory, observable_defs, provenance, refuse_existing_output, sha256_hex, OutputFiles,
 };
@@ -141,16 +141,7 @@ impl Sampler for PlainSampler<'_> {
     }
 
     fn store(&self, writer: &mut EnsembleWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()> {
-        for (i, recs) in self.records.iter().enumerate() {
-            for r in recs {
-                writer.push_step_record(i, r.accepted, &r.columns)?;
-            }
-        }
-        writer.push_measurement(sweep, &values[0])?;
-        if save_config {
-            writer.push_config(sweep, &self.config)?;
-        }
-        Ok(())
+        store_coupling(writer, 0, &self.records, sweep, &values[0], save_config.then_some(self.config.as_slice()))
     }
 
     fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: Counts) -> Checkpoint {

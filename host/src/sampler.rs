@@ -1,7 +1,8 @@
 //! The one sweep loop of `latflow run`, and the interfaces it drives.
 //!
 //! A run is a [`Sampler`] (a plain chain at one coupling, or a replica ladder of several
-//! couplings with swaps) and the [`RunWriter`] of its ensemble file. [`sweep_loop`] sweeps until
+//! couplings with swaps) and the [`RunWriter`] of its ensemble file (`EnsembleWriter` or
+//! `ReplicaWriter`). [`sweep_loop`] sweeps until
 //! the card's total, measures and stores after thermalisation, and checkpoints as the card
 //! says; the samplers say what a sweep, a measurement, a stored row and a checkpoint are.
 
@@ -12,34 +13,11 @@ use anyhow::{bail, Context, Result};
 use crate::card::{RunCard, StartChoice, StepCard};
 use crate::chain::Chain;
 use crate::checkpoint::Checkpoint;
-use crate::ensemble::{Counts, EnsembleError, EnsembleWriter, ReplicaWriter, StepDef};
+use crate::chain::StepRecord;
+use crate::ensemble::{RunWriter, StepDef};
 use crate::plugin::{ModelHandle, TheoryHandle};
 use crate::setup::{checkpoint_due, progress_bar, step_labels, OutputFiles, RunOptions};
 use crate::streams::{stream, StreamUse};
-
-/// An ensemble file being written by a run. Rows are appended by [`Sampler::store`]; the loop
-/// only flushes, at every checkpoint and before giving up on an error.
-pub trait RunWriter {
-    /// What a checkpoint records of the file: the row counts that `resume` truncates back to.
-    type Counts;
-    /// Writes everything appended so far to disk (with `fsync`) and returns the row counts.
-    fn flush_rows(&mut self) -> Result<Self::Counts, EnsembleError>;
-}
-
-impl RunWriter for EnsembleWriter {
-    type Counts = Counts;
-    fn flush_rows(&mut self) -> Result<Counts, EnsembleError> {
-        self.flush()
-    }
-}
-
-impl RunWriter for ReplicaWriter {
-    /// The counts of every coupling's group, and of `/replica_exchange`.
-    type Counts = (Vec<Counts>, Counts);
-    fn flush_rows(&mut self) -> Result<(Vec<Counts>, Counts), EnsembleError> {
-        self.flush()
-    }
-}
 
 /// A Markov-chain sampler of one or more couplings, driven by [`sweep_loop`].
 pub trait Sampler {
@@ -142,4 +120,26 @@ pub fn chain_step_defs(card: &RunCard, chain: &Chain) -> Vec<StepDef> {
         .zip(chain.card_indices())
         .map(|(s, &i)| StepDef { label: labels[i].clone(), kind: s.kind().into(), index: i, params: s.params_json(), columns: s.columns() })
         .collect()
+}
+
+/// Appends coupling `k`'s part of a measured sweep: the step records (`records[i]`: chain step
+/// i's), the measurement row `values`, and `config` when the sweep stores configurations.
+pub fn store_coupling<W: RunWriter>(
+    writer: &mut W,
+    k: usize,
+    records: &[Vec<StepRecord>],
+    sweep: u64,
+    values: &[f64],
+    config: Option<&[f64]>,
+) -> Result<()> {
+    for (i, recs) in records.iter().enumerate() {
+        for r in recs {
+            writer.push_coupling_step_record(k, i, r.accepted, &r.columns)?;
+        }
+    }
+    writer.push_coupling_measurement(k, sweep, values)?;
+    if let Some(c) = config {
+        writer.push_coupling_config(k, sweep, c)?;
+    }
+    Ok(())
 }

@@ -76,6 +76,24 @@ pub use reader::{
 pub use replica_writer::{replica_group, ReplicaDef, ReplicaWriter};
 pub use writer::EnsembleWriter;
 
+/// The one writer interface of a run: both [`EnsembleWriter`] (a plain file: one coupling,
+/// `k = 0`) and [`ReplicaWriter`] (one coupling per ladder value, plus the swap records and
+/// replica paths that only it has) append per coupling and flush to the counts a checkpoint
+/// records.
+pub trait RunWriter {
+    /// What a checkpoint records of the file: the row counts that `resume` truncates back to.
+    type Counts;
+    /// Buffers one measurement row of coupling `k` (the concatenation of all observables in
+    /// definition order). Error on an unknown coupling or a length mismatch.
+    fn push_coupling_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError>;
+    /// Buffers one record of chain step `step` (index into the StepDefs) at coupling `k`.
+    fn push_coupling_step_record(&mut self, k: usize, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError>;
+    /// Appends one configuration of coupling `k` with its sweep index.
+    fn push_coupling_config(&mut self, k: usize, sweep: u64, config: &[f64]) -> Result<(), EnsembleError>;
+    /// Writes everything appended so far to disk (with `fsync`) and returns the row counts.
+    fn flush_rows(&mut self) -> Result<Self::Counts, EnsembleError>;
+}
+
 /// Version of the file layout described in the module documentation.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Version of the replica-exchange layout: version 1's ensemble once per coupling, under
