@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{assert_z, exact_wilson_loop, expect_failure, run_ok, write_card};
-use latflow_host::ensemble::{read_replica_configs, read_replica_ensemble, ReplicaEnsemble};
+use latflow_host::ensemble::{read_replica_ensemble, EnsembleFile};
 use serde_json::Value;
 
 /// A replica-exchange card: `[theory]` keys (including `plugin`), the ladder (`[ladder]` or
@@ -88,7 +88,8 @@ pub fn check_swap_counts(json: &Value, label: &str) -> f64 {
 /// Replays the swap records of the only `replica_exchange` step (applied `repeat` times per
 /// sweep) on the stored replica paths: every row is a permutation, and each row follows from the
 /// previous one by the accepted swaps of its sweep (pairs (i, i+1) with i ≡ application (mod 2)).
-pub fn check_paths(ens: &ReplicaEnsemble, repeat: u64) {
+pub fn check_paths(ens: &EnsembleFile, repeat: u64) {
+    let ens = ens.ladder().expect("a replica-exchange ensemble");
     let k = ens.values.len();
     let rows: Vec<&[u64]> = ens.replica_coupling.chunks(k).collect();
     assert_eq!(ens.swaps.len(), 1);
@@ -140,7 +141,7 @@ fn free_phi2(l: usize, m2: f64) -> f64 {
 fn replica_bits(path: &Path) -> Vec<u64> {
     let ens = read_replica_ensemble(path).unwrap();
     let mut bits = Vec::new();
-    for (k, r) in ens.replicas.iter().enumerate() {
+    for (k, r) in ens.couplings.iter().enumerate() {
         bits.extend(&r.sweeps);
         for o in &r.observables {
             bits.extend(o.values.iter().map(|v| v.to_bits()));
@@ -153,11 +154,12 @@ fn replica_bits(path: &Path) -> Vec<u64> {
         }
         let n = r.configs.as_ref().expect("configurations are stored").count;
         assert!(n > 0);
-        bits.extend(read_replica_configs(path, k, 0, n).unwrap().iter().map(|x| x.to_bits()));
+        bits.extend(ens.read_configs(k, 0, n).unwrap().iter().map(|x| x.to_bits()));
     }
-    bits.extend(&ens.path_sweeps);
-    bits.extend(&ens.replica_coupling);
-    for s in &ens.swaps {
+    let ladder = ens.ladder().expect("a replica-exchange ensemble");
+    bits.extend(&ladder.path_sweeps);
+    bits.extend(&ladder.replica_coupling);
+    for s in &ladder.swaps {
         bits.extend(s.accepted.iter().map(|&a| u64::from(a)));
         for (_, v) in &s.columns {
             bits.extend(v.iter().map(|x| x.to_bits()));
@@ -198,10 +200,10 @@ fn plain_replica_exchange_reproduces_every_coupling() {
     println!("round trips: {} (mean {:.2} sweeps)", rt["count"], rt["mean"].as_f64().unwrap());
     assert!(rt["count"].as_u64().unwrap() > 100, "{rt}");
     let ens = read_replica_ensemble(&out).unwrap();
-    assert_eq!(ens.values, masses);
+    assert_eq!(ens.ladder().unwrap().values, masses);
     check_paths(&ens, 1);
     // every coupling's ensemble carries its own parameters; inspect lists every group
-    for (k, r) in ens.replicas.iter().enumerate() {
+    for (k, r) in ens.couplings.iter().enumerate() {
         let p: Value = serde_json::from_str(&r.provenance.theory_params).unwrap();
         assert_eq!(p["m2"].as_f64(), Some(masses[k]));
     }

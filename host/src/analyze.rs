@@ -1,4 +1,6 @@
-//! `latflow analyze`: Γ-method statistics of every observable and acceptance per step.
+//! `latflow analyze`: Γ-method statistics of every observable and acceptance per step, for
+//! every coupling of an ensemble file; for a replica ladder also the swap statistics and the
+//! round trips. One function, [`analyze`], over the one reader view [`EnsembleFile`].
 
 use std::collections::BTreeMap;
 
@@ -8,7 +10,7 @@ use latflow_stats::{
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::ensemble::{Ensemble, ReplicaEnsemble};
+use crate::ensemble::{Ensemble, EnsembleFile, Ladder};
 
 /// The analysis of one observable (for vectors, one entry per component).
 #[derive(Debug, Clone)]
@@ -49,7 +51,7 @@ pub struct Reweighting {
     pub n: usize,
 }
 
-/// The full analysis of an ensemble.
+/// The analysis of the ensemble at one coupling.
 #[derive(Debug, Clone)]
 pub struct Analysis {
     pub observables: Vec<ObservableAnalysis>,
@@ -58,9 +60,38 @@ pub struct Analysis {
     pub reweighting: Option<Reweighting>,
 }
 
-/// Analyses an ensemble. A component whose error cannot be estimated is kept, with the reason
-/// in [`ObservableAnalysis::failures`], so that one bad series never hides the others.
-pub fn analyze(ens: &Ensemble) -> anyhow::Result<Analysis> {
+/// The analysis of an ensemble file: one [`Analysis`] per coupling (one for a plain file) and,
+/// for a replica ladder, the swap statistics and round trips.
+#[derive(Debug, Clone)]
+pub struct EnsembleAnalysis {
+    /// In coupling order.
+    pub couplings: Vec<Analysis>,
+    /// Present for a replica-exchange ensemble.
+    pub exchange: Option<ExchangeAnalysis>,
+}
+
+/// Analyses an ensemble file: every coupling with [`analyze_coupling`] and, for a ladder, its
+/// swaps and round trips. A plain file's error messages are those of its one coupling; a
+/// ladder's name the coupling (`replica k`).
+pub fn analyze(file: &EnsembleFile) -> anyhow::Result<EnsembleAnalysis> {
+    let Some(ladder) = file.ladder() else {
+        let couplings = file.couplings.iter().map(analyze_coupling).collect::<anyhow::Result<Vec<_>>>()?;
+        return Ok(EnsembleAnalysis { couplings, exchange: None });
+    };
+    let couplings = file
+        .couplings
+        .iter()
+        .enumerate()
+        .map(|(i, r)| analyze_coupling(r).map_err(|e| e.context(format!("replica {i}"))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let exchange = analyze_exchange(file, ladder)?;
+    Ok(EnsembleAnalysis { couplings, exchange: Some(exchange) })
+}
+
+/// Analyses the ensemble at one coupling. A component whose error cannot be estimated is kept,
+/// with the reason in [`ObservableAnalysis::failures`], so that one bad series never hides the
+/// others.
+pub fn analyze_coupling(ens: &Ensemble) -> anyhow::Result<Analysis> {
     // A reweight ensemble: independent model samples with importance weights.
     let log_w: Option<&Vec<f64>> = match ens.steps.as_slice() {
         [s] if s.kind == "reweight" => s.columns.iter().find(|(c, _)| c == "log_w").map(|(_, v)| v),
@@ -280,41 +311,33 @@ pub struct RoundTrips {
     pub per_replica: Vec<Vec<u64>>,
 }
 
-/// The analysis of a replica-exchange ensemble: one [`Analysis`] per coupling, the swap
-/// statistics and the round trips.
+/// The ladder part of a replica-exchange ensemble's analysis: the swap statistics and the
+/// round trips (the couplings' own analyses are in [`EnsembleAnalysis::couplings`]).
 #[derive(Debug, Clone)]
-pub struct ReplicaAnalysis {
+pub struct ExchangeAnalysis {
     pub parameter: String,
     pub values: Vec<f64>,
-    /// The analysis of the ensemble at each coupling.
-    pub replicas: Vec<Analysis>,
     pub swaps: Vec<SwapAnalysis>,
     pub round_trips: RoundTrips,
 }
 
-/// Analyses a replica-exchange ensemble.
-pub fn analyze_replicas(ens: &ReplicaEnsemble) -> anyhow::Result<ReplicaAnalysis> {
-    let k = ens.values.len();
-    let replicas = ens
-        .replicas
-        .iter()
-        .enumerate()
-        .map(|(i, r)| analyze(r).map_err(|e| e.context(format!("replica {i}"))))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+/// The swap statistics and round trips of a ladder.
+fn analyze_exchange(file: &EnsembleFile, ladder: &Ladder) -> anyhow::Result<ExchangeAnalysis> {
+    let k = ladder.values.len();
     let mut swaps = Vec::new();
-    for s in &ens.swaps {
+    for s in &ladder.swaps {
         let pairs = s
             .columns
             .iter()
             .find(|(c, _)| c == "pair")
             .map(|(_, v)| v)
-            .ok_or_else(|| anyhow::anyhow!("{}: swap step {} has no `pair` column", ens.path.display(), s.label))?;
+            .ok_or_else(|| anyhow::anyhow!("{}: swap step {} has no `pair` column", file.path.display(), s.label))?;
         let mut attempts = vec![vec![0u64; k]; k];
         let mut accepts = vec![vec![0u64; k]; k];
         for (&p, &a) in pairs.iter().zip(&s.accepted) {
             let i = p as usize;
             if p < 0.0 || p.fract() != 0.0 || i + 1 >= k {
-                anyhow::bail!("{}: swap step {}: pair index {p} out of range (K = {k})", ens.path.display(), s.label);
+                anyhow::bail!("{}: swap step {}: pair index {p} out of range (K = {k})", file.path.display(), s.label);
             }
             attempts[i][i + 1] += 1;
             attempts[i + 1][i] += 1;
@@ -339,8 +362,8 @@ pub fn analyze_replicas(ens: &ReplicaEnsemble) -> anyhow::Result<ReplicaAnalysis
         });
         swaps.push(SwapAnalysis { label: s.label.clone(), flow, n, acceptance, attempts, accepts, pair_acceptance, exp_log_ratio });
     }
-    let round_trips = round_trips(&ens.path_sweeps, &ens.replica_coupling, k);
-    Ok(ReplicaAnalysis { parameter: ens.parameter.clone(), values: ens.values.clone(), replicas, swaps, round_trips })
+    let round_trips = round_trips(&ladder.path_sweeps, &ladder.replica_coupling, k);
+    Ok(ExchangeAnalysis { parameter: ladder.parameter.clone(), values: ladder.values.clone(), swaps, round_trips })
 }
 
 /// Round trips from the replica paths: `coupling[i * k + r]` is the coupling of replica r at
@@ -381,48 +404,57 @@ pub fn round_trips(sweeps: &[u64], coupling: &[u64], k: usize) -> RoundTrips {
     RoundTrips { count, mean, error, per_replica }
 }
 
-impl ReplicaAnalysis {
-    /// The documented JSON shape:
+impl EnsembleAnalysis {
+    /// The analysis at coupling `k` (0 for a plain file).
+    pub fn coupling(&self, k: usize) -> Option<&Analysis> {
+        self.couplings.get(k)
+    }
+
+    /// The documented JSON shape. A plain file: its one coupling's [`Analysis::to_json`]. A
+    /// replica-exchange ensemble:
     /// `{"replica_exchange": {"parameter", "values", "swaps": {LABEL: {"flow", "n", "acceptance",
     /// "attempts", "accepts", "pair_acceptance", "exp_log_ratio": [mean, error]}}, "round_trips": {"count", "mean", "error",
     /// "per_replica"}}, "replicas": [{"index", "parameter", "value", "observables", "acceptance",
     /// "steps"}, ...]}`, where each replica's `observables`, `acceptance` and `steps` are those of
     /// a plain ensemble's analysis (Γ-method errors). NaN is written as `null`.
     pub fn to_json(&self) -> Value {
-        let swaps: BTreeMap<&str, &SwapAnalysis> = self.swaps.iter().map(|s| (s.label.as_str(), s)).collect();
+        let Some(x) = &self.exchange else { return self.plain().map_or(Value::Null, Analysis::to_json) };
+        let swaps: BTreeMap<&str, &SwapAnalysis> = x.swaps.iter().map(|s| (s.label.as_str(), s)).collect();
         let replicas: Vec<Value> = self
-            .replicas
+            .couplings
             .iter()
-            .zip(&self.values)
+            .zip(&x.values)
             .enumerate()
             .map(|(k, (a, v))| {
                 let mut j = a.to_json();
                 j["index"] = json!(k);
-                j["parameter"] = json!(self.parameter);
+                j["parameter"] = json!(x.parameter);
                 j["value"] = json!(v);
                 j
             })
             .collect();
         json!({
             "replica_exchange": {
-                "parameter": self.parameter,
-                "values": self.values,
+                "parameter": x.parameter,
+                "values": x.values,
                 "swaps": swaps,
-                "round_trips": self.round_trips,
+                "round_trips": x.round_trips,
             },
             "replicas": replicas,
         })
     }
 
-    /// A human-readable report: each coupling's table, then the swap statistics.
+    /// A human-readable report: a plain file's table ([`Analysis::to_text`]); for a ladder each
+    /// coupling's table, then the swap statistics and round trips.
     pub fn to_text(&self) -> String {
+        let Some(x) = &self.exchange else { return self.plain().map_or_else(String::new, Analysis::to_text) };
         let mut s = String::new();
-        for (k, (a, v)) in self.replicas.iter().zip(&self.values).enumerate() {
-            s.push_str(&format!("== replica {k}: {} = {v}\n", self.parameter));
+        for (k, (a, v)) in self.couplings.iter().zip(&x.values).enumerate() {
+            s.push_str(&format!("== replica {k}: {} = {v}\n", x.parameter));
             s.push_str(&a.to_text());
         }
-        s.push_str(&format!("== replica exchange over {}: {} couplings\n", self.parameter, self.values.len()));
-        for sw in &self.swaps {
+        s.push_str(&format!("== replica exchange over {}: {} couplings\n", x.parameter, x.values.len()));
+        for sw in &x.swaps {
             s.push_str(&format!(
                 "swap step {} ({}): acceptance {:.4} over {}",
                 sw.label,
@@ -434,25 +466,33 @@ impl ReplicaAnalysis {
                 s.push_str(&format!(", <exp(log r)> = {m:.4} ± {e:.4}"));
             }
             s.push('\n');
-            s.push_str(&format!("  {:<6} {:>26} {:>10} {:>10} {:>10}\n", "pair", self.parameter, "attempts", "accepts", "acceptance"));
+            s.push_str(&format!("  {:<6} {:>26} {:>10} {:>10} {:>10}\n", "pair", x.parameter, "attempts", "accepts", "acceptance"));
             for (i, acc) in sw.pair_acceptance.iter().enumerate() {
                 s.push_str(&format!(
                     "  {:<6} {:>26} {:>10} {:>10} {:>10.4}\n",
                     format!("{i}-{}", i + 1),
-                    format!("{} <-> {}", self.values[i], self.values[i + 1]),
+                    format!("{} <-> {}", x.values[i], x.values[i + 1]),
                     sw.attempts[i][i + 1],
                     sw.accepts[i][i + 1],
                     acc
                 ));
             }
         }
-        let rt = &self.round_trips;
+        let rt = &x.round_trips;
         if rt.count == 0 {
             s.push_str("round trips: none completed in the measured sweeps\n");
         } else {
             s.push_str(&format!("round trips: {} (mean {:.1} ± {:.1} sweeps)\n", rt.count, rt.mean, rt.error));
         }
         s
+    }
+
+    /// The one coupling of a plain file (`None` for a ladder).
+    pub fn plain(&self) -> Option<&Analysis> {
+        match (&self.exchange, self.couplings.as_slice()) {
+            (None, [a]) => Some(a),
+            _ => None,
+        }
     }
 }
 

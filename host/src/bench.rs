@@ -78,9 +78,9 @@ use latflow_stats::{autocorrelation, GammaResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::analyze::{analyze, analyze_replicas};
+use crate::analyze::analyze;
 use crate::card::RunCard;
-use crate::ensemble::{read_any, AnyEnsemble};
+use crate::ensemble::read;
 use crate::plot::{bar_chart, line_panels, Panel, Series};
 use crate::run::RunOptions;
 use crate::train::TrainOptions;
@@ -516,27 +516,29 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
     let (_, wall) = timed(|| crate::run::run(&card_path, &run_opts).map(|_| ()))?;
     // 4. Its analysis: for replica exchange, the ensemble at the target coupling, with the
     // swap acceptance of each exchange step beside the chain steps'.
-    let (ens, analysis, swap_acceptance) = match read_any(&ens_path)? {
-        AnyEnsemble::Plain(ens) => {
-            let a = analyze(&ens)?;
-            (ens, a, Vec::new())
-        }
-        AnyEnsemble::Replica(mut r) => {
+    let mut file = read(&ens_path)?;
+    let k = match file.ladder() {
+        None => 0,
+        Some(l) => {
             let theory = card.contender_theory(c);
-            let target = theory.get(&r.parameter).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+            let target = theory.get(&l.parameter).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
             let Some(target) = target else {
-                bail!("the ladder varies '{}', which the contender's [theory] does not set", r.parameter)
+                bail!("the ladder varies '{}', which the contender's [theory] does not set", l.parameter)
             };
-            let Some(k) = r.values.iter().position(|&v| v == target) else {
-                bail!("the ladder {:?} of '{}' does not contain the target's value {target}", r.values, r.parameter)
+            let Some(k) = l.values.iter().position(|&v| v == target) else {
+                bail!("the ladder {:?} of '{}' does not contain the target's value {target}", l.values, l.parameter)
             };
-            let ra = analyze_replicas(&r)?;
-            let swaps: Vec<(String, f64)> = ra.swaps.iter().map(|s| (format!("{} (swaps)", s.label), s.acceptance)).collect();
-            let ens = r.replicas.swap_remove(k);
-            let a = ra.replicas.into_iter().nth(k).expect("one analysis per coupling");
-            (ens, a, swaps)
+            k
         }
     };
+    let all = analyze(&file)?;
+    let swap_acceptance: Vec<(String, f64)> = all
+        .exchange
+        .iter()
+        .flat_map(|x| x.swaps.iter().map(|s| (format!("{} (swaps)", s.label), s.acceptance)))
+        .collect();
+    let ens = file.couplings.swap_remove(k);
+    let analysis = all.couplings.into_iter().nth(k).expect("one analysis per coupling");
     let ess = analysis.reweighting.map(|r| r.ess_per_sample);
     let mut obs = Vec::new();
     for name in &card.bench.observables {

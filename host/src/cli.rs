@@ -112,20 +112,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             println!("{}", crate::train::summary(&history, 100));
         }
         Command::Analyze { file, json } => {
-            let a = match ensemble::read_any(&file)? {
-                ensemble::AnyEnsemble::Plain(ens) => {
-                    let a = analyze::analyze(&ens)?;
-                    (a.to_json(), a.to_text())
-                }
-                ensemble::AnyEnsemble::Replica(ens) => {
-                    let a = analyze::analyze_replicas(&ens)?;
-                    (a.to_json(), a.to_text())
-                }
-            };
+            let a = analyze::analyze(&ensemble::read(&file)?)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&a.0)?);
+                println!("{}", serde_json::to_string_pretty(&a.to_json())?);
             } else {
-                print!("{}", a.1);
+                print!("{}", a.to_text());
             }
         }
         Command::Plugins { verbose } => {
@@ -165,10 +156,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Inspect { file } => match ensemble::read_any(&file)? {
-            ensemble::AnyEnsemble::Plain(ens) => print!("{}", inspect::describe(&ens)),
-            ensemble::AnyEnsemble::Replica(ens) => print!("{}", inspect::describe_replicas(&ens)),
-        },
+        Command::Inspect { file } => print!("{}", inspect::describe(&ensemble::read(&file)?)),
         Command::Bench { card, json } => {
             let opts = crate::bench::BenchOptions { quiet: cli.quiet || json, plugin_dirs: cli.plugin_dirs, force: true };
             let report = crate::bench::bench(&card, &opts)?;
@@ -222,15 +210,9 @@ fn train_before_run(card_path: &Path, flag: bool, quiet: bool, plugin_dirs: &[Pa
 /// Prints the analysis of a finished run and, for plain runs, its comparison with the card's
 /// `[reference]` values.
 fn print_summary(card: &Path, output: &Path) -> Result<()> {
-    let ens = match ensemble::read_any(output)? {
-        ensemble::AnyEnsemble::Plain(e) => e,
-        ensemble::AnyEnsemble::Replica(r) => {
-            print!("{}", analyze::analyze_replicas(&r)?.to_text());
-            return Ok(());
-        }
-    };
-    let analysis = analyze::analyze(&ens)?;
-    print!("{}", analysis.to_text());
+    let all = analyze::analyze(&ensemble::read(output)?)?;
+    print!("{}", all.to_text());
+    let Some(analysis) = all.plain() else { return Ok(()) };
     let reference = crate::card::RunCard::load(card)?.reference;
     if !reference.is_empty() {
         let cmp = analysis.compare(&reference).map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?;

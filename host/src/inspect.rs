@@ -1,9 +1,18 @@
 //! `latflow inspect`: provenance and contents of an ensemble file.
 
-use crate::ensemble::{replica_group, Ensemble, ReplicaEnsemble};
+use crate::ensemble::{replica_group, Ensemble, EnsembleFile, Ladder};
 
-/// A readable description of the file's provenance and datasets.
-pub fn describe(ens: &Ensemble) -> String {
+/// A readable description of the file's provenance and datasets: a plain file's one group, or
+/// a replica-exchange ensemble's couplings and swap records.
+pub fn describe(file: &EnsembleFile) -> String {
+    match (file.ladder(), file.couplings.as_slice()) {
+        (Some(ladder), _) => describe_ladder(file, ladder),
+        (None, [ens]) => describe_plain(ens),
+        (None, _) => format!("file            {}\n(no ensemble)\n", file.path.display()),
+    }
+}
+
+fn describe_plain(ens: &Ensemble) -> String {
     let mut s = header(ens);
     s.push_str(&format!("parameters      {}\n", ens.provenance.theory_params));
     s.push_str(&format!("layout          {}\n", ens.provenance.layout));
@@ -12,9 +21,8 @@ pub fn describe(ens: &Ensemble) -> String {
     s
 }
 
-/// The same for a replica-exchange ensemble: the provenance, then each coupling's group and
-/// the swap records.
-pub fn describe_replicas(ens: &ReplicaEnsemble) -> String {
+/// A replica-exchange ensemble: the provenance, then each coupling's group and the swap records.
+fn describe_ladder(ens: &EnsembleFile, ladder: &Ladder) -> String {
     let p = &ens.provenance;
     let mut s = String::new();
     s.push_str(&format!("file            {}\n", ens.path.display()));
@@ -25,10 +33,10 @@ pub fn describe_replicas(ens: &ReplicaEnsemble) -> String {
     s.push_str(&format!("seed            {}\n", p.seed));
     s.push_str(&format!("card            {} (hash {})\n", p.card_path, p.card_hash));
     s.push_str(&format!("layout          {}\n", p.layout));
-    s.push_str(&format!("ladder          {} = {:?} ({} couplings)\n", ens.parameter, ens.values, ens.values.len()));
-    for (k, (r, v)) in ens.replicas.iter().zip(&ens.values).enumerate() {
+    s.push_str(&format!("ladder          {} = {:?} ({} couplings)\n", ladder.parameter, ladder.values, ladder.values.len()));
+    for (k, (r, v)) in ens.couplings.iter().zip(&ladder.values).enumerate() {
         let g = replica_group(k);
-        s.push_str(&format!("{g}: {} = {v}, {} measurements\n", ens.parameter, r.sweeps.len()));
+        s.push_str(&format!("{g}: {} = {v}, {} measurements\n", ladder.parameter, r.sweeps.len()));
         s.push_str(&format!("  parameters    {}\n", r.provenance.theory_params));
         if !r.provenance.model.is_empty() {
             s.push_str(&format!("  model         {}\n", r.provenance.model));
@@ -37,10 +45,10 @@ pub fn describe_replicas(ens: &ReplicaEnsemble) -> String {
     }
     s.push_str(&format!(
         "/replica_exchange: replica paths [{}, {}] (replica_coupling, sweep)\n",
-        ens.path_sweeps.len(),
-        ens.values.len()
+        ladder.path_sweeps.len(),
+        ladder.values.len()
     ));
-    for st in &ens.swaps {
+    for st in &ladder.swaps {
         let cols: Vec<&str> = st.columns.iter().map(|(c, _)| c.as_str()).collect();
         s.push_str(&format!(
             "  /replica_exchange/steps/{:<12} {} swap records, columns: accepted {}\n",

@@ -13,6 +13,7 @@ pub mod plot;
 pub mod plugin;
 pub mod replica;
 pub mod run;
+pub mod sampler;
 pub mod setup;
 pub mod steps;
 pub mod streams;

@@ -65,9 +65,10 @@ use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind, ReplicaCheckpoint};
 use crate::ensemble::{ConfigDef, Counts, ReplicaDef, ReplicaWriter, StepDef};
 use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
+use crate::sampler::{chain_step_defs, initial_config, store_coupling, sweep_loop, Sampler};
 use crate::setup::{
-    build_model, checkpoint_due, load_checkpoint, observable_defs, progress_bar, provenance, refuse_existing_output, sha256_hex,
-    step_labels, OutputFiles, RunOptions,
+    build_model, load_checkpoint, observable_defs, provenance, refuse_existing_output, sha256_hex, step_labels, OutputFiles,
+    RunOptions,
 };
 pub use crate::steps::swap::{ExchangeStep, SwapRecord, SWAP_COLUMNS};
 use crate::steps::swap::{propose, PairSide, Proposal};
@@ -457,7 +458,8 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         out.discard_unless(opts.resume);
         return Err(e);
     }
-    sweep_loop(card, &out, &hash, &mut set, writer, sweeps_done, opts)?;
+    let mut sampler = LadderSampler { set: &mut set, swap_accepted: 0, swap_attempted: 0 };
+    sweep_loop(card, &out, &hash, &mut sampler, writer, sweeps_done, opts)?;
     Ok(out.output)
 }
 
@@ -491,32 +493,14 @@ fn ladder_theories(card: &RunCard, ladder: &Ladder, opts: &RunOptions) -> Result
 /// The starting configuration of every coupling slot, each from its own stream (replaced by
 /// the checkpoint's on resume).
 fn initial_configs(card: &RunCard, theories: &[TheoryHandle], models: &[Option<Arc<ModelHandle>>]) -> Result<Vec<Vec<f64>>> {
-    let file = card.path.display().to_string();
-    let start = card.run.start.unwrap_or(StartChoice::Cold);
-    let mut configs = Vec::with_capacity(theories.len());
-    for (k, t) in theories.iter().enumerate() {
-        let mut init = stream(card.run.seed, StreamUse::Init { slot: Some(k) }).with_context(|| format!("{file}: ladder"))?;
-        let c = match (start.theory_start(), &models[k]) {
-            (Some(s), _) => t.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
-            (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
-            (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
-        };
-        configs.push(c);
-    }
-    Ok(configs)
+    theories.iter().zip(models).enumerate().map(|(k, (t, m))| initial_config(card, t, m.as_deref(), Some(k))).collect()
 }
 
 /// The stored definitions of the per-coupling chain steps and of the swap steps.
 fn replica_step_defs(card: &RunCard, set: &ReplicaSet) -> (Vec<StepDef>, Vec<StepDef>) {
     let kinds: Vec<&str> = card.chain.iter().map(StepCard::kind).collect();
     let labels = step_labels(&kinds);
-    let chain = &set.replicas[0].chain;
-    let steps = chain
-        .steps()
-        .iter()
-        .zip(chain.card_indices())
-        .map(|(s, &i)| StepDef { label: labels[i].clone(), kind: s.kind().into(), index: i, params: s.params_json(), columns: s.columns() })
-        .collect();
+    let steps = chain_step_defs(card, &set.replicas[0].chain);
     let exchange_steps = set
         .exchange
         .iter()
@@ -547,102 +531,75 @@ fn preflight(file: &str, set: &ReplicaSet) -> Result<()> {
     Ok(())
 }
 
-/// Stores one sweep's records, measurements, configurations, swaps and replica paths.
-fn store_sweep(card: &RunCard, set: &ReplicaSet, writer: &mut ReplicaWriter, values: &[Vec<f64>], sweep: u64) -> Result<()> {
-    let m = sweep - card.run.thermalization;
-    for (k, row) in values.iter().enumerate() {
-        for (i, recs) in set.records(k).iter().enumerate() {
-            for r in recs {
-                writer.push_step_record(k, i, r.accepted, &r.columns)?;
-            }
-        }
-        writer.push_measurement(k, sweep, row)?;
-        if card.run.save_every > 0 && m % card.run.save_every == 0 {
-            writer.push_config(k, sweep, &set.replicas[k].config)?;
-        }
-    }
-    for (j, recs) in set.swap_records.iter().enumerate() {
-        for r in recs {
-            writer.push_swap_record(j, r.accepted, &r.columns())?;
-        }
-    }
-    writer.push_path(sweep, &set.coupling_of_replica())?;
-    Ok(())
+/// A replica-exchange run as a [`Sampler`]: the ladder's couplings and swaps, with the swap
+/// acceptance so far.
+struct LadderSampler<'a> {
+    set: &'a mut ReplicaSet,
+    swap_accepted: u64,
+    swap_attempted: u64,
 }
 
-/// Sweeps until the card's total, storing after thermalisation and checkpointing as the card
-/// says. A fresh run that fails before its first checkpoint leaves nothing resumable: its file
-/// is removed.
-fn sweep_loop(
-    card: &RunCard,
-    out: &OutputFiles,
-    hash: &str,
-    set: &mut ReplicaSet,
-    mut writer: ReplicaWriter,
-    mut sweeps_done: u64,
-    opts: &RunOptions,
-) -> Result<()> {
-    let file = card.path.display().to_string();
-    let total = card.run.total_sweeps();
-    let bar = progress_bar(total, sweeps_done, opts.quiet);
-    let (mut swap_acc, mut swap_n) = (0u64, 0u64);
-    let mut last_checkpoint = std::time::Instant::now();
-    let mut checkpointed = opts.resume;
-    while sweeps_done < total {
-        let measured = match set.sweep() {
-            Err(e) => {
-                let what = if matches!(card.chain[e.step], StepCard::ReplicaExchange(_)) {
-                    format!("pair ({}, {})", e.replica, e.replica + 1)
-                } else {
-                    format!("replica {}", e.replica)
-                };
-                Err(anyhow::Error::new(e.error).context(format!("{file}: chain[{}] ({what}, sweep {sweeps_done})", e.step)))
-            }
-            Ok(()) if sweeps_done >= card.run.thermalization => set.measure().map(Some).map_err(|(k, e)| {
-                anyhow::Error::new(e).context(format!("{file}: measurement (replica {k}, sweep {sweeps_done})"))
-            }),
-            Ok(()) => Ok(None),
-        };
-        let values = match measured {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = writer.flush();
-                drop(writer);
-                out.discard_unless(checkpointed);
-                return Err(e);
-            }
-        };
-        for recs in &set.swap_records {
-            swap_acc += recs.iter().filter(|r| r.accepted).count() as u64;
-            swap_n += recs.len() as u64;
-        }
-        if let Some(values) = values {
-            store_sweep(card, set, &mut writer, &values, sweeps_done)?;
-        }
-        sweeps_done += 1;
-        if checkpoint_due(card, &mut last_checkpoint, sweeps_done, total) {
-            let (counts, exchange_counts) = writer.flush()?;
-            let (arrays, mut rk) = set.checkpoint_parts();
-            rk.counts = counts;
-            rk.exchange_counts = exchange_counts;
-            Checkpoint {
-                kind: CheckpointKind::Replica,
-                card_hash: hash.to_string(),
-                sweeps_done,
-                counts: Counts::default(),
-                step_rngs: Vec::new(),
-                config: Vec::new(),
-                step_states: arrays,
-                replica: Some(rk),
-            }
-            .save(&out.checkpoint)?;
-            checkpointed = true;
-        }
-        bar.set_position(sweeps_done);
-        if sweeps_done % 16 == 0 {
-            bar.set_message(format!("swap acceptance {:.3}", swap_acc as f64 / swap_n.max(1) as f64));
+impl Sampler for LadderSampler<'_> {
+    type Writer = ReplicaWriter;
+
+    fn sweep(&mut self, file: &str, sweep: u64) -> Result<()> {
+        self.set.sweep().map_err(|e| {
+            let what = if self.set.exchange.iter().any(|x| x.card_index == e.step) {
+                format!("pair ({}, {})", e.replica, e.replica + 1)
+            } else {
+                format!("replica {}", e.replica)
+            };
+            anyhow::Error::new(e.error).context(format!("{file}: chain[{}] ({what}, sweep {sweep})", e.step))
+        })
+    }
+
+    fn measure(&self, file: &str, sweep: u64) -> Result<Vec<Vec<f64>>> {
+        self.set
+            .measure()
+            .map_err(|(k, e)| anyhow::Error::new(e).context(format!("{file}: measurement (replica {k}, sweep {sweep})")))
+    }
+
+    fn tally(&mut self) {
+        for recs in &self.set.swap_records {
+            self.swap_accepted += recs.iter().filter(|r| r.accepted).count() as u64;
+            self.swap_attempted += recs.len() as u64;
         }
     }
-    bar.finish_and_clear();
-    Ok(())
+
+    /// Every coupling's records, measurement and configuration, then the swaps and the replica
+    /// paths.
+    fn store(&self, writer: &mut ReplicaWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()> {
+        let set = &*self.set;
+        for (k, row) in values.iter().enumerate() {
+            let config = save_config.then_some(set.replicas[k].config.as_slice());
+            store_coupling(writer, k, set.records(k), sweep, row, config)?;
+        }
+        for (j, recs) in set.swap_records.iter().enumerate() {
+            for r in recs {
+                writer.push_swap_record(j, r.accepted, &r.columns())?;
+            }
+        }
+        writer.push_path(sweep, &set.coupling_of_replica())?;
+        Ok(())
+    }
+
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, (counts, exchange_counts): (Vec<Counts>, Counts)) -> Checkpoint {
+        let (arrays, mut rk) = self.set.checkpoint_parts();
+        rk.counts = counts;
+        rk.exchange_counts = exchange_counts;
+        Checkpoint {
+            kind: CheckpointKind::Replica,
+            card_hash: hash.to_string(),
+            sweeps_done,
+            counts: Counts::default(),
+            step_rngs: Vec::new(),
+            config: Vec::new(),
+            step_states: arrays,
+            replica: Some(rk),
+        }
+    }
+
+    fn progress(&self) -> String {
+        format!("swap acceptance {:.3}", self.swap_accepted as f64 / self.swap_attempted.max(1) as f64)
+    }
 }

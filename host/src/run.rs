@@ -8,13 +8,12 @@ use anyhow::{bail, Context, Result};
 use crate::card::RunCard;
 use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind};
-use crate::ensemble::{ConfigDef, EnsembleWriter, ObservableDef, StepDef};
+use crate::ensemble::{ConfigDef, Counts, EnsembleWriter, ObservableDef};
 use crate::plugin::TheoryHandle;
+use crate::sampler::{chain_step_defs, initial_config, store_coupling, sweep_loop, Sampler};
 use crate::setup::{
-    checkpoint_due, load_checkpoint, load_model, load_theory, observable_defs, progress_bar, provenance, refuse_existing_output,
-    sha256_hex, step_labels, OutputFiles,
+    load_checkpoint, load_model, load_theory, observable_defs, provenance, refuse_existing_output, sha256_hex, OutputFiles,
 };
-use crate::streams::{stream, StreamUse};
 
 pub use crate::setup::RunOptions;
 
@@ -34,7 +33,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
 
     let observables = observable_defs(&theory);
     check_references(&card, &observables)?;
-    let steps = step_defs(&chain);
+    let steps = chain_step_defs(&card, &chain);
     let configs = (card.run.save_every > 0)
         .then(|| ConfigDef { config_len: theory.config_len(), shape: theory.layout().shape() });
     let out = OutputFiles::of(&card);
@@ -54,13 +53,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     } else {
         refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
         let prov = provenance(&card, &theory, &hash, theory.params_json(), model_provenance);
-        let mut init = stream(card.run.seed, StreamUse::Init { slot: None })?;
-        let start = card.run.start.unwrap_or(crate::card::StartChoice::Cold);
-        let config = match (start.theory_start(), &model) {
-            (Some(s), _) => theory.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
-            (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
-            (None, None) => bail!("{file}: run.start: \"model\" needs a [model] section"),
-        };
+        let config = initial_config(&card, &theory, model.as_deref(), None)?;
         let writer = EnsembleWriter::create(&out.output, &prov, &observables, &steps, configs.as_ref(), opts.force)
             .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&out.checkpoint);
@@ -74,8 +67,18 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
         out.discard_unless(opts.resume);
         return Err(anyhow::Error::new(e).context(format!("{file}: [theory] (action of the starting configuration)")));
     }
-    let mut state = PlainState { theory: &mut theory, chain: &mut chain, config, sweeps_done };
-    sweep_loop(&card, &out, &hash, &mut state, writer, &steps, opts)?;
+    let n = steps.len();
+    let labels = steps.iter().map(|s| s.label.clone()).collect();
+    let mut sampler = PlainSampler {
+        theory: &mut theory,
+        chain: &mut chain,
+        config,
+        labels,
+        records: vec![Vec::new(); n],
+        accepted: vec![0; n],
+        applied: vec![0; n],
+    };
+    sweep_loop(&card, &out, &hash, &mut sampler, writer, sweeps_done, opts)?;
     Ok(out.output)
 }
 
@@ -99,110 +102,68 @@ fn check_references(card: &RunCard, observables: &[ObservableDef]) -> Result<()>
     Ok(())
 }
 
-/// The stored definitions of a plain chain's steps.
-fn step_defs(chain: &Chain) -> Vec<StepDef> {
-    let kinds: Vec<&str> = chain.steps().iter().map(|s| s.kind()).collect();
-    step_labels(&kinds)
-        .into_iter()
-        .zip(chain.steps())
-        .enumerate()
-        .map(|(index, (label, s))| StepDef { label, kind: s.kind().into(), index, params: s.params_json(), columns: s.columns() })
-        .collect()
-}
-
-/// The moving parts of a plain run.
-struct PlainState<'a> {
+/// A plain run as a [`Sampler`]: the chain at the card's one coupling.
+struct PlainSampler<'a> {
     theory: &'a mut TheoryHandle,
     chain: &'a mut Chain,
     config: Vec<f64>,
-    sweeps_done: u64,
+    /// The step labels, for the progress message.
+    labels: Vec<String>,
+    /// The last sweep's records, per step.
+    records: Vec<Vec<StepRecord>>,
+    accepted: Vec<u64>,
+    applied: Vec<u64>,
 }
 
-/// Sweeps until the card's total, storing records, measurements and configurations after
-/// thermalisation and checkpointing as the card says. A fresh run that fails before its first
-/// checkpoint leaves nothing resumable: its file is removed.
-fn sweep_loop(
-    card: &RunCard,
-    out: &OutputFiles,
-    hash: &str,
-    st: &mut PlainState<'_>,
-    mut writer: EnsembleWriter,
-    steps: &[StepDef],
-    opts: &RunOptions,
-) -> Result<()> {
-    let file = card.path.display().to_string();
-    let total = card.run.total_sweeps();
-    let therm = card.run.thermalization;
-    let bar = progress_bar(total, st.sweeps_done, opts.quiet);
-    let mut records: Vec<Vec<StepRecord>> = vec![Vec::new(); steps.len()];
-    let mut accepted = vec![0u64; steps.len()];
-    let mut applied = vec![0u64; steps.len()];
-    let mut last_checkpoint = std::time::Instant::now();
-    let mut checkpointed = opts.resume;
-    while st.sweeps_done < total {
-        let sweeps_done = st.sweeps_done;
-        records.iter_mut().for_each(Vec::clear);
-        let swept = st.chain.sweep(st.theory, &mut st.config, &mut records);
-        let measured = match swept {
-            Err((i, e)) => Err(anyhow::Error::new(e).context(format!("{file}: chain[{i}] (sweep {sweeps_done})"))),
-            Ok(()) if sweeps_done >= therm => st
-                .theory
-                .measure(&st.config)
-                .map(Some)
-                .map_err(|e| anyhow::Error::new(e).context(format!("{file}: measurement (sweep {sweeps_done})"))),
-            Ok(()) => Ok(None),
-        };
-        let values = match measured {
-            Ok(v) => v,
-            Err(e) => {
-                // keep what is on disk readable; the last checkpoint stays the resume point
-                let _ = writer.flush();
-                drop(writer);
-                out.discard_unless(checkpointed);
-                return Err(e);
-            }
-        };
-        for (i, recs) in records.iter().enumerate() {
-            accepted[i] += recs.iter().filter(|r| r.accepted).count() as u64;
-            applied[i] += recs.len() as u64;
-        }
-        if let Some(values) = values {
-            for (i, recs) in records.iter().enumerate() {
-                for r in recs {
-                    writer.push_step_record(i, r.accepted, &r.columns)?;
-                }
-            }
-            writer.push_measurement(sweeps_done, &values)?;
-            if card.run.save_every > 0 && (sweeps_done - therm) % card.run.save_every == 0 {
-                writer.push_config(sweeps_done, &st.config)?;
-            }
-        }
-        st.sweeps_done += 1;
-        if checkpoint_due(card, &mut last_checkpoint, st.sweeps_done, total) {
-            let counts = writer.flush()?;
-            Checkpoint {
-                kind: CheckpointKind::Plain,
-                card_hash: hash.to_string(),
-                sweeps_done: st.sweeps_done,
-                counts,
-                step_rngs: st.chain.rng_states(),
-                config: st.config.clone(),
-                step_states: st.chain.step_states(),
-                replica: None,
-            }
-            .save(&out.checkpoint)?;
-            checkpointed = true;
-        }
-        bar.set_position(st.sweeps_done);
-        if st.sweeps_done % 16 == 0 {
-            let acc: Vec<String> = steps
-                .iter()
-                .zip(accepted.iter().zip(&applied))
-                .map(|(s, (a, n))| format!("{} {:.3}", s.label, *a as f64 / (*n).max(1) as f64))
-                .collect();
-            bar.set_message(format!("acceptance {}", acc.join(", ")));
+impl Sampler for PlainSampler<'_> {
+    type Writer = EnsembleWriter;
+
+    fn sweep(&mut self, file: &str, sweep: u64) -> Result<()> {
+        self.records.iter_mut().for_each(Vec::clear);
+        self.chain
+            .sweep(self.theory, &mut self.config, &mut self.records)
+            .map_err(|(i, e)| anyhow::Error::new(e).context(format!("{file}: chain[{i}] (sweep {sweep})")))
+    }
+
+    fn measure(&self, file: &str, sweep: u64) -> Result<Vec<Vec<f64>>> {
+        let values = self
+            .theory
+            .measure(&self.config)
+            .map_err(|e| anyhow::Error::new(e).context(format!("{file}: measurement (sweep {sweep})")))?;
+        Ok(vec![values])
+    }
+
+    fn tally(&mut self) {
+        for (i, recs) in self.records.iter().enumerate() {
+            self.accepted[i] += recs.iter().filter(|r| r.accepted).count() as u64;
+            self.applied[i] += recs.len() as u64;
         }
     }
-    bar.finish_and_clear();
-    Ok(())
+
+    fn store(&self, writer: &mut EnsembleWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()> {
+        store_coupling(writer, 0, &self.records, sweep, &values[0], save_config.then_some(self.config.as_slice()))
+    }
+
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: Counts) -> Checkpoint {
+        Checkpoint {
+            kind: CheckpointKind::Plain,
+            card_hash: hash.to_string(),
+            sweeps_done,
+            counts,
+            step_rngs: self.chain.rng_states(),
+            config: self.config.clone(),
+            step_states: self.chain.step_states(),
+            replica: None,
+        }
+    }
+
+    fn progress(&self) -> String {
+        let acc: Vec<String> = self
+            .labels
+            .iter()
+            .zip(self.accepted.iter().zip(&self.applied))
+            .map(|(l, (a, n))| format!("{l} {:.3}", *a as f64 / (*n).max(1) as f64))
+            .collect();
+        format!("acceptance {}", acc.join(", "))
+    }
 }

@@ -37,7 +37,8 @@
 //! `parameter`, `values`): `sweep` u64 [n], `replica_coupling` u64 [n, K] (the coupling of each
 //! replica after that sweep) and `steps/<label>/` (one row per attempted swap: `accepted`, `pair`,
 //! `log_ratio`, `delta_s`, `delta_log_q`). Files without replicas keep schema version 1.
-//! [`read_any`] reads both.
+//! [`read`] reads both, as one or more couplings ([`EnsembleFile`]): a plain file is one coupling
+//! without a ladder.
 //!
 //! All row datasets are chunked and resizable along axis 0 (`maxshape = (None, ...)`).
 //! Observable and step rows are numbered independently: measurement row `i` of every
@@ -69,11 +70,29 @@ use h5::*;
 use schema::*;
 
 pub use reader::{
-    read_any, read_configs, read_ensemble, read_replica_configs, read_replica_ensemble, AnyEnsemble, ConfigInfo, Ensemble,
-    ObservableData, ReplicaEnsemble, StepData,
+    read, read_configs, read_ensemble, read_replica_ensemble, ConfigInfo, Ensemble, EnsembleFile,
+    Ladder, ObservableData, StepData,
 };
 pub use replica_writer::{replica_group, ReplicaDef, ReplicaWriter};
 pub use writer::EnsembleWriter;
+
+/// The one writer interface of a run: both [`EnsembleWriter`] (a plain file: one coupling,
+/// `k = 0`) and [`ReplicaWriter`] (one coupling per ladder value, plus the swap records and
+/// replica paths that only it has) append per coupling and flush to the counts a checkpoint
+/// records.
+pub trait RunWriter {
+    /// What a checkpoint records of the file: the row counts that `resume` truncates back to.
+    type Counts;
+    /// Buffers one measurement row of coupling `k` (the concatenation of all observables in
+    /// definition order). Error on an unknown coupling or a length mismatch.
+    fn push_coupling_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError>;
+    /// Buffers one record of chain step `step` (index into the StepDefs) at coupling `k`.
+    fn push_coupling_step_record(&mut self, k: usize, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError>;
+    /// Appends one configuration of coupling `k` with its sweep index.
+    fn push_coupling_config(&mut self, k: usize, sweep: u64, config: &[f64]) -> Result<(), EnsembleError>;
+    /// Writes everything appended so far to disk (with `fsync`) and returns the row counts.
+    fn flush_rows(&mut self) -> Result<Self::Counts, EnsembleError>;
+}
 
 /// Version of the file layout described in the module documentation.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -1,4 +1,5 @@
-//! Reading plain (schema 1) and replica-exchange (schema 2) ensembles into memory.
+//! Reading ensembles into memory: one reader, [`read`], for plain (schema 1) and
+//! replica-exchange (schema 2) files, both seen as one or more couplings.
 
 use std::path::{Path, PathBuf};
 
@@ -187,42 +188,31 @@ pub(super) fn read_steps(path: &Path, file_len: u64, base: &Group, prefix: &str)
     Ok(steps)
 }
 
-/// Opens and validates a file: a clear error (naming the path) for a missing file, a non-HDF5
-/// or truncated/corrupt file, a wrong schema version, or inconsistent dataset lengths.
-/// Never panics on a bad file. A replica-exchange file (schema version 2) is refused with a
-/// pointer to [`read_replica_ensemble`]; [`read_any`] reads either kind.
-pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
-    hdf5::silence_errors(true);
-    let file = open_file(path, false)?;
-    let file_len = file_len(path)?;
-    let schema_version = check_schema_version(path, &file)?;
-    if schema_version != SCHEMA_VERSION {
-        return Err(invalid(
-            path,
-            "file",
-            "is a replica-exchange ensemble (schema version 2: one ensemble per coupling under /replicas/<k>); \
-             read it with read_replica_ensemble",
-        ));
-    }
-    let provenance = read_provenance(path, &file)?;
-    let (observables, sweeps, steps, configs) = read_group(path, file_len, &file, "")?;
-    Ok(Ensemble { path: path.to_owned(), schema_version, provenance, observables, sweeps, steps, configs })
-}
-
-/// A replica-exchange ensemble (schema version 2), read into memory.
+/// Any ensemble file, read into memory as one or more couplings: a plain file (schema
+/// version 1) is one coupling without a ladder; a replica-exchange file (schema version 2) is
+/// one coupling per ladder value, with the replica paths and swap records in [`Ladder`].
+/// Read a coupling's configurations with [`EnsembleFile::read_configs`].
 #[derive(Debug, Clone)]
-pub struct ReplicaEnsemble {
+pub struct EnsembleFile {
     pub path: PathBuf,
     pub schema_version: u32,
-    /// The root attributes (`theory_params` are those of the card's `[theory]`).
+    /// The root attributes (for a ladder, `theory_params` are those of the card's `[theory]`;
+    /// each coupling's own are in its [`Ensemble::provenance`]).
     pub provenance: Provenance,
+    /// The ensemble at each coupling: the root group of a plain file, `/replicas/<k>` of a
+    /// replica-exchange file (with that coupling's `theory_params` and `model`).
+    pub couplings: Vec<Ensemble>,
+    /// The ladder of a replica-exchange file; `None` for a plain file.
+    pub ladder: Option<Ladder>,
+}
+
+/// The ladder of a replica-exchange ensemble (`/replica_exchange`).
+#[derive(Debug, Clone)]
+pub struct Ladder {
     /// The ladder parameter.
     pub parameter: String,
-    /// Its value at each coupling.
+    /// Its value at each coupling (one per entry of [`EnsembleFile::couplings`]).
     pub values: Vec<f64>,
-    /// The ensemble at each coupling (`/replicas/<k>`), with that coupling's `theory_params`
-    /// and `model` in its provenance. Read its configurations with [`read_replica_configs`].
-    pub replicas: Vec<Ensemble>,
     /// Sweep index of each row of `replica_coupling`.
     pub path_sweeps: Vec<u64>,
     /// Row-major `[n, K]`: the coupling index of replica r after sweep `path_sweeps[i]`.
@@ -231,45 +221,84 @@ pub struct ReplicaEnsemble {
     pub swaps: Vec<StepData>,
 }
 
-/// Either kind of ensemble file.
-#[derive(Debug, Clone)]
-pub enum AnyEnsemble {
-    Plain(Ensemble),
-    Replica(ReplicaEnsemble),
-}
-
-/// Reads a plain (schema 1) or replica-exchange (schema 2) ensemble.
-pub fn read_any(path: &Path) -> Result<AnyEnsemble, EnsembleError> {
-    hdf5::silence_errors(true);
-    let version = {
-        let file = open_file(path, false)?;
-        check_schema_version(path, &file)?
-    };
-    if version == REPLICA_SCHEMA_VERSION {
-        read_replica_ensemble(path).map(AnyEnsemble::Replica)
-    } else {
-        read_ensemble(path).map(AnyEnsemble::Plain)
-    }
-}
-
-/// Reads a replica-exchange ensemble (schema version 2).
-pub fn read_replica_ensemble(path: &Path) -> Result<ReplicaEnsemble, EnsembleError> {
+/// The one reader: opens and validates a plain (schema 1) or replica-exchange (schema 2)
+/// file. A clear error (naming the path) for a missing file, a non-HDF5 or truncated/corrupt
+/// file, a wrong schema version, or inconsistent dataset lengths; never panics on a bad file.
+pub fn read(path: &Path) -> Result<EnsembleFile, EnsembleError> {
     hdf5::silence_errors(true);
     let file = open_file(path, false)?;
     let file_len = file_len(path)?;
     let schema_version = check_schema_version(path, &file)?;
-    if schema_version != REPLICA_SCHEMA_VERSION {
-        return Err(invalid(path, "file", "is not a replica-exchange ensemble (schema version 1); read it with read_ensemble"));
-    }
     let provenance = read_provenance(path, &file)?;
-    let xg = open_group(path, &file, "replica_exchange")?;
+    if schema_version == REPLICA_SCHEMA_VERSION {
+        let (couplings, ladder) = read_ladder(path, file_len, &file, &provenance)?;
+        return Ok(EnsembleFile { path: path.to_owned(), schema_version, provenance, couplings, ladder: Some(ladder) });
+    }
+    let (observables, sweeps, steps, configs) = read_group(path, file_len, &file, "")?;
+    let plain = Ensemble {
+        path: path.to_owned(),
+        schema_version,
+        provenance: provenance.clone(),
+        observables,
+        sweeps,
+        steps,
+        configs,
+    };
+    Ok(EnsembleFile { path: path.to_owned(), schema_version, provenance, couplings: vec![plain], ladder: None })
+}
+
+/// [`read`] for a file that must be plain (schema version 1): its one coupling. A
+/// replica-exchange file is refused with a pointer to [`read`].
+pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
+    let mut f = read(path)?;
+    match (f.ladder.is_some(), f.couplings.pop()) {
+        (false, Some(e)) => Ok(e),
+        _ => Err(invalid(
+            path,
+            "file",
+            "is a replica-exchange ensemble (schema version 2: one ensemble per coupling under /replicas/<k>); \
+             read it with ensemble::read",
+        )),
+    }
+}
+
+/// [`read`] for a file that must be a replica-exchange ensemble (schema version 2).
+pub fn read_replica_ensemble(path: &Path) -> Result<EnsembleFile, EnsembleError> {
+    let f = read(path)?;
+    if f.ladder.is_none() {
+        return Err(invalid(path, "file", "is not a replica-exchange ensemble (schema version 1)"));
+    }
+    Ok(f)
+}
+
+impl EnsembleFile {
+    /// The ladder (parameter, values, replica paths, swap records), or `None` for a plain file.
+    pub fn ladder(&self) -> Option<&Ladder> {
+        self.ladder.as_ref()
+    }
+
+    /// Reads configurations `[start, start+count)` of coupling `k` (0 for a plain file) as a
+    /// flat row-major Vec (`count * config_len` values). Errors if `k` or the range exceeds
+    /// what the file holds.
+    pub fn read_configs(&self, k: usize, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
+        if k >= self.couplings.len() {
+            return Err(invalid(&self.path, "file", format!("no coupling {k} (the file has {})", self.couplings.len())));
+        }
+        read_configs_in(&self.path, self.ladder.as_ref().map(|_| k), start, count)
+    }
+}
+
+/// The couplings and the ladder of a replica-exchange file.
+fn read_ladder(path: &Path, file_len: u64, file: &File, provenance: &Provenance) -> Result<(Vec<Ensemble>, Ladder), EnsembleError> {
+    let schema_version = REPLICA_SCHEMA_VERSION;
+    let xg = open_group(path, file, "replica_exchange")?;
     let parameter = read_str_attr(path, &xg, "/replica_exchange", "parameter")?;
     let values_text = read_str_attr(path, &xg, "/replica_exchange", "values")?;
     let values: Vec<f64> = serde_json::from_str(&values_text).map_err(|e| {
         corrupt(path, "attribute /replica_exchange/values", format!("expected a JSON array of numbers: {e}"))
     })?;
     let k = values.len();
-    let rg = open_group(path, &file, "replicas")?;
+    let rg = open_group(path, file, "replicas")?;
     let mut replicas = Vec::with_capacity(k);
     for i in 0..k {
         let prefix = replica_group(i);
@@ -300,28 +329,14 @@ pub fn read_replica_ensemble(path: &Path) -> Result<ReplicaEnsemble, EnsembleErr
         return Err(corrupt(path, format!("dataset {rc_obj}"), format!("coupling index {bad} out of range (K = {k})")));
     }
     let swaps = read_steps(path, file_len, &xg, "/replica_exchange")?;
-    Ok(ReplicaEnsemble {
-        path: path.to_owned(),
-        schema_version,
-        provenance,
-        parameter,
-        values,
-        replicas,
-        path_sweeps,
-        replica_coupling,
-        swaps,
-    })
+    Ok((replicas, Ladder { parameter, values, path_sweeps, replica_coupling, swaps }))
 }
 
-/// Reads configurations `[start, start+count)` as a flat row-major Vec
+/// Reads configurations `[start, start+count)` of a plain file as a flat row-major Vec
 /// (`count * config_len` values). Errors if the range exceeds the stored configurations.
+/// [`EnsembleFile::read_configs`] reads those of any coupling of any file.
 pub fn read_configs(path: &Path, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
     read_configs_in(path, None, start, count)
-}
-
-/// [`read_configs`] for coupling k of a replica-exchange ensemble (`/replicas/<k>/configs`).
-pub fn read_replica_configs(path: &Path, k: usize, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {
-    read_configs_in(path, Some(k), start, count)
 }
 
 pub(super) fn read_configs_in(path: &Path, replica: Option<usize>, start: usize, count: usize) -> Result<Vec<f64>, EnsembleError> {

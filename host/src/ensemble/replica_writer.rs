@@ -298,3 +298,24 @@ impl ReplicaWriter {
         Ok((self.replicas.iter().map(GroupSlots::on_disk_counts).collect(), exchange))
     }
 }
+
+impl RunWriter for ReplicaWriter {
+    /// The counts of every coupling's group, and of `/replica_exchange`.
+    type Counts = (Vec<Counts>, Counts);
+
+    fn push_coupling_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
+        self.push_measurement(k, sweep, values)
+    }
+
+    fn push_coupling_step_record(&mut self, k: usize, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
+        self.push_step_record(k, step, accepted, columns)
+    }
+
+    fn push_coupling_config(&mut self, k: usize, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
+        self.push_config(k, sweep, config)
+    }
+
+    fn flush_rows(&mut self) -> Result<(Vec<Counts>, Counts), EnsembleError> {
+        self.flush()
+    }
+}

@@ -499,6 +499,33 @@ fn push_errors() {
     );
 }
 
+/// Through the one writer interface a plain file is coupling 0 (other couplings are refused),
+/// and the one reader sees it as one coupling without a ladder.
+#[test]
+fn run_writer_and_reader_see_a_plain_file_as_one_coupling() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    let r = row(0);
+    assert!(matches!(w.push_coupling_measurement(1, 0, &r), Err(EnsembleError::Invalid { .. })));
+    assert!(matches!(w.push_coupling_step_record(1, 0, true, &[1.0, 2.0]), Err(EnsembleError::Invalid { .. })));
+    assert!(matches!(w.push_coupling_config(1, 0, &config(0)), Err(EnsembleError::Invalid { .. })));
+    w.push_coupling_measurement(0, 7, &r).unwrap();
+    w.push_coupling_config(0, 7, &config(0)).unwrap();
+    let c = w.flush_rows().unwrap();
+    assert_eq!(c, Counts { measurements: 1, steps: vec![0, 0], configs: 1 });
+    drop(w);
+    let f = read(&path).unwrap();
+    assert!(f.ladder().is_none());
+    assert_eq!(f.couplings.len(), 1);
+    assert_eq!(f.couplings[0].sweeps, vec![7]);
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&f.read_configs(0, 0, 1).unwrap()), bits(&config(0)));
+    assert!(f.read_configs(1, 0, 1).is_err());
+    assert!(read_replica_ensemble(&path).is_err());
+}
+
 /// Child half of `resume_after_sigkill`: runs only when the parent sets the env variable.
 #[test]
 #[ignore = "helper process for resume_after_sigkill"]

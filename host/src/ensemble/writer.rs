@@ -452,3 +452,37 @@ impl EnsembleWriter {
         self.slots.counts()
     }
 }
+
+impl RunWriter for EnsembleWriter {
+    type Counts = Counts;
+
+    fn push_coupling_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
+        self.plain_coupling(k)?;
+        self.push_measurement(sweep, values)
+    }
+
+    fn push_coupling_step_record(&mut self, k: usize, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
+        self.plain_coupling(k)?;
+        self.push_step_record(step, accepted, columns)
+    }
+
+    fn push_coupling_config(&mut self, k: usize, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
+        self.plain_coupling(k)?;
+        self.push_config(sweep, config)
+    }
+
+    fn flush_rows(&mut self) -> Result<Counts, EnsembleError> {
+        self.flush()
+    }
+}
+
+impl EnsembleWriter {
+    /// A plain file has the one coupling 0.
+    fn plain_coupling(&self, k: usize) -> Result<(), EnsembleError> {
+        if k == 0 {
+            Ok(())
+        } else {
+            Err(invalid(&self.path, "/", format!("coupling {k} does not exist (a plain ensemble has one coupling, 0)")))
+        }
+    }
+}
