@@ -120,3 +120,16 @@ print(json.dumps(out))
     let ours = common::scalar(&analyze_json(&out), "chi2").0;
     assert!((v["chi2_mean"].as_f64().unwrap() - ours).abs() < 1e-12 * ours.abs());
 }
+
+/// Stored configurations reshape to `attrs["shape"]`: for U(1) links the lattice extents and
+/// the direction (`FieldLayout::config_dims`), shown by `inspect`.
+#[test]
+fn link_configurations_record_their_full_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = "[theory]\nplugin = \"u1\"\nlattice = [4, 6]\nbeta = 1.0\n\n[[chain]]\nkind = \"hmc\"\nmd_steps = 4\n\n\
+                [run]\nseed = 2\nthermalization = 2\nmeasurements = 10\nsave_every = 5\noutput = \"{OUT}\"\n";
+    let (card, out) = write_card(dir.path(), "links", card);
+    run_ok(&["run", card.to_str().unwrap(), "-q"]);
+    let inspect = run_ok(&["inspect", out.to_str().unwrap()]);
+    assert!(inspect.contains("/configs         [2, 48], shape [4, 6, 2]"), "{inspect}");
+}

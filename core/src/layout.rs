@@ -227,6 +227,19 @@ impl FieldLayout {
         dims
     }
 
+    /// The array dimensions a whole flat configuration reshapes to (what ensembles store as
+    /// `attrs["shape"]`): [`FieldLayout::component_dims`] of the one dynamical component, e.g.
+    /// `[L0, L1]` for a real scalar, `[L0, L1, d]` for link angles, `[L0, L1, n]` for an O(n)
+    /// spin, `[L0, L1, d, N, N, 2]` for SU(N) links. A layout with several dynamical
+    /// components has no single array shape: `[config_len]`.
+    pub fn config_dims(&self) -> Vec<usize> {
+        let mut dynamical = self.components.iter().filter(|c| c.role == FieldRole::Dynamical);
+        match (dynamical.next(), dynamical.next()) {
+            (Some(c), None) => self.component_dims(c),
+            _ => vec![self.config_len()],
+        }
+    }
+
     /// Length of a flat configuration: all dynamical components.
     pub fn config_len(&self) -> usize {
         self.components.iter().filter(|c| c.role == FieldRole::Dynamical).map(|c| self.component_len(c)).sum()
@@ -268,6 +281,28 @@ impl FieldLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_dims_reshape_the_flat_configuration() {
+        let cases = [
+            (FieldLayout::single(&[6, 4], "phi", Support::Site, ElementKind::Real), vec![6, 4]),
+            (FieldLayout::single(&[8, 8], "theta", Support::Link, ElementKind::Angle), vec![8, 8, 2]),
+            (FieldLayout::single(&[4, 4], "n", Support::Site, ElementKind::real_vector(3)), vec![4, 4, 3]),
+            (FieldLayout::single(&[2, 2, 2], "U", Support::Link, ElementKind::complex_matrix(3)), vec![2, 2, 2, 3, 3, 3, 2]),
+        ];
+        for (layout, dims) in cases {
+            assert_eq!(dims.iter().product::<usize>(), layout.config_len(), "{dims:?}");
+            assert_eq!(layout.config_dims(), dims);
+        }
+        let mut two = FieldLayout::single(&[4, 4], "phi", Support::Site, ElementKind::Real);
+        two.components.push(FieldComponent {
+            name: "chi".into(),
+            support: Support::Site,
+            element: ElementKind::Real,
+            role: FieldRole::Dynamical,
+        });
+        assert_eq!(two.config_dims(), vec![32]);
+    }
 
     #[test]
     fn lengths_for_all_kinds() {

@@ -103,7 +103,7 @@ fn contents(ens: &Ensemble, prefix: &str) -> String {
     }
     match &ens.configs {
         Some(c) => s.push_str(&format!(
-            "  {prefix}/configs         [{}, {}], lattice {:?}\n",
+            "  {prefix}/configs         [{}, {}], shape {:?}\n",
             c.count, c.config_len, c.shape
         )),
         None => s.push_str(&format!("  {prefix}/configs         none stored (save_every = 0)\n")),

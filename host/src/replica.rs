@@ -409,7 +409,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         .map(|((t, &value), m)| ReplicaDef { value, theory_params: t.params_json(), model: m.clone() })
         .collect();
     let configs_def = (card.run.save_every > 0)
-        .then(|| ConfigDef { config_len: theories[0].config_len(), shape: theories[0].layout().shape() });
+        .then(|| ConfigDef { config_len: theories[0].config_len(), shape: theories[0].layout().config_dims() });
     let out = OutputFiles::of(card);
     let model_json = if needs_models { format!("[{}]", model_prov.join(",")) } else { String::new() };
     let prov = provenance(card, &theories[0], &hash, base_params, model_json);

@@ -35,7 +35,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     check_references(&card, &observables)?;
     let steps = chain_step_defs(&card, &chain);
     let configs = (card.run.save_every > 0)
-        .then(|| ConfigDef { config_len: theory.config_len(), shape: theory.layout().shape() });
+        .then(|| ConfigDef { config_len: theory.config_len(), shape: theory.layout().config_dims() });
     let out = OutputFiles::of(&card);
     // The card and the model's weights together determine the run.
     let hash = if weights_digest.is_empty() { card.hash() } else { sha256_hex(format!("{}{weights_digest}", card.hash()).as_bytes()) };
