@@ -29,8 +29,9 @@ pub trait FieldSpace {
     /// Its conjugate momentum (for groups, an element of the Lie algebra per link).
     type Momentum: Clone;
 
-    /// Draws momenta from exp(−kinetic(p)).
-    fn sample_momentum(&self, rng: &mut Stream) -> Self::Momentum;
+    /// Draws momenta at the field `u` from exp(−kinetic(p)). Flat spaces and groups (momenta
+    /// in the Lie algebra) ignore `u`; a curved space draws them in the tangent space at `u`.
+    fn sample_momentum(&self, u: &Self::Field, rng: &mut Stream) -> Self::Momentum;
     /// A zero momentum (used as a force buffer).
     fn zero_momentum(&self) -> Self::Momentum;
     /// Kinetic energy K(p), compensated sum.
@@ -581,7 +582,7 @@ pub fn hmc_trajectory<S: FieldSpace>(
         schedule
     };
     action.refresh(u, rng)?;
-    let mut p = space.sample_momentum(rng);
+    let mut p = space.sample_momentum(u, rng);
     let s0 = action.action(u)?;
     if !s0.is_finite() {
         return Err(HmcError::NonFiniteStart { action: s0 });
@@ -619,7 +620,7 @@ impl FieldSpace for RealScalar {
     type Field = Vec<f64>;
     type Momentum = Vec<f64>;
 
-    fn sample_momentum(&self, rng: &mut Stream) -> Vec<f64> {
+    fn sample_momentum(&self, _u: &Vec<f64>, rng: &mut Stream) -> Vec<f64> {
         let mut p = vec![0.0; self.len];
         rng.fill_normal(&mut p);
         p
@@ -661,8 +662,8 @@ impl FieldSpace for Angles {
     type Field = Vec<f64>;
     type Momentum = Vec<f64>;
 
-    fn sample_momentum(&self, rng: &mut Stream) -> Vec<f64> {
-        RealScalar { len: self.len }.sample_momentum(rng)
+    fn sample_momentum(&self, u: &Vec<f64>, rng: &mut Stream) -> Vec<f64> {
+        RealScalar { len: self.len }.sample_momentum(u, rng)
     }
 
     fn zero_momentum(&self) -> Vec<f64> {
@@ -683,6 +684,75 @@ impl FieldSpace for Angles {
 
     fn project(&self, u: &mut Vec<f64>) {
         u.iter_mut().for_each(|t| *t = wrap_angle(*t));
+    }
+}
+
+/// Unit n-vectors per site (O(n) spins, n ≥ 2): a curved field space. The field holds `sites`
+/// vectors of `n` reals, `[site][component]`; each momentum is a tangent vector at its spin
+/// (p_x · s_x = 0), with H = ½ Σ |p|² + S.
+///
+/// * Momenta are drawn as isotropic Gaussians projected onto the tangent plane at the current
+///   spin, which is the (n−1)-dimensional Gaussian e^{−|p|²/2} on that plane.
+/// * [`FieldSpace::step_field`] follows the exact geodesic (a great circle) for time ε and
+///   transports the momentum with it: with ω = |p|, s ← s cos ωε + (p/ω) sin ωε and
+///   p ← p cos ωε − s ω sin ωε. This flow is exact, volume-preserving and reversible.
+/// * Forces must be tangent vectors: the Euclidean gradient ∂S/∂s projected onto the tangent
+///   plane, g − (g·s)s (the Riemannian gradient); [`FieldSpace::kick`] then keeps p tangent.
+/// * [`FieldSpace::project`] renormalises every spin against rounding drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spheres {
+    /// Components per spin (n = 3 for the O(3) model).
+    pub n: usize,
+    /// Number of spins.
+    pub sites: usize,
+}
+
+impl FieldSpace for Spheres {
+    type Field = Vec<f64>;
+    type Momentum = Vec<f64>;
+
+    fn sample_momentum(&self, u: &Vec<f64>, rng: &mut Stream) -> Vec<f64> {
+        let mut p = vec![0.0; self.n * self.sites];
+        rng.fill_normal(&mut p);
+        for (q, s) in p.chunks_mut(self.n).zip(u.chunks(self.n)) {
+            let along: f64 = q.iter().zip(s).map(|(a, b)| a * b).sum();
+            q.iter_mut().zip(s).for_each(|(a, b)| *a -= along * b);
+        }
+        p
+    }
+
+    fn zero_momentum(&self) -> Vec<f64> {
+        vec![0.0; self.n * self.sites]
+    }
+
+    fn kinetic(&self, p: &Vec<f64>) -> f64 {
+        RealScalar { len: p.len() }.kinetic(p)
+    }
+
+    fn step_field(&self, u: &mut Vec<f64>, p: &mut Vec<f64>, eps: f64) {
+        for (s, q) in u.chunks_mut(self.n).zip(p.chunks_mut(self.n)) {
+            let omega = q.iter().map(|a| a * a).sum::<f64>().sqrt();
+            if omega == 0.0 {
+                continue;
+            }
+            let (sin, cos) = (omega * eps).sin_cos();
+            for (a, b) in s.iter_mut().zip(q.iter_mut()) {
+                let (s0, q0) = (*a, *b);
+                *a = s0 * cos + q0 / omega * sin;
+                *b = q0 * cos - s0 * omega * sin;
+            }
+        }
+    }
+
+    fn kick(&self, p: &mut Vec<f64>, f: &Vec<f64>, eps: f64) {
+        RealScalar { len: p.len() }.kick(p, f, eps)
+    }
+
+    fn project(&self, u: &mut Vec<f64>) {
+        for s in u.chunks_mut(self.n) {
+            let norm = s.iter().map(|a| a * a).sum::<f64>().sqrt();
+            s.iter_mut().for_each(|a| *a /= norm);
+        }
     }
 }
 
@@ -755,8 +825,8 @@ mod tests {
     fn run(act: &LeveledAction<'_, RealScalar>, sched: &Schedule) -> (Vec<f64>, Vec<f64>, f64) {
         let space = RealScalar { len: 16 };
         let mut rng = Stream::new(11, 0);
-        let mut u = space.sample_momentum(&mut rng);
-        let mut p = space.sample_momentum(&mut rng);
+        let mut u = space.sample_momentum(&vec![0.0; 16], &mut rng);
+        let mut p = space.sample_momentum(&u, &mut rng);
         let h0 = space.kinetic(&p) + act.action(&u).unwrap();
         let mut buf = space.zero_momentum();
         integrate(&space, act, &mut u, &mut p, sched, &mut buf).unwrap();
@@ -772,8 +842,8 @@ mod tests {
     fn assert_reversible(act: &LeveledAction<'_, RealScalar>, sched: &Schedule, what: &str) {
         let space = RealScalar { len: 16 };
         let mut rng = Stream::new(5, 0);
-        let u0 = space.sample_momentum(&mut rng);
-        let p0 = space.sample_momentum(&mut rng);
+        let u0 = space.sample_momentum(&vec![0.0; 16], &mut rng);
+        let p0 = space.sample_momentum(&u0, &mut rng);
         let (mut u, mut p) = (u0.clone(), p0.clone());
         let mut buf = space.zero_momentum();
         integrate(&space, act, &mut u, &mut p, sched, &mut buf).unwrap();
@@ -1053,5 +1123,146 @@ mod tests {
             out.iter_mut().for_each(|o| *o = 0.0);
             Ok(())
         }
+    }
+
+    /// S = −β Σ_x s_x · s_{x+1}, O(3) spins on a periodic ring of `l` sites (a curved space).
+    struct O3Ring {
+        beta: f64,
+        l: usize,
+    }
+
+    fn dot3(a: &[f64], b: &[f64]) -> f64 {
+        a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+    }
+
+    impl O3Ring {
+        fn energy(&self, u: &[f64]) -> f64 {
+            (0..self.l).map(|x| dot3(&u[3 * x..3 * x + 3], &u[3 * ((x + 1) % self.l)..][..3])).sum::<f64>() / self.l as f64
+        }
+    }
+
+    impl ActionTerm<Spheres> for O3Ring {
+        fn name(&self) -> &str {
+            "o3_ring"
+        }
+        fn action(&self, u: &Vec<f64>) -> Result<f64, TermError> {
+            Ok(-self.beta * self.l as f64 * self.energy(u))
+        }
+        /// The tangent projection of ∂S/∂s_x = −β (s_{x+1} + s_{x−1}).
+        fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+            let l = self.l;
+            for x in 0..l {
+                let (up, dn, s) = (&u[3 * ((x + 1) % l)..][..3], &u[3 * ((x + l - 1) % l)..][..3], &u[3 * x..3 * x + 3]);
+                let g: Vec<f64> = (0..3).map(|i| -self.beta * (up[i] + dn[i])).collect();
+                let along = dot3(&g, s);
+                (0..3).for_each(|i| out[3 * x + i] = g[i] - along * s[i]);
+            }
+            Ok(())
+        }
+    }
+
+    /// Random unit 3-vectors.
+    fn random_spins(l: usize, rng: &mut Stream) -> Vec<f64> {
+        let mut u = vec![0.0; 3 * l];
+        rng.fill_normal(&mut u);
+        Spheres { n: 3, sites: l }.project(&mut u);
+        u
+    }
+
+    /// ⟨s_x · s_{x+1}⟩ on the periodic O(3) ring, exactly: Z = Σ_l (2l+1) i_l(β)^L with
+    /// i_l(β) = ½ ∫₋₁¹ e^{βt} P_l(t) dt, and E = (1/L) d ln Z/dβ (integrals by Simpson's rule).
+    fn o3_ring_energy(beta: f64, sites: i32) -> f64 {
+        let n = 4000;
+        let h = 2.0 / n as f64;
+        let (mut z, mut dz) = (0.0, 0.0);
+        for l in 0..40usize {
+            let (mut i, mut di) = (0.0, 0.0);
+            for k in 0..=n {
+                let t = -1.0 + k as f64 * h;
+                let (mut p0, mut p1) = (1.0, t);
+                for m in 1..l.max(1) {
+                    let p2 = ((2 * m + 1) as f64 * t * p1 - m as f64 * p0) / (m + 1) as f64;
+                    (p0, p1) = (p1, p2);
+                }
+                let pl = if l == 0 { 1.0 } else { p1 };
+                let w = if k == 0 || k == n { 1.0 } else if k % 2 == 1 { 4.0 } else { 2.0 };
+                i += w * (beta * t).exp() * pl;
+                di += w * t * (beta * t).exp() * pl;
+            }
+            let (i, di) = (0.5 * i * h / 3.0, 0.5 * di * h / 3.0);
+            z += (2 * l + 1) as f64 * i.powi(sites);
+            dz += (2 * l + 1) as f64 * sites as f64 * i.powi(sites - 1) * di;
+        }
+        dz / z / sites as f64
+    }
+
+    #[test]
+    fn o3_ring_reference_is_right() {
+        // β → 0: E = β/3 + O(β³); L → ∞: E = coth β − 1/β (the Langevin function)
+        assert!((o3_ring_energy(1e-3, 8) - 1e-3 / 3.0).abs() < 1e-9);
+        let b: f64 = 1.5;
+        assert!((o3_ring_energy(b, 400) - (1.0 / b.tanh() - 1.0 / b)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn spheres_geodesic_flow_is_reversible_and_forces_match_finite_differences() {
+        let (l, space) = (6, Spheres { n: 3, sites: 6 });
+        let ring = O3Ring { beta: 1.3, l };
+        let mut rng = Stream::new(7, 0);
+        let u0 = random_spins(l, &mut rng);
+        let p0 = space.sample_momentum(&u0, &mut rng);
+        for x in 0..l {
+            assert!(dot3(&u0[3 * x..][..3], &p0[3 * x..][..3]).abs() < 1e-14, "momentum not tangent");
+        }
+        // dS/dt along the geodesic with velocity p is F·p at t = 0
+        let mut f = space.zero_momentum();
+        ring.force(&u0, &mut f).unwrap();
+        let s_at = |t: f64| {
+            let (mut v, mut q) = (u0.clone(), p0.clone());
+            space.step_field(&mut v, &mut q, t);
+            ring.action(&v).unwrap()
+        };
+        let h = 1e-5;
+        let fd = (s_at(h) - s_at(-h)) / (2.0 * h);
+        let fp: f64 = f.iter().zip(&p0).map(|(a, b)| a * b).sum();
+        assert!((fd - fp).abs() < 1e-7 * fp.abs().max(1.0), "{fd} vs {fp}");
+        // integrate, flip, integrate back
+        let act = LeveledAction::single(Box::new(O3Ring { beta: 1.3, l }));
+        let sched = Schedule::from_params(&HmcParams { md_steps: 7, ..HmcParams::default() }, 1).unwrap();
+        let (mut u, mut p, mut buf) = (u0.clone(), p0.clone(), space.zero_momentum());
+        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf).unwrap();
+        p.iter_mut().for_each(|x| *x = -*x);
+        integrate(&space, &act, &mut u, &mut p, &sched, &mut buf).unwrap();
+        // back where it started, with the momentum reversed
+        let du = u.iter().zip(&u0).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let dp = p.iter().zip(&p0).map(|(a, b)| (a + b).abs()).fold(0.0, f64::max);
+        assert!(du < 1e-12 && dp < 1e-12, "reversibility: {du:e} {dp:e}");
+    }
+
+    /// HMC on spheres samples the O(3) ring exactly: ⟨s·s'⟩ against the transfer-matrix value.
+    #[test]
+    fn spheres_hmc_reproduces_the_exact_o3_ring() {
+        let (l, beta) = (8usize, 1.5);
+        let space = Spheres { n: 3, sites: l };
+        let mut act = LeveledAction::single(Box::new(O3Ring { beta, l }));
+        let params = HmcParams { md_steps: 6, jitter: 0.2, ..HmcParams::default() };
+        let sched = Schedule::from_params(&params, 1).unwrap();
+        let mut rng = Stream::new(17, 0);
+        let mut u = random_spins(l, &mut rng);
+        let (mut e, mut boltz) = (Vec::new(), Vec::new());
+        for i in 0..40_200 {
+            let r = hmc_trajectory(&space, &mut act, &mut u, &sched, true, &mut rng).unwrap();
+            if i >= 200 {
+                e.push(O3Ring { beta, l }.energy(&u));
+                boltz.push((-r.delta_h).exp());
+            }
+        }
+        let exact = o3_ring_energy(beta, l as i32);
+        let (mean, err) = batch_means(&e, 50);
+        let z = (mean - exact) / err;
+        let (b, berr) = batch_means(&boltz, 50);
+        eprintln!("O(3) ring L={l} beta={beta}: E = {mean:.5} ± {err:.5} (exact {exact:.6}, z = {z:+.2}); <exp(-dH)> = {b:.4} ± {berr:.4}");
+        assert!(z.abs() < 4.0, "E = {mean} ± {err}, exact {exact}");
+        assert!(((b - 1.0) / berr).abs() < 4.0, "<exp(-dH)> = {b} ± {berr}");
     }
 }

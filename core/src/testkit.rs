@@ -66,7 +66,7 @@ pub fn check_force<P: Physics>(json: &str, params: &HmcParams) {
         assert!((s_grad - s).abs() <= 1e-12 * s.abs().max(1.0), "{}: action_grad's S {s_grad} vs {s}", P::NAME);
         let mut rng = Stream::new(100 + seed, 0);
         for _ in 0..3 {
-            let x = space.sample_momentum(&mut rng);
+            let x = space.sample_momentum(&u, &mut rng);
             let along = |eps: f64| {
                 let (mut v, mut y) = (u.clone(), x.clone());
                 space.step_field(&mut v, &mut y, eps);
@@ -120,7 +120,7 @@ pub fn check_reversibility<P: Physics>(json: &str, params: &HmcParams) {
     let periodic = angle_mask(&p);
     let mut rng = Stream::new(30, 0);
     let u0 = p.initial(Start::Hot, &mut rng);
-    let p0 = space.sample_momentum(&mut rng);
+    let p0 = space.sample_momentum(&u0, &mut rng);
     let (mut u, mut mom, mut buf) = (u0.clone(), p0.clone(), space.zero_momentum());
     integrate(&space, &action, &mut u, &mut mom, &schedule, &mut buf).unwrap_or_else(|e| panic!("{}: {e}", P::NAME));
     mom.iter_mut().for_each(|x| *x = -*x);

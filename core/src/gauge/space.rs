@@ -46,7 +46,7 @@ impl<G: GaugeGroup> FieldSpace for LinkSpace<G> {
     /// Every coefficient p^a an independent N(0, 1). A stream too close to its end (2⁶⁸ words)
     /// to reserve the counter ranges cannot occur from a fresh stream; it is reported by
     /// panicking with the reason, which the plugin boundary turns into an error.
-    fn sample_momentum(&self, rng: &mut Stream) -> Vec<G::Algebra> {
+    fn sample_momentum(&self, _u: &LinkField<G>, rng: &mut Stream) -> Vec<G::Algebra> {
         let mut p = vec![G::Algebra::zero(); self.links()];
         if let Err(e) = fill_random(&mut p, rng, |s, x| *x = G::Algebra::gaussian(s)) {
             panic!("momentum refresh: {e}");

@@ -145,7 +145,7 @@ fn wilson_force_matches_finite_differences<G: GaugeGroup>(shape: &[i64]) {
     act.force(&u, &mut f);
     let mut rng = Stream::new(12, 0);
     for _ in 0..3 {
-        let dir = space.sample_momentum(&mut rng);
+        let dir = space.sample_momentum(&u, &mut rng);
         let s_at = |t: f64| {
             let mut v = u.clone();
             space.step_field(&mut v, &mut dir.clone(), t);
@@ -224,7 +224,7 @@ fn reversibility<G: GaugeGroup>(shape: &[i64]) {
         let sched = Schedule::from_params(&params(kind, 8, 1.0), 1).unwrap();
         let u0 = hot::<G>(&lat, 31);
         let mut rng = Stream::new(32, 0);
-        let p0 = space.sample_momentum(&mut rng);
+        let p0 = space.sample_momentum(&u0, &mut rng);
         let (mut u, mut p) = (u0.clone(), p0.clone());
         let mut buf = space.zero_momentum();
         integrate(&space, &act, &mut u, &mut p, &sched, &mut buf).unwrap();
@@ -359,7 +359,7 @@ fn hot_fields_are_thread_count_independent() {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
             let mut rng = Stream::new(63, 0);
             let u = LinkField::<Su3>::random(4, lat.volume(), &mut rng).unwrap();
-            let p = LinkSpace::<Su3>::new(4, lat.volume()).sample_momentum(&mut rng);
+            let p = LinkSpace::<Su3>::new(4, lat.volume()).sample_momentum(&u, &mut rng);
             (u, p, rng.state())
         })
     };

@@ -339,7 +339,7 @@ fn hmc_integration_is_reversible() {
         let sched = Schedule::from_params(&params(kind, 9), 1).unwrap();
         let mut rng = Stream::new(5, 0);
         let u0 = hot(k.n_links(), 11);
-        let p0 = space.sample_momentum(&mut rng);
+        let p0 = space.sample_momentum(&u0, &mut rng);
         let (mut u, mut p) = (u0.clone(), p0.clone());
         let mut buf = space.zero_momentum();
         integrate(&space, &act, &mut u, &mut p, &sched, &mut buf).unwrap();
@@ -373,7 +373,7 @@ fn leapfrog_delta_h_scales_as_step_squared() {
         let mut total = 0.0;
         for _ in 0..4 {
             let mut u = theta.clone();
-            let mut p = space.sample_momentum(&mut rng);
+            let mut p = space.sample_momentum(&u, &mut rng);
             let h0 = space.kinetic(&p) + act.action(&u).unwrap();
             let sched = Schedule::from_params(&params(IntegratorKind::Leapfrog, steps), 1).unwrap();
             integrate(&space, &act, &mut u, &mut p, &sched, &mut space.zero_momentum()).unwrap();
