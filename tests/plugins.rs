@@ -432,6 +432,12 @@ fn a_plugin_that_aborts_is_named_with_its_call() {
     assert_eq!(out.status.signal(), Some(libc_sigabrt()), "expected an abort:\n{stderr}");
     assert!(stderr.contains("latflow: plugin 'faulty' aborted the process in `measure`"), "{stderr}");
     println!("{}", stderr.trim());
+    // the aborted run left an output without measurements or checkpoint: a rerun replaces it
+    // (it aborts again, in the same call, rather than stopping at "already exists")
+    let again = run_with_dir(fixtures_dir(), &["run", card.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("holds no measurement and has no checkpoint"), "{stderr}");
+    assert!(stderr.contains("aborted the process in `measure`"), "{stderr}");
 }
 
 #[cfg(unix)]

@@ -437,7 +437,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         .with_context(|| format!("{file}: run.output (--resume)"))?;
         (writer, ck.sweeps_done)
     } else {
-        refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
+        let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
         let writer = ReplicaWriter::create(
             &out.output,
             &prov,
@@ -447,7 +447,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
             &steps,
             configs_def.as_ref(),
             &exchange_steps,
-            opts.force,
+            overwrite,
         )
         .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&out.checkpoint);

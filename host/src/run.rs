@@ -51,10 +51,10 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
             .with_context(|| format!("{file}: run.output (--resume)"))?;
         (writer, ck.config, ck.sweeps_done)
     } else {
-        refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
+        let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
         let prov = provenance(&card, &theory, &hash, theory.params_json(), model_provenance);
         let config = initial_config(&card, &theory, model.as_deref(), None)?;
-        let writer = EnsembleWriter::create(&out.output, &prov, &observables, &steps, configs.as_ref(), opts.force)
+        let writer = EnsembleWriter::create(&out.output, &prov, &observables, &steps, configs.as_ref(), overwrite)
             .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&out.checkpoint);
         (writer, config, 0)

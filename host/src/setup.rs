@@ -112,17 +112,38 @@ pub fn build_model(card: &RunCard, theory: &TheoryHandle, plugin_dirs: &[PathBuf
 }
 
 /// Refuses to overwrite an existing output without `--force`, pointing at `--resume` when its
-/// checkpoint exists.
-pub fn refuse_existing_output(file: &str, output: &Path, ckpt_path: &Path, force: bool) -> Result<()> {
-    if output.exists() && !force {
-        let hint = if ckpt_path.exists() {
-            "use --resume to continue its run or --force to overwrite it"
-        } else {
-            "it has no checkpoint to resume from; use --force to overwrite it"
-        };
-        bail!("{file}: run.output: '{}' already exists; {hint}", output.display());
+/// checkpoint exists. An output without a checkpoint that holds no measurement (left by a run
+/// that was killed or whose plugin aborted before its first checkpoint) is replaced, since
+/// nothing in it can be lost; one that cannot be read as an ensemble is refused with that said.
+/// Returns whether the output may be overwritten (`force`, or such an empty output).
+pub fn refuse_existing_output(file: &str, output: &Path, ckpt_path: &Path, force: bool) -> Result<bool> {
+    if !output.exists() || force {
+        return Ok(force);
     }
-    Ok(())
+    if ckpt_path.exists() {
+        bail!(
+            "{file}: run.output: '{}' already exists; use --resume to continue its run or --force to overwrite it",
+            output.display()
+        );
+    }
+    match crate::ensemble::read(output) {
+        Ok(ens) if ens.couplings.iter().all(|c| c.sweeps.is_empty()) => {
+            eprintln!(
+                "note: replacing '{}': it holds no measurement and has no checkpoint (a run stopped before its first checkpoint)",
+                output.display()
+            );
+            Ok(true)
+        }
+        Ok(_) => bail!(
+            "{file}: run.output: '{}' already exists; it has no checkpoint to resume from; use --force to overwrite it",
+            output.display()
+        ),
+        Err(e) => bail!(
+            "{file}: run.output: '{}' already exists and is not a readable ensemble ({e}); it has no checkpoint to \
+             resume from; use --force to overwrite it",
+            output.display()
+        ),
+    }
 }
 
 /// Hex SHA-256.
