@@ -29,10 +29,9 @@
 
 use std::time::Instant;
 
-use abi_stable::std_types::{RSlice, RSliceMut, RVec};
+use abi_stable::std_types::{RSlice, RSliceMut};
 use clap::{Parser, ValueEnum};
 use latflow_core::abi::{HmcParams, IntegratorKind, Theory};
-use latflow_core::hmc::OMELYAN_LAMBDA;
 use latflow_stats::gamma_method;
 use latflow_core::Stream;
 use latflow_core::sdk::Adapter;
@@ -142,11 +141,7 @@ fn params(args: &Args, md_steps: u32) -> HmcParams {
             Integrator::Leapfrog => IntegratorKind::Leapfrog,
             Integrator::Omelyan2 => IntegratorKind::Omelyan2,
         },
-        omelyan_lambda: OMELYAN_LAMBDA,
-        inner_steps: RVec::new(),
-        accept_reject: true,
-        jitter: 0.0,
-        extra: "{}".into(),
+        ..HmcParams::default()
     }
 }
 

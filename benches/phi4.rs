@@ -23,10 +23,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::RVec;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use latflow_core::abi::{HmcParams, IntegratorKind};
-use latflow_core::hmc::OMELYAN_LAMBDA;
 use latflow_core::Stream;
 use latflow_core::sdk::Adapter;
 use latflow_phi4::Phi4;
@@ -46,14 +44,9 @@ fn pool(threads: usize) -> rayon::ThreadPool {
 
 fn params(integrator: IntegratorKind, md_steps: u32) -> HmcParams {
     HmcParams {
-        trajectory_length: 1.0,
         md_steps,
         integrator,
-        omelyan_lambda: OMELYAN_LAMBDA,
-        inner_steps: RVec::new(),
-        accept_reject: true,
-        jitter: 0.0,
-        extra: "{}".into(),
+        ..HmcParams::default()
     }
 }
 

@@ -4,12 +4,11 @@
 
 use super::*;
 use crate::abi::{HmcParams, IntegratorKind};
-use crate::hmc::{hmc_trajectory, integrate, ActionTerm, FieldSpace, LeveledAction, Schedule, TermError, OMELYAN_LAMBDA};
+use crate::hmc::{hmc_trajectory, integrate, ActionTerm, FieldSpace, LeveledAction, Schedule, TermError};
 use crate::lattice::Lattice;
 use crate::rng::Stream;
 use latflow_stats::{gamma_method, S_TAU_DEFAULT};
 use crate::sum::compensated_sum;
-use abi_stable::std_types::RVec;
 
 /// S = −(β/N) Σ_P Re Tr U_P, with force F_μ(x) = −(β/N) ∂ Re Tr(U_μ(x) · staple): each
 /// plaquette through U_μ(x) appears once in Re Tr(U_μ(x) · staple), so the Lie derivative of S
@@ -206,11 +205,7 @@ fn params(integrator: IntegratorKind, md_steps: u32, tau: f64) -> HmcParams {
         trajectory_length: tau,
         md_steps,
         integrator,
-        omelyan_lambda: OMELYAN_LAMBDA,
-        inner_steps: RVec::new(),
-        accept_reject: true,
-        jitter: 0.0,
-        extra: "{}".into(),
+        ..HmcParams::default()
     }
 }
 

@@ -1,7 +1,6 @@
 use super::*;
 use latflow_core::abi::{IntegratorKind, Theory};
 use latflow_core::abi_stable::std_types::{RSlice, RSliceMut, RVec};
-use latflow_core::hmc::OMELYAN_LAMBDA;
 use latflow_core::sdk::Adapter;
 use latflow_core::testkit;
 
@@ -149,14 +148,9 @@ fn results_do_not_depend_on_thread_count() {
     // 128×128 is above the parallel threshold.
     let json = r#"{"lattice": [128, 128], "m2": -4.0, "lambda": 8.0}"#;
     let params = HmcParams {
-        trajectory_length: 1.0,
         md_steps: 10,
         integrator: IntegratorKind::Omelyan2,
-        omelyan_lambda: OMELYAN_LAMBDA,
-        inner_steps: RVec::new(),
-        accept_reject: true,
-        jitter: 0.0,
-        extra: "{}".into(),
+        ..HmcParams::default()
     };
     let run = |threads: u32| {
         let mut t = theory(json);
@@ -181,14 +175,9 @@ fn hmc_rejects_non_finite_configurations_with_an_error() {
     let mut phi = [0.0; 16];
     phi[3] = f64::NAN;
     let params = HmcParams {
-        trajectory_length: 1.0,
         md_steps: 10,
         integrator: IntegratorKind::Leapfrog,
-        omelyan_lambda: OMELYAN_LAMBDA,
-        inner_steps: RVec::new(),
-        accept_reject: true,
-        jitter: 0.0,
-        extra: "{}".into(),
+        ..HmcParams::default()
     };
     let mut rng = Stream::new(1, 1).state();
     let e = t.hmc(RSliceMut::from(&mut phi[..]), &params, 1, &mut rng).into_result().unwrap_err();

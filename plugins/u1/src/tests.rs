@@ -3,7 +3,7 @@ use std::f64::consts::{PI, TAU};
 use super::*;
 use latflow_core::abi::{IntegratorKind, Theory};
 use latflow_core::abi_stable::std_types::{RSlice, RSliceMut, RVec};
-use latflow_core::hmc::{integrate, FieldSpace, Schedule, OMELYAN_LAMBDA};
+use latflow_core::hmc::{integrate, FieldSpace, Schedule};
 use latflow_core::sdk::Adapter;
 use latflow_core::testkit;
 
@@ -30,14 +30,9 @@ fn hot(n: usize, seed: u64) -> Vec<f64> {
 
 fn params(integrator: IntegratorKind, md_steps: u32) -> HmcParams {
     HmcParams {
-        trajectory_length: 1.0,
         md_steps,
         integrator,
-        omelyan_lambda: OMELYAN_LAMBDA,
-        inner_steps: RVec::new(),
-        accept_reject: true,
-        jitter: 0.0,
-        extra: "{}".into(),
+        ..HmcParams::default()
     }
 }
 
