@@ -241,6 +241,10 @@ pub struct TrajectoryRecord {
     pub delta_h: f64,
     /// The action of the configuration after the accept step.
     pub action: f64,
+    /// The largest correction the field space's projection applied at the end of the
+    /// trajectory's integration (for SU(N) links the reunitarisation, ‖U†U − 1‖ before it;
+    /// 0 for flat spaces). Recorded so that drift off the group manifold is visible.
+    pub projection: f64,
 }
 
 /// How to initialise a configuration.
@@ -323,6 +327,42 @@ pub trait Theory: Send + Sync {
     /// S itself (flow Metropolis, reweighting, plain replica swaps) must refuse such a theory.
     fn action_is_exact(&self) -> bool {
         true
+    }
+
+    // Theory-specific Markov steps (appended after the prefix, with defaults: a plugin built
+    // before they existed has none).
+
+    /// The theory's own Markov step kinds, as written in run cards (e.g. `heatbath`,
+    /// `overrelax`), beside the host's built-in `hmc`, `flow`, `reweight` and
+    /// `replica_exchange`. None by default.
+    fn step_kinds(&self) -> RVec<RString> {
+        RVec::new()
+    }
+
+    /// Validates the theory step `kind` with its card options (a JSON object: the `[[chain]]`
+    /// entry's keys other than `kind` and `repeat`) against the current parameters, and returns
+    /// the names of the values it records per application. An unknown kind is
+    /// [`ErrorKind::Unsupported`]; bad options or a kind that does not apply to these parameters
+    /// (e.g. heat-bath with an improved action) are [`ErrorKind::Config`] naming the key.
+    fn step_columns(&self, kind: RStr<'_>, options: RStr<'_>) -> RResult<RVec<RString>, PluginError> {
+        let _ = options;
+        RResult::RErr(PluginError::new(ErrorKind::Unsupported, format!("the theory has no step kind '{kind}'")))
+    }
+
+    /// Applies the theory step `kind` `n` times in place on one configuration, continuing
+    /// `rng`; returns `n × columns` values (see [`Theory::step_columns`]), application-major.
+    /// Theory steps are always accepted (a local update records its own acceptance rate in a
+    /// column).
+    fn step(
+        &mut self,
+        kind: RStr<'_>,
+        options: RStr<'_>,
+        config: RSliceMut<'_, f64>,
+        n: u32,
+        rng: &mut RngState,
+    ) -> RResult<RVec<f64>, PluginError> {
+        let _ = (options, config, n, rng);
+        RResult::RErr(PluginError::new(ErrorKind::Unsupported, format!("the theory has no step kind '{kind}'")))
     }
 }
 

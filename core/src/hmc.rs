@@ -47,8 +47,12 @@ pub trait FieldSpace {
     /// p ← p − eps·f, where f is a force from [`ActionTerm::force`].
     fn kick(&self, p: &mut Self::Momentum, f: &Self::Momentum, eps: f64);
     /// Restores the field to its manifold after many updates (reunitarise, wrap angles);
-    /// called at the end of each integration; no-op by default.
-    fn project(&self, _u: &mut Self::Field) {}
+    /// called at the end of each integration. Returns the largest correction it applied (the
+    /// distance from the manifold before projecting, e.g. ‖U†U − 1‖ for links), which HMC
+    /// records per trajectory; 0 where nothing leaves the manifold (the default: no-op).
+    fn project(&self, _u: &mut Self::Field) -> f64 {
+        0.0
+    }
 }
 
 /// A failure of one action term: which term, and why.
@@ -450,11 +454,10 @@ pub fn integrate<S: FieldSpace>(
     p: &mut S::Momentum,
     schedule: &Schedule,
     force_buf: &mut S::Momentum,
-) -> Result<(), TermError> {
+) -> Result<f64, TermError> {
     assert_eq!(schedule.levels.len(), action.levels(), "the schedule needs one level per action level");
     evolve(space, action, u, p, schedule, 0, schedule.tau, force_buf)?;
-    space.project(u);
-    Ok(())
+    Ok(space.project(u))
 }
 
 fn evolve<S: FieldSpace>(
@@ -590,7 +593,7 @@ pub fn hmc_trajectory<S: FieldSpace>(
     let k0 = space.kinetic(&p);
     let mut v = u.clone();
     let mut buf = space.zero_momentum();
-    integrate(space, action, &mut v, &mut p, schedule, &mut buf)?;
+    let projection = integrate(space, action, &mut v, &mut p, schedule, &mut buf)?;
     let s1 = action.action(&v)?;
     let k1 = space.kinetic(&p);
     let mut dh = CompensatedSum::new();
@@ -606,7 +609,7 @@ pub fn hmc_trajectory<S: FieldSpace>(
     } else {
         s0
     };
-    Ok(TrajectoryRecord { accepted, delta_h, action: action_after })
+    Ok(TrajectoryRecord { accepted, delta_h, action: action_after, projection })
 }
 
 /// The field space of one real number per degree of freedom, with H = ½ Σ p² + S.
@@ -682,8 +685,11 @@ impl FieldSpace for Angles {
         RealScalar { len: self.len }.kick(p, f, eps)
     }
 
-    fn project(&self, u: &mut Vec<f64>) {
+    /// Wraps every angle into (−π, π]: a change of representative, not of the group element,
+    /// so the recorded correction is 0.
+    fn project(&self, u: &mut Vec<f64>) -> f64 {
         u.iter_mut().for_each(|t| *t = wrap_angle(*t));
+        0.0
     }
 }
 
@@ -748,11 +754,15 @@ impl FieldSpace for Spheres {
         RealScalar { len: p.len() }.kick(p, f, eps)
     }
 
-    fn project(&self, u: &mut Vec<f64>) {
+    /// Renormalises every spin; the correction is the largest |1 − |s||.
+    fn project(&self, u: &mut Vec<f64>) -> f64 {
+        let mut worst = 0.0f64;
         for s in u.chunks_mut(self.n) {
             let norm = s.iter().map(|a| a * a).sum::<f64>().sqrt();
+            worst = worst.max((1.0 - norm).abs());
             s.iter_mut().for_each(|a| *a /= norm);
         }
+        worst
     }
 }
 

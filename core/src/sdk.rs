@@ -136,6 +136,38 @@ pub trait Physics: Send + Sync + Sized + 'static {
     fn random_gauge_transform(&self, _config: &[f64], _rng: &mut Stream) -> Option<Vec<f64>> {
         None
     }
+
+    /// The theory's own Markov step kinds (card `kind`s, e.g. `heatbath`); none by default.
+    /// Each must leave e^{−S} invariant: it composes with every other step of a chain.
+    fn step_kinds(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// Validates theory step `kind` with its card `options` (a JSON object of the `[[chain]]`
+    /// entry's other keys) for the current parameters, and names the values that
+    /// [`Physics::step`] records per application. Unknown kinds are refused by default.
+    fn step_columns(&self, kind: &str, _options: &serde_json::Value) -> Result<Vec<String>, PluginError> {
+        Err(unknown_step(Self::NAME, kind, &self.step_kinds()))
+    }
+
+    /// One application of theory step `kind` to `config` (already validated by
+    /// [`Physics::step_columns`]), continuing `rng`; appends one value per column to `out`.
+    fn step(
+        &self,
+        kind: &str,
+        _options: &serde_json::Value,
+        _config: &mut [f64],
+        _rng: &mut Stream,
+        _out: &mut Vec<f64>,
+    ) -> Result<(), PluginError> {
+        Err(unknown_step(Self::NAME, kind, &self.step_kinds()))
+    }
+}
+
+/// The error for a step kind that a theory does not provide, listing the ones it does.
+pub fn unknown_step(theory: &str, kind: &str, kinds: &[&str]) -> PluginError {
+    let offer = if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") };
+    PluginError::new(ErrorKind::Unsupported, format!("the theory '{theory}' has no step kind '{kind}' (its own: {offer})"))
 }
 
 /// Maps an HMC failure to a plugin error: a failing term is [`ErrorKind::ActionTerm`], a
@@ -358,11 +390,64 @@ impl<P: Physics> Theory for Adapter<P> {
         })
     }
 
+    fn step_kinds(&self) -> RVec<RString> {
+        guard(&format!("{}::step_kinds", P::NAME), || Ok(self.physics.step_kinds().into_iter().map(RString::from).collect()))
+            .into_result()
+            .unwrap_or_default()
+    }
+
+    fn step_columns(&self, kind: RStr<'_>, options: RStr<'_>) -> RResult<RVec<RString>, PluginError> {
+        self.call("step_columns", || {
+            let options = step_options(&options)?;
+            Ok(self.physics.step_columns(&kind, &options)?.into_iter().map(RString::from).collect())
+        })
+    }
+
+    fn step(
+        &mut self,
+        kind: RStr<'_>,
+        options: RStr<'_>,
+        config: RSliceMut<'_, f64>,
+        n: u32,
+        rng: &mut RngState,
+    ) -> RResult<RVec<f64>, PluginError> {
+        self.call("step", || {
+            let options = step_options(&options)?;
+            let columns = self.physics.step_columns(&kind, &options)?.len();
+            let physics = &self.physics;
+            update_config(config, self.config_len, rng, |field, s| {
+                let mut out = Vec::with_capacity(n as usize * columns);
+                for _ in 0..n {
+                    let before = out.len();
+                    self.workers.install(|| physics.step(&kind, &options, field, s, &mut out))?;
+                    if out.len() != before + columns {
+                        let what = format!("{} values for step '{kind}', expected {columns}", out.len() - before);
+                        return Err(self.contract("step", what));
+                    }
+                    crate::abi::check_finite("configuration after the step", field)?;
+                }
+                Ok(RVec::from(out))
+            })
+        })
+    }
+
     fn action_is_exact(&self) -> bool {
         // a plain getter of a constant; guarded anyway so a panic cannot cross the boundary
         guard(&format!("{}::action_is_exact", P::NAME), || Ok(self.physics.action_is_exact()))
             .into_result()
             .unwrap_or(false)
+    }
+}
+
+/// Parses a theory step's options (a JSON object; empty means none).
+fn step_options(options: &str) -> Result<serde_json::Value, PluginError> {
+    if options.trim().is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    match serde_json::from_str(options) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err(PluginError::config("step options must be a JSON object")),
+        Err(e) => Err(PluginError::config(format!("step options are not valid JSON: {e}"))),
     }
 }
 

@@ -148,16 +148,30 @@ pub enum StepCard {
     Flow(ProposalCard),
     Reweight(ProposalCard),
     ReplicaExchange(ExchangeCard),
+    /// A step kind the theory plugin provides (e.g. `heatbath`, `overrelax`).
+    Theory(TheoryStepCard),
+}
+
+/// A step kind that is not built into the host: the theory plugin's own (e.g. `heatbath`).
+/// The entry's keys other than `kind` and `repeat` are its options, which the plugin validates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TheoryStepCard {
+    pub kind: String,
+    /// Applications per sweep.
+    pub repeat: u32,
+    /// The other keys, as a JSON object.
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 impl StepCard {
-    /// The step's kind as written in cards (`hmc`, `flow`, `reweight`).
-    pub fn kind(&self) -> &'static str {
+    /// The step's kind as written in cards (`hmc`, `flow`, `reweight`, or a theory's own).
+    pub fn kind(&self) -> &str {
         match self {
             StepCard::Hmc(_) => "hmc",
             StepCard::Flow(_) => "flow",
             StepCard::Reweight(_) => "reweight",
             StepCard::ReplicaExchange(_) => "replica_exchange",
+            StepCard::Theory(t) => &t.kind,
         }
     }
 
@@ -167,6 +181,7 @@ impl StepCard {
             StepCard::Hmc(h) => h.repeat,
             StepCard::Flow(p) | StepCard::Reweight(p) => p.repeat,
             StepCard::ReplicaExchange(x) => x.repeat,
+            StepCard::Theory(t) => t.repeat,
         }
     }
 }
@@ -639,6 +654,7 @@ impl RunCard {
                 StepCard::Hmc(h) => serde_json::json!({"kind": "hmc", "params": h}),
                 StepCard::Flow(p) | StepCard::Reweight(p) => serde_json::json!({"kind": s.kind(), "params": p}),
                 StepCard::ReplicaExchange(x) => serde_json::json!({"kind": s.kind(), "params": x}),
+                StepCard::Theory(t) => serde_json::json!({"kind": s.kind(), "params": t}),
             }).collect::<Vec<_>>(),
             "run": self.run,
             "model": self.model.as_ref().map(|m| serde_json::json!({
@@ -905,12 +921,7 @@ fn parse_step(i: usize, step: toml::Value, n_steps: usize, has_model: bool, has_
             }
             StepCard::ReplicaExchange(x)
         }
-        other => {
-            return field_err(
-                format!("{here}.kind"),
-                format!("unknown step kind '{other}' (expected hmc, flow, reweight or replica_exchange)"),
-            )
-        }
+        other => StepCard::Theory(theory_step(other, t, &here)?),
     };
     if let StepCard::Reweight(p) = &step {
         // Importance weights belong to independent model samples: a reweight step
@@ -920,6 +931,22 @@ fn parse_step(i: usize, step: toml::Value, n_steps: usize, has_model: bool, has_
         }
     }
     Ok(step)
+}
+
+/// A step kind the host does not know: the theory plugin's own, checked when the chain is
+/// built (an unknown kind is then refused, naming the built-in kinds and the theory's).
+fn theory_step(kind: &str, mut t: toml::Table, here: &str) -> Result<TheoryStepCard, FieldError> {
+    let repeat = match t.remove("repeat") {
+        None => 1,
+        Some(toml::Value::Integer(n)) if n >= 1 && n <= u32::MAX as i64 => n as u32,
+        Some(_) => return field_err(format!("{here}.repeat"), "must be an integer of at least 1"),
+    };
+    let options = serde_json::to_value(toml::Value::Table(t))
+        .map_err(|e| (format!("{here}"), format!("options are not representable as JSON: {e}")))?;
+    let serde_json::Value::Object(options) = options else {
+        return field_err(here.to_string(), "must be a table");
+    };
+    Ok(TheoryStepCard { kind: kind.to_string(), repeat, options })
 }
 
 /// `[run]`, with `start` defaulted from the chain (a model start when the chain uses a model).

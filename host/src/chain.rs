@@ -27,27 +27,36 @@ pub struct Chain {
 impl Chain {
     /// The chain of a card, with fresh streams derived from the run seed. `model` must be
     /// given when the chain has `flow` or `reweight` steps.
-    pub fn new(card: &RunCard, model: Option<Arc<ModelHandle>>) -> Result<Self, String> {
+    pub fn new(card: &RunCard, theory: &TheoryHandle, model: Option<Arc<ModelHandle>>) -> Result<Self, String> {
         let steps: Vec<(usize, &StepCard)> = card.chain.iter().enumerate().collect();
-        Self::build(card.run.seed, &steps, model, |step| StreamUse::Step { step, slot: None })
+        Self::build(card.run.seed, &steps, theory, model, |step| StreamUse::Step { step, slot: None })
     }
 
     /// The chain that runs at coupling slot `k` of a replica-exchange run: the card's steps
     /// except the `replica_exchange` ones (which act across replicas), each with its own stream
     /// (`StreamUse::Step { step: card index, slot: Some(k) }`). `model` is coupling k's model.
-    pub fn for_replica(card: &RunCard, k: usize, model: Option<Arc<ModelHandle>>) -> Result<Self, String> {
+    pub fn for_replica(
+        card: &RunCard,
+        k: usize,
+        theory: &TheoryHandle,
+        model: Option<Arc<ModelHandle>>,
+    ) -> Result<Self, String> {
         let steps: Vec<(usize, &StepCard)> =
             card.chain.iter().enumerate().filter(|(_, s)| !matches!(s, StepCard::ReplicaExchange(_))).collect();
-        Self::build(card.run.seed, &steps, model, |step| StreamUse::Step { step, slot: Some(k) })
+        Self::build(card.run.seed, &steps, theory, model, |step| StreamUse::Step { step, slot: Some(k) })
     }
 
     fn build(
         seed: u64,
         steps: &[(usize, &StepCard)],
+        theory: &TheoryHandle,
         model: Option<Arc<ModelHandle>>,
         stream_of: impl Fn(usize) -> StreamUse,
     ) -> Result<Self, String> {
-        let boxed = steps.iter().map(|(_, s)| crate::steps::build(s, model.clone())).collect::<Result<Vec<_>, _>>()?;
+        let boxed = steps
+            .iter()
+            .map(|(i, s)| crate::steps::build(s, theory, model.clone()).map_err(|e| format!("chain[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let rngs = steps
             .iter()
             .map(|(i, _)| stream(seed, stream_of(*i)).map_err(|e| format!("chain[{i}]: {e}")))

@@ -756,6 +756,41 @@ impl TheoryHandle {
         self.check_finite("hmc", "configuration", config)?;
         Ok(recs)
     }
+
+    /// The theory's own Markov step kinds (e.g. `heatbath`).
+    pub fn step_kinds(&self) -> Vec<String> {
+        let _in = abort_report::enter(&self.name, "step_kinds");
+        self.obj.step_kinds().into_iter().map(|s| s.into_string()).collect()
+    }
+
+    /// Validates theory step `kind` with its options (a JSON object) and returns the names of
+    /// the values it records per application.
+    pub fn step_columns(&self, kind: &str, options: &str) -> Result<Vec<String>, PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "step_columns");
+        let r = self.obj.step_columns(RStr::from_str(kind), RStr::from_str(options));
+        Ok(self.call("step_columns", r)?.into_iter().map(|s| s.into_string()).collect())
+    }
+
+    /// `n` applications of theory step `kind` in place on `config`, drawing from `rng`; returns
+    /// `n × columns` values.
+    pub fn step(
+        &mut self,
+        kind: &str,
+        options: &str,
+        columns: usize,
+        config: &mut [f64],
+        n: u32,
+        rng: &mut Stream,
+    ) -> Result<Vec<f64>, PluginLoadError> {
+        let mut st = rng.state();
+        let _in = abort_report::enter(&self.name, "step");
+        let r = self.obj.step(RStr::from_str(kind), RStr::from_str(options), RSliceMut::from_mut_slice(config), n, &mut st);
+        let values = self.call("step", r)?.into_vec();
+        *rng = Stream::from_state(&st);
+        self.check_len("step", "the step records", values.len(), n as usize * columns)?;
+        self.check_finite("step", "configuration", config)?;
+        Ok(values)
+    }
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl ReplicaSet {
     ) -> Result<Self, String> {
         let mut replicas = Vec::with_capacity(theories.len());
         for (k, ((theory, model), config)) in theories.into_iter().zip(models).zip(configs).enumerate() {
-            let chain = Chain::for_replica(card, k, model.clone())?;
+            let chain = Chain::for_replica(card, k, &theory, model.clone())?;
             let records = vec![Vec::new(); chain.steps().len()];
             replicas.push(Replica { theory, model, chain, config, records });
         }

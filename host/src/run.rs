@@ -29,7 +29,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let model_provenance = model.as_ref().map(|m| m.provenance.clone()).unwrap_or_default();
     let weights_digest = model.as_ref().map(|m| m.weights_digest.clone()).unwrap_or_default();
     let model = model.map(|m| Arc::new(m.handle));
-    let mut chain = Chain::new(&card, model.clone()).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
+    let mut chain = Chain::new(&card, &theory, model.clone()).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
 
     let observables = observable_defs(&theory);
     check_references(&card, &observables)?;

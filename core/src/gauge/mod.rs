@@ -20,7 +20,9 @@
 //!   [`gauge_transform`], all generic over the group and over [`Neighbours`].
 //! * [`parallel`]: fixed-chunk fills and compensated reductions, and [`fill_random`], a
 //!   parallel random fill that gives the same bits for any thread count.
-//! * [`LinkSpace`]: `hmc::FieldSpace` for links in any [`GaugeGroup`].
+//! * [`LinkSpace`]: `hmc::FieldSpace` for links in any [`GaugeGroup`]; [`FlatLinkSpace`], the
+//!   same on a plugin's flat configuration buffer, viewed as links through [`flat`] (the
+//!   gauge types are `bytemuck::Pod`: their memory is the flat layout).
 //!
 //! # Neighbour access and domain decomposition
 //! Physics kernels never compute global site indices. They reach x ± μ̂ through the
@@ -49,6 +51,7 @@
 mod algebra;
 mod complex;
 mod field;
+pub mod flat;
 pub mod group;
 mod matrix;
 pub mod parallel;
@@ -66,7 +69,8 @@ pub use field::{
 pub use group::{wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
 pub use matrix::Matrix;
 pub use parallel::{fill_random, RngFillError};
-pub use space::LinkSpace;
+pub use flat::FlatViewError;
+pub use space::{FlatLinkSpace, LinkSpace};
 pub use su2::Su2;
 pub use su3::Su3;
 pub use sun::SuN;

@@ -29,7 +29,7 @@ impl FlowStep {
 }
 
 impl MarkovStep for FlowStep {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "flow"
     }
 

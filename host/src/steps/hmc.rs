@@ -20,12 +20,12 @@ impl HmcStep {
 }
 
 impl MarkovStep for HmcStep {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "hmc"
     }
 
     fn columns(&self) -> Vec<String> {
-        vec!["delta_h".into(), "action".into()]
+        vec!["delta_h".into(), "action".into(), "projection".into()]
     }
 
     fn params_json(&self) -> String {
@@ -40,7 +40,7 @@ impl MarkovStep for HmcStep {
         out: &mut Vec<StepRecord>,
     ) -> Result<(), PluginLoadError> {
         let recs = theory.hmc(config, &self.params, self.card.repeat, rng)?;
-        out.extend(recs.into_iter().map(|r| StepRecord { accepted: r.accepted, columns: vec![r.delta_h, r.action] }));
+        out.extend(recs.into_iter().map(|r| StepRecord { accepted: r.accepted, columns: vec![r.delta_h, r.action, r.projection] }));
         Ok(())
     }
 }

@@ -5,7 +5,9 @@
 //! * [`reweight`]: `kind = "reweight"`, independent model samples with importance weights;
 //! * [`swap`]: `kind = "replica_exchange"`, swaps between neighbouring couplings of a replica
 //!   ladder. It acts on pairs of configurations, so the ladder driver ([`crate::replica`])
-//!   applies it rather than [`build`].
+//!   applies it rather than [`build`];
+//! * [`theory`]: any other kind, provided by the theory plugin itself (e.g. the SU(N)
+//!   theory's `heatbath` and `overrelax`), validated by the plugin when the chain is built.
 //!
 //! A new single-configuration kind is a file here implementing [`MarkovStep`], its line in
 //! [`build`], and its `[[chain]]` card variant in [`crate::card::StepCard`].
@@ -22,10 +24,12 @@ pub mod hmc;
 mod proposals;
 pub mod reweight;
 pub mod swap;
+pub mod theory;
 
 pub use flow::FlowStep;
 pub use hmc::HmcStep;
 pub use reweight::ReweightStep;
+pub use theory::TheoryStep;
 
 /// The outcome of one application of a step.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +42,7 @@ pub struct StepRecord {
 /// A Markov step acting on the configuration.
 pub trait MarkovStep: Send + Sync {
     /// The kind as written in run cards.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> &str;
     /// Names of the per-application columns stored besides the accept flag.
     fn columns(&self) -> Vec<String>;
     /// The step's parameters as JSON (stored in the ensemble).
@@ -78,10 +82,11 @@ pub fn require_exact_action(theory: &TheoryHandle, what: &str) -> Result<(), Plu
 
 /// The step of a `[[chain]]` entry. `model` is the run's (or the coupling's) model, which `flow`
 /// and `reweight` steps need; `replica_exchange` is not a single-configuration step.
-pub fn build(card: &StepCard, model: Option<Arc<ModelHandle>>) -> Result<Box<dyn MarkovStep>, String> {
+pub fn build(card: &StepCard, theory: &TheoryHandle, model: Option<Arc<ModelHandle>>) -> Result<Box<dyn MarkovStep>, String> {
     let model = || model.clone().ok_or_else(|| format!("a '{}' step needs a [model]", card.kind()));
     Ok(match card {
         StepCard::Hmc(h) => Box::new(HmcStep::new(h)),
+        StepCard::Theory(t) => Box::new(TheoryStep::new(t, theory)?),
         StepCard::Flow(p) => Box::new(FlowStep::new(p, model()?)),
         StepCard::Reweight(p) => Box::new(ReweightStep::new(p, model()?)),
         StepCard::ReplicaExchange(_) => {

@@ -25,7 +25,7 @@ impl ReweightStep {
 }
 
 impl MarkovStep for ReweightStep {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> &str {
         "reweight"
     }
 
