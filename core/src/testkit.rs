@@ -32,6 +32,16 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The pairing F·X of a force with a momentum-space direction in the metric of the kinetic
+/// energy K(p) = ½ p·p, by polarisation: F·X = K(F + X) − K(F) − K(X). (The momenta's flat reals
+/// need not be orthonormal coordinates: SU(N) momenta are stored as matrices, for which the
+/// coefficient pairing is twice the flat dot product.)
+fn pairing<S: FieldSpace<Momentum = Vec<f64>>>(space: &S, f: &Vec<f64>, x: &Vec<f64>) -> f64 {
+    let mut sum = x.clone();
+    space.kick(&mut sum, f, -1.0);
+    space.kinetic(&sum) - space.kinetic(f) - space.kinetic(x)
+}
+
 /// The 4-point central difference of `f` at 0 with step `eps` (error O(eps⁴)).
 fn derivative(f: impl Fn(f64) -> f64, eps: f64) -> f64 {
     (8.0 * (f(eps) - f(-eps)) - (f(2.0 * eps) - f(-2.0 * eps))) / (12.0 * eps)
@@ -72,7 +82,7 @@ pub fn check_force<P: Physics>(json: &str, params: &HmcParams) {
                 space.step_field(&mut v, &mut y, eps);
                 p.action(&v)
             };
-            let (fd, an) = (derivative(along, 1e-4), dot(&force, &x));
+            let (fd, an) = (derivative(along, 1e-4), pairing(&space, &force, &x));
             let scale = force.iter().zip(&x).map(|(f, y)| (f * y).abs()).sum::<f64>().max(1.0);
             assert!((fd - an).abs() <= 1e-6 * scale, "{}: force·X = {an}, finite differences {fd}", P::NAME);
             let mut flat = vec![0.0; u.len()];

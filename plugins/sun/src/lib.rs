@@ -1,0 +1,308 @@
+//! latflow theory plugin: SU(N) lattice gauge theory, N = 2 or 3, in any dimension d ≥ 2.
+//!
+//! The field is one SU(N) matrix U_μ(x) per link, stored `[site][μ]` with sites row-major
+//! (last axis fastest; the last axis is "time"), each link as its N×N complex matrix row-major
+//! with (re, im) interleaved (`ElementKind::complex_matrix(n)`, 2N² reals). The action is
+//!
+//! ```text
+//! S[U] = −(β/N) Σ_x [ c0 Σ_{μ<ν} Re Tr U_P(x; μ, ν) + c1 Σ_{μ≠ν} Re Tr U_R(x; μ, ν) ],  c0 = 1 − 8 c1
+//! ```
+//!
+//! with U_P the plaquette and U_R the 2×1 rectangle (long side along μ, so each rectangle
+//! appears once per orientation), and the Haar measure on every link. `action` names c1:
+//! `wilson` 0, `symanzik` −1/12 (tree-level Lüscher–Weisz), `iwasaki` −0.331, `dbw2` −1.4088.
+//!
+//! Run-card keys (`[theory]`): `lattice` (every extent ≥ 2, d ≥ 2), `n` (2 or 3), `beta`
+//! (finite, ≥ 0; β = 0 is the Haar measure), `action` (default `wilson`), `wilson_loops` (a list
+//! of [R, T], default `[[1, 1], [2, 2]]`). Parameter for `parameter`/`set_parameter`: `beta`.
+//!
+//! Markov steps: `kind = "hmc"` (momenta in su(N), U ← exp(εP) U with the exact exponential
+//! map, links reunitarised at the end of every trajectory and the largest correction recorded
+//! as the step's `projection` column), and the theory's own `kind = "heatbath"`
+//! (Cabibbo–Marinari over the SU(2) subgroups with Kennedy–Pendleton) and `kind = "overrelax"`,
+//! for the Wilson action (an improved action is refused with a clear error).
+
+mod kernel;
+mod space;
+
+use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
+use latflow_core::gauge::flat::{view, view_mut};
+use latflow_core::gauge::{gauge_transform, GaugeGroup, Su2, Su3};
+use latflow_core::hmc::{ActionTerm, LeveledAction, TermError};
+use latflow_core::layout::{ElementKind, FieldLayout, Support};
+use latflow_core::sdk::Physics;
+use latflow_core::{Lattice, Stream};
+use serde::Deserialize;
+
+pub use kernel::{Coefficients, SunGroup, MAX_LOOP_SIDE};
+pub use space::SunSpace;
+
+/// Runs `$body` with `$g` the group type of `$n` (2 → `Su2`, 3 → `Su3`); `$n` is validated
+/// when the theory is built.
+macro_rules! with_group {
+    ($n:expr, $g:ident => $body:expr) => {
+        match $n {
+            2 => {
+                type $g = Su2;
+                $body
+            }
+            _ => {
+                type $g = Su3;
+                $body
+            }
+        }
+    };
+}
+
+/// The gauge actions by name, with their rectangle coefficient c1.
+pub const ACTIONS: [(&str, f64); 4] =
+    [("wilson", 0.0), ("symanzik", -1.0 / 12.0), ("iwasaki", -0.331), ("dbw2", -1.4088)];
+
+/// The run card's `[theory]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    lattice: Vec<i64>,
+    n: i64,
+    beta: f64,
+    #[serde(default = "default_action")]
+    action: String,
+    #[serde(default = "default_loops")]
+    wilson_loops: Vec<[i64; 2]>,
+}
+
+fn default_action() -> String {
+    "wilson".into()
+}
+
+fn default_loops() -> Vec<[i64; 2]> {
+    vec![[1, 1], [2, 2]]
+}
+
+/// Validates β: finite and ≥ 0.
+pub fn check_beta(beta: f64) -> Result<f64, PluginError> {
+    if !beta.is_finite() {
+        return Err(PluginError::config(format!("beta: must be a finite number, got {beta}")));
+    }
+    if beta < 0.0 {
+        return Err(PluginError::config(format!("beta: must be ≥ 0 (β = 0 is the Haar measure), got {beta}")));
+    }
+    Ok(beta)
+}
+
+/// The rectangle coefficient c1 of a named action.
+pub fn action_c1(name: &str) -> Result<f64, PluginError> {
+    ACTIONS.iter().find(|(a, _)| *a == name).map(|&(_, c1)| c1).ok_or_else(|| {
+        let names: Vec<&str> = ACTIONS.iter().map(|(a, _)| *a).collect();
+        PluginError::config(format!("action: unknown gauge action '{name}' (expected one of {})", names.join(", ")))
+    })
+}
+
+/// The SU(N) theory.
+pub struct Sun {
+    lattice: Lattice,
+    n: usize,
+    beta: f64,
+    action: String,
+    c1: f64,
+    loops: Vec<(usize, usize)>,
+}
+
+impl Sun {
+    /// The lattice.
+    pub fn lattice(&self) -> &Lattice {
+        &self.lattice
+    }
+
+    /// N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The action's coefficients at the current β.
+    pub fn coefficients(&self) -> Coefficients {
+        Coefficients { beta: self.beta, c0: 1.0 - 8.0 * self.c1, c1: self.c1 }
+    }
+
+    /// Reals per link, 2N².
+    pub fn link_reals(&self) -> usize {
+        2 * self.n * self.n
+    }
+
+    fn n_links(&self) -> usize {
+        self.lattice.volume() * self.lattice.dim()
+    }
+
+    fn check_loops(lattice: &Lattice, sizes: &[[i64; 2]]) -> Result<Vec<(usize, usize)>, PluginError> {
+        let min_extent = *lattice.shape().iter().min().unwrap_or(&0);
+        let mut loops: Vec<(usize, usize)> = Vec::with_capacity(sizes.len());
+        for (i, &[r, t]) in sizes.iter().enumerate() {
+            let key = format!("wilson_loops[{i}]");
+            let max = MAX_LOOP_SIDE.min(min_extent) as i64;
+            if r < 1 || t < 1 || r > max || t > max {
+                return Err(PluginError::config(format!(
+                    "{key}: loop sides must be between 1 and {max} (the smallest extent, at most {MAX_LOOP_SIDE}), got [{r}, {t}]"
+                )));
+            }
+            let (r, t) = (r as usize, t as usize);
+            if loops.contains(&(r, t)) {
+                return Err(PluginError::config(format!("{key}: {r}x{t} is listed twice")));
+            }
+            loops.push((r, t));
+        }
+        Ok(loops)
+    }
+}
+
+fn no_such_parameter(name: &str) -> PluginError {
+    PluginError::unsupported(format!("sun has no parameter '{name}' (it has beta)"))
+}
+
+/// The gauge action as the one HMC term.
+pub struct GaugeTerm<'a> {
+    pub theory: &'a Sun,
+}
+
+impl ActionTerm<SunSpace> for GaugeTerm<'_> {
+    fn name(&self) -> &str {
+        "gauge"
+    }
+
+    fn action(&self, u: &Vec<f64>) -> Result<f64, TermError> {
+        Ok(self.theory.action(u))
+    }
+
+    fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+        let (lat, k) = (&self.theory.lattice, self.theory.coefficients());
+        with_group!(self.theory.n, G => kernel::force::<G>(lat, links::<G>(u), k, algebra_mut::<G>(out)));
+        Ok(())
+    }
+}
+
+/// The links of a configuration buffer (its length is checked by the SDK before any call).
+fn links<G: SunGroup>(u: &[f64]) -> &[G] {
+    view(u).unwrap_or_else(|e| panic!("configuration: {e}"))
+}
+
+fn algebra_mut<G: SunGroup>(f: &mut [f64]) -> &mut [G::Algebra] {
+    view_mut(f).unwrap_or_else(|e| panic!("force buffer: {e}"))
+}
+
+impl Physics for Sun {
+    const NAME: &'static str = "sun";
+    type Space = SunSpace;
+
+    fn from_config(json: &str) -> Result<Self, PluginError> {
+        let cfg: Config = parse_config(json)?;
+        let lattice = Lattice::new(&cfg.lattice).map_err(|e| PluginError::config(format!("lattice: {e}")))?;
+        if lattice.dim() < 2 {
+            return Err(PluginError::config(format!(
+                "lattice: a gauge theory needs at least 2 dimensions, got {}",
+                lattice.dim()
+            )));
+        }
+        if cfg.n != 2 && cfg.n != 3 {
+            return Err(PluginError::config(format!("n: SU(N) is supported for n = 2 and n = 3, got {}", cfg.n)));
+        }
+        let beta = check_beta(cfg.beta)?;
+        let c1 = action_c1(&cfg.action)?;
+        let loops = Self::check_loops(&lattice, &cfg.wilson_loops)?;
+        Ok(Self { lattice, n: cfg.n as usize, beta, action: cfg.action, c1, loops })
+    }
+
+    fn layout(&self) -> FieldLayout {
+        FieldLayout::single(self.lattice.shape(), "links", Support::Link, ElementKind::complex_matrix(self.n as u32))
+    }
+
+    fn params_json(&self) -> serde_json::Value {
+        let loops: Vec<[usize; 2]> = self.loops.iter().map(|&(r, t)| [r, t]).collect();
+        let k = self.coefficients();
+        serde_json::json!({
+            "lattice": self.lattice.shape(),
+            "n": self.n,
+            "beta": self.beta,
+            "action": self.action,
+            "c0": k.c0,
+            "c1": k.c1,
+            "wilson_loops": loops,
+            "convention": "S = -(beta/N) sum_x [c0 sum_{mu<nu} Re Tr U_P + c1 sum_{mu!=nu} Re Tr U_R(2x1)], c0 = 1 - 8 c1; \
+                           links [site][mu], N x N row-major (re, im); last axis = time",
+        })
+    }
+
+    fn parameter(&self, name: &str) -> Result<f64, PluginError> {
+        match name {
+            "beta" => Ok(self.beta),
+            other => Err(no_such_parameter(other)),
+        }
+    }
+
+    fn set_parameter(&mut self, name: &str, value: f64) -> Result<(), PluginError> {
+        match name {
+            "beta" => self.beta = check_beta(value)?,
+            other => return Err(no_such_parameter(other)),
+        }
+        Ok(())
+    }
+
+    fn observables(&self) -> Vec<ObservableSpec> {
+        observables::specs(self)
+    }
+
+    fn measure(&self, config: &[f64], out: &mut Vec<f64>) -> Result<(), PluginError> {
+        with_group!(self.n, G => observables::measure::<G>(self, links::<G>(config), out));
+        Ok(())
+    }
+
+    fn action(&self, config: &[f64]) -> f64 {
+        with_group!(self.n, G => kernel::action::<G>(&self.lattice, links::<G>(config), self.coefficients()))
+    }
+
+    fn action_grad(&self, config: &[f64], grad: &mut [f64]) -> f64 {
+        let k = self.coefficients();
+        with_group!(self.n, G => kernel::action_grad::<G>(&self.lattice, links::<G>(config), k, grad))
+    }
+
+    fn initial(&self, start: Start, rng: &mut Stream) -> Vec<f64> {
+        let mut u = vec![0.0; self.n_links() * self.link_reals()];
+        with_group!(self.n, G => {
+            let l: &mut [G] = view_mut(&mut u).unwrap_or_else(|e| panic!("{e}"));
+            for link in l.iter_mut() {
+                *link = if start == Start::Hot { G::random(rng) } else { G::identity() };
+            }
+        });
+        u
+    }
+
+    fn space(&self) -> SunSpace {
+        SunSpace::new(self.n, self.lattice.dim(), self.lattice.volume())
+    }
+
+    fn action_levels(&self, _params: &HmcParams) -> Result<LeveledAction<'_, SunSpace>, PluginError> {
+        Ok(LeveledAction::single(Box::new(GaugeTerm { theory: self })))
+    }
+
+    fn random_gauge_transform(&self, config: &[f64], rng: &mut Stream) -> Option<Vec<f64>> {
+        let mut out = config.to_vec();
+        with_group!(self.n, G => {
+            let g: Vec<G> = (0..self.lattice.volume()).map(|_| G::random(rng)).collect();
+            let u: &mut [G] = view_mut(&mut out).ok()?;
+            gauge_transform(&self.lattice, u, &g);
+        });
+        Some(out)
+    }
+}
+
+mod observables;
+
+latflow_core::export_theory!(Sun,
+description: "SU(N) lattice gauge theory (N = 2, 3), any dimension >= 2: Wilson, Symanzik, Iwasaki and DBW2 actions; HMC, heat-bath, overrelaxation",
+provides: [
+    "keys: lattice, n (2 or 3), beta, action (wilson | symanzik | iwasaki | dbw2), wilson_loops (default [[1, 1], [2, 2]])",
+    "observables: plaquette plaquette_spatial plaquette_temporal (d > 2) rectangle action_density polyakov_loop (re, im) wilson_loop_RxT",
+    "parameters: beta",
+    "hmc levels: 1",
+]);
+
+#[cfg(test)]
+mod tests;
