@@ -81,6 +81,15 @@ fn header(ens: &Ensemble) -> String {
     s
 }
 
+/// A byte count in B, KiB, MiB or GiB, with the exact count.
+fn human_bytes(n: u64) -> String {
+    let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    match units.iter().find(|(_, size)| n >= *size) {
+        Some((unit, size)) => format!("{:.2} {unit} ({n} bytes)", n as f64 / *size as f64),
+        None => format!("{n} bytes"),
+    }
+}
+
 /// The datasets of one ensemble group (`prefix` "" for the root).
 fn contents(ens: &Ensemble, prefix: &str) -> String {
     let mut s = String::new();
@@ -103,8 +112,11 @@ fn contents(ens: &Ensemble, prefix: &str) -> String {
     }
     match &ens.configs {
         Some(c) => s.push_str(&format!(
-            "  {prefix}/configs         [{}, {}], shape {:?}\n",
-            c.count, c.config_len, c.shape
+            "  {prefix}/configs         [{}, {}], shape {:?}, {} per configuration (f64)\n",
+            c.count,
+            c.config_len,
+            c.shape,
+            human_bytes(c.config_len as u64 * 8)
         )),
         None => s.push_str(&format!("  {prefix}/configs         none stored (save_every = 0)\n")),
     }
