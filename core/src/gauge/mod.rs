@@ -21,6 +21,9 @@
 //! * [`parallel`]: fixed-chunk fills and compensated reductions, and [`fill_random`], a
 //!   parallel random fill that gives the same bits for any thread count.
 //! * [`LinkSpace`]: `hmc::FieldSpace` for links in any [`GaugeGroup`].
+//! * [`heatbath`]: the Cabibbo–Marinari heat-bath ([`heatbath_sweep`], Kennedy–Pendleton
+//!   SU(2) draws) and overrelaxation ([`overrelax_sweep`]) of the Wilson action, for every
+//!   [`HeatbathGroup`] (SU(2), SU(3), SU(N)).
 //!
 //! # Neighbour access and domain decomposition
 //! Physics kernels never compute global site indices. They reach x ± μ̂ through the
@@ -50,6 +53,7 @@ mod algebra;
 mod complex;
 mod field;
 pub mod group;
+pub mod heatbath;
 mod matrix;
 pub mod parallel;
 mod space;
@@ -64,6 +68,7 @@ pub use field::{
     rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Step,
 };
 pub use group::{wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
+pub use heatbath::{heatbath_sweep, overrelax_sweep, HeatbathError, HeatbathGroup};
 pub use matrix::Matrix;
 pub use parallel::{fill_random, RngFillError};
 pub use space::LinkSpace;
