@@ -34,10 +34,10 @@
 //! ([`Lattice::sites_of_parity`]). On a lattice with every extent even, the links U_μ(x) of one
 //! direction and one parity share no plaquette, so they are updated in parallel from the same
 //! neighbours. The heat-bath draws them with [`fill_random`] over the list of those links: each
-//! chunk of [`RNG_CHUNK`](super::parallel::RNG_CHUNK) links draws from its own reserved
+//! chunk of [`RNG_CHUNK`] links draws from its own reserved
 //! counter range of the caller's stream, so a sweep gives the same bits for any thread count,
 //! and the caller's stream advances by
-//! d · (⌈V_even/RNG_CHUNK⌉ + ⌈V_odd/RNG_CHUNK⌉) · [`RNG_CHUNK_WORDS`](super::parallel::RNG_CHUNK_WORDS)
+//! d · (⌈V_even/RNG_CHUNK⌉ + ⌈V_odd/RNG_CHUNK⌉) · [`RNG_CHUNK_WORDS`]
 //! words per sweep, whatever the rejection steps drew. One buffer of V/2 links is allocated per
 //! sweep; nothing is allocated per site.
 
@@ -233,7 +233,7 @@ fn for_subgroups<const N: usize>(
     mut choose: impl FnMut(&Quat, f64) -> Option<Quat>,
 ) -> bool {
     let mut w = *u * *a;
-    let pairs = N * (N - 1) / 2;
+    let pairs = N * N.saturating_sub(1) / 2;
     for n in 0..pairs {
         let (i, j) = subgroup::<N>(if reverse { pairs - 1 - n } else { n });
         let v = Quat::project(w.0[i][i], w.0[i][j], w.0[j][i], w.0[j][j]);

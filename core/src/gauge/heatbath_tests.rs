@@ -392,6 +392,25 @@ fn sweeps_reproduce_the_4d_small_volume_references() {
     );
 }
 
+#[test]
+fn sweeps_reproduce_the_4d_su3_references_at_beta_6_and_strong_coupling() {
+    // reference §5; at β = 1 most SU(2) subgroup draws take the Creutz branch
+    check_reference(
+        "4D SU(3) 4^4 β=6.0",
+        plaquette_run::<Su3>(&[4, 4, 4, 4], 6.0, 2, 100, 1000, 33),
+        0.596878,
+        0.94e-4,
+        1e-3,
+    );
+    check_reference(
+        "4D SU(3) 4^4 β=1.0",
+        plaquette_run::<Su3>(&[4, 4, 4, 4], 1.0, 1, 50, 600, 34),
+        0.060101,
+        0.81e-4,
+        1e-3,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reproducibility and bad input
 // ---------------------------------------------------------------------------------------------
