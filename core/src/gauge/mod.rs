@@ -23,6 +23,9 @@
 //! * [`LinkSpace`]: `hmc::FieldSpace` for links in any [`GaugeGroup`]; [`FlatLinkSpace`], the
 //!   same on a plugin's flat configuration buffer, viewed as links through [`flat`] (the
 //!   gauge types are `bytemuck::Pod`: their memory is the flat layout).
+//! * [`heatbath`]: the Cabibbo–Marinari heat-bath ([`heatbath_sweep`], Kennedy–Pendleton
+//!   SU(2) draws) and overrelaxation ([`overrelax_sweep`]) of the Wilson action, for every
+//!   [`HeatbathGroup`] (SU(2), SU(3), SU(N)).
 //!
 //! # Neighbour access and domain decomposition
 //! Physics kernels never compute global site indices. They reach x ± μ̂ through the
@@ -53,6 +56,7 @@ mod complex;
 mod field;
 pub mod flat;
 pub mod group;
+pub mod heatbath;
 mod matrix;
 pub mod parallel;
 mod space;
@@ -67,6 +71,7 @@ pub use field::{
     rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Step,
 };
 pub use group::{wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
+pub use heatbath::{heatbath_sweep, overrelax_sweep, HeatbathError, HeatbathGroup};
 pub use matrix::Matrix;
 pub use parallel::{fill_random, RngFillError};
 pub use flat::FlatViewError;

@@ -23,7 +23,7 @@ pub const RNG_CHUNK: usize = 256;
 /// words: far more than any chunk of [`RNG_CHUNK`] items draws.
 pub const RNG_CHUNK_WORDS: u128 = 1 << 36;
 /// The ChaCha word counter has 68 bits.
-const WORD_POS_LIMIT: u128 = 1 << 68;
+pub(crate) const WORD_POS_LIMIT: u128 = 1 << 68;
 
 fn parallel(sites: usize) -> bool {
     sites >= PARALLEL_MIN_SITES && rayon::current_num_threads() > 1
