@@ -6,13 +6,13 @@
 use bytemuck::Pod;
 use latflow_core::gauge::parallel::{fill_sites, sum_sites};
 use latflow_core::gauge::{
-    path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, LieAlgebra, Step, Su2, Su3,
+    path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, HeatbathGroup, LieAlgebra, Step, Su2, Su3,
 };
 use latflow_core::Lattice;
 
 /// A group the plugin runs on: SU(2) or SU(3), whose elements, algebra elements and matrices
 /// are plain reals (their memory is the flat configuration layout).
-pub trait SunGroup: GaugeGroup<Algebra: Pod, Mat: Pod> + Pod {}
+pub trait SunGroup: GaugeGroup<Algebra: Pod, Mat: Pod> + HeatbathGroup + Pod {}
 impl SunGroup for Su2 {}
 impl SunGroup for Su3 {}
 

@@ -24,6 +24,7 @@
 
 mod kernel;
 mod space;
+mod steps;
 
 use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
 use latflow_core::gauge::flat::{view, view_mut};
@@ -122,6 +123,11 @@ impl Sun {
     /// The action's coefficients at the current β.
     pub fn coefficients(&self) -> Coefficients {
         Coefficients { beta: self.beta, c0: 1.0 - 8.0 * self.c1, c1: self.c1 }
+    }
+
+    /// The action's name (`wilson`, `symanzik`, `iwasaki`, `dbw2`).
+    pub fn action_name(&self) -> &str {
+        &self.action
     }
 
     /// Reals per link, 2N².
@@ -291,6 +297,27 @@ impl Physics for Sun {
         });
         Some(out)
     }
+
+    fn step_kinds(&self) -> Vec<&'static str> {
+        steps::KINDS.to_vec()
+    }
+
+    fn step_columns(&self, kind: &str, options: &serde_json::Value) -> Result<Vec<String>, PluginError> {
+        steps::columns(self, kind, options)
+    }
+
+    fn step(
+        &self,
+        kind: &str,
+        _options: &serde_json::Value,
+        config: &mut [f64],
+        rng: &mut Stream,
+        out: &mut Vec<f64>,
+    ) -> Result<(), PluginError> {
+        with_group!(self.n, G => steps::apply::<G>(self, kind, config, rng))?;
+        out.push(self.action(config));
+        Ok(())
+    }
 }
 
 mod observables;
@@ -302,6 +329,7 @@ provides: [
     "observables: plaquette plaquette_spatial plaquette_temporal (d > 2) rectangle action_density polyakov_loop (re, im) wilson_loop_RxT",
     "parameters: beta",
     "hmc levels: 1",
+    "step kinds: heatbath, overrelax (Wilson action, even extents)",
 ]);
 
 #[cfg(test)]
