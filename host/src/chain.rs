@@ -55,7 +55,7 @@ impl Chain {
     ) -> Result<Self, String> {
         let boxed = steps
             .iter()
-            .map(|(i, s)| crate::steps::build(s, theory, model.clone()).map_err(|e| format!("chain[{i}]: {e}")))
+            .map(|(i, s)| crate::steps::build(s, theory, model.clone()).map_err(|e| e.at(&format!("chain[{i}]"))))
             .collect::<Result<Vec<_>, _>>()?;
         let rngs = steps
             .iter()

@@ -80,9 +80,37 @@ pub fn require_exact_action(theory: &TheoryHandle, what: &str) -> Result<(), Plu
     }
 }
 
+/// Why a `[[chain]]` entry cannot become a step: the entry's key at fault, if one is, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    /// The key of the entry (e.g. `kind`), or `None` for the entry as a whole.
+    pub key: Option<&'static str>,
+    pub message: String,
+}
+
+impl From<String> for BuildError {
+    fn from(message: String) -> Self {
+        Self { key: None, message }
+    }
+}
+
+impl BuildError {
+    /// The message with the entry's path in front: `chain[i].key: …` or `chain[i]: …`.
+    pub fn at(&self, entry: &str) -> String {
+        match self.key {
+            Some(k) => format!("{entry}.{k}: {}", self.message),
+            None => format!("{entry}: {}", self.message),
+        }
+    }
+}
+
 /// The step of a `[[chain]]` entry. `model` is the run's (or the coupling's) model, which `flow`
 /// and `reweight` steps need; `replica_exchange` is not a single-configuration step.
-pub fn build(card: &StepCard, theory: &TheoryHandle, model: Option<Arc<ModelHandle>>) -> Result<Box<dyn MarkovStep>, String> {
+pub fn build(
+    card: &StepCard,
+    theory: &TheoryHandle,
+    model: Option<Arc<ModelHandle>>,
+) -> Result<Box<dyn MarkovStep>, BuildError> {
     let model = || model.clone().ok_or_else(|| format!("a '{}' step needs a [model]", card.kind()));
     Ok(match card {
         StepCard::Hmc(h) => Box::new(HmcStep::new(h)),
@@ -90,7 +118,7 @@ pub fn build(card: &StepCard, theory: &TheoryHandle, model: Option<Arc<ModelHand
         StepCard::Flow(p) => Box::new(FlowStep::new(p, model()?)),
         StepCard::Reweight(p) => Box::new(ReweightStep::new(p, model()?)),
         StepCard::ReplicaExchange(_) => {
-            return Err("a 'replica_exchange' step needs a replica ladder ([ladder] or [[replicas]])".into())
+            return Err(String::from("a 'replica_exchange' step needs a replica ladder ([ladder] or [[replicas]])").into())
         }
     })
 }

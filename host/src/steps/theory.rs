@@ -4,7 +4,7 @@
 
 use latflow_core::Stream;
 
-use super::{MarkovStep, StepRecord};
+use super::{BuildError, MarkovStep, StepRecord};
 use crate::card::TheoryStepCard;
 use crate::plugin::{PluginLoadError, TheoryHandle};
 
@@ -18,19 +18,20 @@ pub struct TheoryStep {
 impl TheoryStep {
     /// Checks the kind and its options with the theory (which refuses kinds it does not have,
     /// naming the ones it has) and learns the step's columns.
-    pub fn new(card: &TheoryStepCard, theory: &TheoryHandle) -> Result<Self, String> {
+    pub fn new(card: &TheoryStepCard, theory: &TheoryHandle) -> Result<Self, BuildError> {
         let options = serde_json::Value::Object(card.options.clone()).to_string();
         let columns = theory.step_columns(&card.kind, &options).map_err(|e| {
             let kinds = theory.step_kinds();
             let own = if kinds.is_empty() { "none".to_string() } else { kinds.join(", ") };
             if kinds.iter().any(|k| k == &card.kind) {
-                format!("kind = \"{}\": {e}", card.kind)
+                BuildError { key: None, message: format!("kind = \"{}\": {e}", card.kind) }
             } else {
-                format!(
+                let message = format!(
                     "unknown step kind '{}': the built-in kinds are hmc, flow, reweight and replica_exchange, \
                      and the theory '{}' provides {own}",
                     card.kind, theory.name
-                )
+                );
+                BuildError { key: Some("kind"), message }
             }
         })?;
         Ok(Self { card: card.clone(), options, columns })
