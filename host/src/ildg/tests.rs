@@ -1,0 +1,1 @@
+//! Tests of ILDG/NERSC reading and writing.
