@@ -216,7 +216,7 @@ pub fn import(files: &[PathBuf], output: &Path, force: bool) -> Result<Vec<Impor
     let prov = Provenance {
         latflow_version: env!("CARGO_PKG_VERSION").into(),
         run_card: card,
-        card_path: String::new(),
+        card_path: "(none: imported)".into(),
         card_hash: crate::setup::sha256_hex(digests.as_bytes()),
         seed: 0,
         plugin_name: "import".into(),
