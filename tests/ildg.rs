@@ -332,3 +332,76 @@ fn an_imported_ildg_configuration_is_refused_by_a_theory_of_another_layout() {
     );
     assert!(!out.exists());
 }
+
+/// lyncs_io, a third-party ILDG reader, reads exported files (64 and 32 bits) and gives the
+/// plaquette latflow printed to 1e-12 and the same link values. It needs a python with
+/// lyncs_io (`tools/ildg_check.sh` makes one): LATFLOW_LYNCS_PYTHON names it. With
+/// LATFLOW_REQUIRE_LYNCS=1 (set by that script) the check is mandatory; otherwise it is skipped,
+/// with a message, when no such python is given.
+#[test]
+fn a_third_party_reader_agrees_on_the_plaquette() {
+    let python = std::env::var_os("LATFLOW_LYNCS_PYTHON");
+    let Some(python) = python else {
+        assert!(std::env::var_os("LATFLOW_REQUIRE_LYNCS").is_none(), "LATFLOW_REQUIRE_LYNCS is set but LATFLOW_LYNCS_PYTHON is not");
+        eprintln!("LATFLOW_LYNCS_PYTHON not set: skipping the lyncs_io check (tools/ildg_check.sh runs it)");
+        return;
+    };
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // a smooth-ish field (links near 1) on a lattice with four different extents, so that
+    // plaquettes are far from 0 and any axis mix-up shows in the link comparison
+    let shape = [4, 6, 2, 8];
+    let mut configs = Vec::new();
+    for seed in 0..2 {
+        let hot = random_links(&shape, 3, 50 + seed);
+        let v: usize = shape.iter().product();
+        let mut u: Vec<Su3> = hot.chunks_exact(18).map(Su3::from_reals).collect();
+        // U → (1 + ε H) projected: near the identity, still in SU(3)
+        for l in &mut u {
+            let mut m = Su3::identity();
+            m.axpy(0.3, l);
+            latflow_core::gauge::su3::reunitarize(&mut m);
+            *l = m;
+        }
+        let mut flat = vec![0.0; v * 4 * 18];
+        LinkField::from_links(4, u).write_reals(&mut flat).unwrap();
+        configs.push(flat);
+    }
+    let ens = d.join("smooth.h5");
+    write_ensemble(&ens, &su_layout(&shape, 3), &configs);
+    let script = common::workspace_root().join("tools/ildg_check.py");
+    let (x, y, z, t, mu) = (3, 5, 1, 6, 2);
+    let site = ((x * shape[1] + y) * shape[2] + z) * shape[3] + t;
+    for precision in ["64", "32"] {
+        let out = d.join(format!("p{precision}"));
+        let printed = exported(&run_ok(&["export", s(&ens), "--ildg", s(&out), "--precision", precision]));
+        for (file, i, _, plaq) in &printed {
+            let res = std::process::Command::new(&python)
+                .arg(&script)
+                .arg(file)
+                .args(["--link", &x.to_string(), &y.to_string(), &z.to_string(), &t.to_string(), &mu.to_string()])
+                .output()
+                .unwrap();
+            assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+            let j: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+            let theirs = j["plaquette"].as_f64().unwrap();
+            eprintln!(
+                "lyncs_io {precision}-bit {}: shape {} dtype {}: plaquette latflow {plaq} numpy {theirs} |diff| {:.1e}",
+                file.file_name().unwrap().to_string_lossy(),
+                j["shape"],
+                j["dtype"],
+                (plaq - theirs).abs()
+            );
+            assert!((plaq - theirs).abs() < 1e-12, "{plaq} vs {theirs}");
+            assert!(plaq.abs() > 0.3, "{plaq}");
+            assert_eq!(j["shape"], serde_json::json!([8, 2, 6, 4, 4, 3, 3]));
+            let link: Vec<f64> = j["link"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let ours = &configs[*i][(site * 4 + mu) * 18..(site * 4 + mu + 1) * 18];
+            for (a, b) in link.iter().zip(ours) {
+                let want = if precision == "32" { *b as f32 as f64 } else { *b };
+                assert_eq!(a.to_bits(), want.to_bits(), "link U_{mu}({x}, {y}, {z}, {t}): {link:?} vs {ours:?}");
+            }
+        }
+    }
+}
