@@ -64,11 +64,19 @@ fn write_ensemble(path: &Path, layout: &FieldLayout, configs: &[Vec<f64>]) {
         layout: serde_json::to_string(layout).unwrap(),
         model: String::new(),
     };
-    let obs = [ObservableDef { name: "x".into(), len: 1, description: "index".into() }];
-    let def = (!configs.is_empty()).then(|| ConfigDef { config_len: layout.config_len(), shape: layout.config_dims() });
+    let obs = [ObservableDef {
+        name: "x".into(),
+        len: 1,
+        description: "index".into(),
+    }];
+    let def = (!configs.is_empty()).then(|| ConfigDef {
+        config_len: layout.config_len(),
+        shape: layout.config_dims(),
+    });
     let mut w = EnsembleWriter::create(path, &prov, &obs, &[], def.as_ref(), true).unwrap();
     for (i, c) in configs.iter().enumerate() {
-        w.push_measurement(10 * (i as u64 + 1), &[i as f64]).unwrap();
+        w.push_measurement(10 * (i as u64 + 1), &[i as f64])
+            .unwrap();
         w.push_config(10 * (i as u64 + 1), c).unwrap();
     }
     if configs.is_empty() {
@@ -78,7 +86,12 @@ fn write_ensemble(path: &Path, layout: &FieldLayout, configs: &[Vec<f64>]) {
 }
 
 fn su_layout(shape: &[usize], n: u32) -> FieldLayout {
-    FieldLayout::single(shape, "links", Support::Link, ElementKind::complex_matrix(n))
+    FieldLayout::single(
+        shape,
+        "links",
+        Support::Link,
+        ElementKind::complex_matrix(n),
+    )
 }
 
 /// The SU(3) 4⁴-like ensemble most tests use: 3 configurations on 4×4×2×6.
@@ -98,7 +111,12 @@ fn exported(stdout: &str) -> Vec<(PathBuf, usize, u64, f64)> {
         .map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
             assert_eq!((w[1], w[3], w[5]), ("index", "sweep", "plaquette"), "{l}");
-            (PathBuf::from(w[0]), w[2].parse().unwrap(), w[4].parse().unwrap(), w[6].parse().unwrap())
+            (
+                PathBuf::from(w[0]),
+                w[2].parse().unwrap(),
+                w[4].parse().unwrap(),
+                w[6].parse().unwrap(),
+            )
         })
         .collect()
 }
@@ -130,16 +148,32 @@ fn export_then_import_is_bit_identical_at_64_bits() {
     args.extend(files.iter().map(String::as_str));
     args.extend(["--output", s(&imported)]);
     let text = run_ok(&args);
-    assert!(text.contains("ILDG, 64 bits, SciDAC checksum verified, LFN lfn://latflow/ens/ens.00001.lime"), "{text}");
-    assert!(text.contains(&format!("wrote {}", imported.display())), "{text}");
+    assert!(
+        text.contains(
+            "ILDG, 64 bits, SciDAC checksum verified, LFN lfn://latflow/ens/ens.00001.lime"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("wrote {}", imported.display())),
+        "{text}"
+    );
     let back = ensemble::read_configs(&imported, 0, 3).unwrap();
     let original: Vec<f64> = configs.concat();
     assert_eq!(back.len(), original.len());
-    assert!(back.iter().zip(&original).all(|(a, b)| a.to_bits() == b.to_bits()), "round trip is not bit-identical");
+    assert!(
+        back.iter()
+            .zip(&original)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "round trip is not bit-identical"
+    );
 
     // the imported ensemble is an ordinary latflow ensemble
     let info = run_ok(&["inspect", s(&imported)]);
-    assert!(info.contains("/configs         [3, 13824], shape [4, 4, 2, 6, 4, 3, 3, 2]"), "{info}");
+    assert!(
+        info.contains("/configs         [3, 13824], shape [4, 4, 2, 6, 4, 3, 3, 2]"),
+        "{info}"
+    );
     assert!(info.contains("ens.00002.lime (ILDG, 64 bits"), "{info}");
     let json = analyze_json(&imported);
     let mean = json["observables"]["plaquette"]["mean"].as_f64().unwrap();
@@ -148,7 +182,14 @@ fn export_then_import_is_bit_identical_at_64_bits() {
 
     // and exports again to the same bytes (apart from the creation times in the XML)
     let again = dir.path().join("again");
-    let second = exported(&run_ok(&["export", s(&imported), "--ildg", s(&again), "--index", "1"]));
+    let second = exported(&run_ok(&[
+        "export",
+        s(&imported),
+        "--ildg",
+        s(&again),
+        "--index",
+        "1",
+    ]));
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].3.to_bits(), printed[1].3.to_bits());
 }
@@ -159,18 +200,48 @@ fn export_at_32_bits_chooses_configurations_and_imports_within_float_rounding() 
     let dir = tempfile::tempdir().unwrap();
     let (ens, configs) = su3_ensemble(dir.path());
     let out = dir.path().join("single");
-    let printed = exported(&run_ok(&["export", s(&ens), "--ildg", s(&out), "--precision", "32", "--range", "1..3", "--lfn", "lfn://test"]));
+    let printed = exported(&run_ok(&[
+        "export",
+        s(&ens),
+        "--ildg",
+        s(&out),
+        "--precision",
+        "32",
+        "--range",
+        "1..3",
+        "--lfn",
+        "lfn://test",
+    ]));
     let idx: Vec<usize> = printed.iter().map(|p| p.1).collect();
     assert_eq!(idx, [1, 2]);
     let rounded: Vec<f64> = configs[1].iter().map(|&x| x as f32 as f64).collect();
-    assert_eq!(printed[0].3.to_bits(), plaquette(&SHAPE, &rounded).to_bits());
+    assert_eq!(
+        printed[0].3.to_bits(),
+        plaquette(&SHAPE, &rounded).to_bits()
+    );
     let imported = dir.path().join("single.h5");
     let text = run_ok(&["import", s(&printed[0].0), "-o", s(&imported)]);
-    assert!(text.contains("ILDG, 32 bits, SciDAC checksum verified, reunitarised") && text.contains("LFN lfn://test/ens.00001.lime"), "{text}");
+    assert!(
+        text.contains("ILDG, 32 bits, SciDAC checksum verified, reunitarised")
+            && text.contains("LFN lfn://test/ens.00001.lime"),
+        "{text}"
+    );
     let back = ensemble::read_configs(&imported, 0, 1).unwrap();
-    let worst = back.iter().zip(&configs[1]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let worst = back
+        .iter()
+        .zip(&configs[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     assert!(worst > 0.0 && worst <= 4.0 * f32::EPSILON as f64, "{worst}");
-    let chosen = exported(&run_ok(&["export", s(&ens), "--ildg", s(&out), "--index", "0,2", "--force"]));
+    let chosen = exported(&run_ok(&[
+        "export",
+        s(&ens),
+        "--ildg",
+        s(&out),
+        "--index",
+        "0,2",
+        "--force",
+    ]));
     assert_eq!(chosen.iter().map(|p| p.1).collect::<Vec<_>>(), [0, 2]);
 }
 
@@ -179,16 +250,32 @@ fn export_refuses_what_ildg_cannot_hold() {
     let _s = serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cases: Vec<(&str, FieldLayout, Vec<Vec<f64>>, &[&str])> = vec![
-        ("three_d.h5", su_layout(&[4, 4, 4], 3), vec![random_links(&[4, 4, 4], 3, 1)], &["four-dimensional", "[4, 4, 4] (d = 3)"]),
-        ("su2.h5", su_layout(&[2, 2, 2, 2], 2), vec![random_links(&[2, 2, 2, 2], 2, 2)], &["only su3gauge", "SU(2)"]),
+    type Case<'a> = (&'a str, FieldLayout, Vec<Vec<f64>>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            "three_d.h5",
+            su_layout(&[4, 4, 4], 3),
+            vec![random_links(&[4, 4, 4], 3, 1)],
+            &["four-dimensional", "[4, 4, 4] (d = 3)"],
+        ),
+        (
+            "su2.h5",
+            su_layout(&[2, 2, 2, 2], 2),
+            vec![random_links(&[2, 2, 2, 2], 2, 2)],
+            &["only su3gauge", "SU(2)"],
+        ),
         (
             "phi.h5",
             FieldLayout::single(&[2, 2, 2, 2], "phi", Support::Site, ElementKind::Real),
             vec![vec![0.5; 16]],
             &["SU(3) link matrices", "reals on the sites"],
         ),
-        ("empty.h5", su_layout(&SHAPE, 3), vec![], &["stores no configurations"]),
+        (
+            "empty.h5",
+            su_layout(&SHAPE, 3),
+            vec![],
+            &["stores no configurations"],
+        ),
     ];
     for (name, layout, configs, needles) in cases {
         let path = d.join(name);
@@ -202,19 +289,41 @@ fn export_refuses_what_ildg_cannot_hold() {
     bad[18 * 5 + 3] *= 1.0 + 1e-9;
     let path = d.join("drift.h5");
     write_ensemble(&path, &su_layout(&SHAPE, 3), &[bad]);
-    expect_failure(&["export", s(&path), "--ildg", s(&d.join("out"))], &["configuration 0", "U_1(x, y, z, t = 0, 0, 0, 1)", "not an SU(3) matrix"]);
+    expect_failure(
+        &["export", s(&path), "--ildg", s(&d.join("out"))],
+        &[
+            "configuration 0",
+            "U_1(x, y, z, t = 0, 0, 0, 1)",
+            "not an SU(3) matrix",
+        ],
+    );
 
     let (ens, _) = su3_ensemble(d);
     let out = d.join("out");
-    expect_failure(&["export", s(&ens), "--ildg", s(&out), "--index", "3"], &["index 3 out of range", "stores 3"]);
-    expect_failure(&["export", s(&ens), "--ildg", s(&out), "--range", "2..1"], &["--range", "START must be below END"]);
+    expect_failure(
+        &["export", s(&ens), "--ildg", s(&out), "--index", "3"],
+        &["index 3 out of range", "stores 3"],
+    );
+    expect_failure(
+        &["export", s(&ens), "--ildg", s(&out), "--range", "2..1"],
+        &["--range", "START must be below END"],
+    );
     // an argument error (clap's exit code 2)
     let o = common::run(&["export", s(&ens), "--ildg", s(&out), "--precision", "48"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.code() == Some(2) && err.contains("--precision") && err.contains("32 or 64"), "{err}");
-    expect_failure(&["export", s(&ens), "--ildg", s(&out), "--coupling", "1"], &["--coupling 1", "1 coupling"]);
+    assert!(
+        o.status.code() == Some(2) && err.contains("--precision") && err.contains("32 or 64"),
+        "{err}"
+    );
+    expect_failure(
+        &["export", s(&ens), "--ildg", s(&out), "--coupling", "1"],
+        &["--coupling 1", "1 coupling"],
+    );
     run_ok(&["export", s(&ens), "--ildg", s(&out), "--index", "0"]);
-    expect_failure(&["export", s(&ens), "--ildg", s(&out), "--index", "0"], &["ens.00000.lime", "already exists", "--force"]);
+    expect_failure(
+        &["export", s(&ens), "--ildg", s(&out), "--index", "0"],
+        &["ens.00000.lime", "already exists", "--force"],
+    );
 }
 
 #[test]
@@ -224,26 +333,58 @@ fn import_refuses_damaged_and_mismatched_files() {
     let d = dir.path();
     let (ens, _) = su3_ensemble(d);
     let out = d.join("x");
-    let printed = exported(&run_ok(&["export", s(&ens), "--ildg", s(&out), "--index", "0"]));
+    let printed = exported(&run_ok(&[
+        "export",
+        s(&ens),
+        "--ildg",
+        s(&out),
+        "--index",
+        "0",
+    ]));
     let good = std::fs::read(&printed[0].0).unwrap();
     let cut = d.join("cut.lime");
     std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
-    expect_failure(&["import", s(&cut), "-o", s(&d.join("a.h5"))], &["cut.lime: LIME structure: truncated"]);
+    expect_failure(
+        &["import", s(&cut), "-o", s(&d.join("a.h5"))],
+        &["cut.lime: LIME structure: truncated"],
+    );
     // a flipped low bit in the binary data: the checksum catches it
     let flipped = d.join("flipped.lime");
     let mut f = good.clone();
     let at = good.len() - 1000;
     f[at] ^= 1;
     std::fs::write(&flipped, &f).unwrap();
-    expect_failure(&["import", s(&flipped), "-o", s(&d.join("a.h5"))], &["flipped.lime: record scidac-checksum", "damaged"]);
+    expect_failure(
+        &["import", s(&flipped), "-o", s(&d.join("a.h5"))],
+        &["flipped.lime: record scidac-checksum", "damaged"],
+    );
     assert!(!d.join("a.h5").exists());
     // two lattices in one import
     let other = d.join("other.h5");
-    write_ensemble(&other, &su_layout(&[2, 2, 2, 2], 3), &[random_links(&[2, 2, 2, 2], 3, 9)]);
+    write_ensemble(
+        &other,
+        &su_layout(&[2, 2, 2, 2], 3),
+        &[random_links(&[2, 2, 2, 2], 3, 9)],
+    );
     let o = exported(&run_ok(&["export", s(&other), "--ildg", s(&out)]));
-    expect_failure(&["import", s(&printed[0].0), s(&o[0].0), "-o", s(&d.join("a.h5"))], &["other.00000.lime: lattice 2×2×2×2", "differs from 4×4×2×6"]);
-    expect_failure(&["import", s(&printed[0].0), "-o", s(&ens)], &["ens.h5", "already exists"]);
-    expect_failure(&["import", s(&ens), "-o", s(&d.join("a.h5"))], &["ens.h5: file: neither an ILDG/LIME file"]);
+    expect_failure(
+        &[
+            "import",
+            s(&printed[0].0),
+            s(&o[0].0),
+            "-o",
+            s(&d.join("a.h5")),
+        ],
+        &["other.00000.lime: lattice 2×2×2×2", "differs from 4×4×2×6"],
+    );
+    expect_failure(
+        &["import", s(&printed[0].0), "-o", s(&ens)],
+        &["ens.h5", "already exists"],
+    );
+    expect_failure(
+        &["import", s(&ens), "-o", s(&d.join("a.h5"))],
+        &["ens.h5: file: neither an ILDG/LIME file"],
+    );
 }
 
 const PHI4: &str = r#"
@@ -282,21 +423,45 @@ fn a_run_starts_from_a_stored_configuration() {
     let d = dir.path();
     let (card, first) = write_card(d, "first", &phi4_card(8, 1.0, 50, 5, ""));
     run_ok(&["run", s(&card)]);
-    let m_first = ensemble::read_ensemble(&first).unwrap().observables.iter().find(|o| o.name == "magnetization").unwrap().values.clone();
+    let m_first = ensemble::read_ensemble(&first)
+        .unwrap()
+        .observables
+        .iter()
+        .find(|o| o.name == "magnetization")
+        .unwrap()
+        .values
+        .clone();
     // one trajectory of length 1e-6 barely moves the field: the first measurement of a run
     // started from configuration 2 is that configuration's magnetisation
     let start = format!("start = {{ file = \"{}\", index = 2 }}", first.display());
     let (card, second) = write_card(d, "second", &phi4_card(1, 1e-6, 0, 1, &start));
     run_ok(&["run", s(&card)]);
-    let m = ensemble::read_ensemble(&second).unwrap().observables.iter().find(|o| o.name == "magnetization").unwrap().values[0];
+    let m = ensemble::read_ensemble(&second)
+        .unwrap()
+        .observables
+        .iter()
+        .find(|o| o.name == "magnetization")
+        .unwrap()
+        .values[0];
     assert!((m - m_first[2]).abs() < 1e-6, "{m} vs {}", m_first[2]);
     // which no other stored configuration matches
-    assert!([0, 1, 3, 4].iter().all(|&j| (m_first[j] - m_first[2]).abs() > 1e-4), "{m_first:?}");
+    assert!(
+        [0, 1, 3, 4]
+            .iter()
+            .all(|&j| (m_first[j] - m_first[2]).abs() > 1e-4),
+        "{m_first:?}"
+    );
     // the default is the last configuration
     let start = format!("start = {{ file = \"{}\" }}", first.display());
     let (card, third) = write_card(d, "third", &phi4_card(1, 1e-6, 0, 1, &start));
     run_ok(&["run", s(&card)]);
-    let m = ensemble::read_ensemble(&third).unwrap().observables.iter().find(|o| o.name == "magnetization").unwrap().values[0];
+    let m = ensemble::read_ensemble(&third)
+        .unwrap()
+        .observables
+        .iter()
+        .find(|o| o.name == "magnetization")
+        .unwrap()
+        .values[0];
     assert!((m - m_first[4]).abs() < 1e-6, "{m} vs {}", m_first[4]);
 
     // refusals, each naming run.start and the file
@@ -304,14 +469,39 @@ fn a_run_starts_from_a_stored_configuration() {
         let (card, _) = write_card(d, name, &phi4_card(1, 0.1, 0, 1, start));
         expect_failure(&["run", s(&card)], needles);
     };
-    bad("b1", &format!("start = {{ file = \"{}\", index = 5 }}", first.display()), &["run.start", "index = 5 is out of range", "stores 5"]);
-    bad("b2", "start = { file = \"/nonexistent/conf.lime\" }", &["run.start.file", "does not exist"]);
-    bad("b3", "start = \"warm\"", &["run.start", "unknown start \"warm\""]);
-    bad("b4", &format!("start = {{ file = \"{}\", seed = 1 }}", first.display()), &["run.start", "unknown key 'seed'"]);
+    bad(
+        "b1",
+        &format!("start = {{ file = \"{}\", index = 5 }}", first.display()),
+        &["run.start", "index = 5 is out of range", "stores 5"],
+    );
+    bad(
+        "b2",
+        "start = { file = \"/nonexistent/conf.lime\" }",
+        &["run.start.file", "does not exist"],
+    );
+    bad(
+        "b3",
+        "start = \"warm\"",
+        &["run.start", "unknown start \"warm\""],
+    );
+    bad(
+        "b4",
+        &format!("start = {{ file = \"{}\", seed = 1 }}", first.display()),
+        &["run.start", "unknown key 'seed'"],
+    );
     bad("b5", "start = 3", &["run.start", "expected \"cold\""]);
     // an SU(3) configuration for a scalar theory
     let (ens, _) = su3_ensemble(d);
-    bad("b6", &format!("start = {{ file = \"{}\" }}", ens.display()), &["run.start", "does not fit the theory", "3×3 complex matrices on the links of a [4, 4, 2, 6] lattice", "reals on the sites of a [6, 4] lattice"]);
+    bad(
+        "b6",
+        &format!("start = {{ file = \"{}\" }}", ens.display()),
+        &[
+            "run.start",
+            "does not fit the theory",
+            "3×3 complex matrices on the links of a [4, 4, 2, 6] lattice",
+            "reals on the sites of a [6, 4] lattice",
+        ],
+    );
 }
 
 #[test]
@@ -320,7 +510,14 @@ fn an_imported_ildg_configuration_is_refused_by_a_theory_of_another_layout() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (ens, _) = su3_ensemble(d);
-    let printed = exported(&run_ok(&["export", s(&ens), "--ildg", s(&d.join("x")), "--index", "1"]));
+    let printed = exported(&run_ok(&[
+        "export",
+        s(&ens),
+        "--ildg",
+        s(&d.join("x")),
+        "--index",
+        "1",
+    ]));
     let card = format!(
         "[theory]\nplugin = \"u1\"\nlattice = [4, 4, 2, 6]\nbeta = 1.0\n\n[[chain]]\nkind = \"hmc\"\nmd_steps = 4\n\n[run]\nseed = 1\nmeasurements = 1\noutput = \"{{OUT}}\"\nstart = {{ file = \"{}\" }}\n",
         printed[0].0.display()
@@ -328,7 +525,13 @@ fn an_imported_ildg_configuration_is_refused_by_a_theory_of_another_layout() {
     let (card, out) = write_card(d, "u1", &card);
     expect_failure(
         &["run", s(&card)],
-        &["run.start", "ens.00001.lime", "does not fit the theory", "3×3 complex matrices on the links", "angles on the links of a [4, 4, 2, 6] lattice"],
+        &[
+            "run.start",
+            "ens.00001.lime",
+            "does not fit the theory",
+            "3×3 complex matrices on the links",
+            "angles on the links of a [4, 4, 2, 6] lattice",
+        ],
     );
     assert!(!out.exists());
 }
@@ -342,7 +545,10 @@ fn an_imported_ildg_configuration_is_refused_by_a_theory_of_another_layout() {
 fn a_third_party_reader_agrees_on_the_plaquette() {
     let python = std::env::var_os("LATFLOW_LYNCS_PYTHON");
     let Some(python) = python else {
-        assert!(std::env::var_os("LATFLOW_REQUIRE_LYNCS").is_none(), "LATFLOW_REQUIRE_LYNCS is set but LATFLOW_LYNCS_PYTHON is not");
+        assert!(
+            std::env::var_os("LATFLOW_REQUIRE_LYNCS").is_none(),
+            "LATFLOW_REQUIRE_LYNCS is set but LATFLOW_LYNCS_PYTHON is not"
+        );
         eprintln!("LATFLOW_LYNCS_PYTHON not set: skipping the lyncs_io check (tools/ildg_check.sh runs it)");
         return;
     };
@@ -375,15 +581,33 @@ fn a_third_party_reader_agrees_on_the_plaquette() {
     let site = ((x * shape[1] + y) * shape[2] + z) * shape[3] + t;
     for precision in ["64", "32"] {
         let out = d.join(format!("p{precision}"));
-        let printed = exported(&run_ok(&["export", s(&ens), "--ildg", s(&out), "--precision", precision]));
+        let printed = exported(&run_ok(&[
+            "export",
+            s(&ens),
+            "--ildg",
+            s(&out),
+            "--precision",
+            precision,
+        ]));
         for (file, i, _, plaq) in &printed {
             let res = std::process::Command::new(&python)
                 .arg(&script)
                 .arg(file)
-                .args(["--link", &x.to_string(), &y.to_string(), &z.to_string(), &t.to_string(), &mu.to_string()])
+                .args([
+                    "--link",
+                    &x.to_string(),
+                    &y.to_string(),
+                    &z.to_string(),
+                    &t.to_string(),
+                    &mu.to_string(),
+                ])
                 .output()
                 .unwrap();
-            assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+            assert!(
+                res.status.success(),
+                "{}",
+                String::from_utf8_lossy(&res.stderr)
+            );
             let j: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
             let theirs = j["plaquette"].as_f64().unwrap();
             eprintln!(
@@ -396,11 +620,24 @@ fn a_third_party_reader_agrees_on_the_plaquette() {
             assert!((plaq - theirs).abs() < 1e-12, "{plaq} vs {theirs}");
             assert!(plaq.abs() > 0.3, "{plaq}");
             assert_eq!(j["shape"], serde_json::json!([8, 2, 6, 4, 4, 3, 3]));
-            let link: Vec<f64> = j["link"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let link: Vec<f64> = j["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             let ours = &configs[*i][(site * 4 + mu) * 18..(site * 4 + mu + 1) * 18];
             for (a, b) in link.iter().zip(ours) {
-                let want = if precision == "32" { *b as f32 as f64 } else { *b };
-                assert_eq!(a.to_bits(), want.to_bits(), "link U_{mu}({x}, {y}, {z}, {t}): {link:?} vs {ours:?}");
+                let want = if precision == "32" {
+                    *b as f32 as f64
+                } else {
+                    *b
+                };
+                assert_eq!(
+                    a.to_bits(),
+                    want.to_bits(),
+                    "link U_{mu}({x}, {y}, {z}, {t}): {link:?} vs {ours:?}"
+                );
             }
         }
     }

@@ -20,7 +20,12 @@ pub struct ExportArgs {
     #[arg(long, default_value = "64", value_parser = parse_precision, value_name = "32|64")]
     pub precision: Precision,
     /// Export these configurations (rows of /configs, comma-separated); default: all.
-    #[arg(long, value_delimiter = ',', value_name = "I,J,…", conflicts_with = "range")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "I,J,…",
+        conflicts_with = "range"
+    )]
     pub index: Vec<usize>,
     /// Export configurations START..END (END excluded); default: all.
     #[arg(long, value_name = "START..END")]
@@ -62,7 +67,9 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
 
 /// Parses `START..END` (END excluded, START < END).
 pub fn parse_range(s: &str) -> Result<Vec<usize>> {
-    let Some((a, b)) = s.split_once("..") else { bail!("--range {s:?}: expected START..END, e.g. 0..10") };
+    let Some((a, b)) = s.split_once("..") else {
+        bail!("--range {s:?}: expected START..END, e.g. 0..10")
+    };
     let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) else {
         bail!("--range {s:?}: START and END must be non-negative integers");
     };
@@ -89,7 +96,13 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         force: args.force,
     };
     for e in convert::export(&args.file, &opts)? {
-        println!("{}  index {}  sweep {}  plaquette {}", e.path.display(), e.index, e.sweep, e.plaquette);
+        println!(
+            "{}  index {}  sweep {}  plaquette {}",
+            e.path.display(),
+            e.index,
+            e.sweep,
+            e.plaquette
+        );
     }
     Ok(())
 }
@@ -97,7 +110,12 @@ pub fn export(args: &ExportArgs) -> Result<()> {
 /// Runs `latflow import`: one line per file read, then the ensemble written.
 pub fn import(args: &ImportArgs) -> Result<()> {
     for i in convert::import(&args.files, &args.output, args.force)? {
-        println!("{}: {}, plaquette {}", i.path.display(), i.description, i.plaquette);
+        println!(
+            "{}: {}, plaquette {}",
+            i.path.display(),
+            i.description,
+            i.plaquette
+        );
     }
     println!("wrote {}", args.output.display());
     Ok(())

@@ -49,13 +49,25 @@ pub struct Exported {
 /// Checks that an ensemble's layout is what ILDG can hold: one dynamical link component of
 /// 3×3 complex matrices on a 4D lattice. Returns the lattice.
 pub fn ildg_shape(layout: &FieldLayout) -> Result<[usize; 4], String> {
-    let dynamical: Vec<_> = layout.components.iter().filter(|c| c.role == latflow_core::layout::FieldRole::Dynamical).collect();
+    let dynamical: Vec<_> = layout
+        .components
+        .iter()
+        .filter(|c| c.role == latflow_core::layout::FieldRole::Dynamical)
+        .collect();
     let [c] = dynamical.as_slice() else {
-        return Err(format!("ILDG files hold one gauge field; this ensemble's configurations are {}", describe_layout(layout)));
+        return Err(format!(
+            "ILDG files hold one gauge field; this ensemble's configurations are {}",
+            describe_layout(layout)
+        ));
     };
     let n = match (c.support, c.element.shape()) {
         (Support::Link, Element::ComplexMatrix { n }) => n,
-        _ => return Err(format!("ILDG files hold SU(3) link matrices; this ensemble's configurations are {}", describe_layout(layout))),
+        _ => {
+            return Err(format!(
+                "ILDG files hold SU(3) link matrices; this ensemble's configurations are {}",
+                describe_layout(layout)
+            ))
+        }
     };
     if n != 3 {
         return Err(format!(
@@ -65,16 +77,26 @@ pub fn ildg_shape(layout: &FieldLayout) -> Result<[usize; 4], String> {
     let shape = layout.shape();
     match <[usize; 4]>::try_from(shape.as_slice()) {
         Ok(s) => Ok(s),
-        Err(_) => Err(format!("ILDG files are four-dimensional; this ensemble's lattice is {shape:?} (d = {})", shape.len())),
+        Err(_) => Err(format!(
+            "ILDG files are four-dimensional; this ensemble's lattice is {shape:?} (d = {})",
+            shape.len()
+        )),
     }
 }
 
 /// The sweep of every stored configuration of coupling `k` (`None`: a plain file).
 fn config_sweeps(path: &Path, ladder: bool, k: usize) -> Result<Vec<u64>> {
-    let name = if ladder { format!("{}/configs_sweep", ensemble::replica_group(k)) } else { "configs_sweep".into() };
+    let name = if ladder {
+        format!("{}/configs_sweep", ensemble::replica_group(k))
+    } else {
+        "configs_sweep".into()
+    };
     let f = hdf5::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let ds = f.dataset(&name).with_context(|| format!("{}: dataset {name}", path.display()))?;
-    Ok(ds.read_raw::<u64>().with_context(|| format!("{}: dataset {name} (read)", path.display()))?)
+    let ds = f
+        .dataset(&name)
+        .with_context(|| format!("{}: dataset {name}", path.display()))?;
+    ds.read_raw::<u64>()
+        .with_context(|| format!("{}: dataset {name} (read)", path.display()))
 }
 
 /// Exports configurations of the ensemble `path` as ILDG files (see the module
@@ -85,29 +107,55 @@ pub fn export(path: &Path, opts: &ExportOptions) -> Result<Vec<Exported>> {
     let shown = path.display();
     let k = opts.coupling;
     let Some(ens) = f.couplings.get(k) else {
-        bail!("{shown}: --coupling {k}: the file has {} coupling(s)", f.couplings.len());
+        bail!(
+            "{shown}: --coupling {k}: the file has {} coupling(s)",
+            f.couplings.len()
+        );
     };
     let Some(info) = &ens.configs else {
         bail!("{shown}: stores no configurations (the run had save_every = 0)");
     };
-    let layout: FieldLayout = serde_json::from_str(&info.layout)
-        .map_err(|e| anyhow::anyhow!("{shown}: attribute layout of /configs: not a field layout ({e})"))?;
-    let shape = ildg_shape(&layout).map_err(|e| anyhow::anyhow!("{shown}: cannot export as ILDG: {e}"))?;
-    let indices: Vec<usize> = opts.indices.clone().unwrap_or_else(|| (0..info.count).collect());
+    let layout: FieldLayout = serde_json::from_str(&info.layout).map_err(|e| {
+        anyhow::anyhow!("{shown}: attribute layout of /configs: not a field layout ({e})")
+    })?;
+    let shape =
+        ildg_shape(&layout).map_err(|e| anyhow::anyhow!("{shown}: cannot export as ILDG: {e}"))?;
+    let indices: Vec<usize> = opts
+        .indices
+        .clone()
+        .unwrap_or_else(|| (0..info.count).collect());
     if let Some(i) = indices.iter().find(|&&i| i >= info.count) {
-        bail!("{shown}: configuration index {i} out of range: the file stores {} (indices 0..{})", info.count, info.count);
+        bail!(
+            "{shown}: configuration index {i} out of range: the file stores {} (indices 0..{})",
+            info.count,
+            info.count
+        );
     }
     let sweeps = config_sweeps(path, f.ladder.is_some(), k)?;
-    std::fs::create_dir_all(&opts.dir).with_context(|| format!("--ildg {}: cannot create the directory", opts.dir.display()))?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
-    let prefix = opts.lfn_prefix.clone().unwrap_or_else(|| format!("lfn://latflow/{stem}"));
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("--ildg {}: cannot create the directory", opts.dir.display()))?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    let prefix = opts
+        .lfn_prefix
+        .clone()
+        .unwrap_or_else(|| format!("lfn://latflow/{stem}"));
     let p = &ens.provenance;
     let mut done = Vec::with_capacity(indices.len());
     for &i in &indices {
-        let name = if f.ladder.is_some() { format!("{stem}.c{k}.{i:05}.lime") } else { format!("{stem}.{i:05}.lime") };
+        let name = if f.ladder.is_some() {
+            format!("{stem}.c{k}.{i:05}.lime")
+        } else {
+            format!("{stem}.{i:05}.lime")
+        };
         let out = opts.dir.join(&name);
         if out.exists() && !opts.force {
-            bail!("{}: already exists (refusing to overwrite it; --force replaces it)", out.display());
+            bail!(
+                "{}: already exists (refusing to overwrite it; --force replaces it)",
+                out.display()
+            );
         }
         let links = f.read_configs(k, i, 1)?;
         let config = GaugeConfig { shape, links };
@@ -119,20 +167,36 @@ pub fn export(path: &Path, opts: &ExportOptions) -> Result<Vec<Exported>> {
             lfn: format!("{prefix}/{name}"),
             file_fields: vec![
                 field("creator", format!("latflow {}", env!("CARGO_PKG_VERSION"))),
-                field("created", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                field(
+                    "created",
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
                 field("ensemble", path.display().to_string()),
                 field("ensembleCreated", p.created.clone()),
                 field("plugin", format!("{} {}", p.plugin_name, p.plugin_version)),
                 field("theoryParams", p.theory_params.clone()),
                 field("seed", p.seed.to_string()),
                 field("cardHash", p.card_hash.clone()),
-                field("axes", "latflow axes (a0, a1, a2, a3) = ILDG (x, y, z, t)".into()),
+                field(
+                    "axes",
+                    "latflow axes (a0, a1, a2, a3) = ILDG (x, y, z, t)".into(),
+                ),
             ],
-            record_fields: vec![field("configIndex", i.to_string()), field("sweep", sweep.to_string())],
+            record_fields: vec![
+                field("configIndex", i.to_string()),
+                field("sweep", sweep.to_string()),
+            ],
         };
-        let enc = file::encode(&config, opts.precision, &meta).map_err(|e| anyhow::anyhow!("{shown}: configuration {i}: {e}"))?;
-        std::fs::write(&out, &enc.bytes).with_context(|| format!("{}: cannot write", out.display()))?;
-        done.push(Exported { path: out, index: i, sweep, plaquette: enc.plaquette });
+        let enc = file::encode(&config, opts.precision, &meta)
+            .map_err(|e| anyhow::anyhow!("{shown}: configuration {i}: {e}"))?;
+        std::fs::write(&out, &enc.bytes)
+            .with_context(|| format!("{}: cannot write", out.display()))?;
+        done.push(Exported {
+            path: out,
+            index: i,
+            sweep,
+            plaquette: enc.plaquette,
+        });
     }
     Ok(done)
 }
@@ -147,7 +211,8 @@ pub struct Loaded {
 
 /// Reads an ILDG/LIME or NERSC file, recognised by its first bytes.
 pub fn read_gauge_file(path: &Path) -> Result<Loaded, IldgError> {
-    let bytes = std::fs::read(path).map_err(|e| IldgError::new(path, ErrorKind::Io, "file", format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| IldgError::new(path, ErrorKind::Io, "file", format!("cannot read: {e}")))?;
     decode_gauge_file(path, &bytes)
 }
 
@@ -156,24 +221,43 @@ pub fn decode_gauge_file(path: &Path, bytes: &[u8]) -> Result<Loaded, IldgError>
     if lime::is_lime(bytes) {
         let f = file::decode(path, bytes)?;
         let mut d = format!("ILDG, {} bits", f.precision.bits());
-        d.push_str(if f.checksum.is_some() { ", SciDAC checksum verified" } else { ", no SciDAC checksum in the file" });
+        d.push_str(if f.checksum.is_some() {
+            ", SciDAC checksum verified"
+        } else {
+            ", no SciDAC checksum in the file"
+        });
         if let Some(dev) = f.reunitarized {
             d.push_str(&format!(", reunitarised (largest deviation {dev:.1e})"));
         }
         if let Some(lfn) = &f.lfn {
             d.push_str(&format!(", LFN {lfn}"));
         }
-        Ok(Loaded { config: f.config, description: d })
+        Ok(Loaded {
+            config: f.config,
+            description: d,
+        })
     } else if nersc::is_nersc(bytes) {
         let f = nersc::decode(path, bytes)?;
         let mut d = format!("NERSC {}, {} bits", f.datatype, f.precision.bits());
-        d.push_str(if f.checksum_verified { ", checksum verified" } else { ", no CHECKSUM in the header" });
+        d.push_str(if f.checksum_verified {
+            ", checksum verified"
+        } else {
+            ", no CHECKSUM in the header"
+        });
         if let Some(dev) = f.reunitarized {
             d.push_str(&format!(", reunitarised (largest deviation {dev:.1e})"));
         }
-        Ok(Loaded { config: f.config, description: d })
+        Ok(Loaded {
+            config: f.config,
+            description: d,
+        })
     } else {
-        Err(IldgError::new(path, ErrorKind::Format, "file", "neither an ILDG/LIME file (magic 0x456789ab) nor a NERSC file (BEGIN_HEADER)"))
+        Err(IldgError::new(
+            path,
+            ErrorKind::Format,
+            "file",
+            "neither an ILDG/LIME file (magic 0x456789ab) nor a NERSC file (BEGIN_HEADER)",
+        ))
     }
 }
 
@@ -193,9 +277,12 @@ pub fn import(files: &[PathBuf], output: &Path, force: bool) -> Result<Vec<Impor
     }
     let mut loaded: Vec<Loaded> = Vec::with_capacity(files.len());
     let mut digests = String::new();
-    let mut card = String::from("# imported by `latflow import` (no run card); sources, one configuration each:\n");
+    let mut card = String::from(
+        "# imported by `latflow import` (no run card); sources, one configuration each:\n",
+    );
     for (i, f) in files.iter().enumerate() {
-        let bytes = std::fs::read(f).map_err(|e| IldgError::new(f, ErrorKind::Io, "file", format!("cannot read: {e}")))?;
+        let bytes = std::fs::read(f)
+            .map_err(|e| IldgError::new(f, ErrorKind::Io, "file", format!("cannot read: {e}")))?;
         let l = decode_gauge_file(f, &bytes)?;
         if let Some(first) = loaded.first() {
             if l.config.shape != first.config.shape {
@@ -228,17 +315,32 @@ pub fn import(files: &[PathBuf], output: &Path, force: bool) -> Result<Vec<Impor
         model: String::new(),
     };
     let observables = [
-        ObservableDef { name: "plaquette".into(), len: 1, description: "mean Re Tr U_P / N over all sites and planes".into() },
-        ObservableDef { name: "link_trace".into(), len: 1, description: "mean Re Tr U / N over all links".into() },
+        ObservableDef {
+            name: "plaquette".into(),
+            len: 1,
+            description: "mean Re Tr U_P / N over all sites and planes".into(),
+        },
+        ObservableDef {
+            name: "link_trace".into(),
+            len: 1,
+            description: "mean Re Tr U / N over all links".into(),
+        },
     ];
-    let configs = ConfigDef { config_len: layout.config_len(), shape: layout.config_dims() };
+    let configs = ConfigDef {
+        config_len: layout.config_len(),
+        shape: layout.config_dims(),
+    };
     let mut w = EnsembleWriter::create(output, &prov, &observables, &[], Some(&configs), force)?;
     let mut out = Vec::with_capacity(files.len());
     for (i, (f, l)) in files.iter().zip(loaded).enumerate() {
         let plaquette = l.config.plaquette();
         w.push_measurement(i as u64, &[plaquette, l.config.link_trace()])?;
         w.push_config(i as u64, &l.config.links)?;
-        out.push(Imported { path: f.clone(), description: l.description, plaquette });
+        out.push(Imported {
+            path: f.clone(),
+            description: l.description,
+            plaquette,
+        });
     }
     w.flush()?;
     Ok(out)

@@ -82,16 +82,27 @@ fn tagged(root: &str, fields: &[(String, String)]) -> String {
 
 /// Encodes a configuration as an ILDG file at `precision` (see the module documentation).
 /// The links are written as they are; callers check them first ([`GaugeConfig::check_su3`]).
-pub fn encode(config: &GaugeConfig, precision: Precision, meta: &WriteMeta) -> Result<Encoded, String> {
+pub fn encode(
+    config: &GaugeConfig,
+    precision: Precision,
+    meta: &WriteMeta,
+) -> Result<Encoded, String> {
     let [lx, ly, lz, lt] = config.shape;
     let expected = config.volume() * SITE_REALS;
     if config.links.len() != expected {
-        return Err(format!("configuration has {} reals, a {} lattice needs {expected}", config.links.len(), fmt_shape(config.shape)));
+        return Err(format!(
+            "configuration has {} reals, a {} lattice needs {expected}",
+            config.links.len(),
+            fmt_shape(config.shape)
+        ));
     }
     // the stored values, and the plaquette of exactly those
     let stored = match precision {
         Precision::Double => config.clone(),
-        Precision::Single => GaugeConfig { shape: config.shape, links: config.links.iter().map(|&x| x as f32 as f64).collect() },
+        Precision::Single => GaugeConfig {
+            shape: config.shape,
+            links: config.links.iter().map(|&x| x as f32 as f64).collect(),
+        },
     };
     let plaquette = stored.plaquette();
     let site_bytes = SITE_REALS * precision.bytes();
@@ -124,7 +135,13 @@ pub fn encode(config: &GaugeConfig, precision: Precision, meta: &WriteMeta) -> R
          <spins>4</spins><typesize>{}</typesize><datacount>4</datacount></scidacRecord>",
         LINK_REALS * precision.bytes()
     );
-    let mut record_fields = vec![("plaquette".to_string(), format!("{plaquette:e}")), ("linkTrace".to_string(), format!("{:e}", stored.link_trace()))];
+    let mut record_fields = vec![
+        ("plaquette".to_string(), format!("{plaquette:e}")),
+        (
+            "linkTrace".to_string(),
+            format!("{:e}", stored.link_trace()),
+        ),
+    ];
     record_fields.extend(meta.record_fields.iter().cloned());
     let record_xml = tagged("latflowRecord", &record_fields);
     let format = format!(
@@ -137,7 +154,10 @@ pub fn encode(config: &GaugeConfig, precision: Precision, meta: &WriteMeta) -> R
     );
     let sum = checksum.to_xml();
     let mut w = lime::Writer::new();
-    w.message(&[("scidac-private-file-xml", private_file.as_bytes()), ("scidac-file-xml", file_xml.as_bytes())])?;
+    w.message(&[
+        ("scidac-private-file-xml", private_file.as_bytes()),
+        ("scidac-file-xml", file_xml.as_bytes()),
+    ])?;
     w.message(&[
         ("scidac-private-record-xml", private_record.as_bytes()),
         ("scidac-record-xml", record_xml.as_bytes()),
@@ -146,17 +166,26 @@ pub fn encode(config: &GaugeConfig, precision: Precision, meta: &WriteMeta) -> R
         ("scidac-checksum", sum.as_bytes()),
     ])?;
     w.message(&[("ildg-data-lfn", meta.lfn.as_bytes())])?;
-    Ok(Encoded { bytes: w.bytes, plaquette, checksum })
+    Ok(Encoded {
+        bytes: w.bytes,
+        plaquette,
+        checksum,
+    })
 }
 
 /// Reads an ILDG file from disk ([`decode`]).
 pub fn read(path: &Path) -> Result<IldgFile, IldgError> {
-    let bytes = std::fs::read(path).map_err(|e| IldgError::new(path, ErrorKind::Io, "file", format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| IldgError::new(path, ErrorKind::Io, "file", format!("cannot read: {e}")))?;
     decode(path, &bytes)
 }
 
 /// The one record of type `kind`; an error if there are several, `None` if there is none.
-fn single<'a>(path: &Path, records: &'a [lime::Record], kind: &str) -> Result<Option<&'a lime::Record>, IldgError> {
+fn single<'a>(
+    path: &Path,
+    records: &'a [lime::Record],
+    kind: &str,
+) -> Result<Option<&'a lime::Record>, IldgError> {
     let mut it = records.iter().filter(|r| r.kind == kind);
     match (it.next(), it.next()) {
         (Some(_), Some(_)) => Err(IldgError::new(
@@ -170,33 +199,69 @@ fn single<'a>(path: &Path, records: &'a [lime::Record], kind: &str) -> Result<Op
 }
 
 fn parse_xml(path: &Path, rec: &lime::Record, bytes: &[u8]) -> Result<Element, IldgError> {
-    xml::parse(rec.data(bytes)).map_err(|e| IldgError::new(path, ErrorKind::Xml, format!("record {}", rec.kind), e))
+    xml::parse(rec.data(bytes))
+        .map_err(|e| IldgError::new(path, ErrorKind::Xml, format!("record {}", rec.kind), e))
 }
 
 /// A required positive integer element of `el`.
 fn int_field(path: &Path, what: &str, el: &Element, name: &str) -> Result<usize, IldgError> {
-    let text = el
-        .child_text(name)
-        .ok_or_else(|| IldgError::new(path, ErrorKind::Xml, what, format!("missing element <{name}>")))?;
-    text.parse::<usize>()
-        .map_err(|_| IldgError::new(path, ErrorKind::Xml, what, format!("<{name}> is {text:?}, expected a non-negative integer")))
+    let text = el.child_text(name).ok_or_else(|| {
+        IldgError::new(
+            path,
+            ErrorKind::Xml,
+            what,
+            format!("missing element <{name}>"),
+        )
+    })?;
+    text.parse::<usize>().map_err(|_| {
+        IldgError::new(
+            path,
+            ErrorKind::Xml,
+            what,
+            format!("<{name}> is {text:?}, expected a non-negative integer"),
+        )
+    })
 }
 
 /// The lattice and precision of the `ildg-format` record.
-fn read_format(path: &Path, rec: &lime::Record, bytes: &[u8]) -> Result<([usize; 4], Precision), IldgError> {
+fn read_format(
+    path: &Path,
+    rec: &lime::Record,
+    bytes: &[u8],
+) -> Result<([usize; 4], Precision), IldgError> {
     let what = "record ildg-format";
     let root = parse_xml(path, rec, bytes)?;
     if root.name != "ildgFormat" {
-        return Err(IldgError::new(path, ErrorKind::Xml, what, format!("root element is <{}>, expected <ildgFormat>", root.name)));
+        return Err(IldgError::new(
+            path,
+            ErrorKind::Xml,
+            what,
+            format!("root element is <{}>, expected <ildgFormat>", root.name),
+        ));
     }
-    let field = root.child_text("field").ok_or_else(|| IldgError::new(path, ErrorKind::Xml, what, "missing element <field>"))?;
+    let field = root
+        .child_text("field")
+        .ok_or_else(|| IldgError::new(path, ErrorKind::Xml, what, "missing element <field>"))?;
     if field != "su3gauge" {
-        return Err(IldgError::new(path, ErrorKind::Unsupported, what, format!("field is {field:?}; only su3gauge is supported")));
+        return Err(IldgError::new(
+            path,
+            ErrorKind::Unsupported,
+            what,
+            format!("field is {field:?}; only su3gauge is supported"),
+        ));
     }
     let bits = int_field(path, what, &root, "precision")?;
-    let precision = u32::try_from(bits).ok().and_then(Precision::from_bits).ok_or_else(|| {
-        IldgError::new(path, ErrorKind::Precision, what, format!("precision is {bits}; ILDG allows 32 or 64"))
-    })?;
+    let precision = u32::try_from(bits)
+        .ok()
+        .and_then(Precision::from_bits)
+        .ok_or_else(|| {
+            IldgError::new(
+                path,
+                ErrorKind::Precision,
+                what,
+                format!("precision is {bits}; ILDG allows 32 or 64"),
+            )
+        })?;
     let mut shape = [0; 4];
     for (l, name) in shape.iter_mut().zip(["lx", "ly", "lz", "lt"]) {
         *l = int_field(path, what, &root, name)?;
@@ -206,21 +271,38 @@ fn read_format(path: &Path, rec: &lime::Record, bytes: &[u8]) -> Result<([usize;
 }
 
 /// Checks the optional SciDAC private records against the ildg-format record.
-fn check_private(path: &Path, records: &[lime::Record], bytes: &[u8], shape: [usize; 4], precision: Precision) -> Result<(), IldgError> {
+fn check_private(
+    path: &Path,
+    records: &[lime::Record],
+    bytes: &[u8],
+    shape: [usize; 4],
+    precision: Precision,
+) -> Result<(), IldgError> {
     if let Some(rec) = single(path, records, "scidac-private-file-xml")? {
         let root = parse_xml(path, rec, bytes)?;
         let what = "record scidac-private-file-xml";
         if let Some(d) = root.child_text("spacetime").filter(|d| *d != "4") {
-            return Err(IldgError::new(path, ErrorKind::Lattice, what, format!("spacetime is {d}; ILDG files are four-dimensional")));
+            return Err(IldgError::new(
+                path,
+                ErrorKind::Lattice,
+                what,
+                format!("spacetime is {d}; ILDG files are four-dimensional"),
+            ));
         }
         if let Some(dims) = root.child_text("dims") {
-            let got: Vec<usize> = dims.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let got: Vec<usize> = dims
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             if got != shape {
                 return Err(IldgError::new(
                     path,
                     ErrorKind::Lattice,
                     what,
-                    format!("dims {dims:?} differ from the ildg-format lattice {}", fmt_shape(shape)),
+                    format!(
+                        "dims {dims:?} differ from the ildg-format lattice {}",
+                        fmt_shape(shape)
+                    ),
                 ));
             }
         }
@@ -228,30 +310,51 @@ fn check_private(path: &Path, records: &[lime::Record], bytes: &[u8], shape: [us
     if let Some(rec) = single(path, records, "scidac-private-record-xml")? {
         let root = parse_xml(path, rec, bytes)?;
         let what = "record scidac-private-record-xml";
-        let want = if precision == Precision::Double { "D" } else { "F" };
+        let want = if precision == Precision::Double {
+            "D"
+        } else {
+            "F"
+        };
         if let Some(p) = root.child_text("precision").filter(|p| *p != want) {
             return Err(IldgError::new(
                 path,
                 ErrorKind::Precision,
                 what,
-                format!("precision {p:?} contradicts ildg-format's {} bits ({want:?})", precision.bits()),
+                format!(
+                    "precision {p:?} contradicts ildg-format's {} bits ({want:?})",
+                    precision.bits()
+                ),
             ));
         }
         if let Some(c) = root.child_text("colors").filter(|c| *c != "3") {
-            return Err(IldgError::new(path, ErrorKind::Unsupported, what, format!("colors is {c}; only 3 is supported")));
+            return Err(IldgError::new(
+                path,
+                ErrorKind::Unsupported,
+                what,
+                format!("colors is {c}; only 3 is supported"),
+            ));
         }
     }
     Ok(())
 }
 
 /// Checks the binary record's length against lattice and precision, saying which is off.
-fn check_data_len(path: &Path, len: usize, shape: [usize; 4], precision: Precision) -> Result<(), IldgError> {
+fn check_data_len(
+    path: &Path,
+    len: usize,
+    shape: [usize; 4],
+    precision: Precision,
+) -> Result<(), IldgError> {
     let what = "record ildg-binary-data";
     let expected = data_len(shape, LINK_REALS, precision.bytes()).unwrap_or(usize::MAX);
     if len == expected {
         return Ok(());
     }
-    let other = if precision == Precision::Double { Precision::Single } else { Precision::Double };
+    let other = if precision == Precision::Double {
+        Precision::Single
+    } else {
+        Precision::Double
+    };
     if data_len(shape, LINK_REALS, other.bytes()) == Some(len) {
         return Err(IldgError::new(
             path,
@@ -280,7 +383,13 @@ fn check_data_len(path: &Path, len: usize, shape: [usize; 4], precision: Precisi
 }
 
 /// Decodes the binary record into latflow's order and verifies the checksum when present.
-fn decode_data(path: &Path, data: &[u8], shape: [usize; 4], precision: Precision, expected: Option<Checksum>) -> Result<GaugeConfig, IldgError> {
+fn decode_data(
+    path: &Path,
+    data: &[u8],
+    shape: [usize; 4],
+    precision: Precision,
+    expected: Option<Checksum>,
+) -> Result<GaugeConfig, IldgError> {
     let site_bytes = SITE_REALS * precision.bytes();
     let mut links = vec![0.0; shape.iter().product::<usize>() * SITE_REALS];
     let mut sum = Checksum::default();
@@ -317,31 +426,70 @@ fn decode_data(path: &Path, data: &[u8], shape: [usize; 4], precision: Precision
     Ok(GaugeConfig { shape, links })
 }
 
-fn read_checksum(path: &Path, records: &[lime::Record], bytes: &[u8]) -> Result<Option<Checksum>, IldgError> {
-    let Some(rec) = single(path, records, "scidac-checksum")? else { return Ok(None) };
+fn read_checksum(
+    path: &Path,
+    records: &[lime::Record],
+    bytes: &[u8],
+) -> Result<Option<Checksum>, IldgError> {
+    let Some(rec) = single(path, records, "scidac-checksum")? else {
+        return Ok(None);
+    };
     let root = parse_xml(path, rec, bytes)?;
     let what = "record scidac-checksum";
     let word = |name: &str| {
-        let t = root.child_text(name).ok_or_else(|| IldgError::new(path, ErrorKind::Xml, what, format!("missing element <{name}>")))?;
-        parse_hex(t).ok_or_else(|| IldgError::new(path, ErrorKind::Xml, what, format!("<{name}> is {t:?}, expected a 32-bit hexadecimal number")))
+        let t = root.child_text(name).ok_or_else(|| {
+            IldgError::new(
+                path,
+                ErrorKind::Xml,
+                what,
+                format!("missing element <{name}>"),
+            )
+        })?;
+        parse_hex(t).ok_or_else(|| {
+            IldgError::new(
+                path,
+                ErrorKind::Xml,
+                what,
+                format!("<{name}> is {t:?}, expected a 32-bit hexadecimal number"),
+            )
+        })
     };
-    Ok(Some(Checksum { suma: word("suma")?, sumb: word("sumb")? }))
+    Ok(Some(Checksum {
+        suma: word("suma")?,
+        sumb: word("sumb")?,
+    }))
 }
 
 fn utf8(rec: Option<&lime::Record>, bytes: &[u8]) -> Option<String> {
-    rec.map(|r| String::from_utf8_lossy(r.data(bytes)).trim_end_matches('\0').to_string())
+    rec.map(|r| {
+        String::from_utf8_lossy(r.data(bytes))
+            .trim_end_matches('\0')
+            .to_string()
+    })
 }
 
 /// Decodes an ILDG file image (see the module documentation for what is checked). `path`
 /// only names the file in errors. Never panics, whatever the bytes.
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<IldgFile, IldgError> {
     let records = lime::parse(bytes).map_err(|e| {
-        let kind = if e.starts_with("truncated") { ErrorKind::Truncated } else { ErrorKind::Format };
+        let kind = if e.starts_with("truncated") {
+            ErrorKind::Truncated
+        } else {
+            ErrorKind::Format
+        };
         IldgError::new(path, kind, "LIME structure", e)
     })?;
-    let missing = |kind: &str| IldgError::new(path, ErrorKind::Format, format!("record {kind}"), "missing (not an ILDG file)");
+    let missing = |kind: &str| {
+        IldgError::new(
+            path,
+            ErrorKind::Format,
+            format!("record {kind}"),
+            "missing (not an ILDG file)",
+        )
+    };
     let format = single(path, &records, "ildg-format")?.ok_or_else(|| missing("ildg-format"))?;
-    let binary = single(path, &records, "ildg-binary-data")?.ok_or_else(|| missing("ildg-binary-data"))?;
+    let binary =
+        single(path, &records, "ildg-binary-data")?.ok_or_else(|| missing("ildg-binary-data"))?;
     let (shape, precision) = read_format(path, format, bytes)?;
     check_private(path, &records, bytes, shape, precision)?;
     check_data_len(path, binary.len, shape, precision)?;
@@ -373,17 +521,29 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<IldgFile, IldgError> {
 
 /// A `<latflowRecord>` (written by latflow) states the plaquette of the stored links: it must
 /// match to 10⁻¹². Other record XML must be well-formed, and is kept but not interpreted.
-fn check_record_plaquette(path: &Path, rec: Option<&lime::Record>, bytes: &[u8], plaquette: f64) -> Result<(), IldgError> {
+fn check_record_plaquette(
+    path: &Path,
+    rec: Option<&lime::Record>,
+    bytes: &[u8],
+    plaquette: f64,
+) -> Result<(), IldgError> {
     let Some(rec) = rec else { return Ok(()) };
     let root = parse_xml(path, rec, bytes)?;
     if root.name != "latflowRecord" {
         return Ok(());
     }
     let what = "record scidac-record-xml";
-    let Some(text) = root.child_text("plaquette") else { return Ok(()) };
-    let stated: f64 = text
-        .parse()
-        .map_err(|_| IldgError::new(path, ErrorKind::Xml, what, format!("<plaquette> is {text:?}, expected a number")))?;
+    let Some(text) = root.child_text("plaquette") else {
+        return Ok(());
+    };
+    let stated: f64 = text.parse().map_err(|_| {
+        IldgError::new(
+            path,
+            ErrorKind::Xml,
+            what,
+            format!("<plaquette> is {text:?}, expected a number"),
+        )
+    })?;
     if (stated - plaquette).abs() <= 1e-12 {
         Ok(())
     } else {

@@ -82,12 +82,15 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Record>, String> {
         }
         let flags = u16::from_be_bytes([h[6], h[7]]);
         if flags & !(MB | ME) != 0 {
-            return Err(format!("record header at offset {at}: reserved flag bits set ({flags:#06x})"));
+            return Err(format!(
+                "record header at offset {at}: reserved flag bits set ({flags:#06x})"
+            ));
         }
         let mut len8 = [0u8; 8];
         len8.copy_from_slice(&h[8..16]);
         let len = u64::from_be_bytes(len8);
-        let kind = record_type(&h[16..HEADER_LEN]).map_err(|e| format!("record header at offset {at}: {e}"))?;
+        let kind = record_type(&h[16..HEADER_LEN])
+            .map_err(|e| format!("record header at offset {at}: {e}"))?;
         let offset = at + HEADER_LEN;
         let room = (bytes.len() - offset) as u64;
         if len > room {
@@ -96,7 +99,13 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Record>, String> {
             ));
         }
         let len = len as usize;
-        records.push(Record { kind, begin: flags & MB != 0, end: flags & ME != 0, offset, len });
+        records.push(Record {
+            kind,
+            begin: flags & MB != 0,
+            end: flags & ME != 0,
+            offset,
+            len,
+        });
         // the last record's padding may be absent
         at = (offset + len + padding(len)).min(bytes.len());
     }
@@ -111,7 +120,10 @@ fn record_type(b: &[u8]) -> Result<String, String> {
         return Err("empty record type".into());
     }
     if !t.iter().all(|c| c.is_ascii_graphic()) {
-        return Err(format!("record type {:?} is not printable ASCII", String::from_utf8_lossy(t)));
+        return Err(format!(
+            "record type {:?} is not printable ASCII",
+            String::from_utf8_lossy(t)
+        ));
     }
     if b[end..].iter().any(|&c| c != 0) {
         return Err("record type has bytes after its terminating NUL".into());
@@ -134,21 +146,31 @@ impl Writer {
 
     /// Appends one record: header, data, zero padding to 8 bytes. `begin`/`end` set the MB/ME
     /// flags. Errors for a type that is empty, longer than 128 bytes or not printable ASCII.
-    pub fn record(&mut self, kind: &str, data: &[u8], begin: bool, end: bool) -> Result<(), String> {
+    pub fn record(
+        &mut self,
+        kind: &str,
+        data: &[u8],
+        begin: bool,
+        end: bool,
+    ) -> Result<(), String> {
         if kind.is_empty() || kind.len() > TYPE_LEN || !kind.bytes().all(|c| c.is_ascii_graphic()) {
-            return Err(format!("invalid LIME record type {kind:?} (1 to {TYPE_LEN} printable ASCII characters)"));
+            return Err(format!(
+                "invalid LIME record type {kind:?} (1 to {TYPE_LEN} printable ASCII characters)"
+            ));
         }
         self.bytes.reserve(HEADER_LEN + data.len() + 8);
         self.bytes.extend_from_slice(&MAGIC.to_be_bytes());
         self.bytes.extend_from_slice(&VERSION.to_be_bytes());
         let flags = if begin { MB } else { 0 } | if end { ME } else { 0 };
         self.bytes.extend_from_slice(&flags.to_be_bytes());
-        self.bytes.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        self.bytes
+            .extend_from_slice(&(data.len() as u64).to_be_bytes());
         let mut t = [0u8; TYPE_LEN];
         t[..kind.len()].copy_from_slice(kind.as_bytes());
         self.bytes.extend_from_slice(&t);
         self.bytes.extend_from_slice(data);
-        self.bytes.extend(std::iter::repeat_n(0u8, padding(data.len())));
+        self.bytes
+            .extend(std::iter::repeat_n(0u8, padding(data.len())));
         Ok(())
     }
 

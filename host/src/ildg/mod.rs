@@ -35,9 +35,9 @@ pub mod lime;
 pub mod nersc;
 pub mod scidac;
 pub mod start;
-pub mod xml;
 #[cfg(test)]
 mod tests;
+pub mod xml;
 
 /// Reals per SU(3) link: 3×3 complex.
 pub const LINK_REALS: usize = 18;
@@ -88,8 +88,18 @@ pub struct IldgError {
 
 impl IldgError {
     /// An error about `path`.
-    pub fn new(path: &Path, kind: ErrorKind, what: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { path: path.to_owned(), kind, what: what.into(), detail: detail.into() }
+    pub fn new(
+        path: &Path,
+        kind: ErrorKind,
+        what: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            path: path.to_owned(),
+            kind,
+            what: what.into(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -145,12 +155,20 @@ impl GaugeConfig {
     /// The latflow field layout of such a configuration (what the SU(N) theory declares):
     /// one link component `links` of 3×3 complex matrices.
     pub fn layout(&self) -> FieldLayout {
-        FieldLayout::single(&self.shape, "links", Support::Link, ElementKind::complex_matrix(3))
+        FieldLayout::single(
+            &self.shape,
+            "links",
+            Support::Link,
+            ElementKind::complex_matrix(3),
+        )
     }
 
     /// The links as SU(3) matrices, `[site][μ]`.
     pub fn matrices(&self) -> Vec<Su3> {
-        self.links.chunks_exact(LINK_REALS).map(Su3::from_reals).collect()
+        self.links
+            .chunks_exact(LINK_REALS)
+            .map(Su3::from_reals)
+            .collect()
     }
 
     /// The mean plaquette ⟨Re Tr U_P⟩/3 over all sites and the six planes. The extents must
@@ -166,20 +184,27 @@ impl GaugeConfig {
     /// The mean link trace ⟨Re Tr U⟩/3 over all links (NERSC's LINK_TRACE).
     pub fn link_trace(&self) -> f64 {
         let n = self.links.len() / LINK_REALS;
-        let sum: f64 = self.links.chunks_exact(LINK_REALS).map(|u| u[0] + u[8] + u[16]).sum();
+        let sum: f64 = self
+            .links
+            .chunks_exact(LINK_REALS)
+            .map(|u| u[0] + u[8] + u[16])
+            .sum();
         sum / (3 * n.max(1)) as f64
     }
 
     /// The first link (in latflow's order) whose distance from SU(3) exceeds `tol` or is not
     /// finite: `(link index, deviation)`.
     pub fn worst_link(&self, tol: f64) -> Option<(usize, f64)> {
-        self.links.chunks_exact(LINK_REALS).enumerate().find_map(|(i, r)| {
-            if r.iter().any(|x| !x.is_finite()) {
-                return Some((i, f64::NAN));
-            }
-            let d = Su3::from_reals(r).deviation();
-            (d.is_nan() || d > tol).then_some((i, d))
-        })
+        self.links
+            .chunks_exact(LINK_REALS)
+            .enumerate()
+            .find_map(|(i, r)| {
+                if r.iter().any(|x| !x.is_finite()) {
+                    return Some((i, f64::NAN));
+                }
+                let d = Su3::from_reals(r).deviation();
+                (d.is_nan() || d > tol).then_some((i, d))
+            })
     }
 
     /// Refuses a configuration with a link farther than `tol` from SU(3), naming the link by
@@ -249,7 +274,9 @@ pub fn for_each_site(shape: [usize; 4], mut f: impl FnMut(usize, usize)) {
 /// The byte length of a four-dimensional SU(3) field of `shape` with `reals_per_link` reals
 /// per link at `bytes` bytes each, or `None` on overflow.
 pub fn data_len(shape: [usize; 4], reals_per_link: usize, bytes: usize) -> Option<usize> {
-    shape.iter().try_fold(4 * reals_per_link * bytes, |acc, &l| acc.checked_mul(l))
+    shape
+        .iter()
+        .try_fold(4 * reals_per_link * bytes, |acc, &l| acc.checked_mul(l))
 }
 
 /// Checks lattice extents read from a file: each at least 2 (latflow's lattices need
@@ -260,18 +287,29 @@ pub fn check_extents(path: &Path, what: &str, shape: [usize; 4]) -> Result<(), I
             path,
             ErrorKind::Lattice,
             what,
-            format!("lattice {} has an extent {l}: every extent must be at least 2", fmt_shape(shape)),
+            format!(
+                "lattice {} has an extent {l}: every extent must be at least 2",
+                fmt_shape(shape)
+            ),
         ));
     }
     if data_len(shape, LINK_REALS, 8).is_none() {
-        return Err(IldgError::new(path, ErrorKind::Lattice, what, format!("lattice {} is too large", fmt_shape(shape))));
+        return Err(IldgError::new(
+            path,
+            ErrorKind::Lattice,
+            what,
+            format!("lattice {} is too large", fmt_shape(shape)),
+        ));
     }
     Ok(())
 }
 
 /// `4×4×4×8` (x × y × z × t).
 pub fn fmt_shape(shape: [usize; 4]) -> String {
-    format!("{}×{}×{}×{} (x×y×z×t)", shape[0], shape[1], shape[2], shape[3])
+    format!(
+        "{}×{}×{}×{} (x×y×z×t)",
+        shape[0], shape[1], shape[2], shape[3]
+    )
 }
 
 /// A readable description of a layout, e.g. "3×3 complex matrices on the links of a
@@ -283,14 +321,24 @@ pub fn describe_layout(l: &FieldLayout) -> String {
         .filter(|c| c.role == latflow_core::layout::FieldRole::Dynamical)
         .map(|c| {
             let what = match c.element.shape() {
-                latflow_core::layout::Element::ComplexMatrix { n } => format!("{n}×{n} complex matrices"),
+                latflow_core::layout::Element::ComplexMatrix { n } => {
+                    format!("{n}×{n} complex matrices")
+                }
                 latflow_core::layout::Element::Angle => "angles".into(),
                 latflow_core::layout::Element::Real => "reals".into(),
                 latflow_core::layout::Element::RealVector { n } => format!("real {n}-vectors"),
-                latflow_core::layout::Element::ComplexVector { n } => format!("complex {n}-vectors"),
-                latflow_core::layout::Element::Unknown { code, .. } => format!("elements of unknown kind {code}"),
+                latflow_core::layout::Element::ComplexVector { n } => {
+                    format!("complex {n}-vectors")
+                }
+                latflow_core::layout::Element::Unknown { code, .. } => {
+                    format!("elements of unknown kind {code}")
+                }
             };
-            let on = if c.support == Support::Link { "links" } else { "sites" };
+            let on = if c.support == Support::Link {
+                "links"
+            } else {
+                "sites"
+            };
             format!("{what} on the {on}")
         })
         .collect();

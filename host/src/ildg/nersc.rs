@@ -41,7 +41,10 @@ pub struct NerscFile {
 impl NerscFile {
     /// The value of a header key.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.header.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.header
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -52,7 +55,8 @@ pub fn is_nersc(bytes: &[u8]) -> bool {
 
 /// Reads a NERSC file from disk ([`decode`]).
 pub fn read(path: &Path) -> Result<NerscFile, IldgError> {
-    let bytes = std::fs::read(path).map_err(|e| IldgError::new(path, ErrorKind::Io, "file", format!("cannot read: {e}")))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| IldgError::new(path, ErrorKind::Io, "file", format!("cannot read: {e}")))?;
     decode(path, &bytes)
 }
 
@@ -60,25 +64,47 @@ pub fn read(path: &Path) -> Result<NerscFile, IldgError> {
 fn header(path: &Path, bytes: &[u8]) -> Result<(Vec<(String, String)>, usize), IldgError> {
     let err = |d: String| IldgError::new(path, ErrorKind::Format, "NERSC header", d);
     if !is_nersc(bytes) {
-        return Err(err("does not begin with BEGIN_HEADER (not a NERSC file)".into()));
+        return Err(err(
+            "does not begin with BEGIN_HEADER (not a NERSC file)".into()
+        ));
     }
     let head = &bytes[..bytes.len().min(MAX_HEADER)];
     let mut pairs = Vec::new();
     // past the BEGIN_HEADER line
-    let mut at = head.iter().position(|&b| b == b'\n').map_or(head.len(), |i| i + 1);
+    let mut at = head
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(head.len(), |i| i + 1);
     loop {
         let Some(nl) = head[at..].iter().position(|&b| b == b'\n') else {
-            let detail = if bytes.len() < MAX_HEADER { "no END_HEADER line (truncated file)".to_string() } else { format!("no END_HEADER line in the first {MAX_HEADER} bytes") };
-            return Err(IldgError::new(path, if bytes.len() < MAX_HEADER { ErrorKind::Truncated } else { ErrorKind::Format }, "NERSC header", detail));
+            let detail = if bytes.len() < MAX_HEADER {
+                "no END_HEADER line (truncated file)".to_string()
+            } else {
+                format!("no END_HEADER line in the first {MAX_HEADER} bytes")
+            };
+            return Err(IldgError::new(
+                path,
+                if bytes.len() < MAX_HEADER {
+                    ErrorKind::Truncated
+                } else {
+                    ErrorKind::Format
+                },
+                "NERSC header",
+                detail,
+            ));
         };
         let raw = &head[at..at + nl];
         at += nl + 1;
-        let line = std::str::from_utf8(raw).map_err(|_| err(format!("line {} is not text", pairs.len() + 2)))?.trim();
+        let line = std::str::from_utf8(raw)
+            .map_err(|_| err(format!("line {} is not text", pairs.len() + 2)))?
+            .trim();
         match line {
             "END_HEADER" => return Ok((pairs, at)),
             "" => {}
             l => {
-                let (k, v) = l.split_once('=').ok_or_else(|| err(format!("line {l:?} is not KEY = VALUE")))?;
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| err(format!("line {l:?} is not KEY = VALUE")))?;
                 pairs.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
@@ -86,8 +112,20 @@ fn header(path: &Path, bytes: &[u8]) -> Result<(Vec<(String, String)>, usize), I
 }
 
 /// Parses the data layout keys: (lattice, precision, little endian, rows stored).
-fn layout_keys(path: &Path, get: impl Fn(&str) -> Option<String>) -> Result<([usize; 4], Precision, bool, usize, String), IldgError> {
-    let need = |k: &str| get(k).ok_or_else(|| IldgError::new(path, ErrorKind::Format, format!("NERSC header key {k}"), "missing"));
+fn layout_keys(
+    path: &Path,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<([usize; 4], Precision, bool, usize, String), IldgError> {
+    let need = |k: &str| {
+        get(k).ok_or_else(|| {
+            IldgError::new(
+                path,
+                ErrorKind::Format,
+                format!("NERSC header key {k}"),
+                "missing",
+            )
+        })
+    };
     let datatype = need("DATATYPE")?;
     let rows = match datatype.as_str() {
         "4D_SU3_GAUGE" => 2,
@@ -106,7 +144,12 @@ fn layout_keys(path: &Path, get: impl Fn(&str) -> Option<String>) -> Result<([us
         let key = format!("DIMENSION_{}", i + 1);
         let v = need(&key)?;
         *l = v.parse().map_err(|_| {
-            IldgError::new(path, ErrorKind::Format, format!("NERSC header key {key}"), format!("{v:?} is not a non-negative integer"))
+            IldgError::new(
+                path,
+                ErrorKind::Format,
+                format!("NERSC header key {key}"),
+                format!("{v:?} is not a non-negative integer"),
+            )
         })?;
     }
     check_extents(path, "NERSC header", shape)?;
@@ -131,7 +174,12 @@ fn layout_keys(path: &Path, get: impl Fn(&str) -> Option<String>) -> Result<([us
 /// Decodes a NERSC file image; `path` only names the file in errors. Never panics.
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<NerscFile, IldgError> {
     let (header, offset) = header(path, bytes)?;
-    let get = |k: &str| header.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        header
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
     let (shape, precision, little, rows, datatype) = layout_keys(path, get)?;
     let per_link = rows * 6;
     let expected = data_len(shape, per_link, precision.bytes()).unwrap_or(usize::MAX);
@@ -140,14 +188,27 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<NerscFile, IldgError> {
         let (kind, detail) = if data.len() < expected {
             (ErrorKind::Truncated, format!("{} data bytes, but {datatype} on a {} lattice at {} bits needs {expected} (truncated file)", data.len(), fmt_shape(shape), precision.bits()))
         } else {
-            (ErrorKind::Lattice, format!("{} data bytes, but {datatype} on a {} lattice at {} bits needs {expected}", data.len(), fmt_shape(shape), precision.bits()))
+            (
+                ErrorKind::Lattice,
+                format!(
+                    "{} data bytes, but {datatype} on a {} lattice at {} bits needs {expected}",
+                    data.len(),
+                    fmt_shape(shape),
+                    precision.bits()
+                ),
+            )
         };
         return Err(IldgError::new(path, kind, "NERSC data", detail));
     }
     let (values, sum) = read_values(data, precision, little);
     if let Some(text) = get("CHECKSUM") {
         let stated = parse_hex(&text).ok_or_else(|| {
-            IldgError::new(path, ErrorKind::Format, "NERSC header key CHECKSUM", format!("{text:?} is not a 32-bit hexadecimal number"))
+            IldgError::new(
+                path,
+                ErrorKind::Format,
+                "NERSC header key CHECKSUM",
+                format!("{text:?} is not a 32-bit hexadecimal number"),
+            )
         })?;
         if stated != sum {
             return Err(IldgError::new(
@@ -158,7 +219,10 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<NerscFile, IldgError> {
             ));
         }
     }
-    let mut config = GaugeConfig { shape, links: vec![0.0; shape.iter().product::<usize>() * SITE_REALS] };
+    let mut config = GaugeConfig {
+        shape,
+        links: vec![0.0; shape.iter().product::<usize>() * SITE_REALS],
+    };
     for_each_site(shape, |rank, s| {
         for mu in 0..4 {
             let src = &values[(rank * 4 + mu) * per_link..(rank * 4 + mu + 1) * per_link];
@@ -169,13 +233,24 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<NerscFile, IldgError> {
             }
         }
     });
-    let tol = if precision == Precision::Double { SU_TOLERANCE } else { SINGLE_TOLERANCE };
+    let tol = if precision == Precision::Double {
+        SU_TOLERANCE
+    } else {
+        SINGLE_TOLERANCE
+    };
     config.check_su3(path, "NERSC data", tol)?;
     let reunitarized = (precision == Precision::Single).then(|| config.reunitarize());
     check_stated(path, get("LINK_TRACE"), "LINK_TRACE", config.link_trace())?;
     check_stated(path, get("PLAQUETTE"), "PLAQUETTE", config.plaquette())?;
     let checksum_verified = get("CHECKSUM").is_some();
-    Ok(NerscFile { config, precision, datatype, header, checksum_verified, reunitarized })
+    Ok(NerscFile {
+        config,
+        precision,
+        datatype,
+        header,
+        checksum_verified,
+        reunitarized,
+    })
 }
 
 /// The stored reals as f64, and the NERSC checksum of them.
@@ -186,9 +261,15 @@ fn read_values(data: &[u8], precision: Precision, little: bool) -> (Vec<f64>, u3
             .chunks_exact(8)
             .map(|b| {
                 let a = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
-                let x = if little { f64::from_le_bytes(a) } else { f64::from_be_bytes(a) };
+                let x = if little {
+                    f64::from_le_bytes(a)
+                } else {
+                    f64::from_be_bytes(a)
+                };
                 let bits = x.to_bits();
-                sum = sum.wrapping_add(bits as u32).wrapping_add((bits >> 32) as u32);
+                sum = sum
+                    .wrapping_add(bits as u32)
+                    .wrapping_add((bits >> 32) as u32);
                 x
             })
             .collect(),
@@ -196,7 +277,11 @@ fn read_values(data: &[u8], precision: Precision, little: bool) -> (Vec<f64>, u3
             .chunks_exact(4)
             .map(|b| {
                 let a = [b[0], b[1], b[2], b[3]];
-                let x = if little { f32::from_le_bytes(a) } else { f32::from_be_bytes(a) };
+                let x = if little {
+                    f32::from_le_bytes(a)
+                } else {
+                    f32::from_be_bytes(a)
+                };
                 sum = sum.wrapping_add(x.to_bits());
                 x as f64
             })
@@ -209,7 +294,11 @@ fn read_values(data: &[u8], precision: Precision, little: bool) -> (Vec<f64>, u3
 fn third_row(link: &mut [f64]) {
     let z = |i: usize| Complex::new(link[2 * i], link[2 * i + 1]);
     let (a, b) = ([z(0), z(1), z(2)], [z(3), z(4), z(5)]);
-    let c = [(a[1] * b[2] - a[2] * b[1]).conj(), (a[2] * b[0] - a[0] * b[2]).conj(), (a[0] * b[1] - a[1] * b[0]).conj()];
+    let c = [
+        (a[1] * b[2] - a[2] * b[1]).conj(),
+        (a[2] * b[0] - a[0] * b[2]).conj(),
+        (a[0] * b[1] - a[1] * b[0]).conj(),
+    ];
     for (j, v) in c.iter().enumerate() {
         link[12 + 2 * j] = v.re;
         link[12 + 2 * j + 1] = v.im;
@@ -217,13 +306,30 @@ fn third_row(link: &mut [f64]) {
 }
 
 /// Compares a header value with the one computed from the data.
-fn check_stated(path: &Path, text: Option<String>, key: &str, computed: f64) -> Result<(), IldgError> {
+fn check_stated(
+    path: &Path,
+    text: Option<String>,
+    key: &str,
+    computed: f64,
+) -> Result<(), IldgError> {
     let Some(text) = text else { return Ok(()) };
     let what = format!("NERSC header key {key}");
-    let stated: f64 = text.parse().map_err(|_| IldgError::new(path, ErrorKind::Format, what.as_str(), format!("{text:?} is not a number")))?;
+    let stated: f64 = text.parse().map_err(|_| {
+        IldgError::new(
+            path,
+            ErrorKind::Format,
+            what.as_str(),
+            format!("{text:?} is not a number"),
+        )
+    })?;
     if (stated - computed).abs() <= HEADER_TOLERANCE {
         Ok(())
     } else {
-        Err(IldgError::new(path, ErrorKind::Mismatch, what, format!("{stated} stated, but the data give {computed}")))
+        Err(IldgError::new(
+            path,
+            ErrorKind::Mismatch,
+            what,
+            format!("{stated} stated, but the data give {computed}"),
+        ))
     }
 }

@@ -47,7 +47,10 @@ impl Checksum {
 /// Parses a hexadecimal checksum word (optionally `0x`-prefixed, surrounding blanks allowed).
 pub fn parse_hex(s: &str) -> Option<u32> {
     let t = s.trim();
-    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
     if t.is_empty() || t.len() > 8 {
         return None;
     }

@@ -36,8 +36,10 @@ pub fn load(path: &Path, index: Option<u64>, layout: &FieldLayout) -> Result<Sta
     let mut head = [0u8; 8];
     let n = {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{shown}: cannot open: {e}"))?;
-        f.read(&mut head).map_err(|e| anyhow::anyhow!("{shown}: cannot read: {e}"))?
+        let mut f =
+            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{shown}: cannot open: {e}"))?;
+        f.read(&mut head)
+            .map_err(|e| anyhow::anyhow!("{shown}: cannot read: {e}"))?
     };
     let (config, file_layout, description) = if &head[..n] == HDF5_SIGNATURE {
         from_ensemble(path, index)?
@@ -47,7 +49,11 @@ pub fn load(path: &Path, index: Option<u64>, layout: &FieldLayout) -> Result<Sta
         }
         let l = read_gauge_file(path)?;
         let file_layout = l.config.layout();
-        (l.config.links, file_layout, format!("{shown} ({})", l.description))
+        (
+            l.config.links,
+            file_layout,
+            format!("{shown} ({})", l.description),
+        )
     };
     if let Err(diff) = file_layout.check_compatible(layout) {
         bail!(
@@ -57,10 +63,17 @@ pub fn load(path: &Path, index: Option<u64>, layout: &FieldLayout) -> Result<Sta
         );
     }
     if config.len() != layout.config_len() {
-        bail!("{shown}: the configuration has {} reals, the theory needs {}", config.len(), layout.config_len());
+        bail!(
+            "{shown}: the configuration has {} reals, the theory needs {}",
+            config.len(),
+            layout.config_len()
+        );
     }
     check_group(path, layout, &config)?;
-    Ok(StartConfig { config, description })
+    Ok(StartConfig {
+        config,
+        description,
+    })
 }
 
 /// Configuration `index` (default: the last) of a plain latflow ensemble, with its layout.
@@ -79,21 +92,38 @@ fn from_ensemble(path: &Path, index: Option<u64>) -> Result<(Vec<f64>, FieldLayo
     let i = match index {
         None => info.count - 1,
         Some(i) if (i as usize) < info.count && i <= usize::MAX as u64 => i as usize,
-        Some(i) => bail!("{shown}: index = {i} is out of range: the file stores {} configurations (0..{})", info.count, info.count),
+        Some(i) => bail!(
+            "{shown}: index = {i} is out of range: the file stores {} configurations (0..{})",
+            info.count,
+            info.count
+        ),
     };
-    let layout: FieldLayout = serde_json::from_str(&info.layout)
-        .map_err(|e| anyhow::anyhow!("{shown}: attribute layout of /configs: not a field layout ({e})"))?;
+    let layout: FieldLayout = serde_json::from_str(&info.layout).map_err(|e| {
+        anyhow::anyhow!("{shown}: attribute layout of /configs: not a field layout ({e})")
+    })?;
     let config = f.read_configs(0, i, 1)?;
-    Ok((config, layout, format!("{shown}, configuration {i} of {}", info.count)))
+    Ok((
+        config,
+        layout,
+        format!("{shown}, configuration {i} of {}", info.count),
+    ))
 }
 
 /// Finite reals everywhere; SU(2)/SU(3) link components within [`SU_TOLERANCE`] of the group.
 fn check_group(path: &Path, layout: &FieldLayout, config: &[f64]) -> Result<()> {
     if let Some(i) = config.iter().position(|x| !x.is_finite()) {
-        bail!("{}: the configuration's value {i} is {}", path.display(), config[i]);
+        bail!(
+            "{}: the configuration's value {i} is {}",
+            path.display(),
+            config[i]
+        );
     }
     let mut offset = 0;
-    for c in layout.components.iter().filter(|c| c.role == FieldRole::Dynamical) {
+    for c in layout
+        .components
+        .iter()
+        .filter(|c| c.role == FieldRole::Dynamical)
+    {
         let len = layout.component_len(c);
         let part = &config[offset..offset + len];
         offset += len;

@@ -58,7 +58,11 @@ fn replace_record(bytes: &[u8], kind: &str, data: &[u8]) -> Vec<u8> {
 /// A file image without the records of type `kind`.
 fn without(bytes: &[u8], kind: &str) -> Vec<u8> {
     let mut w = lime::Writer::new();
-    for r in lime::parse(bytes).unwrap().iter().filter(|r| r.kind != kind) {
+    for r in lime::parse(bytes)
+        .unwrap()
+        .iter()
+        .filter(|r| r.kind != kind)
+    {
         w.record(&r.kind, r.data(bytes), r.begin, r.end).unwrap();
     }
     w.bytes
@@ -91,8 +95,18 @@ fn lime_records_round_trip_with_flags_and_padding() {
     assert_eq!(&bytes[149..152], &[0, 0, 0]);
     assert_eq!(&bytes[152 + 6..152 + 8], &[0x40, 0x00]); // ME only
     let recs = lime::parse(&bytes).unwrap();
-    let summary: Vec<_> = recs.iter().map(|r| (r.kind.as_str(), r.begin, r.end, r.len)).collect();
-    assert_eq!(summary, [("a-type", true, false, 5), ("b", false, true, 0), ("c", true, true, 16)]);
+    let summary: Vec<_> = recs
+        .iter()
+        .map(|r| (r.kind.as_str(), r.begin, r.end, r.len))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a-type", true, false, 5),
+            ("b", false, true, 0),
+            ("c", true, true, 16)
+        ]
+    );
     assert_eq!(recs[0].data(&bytes), b"12345");
     // the last record's padding may be missing
     let mut w = lime::Writer::new();
@@ -101,7 +115,9 @@ fn lime_records_round_trip_with_flags_and_padding() {
     assert_eq!(lime::parse(cut).unwrap()[0].data(cut), b"abc");
     // invalid types are refused
     assert!(lime::Writer::new().record("", b"", true, true).is_err());
-    assert!(lime::Writer::new().record(&"x".repeat(129), b"", true, true).is_err());
+    assert!(lime::Writer::new()
+        .record(&"x".repeat(129), b"", true, true)
+        .is_err());
     assert!(lime::Writer::new().record("a b", b"", true, true).is_err());
 }
 
@@ -122,7 +138,9 @@ fn lime_refuses_damaged_headers() {
     let mut bad = good.clone();
     bad[15] = 9;
     assert!(lime::parse(&bad).unwrap_err().starts_with("truncated"));
-    assert!(lime::parse(&good[..100]).unwrap_err().starts_with("truncated"));
+    assert!(lime::parse(&good[..100])
+        .unwrap_err()
+        .starts_with("truncated"));
     let mut bad = good.clone();
     bad[17] = 0xff;
     assert!(lime::parse(&bad).unwrap_err().contains("printable ASCII"));
@@ -132,6 +150,7 @@ fn lime_refuses_damaged_headers() {
 }
 
 #[test]
+#[allow(clippy::manual_rotate)] // the rotation written out, as the definition states it
 fn scidac_checksum_follows_its_definition() {
     // zlib's CRC-32 check value
     assert_eq!(crc32fast::hash(b"123456789"), 0xcbf4_3926);
@@ -144,8 +163,16 @@ fn scidac_checksum_follows_its_definition() {
         // rotations by rank mod 29 and mod 31, written out
         let ra = (rank % 29) as u32;
         let rb = (rank % 31) as u32;
-        a ^= if ra == 0 { crc } else { (crc << ra) | (crc >> (32 - ra)) };
-        b ^= if rb == 0 { crc } else { (crc << rb) | (crc >> (32 - rb)) };
+        a ^= if ra == 0 {
+            crc
+        } else {
+            (crc << ra) | (crc >> (32 - ra))
+        };
+        b ^= if rb == 0 {
+            crc
+        } else {
+            (crc << rb) | (crc >> (32 - rb))
+        };
     }
     assert_eq!((c.suma, c.sumb), (a, b));
     let data: Vec<u8> = (0..70u8).flat_map(site).collect();
@@ -184,11 +211,18 @@ fn xml_reader_reads_what_ildg_writes_and_refuses_malformed_documents() {
         (b"", "root element"),
     ] {
         let e = xml::parse(bad).unwrap_err();
-        assert!(e.contains(needle), "{:?}: {e}", String::from_utf8_lossy(bad));
+        assert!(
+            e.contains(needle),
+            "{:?}: {e}",
+            String::from_utf8_lossy(bad)
+        );
     }
     let deep = "<a>".repeat(100) + &"</a>".repeat(100);
     assert!(xml::parse(deep.as_bytes()).unwrap_err().contains("deeply"));
-    assert_eq!(xml::escape("<a & 'b'>\""), "&lt;a &amp; &apos;b&apos;&gt;&quot;");
+    assert_eq!(
+        xml::escape("<a & 'b'>\""),
+        "&lt;a &amp; &apos;b&apos;&gt;&quot;"
+    );
 }
 
 #[test]
@@ -199,7 +233,12 @@ fn ildg_round_trip_is_bit_identical_at_64_bits() {
     let f = file::decode(p(), &enc.bytes).unwrap();
     assert_eq!(f.precision, Precision::Double);
     assert_eq!(f.config.shape, c.shape);
-    let same = f.config.links.iter().zip(&c.links).all(|(a, b)| a.to_bits() == b.to_bits());
+    let same = f
+        .config
+        .links
+        .iter()
+        .zip(&c.links)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
     assert!(same && f.config.links.len() == c.links.len());
     assert_eq!(f.checksum, Some(enc.checksum));
     assert_eq!(f.lfn.as_deref(), Some("lfn://latflow/test/conf.00000.lime"));
@@ -209,14 +248,35 @@ fn ildg_round_trip_is_bit_identical_at_64_bits() {
     // what a reader of the file sees: the ildg-format record
     let (_, fmt) = record(&enc.bytes, "ildg-format");
     let x = xml::parse(fmt).unwrap();
-    let got: Vec<_> = ["field", "precision", "lx", "ly", "lz", "lt"].iter().map(|k| x.child_text(k).unwrap()).collect();
+    let got: Vec<_> = ["field", "precision", "lx", "ly", "lz", "lt"]
+        .iter()
+        .map(|k| x.child_text(k).unwrap())
+        .collect();
     assert_eq!(got, ["su3gauge", "64", "4", "2", "3", "6"]);
     // message structure: three messages
     let recs = lime::parse(&enc.bytes).unwrap();
-    let begins: Vec<_> = recs.iter().filter(|r| r.begin).map(|r| r.kind.as_str()).collect();
-    let ends: Vec<_> = recs.iter().filter(|r| r.end).map(|r| r.kind.as_str()).collect();
-    assert_eq!(begins, ["scidac-private-file-xml", "scidac-private-record-xml", "ildg-data-lfn"]);
-    assert_eq!(ends, ["scidac-file-xml", "scidac-checksum", "ildg-data-lfn"]);
+    let begins: Vec<_> = recs
+        .iter()
+        .filter(|r| r.begin)
+        .map(|r| r.kind.as_str())
+        .collect();
+    let ends: Vec<_> = recs
+        .iter()
+        .filter(|r| r.end)
+        .map(|r| r.kind.as_str())
+        .collect();
+    assert_eq!(
+        begins,
+        [
+            "scidac-private-file-xml",
+            "scidac-private-record-xml",
+            "ildg-data-lfn"
+        ]
+    );
+    assert_eq!(
+        ends,
+        ["scidac-file-xml", "scidac-checksum", "ildg-data-lfn"]
+    );
 }
 
 #[test]
@@ -227,18 +287,31 @@ fn ildg_binary_data_is_big_endian_x_fastest_then_mu_then_rows() {
     let (_, data) = record(&bytes, "ildg-binary-data");
     assert_eq!(data.len(), 2 * 3 * 4 * 5 * 4 * 18 * 8);
     let [lx, ly, lz, lt] = shape;
-    for (x, y, z, t) in [(0, 0, 0, 0), (1, 0, 0, 0), (0, 2, 1, 3), (1, 2, 3, 4), (1, 1, 2, 0)] {
+    for (x, y, z, t) in [
+        (0, 0, 0, 0),
+        (1, 0, 0, 0),
+        (0, 2, 1, 3),
+        (1, 2, 3, 4),
+        (1, 1, 2, 0),
+    ] {
         for mu in 0..4 {
             let rank = ((t * lz + z) * ly + y) * lx + x;
             let site = ((x * ly + y) * lz + z) * lt + t;
             for k in 0..18 {
                 let at = ((rank * 4 + mu) * 18 + k) * 8;
                 let v = f64::from_be_bytes(data[at..at + 8].try_into().unwrap());
-                assert_eq!(v.to_bits(), c.links[(site * 4 + mu) * 18 + k].to_bits(), "x {x} y {y} z {z} t {t} mu {mu} k {k}");
+                assert_eq!(
+                    v.to_bits(),
+                    c.links[(site * 4 + mu) * 18 + k].to_bits(),
+                    "x {x} y {y} z {z} t {t} mu {mu} k {k}"
+                );
             }
         }
     }
-    assert_eq!(coords(shape, ((1 * ly + 2) * lz + 3) * lt + 4), [1, 2, 3, 4]);
+    assert_eq!(
+        coords(shape, ((ly + 2) * lz + 3) * lt + 4),
+        [1, 2, 3, 4]
+    );
 }
 
 #[test]
@@ -247,7 +320,10 @@ fn ildg_round_trip_at_32_bits_is_within_float_rounding() {
     let enc = file::encode(&c, Precision::Single, &meta()).unwrap();
     let (_, data) = record(&enc.bytes, "ildg-binary-data");
     assert_eq!(data.len(), 32 * 4 * 18 * 4);
-    let rounded = GaugeConfig { shape: c.shape, links: c.links.iter().map(|&x| x as f32 as f64).collect() };
+    let rounded = GaugeConfig {
+        shape: c.shape,
+        links: c.links.iter().map(|&x| x as f32 as f64).collect(),
+    };
     assert_eq!(enc.plaquette.to_bits(), rounded.plaquette().to_bits());
     let f = file::decode(p(), &enc.bytes).unwrap();
     assert_eq!(f.precision, Precision::Single);
@@ -269,17 +345,43 @@ fn refuses_a_wrong_precision() {
     let (_, fmt) = record(&bytes, "ildg-format");
     let text = String::from_utf8(fmt.to_vec()).unwrap();
     // the format says 32 bits, the data are 64-bit
-    let lie = replace_record(&bytes, "ildg-format", text.replace("<precision>64", "<precision>32").as_bytes());
-    expect_err(file::decode(p(), &lie), ErrorKind::Precision, &["scidac-private-record-xml", "precision \"D\" contradicts"]);
+    let lie = replace_record(
+        &bytes,
+        "ildg-format",
+        text.replace("<precision>64", "<precision>32").as_bytes(),
+    );
+    expect_err(
+        file::decode(p(), &lie),
+        ErrorKind::Precision,
+        &["scidac-private-record-xml", "precision \"D\" contradicts"],
+    );
     let lie = without(&lie, "scidac-private-record-xml");
-    expect_err(file::decode(p(), &lie), ErrorKind::Precision, &["ildg-binary-data", "at 64 bits", "says precision 32"]);
-    let odd = replace_record(&bytes, "ildg-format", text.replace("<precision>64", "<precision>48").as_bytes());
-    expect_err(file::decode(p(), &odd), ErrorKind::Precision, &["ildg-format", "precision is 48", "32 or 64"]);
+    expect_err(
+        file::decode(p(), &lie),
+        ErrorKind::Precision,
+        &["ildg-binary-data", "at 64 bits", "says precision 32"],
+    );
+    let odd = replace_record(
+        &bytes,
+        "ildg-format",
+        text.replace("<precision>64", "<precision>48").as_bytes(),
+    );
+    expect_err(
+        file::decode(p(), &odd),
+        ErrorKind::Precision,
+        &["ildg-format", "precision is 48", "32 or 64"],
+    );
     // the SciDAC private record contradicts
     let (_, pr) = record(&bytes, "scidac-private-record-xml");
-    let t = String::from_utf8(pr.to_vec()).unwrap().replace("<precision>D", "<precision>F");
+    let t = String::from_utf8(pr.to_vec())
+        .unwrap()
+        .replace("<precision>D", "<precision>F");
     let contra = replace_record(&bytes, "scidac-private-record-xml", t.as_bytes());
-    expect_err(file::decode(p(), &contra), ErrorKind::Precision, &["scidac-private-record-xml", "\"F\""]);
+    expect_err(
+        file::decode(p(), &contra),
+        ErrorKind::Precision,
+        &["scidac-private-record-xml", "\"F\""],
+    );
 }
 
 #[test]
@@ -288,16 +390,55 @@ fn refuses_a_wrong_lattice_size() {
     let bytes = encode(&c, Precision::Double);
     let (_, fmt) = record(&bytes, "ildg-format");
     let text = String::from_utf8(fmt.to_vec()).unwrap();
-    let wrong = replace_record(&bytes, "ildg-format", text.replace("<lt>4</lt>", "<lt>6</lt>").as_bytes());
+    let wrong = replace_record(
+        &bytes,
+        "ildg-format",
+        text.replace("<lt>4</lt>", "<lt>6</lt>").as_bytes(),
+    );
     // the private file record's dims disagree first
-    expect_err(file::decode(p(), &wrong), ErrorKind::Lattice, &["scidac-private-file-xml", "dims", "2×2×2×6"]);
+    expect_err(
+        file::decode(p(), &wrong),
+        ErrorKind::Lattice,
+        &["scidac-private-file-xml", "dims", "2×2×2×6"],
+    );
     // without it, the data length does
-    expect_err(file::decode(p(), &without(&wrong, "scidac-private-file-xml")), ErrorKind::Lattice, &["ildg-binary-data", "2×2×2×6", "needs 27648", "18432 bytes", "32 sites"]);
-    let one = replace_record(&bytes, "ildg-format", text.replace("<lx>2</lx>", "<lx>1</lx>").as_bytes());
-    expect_err(file::decode(p(), &one), ErrorKind::Lattice, &["ildg-format", "at least 2"]);
-    let missing = replace_record(&bytes, "ildg-format", text.replace("<lz>2</lz>", "").as_bytes());
-    expect_err(file::decode(p(), &missing), ErrorKind::Xml, &["missing element <lz>"]);
-    let huge = replace_record(&bytes, "ildg-format", text.replace("<lt>4</lt>", "<lt>99999999999999999</lt>").as_bytes());
+    expect_err(
+        file::decode(p(), &without(&wrong, "scidac-private-file-xml")),
+        ErrorKind::Lattice,
+        &[
+            "ildg-binary-data",
+            "2×2×2×6",
+            "needs 27648",
+            "18432 bytes",
+            "32 sites",
+        ],
+    );
+    let one = replace_record(
+        &bytes,
+        "ildg-format",
+        text.replace("<lx>2</lx>", "<lx>1</lx>").as_bytes(),
+    );
+    expect_err(
+        file::decode(p(), &one),
+        ErrorKind::Lattice,
+        &["ildg-format", "at least 2"],
+    );
+    let missing = replace_record(
+        &bytes,
+        "ildg-format",
+        text.replace("<lz>2</lz>", "").as_bytes(),
+    );
+    expect_err(
+        file::decode(p(), &missing),
+        ErrorKind::Xml,
+        &["missing element <lz>"],
+    );
+    let huge = replace_record(
+        &bytes,
+        "ildg-format",
+        text.replace("<lt>4</lt>", "<lt>99999999999999999</lt>")
+            .as_bytes(),
+    );
     assert!(file::decode(p(), &huge).is_err());
 }
 
@@ -309,15 +450,29 @@ fn refuses_a_bad_checksum() {
     // one flipped bit in the last byte of a real (a change of 1 ulp: still SU(3) to 1e-10)
     let mut flipped = bytes.clone();
     flipped[rec.offset + 1000 * 8 + 7] ^= 1;
-    expect_err(file::decode(p(), &flipped), ErrorKind::Checksum, &["scidac-checksum", "damaged"]);
+    expect_err(
+        file::decode(p(), &flipped),
+        ErrorKind::Checksum,
+        &["scidac-checksum", "damaged"],
+    );
     // a damaged checksum record
     let (_, sum) = record(&bytes, "scidac-checksum");
     let x = xml::parse(sum).unwrap();
     let a = x.child_text("suma").unwrap();
-    let t = String::from_utf8(sum.to_vec()).unwrap().replace(&format!(">{a}<"), ">1234abcd<");
+    let t = String::from_utf8(sum.to_vec())
+        .unwrap()
+        .replace(&format!(">{a}<"), ">1234abcd<");
     let bad = replace_record(&bytes, "scidac-checksum", t.as_bytes());
-    expect_err(file::decode(p(), &bad), ErrorKind::Checksum, &["suma 1234abcd"]);
-    let bad = replace_record(&bytes, "scidac-checksum", b"<scidacChecksum><suma>zz</suma></scidacChecksum>");
+    expect_err(
+        file::decode(p(), &bad),
+        ErrorKind::Checksum,
+        &["suma 1234abcd"],
+    );
+    let bad = replace_record(
+        &bytes,
+        "scidac-checksum",
+        b"<scidacChecksum><suma>zz</suma></scidacChecksum>",
+    );
     expect_err(file::decode(p(), &bad), ErrorKind::Xml, &["<suma>"]);
 }
 
@@ -326,13 +481,30 @@ fn refuses_a_truncated_file() {
     let c = random_config([2, 2, 2, 2], 6);
     let bytes = encode(&c, Precision::Double);
     let (rec, _) = record(&bytes, "ildg-binary-data");
-    for cut in [10, 144, 150, rec.offset - 1, rec.offset + 100, bytes.len() - 200] {
+    for cut in [
+        10,
+        144,
+        150,
+        rec.offset - 1,
+        rec.offset + 100,
+        bytes.len() - 200,
+    ] {
         let e = file::decode(p(), &bytes[..cut]).unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e.kind, ErrorKind::Truncated | ErrorKind::Format), "cut {cut}: {msg}");
-        assert!(msg.contains("truncated") || msg.contains("missing"), "cut {cut}: {msg}");
+        assert!(
+            matches!(e.kind, ErrorKind::Truncated | ErrorKind::Format),
+            "cut {cut}: {msg}"
+        );
+        assert!(
+            msg.contains("truncated") || msg.contains("missing"),
+            "cut {cut}: {msg}"
+        );
     }
-    expect_err(file::decode(p(), &bytes[..rec.offset + 100]), ErrorKind::Truncated, &["ildg-binary-data", "declares"]);
+    expect_err(
+        file::decode(p(), &bytes[..rec.offset + 100]),
+        ErrorKind::Truncated,
+        &["ildg-binary-data", "declares"],
+    );
     expect_err(file::decode(p(), &[]), ErrorKind::Format, &["missing"]);
 }
 
@@ -346,7 +518,15 @@ fn refuses_non_su3_links() {
             *v *= scale;
         }
         let bytes = encode(&c, Precision::Double);
-        expect_err(file::decode(p(), &bytes), ErrorKind::NotSun, &["U_2(x, y, z, t = 1, 0, 1, 0)", "not an SU(3) matrix", needle]);
+        expect_err(
+            file::decode(p(), &bytes),
+            ErrorKind::NotSun,
+            &[
+                "U_2(x, y, z, t = 1, 0, 1, 0)",
+                "not an SU(3) matrix",
+                needle,
+            ],
+        );
     }
     // a determinant off by a phase: unitary, not special
     let mut c = random_config([2, 2, 2, 2], 9);
@@ -356,37 +536,94 @@ fn refuses_non_su3_links() {
         c.links[2 * k] = re * cs - im * sn;
         c.links[2 * k + 1] = re * sn + im * cs;
     }
-    expect_err(file::decode(p(), &encode(&c, Precision::Double)), ErrorKind::NotSun, &["U_0(x, y, z, t = 0, 0, 0, 0)"]);
+    expect_err(
+        file::decode(p(), &encode(&c, Precision::Double)),
+        ErrorKind::NotSun,
+        &["U_0(x, y, z, t = 0, 0, 0, 0)"],
+    );
 }
 
 #[test]
 fn refuses_malformed_xml_and_missing_records() {
     let c = random_config([2, 2, 2, 2], 10);
     let bytes = encode(&c, Precision::Double);
-    let broken = replace_record(&bytes, "ildg-format", b"<ildgFormat><field>su3gauge</field>");
-    expect_err(file::decode(p(), &broken), ErrorKind::Xml, &["record ildg-format", "malformed XML", "not closed"]);
+    let broken = replace_record(
+        &bytes,
+        "ildg-format",
+        b"<ildgFormat><field>su3gauge</field>",
+    );
+    expect_err(
+        file::decode(p(), &broken),
+        ErrorKind::Xml,
+        &["record ildg-format", "malformed XML", "not closed"],
+    );
     let other = replace_record(&bytes, "ildg-format", b"<other/>");
-    expect_err(file::decode(p(), &other), ErrorKind::Xml, &["<other>", "<ildgFormat>"]);
+    expect_err(
+        file::decode(p(), &other),
+        ErrorKind::Xml,
+        &["<other>", "<ildgFormat>"],
+    );
     let (_, fmt) = record(&bytes, "ildg-format");
-    let t = String::from_utf8(fmt.to_vec()).unwrap().replace("su3gauge", "su2gauge");
-    expect_err(file::decode(p(), &replace_record(&bytes, "ildg-format", t.as_bytes())), ErrorKind::Unsupported, &["su2gauge"]);
-    let rec = replace_record(&bytes, "scidac-record-xml", b"<latflowRecord><plaquette>0.5");
-    expect_err(file::decode(p(), &rec), ErrorKind::Xml, &["scidac-record-xml"]);
-    let plaq = replace_record(&bytes, "scidac-record-xml", b"<latflowRecord><plaquette>0.5</plaquette></latflowRecord>");
-    expect_err(file::decode(p(), &plaq), ErrorKind::Mismatch, &["plaquette 0.5"]);
+    let t = String::from_utf8(fmt.to_vec())
+        .unwrap()
+        .replace("su3gauge", "su2gauge");
+    expect_err(
+        file::decode(p(), &replace_record(&bytes, "ildg-format", t.as_bytes())),
+        ErrorKind::Unsupported,
+        &["su2gauge"],
+    );
+    let rec = replace_record(
+        &bytes,
+        "scidac-record-xml",
+        b"<latflowRecord><plaquette>0.5",
+    );
+    expect_err(
+        file::decode(p(), &rec),
+        ErrorKind::Xml,
+        &["scidac-record-xml"],
+    );
+    let plaq = replace_record(
+        &bytes,
+        "scidac-record-xml",
+        b"<latflowRecord><plaquette>0.5</plaquette></latflowRecord>",
+    );
+    expect_err(
+        file::decode(p(), &plaq),
+        ErrorKind::Mismatch,
+        &["plaquette 0.5"],
+    );
     // foreign record XML is accepted
-    let foreign = replace_record(&bytes, "scidac-record-xml", b"<info><plaquette>0.5</plaquette></info>");
+    let foreign = replace_record(
+        &bytes,
+        "scidac-record-xml",
+        b"<info><plaquette>0.5</plaquette></info>",
+    );
     assert!(file::decode(p(), &foreign).is_ok());
-    expect_err(file::decode(p(), &without(&bytes, "ildg-format")), ErrorKind::Format, &["record ildg-format", "missing"]);
+    expect_err(
+        file::decode(p(), &without(&bytes, "ildg-format")),
+        ErrorKind::Format,
+        &["record ildg-format", "missing"],
+    );
     let mut twice = bytes.clone();
     let mut w = lime::Writer::new();
     w.record("ildg-format", fmt, true, true).unwrap();
     twice.extend_from_slice(&w.bytes);
-    expect_err(file::decode(p(), &twice), ErrorKind::Format, &["more than once"]);
+    expect_err(
+        file::decode(p(), &twice),
+        ErrorKind::Format,
+        &["more than once"],
+    );
 }
 
 /// A NERSC file image written from the format's definition (tests only).
-fn nersc_image(c: &GaugeConfig, rows: usize, precision: Precision, little: bool, extra: &[(&str, String)], skip: &[&str]) -> Vec<u8> {
+fn nersc_image(
+    c: &GaugeConfig,
+    rows: usize,
+    precision: Precision,
+    little: bool,
+    extra: &[(&str, String)],
+    skip: &[&str],
+) -> Vec<u8> {
     let mut data = Vec::new();
     let mut sum = 0u32;
     for_each_site(c.shape, |_, s| {
@@ -400,16 +637,31 @@ fn nersc_image(c: &GaugeConfig, rows: usize, precision: Precision, little: bool,
                     (Precision::Single, true) => data.extend_from_slice(&(x as f32).to_le_bytes()),
                 }
                 match precision {
-                    Precision::Double => sum = sum.wrapping_add(x.to_bits() as u32).wrapping_add((x.to_bits() >> 32) as u32),
+                    Precision::Double => {
+                        sum = sum
+                            .wrapping_add(x.to_bits() as u32)
+                            .wrapping_add((x.to_bits() >> 32) as u32)
+                    }
                     Precision::Single => sum = sum.wrapping_add((x as f32).to_bits()),
                 }
             }
         }
     });
-    let fp = format!("IEEE{}{}", precision.bits(), if little { "LITTLE" } else { "BIG" });
+    let fp = format!(
+        "IEEE{}{}",
+        precision.bits(),
+        if little { "LITTLE" } else { "BIG" }
+    );
     let mut keys: Vec<(&str, String)> = vec![
         ("HDR_VERSION", "1.0".into()),
-        ("DATATYPE", if rows == 2 { "4D_SU3_GAUGE".into() } else { "4D_SU3_GAUGE_3x3".into() }),
+        (
+            "DATATYPE",
+            if rows == 2 {
+                "4D_SU3_GAUGE".into()
+            } else {
+                "4D_SU3_GAUGE_3x3".into()
+            },
+        ),
         ("DIMENSION_1", c.shape[0].to_string()),
         ("DIMENSION_2", c.shape[1].to_string()),
         ("DIMENSION_3", c.shape[2].to_string()),
@@ -462,30 +714,93 @@ fn nersc_files_are_read_in_every_variant() {
     // the checksum of the unit field, by hand: 1.0 = 0x3ff00000_00000000, three per link
     let unit = GaugeConfig {
         shape: [2, 2, 2, 2],
-        links: (0..16 * 4).flat_map(|_| { let mut l = [0.0; 18]; l[0] = 1.0; l[8] = 1.0; l[16] = 1.0; l }).collect(),
+        links: (0..16 * 4)
+            .flat_map(|_| {
+                let mut l = [0.0; 18];
+                l[0] = 1.0;
+                l[8] = 1.0;
+                l[16] = 1.0;
+                l
+            })
+            .collect(),
     };
     let expected = (16u64 * 4 * 3 * 0x3ff0_0000u64) as u32;
-    let img = nersc_image(&unit, 3, Precision::Double, false, &[("CHECKSUM", format!("{expected:x}"))], &[]);
+    let img = nersc_image(
+        &unit,
+        3,
+        Precision::Double,
+        false,
+        &[("CHECKSUM", format!("{expected:x}"))],
+        &[],
+    );
     assert!(nersc::decode(p(), &img).unwrap().checksum_verified);
-    assert_eq!(nersc::decode(p(), &img).unwrap().get("DATATYPE"), Some("4D_SU3_GAUGE_3x3"));
+    assert_eq!(
+        nersc::decode(p(), &img).unwrap().get("DATATYPE"),
+        Some("4D_SU3_GAUGE_3x3")
+    );
     // without the optional checks
-    let img = nersc_image(&c, 3, Precision::Double, false, &[], &["CHECKSUM", "PLAQUETTE", "LINK_TRACE"]);
+    let img = nersc_image(
+        &c,
+        3,
+        Precision::Double,
+        false,
+        &[],
+        &["CHECKSUM", "PLAQUETTE", "LINK_TRACE"],
+    );
     assert!(!nersc::decode(p(), &img).unwrap().checksum_verified);
 }
 
 #[test]
 fn nersc_refusals_name_the_problem() {
     let c = random_config([2, 2, 2, 2], 13);
-    let bad = |extra: &[(&str, String)], skip: &[&str]| nersc::decode(p(), &nersc_image(&c, 3, Precision::Double, false, extra, skip)).unwrap_err();
+    let bad = |extra: &[(&str, String)], skip: &[&str]| {
+        nersc::decode(
+            p(),
+            &nersc_image(&c, 3, Precision::Double, false, extra, skip),
+        )
+        .unwrap_err()
+    };
     let cases: Vec<(IldgError, ErrorKind, &str)> = vec![
-        (bad(&[("CHECKSUM", "1".into())], &[]), ErrorKind::Checksum, "CHECKSUM"),
-        (bad(&[("PLAQUETTE", "0.9".into())], &[]), ErrorKind::Mismatch, "PLAQUETTE"),
-        (bad(&[("LINK_TRACE", "0.9".into())], &[]), ErrorKind::Mismatch, "LINK_TRACE"),
-        (bad(&[("DATATYPE", "4D_SU2_GAUGE".into())], &[]), ErrorKind::Unsupported, "4D_SU2_GAUGE"),
-        (bad(&[("FLOATING_POINT", "IEEE48BIG".into())], &[]), ErrorKind::Precision, "IEEE48BIG"),
-        (bad(&[("FLOATING_POINT", "IEEE32BIG".into())], &[]), ErrorKind::Lattice, "needs 4608"),
-        (bad(&[("DIMENSION_4", "3".into())], &[]), ErrorKind::Truncated, "truncated"),
-        (bad(&[("DIMENSION_4", "x".into())], &[]), ErrorKind::Format, "DIMENSION_4"),
+        (
+            bad(&[("CHECKSUM", "1".into())], &[]),
+            ErrorKind::Checksum,
+            "CHECKSUM",
+        ),
+        (
+            bad(&[("PLAQUETTE", "0.9".into())], &[]),
+            ErrorKind::Mismatch,
+            "PLAQUETTE",
+        ),
+        (
+            bad(&[("LINK_TRACE", "0.9".into())], &[]),
+            ErrorKind::Mismatch,
+            "LINK_TRACE",
+        ),
+        (
+            bad(&[("DATATYPE", "4D_SU2_GAUGE".into())], &[]),
+            ErrorKind::Unsupported,
+            "4D_SU2_GAUGE",
+        ),
+        (
+            bad(&[("FLOATING_POINT", "IEEE48BIG".into())], &[]),
+            ErrorKind::Precision,
+            "IEEE48BIG",
+        ),
+        (
+            bad(&[("FLOATING_POINT", "IEEE32BIG".into())], &[]),
+            ErrorKind::Lattice,
+            "needs 4608",
+        ),
+        (
+            bad(&[("DIMENSION_4", "3".into())], &[]),
+            ErrorKind::Truncated,
+            "truncated",
+        ),
+        (
+            bad(&[("DIMENSION_4", "x".into())], &[]),
+            ErrorKind::Format,
+            "DIMENSION_4",
+        ),
         (bad(&[], &["DIMENSION_2"]), ErrorKind::Format, "DIMENSION_2"),
     ];
     for (e, kind, needle) in cases {
@@ -494,12 +809,28 @@ fn nersc_refusals_name_the_problem() {
     }
     let img = nersc_image(&c, 3, Precision::Double, false, &[], &[]);
     let cut = img.windows(10).position(|w| w == b"END_HEADER").unwrap() + 3;
-    assert_eq!(nersc::decode(p(), &img[..cut]).unwrap_err().kind, ErrorKind::Truncated);
-    assert_eq!(nersc::decode(p(), &img[..img.len() - 8]).unwrap_err().kind, ErrorKind::Truncated);
+    assert_eq!(
+        nersc::decode(p(), &img[..cut]).unwrap_err().kind,
+        ErrorKind::Truncated
+    );
+    assert_eq!(
+        nersc::decode(p(), &img[..img.len() - 8]).unwrap_err().kind,
+        ErrorKind::Truncated
+    );
     let mut scaled = c.clone();
     scaled.links[5] *= 1.001;
-    let img = nersc_image(&scaled, 3, Precision::Double, false, &[], &["PLAQUETTE", "LINK_TRACE"]);
-    assert_eq!(nersc::decode(p(), &img).unwrap_err().kind, ErrorKind::NotSun);
+    let img = nersc_image(
+        &scaled,
+        3,
+        Precision::Double,
+        false,
+        &[],
+        &["PLAQUETTE", "LINK_TRACE"],
+    );
+    assert_eq!(
+        nersc::decode(p(), &img).unwrap_err().kind,
+        ErrorKind::NotSun
+    );
 }
 
 #[test]
@@ -508,29 +839,82 @@ fn a_start_file_must_match_the_theory_layout() {
     let c = random_config([4, 4, 4, 8], 14);
     let path = dir.path().join("conf.lime");
     std::fs::write(&path, encode(&c, Precision::Double)).unwrap();
-    let su3 = |shape: &[usize]| FieldLayout::single(shape, "links", Support::Link, ElementKind::complex_matrix(3));
+    let su3 = |shape: &[usize]| {
+        FieldLayout::single(
+            shape,
+            "links",
+            Support::Link,
+            ElementKind::complex_matrix(3),
+        )
+    };
     let got = start::load(&path, None, &su3(&[4, 4, 4, 8])).unwrap();
-    assert!(got.config.iter().zip(&c.links).all(|(a, b)| a.to_bits() == b.to_bits()));
-    assert!(got.description.contains("ILDG, 64 bits, SciDAC checksum verified"), "{}", got.description);
+    assert!(got
+        .config
+        .iter()
+        .zip(&c.links)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        got.description
+            .contains("ILDG, 64 bits, SciDAC checksum verified"),
+        "{}",
+        got.description
+    );
     assert!(start::load(&path, Some(0), &su3(&[4, 4, 4, 8])).is_ok());
     let refusals = [
-        (su3(&[4, 4, 4, 4]), "lattice [4, 4, 4, 8] differs from [4, 4, 4, 4]"),
+        (
+            su3(&[4, 4, 4, 4]),
+            "lattice [4, 4, 4, 8] differs from [4, 4, 4, 4]",
+        ),
         (su3(&[8, 4, 4, 4]), "differs"),
-        (FieldLayout::single(&[4, 4, 4, 8], "links", Support::Link, ElementKind::complex_matrix(2)), "2×2 complex matrices"),
-        (FieldLayout::single(&[4, 4, 4, 8], "theta", Support::Link, ElementKind::Angle), "angles on the links"),
-        (FieldLayout::single(&[8, 8], "phi", Support::Site, ElementKind::Real), "reals on the sites of a [8, 8] lattice"),
+        (
+            FieldLayout::single(
+                &[4, 4, 4, 8],
+                "links",
+                Support::Link,
+                ElementKind::complex_matrix(2),
+            ),
+            "2×2 complex matrices",
+        ),
+        (
+            FieldLayout::single(&[4, 4, 4, 8], "theta", Support::Link, ElementKind::Angle),
+            "angles on the links",
+        ),
+        (
+            FieldLayout::single(&[8, 8], "phi", Support::Site, ElementKind::Real),
+            "reals on the sites of a [8, 8] lattice",
+        ),
     ];
     for (layout, needle) in refusals {
         let e = format!("{:#}", start::load(&path, None, &layout).unwrap_err());
-        assert!(e.contains("does not fit the theory") && e.contains("3×3 complex matrices on the links") && e.contains(needle), "{e}");
+        assert!(
+            e.contains("does not fit the theory")
+                && e.contains("3×3 complex matrices on the links")
+                && e.contains(needle),
+            "{e}"
+        );
     }
-    let e = format!("{:#}", start::load(&path, Some(2), &su3(&[4, 4, 4, 8])).unwrap_err());
-    assert!(e.contains("index = 2") && e.contains("one configuration"), "{e}");
+    let e = format!(
+        "{:#}",
+        start::load(&path, Some(2), &su3(&[4, 4, 4, 8])).unwrap_err()
+    );
+    assert!(
+        e.contains("index = 2") && e.contains("one configuration"),
+        "{e}"
+    );
     let junk = dir.path().join("junk");
     std::fs::write(&junk, b"hello").unwrap();
-    let e = format!("{:#}", start::load(&junk, None, &su3(&[4, 4, 4, 8])).unwrap_err());
-    assert!(e.contains("neither an ILDG/LIME file") && e.contains("junk"), "{e}");
-    let e = format!("{:#}", start::load(&dir.path().join("none"), None, &su3(&[4, 4, 4, 8])).unwrap_err());
+    let e = format!(
+        "{:#}",
+        start::load(&junk, None, &su3(&[4, 4, 4, 8])).unwrap_err()
+    );
+    assert!(
+        e.contains("neither an ILDG/LIME file") && e.contains("junk"),
+        "{e}"
+    );
+    let e = format!(
+        "{:#}",
+        start::load(&dir.path().join("none"), None, &su3(&[4, 4, 4, 8])).unwrap_err()
+    );
     assert!(e.contains("cannot open"), "{e}");
 }
 

@@ -110,7 +110,9 @@ impl<'a> Parser<'a> {
     /// A name: up to whitespace, `/`, `>` or `=`.
     fn name(&mut self) -> Result<&'a str, String> {
         let r = self.rest();
-        let n = r.find(|c: char| c.is_whitespace() || c == '/' || c == '>' || c == '=').unwrap_or(r.len());
+        let n = r
+            .find(|c: char| c.is_whitespace() || c == '/' || c == '>' || c == '=')
+            .unwrap_or(r.len());
         if n == 0 {
             return Err(self.err("expected a name"));
         }
@@ -133,7 +135,11 @@ impl<'a> Parser<'a> {
             self.at += r.len() - t.len();
             if t.starts_with("/>") {
                 self.at += 2;
-                return Ok(Element { name, text: String::new(), children: Vec::new() });
+                return Ok(Element {
+                    name,
+                    text: String::new(),
+                    children: Vec::new(),
+                });
             }
             if t.starts_with('>') {
                 self.at += 1;
@@ -148,7 +154,9 @@ impl<'a> Parser<'a> {
         let mut children = Vec::new();
         loop {
             let r = self.rest();
-            let lt = r.find('<').ok_or_else(|| self.err(&format!("element <{qname}> is not closed")))?;
+            let lt = r
+                .find('<')
+                .ok_or_else(|| self.err(&format!("element <{qname}> is not closed")))?;
             text.push_str(&unescape(&r[..lt]).map_err(|e| self.err(&e))?);
             self.at += lt;
             let r = self.rest();
@@ -156,7 +164,9 @@ impl<'a> Parser<'a> {
                 self.at += 2;
                 let close = self.name()?;
                 if close != qname {
-                    return Err(self.err(&format!("closing tag </{close}> does not match <{qname}>")));
+                    return Err(
+                        self.err(&format!("closing tag </{close}> does not match <{qname}>"))
+                    );
                 }
                 let r = self.rest();
                 let t = r.trim_start();
@@ -164,12 +174,17 @@ impl<'a> Parser<'a> {
                     return Err(self.err(&format!("unterminated closing tag </{close}>")));
                 }
                 self.at += r.len() - t.len() + 1;
-                return Ok(Element { name, text, children });
+                return Ok(Element {
+                    name,
+                    text,
+                    children,
+                });
             } else if r.starts_with("<!--") {
                 self.skip_past("-->", "comment")?;
-            } else if r.starts_with("<![CDATA[") {
-                let body = &r[9..];
-                let e = body.find("]]>").ok_or_else(|| self.err("unterminated CDATA section"))?;
+            } else if let Some(body) = r.strip_prefix("<![CDATA[") {
+                let e = body
+                    .find("]]>")
+                    .ok_or_else(|| self.err("unterminated CDATA section"))?;
                 text.push_str(&body[..e]);
                 self.at += 9 + e + 3;
             } else if r.starts_with("<?") {
@@ -196,7 +211,9 @@ impl<'a> Parser<'a> {
             Some(q @ ('"' | '\'')) => q,
             _ => return Err(self.err("expected a quoted attribute value")),
         };
-        let close = t[1..].find(quote).ok_or_else(|| self.err("unterminated attribute value"))?;
+        let close = t[1..]
+            .find(quote)
+            .ok_or_else(|| self.err("unterminated attribute value"))?;
         if t[1..1 + close].contains('<') {
             return Err(self.err("'<' in an attribute value"));
         }
@@ -220,7 +237,10 @@ fn unescape(s: &str) -> Result<String, String> {
     while let Some(i) = rest.find('&') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        let semi = after.find(';').filter(|&j| j <= 10).ok_or("'&' without an entity")?;
+        let semi = after
+            .find(';')
+            .filter(|&j| j <= 10)
+            .ok_or("'&' without an entity")?;
         let ent = &after[..semi];
         let c = match ent {
             "amp" => '&',
@@ -229,14 +249,16 @@ fn unescape(s: &str) -> Result<String, String> {
             "quot" => '"',
             "apos" => '\'',
             _ => {
-                let code = if let Some(h) = ent.strip_prefix("#x").or_else(|| ent.strip_prefix("#X")) {
-                    u32::from_str_radix(h, 16).ok()
-                } else if let Some(d) = ent.strip_prefix('#') {
-                    d.parse::<u32>().ok()
-                } else {
-                    None
-                };
-                code.and_then(char::from_u32).ok_or_else(|| format!("unknown entity &{ent};"))?
+                let code =
+                    if let Some(h) = ent.strip_prefix("#x").or_else(|| ent.strip_prefix("#X")) {
+                        u32::from_str_radix(h, 16).ok()
+                    } else if let Some(d) = ent.strip_prefix('#') {
+                        d.parse::<u32>().ok()
+                    } else {
+                        None
+                    };
+                code.and_then(char::from_u32)
+                    .ok_or_else(|| format!("unknown entity &{ent};"))?
             }
         };
         out.push(c);
