@@ -642,3 +642,68 @@ fn a_third_party_reader_agrees_on_the_plaquette() {
         }
     }
 }
+
+/// With the SU(N) theory plugin (`plugin = "sun"`) on the search path: a 4D SU(3) run starts
+/// from an exported ILDG file (its first measured plaquette, after one trajectory of length
+/// 10⁻⁶, is the file's), and an SU(2) theory or another lattice refuses the same file. Skipped,
+/// with a message, when no `sun` plugin is built; LATFLOW_REQUIRE_SUN=1 makes it mandatory.
+#[test]
+fn an_su3_run_starts_from_an_ildg_file() {
+    let listing = run_ok(&["plugins"]);
+    if !listing.lines().any(|l| l.starts_with("sun ")) {
+        assert!(
+            std::env::var_os("LATFLOW_REQUIRE_SUN").is_none(),
+            "LATFLOW_REQUIRE_SUN is set but no sun plugin is built:\n{listing}"
+        );
+        eprintln!("no sun plugin on the search path: skipping the SU(3) run start");
+        return;
+    }
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ens, configs) = su3_ensemble(d);
+    let printed = exported(&run_ok(&[
+        "export",
+        s(&ens),
+        "--ildg",
+        s(&d.join("x")),
+        "--index",
+        "2",
+    ]));
+    let (file, _, _, plaq) = &printed[0];
+    assert_eq!(plaq.to_bits(), plaquette(&SHAPE, &configs[2]).to_bits());
+    let card = |n: u32, lattice: &str| {
+        format!(
+            "[theory]\nplugin = \"sun\"\nlattice = {lattice}\nn = {n}\nbeta = 5.7\n\n[[chain]]\nkind = \"hmc\"\nmd_steps = 1\n\
+             trajectory_length = 1e-6\n\n[run]\nseed = 1\nmeasurements = 1\noutput = \"{{OUT}}\"\nstart = {{ file = \"{}\" }}\n",
+            file.display()
+        )
+    };
+    let (c, out) = write_card(d, "su3", &card(3, "[4, 4, 2, 6]"));
+    run_ok(&["run", s(&c)]);
+    let e = ensemble::read_ensemble(&out).unwrap();
+    let p = e
+        .observables
+        .iter()
+        .find(|o| o.name == "plaquette")
+        .unwrap()
+        .values[0];
+    assert!((p - plaq).abs() < 1e-5, "{p} vs {plaq}");
+    let (c, _) = write_card(d, "su2", &card(2, "[4, 4, 2, 6]"));
+    expect_failure(
+        &["run", s(&c)],
+        &[
+            "run.start",
+            "does not fit the theory",
+            "2×2 complex matrices",
+        ],
+    );
+    let (c, _) = write_card(d, "l8", &card(3, "[4, 4, 2, 8]"));
+    expect_failure(
+        &["run", s(&c)],
+        &[
+            "run.start",
+            "lattice [4, 4, 2, 6] differs from [4, 4, 2, 8]",
+        ],
+    );
+}
