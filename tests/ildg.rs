@@ -239,7 +239,7 @@ fn export_at_32_bits_chooses_configurations_and_imports_within_float_rounding() 
         "--ildg",
         s(&out),
         "--index",
-        "0,2",
+        "0,2,0",
         "--force",
     ]));
     assert_eq!(chosen.iter().map(|p| p.1).collect::<Vec<_>>(), [0, 2]);

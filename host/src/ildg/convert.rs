@@ -25,7 +25,7 @@ pub struct ExportOptions {
     /// The directory the files go to (created when missing).
     pub dir: PathBuf,
     pub precision: Precision,
-    /// Configuration indices (rows of `/configs`); `None`: all.
+    /// Configuration indices (rows of `/configs`; repeats are exported once); `None`: all.
     pub indices: Option<Vec<usize>>,
     /// The coupling of a replica-exchange ensemble (0 for a plain one).
     pub coupling: usize,
@@ -120,10 +120,13 @@ pub fn export(path: &Path, opts: &ExportOptions) -> Result<Vec<Exported>> {
     })?;
     let shape =
         ildg_shape(&layout).map_err(|e| anyhow::anyhow!("{shown}: cannot export as ILDG: {e}"))?;
-    let indices: Vec<usize> = opts
+    let mut indices: Vec<usize> = opts
         .indices
         .clone()
         .unwrap_or_else(|| (0..info.count).collect());
+    // each configuration once, in the order first asked for
+    let mut seen = std::collections::HashSet::new();
+    indices.retain(|i| seen.insert(*i));
     if let Some(i) = indices.iter().find(|&&i| i >= info.count) {
         bail!(
             "{shown}: configuration index {i} out of range: the file stores {} (indices 0..{})",
