@@ -18,8 +18,8 @@ use latflow_core::rng::Stream;
 use latflow_host::ensemble::{self, ConfigDef, EnsembleWriter, ObservableDef, Provenance};
 
 /// HDF5 opens files without O_CLOEXEC: a `latflow` child spawned while this process has an
-/// ensemble open would inherit (and lock) it. The tests here run one at a time and close
-/// their files before spawning.
+/// ensemble open would inherit (and lock) it. The tests here run one at a time (each takes
+/// this lock before it opens a file or spawns a child) and close their files before spawning.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -649,6 +649,8 @@ fn a_third_party_reader_agrees_on_the_plaquette() {
 /// with a message, when no `sun` plugin is built; LATFLOW_REQUIRE_SUN=1 makes it mandatory.
 #[test]
 fn an_su3_run_starts_from_an_ildg_file() {
+    // before any child is spawned (see SERIAL)
+    let _s = serial();
     let listing = run_ok(&["plugins"]);
     if !listing.lines().any(|l| l.starts_with("sun ")) {
         assert!(
@@ -658,7 +660,6 @@ fn an_su3_run_starts_from_an_ildg_file() {
         eprintln!("no sun plugin on the search path: skipping the SU(3) run start");
         return;
     }
-    let _s = serial();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (ens, configs) = su3_ensemble(d);
@@ -689,6 +690,25 @@ fn an_su3_run_starts_from_an_ildg_file() {
         .unwrap()
         .values[0];
     assert!((p - plaq).abs() < 1e-5, "{p} vs {plaq}");
+    // the same configuration through `latflow import`: a run starts from the imported ensemble
+    let imported = d.join("imported.h5");
+    run_ok(&["import", s(file), "-o", s(&imported)]);
+    let text = card(3, "[4, 4, 2, 6]")
+        .replace(&file.display().to_string(), &imported.display().to_string());
+    let (c, out) = write_card(d, "su3_imported", &text);
+    run_ok(&["run", s(&c)]);
+    let e = ensemble::read_ensemble(&out).unwrap();
+    let p2 = e
+        .observables
+        .iter()
+        .find(|o| o.name == "plaquette")
+        .unwrap()
+        .values[0];
+    assert_eq!(
+        p2.to_bits(),
+        p.to_bits(),
+        "same start, same seed: same first measurement"
+    );
     let (c, _) = write_card(d, "su2", &card(2, "[4, 4, 2, 6]"));
     expect_failure(
         &["run", s(&c)],

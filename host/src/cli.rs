@@ -68,7 +68,7 @@ pub enum Command {
     /// Show an ensemble's provenance and contents.
     Inspect { file: PathBuf },
     /// Write stored SU(3) configurations of a 4D ensemble as ILDG files (one per configuration,
-    /// DIR/<stem>.<index>.lime), printing the plaquette of each.
+    /// DIR/STEM.INDEX.lime), printing the plaquette of each.
     Export(crate::ildg::cli::ExportArgs),
     /// Read ILDG/LIME or NERSC gauge files into a new latflow ensemble (one configuration each).
     Import(crate::ildg::cli::ImportArgs),

@@ -33,8 +33,8 @@ pub struct ExportArgs {
     /// The coupling of a replica-exchange ensemble.
     #[arg(long, default_value_t = 0)]
     pub coupling: usize,
-    /// The logical file name prefix (ildg-data-lfn is PREFIX/<file name>); default
-    /// lfn://latflow/<stem>.
+    /// The logical file name prefix (ildg-data-lfn is PREFIX/FILE_NAME); default
+    /// lfn://latflow/STEM (STEM: the ensemble's file name without extension).
     #[arg(long, value_name = "PREFIX")]
     pub lfn: Option<String>,
     /// Overwrite existing files.

@@ -9,7 +9,7 @@
 //! reversal of the site coordinates; links and matrices are copied as they are.
 //!
 //! # What is read and written
-//! * [`file`]: ILDG/LIME files (records `ildg-format`, `ildg-binary-data` big-endian at 32 or
+//! * [`mod@file`]: ILDG/LIME files (records `ildg-format`, `ildg-binary-data` big-endian at 32 or
 //!   64 bits, `ildg-data-lfn`, the SciDAC private and user XML records and the
 //!   `scidac-checksum`), see [`lime`], [`scidac`] and [`xml`].
 //! * [`nersc`]: NERSC files (reading only): `4D_SU3_GAUGE` and `4D_SU3_GAUGE_3x3`, 32 or 64
