@@ -486,10 +486,12 @@ pub struct RunSection {
     /// Checkpoint at least every this many seconds of wall time.
     #[serde(default = "default_checkpoint_seconds")]
     pub checkpoint_seconds: f64,
-    /// Starting configuration: `cold`, `hot`, or `model` (a sample of the card's model). The
-    /// default is `model` when the chain has a flow or reweight step, else `cold`: a flow chain
-    /// started from an ordered configuration (φ = 0) can sit there for very long, because its
-    /// importance weight e^{−S}/q is far larger than that of typical proposals.
+    /// Starting configuration: `cold`, `hot`, `model` (a sample of the card's model), or
+    /// `{ file = "PATH", index = k }` (a stored configuration: an ILDG or NERSC file, or row k
+    /// of a latflow ensemble's `/configs`, the last by default; see [`crate::ildg::start`]).
+    /// The default is `model` when the chain has a flow or reweight step, else `cold`: a flow
+    /// chain started from an ordered configuration (φ = 0) can sit there for very long,
+    /// because its importance weight e^{−S}/q is far larger than that of typical proposals.
     #[serde(default)]
     pub start: Option<StartChoice>,
     /// Worker threads inside plugins (0 = their default, which honours RAYON_NUM_THREADS).
@@ -500,22 +502,86 @@ pub struct RunSection {
 fn default_checkpoint_seconds() -> f64 {
     30.0
 }
-/// How the chain's first configuration is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// How the chain's first configuration is made. In the card: `"cold"`, `"hot"`, `"model"`, or
+/// a table `{ file = "PATH", index = k }` (`index` optional).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "toml::Value", into = "toml::Value")]
 pub enum StartChoice {
     Cold,
     Hot,
     Model,
+    /// A stored configuration.
+    File(StartFile),
+}
+
+/// `[run] start = { file = "PATH", index = k }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFile {
+    /// An ILDG/LIME or NERSC file, or a latflow ensemble (relative paths are relative to the
+    /// working directory, like `run.output`).
+    pub file: PathBuf,
+    /// The configuration of a latflow ensemble (a row of `/configs`); `None`: the last one.
+    /// ILDG and NERSC files hold one configuration, index 0.
+    pub index: Option<u64>,
 }
 
 impl StartChoice {
-    /// The theory's start, or `None` for a model sample.
-    pub fn theory_start(self) -> Option<Start> {
+    /// The theory's start, or `None` for a model sample or a file.
+    pub fn theory_start(&self) -> Option<Start> {
         match self {
             StartChoice::Cold => Some(Start::Cold),
             StartChoice::Hot => Some(Start::Hot),
-            StartChoice::Model => None,
+            StartChoice::Model | StartChoice::File(_) => None,
+        }
+    }
+}
+
+impl TryFrom<toml::Value> for StartChoice {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        let expected = "expected \"cold\", \"hot\", \"model\" or a table { file = \"PATH\", index = k }";
+        match v {
+            toml::Value::String(s) => match s.as_str() {
+                "cold" => Ok(StartChoice::Cold),
+                "hot" => Ok(StartChoice::Hot),
+                "model" => Ok(StartChoice::Model),
+                other => Err(format!("unknown start {other:?}: {expected}")),
+            },
+            toml::Value::Table(t) => {
+                let mut file = None;
+                let mut index = None;
+                for (k, v) in t {
+                    match (k.as_str(), v) {
+                        ("file", toml::Value::String(f)) if !f.is_empty() => file = Some(PathBuf::from(f)),
+                        ("file", _) => return Err("file: must be a non-empty path string".into()),
+                        ("index", toml::Value::Integer(i)) if i >= 0 => index = Some(i as u64),
+                        ("index", _) => return Err("index: must be a non-negative integer".into()),
+                        (other, _) => return Err(format!("unknown key '{other}' (a start table has file and index)")),
+                    }
+                }
+                let file = file.ok_or("missing key 'file' (the configuration file to start from)")?;
+                Ok(StartChoice::File(StartFile { file, index }))
+            }
+            other => Err(format!("{expected}, got {}", other.type_str())),
+        }
+    }
+}
+
+impl From<StartChoice> for toml::Value {
+    fn from(s: StartChoice) -> Self {
+        match s {
+            StartChoice::Cold => toml::Value::String("cold".into()),
+            StartChoice::Hot => toml::Value::String("hot".into()),
+            StartChoice::Model => toml::Value::String("model".into()),
+            StartChoice::File(f) => {
+                let mut t = toml::Table::new();
+                t.insert("file".into(), toml::Value::String(f.file.display().to_string()));
+                if let Some(i) = f.index {
+                    t.insert("index".into(), toml::Value::Integer(i.min(i64::MAX as u64) as i64));
+                }
+                toml::Value::Table(t)
+            }
         }
     }
 }
@@ -961,8 +1027,11 @@ fn parse_run(value: Option<toml::Value>, chain: &[StepCard], has_model: bool) ->
         return field_err("run.measurements", "must be at least 1");
     }
     let uses_model = chain.iter().any(|s| matches!(s, StepCard::Flow(_) | StepCard::Reweight(_)));
-    match run.start {
+    match &run.start {
         Some(StartChoice::Model) if !has_model => return field_err("run.start", "\"model\" needs a [model] section"),
+        Some(StartChoice::File(f)) if !f.file.is_file() => {
+            return field_err("run.start.file", format!("'{}' does not exist or is not a file", f.file.display()))
+        }
         None => run.start = Some(if uses_model { StartChoice::Model } else { StartChoice::Cold }),
         _ => {}
     }

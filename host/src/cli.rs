@@ -67,6 +67,11 @@ pub enum Command {
     },
     /// Show an ensemble's provenance and contents.
     Inspect { file: PathBuf },
+    /// Write stored SU(3) configurations of a 4D ensemble as ILDG files (one per configuration,
+    /// DIR/STEM.INDEX.lime), printing the plaquette of each.
+    Export(crate::ildg::cli::ExportArgs),
+    /// Read ILDG/LIME or NERSC gauge files into a new latflow ensemble (one configuration each).
+    Import(crate::ildg::cli::ImportArgs),
     /// Compare samplers on one target by cost per independent sample (a bench card: [theory],
     /// [bench], [[contender]]); writes the ensembles, bench.json and PNG plots to bench.output.
     Bench {
@@ -157,6 +162,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Inspect { file } => print!("{}", inspect::describe(&ensemble::read(&file)?)),
+        Command::Export(args) => crate::ildg::cli::export(&args)?,
+        Command::Import(args) => crate::ildg::cli::import(&args)?,
         Command::Bench { card, json } => {
             let opts = crate::bench::BenchOptions { quiet: cli.quiet || json, plugin_dirs: cli.plugin_dirs, force: true };
             let report = crate::bench::bench(&card, &opts)?;

@@ -97,11 +97,16 @@ pub fn sweep_loop<S: Sampler>(
 
 /// The starting configuration of coupling slot `slot` (`None` for a plain run), drawn from its
 /// own stream `StreamUse::Init { slot }`: the card's `run.start` from the theory, or one sample
-/// of `model` for `start = "model"`. On resume the checkpoint's configuration replaces it.
+/// of `model` for `start = "model"`, or the stored configuration of `start = { file = … }`
+/// (checked against the theory's layout). On resume the checkpoint's configuration replaces it.
 pub fn initial_config(card: &RunCard, theory: &TheoryHandle, model: Option<&ModelHandle>, slot: Option<usize>) -> Result<Vec<f64>> {
     let file = card.path.display().to_string();
     let mut init = stream(card.run.seed, StreamUse::Init { slot }).with_context(|| format!("{file}: run.start"))?;
-    let start = card.run.start.unwrap_or(StartChoice::Cold);
+    let start = card.run.start.clone().unwrap_or(StartChoice::Cold);
+    if let StartChoice::File(f) = &start {
+        let loaded = crate::ildg::start::load(&f.file, f.index, theory.layout()).with_context(|| format!("{file}: run.start"))?;
+        return Ok(loaded.config);
+    }
     Ok(match (start.theory_start(), model) {
         (Some(s), _) => theory.initial(s, &mut init).with_context(|| format!("{file}: run.start"))?,
         (None, Some(m)) => m.sample(1, &mut init).with_context(|| format!("{file}: run.start (model sample)"))?.0,
