@@ -21,6 +21,8 @@
 //! * [`parallel`]: fixed-chunk fills and compensated reductions, and [`fill_random`], a
 //!   parallel random fill that gives the same bits for any thread count.
 //! * [`LinkSpace`]: `hmc::FieldSpace` for links in any [`GaugeGroup`].
+//! * [`gradflow`]: the Wilson (and Symanzik) gradient flow with Lüscher's RK3 integrator,
+//!   clover E and Q, and the t0 / w0 scale conditions.
 //!
 //! # Neighbour access and domain decomposition
 //! Physics kernels never compute global site indices. They reach x ± μ̂ through the
@@ -49,6 +51,7 @@
 mod algebra;
 mod complex;
 mod field;
+pub mod gradflow;
 pub mod group;
 mod matrix;
 pub mod parallel;
@@ -63,6 +66,7 @@ pub use field::{
     gauge_transform, link_index, mean_plaquette, path, planes, plaquette, plaquette_sum, rectangle, rectangle_staple,
     rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Step,
 };
+pub use gradflow::{FlowGroup, FlowOptions, FlowPoint, FlowScheme};
 pub use group::{wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
 pub use matrix::Matrix;
 pub use parallel::{fill_random, RngFillError};
