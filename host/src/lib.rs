@@ -8,6 +8,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod cli;
 pub mod ensemble;
+pub mod flow_cmd;
 pub mod inspect;
 pub mod plot;
 pub mod plugin;
