@@ -203,8 +203,9 @@ pub struct FlowStats {
     pub steps: usize,
     /// Rejected adaptive steps (0 with fixed steps).
     pub rejected: usize,
-    /// The smallest and largest accepted step.
+    /// The smallest accepted step (+∞ when no step was taken).
     pub min_eps: f64,
+    /// The largest accepted step (0 when no step was taken).
     pub max_eps: f64,
 }
 
