@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use crate::plugin::{self, Plugin, SearchPath};
-use crate::{analyze, ensemble, inspect, run};
+use crate::{analyze, ensemble, flow_cmd, inspect, run};
+use latflow_core::gauge::FlowOptions;
 
 /// latflow: lattice field ensembles from HMC and normalizing flows, with exact samplers.
 #[derive(Debug, Parser)]
@@ -72,6 +73,38 @@ pub enum Command {
     Export(crate::ildg::cli::ExportArgs),
     /// Read ILDG/LIME or NERSC gauge files into a new latflow ensemble (one configuration each).
     Import(crate::ildg::cli::ImportArgs),
+    /// Gradient flow of every stored SU(2)/SU(3) configuration: t^2<E>, <Q>, <Q^2> against
+    /// flow time, and t0/a^2, w0/a with Γ-method errors (the file is only read).
+    Flow {
+        file: PathBuf,
+        /// Largest flow time t/a^2 (measurements at 0, dt, 2dt, …, tmax).
+        #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
+        tmax: f64,
+        /// Spacing of the measurement times.
+        #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+        dt: f64,
+        /// Explicit measurement times instead of the grid (comma-separated, increasing).
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        times: Option<Vec<f64>>,
+        /// Integration step ε (the first step with --adaptive).
+        #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+        eps: f64,
+        /// Flow action: wilson or symanzik.
+        #[arg(long, default_value = "wilson")]
+        scheme: String,
+        /// Adaptive step size with this local error tolerance per step.
+        #[arg(long, value_name = "TOL", allow_negative_numbers = true)]
+        adaptive: Option<f64>,
+        /// Coupling of a replica-exchange ensemble.
+        #[arg(long, default_value_t = 0)]
+        coupling: usize,
+        /// Also write the table to this file (CSV, or JSON for a .json name).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compare samplers on one target by cost per independent sample (a bench card: [theory],
     /// [bench], [[contender]]); writes the ensembles, bench.json and PNG plots to bench.output.
     Bench {
@@ -159,6 +192,19 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                         }
                     }
                 }
+            }
+        }
+        Command::Flow { file, tmax, dt, times, eps, scheme, adaptive, coupling, out, json } => {
+            let flow = FlowOptions { eps, scheme: flow_cmd::parse_scheme(&scheme)?, adaptive };
+            let times = flow_cmd::flow_times(tmax, dt, times.as_deref())?;
+            let report = flow_cmd::flow_file(&file, &flow_cmd::FlowCommand { times, flow, coupling })?;
+            if let Some(out) = &out {
+                flow_cmd::write_report(&report, out)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.to_text());
             }
         }
         Command::Inspect { file } => print!("{}", inspect::describe(&ensemble::read(&file)?)),

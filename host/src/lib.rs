@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod ensemble;
 pub mod ildg;
+pub mod flow_cmd;
 pub mod inspect;
 pub mod plot;
 pub mod plugin;

@@ -26,6 +26,8 @@
 //! * [`heatbath`]: the Cabibbo–Marinari heat-bath ([`heatbath_sweep`], Kennedy–Pendleton
 //!   SU(2) draws) and overrelaxation ([`overrelax_sweep`]) of the Wilson action, for every
 //!   [`HeatbathGroup`] (SU(2), SU(3), SU(N)).
+//! * [`gradflow`]: the Wilson (and Symanzik) gradient flow with Lüscher's RK3 integrator,
+//!   clover E and Q, and the t0 / w0 scale conditions.
 //!
 //! # Neighbour access and domain decomposition
 //! Physics kernels never compute global site indices. They reach x ± μ̂ through the
@@ -55,6 +57,7 @@ mod algebra;
 mod complex;
 mod field;
 pub mod flat;
+pub mod gradflow;
 pub mod group;
 pub mod heatbath;
 mod matrix;
@@ -70,6 +73,7 @@ pub use field::{
     gauge_transform, link_index, mean_plaquette, path, planes, plaquette, plaquette_sum, rectangle, rectangle_staple,
     rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Step,
 };
+pub use gradflow::{FlowGroup, FlowOptions, FlowPoint, FlowScheme};
 pub use group::{wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
 pub use heatbath::{heatbath_sweep, overrelax_sweep, HeatbathError, HeatbathGroup};
 pub use matrix::Matrix;
