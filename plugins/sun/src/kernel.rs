@@ -5,6 +5,7 @@
 
 use bytemuck::Pod;
 use latflow_core::gauge::parallel::{fill_sites, sum_sites};
+use latflow_core::gauge::gradflow::FlowGroup;
 use latflow_core::gauge::{
     path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, HeatbathGroup, LieAlgebra, Step, Su2, Su3,
 };
@@ -12,7 +13,7 @@ use latflow_core::Lattice;
 
 /// A group the plugin runs on: SU(2) or SU(3), whose elements, algebra elements and matrices
 /// are plain reals (their memory is the flat configuration layout).
-pub trait SunGroup: GaugeGroup<Algebra: Pod, Mat: Pod> + HeatbathGroup + Pod {}
+pub trait SunGroup: GaugeGroup<Algebra: Pod, Mat: Pod> + HeatbathGroup + FlowGroup + Pod {}
 impl SunGroup for Su2 {}
 impl SunGroup for Su3 {}
 

@@ -28,6 +28,7 @@ mod steps;
 
 use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
 use latflow_core::gauge::flat::{view, view_mut};
+use latflow_core::gauge::gradflow::{self, FlowOptions, FlowScheme};
 use latflow_core::gauge::{gauge_transform, GaugeGroup, Su2, Su3};
 use latflow_core::hmc::{ActionTerm, LeveledAction, TermError};
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
@@ -70,6 +71,53 @@ struct Config {
     action: String,
     #[serde(default = "default_loops")]
     wilson_loops: Vec<[i64; 2]>,
+    #[serde(default)]
+    gradient_flow: Option<FlowCard>,
+}
+
+/// `gradient_flow = { time = 1.0, eps = 0.01, scheme = "wilson" }`: measure the energy density
+/// (and in 4D the topological charge) after flowing each measured configuration to `time`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowCard {
+    time: f64,
+    #[serde(default = "default_flow_eps")]
+    eps: f64,
+    #[serde(default = "default_flow_scheme")]
+    scheme: String,
+}
+
+fn default_flow_eps() -> f64 {
+    0.01
+}
+
+fn default_flow_scheme() -> String {
+    "wilson".into()
+}
+
+/// The validated gradient-flow measurement: flow time t/a² and the integrator's options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowMeasurement {
+    pub time: f64,
+    pub options: FlowOptions,
+}
+
+fn check_flow(card: &FlowCard) -> Result<FlowMeasurement, PluginError> {
+    let scheme = FlowScheme::from_name(&card.scheme).ok_or_else(|| {
+        PluginError::config(format!("gradient_flow.scheme: unknown flow '{}' (expected wilson or symanzik)", card.scheme))
+    })?;
+    if !(card.time.is_finite() && card.time > 0.0) {
+        return Err(PluginError::config(format!("gradient_flow.time: must be a finite flow time t/a^2 > 0, got {}", card.time)));
+    }
+    if !(card.eps.is_finite() && card.eps > 0.0 && card.eps <= card.time) {
+        return Err(PluginError::config(format!(
+            "gradient_flow.eps: must be a finite step with 0 < eps <= time, got {}",
+            card.eps
+        )));
+    }
+    let options = FlowOptions { eps: card.eps, scheme, adaptive: None };
+    gradflow::validate(&options, &[card.time]).map_err(|e| PluginError::config(format!("gradient_flow: {e}")))?;
+    Ok(FlowMeasurement { time: card.time, options })
 }
 
 fn default_action() -> String {
@@ -107,6 +155,7 @@ pub struct Sun {
     action: String,
     c1: f64,
     loops: Vec<(usize, usize)>,
+    flow: Option<FlowMeasurement>,
 }
 
 impl Sun {
@@ -123,6 +172,11 @@ impl Sun {
     /// The action's coefficients at the current β.
     pub fn coefficients(&self) -> Coefficients {
         Coefficients { beta: self.beta, c0: 1.0 - 8.0 * self.c1, c1: self.c1 }
+    }
+
+    /// The gradient-flow measurement of the card, if any.
+    pub fn flow(&self) -> Option<&FlowMeasurement> {
+        self.flow.as_ref()
     }
 
     /// The action's name (`wilson`, `symanzik`, `iwasaki`, `dbw2`).
@@ -213,7 +267,8 @@ impl Physics for Sun {
         let beta = check_beta(cfg.beta)?;
         let c1 = action_c1(&cfg.action)?;
         let loops = Self::check_loops(&lattice, &cfg.wilson_loops)?;
-        Ok(Self { lattice, n: cfg.n as usize, beta, action: cfg.action, c1, loops })
+        let flow = cfg.gradient_flow.as_ref().map(check_flow).transpose()?;
+        Ok(Self { lattice, n: cfg.n as usize, beta, action: cfg.action, c1, loops, flow })
     }
 
     fn layout(&self) -> FieldLayout {
@@ -231,6 +286,9 @@ impl Physics for Sun {
             "c0": k.c0,
             "c1": k.c1,
             "wilson_loops": loops,
+            "gradient_flow": self.flow.as_ref().map(|f| serde_json::json!({
+                "time": f.time, "eps": f.options.eps, "scheme": f.options.scheme.name(), "integrator": "Luscher RK3",
+            })),
             "convention": "S = -(beta/N) sum_x [c0 sum_{mu<nu} Re Tr U_P + c1 sum_{mu!=nu} Re Tr U_R(2x1)], c0 = 1 - 8 c1; \
                            links [site][mu], N x N row-major (re, im); last axis = time",
         })
@@ -256,8 +314,7 @@ impl Physics for Sun {
     }
 
     fn measure(&self, config: &[f64], out: &mut Vec<f64>) -> Result<(), PluginError> {
-        with_group!(self.n, G => observables::measure::<G>(self, links::<G>(config), out));
-        Ok(())
+        with_group!(self.n, G => observables::measure::<G>(self, links::<G>(config), out))
     }
 
     fn action(&self, config: &[f64]) -> f64 {
@@ -325,8 +382,8 @@ mod observables;
 latflow_core::export_theory!(Sun,
 description: "SU(N) lattice gauge theory (N = 2, 3), any dimension >= 2: Wilson, Symanzik, Iwasaki and DBW2 actions; HMC, heat-bath, overrelaxation",
 provides: [
-    "keys: lattice, n (2 or 3), beta, action (wilson | symanzik | iwasaki | dbw2), wilson_loops (default [[1, 1], [2, 2]])",
-    "observables: plaquette plaquette_spatial plaquette_temporal (d > 2) rectangle action_density polyakov_loop (re, im) wilson_loop_RxT",
+    "keys: lattice, n (2 or 3), beta, action (wilson | symanzik | iwasaki | dbw2), wilson_loops (default [[1, 1], [2, 2]]), gradient_flow = { time, eps, scheme }",
+    "observables: plaquette plaquette_spatial plaquette_temporal (d > 2) rectangle action_density polyakov_loop (re, im) wilson_loop_RxT; with gradient_flow: energy_density t2_energy_density, topological_charge topological_susceptibility (4D)",
     "parameters: beta",
     "hmc levels: 1",
     "step kinds: heatbath, overrelax (Wilson action, even extents)",

@@ -1,6 +1,8 @@
 //! The observables of the SU(N) theory, in the order [`specs`] lists them.
 
-use latflow_core::abi::ObservableSpec;
+use latflow_core::abi::{ObservableSpec, PluginError};
+use latflow_core::gauge::gradflow;
+use latflow_core::ErrorKind;
 
 use crate::kernel::{self, SunGroup};
 use crate::Sun;
@@ -27,11 +29,20 @@ pub fn specs(t: &Sun) -> Vec<ObservableSpec> {
             &format!("mean Re Tr W / N of the {r}x{q} loop over sites and planes mu<nu, R={r} along mu, T={q} along nu"),
         ));
     }
+    if let Some(f) = t.flow() {
+        let at = format!("after gradient flow to t/a^2 = {} ({} flow, RK3, eps {})", f.time, f.options.scheme.name(), f.options.eps);
+        specs.push(spec("energy_density", &format!("clover E = -1/2 sum_mu,nu Tr F_mu,nu^2 per site, {at}")));
+        specs.push(spec("t2_energy_density", &format!("t^2 E (clover), {at}")));
+        if t.lattice().dim() == 4 {
+            specs.push(spec("topological_charge", &format!("clover Q = -1/(32 pi^2) sum_x eps Tr F F, {at}")));
+            specs.push(spec("topological_susceptibility", &format!("Q^2/V per configuration (its mean is chi_top a^4), {at}")));
+        }
+    }
     specs
 }
 
 /// Appends the observables of one configuration (links `u`) in [`specs`] order.
-pub fn measure<G: SunGroup>(t: &Sun, u: &[G], out: &mut Vec<f64>) {
+pub fn measure<G: SunGroup>(t: &Sun, u: &[G], out: &mut Vec<f64>) -> Result<(), PluginError> {
     let lat = t.lattice();
     let (d, v, n) = (lat.dim(), lat.volume() as f64, t.n() as f64);
     let k = t.coefficients();
@@ -51,4 +62,17 @@ pub fn measure<G: SunGroup>(t: &Sun, u: &[G], out: &mut Vec<f64>) {
     for &(r, q) in &t.loops {
         out.push(kernel::wilson_loop(lat, u, r, q));
     }
+    if let Some(f) = t.flow() {
+        let mut flowed = u.to_vec();
+        let point = gradflow::flow_measurements(lat, &mut flowed, &[f.time], &f.options)
+            .map_err(|e| PluginError::new(ErrorKind::Numerical, format!("gradient flow to t = {}: {e}", f.time)))?;
+        let p = &point[0];
+        out.push(p.e_clover);
+        out.push(p.t2e);
+        if let Some(q) = p.q {
+            out.push(q);
+            out.push(q * q / v);
+        }
+    }
+    Ok(())
 }

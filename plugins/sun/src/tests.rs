@@ -1,6 +1,6 @@
 use super::*;
 use latflow_core::abi::IntegratorKind;
-use latflow_core::gauge::{Matrix, Su3};
+use latflow_core::gauge::{gradflow, Matrix, Su3};
 use latflow_core::hmc::{integrate, FieldSpace, Schedule};
 use latflow_core::sdk::Adapter;
 use latflow_core::testkit;
@@ -22,7 +22,7 @@ const CARDS: [&str; 6] = [
     r#"{"lattice": [4, 4], "n": 2, "beta": 2.0}"#,
     r#"{"lattice": [4, 4], "n": 3, "beta": 4.0, "action": "iwasaki"}"#,
     r#"{"lattice": [3, 4, 4], "n": 3, "beta": 5.0, "action": "symanzik"}"#,
-    r#"{"lattice": [4, 3, 2, 4], "n": 3, "beta": 5.7}"#,
+    r#"{"lattice": [4, 3, 2, 4], "n": 3, "beta": 5.7, "gradient_flow": {"time": 0.3, "eps": 0.05}}"#,
     r#"{"lattice": [2, 2, 4, 4], "n": 2, "beta": 2.3, "action": "dbw2"}"#,
     r#"{"lattice": [4, 4, 4], "n": 2, "beta": 1.0, "action": "wilson", "wilson_loops": [[1, 2], [2, 1], [3, 3]]}"#,
 ];
@@ -154,6 +154,34 @@ fn action_and_observables_match_the_definitions() {
     assert!((obs[5] - re / (v / 4 * 3) as f64).abs() < 1e-13 && (obs[6] - im / (v / 4 * 3) as f64).abs() < 1e-13);
 }
 
+/// With `gradient_flow`, the flowed observables are core's clover E, t²E and Q of the
+/// configuration flowed to t (4D: Q and Q²/V too), and the unflowed ones are unchanged.
+#[test]
+fn gradient_flow_observables_are_measured_after_flowing() {
+    let card = r#"{"lattice": [4, 4, 4, 4], "n": 3, "beta": 6.0, "gradient_flow": {"time": 0.5, "eps": 0.02}}"#;
+    let t = theory(card);
+    let mut u = hot(&t, 11);
+    t.hmc_vec(&mut u, &params(IntegratorKind::Omelyan2, 8, 1.0), 10, &mut Stream::new(12, 0)).unwrap();
+    let names: Vec<String> = t.observables().iter().map(|o| o.name.to_string()).collect();
+    assert_eq!(&names[names.len() - 4..], ["energy_density", "t2_energy_density", "topological_charge", "topological_susceptibility"]);
+    let mut obs = Vec::new();
+    t.measure(&u, &mut obs).unwrap();
+    let mut links: Vec<Su3> = view(&u).unwrap().to_vec();
+    let opts = gradflow::FlowOptions { eps: 0.02, ..Default::default() };
+    gradflow::flow_to(t.lattice(), &mut links, 0.5, &opts).unwrap();
+    let e = gradflow::clover_energy_density(t.lattice(), &links);
+    let q = gradflow::topological_charge(t.lattice(), &links).unwrap();
+    let k = obs.len() - 4;
+    assert_eq!(obs[k], e);
+    assert!((obs[k + 1] - 0.25 * e).abs() < 1e-15 && obs[k + 2] == q && (obs[k + 3] - q * q / 256.0).abs() < 1e-15);
+    // flowing smooths: E(t) well below E(0)'s plaquette value
+    assert!(e < gradflow::clover_energy_density(t.lattice(), view::<Su3>(&u).unwrap()), "{e}");
+    let plain = theory(r#"{"lattice": [4, 4, 4, 4], "n": 3, "beta": 6.0}"#);
+    let mut obs0 = Vec::new();
+    plain.measure(&u, &mut obs0).unwrap();
+    assert_eq!(&obs[..obs0.len()], &obs0[..]);
+}
+
 #[test]
 fn cold_start_is_the_identity_and_hot_links_are_in_the_group() {
     let t = theory(CARDS[3]);
@@ -240,6 +268,10 @@ fn bad_cards_name_the_key() {
         (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "wilson_loops": [[5, 1]]}"#, "wilson_loops[0]"),
         (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "colour": 3}"#, "colour"),
         (r#"{"lattice": [4, 4], "beta": 2.0}"#, "n"),
+        (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "gradient_flow": {"time": -1.0}}"#, "gradient_flow.time"),
+        (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "gradient_flow": {"time": 1.0, "eps": 0.0}}"#, "gradient_flow.eps"),
+        (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "gradient_flow": {"time": 1.0, "scheme": "zeuthen"}}"#, "gradient_flow.scheme"),
+        (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "gradient_flow": {"t": 1.0}}"#, "t"),
     ];
     for (card, needle) in cases {
         let e = Sun::from_config(card).err().unwrap_or_else(|| panic!("{card} was accepted"));
