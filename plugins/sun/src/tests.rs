@@ -318,10 +318,11 @@ fn hmc_reproduces_the_2d_exact_plaquettes() {
     }
 }
 
-/// Reference §5: SU(3) 4⁴ at β = 5.7 and the strong-coupling point β = 1, SU(2) 4⁴ at β = 2.3.
+/// Reference §5: SU(3) 4⁴ at β = 5.7, 6.0 and the strong-coupling point β = 1, SU(2) 4⁴ at β = 2.3.
 #[test]
 fn hmc_reproduces_the_4d_small_volume_plaquettes() {
-    let cases = [(3, 5.7, 0.560245, 0.000173), (3, 1.0, 0.060101, 0.000081), (2, 2.3, 0.609331, 0.000188)];
+    let cases =
+        [(3, 5.7, 0.560245, 0.000173), (3, 6.0, 0.596878, 0.000094), (3, 1.0, 0.060101, 0.000081), (2, 2.3, 0.609331, 0.000188)];
     for (i, (n, beta, exact, err)) in cases.into_iter().enumerate() {
         let card = format!(r#"{{"lattice": [4, 4, 4, 4], "n": {n}, "beta": {beta}}}"#);
         let m = hmc_plaquette(&card, &params(IntegratorKind::Omelyan2, 6, 1.0), 30, 600, 30 + i as u64);
