@@ -5,8 +5,8 @@
 #
 #   examples/su3_scale/run.sh [OUTDIR]      (default: a fresh directory under /tmp)
 #
-# Environment: THREADS (rayon threads, default: all cores), TMAX (default 3.4), EPS (flow
-# step, default 0.02). Prints the run summary (plaquette against Boyd et al.) and the flow
+# Environment: THREADS (rayon threads, default: all cores), TMAX (default 3.2), EPS (flow
+# step, default 0.025). Prints the run summary (plaquette against Boyd et al.) and the flow
 # table with t0/a^2 and w0/a; wall times of both stages are printed at the end.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -22,6 +22,6 @@ cp "$here/su3_b6_16.toml" .
 t0=$(date +%s)
 "$latflow" run su3_b6_16.toml
 t1=$(date +%s)
-"$latflow" flow su3_b6_16.h5 --tmax "${TMAX:-3.4}" --dt 0.1 --eps "${EPS:-0.02}" --out flow.csv
+"$latflow" flow su3_b6_16.h5 --tmax "${TMAX:-3.2}" --dt 0.1 --eps "${EPS:-0.025}" --out flow.csv
 t2=$(date +%s)
 echo "generation: $((t1 - t0)) s; flow: $((t2 - t1)) s; threads: $RAYON_NUM_THREADS; output in $out"
