@@ -6,9 +6,12 @@
 use bytemuck::Pod;
 use latflow_core::gauge::parallel::{fill_sites, sum_sites};
 use latflow_core::gauge::{
-    path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, LieAlgebra, Step, Su2, Su3,
+    path, planes, plaquette, rectangle, rectangle_staple, staple, GaugeGroup, LieAlgebra, Step,
+    Su2, Su3,
 };
 use latflow_core::Lattice;
+
+use crate::fast;
 
 /// A group the plugin runs on: SU(2) or SU(3), whose elements, algebra elements and matrices
 /// are plain reals (their memory is the flat configuration layout).
@@ -29,7 +32,10 @@ pub struct Coefficients {
 impl Coefficients {
     /// β c0/N and β c1/N, the weights of Re Tr U_P and Re Tr U_R in −S.
     fn weights(&self, n: usize) -> (f64, f64) {
-        (self.beta * self.c0 / n as f64, self.beta * self.c1 / n as f64)
+        (
+            self.beta * self.c0 / n as f64,
+            self.beta * self.c1 / n as f64,
+        )
     }
 }
 
@@ -66,8 +72,16 @@ pub fn rectangle_sum<G: SunGroup>(lat: &Lattice, u: &[G]) -> f64 {
 /// The action S (dimensionless).
 pub fn action<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients) -> f64 {
     let (w0, w1) = k.weights(G::NC);
-    let p = plaquette_sums(lat, u)[0];
-    let r = if k.c1 != 0.0 { rectangle_sum(lat, u) } else { 0.0 };
+    let p = if G::NC == 3 && lat.dim() <= fast::MAX_DIM {
+        fast::plaquette_sum(lat, bytemuck::cast_slice(u), fast::simd_level())
+    } else {
+        plaquette_sums(lat, u)[0]
+    };
+    let r = if k.c1 != 0.0 {
+        rectangle_sum(lat, u)
+    } else {
+        0.0
+    };
     -(w0 * p + w1 * r)
 }
 
@@ -76,12 +90,20 @@ pub fn action<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients) -> f64 {
 pub fn force<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients, f: &mut [G::Algebra]) {
     let d = lat.dim();
     let (w0, w1) = k.weights(G::NC);
+    if G::NC == 3 && w1 == 0.0 && d <= fast::MAX_DIM {
+        let (u3, f3) = (bytemuck::cast_slice(u), bytemuck::cast_slice_mut(f));
+        fast::wilson_force(lat, u3, w0, f3, fast::simd_level());
+        return;
+    }
     fill_sites(f, d, |x, fs, _| {
         for (mu, out) in fs.iter_mut().enumerate() {
             let link = &u[x * d + mu];
             let mut g = link.re_trace_derivative(&staple(lat, u, x, mu)).scale(-w0);
             if w1 != 0.0 {
-                g.axpy(-w1, &link.re_trace_derivative(&rectangle_staple(lat, u, x, mu)));
+                g.axpy(
+                    -w1,
+                    &link.re_trace_derivative(&rectangle_staple(lat, u, x, mu)),
+                );
             }
             *out = g;
         }
@@ -133,7 +155,10 @@ pub fn wilson_loop<G: SunGroup>(lat: &Lattice, u: &[G], r: usize, t: usize) -> f
     let d = lat.dim();
     let ps = planes(d);
     let total = sum_sites(lat.volume(), |x, s| {
-        let mut steps = [Step { mu: 0, forward: true }; 64];
+        let mut steps = [Step {
+            mu: 0,
+            forward: true,
+        }; 64];
         for &(mu, nu) in &ps {
             let len = loop_steps(&mut steps, mu, nu, r, t);
             s.add(path(lat, u, x, &steps[..len]).0.re_trace());
