@@ -37,11 +37,12 @@ use std::time::Instant;
 use abi_stable::std_types::{RSliceMut, RStr};
 use clap::Parser;
 use latflow_core::abi::{HmcParams, IntegratorKind, Start, Theory};
+use latflow_core::gauge::su3::Rows;
 use latflow_core::gauge::{GaugeGroup, Su3};
 use latflow_core::hmc::{ActionTerm, FieldSpace};
 use latflow_core::sdk::{Adapter, Physics};
 use latflow_core::Stream;
-use latflow_sun::fast::{self, Rows};
+use latflow_sun::fast;
 use latflow_sun::{GaugeTerm, Sun};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -65,10 +66,7 @@ pub const ACTION_FLOPS_PER_SITE: f64 = 6.0 * (2.0 * MATMUL_FLOPS + 35.0 + 4.0);
 const ELEMENT_BYTES: f64 = 18.0 * 8.0;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "sun_bench",
-    about = "SU(3) kernels, HMC throughput and machine limits in one run"
-)]
+#[command(name = "sun_bench", about = "SU(3) kernels, HMC throughput and machine limits in one run")]
 struct Args {
     /// Python interpreter with torch, for the PyTorch peer.
     #[arg(long, default_value = "python3")]
@@ -99,10 +97,7 @@ fn main() {
     let limits = limits(args.quick);
     let products = product_report(&limits);
     let sizes: &[usize] = if args.kernels_only { &[4] } else { &[4, 8, 16] };
-    let kernels: Vec<Value> = sizes
-        .iter()
-        .map(|&l| kernel_report(l, &limits, args.quick))
-        .collect();
+    let kernels: Vec<Value> = sizes.iter().map(|&l| kernel_report(l, &limits, args.quick)).collect();
     if args.kernels_only {
         println!(
             "{}",
@@ -134,10 +129,7 @@ fn main() {
 /// CPU time of the calling thread, in seconds: on a shared machine it leaves out the time the
 /// thread waited for a core, which wall-clock time counts.
 fn thread_cpu_s() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
     if rc != 0 {
@@ -176,11 +168,7 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 
 fn load_average() -> Value {
     let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let v: Vec<f64> = s
-        .split_whitespace()
-        .take(3)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v: Vec<f64> = s.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
     json!(v)
 }
 
@@ -254,26 +242,17 @@ fn gflops(lanes: usize, run: impl Fn(usize) -> f64) -> f64 {
 }
 
 fn flop_limits() -> (Vec<(String, f64)>, f64, f64) {
-    let mut rates = vec![(
-        "mul+add baseline (SSE2)".to_string(),
-        gflops(24, |n| flop_chains::<24>(n, false)),
-    )];
+    let mut rates = vec![("mul+add baseline (SSE2)".to_string(), gflops(24, |n| flop_chains::<24>(n, false)))];
     let mut fma = 0.0;
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked above).
-            rates.push((
-                "mul+add AVX2".into(),
-                gflops(48, |n| unsafe { simd::mul_add_avx2(n) }),
-            ));
+            rates.push(("mul+add AVX2".into(), gflops(48, |n| unsafe { simd::mul_add_avx2(n) })));
         }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked above).
-            rates.push((
-                "mul+add AVX-512".into(),
-                gflops(96, |n| unsafe { simd::mul_add_avx512(n) }),
-            ));
+            rates.push(("mul+add AVX-512".into(), gflops(96, |n| unsafe { simd::mul_add_avx512(n) })));
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA3 (checked above).
@@ -288,11 +267,7 @@ fn flop_limits() -> (Vec<(String, f64)>, f64, f64) {
             fma = fma.max(r);
         }
     }
-    let mul_add = rates
-        .iter()
-        .filter(|(n, _)| n.starts_with("mul+add"))
-        .map(|r| r.1)
-        .fold(0.0, f64::max);
+    let mul_add = rates.iter().filter(|(n, _)| n.starts_with("mul+add")).map(|r| r.1).fold(0.0, f64::max);
     if fma == 0.0 {
         fma = mul_add;
     }
@@ -315,14 +290,11 @@ fn triad(n: usize, threads: usize) -> f64 {
         let best = (0..5)
             .map(|_| {
                 let t = Instant::now();
-                a.par_chunks_mut(chunk)
-                    .zip(b.par_chunks(chunk))
-                    .zip(c.par_chunks(chunk))
-                    .for_each(|((a, b), c)| {
-                        for ((x, y), z) in a.iter_mut().zip(b).zip(c) {
-                            *x = y + s * z;
-                        }
-                    });
+                a.par_chunks_mut(chunk).zip(b.par_chunks(chunk)).zip(c.par_chunks(chunk)).for_each(|((a, b), c)| {
+                    for ((x, y), z) in a.iter_mut().zip(b).zip(c) {
+                        *x = y + s * z;
+                    }
+                });
                 black_box(&a);
                 t.elapsed().as_secs_f64()
             })
@@ -344,8 +316,7 @@ fn limits(quick: bool) -> Limits {
         triad[0],
         triad[1]
     );
-    let flops: serde_json::Map<String, Value> =
-        rates.iter().map(|(n, r)| (n.clone(), json!(r))).collect();
+    let flops: serde_json::Map<String, Value> = rates.iter().map(|(n, r)| (n.clone(), json!(r))).collect();
     let json = json!({
         "gflops_1_thread": flops,
         "mul_add_peak_gflops": mul_add,
@@ -354,12 +325,7 @@ fn limits(quick: bool) -> Limits {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "load": load_average(),
     });
-    Limits {
-        mul_add,
-        fma,
-        triad,
-        json,
-    }
+    Limits { mul_add, fma, triad, json }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,36 +339,20 @@ fn su3_card(l: usize, beta: f64) -> String {
 fn rough_config(t: &Adapter<Sun>, seed: u64) -> Vec<f64> {
     let mut rng = Stream::new(seed, 0);
     let mut u = t.physics().initial(Start::Hot, &mut rng);
-    let p = HmcParams {
-        md_steps: 10,
-        trajectory_length: 0.5,
-        ..HmcParams::default()
-    };
-    t.hmc_vec(&mut u, &p, 2, &mut rng)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let p = HmcParams { md_steps: 10, trajectory_length: 0.5, ..HmcParams::default() };
+    t.hmc_vec(&mut u, &p, 2, &mut rng).unwrap_or_else(|e| panic!("{e}"));
     u
 }
 
 /// One kernel's figures: time per call, GFLOP/s, GB/s and the roofline percentages.
-fn kernel_figures(
-    name: &str,
-    l: usize,
-    secs: (f64, f64),
-    flops: f64,
-    bytes: f64,
-    lim: &Limits,
-) -> Value {
+fn kernel_figures(name: &str, l: usize, secs: (f64, f64), flops: f64, bytes: f64, lim: &Limits) -> Value {
     let (med, min) = secs;
     let gf = flops / med / 1e9;
     let gb = bytes / med / 1e9;
     let intensity = flops / bytes;
     let bound_plain = lim.mul_add.min(intensity * lim.triad[0]);
     let bound_fma = lim.fma.min(intensity * lim.triad[0]);
-    let binds = if lim.mul_add <= intensity * lim.triad[0] {
-        "flops"
-    } else {
-        "bandwidth"
-    };
+    let binds = if lim.mul_add <= intensity * lim.triad[0] { "flops" } else { "bandwidth" };
     eprintln!(
         "{l:>2}^4 {name:<13} {:9.1} µs (min {:9.1})  {gf:6.2} GFLOP/s  {gb:6.2} GB/s  \
          {:5.1}% of mul+add roofline ({binds}), {:5.1}% of FMA",
@@ -424,12 +374,8 @@ fn kernel_figures(
 /// for the baseline and, where present, the AVX2 build of the kernels.
 fn product_report(lim: &Limits) -> Value {
     let mut rng = Stream::new(5, 0);
-    let a: Vec<Rows> = (0..64)
-        .map(|_| bytemuck::cast(Su3::random(&mut rng)))
-        .collect();
-    let b: Vec<Rows> = (0..64)
-        .map(|_| bytemuck::cast(Su3::random(&mut rng)))
-        .collect();
+    let a: Vec<Rows> = (0..64).map(|_| bytemuck::cast(Su3::random(&mut rng))).collect();
+    let b: Vec<Rows> = (0..64).map(|_| bytemuck::cast(Su3::random(&mut rng))).collect();
     let mut c = vec![[[0.0f64; 6]; 3]; 64];
     let mut out = Vec::new();
     for level in 0..=fast::simd_level() {
@@ -460,11 +406,7 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
         let mut rng = Stream::new(12, 0);
         let mut p = space.sample_momentum(&u, &mut rng);
         let mut f = space.zero_momentum();
-        let force = per_call(
-            || term.force(&u, &mut f).unwrap_or_else(|e| panic!("{e}")),
-            batch,
-            batches,
-        );
+        let force = per_call(|| term.force(&u, &mut f).unwrap_or_else(|e| panic!("{e}")), batch, batches);
         let action = per_call(
             || {
                 black_box(sun.action(&u));
@@ -481,11 +423,7 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
             batch,
             batches,
         );
-        let refresh = per_call(
-            || drop(black_box(space.sample_momentum(&u, &mut rng))),
-            batch,
-            batches,
-        );
+        let refresh = per_call(|| drop(black_box(space.sample_momentum(&u, &mut rng))), batch, batches);
         let kick = per_call(|| space.kick(&mut p, &f, 1e-9), batch, batches);
         let kinetic = per_call(
             || {
@@ -509,12 +447,7 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
 /// A kernel without a meaningful flop count: time per call and compulsory GB/s.
 fn plain_figures(name: &str, l: usize, secs: (f64, f64), bytes: f64) -> Value {
     let (med, min) = secs;
-    eprintln!(
-        "{l:>2}^4 {name:<13} {:9.1} µs (min {:9.1})  {:6.2} GB/s",
-        med * 1e6,
-        min * 1e6,
-        bytes / med / 1e9
-    );
+    eprintln!("{l:>2}^4 {name:<13} {:9.1} µs (min {:9.1})  {:6.2} GB/s", med * 1e6, min * 1e6, bytes / med / 1e9);
     json!({"kernel": name, "L": l, "us_median": med * 1e6, "us_min": min * 1e6, "bytes": bytes, "gbs": bytes / med / 1e9})
 }
 
@@ -522,12 +455,7 @@ fn plain_figures(name: &str, l: usize, secs: (f64, f64), bytes: f64) -> Value {
 // 3. HMC at 4⁴ with the peer's settings, and the peers
 
 fn leapfrog(md_steps: u32) -> HmcParams {
-    HmcParams {
-        md_steps,
-        integrator: IntegratorKind::Leapfrog,
-        trajectory_length: 1.0,
-        ..HmcParams::default()
-    }
+    HmcParams { md_steps, integrator: IntegratorKind::Leapfrog, trajectory_length: 1.0, ..HmcParams::default() }
 }
 
 /// HMC statistics of a timed run.
@@ -560,13 +488,10 @@ fn hmc_run(l: usize, beta: f64, warm: usize, n: usize, threads: usize, seed: u64
         let mut rng = Stream::new(seed, 0);
         let mut u = t.physics().initial(Start::Cold, &mut rng);
         if warm > 0 {
-            t.hmc_vec(&mut u, &leapfrog(40), warm as u32, &mut rng)
-                .unwrap_or_else(|e| panic!("{e}"));
+            t.hmc_vec(&mut u, &leapfrog(40), warm as u32, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         }
         let (start, cpu) = (Instant::now(), thread_cpu_s());
-        let recs = t
-            .hmc_vec(&mut u, &leapfrog(15), n as u32, &mut rng)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let recs = t.hmc_vec(&mut u, &leapfrog(15), n as u32, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let secs = start.elapsed().as_secs_f64();
         let cpu = thread_cpu_s() - cpu;
         let v = l.pow(4) as f64;
@@ -576,11 +501,7 @@ fn hmc_run(l: usize, beta: f64, warm: usize, n: usize, threads: usize, seed: u64
             traj_per_cpu_s: (threads == 1).then_some(m / cpu),
             acceptance: recs.iter().filter(|r| r.accepted).count() as f64 / m,
             mean_exp_minus_dh: recs.iter().map(|r| (-r.delta_h).exp()).sum::<f64>() / m,
-            plaquette: recs
-                .iter()
-                .map(|r| -r.action / (6.0 * v * beta))
-                .sum::<f64>()
-                / m,
+            plaquette: recs.iter().map(|r| -r.action / (6.0 * v * beta)).sum::<f64>() / m,
             trajectories: recs.len(),
         }
     })
@@ -604,23 +525,13 @@ fn hmc_small(args: &Args) -> Value {
 
 /// Runs a peer program and returns the JSON object of its last stdout line.
 fn run_json(cmd: &mut Command) -> Result<Value, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            err.lines().last().unwrap_or("")
-        ));
+        return Err(format!("{cmd:?} failed ({}): {}", out.status, err.lines().last().unwrap_or("")));
     }
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
     serde_json::from_str(last).map_err(|e| format!("{cmd:?}: last line is not JSON ({e})"))
 }
 
@@ -636,45 +547,17 @@ fn pytorch_peer(args: &Args, ours: f64) -> Value {
         eprintln!("peer: PyTorch skipped (--no-peer)");
         return json!({"skipped": "--no-peer"});
     }
-    let probe = Command::new(&args.python)
-        .args(["-c", "import torch"])
-        .output();
+    let probe = Command::new(&args.python).args(["-c", "import torch"]).output();
     if !matches!(&probe, Ok(o) if o.status.success()) {
-        let why = format!(
-            "'{}' cannot import torch; pass --python PATH to a Python with torch",
-            args.python
-        );
+        let why = format!("'{}' cannot import torch; pass --python PATH to a Python with torch", args.python);
         eprintln!("peer: PyTorch skipped: {why}");
         return json!({"skipped": why});
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/su3_hmc.py");
-    let n = if args.quick {
-        10
-    } else {
-        (args.trajectories / 5).max(50)
-    };
+    let n = if args.quick { 10 } else { (args.trajectories / 5).max(50) };
     let mut cmd = Command::new(&args.python);
-    cmd.args([
-        script,
-        "--threads",
-        "1",
-        "--L",
-        "4",
-        "--beta",
-        "5.7",
-        "--nmd",
-        "15",
-        "--ntherm",
-        "30",
-    ]);
-    cmd.args([
-        "--therm-nmd",
-        "40",
-        "--ntraj",
-        &n.to_string(),
-        "--seed",
-        &args.seed.to_string(),
-    ]);
+    cmd.args([script, "--threads", "1", "--L", "4", "--beta", "5.7", "--nmd", "15", "--ntherm", "30"]);
+    cmd.args(["--therm-nmd", "40", "--ntraj", &n.to_string(), "--seed", &args.seed.to_string()]);
     match run_json(&mut cmd) {
         Ok(v) => {
             let theirs = v["traj_per_s"].as_f64().unwrap_or(f64::NAN);
@@ -699,12 +582,7 @@ fn lqcd_peer(args: &Args, ours: f64) -> Value {
         return json!({"skipped": "no --lqcd-rs"});
     };
     let n = if args.quick { 2 } else { 10 };
-    match run_json(Command::new(prog).args([
-        "--trajectories",
-        &n.to_string(),
-        "--seed",
-        &args.seed.to_string(),
-    ])) {
+    match run_json(Command::new(prog).args(["--trajectories", &n.to_string(), "--seed", &args.seed.to_string()])) {
         Ok(v) => {
             let theirs = v["traj_per_s"].as_f64().unwrap_or(f64::NAN);
             eprintln!(
@@ -726,10 +604,7 @@ fn lqcd_peer(args: &Args, ours: f64) -> Value {
 
 fn scaling(args: &Args) -> Value {
     let mut out = Vec::new();
-    for (l, n) in [
-        (8usize, if args.quick { 2 } else { 20 }),
-        (16, if args.quick { 1 } else { 3 }),
-    ] {
+    for (l, n) in [(8usize, if args.quick { 2 } else { 20 }), (16, if args.quick { 1 } else { 3 })] {
         for threads in [1usize, 2] {
             // a short warm-up from the cold start (1 trajectory), then n timed ones
             let r = hmc_run(l, 5.7, 1, n, threads, args.seed);
@@ -752,27 +627,19 @@ fn scaling(args: &Args) -> Value {
 fn theory_steps(args: &Args) -> Value {
     let mut out = Vec::new();
     for l in [8usize, 16] {
-        let mut t: Adapter<Sun> =
-            Adapter::from_json(&su3_card(l, 5.7)).unwrap_or_else(|e| panic!("{e}"));
-        let kinds: Vec<String> = Theory::step_kinds(&t)
-            .iter()
-            .map(|k| k.to_string())
-            .collect();
+        let mut t: Adapter<Sun> = Adapter::from_json(&su3_card(l, 5.7)).unwrap_or_else(|e| panic!("{e}"));
+        let kinds: Vec<String> = Theory::step_kinds(&t).iter().map(|k| k.to_string()).collect();
         if kinds.is_empty() {
             eprintln!("theory steps: the sun plugin offers none in this build (heat-bath/overrelaxation not timed)");
             return json!({"skipped": "the plugin offers no step kinds in this build"});
         }
         for kind in &kinds {
             for threads in [1usize, 2] {
-                let r = in_pool(threads, || {
-                    time_step(&mut t, kind, if args.quick { 1 } else { 5 }, args.seed)
-                });
+                let r = in_pool(threads, || time_step(&mut t, kind, if args.quick { 1 } else { 5 }, args.seed));
                 match r {
                     Ok(rate) => {
                         eprintln!("{kind} {l}^4, {threads} thread(s): {rate:.2} sweeps/s");
-                        out.push(
-                            json!({"kind": kind, "L": l, "threads": threads, "sweeps_per_s": rate}),
-                        );
+                        out.push(json!({"kind": kind, "L": l, "threads": threads, "sweeps_per_s": rate}));
                     }
                     Err(e) => {
                         eprintln!("{kind} {l}^4: {e}");
@@ -790,21 +657,12 @@ fn time_step(t: &mut Adapter<Sun>, kind: &str, n: u32, seed: u64) -> Result<f64,
     let mut rng = Stream::new(seed, 3);
     let mut u = t.physics().initial(Start::Hot, &mut rng);
     let mut state = rng.state();
-    Theory::step_columns(t, RStr::from(kind), RStr::from("{}"))
-        .into_result()
-        .map_err(|e| e.to_string())?;
+    Theory::step_columns(t, RStr::from(kind), RStr::from("{}")).into_result().map_err(|e| e.to_string())?;
     let mut apply = |t: &mut Adapter<Sun>, n: u32| {
-        Theory::step(
-            t,
-            RStr::from(kind),
-            RStr::from("{}"),
-            RSliceMut::from(&mut u[..]),
-            n,
-            &mut state,
-        )
-        .into_result()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        Theory::step(t, RStr::from(kind), RStr::from("{}"), RSliceMut::from(&mut u[..]), n, &mut state)
+            .into_result()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     apply(t, 1)?;
     let start = Instant::now();

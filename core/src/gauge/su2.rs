@@ -11,13 +11,23 @@ use crate::rng::Stream;
 /// An SU(2) link (also used for sums of SU(2) matrices such as staples).
 pub type Su2 = Matrix<2>;
 
+/// sin(φ)/φ, exact to rounding for every φ ≥ 0.
+#[inline]
+pub(crate) fn sinc(phi: f64) -> f64 {
+    if phi < 1e-4 {
+        1.0 - phi * phi / 6.0
+    } else {
+        phi.sin() / phi
+    }
+}
+
 /// exp(X) in closed form: X² = −φ²·1 with φ² = ‖X‖²_F/2 = |x|²/4, so
 /// exp(X) = cos φ · 1 + (sin φ/φ) · X.
 #[inline]
 pub fn exp(x: &SuAlg<2>) -> Su2 {
     let phi = (0.5 * x.0.norm2()).sqrt();
-    let (_, c, sinc) = super::su3::sin_cos_sinc(phi);
-    let mut m = x.0.scale(sinc);
+    let mut m = x.0.scale(sinc(phi));
+    let c = phi.cos();
     m.0[0][0].re += c;
     m.0[1][1].re += c;
     m
@@ -30,10 +40,7 @@ pub fn random(rng: &mut Stream) -> Su2 {
     let a = [rng.normal(), rng.normal(), rng.normal(), rng.normal()];
     let n = 1.0 / (a[0] * a[0] + a[1] * a[1] + a[2] * a[2] + a[3] * a[3]).sqrt();
     let (a0, a1, a2, a3) = (a[0] * n, a[1] * n, a[2] * n, a[3] * n);
-    Matrix([
-        [Complex::new(a0, a3), Complex::new(a2, a1)],
-        [Complex::new(-a2, a1), Complex::new(a0, -a3)],
-    ])
+    Matrix([[Complex::new(a0, a3), Complex::new(a2, a1)], [Complex::new(-a2, a1), Complex::new(a0, -a3)]])
 }
 
 /// Projects onto SU(2): (α, β) = ((u₀₀ + ū₁₁)/2, (u₀₁ − ū₁₀)/2) normalised, and

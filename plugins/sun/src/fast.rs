@@ -16,68 +16,17 @@
 //! operation, and the bits are identical (tested).
 
 use latflow_core::gauge::parallel::{fill_sites, sum_sites};
+use latflow_core::gauge::su3::{
+    adj_mul_rows as adj_mul, adj_rows as adj, mul_adj_rows as mul_adj, mul_rows as mul,
+    re_tr_mul_adj_rows as re_tr_mul_adj, rows, Rows,
+};
 use latflow_core::gauge::{Su3, SuAlg};
 use latflow_core::sum::CompensatedSum;
 use latflow_core::Lattice;
 
-/// A 3×3 complex matrix as three rows of (re, im) pairs: the memory of [`Su3`].
-pub type Rows = [[f64; 6]; 3];
-
 /// The largest dimension the specialised kernels handle (their per-site staple sums live on
 /// the stack); larger d uses the generic kernels.
 pub const MAX_DIM: usize = 8;
-
-#[inline(always)]
-fn rows(m: &Su3) -> &Rows {
-    bytemuck::cast_ref(m)
-}
-
-/// i·r for a row r of three complex numbers: (re, im) → (−im, re).
-#[inline(always)]
-fn times_i(r: &[f64; 6]) -> [f64; 6] {
-    [-r[1], r[0], -r[3], r[2], -r[5], r[4]]
-}
-
-/// A·B.
-#[inline(always)]
-pub fn mul(a: &Rows, b: &Rows) -> Rows {
-    let bi = [times_i(&b[0]), times_i(&b[1]), times_i(&b[2])];
-    let mut c = [[0.0; 6]; 3];
-    for i in 0..3 {
-        for k in 0..3 {
-            let (re, im) = (a[i][2 * k], a[i][2 * k + 1]);
-            for j in 0..6 {
-                c[i][j] += re * b[k][j] + im * bi[k][j];
-            }
-        }
-    }
-    c
-}
-
-/// B†.
-#[inline(always)]
-pub fn adj(b: &Rows) -> Rows {
-    let mut t = [[0.0; 6]; 3];
-    for k in 0..3 {
-        for j in 0..3 {
-            t[k][2 * j] = b[j][2 * k];
-            t[k][2 * j + 1] = -b[j][2 * k + 1];
-        }
-    }
-    t
-}
-
-/// A·B†.
-#[inline(always)]
-pub fn mul_adj(a: &Rows, b: &Rows) -> Rows {
-    mul(a, &adj(b))
-}
-
-/// A†·B.
-#[inline(always)]
-pub fn adj_mul(a: &Rows, b: &Rows) -> Rows {
-    mul(&adj(a), b)
-}
 
 /// acc += m.
 #[inline(always)]
@@ -93,19 +42,6 @@ fn add_to(acc: &mut Rows, m: &Rows) {
 #[inline(always)]
 fn add_adj_to(acc: &mut Rows, m: &Rows) {
     add_to(acc, &adj(m));
-}
-
-/// Re Tr(A·B†) = Σ_ij Re(A_ij conj(B_ij)): the dot product of the 18 reals.
-#[inline(always)]
-pub fn re_tr_mul_adj(a: &Rows, b: &Rows) -> f64 {
-    // three partial sums, one per row, added in row order
-    let mut s = [0.0; 3];
-    for i in 0..3 {
-        for j in 0..6 {
-            s[i] += a[i][j] * b[i][j];
-        }
-    }
-    (s[0] + s[1]) + s[2]
 }
 
 /// The algebra element (w/2)·TA(M), TA the traceless anti-Hermitian part: with w = β/3 and
@@ -248,16 +184,11 @@ fn products_impl(a: &[Rows], b: &[Rows], c: &mut [Rows]) {
 /// which [`simd_level`] checks).
 pub fn wilson_force(lat: &Lattice, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
     let d = lat.dim();
-    assert!(
-        (2..=MAX_DIM).contains(&d),
-        "the SU(3) fast path handles 2 ≤ d ≤ {MAX_DIM}, got {d}"
-    );
+    assert!((2..=MAX_DIM).contains(&d), "the SU(3) fast path handles 2 ≤ d ≤ {MAX_DIM}, got {d}");
     #[cfg(target_arch = "x86_64")]
     if level == 1 && std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present (checked on the line above).
-        fill_sites(f, d, |x, out, _| unsafe {
-            avx2::force_site(lat, u, w, x, out)
-        });
+        fill_sites(f, d, |x, out, _| unsafe { avx2::force_site(lat, u, w, x, out) });
         return;
     }
     let _ = level;
@@ -270,9 +201,7 @@ pub fn plaquette_sum(lat: &Lattice, u: &[Su3], level: u8) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if level == 1 && std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present (checked on the line above).
-        return sum_sites(lat.volume(), |x, s| unsafe {
-            avx2::plaquettes_site(lat, u, x, s)
-        });
+        return sum_sites(lat.volume(), |x, s| unsafe { avx2::plaquettes_site(lat, u, x, s) });
     }
     let _ = level;
     sum_sites(lat.volume(), |x, s| plaquettes_site(lat, u, x, s))
@@ -281,17 +210,13 @@ pub fn plaquette_sum(lat: &Lattice, u: &[Su3], level: u8) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use latflow_core::gauge::{
-        plaquette_sum as generic_plaquette_sum, staple, GaugeGroup, LieAlgebra,
-    };
+    use latflow_core::gauge::{plaquette_sum as generic_plaquette_sum, staple, GaugeGroup, LieAlgebra};
     use latflow_core::Stream;
 
     fn hot(shape: &[i64], seed: u64) -> (Lattice, Vec<Su3>) {
         let lat = Lattice::new(shape).unwrap();
         let mut rng = Stream::new(seed, 0);
-        let u = (0..lat.volume() * lat.dim())
-            .map(|_| Su3::random(&mut rng))
-            .collect();
+        let u = (0..lat.volume() * lat.dim()).map(|_| Su3::random(&mut rng)).collect();
         (lat, u)
     }
 
@@ -313,12 +238,9 @@ mod tests {
 
     #[test]
     fn force_and_plaquettes_match_the_generic_kernels() {
-        for (shape, seed) in [
-            (&[4i64, 4, 4, 4][..], 1),
-            (&[3, 4, 2][..], 2),
-            (&[4, 4][..], 3),
-            (&[2, 3, 2, 2, 3][..], 4),
-        ] {
+        for (shape, seed) in
+            [(&[4i64, 4, 4, 4][..], 1), (&[3, 4, 2][..], 2), (&[4, 4][..], 3), (&[2, 3, 2, 2, 3][..], 4)]
+        {
             let (lat, u) = hot(shape, seed);
             let d = lat.dim();
             let w = 5.7 / 3.0;
@@ -328,21 +250,13 @@ mod tests {
                 for x in 0..lat.volume() {
                     for mu in 0..d {
                         let l = &u[x * d + mu];
-                        let g = l
-                            .re_trace_derivative(&staple(&lat, &u[..], x, mu))
-                            .scale(-w);
+                        let g = l.re_trace_derivative(&staple(&lat, &u[..], x, mu)).scale(-w);
                         let diff = (g.0 - f[x * d + mu].0).norm2().sqrt();
                         assert!(diff < 1e-13, "{shape:?} x {x} mu {mu}: {diff:e}");
                     }
                 }
-                let (p, q) = (
-                    plaquette_sum(&lat, &u, level),
-                    generic_plaquette_sum(&lat, &u[..]),
-                );
-                assert!(
-                    (p - q).abs() < 1e-12 * q.abs().max(1.0),
-                    "{shape:?}: {p} vs {q}"
-                );
+                let (p, q) = (plaquette_sum(&lat, &u, level), generic_plaquette_sum(&lat, &u[..]));
+                assert!((p - q).abs() < 1e-12 * q.abs().max(1.0), "{shape:?}: {p} vs {q}");
             }
         }
     }

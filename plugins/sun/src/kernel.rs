@@ -6,8 +6,7 @@
 use bytemuck::Pod;
 use latflow_core::gauge::parallel::{fill_sites, sum_sites};
 use latflow_core::gauge::{
-    path, planes, plaquette, rectangle, rectangle_staple, staple, GaugeGroup, LieAlgebra, Step,
-    Su2, Su3,
+    path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, LieAlgebra, Step, Su2, Su3,
 };
 use latflow_core::Lattice;
 
@@ -32,10 +31,7 @@ pub struct Coefficients {
 impl Coefficients {
     /// β c0/N and β c1/N, the weights of Re Tr U_P and Re Tr U_R in −S.
     fn weights(&self, n: usize) -> (f64, f64) {
-        (
-            self.beta * self.c0 / n as f64,
-            self.beta * self.c1 / n as f64,
-        )
+        (self.beta * self.c0 / n as f64, self.beta * self.c1 / n as f64)
     }
 }
 
@@ -77,11 +73,7 @@ pub fn action<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients) -> f64 {
     } else {
         plaquette_sums(lat, u)[0]
     };
-    let r = if k.c1 != 0.0 {
-        rectangle_sum(lat, u)
-    } else {
-        0.0
-    };
+    let r = if k.c1 != 0.0 { rectangle_sum(lat, u) } else { 0.0 };
     -(w0 * p + w1 * r)
 }
 
@@ -100,10 +92,7 @@ pub fn force<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients, f: &mut [G::A
             let link = &u[x * d + mu];
             let mut g = link.re_trace_derivative(&staple(lat, u, x, mu)).scale(-w0);
             if w1 != 0.0 {
-                g.axpy(
-                    -w1,
-                    &link.re_trace_derivative(&rectangle_staple(lat, u, x, mu)),
-                );
+                g.axpy(-w1, &link.re_trace_derivative(&rectangle_staple(lat, u, x, mu)));
             }
             *out = g;
         }
@@ -155,10 +144,7 @@ pub fn wilson_loop<G: SunGroup>(lat: &Lattice, u: &[G], r: usize, t: usize) -> f
     let d = lat.dim();
     let ps = planes(d);
     let total = sum_sites(lat.volume(), |x, s| {
-        let mut steps = [Step {
-            mu: 0,
-            forward: true,
-        }; 64];
+        let mut steps = [Step { mu: 0, forward: true }; 64];
         for &(mu, nu) in &ps {
             let len = loop_steps(&mut steps, mu, nu, r, t);
             s.add(path(lat, u, x, &steps[..len]).0.re_trace());

@@ -56,12 +56,8 @@ macro_rules! with_group {
 }
 
 /// The gauge actions by name, with their rectangle coefficient c1.
-pub const ACTIONS: [(&str, f64); 4] = [
-    ("wilson", 0.0),
-    ("symanzik", -1.0 / 12.0),
-    ("iwasaki", -0.331),
-    ("dbw2", -1.4088),
-];
+pub const ACTIONS: [(&str, f64); 4] =
+    [("wilson", 0.0), ("symanzik", -1.0 / 12.0), ("iwasaki", -0.331), ("dbw2", -1.4088)];
 
 /// The run card's `[theory]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,31 +83,20 @@ fn default_loops() -> Vec<[i64; 2]> {
 /// Validates β: finite and ≥ 0.
 pub fn check_beta(beta: f64) -> Result<f64, PluginError> {
     if !beta.is_finite() {
-        return Err(PluginError::config(format!(
-            "beta: must be a finite number, got {beta}"
-        )));
+        return Err(PluginError::config(format!("beta: must be a finite number, got {beta}")));
     }
     if beta < 0.0 {
-        return Err(PluginError::config(format!(
-            "beta: must be ≥ 0 (β = 0 is the Haar measure), got {beta}"
-        )));
+        return Err(PluginError::config(format!("beta: must be ≥ 0 (β = 0 is the Haar measure), got {beta}")));
     }
     Ok(beta)
 }
 
 /// The rectangle coefficient c1 of a named action.
 pub fn action_c1(name: &str) -> Result<f64, PluginError> {
-    ACTIONS
-        .iter()
-        .find(|(a, _)| *a == name)
-        .map(|&(_, c1)| c1)
-        .ok_or_else(|| {
-            let names: Vec<&str> = ACTIONS.iter().map(|(a, _)| *a).collect();
-            PluginError::config(format!(
-                "action: unknown gauge action '{name}' (expected one of {})",
-                names.join(", ")
-            ))
-        })
+    ACTIONS.iter().find(|(a, _)| *a == name).map(|&(_, c1)| c1).ok_or_else(|| {
+        let names: Vec<&str> = ACTIONS.iter().map(|(a, _)| *a).collect();
+        PluginError::config(format!("action: unknown gauge action '{name}' (expected one of {})", names.join(", ")))
+    })
 }
 
 /// The SU(N) theory.
@@ -137,11 +122,7 @@ impl Sun {
 
     /// The action's coefficients at the current β.
     pub fn coefficients(&self) -> Coefficients {
-        Coefficients {
-            beta: self.beta,
-            c0: 1.0 - 8.0 * self.c1,
-            c1: self.c1,
-        }
+        Coefficients { beta: self.beta, c0: 1.0 - 8.0 * self.c1, c1: self.c1 }
     }
 
     /// Reals per link, 2N².
@@ -153,10 +134,7 @@ impl Sun {
         self.lattice.volume() * self.lattice.dim()
     }
 
-    fn check_loops(
-        lattice: &Lattice,
-        sizes: &[[i64; 2]],
-    ) -> Result<Vec<(usize, usize)>, PluginError> {
+    fn check_loops(lattice: &Lattice, sizes: &[[i64; 2]]) -> Result<Vec<(usize, usize)>, PluginError> {
         let min_extent = *lattice.shape().iter().min().unwrap_or(&0);
         let mut loops: Vec<(usize, usize)> = Vec::with_capacity(sizes.len());
         for (i, &[r, t]) in sizes.iter().enumerate() {
@@ -169,9 +147,7 @@ impl Sun {
             }
             let (r, t) = (r as usize, t as usize);
             if loops.contains(&(r, t)) {
-                return Err(PluginError::config(format!(
-                    "{key}: {r}x{t} is listed twice"
-                )));
+                return Err(PluginError::config(format!("{key}: {r}x{t} is listed twice")));
             }
             loops.push((r, t));
         }
@@ -219,8 +195,7 @@ impl Physics for Sun {
 
     fn from_config(json: &str) -> Result<Self, PluginError> {
         let cfg: Config = parse_config(json)?;
-        let lattice =
-            Lattice::new(&cfg.lattice).map_err(|e| PluginError::config(format!("lattice: {e}")))?;
+        let lattice = Lattice::new(&cfg.lattice).map_err(|e| PluginError::config(format!("lattice: {e}")))?;
         if lattice.dim() < 2 {
             return Err(PluginError::config(format!(
                 "lattice: a gauge theory needs at least 2 dimensions, got {}",
@@ -228,31 +203,16 @@ impl Physics for Sun {
             )));
         }
         if cfg.n != 2 && cfg.n != 3 {
-            return Err(PluginError::config(format!(
-                "n: SU(N) is supported for n = 2 and n = 3, got {}",
-                cfg.n
-            )));
+            return Err(PluginError::config(format!("n: SU(N) is supported for n = 2 and n = 3, got {}", cfg.n)));
         }
         let beta = check_beta(cfg.beta)?;
         let c1 = action_c1(&cfg.action)?;
         let loops = Self::check_loops(&lattice, &cfg.wilson_loops)?;
-        Ok(Self {
-            lattice,
-            n: cfg.n as usize,
-            beta,
-            action: cfg.action,
-            c1,
-            loops,
-        })
+        Ok(Self { lattice, n: cfg.n as usize, beta, action: cfg.action, c1, loops })
     }
 
     fn layout(&self) -> FieldLayout {
-        FieldLayout::single(
-            self.lattice.shape(),
-            "links",
-            Support::Link,
-            ElementKind::complex_matrix(self.n as u32),
-        )
+        FieldLayout::single(self.lattice.shape(), "links", Support::Link, ElementKind::complex_matrix(self.n as u32))
     }
 
     fn params_json(&self) -> serde_json::Value {
@@ -319,10 +279,7 @@ impl Physics for Sun {
         SunSpace::new(self.n, self.lattice.dim(), self.lattice.volume())
     }
 
-    fn action_levels(
-        &self,
-        _params: &HmcParams,
-    ) -> Result<LeveledAction<'_, SunSpace>, PluginError> {
+    fn action_levels(&self, _params: &HmcParams) -> Result<LeveledAction<'_, SunSpace>, PluginError> {
         Ok(LeveledAction::single(Box::new(GaugeTerm { theory: self })))
     }
 

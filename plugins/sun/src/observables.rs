@@ -9,24 +9,12 @@ use crate::Sun;
 /// action density, Polyakov loop (Re, Im), then the Wilson loops of the card.
 pub fn specs(t: &Sun) -> Vec<ObservableSpec> {
     let spec = ObservableSpec::scalar;
-    let mut specs = vec![spec(
-        "plaquette",
-        "mean of Re Tr U_P / N over all sites and planes mu < nu",
-    )];
+    let mut specs = vec![spec("plaquette", "mean of Re Tr U_P / N over all sites and planes mu < nu")];
     if t.lattice().dim() > 2 {
-        specs.push(spec(
-            "plaquette_spatial",
-            "mean of Re Tr U_P / N over planes without the last (time) axis",
-        ));
-        specs.push(spec(
-            "plaquette_temporal",
-            "mean of Re Tr U_P / N over planes containing the last (time) axis",
-        ));
+        specs.push(spec("plaquette_spatial", "mean of Re Tr U_P / N over planes without the last (time) axis"));
+        specs.push(spec("plaquette_temporal", "mean of Re Tr U_P / N over planes containing the last (time) axis"));
     }
-    specs.push(spec(
-        "rectangle",
-        "mean of Re Tr U_R / N over all 2x1 rectangles, both orientations",
-    ));
+    specs.push(spec("rectangle", "mean of Re Tr U_R / N over all 2x1 rectangles, both orientations"));
     specs.push(spec("action_density", "S/V, V = number of sites"));
     specs.push(ObservableSpec::new(
         "polyakov_loop",

@@ -10,12 +10,7 @@ fn theory(json: &str) -> Adapter<Sun> {
 }
 
 fn params(integrator: IntegratorKind, md_steps: u32, tau: f64) -> HmcParams {
-    HmcParams {
-        md_steps,
-        integrator,
-        trajectory_length: tau,
-        ..HmcParams::default()
-    }
+    HmcParams { md_steps, integrator, trajectory_length: tau, ..HmcParams::default() }
 }
 
 fn hot(t: &Sun, seed: u64) -> Vec<f64> {
@@ -58,11 +53,7 @@ fn contract_observables_reversibility_and_adapter() {
 #[test]
 fn contract_exp_minus_delta_h() {
     for card in [CARDS[0], CARDS[3], CARDS[4]] {
-        let z = testkit::check_exp_minus_delta_h::<Sun>(
-            card,
-            &params(IntegratorKind::Omelyan2, 12, 1.0),
-            300,
-        );
+        let z = testkit::check_exp_minus_delta_h::<Sun>(card, &params(IntegratorKind::Omelyan2, 12, 1.0), 300);
         eprintln!("{card}: <exp(-dH)> z = {z:.2}");
     }
 }
@@ -75,22 +66,14 @@ fn gauge_invariance_to_1e12() {
         let t = theory(card);
         for seed in 0..2 {
             let u = hot(&t, seed);
-            let g = t
-                .random_gauge_transform(&u, &mut Stream::new(50 + seed, 0))
-                .unwrap();
+            let g = t.random_gauge_transform(&u, &mut Stream::new(50 + seed, 0)).unwrap();
             let (s, sg) = (t.action(&u), t.action(&g));
-            assert!(
-                (s - sg).abs() <= 1e-12 * s.abs().max(1.0),
-                "{card}: S {s} vs {sg}"
-            );
+            assert!((s - sg).abs() <= 1e-12 * s.abs().max(1.0), "{card}: S {s} vs {sg}");
             let (mut a, mut b) = (Vec::new(), Vec::new());
             t.measure(&u, &mut a).unwrap();
             t.measure(&g, &mut b).unwrap();
             for (x, y) in a.iter().zip(&b) {
-                assert!(
-                    (x - y).abs() <= 1e-12 * x.abs().max(1.0),
-                    "{card}: {a:?} vs {b:?}"
-                );
+                assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{card}: {a:?} vs {b:?}");
             }
         }
     }
@@ -117,9 +100,7 @@ fn tr_path(t: &Sun, u: &[Su3], x0: usize, steps: &[(usize, bool)]) -> f64 {
 /// S and the observables against the definitions, walked link by link, for an improved action.
 #[test]
 fn action_and_observables_match_the_definitions() {
-    let t = theory(
-        r#"{"lattice": [3, 4, 2, 4], "n": 3, "beta": 5.5, "action": "iwasaki", "wilson_loops": [[2, 1]]}"#,
-    );
+    let t = theory(r#"{"lattice": [3, 4, 2, 4], "n": 3, "beta": 5.5, "action": "iwasaki", "wilson_loops": [[2, 1]]}"#);
     let cfg = hot(&t, 3);
     let u: &[Su3] = view(&cfg).unwrap();
     let (lat, d, v) = (t.lattice(), 4, t.lattice().volume());
@@ -130,78 +111,32 @@ fn action_and_observables_match_the_definitions() {
                 if nu == mu {
                     continue;
                 }
-                let rect = [
-                    (mu, true),
-                    (mu, true),
-                    (nu, true),
-                    (mu, false),
-                    (mu, false),
-                    (nu, false),
-                ];
+                let rect = [(mu, true), (mu, true), (nu, true), (mu, false), (mu, false), (nu, false)];
                 r += tr_path(&t, u, x, &rect);
                 if mu < nu {
-                    let plaq = tr_path(
-                        &t,
-                        u,
-                        x,
-                        &[(mu, true), (nu, true), (mu, false), (nu, false)],
-                    );
+                    let plaq = tr_path(&t, u, x, &[(mu, true), (nu, true), (mu, false), (nu, false)]);
                     p += plaq;
                     if nu == d - 1 {
                         pt += plaq;
                     }
-                    w += tr_path(
-                        &t,
-                        u,
-                        x,
-                        &[
-                            (mu, true),
-                            (mu, true),
-                            (nu, true),
-                            (mu, false),
-                            (mu, false),
-                            (nu, false),
-                        ],
-                    );
+                    w += tr_path(&t, u, x, &[(mu, true), (mu, true), (nu, true), (mu, false), (mu, false), (nu, false)]);
                 }
             }
         }
     }
     let c1 = -0.331;
     let s = -(5.5 / 3.0) * ((1.0 - 8.0 * c1) * p + c1 * r);
-    assert!(
-        (t.action(&cfg) - s).abs() < 1e-11 * s.abs(),
-        "{} vs {s}",
-        t.action(&cfg)
-    );
+    assert!((t.action(&cfg) - s).abs() < 1e-11 * s.abs(), "{} vs {s}", t.action(&cfg));
     let mut obs = Vec::new();
     t.measure(&cfg, &mut obs).unwrap();
     let names: Vec<String> = t.observables().iter().map(|o| o.name.to_string()).collect();
     assert_eq!(
         names,
-        [
-            "plaquette",
-            "plaquette_spatial",
-            "plaquette_temporal",
-            "rectangle",
-            "action_density",
-            "polyakov_loop",
-            "wilson_loop_2x1"
-        ]
+        ["plaquette", "plaquette_spatial", "plaquette_temporal", "rectangle", "action_density", "polyakov_loop", "wilson_loop_2x1"]
     );
-    let expect = [
-        p / (v * 6 * 3) as f64,
-        (p - pt) / (v * 3 * 3) as f64,
-        pt / (v * 3 * 3) as f64,
-        r / (v * 12 * 3) as f64,
-        s / v as f64,
-    ];
+    let expect = [p / (v * 6 * 3) as f64, (p - pt) / (v * 3 * 3) as f64, pt / (v * 3 * 3) as f64, r / (v * 12 * 3) as f64, s / v as f64];
     for (i, e) in expect.iter().enumerate() {
-        assert!(
-            (obs[i] - e).abs() < 1e-13,
-            "observable {i}: {} vs {e}",
-            obs[i]
-        );
+        assert!((obs[i] - e).abs() < 1e-13, "observable {i}: {} vs {e}", obs[i]);
     }
     assert!((obs[7] - w / (v * 6 * 3) as f64).abs() < 1e-13);
     // Polyakov loop along the last axis (extent 4) from every t = 0 site
@@ -216,10 +151,7 @@ fn action_and_observables_match_the_definitions() {
         re += m.trace().re;
         im += m.trace().im;
     }
-    assert!(
-        (obs[5] - re / (v / 4 * 3) as f64).abs() < 1e-13
-            && (obs[6] - im / (v / 4 * 3) as f64).abs() < 1e-13
-    );
+    assert!((obs[5] - re / (v / 4 * 3) as f64).abs() < 1e-13 && (obs[6] - im / (v / 4 * 3) as f64).abs() < 1e-13);
 }
 
 #[test]
@@ -243,13 +175,7 @@ fn integrator_order_from_step_halving() {
     let space = t.space();
     let levels = t.action_levels(&HmcParams::default()).unwrap();
     let mut u = hot(&t, 4);
-    t.hmc_vec(
-        &mut u,
-        &params(IntegratorKind::Omelyan2, 8, 1.0),
-        40,
-        &mut Stream::new(5, 0),
-    )
-    .unwrap();
+    t.hmc_vec(&mut u, &params(IntegratorKind::Omelyan2, 8, 1.0), 40, &mut Stream::new(5, 0)).unwrap();
     let delta_h = |kind: IntegratorKind, n: u32| {
         let schedule = Schedule::from_params(&params(kind, n, 1.0), 1).unwrap();
         let mut rng = Stream::new(6, 0);
@@ -258,34 +184,16 @@ fn integrator_order_from_step_halving() {
             let mut v = u.clone();
             let mut p = space.sample_momentum(&v, &mut rng);
             let h0 = levels.action(&v).unwrap() + space.kinetic(&p);
-            integrate(
-                &space,
-                &levels,
-                &mut v,
-                &mut p,
-                &schedule,
-                &mut space.zero_momentum(),
-            )
-            .unwrap();
+            integrate(&space, &levels, &mut v, &mut p, &schedule, &mut space.zero_momentum()).unwrap();
             total += (levels.action(&v).unwrap() + space.kinetic(&p) - h0).abs();
         }
         total / 4.0
     };
-    for (kind, expect, n) in [
-        (IntegratorKind::Leapfrog, 2.0, 20),
-        (IntegratorKind::Omelyan2, 2.0, 10),
-        (IntegratorKind::Omelyan4, 4.0, 6),
-    ] {
+    for (kind, expect, n) in [(IntegratorKind::Leapfrog, 2.0, 20), (IntegratorKind::Omelyan2, 2.0, 10), (IntegratorKind::Omelyan4, 4.0, 6)] {
         let (a, b) = (delta_h(kind, n), delta_h(kind, 2 * n));
         let order = (a / b).log2();
-        eprintln!(
-            "{kind:?}: |dH|({n}) = {a:.3e}, |dH|({}) = {b:.3e}, order {order:.2} (expect {expect})",
-            2 * n
-        );
-        assert!(
-            (order - expect).abs() < 0.3 * expect / 2.0,
-            "{kind:?}: order {order}, expected {expect}"
-        );
+        eprintln!("{kind:?}: |dH|({n}) = {a:.3e}, |dH|({}) = {b:.3e}, order {order:.2} (expect {expect})", 2 * n);
+        assert!((order - expect).abs() < 0.3 * expect / 2.0, "{kind:?}: order {order}, expected {expect}");
     }
 }
 
@@ -295,14 +203,7 @@ fn integrator_order_from_step_halving() {
 fn reunitarisation_is_recorded_and_small() {
     let t = theory(r#"{"lattice": [4, 4, 4, 4], "n": 3, "beta": 6.0}"#);
     let mut u = hot(&t, 7);
-    let recs = t
-        .hmc_vec(
-            &mut u,
-            &params(IntegratorKind::Leapfrog, 10, 1.0),
-            20,
-            &mut Stream::new(8, 0),
-        )
-        .unwrap();
+    let recs = t.hmc_vec(&mut u, &params(IntegratorKind::Leapfrog, 10, 1.0), 20, &mut Stream::new(8, 0)).unwrap();
     let worst = recs.iter().map(|r| r.projection).fold(0.0, f64::max);
     eprintln!("largest reunitarisation correction over 20 trajectories: {worst:.2e}");
     assert!(worst > 0.0 && worst < 1e-12, "{worst}");
@@ -317,14 +218,7 @@ fn results_do_not_depend_on_thread_count() {
         let mut t = theory(r#"{"lattice": [8, 8, 8, 8], "n": 3, "beta": 5.7}"#);
         latflow_core::abi::Theory::set_threads(&mut t, threads).unwrap();
         let mut u = hot(&t, 9);
-        let recs = t
-            .hmc_vec(
-                &mut u,
-                &params(IntegratorKind::Leapfrog, 3, 0.2),
-                1,
-                &mut Stream::new(10, 0),
-            )
-            .unwrap();
+        let recs = t.hmc_vec(&mut u, &params(IntegratorKind::Leapfrog, 3, 0.2), 1, &mut Stream::new(10, 0)).unwrap();
         let mut obs = Vec::new();
         t.measure(&u, &mut obs).unwrap();
         (u, recs, obs)
@@ -340,37 +234,19 @@ fn bad_cards_name_the_key() {
         (r#"{"lattice": [4, 4], "n": 1, "beta": 2.0}"#, "n:"),
         (r#"{"lattice": [4, 4], "n": 3, "beta": -1.0}"#, "beta:"),
         (r#"{"lattice": [4, 4], "n": 3, "beta": 1e400}"#, "beta"),
-        (
-            r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "action": "luscher"}"#,
-            "action: unknown gauge action 'luscher'",
-        ),
+        (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "action": "luscher"}"#, "action: unknown gauge action 'luscher'"),
         (r#"{"lattice": [4, 1], "n": 3, "beta": 2.0}"#, "lattice:"),
         (r#"{"lattice": [4], "n": 3, "beta": 2.0}"#, "lattice:"),
-        (
-            r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "wilson_loops": [[5, 1]]}"#,
-            "wilson_loops[0]",
-        ),
-        (
-            r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "colour": 3}"#,
-            "colour",
-        ),
+        (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "wilson_loops": [[5, 1]]}"#, "wilson_loops[0]"),
+        (r#"{"lattice": [4, 4], "n": 3, "beta": 2.0, "colour": 3}"#, "colour"),
         (r#"{"lattice": [4, 4], "beta": 2.0}"#, "n"),
     ];
     for (card, needle) in cases {
-        let e = Sun::from_config(card)
-            .err()
-            .unwrap_or_else(|| panic!("{card} was accepted"));
-        assert!(
-            e.to_string().contains(needle),
-            "{card}: expected '{needle}' in: {e}"
-        );
+        let e = Sun::from_config(card).err().unwrap_or_else(|| panic!("{card} was accepted"));
+        assert!(e.to_string().contains(needle), "{card}: expected '{needle}' in: {e}");
     }
     let mut t = Sun::from_config(CARDS[0]).unwrap();
-    assert!(t
-        .set_parameter("beta", f64::NAN)
-        .unwrap_err()
-        .to_string()
-        .contains("beta"));
+    assert!(t.set_parameter("beta", f64::NAN).unwrap_err().to_string().contains("beta"));
     assert!(t.set_parameter("kappa", 0.1).is_err());
 }
 
@@ -389,10 +265,7 @@ fn hmc_plaquette(card: &str, p: &HmcParams, therm: u32, n: usize, seed: u64) -> 
         series.push(obs[0]);
     }
     let (m, e) = testkit::batch_means(&series, 20);
-    eprintln!(
-        "{card}: <P> = {m:.6} ± {e:.6} (acceptance {:.2})",
-        acc as f64 / n as f64
-    );
+    eprintln!("{card}: <P> = {m:.6} ± {e:.6} (acceptance {:.2})", acc as f64 / n as f64);
     (m, e)
 }
 
@@ -403,52 +276,25 @@ fn z(measured: (f64, f64), exact: f64, exact_err: f64) -> f64 {
 /// Reference §4: 2D SU(2) and SU(3) at L = 8 (torus = infinite volume to the digits given).
 #[test]
 fn hmc_reproduces_the_2d_exact_plaquettes() {
-    let cases = [
-        (2, 2.0, 0.4331274267),
-        (2, 4.0, 0.6580472674),
-        (3, 2.0, 0.1286277853),
-        (3, 6.0, 0.4225317396),
-    ];
+    let cases = [(2, 2.0, 0.4331274267), (2, 4.0, 0.6580472674), (3, 2.0, 0.1286277853), (3, 6.0, 0.4225317396)];
     for (i, (n, beta, exact)) in cases.into_iter().enumerate() {
         let card = format!(r#"{{"lattice": [8, 8], "n": {n}, "beta": {beta}}}"#);
-        let m = hmc_plaquette(
-            &card,
-            &params(IntegratorKind::Omelyan2, 5, 1.0),
-            50,
-            2000,
-            20 + i as u64,
-        );
+        let m = hmc_plaquette(&card, &params(IntegratorKind::Omelyan2, 5, 1.0), 50, 2000, 20 + i as u64);
         let z = z(m, exact, 0.0);
         eprintln!("  z = {z:.2}");
-        assert!(
-            z.abs() < 4.0,
-            "SU({n}) beta {beta}: {m:?} vs {exact}, z = {z}"
-        );
+        assert!(z.abs() < 4.0, "SU({n}) beta {beta}: {m:?} vs {exact}, z = {z}");
     }
 }
 
 /// Reference §5: SU(3) 4⁴ at β = 5.7 and the strong-coupling point β = 1, SU(2) 4⁴ at β = 2.3.
 #[test]
 fn hmc_reproduces_the_4d_small_volume_plaquettes() {
-    let cases = [
-        (3, 5.7, 0.560245, 0.000173),
-        (3, 1.0, 0.060101, 0.000081),
-        (2, 2.3, 0.609331, 0.000188),
-    ];
+    let cases = [(3, 5.7, 0.560245, 0.000173), (3, 1.0, 0.060101, 0.000081), (2, 2.3, 0.609331, 0.000188)];
     for (i, (n, beta, exact, err)) in cases.into_iter().enumerate() {
         let card = format!(r#"{{"lattice": [4, 4, 4, 4], "n": {n}, "beta": {beta}}}"#);
-        let m = hmc_plaquette(
-            &card,
-            &params(IntegratorKind::Omelyan2, 6, 1.0),
-            30,
-            600,
-            30 + i as u64,
-        );
+        let m = hmc_plaquette(&card, &params(IntegratorKind::Omelyan2, 6, 1.0), 30, 600, 30 + i as u64);
         let z = z(m, exact, err);
         eprintln!("  z = {z:.2}");
-        assert!(
-            z.abs() < 4.0,
-            "SU({n}) 4^4 beta {beta}: {m:?} vs {exact}({err}), z = {z}"
-        );
+        assert!(z.abs() < 4.0, "SU({n}) 4^4 beta {beta}: {m:?} vs {exact}({err}), z = {z}");
     }
 }
