@@ -37,8 +37,9 @@ use std::time::Instant;
 use abi_stable::std_types::{RSliceMut, RStr};
 use clap::Parser;
 use latflow_core::abi::{HmcParams, IntegratorKind, Start, Theory};
+use latflow_core::gauge::parallel::PARALLEL_MIN_SITES;
 use latflow_core::gauge::su3::Rows;
-use latflow_core::gauge::{GaugeGroup, Su3};
+use latflow_core::gauge::{GaugeGroup, LieAlgebra, Su3, SuAlg};
 use latflow_core::hmc::{ActionTerm, FieldSpace};
 use latflow_core::sdk::{Adapter, Physics};
 use latflow_core::Stream;
@@ -51,16 +52,19 @@ use serde_json::{json, Value};
 /// complex additions of 2 flops).
 const MATMUL_FLOPS: f64 = 198.0;
 
-/// Flops of the Wilson force per site in d = 4, as the plugin computes it: per plane μ < ν
-/// one shared two-link product and two upper staples (3 products), and one shared product
-/// and two lower staples (3 products); per link the staple sum (5 additions of 18 reals),
-/// U·Σ (1 product), the traceless anti-Hermitian part (42 flops) and the weight (18).
-/// 6 planes × 6 + 4 = 40 products per site.
-pub const FORCE_FLOPS_PER_SITE: f64 = 40.0 * MATMUL_FLOPS + 4.0 * (5.0 * 18.0 + 42.0 + 18.0);
+/// Flops of the Wilson force per site in d = 4, as the plugin executes them
+/// (`latflow_sun::fast`): per plane μ < ν, one shared product C = U_ν(x+μ̂) U_μ(x+ν̂)† and
+/// the two upper staples C U_ν(x)† and (U_μ(x) C)† (3 products), and the two lower staples
+/// at 2 products each (4): 7 × 6 planes + U·Σ for the 4 links = 46 products; per link the 6
+/// staple additions (6 × 18), the traceless anti-Hermitian part (42) and the two scalings
+/// (36). The textbook count, 2 products per staple, would be 52 products.
+pub const FORCE_FLOPS_PER_SITE: f64 = 46.0 * MATMUL_FLOPS + 4.0 * (6.0 * 18.0 + 42.0 + 36.0);
 
-/// Flops of the Wilson action per site in d = 4: per plane two two-link products and
-/// Re Tr(A B†), an 18-term dot product (35 flops), plus the compensated sum (4 flops).
-pub const ACTION_FLOPS_PER_SITE: f64 = 6.0 * (2.0 * MATMUL_FLOPS + 35.0 + 4.0);
+/// Flops of the Wilson action per site in d = 4, as executed: per plane two two-link
+/// products and Re Tr(A B†) as an 18-term dot product (36 + 2 flops), plus the compensated
+/// sum (4 flops). The textbook count, 3 products and a trace per plaquette, would be
+/// 6 × (3 × 198 + 2) flops.
+pub const ACTION_FLOPS_PER_SITE: f64 = 6.0 * (2.0 * MATMUL_FLOPS + 38.0 + 4.0);
 
 /// Bytes per SU(3) link or su(3) momentum/force element (18 reals).
 const ELEMENT_BYTES: f64 = 18.0 * 8.0;
@@ -177,7 +181,8 @@ fn load_average() -> Value {
 
 /// The measured limits: flop rates (GFLOP/s, one thread) and triad bandwidths (GB/s).
 struct Limits {
-    /// The plain multiply-then-add peak at the widest ISA the kernels can be run at.
+    /// The plain multiply-then-add peak at the ISA the kernels run at (AVX2 where present,
+    /// else the baseline).
     mul_add: f64,
     /// The fused multiply-add peak (the machine's).
     fma: f64,
@@ -267,7 +272,8 @@ fn flop_limits() -> (Vec<(String, f64)>, f64, f64) {
             fma = fma.max(r);
         }
     }
-    let mul_add = rates.iter().filter(|(n, _)| n.starts_with("mul+add")).map(|r| r.1).fold(0.0, f64::max);
+    let used = ["mul+add baseline (SSE2)", "mul+add AVX2", "mul+add AVX-512"][fast::simd_level() as usize];
+    let mul_add = rates.iter().find(|(n, _)| n == used).map_or(rates[0].1, |r| r.1);
     if fma == 0.0 {
         fma = mul_add;
     }
@@ -319,7 +325,8 @@ fn limits(quick: bool) -> Limits {
     let flops: serde_json::Map<String, Value> = rates.iter().map(|(n, r)| (n.clone(), json!(r))).collect();
     let json = json!({
         "gflops_1_thread": flops,
-        "mul_add_peak_gflops": mul_add,
+        "mul_add_peak_gflops_kernel_isa": mul_add,
+        "kernel_isa": fast::SIMD_NAMES[fast::simd_level() as usize],
         "fma_peak_gflops": fma,
         "triad_gbs": {"threads_1": triad[0], "threads_2": triad[1], "array_mib": n * 8 >> 20},
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -371,7 +378,7 @@ fn kernel_figures(name: &str, l: usize, secs: (f64, f64), flops: f64, bytes: f64
 }
 
 /// The throughput of 3×3 complex products on data in L1 (64 independent products per pass),
-/// for the baseline and, where present, the AVX2 build of the kernels.
+/// for each compiled variant of the kernels this CPU runs (baseline, AVX2, AVX-512).
 fn product_report(lim: &Limits) -> Value {
     let mut rng = Stream::new(5, 0);
     let a: Vec<Rows> = (0..64).map(|_| bytemuck::cast(Su3::random(&mut rng))).collect();
@@ -382,7 +389,7 @@ fn product_report(lim: &Limits) -> Value {
         let (med, min) = per_call(|| fast::products(&a, &b, &mut c, level), 0.02, 7);
         let ns = med / 64.0 * 1e9;
         let gf = MATMUL_FLOPS / ns;
-        let name = if level == 0 { "baseline" } else { "AVX2" };
+        let name = fast::SIMD_NAMES[level as usize];
         eprintln!(
             "3x3 complex product ({name}): {ns:.2} ns (min {:.2}), {gf:.2} GFLOP/s, {:.1}% of the mul+add peak",
             min / 64.0 * 1e9,
@@ -414,6 +421,36 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
             batch,
             batches,
         );
+        // each compiled variant of the fast kernels (the dispatched ones use the widest)
+        let (u3, w): (&[Su3], f64) = (bytemuck::cast_slice(&u[..]), 5.7 / 3.0);
+        let mut f3 = vec![SuAlg::<3>::zero(); u3.len()];
+        let mut variants = Vec::new();
+        for level in 0..=fast::simd_level() {
+            let name = fast::SIMD_NAMES[level as usize];
+            let force = per_call(|| fast::wilson_force(sun.lattice(), u3, w, &mut f3, level), batch, batches);
+            let action = per_call(
+                || {
+                    black_box(fast::plaquette_sum(sun.lattice(), u3, level));
+                },
+                batch,
+                batches,
+            );
+            let mut v3: Vec<Su3> = u3.to_vec();
+            let p3: Vec<SuAlg<3>> = bytemuck::cast_slice(&p[..]).to_vec();
+            let mut sign = 1.0;
+            let step = per_call(
+                || {
+                    fast::step_links(&mut v3, &p3, 4, sign * 0.05, level);
+                    sign = -sign;
+                },
+                batch,
+                batches,
+            );
+            let e = links * ELEMENT_BYTES;
+            variants.push(plain_figures(&format!("step_field[{name}]"), l, step, 3.0 * e));
+            variants.push(kernel_figures(&format!("force[{name}]"), l, force, v * FORCE_FLOPS_PER_SITE, 2.0 * e, lim));
+            variants.push(kernel_figures(&format!("action[{name}]"), l, action, v * ACTION_FLOPS_PER_SITE, e, lim));
+        }
         let mut sign = 1.0;
         let step = per_call(
             || {
@@ -440,6 +477,7 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
             plain_figures("momentum", l, refresh, e),
             plain_figures("kick", l, kick, 3.0 * e),
             plain_figures("kinetic", l, kinetic, e),
+            variants,
         ])
     })
 }
@@ -581,8 +619,12 @@ fn lqcd_peer(args: &Args, ours: f64) -> Value {
         eprintln!("peer: lattice-qcd-rs skipped (build benches/peers/lattice-qcd-rs and pass --lqcd-rs PATH)");
         return json!({"skipped": "no --lqcd-rs"});
     };
-    let n = if args.quick { 2 } else { 10 };
-    match run_json(Command::new(prog).args(["--trajectories", &n.to_string(), "--seed", &args.seed.to_string()])) {
+    // a trajectory takes minutes there: no warm-up, one or two timed trajectories from the cold
+    // start (the cost per trajectory, not an equilibrium plaquette)
+    let n = if args.quick { 1 } else { 2 };
+    let mut cmd = Command::new(prog);
+    cmd.env("RAYON_NUM_THREADS", "1").args(["--trajectories", &n.to_string(), "--warm", "0"]);
+    match run_json(cmd.args(["--seed", &args.seed.to_string()])) {
         Ok(v) => {
             let theirs = v["traj_per_s"].as_f64().unwrap_or(f64::NAN);
             eprintln!(
@@ -602,19 +644,26 @@ fn lqcd_peer(args: &Args, ours: f64) -> Value {
 // ---------------------------------------------------------------------------------------------
 // 4. Scaling and the theory's own steps
 
+/// HMC traj/s at 8⁴ and 16⁴ on 1 and 2 threads: 2 warm-up trajectories (40 steps) from the
+/// cold start, then a few timed ones (15 steps). The acceptance of such short runs is not an
+/// equilibrium figure. Lattices below core's parallel threshold run on one thread whatever
+/// the pool (reported as `parallel: false`).
 fn scaling(args: &Args) -> Value {
     let mut out = Vec::new();
     for (l, n) in [(8usize, if args.quick { 2 } else { 20 }), (16, if args.quick { 1 } else { 3 })] {
+        let parallel = l.pow(4) >= PARALLEL_MIN_SITES;
         for threads in [1usize, 2] {
-            // a short warm-up from the cold start (1 trajectory), then n timed ones
-            let r = hmc_run(l, 5.7, 1, n, threads, args.seed);
+            let r = hmc_run(l, 5.7, 2, n, threads, args.seed);
             eprintln!(
-                "HMC {l}^4 β=5.7 leapfrog 15 steps, {threads} thread(s): {:.3} traj/s (acceptance {:.2}, {} traj)",
-                r.traj_per_s, r.acceptance, r.trajectories
+                "HMC {l}^4 β=5.7 leapfrog 15 steps, {threads} thread(s): {:.3} traj/s ({} traj after 2 warm-up{})",
+                r.traj_per_s,
+                r.trajectories,
+                if parallel { "" } else { "; below the parallel threshold: one thread" }
             );
             let mut j = r.json();
             j["L"] = json!(l);
             j["threads"] = json!(threads);
+            j["parallel"] = json!(parallel);
             out.push(j);
         }
     }

@@ -160,7 +160,9 @@ fn mp_coefficients(c0: f64, c1: f64) -> [Complex; 3] {
     [h0.scale(d), h1.scale(d), h2.scale(d)]
 }
 
-/// exp(X) for X ∈ su(3): with Q = −iX, exp(X) = f₀ − i f₁ X − f₂ X².
+/// exp(X) for X ∈ su(3): with Q = −iX, exp(X) = f₀ − i f₁ X − f₂ X². Inlinable, so that
+/// callers compiled for wider vector units use them in it.
+#[inline]
 pub fn exp(x: &SuAlg<3>) -> Su3 {
     let x = &x.0;
     let c1 = 0.5 * x.norm2();

@@ -11,16 +11,16 @@
 //! do not depend on the machine; every loop runs in core's fixed chunks of sites, so they do
 //! not depend on the thread count either; nothing allocates per site.
 //!
-//! Where the CPU has AVX2, the same code is also compiled with it enabled and chosen at run
-//! time ([`simd_level`]): the instructions are wider, the arithmetic is the same operation by
-//! operation, and the bits are identical (tested).
+//! The same code is also compiled with AVX2 and with AVX-512F enabled, and the widest variant
+//! the CPU has is chosen at run time ([`simd_level`]): the instructions are wider, the
+//! arithmetic is the same operation by operation, and the bits are identical (tested).
 
 use latflow_core::gauge::parallel::{fill_sites, sum_sites};
 use latflow_core::gauge::su3::{
     adj_mul_rows as adj_mul, adj_rows as adj, mul_adj_rows as mul_adj, mul_rows as mul,
     re_tr_mul_adj_rows as re_tr_mul_adj, rows, Rows,
 };
-use latflow_core::gauge::{Su3, SuAlg};
+use latflow_core::gauge::{su3, LieAlgebra, Su3, SuAlg};
 use latflow_core::sum::CompensatedSum;
 use latflow_core::Lattice;
 
@@ -71,16 +71,40 @@ fn force_of(m: &Rows, w: f64) -> SuAlg<3> {
     SuAlg(bytemuck::cast(out))
 }
 
-/// The widest compiled variant of the kernels this CPU runs: 0 baseline, 1 AVX2.
+/// The widest compiled variant of the kernels this CPU runs: 0 baseline, 1 AVX2, 2 AVX-512F.
 pub fn simd_level() -> u8 {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            return 2;
+        }
         if std::is_x86_feature_detected!("avx2") {
             return 1;
         }
     }
     0
 }
+
+/// The variant the force runs: the widest (AVX-512 was the fastest on the AMD EPYC (Zen 5)
+/// this was tuned on; every variant gives the same bits).
+pub fn force_level() -> u8 {
+    simd_level()
+}
+
+/// The variant the plaquette sum runs: at most AVX2 (faster than AVX-512 for the short
+/// product chains of a plaquette on the machine this was tuned on; the same bits either way).
+pub fn plaquette_level() -> u8 {
+    simd_level().min(1)
+}
+
+/// The variant the HMC drift runs: at most AVX2 (the fastest on the machine this was tuned on;
+/// the same bits either way).
+pub fn step_level() -> u8 {
+    simd_level().min(1)
+}
+
+/// The names of the variants, by level.
+pub const SIMD_NAMES: [&str; 3] = ["baseline", "AVX2", "AVX-512"];
 
 /// The staple sums A_μ of every link of site x (μ < d), accumulated in plane order: for each
 /// plane μ < ν the upper staples of U_μ(x) and U_ν(x) from one shared product
@@ -132,43 +156,87 @@ fn plaquettes_site(lat: &Lattice, u: &[Su3], x: usize, s: &mut CompensatedSum) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    //! The per-site kernels compiled with AVX2 enabled (same operations, wider instructions).
-    use super::*;
+/// The per-site kernels compiled with a wider instruction set enabled: the same operations in
+/// the same order (no fused multiply-add: Rust never contracts), wider instructions.
+macro_rules! variant {
+    ($name:ident, $feature:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use super::*;
 
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn force_site(lat: &Lattice, u: &[Su3], w: f64, x: usize, out: &mut [SuAlg<3>]) {
-        super::force_site(lat, u, w, x, out)
-    }
+            /// # Safety
+            /// The CPU must support the instruction set.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn force_site(lat: &Lattice, u: &[Su3], w: f64, x: usize, out: &mut [SuAlg<3>]) {
+                super::force_site(lat, u, w, x, out)
+            }
 
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn products(a: &[Rows], b: &[Rows], c: &mut [Rows]) {
-        super::products_impl(a, b, c)
-    }
+            /// # Safety
+            /// The CPU must support the instruction set.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn step_site(links: &mut [Su3], p: &[SuAlg<3>], eps: f64) {
+                super::step_site(links, p, eps)
+            }
 
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn plaquettes_site(lat: &Lattice, u: &[Su3], x: usize, s: &mut CompensatedSum) {
-        super::plaquettes_site(lat, u, x, s)
+            /// # Safety
+            /// The CPU must support the instruction set.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn products(a: &[Rows], b: &[Rows], c: &mut [Rows]) {
+                super::products_impl(a, b, c)
+            }
+
+            /// # Safety
+            /// The CPU must support the instruction set.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn plaquettes_site(lat: &Lattice, u: &[Su3], x: usize, s: &mut CompensatedSum) {
+                super::plaquettes_site(lat, u, x, s)
+            }
+        }
+    };
+}
+
+variant!(avx2, "avx2");
+variant!(avx512, "avx512f");
+
+/// `level` if this CPU runs it, else the widest it runs.
+fn runnable(level: u8) -> u8 {
+    level.min(simd_level())
+}
+
+#[inline(always)]
+fn step_site(links: &mut [Su3], p: &[SuAlg<3>], eps: f64) {
+    for (l, q) in links.iter_mut().zip(p) {
+        *l = bytemuck::cast(mul(rows(&su3::exp(&q.scale(eps))), rows(l)));
     }
+}
+
+/// The HMC drift U ← exp(εP)·U of every link (`[site][μ]`, `d` links per site), with core's
+/// exact SU(3) exponential: the same bits as core's `FlatLinkSpace::step_field`, in the
+/// compiled variant `level` (see [`wilson_force`]).
+pub fn step_links(u: &mut [Su3], p: &[SuAlg<3>], d: usize, eps: f64, level: u8) {
+    let at = |x: usize| &p[x * d..(x + 1) * d];
+    match runnable(level) {
+        // SAFETY: the CPU has the instruction set (`runnable` checked it).
+        #[cfg(target_arch = "x86_64")]
+        2 => fill_sites(u, d, |x, links, _| unsafe { avx512::step_site(links, at(x), eps) }),
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        1 => fill_sites(u, d, |x, links, _| unsafe { avx2::step_site(links, at(x), eps) }),
+        _ => fill_sites(u, d, |x, links, _| step_site(links, at(x), eps)),
+    };
 }
 
 /// c[i] = a[i]·b[i] (a micro-kernel for benchmarks). `level` as for [`wilson_force`].
 pub fn products(a: &[Rows], b: &[Rows], c: &mut [Rows], level: u8) {
-    #[cfg(target_arch = "x86_64")]
-    if level == 1 && std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked on the line above).
-        unsafe { avx2::products(a, b, c) };
-        return;
+    match runnable(level) {
+        // SAFETY: the CPU has the instruction set (`runnable` checked it).
+        #[cfg(target_arch = "x86_64")]
+        2 => unsafe { avx512::products(a, b, c) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { avx2::products(a, b, c) },
+        _ => products_impl(a, b, c),
     }
-    let _ = level;
-    products_impl(a, b, c);
 }
 
 #[inline(always)]
@@ -180,31 +248,34 @@ fn products_impl(a: &[Rows], b: &[Rows], c: &mut [Rows]) {
 
 /// The Wilson force F(x, μ) = ∂S/∂ω^a (core's coefficient convention) of every link, with
 /// w = β c0/3 the weight of Re Tr U_P in −S, written to `f` (`[site][μ]`). Requires
-/// 2 ≤ d ≤ [`MAX_DIM`]. `level` selects the compiled variant ([`simd_level`]; 1 needs AVX2,
-/// which [`simd_level`] checks).
+/// 2 ≤ d ≤ [`MAX_DIM`]. `level` selects the compiled variant (see [`simd_level`]; a level the
+/// CPU lacks falls back to the widest it has).
 pub fn wilson_force(lat: &Lattice, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
     let d = lat.dim();
     assert!((2..=MAX_DIM).contains(&d), "the SU(3) fast path handles 2 ≤ d ≤ {MAX_DIM}, got {d}");
-    #[cfg(target_arch = "x86_64")]
-    if level == 1 && std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked on the line above).
-        fill_sites(f, d, |x, out, _| unsafe { avx2::force_site(lat, u, w, x, out) });
-        return;
-    }
-    let _ = level;
-    fill_sites(f, d, |x, out, _| force_site(lat, u, w, x, out));
+    match runnable(level) {
+        // SAFETY: the CPU has the instruction set (`runnable` checked it).
+        #[cfg(target_arch = "x86_64")]
+        2 => fill_sites(f, d, |x, out, _| unsafe { avx512::force_site(lat, u, w, x, out) }),
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        1 => fill_sites(f, d, |x, out, _| unsafe { avx2::force_site(lat, u, w, x, out) }),
+        _ => fill_sites(f, d, |x, out, _| force_site(lat, u, w, x, out)),
+    };
 }
 
 /// Σ_x Σ_{μ<ν} Re Tr U_P(x; μ, ν), compensated in fixed chunks, with U_P's trace taken as
 /// Re Tr[(U_μ(x) U_ν(x+μ̂)) (U_ν(x) U_μ(x+ν̂))†]. `level` as for [`wilson_force`].
 pub fn plaquette_sum(lat: &Lattice, u: &[Su3], level: u8) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if level == 1 && std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present (checked on the line above).
-        return sum_sites(lat.volume(), |x, s| unsafe { avx2::plaquettes_site(lat, u, x, s) });
+    match runnable(level) {
+        // SAFETY: the CPU has the instruction set (`runnable` checked it).
+        #[cfg(target_arch = "x86_64")]
+        2 => sum_sites(lat.volume(), |x, s| unsafe { avx512::plaquettes_site(lat, u, x, s) }),
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        1 => sum_sites(lat.volume(), |x, s| unsafe { avx2::plaquettes_site(lat, u, x, s) }),
+        _ => sum_sites(lat.volume(), |x, s| plaquettes_site(lat, u, x, s)),
     }
-    let _ = level;
-    sum_sites(lat.volume(), |x, s| plaquettes_site(lat, u, x, s))
 }
 
 #[cfg(test)]
@@ -244,7 +315,7 @@ mod tests {
             let (lat, u) = hot(shape, seed);
             let d = lat.dim();
             let w = 5.7 / 3.0;
-            for level in [0, simd_level()] {
+            for level in 0..=simd_level() {
                 let mut f = vec![SuAlg::<3>::zero(); u.len()];
                 wilson_force(&lat, &u, w, &mut f, level);
                 for x in 0..lat.volume() {
@@ -261,7 +332,27 @@ mod tests {
         }
     }
 
-    /// The AVX2 variant gives the same bits as the baseline one.
+    /// The drift gives the bits of core's field space in every variant.
+    #[test]
+    fn drift_matches_core_bits() {
+        use latflow_core::gauge::FlatLinkSpace;
+        use latflow_core::hmc::FieldSpace;
+        let (lat, u) = hot(&[4, 4, 2, 4], 6);
+        let space = FlatLinkSpace::<Su3>::new(4, lat.volume());
+        let mut rng = Stream::new(7, 0);
+        let flat: Vec<f64> = bytemuck::cast_slice(&u[..]).to_vec();
+        let mut p = space.sample_momentum(&flat, &mut rng);
+        let mut expect = flat.clone();
+        space.step_field(&mut expect, &mut p, 0.07);
+        let q: &[SuAlg<3>] = bytemuck::cast_slice(&p[..]);
+        for level in 0..=simd_level() {
+            let mut v = u.clone();
+            step_links(&mut v, q, 4, 0.07, level);
+            assert!(bytemuck::cast_slice::<Su3, f64>(&v) == &expect[..], "level {level}");
+        }
+    }
+
+    /// The wider variants give the same bits as the baseline one.
     #[test]
     fn simd_variants_give_identical_bits() {
         let (lat, u) = hot(&[4, 4, 4, 6], 5);
@@ -270,7 +361,10 @@ mod tests {
             wilson_force(&lat, &u, 1.9, &mut f, level);
             (f, plaquette_sum(&lat, &u, level).to_bits())
         };
-        let (a, b) = (run(0), run(simd_level()));
-        assert!(a.0 == b.0 && a.1 == b.1);
+        let base = run(0);
+        for level in 1..=simd_level() {
+            let other = run(level);
+            assert!(base.0 == other.0 && base.1 == other.1, "level {level}");
+        }
     }
 }

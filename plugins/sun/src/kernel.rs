@@ -69,7 +69,7 @@ pub fn rectangle_sum<G: SunGroup>(lat: &Lattice, u: &[G]) -> f64 {
 pub fn action<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients) -> f64 {
     let (w0, w1) = k.weights(G::NC);
     let p = if G::NC == 3 && lat.dim() <= fast::MAX_DIM {
-        fast::plaquette_sum(lat, bytemuck::cast_slice(u), fast::simd_level())
+        fast::plaquette_sum(lat, bytemuck::cast_slice(u), fast::plaquette_level())
     } else {
         plaquette_sums(lat, u)[0]
     };
@@ -84,7 +84,7 @@ pub fn force<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients, f: &mut [G::A
     let (w0, w1) = k.weights(G::NC);
     if G::NC == 3 && w1 == 0.0 && d <= fast::MAX_DIM {
         let (u3, f3) = (bytemuck::cast_slice(u), bytemuck::cast_slice_mut(f));
-        fast::wilson_force(lat, u3, w0, f3, fast::simd_level());
+        fast::wilson_force(lat, u3, w0, f3, fast::force_level());
         return;
     }
     fill_sites(f, d, |x, fs, _| {
