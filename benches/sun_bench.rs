@@ -14,12 +14,14 @@
 //!    threads; 24 bytes per element, no write-allocate traffic counted, as in STREAM).
 //! 2. **Kernels** (SU(3), Wilson, d = 4, one thread, at 4⁴, 8⁴, 16⁴): the force (staples),
 //!    the action (plaquettes), the field update exp(εP)U, the momentum refresh, kick and
-//!    kinetic energy. Flops are counted for the arithmetic the kernels execute (see
-//!    [`FORCE_FLOPS_PER_SITE`], [`ACTION_FLOPS_PER_SITE`]), bytes as the compulsory traffic of
-//!    links and momenta (each read or written once, 8 bytes per real). The percentage is of
-//!    the roofline bound min(peak flops, flops/byte × triad bandwidth) with the plain
-//!    multiply-add peak the kernels can use (they never fuse, so that results do not depend on
-//!    the machine), and of the FMA peak.
+//!    kinetic energy, and the force, action and drift in each compiled variant (baseline,
+//!    AVX2, AVX-512; the same bits). Times are thread CPU time per call. Flops are counted for
+//!    the arithmetic the kernels execute (see [`force_flops_per_site`],
+//!    [`ACTION_FLOPS_PER_SITE`]), bytes as the compulsory traffic of links and momenta (each
+//!    read or written once, 8 bytes per real; the force's scratch of corner products is not
+//!    counted). The percentage is of the roofline bound min(peak flops, flops/byte × triad
+//!    bandwidth), with the plain multiply-add peak at the widest ISA the kernels use (they
+//!    never fuse, so that results do not depend on the machine), and with the FMA peak.
 //! 3. **HMC, 4⁴, β = 5.7,** the peer's setup: cold start, 30 warm-up trajectories with 40
 //!    leapfrog steps, then leapfrog τ = 1 with 15 steps; traj/s on one thread (measured
 //!    plaquette included: it comes from each trajectory's action), acceptance, ⟨e^{−ΔH}⟩, and
@@ -53,12 +55,18 @@ use serde_json::{json, Value};
 const MATMUL_FLOPS: f64 = 198.0;
 
 /// Flops of the Wilson force per site in d = 4, as the plugin executes them
-/// (`latflow_sun::fast`): per plane μ < ν, one shared product C = U_ν(x+μ̂) U_μ(x+ν̂)† and
-/// the two upper staples C U_ν(x)† and (U_μ(x) C)† (3 products), and the two lower staples
-/// at 2 products each (4): 7 × 6 planes + U·Σ for the 4 links = 46 products; per link the 6
-/// staple additions (6 × 18), the traceless anti-Hermitian part (42) and the two scalings
-/// (36). The textbook count, 2 products per staple, would be 52 products.
-pub const FORCE_FLOPS_PER_SITE: f64 = 46.0 * MATMUL_FLOPS + 4.0 * (6.0 * 18.0 + 42.0 + 36.0);
+/// (`latflow_sun::fast`): per plane μ < ν, one shared product C = U_ν(x+μ̂) U_μ(x+ν̂)† and the
+/// two upper staples C U_ν(x)† and (U_μ(x) C)† (3 products), and the two lower staples: from
+/// the corner products F(y) = U_μ(y)† U_ν(y) of every site (1 product per plane, kept when
+/// they fit in `CORNERS_MAX_BYTES`) one product each, else two each. With U·Σ for the 4 links:
+/// 6 × 6 + 4 = 40 products per site with corners, 6 × 7 + 4 = 46 without (the textbook count,
+/// 2 products per staple, is 52). Per link also the 6 staple additions (6 × 18), the
+/// traceless anti-Hermitian part (42) and the two scalings (36).
+pub fn force_flops_per_site(l: usize) -> f64 {
+    let corners = l.pow(4) * 6 * std::mem::size_of::<Rows>() <= fast::CORNERS_MAX_BYTES;
+    let products = if corners { 40.0 } else { 46.0 };
+    products * MATMUL_FLOPS + 4.0 * (6.0 * 18.0 + 42.0 + 36.0)
+}
 
 /// Flops of the Wilson action per site in d = 4, as executed: per plane two two-link
 /// products and Re Tr(A B†) as an 18-term dot product (36 + 2 flops), plus the compensated
@@ -110,7 +118,8 @@ fn main() {
         return;
     }
     let hmc = hmc_small(&args);
-    let peers = run_peers(&args, hmc["traj_per_s"].as_f64().unwrap_or(0.0));
+    let ours = (hmc["traj_per_s"].as_f64().unwrap_or(f64::NAN), hmc["traj_per_cpu_s"].as_f64().unwrap_or(f64::NAN));
+    let peers = run_peers(&args, ours);
     let scaling = scaling(&args);
     let steps = theory_steps(&args);
     let out = json!({
@@ -448,7 +457,14 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
             );
             let e = links * ELEMENT_BYTES;
             variants.push(plain_figures(&format!("step_field[{name}]"), l, step, 3.0 * e));
-            variants.push(kernel_figures(&format!("force[{name}]"), l, force, v * FORCE_FLOPS_PER_SITE, 2.0 * e, lim));
+            variants.push(kernel_figures(
+                &format!("force[{name}]"),
+                l,
+                force,
+                v * force_flops_per_site(l),
+                2.0 * e,
+                lim,
+            ));
             variants.push(kernel_figures(&format!("action[{name}]"), l, action, v * ACTION_FLOPS_PER_SITE, e, lim));
         }
         let mut sign = 1.0;
@@ -471,7 +487,7 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
         );
         let e = links * ELEMENT_BYTES;
         json!([
-            kernel_figures("force", l, force, v * FORCE_FLOPS_PER_SITE, 2.0 * e, lim),
+            kernel_figures("force", l, force, v * force_flops_per_site(l), 2.0 * e, lim),
             kernel_figures("action", l, action, v * ACTION_FLOPS_PER_SITE, e, lim),
             plain_figures("step_field", l, step, 3.0 * e),
             plain_figures("momentum", l, refresh, e),
@@ -573,14 +589,15 @@ fn run_json(cmd: &mut Command) -> Result<Value, String> {
     serde_json::from_str(last).map_err(|e| format!("{cmd:?}: last line is not JSON ({e})"))
 }
 
-fn run_peers(args: &Args, ours: f64) -> Value {
+/// Our (traj/s by wall clock, traj per CPU second) against the peers'.
+fn run_peers(args: &Args, ours: (f64, f64)) -> Value {
     let mut out = serde_json::Map::new();
     out.insert("pytorch".into(), pytorch_peer(args, ours));
     out.insert("lattice_qcd_rs".into(), lqcd_peer(args, ours));
     Value::Object(out)
 }
 
-fn pytorch_peer(args: &Args, ours: f64) -> Value {
+fn pytorch_peer(args: &Args, ours: (f64, f64)) -> Value {
     if args.no_peer {
         eprintln!("peer: PyTorch skipped (--no-peer)");
         return json!({"skipped": "--no-peer"});
@@ -599,13 +616,16 @@ fn pytorch_peer(args: &Args, ours: f64) -> Value {
     match run_json(&mut cmd) {
         Ok(v) => {
             let theirs = v["traj_per_s"].as_f64().unwrap_or(f64::NAN);
+            let theirs_cpu = v["traj_per_cpu_s"].as_f64().unwrap_or(f64::NAN);
             eprintln!(
-                "peer: PyTorch {theirs:.1} traj/s (acceptance {:.3}, plaquette {:.4}); latflow / PyTorch = {:.1}",
+                "peer: PyTorch {theirs:.1} traj/s ({theirs_cpu:.1} per CPU second; acceptance {:.3}, plaquette {:.4}); \
+                 latflow / PyTorch = {:.1} (wall), {:.1} (CPU time)",
                 v["acceptance"].as_f64().unwrap_or(f64::NAN),
                 v["plaquette"].as_f64().unwrap_or(f64::NAN),
-                ours / theirs
+                ours.0 / theirs,
+                ours.1 / theirs_cpu
             );
-            json!({"result": v, "ratio_latflow_over_peer": ours / theirs})
+            json!({"result": v, "ratio_latflow_over_peer": ours.0 / theirs, "ratio_cpu_time": ours.1 / theirs_cpu})
         }
         Err(e) => {
             eprintln!("peer: PyTorch failed: {e}");
@@ -614,7 +634,7 @@ fn pytorch_peer(args: &Args, ours: f64) -> Value {
     }
 }
 
-fn lqcd_peer(args: &Args, ours: f64) -> Value {
+fn lqcd_peer(args: &Args, ours: (f64, f64)) -> Value {
     let Some(prog) = &args.lqcd_rs else {
         eprintln!("peer: lattice-qcd-rs skipped (build benches/peers/lattice-qcd-rs and pass --lqcd-rs PATH)");
         return json!({"skipped": "no --lqcd-rs"});
@@ -627,12 +647,17 @@ fn lqcd_peer(args: &Args, ours: f64) -> Value {
     match run_json(cmd.args(["--seed", &args.seed.to_string()])) {
         Ok(v) => {
             let theirs = v["traj_per_s"].as_f64().unwrap_or(f64::NAN);
+            let theirs_cpu =
+                v["trajectories"].as_f64().unwrap_or(f64::NAN) / v["cpu_seconds"].as_f64().unwrap_or(f64::NAN);
             eprintln!(
-                "peer: lattice-qcd-rs {theirs:.3} traj/s (plaquette {:.4}); latflow / lattice-qcd-rs = {:.0}",
+                "peer: lattice-qcd-rs {theirs:.3} traj/s ({theirs_cpu:.3} per CPU second; plaquette {:.4} after {} \
+                 trajectories from a cold start); latflow / lattice-qcd-rs = {:.0} (wall), {:.0} (CPU time)",
                 v["plaquette"].as_f64().unwrap_or(f64::NAN),
-                ours / theirs
+                v["trajectories"],
+                ours.0 / theirs,
+                ours.1 / theirs_cpu
             );
-            json!({"result": v, "ratio_latflow_over_peer": ours / theirs})
+            json!({"result": v, "ratio_latflow_over_peer": ours.0 / theirs, "ratio_cpu_time": ours.1 / theirs_cpu})
         }
         Err(e) => {
             eprintln!("peer: lattice-qcd-rs failed: {e}");

@@ -23,6 +23,17 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// CPU seconds (user + system) this process has used, from /proc/self/stat (Linux; 100 ticks
+/// per second), or NaN where that is not readable.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    match (fields.get(11).and_then(|v| v.parse::<f64>().ok()), fields.get(12).and_then(|v| v.parse::<f64>().ok())) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = arg("--trajectories", 10);
     let warm = arg("--warm", 2);
@@ -36,18 +47,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut hmc = HybridMonteCarloDiagnostic::new(1.0 / 15.0, 15, SymplecticEuler::new(1), rng);
     let (mut accepted, mut plaq) = (0u64, 0.0);
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_seconds());
     for _ in 0..n {
         state = state.monte_carlo_step(&mut hmc)?;
         accepted += u64::from(hmc.has_replace_last());
         plaq += state.average_trace_plaquette().map(|p| p.re / 3.0).unwrap_or(f64::NAN);
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    let cpu = if cpu.is_finite() { cpu.to_string() } else { "null".to_string() };
     let (traj_per_s, acc, p) = (n as f64 / secs, accepted as f64 / n as f64, plaq / n as f64);
     eprintln!("lattice-qcd-rs 0.2.1, SU(3) 4^4 beta {beta}: {traj_per_s:.3} traj/s, acceptance {acc:.2}, plaquette {p:.4}");
     println!(
         "{{\"benchmark\": \"lattice_qcd_rs_hmc\", \"version\": \"0.2.1\", \"L\": {l}, \"beta\": {beta}, \
-         \"warm\": {warm}, \"trajectories\": {n}, \"seconds\": {secs}, \"traj_per_s\": {traj_per_s}, \
+         \"warm\": {warm}, \"trajectories\": {n}, \"seconds\": {secs}, \"traj_per_s\": {traj_per_s}, \"cpu_seconds\": {cpu}, \
          \"acceptance\": {acc}, \"plaquette\": {p}}}"
     );
     Ok(())
