@@ -48,8 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut hmc = HybridMonteCarloDiagnostic::new(1.0 / 15.0, 15, SymplecticEuler::new(1), rng);
     let (mut accepted, mut plaq) = (0u64, 0.0);
     let (start, cpu) = (Instant::now(), cpu_seconds());
-    for _ in 0..n {
+    for i in 0..n {
+        let (t, c) = (Instant::now(), cpu_seconds());
         state = state.monte_carlo_step(&mut hmc)?;
+        let (t, c) = (t.elapsed().as_secs_f64(), cpu_seconds() - c);
+        eprintln!("trajectory {i}: {t:.2} s wall, {c:.2} s CPU, accepted {}", hmc.has_replace_last());
         accepted += u64::from(hmc.has_replace_last());
         plaq += state.average_trace_plaquette().map(|p| p.re / 3.0).unwrap_or(f64::NAN);
     }
