@@ -327,7 +327,7 @@ fn limits(quick: bool) -> Limits {
     let triad = [triad(n, 1), triad(n, 2)];
     eprintln!(
         "limit: triad {} MiB arrays     {:8.2} GB/s (1 thread), {:.2} GB/s (2 threads)",
-        n * 8 >> 20,
+        (n * 8) >> 20,
         triad[0],
         triad[1]
     );
@@ -337,7 +337,7 @@ fn limits(quick: bool) -> Limits {
         "mul_add_peak_gflops_kernel_isa": mul_add,
         "kernel_isa": fast::SIMD_NAMES[fast::simd_level() as usize],
         "fma_peak_gflops": fma,
-        "triad_gbs": {"threads_1": triad[0], "threads_2": triad[1], "array_mib": n * 8 >> 20},
+        "triad_gbs": {"threads_1": triad[0], "threads_2": triad[1], "array_mib": (n * 8) >> 20},
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "load": load_average(),
     });
