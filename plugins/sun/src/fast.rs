@@ -462,6 +462,29 @@ mod tests {
         }
     }
 
+    /// Above core's parallel threshold (8192 sites) the kernels give the same bits on 1 and 2
+    /// threads.
+    #[test]
+    fn kernels_do_not_depend_on_the_thread_count() {
+        let (lat, u) = hot(&[10, 10, 10, 10], 8);
+        let p: Vec<SuAlg<3>> = {
+            let mut rng = Stream::new(9, 0);
+            (0..u.len()).map(|_| SuAlg::<3>::gaussian(&mut rng)).collect()
+        };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut f = vec![SuAlg::<3>::zero(); u.len()];
+                wilson_force(&lat, &u, 1.9, &mut f, force_level());
+                let mut v = u.clone();
+                step_links(&mut v, &p, 4, 0.05, step_level());
+                (f, v, plaquette_sum(&lat, &u, plaquette_level()).to_bits())
+            })
+        };
+        let (a, b) = (run(1), run(2));
+        assert!(a.0 == b.0 && a.1 == b.1 && a.2 == b.2);
+    }
+
     /// The drift gives the bits of core's field space in every variant.
     #[test]
     fn drift_matches_core_bits() {
