@@ -100,36 +100,18 @@ impl<const N: usize> Matrix<N> {
         t
     }
 
-    /// self · other†.
+    /// self · other†, summed in the same order as [`Mul`] (the same bits as
+    /// `self * other.dagger()`).
     #[inline]
     pub fn mul_dagger(&self, other: &Self) -> Self {
-        let mut m = Self::zero();
-        for i in 0..N {
-            for j in 0..N {
-                let mut s = Complex::ZERO;
-                for k in 0..N {
-                    s += self.0[i][k] * other.0[j][k].conj();
-                }
-                m.0[i][j] = s;
-            }
-        }
-        m
+        *self * other.dagger()
     }
 
-    /// self† · other.
+    /// self† · other, summed in the same order as [`Mul`] (the same bits as
+    /// `self.dagger() * other`).
     #[inline]
     pub fn dagger_mul(&self, other: &Self) -> Self {
-        let mut m = Self::zero();
-        for i in 0..N {
-            for j in 0..N {
-                let mut s = Complex::ZERO;
-                for k in 0..N {
-                    s += self.0[k][i].conj_mul(other.0[k][j]);
-                }
-                m.0[i][j] = s;
-            }
-        }
-        m
+        self.dagger() * *other
     }
 
     /// self · s for real s.
@@ -331,18 +313,33 @@ impl<const N: usize> Matrix<N> {
     }
 }
 
+/// The product, row by row: row i of the result is Σ_k a_ik · (row k of b), each complex
+/// scalar a_ik applied to a whole row as Re(a_ik)·row + Im(a_ik)·(i·row). Every entry is
+/// (a_i0 b_0j + a_i1 b_1j) + … from zero, in k order, with each complex product rounded as
+/// (a.re b.re − a.im b.im, a.re b.im + a.im b.re); only the loop order differs from the
+/// textbook form, which lets the compiler use packed instructions.
 impl<const N: usize> Mul for Matrix<N> {
     type Output = Matrix<N>;
     #[inline]
     fn mul(self, o: Matrix<N>) -> Matrix<N> {
+        if N == 3 {
+            // the same arithmetic on six-real rows, which vectorises better
+            let m = super::su3::mul_rows(bytemuck::cast_ref(&self), bytemuck::cast_ref(&o));
+            return bytemuck::cast(m);
+        }
+        let mut oi = o;
+        for z in oi.0.iter_mut().flatten() {
+            *z = z.mul_i();
+        }
         let mut m = Matrix::zero();
         for i in 0..N {
-            for j in 0..N {
-                let mut s = Complex::ZERO;
-                for k in 0..N {
-                    s += self.0[i][k] * o.0[k][j];
+            for k in 0..N {
+                let a = self.0[i][k];
+                for j in 0..N {
+                    let (b, bi) = (o.0[k][j], oi.0[k][j]);
+                    m.0[i][j].re += a.re * b.re + a.im * bi.re;
+                    m.0[i][j].im += a.re * b.im + a.im * bi.im;
                 }
-                m.0[i][j] = s;
             }
         }
         m
@@ -436,6 +433,17 @@ mod tests {
             let (a, b) = (gaussian::<3>(&mut rng), gaussian::<3>(&mut rng));
             assert!(close(&a.mul_dagger(&b), &(a * b.dagger()), 1e-15));
             assert!(close(&a.dagger_mul(&b), &(a.dagger() * b), 1e-15));
+            // the product rounds each entry as the textbook sum from zero, k = 0, 1, 2
+            let p = a * b;
+            for i in 0..3 {
+                for j in 0..3 {
+                    let mut s = Complex::ZERO;
+                    for k in 0..3 {
+                        s += a.0[i][k] * b.0[k][j];
+                    }
+                    assert_eq!(p.0[i][j], s);
+                }
+            }
             assert!(close(&(a * b).dagger(), &(b.dagger() * a.dagger()), 1e-15));
             assert!((a.re_trace_mul(&b) - (a * b).re_trace()).abs() < 1e-13);
             assert!(((a * b).trace() - (b * a).trace()).abs() < 1e-13);

@@ -11,6 +11,8 @@ use latflow_core::gauge::{
 };
 use latflow_core::Lattice;
 
+use crate::fast;
+
 /// A group the plugin runs on: SU(2) or SU(3), whose elements, algebra elements and matrices
 /// are plain reals (their memory is the flat configuration layout).
 pub trait SunGroup: GaugeGroup<Algebra: Pod, Mat: Pod> + HeatbathGroup + FlowGroup + Pod {}
@@ -67,7 +69,11 @@ pub fn rectangle_sum<G: SunGroup>(lat: &Lattice, u: &[G]) -> f64 {
 /// The action S (dimensionless).
 pub fn action<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients) -> f64 {
     let (w0, w1) = k.weights(G::NC);
-    let p = plaquette_sums(lat, u)[0];
+    let p = if G::NC == 3 && lat.dim() <= fast::MAX_DIM {
+        fast::plaquette_sum(lat, bytemuck::cast_slice(u), fast::plaquette_level())
+    } else {
+        plaquette_sums(lat, u)[0]
+    };
     let r = if k.c1 != 0.0 { rectangle_sum(lat, u) } else { 0.0 };
     -(w0 * p + w1 * r)
 }
@@ -77,6 +83,11 @@ pub fn action<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients) -> f64 {
 pub fn force<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients, f: &mut [G::Algebra]) {
     let d = lat.dim();
     let (w0, w1) = k.weights(G::NC);
+    if G::NC == 3 && w1 == 0.0 && d <= fast::MAX_DIM {
+        let (u3, f3) = (bytemuck::cast_slice(u), bytemuck::cast_slice_mut(f));
+        fast::wilson_force(lat, u3, w0, f3, fast::force_level());
+        return;
+    }
     fill_sites(f, d, |x, fs, _| {
         for (mu, out) in fs.iter_mut().enumerate() {
             let link = &u[x * d + mu];

@@ -22,6 +22,7 @@
 //! (Cabibbo–Marinari over the SU(2) subgroups with Kennedy–Pendleton) and `kind = "overrelax"`,
 //! for the Wilson action (an improved action is refused with a clear error).
 
+pub mod fast;
 mod kernel;
 mod space;
 mod steps;

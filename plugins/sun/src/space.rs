@@ -1,6 +1,7 @@
 //! The HMC field space of the plugin: core's [`FlatLinkSpace`] for the group chosen at run
 //! time.
 
+use latflow_core::gauge::flat::{view, view_mut};
 use latflow_core::gauge::{FlatLinkSpace, Su2, Su3};
 use latflow_core::hmc::FieldSpace;
 use latflow_core::Stream;
@@ -50,7 +51,15 @@ impl FieldSpace for SunSpace {
     }
 
     fn step_field(&self, u: &mut Vec<f64>, p: &mut Vec<f64>, eps: f64) {
-        each!(self, s => s.step_field(u, p, eps))
+        match self {
+            // the same bits as FlatLinkSpace's drift, from the fast kernels
+            SunSpace::Three(s) => {
+                let links = view_mut(u).unwrap_or_else(|e| panic!("{e}"));
+                let momenta = view(p).unwrap_or_else(|e| panic!("{e}"));
+                crate::fast::step_links(links, momenta, s.0.dim, eps, crate::fast::step_level())
+            }
+            SunSpace::Two(s) => s.step_field(u, p, eps),
+        }
     }
 
     fn kick(&self, p: &mut Vec<f64>, f: &Vec<f64>, eps: f64) {

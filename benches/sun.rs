@@ -1,0 +1,141 @@
+//! Criterion benchmarks of the SU(N) plugin on SU(3), used directly as an rlib (no plugin
+//! loading, no ABI).
+//!
+//! Run: `cargo bench --bench sun` (a few minutes); a subset with a filter, e.g.
+//! `cargo bench --bench sun -- sun3_kernel/force`. Theory: 4D SU(3), Wilson action, β = 5.7.
+//!
+//! Groups:
+//! * `sun3_kernel/{force,action}/L`: one evaluation on a rough L⁴ configuration (hot start and
+//!   two short trajectories), L = 4, 8; throughput `Elements(V)`, so `elem/s` reads as sites per
+//!   second.
+//! * `sun3_exp/{exp,exp_times_link}`: the SU(3) exponential of an MD-sized algebra element
+//!   (ε = 1/15 times a Gaussian momentum), alone and times a link, over 1024 elements;
+//!   throughput `Elements(1024)`.
+//! * `sun3_hmc_trajectory/leapfrog15/L`: one HMC trajectory (τ = 1, 15 leapfrog steps, refresh,
+//!   integration, Metropolis test and reunitarisation) through `Adapter::hmc_vec`, L = 4, 8;
+//!   throughput `Elements(1)`, so `elem/s` reads as trajectories per second.
+//!
+//! Everything runs inside an explicit one-thread rayon pool (`iter_custom` +
+//! `ThreadPool::install`); the kernels only go parallel at ≥ 8192 sites anyway.
+//! `benches/sun_bench.rs` (an example) puts the same kernels against this machine's limits and
+//! the peers.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use latflow_core::abi::{HmcParams, IntegratorKind, Start};
+use latflow_core::gauge::{GaugeGroup, LieAlgebra, Su3, SuAlg};
+use latflow_core::hmc::{ActionTerm, FieldSpace};
+use latflow_core::sdk::{Adapter, Physics};
+use latflow_core::Stream;
+use latflow_sun::{GaugeTerm, Sun};
+
+const BETA: f64 = 5.7;
+
+fn theory(l: usize) -> Adapter<Sun> {
+    Adapter::<Sun>::from_json(&format!(r#"{{"lattice": [{l}, {l}, {l}, {l}], "n": 3, "beta": {BETA}}}"#))
+        .expect("valid sun config")
+}
+
+fn pool() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("rayon pool")
+}
+
+fn leapfrog(md_steps: u32, tau: f64) -> HmcParams {
+    HmcParams { md_steps, integrator: IntegratorKind::Leapfrog, trajectory_length: tau, ..HmcParams::default() }
+}
+
+/// A rough configuration: hot start, two short trajectories.
+fn rough(th: &Adapter<Sun>, rng: &mut Stream) -> Vec<f64> {
+    let mut u = th.physics().initial(Start::Hot, rng);
+    th.hmc_vec(&mut u, &leapfrog(10, 0.5), 2, rng).expect("trajectories");
+    u
+}
+
+/// Times `iters` calls of `f` inside `pool`.
+fn timed(pool: &rayon::ThreadPool, iters: u64, mut f: impl FnMut() + Send) -> Duration {
+    pool.install(|| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        t.elapsed()
+    })
+}
+
+fn kernel(c: &mut Criterion) {
+    let one = pool();
+    let mut g = c.benchmark_group("sun3_kernel");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    for l in [4usize, 8] {
+        let th = theory(l);
+        let u = rough(&th, &mut Stream::new(1, 0));
+        let term = GaugeTerm { theory: th.physics() };
+        let mut f = th.physics().space().zero_momentum();
+        g.throughput(Throughput::Elements(l.pow(4) as u64));
+        g.bench_function(BenchmarkId::new("force", l), |b| {
+            b.iter_custom(|n| timed(&one, n, || term.force(black_box(&u), &mut f).expect("force")))
+        });
+        g.bench_function(BenchmarkId::new("action", l), |b| {
+            b.iter_custom(|n| {
+                timed(&one, n, || {
+                    black_box(th.physics().action(black_box(&u)));
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn exponential(c: &mut Criterion) {
+    let one = pool();
+    let mut rng = Stream::new(2, 0);
+    let x: Vec<SuAlg<3>> = (0..1024).map(|_| SuAlg::<3>::gaussian(&mut rng).scale(1.0 / 15.0)).collect();
+    let links: Vec<Su3> = (0..1024).map(|_| Su3::random(&mut rng)).collect();
+    let mut out = links.clone();
+    let mut g = c.benchmark_group("sun3_exp");
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Elements(1024));
+    g.bench_function("exp", |b| {
+        b.iter_custom(|n| {
+            timed(&one, n, || {
+                for (o, x) in out.iter_mut().zip(&x) {
+                    *o = Su3::exp(black_box(x));
+                }
+                black_box(&mut out);
+            })
+        })
+    });
+    g.bench_function("exp_times_link", |b| {
+        b.iter_custom(|n| {
+            timed(&one, n, || {
+                for ((o, x), l) in out.iter_mut().zip(&x).zip(&links) {
+                    *o = Su3::exp(black_box(x)).mul(l);
+                }
+                black_box(&mut out);
+            })
+        })
+    });
+    g.finish();
+}
+
+fn trajectory(c: &mut Criterion) {
+    let one = pool();
+    let mut g = c.benchmark_group("sun3_hmc_trajectory");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(1));
+    for l in [4usize, 8] {
+        let th = theory(l);
+        let mut rng = Stream::new(3, 0);
+        let mut u = rough(&th, &mut rng);
+        let p = leapfrog(15, 1.0);
+        g.bench_function(BenchmarkId::new("leapfrog15", l), |b| {
+            b.iter_custom(|n| timed(&one, n, || drop(th.hmc_vec(&mut u, &p, 1, &mut rng).expect("trajectory"))))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernel, exponential, trajectory);
+criterion_main!(benches);
