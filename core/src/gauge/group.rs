@@ -40,6 +40,18 @@ pub trait LieAlgebra: Copy + Clone + Debug + PartialEq + Send + Sync + 'static {
     fn from_coeffs(c: &[f64]) -> Self;
 }
 
+/// Validates the gauge coupling β of a run card: finite and ≥ 0 (β = 0 is the Haar measure);
+/// the error names the key `beta`.
+pub fn check_beta(beta: f64) -> Result<f64, crate::abi::PluginError> {
+    if !beta.is_finite() {
+        return Err(crate::abi::PluginError::config(format!("beta: must be a finite number, got {beta}")));
+    }
+    if beta < 0.0 {
+        return Err(crate::abi::PluginError::config(format!("beta: must be ≥ 0 (β = 0 is the Haar measure), got {beta}")));
+    }
+    Ok(beta)
+}
+
 /// A compact matrix Lie group whose elements live on links.
 pub trait GaugeGroup: Copy + Clone + Debug + PartialEq + Send + Sync + 'static {
     /// Its Lie algebra (momenta and forces).

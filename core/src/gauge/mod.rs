@@ -74,7 +74,7 @@ pub use field::{
     rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Step,
 };
 pub use gradflow::{FlowGroup, FlowOptions, FlowPoint, FlowScheme};
-pub use group::{wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
+pub use group::{check_beta, wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
 pub use heatbath::{heatbath_sweep, overrelax_sweep, HeatbathError, HeatbathGroup};
 pub use matrix::Matrix;
 pub use parallel::{fill_random, RngFillError};

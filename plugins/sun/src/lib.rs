@@ -34,6 +34,9 @@ use latflow_core::gauge::{gauge_transform, GaugeGroup, Su2, Su3};
 use latflow_core::hmc::{ActionTerm, LeveledAction, TermError};
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::sdk::Physics;
+
+/// β of a gauge card: finite and ≥ 0 (shared by the gauge plugins, in core).
+pub use latflow_core::gauge::check_beta;
 use latflow_core::{Lattice, Stream};
 use serde::Deserialize;
 
@@ -127,17 +130,6 @@ fn default_action() -> String {
 
 fn default_loops() -> Vec<[i64; 2]> {
     vec![[1, 1], [2, 2]]
-}
-
-/// Validates β: finite and ≥ 0.
-pub fn check_beta(beta: f64) -> Result<f64, PluginError> {
-    if !beta.is_finite() {
-        return Err(PluginError::config(format!("beta: must be a finite number, got {beta}")));
-    }
-    if beta < 0.0 {
-        return Err(PluginError::config(format!("beta: must be ≥ 0 (β = 0 is the Haar measure), got {beta}")));
-    }
-    Ok(beta)
 }
 
 /// The rectangle coefficient c1 of a named action.

@@ -21,6 +21,9 @@ use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, St
 use latflow_core::hmc::{ActionTerm, LeveledAction, TermError};
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::sdk::Physics;
+
+/// β of a gauge card: finite and ≥ 0 (shared by the gauge plugins, in core).
+pub use latflow_core::gauge::check_beta;
 use latflow_core::{Lattice, Stream};
 use serde::Deserialize;
 
@@ -39,17 +42,6 @@ struct Config {
 
 fn default_loops() -> Vec<[i64; 2]> {
     vec![[1, 1], [2, 2]]
-}
-
-/// Validates β: finite and ≥ 0.
-pub fn check_beta(beta: f64) -> Result<f64, PluginError> {
-    if !beta.is_finite() {
-        return Err(PluginError::config(format!("beta: must be a finite number, got {beta}")));
-    }
-    if beta < 0.0 {
-        return Err(PluginError::config(format!("beta: must be ≥ 0 (β = 0 is the Haar measure), got {beta}")));
-    }
-    Ok(beta)
 }
 
 /// θ_μ(x) → θ_μ(x) + α(x) − α(x+μ̂) for every link: the gauge transformation by
