@@ -37,6 +37,7 @@ pub mod optim;
 pub mod periodic;
 pub mod plugin;
 pub mod spline;
+pub mod stripes;
 pub mod tensor;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -49,7 +49,7 @@
 
 pub mod config;
 pub mod flow;
-pub mod geometry;
+pub use latflow_flow_common::stripes as geometry;
 pub mod ncp;
 pub mod ops;
 pub mod spline;

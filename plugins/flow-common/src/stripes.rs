@@ -1,4 +1,6 @@
-//! Links, plaquettes and the stripe masks of the coupling layers.
+//! Links, plaquettes and the stripe masks of the 2D gauge coupling layers (flow-u1 and
+//! flow-sun), with the U(1) angle conventions; flow-sun reads the same masks with matrix links
+//! (an active link's loop is the plaquette that starts with it, see its `flow` module).
 //!
 //! **Links.** A configuration is the flat buffer of the theory's layout: θ_μ(x) at index
 //! `2·x + μ`, sites x row-major over `[L_0, L_1]` (last axis fastest), μ = 0, 1 — the
@@ -33,14 +35,14 @@
 //!
 //! **Convolution sites.** The CNN's last convolution is only needed on the active plaquettes;
 //! each earlier convolution only on the sites within kernel reach of the next one's outputs
-//! ([`latflow_flow_common::periodic::dilate`]). At L = 8, p = 4, k = 3 with two hidden layers
+//! ([`crate::periodic::dilate`]). At L = 8, p = 4, k = 3 with two hidden layers
 //! that is 64, 48 and 16 output sites instead of 3 × 64: the same function for less work.
 
 use std::f64::consts::PI;
 use std::sync::Arc;
 
-use latflow_flow_common::kernels::Table;
-use latflow_flow_common::periodic;
+use crate::kernels::Table;
+use crate::periodic;
 
 /// The sign of the active link θ_μ(x) in P(x): +1 for μ = 0, −1 for μ = 1.
 pub fn sigma(mu: usize) -> f64 {
