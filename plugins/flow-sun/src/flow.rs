@@ -1,0 +1,229 @@
+//! The gauge-equivariant coupling flow for SU(N) links on candle tensors.
+//!
+//! The links of a batch are a complex tensor `[B, 2V, N, N]` ([`CT`]), U_μ(x) at row `2x + μ`
+//! (the layout's order). Layer ℓ uses the stripe mask (μ, o) = (ℓ mod 2, ⌊ℓ/2⌋ mod p) of
+//! [`latflow_flow_common::stripes`], with these roles:
+//!
+//! * **active links** U_μ(x), c(x) ≡ o: the only links that change;
+//! * **active loops**: the plaquette that starts with the active link,
+//!   W = U_μ(x) S with S = U_1(x+0̂) U_0(x+1̂)† U_1(x)† for μ = 0 (W = P(x)) and
+//!   S = U_0(x+1̂) U_1(x+0̂)† U_0(x)† for μ = 1 (W = P(x)†). S contains no active link;
+//! * **passive plaquettes** (c ≡ o − 1): contain an active link, change as a consequence, and
+//!   neither condition the layer nor enter its Jacobian (it is block triangular);
+//! * **frozen plaquettes** (all others): contain no active link, and condition the layer.
+//!
+//! A layer computes
+//!
+//! ```text
+//! raw = CNN(Re Tr P/N [, Im Tr P/N] on the frozen plaquettes; the identity's (1 [, 0]) elsewhere)
+//! (R, ln J) = spectral coupling of W with parameters raw        (crate::spectral)
+//! U_μ(x) ← R U_μ(x)        so that W ← R W = W′
+//! ```
+//!
+//! and the inverse layer does the same with the inverse coupling (S is unchanged by the layer,
+//! so W′ = U′ S is available). Since W ↦ U = W S† is a Haar-preserving bijection for fixed S,
+//! the Jacobian of the link update with respect to the Haar measure is the coupling's. Under a
+//! gauge transformation g, W → g(x) W g(x)†, the conditioner's inputs are invariant and R → g(x)
+//! R g(x)†, so U′ → g(x) U′ g(x+μ̂)†: every layer is gauge equivariant with an invariant
+//! log-determinant.
+//!
+//! Parameters are candle `Var`s named `layers.{ℓ}.conv{j}.weight` and `.bias`, as in flow-u1.
+
+use candle_core::{Device, Tensor};
+use latflow_flow_common::kernels::{Act, Table};
+use latflow_flow_common::net::{ConvNet, Gather};
+use latflow_flow_common::stripes::{Geometry, Mask};
+use std::sync::Arc;
+
+use crate::config::{channels, input_channels, Architecture};
+use crate::ctensor::CT;
+use crate::spectral;
+
+/// The random stream of weight initialisation (`init_seed` is its run seed).
+pub const INIT_STREAM: u64 = latflow_core::streams::Purpose::ModelInit.id(0, 0, 0);
+
+/// One mask's index tables.
+#[derive(Debug)]
+pub struct MaskData {
+    pub mask: Mask,
+    ktables: Vec<Arc<Table>>,
+    gtables: Vec<Tensor>,
+    /// The four links of each frozen plaquette P = L0 L1 L2† L3†, `[N_frozen]` each.
+    frozen: [Tensor; 4],
+    /// The active links, `[N_active]`.
+    active: Tensor,
+    /// The staple S = A B† C† of each active link, `[N_active]` each.
+    staple: [Tensor; 3],
+}
+
+/// The flow: geometry, masks, parameters.
+#[derive(Debug)]
+pub struct Flow {
+    pub arch: Architecture,
+    pub geom: Geometry,
+    pub net: ConvNet,
+    masks: Vec<Option<MaskData>>,
+}
+
+fn u32_tensor(v: Vec<u32>, device: &Device) -> candle_core::Result<Tensor> {
+    let n = v.len();
+    Tensor::from_vec(v, n, device)
+}
+
+/// Rows `idx` of a link batch `[B, 2V, N, N]`.
+fn gather(links: &CT, idx: &Tensor) -> candle_core::Result<CT> {
+    Ok(CT::new(links.re.index_select(idx, 1)?, links.im.index_select(idx, 1)?))
+}
+
+impl Flow {
+    /// Builds the flow with PyTorch's default convolution initialisation drawn from the stream
+    /// (`init_seed`, [`INIT_STREAM`]), as flow-u1.
+    pub fn new(arch: &Architecture, device: &Device, init_seed: u64) -> candle_core::Result<Self> {
+        let geom = Geometry::new([arch.lattice[0], arch.lattice[1]], arch.mask_period);
+        let channels = channels(arch);
+        let n_conv = channels.len();
+        let mut masks: Vec<Option<MaskData>> = (0..2 * arch.mask_period).map(|_| None).collect();
+        for l in 0..arch.layers {
+            let i = geom.mask_index(l);
+            if masks[i].is_some() {
+                continue;
+            }
+            let (mu, off) = geom.layer_mask(l);
+            let mask = geom.mask(mu, off, arch.kernel, n_conv);
+            let column = |sites: &[usize], j: usize| -> Vec<u32> { sites.iter().map(|&x| geom.plaq_links[x][j]).collect() };
+            let frozen = [0, 1, 2, 3].map(|j| u32_tensor(column(&mask.frozen, j), device));
+            let [f0, f1, f2, f3] = frozen;
+            let order = if mu == 0 { [1, 2, 3] } else { [2, 1, 0] };
+            let [s0, s1, s2] = order.map(|j| u32_tensor(column(&mask.active, j), device));
+            let active: Vec<u32> = mask.active.iter().map(|&x| (2 * x + mu) as u32).collect();
+            masks[i] = Some(MaskData {
+                ktables: geom.tables(&mask, arch.kernel),
+                gtables: geom
+                    .gather_indices(&mask, arch.kernel)
+                    .into_iter()
+                    .map(|t| u32_tensor(t, device))
+                    .collect::<candle_core::Result<_>>()?,
+                frozen: [f0?, f1?, f2?, f3?],
+                active: u32_tensor(active, device)?,
+                staple: [s0?, s1?, s2?],
+                mask,
+            });
+        }
+        let dtype = arch.dtype.dtype();
+        let net = ConvNet::new(arch.layers, arch.kernel, 2, channels, dtype, device, (init_seed, INIT_STREAM))?;
+        Ok(Self { arch: arch.clone(), geom, net, masks })
+    }
+
+    /// N of SU(N).
+    pub fn n(&self) -> usize {
+        self.arch.n
+    }
+
+    /// Number of links 2V.
+    pub fn n_links(&self) -> usize {
+        self.geom.n_links()
+    }
+
+    /// Reals per configuration: 2V · 2N².
+    pub fn width(&self) -> usize {
+        self.n_links() * 2 * self.n() * self.n()
+    }
+
+    /// The mask data of layer `l`.
+    pub fn mask_data(&self, l: usize) -> &MaskData {
+        self.masks[self.geom.mask_index(l)].as_ref().expect("masks of every layer are built")
+    }
+
+    /// The parameters as the flow uses them ([`ConvNet::params`]).
+    pub fn params(&self, track: bool) -> candle_core::Result<Vec<Tensor>> {
+        self.net.params(track)
+    }
+
+    /// Flat configurations `[B, 2V·2N²]` as a link batch.
+    pub fn links(&self, flat: &Tensor) -> candle_core::Result<CT> {
+        let (b, n) = (flat.dim(0)?, self.n());
+        let t = flat.reshape((b, self.n_links(), n, n, 2))?;
+        Ok(CT::new(t.narrow(4, 0, 1)?.squeeze(4)?.contiguous()?, t.narrow(4, 1, 1)?.squeeze(4)?.contiguous()?))
+    }
+
+    /// A link batch as flat configurations `[B, 2V·2N²]`.
+    pub fn flat(&self, links: &CT) -> candle_core::Result<Tensor> {
+        let b = links.re.dim(0)?;
+        Tensor::stack(&[&links.re, &links.im], 4)?.reshape((b, self.width()))
+    }
+
+    /// The conditioner's input on the frozen plaquettes `[B, N_frozen, C]`.
+    fn features(&self, links: &CT, md: &MaskData) -> candle_core::Result<Tensor> {
+        let n = self.n();
+        if md.mask.frozen.is_empty() {
+            let b = links.re.dim(0)?;
+            return Tensor::zeros((b, 0, input_channels(n)), links.re.dtype(), links.re.device());
+        }
+        let [a, b, c, d] = &md.frozen;
+        let p = gather(links, a)?.matmul(&gather(links, b)?)?.matmul(&gather(links, c)?.dagger()?)?;
+        let p = p.matmul(&gather(links, d)?.dagger()?)?;
+        let t = p.trace(n)?.scale(1.0 / n as f64)?;
+        if n == 2 {
+            t.re.unsqueeze(2)
+        } else {
+            Tensor::stack(&[&t.re, &t.im], 2)
+        }
+    }
+
+    /// The conditioner of layer `l` on its active loops: `[B, N_active, (N − 1)(3K + 1)]`.
+    pub fn conditioner(&self, links: &CT, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
+        let md = self.mask_data(l);
+        let (layer, act) = (self.net.layer(params, l), self.arch.activation);
+        let x = self.features(links, md)?;
+        let pad: &[f64] = if input_channels(self.n()) == 1 { &[1.0] } else { &[1.0, 0.0] };
+        let (fused, generic) = (|j: usize| &md.ktables[j], |j: usize| &md.gtables[j]);
+        let gather = if self.net.fused() { Gather::Fused(&fused) } else { Gather::Generic(&generic) };
+        self.net.stack(&x, layer, gather, act, Some(pad), Act::Identity)
+    }
+
+    /// The active links and their loops W = U S of layer `l`.
+    fn active_loops(&self, links: &CT, md: &MaskData) -> candle_core::Result<(CT, CT)> {
+        let u = gather(links, &md.active)?;
+        let [a, b, c] = &md.staple;
+        let s = gather(links, a)?.matmul(&gather(links, b)?.dagger()?)?.matmul(&gather(links, c)?.dagger()?)?;
+        let w = u.matmul(&s)?;
+        Ok((u, w))
+    }
+
+    /// Coupling layer `l` (or its inverse) on links `[B, 2V, N, N]`: the new links and ln|J|
+    /// per configuration `[B]`.
+    pub fn layer(&self, links: &CT, l: usize, params: &[Tensor], inverse: bool) -> candle_core::Result<(CT, Tensor)> {
+        let md = self.mask_data(l);
+        let raw = self.conditioner(links, l, params)?;
+        let (u, w) = self.active_loops(links, md)?;
+        let (r, ld) = spectral::couple(&w, &raw, self.n(), self.arch.spline_bins, inverse)?;
+        let delta = r.matmul(&u)?.sub(&u)?;
+        let new = CT::new(links.re.index_add(&md.active, &delta.re, 1)?, links.im.index_add(&md.active, &delta.im, 1)?);
+        Ok((new, ld.sum(1)?))
+    }
+
+    /// The whole flow z → U with Σ ln J per configuration `[B]`.
+    pub fn forward(&self, z: &CT, params: &[Tensor]) -> candle_core::Result<(CT, Tensor)> {
+        self.run(z, params, false)
+    }
+
+    /// The inverse flow U → z with Σ ln J⁻¹ per configuration `[B]` (= −ln J of the forward
+    /// map at z).
+    pub fn inverse(&self, u: &CT, params: &[Tensor]) -> candle_core::Result<(CT, Tensor)> {
+        self.run(u, params, true)
+    }
+
+    fn run(&self, x: &CT, params: &[Tensor], inverse: bool) -> candle_core::Result<(CT, Tensor)> {
+        let b = x.re.dim(0)?;
+        let mut ld = Tensor::zeros(b, x.re.dtype(), x.re.device())?;
+        let mut links = x.clone();
+        let order: Vec<usize> =
+            if inverse { (0..self.arch.layers).rev().collect() } else { (0..self.arch.layers).collect() };
+        for l in order {
+            let (next, d) = self.layer(&links, l, params, inverse)?;
+            links = next;
+            ld = ld.add(&d)?;
+        }
+        Ok((links, ld))
+    }
+}
