@@ -30,8 +30,8 @@ fn exact_log_z(n: u32, beta: f64) -> Option<f64> {
     }
 }
 
-/// A small flow for the tests.
-const FLOW: &str = "layers = 8\nhidden = [8, 8]\nkernel = 3";
+/// The flow of the tests: the plugin's defaults (16 layers, hidden [8, 8], kernel 3, f32).
+const FLOW: &str = "layers = 16\nhidden = [8, 8]\nkernel = 3";
 
 fn card(n: u32, lattice: usize, beta: f64, model: &str, weights: &Path, train: &str, chain: &str, run: &str) -> String {
     format!(
@@ -41,11 +41,16 @@ fn card(n: u32, lattice: usize, beta: f64, model: &str, weights: &Path, train: &
     )
 }
 
-/// Trains a flow for SU(n) at β (L = 8) and returns its weights file.
-fn train(d: &Path, n: u32, beta: f64, steps: usize) -> PathBuf {
+/// Trains a flow for SU(n) at β (L = 8), from scratch or from other weights, and returns its
+/// weights file.
+fn train(d: &Path, n: u32, beta: f64, steps: usize, init: Option<&Path>) -> PathBuf {
     let w = d.join(format!("su{n}_b{beta}.safetensors"));
     let train = format!("[train]\nsteps = {steps}\nbatch = 64\nlearning_rate = 3e-3\nseed = 3");
-    let text = card(n, 8, beta, FLOW, &w, &train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 1");
+    let model = match init {
+        Some(p) => format!("{FLOW}\ninit_from = \"{}\"", p.display()),
+        None => FLOW.to_string(),
+    };
+    let text = card(n, 8, beta, &model, &w, &train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 1");
     let (c, _) = write_card(d, &format!("train_su{n}_b{beta}"), &text);
     println!("SU({n}) beta = {beta}: {}", run_ok(&["train", c.to_str().unwrap(), "-q"]).trim());
     w
@@ -55,15 +60,15 @@ fn train(d: &Path, n: u32, beta: f64, steps: usize) -> PathBuf {
 fn check_point(d: &Path, n: u32, beta: f64, w: &Path) {
     let u = exact_plaquette(n, beta);
     let name = format!("su{n}_b{beta}");
-    let text = card(n, 8, beta, FLOW, w, "", "[[chain]]\nkind = \"flow\"\nbatch = 256", "seed = 4\nthermalization = 50\nmeasurements = 4000");
+    let text = card(n, 8, beta, FLOW, w, "", "[[chain]]\nkind = \"flow\"\nbatch = 256", "seed = 4\nthermalization = 50\nmeasurements = 6000");
     let (c, out) = write_card(d, &format!("{name}_flow"), &text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
     let json = analyze_json(&out);
     assert_z(&format!("{name} flow Metropolis plaquette"), scalar(&json, "plaquette"), u, 0.0);
     let acc = json["acceptance"]["flow"].as_f64().unwrap();
-    assert!(acc > 0.02 && acc < 1.0, "{name} acceptance {acc}");
+    assert!(acc > 0.01 && acc < 1.0, "{name} acceptance {acc}");
 
-    let text = card(n, 8, beta, FLOW, w, "", "[[chain]]\nkind = \"reweight\"\nbatch = 256", "seed = 5\nmeasurements = 4000");
+    let text = card(n, 8, beta, FLOW, w, "", "[[chain]]\nkind = \"reweight\"\nbatch = 256", "seed = 5\nmeasurements = 6000");
     let (c, out) = write_card(d, &format!("{name}_reweight"), &text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
     let json = analyze_json(&out);
@@ -77,7 +82,8 @@ fn check_point(d: &Path, n: u32, beta: f64, w: &Path) {
     }
 }
 
-/// SU(2) and SU(3) at β = 2 and 4 (L = 8), with briefly trained flows: flow Metropolis and
+/// SU(2) and SU(3) at β = 2 and 4 (L = 8), with briefly trained flows (β = 4 starts from the
+/// β = 2 weights: transfer in β): flow Metropolis and
 /// reweighting reproduce the plaquette, log Ẑ the exact log Z at β = 2, a hybrid HMC + flow
 /// chain the plaquette at β = 4, and flow-assisted swaps between β = 2 and 4 keep both
 /// plaquettes exact with ⟨e^{log r}⟩ = 1.
@@ -86,9 +92,19 @@ fn sun_flows_are_exact_in_2d() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let points = [(2u32, 2.0), (2, 4.0), (3, 2.0), (3, 4.0)];
+    // two independent single-threaded trainings side by side: β = 2, then β = 4 from it
     let weights: Vec<PathBuf> = std::thread::scope(|s| {
-        let handles: Vec<_> = points.iter().map(|&(n, beta)| s.spawn(move || train(d, n, beta, 120))).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let handles: Vec<_> = [2u32, 3]
+            .into_iter()
+            .map(|n| {
+                s.spawn(move || {
+                    let b2 = train(d, n, 2.0, 100, None);
+                    let b4 = train(d, n, 4.0, 200, Some(&b2));
+                    [b2, b4]
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     for (&(n, beta), w) in points.iter().zip(&weights) {
         check_point(d, n, beta, w);

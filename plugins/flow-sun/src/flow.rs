@@ -221,6 +221,15 @@ impl Flow {
             if inverse { (0..self.arch.layers).rev().collect() } else { (0..self.arch.layers).collect() };
         for l in order {
             let (next, d) = self.layer(&links, l, params, inverse)?;
+            // a non-finite log-determinant names its layer (a NaN in the links shows up here too)
+            let total: f64 = d.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar()?;
+            if !total.is_finite() {
+                candle_core::bail!(
+                    "flow-sun layer {l}{}: non-finite log-determinant ({total}); a loop on an eigenvalue \
+                     degeneracy, links off the group, or diverged weights",
+                    if inverse { " (inverse)" } else { "" }
+                );
+            }
             links = next;
             ld = ld.add(&d)?;
         }

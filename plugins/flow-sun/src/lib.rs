@@ -36,7 +36,8 @@
 //! contraction Σ U·G is the directional derivative of S along any variation of the links that
 //! stays on the group (every variation of the flow's output does), so it does not matter how
 //! the theory extends S off the group: the parameter gradient equals that of mean(log q + S)
-//! (tested against finite differences). Path gradients are refused (not implemented).
+//! (tested against finite differences). With `path_gradients`, the score of log q at fixed
+//! weights is added to G instead (see `batch_gradients`).
 //!
 //! **Precision.** The flow runs in `dtype`; prior links are drawn in f64 (Haar, 2N² normals each,
 //! configuration by configuration, link by link) and rounded to the dtype; the eigenphases are
@@ -221,12 +222,6 @@ impl FlowSun {
     /// Sets up training (validated settings).
     pub fn train_begin_with(&mut self, settings: &TrainSettings) -> Result<(), PluginError> {
         optim::validate(settings)?;
-        if settings.path_gradients {
-            return Err(PluginError::unsupported(
-                "train settings: path_gradients is not supported by flow-sun yet; use the default reparameterised \
-                 gradient",
-            ));
-        }
         self.state.begin(settings)
     }
 
@@ -257,15 +252,34 @@ impl FlowSun {
     /// One optimiser step from S and ∂S/∂(Re U, Im U) (flat) of the last training batch.
     pub fn train_step_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginError> {
         let (settings, pending, loss) = self.state.take_batch(actions, grad, self.width(), "link reals")?;
-        let grads = self.state.workers.install(|| self.batch_gradients(&pending, grad)).map_err(ce)?;
+        let path = settings.path_gradients;
+        let grads = self.state.workers.install(|| self.batch_gradients(&pending, grad, path)).map_err(ce)?;
         self.state.step(&self.flow.net, grads, &settings, loss)
     }
 
-    /// The parameter gradients of the surrogate loss mean(log q + Σ U·G) of a pending batch.
-    fn batch_gradients(&self, pending: &TrainBatch, grad: &[f64]) -> candle_core::Result<Vec<Vec<f64>>> {
+    /// The parameter gradients of a pending batch, given G = ∂S/∂(Re U, Im U):
+    ///
+    /// * reparameterised (default): of the surrogate mean(log q + Σ U·G);
+    /// * path gradients (Vaitl et al. 2022): of mean(Σ U·(G + ∂log q_θ/∂U)) with the score
+    ///   ∂log q_θ/∂U taken at fixed weights (an inverse pass with detached weights on a leaf copy
+    ///   of U), which drops the score term of zero mean. The ambient score is a valid stand-in for
+    ///   the gradient on the group for the same reason G is: it is contracted with variations
+    ///   that stay on the group.
+    fn batch_gradients(&self, pending: &TrainBatch, grad: &[f64], path: bool) -> candle_core::Result<Vec<Vec<f64>>> {
         let net = &self.flow.net;
         let g = tensor_from_f64(grad, (pending.n, self.width()), net.dtype, &net.device)?;
-        let surrogate = pending.logq.add(&pending.x.mul(&g)?.sum(1)?)?.mean(0)?;
+        let surrogate = if path {
+            let leaf = candle_core::Var::from_tensor(&pending.x.detach())?;
+            let (_, ld_inv) = self.flow.inverse(&self.flow.links(leaf.as_tensor())?, &self.flow.params(false)?)?;
+            let gs = ld_inv.sum_all()?.backward()?;
+            let score = gs
+                .get(leaf.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("no gradient for the path-gradient leaf".into()))?
+                .detach();
+            pending.x.mul(&g.add(&score)?)?.sum(1)?.mean(0)?
+        } else {
+            pending.logq.add(&pending.x.mul(&g)?.sum(1)?)?.mean(0)?
+        };
         net.gradients(&surrogate.backward()?)
     }
 

@@ -1,1 +1,41 @@
-//! Configuration errors.
+//! Configuration errors name the key and the mismatch.
+
+use latflow_core::layout::{ElementKind, FieldLayout, Support};
+use latflow_flow_common::testing::config_error;
+
+use super::*;
+
+fn err(json: &str, l: &FieldLayout) -> String {
+    config_error(FlowSun::from_json(json, l), json)
+}
+
+#[test]
+fn bad_keys_and_values_are_named() {
+    let l = layout(&[8, 8], 3);
+    for (json, needle) in [
+        (r#"{"n":2}"#, "SU(2) but the theory's links are SU(3)"),
+        (r#"{"mask_period":1}"#, "mask_period"),
+        (r#"{"mask_period":3}"#, "multiple of mask_period = 3"),
+        (r#"{"spline_bins":0}"#, "spline_bins"),
+        (r#"{"layers":0}"#, "layers"),
+        (r#"{"kernel":2}"#, "kernel"),
+        (r#"{"coupling":"ncp"}"#, "ncp"),
+        (r#"{"device":"cuda"}"#, "device"),
+        (r#"{"bogus":1}"#, "bogus"),
+    ] {
+        let e = err(json, &l);
+        assert!(e.contains(needle), "{json}: {e}");
+    }
+}
+
+#[test]
+fn other_layouts_are_refused() {
+    let u1 = FieldLayout::single(&[8, 8], "links", Support::Link, ElementKind::Angle);
+    assert!(err("{}", &u1).contains("flow-sun needs SU(N) links"));
+    let su4 = FieldLayout::single(&[8, 8], "links", Support::Link, ElementKind::complex_matrix(4));
+    assert!(err("{}", &su4).contains("SU(2) and SU(3)"));
+    let d4 = FieldLayout::single(&[4, 4, 4, 4], "links", Support::Link, ElementKind::complex_matrix(3));
+    assert!(err("{}", &d4).contains("2D lattice"));
+    let sites = FieldLayout::single(&[8, 8], "phi", Support::Site, ElementKind::complex_matrix(3));
+    assert!(err("{}", &sites).contains("per Link"));
+}

@@ -6,7 +6,7 @@ mod contract;
 mod math;
 
 use candle_core::{Tensor, Var};
-use latflow_core::gauge::{Complex, Matrix};
+use latflow_core::gauge::Matrix;
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::Stream;
 use latflow_flow_common::tensor_to_f64;
@@ -82,9 +82,4 @@ pub fn wilson(m: &FlowSun, x: &[f64], beta: f64) -> (Vec<f64>, Vec<f64>) {
 /// max over links of the Frobenius distance of two flat buffers' entries.
 pub fn max_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
-}
-
-/// e^{iφ}·1 in SU(N) when φ = 2πk/N.
-pub fn centre<const N: usize>(k: usize) -> Matrix<N> {
-    Matrix::<N>::scalar(Complex::cis(2.0 * std::f64::consts::PI * k as f64 / N as f64))
 }
