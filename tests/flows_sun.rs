@@ -127,7 +127,7 @@ fn sun_flows_are_exact_in_2d() {
              [[replicas]]\nbeta = 2.0\nweights = \"{}\"\n\n[[replicas]]\nbeta = 4.0\nweights = \"{}\"\n\n\
              [[chain]]\nkind = \"hmc\"\nmd_steps = 5\nintegrator = \"omelyan2\"\ntrajectory_jitter = 0.3\n\n\
              [[chain]]\nkind = \"replica_exchange\"\nflow = true\nrepeat = 2\n\n\
-             [run]\noutput = \"{{OUT}}\"\nseed = 7\nthermalization = 50\nmeasurements = 3000\nstart = \"hot\"\n",
+             [run]\noutput = \"{{OUT}}\"\nseed = 7\nthermalization = 20\nmeasurements = 1000\nstart = \"hot\"\n",
             weights[k].display(),
             weights[k + 1].display()
         );

@@ -1,10 +1,11 @@
-//! Complex tensors as (re, im) pairs of real candle tensors: batched N×N matrix algebra and
-//! complex scalar arithmetic, all differentiable by candle's autograd.
-//!
-//! A matrix batch has shape `[.., N, N]` (row-major, the last two axes are the row and the
-//! column); a scalar batch any shape. Shapes of the two parts are always equal.
+//! Complex tensors for candle's autograd: scalar batches as (re, im) pairs of real tensors
+//! ([`CT`]), and batches of N×N matrices as one `[.., N, N, 2]` tensor of row-major entries with
+//! (re, im) last ([`CM`]: the flat layout of the theory's links, so configurations need no
+//! conversion), multiplied by the op of [`crate::cmatmul`].
 
 use candle_core::{Result, Tensor, D};
+
+use crate::cmatmul::cmatmul;
 
 /// A complex tensor.
 #[derive(Debug, Clone)]
@@ -65,47 +66,68 @@ impl CT {
     pub fn scale(&self, s: f64) -> Result<CT> {
         Ok(CT { re: self.re.affine(s, 0.0)?, im: self.im.affine(s, 0.0)? })
     }
+}
 
-    /// The batched matrix product `[.., N, N] × [.., N, N]`.
-    pub fn matmul(&self, o: &CT) -> Result<CT> {
-        let (ar, ai, br, bi) = (self.re.contiguous()?, self.im.contiguous()?, o.re.contiguous()?, o.im.contiguous()?);
-        Ok(CT { re: ar.matmul(&br)?.sub(&ai.matmul(&bi)?)?, im: ar.matmul(&bi)?.add(&ai.matmul(&br)?)? })
+/// A batch of N×N complex matrices, `[.., N, N, 2]`.
+#[derive(Debug, Clone)]
+pub struct CM {
+    pub t: Tensor,
+    pub n: usize,
+}
+
+impl CM {
+    /// Wraps a `[.., N, N, 2]` tensor.
+    pub fn new(t: Tensor, n: usize) -> Self {
+        Self { t, n }
     }
 
-    /// The conjugate transpose of a matrix batch.
-    pub fn dagger(&self) -> Result<CT> {
-        let (a, b) = (self.re.rank() - 2, self.re.rank() - 1);
-        Ok(CT { re: self.re.transpose(a, b)?, im: self.im.transpose(a, b)?.neg()? })
+    /// op_a(self) · op_b(o), op the identity or the conjugate transpose (equal shapes).
+    pub fn matmul_adj(&self, o: &CM, adj_a: bool, adj_b: bool) -> Result<CM> {
+        Ok(CM { t: cmatmul(&self.t, &o.t, self.n, adj_a, adj_b)?, n: self.n })
     }
 
-    /// Entry (i, j) of a matrix batch, as a scalar batch.
+    /// self · o.
+    pub fn matmul(&self, o: &CM) -> Result<CM> {
+        self.matmul_adj(o, false, false)
+    }
+
+    /// The real and imaginary parts `[.., N, N]` (views).
+    pub fn parts(&self) -> Result<(Tensor, Tensor)> {
+        let last = self.t.rank() - 1;
+        Ok((self.t.narrow(last, 0, 1)?.squeeze(last)?, self.t.narrow(last, 1, 1)?.squeeze(last)?))
+    }
+
+    /// Entry (i, j) as a scalar batch.
     pub fn entry(&self, i: usize, j: usize) -> Result<CT> {
-        let pick = |t: &Tensor| t.narrow(D::Minus2, i, 1)?.narrow(D::Minus1, j, 1)?.squeeze(D::Minus1)?.squeeze(D::Minus1);
-        Ok(CT { re: pick(&self.re)?, im: pick(&self.im)? })
+        let r = self.t.rank();
+        let e = self.t.narrow(r - 3, i, 1)?.narrow(r - 2, j, 1)?.squeeze(r - 2)?.squeeze(r - 3)?;
+        let last = e.rank() - 1;
+        Ok(CT { re: e.narrow(last, 0, 1)?.squeeze(last)?, im: e.narrow(last, 1, 1)?.squeeze(last)? })
     }
 
-    /// The trace of a matrix batch, as a scalar batch.
-    pub fn trace(&self, n: usize) -> Result<CT> {
+    /// The trace as a scalar batch.
+    pub fn trace(&self) -> Result<CT> {
         let mut t = self.entry(0, 0)?;
-        for i in 1..n {
+        for i in 1..self.n {
             t = t.add(&self.entry(i, i)?)?;
         }
         Ok(t)
     }
 
-    /// c·M for a scalar batch `[..]` and a matrix batch `[.., N, N]`.
-    pub fn scalar_times(&self, m: &CT) -> Result<CT> {
-        let (r, i) = (self.re.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?, self.im.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?);
-        Ok(CT {
-            re: m.re.broadcast_mul(&r)?.sub(&m.im.broadcast_mul(&i)?)?,
-            im: m.im.broadcast_mul(&r)?.add(&m.re.broadcast_mul(&i)?)?,
-        })
-    }
-
-    /// c·1 (N×N) for a scalar batch `[..]`: a matrix batch `[.., N, N]`.
-    pub fn times_identity(&self, n: usize) -> Result<CT> {
-        let eye = Tensor::eye(n, self.re.dtype(), self.re.device())?;
-        let (r, i) = (self.re.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?, self.im.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1)?);
-        Ok(CT { re: r.broadcast_mul(&eye)?, im: i.broadcast_mul(&eye)? })
+    /// Σ_k c_k M^k for scalar batches c = (c_0, c_1, …) `[..]` and the powers `pows` = (M, M², …)
+    /// (c_0 multiplies the identity).
+    pub fn polynomial(c: &[CT], pows: &[&CM]) -> Result<CM> {
+        let n = pows[0].n;
+        let expand = |x: &Tensor| -> Result<Tensor> { x.unsqueeze(D::Minus1)?.unsqueeze(D::Minus1) };
+        let eye = Tensor::eye(n, c[0].re.dtype(), c[0].re.device())?;
+        let mut re = expand(&c[0].re)?.broadcast_mul(&eye)?;
+        let mut im = expand(&c[0].im)?.broadcast_mul(&eye)?;
+        for (ck, m) in c[1..].iter().zip(pows) {
+            let (mr, mi) = m.parts()?;
+            let (cr, ci) = (expand(&ck.re)?, expand(&ck.im)?);
+            re = re.add(&mr.broadcast_mul(&cr)?.sub(&mi.broadcast_mul(&ci)?)?)?;
+            im = im.add(&mi.broadcast_mul(&cr)?.add(&mr.broadcast_mul(&ci)?)?)?;
+        }
+        Ok(CM { t: Tensor::stack(&[&re, &im], re.rank())?, n })
     }
 }

@@ -34,7 +34,11 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use latflow_core::gauge::Complex;
 
+use rayon::prelude::*;
 use std::f64::consts::PI;
+
+/// Rows per parallel task of the op.
+const ROWS: usize = 256;
 
 /// The SU(2) phases (φ, −φ) from (c, s) = (Re a, √((Im a)² + |b|²)), and the derivatives
 /// ∂θ_k/∂(c, s).
@@ -181,12 +185,15 @@ impl CustomOp1 for Phases {
             candle_core::bail!("eigenphases: contiguous [M, 2] input expected, got {:?}", l.dims());
         }
         let x = rows(s, l)?;
-        let m = l.dims()[0];
-        let mut out = Vec::with_capacity(m * self.n);
-        for r in x.chunks_exact(2) {
-            out.extend(phases_of(self.n, [r[0], r[1]]).0);
-        }
-        Ok((storage(out, s.dtype()), Shape::from((m, self.n))))
+        let (m, n) = (l.dims()[0], self.n);
+        let mut out = vec![0.0; m * n];
+        // rows are independent: any split gives the same bits
+        out.par_chunks_mut(n * ROWS).zip(x.par_chunks(2 * ROWS)).for_each(|(o, r)| {
+            for (o, r) in o.chunks_exact_mut(n).zip(r.chunks_exact(2)) {
+                o.copy_from_slice(&phases_of(n, [r[0], r[1]]).0);
+            }
+        });
+        Ok((storage(out, s.dtype()), Shape::from((m, n))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

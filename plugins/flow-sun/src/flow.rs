@@ -1,6 +1,6 @@
 //! The gauge-equivariant coupling flow for SU(N) links on candle tensors.
 //!
-//! The links of a batch are a complex tensor `[B, 2V, N, N]` ([`CT`]), U_μ(x) at row `2x + μ`
+//! The links of a batch are a complex tensor `[B, 2V, N, N, 2]` ([`CM`]), U_μ(x) at row `2x + μ`
 //! (the layout's order). Layer ℓ uses the stripe mask (μ, o) = (ℓ mod 2, ⌊ℓ/2⌋ mod p) of
 //! [`latflow_flow_common::stripes`], with these roles:
 //!
@@ -36,7 +36,7 @@ use latflow_flow_common::stripes::{Geometry, Mask};
 use std::sync::Arc;
 
 use crate::config::{channels, input_channels, Architecture};
-use crate::ctensor::CT;
+use crate::ctensor::CM;
 use crate::spectral;
 
 /// The random stream of weight initialisation (`init_seed` is its run seed).
@@ -70,9 +70,9 @@ fn u32_tensor(v: Vec<u32>, device: &Device) -> candle_core::Result<Tensor> {
     Tensor::from_vec(v, n, device)
 }
 
-/// Rows `idx` of a link batch `[B, 2V, N, N]`.
-fn gather(links: &CT, idx: &Tensor) -> candle_core::Result<CT> {
-    Ok(CT::new(links.re.index_select(idx, 1)?, links.im.index_select(idx, 1)?))
+/// Rows `idx` of a link batch `[B, 2V, N, N, 2]`.
+fn gather(links: &CM, idx: &Tensor) -> candle_core::Result<CM> {
+    Ok(CM::new(links.t.index_select(idx, 1)?, links.n))
 }
 
 impl Flow {
@@ -139,30 +139,29 @@ impl Flow {
         self.net.params(track)
     }
 
-    /// Flat configurations `[B, 2V·2N²]` as a link batch.
-    pub fn links(&self, flat: &Tensor) -> candle_core::Result<CT> {
+    /// Flat configurations `[B, 2V·2N²]` as a link batch `[B, 2V, N, N, 2]` (a view).
+    pub fn links(&self, flat: &Tensor) -> candle_core::Result<CM> {
         let (b, n) = (flat.dim(0)?, self.n());
-        let t = flat.reshape((b, self.n_links(), n, n, 2))?;
-        Ok(CT::new(t.narrow(4, 0, 1)?.squeeze(4)?.contiguous()?, t.narrow(4, 1, 1)?.squeeze(4)?.contiguous()?))
+        Ok(CM::new(flat.reshape((b, self.n_links(), n, n, 2))?, n))
     }
 
     /// A link batch as flat configurations `[B, 2V·2N²]`.
-    pub fn flat(&self, links: &CT) -> candle_core::Result<Tensor> {
-        let b = links.re.dim(0)?;
-        Tensor::stack(&[&links.re, &links.im], 4)?.reshape((b, self.width()))
+    pub fn flat(&self, links: &CM) -> candle_core::Result<Tensor> {
+        let b = links.t.dim(0)?;
+        links.t.reshape((b, self.width()))
     }
 
     /// The conditioner's input on the frozen plaquettes `[B, N_frozen, C]`.
-    fn features(&self, links: &CT, md: &MaskData) -> candle_core::Result<Tensor> {
+    fn features(&self, links: &CM, md: &MaskData) -> candle_core::Result<Tensor> {
         let n = self.n();
         if md.mask.frozen.is_empty() {
-            let b = links.re.dim(0)?;
-            return Tensor::zeros((b, 0, input_channels(n)), links.re.dtype(), links.re.device());
+            let b = links.t.dim(0)?;
+            return Tensor::zeros((b, 0, input_channels(n)), links.t.dtype(), links.t.device());
         }
         let [a, b, c, d] = &md.frozen;
-        let p = gather(links, a)?.matmul(&gather(links, b)?)?.matmul(&gather(links, c)?.dagger()?)?;
-        let p = p.matmul(&gather(links, d)?.dagger()?)?;
-        let t = p.trace(n)?.scale(1.0 / n as f64)?;
+        let p = gather(links, a)?.matmul(&gather(links, b)?)?.matmul_adj(&gather(links, c)?, false, true)?;
+        let p = p.matmul_adj(&gather(links, d)?, false, true)?;
+        let t = p.trace()?.scale(1.0 / n as f64)?;
         if n == 2 {
             t.re.unsqueeze(2)
         } else {
@@ -171,7 +170,7 @@ impl Flow {
     }
 
     /// The conditioner of layer `l` on its active loops: `[B, N_active, (N − 1)(3K + 1)]`.
-    pub fn conditioner(&self, links: &CT, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
+    pub fn conditioner(&self, links: &CM, l: usize, params: &[Tensor]) -> candle_core::Result<Tensor> {
         let md = self.mask_data(l);
         let (layer, act) = (self.net.layer(params, l), self.arch.activation);
         let x = self.features(links, md)?;
@@ -182,40 +181,40 @@ impl Flow {
     }
 
     /// The active links and their loops W = U S of layer `l`.
-    fn active_loops(&self, links: &CT, md: &MaskData) -> candle_core::Result<(CT, CT)> {
+    fn active_loops(&self, links: &CM, md: &MaskData) -> candle_core::Result<(CM, CM)> {
         let u = gather(links, &md.active)?;
         let [a, b, c] = &md.staple;
-        let s = gather(links, a)?.matmul(&gather(links, b)?.dagger()?)?.matmul(&gather(links, c)?.dagger()?)?;
+        let s = gather(links, a)?.matmul_adj(&gather(links, b)?, false, true)?.matmul_adj(&gather(links, c)?, false, true)?;
         let w = u.matmul(&s)?;
         Ok((u, w))
     }
 
     /// Coupling layer `l` (or its inverse) on links `[B, 2V, N, N]`: the new links and ln|J|
     /// per configuration `[B]`.
-    pub fn layer(&self, links: &CT, l: usize, params: &[Tensor], inverse: bool) -> candle_core::Result<(CT, Tensor)> {
+    pub fn layer(&self, links: &CM, l: usize, params: &[Tensor], inverse: bool) -> candle_core::Result<(CM, Tensor)> {
         let md = self.mask_data(l);
         let raw = self.conditioner(links, l, params)?;
         let (u, w) = self.active_loops(links, md)?;
         let (r, ld) = spectral::couple(&w, &raw, self.n(), self.arch.spline_bins, inverse)?;
-        let delta = r.matmul(&u)?.sub(&u)?;
-        let new = CT::new(links.re.index_add(&md.active, &delta.re, 1)?, links.im.index_add(&md.active, &delta.im, 1)?);
+        let delta = r.matmul(&u)?.t.sub(&u.t)?;
+        let new = CM::new(links.t.index_add(&md.active, &delta, 1)?, links.n);
         Ok((new, ld.sum(1)?))
     }
 
     /// The whole flow z → U with Σ ln J per configuration `[B]`.
-    pub fn forward(&self, z: &CT, params: &[Tensor]) -> candle_core::Result<(CT, Tensor)> {
+    pub fn forward(&self, z: &CM, params: &[Tensor]) -> candle_core::Result<(CM, Tensor)> {
         self.run(z, params, false)
     }
 
     /// The inverse flow U → z with Σ ln J⁻¹ per configuration `[B]` (= −ln J of the forward
     /// map at z).
-    pub fn inverse(&self, u: &CT, params: &[Tensor]) -> candle_core::Result<(CT, Tensor)> {
+    pub fn inverse(&self, u: &CM, params: &[Tensor]) -> candle_core::Result<(CM, Tensor)> {
         self.run(u, params, true)
     }
 
-    fn run(&self, x: &CT, params: &[Tensor], inverse: bool) -> candle_core::Result<(CT, Tensor)> {
-        let b = x.re.dim(0)?;
-        let mut ld = Tensor::zeros(b, x.re.dtype(), x.re.device())?;
+    fn run(&self, x: &CM, params: &[Tensor], inverse: bool) -> candle_core::Result<(CM, Tensor)> {
+        let b = x.t.dim(0)?;
+        let mut ld = Tensor::zeros(b, x.t.dtype(), x.t.device())?;
         let mut links = x.clone();
         let order: Vec<usize> =
             if inverse { (0..self.arch.layers).rev().collect() } else { (0..self.arch.layers).collect() };

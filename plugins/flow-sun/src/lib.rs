@@ -46,6 +46,7 @@
 //! **Threads**: `set_threads(n)` gives the model its own rayon pool (0: the global pool).
 //! Results do not depend on the thread count.
 
+pub mod cmatmul;
 pub mod config;
 pub mod ctensor;
 pub mod eig;

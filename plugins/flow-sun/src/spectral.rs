@@ -52,7 +52,7 @@ use latflow_flow_common::spline::{
     apply_bins, derivative_shift, knot_positions, softplus, Knots, MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE,
 };
 
-use crate::ctensor::CT;
+use crate::ctensor::{CM, CT};
 use crate::eig;
 
 /// Parameters of one interval spline of K bins: K widths, K heights, K + 1 derivatives.
@@ -81,14 +81,14 @@ pub fn knots(raw: &Tensor, k: usize) -> Result<Knots> {
 
 /// The alcove phases `[B, A, N]` of matrices `w` `[B, A, N, N]` (SU(2): from Re a and
 /// √((Im a)² + |b|²); SU(3): from the trace).
-pub fn phases(w: &CT, n: usize) -> Result<Tensor> {
-    let (b, a) = (w.re.dim(0)?, w.re.dim(1)?);
+pub fn phases(w: &CM, n: usize) -> Result<Tensor> {
+    let (b, a) = (w.t.dim(0)?, w.t.dim(1)?);
     let input = if n == 2 {
         let (a00, a01) = (w.entry(0, 0)?, w.entry(0, 1)?);
         let s = a00.im.sqr()?.add(&a01.re.sqr()?)?.add(&a01.im.sqr()?)?.sqrt()?;
         Tensor::stack(&[&a00.re, &s], 2)?
     } else {
-        let t = w.trace(3)?;
+        let t = w.trace()?;
         Tensor::stack(&[&t.re, &t.im], 2)?
     };
     eig::phases(&input.reshape((b * a, 2))?, n)?.reshape((b, a, n))
@@ -139,7 +139,7 @@ fn divided(th: &[Tensor], dl: &[Tensor], i: usize, j: usize) -> Result<CT> {
 
 /// R = V e^{i(θ_to − θ_from)} V† as a polynomial in `w` `[B, A, N, N]`, whose alcove phases are
 /// `from` `[B, A, N]`.
-fn rotation(w: &CT, from: &Tensor, to: &Tensor, n: usize) -> Result<CT> {
+fn rotation(w: &CM, from: &Tensor, to: &Tensor, n: usize) -> Result<CM> {
     let th: Vec<Tensor> = (0..n).map(|k| from.narrow(2, k, 1)?.squeeze(2)).collect::<Result<_>>()?;
     let delta = to.sub(from)?;
     let dl: Vec<Tensor> = (0..n).map(|k| delta.narrow(2, k, 1)?.squeeze(2)).collect::<Result<_>>()?;
@@ -148,7 +148,7 @@ fn rotation(w: &CT, from: &Tensor, to: &Tensor, n: usize) -> Result<CT> {
     let d01 = divided(&th, &dl, 0, 1)?;
     let c0 = mu0.sub(&d01.mul(&lam[0])?)?;
     if n == 2 {
-        return c0.times_identity(2)?.add(&d01.scalar_times(w)?);
+        return CM::polynomial(&[c0, d01], &[w]);
     }
     let d12 = divided(&th, &dl, 1, 2)?;
     let d012 = d12.sub(&d01)?.div(&lam[2].sub(&lam[0])?)?;
@@ -156,14 +156,14 @@ fn rotation(w: &CT, from: &Tensor, to: &Tensor, n: usize) -> Result<CT> {
     let c1 = d01.sub(&d012.mul(&lam[0].add(&lam[1])?)?)?;
     let c0 = c0.add(&d012.mul(&lam[0].mul(&lam[1])?)?)?;
     let w2 = w.matmul(w)?;
-    c0.times_identity(3)?.add(&c1.scalar_times(w)?)?.add(&c2.scalar_times(&w2)?)
+    CM::polynomial(&[c0, c1, c2], &[w, &w2])
 }
 
 /// The spectral coupling of loops `w` `[B, A, N, N]` with conditioner output `raw`
 /// `[B, A, (N − 1)(3K + 1)]`: forward W ↦ W′ or, with `inverse`, W′ ↦ W. Returns R `[B, A, N, N]`
 /// with output = R·input (so an active link U becomes R U) and ln|J| `[B, A]` of the map that
 /// was applied, with respect to the Haar measure.
-pub fn couple(w: &CT, raw: &Tensor, n: usize, bins: usize, inverse: bool) -> Result<(CT, Tensor)> {
+pub fn couple(w: &CM, raw: &Tensor, n: usize, bins: usize, inverse: bool) -> Result<(CM, Tensor)> {
     let from = phases(w, n)?;
     let (u, v) = coordinates(&from, n)?;
     let p = spline_params(bins);

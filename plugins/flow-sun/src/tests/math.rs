@@ -326,3 +326,4 @@ fn path_gradient_matches_finite_differences_at_fixed_density() {
     }
 }
 
+

@@ -11,7 +11,7 @@ use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::Stream;
 use latflow_flow_common::tensor_to_f64;
 
-use crate::ctensor::CT;
+use crate::ctensor::CM;
 use crate::FlowSun;
 
 /// The sun theory's layout: N×N complex matrices per link.
@@ -59,14 +59,14 @@ pub fn wilson_candle(m: &FlowSun, flat: &Tensor, beta: f64) -> candle_core::Resu
     let flow = m.flow();
     let n = flow.n();
     let links = flow.links(flat)?;
-    let col = |j: usize| -> candle_core::Result<CT> {
+    let col = |j: usize| -> candle_core::Result<CM> {
         let idx: Vec<u32> = flow.geom.plaq_links.iter().map(|p| p[j]).collect();
         let len = idx.len();
         let idx = Tensor::from_vec(idx, len, flat.device())?;
-        Ok(CT::new(links.re.index_select(&idx, 1)?, links.im.index_select(&idx, 1)?))
+        Ok(CM::new(links.t.index_select(&idx, 1)?, n))
     };
-    let p = col(0)?.matmul(&col(1)?)?.matmul(&col(2)?.dagger()?)?.matmul(&col(3)?.dagger()?)?;
-    p.trace(n)?.re.sum(1)?.affine(-beta / n as f64, 0.0)
+    let p = col(0)?.matmul(&col(1)?)?.matmul_adj(&col(2)?, false, true)?.matmul_adj(&col(3)?, false, true)?;
+    p.trace()?.re.sum(1)?.affine(-beta / n as f64, 0.0)
 }
 
 /// (S, ∂S/∂(Re U, Im U)) of flat configurations, in f64.
