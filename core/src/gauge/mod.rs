@@ -56,6 +56,7 @@
 mod algebra;
 mod complex;
 mod field;
+pub mod fermion;
 pub mod flat;
 pub mod gradflow;
 pub mod group;

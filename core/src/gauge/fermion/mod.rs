@@ -1,0 +1,95 @@
+//! Wilson fermions for every gauge group of [`crate::gauge`] (U(1), SU(2), SU(3), SU(N)) in
+//! 2D and 4D: spinor fields, the Wilson–Dirac operator with a twisted-mass term, even–odd
+//! preconditioning, conjugate-gradient solvers and the pseudofermion force.
+//!
+//! # Conventions
+//! * The operator, in the hopping-parameter normalisation,
+//!   ```text
+//!   D ψ(x) = ψ(x) + i·2κμ γ5 ψ(x)
+//!            − κ Σ_μ [ (1 − γ_μ) U_μ(x) ψ(x+μ̂) + (1 + γ_μ) U_μ(x−μ̂)† ψ(x−μ̂) ],
+//!   ```
+//!   with hopping parameter κ > 0 (bare mass m₀ = 1/(2κ) − d) and twisted mass μ ≥ 0 in
+//!   lattice units. D = A − κH with the site-diagonal A = 1 + i·2κμγ5 and the hopping term H.
+//!   Because γ5 D_W γ5 = D_W† for the Wilson part, D†D = D_W†D_W + (2κμ)², so
+//!   det(D†D) = det(D_W†D_W + (2κμ)²): the Nf = 2 twisted-mass weight. At μ = 0, D is
+//!   γ5-hermitian and det D is real.
+//! * The **last axis is time**, with antiperiodic boundary conditions for the fermions: a hop
+//!   across the time boundary (t = T−1 → 0 forward, 0 → T−1 backward) carries a factor −1.
+//!   All other axes are periodic. Free-field momenta are p_μ = 2πn/L_μ in space and
+//!   p_t = 2π(n + ½)/T in time.
+//! * γ matrices: see [`gamma`]. 2D: γ_0 = σ1 (axis 0 = x), γ_1 = σ2 (axis 1 = t), γ5 = σ3.
+//!   4D: the DeGrand–Rossi chiral basis with γ5 = γ_0γ_1γ_2γ_3 = diag(1, 1, −1, −1).
+//!   The number of spin components NS equals the dimension (2 or 4).
+//! * Links are those of a [`crate::gauge::LinkField`], `[site][μ]`, U_μ(x) at `x·d + μ`.
+//! * The pseudofermion action is S_pf = φ†(D†D)⁻¹φ; its force follows the coefficient
+//!   convention of [`crate::gauge::group`]: F^a = d/dt S(exp(t X_a) U)|_{t=0}.
+//!
+//! # Pieces
+//! * [`spinor`]: [`ColourVector`], [`Spinor`], the [`WilsonGroup`] trait, field inner
+//!   products, updates and the Gaussian heat-bath fill.
+//! * [`gamma`]: the γ matrices and spin projectors.
+//! * [`wilson`]: [`WilsonDirac`], the operator D, D†, D†D, the even–odd Schur complement
+//!   D̂ = A_ee − κ² H_eo A_oo⁻¹ H_oe and its source preparation and reconstruction.
+//! * [`cg`]: conjugate gradient with a relative residual target and an iteration cap
+//!   ([`CgParams`]), and the operator-level solves in [`WilsonDirac`].
+//! * [`force`]: the pseudofermion force from X = (D†D)⁻¹φ and Y = DX (full lattice), or from
+//!   the even–odd solution.
+//!
+//! No operator application allocates: temporaries are passed in, and solvers take a
+//! [`SolverWork`]. Site loops run in fixed chunks, and reductions are compensated and merged
+//! in chunk order, so every result is bit-identical for any thread count.
+
+pub mod cg;
+pub mod force;
+pub mod gamma;
+pub mod spinor;
+pub mod wilson;
+
+pub use cg::{cg, CgParams, CgReport, CgWork, SolverWork};
+pub use spinor::{
+    axpy, dot, fill_gaussian, norm2, re_dot, xpay, Colour, ColourVector, Spinor, SpinorOf,
+    WilsonGroup,
+};
+pub use wilson::{WilsonDirac, WilsonParams};
+
+/// Why a fermion operator could not be built or applied, or a solve failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FermionError {
+    /// κ must be finite and > 0.
+    #[error("kappa: the hopping parameter must be a finite number > 0, got {0}")]
+    Kappa(f64),
+    /// μ must be finite and ≥ 0.
+    #[error("mu: the twisted mass must be a finite number ≥ 0, got {0}")]
+    Mu(f64),
+    /// The solver tolerance must be finite and > 0.
+    #[error("solver tolerance must be a finite number > 0, got {0}")]
+    Tolerance(f64),
+    /// The iteration cap must be ≥ 1.
+    #[error("solver iteration cap must be at least 1, got {0}")]
+    MaxIter(usize),
+    /// Wilson fermions are implemented in 2D (2 spin components) and 4D (4).
+    #[error("Wilson fermions need a 2D lattice with 2 spin components or a 4D lattice with 4; got a {dim}D lattice and {ns} spin components")]
+    Dimension { dim: usize, ns: usize },
+    /// Even–odd preconditioning needs every extent even.
+    #[error("even-odd preconditioning needs every lattice extent even, but extent {extent} along axis {axis} is odd")]
+    OddExtent { axis: usize, extent: usize },
+    /// A field has the wrong length.
+    #[error("{what}: expected {expected} elements, got {got}")]
+    Length {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    /// CG did not reach its target within the iteration cap (or broke down).
+    #[error("CG did not converge: relative residual {residual:e} after {iterations} iterations, target {target:e}")]
+    NotConverged {
+        iterations: usize,
+        residual: f64,
+        target: f64,
+    },
+}
+
+#[cfg(test)]
+mod dense;
+#[cfg(test)]
+mod tests;
