@@ -129,7 +129,7 @@ pub fn cg<C: Colour, const NS: usize>(
             apply(p, ap)?;
             iterations += 1;
             let pap = re_dot(p, ap);
-            if !(pap > 0.0) {
+            if pap.is_nan() || pap <= 0.0 {
                 // A is not positive on p (or the arithmetic broke down): report the residual.
                 return Err(FermionError::NotConverged {
                     iterations,

@@ -32,7 +32,7 @@ fn normal_residual<G: WilsonGroup, const NS: usize>(
     );
     d.apply(u, x, &mut t).unwrap();
     d.apply_dagger(u, &t, &mut ax).unwrap();
-    let r = sub::<G, NS>(&b, &ax);
+    let r = sub::<G, NS>(b, &ax);
     (norm2(&r) / norm2(b)).sqrt()
 }
 
