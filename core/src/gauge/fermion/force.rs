@@ -8,7 +8,7 @@
 //! ```
 //! (colour outer products, times −1 on links that cross the antiperiodic time boundary) this
 //! is F^a_μ(x) = 2κ · d/dt Re Tr(exp(t X_a) U_μ(x) M_μ(x)), which
-//! [`GaugeGroup::re_trace_derivative`](crate::gauge::GaugeGroup::re_trace_derivative) gives in
+//! [`GaugeGroup::re_trace_derivative`] gives in
 //! the coefficient convention of [`crate::gauge::group`].
 //!
 //! For the even–odd action S = φ_e†(D̂†D̂)⁻¹φ_e with X̂ = (D̂†D̂)⁻¹φ_e and Ŷ = D̂X̂, the same

@@ -30,7 +30,7 @@
 //! * [`gamma`]: the γ matrices and spin projectors.
 //! * [`wilson`]: [`WilsonDirac`], the operator D, D†, D†D, the even–odd Schur complement
 //!   D̂ = A_ee − κ² H_eo A_oo⁻¹ H_oe and its source preparation and reconstruction.
-//! * [`cg`]: conjugate gradient with a relative residual target and an iteration cap
+//! * [`mod@cg`]: conjugate gradient with a relative residual target and an iteration cap
 //!   ([`CgParams`]), and the operator-level solves in [`WilsonDirac`].
 //! * [`force`]: the pseudofermion force from X = (D†D)⁻¹φ and Y = DX (full lattice), or from
 //!   the even–odd solution.
