@@ -24,17 +24,12 @@ use latflow_core::gauge::{LinkField, Su3};
 use latflow_core::{Lattice, Stream};
 
 fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("rayon pool")
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool")
 }
 
 fn dirac(c: &mut Criterion) {
     let mut g = c.benchmark_group("dirac_su3_4d");
-    g.sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     for l in [8i64, 16] {
         let lat = Lattice::new(&[l, l, l, l]).expect("lattice");
         let d = WilsonDirac::<Su3, 4>::new(&lat, WilsonParams::wilson(0.12)).expect("operator");
@@ -44,9 +39,7 @@ fn dirac(c: &mut Criterion) {
         fill_gaussian(&mut psi, &mut Stream::new(2, 2)).expect("source");
         let mut out = psi.clone();
         let (mut tmp_o, mut out_e) = (psi[..v / 2].to_vec(), psi[..v / 2].to_vec());
-        g.throughput(Throughput::Elements(
-            (WILSON_FLOPS_PER_SITE_SU3_4D as u64) * v as u64,
-        ));
+        g.throughput(Throughput::Elements((WILSON_FLOPS_PER_SITE_SU3_4D as u64) * v as u64));
         for threads in [1usize, 2] {
             let p = pool(threads);
             let id = format!("{l}/{threads}");
@@ -55,8 +48,7 @@ fn dirac(c: &mut Criterion) {
                     p.install(|| {
                         let t = Instant::now();
                         for _ in 0..n {
-                            d.apply(u.links(), black_box(&psi), &mut out)
-                                .expect("apply");
+                            d.apply(u.links(), black_box(&psi), &mut out).expect("apply");
                         }
                         t.elapsed()
                     })
@@ -67,13 +59,7 @@ fn dirac(c: &mut Criterion) {
                     p.install(|| {
                         let t = Instant::now();
                         for _ in 0..n {
-                            d.apply_schur(
-                                u.links(),
-                                black_box(&psi[..v / 2]),
-                                &mut tmp_o,
-                                &mut out_e,
-                            )
-                            .expect("schur");
+                            d.apply_schur(u.links(), black_box(&psi[..v / 2]), &mut tmp_o, &mut out_e).expect("schur");
                         }
                         t.elapsed()
                     })

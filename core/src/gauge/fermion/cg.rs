@@ -6,6 +6,7 @@
 //! reached it, CG restarts from the current x. A solve that does not reach the target within
 //! the iteration cap is [`FermionError::NotConverged`], with the residual reached.
 
+use super::clover::DiracGauge;
 use super::spinor::{axpy, norm2, par_fill, re_dot, xpay, Colour, Spinor, WilsonGroup};
 use super::wilson::{check_len, WilsonDirac};
 use super::FermionError;
@@ -60,11 +61,7 @@ pub struct CgWork<S> {
 impl<C: Colour, const NS: usize> CgWork<Spinor<C, NS>> {
     /// Work vectors for systems of up to `len` spinors.
     pub fn new(len: usize) -> Self {
-        Self {
-            r: vec![Spinor::default(); len],
-            p: vec![Spinor::default(); len],
-            ap: vec![Spinor::default(); len],
-        }
+        Self { r: vec![Spinor::default(); len], p: vec![Spinor::default(); len], ap: vec![Spinor::default(); len] }
     }
 }
 
@@ -82,20 +79,13 @@ pub fn cg<C: Colour, const NS: usize>(
     let n = b.len();
     check_len("solution field", x.len(), n)?;
     if work.r.len() < n {
-        return Err(FermionError::Length {
-            what: "CG work vectors",
-            expected: n,
-            got: work.r.len(),
-        });
+        return Err(FermionError::Length { what: "CG work vectors", expected: n, got: work.r.len() });
     }
     let (r, p, ap) = (&mut work.r[..n], &mut work.p[..n], &mut work.ap[..n]);
     let bb = norm2(b);
     if bb == 0.0 {
         par_fill(x, |_, o| *o = Spinor::default());
-        return Ok(CgReport {
-            iterations: 0,
-            residual: 0.0,
-        });
+        return Ok(CgReport { iterations: 0, residual: 0.0 });
     }
     let target = params.tol * params.tol * bb;
     let mut iterations = 0;
@@ -112,17 +102,10 @@ pub fn cg<C: Colour, const NS: usize>(
         let mut rr = norm2(r);
         let residual = (rr / bb).sqrt();
         if rr <= target {
-            return Ok(CgReport {
-                iterations,
-                residual,
-            });
+            return Ok(CgReport { iterations, residual });
         }
         if iterations >= params.max_iter || !rr.is_finite() {
-            return Err(FermionError::NotConverged {
-                iterations,
-                residual,
-                target: params.tol,
-            });
+            return Err(FermionError::NotConverged { iterations, residual, target: params.tol });
         }
         p.copy_from_slice(r);
         while iterations < params.max_iter {
@@ -131,11 +114,7 @@ pub fn cg<C: Colour, const NS: usize>(
             let pap = re_dot(p, ap);
             if pap.is_nan() || pap <= 0.0 {
                 // A is not positive on p (or the arithmetic broke down): report the residual.
-                return Err(FermionError::NotConverged {
-                    iterations,
-                    residual: (rr / bb).sqrt(),
-                    target: params.tol,
-                });
+                return Err(FermionError::NotConverged { iterations, residual: (rr / bb).sqrt(), target: params.tol });
             }
             let alpha = rr / pap;
             axpy(alpha, p, x);
@@ -161,10 +140,7 @@ pub struct SolverWork<S> {
 impl<C: Colour, const NS: usize> SolverWork<Spinor<C, NS>> {
     /// Work space for full-lattice and even–odd solves on `volume` sites.
     pub fn new(volume: usize) -> Self {
-        Self {
-            cg: CgWork::new(volume),
-            t: std::array::from_fn(|_| vec![Spinor::default(); volume]),
-        }
+        Self { cg: CgWork::new(volume), t: std::array::from_fn(|_| vec![Spinor::default(); volume]) }
     }
 
     pub(crate) fn check(&self, volume: usize) -> Result<(), FermionError> {
@@ -178,30 +154,23 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// is |φ − D†D x| / |φ|.
     pub fn solve_normal(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         phi: &[Spinor<G::Colour, NS>],
         x: &mut [Spinor<G::Colour, NS>],
         work: &mut SolverWork<Spinor<G::Colour, NS>>,
         params: &CgParams,
     ) -> Result<CgReport, FermionError> {
         work.check(self.volume())?;
-        self.check_links(u)?;
         let SolverWork { cg: cgw, t } = work;
         let tmp = &mut t[0];
-        cg(
-            |v, out| self.apply_normal(u, v, tmp, out),
-            phi,
-            x,
-            cgw,
-            params,
-        )
+        cg(|v, out| self.apply_normal(u, v, tmp, out), phi, x, cgw, params)
     }
 
     /// Solves D ψ = η on the full lattice, as D†D ψ = D†η by CG (ψ: initial guess on entry).
     /// The report's residual is that of the normal equations.
     pub fn solve(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         eta: &[Spinor<G::Colour, NS>],
         psi: &mut [Spinor<G::Colour, NS>],
         work: &mut SolverWork<Spinor<G::Colour, NS>>,
@@ -211,20 +180,14 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         let SolverWork { cg: cgw, t } = work;
         let [t0, t1, ..] = t;
         self.apply_dagger(u, eta, t1)?;
-        cg(
-            |v, out| self.apply_normal(u, v, t0, out),
-            t1,
-            psi,
-            cgw,
-            params,
-        )
+        cg(|v, out| self.apply_normal(u, v, t0, out), t1, psi, cgw, params)
     }
 
     /// Solves D̂†D̂ x_e = φ_e on the even sites (half-lattice fields, V/2 spinors; x_e: initial
     /// guess on entry). The even–odd pseudofermion action is φ_e†(D̂†D̂)⁻¹φ_e.
     pub fn solve_schur_normal(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         phi_e: &[Spinor<G::Colour, NS>],
         x_e: &mut [Spinor<G::Colour, NS>],
         work: &mut SolverWork<Spinor<G::Colour, NS>>,
@@ -235,13 +198,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         let SolverWork { cg: cgw, t } = work;
         let [t0, t1, ..] = t;
         let (to, te) = (&mut t0[..half], &mut t1[..half]);
-        cg(
-            |v, out| self.apply_schur_normal(u, v, to, te, out),
-            phi_e,
-            x_e,
-            cgw,
-            params,
-        )
+        cg(|v, out| self.apply_schur_normal(u, v, to, te, out), phi_e, x_e, cgw, params)
     }
 
     /// Solves D ψ = η on the full lattice with even–odd preconditioning: D̂ψ_e = b_e (see
@@ -250,7 +207,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// even normal equations. Requires even extents.
     pub fn solve_eo(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         eta: &[Spinor<G::Colour, NS>],
         psi: &mut [Spinor<G::Colour, NS>],
         work: &mut SolverWork<Spinor<G::Colour, NS>>,
@@ -268,13 +225,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         let (to, te) = (&mut t0[..half], &mut t1[..half]);
         self.eo_prepare(u, eta_e, eta_o, to, b_e)?;
         self.apply_schur_dagger(u, b_e, to, c_e)?;
-        let report = cg(
-            |v, out| self.apply_schur_normal(u, v, to, te, out),
-            c_e,
-            x_e,
-            cgw,
-            params,
-        )?;
+        let report = cg(|v, out| self.apply_schur_normal(u, v, to, te, out), c_e, x_e, cgw, params)?;
         self.eo_reconstruct(u, x_e, eta_o, x_o)?;
         self.merge_eo(x_e, x_o, psi)?;
         Ok(report)

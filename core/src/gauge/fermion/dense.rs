@@ -12,9 +12,7 @@ pub struct Dense {
 
 /// The flat complex components of a field, (site, spin, colour) order.
 pub fn flatten<C: Colour, const NS: usize>(f: &[Spinor<C, NS>]) -> Vec<Complex> {
-    f.iter()
-        .flat_map(|s| s.0.iter().flat_map(|c| c.components().iter().copied()))
-        .collect()
+    f.iter().flat_map(|s| s.0.iter().flat_map(|c| c.components().iter().copied())).collect()
 }
 
 /// A field from flat complex components.
@@ -59,9 +57,7 @@ impl Dense {
         let mut a = self.a.clone();
         let (mut logabs, mut arg) = (0.0, 0.0);
         for k in 0..n {
-            let p = (k..n)
-                .max_by(|&i, &j| a[i * n + k].abs().total_cmp(&a[j * n + k].abs()))
-                .unwrap();
+            let p = (k..n).max_by(|&i, &j| a[i * n + k].abs().total_cmp(&a[j * n + k].abs())).unwrap();
             if p != k {
                 for j in 0..n {
                     a.swap(k * n + j, p * n + j);

@@ -16,7 +16,9 @@
 //! Y = (Ŷ, A_oo⁻† H_oe† Ŷ), since δD̂ = −κ²(δH_eo A_oo⁻¹ H_oe + H_eo A_oo⁻¹ δH_oe).
 
 use super::cg::SolverWork;
+use super::clover::DiracGauge;
 use super::spinor::{par_fill, Colour, Spinor, WilsonGroup};
+use super::wilson::GaugeRef;
 use super::wilson::{check_len, WilsonDirac};
 use super::FermionError;
 use crate::gauge::group::{GaugeGroup, LieAlgebra};
@@ -24,10 +26,7 @@ use crate::gauge::group::{GaugeGroup, LieAlgebra};
 impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// (1 + σγ_μ) ψ for the projector pairs `p` (σ encoded in the pairs).
     #[inline(always)]
-    fn project(
-        pairs: &[super::gamma::ProjPair; 2],
-        s: &Spinor<G::Colour, NS>,
-    ) -> Spinor<G::Colour, NS> {
+    fn project(pairs: &[super::gamma::ProjPair; 2], s: &Spinor<G::Colour, NS>) -> Spinor<G::Colour, NS> {
         let mut out = Spinor::<G::Colour, NS>::default();
         for p in &pairs[..NS / 2] {
             let h = s.0[p.i].add(&s.0[p.j].mul_phase(p.ki));
@@ -41,13 +40,13 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// `out` (V·d algebra elements, `[site][μ]`).
     fn hop_force(
         &self,
-        u: &[G],
+        g: GaugeRef<'_, G>,
         x: &[Spinor<G::Colour, NS>],
         y: &[Spinor<G::Colour, NS>],
         coef: f64,
         out: &mut [G::Algebra],
     ) -> Result<(), FermionError> {
-        self.check_links(u)?;
+        let u = g.links;
         let lat = self.lattice();
         let v = lat.volume();
         check_len("X field", x.len(), v)?;
@@ -65,11 +64,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
                 m += G::outer(&x[up].0[s], &py.0[s]);
                 m += G::outer(&py_up.0[s], &x[site].0[s]);
             }
-            let sign = if mu == NS - 1 && lat.time(site) == t_max {
-                -coef
-            } else {
-                coef
-            };
+            let sign = if mu == NS - 1 && lat.time(site) == t_max { -coef } else { coef };
             *f = u[l].re_trace_derivative(&m).scale(sign);
         });
         Ok(())
@@ -81,12 +76,15 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// of a [`crate::gauge::LinkField`]), overwriting it. HMC kicks P ← P − ε F.
     pub fn force(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         x: &[Spinor<G::Colour, NS>],
         y: &[Spinor<G::Colour, NS>],
         out: &mut [G::Algebra],
     ) -> Result<(), FermionError> {
-        self.hop_force(u, x, y, 2.0 * self.kappa(), out)
+        let g = self.gauge(u)?;
+        self.hop_force(g, x, y, 2.0 * self.kappa(), out)?;
+        self.clover_pf_force_add(g, x, y, [1.0, 1.0], out);
+        Ok(())
     }
 
     /// The force of the even–odd action S = φ_e†(D̂†D̂)⁻¹φ_e from X̂ = (D̂†D̂)⁻¹φ_e (see
@@ -95,7 +93,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// hold `x_e` or `y_e`). Writes the V·d algebra elements into `out` as [`Self::force`] does.
     pub fn force_eo(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         x_e: &[Spinor<G::Colour, NS>],
         y_e: &[Spinor<G::Colour, NS>],
         work: &mut SolverWork<Spinor<G::Colour, NS>>,
@@ -107,10 +105,13 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         work.check(self.volume())?;
         let [x_full, y_full, partners, ..] = &mut work.t;
         let (x_o, y_o) = partners.split_at_mut(half);
-        self.eo_force_partners(u, x_e, y_e, x_o, y_o)?;
+        let g = self.gauge(u)?;
+        self.eo_force_partners(g, x_e, y_e, x_o, y_o)?;
         self.merge_eo(x_e, x_o, x_full)?;
         self.merge_eo(y_e, y_o, y_full)?;
         let k = self.kappa();
-        self.hop_force(u, x_full, y_full, 2.0 * k * k, out)
+        self.hop_force(g, x_full, y_full, 2.0 * k * k, out)?;
+        self.clover_pf_force_add(g, x_full, y_full, [1.0, k * k], out);
+        Ok(())
     }
 }

@@ -87,12 +87,7 @@ pub fn projector(ns: usize, mu: usize, plus: bool) -> Option<[ProjPair; 2]> {
         if i < j {
             // (1 + σγ)ψ_i = ψ_i + σ c_i ψ_j; (1 + σγ)ψ_j = ψ_j + σ c_j ψ_i = σ c_j (ψ_i + σ c_i ψ_j)
             // since c_i c_j = 1 (γ² = 1)
-            out[n] = ProjPair {
-                i,
-                j,
-                ki: (r.k + shift) & 3,
-                kj: (rows[j].k + shift) & 3,
-            };
+            out[n] = ProjPair { i, j, ki: (r.k + shift) & 3, kj: (rows[j].k + shift) & 3 };
             n += 1;
         }
     }

@@ -40,16 +40,15 @@
 //! in chunk order, so every result is bit-identical for any thread count.
 
 pub mod cg;
+pub mod clover;
 pub mod force;
 pub mod gamma;
 pub mod spinor;
 pub mod wilson;
 
 pub use cg::{cg, CgParams, CgReport, CgWork, SolverWork};
-pub use spinor::{
-    axpy, dot, fill_gaussian, norm2, re_dot, xpay, Colour, ColourVector, Spinor, SpinorOf,
-    WilsonGroup,
-};
+pub use clover::{CloverField, CloverGauge, DiracGauge};
+pub use spinor::{axpy, dot, fill_gaussian, norm2, re_dot, xpay, Colour, ColourVector, Spinor, SpinorOf, WilsonGroup};
 pub use wilson::{WilsonDirac, WilsonParams};
 
 /// Why a fermion operator could not be built or applied, or a solve failed.
@@ -75,18 +74,27 @@ pub enum FermionError {
     OddExtent { axis: usize, extent: usize },
     /// A field has the wrong length.
     #[error("{what}: expected {expected} elements, got {got}")]
-    Length {
-        what: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    Length { what: &'static str, expected: usize, got: usize },
+    /// c_sw must be finite.
+    #[error("csw: the clover coefficient must be a finite number, got {0}")]
+    Csw(f64),
+    /// The clover blocks (NS/2)·N are larger than supported.
+    #[error("a clover term with chirality blocks of {block}×{block} is not supported (at most {max}×{max})")]
+    CloverBlock { block: usize, max: usize },
+    /// An operator with c_sw ≠ 0 was applied without the clover field of its links.
+    #[error("this operator has a clover term (csw ≠ 0): apply it to the CloverGauge of the links (WilsonDirac::clover_gauge), not to the bare links")]
+    MissingClover,
+    /// A clover field made for other parameters or another lattice.
+    #[error(
+        "the clover field was computed for other parameters (kappa, mu, csw) or another lattice than this operator's"
+    )]
+    CloverMismatch,
+    /// A(x) has no inverse.
+    #[error("the clover term is singular at site {site}: A(x) has no inverse")]
+    SingularClover { site: usize },
     /// CG did not reach its target within the iteration cap (or broke down).
     #[error("CG did not converge: relative residual {residual:e} after {iterations} iterations, target {target:e}")]
-    NotConverged {
-        iterations: usize,
-        residual: f64,
-        target: f64,
-    },
+    NotConverged { iterations: usize, residual: f64, target: f64 },
 }
 
 #[cfg(test)]

@@ -144,6 +144,14 @@ pub trait WilsonGroup: GaugeGroup {
     /// The outer product a ⊗ b† (the matrix with entries a_i conj(b_j)) in the linear span of
     /// the group, the argument of [`GaugeGroup::re_trace_derivative`] in fermion forces.
     fn outer(a: &Self::Colour, b: &Self::Colour) -> Self::Mat;
+    /// The product a·b in the linear span (clover leaves with weights inserted).
+    fn mat_mul(a: &Self::Mat, b: &Self::Mat) -> Self::Mat;
+    /// The conjugate transpose m†.
+    fn mat_dagger(m: &Self::Mat) -> Self::Mat;
+    /// z·m for a complex z.
+    fn mat_scale(m: &Self::Mat, z: Complex) -> Self::Mat;
+    /// The entry m_ij (row i, column j; i, j < N).
+    fn mat_entry(m: &Self::Mat, i: usize, j: usize) -> Complex;
 }
 
 impl WilsonGroup for U1Angle {
@@ -159,6 +167,22 @@ impl WilsonGroup for U1Angle {
     #[inline(always)]
     fn outer(a: &ColourVector<1>, b: &ColourVector<1>) -> Complex {
         a.0[0] * b.0[0].conj()
+    }
+    #[inline(always)]
+    fn mat_mul(a: &Complex, b: &Complex) -> Complex {
+        *a * *b
+    }
+    #[inline(always)]
+    fn mat_dagger(m: &Complex) -> Complex {
+        m.conj()
+    }
+    #[inline(always)]
+    fn mat_scale(m: &Complex, z: Complex) -> Complex {
+        *m * z
+    }
+    #[inline(always)]
+    fn mat_entry(m: &Complex, _i: usize, _j: usize) -> Complex {
+        *m
     }
 }
 
@@ -191,9 +215,7 @@ fn mat_dagger_vec<const N: usize>(m: &Matrix<N>, v: &ColourVector<N>) -> ColourV
 
 #[inline(always)]
 fn mat_outer<const N: usize>(a: &ColourVector<N>, b: &ColourVector<N>) -> Matrix<N> {
-    Matrix(std::array::from_fn(|i| {
-        std::array::from_fn(|j| a.0[i] * b.0[j].conj())
-    }))
+    Matrix(std::array::from_fn(|i| std::array::from_fn(|j| a.0[i] * b.0[j].conj())))
 }
 
 impl<const N: usize> WilsonGroup for Matrix<N>
@@ -213,6 +235,22 @@ where
     fn outer(a: &ColourVector<N>, b: &ColourVector<N>) -> Matrix<N> {
         mat_outer(a, b)
     }
+    #[inline(always)]
+    fn mat_mul(a: &Matrix<N>, b: &Matrix<N>) -> Matrix<N> {
+        *a * *b
+    }
+    #[inline(always)]
+    fn mat_dagger(m: &Matrix<N>) -> Matrix<N> {
+        m.dagger()
+    }
+    #[inline(always)]
+    fn mat_scale(m: &Matrix<N>, z: Complex) -> Matrix<N> {
+        m.scale_c(z)
+    }
+    #[inline(always)]
+    fn mat_entry(m: &Matrix<N>, i: usize, j: usize) -> Complex {
+        m.0[i][j]
+    }
 }
 
 impl<const N: usize> WilsonGroup for SuN<N> {
@@ -228,6 +266,22 @@ impl<const N: usize> WilsonGroup for SuN<N> {
     #[inline(always)]
     fn outer(a: &ColourVector<N>, b: &ColourVector<N>) -> Matrix<N> {
         mat_outer(a, b)
+    }
+    #[inline(always)]
+    fn mat_mul(a: &Matrix<N>, b: &Matrix<N>) -> Matrix<N> {
+        *a * *b
+    }
+    #[inline(always)]
+    fn mat_dagger(m: &Matrix<N>) -> Matrix<N> {
+        m.dagger()
+    }
+    #[inline(always)]
+    fn mat_scale(m: &Matrix<N>, z: Complex) -> Matrix<N> {
+        m.scale_c(z)
+    }
+    #[inline(always)]
+    fn mat_entry(m: &Matrix<N>, i: usize, j: usize) -> Complex {
+        m.0[i][j]
     }
 }
 
@@ -269,9 +323,7 @@ impl<C: Colour, const NS: usize> Spinor<C, NS> {
 
     /// Whether every component is finite.
     pub fn is_finite(&self) -> bool {
-        self.0
-            .iter()
-            .all(|c| c.components().iter().all(|z| z.is_finite()))
+        self.0.iter().all(|c| c.components().iter().all(|z| z.is_finite()))
     }
 }
 
@@ -294,6 +346,23 @@ pub(crate) fn par_fill<T: Send>(out: &mut [T], f: impl Fn(usize, &mut T) + Sync)
         out.par_chunks_mut(SPINOR_CHUNK).enumerate().for_each(body);
     } else {
         out.chunks_mut(SPINOR_CHUNK).enumerate().for_each(body);
+    }
+}
+
+/// `f(i, block i)` for the consecutive blocks of `block` items of `out`, in fixed chunks of
+/// [`SPINOR_CHUNK`] blocks, in parallel for many blocks (each block independently: the bits
+/// do not depend on the threads). Allocates nothing.
+pub(crate) fn par_fill_blocks<T: Send>(out: &mut [T], block: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let block = block.max(1);
+    let body = |(c, chunk): (usize, &mut [T])| {
+        for (j, o) in chunk.chunks_mut(block).enumerate() {
+            f(c * SPINOR_CHUNK + j, o);
+        }
+    };
+    if out.len() / block >= SPINOR_PARALLEL_MIN && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(SPINOR_CHUNK * block).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(SPINOR_CHUNK * block).enumerate().for_each(body);
     }
 }
 

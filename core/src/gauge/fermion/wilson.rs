@@ -8,6 +8,7 @@
 
 use std::marker::PhantomData;
 
+use super::clover::{apply_blocks, CloverField, DiracGauge};
 use super::gamma::{gamma5_diag, projector, ProjPair};
 use super::spinor::{par_fill, Colour, Spinor, WilsonGroup};
 use super::FermionError;
@@ -21,21 +22,31 @@ pub struct WilsonParams {
     pub kappa: f64,
     /// The twisted mass μ (finite, ≥ 0) in lattice units; the operator gains i·2κμ·γ5.
     pub mu: f64,
+    /// The clover coefficient c_sw (finite; 0 for none), see [`super::clover`].
+    pub csw: f64,
 }
 
 impl WilsonParams {
     /// Plain Wilson fermions (μ = 0).
     pub fn wilson(kappa: f64) -> Self {
-        Self { kappa, mu: 0.0 }
+        Self { kappa, mu: 0.0, csw: 0.0 }
     }
 
-    /// Validates κ (finite, > 0) and μ (finite, ≥ 0).
+    /// Wilson fermions with twisted mass μ (no clover term).
+    pub fn twisted(kappa: f64, mu: f64) -> Self {
+        Self { kappa, mu, csw: 0.0 }
+    }
+
+    /// Validates κ (finite, > 0), μ (finite, ≥ 0) and c_sw (finite).
     pub fn check(&self) -> Result<(), FermionError> {
         if !(self.kappa.is_finite() && self.kappa > 0.0) {
             return Err(FermionError::Kappa(self.kappa));
         }
         if !(self.mu.is_finite() && self.mu >= 0.0) {
             return Err(FermionError::Mu(self.mu));
+        }
+        if !self.csw.is_finite() {
+            return Err(FermionError::Csw(self.csw));
         }
         Ok(())
     }
@@ -55,6 +66,13 @@ pub struct WilsonDirac<G: WilsonGroup, const NS: usize> {
     g5: [f64; NS],
     even: bool,
     _g: PhantomData<G>,
+}
+
+/// The links and, with c_sw ≠ 0, their clover field, checked against the operator.
+#[derive(Clone, Copy)]
+pub(crate) struct GaugeRef<'a, G> {
+    pub(crate) links: &'a [G],
+    pub(crate) clover: Option<&'a CloverField>,
 }
 
 /// Which site-diagonal factor a kernel applies.
@@ -82,10 +100,8 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
             for mu in 0..NS {
                 // D: forward (1 − γ), backward (1 + γ); D† = γ5 D γ5 swaps the signs.
                 let fwd_plus = dag == 1;
-                p[0][mu] =
-                    projector(NS, mu, fwd_plus).ok_or(FermionError::Dimension { dim, ns: NS })?;
-                p[1][mu] =
-                    projector(NS, mu, !fwd_plus).ok_or(FermionError::Dimension { dim, ns: NS })?;
+                p[0][mu] = projector(NS, mu, fwd_plus).ok_or(FermionError::Dimension { dim, ns: NS })?;
+                p[1][mu] = projector(NS, mu, !fwd_plus).ok_or(FermionError::Dimension { dim, ns: NS })?;
             }
         }
         Ok(Self {
@@ -135,18 +151,29 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         if self.even {
             return Ok(());
         }
-        let (axis, &extent) = self
-            .lattice
-            .shape()
-            .iter()
-            .enumerate()
-            .find(|(_, &l)| l % 2 != 0)
-            .unwrap_or((0, &0));
+        let (axis, &extent) = self.lattice.shape().iter().enumerate().find(|(_, &l)| l % 2 != 0).unwrap_or((0, &0));
         Err(FermionError::OddExtent { axis, extent })
     }
 
     pub(crate) fn check_links(&self, u: &[G]) -> Result<(), FermionError> {
         check_len("links", u.len(), self.lattice.volume() * NS)
+    }
+
+    /// The checked gauge data of an application: V·d links, and the clover field of the same
+    /// parameters when c_sw ≠ 0 (ignored when c_sw = 0).
+    pub(crate) fn gauge<'a>(&self, u: &'a (impl DiracGauge<G> + ?Sized)) -> Result<GaugeRef<'a, G>, FermionError> {
+        let links = u.links();
+        self.check_links(links)?;
+        if self.params.csw == 0.0 {
+            return Ok(GaugeRef { links, clover: None });
+        }
+        match u.clover() {
+            None => Err(FermionError::MissingClover),
+            Some(c) if c.params() != self.params || c.len() != self.lattice.volume() => {
+                Err(FermionError::CloverMismatch)
+            }
+            Some(c) => Ok(GaugeRef { links, clover: Some(c) }),
+        }
     }
 
     pub(crate) fn proj(&self, dag: usize, dir: usize, mu: usize) -> &[ProjPair; 2] {
@@ -158,10 +185,15 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     #[inline(always)]
     pub(crate) fn diag(
         &self,
+        g: &GaugeRef<'_, G>,
+        x: usize,
         which: Diag,
         dag: bool,
         s: &Spinor<G::Colour, NS>,
     ) -> Spinor<G::Colour, NS> {
+        if let Some(c) = g.clover {
+            return apply_blocks(c, x, matches!(which, Diag::AInv), dag, s);
+        }
         let a = if dag { -self.twist() } else { self.twist() };
         if a == 0.0 {
             return *s;
@@ -229,19 +261,18 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// The full-lattice operator: out = D ψ (`dag` = false) or D† ψ (`dag` = true).
     fn apply_full(
         &self,
-        u: &[G],
+        g: GaugeRef<'_, G>,
         psi: &[Spinor<G::Colour, NS>],
         out: &mut [Spinor<G::Colour, NS>],
         dag: bool,
     ) -> Result<(), FermionError> {
-        self.check_links(u)?;
         let v = self.lattice.volume();
         check_len("source field", psi.len(), v)?;
         check_len("output field", out.len(), v)?;
         let k = self.params.kappa;
         par_fill(out, |x, o| {
-            let h = self.hop_site(u, psi, x, usize::from(dag), |y| y);
-            let mut r = self.diag(Diag::A, dag, &psi[x]);
+            let h = self.hop_site(g.links, psi, x, usize::from(dag), |y| y);
+            let mut r = self.diag(&g, x, Diag::A, dag, &psi[x]);
             for s in 0..NS {
                 r.0[s].axpy(-k, &h.0[s]);
             }
@@ -253,33 +284,34 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// out = D ψ on the full lattice. `u`: V·d links; `psi`, `out`: V spinors. No allocation.
     pub fn apply(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         psi: &[Spinor<G::Colour, NS>],
         out: &mut [Spinor<G::Colour, NS>],
     ) -> Result<(), FermionError> {
-        self.apply_full(u, psi, out, false)
+        self.apply_full(self.gauge(u)?, psi, out, false)
     }
 
     /// out = D† ψ = γ5 D(−μ) γ5 ψ on the full lattice (D(−μ): the twist reversed).
     pub fn apply_dagger(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         psi: &[Spinor<G::Colour, NS>],
         out: &mut [Spinor<G::Colour, NS>],
     ) -> Result<(), FermionError> {
-        self.apply_full(u, psi, out, true)
+        self.apply_full(self.gauge(u)?, psi, out, true)
     }
 
     /// out = D†D ψ, using `tmp` (V spinors) for D ψ.
     pub fn apply_normal(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         psi: &[Spinor<G::Colour, NS>],
         tmp: &mut [Spinor<G::Colour, NS>],
         out: &mut [Spinor<G::Colour, NS>],
     ) -> Result<(), FermionError> {
-        self.apply_full(u, psi, tmp, false)?;
-        self.apply_full(u, tmp, out, true)
+        let g = self.gauge(u)?;
+        self.apply_full(g, psi, tmp, false)?;
+        self.apply_full(g, tmp, out, true)
     }
 
     /// ψ ← γ5 ψ in place (any field, full or half).
@@ -294,28 +326,26 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     }
 
     /// A hopping kernel onto the sites of parity `out_parity` from a half field of the other
-    /// parity: out[i] = f(i, (H or H†) src at site i).
+    /// parity: out[i] = f(i, x, (H or H†) src at x), x the i-th site of that parity.
     pub(crate) fn hop_half(
         &self,
-        u: &[G],
+        g: GaugeRef<'_, G>,
         src: &[Spinor<G::Colour, NS>],
         out: &mut [Spinor<G::Colour, NS>],
         out_parity: usize,
         dag: bool,
-        f: impl Fn(usize, Spinor<G::Colour, NS>) -> Spinor<G::Colour, NS> + Sync,
+        f: impl Fn(usize, usize, Spinor<G::Colour, NS>) -> Spinor<G::Colour, NS> + Sync,
     ) -> Result<(), FermionError> {
         self.require_even()?;
-        self.check_links(u)?;
         let half = self.lattice.volume() / 2;
         check_len("half-lattice source field", src.len(), half)?;
         check_len("half-lattice output field", out.len(), half)?;
         let sites = self.lattice.sites_of_parity(out_parity);
         let lat = &self.lattice;
         par_fill(out, |i, o| {
-            let h = self.hop_site(u, src, sites[i] as usize, usize::from(dag), |y| {
-                lat.eo_index(y)
-            });
-            *o = f(i, h);
+            let x = sites[i] as usize;
+            let h = self.hop_site(g.links, src, x, usize::from(dag), |y| lat.eo_index(y));
+            *o = f(i, x, h);
         });
         Ok(())
     }
@@ -324,19 +354,17 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// D̂ = A_ee − κ² H_eo A_oo⁻¹ H_oe. `tmp_o`: V/2 spinors of scratch.
     fn schur(
         &self,
-        u: &[G],
+        g: GaugeRef<'_, G>,
         psi_e: &[Spinor<G::Colour, NS>],
         tmp_o: &mut [Spinor<G::Colour, NS>],
         out_e: &mut [Spinor<G::Colour, NS>],
         dag: bool,
     ) -> Result<(), FermionError> {
-        self.hop_half(u, psi_e, tmp_o, 1, dag, |_, h| {
-            self.diag(Diag::AInv, dag, &h)
-        })?;
+        self.hop_half(g, psi_e, tmp_o, 1, dag, |_, x, h| self.diag(&g, x, Diag::AInv, dag, &h))?;
         check_len("half-lattice source field", psi_e.len(), out_e.len())?;
         let k2 = self.params.kappa * self.params.kappa;
-        self.hop_half(u, tmp_o, out_e, 0, dag, |i, h| {
-            let mut r = self.diag(Diag::A, dag, &psi_e[i]);
+        self.hop_half(g, tmp_o, out_e, 0, dag, |i, x, h| {
+            let mut r = self.diag(&g, x, Diag::A, dag, &psi_e[i]);
             for s in 0..NS {
                 r.0[s].axpy(-k2, &h.0[s]);
             }
@@ -348,36 +376,37 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// half-lattice fields (V/2 spinors each; `tmp_o` is scratch). Requires even extents.
     pub fn apply_schur(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         psi_e: &[Spinor<G::Colour, NS>],
         tmp_o: &mut [Spinor<G::Colour, NS>],
         out_e: &mut [Spinor<G::Colour, NS>],
     ) -> Result<(), FermionError> {
-        self.schur(u, psi_e, tmp_o, out_e, false)
+        self.schur(self.gauge(u)?, psi_e, tmp_o, out_e, false)
     }
 
     /// out_e = D̂† ψ_e = γ5 D̂(−μ) γ5 ψ_e (half-lattice fields; `tmp_o` is scratch).
     pub fn apply_schur_dagger(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         psi_e: &[Spinor<G::Colour, NS>],
         tmp_o: &mut [Spinor<G::Colour, NS>],
         out_e: &mut [Spinor<G::Colour, NS>],
     ) -> Result<(), FermionError> {
-        self.schur(u, psi_e, tmp_o, out_e, true)
+        self.schur(self.gauge(u)?, psi_e, tmp_o, out_e, true)
     }
 
     /// out_e = D̂†D̂ ψ_e, with scratch `tmp_o` and `tmp_e` (V/2 spinors each).
     pub fn apply_schur_normal(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         psi_e: &[Spinor<G::Colour, NS>],
         tmp_o: &mut [Spinor<G::Colour, NS>],
         tmp_e: &mut [Spinor<G::Colour, NS>],
         out_e: &mut [Spinor<G::Colour, NS>],
     ) -> Result<(), FermionError> {
-        self.schur(u, psi_e, tmp_o, tmp_e, false)?;
-        self.schur(u, tmp_e, tmp_o, out_e, true)
+        let g = self.gauge(u)?;
+        self.schur(g, psi_e, tmp_o, tmp_e, false)?;
+        self.schur(g, tmp_e, tmp_o, out_e, true)
     }
 
     /// Splits a full field into its even and odd halves (V/2 spinors each).
@@ -414,11 +443,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         let lat = &self.lattice;
         par_fill(full, |x, o| {
             let i = lat.eo_index(x);
-            *o = if lat.site_parity(x) == 0 {
-                even[i]
-            } else {
-                odd[i]
-            };
+            *o = if lat.site_parity(x) == 0 { even[i] } else { odd[i] };
         });
         Ok(())
     }
@@ -427,7 +452,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// D̂ ψ_e = b_e. `tmp_o` is scratch (V/2 spinors).
     pub fn eo_prepare(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         eta_e: &[Spinor<G::Colour, NS>],
         eta_o: &[Spinor<G::Colour, NS>],
         tmp_o: &mut [Spinor<G::Colour, NS>],
@@ -436,9 +461,12 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         self.require_even()?;
         check_len("odd source field", eta_o.len(), tmp_o.len())?;
         check_len("even source field", eta_e.len(), b_e.len())?;
-        par_fill(tmp_o, |i, o| *o = self.diag(Diag::AInv, false, &eta_o[i]));
+        let g = self.gauge(u)?;
+        check_len("odd source field", eta_o.len(), self.lattice.volume() / 2)?;
+        let odd = self.lattice.sites_of_parity(1);
+        par_fill(tmp_o, |i, o| *o = self.diag(&g, odd[i] as usize, Diag::AInv, false, &eta_o[i]));
         let k = self.params.kappa;
-        self.hop_half(u, tmp_o, b_e, 0, false, |i, h| {
+        self.hop_half(g, tmp_o, b_e, 0, false, |i, _, h| {
             let mut r = eta_e[i];
             for s in 0..NS {
                 r.0[s].axpy(k, &h.0[s]);
@@ -451,19 +479,20 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// ψ_o = A_oo⁻¹ (η_o + κ H_oe ψ_e).
     pub fn eo_reconstruct(
         &self,
-        u: &[G],
+        u: &(impl DiracGauge<G> + ?Sized),
         psi_e: &[Spinor<G::Colour, NS>],
         eta_o: &[Spinor<G::Colour, NS>],
         psi_o: &mut [Spinor<G::Colour, NS>],
     ) -> Result<(), FermionError> {
         check_len("odd source field", eta_o.len(), psi_o.len())?;
         let k = self.params.kappa;
-        self.hop_half(u, psi_e, psi_o, 1, false, |i, h| {
+        let g = self.gauge(u)?;
+        self.hop_half(g, psi_e, psi_o, 1, false, |i, x, h| {
             let mut r = eta_o[i];
             for s in 0..NS {
                 r.0[s].axpy(k, &h.0[s]);
             }
-            self.diag(Diag::AInv, false, &r)
+            self.diag(&g, x, Diag::AInv, false, &r)
         })
     }
 
@@ -471,32 +500,22 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// y_o = A_oo⁻† H_oe† y_e (H† = γ5 H γ5), each V/2 spinors.
     pub(crate) fn eo_force_partners(
         &self,
-        u: &[G],
+        g: GaugeRef<'_, G>,
         x_e: &[Spinor<G::Colour, NS>],
         y_e: &[Spinor<G::Colour, NS>],
         x_o: &mut [Spinor<G::Colour, NS>],
         y_o: &mut [Spinor<G::Colour, NS>],
     ) -> Result<(), FermionError> {
-        self.hop_half(u, x_e, x_o, 1, false, |_, h| {
-            self.diag(Diag::AInv, false, &h)
-        })?;
-        self.hop_half(u, y_e, y_o, 1, true, |_, h| self.diag(Diag::AInv, true, &h))
+        self.hop_half(g, x_e, x_o, 1, false, |_, x, h| self.diag(&g, x, Diag::AInv, false, &h))?;
+        self.hop_half(g, y_e, y_o, 1, true, |_, x, h| self.diag(&g, x, Diag::AInv, true, &h))
     }
 }
 
-pub(crate) fn check_len(
-    what: &'static str,
-    got: usize,
-    expected: usize,
-) -> Result<(), FermionError> {
+pub(crate) fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), FermionError> {
     if got == expected {
         Ok(())
     } else {
-        Err(FermionError::Length {
-            what,
-            expected,
-            got,
-        })
+        Err(FermionError::Length { what, expected, got })
     }
 }
 

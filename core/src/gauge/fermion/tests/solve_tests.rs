@@ -1,19 +1,13 @@
 //! CG, even–odd solves, the pseudofermion force against finite differences, and
 //! thread-count independence.
 
-use super::{hot, noise, op};
+use super::{hot, noise, op, op_sw};
 use crate::gauge::fermion::*;
 use crate::gauge::group::{LieAlgebra, U1Angle};
 
 /// a − b, site by site.
-fn sub<G: WilsonGroup, const NS: usize>(
-    a: &[SpinorOf<G, NS>],
-    b: &[SpinorOf<G, NS>],
-) -> Vec<SpinorOf<G, NS>> {
-    a.iter()
-        .zip(b)
-        .map(|(p, q)| Spinor(std::array::from_fn(|s| p.0[s].sub(&q.0[s]))))
-        .collect()
+fn sub<G: WilsonGroup, const NS: usize>(a: &[SpinorOf<G, NS>], b: &[SpinorOf<G, NS>]) -> Vec<SpinorOf<G, NS>> {
+    a.iter().zip(b).map(|(p, q)| Spinor(std::array::from_fn(|s| p.0[s].sub(&q.0[s])))).collect()
 }
 use crate::gauge::{Su2, Su3};
 use crate::rng::Stream;
@@ -21,82 +15,54 @@ use crate::rng::Stream;
 /// |b − A x| / |b| recomputed independently of the solver.
 fn normal_residual<G: WilsonGroup, const NS: usize>(
     d: &WilsonDirac<G, NS>,
-    u: &[G],
+    u: &(impl DiracGauge<G> + ?Sized),
     b: &[SpinorOf<G, NS>],
     x: &[SpinorOf<G, NS>],
 ) -> f64 {
     let v = d.volume();
-    let (mut t, mut ax) = (
-        vec![SpinorOf::<G, NS>::default(); v],
-        vec![SpinorOf::<G, NS>::default(); v],
-    );
+    let (mut t, mut ax) = (vec![SpinorOf::<G, NS>::default(); v], vec![SpinorOf::<G, NS>::default(); v]);
     d.apply(u, x, &mut t).unwrap();
     d.apply_dagger(u, &t, &mut ax).unwrap();
     let r = sub::<G, NS>(b, &ax);
     (norm2(&r) / norm2(b)).sqrt()
 }
 
-fn check_cg<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu: f64, seed: u64) {
-    let d = op::<G, NS>(shape, kappa, mu);
+fn check_cg<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu: f64, csw: f64, seed: u64) {
+    let d = op_sw::<G, NS>(shape, kappa, mu, csw);
     let v = d.volume();
     let u = hot::<G>(d.lattice(), seed);
+    let mut cf = d.new_clover_field().unwrap();
+    let ug = d.clover_gauge(u.links(), &mut cf).unwrap();
     let eta = noise::<G, NS>(v, seed + 1);
     let mut work = SolverWork::new(v);
     let params = CgParams::new(1e-10, 2000).unwrap();
     // D†D x = η: the reported residual is the true one and meets the target
     let mut x = vec![SpinorOf::<G, NS>::default(); v];
-    let rep = d
-        .solve_normal(u.links(), &eta, &mut x, &mut work, &params)
-        .unwrap();
-    let true_res = normal_residual(&d, u.links(), &eta, &x);
-    assert!(
-        rep.residual <= 1e-10 && true_res <= 1e-10,
-        "{rep:?}, recomputed {true_res:e}"
-    );
+    let rep = d.solve_normal(&ug, &eta, &mut x, &mut work, &params).unwrap();
+    let true_res = normal_residual(&d, &ug, &eta, &x);
+    assert!(rep.residual <= 1e-10 && true_res <= 1e-10, "{rep:?}, recomputed {true_res:e}");
     assert!((rep.residual - true_res).abs() <= 1e-3 * true_res.max(1e-300) + 1e-15);
     assert!(rep.iterations > 0);
     // the iteration cap gives an error that names the residual reached
     let mut y = vec![SpinorOf::<G, NS>::default(); v];
     let capped = CgParams::new(1e-10, 3).unwrap();
-    match d
-        .solve_normal(u.links(), &eta, &mut y, &mut work, &capped)
-        .unwrap_err()
-    {
-        FermionError::NotConverged {
-            iterations,
-            residual,
-            target,
-        } => {
+    match d.solve_normal(&ug, &eta, &mut y, &mut work, &capped).unwrap_err() {
+        FermionError::NotConverged { iterations, residual, target } => {
             assert_eq!(iterations, 3);
             assert!(residual > 1e-10 && residual.is_finite() && target == 1e-10);
-            let e = FermionError::NotConverged {
-                iterations,
-                residual,
-                target,
-            }
-            .to_string();
-            assert!(
-                e.contains("residual") && e.contains(&format!("{residual:e}")),
-                "{e}"
-            );
+            let e = FermionError::NotConverged { iterations, residual, target }.to_string();
+            assert!(e.contains("residual") && e.contains(&format!("{residual:e}")), "{e}");
         }
         e => panic!("expected NotConverged, got {e}"),
     }
     // D ψ = η, full and even–odd, agree, and solve D ψ = η
-    let (mut psi, mut psi_eo) = (
-        vec![SpinorOf::<G, NS>::default(); v],
-        vec![SpinorOf::<G, NS>::default(); v],
-    );
+    let (mut psi, mut psi_eo) = (vec![SpinorOf::<G, NS>::default(); v], vec![SpinorOf::<G, NS>::default(); v]);
     let tight = CgParams::new(1e-12, 4000).unwrap();
-    let full = d
-        .solve(u.links(), &eta, &mut psi, &mut work, &tight)
-        .unwrap();
-    let eo = d
-        .solve_eo(u.links(), &eta, &mut psi_eo, &mut work, &tight)
-        .unwrap();
+    let full = d.solve(&ug, &eta, &mut psi, &mut work, &tight).unwrap();
+    let eo = d.solve_eo(&ug, &eta, &mut psi_eo, &mut work, &tight).unwrap();
     let mut dpsi = vec![SpinorOf::<G, NS>::default(); v];
     for p in [&psi, &psi_eo] {
-        d.apply(u.links(), p, &mut dpsi).unwrap();
+        d.apply(&ug, p, &mut dpsi).unwrap();
         let r = sub::<G, NS>(&eta, &dpsi);
         let rel = (norm2(&r) / norm2(&eta)).sqrt();
         assert!(rel < 1e-9, "|η − Dψ|/|η| = {rel:e}");
@@ -104,46 +70,33 @@ fn check_cg<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu: f64,
     let diff = sub::<G, NS>(&psi, &psi_eo);
     let rel = (norm2(&diff) / norm2(&psi)).sqrt();
     assert!(rel < 1e-9, "full and even–odd solutions differ by {rel:e}");
-    assert!(
-        eo.iterations < full.iterations,
-        "even–odd {} vs full {} iterations",
-        eo.iterations,
-        full.iterations
-    );
+    assert!(eo.iterations < full.iterations, "even–odd {} vs full {} iterations", eo.iterations, full.iterations);
     // the Schur normal solve meets its target
     let h = v / 2;
     let mut xe = vec![SpinorOf::<G, NS>::default(); h];
-    let rep = d
-        .solve_schur_normal(u.links(), &eta[..h], &mut xe, &mut work, &params)
-        .unwrap();
-    let (mut to, mut te, mut ax) = (
-        vec![Default::default(); h],
-        vec![Default::default(); h],
-        vec![SpinorOf::<G, NS>::default(); h],
-    );
-    d.apply_schur_normal(u.links(), &xe, &mut to, &mut te, &mut ax)
-        .unwrap();
+    let rep = d.solve_schur_normal(&ug, &eta[..h], &mut xe, &mut work, &params).unwrap();
+    let (mut to, mut te, mut ax) =
+        (vec![Default::default(); h], vec![Default::default(); h], vec![SpinorOf::<G, NS>::default(); h]);
+    d.apply_schur_normal(&ug, &xe, &mut to, &mut te, &mut ax).unwrap();
     let r = sub::<G, NS>(&eta[..h], &ax);
     let rel = (norm2(&r) / norm2(&eta[..h])).sqrt();
-    assert!(
-        rel <= 1e-10 && (rel - rep.residual).abs() <= 1e-3 * rel + 1e-15,
-        "{rel:e} vs {rep:?}"
-    );
+    assert!(rel <= 1e-10 && (rel - rep.residual).abs() <= 1e-3 * rel + 1e-15, "{rel:e} vs {rep:?}");
     // b = 0 gives x = 0 without iterating
     let zero = vec![SpinorOf::<G, NS>::default(); v];
-    let rep = d
-        .solve_normal(u.links(), &zero, &mut x, &mut work, &params)
-        .unwrap();
+    let rep = d.solve_normal(&ug, &zero, &mut x, &mut work, &params).unwrap();
     assert_eq!((rep.iterations, rep.residual), (0, 0.0));
     assert!(x.iter().all(|s| s.norm2() == 0.0));
 }
 
 #[test]
 fn cg_meets_its_target_caps_and_even_odd_agrees() {
-    check_cg::<U1Angle, 2>(&[8, 8], 0.24, 0.0, 101);
-    check_cg::<Su2, 2>(&[4, 6], 0.2, 0.05, 102);
-    check_cg::<Su3, 4>(&[2, 2, 2, 4], 0.12, 0.0, 103);
-    check_cg::<Su3, 4>(&[2, 2, 4, 4], 0.13, 0.1, 104);
+    check_cg::<U1Angle, 2>(&[8, 8], 0.24, 0.0, 0.0, 101);
+    check_cg::<Su2, 2>(&[4, 6], 0.2, 0.05, 0.0, 102);
+    check_cg::<Su3, 4>(&[2, 2, 2, 4], 0.12, 0.0, 0.0, 103);
+    check_cg::<Su3, 4>(&[2, 2, 4, 4], 0.13, 0.1, 0.0, 104);
+    // with a clover term
+    check_cg::<U1Angle, 2>(&[6, 4], 0.22, 0.0, 1.5, 105);
+    check_cg::<Su3, 4>(&[2, 2, 2, 4], 0.12, 0.05, 1.8, 106);
 }
 
 /// The 4-point central difference of f at 0 with step h.
@@ -153,10 +106,7 @@ fn derivative(f: impl Fn(f64) -> f64, h: f64) -> f64 {
 
 /// Links moved along a random tangent direction: exp(ε Z_l) U_l.
 fn moved<G: WilsonGroup>(u: &[G], z: &[G::Algebra], eps: f64) -> Vec<G> {
-    u.iter()
-        .zip(z)
-        .map(|(l, a)| G::exp(&a.scale(eps)).mul(l))
-        .collect()
+    u.iter().zip(z).map(|(l, a)| G::exp(&a.scale(eps)).mul(l)).collect()
 }
 
 /// Σ_l F_l · Z_l in the coefficient metric.
@@ -172,8 +122,8 @@ fn pair<A: LieAlgebra>(f: &[A], z: &[A]) -> f64 {
         .sum()
 }
 
-fn check_force<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu: f64, seed: u64) {
-    let d = op::<G, NS>(shape, kappa, mu);
+fn check_force<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu: f64, csw: f64, seed: u64) {
+    let d = op_sw::<G, NS>(shape, kappa, mu, csw);
     let v = d.volume();
     let h = v / 2;
     let u = hot::<G>(d.lattice(), seed);
@@ -182,57 +132,42 @@ fn check_force<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu: f
     let tight = CgParams::new(1e-13, 10_000).unwrap();
     let action = |links: &[G], work: &mut SolverWork<SpinorOf<G, NS>>| -> f64 {
         let mut x = vec![SpinorOf::<G, NS>::default(); v];
-        d.solve_normal(links, &phi, &mut x, work, &tight).unwrap();
+        let mut cf = d.new_clover_field().unwrap();
+        let g = d.clover_gauge(links, &mut cf).unwrap();
+        d.solve_normal(&g, &phi, &mut x, work, &tight).unwrap();
         re_dot(&phi, &x)
     };
     let action_eo = |links: &[G], work: &mut SolverWork<SpinorOf<G, NS>>| -> f64 {
         let mut x = vec![SpinorOf::<G, NS>::default(); h];
-        d.solve_schur_normal(links, &phi[..h], &mut x, work, &tight)
-            .unwrap();
+        let mut cf = d.new_clover_field().unwrap();
+        let g = d.clover_gauge(links, &mut cf).unwrap();
+        d.solve_schur_normal(&g, &phi[..h], &mut x, work, &tight).unwrap();
         re_dot(&phi[..h], &x)
     };
     // the forces at u
+    let mut cf = d.new_clover_field().unwrap();
+    let ug = d.clover_gauge(u.links(), &mut cf).unwrap();
     let mut x = vec![SpinorOf::<G, NS>::default(); v];
     let mut y = vec![SpinorOf::<G, NS>::default(); v];
-    d.solve_normal(u.links(), &phi, &mut x, &mut work, &tight)
-        .unwrap();
-    d.apply(u.links(), &x, &mut y).unwrap();
+    d.solve_normal(&ug, &phi, &mut x, &mut work, &tight).unwrap();
+    d.apply(&ug, &x, &mut y).unwrap();
     let mut f = vec![G::Algebra::zero(); v * NS];
-    d.force(u.links(), &x, &y, &mut f).unwrap();
-    let (mut xe, mut ye, mut tmp) = (
-        vec![SpinorOf::<G, NS>::default(); h],
-        vec![Default::default(); h],
-        vec![Default::default(); h],
-    );
-    d.solve_schur_normal(u.links(), &phi[..h], &mut xe, &mut work, &tight)
-        .unwrap();
-    d.apply_schur(u.links(), &xe, &mut tmp, &mut ye).unwrap();
+    d.force(&ug, &x, &y, &mut f).unwrap();
+    let (mut xe, mut ye, mut tmp) =
+        (vec![SpinorOf::<G, NS>::default(); h], vec![Default::default(); h], vec![Default::default(); h]);
+    d.solve_schur_normal(&ug, &phi[..h], &mut xe, &mut work, &tight).unwrap();
+    d.apply_schur(&ug, &xe, &mut tmp, &mut ye).unwrap();
     let mut f_eo = vec![G::Algebra::zero(); v * NS];
-    d.force_eo(u.links(), &xe, &ye, &mut work, &mut f_eo)
-        .unwrap();
+    d.force_eo(&ug, &xe, &ye, &mut work, &mut f_eo).unwrap();
     let mut rng = Stream::new(seed + 2, 9);
     for _ in 0..2 {
-        let z: Vec<G::Algebra> = (0..v * NS)
-            .map(|_| G::Algebra::gaussian(&mut rng))
-            .collect();
-        let fd = derivative(
-            |e| action(&moved(u.links(), &z, e), &mut SolverWork::new(v)),
-            1e-3,
-        );
+        let z: Vec<G::Algebra> = (0..v * NS).map(|_| G::Algebra::gaussian(&mut rng)).collect();
+        let fd = derivative(|e| action(&moved(u.links(), &z, e), &mut SolverWork::new(v)), 1e-3);
         let an = pair(&f, &z);
-        assert!(
-            (fd - an).abs() < 1e-7 * fd.abs().max(1.0),
-            "force: finite difference {fd} vs {an}"
-        );
-        let fd = derivative(
-            |e| action_eo(&moved(u.links(), &z, e), &mut SolverWork::new(v)),
-            1e-3,
-        );
+        assert!((fd - an).abs() < 1e-7 * fd.abs().max(1.0), "force: finite difference {fd} vs {an}");
+        let fd = derivative(|e| action_eo(&moved(u.links(), &z, e), &mut SolverWork::new(v)), 1e-3);
         let an = pair(&f_eo, &z);
-        assert!(
-            (fd - an).abs() < 1e-7 * fd.abs().max(1.0),
-            "even–odd force: finite difference {fd} vs {an}"
-        );
+        assert!((fd - an).abs() < 1e-7 * fd.abs().max(1.0), "even–odd force: finite difference {fd} vs {an}");
     }
     // one link, one generator: the last time-direction link at t = T − 1 crosses the boundary
     let l = (v - 1) * NS + NS - 1;
@@ -240,67 +175,48 @@ fn check_force<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu: f
     let mut c = vec![0.0; G::Algebra::N_GEN];
     c[0] = 1.0;
     z[l] = G::Algebra::from_coeffs(&c);
-    let fd = derivative(
-        |e| action(&moved(u.links(), &z, e), &mut SolverWork::new(v)),
-        1e-3,
-    );
-    assert!(
-        (fd - pair(&f, &z)).abs() < 1e-7 * fd.abs().max(1.0),
-        "boundary link: {fd} vs {}",
-        pair(&f, &z)
-    );
+    let fd = derivative(|e| action(&moved(u.links(), &z, e), &mut SolverWork::new(v)), 1e-3);
+    assert!((fd - pair(&f, &z)).abs() < 1e-7 * fd.abs().max(1.0), "boundary link: {fd} vs {}", pair(&f, &z));
 }
 
 #[test]
 fn force_matches_finite_differences() {
-    check_force::<U1Angle, 2>(&[4, 4], 0.22, 0.0, 201);
-    check_force::<Su2, 2>(&[4, 4], 0.2, 0.15, 202);
-    check_force::<Su3, 2>(&[4, 4], 0.21, 0.0, 203);
-    check_force::<Su3, 4>(&[2, 2, 2, 2], 0.12, 0.08, 204);
+    check_force::<U1Angle, 2>(&[4, 4], 0.22, 0.0, 0.0, 201);
+    check_force::<Su2, 2>(&[4, 4], 0.2, 0.15, 0.0, 202);
+    check_force::<Su3, 2>(&[4, 4], 0.21, 0.0, 0.0, 203);
+    check_force::<Su3, 4>(&[2, 2, 2, 2], 0.12, 0.08, 0.0, 204);
+    // with a clover term
+    check_force::<U1Angle, 2>(&[4, 4], 0.2, 0.0, 1.4, 205);
+    check_force::<Su2, 2>(&[4, 4], 0.19, 0.1, 1.2, 206);
+    check_force::<Su3, 4>(&[2, 2, 2, 2], 0.11, 0.05, 1.6, 207);
 }
 
 /// Solves, forces and the operator under 1 and 2 threads: the same bits.
 fn run_all<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, threads: usize) -> Vec<f64> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(|| {
-            let d = op::<G, NS>(shape, kappa, 0.1);
-            let v = d.volume();
-            let u = hot::<G>(d.lattice(), 301);
-            let eta = noise::<G, NS>(v, 302);
-            let mut work = SolverWork::new(v);
-            let params = CgParams::new(1e-9, 5000).unwrap();
-            let (mut x, mut y, mut psi) = (
-                vec![SpinorOf::<G, NS>::default(); v],
-                vec![Default::default(); v],
-                vec![Default::default(); v],
-            );
-            let rep = d
-                .solve_normal(u.links(), &eta, &mut x, &mut work, &params)
-                .unwrap();
-            d.apply(u.links(), &x, &mut y).unwrap();
-            let mut f = vec![G::Algebra::zero(); v * NS];
-            d.force(u.links(), &x, &y, &mut f).unwrap();
-            let rep_eo = d
-                .solve_eo(u.links(), &eta, &mut psi, &mut work, &params)
-                .unwrap();
-            let mut out: Vec<f64> = crate::gauge::flat::reals(&x).to_vec();
-            out.extend_from_slice(crate::gauge::flat::reals(&psi));
-            let mut c = vec![0.0; G::Algebra::N_GEN];
-            for a in &f {
-                a.write_coeffs(&mut c);
-                out.extend_from_slice(&c);
-            }
-            out.extend([
-                rep.residual,
-                rep_eo.residual,
-                rep.iterations as f64,
-                rep_eo.iterations as f64,
-            ]);
-            out
-        })
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+        let d = op::<G, NS>(shape, kappa, 0.1);
+        let v = d.volume();
+        let u = hot::<G>(d.lattice(), 301);
+        let eta = noise::<G, NS>(v, 302);
+        let mut work = SolverWork::new(v);
+        let params = CgParams::new(1e-9, 5000).unwrap();
+        let (mut x, mut y, mut psi) =
+            (vec![SpinorOf::<G, NS>::default(); v], vec![Default::default(); v], vec![Default::default(); v]);
+        let rep = d.solve_normal(u.links(), &eta, &mut x, &mut work, &params).unwrap();
+        d.apply(u.links(), &x, &mut y).unwrap();
+        let mut f = vec![G::Algebra::zero(); v * NS];
+        d.force(u.links(), &x, &y, &mut f).unwrap();
+        let rep_eo = d.solve_eo(u.links(), &eta, &mut psi, &mut work, &params).unwrap();
+        let mut out: Vec<f64> = crate::gauge::flat::reals(&x).to_vec();
+        out.extend_from_slice(crate::gauge::flat::reals(&psi));
+        let mut c = vec![0.0; G::Algebra::N_GEN];
+        for a in &f {
+            a.write_coeffs(&mut c);
+            out.extend_from_slice(&c);
+        }
+        out.extend([rep.residual, rep_eo.residual, rep.iterations as f64, rep_eo.iterations as f64]);
+        out
+    })
 }
 
 #[test]
