@@ -155,7 +155,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     }
 
     /// Q_μν(x): the four leaves at x, oriented μ → ν.
-    fn clover_leaves(&self, links: &[G], x: usize, mu: usize, nu: usize) -> G::Mat {
+    pub(crate) fn clover_leaves(&self, links: &[G], x: usize, mu: usize, nu: usize) -> G::Mat {
         let lat = self.lattice();
         let m = |a: &G::Mat, b: &G::Mat| G::mat_mul(a, b);
         let dg = |a: &G::Mat| G::mat_dagger(a);

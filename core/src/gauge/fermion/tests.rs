@@ -11,6 +11,7 @@ use crate::gauge::{gauge_transform, LinkField, Su2, Su3};
 use crate::lattice::Lattice;
 use crate::rng::Stream;
 
+mod clover_tests;
 mod solve_tests;
 
 type Field<G, const NS: usize> = Vec<SpinorOf<G, NS>>;
