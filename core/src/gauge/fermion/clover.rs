@@ -129,9 +129,9 @@ pub(crate) fn gamma_product(ns: usize, mu: usize, nu: usize, r: usize) -> (usize
     (n.col, (m.k + n.k) & 3)
 }
 
-/// The four corner weights' square in plane (μ, ν), μ < ν, with lower-left corner z: the links
-/// a = U_μ(z), b = U_ν(z+μ̂), c = U_μ(z+ν̂), d = U_ν(z) as matrices, and the corner sites
-/// [z, z+μ̂, z+μ̂+ν̂, z+ν̂].
+/// One plaquette square in the plane (μ, ν), μ < ν, with lower-left corner z: its links
+/// a = U_μ(z), b = U_ν(z+μ̂), c = U_μ(z+ν̂), d = U_ν(z) as matrices, and its corners
+/// [z, z+μ̂, z+μ̂+ν̂, z+ν̂]. The leaf of Q_μν at corner k is the loop a b c† d† started there.
 struct Square<M> {
     a: M,
     b: M,
@@ -173,8 +173,9 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     }
 
     /// An empty clover field for this operator (allocates once; filled by
-    /// [`Self::clover_gauge`]). Errors unless c_sw ≠ 0 and the blocks fit
-    /// [`MAX_CLOVER_BLOCK`].
+    /// [`Self::clover_gauge`], reused for every gauge field). Errors if the chirality blocks
+    /// exceed [`MAX_CLOVER_BLOCK`]. With c_sw = 0 the blocks hold only 1 + i·2κμγ5 and the
+    /// operator's applications ignore them.
     pub fn new_clover_field(&self) -> Result<CloverField, FermionError> {
         let b = NS / 2 * G::NC;
         if b > MAX_CLOVER_BLOCK {
@@ -414,20 +415,22 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     }
 
     /// The clover part of the pseudofermion force, added to `out`: −2 Re(Y† δA X) with the
-    /// site weights `w[parity]` (1, 1 on the full lattice; 1, κ² for the even–odd action).
+    /// site weights `w[parity]` (1, 1 on the full lattice; 1, κ² for the even–odd action),
+    /// times `scale`.
     pub(crate) fn clover_pf_force_add(
         &self,
         g: GaugeRef<'_, G>,
         x: &[Spinor<G::Colour, NS>],
         y: &[Spinor<G::Colour, NS>],
         w: [f64; 2],
+        scale: f64,
         out: &mut [G::Algebra],
     ) {
         if g.clover.is_none() {
             return;
         }
         let lat = self.lattice();
-        let coef = 2.0 * self.kappa() * self.params().csw;
+        let coef = 2.0 * self.kappa() * self.params().csw * scale;
         let lambda = |s: usize, mu, nu| Self::spinor_lambda(&x[s], &y[s], mu, nu, w[lat.site_parity(s)]);
         self.clover_force_add(g.links, coef, lambda, out);
     }

@@ -36,14 +36,15 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         out
     }
 
-    /// out[x·d + μ] = coef · d/dt Re(Y† H[exp(t X_a) U_μ(x)] X) for every link, overwriting
-    /// `out` (V·d algebra elements, `[site][μ]`).
+    /// out[x·d + μ] (+)= coef · d/dt Re(Y† H[exp(t X_a) U_μ(x)] X) for every link, adding when
+    /// `add`, overwriting otherwise (V·d algebra elements, `[site][μ]`).
     fn hop_force(
         &self,
         g: GaugeRef<'_, G>,
         x: &[Spinor<G::Colour, NS>],
         y: &[Spinor<G::Colour, NS>],
         coef: f64,
+        add: bool,
         out: &mut [G::Algebra],
     ) -> Result<(), FermionError> {
         let u = g.links;
@@ -65,7 +66,12 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
                 m += G::outer(&py_up.0[s], &x[site].0[s]);
             }
             let sign = if mu == NS - 1 && lat.time(site) == t_max { -coef } else { coef };
-            *f = u[l].re_trace_derivative(&m).scale(sign);
+            let d = u[l].re_trace_derivative(&m);
+            if add {
+                f.axpy(sign, &d);
+            } else {
+                *f = d.scale(sign);
+            }
         });
         Ok(())
     }
@@ -74,6 +80,10 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// [`Self::solve_normal`]) and Y = D X (see [`Self::apply`]): writes F^a_μ(x) =
     /// dS/dt at U_μ(x) → exp(t X_a) U_μ(x) into `out[x·d + μ]` (V·d algebra elements, the layout
     /// of a [`crate::gauge::LinkField`]), overwriting it. HMC kicks P ← P − ε F.
+    ///
+    /// For any fields X, Y this is the derivative of −2 Re(Y† D X) at fixed X, Y; so for a
+    /// Hasenbusch ratio S = φ†D₂(D₁†D₁)⁻¹D₂†φ, with X = (D₁†D₁)⁻¹D₂†φ and Y = D₁X, the force is
+    /// `D₁.force(X, Y)` minus `D₂.force(X, φ)` (see [`Self::add_force`]).
     pub fn force(
         &self,
         u: &(impl DiracGauge<G> + ?Sized),
@@ -82,21 +92,65 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         out: &mut [G::Algebra],
     ) -> Result<(), FermionError> {
         let g = self.gauge(u)?;
-        self.hop_force(g, x, y, 2.0 * self.kappa(), out)?;
-        self.clover_pf_force_add(g, x, y, [1.0, 1.0], out);
+        self.hop_force(g, x, y, 2.0 * self.kappa(), false, out)?;
+        self.clover_pf_force_add(g, x, y, [1.0, 1.0], 1.0, out);
+        Ok(())
+    }
+
+    /// out += scale · (the force of [`Self::force`] for X, Y): accumulates several
+    /// pseudofermion terms (e.g. Hasenbusch ratios) into one buffer.
+    pub fn add_force(
+        &self,
+        u: &(impl DiracGauge<G> + ?Sized),
+        x: &[Spinor<G::Colour, NS>],
+        y: &[Spinor<G::Colour, NS>],
+        scale: f64,
+        out: &mut [G::Algebra],
+    ) -> Result<(), FermionError> {
+        let g = self.gauge(u)?;
+        self.hop_force(g, x, y, 2.0 * self.kappa() * scale, true, out)?;
+        self.clover_pf_force_add(g, x, y, [1.0, 1.0], scale, out);
         Ok(())
     }
 
     /// The force of the even–odd action S = φ_e†(D̂†D̂)⁻¹φ_e from X̂ = (D̂†D̂)⁻¹φ_e (see
     /// [`Self::solve_schur_normal`]) and Ŷ = D̂X̂ (see [`Self::apply_schur`]), both half-lattice
-    /// fields (V/2 spinors). Uses `work` for the full fields of the module docs (so it must not
-    /// hold `x_e` or `y_e`). Writes the V·d algebra elements into `out` as [`Self::force`] does.
+    /// fields (V/2 spinors): for any X̂, Ŷ the derivative of −2 Re(Ŷ† D̂ X̂). Uses `work` for the
+    /// full fields of the module docs (so `work` must not hold `x_e` or `y_e`). Writes the V·d
+    /// algebra elements into `out` as [`Self::force`] does. With c_sw ≠ 0 the action needs the
+    /// clover determinant term too ([`Self::clover_log_det_force`]).
     pub fn force_eo(
         &self,
         u: &(impl DiracGauge<G> + ?Sized),
         x_e: &[Spinor<G::Colour, NS>],
         y_e: &[Spinor<G::Colour, NS>],
         work: &mut SolverWork<Spinor<G::Colour, NS>>,
+        out: &mut [G::Algebra],
+    ) -> Result<(), FermionError> {
+        self.eo_force(u, x_e, y_e, work, None, out)
+    }
+
+    /// out += scale · (the force of [`Self::force_eo`] for X̂, Ŷ).
+    pub fn add_force_eo(
+        &self,
+        u: &(impl DiracGauge<G> + ?Sized),
+        x_e: &[Spinor<G::Colour, NS>],
+        y_e: &[Spinor<G::Colour, NS>],
+        scale: f64,
+        work: &mut SolverWork<Spinor<G::Colour, NS>>,
+        out: &mut [G::Algebra],
+    ) -> Result<(), FermionError> {
+        self.eo_force(u, x_e, y_e, work, Some(scale), out)
+    }
+
+    /// [`Self::force_eo`] (`scale` None) or [`Self::add_force_eo`].
+    fn eo_force(
+        &self,
+        u: &(impl DiracGauge<G> + ?Sized),
+        x_e: &[Spinor<G::Colour, NS>],
+        y_e: &[Spinor<G::Colour, NS>],
+        work: &mut SolverWork<Spinor<G::Colour, NS>>,
+        scale: Option<f64>,
         out: &mut [G::Algebra],
     ) -> Result<(), FermionError> {
         let half = self.half_volume()?;
@@ -109,9 +163,9 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         self.eo_force_partners(g, x_e, y_e, x_o, y_o)?;
         self.merge_eo(x_e, x_o, x_full)?;
         self.merge_eo(y_e, y_o, y_full)?;
-        let k = self.kappa();
-        self.hop_force(g, x_full, y_full, 2.0 * k * k, out)?;
-        self.clover_pf_force_add(g, x_full, y_full, [1.0, k * k], out);
+        let (k, s) = (self.kappa(), scale.unwrap_or(1.0));
+        self.hop_force(g, x_full, y_full, 2.0 * k * k * s, scale.is_some(), out)?;
+        self.clover_pf_force_add(g, x_full, y_full, [1.0, k * k], s, out);
         Ok(())
     }
 }

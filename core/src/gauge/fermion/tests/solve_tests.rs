@@ -229,3 +229,74 @@ fn results_are_bit_identical_for_one_and_two_threads() {
     let b = run_all::<Su3, 4>(&[4, 4, 4, 8], 0.11, 2);
     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()) && a.len() == b.len());
 }
+
+/// A Hasenbusch ratio S = φ†D₂(D₁†D₁)⁻¹D₂†φ (and its even–odd form with D̂): the force
+/// D₁.force(X, Y) − D₂.force(X, φ) with X = (D₁†D₁)⁻¹D₂†φ, Y = D₁X, against a finite
+/// difference; and `add_force` accumulates.
+fn check_hasenbusch<G: WilsonGroup, const NS: usize>(shape: &[i64], k1: f64, k2: f64, csw: f64, seed: u64) {
+    let (d1, d2) = (op_sw::<G, NS>(shape, k1, 0.05, csw), op_sw::<G, NS>(shape, k2, 0.05, csw));
+    let (v, h) = (d1.volume(), d1.volume() / 2);
+    let u = hot::<G>(d1.lattice(), seed);
+    let phi = noise::<G, NS>(v, seed + 1);
+    let tight = CgParams::new(1e-13, 10_000).unwrap();
+    // (X, Y, φ) of the full and the even–odd ratio at some links
+    let solve = |links: &[G], eo: bool| -> (Vec<SpinorOf<G, NS>>, Vec<SpinorOf<G, NS>>, f64) {
+        let (mut c1, mut c2) = (d1.new_clover_field().unwrap(), d2.new_clover_field().unwrap());
+        let (g1, g2) = (d1.clover_gauge(links, &mut c1).unwrap(), d2.clover_gauge(links, &mut c2).unwrap());
+        let mut work = SolverWork::new(v);
+        let n = if eo { h } else { v };
+        let (mut chi, mut x, mut y, mut tmp) =
+            (phi[..n].to_vec(), phi[..n].to_vec(), phi[..n].to_vec(), phi[..h].to_vec());
+        x.iter_mut().for_each(|s| *s = Default::default());
+        if eo {
+            d2.apply_schur_dagger(&g2, &phi[..h], &mut tmp, &mut chi).unwrap();
+            d1.solve_schur_normal(&g1, &chi, &mut x, &mut work, &tight).unwrap();
+            d1.apply_schur(&g1, &x, &mut tmp, &mut y).unwrap();
+        } else {
+            d2.apply_dagger(&g2, &phi, &mut chi).unwrap();
+            d1.solve_normal(&g1, &chi, &mut x, &mut work, &tight).unwrap();
+            d1.apply(&g1, &x, &mut y).unwrap();
+        }
+        let s = re_dot(&chi, &x);
+        (x, y, s)
+    };
+    let mut rng = Stream::new(seed + 2, 5);
+    for eo in [false, true] {
+        let (x, y, _) = solve(u.links(), eo);
+        let (mut c1, mut c2) = (d1.new_clover_field().unwrap(), d2.new_clover_field().unwrap());
+        let (g1, g2) = (d1.clover_gauge(u.links(), &mut c1).unwrap(), d2.clover_gauge(u.links(), &mut c2).unwrap());
+        let mut work = SolverWork::new(v);
+        let mut f = vec![G::Algebra::zero(); v * NS];
+        let n = x.len();
+        if eo {
+            d1.force_eo(&g1, &x, &y, &mut work, &mut f).unwrap();
+            d2.add_force_eo(&g2, &x, &phi[..n], -1.0, &mut work, &mut f).unwrap();
+        } else {
+            d1.force(&g1, &x, &y, &mut f).unwrap();
+            d2.add_force(&g2, &x, &phi, -1.0, &mut f).unwrap();
+        }
+        let z: Vec<G::Algebra> = (0..v * NS).map(|_| G::Algebra::gaussian(&mut rng)).collect();
+        let fd = derivative(|e| solve(&moved(u.links(), &z, e), eo).2, 1e-3);
+        let an = pair(&f, &z);
+        assert!((fd - an).abs() < 1e-7 * fd.abs().max(1.0), "Hasenbusch (eo {eo}): finite difference {fd} vs {an}");
+        // add_force accumulates: F + 2F = 3F
+        if !eo {
+            let mut f1 = vec![G::Algebra::zero(); v * NS];
+            d1.force(&g1, &x, &y, &mut f1).unwrap();
+            let mut acc = f1.clone();
+            d1.add_force(&g1, &x, &y, 2.0, &mut acc).unwrap();
+            for (a, b) in acc.iter().zip(&f1) {
+                let mut diff = *a;
+                diff.axpy(-3.0, b);
+                assert!(diff.norm2() <= 1e-24 * (1.0 + b.norm2()));
+            }
+        }
+    }
+}
+
+#[test]
+fn hasenbusch_ratio_force_matches_finite_differences() {
+    check_hasenbusch::<U1Angle, 2>(&[4, 4], 0.22, 0.18, 0.0, 501);
+    check_hasenbusch::<Su2, 2>(&[4, 4], 0.21, 0.17, 1.1, 502);
+    check_hasenbusch::<Su3, 4>(&[2, 2, 2, 2], 0.12, 0.1, 1.4, 503);
+}
