@@ -30,7 +30,12 @@ pub(super) fn op<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu:
     op_sw(shape, kappa, mu, 0.0)
 }
 
-pub(super) fn op_sw<G: WilsonGroup, const NS: usize>(shape: &[i64], kappa: f64, mu: f64, csw: f64) -> WilsonDirac<G, NS> {
+pub(super) fn op_sw<G: WilsonGroup, const NS: usize>(
+    shape: &[i64],
+    kappa: f64,
+    mu: f64,
+    csw: f64,
+) -> WilsonDirac<G, NS> {
     WilsonDirac::new(&Lattice::new(shape).unwrap(), WilsonParams { kappa, mu, csw }).unwrap()
 }
 
@@ -125,6 +130,13 @@ fn free_field_log_det_matches_the_formula_and_the_table() {
         assert!((formula - table).abs() < 1e-8, "{shape:?}: formula {formula} vs table {table}");
         assert!((logdet - table).abs() < 1e-8, "{shape:?}: dense {logdet} vs table {table}");
         assert!(arg.abs() < 1e-9, "{shape:?}: det D must be real and positive, arg {arg}");
+    }
+    // the smallest lattices (x ± μ̂ coincide), against the formula
+    for (shape, kappa) in [([2i64, 2], 0.25), ([2, 4], 0.276), ([6, 2], 0.2)] {
+        let d = op::<U1Angle, 2>(&shape, kappa, 0.0);
+        let (logdet, arg) = dense_log_det(&d, LinkField::<U1Angle>::identity(2, d.volume()).links());
+        let formula = free_log_det_formula(&[shape[0] as usize, shape[1] as usize], kappa);
+        assert!((logdet - formula).abs() < 1e-10 && arg.abs() < 1e-10, "{shape:?}: {logdet} vs {formula}");
     }
     // SU(3) and 4D: the colour copies multiply the determinant, the 4D formula is the same sum
     let d = op::<Su3, 2>(&[4, 4], 0.25, 0.0);

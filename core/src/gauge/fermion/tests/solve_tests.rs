@@ -300,3 +300,35 @@ fn hasenbusch_ratio_force_matches_finite_differences() {
     check_hasenbusch::<Su2, 2>(&[4, 4], 0.21, 0.17, 1.1, 502);
     check_hasenbusch::<Su3, 4>(&[2, 2, 2, 2], 0.12, 0.1, 1.4, 503);
 }
+
+#[test]
+fn cg_refuses_bad_work_space_and_reports_breakdown() {
+    let b = noise::<U1Angle, 2>(16, 601);
+    let mut x = vec![SpinorOf::<U1Angle, 2>::default(); 16];
+    let params = CgParams::new(1e-10, 50).unwrap();
+    // an operator that is not positive definite: −1
+    let neg = |v: &[SpinorOf<U1Angle, 2>], out: &mut [SpinorOf<U1Angle, 2>]| {
+        for (o, i) in out.iter_mut().zip(v) {
+            *o = Spinor(std::array::from_fn(|s| i.0[s].scale(-1.0)));
+        }
+        Ok(())
+    };
+    match cg(neg, &b, &mut x, &mut CgWork::new(16), &params).unwrap_err() {
+        FermionError::NotConverged { iterations, residual, .. } => assert!(iterations == 1 && residual == 1.0),
+        e => panic!("expected NotConverged, got {e}"),
+    }
+    // the identity converges in one iteration to x = b
+    let id = |v: &[SpinorOf<U1Angle, 2>], out: &mut [SpinorOf<U1Angle, 2>]| {
+        out.copy_from_slice(v);
+        Ok(())
+    };
+    let rep = cg(id, &b, &mut x, &mut CgWork::new(16), &params).unwrap();
+    assert!(rep.iterations == 1 && rep.residual <= 1e-15 && x == b);
+    // work space and solution of the wrong size
+    assert!(matches!(cg(id, &b, &mut x, &mut CgWork::new(8), &params).unwrap_err(), FermionError::Length { .. }));
+    assert!(matches!(cg(id, &b, &mut x[..8], &mut CgWork::new(16), &params).unwrap_err(), FermionError::Length { .. }));
+    let d = op::<U1Angle, 2>(&[4, 4], 0.2, 0.0);
+    let u = hot::<U1Angle>(d.lattice(), 602);
+    let e = d.solve_normal(u.links(), &b, &mut x, &mut SolverWork::new(8), &params).unwrap_err();
+    assert!(matches!(e, FermionError::Length { .. }) && e.to_string().contains("work"), "{e}");
+}
