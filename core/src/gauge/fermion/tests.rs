@@ -387,3 +387,13 @@ fn spinors_are_flat_reals() {
     let m = norm2(&big) / (2000.0 * 12.0);
     assert!((m - 1.0).abs() < 4.0 / (2000.0f64 * 12.0).sqrt(), "mean |η|² {m}");
 }
+
+/// The even–odd kernels find a neighbour's position in its half field as y/2; that is
+/// `Lattice::eo_index` whenever every extent is even.
+#[test]
+fn half_lattice_position_is_half_the_site_index() {
+    for shape in [vec![2i64, 2], vec![4, 6], vec![2, 2, 2, 4], vec![6, 4, 2, 8]] {
+        let lat = Lattice::new(&shape).unwrap();
+        assert!((0..lat.volume()).all(|y| lat.eo_index(y) == y / 2), "{shape:?}");
+    }
+}
