@@ -28,8 +28,8 @@
 //!   [`HeatbathGroup`] (SU(2), SU(3), SU(N)).
 //! * [`gradflow`]: the Wilson (and Symanzik) gradient flow with Lüscher's RK3 integrator,
 //!   clover E and Q, and the t0 / w0 scale conditions.
-//! * [`fermion`]: Wilson fermions (twisted mass, even–odd preconditioning, CG, the
-//!   pseudofermion force) for every [`fermion::WilsonGroup`], in 2D and 4D; it follows the
+//! * [`fermion`]: Wilson fermions (twisted mass, clover, even–odd preconditioning, CG, the
+//!   pseudofermion forces) for every [`fermion::WilsonGroup`], in 2D and 4D; it follows the
 //!   plan of the next section.
 //!
 //! # Neighbour access and domain decomposition
