@@ -28,6 +28,9 @@
 //!   [`HeatbathGroup`] (SU(2), SU(3), SU(N)).
 //! * [`gradflow`]: the Wilson (and Symanzik) gradient flow with Lüscher's RK3 integrator,
 //!   clover E and Q, and the t0 / w0 scale conditions.
+//! * [`fermion`]: Wilson fermions (twisted mass, clover, even–odd preconditioning, CG, the
+//!   pseudofermion forces) for every [`fermion::WilsonGroup`], in 2D and 4D; it follows the
+//!   plan of the next section.
 //!
 //! # Neighbour access and domain decomposition
 //! Physics kernels never compute global site indices. They reach x ± μ̂ through the
@@ -56,6 +59,7 @@
 mod algebra;
 mod complex;
 mod field;
+pub mod fermion;
 pub mod flat;
 pub mod gradflow;
 pub mod group;

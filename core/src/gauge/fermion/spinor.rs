@@ -1,0 +1,427 @@
+//! Colour vectors, spinors, the groups a Wilson operator can act with, and the field-level
+//! vector operations (inner products, norms, updates, Gaussian fills) the solvers need.
+//!
+//! Memory: a [`ColourVector<N>`] is `N` [`Complex`] numbers, a [`Spinor<C, NS>`] is `NS`
+//! colour vectors (spin-major: component (s, c) at complex offset `s·N + c`), and a spinor field
+//! is a slice with one spinor per site in the lattice's row-major site order (or, for a
+//! half-lattice field, in the order of [`Lattice::sites_of_parity`](crate::lattice::Lattice::sites_of_parity)).
+//! All are `bytemuck::Pod` made of `f64`s only, so a field is viewed as flat reals with
+//! [`crate::gauge::flat::reals`] (re, im interleaved) without copying.
+
+use std::fmt::Debug;
+
+use bytemuck::{Pod, Zeroable};
+use rayon::prelude::*;
+
+use crate::gauge::complex::Complex;
+use crate::gauge::group::{GaugeGroup, U1Angle};
+use crate::gauge::matrix::Matrix;
+use crate::gauge::parallel::{fill_random, sum_sites, RngFillError};
+use crate::gauge::sun::SuN;
+use crate::rng::Stream;
+use crate::sum::CompensatedSum;
+
+/// A colour vector: N complex components.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ColourVector<const N: usize>(pub [Complex; N]);
+
+impl<const N: usize> Default for ColourVector<N> {
+    fn default() -> Self {
+        Self([Complex::ZERO; N])
+    }
+}
+
+// SAFETY: `repr(transparent)` over `[Complex; N]`, i.e. `f64`s only: no padding, the alignment
+// of `f64`, every bit pattern valid, all-zero valid.
+unsafe impl<const N: usize> Zeroable for ColourVector<N> {}
+unsafe impl<const N: usize> Pod for ColourVector<N> {}
+
+/// The operations a spinor kernel needs on a colour vector (implemented by [`ColourVector`]).
+pub trait Colour: Copy + Clone + Debug + Default + PartialEq + Pod + Send + Sync + 'static {
+    /// The number of colours N.
+    const NC: usize;
+    /// self + o.
+    fn add(&self, o: &Self) -> Self;
+    /// self − o.
+    fn sub(&self, o: &Self) -> Self;
+    /// self += o.
+    fn add_assign(&mut self, o: &Self);
+    /// self·z for a phase z = i^k (k taken mod 4): exact, no rounding.
+    fn mul_phase(&self, k: u8) -> Self;
+    /// self·z for a complex z.
+    fn mul_c(&self, z: Complex) -> Self;
+    /// self·s for a real s.
+    fn scale(&self, s: f64) -> Self;
+    /// self += s·o for a real s.
+    fn axpy(&mut self, s: f64, o: &Self);
+    /// ⟨self, o⟩ = Σ_c conj(self_c) o_c.
+    fn dot(&self, o: &Self) -> Complex;
+    /// Σ_c |self_c|².
+    fn norm2(&self) -> f64;
+    /// The components.
+    fn components(&self) -> &[Complex];
+    /// The components, mutable.
+    fn components_mut(&mut self) -> &mut [Complex];
+}
+
+/// z·i^k for k mod 4.
+#[inline(always)]
+pub(crate) fn phase(z: Complex, k: u8) -> Complex {
+    match k & 3 {
+        0 => z,
+        1 => Complex::new(-z.im, z.re),
+        2 => Complex::new(-z.re, -z.im),
+        _ => Complex::new(z.im, -z.re),
+    }
+}
+
+impl<const N: usize> Colour for ColourVector<N> {
+    const NC: usize = N;
+    #[inline(always)]
+    fn add(&self, o: &Self) -> Self {
+        Self(std::array::from_fn(|c| self.0[c] + o.0[c]))
+    }
+    #[inline(always)]
+    fn sub(&self, o: &Self) -> Self {
+        Self(std::array::from_fn(|c| self.0[c] - o.0[c]))
+    }
+    #[inline(always)]
+    fn add_assign(&mut self, o: &Self) {
+        for c in 0..N {
+            self.0[c] += o.0[c];
+        }
+    }
+    #[inline(always)]
+    fn mul_phase(&self, k: u8) -> Self {
+        Self(std::array::from_fn(|c| phase(self.0[c], k)))
+    }
+    #[inline(always)]
+    fn mul_c(&self, z: Complex) -> Self {
+        Self(std::array::from_fn(|c| self.0[c] * z))
+    }
+    #[inline(always)]
+    fn scale(&self, s: f64) -> Self {
+        Self(std::array::from_fn(|c| self.0[c].scale(s)))
+    }
+    #[inline(always)]
+    fn axpy(&mut self, s: f64, o: &Self) {
+        for c in 0..N {
+            self.0[c].re += s * o.0[c].re;
+            self.0[c].im += s * o.0[c].im;
+        }
+    }
+    #[inline(always)]
+    fn dot(&self, o: &Self) -> Complex {
+        let mut z = Complex::ZERO;
+        for c in 0..N {
+            z += self.0[c].conj_mul(o.0[c]);
+        }
+        z
+    }
+    #[inline(always)]
+    fn norm2(&self) -> f64 {
+        self.0.iter().map(|z| z.abs2()).sum()
+    }
+    fn components(&self) -> &[Complex] {
+        &self.0
+    }
+    fn components_mut(&mut self) -> &mut [Complex] {
+        &mut self.0
+    }
+}
+
+/// A gauge group whose links act on colour vectors in the fundamental representation: what
+/// the Wilson operator and its force are generic over. Implemented by [`U1Angle`] (N = 1),
+/// [`Matrix<N>`] (so [`crate::gauge::Su2`], [`crate::gauge::Su3`]) and [`SuN<N>`].
+pub trait WilsonGroup: GaugeGroup {
+    /// The colour vector type, N = [`GaugeGroup::NC`] components.
+    type Colour: Colour;
+    /// U·v.
+    fn mul_vec(&self, v: &Self::Colour) -> Self::Colour;
+    /// U†·v.
+    fn dagger_mul_vec(&self, v: &Self::Colour) -> Self::Colour;
+    /// The outer product a ⊗ b† (the matrix with entries a_i conj(b_j)) in the linear span of
+    /// the group, the argument of [`GaugeGroup::re_trace_derivative`] in fermion forces.
+    fn outer(a: &Self::Colour, b: &Self::Colour) -> Self::Mat;
+    /// The product a·b in the linear span (clover leaves with weights inserted).
+    fn mat_mul(a: &Self::Mat, b: &Self::Mat) -> Self::Mat;
+    /// The conjugate transpose m†.
+    fn mat_dagger(m: &Self::Mat) -> Self::Mat;
+    /// z·m for a complex z.
+    fn mat_scale(m: &Self::Mat, z: Complex) -> Self::Mat;
+    /// The entry m_ij (row i, column j; i, j < N).
+    fn mat_entry(m: &Self::Mat, i: usize, j: usize) -> Complex;
+}
+
+impl WilsonGroup for U1Angle {
+    type Colour = ColourVector<1>;
+    #[inline(always)]
+    fn mul_vec(&self, v: &ColourVector<1>) -> ColourVector<1> {
+        ColourVector([v.0[0] * Complex::cis(self.0)])
+    }
+    #[inline(always)]
+    fn dagger_mul_vec(&self, v: &ColourVector<1>) -> ColourVector<1> {
+        ColourVector([v.0[0] * Complex::cis(-self.0)])
+    }
+    #[inline(always)]
+    fn outer(a: &ColourVector<1>, b: &ColourVector<1>) -> Complex {
+        a.0[0] * b.0[0].conj()
+    }
+    #[inline(always)]
+    fn mat_mul(a: &Complex, b: &Complex) -> Complex {
+        *a * *b
+    }
+    #[inline(always)]
+    fn mat_dagger(m: &Complex) -> Complex {
+        m.conj()
+    }
+    #[inline(always)]
+    fn mat_scale(m: &Complex, z: Complex) -> Complex {
+        *m * z
+    }
+    #[inline(always)]
+    fn mat_entry(m: &Complex, _i: usize, _j: usize) -> Complex {
+        *m
+    }
+}
+
+#[inline(always)]
+fn mat_vec<const N: usize>(m: &Matrix<N>, v: &ColourVector<N>) -> ColourVector<N> {
+    let mut out = [Complex::ZERO; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        for j in 0..N {
+            let (a, b) = (m.0[i][j], v.0[j]);
+            o.re += a.re * b.re - a.im * b.im;
+            o.im += a.re * b.im + a.im * b.re;
+        }
+    }
+    ColourVector(out)
+}
+
+#[inline(always)]
+fn mat_dagger_vec<const N: usize>(m: &Matrix<N>, v: &ColourVector<N>) -> ColourVector<N> {
+    let mut out = [Complex::ZERO; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        for j in 0..N {
+            // conj(m[j][i]) · v[j]
+            let (a, b) = (m.0[j][i], v.0[j]);
+            o.re += a.re * b.re + a.im * b.im;
+            o.im += a.re * b.im - a.im * b.re;
+        }
+    }
+    ColourVector(out)
+}
+
+#[inline(always)]
+fn mat_outer<const N: usize>(a: &ColourVector<N>, b: &ColourVector<N>) -> Matrix<N> {
+    Matrix(std::array::from_fn(|i| std::array::from_fn(|j| a.0[i] * b.0[j].conj())))
+}
+
+impl<const N: usize> WilsonGroup for Matrix<N>
+where
+    Matrix<N>: GaugeGroup<Mat = Matrix<N>>,
+{
+    type Colour = ColourVector<N>;
+    #[inline(always)]
+    fn mul_vec(&self, v: &ColourVector<N>) -> ColourVector<N> {
+        mat_vec(self, v)
+    }
+    #[inline(always)]
+    fn dagger_mul_vec(&self, v: &ColourVector<N>) -> ColourVector<N> {
+        mat_dagger_vec(self, v)
+    }
+    #[inline(always)]
+    fn outer(a: &ColourVector<N>, b: &ColourVector<N>) -> Matrix<N> {
+        mat_outer(a, b)
+    }
+    #[inline(always)]
+    fn mat_mul(a: &Matrix<N>, b: &Matrix<N>) -> Matrix<N> {
+        *a * *b
+    }
+    #[inline(always)]
+    fn mat_dagger(m: &Matrix<N>) -> Matrix<N> {
+        m.dagger()
+    }
+    #[inline(always)]
+    fn mat_scale(m: &Matrix<N>, z: Complex) -> Matrix<N> {
+        m.scale_c(z)
+    }
+    #[inline(always)]
+    fn mat_entry(m: &Matrix<N>, i: usize, j: usize) -> Complex {
+        m.0[i][j]
+    }
+}
+
+impl<const N: usize> WilsonGroup for SuN<N> {
+    type Colour = ColourVector<N>;
+    #[inline(always)]
+    fn mul_vec(&self, v: &ColourVector<N>) -> ColourVector<N> {
+        mat_vec(&self.0, v)
+    }
+    #[inline(always)]
+    fn dagger_mul_vec(&self, v: &ColourVector<N>) -> ColourVector<N> {
+        mat_dagger_vec(&self.0, v)
+    }
+    #[inline(always)]
+    fn outer(a: &ColourVector<N>, b: &ColourVector<N>) -> Matrix<N> {
+        mat_outer(a, b)
+    }
+    #[inline(always)]
+    fn mat_mul(a: &Matrix<N>, b: &Matrix<N>) -> Matrix<N> {
+        *a * *b
+    }
+    #[inline(always)]
+    fn mat_dagger(m: &Matrix<N>) -> Matrix<N> {
+        m.dagger()
+    }
+    #[inline(always)]
+    fn mat_scale(m: &Matrix<N>, z: Complex) -> Matrix<N> {
+        m.scale_c(z)
+    }
+    #[inline(always)]
+    fn mat_entry(m: &Matrix<N>, i: usize, j: usize) -> Complex {
+        m.0[i][j]
+    }
+}
+
+/// A Dirac spinor at one site: `NS` spin components (2 in 2D, 4 in 4D), each a colour vector.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spinor<C, const NS: usize>(pub [C; NS]);
+
+impl<C: Colour, const NS: usize> Default for Spinor<C, NS> {
+    fn default() -> Self {
+        Self([C::default(); NS])
+    }
+}
+
+// SAFETY: `repr(transparent)` over `[C; NS]` with `C: Pod`: no padding beyond C's (none), every
+// bit pattern valid, all-zero valid.
+unsafe impl<C: Pod, const NS: usize> Zeroable for Spinor<C, NS> {}
+unsafe impl<C: Pod, const NS: usize> Pod for Spinor<C, NS> {}
+
+/// The spinor type of group `G` with `NS` spin components.
+pub type SpinorOf<G, const NS: usize> = Spinor<<G as WilsonGroup>::Colour, NS>;
+
+impl<C: Colour, const NS: usize> Spinor<C, NS> {
+    /// ⟨self, o⟩ = Σ_{s,c} conj(self) o.
+    #[inline]
+    pub fn dot(&self, o: &Self) -> Complex {
+        let mut z = Complex::ZERO;
+        for s in 0..NS {
+            z += self.0[s].dot(&o.0[s]);
+        }
+        z
+    }
+
+    /// Σ_{s,c} |self|².
+    #[inline]
+    pub fn norm2(&self) -> f64 {
+        self.0.iter().map(|c| c.norm2()).sum()
+    }
+
+    /// Whether every component is finite.
+    pub fn is_finite(&self) -> bool {
+        self.0.iter().all(|c| c.components().iter().all(|z| z.is_finite()))
+    }
+}
+
+/// Spinors per chunk of a parallel site loop (independent of the thread count).
+pub const SPINOR_CHUNK: usize = 128;
+/// Below this many sites, spinor loops run on the calling thread.
+pub const SPINOR_PARALLEL_MIN: usize = 512;
+
+/// `out[i] = f(i)` for every i, in fixed chunks of [`SPINOR_CHUNK`], in parallel for long
+/// slices. Each item is computed independently, so the bits do not depend on the threads.
+/// Allocates nothing.
+#[inline]
+pub(crate) fn par_fill<T: Send>(out: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
+    let body = |(c, block): (usize, &mut [T])| {
+        for (j, o) in block.iter_mut().enumerate() {
+            f(c * SPINOR_CHUNK + j, o);
+        }
+    };
+    if out.len() >= SPINOR_PARALLEL_MIN && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(SPINOR_CHUNK).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(SPINOR_CHUNK).enumerate().for_each(body);
+    }
+}
+
+/// `f(i, block i)` for the consecutive blocks of `block` items of `out`, in fixed chunks of
+/// [`SPINOR_CHUNK`] blocks, in parallel for many blocks (each block independently: the bits
+/// do not depend on the threads). Allocates nothing.
+pub(crate) fn par_fill_blocks<T: Send>(out: &mut [T], block: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let block = block.max(1);
+    let body = |(c, chunk): (usize, &mut [T])| {
+        for (j, o) in chunk.chunks_mut(block).enumerate() {
+            f(c * SPINOR_CHUNK + j, o);
+        }
+    };
+    if out.len() / block >= SPINOR_PARALLEL_MIN && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(SPINOR_CHUNK * block).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(SPINOR_CHUNK * block).enumerate().for_each(body);
+    }
+}
+
+/// Re⟨a, b⟩ = Re Σ_x a(x)† b(x), a compensated sum in fixed chunks (bit-identical for any
+/// thread count). Slices must have equal lengths (the shorter length is used otherwise).
+pub fn re_dot<C: Colour, const NS: usize>(a: &[Spinor<C, NS>], b: &[Spinor<C, NS>]) -> f64 {
+    let n = a.len().min(b.len());
+    sum_sites(n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).re))
+}
+
+/// The complex ⟨a, b⟩ = Σ_x a(x)† b(x), compensated, in fixed chunks (bit-identical for any
+/// thread count).
+pub fn dot<C: Colour, const NS: usize>(a: &[Spinor<C, NS>], b: &[Spinor<C, NS>]) -> Complex {
+    let n = a.len().min(b.len());
+    let re = sum_sites(n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).re));
+    let im = sum_sites(n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).im));
+    Complex::new(re, im)
+}
+
+/// |a|² = Σ_x a(x)† a(x), compensated, in fixed chunks.
+pub fn norm2<C: Colour, const NS: usize>(a: &[Spinor<C, NS>]) -> f64 {
+    sum_sites(a.len(), |x, s: &mut CompensatedSum| s.add(a[x].norm2()))
+}
+
+/// y ← y + s·x (real s), site by site in parallel (no reduction: bit-identical).
+pub fn axpy<C: Colour, const NS: usize>(s: f64, x: &[Spinor<C, NS>], y: &mut [Spinor<C, NS>]) {
+    par_fill(y, |i, o| {
+        for k in 0..NS {
+            o.0[k].axpy(s, &x[i].0[k]);
+        }
+    });
+}
+
+/// y ← x + s·y (real s), site by site in parallel.
+pub fn xpay<C: Colour, const NS: usize>(x: &[Spinor<C, NS>], s: f64, y: &mut [Spinor<C, NS>]) {
+    par_fill(y, |i, o| {
+        for k in 0..NS {
+            let mut v = x[i].0[k];
+            v.axpy(s, &o.0[k]);
+            o.0[k] = v;
+        }
+    });
+}
+
+/// Fills `out` with Gaussian noise of density ∝ exp(−Σ_x η(x)†η(x)): every real and imaginary
+/// part an independent N(0, ½), so that ⟨η η†⟩ = 1. This is the heat-bath draw of a
+/// pseudofermion, φ = D†η. Parallel and bit-identical for any thread count; the stream advances
+/// as [`fill_random`] documents.
+pub fn fill_gaussian<C: Colour, const NS: usize>(
+    out: &mut [Spinor<C, NS>],
+    rng: &mut Stream,
+) -> Result<(), RngFillError> {
+    let sd = std::f64::consts::FRAC_1_SQRT_2;
+    fill_random(out, rng, |s, sp| {
+        for c in sp.0.iter_mut() {
+            for z in c.components_mut() {
+                z.re = sd * s.normal();
+                z.im = sd * s.normal();
+            }
+        }
+    })
+}
