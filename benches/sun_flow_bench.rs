@@ -27,8 +27,8 @@
 //!    theory on 1 and 2 threads; with `--python` (or `$LATFLOW_PEER_PYTHON`) the peer
 //!    `benches/peers/sun_flow.py` runs right after each at the same thread count, and the
 //!    ratio latflow / PyTorch of the step times is printed (the goal: ≤ 0.5).
-//! 3. **Transfer** (unless `--no-transfer`): a β ladder, each β ≥ 3 of the list initialised
-//!    (`init_from`) from the β − 2 model of section 1; and a volume step, L = 16 initialised from
+//! 3. **Transfer** (unless `--no-transfer`): a β ladder, each β of the list whose β − 2 is
+//!    also in it initialised (`init_from`) from that model of section 1; and a volume step, L = 16 initialised from
 //!    the L = 8 model at `--volume-beta`, against L = 16 from scratch. Each pair trains the
 //!    same number of steps with the same seed; reported: the loss after equal steps (mean of
 //!    the last tenth), and the steps the transferred run needed for its running mean loss
