@@ -94,7 +94,7 @@ fn su3_roots(t: Complex) -> [Complex; 3] {
             if !step.is_finite() {
                 break;
             }
-            *r = *r - step;
+            *r -= step;
             if step.abs() < 1e-15 {
                 break;
             }
@@ -235,7 +235,7 @@ mod tests {
             let l = Complex::cis(p);
             let mut m = *w;
             for i in 0..3 {
-                m.0[i][i] = m.0[i][i] - l;
+                m.0[i][i] -= l;
             }
             assert!(m.det().abs() < 1e-12, "det(W − λ) = {:?}", m.det());
         }

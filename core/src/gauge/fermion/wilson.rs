@@ -341,7 +341,6 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         check_len("half-lattice source field", src.len(), half)?;
         check_len("half-lattice output field", out.len(), half)?;
         let sites = self.lattice.sites_of_parity(out_parity);
-        let lat = &self.lattice;
         par_fill(out, |i, o| {
             let x = sites[i] as usize;
             // with every extent even, the sites 2k and 2k+1 share a row of the last axis and have
