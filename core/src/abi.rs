@@ -375,7 +375,9 @@ pub type TheoryBox = Theory_TO<'static, RBox<()>>;
 pub struct Proposals {
     /// `n × config_len` reals, in the theory's flat layout.
     pub configs: RVec<f64>,
-    /// log q(φ) per configuration, as a density with respect to the flat measure Π dφ.
+    /// log q(φ) per configuration, as a density with respect to the model's reference measure,
+    /// which the model plugin documents: the flat measure Π dφ for real fields (flow-scalar) and
+    /// U(1) angles (flow-u1), the normalised Haar measure per link for SU(N) (flow-sun).
     pub log_q: RVec<f64>,
 }
 
@@ -485,7 +487,7 @@ pub trait Model: Send + Sync {
     /// convention, shared by all its models whatever their weights — for example N(0, 1) per
     /// latent real for flow-scalar, and the Haar prior (uniform angles in [0, 2π)) for flow-u1.
     /// There is no latflow-wide latent density. `Proposals::configs` holds the latent points
-    /// (`n × config_len` reals); `log_q` is log q(x) with respect to the same flat measure as
+    /// (`n × config_len` reals); `log_q` is log q(x) with respect to the same reference measure as
     /// [`Model::log_prob`] (for a bijective model, the same values). A model whose sampler is not
     /// a bijection (e.g. a symmetrised mixture) returns the log-density of its underlying
     /// bijection, consistently with [`Model::from_latent`].

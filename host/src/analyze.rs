@@ -43,8 +43,9 @@ pub struct StepAnalysis {
 pub struct Reweighting {
     /// (Σw)²/(N Σw²).
     pub ess_per_sample: f64,
-    /// log Ẑ = logsumexp(log w) − ln N, an estimate of log Z with respect to the flat measure
-    /// of the model's density (Π dφ for real fields).
+    /// log Ẑ = logsumexp(log w) − ln N, an estimate of log Z with respect to the reference
+    /// measure of the model's density (Π dφ for flow-scalar, Π dθ for flow-u1, the normalised
+    /// Haar measure for flow-sun: each model plugin documents its own).
     pub log_z: f64,
     /// Jackknife error of log Ẑ.
     pub log_z_error: f64,
@@ -253,7 +254,7 @@ impl Analysis {
         }
         if let Some(r) = &self.reweighting {
             s.push_str(&format!(
-                "reweighting: means are weighted; ESS/N = {:.4}; log Z = {:.6} ± {:.6} (flat measure of the model's density)\n",
+                "reweighting: means are weighted; ESS/N = {:.4}; log Z = {:.6} ± {:.6} (w.r.t. the reference measure of the model's log q)\n",
                 r.ess_per_sample, r.log_z, r.log_z_error
             ));
         }
