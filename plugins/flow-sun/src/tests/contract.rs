@@ -128,3 +128,17 @@ fn root_module_and_abi_entry_points() {
     let e = ctor(RStr::from_str("{}"), &u1).into_result().err().expect("a U(1) layout is refused");
     assert!(e.message.contains("flow-sun needs SU(N) links"), "{}", e.message);
 }
+
+#[test]
+fn a_non_finite_layer_is_named() {
+    let m = model(r#"{"layers":3}"#, &[4, 4], 3);
+    let mut values = m.flow().net.values().unwrap();
+    // layer 1's first convolution weight (3 convolutions per layer, weight and bias each): every
+    // spline parameter of the layer becomes NaN
+    values[6][0] = f64::NAN;
+    m.flow().net.set_values(&values).unwrap();
+    let e = m.sample_with(2, &mut Stream::new(1, 1)).unwrap_err();
+    assert!(e.message.contains("flow-sun layer 1") && e.message.contains("non-finite"), "{}", e.message);
+    let e = m.log_prob_vec(&haar(2 * 32, 3, 4)).unwrap_err();
+    assert!(e.message.contains("flow-sun layer 1 (inverse)"), "{}", e.message);
+}
