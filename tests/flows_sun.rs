@@ -60,7 +60,16 @@ fn train(d: &Path, n: u32, beta: f64, steps: usize, init: Option<&Path>) -> Path
 fn check_point(d: &Path, n: u32, beta: f64, w: &Path) {
     let u = exact_plaquette(n, beta);
     let name = format!("su{n}_b{beta}");
-    let text = card(n, 8, beta, FLOW, w, "", "[[chain]]\nkind = \"flow\"\nbatch = 256", "seed = 4\nthermalization = 50\nmeasurements = 6000");
+    let text = card(
+        n,
+        8,
+        beta,
+        FLOW,
+        w,
+        "",
+        "[[chain]]\nkind = \"flow\"\nbatch = 256",
+        "seed = 4\nthermalization = 50\nmeasurements = 6000",
+    );
     let (c, out) = write_card(d, &format!("{name}_flow"), &text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
     let json = analyze_json(&out);
@@ -68,7 +77,8 @@ fn check_point(d: &Path, n: u32, beta: f64, w: &Path) {
     let acc = json["acceptance"]["flow"].as_f64().unwrap();
     assert!(acc > 0.01 && acc < 1.0, "{name} acceptance {acc}");
 
-    let text = card(n, 8, beta, FLOW, w, "", "[[chain]]\nkind = \"reweight\"\nbatch = 256", "seed = 5\nmeasurements = 6000");
+    let text =
+        card(n, 8, beta, FLOW, w, "", "[[chain]]\nkind = \"reweight\"\nbatch = 256", "seed = 5\nmeasurements = 6000");
     let (c, out) = write_card(d, &format!("{name}_reweight"), &text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
     let json = analyze_json(&out);
@@ -117,7 +127,12 @@ fn sun_flows_are_exact_in_2d() {
         let (c, out) = write_card(d, &format!("su{n}_hybrid"), &text);
         run_ok(&["run", c.to_str().unwrap(), "-q"]);
         let json = analyze_json(&out);
-        assert_z(&format!("SU({n}) beta = 4 hybrid plaquette"), scalar(&json, "plaquette"), exact_plaquette(n, 4.0), 0.0);
+        assert_z(
+            &format!("SU({n}) beta = 4 hybrid plaquette"),
+            scalar(&json, "plaquette"),
+            exact_plaquette(n, 4.0),
+            0.0,
+        );
     }
 
     // flow-assisted swaps: SU(3) between β = 2 and 4 (two models), SU(2) between β = 4 and 4.3
@@ -125,7 +140,10 @@ fn sun_flows_are_exact_in_2d() {
     // overlap too little across β = 2 ↔ 4 for ⟨e^{log r}⟩ to be measurable: its sample mean is
     // then dominated by rare huge values, 0.11(3) at acceptance 0.056, as ⟨e^{−ΔH}⟩ is for HMC
     // with large ΔH)
-    assert!((exact_su2_plaquette(4.0) - exact_plaquette(2, 4.0)).abs() < 1e-9, "the Bessel ratio matches docs/reference.md §4");
+    assert!(
+        (exact_su2_plaquette(4.0) - exact_plaquette(2, 4.0)).abs() < 1e-9,
+        "the Bessel ratio matches docs/reference.md §4"
+    );
     for (n, betas, models) in [(3u32, [2.0, 4.0], [2usize, 3]), (2, [4.0, 4.3], [1, 1])] {
         let text = format!(
             "[theory]\nplugin = \"sun\"\nlattice = [8, 8]\nn = {n}\nbeta = {b0}\n\n[model]\nplugin = \"flow-sun\"\n{FLOW}\n\n\
@@ -152,7 +170,12 @@ fn sun_flows_are_exact_in_2d() {
             e[1].as_f64().unwrap()
         );
         assert!(acc > 0.0 && acc < 1.0, "SU({n}) swap acceptance {acc}");
-        assert_z(&format!("SU({n}) flow-assisted swaps <exp(log r)>"), (e[0].as_f64().unwrap(), e[1].as_f64().unwrap()), 1.0, 0.0);
+        assert_z(
+            &format!("SU({n}) flow-assisted swaps <exp(log r)>"),
+            (e[0].as_f64().unwrap(), e[1].as_f64().unwrap()),
+            1.0,
+            0.0,
+        );
         for (r, beta) in betas.iter().enumerate() {
             let got = common::scalar(&json["replicas"][r], "plaquette");
             let exact = if *beta == 4.3 { exact_su2_plaquette(4.3) } else { exact_plaquette(n, *beta) };

@@ -27,7 +27,15 @@ pub struct CMatMul {
 /// product is computed by one task anyway).
 const CHUNK: usize = 256;
 
-trait Real: Copy + Send + Sync + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::Neg<Output = Self> {
+trait Real:
+    Copy
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Neg<Output = Self>
+{
     const ZERO: Self;
 }
 
@@ -105,12 +113,21 @@ impl CustomOp2 for CMatMul {
         let n = self.n;
         let dims = l1.dims();
         if n > MAX_N || dims != l2.dims() || dims.len() < 3 || dims[dims.len() - 3..] != [n, n, 2] {
-            candle_core::bail!("complex matmul: operands [.., {n}, {n}, 2] of equal shape expected, got {dims:?} and {:?}", l2.dims());
+            candle_core::bail!(
+                "complex matmul: operands [.., {n}, {n}, 2] of equal shape expected, got {dims:?} and {:?}",
+                l2.dims()
+            );
         }
         let storage = match (s1.dtype(), s2.dtype()) {
-            (DType::F64, DType::F64) => CpuStorage::F64(self.product(cpu_slice::<f64>(s1, l1)?, cpu_slice::<f64>(s2, l2)?)),
-            (DType::F32, DType::F32) => CpuStorage::F32(self.product(cpu_slice::<f32>(s1, l1)?, cpu_slice::<f32>(s2, l2)?)),
-            (a, b) => candle_core::bail!("complex matmul: f32 or f64 operands of one dtype expected, got {a:?} and {b:?}"),
+            (DType::F64, DType::F64) => {
+                CpuStorage::F64(self.product(cpu_slice::<f64>(s1, l1)?, cpu_slice::<f64>(s2, l2)?))
+            }
+            (DType::F32, DType::F32) => {
+                CpuStorage::F32(self.product(cpu_slice::<f32>(s1, l1)?, cpu_slice::<f32>(s2, l2)?))
+            }
+            (a, b) => {
+                candle_core::bail!("complex matmul: f32 or f64 operands of one dtype expected, got {a:?} and {b:?}")
+            }
         };
         Ok((storage, l1.shape().clone()))
     }

@@ -89,7 +89,8 @@ pub fn check_layout(layout: &FieldLayout) -> Result<([usize; 2], usize), PluginE
         },
         _ => None,
     };
-    let list: Vec<_> = dynamical.iter().map(|c| format!("'{}': {:?} per {:?}", c.name, c.element.shape(), c.support)).collect();
+    let list: Vec<_> =
+        dynamical.iter().map(|c| format!("'{}': {:?} per {:?}", c.name, c.element.shape(), c.support)).collect();
     let Some(n) = n else {
         return Err(PluginError::config(format!(
             "flow-sun needs SU(N) links (one dynamical component: a ComplexMatrix per Link, as the sun theory \

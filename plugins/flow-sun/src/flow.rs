@@ -90,7 +90,8 @@ impl Flow {
             }
             let (mu, off) = geom.layer_mask(l);
             let mask = geom.mask(mu, off, arch.kernel, n_conv);
-            let column = |sites: &[usize], j: usize| -> Vec<u32> { sites.iter().map(|&x| geom.plaq_links[x][j]).collect() };
+            let column =
+                |sites: &[usize], j: usize| -> Vec<u32> { sites.iter().map(|&x| geom.plaq_links[x][j]).collect() };
             let frozen = [0, 1, 2, 3].map(|j| u32_tensor(column(&mask.frozen, j), device));
             let [f0, f1, f2, f3] = frozen;
             let order = if mu == 0 { [1, 2, 3] } else { [2, 1, 0] };
@@ -184,7 +185,11 @@ impl Flow {
     fn active_loops(&self, links: &CM, md: &MaskData) -> candle_core::Result<(CM, CM)> {
         let u = gather(links, &md.active)?;
         let [a, b, c] = &md.staple;
-        let s = gather(links, a)?.matmul_adj(&gather(links, b)?, false, true)?.matmul_adj(&gather(links, c)?, false, true)?;
+        let s = gather(links, a)?.matmul_adj(&gather(links, b)?, false, true)?.matmul_adj(
+            &gather(links, c)?,
+            false,
+            true,
+        )?;
         let w = u.matmul(&s)?;
         Ok((u, w))
     }

@@ -167,8 +167,9 @@ impl FlowSun {
             let params = self.flow.params(false).map_err(ce)?;
             map_chunks(x, CHUNK * w, |chunk| {
                 let links = self.flow.links(&self.tensor(chunk, chunk.len() / w)?).map_err(ce)?;
-                let (y, ld) = if inverse { self.flow.inverse(&links, &params) } else { self.flow.forward(&links, &params) }
-                    .map_err(ce)?;
+                let (y, ld) =
+                    if inverse { self.flow.inverse(&links, &params) } else { self.flow.forward(&links, &params) }
+                        .map_err(ce)?;
                 let out = tensor_to_f64(&self.flow.flat(&y).map_err(ce)?).map_err(ce)?;
                 let ld = tensor_to_f64(&ld).map_err(ce)?;
                 check_finite("flow-sun output", &out)?;

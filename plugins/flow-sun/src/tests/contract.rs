@@ -37,7 +37,8 @@ fn training_protocol_and_non_finite_steps() {
 
 #[test]
 fn save_load_resume_and_damaged_files() {
-    let keys = ["layers", "hidden", "kernel", "activation", "coupling", "n", "spline_bins", "mask_period", "dtype", "lattice"];
+    let keys =
+        ["layers", "hidden", "kernel", "activation", "coupling", "n", "spline_bins", "mask_period", "dtype", "lattice"];
     let m = model(r#"{"layers":3}"#, &[4, 4], 3);
     testing::check_saved_weights(&m, "flow-sun", &keys);
     let aux = model(r#"{"layers":1}"#, &[4, 4], 2);

@@ -116,7 +116,11 @@ fn gauge_transform<const N: usize>(m: &FlowSun, x: &[f64], g: &[Matrix<N>]) -> V
     map_links::<N>(x, |i, u| {
         let (site, mu) = ((i / 2) % geom.volume, i % 2);
         let [x0, x1] = geom.coords(site);
-        let next = if mu == 0 { ((x0 + 1) % geom.shape[0]) * geom.shape[1] + x1 } else { x0 * geom.shape[1] + (x1 + 1) % geom.shape[1] };
+        let next = if mu == 0 {
+            ((x0 + 1) % geom.shape[0]) * geom.shape[1] + x1
+        } else {
+            x0 * geom.shape[1] + (x1 + 1) % geom.shape[1]
+        };
         let cfg = i / (2 * geom.volume);
         let (gx, gy) = (g[cfg * geom.volume + site], g[cfg * geom.volume + next]);
         (gx * u).mul_dagger(&gy)
@@ -320,10 +324,11 @@ fn path_gradient_matches_finite_differences_at_fixed_density() {
                 let down = objective(&m, &v);
                 let fd = (up - down) / (2.0 * h);
                 let g = grads[p][i];
-                assert!((fd - g).abs() < 1e-6 * (1.0 + g.abs()), "SU({n}) parameter {p}[{i}]: path gradient {g}, FD {fd}");
+                assert!(
+                    (fd - g).abs() < 1e-6 * (1.0 + g.abs()),
+                    "SU({n}) parameter {p}[{i}]: path gradient {g}, FD {fd}"
+                );
             }
         }
     }
 }
-
-
