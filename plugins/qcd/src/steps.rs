@@ -1,10 +1,10 @@
 //! The theory's own step kind `pf_hmc`: one pseudofermion HMC trajectory (the same action
 //! levels and core integrator as the host's `kind = "hmc"`) that also records the CG
-//! iterations it spent. Columns per trajectory: `accepted` (1 or 0), `delta_h`, `cg_iterations`
+//! iterations it spent. Columns per trajectory: `metropolis_accepted` (1 or 0; the host reserves `accepted`), `delta_h`, `cg_iterations`
 //! (every CG iteration of the trajectory: heat-bath, action and force solves of all terms).
 //!
 //! The host counts a theory step's applications as accepted, so the acceptance rate of a
-//! `pf_hmc` step is the mean of its `accepted` column, not the step's acceptance summary.
+//! `pf_hmc` step is the mean of its `metropolis_accepted` column, not the step's acceptance summary.
 //!
 //! Options (the `[[chain]]` entry's keys besides `kind` and `repeat`): `trajectory_length`
 //! (default 1), `md_steps` (outer steps, default 10), `inner_steps` (sub-steps of each inner
@@ -82,7 +82,7 @@ pub fn columns(
     }
     params(t, options)?;
     Ok(vec![
-        "accepted".into(),
+        "metropolis_accepted".into(),
         "delta_h".into(),
         "cg_iterations".into(),
     ])

@@ -227,7 +227,7 @@ fn pf_hmc_records_cg_iterations_per_trajectory() {
     let opts = serde_json::json!({"md_steps": 3, "inner_steps": [1, 1, 2]});
     assert_eq!(
         t.step_columns("pf_hmc", &opts).unwrap(),
-        vec!["accepted", "delta_h", "cg_iterations"]
+        vec!["metropolis_accepted", "delta_h", "cg_iterations"]
     );
     let mut u = t.initial(Start::Hot, &mut Stream::new(1, 0));
     let mut out = Vec::new();
