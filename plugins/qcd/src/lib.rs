@@ -690,4 +690,6 @@ provides: [
 ]);
 
 #[cfg(test)]
+mod reweight_tests;
+#[cfg(test)]
 mod tests;
