@@ -98,7 +98,7 @@ pub struct Scratch<G: WilsonGroup, const NS: usize> {
 
 impl<G: WilsonGroup, const NS: usize> Operator<G, NS> {
     /// Field length: V, or V/2 even–odd.
-    pub fn len(&self) -> usize {
+    pub fn field_len(&self) -> usize {
         let v = self.dirac.volume();
         if self.even_odd {
             v / 2
@@ -250,7 +250,7 @@ where
         iterations: Rc<Cell<u64>>,
         reference: &mut Stream,
     ) -> Result<Self, TermError> {
-        let n = d1.len();
+        let n = d1.field_len();
         let zero = vec![Spinor::default(); n];
         let s1 = d1
             .scratch()
