@@ -51,6 +51,9 @@
 //!   noise stream is `condensate.seed` with a stream id hashed from the configuration's bits,
 //!   so a configuration always gives the same value. With `exact = true` the trace is summed
 //!   over all unit sources (V·d·N solves; allowed up to 4096 of them).
+//! * `pion_correlator` (T values, with `pion_correlator = true`, the default): C(t) =
+//!   Σ_x⃗ Σ_{s,a} |S(x⃗, t; 0)_{·,(s,a)}|² with S = D_m⁻¹ = 2κD⁻¹ from a point source at the
+//!   origin (d·N solves), by γ5-hermiticity the (charged) pion two-point function.
 //! * `cg_iterations`: the CG iterations of one action evaluation (all terms) on the
 //!   configuration, a cost measure; per trajectory the iterations are recorded by the theory
 //!   step kind `pf_hmc` (see [`steps`]).
@@ -175,6 +178,12 @@ struct Config {
     even_odd: Option<bool>,
     #[serde(default)]
     condensate: CondensateCard,
+    #[serde(default = "yes")]
+    pion_correlator: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +273,7 @@ pub struct Qcd {
     solvers: Solvers,
     even_odd: bool,
     condensate: Condensate,
+    pion: bool,
 }
 
 fn config_err(key: &str, e: impl std::fmt::Display) -> PluginError {
@@ -320,6 +330,11 @@ impl Qcd {
     /// The CG parameters.
     pub fn solvers(&self) -> Solvers {
         self.solvers
+    }
+
+    /// Whether the pion correlator is measured.
+    pub fn pion(&self) -> bool {
+        self.pion
     }
 
     /// How the condensate is measured.
@@ -436,6 +451,7 @@ impl Qcd {
             solvers,
             even_odd,
             condensate,
+            pion: cfg.pion_correlator,
         })
     }
 
@@ -545,6 +561,7 @@ impl Physics for Qcd {
             "solver": { "tol": self.solvers.action.tol, "force_tol": self.solvers.force.tol, "max_iter": self.solvers.action.max_iter },
             "even_odd": self.even_odd,
             "condensate": { "sources": self.condensate.sources, "exact": self.condensate.exact, "seed": self.condensate.seed },
+            "pion_correlator": self.pion,
             "convention": "weight exp(-S_g) det(D^dag D); S_g = -(beta/N) sum Re Tr U_P; D = 1 + i 2 kappa mu g5 + clover - kappa H \
                            (hopping normalisation, m0 = 1/(2 kappa) - d); last axis time, antiperiodic for fermions; \
                            links [site][mu]",
@@ -682,8 +699,8 @@ impl Physics for Qcd {
 latflow_core::export_theory!(Qcd,
 description: "lattice gauge theory (U(1), SU(2), SU(3); 2D and 4D) with Nf = 2 Wilson pseudofermions: twisted mass, clover (4D), even-odd preconditioning, Hasenbusch masses, nested time scales",
 provides: [
-    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }",
-    "observables: plaquette chiral_condensate cg_iterations",
+    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator",
+    "observables: plaquette chiral_condensate pion_correlator (T values) cg_iterations",
     "parameters: beta kappa mu csw",
     "hmc levels: one per fermion term (lightest outermost), gauge innermost",
     "step kinds: pf_hmc (HMC recording CG iterations per trajectory)",

@@ -28,14 +28,24 @@ pub fn specs(t: &Qcd) -> Vec<ObservableSpec> {
             c.sources, c.seed
         )
     };
-    vec![
+    [
         spec("plaquette", "mean of Re Tr U_P / N over all sites and planes mu < nu (cos theta_P for U(1))"),
         spec(
             "chiral_condensate",
             &format!("Sigma = (1/V) Re Tr D_m^-1, D_m = D/(2 kappa), trace over sites, spin, colour; {how}"),
         ),
-        spec("cg_iterations", "CG iterations of one evaluation of the pseudofermion action (all terms) at the reference fields"),
     ]
+    .into_iter()
+    .chain(t.pion().then(|| {
+        ObservableSpec::new(
+            "pion_correlator",
+            t.lattice().time_extent(),
+            "C(t) = sum_x tr |S(x, t; 0)|^2, S = D_m^-1 = 2 kappa D^-1 from a point source at the origin (all spins and colours); \
+             t = 0 .. T-1 along the last axis",
+        )
+    }))
+    .chain([spec("cg_iterations", "CG iterations of one evaluation of the pseudofermion action (all terms) at the reference fields")])
+    .collect()
 }
 
 /// A stream id from the configuration's bits (FNV-1a over the f64 bit patterns).
@@ -127,6 +137,50 @@ fn condensate<G: WilsonGroup + bytemuck::Pod, const NS: usize>(
     Ok(2.0 * kappa * trace / v as f64)
 }
 
+/// The pion correlator C(t) = (2κ)² Σ_{x⃗} Σ_{s,a} |ψ_{s,a}(x⃗, t)|², ψ_{s,a} = D⁻¹ e_{0,s,a}:
+/// by γ5-hermiticity the charged pion two-point function Σ_x⃗ tr[S(x,0) γ5 S(0,x) γ5] from a point
+/// source at the origin.
+fn pion<G: WilsonGroup + bytemuck::Pod, const NS: usize>(
+    t: &Qcd,
+    l: &[G],
+) -> Result<Vec<f64>, FermionError> {
+    let kappa = t.kappas()[0];
+    let d = WilsonDirac::<G, NS>::new(t.lattice(), t.wilson_params(kappa))?;
+    let (v, nt) = (d.volume(), t.lattice().time_extent());
+    let mut clover = if t.wilson_params(kappa).csw != 0.0 {
+        Some(d.new_clover_field()?)
+    } else {
+        None
+    };
+    let mut work = SolverWork::new(v);
+    let mut eta: Vec<SpinorOf<G, NS>> = vec![Spinor::default(); v];
+    let mut psi = eta.clone();
+    let params = t.solvers().action;
+    let nc = <G as latflow_core::gauge::GaugeGroup>::NC;
+    let mut sums = vec![latflow_core::sum::CompensatedSum::new(); nt];
+    let mut run = |g: &dyn DiracGauge<G>| -> Result<(), FermionError> {
+        for s in 0..NS {
+            for a in 0..nc {
+                eta[0].0[s].components_mut()[a] = Complex::new(1.0, 0.0);
+                solve(&d, t.even_odd(), g, &eta, &mut psi, &mut work, &params)?;
+                eta[0].0[s].components_mut()[a] = Complex::ZERO;
+                for (x, p) in psi.iter().enumerate() {
+                    sums[t.lattice().time(x)].add(p.norm2());
+                }
+            }
+        }
+        Ok(())
+    };
+    match &mut clover {
+        Some(f) => run(&d.clover_gauge(l, f)?)?,
+        None => run(&Plain(l))?,
+    }
+    Ok(sums
+        .iter()
+        .map(|s| 4.0 * kappa * kappa * s.value())
+        .collect())
+}
+
 /// Appends the observables of one configuration in [`specs`] order.
 pub fn measure<G, const NS: usize>(
     t: &Qcd,
@@ -142,6 +196,11 @@ where
     let sigma = condensate::<G, NS>(t, l, config)
         .map_err(|e| PluginError::new(ErrorKind::Numerical, format!("chiral_condensate: {e}")))?;
     out.push(sigma);
+    if t.pion() {
+        let c = pion::<G, NS>(t, l)
+            .map_err(|e| PluginError::new(ErrorKind::Numerical, format!("pion_correlator: {e}")))?;
+        out.extend(c);
+    }
     let count = Rc::new(Cell::new(0));
     let levels = t.levels_counted::<G, NS>(count.clone())?;
     levels

@@ -181,7 +181,7 @@ fn the_free_condensate_matches_the_momentum_sum() {
     let u = t.initial(Start::Cold, &mut Stream::new(1, 0));
     let mut out = Vec::new();
     t.measure(&u, &mut out).unwrap();
-    let mut trace = 0.0;
+    let (mut trace, mut norm) = (0.0, 0.0);
     for nx in 0..l {
         for nt in 0..l {
             let px = std::f64::consts::TAU * nx as f64 / l as f64;
@@ -189,6 +189,7 @@ fn the_free_condensate_matches_the_momentum_sum() {
             let a = 1.0 - 2.0 * kappa * (px.cos() + pt.cos());
             let s2 = px.sin().powi(2) + pt.sin().powi(2);
             trace += 2.0 * a / (a * a + 4.0 * kappa * kappa * s2);
+            norm += 2.0 / (a * a + 4.0 * kappa * kappa * s2);
         }
     }
     let expected = 2.0 * kappa * trace / (l * l) as f64;
@@ -198,6 +199,25 @@ fn the_free_condensate_matches_the_momentum_sum() {
         out[1]
     );
     assert_eq!(out[0], 1.0);
+    // the pion correlator: Σ_t C(t) = (2κ)² Σ_{s} (D⁻¹D⁻†)_{(0,s),(0,s)} = (2κ)² (1/V) Σ_p 2/(a² + 4κ² Σ sin² p),
+    // symmetric under t → T − t on the free field
+    let c = &out[2..2 + l];
+    let sum: f64 = c.iter().sum();
+    let expected = 4.0 * kappa * kappa * norm / (l * l) as f64;
+    assert!(
+        (sum - expected).abs() < 1e-9 * expected,
+        "sum C(t) = {sum} vs {expected}"
+    );
+    for t in 1..l {
+        assert!(
+            (c[t] - c[l - t]).abs() < 1e-10 * c[0],
+            "C({t}) = {} vs C({}) = {}",
+            c[t],
+            l - t,
+            c[l - t]
+        );
+        assert!(c[t] > 0.0 && c[t] < c[0]);
+    }
 }
 
 #[test]
