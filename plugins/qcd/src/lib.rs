@@ -17,7 +17,7 @@
 //! # Pseudofermions
 //! det(D†D) is sampled with pseudofermions: S_pf = φ†(D†D)⁻¹φ, refreshed by the heat bath
 //! φ = D†η (Gaussian η, density ∝ e^{−η†η}) at the start of every trajectory through the
-//! [`ActionTerm::refresh`] hook of core's HMC. With `even_odd` (default when every extent is
+//! [`latflow_core::hmc::ActionTerm::refresh`] hook of core's HMC. With `even_odd` (default when every extent is
 //! even) D is replaced by the Schur complement D̂ on the even sites, and with c_sw ≠ 0 the
 //! exact term −ln det(A_oo†A_oo) is added (`clover_det`).
 //!
@@ -280,7 +280,7 @@ fn config_err(key: &str, e: impl std::fmt::Display) -> PluginError {
     PluginError::config(format!("{key}: {e}"))
 }
 
-/// Strips the key prefix of a [`FermionError`] message when the caller names the key itself.
+/// A [`FermionError`] of the card as a config error (its message names the key: kappa, mu, csw).
 fn fermion_config(e: FermionError) -> PluginError {
     PluginError::config(e.to_string())
 }

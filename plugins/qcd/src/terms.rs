@@ -3,7 +3,7 @@
 //!
 //! All terms read the configuration buffer as links without copying. A fermion term keeps its
 //! pseudofermion φ (refreshed by its heat bath at the start of every trajectory) and its
-//! solver scratch, and counts the CG iterations it spends ([`FermionTerm::iterations`]).
+//! solver scratch, and adds the CG iterations it spends to a shared counter (see [`FermionTerm::new`]).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
