@@ -271,24 +271,26 @@ fn pf_hmc_records_cg_iterations_per_trajectory() {
     assert!(e.message.contains("level"), "{e}");
 }
 
+/// Same seed, same bits on 1 and 2 threads, on a lattice large enough (8192 sites) for the
+/// site loops to run in parallel chunks.
 #[test]
 fn same_seed_same_bits_for_any_thread_count() {
+    let card = r#"{"group": "u1", "lattice": [128, 64], "beta": 2.0, "kappa": 0.2, "hasenbusch": [0.15],
+        "solver": {"tol": 1e-9}, "condensate": {"sources": 1}}"#;
     let run = |threads: usize| {
-        let t = theory(U1_HASENBUSCH);
-        let pool = rayon_pool(threads);
-        pool.install(|| {
+        let t = theory(card);
+        rayon_pool(threads).install(|| {
             let mut u = t.initial(Start::Hot, &mut Stream::new(1, 0));
-            let recs = latflow_core::sdk::hmc_trajectories(
-                &t,
-                &mut u,
-                &params(3, &[]),
-                3,
-                &mut Stream::new(2, 0),
-            )
-            .unwrap();
+            let p = params(2, &[1, 2]);
+            let recs =
+                latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 1, &mut Stream::new(2, 0))
+                    .unwrap();
+            let mut obs = Vec::new();
+            t.measure(&u, &mut obs).unwrap();
             (
                 u,
                 recs.iter().map(|r| r.delta_h.to_bits()).collect::<Vec<_>>(),
+                obs,
             )
         })
     };
@@ -298,6 +300,11 @@ fn same_seed_same_bits_for_any_thread_count() {
         .0
         .iter()
         .zip(&b.0)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(a
+        .2
+        .iter()
+        .zip(&b.2)
         .all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
