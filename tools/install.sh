@@ -27,7 +27,7 @@ done
 [ -n "$prefix" ] || { echo "usage: tools/install.sh [--profile PROFILE] [--no-build] PREFIX" >&2; exit 2; }
 
 # The in-tree plugins: every workspace member built as a cdylib.
-plugins="latflow-phi4 latflow-u1 latflow-sun latflow-flow-scalar latflow-flow-u1 latflow-flow-sun"
+plugins="latflow-phi4 latflow-u1 latflow-sun latflow-qcd latflow-flow-scalar latflow-flow-u1 latflow-flow-sun"
 if [ "$build" = 1 ]; then
     set -- -p latflow-host
     for p in $plugins; do set -- "$@" -p "$p"; done

@@ -35,7 +35,10 @@ pub fn check_plugins_beside(exe_dir: &Path, workspace: &Path) {
                 continue; // shadowed by the copy in deps/, which is searched first
             }
             if let Err(why) = check_library(&lib, &deps, workspace, &lock) {
-                panic!("stale plugin {}: {why}; rebuild with cargo build --workspace", lib.display());
+                panic!(
+                    "stale plugin {}: {why}; rebuild with cargo build --workspace",
+                    lib.display()
+                );
             }
         }
     }
@@ -43,14 +46,16 @@ pub fn check_plugins_beside(exe_dir: &Path, workspace: &Path) {
 
 fn plugin_libraries(dir: &Path) -> Vec<PathBuf> {
     let (prefix, suffix) = (std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut libs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
-                && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{prefix}latflow_")) && n.ends_with(suffix))
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{prefix}latflow_")) && n.ends_with(suffix)
+                })
         })
         .collect();
     libs.sort();
@@ -70,17 +75,24 @@ fn check_library(
         .trim_end_matches(std::env::consts::DLL_SUFFIX)
         .to_string();
     let own = library_sources(deps, &krate, workspace, |target| {
-        Path::new(target).file_name().is_some_and(|n| n.to_string_lossy() == name)
+        Path::new(target)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy() == name)
     });
     if own.is_empty() {
-        return Err("no dep-info for it in this target directory: it was not built from this workspace".into());
+        return Err(
+            "no dep-info for it in this target directory: it was not built from this workspace"
+                .into(),
+        );
     }
     // The library's own dep-info is rewritten by every build of it: a source it lists that is
     // gone means the library predates the removal.
     for src in &own {
         match modified(src) {
             None => return Err(format!("its source {} no longer exists", src.display())),
-            Some(t) if t > built => return Err(format!("{} changed after it was built", src.display())),
+            Some(t) if t > built => {
+                return Err(format!("{} changed after it was built", src.display()))
+            }
             Some(_) => {}
         }
     }
@@ -92,7 +104,10 @@ fn check_library(
         let lib_build = |t: &str| t.ends_with(".rlib") || t.ends_with(".rmeta");
         for src in library_sources(deps, &dep_crate, workspace, lib_build) {
             if modified(&src).is_some_and(|t| t > built) {
-                return Err(format!("{} ({dep}) changed after it was built", src.display()));
+                return Err(format!(
+                    "{} ({dep}) changed after it was built",
+                    src.display()
+                ));
             }
         }
     }
@@ -106,24 +121,41 @@ fn modified(p: &Path) -> Option<SystemTime> {
 /// The source files listed by the dep-info files `deps/<krate>.d` and `deps/<krate>-*.d` for a
 /// build output accepted by `wanted` (the dep-info format is `output: input input …`, one
 /// rule per output, paths relative to the workspace root or absolute).
-fn library_sources(deps: &Path, krate: &str, workspace: &Path, wanted: impl Fn(&str) -> bool) -> BTreeSet<PathBuf> {
+fn library_sources(
+    deps: &Path,
+    krate: &str,
+    workspace: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir(deps) else { return out };
+    let Ok(entries) = std::fs::read_dir(deps) else {
+        return out;
+    };
     for e in entries.filter_map(Result::ok) {
         let n = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = n.strip_suffix(".d") else { continue };
+        let Some(stem) = n.strip_suffix(".d") else {
+            continue;
+        };
         if stem != krate && !stem.strip_prefix(krate).is_some_and(|r| r.starts_with('-')) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
         for line in text.lines() {
-            let Some((target, inputs)) = line.split_once(": ") else { continue };
+            let Some((target, inputs)) = line.split_once(": ") else {
+                continue;
+            };
             if !wanted(target.trim()) {
                 continue;
             }
             for input in inputs.split_whitespace() {
                 let p = Path::new(input);
-                out.insert(if p.is_absolute() { p.to_path_buf() } else { workspace.join(p) });
+                out.insert(if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    workspace.join(p)
+                });
             }
         }
     }
@@ -133,11 +165,21 @@ fn library_sources(deps: &Path, krate: &str, workspace: &Path, wanted: impl Fn(&
 /// package name → names of the packages it depends on, from Cargo.lock.
 fn lock_dependencies(workspace: &Path) -> BTreeMap<String, Vec<String>> {
     let path = workspace.join("Cargo.lock");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let lock: toml::Value = text.parse().unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let lock: toml::Value = text
+        .parse()
+        .unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()));
     let mut out = BTreeMap::new();
-    for p in lock.get("package").and_then(|p| p.as_array()).into_iter().flatten() {
-        let Some(name) = p.get("name").and_then(|n| n.as_str()) else { continue };
+    for p in lock
+        .get("package")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = p.get("name").and_then(|n| n.as_str()) else {
+            continue;
+        };
         let deps = p
             .get("dependencies")
             .and_then(|d| d.as_array())

@@ -2,9 +2,9 @@
 #![allow(dead_code)]
 
 use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod fresh;
@@ -15,7 +15,9 @@ mod fresh;
 pub fn latflow() -> Command {
     static FRESH: OnceLock<()> = OnceLock::new();
     let exe = Path::new(env!("CARGO_BIN_EXE_latflow-tested"));
-    FRESH.get_or_init(|| fresh::check_plugins_beside(exe.parent().expect("binary directory"), &workspace_root()));
+    FRESH.get_or_init(|| {
+        fresh::check_plugins_beside(exe.parent().expect("binary directory"), &workspace_root())
+    });
     let mut c = Command::new(exe);
     c.env_remove("LATFLOW_PLUGIN_PATH");
     c
@@ -23,7 +25,10 @@ pub fn latflow() -> Command {
 
 /// Runs `latflow ARGS` and returns its output.
 pub fn run(args: &[&str]) -> Output {
-    latflow().args(args).output().expect("failed to start latflow")
+    latflow()
+        .args(args)
+        .output()
+        .expect("failed to start latflow")
 }
 
 /// Runs `latflow ARGS` and asserts a clean refusal: exit code 1, no panic, and every needle in
@@ -68,7 +73,12 @@ pub fn analyze_json(file: &Path) -> serde_json::Value {
 /// (mean, error) of a scalar observable from `analyze --json`.
 pub fn scalar(json: &serde_json::Value, name: &str) -> (f64, f64) {
     let o = &json["observables"][name];
-    (o["mean"].as_f64().unwrap_or_else(|| panic!("no {name} in {json}")), o["error"].as_f64().unwrap())
+    (
+        o["mean"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {name} in {json}")),
+        o["error"].as_f64().unwrap(),
+    )
 }
 
 /// Asserts |measured − expected| < 4σ with σ² = σ_measured² + σ_reference², and prints z.
@@ -77,7 +87,11 @@ pub fn assert_z(what: &str, (mean, err): (f64, f64), expected: f64, ref_err: f64
     assert!(sigma > 0.0, "{what}: zero error bar");
     let z = (mean - expected) / sigma;
     println!("{what}: {mean:.6} ± {err:.6} vs {expected:.6} ± {ref_err:.6}: z = {z:+.2}");
-    assert!(z.abs() < 4.0, "{what}: {mean} ± {err} vs {expected} ± {ref_err}: |z| = {:.2} ≥ 4", z.abs());
+    assert!(
+        z.abs() < 4.0,
+        "{what}: {mean} ± {err} vs {expected} ± {ref_err}: |z| = {:.2} ≥ 4",
+        z.abs()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -113,7 +127,11 @@ pub fn cargo_build(what: &str, manifest: &Path) -> PathBuf {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    println!("built {what} in {:.1} s (target dir {})", start.elapsed().as_secs_f64(), target.display());
+    println!(
+        "built {what} in {:.1} s (target dir {})",
+        start.elapsed().as_secs_f64(),
+        target.display()
+    );
     target.join("debug")
 }
 
@@ -127,7 +145,10 @@ pub fn library(dir: &Path, lib_name: &str) -> PathBuf {
 pub fn xy_plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = cargo_build("the xy example plugin", &workspace_root().join("examples/xy-plugin/Cargo.toml"));
+        let dir = cargo_build(
+            "the xy example plugin",
+            &workspace_root().join("examples/xy-plugin/Cargo.toml"),
+        );
         library(&dir, "latflow_xy");
         dir
     })
@@ -137,7 +158,10 @@ pub fn xy_plugin_dir() -> &'static Path {
 pub fn fixtures_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = cargo_build("the test fixture plugins", &workspace_root().join("tests/fixtures/Cargo.toml"));
+        let dir = cargo_build(
+            "the test fixture plugins",
+            &workspace_root().join("tests/fixtures/Cargo.toml"),
+        );
         for lib in ["latflow_faulty", "latflow_badabi", "latflow_badlayout"] {
             library(&dir, lib);
         }
@@ -168,7 +192,13 @@ pub fn assert_same_bits(a: &Path, b: &Path) {
         assert_eq!(x.name, y.name);
         let bx: Vec<u64> = x.values.iter().map(|v| v.to_bits()).collect();
         let by: Vec<u64> = y.values.iter().map(|v| v.to_bits()).collect();
-        assert!(bx == by, "observable {} differs between {} and {}", x.name, a.display(), b.display());
+        assert!(
+            bx == by,
+            "observable {} differs between {} and {}",
+            x.name,
+            a.display(),
+            b.display()
+        );
     }
     assert_eq!(ea.steps.len(), eb.steps.len());
     for (x, y) in ea.steps.iter().zip(&eb.steps) {
@@ -181,9 +211,13 @@ pub fn assert_same_bits(a: &Path, b: &Path) {
         }
     }
     assert!(!ca.is_empty(), "no configurations stored");
-    assert!(ca == cb, "configurations differ between {} and {}", a.display(), b.display());
+    assert!(
+        ca == cb,
+        "configurations differ between {} and {}",
+        a.display(),
+        b.display()
+    );
 }
-
 
 /// Runs `card` and SIGKILLs it after each delay (ms), resuming from the checkpoint each time
 /// (or starting afresh if the first kill came before any checkpoint), then runs it to the end
@@ -199,7 +233,11 @@ pub fn kill_and_resume(card: &str, out: &Path, delays_ms: &[u64]) -> usize {
         } else {
             cmd.arg("--force");
         }
-        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(*delay));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL on unix
@@ -207,7 +245,8 @@ pub fn kill_and_resume(card: &str, out: &Path, delays_ms: &[u64]) -> usize {
         }
         child.wait().unwrap();
         if out.exists() {
-            latflow_host::ensemble::read_ensemble(out).expect("a killed run must leave a readable file");
+            latflow_host::ensemble::read_ensemble(out)
+                .expect("a killed run must leave a readable file");
         }
     }
     if ckpt.exists() {
