@@ -112,6 +112,39 @@ impl ModelState {
         Ok(())
     }
 
+    /// `load` from a weights file's bytes: the file's architecture record must equal `arch`
+    /// (the model's, as JSON) and name `plugin`; then [`ModelState::load`]. Nothing changes on
+    /// error.
+    pub fn load_bytes(
+        &mut self,
+        net: &ConvNet,
+        plugin: &str,
+        arch: &serde_json::Value,
+        bytes: &[u8],
+    ) -> Result<(), PluginError> {
+        let file = io::parse(bytes)?;
+        io::check_architecture(&file, "weights", plugin, arch, &[])?;
+        self.load(net, &file)
+    }
+
+    /// `init_from` a weights file's bytes: the architecture must equal `arch` up to the keys in
+    /// `ignore`; every parameter is copied (converted to the model's dtype) and the optimiser
+    /// restarts. Returns the number of tensors copied; nothing changes on error.
+    pub fn init_from_bytes(
+        &mut self,
+        net: &ConvNet,
+        plugin: &str,
+        arch: &serde_json::Value,
+        bytes: &[u8],
+        ignore: &[&str],
+    ) -> Result<usize, PluginError> {
+        let file = io::parse(bytes)?;
+        io::check_architecture(&file, "init_from", plugin, arch, ignore)?;
+        let params = io::fetch_params(&file, "init_from", &net.vars, None)?;
+        self.restart(net, &params)?;
+        Ok(params.len())
+    }
+
     /// The end of `init_from`: installs `params` and restarts the optimiser.
     pub fn restart(&mut self, net: &ConvNet, params: &[Vec<f64>]) -> Result<(), PluginError> {
         net.set_values(params)?;

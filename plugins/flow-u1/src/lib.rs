@@ -61,7 +61,7 @@ use latflow_core::abi::{batch_len, check_finite, PluginError, TrainMetrics, Trai
 use latflow_core::layout::FieldLayout;
 use latflow_core::Stream;
 use latflow_flow_common::model::{map_chunks, ModelState, TrainBatch};
-use latflow_flow_common::{io, optim, tensor_from_f64, tensor_to_f64};
+use latflow_flow_common::{optim, tensor_from_f64, tensor_to_f64};
 
 use crate::config::ModelConfig;
 use crate::flow::Flow;
@@ -276,15 +276,13 @@ impl FlowU1 {
     /// Adam's state, if saved (otherwise the optimiser restarts from zero moments). Bit exact;
     /// nothing changes on error.
     pub fn load_bytes(&mut self, bytes: &[u8]) -> Result<(), PluginError> {
-        let file = io::parse(bytes)?;
-        self.check_architecture(&file, "weights", &[])?;
-        self.state.load(&self.flow.net, &file)
+        let arch = self.architecture_json();
+        self.state.load_bytes(&self.flow.net, NAME, &arch, bytes)
     }
 
-    /// The file's architecture record, compared with ours ignoring `ignore`.
-    fn check_architecture(&self, file: &io::WeightsFile, what: &str, ignore: &[&str]) -> Result<(), PluginError> {
-        let ours = serde_json::to_value(&self.cfg.arch).expect("architecture serialises");
-        io::check_architecture(file, what, NAME, &ours, ignore)
+    /// The architecture record as JSON, for the weights checks.
+    fn architecture_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.cfg.arch).expect("architecture serialises")
     }
 
     /// Transfer: starts from weights trained for another lattice size, dtype or coupling
@@ -292,11 +290,8 @@ impl FlowU1 {
     /// otherwise be the same (layers, hidden, kernel, activation, coupling, n_mix/spline_bins,
     /// mask_period); the optimiser is reset. Returns the number of tensors copied.
     pub fn init_from_bytes(&mut self, bytes: &[u8]) -> Result<usize, PluginError> {
-        let file = io::parse(bytes)?;
-        self.check_architecture(&file, "init_from", &TRANSFER_IGNORES)?;
-        let params = io::fetch_params(&file, "init_from", &self.flow.net.vars, None)?;
-        self.state.restart(&self.flow.net, &params)?;
-        Ok(params.len())
+        let arch = self.architecture_json();
+        self.state.init_from_bytes(&self.flow.net, NAME, &arch, bytes, &TRANSFER_IGNORES)
     }
 }
 
