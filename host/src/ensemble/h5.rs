@@ -33,13 +33,53 @@ pub(super) fn create_file(path: &Path, overwrite: bool) -> Result<File, Ensemble
     let mut builder = File::with_options();
     builder.with_fapl(writer_fapl);
     let file = if overwrite { builder.create(path) } else { builder.create_excl(path) };
-    file.map_err(|e| {
+    let file = file.map_err(|e| {
         if path.exists() && !overwrite {
             EnsembleError::AlreadyExists { path: path.to_owned() }
         } else {
             h5(path, "file (create)")(e)
         }
-    })
+    })?;
+    close_on_exec(path, &file)?;
+    Ok(file)
+}
+
+/// Marks the file's descriptor close-on-exec.
+///
+/// HDF5's POSIX driver opens files without `O_CLOEXEC`, and its lock is an `flock` on that
+/// descriptor. A process started by another thread while the file is open (a plugin's helper,
+/// a peer baseline, a test harness running the CLI) would otherwise inherit the descriptor and
+/// hold the lock for its whole life, so that a later open of the same file fails with "unable
+/// to lock file". Errors only if HDF5 cannot name the descriptor or `fcntl` refuses.
+pub(crate) fn close_on_exec(path: &Path, file: &File) -> Result<(), EnsembleError> {
+    #[cfg(unix)]
+    {
+        let fail = |what: String| EnsembleError::Hdf5 {
+            path: path.to_owned(),
+            object: "file (close-on-exec)".into(),
+            detail: what,
+        };
+        let mut handle: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: `file.id()` is a live file id; HDF5 writes a pointer to the POSIX driver's
+        // `int` descriptor into `handle`, valid while the file is open. The call is made under
+        // the crate's library lock, as every other HDF5 call is.
+        let rc = hdf5::sync::sync(|| unsafe {
+            hdf5_sys::h5f::H5Fget_vfd_handle(file.id(), hdf5_sys::h5p::H5P_DEFAULT, &mut handle)
+        });
+        if rc < 0 || handle.is_null() {
+            return Err(fail("HDF5 did not name the file's descriptor".into()));
+        }
+        // SAFETY: for the default (sec2) driver the handle points at the descriptor.
+        let fd = unsafe { *(handle as *const std::ffi::c_int) };
+        // SAFETY: fcntl on a descriptor we do not close; failures are reported, not ignored.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+            return Err(fail(format!("fcntl(FD_CLOEXEC): {}", std::io::Error::last_os_error())));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, file);
+    Ok(())
 }
 
 /// Writes the provenance attributes and the schema version on the root group.
@@ -215,7 +255,7 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<File, EnsembleError> {
     } else {
         builder.open(path)
     };
-    res.map_err(|e| {
+    let file = res.map_err(|e| {
         if e.contains_minor(MinorErrorCode::NotHdf5) || e.contains_minor(MinorErrorCode::Truncated)
         {
             EnsembleError::NotHdf5 {
@@ -236,7 +276,9 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<File, EnsembleError> {
                 detail: format!("{e}{hint}"),
             }
         }
-    })
+    })?;
+    close_on_exec(path, &file)?;
+    Ok(file)
 }
 
 pub(super) fn file_len(path: &Path) -> Result<u64, EnsembleError> {

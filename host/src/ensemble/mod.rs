@@ -59,6 +59,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 mod h5;
+pub(crate) use h5::close_on_exec;
 mod reader;
 mod replica_writer;
 mod schema;

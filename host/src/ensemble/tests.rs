@@ -4,10 +4,12 @@ use super::*;
 use hdf5::File;
 use std::sync::{RwLock, RwLockReadGuard};
 
-/// HDF5 opens files without `O_CLOEXEC`, so a child process spawned while another test has
-/// a file open inherits the descriptor and its lock (opening the file then fails with
-/// "unable to lock file" until the child exits). Tests hold this lock for reading; the one
-/// test that spawns a child holds it for writing while it spawns.
+/// HDF5 opens files without `O_CLOEXEC`. The ensemble code marks its own descriptors
+/// close-on-exec (`h5::close_on_exec`), but these tests also open files through `hdf5::File`
+/// directly, and a child process spawned while such a file is open inherits the descriptor and
+/// its lock (opening the file then fails with "unable to lock file" until the child exits).
+/// Tests hold this lock for reading; the tests that spawn a child hold it for writing while
+/// they spawn.
 static OPEN_FILES: RwLock<()> = RwLock::new(());
 
 fn files() -> RwLockReadGuard<'static, ()> {
@@ -608,4 +610,28 @@ fn resume_after_sigkill() {
     w.flush().unwrap();
     drop(w);
     check_contents(&path, 1300);
+}
+
+/// A child process started while a writer is open must not inherit the file's descriptor (and
+/// with it HDF5's lock): after the writer is dropped, the file opens at once, even though the
+/// child still runs.
+#[cfg(unix)]
+#[test]
+fn children_do_not_inherit_open_files() {
+    let _spawning = OPEN_FILES.write().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 10);
+    let checkpoint = w.flush().unwrap();
+    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    drop(w);
+    let read = read_ensemble(&path).map(|_| ());
+    let resumed =
+        EnsembleWriter::resume(&path, "deadbeef", &obs(), &steps(), Some(&cdef()), &checkpoint)
+            .map(|_| ());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    read.unwrap();
+    resumed.unwrap();
 }

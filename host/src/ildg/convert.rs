@@ -92,6 +92,7 @@ fn config_sweeps(path: &Path, ladder: bool, k: usize) -> Result<Vec<u64>> {
         "configs_sweep".into()
     };
     let f = hdf5::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    ensemble::close_on_exec(path, &f)?;
     let ds = f
         .dataset(&name)
         .with_context(|| format!("{}: dataset {name}", path.display()))?;
