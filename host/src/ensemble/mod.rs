@@ -40,7 +40,9 @@
 //! [`read`] reads both, as one or more couplings ([`EnsembleFile`]): a plain file is one coupling
 //! without a ladder.
 //!
-//! All row datasets are chunked and resizable along axis 0 (`maxshape = (None, ...)`).
+//! All row datasets are chunked and resizable along axis 0 (`maxshape = (None, ...)`), and
+//! every chunk carries a Fletcher32 checksum: a damaged chunk is a read error that names the
+//! file and the dataset, never silently wrong data.
 //! Observable and step rows are numbered independently: measurement row `i` of every
 //! observable belongs to sweep `observables/sweep[i]`; step rows have no sweep column.
 //!

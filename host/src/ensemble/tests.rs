@@ -635,3 +635,34 @@ fn children_do_not_inherit_open_files() {
     read.unwrap();
     resumed.unwrap();
 }
+
+/// A flipped bit in a stored value is caught by the chunk checksum: reading fails with an error
+/// that names the file and the dataset, instead of returning a wrong number.
+#[test]
+fn flipped_data_bytes_are_detected() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 600);
+    w.flush().unwrap();
+    drop(w);
+    read_ensemble(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    for (what, value) in [("observables/mag", val(501, 0)), ("configs", config(333)[7])] {
+        let pattern = value.to_le_bytes();
+        let hits: Vec<usize> = bytes.windows(8).enumerate().filter(|(_, w)| *w == pattern).map(|(i, _)| i).collect();
+        assert_eq!(hits.len(), 1, "{what}: the value occurs once in the file");
+        let mut damaged = bytes.clone();
+        damaged[hits[0] + 2] ^= 0x10;
+        let bad = dir.path().join("damaged.h5");
+        std::fs::write(&bad, &damaged).unwrap();
+        let err = match what {
+            "configs" => read_configs(&bad, 111, 1).map(|_| ()).unwrap_err().to_string(),
+            _ => read_ensemble(&bad).map(|_| ()).unwrap_err().to_string(),
+        };
+        assert!(err.contains("damaged.h5"), "{err}");
+        assert!(err.contains(what), "{what}: {err}");
+        assert!(err.to_lowercase().contains("checksum"), "{err}");
+    }
+}
