@@ -4,10 +4,12 @@
 //! `layers.{ℓ}.conv{j}.weight|bias`, in the model's dtype) and, when saved with the optimiser,
 //! `adam.m.<name>` and `adam.v.<name>` (f64). Metadata: [`KEY_FORMAT`] = [`FORMAT`],
 //! [`KEY_PLUGIN`] (the plugin's name), [`KEY_VERSION`], [`KEY_ARCH`] (the plugin's architecture
-//! record as JSON) and, with the optimiser, [`KEY_STEP`] (completed steps).
+//! record as JSON), [`KEY_DIGESTS`] (each tensor's SHA-256) and, with the optimiser,
+//! [`KEY_STEP`] (completed steps).
 //!
 //! [`serialize`] writes deterministic bytes (sorted header); [`parse`] refuses truncated or
-//! garbage input and non-float tensors with `Config` errors that start with `weights:`.
+//! garbage input, non-float tensors, non-finite values and tensors whose bytes do not match
+//! their recorded digest, with `Config` errors that start with `weights:` and name the tensor.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -27,6 +29,24 @@ pub const KEY_PLUGIN: &str = "latflow.plugin";
 pub const KEY_VERSION: &str = "latflow.plugin_version";
 /// Metadata key of Adam's completed step count (present when saved with the optimiser).
 pub const KEY_STEP: &str = "latflow.adam.step";
+/// Metadata key of the tensors' digests: a JSON object from each tensor's name to the lowercase
+/// hex SHA-256 of its dtype name, shape and data ([`tensor_digest`]). Written by [`serialize`],
+/// verified by [`parse`] when present (files written before it existed have none).
+pub const KEY_DIGESTS: &str = "latflow.sha256";
+
+/// SHA-256 of one tensor, as lowercase hex: over its dtype's name (e.g. `F32`), a zero byte,
+/// each extent as u64 little-endian, and its raw little-endian data.
+pub fn tensor_digest(dtype: Dtype, shape: &[usize], data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{dtype:?}").as_bytes());
+    h.update([0u8]);
+    for &n in shape {
+        h.update((n as u64).to_le_bytes());
+    }
+    h.update(data);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// One tensor to write: raw little-endian bytes.
 pub struct RawTensor {
@@ -64,8 +84,14 @@ impl View for &RawTensor {
 
 /// Serialises named tensors with metadata. The header is rewritten with its keys sorted, so the
 /// same model always gives the same bytes (safetensors writes the metadata map in hash order).
-pub fn serialize(tensors: &[(String, RawTensor)], metadata: HashMap<String, String>) -> Result<Vec<u8>, PluginError> {
+/// Adds [`KEY_DIGESTS`] to `metadata`.
+pub fn serialize(tensors: &[(String, RawTensor)], mut metadata: HashMap<String, String>) -> Result<Vec<u8>, PluginError> {
     let internal = |m: String| PluginError::new(latflow_core::ErrorKind::Internal, m);
+    let digests: serde_json::Map<String, serde_json::Value> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), tensor_digest(t.dtype, &t.shape, &t.data).into()))
+        .collect();
+    metadata.insert(KEY_DIGESTS.to_string(), serde_json::Value::Object(digests).to_string());
     let mut bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
         .map_err(|e| internal(format!("writing safetensors: {e}")))?;
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte header length")) as usize;
@@ -127,8 +153,9 @@ pub struct WeightsFile {
     pub tensors: HashMap<String, ReadTensor>,
 }
 
-/// Parses safetensors bytes. Truncated or garbage input is an error, never a panic; tensors of
-/// a dtype other than F32/F64 are an error.
+/// Parses safetensors bytes. Truncated or garbage input is an error, never a panic; so are
+/// tensors of a dtype other than F32/F64, NaN or infinite values, and (when the file records
+/// [`KEY_DIGESTS`]) a tensor whose digest differs or is missing. Errors name the tensor.
 pub fn parse(bytes: &[u8]) -> Result<WeightsFile, PluginError> {
     let bad = |msg: String| PluginError::config(format!("weights: {msg}"));
     let st = SafeTensors::deserialize(bytes)
@@ -136,6 +163,13 @@ pub fn parse(bytes: &[u8]) -> Result<WeightsFile, PluginError> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("unreadable header: {e}")))?;
     let metadata: HashMap<String, String> =
         meta.metadata().as_ref().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+    let digests = match metadata.get(KEY_DIGESTS) {
+        None => None,
+        Some(d) => match serde_json::from_str::<serde_json::Value>(d) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            _ => return Err(bad(format!("metadata '{KEY_DIGESTS}' is not a JSON object of digests: the file is damaged"))),
+        },
+    };
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
@@ -154,7 +188,21 @@ pub fn parse(bytes: &[u8]) -> Result<WeightsFile, PluginError> {
             }
             other => return Err(bad(format!("tensor '{name}' has dtype {other:?}; only F32 and F64 are used"))),
         };
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!("tensor '{name}' holds {} at index {i}", values[i])));
+        }
+        if let Some(want) = digests.as_ref().map(|d| d.get(&name)) {
+            let got = tensor_digest(view.dtype(), &shape, &data);
+            if want.and_then(|w| w.as_str()) != Some(got.as_str()) {
+                return Err(bad(format!(
+                    "tensor '{name}' does not match its recorded SHA-256 (metadata '{KEY_DIGESTS}'): the file is damaged"
+                )));
+            }
+        }
         tensors.insert(name, ReadTensor { dtype: view.dtype(), shape, values });
+    }
+    if let Some(extra) = digests.as_ref().and_then(|d| d.keys().find(|k| !tensors.contains_key(*k))) {
+        return Err(bad(format!("tensor '{extra}' is recorded in '{KEY_DIGESTS}' but missing from the file")));
     }
     Ok(WeightsFile { metadata, tensors })
 }
@@ -299,7 +347,7 @@ mod tests {
         }
         let f = parse(&bytes).unwrap();
         assert_eq!(f.metadata[KEY_ARCH], r#"{"layers":2}"#);
-        assert_eq!(f.metadata.len(), 3);
+        assert_eq!(f.metadata.len(), 4, "format, architecture, z.last and the digests");
         let a = &f.tensors["a"];
         assert_eq!((a.dtype, a.shape.clone()), (Dtype::F64, vec![2, 2]));
         let bits: Vec<u64> = a.values.iter().map(|x| x.to_bits()).collect();
@@ -323,6 +371,32 @@ mod tests {
             assert_eq!(e.kind, ErrorKind::Config, "{what}");
             assert!(e.message.starts_with("weights: ") && e.message.contains("safetensors"), "{what}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn flipped_data_bytes_and_non_finite_values_name_the_tensor() {
+        let bytes = sample_file();
+        let pi = std::f64::consts::PI.to_le_bytes();
+        let at = bytes.windows(8).position(|w| w == pi).unwrap();
+        let mut damaged = bytes.clone();
+        damaged[at + 3] ^= 0x04;
+        let e = parse(&damaged).unwrap_err();
+        assert!(e.message.contains("tensor 'a'") && e.message.contains("SHA-256"), "{}", e.message);
+
+        // a NaN written by a buggy trainer: refused even though its digest is consistent
+        let mut meta = HashMap::new();
+        meta.insert(KEY_FORMAT.to_string(), FORMAT.to_string());
+        let nan = vec![("w".to_string(), RawTensor::new(&[1.0, f64::NAN], vec![2], true))];
+        let e = parse(&serialize(&nan, meta.clone()).unwrap()).unwrap_err();
+        assert!(e.message.contains("tensor 'w' holds NaN at index 1"), "{}", e.message);
+        let inf = vec![("v".to_string(), RawTensor::new(&[f64::INFINITY], vec![1], false))];
+        let e = parse(&serialize(&inf, meta).unwrap()).unwrap_err();
+        assert!(e.message.contains("tensor 'v' holds inf at index 0"), "{}", e.message);
+
+        // files written before digests existed still load
+        let plain = vec![("a".to_string(), RawTensor::new(&[1.0], vec![1], true))];
+        let old = safetensors::serialize(plain.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
+        assert_eq!(parse(&old).unwrap().tensors["a"].values, vec![1.0]);
     }
 
     #[test]
