@@ -14,6 +14,8 @@
 //! Compulsory memory traffic of one D ψ, for a bandwidth reading: each link (144 bytes) and
 //! each input and output spinor (192 bytes each) once, 4 · 144 + 2 · 192 = 960 bytes per site.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -22,10 +24,6 @@ use latflow_core::gauge::fermion::wilson::WILSON_FLOPS_PER_SITE_SU3_4D;
 use latflow_core::gauge::fermion::{fill_gaussian, SpinorOf, WilsonDirac, WilsonParams};
 use latflow_core::gauge::{LinkField, Su3};
 use latflow_core::{Lattice, Stream};
-
-fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool")
-}
 
 fn dirac(c: &mut Criterion) {
     let mut g = c.benchmark_group("dirac_su3_4d");
@@ -41,7 +39,7 @@ fn dirac(c: &mut Criterion) {
         let (mut tmp_o, mut out_e) = (psi[..v / 2].to_vec(), psi[..v / 2].to_vec());
         g.throughput(Throughput::Elements((WILSON_FLOPS_PER_SITE_SU3_4D as u64) * v as u64));
         for threads in [1usize, 2] {
-            let p = pool(threads);
+            let p = common::pool(threads);
             let id = format!("{l}/{threads}");
             g.bench_function(BenchmarkId::new("apply", &id), |b| {
                 b.iter_custom(|n| {

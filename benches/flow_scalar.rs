@@ -20,15 +20,14 @@
 //!   proposals per second (the peer's `evaluation.proposals_per_s_bs64`/`_bs1000` also include
 //!   the action).
 
-use std::hint::black_box;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-use abi_stable::library::lib_header_from_path;
-use abi_stable::std_types::{RSlice, RStr};
+use std::hint::black_box;
+use std::time::Duration;
+
+use abi_stable::std_types::RSlice;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use latflow_core::abi::{LrSchedule, ModelBox, PluginModRef, Theory, TrainSettings};
+use latflow_core::abi::Theory;
 use latflow_core::Stream;
 use latflow_core::sdk::Adapter;
 use latflow_phi4::Phi4;
@@ -41,26 +40,6 @@ const BATCH: u32 = 64;
 const MODEL: &str =
     r#"{"layers": 16, "hidden": [8, 8], "kernel": 3, "coupling": "affine", "prior": "normal", "dtype": "f32"}"#;
 
-/// Builds (if needed) and loads the flow-scalar shared library from this bench's target directory.
-fn plugin() -> PluginModRef {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "latflow-flow-scalar"])
-        .current_dir(&root)
-        .status()
-        .expect("could not start cargo to build the flow-scalar plugin");
-    assert!(status.success(), "cargo build --release -p latflow-flow-scalar failed");
-    // target/<profile>/deps/flow_scalar-… → target/release
-    let exe = std::env::current_exe().expect("bench executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory").to_path_buf();
-    let lib =
-        dir.join(format!("{}latflow_flow_scalar{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
-    let header = lib_header_from_path(&lib).unwrap_or_else(|e| panic!("cannot open {}: {e}", lib.display()));
-    header
-        .init_root_module::<PluginModRef>()
-        .unwrap_or_else(|e| panic!("{} is not a latflow plugin: {e}", lib.display()))
-}
-
 fn theory(threads: u32) -> Adapter<Phi4> {
     let mut th = Adapter::<Phi4>::from_json(&format!(r#"{{"lattice": [{L}, {L}], "m2": {M2}, "lambda": {LAMBDA}}}"#))
         .expect("valid phi4 config");
@@ -68,55 +47,19 @@ fn theory(threads: u32) -> Adapter<Phi4> {
     th
 }
 
-fn model(lib: PluginModRef, th: &Adapter<Phi4>, threads: u32) -> ModelBox {
-    let ctor = lib.new_model().flatten().expect("flow-scalar is a model plugin");
-    let mut m = ctor(RStr::from_str(MODEL), &th.layout()).into_result().expect("valid flow-scalar config");
-    m.set_threads(threads).into_result().expect("model threads");
-    m
-}
-
-fn settings() -> TrainSettings {
-    TrainSettings {
-        batch: BATCH,
-        learning_rate: 1e-3,
-        schedule: LrSchedule::Constant,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        grad_clip: 0.0,
-        path_gradients: false,
-    }
-}
-
-fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool")
-}
-
-/// Times `iters` calls of `f` inside `pool`.
-fn timed(pool: &rayon::ThreadPool, iters: u64, mut f: impl FnMut() + Send) -> Duration {
-    pool.install(|| {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        t.elapsed()
-    })
-}
-
 fn train_step(c: &mut Criterion) {
-    let lib = plugin();
+    let lib = common::model_plugin("latflow-flow-scalar");
     let mut g = c.benchmark_group("flow_scalar/train_step");
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for threads in [1u32, 2] {
         let th = theory(threads);
-        let mut m = model(lib, &th, threads);
-        m.train_begin(&settings()).into_result().expect("train_begin");
+        let mut m = common::new_model(lib, MODEL, &th.layout(), threads);
+        m.train_begin(&common::adam_settings(BATCH)).into_result().expect("train_begin");
         let mut rng = Stream::new(1, 0).state();
-        let outer = pool(threads as usize);
+        let outer = common::pool(threads as usize);
         g.bench_function(BenchmarkId::from_parameter(format!("t{threads}")), |b| {
             b.iter_custom(|n| {
-                timed(&outer, n, || {
+                common::timed(&outer, n, || {
                     let p = m.train_sample(&mut rng).into_result().expect("train_sample");
                     let ag = th.action_grad(RSlice::from_slice(&p.configs)).into_result().expect("action_grad");
                     let met =
@@ -130,18 +73,18 @@ fn train_step(c: &mut Criterion) {
 }
 
 fn sample(c: &mut Criterion) {
-    let lib = plugin();
+    let lib = common::model_plugin("latflow-flow-scalar");
     let mut g = c.benchmark_group("flow_scalar/sample");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     let th = theory(1);
-    let m = model(lib, &th, 1);
+    let m = common::new_model(lib, MODEL, &th.layout(), 1);
     let mut rng = Stream::new(2, 0).state();
-    let one = pool(1);
+    let one = common::pool(1);
     for batch in [64u32, 1024] {
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_function(BenchmarkId::from_parameter(batch), |b| {
             b.iter_custom(|n| {
-                timed(&one, n, || {
+                common::timed(&one, n, || {
                     let p = m.sample(batch, &mut rng).into_result().expect("sample");
                     black_box(th.action(RSlice::from_slice(&p.configs)).into_result().expect("action"));
                     black_box(p.log_q);

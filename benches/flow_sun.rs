@@ -22,15 +22,14 @@
 //!   `elem/s` reads as proposals per second (the peer's `evaluation.proposals_per_s_bs64` and
 //!   `_bs1000` also include the action).
 
-use std::hint::black_box;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-use abi_stable::library::lib_header_from_path;
-use abi_stable::std_types::{RSlice, RStr};
+use std::hint::black_box;
+use std::time::Duration;
+
+use abi_stable::std_types::RSlice;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use latflow_core::abi::{LrSchedule, ModelBox, PluginModRef, Theory, TrainSettings};
+use latflow_core::abi::Theory;
 use latflow_core::sdk::Adapter;
 use latflow_core::Stream;
 use latflow_sun::Sun;
@@ -43,25 +42,6 @@ const GROUPS: [usize; 2] = [3, 2];
 /// The peer's architecture (the plugin's defaults, spelt out).
 const MODEL: &str = r#"{"layers": 16, "hidden": [8, 8], "kernel": 3, "coupling": "spectral_spline", "spline_bins": 8, "mask_period": 4, "dtype": "f32"}"#;
 
-/// Builds (if needed) and loads the flow-sun shared library from this bench's target directory.
-fn plugin() -> PluginModRef {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "latflow-flow-sun"])
-        .current_dir(&root)
-        .status()
-        .expect("could not start cargo to build the flow-sun plugin");
-    assert!(status.success(), "cargo build --release -p latflow-flow-sun failed");
-    // target/<profile>/deps/flow_sun-… → target/release
-    let exe = std::env::current_exe().expect("bench executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory").to_path_buf();
-    let lib = dir.join(format!("{}latflow_flow_sun{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
-    let header = lib_header_from_path(&lib).unwrap_or_else(|e| panic!("cannot open {}: {e}", lib.display()));
-    header
-        .init_root_module::<PluginModRef>()
-        .unwrap_or_else(|e| panic!("{} is not a latflow plugin: {e}", lib.display()))
-}
-
 fn theory(n: usize, threads: u32) -> Adapter<Sun> {
     let card = format!(r#"{{"lattice": [{L}, {L}], "n": {n}, "beta": {BETA}}}"#);
     let mut th = Adapter::<Sun>::from_json(&card).expect("valid sun config");
@@ -69,56 +49,20 @@ fn theory(n: usize, threads: u32) -> Adapter<Sun> {
     th
 }
 
-fn model(lib: PluginModRef, th: &Adapter<Sun>, threads: u32) -> ModelBox {
-    let ctor = lib.new_model().flatten().expect("flow-sun is a model plugin");
-    let mut m = ctor(RStr::from_str(MODEL), &th.layout()).into_result().expect("valid flow-sun config");
-    m.set_threads(threads).into_result().expect("model threads");
-    m
-}
-
-fn settings() -> TrainSettings {
-    TrainSettings {
-        batch: BATCH,
-        learning_rate: 1e-3,
-        schedule: LrSchedule::Constant,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        grad_clip: 0.0,
-        path_gradients: false,
-    }
-}
-
-fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool")
-}
-
-/// Times `iters` calls of `f` inside `pool`.
-fn timed(pool: &rayon::ThreadPool, iters: u64, mut f: impl FnMut() + Send) -> Duration {
-    pool.install(|| {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        t.elapsed()
-    })
-}
-
 fn train_step(c: &mut Criterion) {
-    let lib = plugin();
+    let lib = common::model_plugin("latflow-flow-sun");
     for n in GROUPS {
         let mut g = c.benchmark_group(format!("flow_sun/su{n}/train_step"));
         g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
         for threads in [1u32, 2] {
             let th = theory(n, threads);
-            let mut m = model(lib, &th, threads);
-            m.train_begin(&settings()).into_result().expect("train_begin");
+            let mut m = common::new_model(lib, MODEL, &th.layout(), threads);
+            m.train_begin(&common::adam_settings(BATCH)).into_result().expect("train_begin");
             let mut rng = Stream::new(1, 0).state();
-            let outer = pool(threads as usize);
+            let outer = common::pool(threads as usize);
             g.bench_function(BenchmarkId::from_parameter(format!("t{threads}")), |b| {
                 b.iter_custom(|iters| {
-                    timed(&outer, iters, || {
+                    common::timed(&outer, iters, || {
                         let p = m.train_sample(&mut rng).into_result().expect("train_sample");
                         let ag = th.action_grad(RSlice::from_slice(&p.configs)).into_result().expect("action_grad");
                         let met = m
@@ -135,20 +79,20 @@ fn train_step(c: &mut Criterion) {
 }
 
 fn sample(c: &mut Criterion) {
-    let lib = plugin();
+    let lib = common::model_plugin("latflow-flow-sun");
     for n in GROUPS {
         let mut g = c.benchmark_group(format!("flow_sun/su{n}/sample"));
         g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
         for threads in [1u32, 2] {
             let th = theory(n, threads);
-            let m = model(lib, &th, threads);
+            let m = common::new_model(lib, MODEL, &th.layout(), threads);
             let mut rng = Stream::new(2, 0).state();
-            let outer = pool(threads as usize);
+            let outer = common::pool(threads as usize);
             for batch in [64u32, 1024] {
                 g.throughput(Throughput::Elements(batch as u64));
                 g.bench_function(BenchmarkId::new(format!("t{threads}"), batch), |b| {
                     b.iter_custom(|iters| {
-                        timed(&outer, iters, || {
+                        common::timed(&outer, iters, || {
                             let p = m.sample(batch, &mut rng).into_result().expect("sample");
                             black_box(th.action(RSlice::from_slice(&p.configs)).into_result().expect("action"));
                             black_box(p.log_q);

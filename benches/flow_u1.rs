@@ -20,15 +20,14 @@
 //!   `elem/s` reads as proposals per second (the peer's `evaluation.proposals_per_s_bs64`/`_bs1000`,
 //!   from `u1_flow.py --steps 1 --n-eval 10000`, also include the action).
 
-use std::hint::black_box;
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-use abi_stable::library::lib_header_from_path;
-use abi_stable::std_types::{RSlice, RStr};
+use std::hint::black_box;
+use std::time::Duration;
+
+use abi_stable::std_types::RSlice;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use latflow_core::abi::{LrSchedule, ModelBox, PluginModRef, Theory, TrainSettings};
+use latflow_core::abi::Theory;
 use latflow_core::Stream;
 use latflow_core::sdk::Adapter;
 use latflow_u1::U1;
@@ -39,80 +38,25 @@ const BATCH: u32 = 64;
 /// The peer's architecture (the plugin's defaults, spelt out).
 const MODEL: &str = r#"{"layers": 16, "hidden": [8, 8], "kernel": 3, "coupling": "ncp", "n_mix": 2, "dtype": "f32"}"#;
 
-/// Builds (if needed) and loads the flow-u1 shared library from this bench's target directory.
-fn plugin() -> PluginModRef {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "latflow-flow-u1"])
-        .current_dir(&root)
-        .status()
-        .expect("could not start cargo to build the flow-u1 plugin");
-    assert!(status.success(), "cargo build --release -p latflow-flow-u1 failed");
-    // target/<profile>/deps/flow_u1-… → target/release
-    let exe = std::env::current_exe().expect("bench executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory").to_path_buf();
-    let lib = dir.join(format!("{}latflow_flow_u1{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
-    let header = lib_header_from_path(&lib).unwrap_or_else(|e| panic!("cannot open {}: {e}", lib.display()));
-    header
-        .init_root_module::<PluginModRef>()
-        .unwrap_or_else(|e| panic!("{} is not a latflow plugin: {e}", lib.display()))
-}
-
 fn theory(threads: u32) -> Adapter<U1> {
     let mut th = Adapter::<U1>::from_json(&format!(r#"{{"lattice": [{L}, {L}], "beta": {BETA}}}"#)).expect("valid u1 config");
     th.set_threads(threads).into_result().expect("theory threads");
     th
 }
 
-fn model(lib: PluginModRef, th: &Adapter<U1>, threads: u32) -> ModelBox {
-    let ctor = lib.new_model().flatten().expect("flow-u1 is a model plugin");
-    let mut m = ctor(RStr::from_str(MODEL), &th.layout()).into_result().expect("valid flow-u1 config");
-    m.set_threads(threads).into_result().expect("model threads");
-    m
-}
-
-fn settings() -> TrainSettings {
-    TrainSettings {
-        batch: BATCH,
-        learning_rate: 1e-3,
-        schedule: LrSchedule::Constant,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        grad_clip: 0.0,
-        path_gradients: false,
-    }
-}
-
-fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("rayon pool")
-}
-
-/// Times `iters` calls of `f` inside `pool`.
-fn timed(pool: &rayon::ThreadPool, iters: u64, mut f: impl FnMut() + Send) -> Duration {
-    pool.install(|| {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        t.elapsed()
-    })
-}
-
 fn train_step(c: &mut Criterion) {
-    let lib = plugin();
+    let lib = common::model_plugin("latflow-flow-u1");
     let mut g = c.benchmark_group("flow_u1/train_step");
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for threads in [1u32, 2] {
         let th = theory(threads);
-        let mut m = model(lib, &th, threads);
-        m.train_begin(&settings()).into_result().expect("train_begin");
+        let mut m = common::new_model(lib, MODEL, &th.layout(), threads);
+        m.train_begin(&common::adam_settings(BATCH)).into_result().expect("train_begin");
         let mut rng = Stream::new(1, 0).state();
-        let outer = pool(threads as usize);
+        let outer = common::pool(threads as usize);
         g.bench_function(BenchmarkId::from_parameter(format!("t{threads}")), |b| {
             b.iter_custom(|n| {
-                timed(&outer, n, || {
+                common::timed(&outer, n, || {
                     let p = m.train_sample(&mut rng).into_result().expect("train_sample");
                     let ag = th.action_grad(RSlice::from_slice(&p.configs)).into_result().expect("action_grad");
                     let met =
@@ -126,19 +70,19 @@ fn train_step(c: &mut Criterion) {
 }
 
 fn sample(c: &mut Criterion) {
-    let lib = plugin();
+    let lib = common::model_plugin("latflow-flow-u1");
     let mut g = c.benchmark_group("flow_u1/sample");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     for threads in [1u32, 2] {
         let th = theory(threads);
-        let m = model(lib, &th, threads);
+        let m = common::new_model(lib, MODEL, &th.layout(), threads);
         let mut rng = Stream::new(2, 0).state();
-        let outer = pool(threads as usize);
+        let outer = common::pool(threads as usize);
         for batch in [64u32, 1024] {
             g.throughput(Throughput::Elements(batch as u64));
             g.bench_function(BenchmarkId::new(format!("t{threads}"), batch), |b| {
                 b.iter_custom(|n| {
-                    timed(&outer, n, || {
+                    common::timed(&outer, n, || {
                         let p = m.sample(batch, &mut rng).into_result().expect("sample");
                         black_box(th.action(RSlice::from_slice(&p.configs)).into_result().expect("action"));
                         black_box(p.log_q);

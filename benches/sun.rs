@@ -20,8 +20,10 @@
 //! `benches/sun_bench.rs` (an example) puts the same kernels against this machine's limits and
 //! the peers.
 
+mod common;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use latflow_core::abi::{HmcParams, IntegratorKind, Start};
@@ -38,10 +40,6 @@ fn theory(l: usize) -> Adapter<Sun> {
         .expect("valid sun config")
 }
 
-fn pool() -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("rayon pool")
-}
-
 fn leapfrog(md_steps: u32, tau: f64) -> HmcParams {
     HmcParams { md_steps, integrator: IntegratorKind::Leapfrog, trajectory_length: tau, ..HmcParams::default() }
 }
@@ -53,19 +51,8 @@ fn rough(th: &Adapter<Sun>, rng: &mut Stream) -> Vec<f64> {
     u
 }
 
-/// Times `iters` calls of `f` inside `pool`.
-fn timed(pool: &rayon::ThreadPool, iters: u64, mut f: impl FnMut() + Send) -> Duration {
-    pool.install(|| {
-        let t = Instant::now();
-        for _ in 0..iters {
-            f();
-        }
-        t.elapsed()
-    })
-}
-
 fn kernel(c: &mut Criterion) {
-    let one = pool();
+    let one = common::pool(1);
     let mut g = c.benchmark_group("sun3_kernel");
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     for l in [4usize, 8] {
@@ -75,11 +62,11 @@ fn kernel(c: &mut Criterion) {
         let mut f = th.physics().space().zero_momentum();
         g.throughput(Throughput::Elements(l.pow(4) as u64));
         g.bench_function(BenchmarkId::new("force", l), |b| {
-            b.iter_custom(|n| timed(&one, n, || term.force(black_box(&u), &mut f).expect("force")))
+            b.iter_custom(|n| common::timed(&one, n, || term.force(black_box(&u), &mut f).expect("force")))
         });
         g.bench_function(BenchmarkId::new("action", l), |b| {
             b.iter_custom(|n| {
-                timed(&one, n, || {
+                common::timed(&one, n, || {
                     black_box(th.physics().action(black_box(&u)));
                 })
             })
@@ -89,7 +76,7 @@ fn kernel(c: &mut Criterion) {
 }
 
 fn exponential(c: &mut Criterion) {
-    let one = pool();
+    let one = common::pool(1);
     let mut rng = Stream::new(2, 0);
     let x: Vec<SuAlg<3>> = (0..1024).map(|_| SuAlg::<3>::gaussian(&mut rng).scale(1.0 / 15.0)).collect();
     let links: Vec<Su3> = (0..1024).map(|_| Su3::random(&mut rng)).collect();
@@ -99,7 +86,7 @@ fn exponential(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1024));
     g.bench_function("exp", |b| {
         b.iter_custom(|n| {
-            timed(&one, n, || {
+            common::timed(&one, n, || {
                 for (o, x) in out.iter_mut().zip(&x) {
                     *o = Su3::exp(black_box(x));
                 }
@@ -109,7 +96,7 @@ fn exponential(c: &mut Criterion) {
     });
     g.bench_function("exp_times_link", |b| {
         b.iter_custom(|n| {
-            timed(&one, n, || {
+            common::timed(&one, n, || {
                 for ((o, x), l) in out.iter_mut().zip(&x).zip(&links) {
                     *o = Su3::exp(black_box(x)).mul(l);
                 }
@@ -121,7 +108,7 @@ fn exponential(c: &mut Criterion) {
 }
 
 fn trajectory(c: &mut Criterion) {
-    let one = pool();
+    let one = common::pool(1);
     let mut g = c.benchmark_group("sun3_hmc_trajectory");
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(1));
@@ -131,7 +118,7 @@ fn trajectory(c: &mut Criterion) {
         let mut u = rough(&th, &mut rng);
         let p = leapfrog(15, 1.0);
         g.bench_function(BenchmarkId::new("leapfrog15", l), |b| {
-            b.iter_custom(|n| timed(&one, n, || drop(th.hmc_vec(&mut u, &p, 1, &mut rng).expect("trajectory"))))
+            b.iter_custom(|n| common::timed(&one, n, || drop(th.hmc_vec(&mut u, &p, 1, &mut rng).expect("trajectory"))))
         });
     }
     g.finish();

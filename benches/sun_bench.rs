@@ -31,6 +31,8 @@
 //! 4. **Scaling:** HMC traj/s at 8⁴ and 16⁴ on 1 and 2 threads (short runs), and the theory's
 //!    own Markov steps (`heatbath`, `overrelax`) in sweeps/s where the plugin offers them.
 
+mod common;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
@@ -131,7 +133,7 @@ fn main() {
         "peers": peers,
         "scaling": scaling,
         "theory_steps": steps,
-        "load_end": load_average(),
+        "load_end": common::load_average(),
     });
     println!("{out}");
 }
@@ -177,12 +179,6 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .build()
         .unwrap_or_else(|e| panic!("cannot start {threads} threads: {e}"))
         .install(f)
-}
-
-fn load_average() -> Value {
-    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let v: Vec<f64> = s.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
-    json!(v)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,7 +335,7 @@ fn limits(quick: bool) -> Limits {
         "fma_peak_gflops": fma,
         "triad_gbs": {"threads_1": triad[0], "threads_2": triad[1], "array_mib": (n * 8) >> 20},
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "load": load_average(),
+        "load": common::load_average(),
     });
     Limits { mul_add, fma, triad, json }
 }

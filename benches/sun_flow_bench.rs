@@ -35,15 +35,15 @@
 //!    (window: a tenth of the steps) to reach the scratch run's final loss (steps saved =
 //!    steps − that), and both runs' ESS per sample.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use abi_stable::library::lib_header_from_path;
-use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::std_types::RSlice;
 use clap::Parser;
-use latflow_core::abi::{LrSchedule, ModelBox, PluginModRef, Theory, TrainSettings};
+use latflow_core::abi::{ModelBox, PluginModRef, Theory};
 use latflow_core::sdk::Adapter;
 use latflow_core::{RngState, Stream};
 use latflow_sun::Sun;
@@ -112,7 +112,7 @@ fn main() {
         eprintln!("sun_flow_bench: {e}");
         std::process::exit(2);
     }
-    let lib = plugin();
+    let lib = common::model_plugin("latflow-flow-sun");
     let (quality, models) = quality(lib, &args);
     let cost = cost(lib, &args);
     let transfer = if args.no_transfer { json!({"skipped": "--no-transfer"}) } else { transfer(lib, &args, &models) };
@@ -124,7 +124,7 @@ fn main() {
         "quality": quality,
         "cost": cost,
         "transfer": transfer,
-        "load_end": load_average(),
+        "load_end": common::load_average(),
     });
     println!("{out}");
 }
@@ -151,25 +151,6 @@ fn check_args(args: &Args) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Plugin, theory, model
 
-/// Builds (if needed) and loads the flow-sun shared library from this example's target directory.
-fn plugin() -> PluginModRef {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "latflow-flow-sun"])
-        .current_dir(&root)
-        .status()
-        .expect("could not start cargo to build the flow-sun plugin");
-    assert!(status.success(), "cargo build --release -p latflow-flow-sun failed");
-    // target/release/examples/sun_flow_bench → target/release
-    let exe = std::env::current_exe().expect("example executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory").to_path_buf();
-    let lib = dir.join(format!("{}latflow_flow_sun{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX));
-    let header = lib_header_from_path(&lib).unwrap_or_else(|e| panic!("cannot open {}: {e}", lib.display()));
-    header
-        .init_root_module::<PluginModRef>()
-        .unwrap_or_else(|e| panic!("{} is not a latflow plugin: {e}", lib.display()))
-}
-
 /// The setup of one run: SU(n), L × L, β.
 #[derive(Debug, Clone, Copy)]
 struct Setup {
@@ -192,27 +173,6 @@ impl Setup {
     }
 }
 
-fn model(lib: PluginModRef, th: &Adapter<Sun>, threads: u32) -> ModelBox {
-    let ctor = lib.new_model().flatten().expect("flow-sun is a model plugin");
-    let mut m = ctor(RStr::from_str(MODEL), &th.layout()).into_result().unwrap_or_else(|e| panic!("flow-sun: {e}"));
-    m.set_threads(threads).into_result().expect("model threads");
-    m
-}
-
-fn settings(batch: u32) -> TrainSettings {
-    TrainSettings {
-        batch,
-        learning_rate: 1e-3,
-        schedule: LrSchedule::Constant,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-        grad_clip: 0.0,
-        path_gradients: false,
-    }
-}
-
 fn in_pool<R: Send>(threads: u32, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads as usize)
@@ -223,7 +183,7 @@ fn in_pool<R: Send>(threads: u32, f: impl FnOnce() -> R + Send) -> R {
 
 /// `steps` training steps (host route); returns the losses and the wall time per step (s).
 fn train(m: &mut ModelBox, th: &Adapter<Sun>, steps: usize, batch: u32, state: &mut RngState) -> (Vec<f64>, Vec<f64>) {
-    m.train_begin(&settings(batch)).into_result().unwrap_or_else(|e| panic!("train_begin: {e}"));
+    m.train_begin(&common::adam_settings(batch)).into_result().unwrap_or_else(|e| panic!("train_begin: {e}"));
     let (mut losses, mut times) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
     for _ in 0..steps {
         let t = Instant::now();
@@ -310,7 +270,7 @@ fn key(n: usize, beta: f64) -> (usize, i64) {
 fn run(lib: PluginModRef, args: &Args, s: Setup, init: Option<&[u8]>) -> Trained {
     let th = s.theory(args.threads);
     in_pool(args.threads, || {
-        let mut m = model(lib, &th, args.threads);
+        let mut m = common::new_model(lib, MODEL, &th.layout(), args.threads);
         if let Some(bytes) = init {
             m.init_from(RSlice::from_slice(bytes)).into_result().unwrap_or_else(|e| panic!("init_from: {e}"));
         }
@@ -368,7 +328,7 @@ fn quality(lib: PluginModRef, args: &Args) -> (Value, Models) {
 fn cost_point(lib: PluginModRef, args: &Args, s: Setup, threads: u32) -> Value {
     let th = s.theory(threads);
     in_pool(threads, || {
-        let mut m = model(lib, &th, threads);
+        let mut m = common::new_model(lib, MODEL, &th.layout(), threads);
         let mut state = Stream::new(args.seed, 3).state();
         train(&mut m, &th, 3, 64, &mut state);
         let (_, times) = train(&mut m, &th, args.timing_steps, 64, &mut state);
@@ -515,8 +475,3 @@ fn transfer(lib: PluginModRef, args: &Args, models: &Models) -> Value {
     json!({"beta_ladder": ladder, "volume": volume})
 }
 
-fn load_average() -> Value {
-    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let v: Vec<f64> = s.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
-    json!(v)
-}
