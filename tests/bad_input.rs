@@ -146,6 +146,19 @@ fn corrupt_or_truncated_hdf5_is_refused() {
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     expect_error(&["analyze", cut.to_str().unwrap()], &["truncated.h5"]);
 
+    // one flipped bit in a stored measurement: the chunk checksum catches it
+    let (ens, _) = common::contents(&out);
+    let obs = &ens.observables[0];
+    let value = obs.values[obs.values.len() / 2].to_le_bytes();
+    let hits: Vec<usize> = bytes.windows(8).enumerate().filter(|(_, w)| *w == value).map(|(i, _)| i).collect();
+    assert_eq!(hits.len(), 1, "the measurement is stored once");
+    let mut damaged = bytes.clone();
+    damaged[hits[0] + 3] ^= 0x40;
+    let flipped = dir.path().join("flipped.h5");
+    std::fs::write(&flipped, &damaged).unwrap();
+    let object = format!("observables/{}", obs.name);
+    expect_error(&["analyze", flipped.to_str().unwrap()], &["flipped.h5", &object, "checksum"]);
+
     // a damaged checkpoint is refused on --resume, naming it
     let ckpt = format!("{}.ckpt", out.display());
     std::fs::write(&ckpt, b"LFCKPT01garbage").unwrap();

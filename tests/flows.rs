@@ -210,6 +210,13 @@ fn bad_model_input_is_refused() {
     expect_failure(&["run", c.to_str().unwrap()], &["cut.toml", "model.weights", "flow-scalar"]);
     let (c, _) = write_card(d, "other_arch", &card(d, TUTORIAL, "layers = 4\nhidden = [4]", "tiny.safetensors", "", flow, short));
     expect_failure(&["run", c.to_str().unwrap()], &["other_arch.toml", "model.weights", "layers"]);
+    // one flipped bit in the tensor data: the recorded digest no longer matches
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 7;
+    flipped[at] ^= 0x08;
+    std::fs::write(d.join("flipped.safetensors"), &flipped).unwrap();
+    let (c, _) = write_card(d, "flipped", &card(d, TUTORIAL, "layers = 2\nhidden = [4]", "flipped.safetensors", "", flow, short));
+    expect_failure(&["run", c.to_str().unwrap()], &["flipped.safetensors", "tensor '", "SHA-256", "damaged"]);
 
     // a model whose field layout does not match the theory: the XY plugin's angles
     let xy = common::xy_plugin_dir();
