@@ -273,3 +273,51 @@ mod tests {
         assert_eq!((mean, err), (2.0, 1.0));
     }
 }
+
+/// `count` damaged variants of `input`, for replaying a fuzz corpus with extra mutations in an
+/// ordinary test (no fuzzing engine). Deterministic in `seed`. Each variant applies one to four
+/// of: flip a bit, overwrite a byte with an interesting value (0, 0xff, 0x7f, 0x80), overwrite
+/// 8 bytes with a little-endian extreme (0, u64::MAX, i64::MAX, a length just past the
+/// input), truncate, duplicate a slice, insert random bytes.
+pub fn mutations(input: &[u8], count: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = Stream::new(seed, 0);
+    let mut below = |n: usize| if n == 0 { 0 } else { (rng.next_u64() % n as u64) as usize };
+    (0..count)
+        .map(|_| {
+            let mut v = input.to_vec();
+            for _ in 0..1 + below(4) {
+                let len = v.len();
+                match below(6) {
+                    0 if len > 0 => {
+                        let i = below(len);
+                        v[i] ^= 1 << below(8);
+                    }
+                    1 if len > 0 => {
+                        let i = below(len);
+                        v[i] = [0u8, 0xff, 0x7f, 0x80][below(4)];
+                    }
+                    2 if len >= 8 => {
+                        let i = below(len - 7);
+                        let x = [0, u64::MAX, i64::MAX as u64, len as u64 + 1][below(4)];
+                        v[i..i + 8].copy_from_slice(&x.to_le_bytes());
+                    }
+                    3 => v.truncate(below(len + 1)),
+                    4 if len > 0 => {
+                        let (a, b) = (below(len), below(len));
+                        let (a, b) = (a.min(b), a.max(b).min(a + 256));
+                        let piece = v[a..b].to_vec();
+                        let at = below(len + 1);
+                        v.splice(at..at, piece);
+                    }
+                    _ => {
+                        let at = below(len + 1);
+                        let n = 1 + below(16);
+                        let piece: Vec<u8> = (0..n).map(|_| below(256) as u8).collect();
+                        v.splice(at..at, piece);
+                    }
+                }
+            }
+            v
+        })
+        .collect()
+}

@@ -173,6 +173,13 @@ impl BenchCard {
     pub fn load(path: &Path) -> Result<Self> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).with_context(|| format!("{file}: cannot read bench card"))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates bench card text; `path` names the file in errors and anchors the
+    /// card's relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let file = path.display().to_string();
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{file}: not valid TOML: {e}"))?;
         for key in table.keys() {
             if !["theory", "bench", "reference", "contender"].contains(&key.as_str()) {

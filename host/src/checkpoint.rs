@@ -138,7 +138,15 @@ impl Checkpoint {
         };
         let mut bytes = Vec::new();
         f.read_to_end(&mut bytes).map_err(|e| corrupt(e.to_string()))?;
-        let mut rest: &[u8] = &bytes;
+        Self::decode(path, &bytes)
+    }
+
+    /// Decodes a checkpoint file's bytes (`path` names it in errors). Any input gives a
+    /// checkpoint or a `Corrupt` error, never a panic.
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let name = path.display().to_string();
+        let corrupt = |reason: String| CheckpointError::Corrupt { path: name.clone(), reason };
+        let mut rest: &[u8] = bytes;
         let mut take = |n: usize| -> Result<&[u8], CheckpointError> {
             if rest.len() < n {
                 return Err(corrupt("file is truncated".into()));

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod ensemble;
 pub mod ildg;
 pub mod flow_cmd;
+pub mod fuzzing;
 pub mod inspect;
 pub mod plot;
 pub mod plugin;

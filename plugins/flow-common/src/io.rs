@@ -399,6 +399,26 @@ mod tests {
         assert_eq!(parse(&old).unwrap().tensors["a"].values, vec![1.0]);
     }
 
+    /// The `weights` fuzz target's smoke run: its seeds and regression inputs under `fuzz/`,
+    /// plus deterministic mutations of each, parse to weights or a clear error.
+    #[test]
+    fn fuzz_inputs_and_their_mutations_never_panic() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+        let mut n = 0;
+        for dir in ["seeds/weights", "regressions/weights"] {
+            for e in std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                for m in std::iter::once(bytes.clone()).chain(latflow_core::testkit::mutations(&bytes, 3000, 7 + n)) {
+                    if let Err(e) = parse(&m) {
+                        assert!(e.message.starts_with("weights: "), "{}", e.message);
+                    }
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no seeds in fuzz/seeds/weights");
+    }
+
     #[test]
     fn non_float_tensors_are_refused() {
         struct I32;
