@@ -684,7 +684,15 @@ impl TheoryHandle {
     /// A named parameter.
     pub fn parameter(&self, name: &str) -> Result<f64, PluginLoadError> {
         let _in = abort_report::enter(&self.name, "parameter");
-        self.call("parameter", self.obj.parameter(RStr::from_str(name)))
+        let value = self.call("parameter", self.obj.parameter(RStr::from_str(name)))?;
+        if !value.is_finite() {
+            return Err(PluginLoadError::BadOutput {
+                plugin: self.name.clone(),
+                call: "parameter".into(),
+                reason: format!("parameter '{name}' is {value}"),
+            });
+        }
+        Ok(value)
     }
 
     /// Changes a named parameter.

@@ -469,13 +469,16 @@ fn ladder_theories(card: &RunCard, ladder: &Ladder, opts: &RunOptions) -> Result
     let search = SearchPath::new(&opts.plugin_dirs);
     let plugin = plugin::find(&search, &card.theory.plugin).with_context(|| format!("{file}: theory.plugin"))?;
     let base = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
-    if let Err(e) = base.parameter(&ladder.parameter) {
-        bail!(
-            "{file}: {}: theory '{}' has no parameter '{}' to build a replica ladder on ({e})",
+    match base.parameter(&ladder.parameter) {
+        Err(PluginLoadError::Call { error, .. }) if error.kind == latflow_core::ErrorKind::Unsupported => bail!(
+            "{file}: {}: theory '{}' has no parameter '{}' to build a replica ladder on ({})",
             ladder.parameter_field(),
             base.name,
-            ladder.parameter
-        );
+            ladder.parameter,
+            error.message
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{file}: {}", ladder.parameter_field()))),
+        Ok(_) => {}
     }
     let base_params = base.params_json();
     drop(base);

@@ -162,7 +162,7 @@ pub fn fixtures_dir() -> &'static Path {
             "the test fixture plugins",
             &workspace_root().join("tests/fixtures/Cargo.toml"),
         );
-        for lib in ["latflow_faulty", "latflow_badabi", "latflow_badlayout"] {
+        for lib in ["latflow_faulty", "latflow_faultmatrix", "latflow_badabi", "latflow_badlayout"] {
             library(&dir, lib);
         }
         dir
