@@ -156,24 +156,7 @@ fn exit_code(what: &str, out: &Output) -> i32 {
 fn results(dir: &Path, card: Card, out: &Path) -> Vec<u8> {
     match card {
         Train => std::fs::read(dir.join("w.safetensors")).unwrap(),
-        _ => {
-            let file = latflow_host::ensemble::read(out).unwrap();
-            let mut bits = Vec::new();
-            for (k, c) in file.couplings.iter().enumerate() {
-                bits.extend(c.sweeps.iter().copied());
-                for o in &c.observables {
-                    bits.extend(o.values.iter().map(|x| x.to_bits()));
-                }
-                for s in &c.steps {
-                    bits.extend(s.accepted.iter().map(|&a| a as u64));
-                    bits.extend(s.columns.iter().flat_map(|(_, v)| v.iter().map(|x| x.to_bits())));
-                }
-                if let Some(info) = &c.configs {
-                    bits.extend(file.read_configs(k, 0, info.count).unwrap().iter().map(|x| x.to_bits()));
-                }
-            }
-            bits.iter().flat_map(|b| b.to_le_bytes()).collect()
-        }
+        _ => common::all_bits(out).iter().flat_map(|b| b.to_le_bytes()).collect(),
     }
 }
 

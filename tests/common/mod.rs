@@ -183,6 +183,28 @@ pub fn contents(path: &Path) -> (latflow_host::ensemble::Ensemble, Vec<u64>) {
     (ens, configs.iter().map(|x| x.to_bits()).collect())
 }
 
+/// Every stored number of a plain or replica-exchange ensemble as bits, coupling by coupling:
+/// sweeps, observables, step records (flags and columns) and configurations. Equal for two
+/// files exactly when their data are bit-identical (provenance such as timestamps aside).
+pub fn all_bits(path: &Path) -> Vec<u64> {
+    let file = latflow_host::ensemble::read(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut bits = Vec::new();
+    for (k, c) in file.couplings.iter().enumerate() {
+        bits.extend(c.sweeps.iter().copied());
+        for o in &c.observables {
+            bits.extend(o.values.iter().map(|x| x.to_bits()));
+        }
+        for s in &c.steps {
+            bits.extend(s.accepted.iter().map(|&a| a as u64));
+            bits.extend(s.columns.iter().flat_map(|(_, v)| v.iter().map(|x| x.to_bits())));
+        }
+        if let Some(info) = &c.configs {
+            bits.extend(file.read_configs(k, 0, info.count).unwrap().iter().map(|x| x.to_bits()));
+        }
+    }
+    bits
+}
+
 pub fn assert_same_bits(a: &Path, b: &Path) {
     let (ea, ca) = contents(a);
     let (eb, cb) = contents(b);
