@@ -37,6 +37,6 @@ for t in "${targets[@]}"; do
     echo "== $t: $runs runs"
     cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
         -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 "${extra[@]}" \
-        >"fuzz/logs/$t.log" 2>&1 || { echo "$t FAILED: see fuzz/logs/$t.log"; tail -30 "fuzz/logs/$t.log"; exit 1; }
+        >"fuzz/logs/$t.log" 2>&1 || { echo "$t FAILED: see fuzz/logs/$t.log"; grep -E "ERROR|SUMMARY|panicked|Test unit written" "fuzz/logs/$t.log" | cut -c1-300; exit 1; }
     grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|^Done" "fuzz/logs/$t.log" || true
 done
