@@ -164,3 +164,22 @@ fn corrupt_or_truncated_hdf5_is_refused() {
     std::fs::write(&ckpt, b"LFCKPT01garbage").unwrap();
     expect_error(&["run", card.to_str().unwrap(), "-q", "--resume"], &["real.h5.ckpt"]);
 }
+
+/// A file on which HDF5 itself loops forever (found by fuzzing: a damaged global heap) ends
+/// `analyze` and `inspect` with a clear error after LATFLOW_READ_TIMEOUT_S seconds, not a hang.
+#[test]
+fn a_file_that_hangs_hdf5_is_refused_after_the_read_limit() {
+    let hang = common::workspace_root().join("fuzz/known-upstream/ensemble/timeout-d31a185e30be91b9008b6b43a9dda8bc5727621e");
+    for cmd in ["inspect", "analyze"] {
+        let t = std::time::Instant::now();
+        let out = common::latflow().env("LATFLOW_READ_TIMEOUT_S", "2").args([cmd, hang.to_str().unwrap()]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
+        assert!(stderr.contains("timeout-d31a185e") && stderr.contains("damaged") && stderr.contains("after 2 s"), "{stderr}");
+        assert!(t.elapsed().as_secs() < 60, "{cmd} took {:?}", t.elapsed());
+    }
+    let out = common::latflow().env("LATFLOW_READ_TIMEOUT_S", "soon").args(["inspect", hang.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("LATFLOW_READ_TIMEOUT_S") && stderr.contains("soon"), "{stderr}");
+}

@@ -150,7 +150,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             println!("{}", crate::train::summary(&history, 100));
         }
         Command::Analyze { file, json } => {
-            let a = analyze::analyze(&ensemble::read(&file)?)?;
+            let a = analyze::analyze(&ensemble::read_or_exit_after(&file, read_limit()?)?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&a.to_json())?);
             } else {
@@ -207,7 +207,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 print!("{}", report.to_text());
             }
         }
-        Command::Inspect { file } => print!("{}", inspect::describe(&ensemble::read(&file)?)),
+        Command::Inspect { file } => {
+            print!("{}", inspect::describe(&ensemble::read_or_exit_after(&file, read_limit()?)?))
+        }
         Command::Export(args) => crate::ildg::cli::export(&args)?,
         Command::Import(args) => crate::ildg::cli::import(&args)?,
         Command::Bench { card, json } => {
@@ -278,4 +280,17 @@ fn print_summary(card: &Path, output: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long `analyze` and `inspect` wait for HDF5 to read a file before declaring it damaged
+/// ([`ensemble::read_or_exit_after`]): `LATFLOW_READ_TIMEOUT_S` seconds, default 600 (reading
+/// a large ensemble's measurements takes seconds; a damaged file can make HDF5 loop forever).
+fn read_limit() -> Result<std::time::Duration> {
+    match std::env::var("LATFLOW_READ_TIMEOUT_S") {
+        Err(_) => Ok(std::time::Duration::from_secs(600)),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => Ok(std::time::Duration::from_secs(s)),
+            _ => anyhow::bail!("LATFLOW_READ_TIMEOUT_S: expected a whole number of seconds > 0, got '{v}'"),
+        },
+    }
 }

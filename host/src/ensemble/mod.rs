@@ -73,7 +73,7 @@ use h5::*;
 use schema::*;
 
 pub use reader::{
-    read, read_configs, read_ensemble, read_replica_ensemble, ConfigInfo, Ensemble, EnsembleFile,
+    read, read_configs, read_ensemble, read_or_exit_after, read_replica_ensemble, ConfigInfo, Ensemble, EnsembleFile,
     Ladder, ObservableData, StepData,
 };
 pub use replica_writer::{replica_group, ReplicaDef, ReplicaWriter};

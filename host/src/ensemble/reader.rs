@@ -247,6 +247,35 @@ pub fn read(path: &Path) -> Result<EnsembleFile, EnsembleError> {
     Ok(EnsembleFile { path: path.to_owned(), schema_version, provenance, couplings: vec![plain], ladder: None })
 }
 
+/// [`read`] for the command line, which must never hang on a damaged file: if the read has not
+/// returned after `limit`, the process ends with exit code 1 and an error that names the file.
+///
+/// HDF5 can loop forever inside its own parser on some damaged files (found by fuzzing: a
+/// global heap whose free-space object has size 0 makes `H5HG__cache_heap_deserialize` stop
+/// advancing while reading the variable-length provenance strings). Such a call cannot be
+/// interrupted, and it holds HDF5's library lock, so the only clean way out is to end the
+/// process; library users that cannot accept that call [`read`].
+pub fn read_or_exit_after(path: &Path, limit: std::time::Duration) -> Result<EnsembleFile, EnsembleError> {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let name = path.display().to_string();
+    let guard = std::thread::Builder::new().name("read-guard".into()).spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            eprintln!(
+                "error: {name}: HDF5 has not finished reading the file after {} s; the file is damaged \
+                 (HDF5 can loop forever on some damaged structures; LATFLOW_READ_TIMEOUT_S sets this limit)",
+                limit.as_secs()
+            );
+            std::process::exit(1);
+        }
+    });
+    let result = read(path);
+    drop(done);
+    if let Ok(g) = guard {
+        let _ = g.join();
+    }
+    result
+}
+
 /// [`read`] for a file that must be plain (schema version 1): its one coupling. A
 /// replica-exchange file is refused with a pointer to [`read`].
 pub fn read_ensemble(path: &Path) -> Result<Ensemble, EnsembleError> {
