@@ -30,7 +30,7 @@ fn scenario_card(name: &str) -> String {
     let hmc = "[[chain]]\nkind = \"hmc\"\nmd_steps = 8\n";
     let model = "[model]\nplugin = \"flow-scalar\"\nlayers = 2\nhidden = [4]\nweights = \"{W}\"\n";
     match name {
-        "hmc" => format!("{PHI4}\n{hmc}\n{}", run.replace("measurements = 1500", "measurements = 6000")),
+        "hmc" => format!("{PHI4}\n{hmc}\n{}", run.replace("measurements = 1500", "measurements = 3000")),
         "hybrid" => format!("{PHI4}\n{model}\n{hmc}\n[[chain]]\nkind = \"flow\"\n\n{run}"),
         "replica" => format!(
             "{PHI4}\n[ladder]\nparameter = \"lambda\"\nvalues = [8.0, 7.0, 6.0]\n\n{hmc}\n[[chain]]\nkind = \"replica_exchange\"\n\n{run}"
