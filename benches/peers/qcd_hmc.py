@@ -29,9 +29,9 @@ into one force evaluation (leapfrog with n outer steps: n + 1 pseudofermion forc
 Metropolis test, and an accepted configuration is reunitarised.
 
 Every Dirac operator application is vectorised over the lattice with torch.roll (no Python
-loop over sites). Cold start, --ntherm warm-up trajectories, then --ntraj timed ones; the
-plaquette (mean Re Tr U_P / N) and the CG iterations (every solve of the trajectory) are
-recorded per trajectory.
+loop over sites). Cold start (or --start FILE, an ILDG file of SU(3) links), --ntherm warm-up
+trajectories, then --ntraj timed ones; the plaquette (mean Re Tr U_P / N) and the CG iterations
+(every solve of the trajectory) are recorded per trajectory.
 
 Run:  python3 qcd_hmc.py --group u1 --L 16 --beta 2 --kappa 0.25 --md-steps 10 --threads 1
       python3 qcd_hmc.py --group su3 --L 4 --beta 5.6 --kappa 0.15 --threads 1
@@ -322,6 +322,29 @@ def trajectory(th, u, levels, tau, scheme):
 
 
 # ---- checks ---------------------------------------------------------------------------------
+def read_ildg(th, path):
+    """SU(3) links from an ILDG file (LIME record `ildg-binary-data`, 64-bit big-endian, sites t
+    slowest and x fastest, then mu = 0..3, 3x3 row-major), as the peer's (4, L, L, L, L, 3, 3)
+    tensor: latflow's axes (a0..a3) are ILDG's (x, y, z, t), so the site axes are reversed."""
+    with open(path, "rb") as f:
+        data = f.read()
+    at, payload = 0, None
+    while at + 144 <= len(data):
+        magic, length = int.from_bytes(data[at:at + 4], "big"), int.from_bytes(data[at + 8:at + 16], "big")
+        if magic != 0x456789AB:
+            raise SystemExit(f"{path}: not a LIME file (bad magic number at offset {at})")
+        kind = data[at + 16:at + 144].split(b"\0", 1)[0].decode("ascii", "replace")
+        if kind == "ildg-binary-data":
+            payload = data[at + 144:at + 144 + length]
+        at += 144 + length + (-length) % 8
+    n = th.L ** 4 * 4 * 9
+    if payload is None or len(payload) != 16 * n:
+        raise SystemExit(f"{path}: no 64-bit ildg-binary-data record for SU(3) on {th.L}^4")
+    a = np.frombuffer(payload, dtype=">c16").astype(np.complex128).reshape((th.L,) * 4 + (4, 3, 3))
+    u = th.torch.from_numpy(np.ascontiguousarray(np.transpose(a, (4, 3, 2, 1, 0, 5, 6))))
+    return th.reunitarise(u)
+
+
 def dense(th, u):
     """The dense matrix of D on the links u (columns: unit sources)."""
     torch = th.torch
@@ -405,6 +428,8 @@ def main():
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--threads", type=int, default=peerlib.THREADS)
     ap.add_argument("--tag", default=None)
+    ap.add_argument("--start", default=None,
+                    help="SU(3) only: start from this ILDG file (e.g. from latflow export --ildg) instead of cold")
     ap.add_argument("--check", action="store_true", help="run the correctness checks and exit")
     args = ap.parse_args()
     torch = peerlib.torch_cpu(args.seed, "float64", args.threads)
@@ -422,6 +447,11 @@ def main():
     th = WilsonQcd(torch, args.group, L, beta, kappa, args.tol, args.force_tol, args.max_iter)
     levels = [args.md_steps, args.inner_steps]
     u = th.cold()
+    if args.start:
+        if u1:
+            raise SystemExit("--start reads ILDG files, which hold SU(3) links in 4D only")
+        u = read_ildg(th, args.start)
+        print(f"start: {args.start}, plaquette {th.plaquette(u):.10f}", flush=True)
     for _ in range(args.ntherm):
         u, _, _, _ = trajectory(th, u, levels, args.tau, args.integrator)
     dhs, plaq, iters, accepted = [], [], [], 0
@@ -441,7 +471,7 @@ def main():
                      "md_steps": args.md_steps, "inner_steps": args.inner_steps, "integrator": args.integrator,
                      "tau": args.tau, "tol": th.tol, "force_tol": th.force_tol, "even_odd": False,
                      "ntherm": args.ntherm, "ntraj": args.ntraj, "seed": args.seed, "threads": args.threads,
-                     "dtype": "complex128", "start": "cold"},
+                     "dtype": "complex128", "start": args.start or "cold"},
         "traj_per_s": args.ntraj / wall,
         "traj_per_cpu_s": args.ntraj / cpu,
         "seconds": wall,
