@@ -435,6 +435,7 @@ def main():
     torch = peerlib.torch_cpu(args.seed, "float64", args.threads)
     if args.check:
         result = check(args, torch)
+        result["tag"] = args.tag
         print(f"qcd_hmc checks: {'all passed' if result['ok'] else 'FAILED'}", flush=True)
         peerlib.report("qcd_hmc_check", result)
         raise SystemExit(0 if result["ok"] else 1)

@@ -53,6 +53,10 @@ peer() {
 
 start() { echo "/^\[run\]/a start = { file = \"$1\" }"; }
 
+# therm N: a sed script for a warm-up run of N sweeps that stores only its last configuration
+# (N - 1 thermalisation sweeps, then one measured sweep; save_every = 1).
+therm() { echo "s/^thermalization = .*/thermalization = $(($1 - 1))/; s/^measurements = .*/measurements = 1/; s/^save_every = .*/save_every = 1/"; }
+
 part_check() {
     PEER_RESULTS_DIR=$out "$py" "$peer" --check --threads 1 --tag peer_check > "$out/peer_check.out"
     head -n -1 "$out/peer_check.out"
@@ -64,7 +68,7 @@ part_check() {
 
 part_schwinger() {
     # 100 warm-up trajectories from the cold start, then 300 timed ones from their end
-    lf lf_u1_16_therm schwinger16.toml 's/^measurements = 30/measurements = 10/' 's/^save_every = 30/save_every = 10/'
+    lf lf_u1_16_therm schwinger16.toml "$(therm 10)"
     lf lf_u1_16 schwinger16.toml "$(start lf_u1_16_therm.h5)"
     lf lf_u1_16_eo schwinger16.toml "$(start lf_u1_16_therm.h5)" 's/^even_odd = false/even_odd = true/'
     peer peer_u1_16 --group u1 --L 16 --beta 2 --kappa 0.25 --md-steps 10 --inner-steps 2 \
@@ -75,7 +79,7 @@ part_schwinger() {
 # last configuration, and the peer from the same configuration (as an ILDG file).
 su3() {
     local L=$1 card=$2 therm=$3 ntraj=$4
-    lf "lf_su3_${L}_therm" "$card" "s/^measurements = .*/measurements = $therm/" "s/^save_every = .*/save_every = $therm/"
+    lf "lf_su3_${L}_therm" "$card" "$(therm "$therm")"
     rm -rf "$out/ildg_$L"
     "$latflow" export "$out/lf_su3_${L}_therm.h5" --ildg "$out/ildg_$L/"
     lf "lf_su3_$L" "$card" "$(start "lf_su3_${L}_therm.h5")"
@@ -85,7 +89,7 @@ su3() {
 }
 
 part_su3_4() { su3 4 su3_4.toml 10 20; }
-part_su3_8() { su3 8 su3_8.toml 10 3; }
+part_su3_8() { su3 8 su3_8.toml 8 2; }
 
 part_kappa() {
     # 50 warm-up and 100 measured trajectories from the cold start per point
@@ -98,7 +102,12 @@ part_kappa() {
 }
 
 part_hasenbusch() {
+    # against the kappa = 0.27 even-odd run of part_kappa (10 steps), and with both step counts
+    # moved towards equal acceptance: 14 steps without, 4 with the Hasenbusch mass
     lf lf_hasenbusch schwinger16_hasenbusch.toml 's/^thermalization = .*/thermalization = 5/'
+    lf lf_hasenbusch_md4 schwinger16_hasenbusch.toml 's/^thermalization = .*/thermalization = 5/' 's/^md_steps = .*/md_steps = 4/'
+    lf lf_kappa_0.27_eo_true_md14 schwinger16.toml 's/^kappa = .*/kappa = 0.27/' 's/^even_odd = .*/even_odd = true/' \
+        's/^thermalization = .*/thermalization = 5/' 's/^measurements = .*/measurements = 10/' 's/^md_steps = .*/md_steps = 14/'
 }
 
 parts=("$@")
