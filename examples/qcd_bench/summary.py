@@ -54,7 +54,7 @@ def peer(out, tag):
     if not os.path.exists(path):
         return None
     r = json.load(open(path))
-    r["load"] = f"{r['machine']['load_start'][0]}–{r['load_end'][0]}"
+    r["load"] = f"{r['load_end'][0]} (at the end)"
     return r
 
 
