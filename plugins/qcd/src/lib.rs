@@ -25,6 +25,24 @@
 //! [det(D₁†D₁)/det(D₂†D₂)]⋯det(D_n†D_n): one ratio term φ†D_{i+1}(D_i†D_i)⁻¹D_{i+1}†φ per
 //! pair and one plain pseudofermion for the heaviest κ_n.
 //!
+//! # Exact determinant (`determinant = "exact"`)
+//! With `determinant = "exact"` (default `"pseudofermion"`) the action is
+//! S = S_g − ln det(D†D), the fermion determinant computed densely ([`exact_det`]: the
+//! Wilson–Dirac matrix of dimension n = V·d·N, LU with partial pivoting, det(D†D) = |det D|²,
+//! which with twisted mass is det(D_0†D_0 + (2κμ)²)). It is meant for small lattices: n is at most
+//! [`exact_det::MAX_DENSE_DIM`], and a larger lattice is refused naming the limit, as are the
+//! clover term and Hasenbusch masses. Then:
+//! * [`Physics::action`] is the exact −ln of the weight (no additive constant) and
+//!   [`Physics::action_is_exact`] is true, so flow Metropolis and reweighting accept the theory and
+//!   are exact; the log q, log w and log Ẑ they report refer to this action (Ẑ estimates
+//!   ∫ e^{−S_g} det(D†D) in the model's measure);
+//! * [`Physics::action_grad`] is the exact gradient: in the angles for U(1), in the ambient
+//!   (Re, Im) matrix entries for SU(N) (the coordinates flow-sun trains in);
+//! * HMC runs on the levels `[exact_det] [gauge]` with the exact determinant force;
+//! * the theory offers a random gauge transformation (the action is gauge invariant).
+//!
+//! The cost is O(n³) per action or gradient evaluation.
+//!
 //! # Time scales
 //! One level per fermion term, the lightest (most expensive, smallest force) outermost, then the
 //! heavier ones, and the gauge action (with `clover_det`) innermost: a plain run has the levels
@@ -38,7 +56,8 @@
 //! each smaller than the one before, starting below `kappa`; default none), `solver = { tol,
 //! force_tol, max_iter }` (relative residual targets of CG on D†D for the action and heat bath,
 //! and for the forces; defaults 1e-10, `tol`, 10000), `even_odd` (default: true when every
-//! extent is even), `condensate = { sources, exact, seed }` (see below).
+//! extent is even), `condensate = { sources, exact, seed }` (see below), `determinant`
+//! (`"pseudofermion"` or `"exact"`, see above).
 //!
 //! A CG solve that does not reach its target is an error that names the term and the residual
 //! reached: a trajectory never runs on a wrong force.
@@ -865,10 +884,10 @@ impl Physics for Qcd {
 latflow_core::export_theory!(Qcd,
 description: "lattice gauge theory (U(1), SU(2), SU(3); 2D and 4D) with Nf = 2 Wilson pseudofermions: twisted mass, clover (4D), even-odd preconditioning, Hasenbusch masses, nested time scales",
 provides: [
-    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator",
+    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048)",
     "observables: plaquette chiral_condensate pion_correlator (T values) cg_iterations",
     "parameters: beta kappa mu csw",
-    "hmc levels: one per fermion term (lightest outermost), gauge innermost",
+    "hmc levels: one per fermion term (lightest outermost), gauge innermost; with determinant = exact: [exact_det] [gauge]",
     "step kinds: pf_hmc (HMC recording CG iterations per trajectory)",
 ]);
 
