@@ -132,7 +132,7 @@ impl DenseLu {
                 }
             }
             let inv = self.lu[i * n + i].inv();
-            xi.iter_mut().for_each(|a| *a = *a * inv);
+            xi.iter_mut().for_each(|a| *a *= inv);
         }
         x
     }
