@@ -147,9 +147,10 @@ pub fn parse(json: &str, layout: &FieldLayout) -> Result<ModelConfig, PluginErro
         }
     };
     let p = raw.mask_period;
-    if !(3..=1 << 16).contains(&p) {
+    if !(2..=1 << 16).contains(&p) {
         return Err(PluginError::config(format!(
-            "mask_period: must be at least 3 (an active, a passive and at least one frozen stripe), got {p}"
+            "mask_period: must be at least 2 (an active and a passive stripe; with 2 there is no frozen stripe and \
+             each layer's map does not depend on the configuration), got {p}"
         )));
     }
     let p = p as usize;

@@ -176,7 +176,11 @@ impl Flow {
         let md = self.mask_data(l);
         let (layer, act) = (self.net.layer(params, l), self.arch.activation);
         let (fused, generic) = (|j: usize| &md.ktables[j], |j: usize| &md.gtables[j]);
-        let (x, gather) = if self.net.fused() {
+        let (x, gather) = if md.mask.frozen.is_empty() {
+            // mask_period = 2: no frozen stripe, every input is the padding
+            let g = if self.net.fused() { Gather::Fused(&fused) } else { Gather::Generic(&generic) };
+            (Tensor::zeros((state.dim(0)?, 0, 2), state.dtype(), state.device())?, g)
+        } else if self.net.fused() {
             (ops::features(state, &md.op)?, Gather::Fused(&fused))
         } else {
             let p = self.plaquettes(state, &md.frozen_idx)?;

@@ -7,7 +7,9 @@
 //! updates the links of direction μ = ℓ mod 2 on a stripe with offset ⌊ℓ/2⌋ mod p (p =
 //! `mask_period`, 4): it transforms the *active* plaquettes (those that contain an updated
 //! link) with an invertible circle map conditioned on the *frozen* plaquettes (which contain
-//! none) and leaves the *passive* ones to follow; see [`geometry`] for the masks and the
+//! none) and leaves the *passive* ones to follow (with `mask_period = 2` there is no frozen
+//! stripe: the conditioner reads only its constant padding, so each layer's circle map is
+//! learned but does not depend on the configuration; this allows lattices down to 2×2); see [`geometry`] for the masks and the
 //! reasoning, [`flow`] for the layers, [`ncp`] and [`spline`] for the circle maps and [`ops`] for
 //! the fused CPU ops.
 //!
@@ -29,7 +31,7 @@
 //!
 //! `[model]` keys (all optional): `layers` (16), `hidden` ([8, 8]), `kernel` (3, odd, ≤ the
 //! smallest extent), `activation` ("leaky_relu" | "tanh" | "relu" | "gelu"), `coupling` ("ncp" |
-//! "spline"), `n_mix` (2, NCP only), `spline_bins` (8, spline only), `mask_period` (4; each
+//! "spline"), `n_mix` (2, NCP only), `spline_bins` (8, spline only), `mask_period` (4, at least 2; each
 //! extent must be a multiple of it), `dtype` ("f32" | "f64"), `device` ("cpu" | "cuda", the
 //! latter with the `cuda` feature), `init_seed` (0).
 //!

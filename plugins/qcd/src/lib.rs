@@ -25,6 +25,24 @@
 //! [det(D₁†D₁)/det(D₂†D₂)]⋯det(D_n†D_n): one ratio term φ†D_{i+1}(D_i†D_i)⁻¹D_{i+1}†φ per
 //! pair and one plain pseudofermion for the heaviest κ_n.
 //!
+//! # Exact determinant (`determinant = "exact"`)
+//! With `determinant = "exact"` (default `"pseudofermion"`) the action is
+//! S = S_g − ln det(D†D), the fermion determinant computed densely ([`exact_det`]: the
+//! Wilson–Dirac matrix of dimension n = V·d·N, LU with partial pivoting, det(D†D) = |det D|²,
+//! which with twisted mass is det(D_0†D_0 + (2κμ)²)). It is meant for small lattices: n is at most
+//! [`exact_det::MAX_DENSE_DIM`], and a larger lattice is refused naming the limit, as are the
+//! clover term and Hasenbusch masses. Then:
+//! * [`Physics::action`] is the exact −ln of the weight (no additive constant) and
+//!   [`Physics::action_is_exact`] is true, so flow Metropolis and reweighting accept the theory and
+//!   are exact; the log q, log w and log Ẑ they report refer to this action (Ẑ estimates
+//!   ∫ e^{−S_g} det(D†D) in the model's measure);
+//! * [`Physics::action_grad`] is the exact gradient: in the angles for U(1), in the ambient
+//!   (Re, Im) matrix entries for SU(N) (the coordinates flow-sun trains in);
+//! * HMC runs on the levels `[exact_det] [gauge]` with the exact determinant force;
+//! * the theory offers a random gauge transformation (the action is gauge invariant).
+//!
+//! The cost is O(n³) per action or gradient evaluation.
+//!
 //! # Time scales
 //! One level per fermion term, the lightest (most expensive, smallest force) outermost, then the
 //! heavier ones, and the gauge action (with `clover_det`) innermost: a plain run has the levels
@@ -38,7 +56,8 @@
 //! each smaller than the one before, starting below `kappa`; default none), `solver = { tol,
 //! force_tol, max_iter }` (relative residual targets of CG on D†D for the action and heat bath,
 //! and for the forces; defaults 1e-10, `tol`, 10000), `even_odd` (default: true when every
-//! extent is even), `condensate = { sources, exact, seed }` (see below).
+//! extent is even), `condensate = { sources, exact, seed }` (see below), `determinant`
+//! (`"pseudofermion"` or `"exact"`, see above).
 //!
 //! A CG solve that does not reach its target is an error that names the term and the residual
 //! reached: a trajectory never runs on a wrong force.
@@ -58,6 +77,7 @@
 //!   configuration, a cost measure; per trajectory the iterations are recorded by the theory
 //!   step kind `pf_hmc` (see [`steps`]).
 
+pub mod exact_det;
 mod observables;
 mod space;
 pub mod steps;
@@ -71,7 +91,7 @@ use latflow_core::gauge::fermion::{
     CgParams, FermionError, WilsonDirac, WilsonGroup, WilsonParams,
 };
 use latflow_core::gauge::flat::view_mut;
-use latflow_core::gauge::{check_beta, GaugeGroup};
+use latflow_core::gauge::{check_beta, Complex, GaugeGroup};
 use latflow_core::hmc::{LeveledAction, Term};
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
 use latflow_core::sdk::Physics;
@@ -180,6 +200,8 @@ struct Config {
     condensate: CondensateCard,
     #[serde(default = "yes")]
     pion_correlator: bool,
+    #[serde(default)]
+    determinant: Option<String>,
 }
 
 fn yes() -> bool {
@@ -258,6 +280,36 @@ pub struct Condensate {
     pub seed: u64,
 }
 
+/// How the action treats the fermion determinant (card key `determinant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Determinant {
+    /// Pseudofermions (stochastic action, HMC only).
+    Pseudofermion,
+    /// The dense −ln det(D†D) (exact action and gradient; small lattices only).
+    Exact,
+}
+
+impl Determinant {
+    fn parse(name: Option<&str>) -> Result<Self, PluginError> {
+        match name {
+            None | Some("pseudofermion") => Ok(Determinant::Pseudofermion),
+            Some("exact") => Ok(Determinant::Exact),
+            Some(other) => Err(config_err(
+                "determinant",
+                format!("unknown value '{other}' (expected \"pseudofermion\" or \"exact\")"),
+            )),
+        }
+    }
+
+    /// The card name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Determinant::Pseudofermion => "pseudofermion",
+            Determinant::Exact => "exact",
+        }
+    }
+}
+
 /// The seed of the reference pseudofermions that [`Physics::action`] evaluates outside HMC.
 pub const REFERENCE_SEED: u64 = 0x5eed_f1e1d;
 
@@ -274,6 +326,7 @@ pub struct Qcd {
     even_odd: bool,
     condensate: Condensate,
     pion: bool,
+    determinant: Determinant,
 }
 
 fn config_err(key: &str, e: impl std::fmt::Display) -> PluginError {
@@ -440,6 +493,10 @@ impl Qcd {
             exact: c.exact,
             seed: c.seed,
         };
+        let determinant = Determinant::parse(cfg.determinant.as_deref())?;
+        if determinant == Determinant::Exact {
+            Self::check_exact(&lattice, group, cfg.csw, &cfg.hasenbusch)?;
+        }
         Ok(Self {
             lattice,
             group,
@@ -452,7 +509,91 @@ impl Qcd {
             even_odd,
             condensate,
             pion: cfg.pion_correlator,
+            determinant,
         })
+    }
+
+    /// The limits of `determinant = "exact"`: no clover term, no Hasenbusch masses, and a dense
+    /// matrix of dimension at most [`exact_det::MAX_DENSE_DIM`].
+    fn check_exact(
+        lattice: &Lattice,
+        group: Group,
+        csw: f64,
+        hasenbusch: &[f64],
+    ) -> Result<(), PluginError> {
+        if csw != 0.0 {
+            return Err(config_err(
+                "determinant",
+                format!("the exact determinant does not support the clover term (csw = {csw}); use determinant = \"pseudofermion\""),
+            ));
+        }
+        if !hasenbusch.is_empty() {
+            return Err(config_err(
+                "determinant",
+                "Hasenbusch masses split the pseudofermion determinant; with determinant = \"exact\" leave hasenbusch out",
+            ));
+        }
+        let n = exact_det::dense_dim(lattice, group.nc());
+        if n > exact_det::MAX_DENSE_DIM {
+            return Err(config_err(
+                "determinant",
+                format!(
+                    "the exact determinant needs a dense matrix of dimension V·d·N = {n}, more than the {} allowed; \
+                     use a smaller lattice or determinant = \"pseudofermion\"",
+                    exact_det::MAX_DENSE_DIM
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How the fermion determinant enters the action.
+    pub fn determinant(&self) -> Determinant {
+        self.determinant
+    }
+
+    /// The dense determinant of the card's operator (`determinant = "exact"` limits apply).
+    pub fn exact_det<G: WilsonGroup, const NS: usize>(
+        &self,
+    ) -> Result<exact_det::ExactDet<G, NS>, PluginError> {
+        let dirac = WilsonDirac::new(&self.lattice, self.wilson_params(self.kappa))
+            .map_err(fermion_config)?;
+        exact_det::ExactDet::new(dirac).map_err(|e| config_err("determinant", e))
+    }
+
+    /// S = S_g − ln det(D†D) and its gradient (`determinant = "exact"`): in the angles for
+    /// U(1), in the ambient (Re, Im) matrix entries for SU(N).
+    fn exact_grad<G, const NS: usize>(
+        &self,
+        config: &[f64],
+        grad: &mut [f64],
+    ) -> Result<f64, PluginError>
+    where
+        G: WilsonGroup + bytemuck::Pod,
+        G::Algebra: bytemuck::Pod,
+    {
+        let l = terms::links::<G>(config);
+        let (s_f, mut m) = self
+            .exact_det::<G, NS>()?
+            .action_and_derivative(l)
+            .map_err(PluginError::numerical)?;
+        let (d, c) = (self.lattice.dim(), -self.beta / G::NC as f64);
+        for (i, m) in m.iter_mut().enumerate() {
+            let st = latflow_core::gauge::staple(&self.lattice, l, i / d, i % d);
+            *m += G::mat_scale(&st, Complex::real(c));
+        }
+        if self.group == Group::U1 {
+            for ((g, link), m) in grad.iter_mut().zip(l).zip(&m) {
+                let f = link.re_trace_derivative(m);
+                *g = bytemuck::cast_slice::<_, f64>(std::slice::from_ref(&f))[0];
+            }
+        } else {
+            let per = 2 * G::NC * G::NC;
+            for (g, m) in grad.chunks_exact_mut(per).zip(&m) {
+                exact_det::ambient_gradient::<G>(m, g);
+            }
+        }
+        Ok(s_f + terms::gauge_action::<G>(&self.lattice, l, self.beta))
     }
 
     fn n_links(&self) -> usize {
@@ -488,6 +629,18 @@ impl Qcd {
         G: WilsonGroup + bytemuck::Pod,
         G::Algebra: bytemuck::Pod,
     {
+        if self.determinant == Determinant::Exact {
+            let det = exact_det::ExactDetTerm {
+                det: self.exact_det::<G, NS>()?,
+            };
+            let gauge = GaugeTerm::<G> {
+                lattice: &self.lattice,
+                beta: self.beta,
+                _g: std::marker::PhantomData,
+            };
+            return LeveledAction::new(vec![vec![Box::new(det)], vec![Box::new(gauge)]])
+                .map_err(PluginError::config);
+        }
         let kappas = self.kappas();
         let mut reference = Stream::new(REFERENCE_SEED, 0);
         let mut levels: Vec<Vec<Term<'_, QcdSpace>>> = Vec::new();
@@ -562,6 +715,7 @@ impl Physics for Qcd {
             "even_odd": self.even_odd,
             "condensate": { "sources": self.condensate.sources, "exact": self.condensate.exact, "seed": self.condensate.seed },
             "pion_correlator": self.pion,
+            "determinant": self.determinant.name(),
             "convention": "weight exp(-S_g) det(D^dag D); S_g = -(beta/N) sum Re Tr U_P; D = 1 + i 2 kappa mu g5 + clover - kappa H \
                            (hopping normalisation, m0 = 1/(2 kappa) - d); last axis time, antiperiodic for fermions; \
                            links [site][mu]",
@@ -593,6 +747,12 @@ impl Physics for Qcd {
                 if value != 0.0 && self.lattice.dim() != 4 {
                     return Err(config_err("csw", "the clover term is supported in 4D only"));
                 }
+                if value != 0.0 && self.determinant == Determinant::Exact {
+                    return Err(config_err(
+                        "csw",
+                        "the exact determinant does not support the clover term",
+                    ));
+                }
                 Self::check_kappa(self.kappa, &self.hasenbusch, self.mu, value)?;
                 self.csw = value;
             }
@@ -609,9 +769,11 @@ impl Physics for Qcd {
         with_theory!(self, G, NS => observables::measure::<G, NS>(self, config, out))
     }
 
-    /// S_g plus the pseudofermion terms at their fixed reference fields (Gaussian noise from
-    /// [`REFERENCE_SEED`]): a deterministic function of the configuration, not the exact
-    /// −ln of the weight (see [`Physics::action_is_exact`]).
+    /// With `determinant = "exact"`: S_g − ln det(D†D), the exact −ln of the weight (up to a
+    /// constant). With pseudofermions: S_g plus the pseudofermion terms at their fixed
+    /// reference fields (Gaussian noise from [`REFERENCE_SEED`]), a deterministic function of
+    /// the configuration but not the exact −ln of the weight (see
+    /// [`Physics::action_is_exact`]).
     fn action(&self, config: &[f64]) -> f64 {
         let levels =
             with_theory!(self, G, NS => self.levels_counted::<G, NS>(Rc::new(Cell::new(0))))
@@ -621,10 +783,16 @@ impl Physics for Qcd {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// For U(1) the gradient in the angles (the momenta's coordinates). For SU(N) links the
-    /// Euclidean gradient in the matrix entries is not provided: the call panics with that
-    /// reason, which the plugin boundary reports as an error.
+    /// With `determinant = "exact"`: the exact gradient of S_g − ln det(D†D), in the angles for
+    /// U(1) and in the ambient (Re, Im) matrix entries for SU(N) (see [`exact_det`]).
+    /// With pseudofermions: for U(1) the gradient of the reference-field action in the angles;
+    /// for SU(N) links it is not provided: the call panics with that reason, which the plugin
+    /// boundary reports as an error.
     fn action_grad(&self, config: &[f64], grad: &mut [f64]) -> f64 {
+        if self.determinant == Determinant::Exact {
+            return with_theory!(self, G, NS => self.exact_grad::<G, NS>(config, grad))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         if self.group != Group::U1 {
             panic!("qcd: action_grad in the flat matrix coordinates is implemented for group = \"u1\" only");
         }
@@ -668,8 +836,25 @@ impl Physics for Qcd {
         with_theory!(self, G, NS => self.levels_counted::<G, NS>(Rc::new(Cell::new(0))))
     }
 
+    /// With `determinant = "exact"` (a gauge-invariant action): U_μ(x) → g(x) U_μ(x) g(x+μ̂)†
+    /// with Haar-random g. `None` with pseudofermions, whose action at a fixed reference field
+    /// is not gauge invariant.
+    fn random_gauge_transform(&self, config: &[f64], rng: &mut Stream) -> Option<Vec<f64>> {
+        if self.determinant != Determinant::Exact {
+            return None;
+        }
+        let mut out = config.to_vec();
+        with_theory!(self, G, NS => {
+            let _ = NS;
+            let g: Vec<G> = (0..self.lattice.volume()).map(|_| G::random(rng)).collect();
+            let u: &mut [G] = view_mut(&mut out).ok()?;
+            latflow_core::gauge::gauge_transform(&self.lattice, u, &g);
+        });
+        Some(out)
+    }
+
     fn action_is_exact(&self) -> bool {
-        false
+        self.determinant == Determinant::Exact
     }
 
     fn step_kinds(&self) -> Vec<&'static str> {
@@ -699,13 +884,15 @@ impl Physics for Qcd {
 latflow_core::export_theory!(Qcd,
 description: "lattice gauge theory (U(1), SU(2), SU(3); 2D and 4D) with Nf = 2 Wilson pseudofermions: twisted mass, clover (4D), even-odd preconditioning, Hasenbusch masses, nested time scales",
 provides: [
-    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator",
+    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048)",
     "observables: plaquette chiral_condensate pion_correlator (T values) cg_iterations",
     "parameters: beta kappa mu csw",
-    "hmc levels: one per fermion term (lightest outermost), gauge innermost",
+    "hmc levels: one per fermion term (lightest outermost), gauge innermost; with determinant = exact: [exact_det] [gauge]",
     "step kinds: pf_hmc (HMC recording CG iterations per trajectory)",
 ]);
 
+#[cfg(test)]
+mod exact_det_tests;
 #[cfg(test)]
 mod reweight_tests;
 #[cfg(test)]

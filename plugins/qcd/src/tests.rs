@@ -33,7 +33,7 @@ fn u1_forces_match_finite_differences() {
 
 /// The force of every term (summed) against a 4-point finite difference of the action along
 /// random algebra directions, for links whose flat coordinates are not the momenta's (SU(N)).
-fn check_group_force(json: &str) {
+pub(crate) fn check_group_force(json: &str) {
     let t = theory(json);
     let action = t.action_levels(&HmcParams::default()).unwrap();
     let space = t.space();

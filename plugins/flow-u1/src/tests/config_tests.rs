@@ -40,7 +40,7 @@ fn bad_keys_and_values_are_named() {
         (r#"{"n_mix":2,"coupling":"spline"}"#, "n_mix: only used with coupling = \"ncp\""),
         (r#"{"spline_bins":4}"#, "spline_bins: only used with coupling = \"spline\""),
         (r#"{"coupling":"spline","spline_bins":1}"#, "spline_bins: must be between 2 and 256, got 1"),
-        (r#"{"mask_period":2}"#, "mask_period: must be at least 3"),
+        (r#"{"mask_period":1}"#, "mask_period: must be at least 2"),
         (r#"{"dtype":"f16"}"#, "dtype"),
         (r#"{"device":"tpu"}"#, "device"),
     ] {

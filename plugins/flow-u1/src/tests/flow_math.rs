@@ -111,6 +111,14 @@ fn every_layer_inverts_in_f64() {
         ),
         1.5,
     );
+    // mask_period = 2: no frozen stripe, down to the 2×2 lattice
+    for shape in [[2, 2], [4, 6]] {
+        for coupling in [NCP, SPLINE] {
+            let kernel = if shape[0] == 2 { 1 } else { 3 };
+            let json = format!(r#"{{"dtype":"f64","layers":6,{coupling},"mask_period":2,"kernel":{kernel}}}"#);
+            check_layer_round_trip(&shape, &json, 1.5);
+        }
+    }
 }
 
 #[test]
@@ -194,6 +202,7 @@ fn check_log_det(json: &str, amp: f64) {
 fn log_det_matches_dense_jacobian_ncp() {
     check_log_det(&format!(r#"{{"dtype":"f64","layers":8,{NCP}}}"#), 1.5);
     check_log_det(&format!(r#"{{"dtype":"f64","layers":5,{NCP},"n_mix":4,"hidden":[6],"activation":"tanh"}}"#), 1.5);
+    check_log_det(&format!(r#"{{"dtype":"f64","layers":6,{NCP},"mask_period":2}}"#), 1.5);
 }
 
 #[test]
@@ -217,6 +226,7 @@ fn fused_ops_match_the_generic_formulation() {
         (format!(r#"{{"dtype":"f64","layers":8,{NCP}}}"#), 1.5),
         (format!(r#"{{"dtype":"f64","layers":4,{NCP},"n_mix":3,"activation":"gelu"}}"#), 1.5),
         (format!(r#"{{"dtype":"f64","layers":4,{SPLINE},"activation":"tanh"}}"#), 1.5),
+        (format!(r#"{{"dtype":"f64","layers":4,{NCP},"mask_period":2}}"#), 1.5),
     ] {
         let mut m = model(&json, &[8, 8]);
         randomize(&m, amp, 21);
