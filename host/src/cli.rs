@@ -136,8 +136,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 train_before_run(&card, train, cli.quiet, &cli.plugin_dirs)?;
             }
             let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs };
+            let complete = if resume { run::completed_sweeps(&card)? } else { None };
             let output = run::run(&card, &opts)?;
-            println!("wrote {}", output.display());
+            match complete {
+                Some(total) => println!(
+                    "nothing to do: {} is complete ({total} of {total} sweeps); nothing was run or written",
+                    output.display()
+                ),
+                None => println!("wrote {}", output.display()),
+            }
             print_summary(&card, &output)?;
         }
         Command::Train { card, resume, force } => {
@@ -269,11 +276,15 @@ fn print_summary(card: &Path, output: &Path) -> Result<()> {
     let reference = crate::card::RunCard::load(card)?.reference;
     if !reference.is_empty() {
         let cmp = analysis.compare(&reference).map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?;
-        println!("{:<22} {:>14} {:>12} {:>14} {:>12} {:>7}", "reference", "measured", "error", "reference", "error", "z");
+        println!("{:<22} {:>20} {:>20} {:>7}", "reference", "measured", "reference", "z");
         for c in cmp {
+            let note = if c.reliable { "" } else { "  (unreliable: see the warnings)" };
             println!(
-                "{:<22} {:>14.8} {:>12.3e} {:>14.8} {:>12.3e} {:>+7.2}",
-                c.name, c.mean, c.error, c.reference, c.reference_error, c.z
+                "{:<22} {:>20} {:>20} {:>+7.2}{note}",
+                c.name,
+                analyze::value_error(c.mean, c.error),
+                if c.reference_error == 0.0 { c.reference.to_string() } else { analyze::value_error(c.reference, c.reference_error) },
+                c.z
             );
         }
     }
