@@ -101,8 +101,8 @@ pub fn low_acceptance(label: &str, accepted: u64, n: u64) -> Option<Warning> {
         code: "low_acceptance",
         subject: label.to_string(),
         message: format!(
-            "step {label}: {accepted} of {n} proposals accepted (acceptance {rate:.4}); below {MIN_ACCEPTANCE} or {MIN_ACCEPTED} accepted \
-             the chain barely moves and every error bar of this ensemble is unreliable"
+            "step {label}: {accepted} of {n} proposals accepted (acceptance {rate:.4}); with an acceptance below {MIN_ACCEPTANCE} or fewer \
+             than {MIN_ACCEPTED} accepted moves every error bar of this ensemble is unreliable"
         ),
     })
 }
