@@ -128,9 +128,29 @@ pub fn to_json(warnings: &[Warning]) -> Value {
     json!(warnings)
 }
 
-/// The text form: one `warning: MESSAGE` line each.
+/// The text form: one `warning: MESSAGE` line each, except that the `short_chain` warnings of
+/// more than three components of one vector observable share one line (the first one's
+/// message and the count; `--json` lists them all).
 pub fn to_text(warnings: &[Warning]) -> String {
-    warnings.iter().map(|w| format!("warning: {}\n", w.message)).collect()
+    let base = |w: &Warning| (w.code == "short_chain").then(|| w.subject.split_once('[').map(|(b, _)| b.to_string())).flatten();
+    let mut s = String::new();
+    let mut i = 0;
+    while i < warnings.len() {
+        let w = &warnings[i];
+        let run = match base(w) {
+            Some(b) => warnings[i..].iter().take_while(|x| base(x).as_deref() == Some(b.as_str())).count(),
+            None => 1,
+        };
+        s.push_str(&format!("warning: {}\n", w.message));
+        if run > 3 {
+            let b = base(w).unwrap_or_default();
+            s.push_str(&format!("warning: … and {} more components of {b} with N < {TAU_FACTOR}·τ_int (`--json` lists them)\n", run - 1));
+            i += run;
+        } else {
+            i += 1;
+        }
+    }
+    s
 }
 
 /// `value` with `error` in value(error) notation, the error's digits in parentheses standing
@@ -212,6 +232,10 @@ mod tests {
         assert!(low_acceptance("heatbath", 10, 10).is_none());
         assert!(not_one("exp_delta_h", "hmc", "<exp(-dH)>", 1.05, 0.01).is_some());
         assert!(not_one("exp_delta_h", "hmc", "<exp(-dH)>", 1.02, 0.01).is_none());
+        let many: Vec<Warning> = (0..6).filter_map(|j| short_chain(&format!("c[{j}]"), 10, 5.0)).collect();
+        let text = to_text(&many);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("c[0]") && text.contains("5 more components of c"), "{text}");
         let w = short_chain("m[1]", 10, 5.0).unwrap();
         assert!(w.affects("m[1]") && w.affects("m") && !w.affects("m[0]") && !w.affects("chi2"));
         assert!(low_ess(10, 0.001).unwrap().affects("chi2"));
