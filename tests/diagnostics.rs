@@ -90,4 +90,10 @@ fn reweighting_with_a_tiny_ess_is_flagged() {
     assert!(codes.contains(&("low_ess".into(), "reweighting".into())), "{codes:?}");
     assert!(text.contains("warning: reweighting: ESS/N"), "{text}");
     assert!(text.lines().filter(|l| l.contains("unreliable")).count() >= 2, "{text}");
+    // `inspect` shows the model's provenance: plugin, weights (none here) and their SHA-256
+    let info = run_ok(&["inspect", out.to_str().unwrap()]);
+    assert!(info.contains("model           flow-scalar"), "{info}");
+    let sha = info.lines().find_map(|l| l.trim().strip_prefix("sha256")).expect("a sha256 line").trim();
+    assert!(sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()), "{info}");
+    assert!(info.contains("weights       none"), "{info}");
 }
