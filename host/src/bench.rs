@@ -170,6 +170,23 @@ pub struct Calibration {
     pub total_seconds: f64,
 }
 
+impl Calibration {
+    /// The measured sweeps that fill `budget` seconds after `thermalization` sweeps and the
+    /// fixed cost (at least [`MIN_MEASUREMENTS`]).
+    pub fn measurements(&self, budget: f64, thermalization: u64) -> u64 {
+        let total = ((budget - self.fixed_seconds) / self.seconds_per_sweep).floor().max(0.0) as u64;
+        total.saturating_sub(thermalization).max(MIN_MEASUREMENTS)
+    }
+}
+
+/// Removes an ensemble file and its checkpoint, if they exist.
+fn remove_ensemble(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let mut ckpt = path.as_os_str().to_owned();
+    ckpt.push(".ckpt");
+    let _ = std::fs::remove_file(ckpt);
+}
+
 /// Calibrates a contender for a wall-time `budget` (seconds): `time(n)` runs n sweeps and
 /// returns its wall time. See the module documentation for the rule.
 fn calibrate(budget: f64, first: u64, mut time: impl FnMut(u64) -> Result<f64>) -> Result<Calibration> {
@@ -552,6 +569,20 @@ pub fn bench(card_path: &Path, opts: &BenchOptions) -> Result<BenchReport> {
     Ok(report)
 }
 
+/// The `budget` warning of a `seconds`-mode contender whose wall time is more than
+/// [`BUDGET_TOLERANCE`] off the budget (both in seconds).
+fn budget_warning(name: &str, wall: f64, budget: f64, thermalization: u64) -> Option<Warning> {
+    ((wall - budget).abs() > BUDGET_TOLERANCE * budget).then(|| Warning {
+        code: "budget",
+        subject: name.to_string(),
+        message: format!(
+            "{name}: wall time {wall:.2} s is {:+.0}% off the budget of {budget} s (thermalization of {thermalization} sweeps, at least \
+             {MIN_MEASUREMENTS} measured sweeps, or a change in the machine's load since the calibration)",
+            100.0 * (wall / budget - 1.0),
+        ),
+    })
+}
+
 fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOptions) -> Result<ContenderResult> {
     let card_path = out.join(format!("{}.toml", c.slug));
     let ens_path = out.join(format!("{}.h5", c.slug));
@@ -582,14 +613,11 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
                 write(card.run_card(c, n, 0, &calib)?)?;
                 Ok(timed(|| crate::run::run(&card_path, &RunOptions { quiet: true, ..run_opts.clone() }).map(|_| ()))?.1)
             });
-            let _ = std::fs::remove_file(&calib);
-            let mut ckpt = calib.clone().into_os_string();
-            ckpt.push(".ckpt");
-            let _ = std::fs::remove_file(ckpt);
+            remove_ensemble(&calib);
             let cal = cal?;
-            let total = ((budget - cal.fixed_seconds) / cal.seconds_per_sweep).floor().max(0.0) as u64;
+            let n = cal.measurements(budget, card.bench.thermalization);
             calibration = Some(cal);
-            total.saturating_sub(card.bench.thermalization).max(MIN_MEASUREMENTS)
+            n
         }
         _ => unreachable!("validated in BenchCard::load"),
     };
@@ -635,19 +663,7 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
         obs.push(f);
     }
     if let Some(budget) = card.bench.seconds {
-        if (wall - budget).abs() > BUDGET_TOLERANCE * budget {
-            warnings.push(Warning {
-                code: "budget",
-                subject: c.name.clone(),
-                message: format!(
-                    "{}: wall time {wall:.2} s is {:+.0}% off the budget of {budget} s (thermalization of {} sweeps, at least {MIN_MEASUREMENTS} \
-                     measured sweeps, or a change in the machine's load since the calibration)",
-                    c.name,
-                    100.0 * (wall / budget - 1.0),
-                    card.bench.thermalization
-                ),
-            });
-        }
+        warnings.extend(budget_warning(&c.name, wall, budget, card.bench.thermalization));
     }
     let first = &card.bench.observables[0];
     let history = series(&ens, first).unwrap_or_default();
