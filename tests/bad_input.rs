@@ -126,6 +126,18 @@ fn resume_without_checkpoint_or_from_another_card() {
 }
 
 #[test]
+fn resume_of_a_finished_run_says_that_nothing_was_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, out) = write_card(dir.path(), "done", GOOD);
+    let first = run_ok(&["run", card.to_str().unwrap(), "-q"]);
+    assert!(first.contains("wrote"), "{first}");
+    let bytes = std::fs::read(&out).unwrap();
+    let again = run_ok(&["run", card.to_str().unwrap(), "-q", "--resume"]);
+    assert!(again.contains("nothing to do") && again.contains("is complete") && !again.contains("wrote"), "{again}");
+    assert_eq!(std::fs::read(&out).unwrap(), bytes, "a resume with nothing to do changed the file");
+}
+
+#[test]
 fn corrupt_or_truncated_hdf5_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.h5");

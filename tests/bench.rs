@@ -174,8 +174,9 @@ fn bad_bench_cards_are_refused() {
     }
 }
 
-/// `seconds` mode: the number of sweeps comes from two calibration runs; the contender runs at
-/// least the calibration length, and the report says which mode it used.
+/// `seconds` mode: the number of sweeps comes from calibration runs (recorded under
+/// `calibration`), the wall time lands near the budget (a `budget` warning says when it is more
+/// than 20% off), and the report says which mode it used.
 #[test]
 fn wall_time_mode_calibrates() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,7 +188,20 @@ fn wall_time_mode_calibrates() {
     let json: serde_json::Value = serde_json::from_str(&run_ok(&["bench", card.to_str().unwrap(), "--json", "-q"])).unwrap();
     assert!(json["mode"].as_str().unwrap().starts_with("equal wall time"), "{}", json["mode"]);
     let c = &json["contenders"][0];
-    assert!(c["samples"].as_u64().unwrap() >= 50, "{c}");
+    assert!(c["samples"].as_u64().unwrap() >= 10, "{c}");
+    // the calibration record: runs of n and 2n sweeps, the last pair's difference measurable
+    let cal = &c["calibration"];
+    let sweeps: Vec<u64> = cal["sweeps"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let secs: Vec<f64> = cal["seconds"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(sweeps.len() >= 2 && sweeps.len() == secs.len() && sweeps[0] == 50, "{cal}");
+    assert!(sweeps.chunks(2).all(|p| p.len() < 2 || p[1] == 2 * p[0]), "{cal}");
+    let total: f64 = secs.iter().sum();
+    assert!((cal["total_seconds"].as_f64().unwrap() - total).abs() < 1e-9 && cal["seconds_per_sweep"].as_f64().unwrap() > 0.0, "{cal}");
+    // the wall time lands within 20% of the budget, or the contender says it did not
+    let wall = c["wall_seconds"].as_f64().unwrap();
+    let flagged = c["warnings"].as_array().unwrap().iter().any(|w| w["code"] == "budget");
+    println!("budget 2 s: wall {wall:.2} s after {} calibration runs ({total:.2} s)", sweeps.len());
+    assert_eq!(flagged, (wall - 2.0).abs() > 0.4, "{c}");
     assert!(!d.join("out/hmc_leapfrog.calibration.h5").exists(), "the calibration ensemble is removed");
     assert!(!d.join("out/hmc_leapfrog.calibration.h5.ckpt").exists(), "and its checkpoint");
 }

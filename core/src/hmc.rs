@@ -638,15 +638,30 @@ impl FieldSpace for RealScalar {
     }
 
     fn step_field(&self, u: &mut Vec<f64>, p: &mut Vec<f64>, eps: f64) {
-        for (x, q) in u.iter_mut().zip(p.iter()) {
-            *x += eps * q;
-        }
+        update_pairs(u, p, |x, q| *x += eps * q);
     }
 
     fn kick(&self, p: &mut Vec<f64>, f: &Vec<f64>, eps: f64) {
-        for (q, g) in p.iter_mut().zip(f) {
-            *q -= eps * g;
-        }
+        update_pairs(p, f, |q, g| *q -= eps * g);
+    }
+}
+
+/// Element-wise updates of at least this many reals run in parallel (on the caller's rayon
+/// pool, when it has more than one thread).
+const PARALLEL_MIN_REALS: usize = 16384;
+/// Reals per parallel task.
+const UPDATE_CHUNK: usize = 4096;
+
+/// `f(a[i], b[i])` for every i, in fixed chunks, in parallel for long vectors. Each element's
+/// result depends on its own inputs alone, so the bits never depend on the thread count.
+fn update_pairs(a: &mut [f64], b: &[f64], f: impl Fn(&mut f64, f64) + Sync) {
+    if a.len() >= PARALLEL_MIN_REALS && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        a.par_chunks_mut(UPDATE_CHUNK).zip(b.par_chunks(UPDATE_CHUNK)).for_each(|(x, y)| {
+            x.iter_mut().zip(y).for_each(|(x, &y)| f(x, y));
+        });
+    } else {
+        a.iter_mut().zip(b).for_each(|(x, &y)| f(x, y));
     }
 }
 

@@ -10,6 +10,8 @@ use latflow_stats::{
 use serde::Serialize;
 use serde_json::{json, Value};
 
+pub use crate::diagnostics::value_error;
+use crate::diagnostics::{self, Warning};
 use crate::ensemble::{Ensemble, EnsembleFile, Ladder};
 
 /// The analysis of one observable (for vectors, one entry per component).
@@ -31,6 +33,8 @@ pub struct StepAnalysis {
     pub kind: String,
     /// Applications recorded (measurement phase).
     pub n: usize,
+    /// Of them accepted.
+    pub accepted: u64,
     pub acceptance: f64,
     /// ⟨exp(−ΔH)⟩ with its error (HMC steps); must be 1 within errors.
     pub exp_minus_delta_h: Option<(f64, f64)>,
@@ -59,6 +63,8 @@ pub struct Analysis {
     pub steps: Vec<StepAnalysis>,
     /// Present for `reweight` ensembles: their means are weighted, with jackknife errors.
     pub reweighting: Option<Reweighting>,
+    /// Why (parts of) this analysis should not be trusted ([`crate::diagnostics`]).
+    pub warnings: Vec<Warning>,
 }
 
 /// The analysis of an ensemble file: one [`Analysis`] per coupling (one for a plain file) and,
@@ -147,17 +153,47 @@ pub fn analyze_coupling(ens: &Ensemble) -> anyhow::Result<Analysis> {
         .iter()
         .map(|s| {
             let n = s.accepted.len();
-            let acceptance = if n == 0 { f64::NAN } else { s.accepted.iter().map(|&a| a as f64).sum::<f64>() / n as f64 };
+            let accepted = s.accepted.iter().filter(|&&a| a != 0).count() as u64;
+            let acceptance = if n == 0 { f64::NAN } else { accepted as f64 / n as f64 };
             let dh = s.columns.iter().find(|(c, _)| c == "delta_h").map(|(_, v)| v);
             let exp_minus_delta_h = dh.and_then(|v| {
                 let e: Vec<f64> = v.iter().map(|x| (-x).exp()).collect();
                 gamma_method(&e, S_TAU_DEFAULT).ok().map(|g| (g.mean, g.error))
             });
             let mean_delta_h = dh.filter(|v| !v.is_empty()).map(|v| v.iter().sum::<f64>() / v.len() as f64);
-            StepAnalysis { label: s.label.clone(), kind: s.kind.clone(), n, acceptance, exp_minus_delta_h, mean_delta_h }
+            StepAnalysis { label: s.label.clone(), kind: s.kind.clone(), n, accepted, acceptance, exp_minus_delta_h, mean_delta_h }
         })
         .collect();
-    Ok(Analysis { observables, steps, reweighting })
+    let mut analysis = Analysis { observables, steps, reweighting, warnings: Vec::new() };
+    analysis.warnings = coupling_warnings(&analysis);
+    Ok(analysis)
+}
+
+/// The warnings of one coupling's analysis: per observable component, the reweighting, and
+/// per step (see [`crate::diagnostics`] for the rules).
+fn coupling_warnings(a: &Analysis) -> Vec<Warning> {
+    let mut w = Vec::new();
+    for o in &a.observables {
+        let single = o.components.len() == 1;
+        for (j, g) in o.components.iter().enumerate() {
+            let subject = if single { o.name.clone() } else { format!("{}[{j}]", o.name) };
+            if let Some((_, why)) = o.failures.iter().find(|(k, _)| *k == j) {
+                w.push(Warning { code: "no_error", subject: subject.clone(), message: format!("{subject}: no error estimate: {why}") });
+            } else if a.reweighting.is_none() {
+                w.extend(diagnostics::short_chain(&subject, g.n, g.tau_int));
+            }
+        }
+    }
+    if let Some(r) = &a.reweighting {
+        w.extend(diagnostics::low_ess(r.n, r.ess_per_sample));
+    }
+    for st in &a.steps {
+        w.extend(diagnostics::low_acceptance(&st.label, st.accepted, st.n as u64));
+        if let Some((m, e)) = st.exp_minus_delta_h {
+            w.extend(diagnostics::not_one("exp_delta_h", &st.label, "<exp(-dH)>", m, e));
+        }
+    }
+    w
 }
 
 /// A comparison of a measured value with a reference value.
@@ -170,6 +206,9 @@ pub struct Comparison {
     pub reference_error: f64,
     /// (mean − reference)/√(error² + reference_error²).
     pub z: f64,
+    /// False when a warning of the analysis concerns this observable
+    /// ([`crate::diagnostics::Warning::affects`]): then z means little.
+    pub reliable: bool,
 }
 
 impl Analysis {
@@ -193,15 +232,19 @@ impl Analysis {
             .map(|(name, r, re)| {
                 let g = self.get(name).ok_or_else(|| format!("reference.{name}: no such scalar observable or component"))?;
                 let z = (g.mean - r) / (g.error * g.error + re * re).sqrt();
-                Ok(Comparison { name: name.clone(), mean: g.mean, error: g.error, reference: *r, reference_error: *re, z })
+                let reliable = !self.warnings.iter().any(|w| w.affects(name));
+                Ok(Comparison { name: name.clone(), mean: g.mean, error: g.error, reference: *r, reference_error: *re, z, reliable })
             })
             .collect()
     }
 
     /// The documented JSON shape:
-    /// `{"observables": {NAME: {"mean", "error", "tau_int", "tau_int_error", "n"}}, "acceptance": {KIND: rate}, "steps": {...}}`;
-    /// for vector observables `mean`, `error`, `tau_int` and `tau_int_error` are arrays.
-    /// NaN (no estimate) is written as `null`.
+    /// `{"observables": {NAME: {"mean", "error", "value", "tau_int", "tau_int_error", "window", "n"}},
+    /// "acceptance": {KIND: rate}, "steps": {...}, "warnings": [{"code", "subject", "message"}]}`;
+    /// for vector observables `mean`, `error`, `value`, `tau_int`, `tau_int_error` and `window`
+    /// are arrays. `value` is the value(error) string, τ_int is in sweeps, `window` is the
+    /// Γ-method's summation window W in sweeps (0 where no error was estimated, and for
+    /// reweighted samples). NaN (no estimate) is written as `null`.
     pub fn to_json(&self) -> Value {
         let mut obs = serde_json::Map::new();
         for o in &self.observables {
@@ -212,11 +255,20 @@ impl Analysis {
                     json!(o.components.iter().map(f).collect::<Vec<_>>())
                 }
             };
+            let pick_json = |f: fn(&GammaResult) -> Value| -> Value {
+                if o.components.len() == 1 {
+                    f(&o.components[0])
+                } else {
+                    Value::Array(o.components.iter().map(f).collect())
+                }
+            };
             let mut entry = json!({
                 "mean": pick(|g| g.mean),
                 "error": pick(|g| g.error),
+                "value": pick_json(|g| json!(value_error(g.mean, g.error))),
                 "tau_int": pick(|g| g.tau_int),
                 "tau_int_error": pick(|g| g.tau_int_error),
+                "window": pick_json(|g| json!(g.window)),
                 "n": o.components.first().map_or(0, |g| g.n),
             });
             if !o.failures.is_empty() {
@@ -226,29 +278,30 @@ impl Analysis {
         }
         let acceptance: BTreeMap<&str, f64> = self.steps.iter().map(|s| (s.label.as_str(), s.acceptance)).collect();
         let steps: BTreeMap<&str, &StepAnalysis> = self.steps.iter().map(|s| (s.label.as_str(), s)).collect();
-        let mut out = json!({ "observables": obs, "acceptance": acceptance, "steps": steps });
+        let mut out = json!({
+            "observables": obs, "acceptance": acceptance, "steps": steps, "warnings": diagnostics::to_json(&self.warnings),
+        });
         if let Some(r) = &self.reweighting {
             out["reweighting"] = json!(r);
         }
         out
     }
 
-    /// A human-readable table.
+    /// A human-readable table: each observable's value(error), τ_int(error) in sweeps, the
+    /// Γ-method window W and N; then the reweighting and step lines, and the warnings.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        s.push_str(&format!(
-            "{:<22} {:>14} {:>12} {:>10} {:>9} {:>7}\n",
-            "observable", "mean", "error", "tau_int", "± ", "n"
-        ));
+        s.push_str(&format!("{:<22} {:>20} {:>18} {:>6} {:>7}\n", "observable", "value(error)", "tau_int (sweeps)", "W", "n"));
         for o in &self.observables {
-            for (j, why) in &o.failures {
-                s.push_str(&format!("warning: {}[{j}]: no error estimate: {why}\n", o.name));
-            }
             for (j, g) in o.components.iter().enumerate() {
                 let name = if o.components.len() == 1 { o.name.clone() } else { format!("{}[{j}]", o.name) };
                 s.push_str(&format!(
-                    "{:<22} {:>14.8} {:>12.3e} {:>10.3} {:>9.3} {:>7}\n",
-                    name, g.mean, g.error, g.tau_int, g.tau_int_error, g.n
+                    "{:<22} {:>20} {:>18} {:>6} {:>7}\n",
+                    name,
+                    value_error(g.mean, g.error),
+                    value_error(g.tau_int, g.tau_int_error),
+                    g.window,
+                    g.n
                 ));
             }
         }
@@ -261,10 +314,11 @@ impl Analysis {
         for st in &self.steps {
             s.push_str(&format!("step {:<10} acceptance {:.4} over {}", st.label, st.acceptance, st.n));
             if let Some((m, e)) = st.exp_minus_delta_h {
-                s.push_str(&format!(", <exp(-dH)> = {m:.4} ± {e:.4}"));
+                s.push_str(&format!(", <exp(-dH)> = {}", value_error(m, e)));
             }
             s.push('\n');
         }
+        s.push_str(&diagnostics::to_text(&self.warnings));
         s
     }
 }
@@ -320,6 +374,8 @@ pub struct ExchangeAnalysis {
     pub values: Vec<f64>,
     pub swaps: Vec<SwapAnalysis>,
     pub round_trips: RoundTrips,
+    /// The swap steps' warnings (acceptance, ⟨e^{log r}⟩).
+    pub warnings: Vec<Warning>,
 }
 
 /// The swap statistics and round trips of a ladder.
@@ -364,7 +420,15 @@ fn analyze_exchange(file: &EnsembleFile, ladder: &Ladder) -> anyhow::Result<Exch
         swaps.push(SwapAnalysis { label: s.label.clone(), flow, n, acceptance, attempts, accepts, pair_acceptance, exp_log_ratio });
     }
     let round_trips = round_trips(&ladder.path_sweeps, &ladder.replica_coupling, k);
-    Ok(ExchangeAnalysis { parameter: ladder.parameter.clone(), values: ladder.values.clone(), swaps, round_trips })
+    let mut warnings = Vec::new();
+    for sw in &swaps {
+        let accepted = sw.accepts.iter().enumerate().map(|(i, row)| row.get(i + 1).copied().unwrap_or(0)).sum::<u64>();
+        warnings.extend(diagnostics::low_acceptance(&sw.label, accepted, sw.n as u64));
+        if let Some((m, e)) = sw.exp_log_ratio {
+            warnings.extend(diagnostics::not_one("exp_log_ratio", &sw.label, "<exp(log r)>", m, e));
+        }
+    }
+    Ok(ExchangeAnalysis { parameter: ladder.parameter.clone(), values: ladder.values.clone(), swaps, round_trips, warnings })
 }
 
 /// Round trips from the replica paths: `coupling[i * k + r]` is the coupling of replica r at
@@ -415,9 +479,11 @@ impl EnsembleAnalysis {
     /// replica-exchange ensemble:
     /// `{"replica_exchange": {"parameter", "values", "swaps": {LABEL: {"flow", "n", "acceptance",
     /// "attempts", "accepts", "pair_acceptance", "exp_log_ratio": [mean, error]}}, "round_trips": {"count", "mean", "error",
-    /// "per_replica"}}, "replicas": [{"index", "parameter", "value", "observables", "acceptance",
-    /// "steps"}, ...]}`, where each replica's `observables`, `acceptance` and `steps` are those of
-    /// a plain ensemble's analysis (Γ-method errors). NaN is written as `null`.
+    /// "per_replica"}, "warnings"}, "replicas": [{"index", "parameter", "value", "observables", "acceptance",
+    /// "steps", "warnings"}, ...], "warnings"}`, where each replica's `observables`, `acceptance`,
+    /// `steps` and `warnings` are those of a plain ensemble's analysis (Γ-method errors), the
+    /// exchange's `warnings` are the swap steps', and the top-level `warnings` hold all of them,
+    /// each replica's subjects prefixed `replica K: `. NaN is written as `null`.
     pub fn to_json(&self) -> Value {
         let Some(x) = &self.exchange else { return self.plain().map_or(Value::Null, Analysis::to_json) };
         let swaps: BTreeMap<&str, &SwapAnalysis> = x.swaps.iter().map(|s| (s.label.as_str(), s)).collect();
@@ -440,9 +506,31 @@ impl EnsembleAnalysis {
                 "values": x.values,
                 "swaps": swaps,
                 "round_trips": x.round_trips,
+                "warnings": diagnostics::to_json(&x.warnings),
             },
             "replicas": replicas,
+            "warnings": diagnostics::to_json(&self.warnings()),
         })
+    }
+
+    /// Every warning: a plain file's; for a ladder each coupling's (subjects prefixed
+    /// `replica K: `) and the swap steps'.
+    pub fn warnings(&self) -> Vec<Warning> {
+        let Some(x) = &self.exchange else { return self.plain().map(|a| a.warnings.clone()).unwrap_or_default() };
+        let mut all: Vec<Warning> = self
+            .couplings
+            .iter()
+            .enumerate()
+            .flat_map(|(k, a)| {
+                a.warnings.iter().map(move |w| Warning {
+                    code: w.code,
+                    subject: format!("replica {k}: {}", w.subject),
+                    message: format!("replica {k}: {}", w.message),
+                })
+            })
+            .collect();
+        all.extend(x.warnings.iter().cloned());
+        all
     }
 
     /// A human-readable report: a plain file's table ([`Analysis::to_text`]); for a ladder each
@@ -464,7 +552,7 @@ impl EnsembleAnalysis {
                 sw.n
             ));
             if let Some((m, e)) = sw.exp_log_ratio {
-                s.push_str(&format!(", <exp(log r)> = {m:.4} ± {e:.4}"));
+                s.push_str(&format!(", <exp(log r)> = {}", value_error(m, e)));
             }
             s.push('\n');
             s.push_str(&format!("  {:<6} {:>26} {:>10} {:>10} {:>10}\n", "pair", x.parameter, "attempts", "accepts", "acceptance"));
@@ -485,6 +573,7 @@ impl EnsembleAnalysis {
         } else {
             s.push_str(&format!("round trips: {} (mean {:.1} ± {:.1} sweeps)\n", rt.count, rt.mean, rt.error));
         }
+        s.push_str(&diagnostics::to_text(&x.warnings));
         s
     }
 

@@ -11,7 +11,8 @@
 //! [bench]
 //! observables = ["topological_charge", "plaquette"]  # τ_int and cost are computed for these
 //! measurements = 20000         # equal number of configurations per contender, or
-//! # seconds = 60               # an equal wall-clock budget (calibrated by two short runs)
+//! # seconds = 60               # an equal wall-clock budget (calibrated, see below)
+//! # calibration = 20           # sweeps of the first calibration run (seconds mode)
 //! thermalization = 200
 //! seed = 1
 //! threads = 1
@@ -69,6 +70,25 @@
 //!
 //! Training a flow is a one-off cost, reported separately: its seconds, and the cost per
 //! independent sample amortised over this run, (training + wall) / N_eff.
+//!
+//! Calibration (`seconds` mode): each contender first runs pairs of short runs of n and 2n
+//! sweeps, starting at n = `calibration` (default 20, at least 10) and growing n until the
+//! pair's difference in wall time, the cost of n sweeps without the start-up, is measurable:
+//! at least [`CALIBRATION_FRACTION`] of the budget (and 20 ms). A single run that already takes
+//! half the budget ends the calibration too. The measured run then gets as many sweeps as the
+//! budget leaves after the fixed cost (at least [`MIN_MEASUREMENTS`] measured sweeps), so its
+//! wall time lands near the budget; when it is more than 20% off (a contender whose
+//! thermalization alone exceeds the budget, or a machine whose load changed), the contender
+//! gets a `budget` warning. The calibration runs' time is not part of the wall time; bench.json
+//! records them under each contender's `calibration` key: `sweeps` and `seconds` of every
+//! calibration run in order, the estimated `seconds_per_sweep` and `fixed_seconds` (start-up
+//! per run), and their `total_seconds`.
+//!
+//! Warnings ([`crate::diagnostics`]): each contender's analysis warnings (at the target
+//! coupling, plus the swap steps' for a ladder) are listed under the table and in bench.json
+//! (`warnings` per contender, and all of them, prefixed with the contender's name, at the top);
+//! a z-score under a warning that concerns its observable is marked unreliable
+//! (`z_reliable: false`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -78,7 +98,8 @@ use latflow_stats::{autocorrelation, GammaResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::analyze::analyze;
+use crate::analyze::{analyze, value_error};
+use crate::diagnostics::{self, Warning};
 use crate::card::RunCard;
 use crate::ensemble::read;
 use crate::plot::{bar_chart, line_panels, Panel, Series};
@@ -105,7 +126,7 @@ pub struct BenchSection {
     pub measurements: Option<u64>,
     /// Or: an equal wall-clock budget per contender, in seconds.
     pub seconds: Option<f64>,
-    /// Sweeps of the shorter calibration run in `seconds` mode (a second one runs twice as many).
+    /// Sweeps of the first calibration run in `seconds` mode (see the module documentation).
     #[serde(default = "default_calibration")]
     pub calibration: u64,
     #[serde(default)]
@@ -122,7 +143,78 @@ pub struct BenchSection {
 }
 
 fn default_calibration() -> u64 {
-    200
+    20
+}
+
+/// In `seconds` mode the calibration pair's time difference must reach this fraction of the
+/// budget (see the module documentation).
+pub const CALIBRATION_FRACTION: f64 = 0.05;
+/// The fewest measured sweeps a `seconds`-mode contender runs.
+pub const MIN_MEASUREMENTS: u64 = 10;
+/// A `seconds`-mode contender whose wall time is off the budget by more than this fraction gets
+/// a `budget` warning.
+pub const BUDGET_TOLERANCE: f64 = 0.2;
+
+/// How `seconds` mode chose a contender's number of sweeps (bench.json's `calibration`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// Sweeps of every calibration run, in order.
+    pub sweeps: Vec<u64>,
+    /// Their wall times, seconds.
+    pub seconds: Vec<f64>,
+    /// Estimated wall time per sweep, seconds.
+    pub seconds_per_sweep: f64,
+    /// Estimated fixed wall time per run (start-up, loading), seconds.
+    pub fixed_seconds: f64,
+    /// The calibration runs' total wall time, seconds (not part of the contender's wall time).
+    pub total_seconds: f64,
+}
+
+impl Calibration {
+    /// The measured sweeps that fill `budget` seconds after `thermalization` sweeps and the
+    /// fixed cost (at least [`MIN_MEASUREMENTS`]).
+    pub fn measurements(&self, budget: f64, thermalization: u64) -> u64 {
+        let total = ((budget - self.fixed_seconds) / self.seconds_per_sweep).floor().max(0.0) as u64;
+        total.saturating_sub(thermalization).max(MIN_MEASUREMENTS)
+    }
+}
+
+/// Removes an ensemble file and its checkpoint, if they exist.
+fn remove_ensemble(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let mut ckpt = path.as_os_str().to_owned();
+    ckpt.push(".ckpt");
+    let _ = std::fs::remove_file(ckpt);
+}
+
+/// Calibrates a contender for a wall-time `budget` (seconds): `time(n)` runs n sweeps and
+/// returns its wall time. See the module documentation for the rule.
+fn calibrate(budget: f64, first: u64, mut time: impl FnMut(u64) -> Result<f64>) -> Result<Calibration> {
+    let target = (CALIBRATION_FRACTION * budget).max(0.02);
+    let (mut sweeps, mut seconds) = (Vec::new(), Vec::new());
+    let mut n = first.max(1);
+    let (per_sweep, fixed) = loop {
+        let t1 = time(n)?;
+        sweeps.push(n);
+        seconds.push(t1);
+        if t1 >= 0.5 * budget {
+            // no room for a pair: all of it counted as sweeps, so the run errs on the short side
+            break (t1 / n as f64, 0.0);
+        }
+        let t2 = time(2 * n)?;
+        sweeps.push(2 * n);
+        seconds.push(t2);
+        let d = t2 - t1;
+        if d >= target || t2 >= 0.5 * budget || sweeps.len() >= 24 {
+            // a noisy difference is bounded below by a tenth of the pair's mean cost per sweep
+            let per_sweep = (d / n as f64).max(t2 / (2 * n) as f64 * 0.1);
+            break (per_sweep, (t1 - n as f64 * per_sweep).max(0.0));
+        }
+        let grow = if d > 0.0 { (2.0 * target / d).ceil() } else { 16.0 };
+        n = n.saturating_mul(grow.clamp(2.0, 16.0) as u64);
+    };
+    let total_seconds = seconds.iter().sum();
+    Ok(Calibration { sweeps, seconds, seconds_per_sweep: per_sweep, fixed_seconds: fixed, total_seconds })
 }
 fn default_seed() -> u64 {
     1
@@ -338,6 +430,8 @@ pub struct ObservableFigures {
     /// In sweeps (effective, for reweighting).
     pub tau_int: f64,
     pub tau_int_error: f64,
+    /// The Γ-method window W, in sweeps (0 for reweighting).
+    pub window: usize,
     /// N / (2 τ_int).
     pub effective_samples: f64,
     pub effective_samples_per_second: f64,
@@ -347,6 +441,8 @@ pub struct ObservableFigures {
     /// Against the card's `[reference]`, when it names this observable.
     pub reference: Option<f64>,
     pub z: Option<f64>,
+    /// False when a warning of the contender concerns this observable: z means little.
+    pub reliable: bool,
 }
 
 /// One contender's result.
@@ -376,6 +472,10 @@ pub struct ContenderResult {
     /// History of the first observable.
     #[serde(skip)]
     pub history: Vec<f64>,
+    /// `seconds` mode: how the number of sweeps was chosen.
+    pub calibration: Option<Calibration>,
+    /// Why its figures should not be trusted ([`crate::diagnostics`]).
+    pub warnings: Vec<Warning>,
 }
 
 /// The whole bench.
@@ -424,12 +524,14 @@ fn figures(
         error: g.error,
         tau_int: tau,
         tau_int_error: dtau,
+        window: g.window,
         effective_samples: eff,
         effective_samples_per_second: eff / wall,
         cost,
         cost_error,
         reference: r.map(|(_, v, _)| *v),
         z,
+        reliable: true,
     }
 }
 
@@ -474,6 +576,20 @@ pub fn bench(card_path: &Path, opts: &BenchOptions) -> Result<BenchReport> {
     Ok(report)
 }
 
+/// The `budget` warning of a `seconds`-mode contender whose wall time is more than
+/// [`BUDGET_TOLERANCE`] off the budget (both in seconds).
+fn budget_warning(name: &str, wall: f64, budget: f64, thermalization: u64) -> Option<Warning> {
+    ((wall - budget).abs() > BUDGET_TOLERANCE * budget).then(|| Warning {
+        code: "budget",
+        subject: name.to_string(),
+        message: format!(
+            "{name}: wall time {wall:.2} s is {:+.0}% off the budget of {budget} s (thermalization of {thermalization} sweeps, at least \
+             {MIN_MEASUREMENTS} measured sweeps, or a change in the machine's load since the calibration)",
+            100.0 * (wall / budget - 1.0),
+        ),
+    })
+}
+
 fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOptions) -> Result<ContenderResult> {
     let card_path = out.join(format!("{}.toml", c.slug));
     let ens_path = out.join(format!("{}.h5", c.slug));
@@ -494,27 +610,21 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
             }
         }
     }
-    // 2. The number of sweeps: given, or from a calibration run in wall-time mode.
+    // 2. The number of sweeps: given, or from calibration runs in wall-time mode.
+    let mut calibration = None;
     let measurements = match (card.bench.measurements, card.bench.seconds) {
         (Some(n), _) => n,
         (_, Some(budget)) => {
-            // Two calibration runs, of n and 2n sweeps: their difference is the cost per sweep
-            // without the fixed cost (start-up, plugin and model loading, the first batch).
             let calib = out.join(format!("{}.calibration.h5", c.slug));
-            let n_cal = card.bench.calibration;
-            let mut secs = [0.0; 2];
-            for (i, n) in [n_cal, 2 * n_cal].into_iter().enumerate() {
+            let cal = calibrate(budget, card.bench.calibration, |n| {
                 write(card.run_card(c, n, 0, &calib)?)?;
-                secs[i] = timed(|| crate::run::run(&card_path, &RunOptions { quiet: true, ..run_opts.clone() }).map(|_| ()))?.1;
-            }
-            let _ = std::fs::remove_file(&calib);
-            let mut ckpt = calib.clone().into_os_string();
-            ckpt.push(".ckpt");
-            let _ = std::fs::remove_file(ckpt);
-            let per_sweep = ((secs[1] - secs[0]) / n_cal as f64).max(secs[1] / (2 * n_cal) as f64 * 0.1);
-            let fixed = (secs[0] - n_cal as f64 * per_sweep).max(0.0);
-            let total = ((budget - fixed) / per_sweep).floor().max(0.0) as u64;
-            total.saturating_sub(card.bench.thermalization).max(n_cal)
+                Ok(timed(|| crate::run::run(&card_path, &RunOptions { quiet: true, ..run_opts.clone() }).map(|_| ()))?.1)
+            });
+            remove_ensemble(&calib);
+            let cal = cal?;
+            let n = cal.measurements(budget, card.bench.thermalization);
+            calibration = Some(cal);
+            n
         }
         _ => unreachable!("validated in BenchCard::load"),
     };
@@ -539,6 +649,7 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
         }
     };
     let all = analyze(&file)?;
+    let swap_warnings = all.exchange.as_ref().map(|x| x.warnings.clone()).unwrap_or_default();
     let swap_acceptance: Vec<(String, f64)> = all
         .exchange
         .iter()
@@ -547,12 +658,19 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
     let ens = file.couplings.swap_remove(k);
     let analysis = all.couplings.into_iter().nth(k).expect("one analysis per coupling");
     let ess = analysis.reweighting.map(|r| r.ess_per_sample);
+    let mut warnings = analysis.warnings.clone();
+    warnings.extend(swap_warnings);
     let mut obs = Vec::new();
     for name in &card.bench.observables {
         let g = analysis.get(name).ok_or_else(|| {
             anyhow::anyhow!("bench.observables: '{name}' is not a scalar observable of this theory (or `name[j]` component)")
         })?;
-        obs.push(figures(name, g, ess, wall, &card.reference));
+        let mut f = figures(name, g, ess, wall, &card.reference);
+        f.reliable = !warnings.iter().any(|w| w.affects(name));
+        obs.push(f);
+    }
+    if let Some(budget) = card.bench.seconds {
+        warnings.extend(budget_warning(&c.name, wall, budget, card.bench.thermalization));
     }
     let first = &card.bench.observables[0];
     let history = series(&ens, first).unwrap_or_default();
@@ -573,6 +691,8 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
         tunnelling_rate,
         acf,
         history,
+        calibration,
+        warnings,
     })
 }
 
@@ -653,12 +773,14 @@ impl BenchReport {
                             o.name.clone(),
                             json!({
                                 "mean": num(o.mean), "error": num(o.error),
+                                "value": value_error(o.mean, o.error),
                                 "tau_int": num(o.tau_int), "tau_int_error": num(o.tau_int_error),
+                                "window": o.window,
                                 "effective_samples": num(o.effective_samples),
                                 "effective_samples_per_second": num(o.effective_samples_per_second),
                                 "cost_per_independent_sample_s": num(o.cost),
                                 "cost_error_s": num(o.cost_error),
-                                "reference": o.reference, "z": o.z.map(num),
+                                "reference": o.reference, "z": o.z.map(num), "z_reliable": o.reliable,
                             }),
                         )
                     })
@@ -672,6 +794,8 @@ impl BenchReport {
                     "training_seconds": c.training_seconds,
                     "amortised_cost_s": c.amortised_cost.map(num),
                     "tunnelling_rate": c.tunnelling_rate.map(num),
+                    "calibration": c.calibration,
+                    "warnings": diagnostics::to_json(&c.warnings),
                 })
             })
             .collect();
@@ -679,7 +803,21 @@ impl BenchReport {
             "card": self.card, "output": self.output, "mode": self.mode,
             "observables": self.observables, "contenders": contenders,
             "winner": self.winner, "winner_factor": self.winner_factor.map(num),
+            "warnings": diagnostics::to_json(&self.warnings()),
         })
+    }
+
+    /// Every contender's warnings, subjects and messages prefixed with its name.
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.contenders
+            .iter()
+            .flat_map(|c| {
+                c.warnings.iter().map(move |w| {
+                    let prefix = if w.code == "budget" { String::new() } else { format!("{}: ", c.name) };
+                    Warning { code: w.code, subject: format!("{prefix}{}", w.subject), message: format!("{prefix}{}", w.message) }
+                })
+            })
+            .collect()
     }
 
     /// The table printed by `latflow bench`.
@@ -703,13 +841,13 @@ impl BenchReport {
                     o.name,
                     acc,
                     wall,
-                    format!("{:.2} ± {:.2}", o.tau_int, o.tau_int_error),
+                    value_error(o.tau_int, o.tau_int_error),
                     o.effective_samples_per_second,
                     o.effective_samples,
                     format!("{:.3e} ± {:.1e}", o.cost, o.cost_error),
-                    o.z.map_or("-".into(), |z| format!("{z:+.2}")),
+                    o.z.map_or("-".into(), |z| format!("{z:+.2}{}", if o.reliable { "" } else { "!" })),
                 ));
-                s.push_str(&format!("{:<24} {:<20} mean {:.6} ± {:.2e}\n", "", "", o.mean, o.error));
+                s.push_str(&format!("{:<24} {:<20} value {}\n", "", "", value_error(o.mean, o.error)));
             }
             if let Some(r) = c.tunnelling_rate {
                 s.push_str(&format!("{:<24} {} changes per sweep: {r:.4}\n", "", self.observables[0]));
@@ -729,6 +867,11 @@ impl BenchReport {
                 self.observables[0]
             ));
         }
+        let warnings = self.warnings();
+        if self.contenders.iter().flat_map(|c| &c.observables).any(|o| o.z.is_some() && !o.reliable) {
+            s.push_str("z-scores marked ! are unreliable: a warning below concerns their observable\n");
+        }
+        s.push_str(&diagnostics::to_text(&warnings));
         s.push_str(&format!("outputs: {} (bench.json, histories.png, acf.png, cost.png)\n", self.output.display()));
         s
     }

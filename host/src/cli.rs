@@ -118,6 +118,7 @@ pub enum Command {
 
 /// Parses the arguments, runs the command, and maps errors to a message and exit code 1.
 pub fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +126,22 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps freed heap memory in the process. By default glibc serves blocks over 128 KiB by mmap
+/// and hands freed memory at the top of the heap back to the kernel, so a sampler that
+/// allocates and frees the same large buffers every trajectory (momenta, forces, a copy of the
+/// field) page-faults them in again each time: at L = 256 φ⁴ HMC spent 30% of its user time in
+/// the kernel. Blocks up to 32 MiB now come from the heap, and up to 128 MiB of free heap is
+/// kept. Only where the C library is glibc; the numbers never change, only the system time.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
+    // exists, and a refused setting (return 0) leaves glibc's defaults in place.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
 
@@ -136,8 +153,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 train_before_run(&card, train, cli.quiet, &cli.plugin_dirs)?;
             }
             let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs };
+            let complete = if resume { run::completed_sweeps(&card)? } else { None };
             let output = run::run(&card, &opts)?;
-            println!("wrote {}", output.display());
+            match complete {
+                Some(total) => println!(
+                    "nothing to do: {} is complete ({total} of {total} sweeps); nothing was run or written",
+                    output.display()
+                ),
+                None => println!("wrote {}", output.display()),
+            }
             print_summary(&card, &output)?;
         }
         Command::Train { card, resume, force } => {
@@ -271,11 +295,15 @@ fn print_summary(card: &Path, output: &Path) -> Result<()> {
     let reference = crate::card::RunCard::load(card)?.reference;
     if !reference.is_empty() {
         let cmp = analysis.compare(&reference).map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?;
-        println!("{:<22} {:>14} {:>12} {:>14} {:>12} {:>7}", "reference", "measured", "error", "reference", "error", "z");
+        println!("{:<22} {:>20} {:>20} {:>7}", "reference", "measured", "reference", "z");
         for c in cmp {
+            let note = if c.reliable { "" } else { "  (unreliable: see the warnings)" };
             println!(
-                "{:<22} {:>14.8} {:>12.3e} {:>14.8} {:>12.3e} {:>+7.2}",
-                c.name, c.mean, c.error, c.reference, c.reference_error, c.z
+                "{:<22} {:>20} {:>20} {:>+7.2}{note}",
+                c.name,
+                analyze::value_error(c.mean, c.error),
+                if c.reference_error == 0.0 { c.reference.to_string() } else { analyze::value_error(c.reference, c.reference_error) },
+                c.z
             );
         }
     }

@@ -16,6 +16,7 @@ fn describe_plain(ens: &Ensemble) -> String {
     let mut s = header(ens);
     s.push_str(&format!("parameters      {}\n", ens.provenance.theory_params));
     s.push_str(&format!("layout          {}\n", ens.provenance.layout));
+    s.push_str(&model(&ens.provenance.model, ""));
     s.push_str(&contents(ens, ""));
     card(&mut s, &ens.provenance.run_card);
     s
@@ -38,9 +39,7 @@ fn describe_ladder(ens: &EnsembleFile, ladder: &Ladder) -> String {
         let g = replica_group(k);
         s.push_str(&format!("{g}: {} = {v}, {} measurements\n", ladder.parameter, r.sweeps.len()));
         s.push_str(&format!("  parameters    {}\n", r.provenance.theory_params));
-        if !r.provenance.model.is_empty() {
-            s.push_str(&format!("  model         {}\n", r.provenance.model));
-        }
+        s.push_str(&model(&r.provenance.model, "  "));
         s.push_str(&contents(r, &g));
     }
     s.push_str(&format!(
@@ -58,6 +57,32 @@ fn describe_ladder(ens: &EnsembleFile, ladder: &Ladder) -> String {
         ));
     }
     card(&mut s, &p.run_card);
+    s
+}
+
+/// The model provenance (the JSON that `run` records): plugin, version and library, the
+/// weights file with the SHA-256 of its bytes as they were loaded, and `init_from`; nothing for
+/// a run without a model. A record that is not JSON is shown as it is.
+fn model(record: &str, indent: &str) -> String {
+    if record.is_empty() {
+        return String::new();
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(record) else {
+        return format!("{indent}model           {record}\n");
+    };
+    let text = |k: &str| v[k].as_str().map(str::to_string);
+    let mut s = format!(
+        "{indent}model           {} {} ({})\n",
+        text("plugin").unwrap_or_else(|| "?".into()),
+        text("version").unwrap_or_default(),
+        text("path").unwrap_or_else(|| "library not recorded".into())
+    );
+    let weights = text("weights").unwrap_or_else(|| "none (untrained, or init_from used as it is)".into());
+    s.push_str(&format!("{indent}  weights       {weights}\n"));
+    s.push_str(&format!("{indent}  sha256        {}\n", text("weights_sha256").unwrap_or_else(|| "not recorded".into())));
+    if let Some(src) = text("init_from") {
+        s.push_str(&format!("{indent}  init_from     {src}\n"));
+    }
     s
 }
 

@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod bench;
 pub mod card;
 pub mod chain;
+pub mod diagnostics;
 pub mod checkpoint;
 pub mod cli;
 pub mod ensemble;

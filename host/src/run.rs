@@ -82,6 +82,15 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     Ok(out.output)
 }
 
+/// For `--resume`: the number of sweeps of the card's run when its checkpoint already records
+/// all of them (the run is complete, a resume has nothing to do), else `None` (also when there
+/// is no readable checkpoint: [`run`] reports that).
+pub fn completed_sweeps(card_path: &Path) -> Result<Option<u64>> {
+    let card = RunCard::load(card_path)?;
+    let total = card.run.total_sweeps();
+    Ok(Checkpoint::load(&OutputFiles::of(&card).checkpoint).ok().filter(|ck| ck.sweeps_done >= total).map(|_| total))
+}
+
 /// Every `[reference]` name must be a scalar observable or a component `name[j]`.
 fn check_references(card: &RunCard, observables: &[ObservableDef]) -> Result<()> {
     for (name, _, _) in &card.reference {

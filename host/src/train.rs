@@ -126,12 +126,13 @@ fn load_checkpoint(path: &Path) -> Result<(TrainCheckpoint, Vec<u8>)> {
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err(bad("not a latflow training checkpoint"));
     }
-    let n = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
-    if bytes.len() < 16 + n {
-        return Err(bad("file is truncated"));
-    }
-    let ck: TrainCheckpoint = serde_json::from_slice(&bytes[16..16 + n]).map_err(|e| bad(&e.to_string()))?;
-    Ok((ck, bytes[16 + n..].to_vec()))
+    let n = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    // the header length comes from the file: a corrupt one must not overflow `16 + n`
+    let end = usize::try_from(n).ok().and_then(|n| n.checked_add(16)).filter(|&end| end <= bytes.len()).ok_or_else(|| {
+        bad(&format!("its header length {n} runs past the end of the file ({} bytes): truncated or corrupt", bytes.len()))
+    })?;
+    let ck: TrainCheckpoint = serde_json::from_slice(&bytes[16..end]).map_err(|e| bad(&e.to_string()))?;
+    Ok((ck, bytes[end..].to_vec()))
 }
 
 /// Writes the history as CSV.
@@ -365,4 +366,31 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
             Ok(HistoryRow { step: v[0] as u64, loss: v[1], ess: v[2], acceptance: v[3], grad_norm: v[4], learning_rate: v[5], seconds: v[6] })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint file: the magic, a header length as the file states it, and `rest`.
+    fn corrupt_file(name: &str, stated_len: u64, rest: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("latflow-train-ck-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.ckpt");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&stated_len.to_le_bytes());
+        bytes.extend_from_slice(rest);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_header_length_past_the_end_is_an_error_not_a_panic() {
+        for (name, len) in [("max", u64::MAX), ("wrap", u64::MAX - 15), ("long", 1000)] {
+            let path = corrupt_file(name, len, b"{}");
+            let e = load_checkpoint(&path).unwrap_err().to_string();
+            assert!(e.contains("t.ckpt") && e.contains("runs past the end of the file"), "{name}: {e}");
+            std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        }
+    }
 }

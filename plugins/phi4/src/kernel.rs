@@ -180,15 +180,24 @@ impl Kernel {
     pub fn observables(&self, phi: &[f64], m2: f64, lambda: f64, out: &mut Vec<f64>) {
         let v = self.volume as f64;
         let s = self.action(phi, m2, lambda);
-        let phi2: f64 = latflow_core::sum::compensated_sum(phi.iter().map(|p| p * p)) / v;
-        let m: f64 = latflow_core::sum::compensated_sum(phi.iter().copied());
+        // Σφ² and Σφ in one pass, each in site order as two separate sums would add them
+        let (mut sum2, mut sum1) = (CompensatedSum::new(), CompensatedSum::new());
+        for &p in phi {
+            sum2.add(p * p);
+            sum1.add(p);
+        }
+        let phi2 = sum2.value() / v;
+        let m = sum1.value();
         let hop = self.sum_sites(phi, |p, n| p * n) / (2.0 * self.d as f64 * v);
         out.extend_from_slice(&[s / v, phi2, m / v, m.abs() / v, m * m / v, hop]);
-        // zero-momentum correlator along the last axis
+        // zero-momentum correlator along the last axis: site x = r·row_len + t is at time t
+        // (rows run along the last axis), added in site order
         let t_ext = self.time_extent;
         let mut slice = vec![0.0; t_ext];
-        for (x, p) in phi.iter().enumerate() {
-            slice[x % t_ext] += p;
+        for row in phi.chunks_exact(t_ext) {
+            for (acc, p) in slice.iter_mut().zip(row) {
+                *acc += p;
+            }
         }
         for t in 0..t_ext {
             let c: f64 = (0..t_ext).map(|t0| slice[t0] * slice[(t0 + t) % t_ext]).sum();
