@@ -4,7 +4,7 @@
 #
 #   tools/fuzz.sh [RUNS] [TARGET...]      default: 1000000 executions of every target
 #
-# Targets (fuzz/fuzz_targets/): run_card, bench_card, checkpoint, gauge_file (ILDG/LIME and
+# Targets (fuzz/fuzz_targets/): run_card, bench_card, checkpoint, train_checkpoint, gauge_file (ILDG/LIME and
 # NERSC), ensemble (HDF5), weights (safetensors). Each starts from the committed seeds in
 # fuzz/seeds/TARGET and grows a working corpus in fuzz/corpus/TARGET (not committed). A crash
 # is saved under fuzz/artifacts/TARGET; once fixed, copy the input to fuzz/regressions/TARGET,
@@ -16,7 +16,7 @@ runs=${1:-1000000}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(run_card bench_card checkpoint gauge_file ensemble weights)
+    targets=(run_card bench_card checkpoint train_checkpoint gauge_file ensemble weights)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked

@@ -1,5 +1,5 @@
-//! Entry points for fuzzing the readers of untrusted input: run cards, bench cards, run
-//! checkpoints, HDF5 ensembles and ILDG/NERSC gauge files. Each takes arbitrary bytes and must
+//! Entry points for fuzzing the readers of untrusted input: run cards, bench cards, run and
+//! training checkpoints, HDF5 ensembles and ILDG/NERSC gauge files. Each takes arbitrary bytes and must
 //! return (a value or a clear error) without panicking, aborting or hanging; the results are
 //! discarded. The coverage-guided targets in `fuzz/` call these, and so does the corpus replay
 //! in `tests/fuzz_smoke.rs`, so a crash found by the fuzzer stays a regression test.
@@ -23,6 +23,12 @@ pub fn bench_card(data: &[u8]) {
 /// A run checkpoint (`OUTPUT.ckpt`).
 pub fn checkpoint(data: &[u8]) {
     let _ = crate::checkpoint::Checkpoint::decode(Path::new("fuzz.ckpt"), data);
+}
+
+/// A training checkpoint (`WEIGHTS.train.ckpt`): its header, and the model bytes it carries
+/// (which the model plugin reads; the `weights` target covers that reader).
+pub fn train_checkpoint(data: &[u8]) {
+    let _ = crate::train::decode_checkpoint(Path::new("fuzz.train.ckpt"), data);
 }
 
 /// An ILDG (LIME) or NERSC gauge file, as `latflow import` and `start = { file }` read it.
@@ -96,6 +102,11 @@ mod tests {
     #[test]
     fn checkpoint() {
         smoke("checkpoint", 2000, super::checkpoint);
+    }
+
+    #[test]
+    fn train_checkpoint() {
+        smoke("train_checkpoint", 2000, super::train_checkpoint);
     }
 
     #[test]

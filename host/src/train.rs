@@ -59,7 +59,7 @@ pub struct HistoryRow {
 /// The resumable state of a training run (header of the checkpoint file; the model's
 /// safetensors bytes, with optimiser state, follow it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct TrainCheckpoint {
+pub(crate) struct TrainCheckpoint {
     train_hash: String,
     steps_done: u64,
     rng: RngState,
@@ -122,6 +122,12 @@ fn load_checkpoint(path: &Path) -> Result<(TrainCheckpoint, Vec<u8>)> {
         }
         Err(e) => bail!("cannot read training checkpoint '{}': {e}", path.display()),
     };
+    decode_checkpoint(path, &bytes)
+}
+
+/// Decodes a training checkpoint's bytes (`path` names it in errors): the header and the
+/// model's saved bytes. Any input gives those or a clear error, never a panic.
+pub(crate) fn decode_checkpoint(path: &Path, bytes: &[u8]) -> Result<(TrainCheckpoint, Vec<u8>)> {
     let bad = |why: &str| anyhow::anyhow!("training checkpoint '{}' is unreadable: {why}", path.display());
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err(bad("not a latflow training checkpoint"));
