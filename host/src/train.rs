@@ -207,13 +207,20 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let mut last_good = start;
     for step in start..tc.steps {
         let t0 = std::time::Instant::now();
+        // Non-finite numbers (bad data, a numerical error) are a divergence; a plugin that
+        // panics or reports another error has failed, and the message says which.
         let diverged = |e: anyhow::Error, last_good: u64| {
             let kept = if last_good > 0 {
                 format!("the last good checkpoint (step {last_good}) is kept at '{}'", paths.checkpoint.display())
             } else {
                 "no checkpoint was written yet".to_string()
             };
-            e.context(format!("{file}: training diverged at step {}; {kept}", step + 1))
+            let failed = matches!(
+                e.downcast_ref::<crate::plugin::PluginLoadError>(),
+                Some(crate::plugin::PluginLoadError::Call { error, .. }) if error.kind != latflow_core::ErrorKind::Numerical
+            );
+            let what = if failed { "failed" } else { "diverged" };
+            e.context(format!("{file}: training {what} at step {}; {kept}", step + 1))
         };
         let (configs, log_q) = model.train_sample(batch, &mut rng).map_err(|e| diverged(e.into(), last_good))?;
         let (actions, grad) = theory.action_grad(&configs).map_err(|e| diverged(e.into(), last_good))?;
