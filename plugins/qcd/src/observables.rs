@@ -77,6 +77,32 @@ fn solve<G: WilsonGroup, const NS: usize>(
     Ok(())
 }
 
+/// The operator of the first κ of `t` with zeroed source and solution vectors and solver
+/// buffers: what both fermionic observables start from.
+#[allow(clippy::type_complexity)]
+fn light_operator<G: WilsonGroup, const NS: usize>(
+    t: &Qcd,
+) -> Result<(WilsonDirac<G, NS>, Vec<SpinorOf<G, NS>>, Vec<SpinorOf<G, NS>>, SolverWork<SpinorOf<G, NS>>), FermionError> {
+    let d = WilsonDirac::<G, NS>::new(t.lattice(), t.wilson_params(t.kappas()[0]))?;
+    let v = d.volume();
+    Ok((d, vec![Spinor::default(); v], vec![Spinor::default(); v], SolverWork::new(v)))
+}
+
+/// Runs `f` with the gauge field `d` sees on the links `l`: the links themselves, or dressed
+/// with the clover field when c_sw ≠ 0.
+fn on_links<G: WilsonGroup + bytemuck::Pod, const NS: usize, R>(
+    d: &WilsonDirac<G, NS>,
+    l: &[G],
+    f: impl FnOnce(&dyn DiracGauge<G>) -> Result<R, FermionError>,
+) -> Result<R, FermionError> {
+    if d.params().csw != 0.0 {
+        let mut field = d.new_clover_field()?;
+        f(&d.clover_gauge(l, &mut field)?)
+    } else {
+        f(&Plain(l))
+    }
+}
+
 /// (2κ/V) Re Tr D⁻¹ on the links `l`.
 fn condensate<G: WilsonGroup + bytemuck::Pod, const NS: usize>(
     t: &Qcd,
@@ -84,20 +110,12 @@ fn condensate<G: WilsonGroup + bytemuck::Pod, const NS: usize>(
     config: &[f64],
 ) -> Result<f64, FermionError> {
     let kappa = t.kappas()[0];
-    let d = WilsonDirac::<G, NS>::new(t.lattice(), t.wilson_params(kappa))?;
+    let (d, mut eta, mut psi, mut work) = light_operator::<G, NS>(t)?;
     let v = d.volume();
-    let mut clover = if t.wilson_params(kappa).csw != 0.0 {
-        Some(d.new_clover_field()?)
-    } else {
-        None
-    };
-    let mut work = SolverWork::new(v);
-    let mut eta: Vec<SpinorOf<G, NS>> = vec![Spinor::default(); v];
-    let mut psi = eta.clone();
     let params = t.solvers().action;
     let c = t.condensate();
     let nc = <G as latflow_core::gauge::GaugeGroup>::NC;
-    let mut run = |g: &dyn DiracGauge<G>| -> Result<f64, FermionError> {
+    let run = |g: &dyn DiracGauge<G>| -> Result<f64, FermionError> {
         let mut sum = latflow_core::sum::CompensatedSum::new();
         if c.exact {
             for x in 0..v {
@@ -130,10 +148,7 @@ fn condensate<G: WilsonGroup + bytemuck::Pod, const NS: usize>(
         }
         Ok(sum.value() / f64::from(c.sources))
     };
-    let trace = match &mut clover {
-        Some(f) => run(&d.clover_gauge(l, f)?)?,
-        None => run(&Plain(l))?,
-    };
+    let trace = on_links(&d, l, run)?;
     Ok(2.0 * kappa * trace / v as f64)
 }
 
@@ -145,20 +160,12 @@ fn pion<G: WilsonGroup + bytemuck::Pod, const NS: usize>(
     l: &[G],
 ) -> Result<Vec<f64>, FermionError> {
     let kappa = t.kappas()[0];
-    let d = WilsonDirac::<G, NS>::new(t.lattice(), t.wilson_params(kappa))?;
-    let (v, nt) = (d.volume(), t.lattice().time_extent());
-    let mut clover = if t.wilson_params(kappa).csw != 0.0 {
-        Some(d.new_clover_field()?)
-    } else {
-        None
-    };
-    let mut work = SolverWork::new(v);
-    let mut eta: Vec<SpinorOf<G, NS>> = vec![Spinor::default(); v];
-    let mut psi = eta.clone();
+    let (d, mut eta, mut psi, mut work) = light_operator::<G, NS>(t)?;
+    let nt = t.lattice().time_extent();
     let params = t.solvers().action;
     let nc = <G as latflow_core::gauge::GaugeGroup>::NC;
     let mut sums = vec![latflow_core::sum::CompensatedSum::new(); nt];
-    let mut run = |g: &dyn DiracGauge<G>| -> Result<(), FermionError> {
+    let run = |g: &dyn DiracGauge<G>| -> Result<(), FermionError> {
         for s in 0..NS {
             for a in 0..nc {
                 eta[0].0[s].components_mut()[a] = Complex::new(1.0, 0.0);
@@ -171,10 +178,7 @@ fn pion<G: WilsonGroup + bytemuck::Pod, const NS: usize>(
         }
         Ok(())
     };
-    match &mut clover {
-        Some(f) => run(&d.clover_gauge(l, f)?)?,
-        None => run(&Plain(l))?,
-    }
+    on_links(&d, l, run)?;
     Ok(sums
         .iter()
         .map(|s| 4.0 * kappa * kappa * s.value())
