@@ -58,7 +58,7 @@ fn same_seed_same_bits_with_one_and_two_threads() {
 #[test]
 fn sigkill_and_resume_gives_the_same_bits() {
     let dir = tempfile::tempdir().unwrap();
-    let text = card("[16, 16]", 1, 6000, "checkpoint_every = 37");
+    let text = card("[16, 16]", 1, 40000, "checkpoint_every = 37");
     let (reference_card, reference) = write_card(dir.path(), "reference", &text);
     let (card, out) = write_card(dir.path(), "killed", &text);
     run_ok(&["run", reference_card.to_str().unwrap(), "-q"]);
