@@ -364,6 +364,31 @@ pub trait Theory: Send + Sync {
         let _ = (options, config, n, rng);
         RResult::RErr(PluginError::new(ErrorKind::Unsupported, format!("the theory has no step kind '{kind}'")))
     }
+
+    // Domain decomposition (appended after the prefix, with a default: a plugin built before it
+    // existed runs on one rank only).
+
+    /// Splits this theory's lattice over the ranks of `comm` (see [`crate::comm`]); called once,
+    /// before any configuration exists, on every rank with its own communicator. A communicator
+    /// of one rank changes nothing. With more ranks the theory is *decomposed*: rank r holds the
+    /// sites of a contiguous block of the global lattice along axis 0 (the slowest axis), so
+    /// that its configuration is the slice `[r·len, (r+1)·len)` of the global flat
+    /// configuration and the ranks' configurations concatenated in rank order are the global
+    /// one. Then [`Theory::layout`] describes the local block, [`Theory::initial`] returns the
+    /// local part of the global start, and [`Theory::action`], [`Theory::measure`] and the
+    /// records of [`Theory::hmc`] are global values with the same bits on every rank (every
+    /// rank must make the same calls, with the same parameters and random states, in the same
+    /// order). A theory that cannot be decomposed, or a lattice that does not divide over the
+    /// ranks, is an error ([`ErrorKind::Unsupported`] by default).
+    fn set_communicator(&mut self, comm: crate::comm::CommBox) -> RResult<(), PluginError> {
+        if comm.size() == 1 {
+            return RResult::ROk(());
+        }
+        RResult::RErr(PluginError::new(
+            ErrorKind::Unsupported,
+            format!("the theory cannot be split over {} ranks (it has no domain decomposition)", comm.size()),
+        ))
+    }
 }
 
 /// An owned theory object.

@@ -4,6 +4,8 @@
 //! * [`layout`]: how a plugin's fields map onto flat `f64` buffers.
 //! * [`gauge`]: complex numbers, SU(N) and U(1) links, exponential maps, staples, plaquettes,
 //!   deterministic parallel fills, and the HMC field space of group-valued links.
+//! * [`comm`]: the communicator between the ranks of a job (ABI-stable; one rank, threads
+//!   for tests, MPI in the host).
 //! * [`lattice`]: periodic hypercubic geometry with neighbour tables and parity.
 //! * [`rng`]: counter-based, explicitly seeded random streams.
 //! * [`streams`]: the one registry of random-stream purposes and their ids.
@@ -21,6 +23,7 @@
 //! Nothing here opens shared libraries or files: that is the host's job.
 
 pub mod abi;
+pub mod comm;
 pub mod gauge;
 pub mod hmc;
 pub mod lattice;
