@@ -593,7 +593,7 @@ fn budget_warning(name: &str, wall: f64, budget: f64, thermalization: u64) -> Op
 fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOptions) -> Result<ContenderResult> {
     let card_path = out.join(format!("{}.toml", c.slug));
     let ens_path = out.join(format!("{}.h5", c.slug));
-    let run_opts = RunOptions { resume: false, force: true, quiet: opts.quiet, plugin_dirs: opts.plugin_dirs.clone() };
+    let run_opts = RunOptions { resume: false, force: true, quiet: opts.quiet, plugin_dirs: opts.plugin_dirs.clone(), ..Default::default() };
     let write = |text: String| -> Result<()> {
         std::fs::write(&card_path, text).with_context(|| format!("writing {}", card_path.display()))
     };

@@ -152,7 +152,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             if !resume {
                 train_before_run(&card, train, cli.quiet, &cli.plugin_dirs)?;
             }
-            let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs };
+            let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs, job: crate::job::Job::single() };
             let complete = if resume { run::completed_sweeps(&card)? } else { None };
             let output = run::run(&card, &opts)?;
             match complete {

@@ -13,6 +13,7 @@ pub mod ildg;
 pub mod flow_cmd;
 pub mod fuzzing;
 pub mod inspect;
+pub mod job;
 pub mod plot;
 pub mod plugin;
 pub mod replica;

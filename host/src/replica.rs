@@ -47,6 +47,17 @@
 //!           + [log q_i(x_i) − log q_j(x_j')] + [log q_j(x_j) − log q_i(x_i')]  (delta_log_q).
 //! ```
 //!
+//! **Over several ranks** (an MPI job, see [`crate::job`]) each rank owns a contiguous block of
+//! couplings ([`Job::block`]; a rank with none is refused) and runs only their chains; every
+//! rank holds the theory objects (and models) of every coupling, which are cheap, but only its
+//! own configurations. A pair split between two ranks is proposed in two halves
+//! ([`crate::steps::swap::half`]): each rank computes, from its own configuration, the actions
+//! (and for flow swaps the log q) the other needs, the two ranks exchange these four numbers,
+//! every rank learns every pair's log-ratio (one gather) and draws the same accept decisions
+//! from the step's one stream, and only an accepted pair's configurations cross ranks. The
+//! root gathers what it stores (measurements every measured sweep, records, configurations
+//! when saved) and the checkpoint; the run's files and bits are those of a one-rank run.
+//!
 //! The models provide z = F⁻¹(x) with log q(x) (`Model::to_latent`) and x = F(z) with log q(x)
 //! (`Model::from_latent`). When q_k = p_k exactly, T maps p_i onto p_j and every swap is
 //! accepted; plain swaps are the special case T = identity (the swap records' `delta_log_q` is 0).
@@ -71,7 +82,9 @@ use crate::setup::{
     RunOptions,
 };
 pub use crate::steps::swap::{ExchangeStep, SwapRecord, SWAP_COLUMNS};
-use crate::steps::swap::{propose, PairSide, Proposal};
+use crate::job::{Job, Packer, Unpacker};
+use crate::steps::swap::{combine, half, propose, PairSide, Proposal, Side, HALF_LEN};
+use crate::steps::StepRecord as Record;
 use crate::streams::{stream, StreamUse};
 
 /// One coupling slot.
@@ -109,7 +122,12 @@ pub struct SweepError {
     pub step: usize,
     /// The coupling slot, or the lower coupling of the pair.
     pub replica: usize,
-    pub error: PluginLoadError,
+    /// A plugin's error, or a failed exchange between ranks.
+    pub error: anyhow::Error,
+}
+
+fn comm_failure(step: usize, replica: usize, error: anyhow::Error) -> SweepError {
+    SweepError { step, replica, error }
 }
 
 /// All coupling slots, the swap steps, and the replica ↔ coupling permutation.
@@ -122,6 +140,13 @@ pub struct ReplicaSet {
     pool: rayon::ThreadPool,
     /// This sweep's swap records, per exchange step.
     pub swap_records: Vec<Vec<SwapRecord>>,
+    /// This process's rank.
+    job: Job,
+    /// The coupling slots this rank runs (all on one rank).
+    owned: std::ops::Range<usize>,
+    /// On the root of several ranks, after [`ReplicaSet::collect`]: every coupling's records of
+    /// the last sweep and, when it was saved, configuration.
+    collected: Vec<(Vec<Vec<StepRecord>>, Option<Vec<f64>>)>,
 }
 
 impl ReplicaSet {
@@ -132,6 +157,7 @@ impl ReplicaSet {
         theories: Vec<TheoryHandle>,
         models: Vec<Option<Arc<ModelHandle>>>,
         configs: Vec<Vec<f64>>,
+        job: Job,
     ) -> Result<Self, String> {
         let mut replicas = Vec::with_capacity(theories.len());
         for (k, ((theory, model), config)) in theories.into_iter().zip(models).zip(configs).enumerate() {
@@ -169,7 +195,8 @@ impl ReplicaSet {
             .map_err(|e| format!("cannot start the replica thread pool: {e}"))?;
         let n = replicas.len();
         let swap_records = vec![Vec::new(); exchange.len()];
-        Ok(Self { replicas, exchange, walker_at: (0..n).collect(), plan, pool, swap_records })
+        let owned = job.block(n);
+        Ok(Self { replicas, exchange, walker_at: (0..n).collect(), plan, pool, swap_records, job, owned, collected: Vec::new() })
     }
 
     /// The coupling index of each replica (the inverse of `walker_at`).
@@ -191,19 +218,21 @@ impl ReplicaSet {
         for seg in self.plan.clone() {
             match seg {
                 Segment::Chains(range) => {
+                    let first = self.owned.start;
                     let run = |(k, r): (usize, &mut Replica)| {
+                        let k = k + first;
                         let Replica { chain, theory, config, records, .. } = r;
                         chain.sweep_range(range.clone(), theory, config, records).map_err(|(i, error)| SweepError {
                             step: chain.card_indices()[i],
                             replica: k,
-                            error,
+                            error: error.into(),
                         })
                     };
+                    let owned = &mut self.replicas[self.owned.clone()];
                     if self.pool.current_num_threads() == 1 {
-                        self.replicas.iter_mut().enumerate().try_for_each(run)?;
+                        owned.iter_mut().enumerate().try_for_each(run)?;
                     } else {
-                        let replicas = &mut self.replicas;
-                        self.pool.install(|| replicas.par_iter_mut().enumerate().try_for_each(run))?;
+                        self.pool.install(|| owned.par_iter_mut().enumerate().try_for_each(run))?;
                     }
                 }
                 Segment::Swap(j) => {
@@ -224,42 +253,139 @@ impl ReplicaSet {
         let flow = step.card.flow;
         let card_index = step.card_index;
         let pairs: Vec<usize> = (parity..n.saturating_sub(1)).step_by(2).collect();
+        let owned = self.owned.clone();
+        let local: Vec<usize> = pairs.iter().copied().filter(|i| owned.contains(i) && owned.contains(&(i + 1))).collect();
         let replicas = &self.replicas;
         let propose = |&i: &usize| {
             propose(flow, &replicas[i].side(), &replicas[i + 1].side())
-                .map_err(|error| SweepError { step: card_index, replica: i, error })
+                .map_err(|error| SweepError { step: card_index, replica: i, error: error.into() })
         };
         // (a fork-join costs more than one small pair)
-        let proposals: Vec<Result<Proposal, SweepError>> = if self.pool.current_num_threads() == 1 || pairs.len() < 2 {
-            pairs.iter().map(propose).collect()
+        let proposals: Vec<Result<Proposal, SweepError>> = if self.pool.current_num_threads() == 1 || local.len() < 2 {
+            local.iter().map(propose).collect()
         } else {
-            self.pool.install(|| pairs.par_iter().map(propose).collect())
+            self.pool.install(|| local.par_iter().map(propose).collect())
         };
+        let mut proposals: Vec<Option<Proposal>> = {
+            let mut all: Vec<Option<Proposal>> = (0..pairs.len()).map(|_| None).collect();
+            for (i, p) in local.iter().zip(proposals) {
+                all[pairs.iter().position(|q| q == i).unwrap_or_default()] = Some(p?);
+            }
+            all
+        };
+        // Pairs split between this rank and a neighbour: halves, exchanged in pair order.
+        let mut outgoing: Vec<Option<(usize, Vec<f64>)>> = (0..pairs.len()).map(|_| None).collect();
+        let mut ratios = vec![0.0; 3 * pairs.len()]; // (this rank reports it, delta_s, delta_log_q)
+        for (p, &i) in pairs.iter().enumerate() {
+            let side = match (owned.contains(&i), owned.contains(&(i + 1))) {
+                (true, false) => Side::Lower,
+                (false, true) => Side::Upper,
+                (true, true) => {
+                    let prop = proposals[p].as_ref().expect("a local pair has its proposal");
+                    ratios[3 * p..3 * p + 3].copy_from_slice(&[1.0, prop.delta_s, prop.delta_log_q]);
+                    continue;
+                }
+                (false, false) => continue,
+            };
+            let err = |error: PluginLoadError| SweepError { step: card_index, replica: i, error: error.into() };
+            let mine = half(flow, side, &self.replicas[i].side(), &self.replicas[i + 1].side()).map_err(err)?;
+            let peer = self.job.owner(if side == Side::Lower { i + 1 } else { i }, n);
+            let theirs = self.job.exchange(&mine.values, peer, HALF_LEN).map_err(|e| comm_failure(card_index, i, e))?;
+            let (lower, upper) = if side == Side::Lower { (&mine.values, &theirs) } else { (&theirs, &mine.values) };
+            let (delta_s, delta_log_q) = combine(flow, lower, upper);
+            if side == Side::Lower {
+                ratios[3 * p..3 * p + 3].copy_from_slice(&[1.0, delta_s, delta_log_q]);
+            }
+            outgoing[p] = Some((peer, mine.outgoing));
+        }
+        // Every rank learns every pair's ratio (from the rank of its lower coupling).
+        let all = self.job.gather(&ratios).map_err(|e| comm_failure(card_index, 0, e))?;
         let step = &mut self.exchange[j];
-        for (&i, p) in pairs.iter().zip(proposals) {
-            let p = p?;
-            let log_ratio = p.delta_s + p.delta_log_q;
+        for (p, &i) in pairs.iter().enumerate() {
+            let row = all.iter().map(|r| &r[3 * p..3 * p + 3]).find(|r| r[0] == 1.0).unwrap_or(&[0.0, f64::NAN, 0.0]);
+            let (delta_s, delta_log_q) = (row[1], row[2]);
+            let log_ratio = delta_s + delta_log_q;
             let accepted = metropolis_accept(log_ratio, &mut step.rng);
             if accepted {
-                self.replicas[i].config = p.lower;
-                self.replicas[i + 1].config = p.upper;
+                if let Some(prop) = proposals[p].take() {
+                    self.replicas[i].config = prop.lower;
+                    self.replicas[i + 1].config = prop.upper;
+                } else if let Some((peer, out)) = outgoing[p].take() {
+                    let mine = if owned.contains(&i) { i } else { i + 1 };
+                    let len = self.replicas[mine].config.len();
+                    let got = self.job.exchange(&out, peer, len).map_err(|e| comm_failure(card_index, i, e))?;
+                    self.replicas[mine].config = got;
+                }
                 self.walker_at.swap(i, i + 1);
             }
-            self.swap_records[j].push(SwapRecord { pair: i, accepted, log_ratio, delta_s: p.delta_s, delta_log_q: p.delta_log_q });
+            self.swap_records[j].push(SwapRecord { pair: i, accepted, log_ratio, delta_s, delta_log_q });
         }
         step.applications += 1;
         Ok(())
     }
 
-    /// Every slot's measurement (in parallel), in coupling order.
-    pub fn measure(&self) -> Result<Vec<Vec<f64>>, (usize, PluginLoadError)> {
-        let measure = |(k, r): (usize, &Replica)| r.theory.measure(&r.config).map_err(|e| (k, e));
-        if self.pool.current_num_threads() == 1 {
-            self.replicas.iter().enumerate().map(measure).collect()
+    /// Every slot's measurement (in parallel), in coupling order, on every rank (each rank
+    /// measures its own couplings; the rows are gathered).
+    pub fn measure(&self) -> Result<Vec<Vec<f64>>, (usize, anyhow::Error)> {
+        let first = self.owned.start;
+        let measure = |(k, r): (usize, &Replica)| r.theory.measure(&r.config).map_err(|e| (k + first, anyhow::Error::new(e)));
+        let owned = &self.replicas[self.owned.clone()];
+        let rows: Vec<Vec<f64>> = if self.pool.current_num_threads() == 1 {
+            owned.iter().enumerate().map(measure).collect::<Result<_, _>>()?
         } else {
-            let replicas = &self.replicas;
-            self.pool.install(|| replicas.par_iter().enumerate().map(measure).collect())
+            self.pool.install(|| owned.par_iter().enumerate().map(measure).collect::<Result<_, _>>())?
+        };
+        if self.job.size() == 1 {
+            return Ok(rows);
         }
+        let all = self.job.gather(&rows.concat()).map_err(|e| (first, e))?;
+        let width = rows.first().map_or(0, Vec::len);
+        Ok(all.iter().flat_map(|r| r.chunks(width.max(1)).map(<[f64]>::to_vec)).collect())
+    }
+
+    /// Collective: brings every coupling's records of the last sweep (and its configuration,
+    /// when `save_config`) to the root, for [`LadderSampler::store`]. Nothing on one rank.
+    fn collect(&mut self, save_config: bool) -> anyhow::Result<()> {
+        if self.job.size() == 1 {
+            return Ok(());
+        }
+        let mut msg = Packer::default();
+        for r in &self.replicas[self.owned.clone()] {
+            for recs in &r.records {
+                msg.push(&[recs.len() as f64]);
+                for rec in recs {
+                    msg.push(&[rec.accepted as u8 as f64]);
+                    msg.push(&rec.columns);
+                }
+            }
+            if save_config {
+                msg.push(&r.config);
+            }
+        }
+        let all = self.job.gather(&msg.0)?;
+        if !self.job.is_root() {
+            return Ok(());
+        }
+        let steps = self.replicas[0].records.len();
+        self.collected.clear();
+        for (rank, words) in all.iter().enumerate() {
+            let mut u = Unpacker::new(words);
+            for _ in crate::job::block_of(rank, self.job.size(), self.replicas.len()) {
+                let mut records = Vec::with_capacity(steps);
+                for _ in 0..steps {
+                    let count = u.next()?[0] as usize;
+                    let mut recs = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let accepted = u.next()?[0] != 0.0;
+                        recs.push(Record { accepted, columns: u.next()?.to_vec() });
+                    }
+                    records.push(recs);
+                }
+                let config = if save_config { Some(u.next()?.to_vec()) } else { None };
+                self.collected.push((records, config));
+            }
+        }
+        Ok(())
     }
 
     /// The step records of slot k from the last sweep, per chain step.
@@ -268,22 +394,46 @@ impl ReplicaSet {
     }
 
     /// The checkpoint state: (arrays, rngs, swap rngs, swap applications, walker_at). The arrays
-    /// are, per slot, its configuration followed by its chain steps' states.
-    fn checkpoint_parts(&self) -> (Vec<Vec<f64>>, ReplicaCheckpoint) {
+    /// are, per slot, its configuration followed by its chain steps' states. Collective: on
+    /// several ranks every rank's couplings are gathered (to every rank).
+    fn checkpoint_parts(&self) -> anyhow::Result<(Vec<Vec<f64>>, ReplicaCheckpoint)> {
         let mut arrays = Vec::new();
-        for r in &self.replicas {
-            arrays.push(r.config.clone());
-            arrays.extend(r.chain.step_states());
+        let mut rngs = Vec::new();
+        if self.job.size() == 1 {
+            for r in &self.replicas {
+                arrays.push(r.config.clone());
+                arrays.extend(r.chain.step_states());
+                rngs.push(r.chain.rng_states());
+            }
+        } else {
+            let mut msg = Packer::default();
+            for r in &self.replicas[self.owned.clone()] {
+                msg.push(&r.config);
+                for s in r.chain.step_states() {
+                    msg.push(&s);
+                }
+                msg.push_bytes(&serde_json::to_vec(&r.chain.rng_states())?);
+            }
+            let steps = self.replicas[0].chain.steps().len();
+            for (rank, words) in self.job.gather(&msg.0)?.iter().enumerate() {
+                let mut u = Unpacker::new(words);
+                for _ in crate::job::block_of(rank, self.job.size(), self.replicas.len()) {
+                    for _ in 0..=steps {
+                        arrays.push(u.next()?.to_vec());
+                    }
+                    rngs.push(serde_json::from_slice(&u.next_bytes()?)?);
+                }
+            }
         }
         let ck = ReplicaCheckpoint {
             counts: Vec::new(),
             exchange_counts: Counts::default(),
-            rngs: self.replicas.iter().map(|r| r.chain.rng_states()).collect(),
+            rngs,
             swap_rngs: self.exchange.iter().map(|x| x.rng.state()).collect(),
             swap_applications: self.exchange.iter().map(|x| x.applications).collect(),
             walker_at: self.walker_at.iter().map(|&w| w as u64).collect(),
         };
-        (arrays, ck)
+        Ok((arrays, ck))
     }
 
     /// Restores the state saved by a checkpoint.
@@ -386,6 +536,13 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let ladder = card.ladder.as_ref().ok_or_else(|| anyhow::anyhow!("{}: not a replica-ladder card", card.path.display()))?;
     let file = card.path.display().to_string();
     let k_count = ladder.len();
+    let job = &opts.job;
+    if job.size() > k_count {
+        bail!(
+            "{file}: the ladder has {k_count} couplings and the job {} ranks: every rank needs at least one coupling (start at most {k_count} ranks)",
+            job.size()
+        );
+    }
     let (theories, base_params) = ladder_theories(card, ladder, opts)?;
 
     // Models, where the chain needs them.
@@ -413,16 +570,22 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let out = OutputFiles::of(card);
     let model_json = if needs_models { format!("[{}]", model_prov.join(",")) } else { String::new() };
     let prov = provenance(card, &theories[0], &hash, base_params, model_json);
+    job.check_same("card (or model weights)", &hash).with_context(|| format!("{file}"))?;
     let configs = initial_configs(card, &theories, &models)?;
-    let mut set = ReplicaSet::new(card, theories, models, configs).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
+    let mut set = ReplicaSet::new(card, theories, models, configs, job.clone()).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
     let (steps, exchange_steps) = replica_step_defs(card, &set);
 
-    let (writer, sweeps_done) = if opts.resume {
+    // Only the root touches the files; every rank restores the checkpoint's state.
+    let setup = (|| -> Result<(Option<ReplicaWriter>, u64)> {
+    Ok(if opts.resume {
         let ck = load_checkpoint(card, &out, &hash, CheckpointKind::Replica)?;
         let Some(rk) = &ck.replica else {
             bail!("{file}: --resume: checkpoint '{}' holds no replica state", out.checkpoint.display());
         };
         set.restore(rk, &ck.step_states).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
+        if !job.is_root() {
+            return Ok((None, ck.sweeps_done));
+        }
         let writer = ReplicaWriter::resume(
             &out.output,
             &hash,
@@ -435,8 +598,11 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
             &rk.exchange_counts,
         )
         .with_context(|| format!("{file}: run.output (--resume)"))?;
-        (writer, ck.sweeps_done)
+        (Some(writer), ck.sweeps_done)
     } else {
+        if !job.is_root() {
+            return Ok((None, 0));
+        }
         let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
         let writer = ReplicaWriter::create(
             &out.output,
@@ -451,12 +617,27 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         )
         .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&out.checkpoint);
-        (writer, 0)
+        (Some(writer), 0)
+    })
+    })();
+    let setup = match job.first_failure(setup.is_ok())? {
+        None => setup,
+        Some(rank) => setup.and_then(|(writer, _)| {
+            if writer.is_some() {
+                drop(writer);
+                out.discard_unless(opts.resume);
+            }
+            bail!("{file}: rank {rank} could not start the run (its message says why)")
+        }),
     };
-    if let Err(e) = preflight(&file, &set) {
-        drop(writer);
-        out.discard_unless(opts.resume);
-        return Err(e);
+    let (writer, sweeps_done) = setup?;
+    let checked = preflight(&file, &set);
+    if let Some(rank) = job.first_failure(checked.is_ok())? {
+        if let Some(w) = writer {
+            drop(w);
+            out.discard_unless(opts.resume);
+        }
+        return checked.and_then(|_| bail!("{file}: rank {rank} refused the starting state (its message says why)"));
     }
     let mut sampler = LadderSampler { set: &mut set, swap_accepted: 0, swap_attempted: 0 };
     sweep_loop(card, &out, &hash, &mut sampler, writer, sweeps_done, opts)?;
@@ -522,11 +703,11 @@ fn replica_step_defs(card: &RunCard, set: &ReplicaSet) -> (Vec<StepDef>, Vec<Ste
 /// the models' latent maps for flow-assisted swaps (a model plugin without them is refused
 /// here, by name).
 fn preflight(file: &str, set: &ReplicaSet) -> Result<()> {
-    for (k, r) in set.replicas.iter().enumerate() {
+    for (k, r) in set.replicas.iter().enumerate().filter(|(k, _)| set.owned.contains(k)) {
         r.theory.action(&r.config).with_context(|| format!("{file}: [theory] (action of replica {k}'s configuration)"))?;
     }
     if let Some(x) = set.exchange.iter().find(|x| x.card.flow) {
-        for (k, r) in set.replicas.iter().enumerate() {
+        for (k, r) in set.replicas.iter().enumerate().filter(|(k, _)| set.owned.contains(k)) {
             let m = r.model.as_ref().ok_or_else(|| anyhow::anyhow!("{file}: chain[{}].flow: coupling {k} has no model", x.card_index))?;
             m.to_latent(&r.config).with_context(|| format!("{file}: chain[{}].flow (the model of coupling {k})", x.card_index))?;
         }
@@ -552,14 +733,14 @@ impl Sampler for LadderSampler<'_> {
             } else {
                 format!("replica {}", e.replica)
             };
-            anyhow::Error::new(e.error).context(format!("{file}: chain[{}] ({what}, sweep {sweep})", e.step))
+            e.error.context(format!("{file}: chain[{}] ({what}, sweep {sweep})", e.step))
         })
     }
 
     fn measure(&self, file: &str, sweep: u64) -> Result<Vec<Vec<f64>>> {
         self.set
             .measure()
-            .map_err(|(k, e)| anyhow::Error::new(e).context(format!("{file}: measurement (replica {k}, sweep {sweep})")))
+            .map_err(|(k, e)| e.context(format!("{file}: measurement (replica {k}, sweep {sweep})")))
     }
 
     fn tally(&mut self) {
@@ -571,9 +752,18 @@ impl Sampler for LadderSampler<'_> {
 
     /// Every coupling's records, measurement and configuration, then the swaps and the replica
     /// paths.
+    fn collect(&mut self, save_config: bool) -> Result<()> {
+        self.set.collect(save_config)
+    }
+
     fn store(&self, writer: &mut ReplicaWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()> {
         let set = &*self.set;
         for (k, row) in values.iter().enumerate() {
+            if set.job.size() > 1 {
+                let (records, config) = &set.collected[k];
+                store_coupling(writer, k, records, sweep, row, config.as_deref())?;
+                continue;
+            }
             let config = save_config.then_some(set.replicas[k].config.as_slice());
             store_coupling(writer, k, set.records(k), sweep, row, config)?;
         }
@@ -586,11 +776,11 @@ impl Sampler for LadderSampler<'_> {
         Ok(())
     }
 
-    fn checkpoint(&self, hash: &str, sweeps_done: u64, (counts, exchange_counts): (Vec<Counts>, Counts)) -> Checkpoint {
-        let (arrays, mut rk) = self.set.checkpoint_parts();
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, (counts, exchange_counts): (Vec<Counts>, Counts)) -> Result<Checkpoint> {
+        let (arrays, mut rk) = self.set.checkpoint_parts()?;
         rk.counts = counts;
         rk.exchange_counts = exchange_counts;
-        Checkpoint {
+        Ok(Checkpoint {
             kind: CheckpointKind::Replica,
             card_hash: hash.to_string(),
             sweeps_done,
@@ -599,7 +789,7 @@ impl Sampler for LadderSampler<'_> {
             config: Vec::new(),
             step_states: arrays,
             replica: Some(rk),
-        }
+        })
     }
 
     fn progress(&self) -> String {

@@ -24,6 +24,12 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
         return crate::replica::run(&card, opts);
     }
     let file = card.path.display().to_string();
+    if opts.job.size() > 1 {
+        bail!(
+            "{file}: a plain chain cannot be spread over {} ranks: only a replica ladder ([ladder]) runs on several ranks",
+            opts.job.size()
+        );
+    }
     let mut theory = load_theory(&card, &opts.plugin_dirs)?;
     let model = load_model(&card, &theory, opts)?;
     let model_provenance = model.as_ref().map(|m| m.provenance.clone()).unwrap_or_default();
@@ -78,7 +84,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
         accepted: vec![0; n],
         applied: vec![0; n],
     };
-    sweep_loop(&card, &out, &hash, &mut sampler, writer, sweeps_done, opts)?;
+    sweep_loop(&card, &out, &hash, &mut sampler, Some(writer), sweeps_done, opts)?;
     Ok(out.output)
 }
 
@@ -153,8 +159,8 @@ impl Sampler for PlainSampler<'_> {
         store_coupling(writer, 0, &self.records, sweep, &values[0], save_config.then_some(self.config.as_slice()))
     }
 
-    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: Counts) -> Checkpoint {
-        Checkpoint {
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: Counts) -> Result<Checkpoint> {
+        Ok(Checkpoint {
             kind: CheckpointKind::Plain,
             card_hash: hash.to_string(),
             sweeps_done,
@@ -163,7 +169,7 @@ impl Sampler for PlainSampler<'_> {
             config: self.config.clone(),
             step_states: self.chain.step_states(),
             replica: None,
-        }
+        })
     }
 
     fn progress(&self) -> String {

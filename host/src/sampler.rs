@@ -30,12 +30,21 @@ pub trait Sampler {
     fn measure(&self, file: &str, sweep: u64) -> Result<Vec<Vec<f64>>>;
     /// Adds the last sweep's accept decisions to the acceptance shown by [`Self::progress`].
     fn tally(&mut self);
+    /// Collective, before [`Self::store`] on a measured sweep: a sampler spread over ranks
+    /// brings what the root stores (records, and configurations when `save_config`) to it. By
+    /// default nothing (one rank holds everything).
+    fn collect(&mut self, save_config: bool) -> Result<()> {
+        let _ = save_config;
+        Ok(())
+    }
     /// Appends the last sweep's step records and the measurements `values` (from
     /// [`Self::measure`]) as measurement row `sweep`, and every coupling's configuration when
     /// `save_config`.
     fn store(&self, writer: &mut Self::Writer, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()>;
     /// The checkpoint after `sweeps_done` sweeps, given the writer's row counts at that point.
-    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: <Self::Writer as RunWriter>::Counts) -> Checkpoint;
+    /// Collective: every rank calls it (a sampler spread over ranks gathers its state); only
+    /// the root's is saved, and only the root's `counts` are real.
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: <Self::Writer as RunWriter>::Counts) -> Result<Checkpoint>;
     /// The progress bar's message: the acceptance so far.
     fn progress(&self) -> String;
 }
@@ -44,19 +53,24 @@ pub trait Sampler {
 /// configurations after thermalisation and checkpointing (`hash` is the run hash) as the card
 /// says. A fresh run that fails before its first checkpoint leaves nothing resumable: its file
 /// is removed.
+///
+/// On a job of several ranks every rank runs this loop; only the root has a `writer` (the
+/// others pass `None`), stores and saves checkpoints, and whether a checkpoint is due is the
+/// root's decision, shared with every rank.
 pub fn sweep_loop<S: Sampler>(
     card: &RunCard,
     out: &OutputFiles,
     hash: &str,
     sampler: &mut S,
-    mut writer: S::Writer,
+    mut writer: Option<S::Writer>,
     mut sweeps_done: u64,
     opts: &RunOptions,
 ) -> Result<()> {
     let file = card.path.display().to_string();
     let total = card.run.total_sweeps();
     let therm = card.run.thermalization;
-    let bar = progress_bar(total, sweeps_done, opts.quiet);
+    let job = &opts.job;
+    let bar = progress_bar(total, sweeps_done, opts.quiet || !job.is_root());
     let mut last_checkpoint = Instant::now();
     let mut checkpointed = opts.resume;
     while sweeps_done < total {
@@ -69,21 +83,32 @@ pub fn sweep_loop<S: Sampler>(
             Ok(v) => v,
             Err(e) => {
                 // keep what is on disk readable; the last checkpoint stays the resume point
-                let _ = writer.flush_rows();
-                drop(writer);
-                out.discard_unless(checkpointed);
+                if let Some(mut w) = writer.take() {
+                    let _ = w.flush_rows();
+                    drop(w);
+                    out.discard_unless(checkpointed);
+                }
                 return Err(e);
             }
         };
         sampler.tally();
         if let Some(values) = values {
             let save_config = card.run.save_every > 0 && (sweeps_done - therm) % card.run.save_every == 0;
-            sampler.store(&mut writer, &values, sweeps_done, save_config)?;
+            sampler.collect(save_config)?;
+            if let Some(w) = writer.as_mut() {
+                sampler.store(w, &values, sweeps_done, save_config)?;
+            }
         }
         sweeps_done += 1;
-        if checkpoint_due(card, &mut last_checkpoint, sweeps_done, total) {
-            let counts = writer.flush_rows()?;
-            sampler.checkpoint(hash, sweeps_done, counts).save(&out.checkpoint)?;
+        if job.root_decides(checkpoint_due(card, &mut last_checkpoint, sweeps_done, total))? {
+            let counts = match writer.as_mut() {
+                Some(w) => w.flush_rows()?,
+                None => Default::default(),
+            };
+            let ck = sampler.checkpoint(hash, sweeps_done, counts)?;
+            if job.is_root() {
+                ck.save(&out.checkpoint)?;
+            }
             checkpointed = true;
         }
         bar.set_position(sweeps_done);

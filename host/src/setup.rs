@@ -25,6 +25,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Extra plugin directories.
     pub plugin_dirs: Vec<PathBuf>,
+    /// This process's rank in the job (one rank by default); see [`crate::job`].
+    pub job: crate::job::Job,
 }
 
 /// Loads the card's theory plugin and builds the theory; errors name the card and the field.

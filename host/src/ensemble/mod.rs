@@ -85,7 +85,7 @@ pub use writer::EnsembleWriter;
 /// records.
 pub trait RunWriter {
     /// What a checkpoint records of the file: the row counts that `resume` truncates back to.
-    type Counts;
+    type Counts: Default;
     /// Buffers one measurement row of coupling `k` (the concatenation of all observables in
     /// definition order). Error on an unknown coupling or a length mismatch.
     fn push_coupling_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError>;

@@ -58,48 +58,74 @@ pub struct PairSide<'a> {
     pub config: &'a [f64],
 }
 
-/// The swap proposal for the pair (a, b): plain, or flow-assisted when `flow`.
+/// The swap proposal for the pair (a, b): plain, or flow-assisted when `flow`. It is the two
+/// [`half`]s put together by [`combine`], so a pair whose two couplings live on different ranks
+/// (each computing its own half) gets the same bits as a pair on one rank.
 pub fn propose(flow: bool, a: &PairSide<'_>, b: &PairSide<'_>) -> Result<Proposal, PluginLoadError> {
-    for side in [a, b] {
-        super::require_exact_action(side.theory, "a replica swap")?;
-    }
-    if flow {
-        flow_proposal(a, b)
-    } else {
-        plain_proposal(a, b)
-    }
+    let lower = half(flow, Side::Lower, a, b)?;
+    let upper = half(flow, Side::Upper, a, b)?;
+    let (delta_s, delta_log_q) = combine(flow, &lower.values, &upper.values);
+    Ok(Proposal { lower: upper.outgoing, upper: lower.outgoing, delta_s, delta_log_q })
 }
 
-/// A plain swap of the pair (a, b): the configurations exchanged as they are.
-fn plain_proposal(a: &PairSide<'_>, b: &PairSide<'_>) -> Result<Proposal, PluginLoadError> {
-    let both = [a.config, b.config].concat();
-    let sa = a.theory.action(&both)?; // S_a(x_a), S_a(x_b)
-    let sb = b.theory.action(&both)?; // S_b(x_a), S_b(x_b)
-    Ok(Proposal {
-        lower: b.config.to_vec(),
-        upper: a.config.to_vec(),
-        delta_s: (sa[0] - sa[1]) + (sb[1] - sb[0]),
-        delta_log_q: 0.0,
-    })
+/// Which configuration of a pair (a, b) a [`half`] starts from: x_a (the lower coupling's) or
+/// x_b.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Lower,
+    Upper,
 }
 
-/// A flow-assisted swap of the pair (a, b): (x_a, x_b) → (T⁻¹ x_b, T x_a), T = F_b ∘ F_a⁻¹
-/// (see the module documentation).
-fn flow_proposal(a: &PairSide<'_>, b: &PairSide<'_>) -> Result<Proposal, PluginLoadError> {
-    let (ma, mb) = match (a.model, b.model) {
-        (Some(ma), Some(mb)) => (ma, mb),
-        _ => unreachable!("flow-assisted swaps are set up with a model at every coupling"),
+/// What one side of a pair computes from its own configuration alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Half {
+    /// The numbers the other side needs ([`HALF_LEN`] of them): for a plain swap, the actions
+    /// of this side's configuration at both couplings; for a flow-assisted swap, this side's
+    /// action, the other coupling's action of the proposal, and the two log q.
+    pub values: Vec<f64>,
+    /// The configuration this side proposes for the *other* coupling (its own for a plain
+    /// swap, T x_a or T⁻¹ x_b for a flow-assisted one).
+    pub outgoing: Vec<f64>,
+}
+
+/// The length of [`Half::values`].
+pub const HALF_LEN: usize = 4;
+
+/// One side's half of the swap proposal of the pair (a, b): only `a.config` is read for
+/// [`Side::Lower`], only `b.config` for [`Side::Upper`]; both theories (and, when `flow`, both
+/// models) are used.
+pub fn half(flow: bool, side: Side, a: &PairSide<'_>, b: &PairSide<'_>) -> Result<Half, PluginLoadError> {
+    for s in [a, b] {
+        super::require_exact_action(s.theory, "a replica swap")?;
+    }
+    let (own, other) = match side {
+        Side::Lower => (a, b),
+        Side::Upper => (b, a),
     };
-    let (za, lq_a) = ma.to_latent(a.config)?; // z_a = F_a⁻¹(x_a), log q_a(x_a)
-    let (zb, lq_b) = mb.to_latent(b.config)?; // z_b = F_b⁻¹(x_b), log q_b(x_b)
-    let (upper, lq_upper) = mb.from_latent(&za)?; // T x_a = F_b(z_a), log q_b(T x_a)
-    let (lower, lq_lower) = ma.from_latent(&zb)?; // T⁻¹ x_b = F_a(z_b), log q_a(T⁻¹ x_b)
-    let sa = a.theory.action(&[a.config, lower.as_slice()].concat())?; // S_a(x_a), S_a(x_a')
-    let sb = b.theory.action(&[b.config, upper.as_slice()].concat())?; // S_b(x_b), S_b(x_b')
-    Ok(Proposal {
-        delta_s: (sa[0] - sa[1]) + (sb[0] - sb[1]),
-        delta_log_q: (lq_a[0] - lq_upper[0]) + (lq_b[0] - lq_lower[0]),
-        lower,
-        upper,
-    })
+    if !flow {
+        // S_a(x), S_b(x) for this side's x
+        let x = own.config;
+        let sa = a.theory.action(x)?[0];
+        let sb = b.theory.action(x)?[0];
+        return Ok(Half { values: vec![sa, sb, 0.0, 0.0], outgoing: x.to_vec() });
+    }
+    let (Some(m_own), Some(m_other)) = (own.model, other.model) else {
+        unreachable!("flow-assisted swaps are set up with a model at every coupling")
+    };
+    let (z, lq_own) = m_own.to_latent(own.config)?; // z = F_own⁻¹(x), log q_own(x)
+    let (moved, lq_moved) = m_other.from_latent(&z)?; // F_other(z), log q_other(F_other(z))
+    let s_own = own.theory.action(own.config)?[0];
+    let s_moved = other.theory.action(&moved)?[0];
+    Ok(Half { values: vec![s_own, s_moved, lq_own[0], lq_moved[0]], outgoing: moved })
+}
+
+/// (delta_s, delta_log_q) of a pair from its lower and upper [`Half::values`].
+pub fn combine(flow: bool, lower: &[f64], upper: &[f64]) -> (f64, f64) {
+    if flow {
+        // (S_a(x_a) − S_a(x_a')) + (S_b(x_b) − S_b(x_b')), (log q_a(x_a) − log q_b(x_b')) + (log q_b(x_b) − log q_a(x_a'))
+        ((lower[0] - upper[1]) + (upper[0] - lower[1]), (lower[2] - lower[3]) + (upper[2] - upper[3]))
+    } else {
+        // (S_a(x_a) − S_a(x_b)) + (S_b(x_b) − S_b(x_a))
+        ((lower[0] - upper[0]) + (upper[1] - lower[1]), 0.0)
+    }
 }

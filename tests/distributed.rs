@@ -1,0 +1,173 @@
+//! Runs spread over several ranks give the bits of a one-rank run. The ranks here are threads
+//! of the test process (`latflow_core::comm::threads`), each with its own `Job` and its own
+//! theory and model objects, so every line of the multi-rank code runs without MPI; the MPI
+//! build runs the same cards under `mpirun` (tools/mpi_check.sh).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{all_bits, write_card};
+use latflow_core::comm;
+use latflow_host::job::Job;
+use latflow_host::run::{run, RunOptions};
+
+/// The in-tree plugins' directory: beside this test binary (target/<profile>/deps).
+fn plugin_dirs() -> Vec<PathBuf> {
+    vec![std::env::current_exe().unwrap().parent().unwrap().to_path_buf()]
+}
+
+/// Runs `card` on `ranks` thread-ranks (fresh, or `--resume`); returns every rank's result.
+fn run_on_ranks(card: &Path, ranks: u32, resume: bool) -> Vec<Result<PathBuf, String>> {
+    common::latflow(); // checks that the plugins the run loads are fresh
+    let comms = comm::threads(ranks);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let opts = RunOptions { resume, quiet: true, force: false, plugin_dirs: plugin_dirs(), job: Job::new(c) };
+                    run(card, &opts).map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+    })
+}
+
+fn ok_on_every_rank(results: Vec<Result<PathBuf, String>>) -> PathBuf {
+    let mut out = None;
+    for (rank, r) in results.into_iter().enumerate() {
+        let p = r.unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+        out.get_or_insert(p);
+    }
+    out.expect("at least one rank")
+}
+
+fn ladder_card(dir: &Path, name: &str, chain: &str, model: &str, measurements: u64) -> (PathBuf, PathBuf) {
+    let text = format!(
+        "[theory]\nplugin = \"phi4\"\nlattice = [4, 4]\nm2 = 0.5\nlambda = 0.0\n\n\
+         [ladder]\nparameter = \"m2\"\nvalues = [0.3, 0.5, 0.8, 1.2, 1.8]\n\n{model}\n\n{chain}\n\n\
+         [run]\noutput = \"{{OUT}}\"\nseed = 17\nthermalization = 5\nmeasurements = {measurements}\nsave_every = 7\ncheckpoint_every = 11\nstart = \"hot\"\n"
+    );
+    write_card(dir, name, &text)
+}
+
+/// Accepted swaps of the pair (i, i + 1) in an ensemble (the first `replica_exchange` step).
+fn accepted_swaps(out: &Path, i: usize) -> u64 {
+    let json = common::analyze_json(out);
+    let swaps = json["replica_exchange"]["swaps"].as_object().expect("swap statistics");
+    let (_, step) = swaps.iter().next().expect("a replica_exchange step");
+    step["accepts"][i][i + 1].as_u64().expect("an accept count")
+}
+
+const HMC_AND_SWAPS: &str = "[[chain]]\nkind = \"hmc\"\nmd_steps = 5\ntrajectory_length = 1.0\n\n\
+                             [[chain]]\nkind = \"replica_exchange\"\nrepeat = 2";
+
+#[test]
+fn a_ladder_over_two_and_three_ranks_gives_the_bits_of_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, _) = ladder_card(dir.path(), "ladder", HMC_AND_SWAPS, "", 60);
+    let one = ok_on_every_rank(run_on_ranks(&card, 1, false));
+    let reference = all_bits(&one);
+    // blocks over 2 ranks: {0, 1} | {2, 3, 4}; over 3: {0} | {1, 2} | {3, 4}: pairs (1, 2) and
+    // (0, 1), (2, 3) cross ranks, and they did swap
+    for pair in [0, 1, 2] {
+        assert!(accepted_swaps(&one, pair) > 5, "pair {pair} hardly swapped: the test would not see a cross-rank swap");
+    }
+    let ck_one = std::fs::read(format!("{}.ckpt", one.display())).unwrap();
+    assert!(!reference.is_empty());
+    for ranks in [2, 3] {
+        std::fs::rename(&one, dir.path().join("one.h5")).unwrap();
+        let _ = std::fs::remove_file(format!("{}.ckpt", one.display()));
+        let out = ok_on_every_rank(run_on_ranks(&card, ranks, false));
+        assert!(all_bits(&out) == reference, "{ranks} ranks: the ensemble differs from the one-rank run");
+        // the checkpoint (gathered from every rank) is the one-rank checkpoint, byte for byte
+        let ck = std::fs::read(format!("{}.ckpt", out.display())).unwrap();
+        assert!(ck == ck_one, "{ranks} ranks: the checkpoint differs from the one-rank run's");
+        std::fs::rename(dir.path().join("one.h5"), &one).ok();
+    }
+}
+
+#[test]
+fn flow_assisted_swaps_split_between_ranks_give_the_bits_of_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = "[[chain]]\nkind = \"hmc\"\nmd_steps = 4\ntrajectory_length = 1.0\n\n\
+                 [[chain]]\nkind = \"replica_exchange\"\nflow = true";
+    let model = "[model]\nplugin = \"flow-scalar\"\nlayers = 2\nhidden = [4]\ndtype = \"f64\"";
+    let (card, out) = ladder_card(dir.path(), "flow", chain, model, 60);
+    let one = ok_on_every_rank(run_on_ranks(&card, 1, false));
+    let reference = all_bits(&one);
+    assert!(accepted_swaps(&one, 1) > 0, "the cross-rank pair (1, 2) never swapped");
+    std::fs::remove_file(&one).unwrap();
+    std::fs::remove_file(format!("{}.ckpt", out.display())).unwrap();
+    let two = ok_on_every_rank(run_on_ranks(&card, 2, false));
+    assert!(all_bits(&two) == reference, "flow-assisted swaps over 2 ranks differ from 1 rank");
+}
+
+#[test]
+fn a_run_killed_on_one_rank_resumes_on_two_with_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, out) = ladder_card(dir.path(), "resume", HMC_AND_SWAPS, "", 20_000);
+    let reference = all_bits(&ok_on_every_rank(run_on_ranks(&card, 1, false)));
+    // Kill a one-rank run as soon as it has written a checkpoint, and resume it on two ranks.
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(format!("{}.ckpt", out.display())).unwrap();
+    let mut child = common::latflow().args(["run", card.to_str().unwrap(), "-q"]).spawn().unwrap();
+    let ckpt = PathBuf::from(format!("{}.ckpt", out.display()));
+    let start = std::time::Instant::now();
+    while !ckpt.exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run finished before it could be killed: make it longer");
+    let done = latflow_host::checkpoint::Checkpoint::load(&ckpt).expect("the checkpoint").sweeps_done;
+    assert!(done < 20_000, "the checkpoint is of the finished run");
+    let resumed = ok_on_every_rank(run_on_ranks(&card, 2, true));
+    assert!(all_bits(&resumed) == reference, "a one-rank run resumed on two ranks differs from the uninterrupted run");
+}
+
+#[test]
+fn bad_jobs_are_refused_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, _) = ladder_card(dir.path(), "ladder", HMC_AND_SWAPS, "", 60);
+    // more ranks than couplings
+    for r in run_on_ranks(&card, 6, false) {
+        let e = r.unwrap_err();
+        assert!(e.contains("the ladder has 5 couplings and the job 6 ranks"), "{e}");
+    }
+    // a plain chain cannot be split over ranks
+    let (plain, _) = write_card(
+        dir.path(),
+        "plain",
+        "[theory]\nplugin = \"phi4\"\nlattice = [4, 4]\nm2 = 0.5\nlambda = 0.0\n\n\
+         [[chain]]\nkind = \"hmc\"\nmd_steps = 5\n\n[run]\noutput = \"{OUT}\"\nseed = 1\nmeasurements = 10\n",
+    );
+    for r in run_on_ranks(&plain, 2, false) {
+        let e = r.unwrap_err();
+        assert!(e.contains("2 ranks") && e.contains("replica ladder"), "{e}");
+    }
+    // ranks started on different cards (another seed on rank 1)
+    let (other, _) = ladder_card(dir.path(), "other", HMC_AND_SWAPS, "", 60);
+    std::fs::write(&other, std::fs::read_to_string(&card).unwrap().replace("seed = 17", "seed = 18")).unwrap();
+    let comms = comm::threads(2);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(rank, c)| {
+                let path = if rank == 0 { card.clone() } else { other.clone() };
+                s.spawn(move || {
+                    let opts = RunOptions { quiet: true, plugin_dirs: plugin_dirs(), job: Job::new(c), ..Default::default() };
+                    run(&path, &opts).map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        let e = r.unwrap_err();
+        assert!(e.contains("rank 1 was started with another card"), "{e}");
+    }
+}
