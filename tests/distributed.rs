@@ -171,3 +171,18 @@ fn bad_jobs_are_refused_on_every_rank() {
         assert!(e.contains("rank 1 was started with another card"), "{e}");
     }
 }
+
+#[test]
+fn a_build_without_mpi_refuses_to_run_as_several_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, out) = ladder_card(dir.path(), "ladder", HMC_AND_SWAPS, "", 60);
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] {
+        let o = common::latflow().env(var, "2").args(["run", card.to_str().unwrap(), "-q"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("this build has no MPI support") && err.contains("--features mpi"), "{var}: {err}");
+        assert!(!out.exists(), "nothing is written");
+    }
+    // one rank in the environment is one process
+    let o = common::latflow().env("OMPI_COMM_WORLD_SIZE", "1").args(["run", card.to_str().unwrap(), "-q"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

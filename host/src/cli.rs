@@ -116,6 +116,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run { .. } => "run",
+            Command::Train { .. } => "train",
+            Command::Analyze { .. } => "analyze",
+            Command::Plugins { .. } => "plugins",
+            Command::Inspect { .. } => "inspect",
+            Command::Flow { .. } => "flow",
+            Command::Export(_) => "export",
+            Command::Import(_) => "import",
+            Command::Bench { .. } => "bench",
+        }
+    }
+}
+
 /// Parses the arguments, runs the command, and maps errors to a message and exit code 1.
 pub fn main() -> ExitCode {
     keep_freed_memory();
@@ -147,14 +164,32 @@ fn keep_freed_memory() {
 
 /// Runs one parsed command.
 pub fn dispatch(cli: Cli) -> Result<()> {
+    let multi_rank = matches!(cli.command, Command::Run { .. });
+    let (job, session) = crate::mpi::start(cli.command.name(), multi_rank)?;
     match cli.command {
         Command::Run { card, resume, force, train } => {
+            if job.size() > 1 && train {
+                bail!("--train: train the model first (`latflow train CARD` on one process), then start the ranks");
+            }
             if !resume {
                 train_before_run(&card, train, cli.quiet, &cli.plugin_dirs)?;
             }
-            let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs, job: crate::job::Job::single() };
+            let root = job.is_root();
+            let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs, job };
             let complete = if resume { run::completed_sweeps(&card)? } else { None };
-            let output = run::run(&card, &opts)?;
+            let output = match run::run(&card, &opts) {
+                Ok(o) => o,
+                Err(e) if opts.job.size() > 1 => {
+                    // the other ranks may wait for this one: end them all
+                    eprintln!("error (rank {}): {e:#}", opts.job.rank());
+                    session.abort_job(1);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            if !root {
+                return Ok(());
+            }
             match complete {
                 Some(total) => println!(
                     "nothing to do: {} is complete ({total} of {total} sweeps); nothing was run or written",

@@ -14,6 +14,7 @@ pub mod flow_cmd;
 pub mod fuzzing;
 pub mod inspect;
 pub mod job;
+pub mod mpi;
 pub mod plot;
 pub mod plugin;
 pub mod replica;
