@@ -186,3 +186,44 @@ fn a_build_without_mpi_refuses_to_run_as_several_ranks() {
     let o = common::latflow().env("OMPI_COMM_WORLD_SIZE", "1").args(["run", card.to_str().unwrap(), "-q"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+fn chains_card(dir: &Path, name: &str, chains: u64) -> (PathBuf, PathBuf) {
+    let text = format!(
+        "[theory]\nplugin = \"phi4\"\nlattice = [4, 4]\nm2 = 0.5\nlambda = 0.0\n\n\
+         [[chain]]\nkind = \"hmc\"\nmd_steps = 5\ntrajectory_length = 1.0\n\n\
+         [run]\noutput = \"{{OUT}}\"\nseed = 5\nthermalization = 5\nmeasurements = 50\nsave_every = 10\nstart = \"hot\"\nchains = {chains}\n"
+    );
+    write_card(dir, name, &text)
+}
+
+#[test]
+fn independent_chains_have_the_same_bits_on_any_number_of_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, out) = chains_card(dir.path(), "chains", 3);
+    let path = |c: u64| {
+        let stem = out.file_stem().unwrap().to_string_lossy().into_owned();
+        out.with_file_name(format!("{stem}.chain{c}.h5"))
+    };
+    ok_on_every_rank(run_on_ranks(&card, 1, false));
+    let one: Vec<Vec<u64>> = (0..3).map(|c| all_bits(&path(c))).collect();
+    assert!(one[0] != one[1] && one[1] != one[2], "the chains are not independent");
+    // chain 0 is the plain run of the card with one chain
+    let (single, single_out) = chains_card(dir.path(), "single", 1);
+    ok_on_every_rank(run_on_ranks(&single, 1, false));
+    assert!(all_bits(&single_out) == one[0], "chain 0 differs from the one-chain run");
+    for ranks in [2, 3] {
+        for c in 0..3 {
+            std::fs::remove_file(path(c)).unwrap();
+            std::fs::remove_file(format!("{}.ckpt", path(c).display())).unwrap();
+        }
+        ok_on_every_rank(run_on_ranks(&card, ranks, false));
+        for c in 0..3 {
+            assert!(all_bits(&path(c)) == one[c as usize], "{ranks} ranks: chain {c} differs");
+        }
+    }
+    // more ranks than chains
+    for r in run_on_ranks(&card, 4, false) {
+        let e = r.unwrap_err();
+        assert!(e.contains("the card has 3 chain(s) and the job 4 ranks"), "{e}");
+    }
+}

@@ -497,6 +497,23 @@ pub struct RunSection {
     /// Worker threads inside plugins (0 = their default, which honours RAYON_NUM_THREADS).
     #[serde(default)]
     pub threads: u32,
+    /// Independent chains of a plain card (default 1): chain c writes `STEM.chain<c>.EXT` beside
+    /// `output` and draws from its own streams, so its bits depend only on the seed and c, not on
+    /// how many chains or ranks there are. Under MPI the chains are split over the ranks.
+    #[serde(default = "one_chain", skip_serializing_if = "is_one")]
+    pub chains: u64,
+    /// Which of the card's chains this is (set by the driver, never read from the card; not
+    /// part of the card's hash).
+    #[serde(skip)]
+    pub chain: u64,
+}
+
+fn one_chain() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
 }
 
 fn default_checkpoint_seconds() -> f64 {
@@ -593,6 +610,20 @@ impl RunSection {
     }
 
     /// Where this run's checkpoint lives: beside the output, with `.ckpt` appended.
+    /// The output of chain `c` of a card with several chains: `STEM.chain<c>.EXT` beside
+    /// `output` (`output` itself for a card with one chain).
+    pub fn chain_output(&self, c: u64) -> PathBuf {
+        if self.chains <= 1 {
+            return self.output.clone();
+        }
+        let stem = self.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = match self.output.extension() {
+            Some(ext) => format!("{stem}.chain{c}.{}", ext.to_string_lossy()),
+            None => format!("{stem}.chain{c}"),
+        };
+        self.output.with_file_name(name)
+    }
+
     pub fn checkpoint_path(&self) -> PathBuf {
         let mut p = self.output.clone().into_os_string();
         p.push(".ckpt");
@@ -680,6 +711,12 @@ impl RunCard {
             Some(toml::Value::Table(t)) => reference_values(t).map_err(fail)?,
             Some(_) => return Err(fail(("reference".into(), "must be a table ([reference])".into()))),
         };
+        if ladder.is_some() && run.chains > 1 {
+            return Err(fail((
+                "run.chains".into(),
+                "a replica ladder runs one chain per coupling; independent chains are for plain cards".into(),
+            )));
+        }
         if ladder.is_some() && !reference.is_empty() {
             return Err(fail((
                 "reference".into(),
@@ -1037,6 +1074,9 @@ fn parse_run(value: Option<toml::Value>, chain: &[StepCard], has_model: bool) ->
     }
     if run.checkpoint_every == Some(0) {
         return field_err("run.checkpoint_every", "must be at least 1");
+    }
+    if run.chains == 0 || run.chains > 1 << 16 {
+        return field_err("run.chains", format!("must be between 1 and 65536, got {}", run.chains));
     }
     if !(run.checkpoint_seconds.is_finite() && run.checkpoint_seconds > 0.0) {
         return field_err("run.checkpoint_seconds", format!("must be a positive number, got {}", run.checkpoint_seconds));

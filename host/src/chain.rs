@@ -14,7 +14,7 @@ use latflow_core::{RngState, Stream};
 use crate::card::{RunCard, StepCard};
 use crate::plugin::{ModelHandle, PluginLoadError, TheoryHandle};
 pub use crate::steps::{MarkovStep, StepRecord};
-use crate::streams::{stream, StreamUse};
+use crate::streams::{stream, Slot, StreamUse};
 
 /// The composed chain with one stream per step.
 pub struct Chain {
@@ -29,12 +29,12 @@ impl Chain {
     /// given when the chain has `flow` or `reweight` steps.
     pub fn new(card: &RunCard, theory: &TheoryHandle, model: Option<Arc<ModelHandle>>) -> Result<Self, String> {
         let steps: Vec<(usize, &StepCard)> = card.chain.iter().enumerate().collect();
-        Self::build(card.run.seed, &steps, theory, model, |step| StreamUse::Step { step, slot: None })
+        Self::build(card.run.seed, &steps, theory, model, |step| StreamUse::Step { step, slot: Slot::Chain(card.run.chain as usize) })
     }
 
     /// The chain that runs at coupling slot `k` of a replica-exchange run: the card's steps
     /// except the `replica_exchange` ones (which act across replicas), each with its own stream
-    /// (`StreamUse::Step { step: card index, slot: Some(k) }`). `model` is coupling k's model.
+    /// (`StreamUse::Step { step: card index, slot: Slot::Coupling(k) }`). `model` is coupling k's model.
     pub fn for_replica(
         card: &RunCard,
         k: usize,
@@ -43,7 +43,7 @@ impl Chain {
     ) -> Result<Self, String> {
         let steps: Vec<(usize, &StepCard)> =
             card.chain.iter().enumerate().filter(|(_, s)| !matches!(s, StepCard::ReplicaExchange(_))).collect();
-        Self::build(card.run.seed, &steps, theory, model, |step| StreamUse::Step { step, slot: Some(k) })
+        Self::build(card.run.seed, &steps, theory, model, |step| StreamUse::Step { step, slot: Slot::Coupling(k) })
     }
 
     fn build(

@@ -195,7 +195,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                     "nothing to do: {} is complete ({total} of {total} sweeps); nothing was run or written",
                     output.display()
                 ),
-                None => println!("wrote {}", output.display()),
+                None => match crate::card::RunCard::load(&card) {
+                    Ok(c) if c.run.chains > 1 => {
+                        let all: Vec<String> = (0..c.run.chains).map(|k| c.run.chain_output(k).display().to_string()).collect();
+                        println!("wrote {} independent chains: {} (the summary below is chain 0's)", c.run.chains, all.join(", "));
+                    }
+                    _ => println!("wrote {}", output.display()),
+                },
             }
             print_summary(&card, &output)?;
         }

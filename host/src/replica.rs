@@ -4,7 +4,7 @@
 //! card's `[theory]` with the ladder parameter set to `values[k]` (`Theory::set_parameter`). Each
 //! coupling slot owns a theory object at its coupling, its model (if any), its configuration, and
 //! its own chain: the card's `hmc`/`flow` steps, each with its own stream
-//! `StreamUse::Step { step, slot: Some(k) }` (see [`crate::streams`]). The slots run their chain steps in parallel
+//! `StreamUse::Step { step, slot: Slot::Coupling(k) }` (see [`crate::streams`]). The slots run their chain steps in parallel
 //! (rayon, `[run].threads` workers); every slot's numbers depend only on its own streams, so the
 //! result is bit-identical for any thread count.
 //!
@@ -677,7 +677,7 @@ fn ladder_theories(card: &RunCard, ladder: &Ladder, opts: &RunOptions) -> Result
 /// The starting configuration of every coupling slot, each from its own stream (replaced by
 /// the checkpoint's on resume).
 fn initial_configs(card: &RunCard, theories: &[TheoryHandle], models: &[Option<Arc<ModelHandle>>]) -> Result<Vec<Vec<f64>>> {
-    theories.iter().zip(models).enumerate().map(|(k, (t, m))| initial_config(card, t, m.as_deref(), Some(k))).collect()
+    theories.iter().zip(models).enumerate().map(|(k, (t, m))| initial_config(card, t, m.as_deref(), crate::streams::Slot::Coupling(k))).collect()
 }
 
 /// The stored definitions of the per-coupling chain steps and of the swap steps.

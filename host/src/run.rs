@@ -17,19 +17,53 @@ use crate::setup::{
 
 pub use crate::setup::RunOptions;
 
-/// Runs (or resumes) the card. Returns the output path.
+/// Runs (or resumes) the card. Returns the output path (of chain 0 for a card with several
+/// independent chains, whose files are [`RunSection::chain_output`](crate::card::RunSection::chain_output)).
+///
+/// On a job of several ranks: a replica ladder is split by couplings ([`crate::replica`]);
+/// a plain card's independent chains (`[run] chains`) by chains, each rank running its block
+/// of chains one after the other, each chain writing its own file (so every file is a complete
+/// ensemble that resumes on its own, and no rank waits for another's writes).
 pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let card = RunCard::load(card_path)?;
     if card.ladder.is_some() {
         return crate::replica::run(&card, opts);
     }
     let file = card.path.display().to_string();
-    if opts.job.size() > 1 {
+    let (chains, job) = (card.run.chains as usize, &opts.job);
+    if job.size() > chains {
         bail!(
-            "{file}: a plain chain cannot be spread over {} ranks: only a replica ladder ([ladder]) runs on several ranks",
-            opts.job.size()
+            "{file}: the card has {chains} chain(s) and the job {} ranks: every rank needs at least one chain              (set run.chains to at least {} for independent chains, or use a replica ladder)",
+            job.size(),
+            job.size()
         );
     }
+    if chains == 1 {
+        return run_chain(card, opts);
+    }
+    job.check_same("card", &card.hash()).with_context(|| file.clone())?;
+    let one = RunOptions { job: crate::job::Job::single(), ..opts.clone() };
+    let mut result = Ok(());
+    for c in job.block(chains) {
+        let mut chain = card.clone();
+        chain.run.chain = c as u64;
+        chain.run.output = card.run.chain_output(c as u64);
+        if let Err(e) = run_chain(chain, &one) {
+            result = Err(e.context(format!("{file}: chain {c}")));
+            break;
+        }
+    }
+    // every rank has finished its chains (or one has failed) before any returns
+    if let Some(rank) = job.first_failure(result.is_ok())? {
+        result?;
+        bail!("{file}: rank {rank} failed (its message says why)");
+    }
+    Ok(card.run.chain_output(0))
+}
+
+/// Runs (or resumes) one chain of a plain card (`card.run.chain`, writing `card.run.output`).
+fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
+    let file = card.path.display().to_string();
     let mut theory = load_theory(&card, &opts.plugin_dirs)?;
     let model = load_model(&card, &theory, opts)?;
     let model_provenance = model.as_ref().map(|m| m.provenance.clone()).unwrap_or_default();
@@ -59,7 +93,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     } else {
         let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
         let prov = provenance(&card, &theory, &hash, theory.params_json(), model_provenance);
-        let config = initial_config(&card, &theory, model.as_deref(), None)?;
+        let config = initial_config(&card, &theory, model.as_deref(), crate::streams::Slot::Chain(card.run.chain as usize))?;
         let writer = EnsembleWriter::create(&out.output, &prov, &observables, &steps, configs.as_ref(), overwrite)
             .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&out.checkpoint);

@@ -17,7 +17,7 @@ use crate::chain::StepRecord;
 use crate::ensemble::{RunWriter, StepDef};
 use crate::plugin::{ModelHandle, TheoryHandle};
 use crate::setup::{checkpoint_due, progress_bar, step_labels, OutputFiles, RunOptions};
-use crate::streams::{stream, StreamUse};
+use crate::streams::{stream, Slot, StreamUse};
 
 /// A Markov-chain sampler of one or more couplings, driven by [`sweep_loop`].
 pub trait Sampler {
@@ -120,11 +120,11 @@ pub fn sweep_loop<S: Sampler>(
     Ok(())
 }
 
-/// The starting configuration of coupling slot `slot` (`None` for a plain run), drawn from its
-/// own stream `StreamUse::Init { slot }`: the card's `run.start` from the theory, or one sample
+/// The starting configuration of a plain chain or a coupling slot (`slot`), drawn from its own
+/// stream `StreamUse::Init { slot }`: the card's `run.start` from the theory, or one sample
 /// of `model` for `start = "model"`, or the stored configuration of `start = { file = … }`
 /// (checked against the theory's layout). On resume the checkpoint's configuration replaces it.
-pub fn initial_config(card: &RunCard, theory: &TheoryHandle, model: Option<&ModelHandle>, slot: Option<usize>) -> Result<Vec<f64>> {
+pub fn initial_config(card: &RunCard, theory: &TheoryHandle, model: Option<&ModelHandle>, slot: Slot) -> Result<Vec<f64>> {
     let file = card.path.display().to_string();
     let mut init = stream(card.run.seed, StreamUse::Init { slot }).with_context(|| format!("{file}: run.start"))?;
     let start = card.run.start.clone().unwrap_or(StartChoice::Cold);
