@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The MPI build under mpirun (the `mpi` cargo feature). Checks, with 2 ranks:
-#   1. a replica ladder (plain swaps, and flow-assisted swaps with untrained models) gives the
-#      files of a one-process run, bit for bit (every HDF5 dataset compared with h5py);
+#   1. a replica ladder (plain swaps, and flow-assisted swaps with untrained models) and the
+#      independent chains of a plain card give the files of a one-process run, bit for bit
+#      (every HDF5 dataset compared with h5py);
 #   2. a rank killed mid-run (SIGKILL to one rank), then `mpirun -np 2 latflow run --resume`:
 #      the result equals the uninterrupted run;
 #   3. bad jobs are refused with a clear message: more ranks than couplings, ranks started on
@@ -89,6 +90,31 @@ card flow 100 true $'[model]\nplugin = "flow-scalar"\nlayers = 2\nhidden = [4]\n
 "$bin" run flow.toml -q >/dev/null 2>&1 && mv flow.h5 one-flow.h5 && rm flow.h5.ckpt
 "${mpirun[@]}" "$bin" run flow.toml -q >/dev/null 2>&1
 same one-flow.h5 flow.h5
+
+echo "   independent chains of a plain card on 2 ranks against 1 process"
+cat > chains.toml <<CARD
+[theory]
+plugin = "phi4"
+lattice = [4, 4]
+m2 = 0.5
+lambda = 0.0
+
+[[chain]]
+kind = "hmc"
+md_steps = 5
+
+[run]
+output = "chains.h5"
+seed = 5
+measurements = 200
+save_every = 10
+start = "hot"
+chains = 3
+CARD
+"$bin" run chains.toml -q >/dev/null
+for c in 0 1 2; do mv chains.chain$c.h5 one.chain$c.h5; rm chains.chain$c.h5.ckpt; done
+"${mpirun[@]}" "$bin" run chains.toml -q >/dev/null
+for c in 0 1 2; do same one.chain$c.h5 chains.chain$c.h5; done
 
 echo "2. one rank killed mid-run, then --resume on 2 ranks"
 card long 20000 false ""
