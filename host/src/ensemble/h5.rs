@@ -15,8 +15,50 @@ use hdf5::{Dataset, File, Group, H5Type, Location};
 
 use super::*;
 
-/// Creates a file for writing: checks the directory, refuses to overwrite unless asked.
-pub(super) fn create_file(path: &Path, overwrite: bool) -> Result<File, EnsembleError> {
+/// An open HDF5 file and the `flock` that guards it.
+///
+/// The lock is taken by latflow on a descriptor of its own, opened close-on-exec, before
+/// HDF5 opens the file (with HDF5's own locking off). HDF5's POSIX driver opens without
+/// `O_CLOEXEC`, so a process started by another thread in the instant between HDF5's `open`
+/// and [`close_on_exec`] would inherit HDF5's descriptor; if the lock lived on that
+/// descriptor, the child would hold it for its whole life and every later open of the file
+/// would fail with "unable to lock file". With the lock here, a child can at worst inherit an
+/// unlocked descriptor. (A reader keeps HDF5's own shared lock for the short time it has the
+/// file open: see [`open_file`].) The lock is the same `flock` that HDF5 takes, so h5py and other HDF5
+/// readers still see a file being written as locked, and latflow sees theirs. Fields drop in
+/// order: the HDF5 file closes before the lock is released.
+pub(crate) struct LockedFile {
+    file: File,
+    /// The writer's exclusive lock; `None` for a reader (see [`open_file`]).
+    _lock: Option<std::fs::File>,
+}
+
+impl std::ops::Deref for LockedFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Takes the exclusive lock on `lock` without waiting.
+fn take_lock(path: &Path, lock: &std::fs::File) -> Result<(), EnsembleError> {
+    let taken = lock.try_lock();
+    match taken {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(EnsembleError::Hdf5 {
+            path: path.to_owned(),
+            object: "file (lock)".into(),
+            detail: "the file is locked: another process has it open (is another process writing it?)".into(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(EnsembleError::Io { path: path.to_owned(), object: "file (lock)".into(), error })
+        }
+    }
+}
+
+/// Creates a file for writing: checks the directory, refuses to overwrite unless asked, and
+/// refuses a file that another process has open (the exclusive lock of [`LockedFile`]).
+pub(super) fn create_file(path: &Path, overwrite: bool) -> Result<LockedFile, EnsembleError> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -30,18 +72,40 @@ pub(super) fn create_file(path: &Path, overwrite: bool) -> Result<File, Ensemble
     if !overwrite && path.exists() {
         return Err(EnsembleError::AlreadyExists { path: path.to_owned() });
     }
-    let mut builder = File::with_options();
-    builder.with_fapl(writer_fapl);
-    let file = if overwrite { builder.create(path) } else { builder.create_excl(path) };
-    let file = file.map_err(|e| {
-        if path.exists() && !overwrite {
+    // the lock's descriptor creates the file (std opens close-on-exec); HDF5 then truncates it
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true);
+    if overwrite {
+        options.create(true);
+    } else {
+        options.create_new(true);
+    }
+    let lock = options.open(path).map_err(|error| {
+        if error.kind() == io::ErrorKind::AlreadyExists {
             EnsembleError::AlreadyExists { path: path.to_owned() }
         } else {
-            h5(path, "file (create)")(e)
+            EnsembleError::Io { path: path.to_owned(), object: "file (create)".into(), error }
         }
     })?;
-    close_on_exec(path, &file)?;
-    Ok(file)
+    let made = (|| {
+        take_lock(path, &lock)?;
+        let mut builder = File::with_options();
+        builder.with_fapl(writer_fapl);
+        let file = builder.create(path).map_err(h5(path, "file (create)"))?;
+        close_on_exec(path, &file)?;
+        Ok(file)
+    })();
+    match made {
+        Ok(file) => Ok(LockedFile { file, _lock: Some(lock) }),
+        Err(e) => {
+            // a file this call made is removed; one that was there (overwrite) is left alone
+            // unless it was truncated, which only happens after the lock was taken
+            if !overwrite || !matches!(e, EnsembleError::Hdf5 { ref object, .. } if object == "file (lock)") {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Marks the file's descriptor close-on-exec.
@@ -105,7 +169,7 @@ pub(super) fn write_provenance(path: &Path, file: &File, prov: &Provenance, sche
 }
 
 /// Opens a file for resume: schema version and card hash must match.
-pub(super) fn open_for_resume(path: &Path, card_hash: &str, schema_version: u32) -> Result<File, EnsembleError> {
+pub(super) fn open_for_resume(path: &Path, card_hash: &str, schema_version: u32) -> Result<LockedFile, EnsembleError> {
     let file = open_file(path, true)?;
     let found_version = check_schema_version(path, &file)?;
     if found_version != schema_version {
@@ -209,13 +273,20 @@ pub(super) fn writer_fapl(p: &mut FileAccessBuilder) -> &mut FileAccessBuilder {
         decr_mode: CacheDecreaseMode::Off,
         ..MetadataCacheConfig::default()
     };
+    // HDF5's own lock is off: the lock is [`LockedFile`]'s, on a close-on-exec descriptor
     p.libver_bounds(LibraryVersion::V18, LibraryVersion::V18)
-        .file_locking(true)
+        .file_locking(false)
         .mdc_config(&mdc)
 }
 
-/// Opens an existing file, mapping failures to NotFound / NotHdf5 / Hdf5.
-pub(super) fn open_file(path: &Path, rw: bool) -> Result<File, EnsembleError> {
+/// Opens an existing file, mapping failures to NotFound / NotHdf5 / Hdf5. A writer (`rw`)
+/// takes the exclusive lock of [`LockedFile`]; a reader takes HDF5's shared lock, so that a
+/// file this process is writing can be read in the same process (HDF5 shares the open file
+/// and takes no second lock), while a file another process writes cannot. A lock held against
+/// the open is an error, never a wait. (HDF5 refuses to share an open file between handles
+/// with different locking flags; a reader that meets the writer's handle of this process
+/// reopens with the writer's flags.)
+pub(super) fn open_file(path: &Path, rw: bool) -> Result<LockedFile, EnsembleError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -244,6 +315,17 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<File, EnsembleError> {
             detail: "the file is empty".into(),
         });
     }
+    let lock = if rw {
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (open)".into(), error })?;
+        take_lock(path, &lock)?;
+        Some(lock)
+    } else {
+        None
+    };
     let mut builder = File::with_options();
     if rw {
         builder.with_fapl(writer_fapl);
@@ -253,7 +335,14 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<File, EnsembleError> {
     let res = if rw {
         builder.open_rw(path)
     } else {
-        builder.open(path)
+        match builder.open(path) {
+            // this process writes the file (HDF5 locking off, the lock is the writer's own):
+            // HDF5 shares the open file with the reader once the flags agree
+            Err(e) if e.to_string().contains("file locking flag values don't match") => {
+                File::with_options().with_fapl(|p| p.file_locking(false)).open(path)
+            }
+            other => other,
+        }
     };
     let file = res.map_err(|e| {
         if e.contains_minor(MinorErrorCode::NotHdf5) || e.contains_minor(MinorErrorCode::Truncated)
@@ -278,7 +367,7 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<File, EnsembleError> {
         }
     })?;
     close_on_exec(path, &file)?;
-    Ok(file)
+    Ok(LockedFile { file, _lock: lock })
 }
 
 pub(super) fn file_len(path: &Path) -> Result<u64, EnsembleError> {

@@ -373,7 +373,7 @@ pub(super) fn read_configs_in(path: &Path, replica: Option<usize>, start: usize,
     let file = open_file(path, false)?;
     let version = check_schema_version(path, &file)?;
     let (base, prefix): (Group, String) = match replica {
-        None if version == SCHEMA_VERSION => ((*file).clone(), String::new()),
+        None if version == SCHEMA_VERSION => ((**file).clone(), String::new()),
         None => return Err(invalid(path, "/configs", "a replica-exchange ensemble: read a coupling's configurations")),
         Some(_) if version != REPLICA_SCHEMA_VERSION => {
             return Err(invalid(path, "/replicas", "not a replica-exchange ensemble"))

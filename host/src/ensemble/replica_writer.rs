@@ -26,7 +26,7 @@ pub struct ReplicaDef {
 /// for [`EnsembleWriter`], with one [`Counts`] per coupling plus one for `/replica_exchange`.
 pub struct ReplicaWriter {
     path: PathBuf,
-    file: File,
+    file: LockedFile,
     sync: std::fs::File,
     replicas: Vec<GroupSlots>,
     exchange: Vec<StepSlot>,
@@ -190,7 +190,7 @@ impl ReplicaWriter {
 
     fn finish(
         path: &Path,
-        file: File,
+        file: LockedFile,
         n_replicas: usize,
         (replicas, exchange, path_sweep, path_ds, path_on_disk): (Vec<GroupSlots>, Vec<StepSlot>, Dataset, Dataset, u64),
     ) -> Result<Self, EnsembleError> {

@@ -666,3 +666,48 @@ fn flipped_data_bytes_are_detected() {
         assert!(err.to_lowercase().contains("checksum"), "{err}");
     }
 }
+
+/// The lock on an ensemble file is the `flock` that HDF5 tools take, held on latflow's own
+/// close-on-exec descriptor. Another holder (here a second descriptor, as h5py or another run
+/// would hold it) makes writers and readers fail at once with a clear error, an overwrite
+/// leaves the other holder's file alone, and the file opens again as soon as it lets go.
+#[cfg(unix)]
+#[test]
+fn a_file_locked_elsewhere_is_refused_and_left_intact() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 30);
+    let checkpoint = w.flush().unwrap();
+    drop(w);
+    let before = std::fs::read(&path).unwrap();
+
+    // a writer elsewhere: nobody may read, resume or overwrite
+    let other = std::fs::File::open(&path).unwrap();
+    other.lock().unwrap();
+    let read = read_ensemble(&path).map(|_| ()).unwrap_err().to_string();
+    assert!(read.contains("is another process writing it?") && read.contains("ens.h5"), "{read}");
+    let resumed = EnsembleWriter::resume(&path, "deadbeef", &obs(), &steps(), Some(&cdef()), &checkpoint)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(resumed.contains("locked"), "{resumed}");
+    let overwrite = EnsembleWriter::create(&path, &prov(), &obs(), &steps(), None, true).map(|_| ()).unwrap_err();
+    assert!(overwrite.to_string().contains("locked"), "{overwrite}");
+    assert!(std::fs::read(&path).unwrap() == before, "a refused overwrite changed the file");
+
+    // a reader elsewhere: reading is fine, writing is not
+    other.unlock().unwrap();
+    other.lock_shared().unwrap();
+    check_contents(&path, 30);
+    let resumed = EnsembleWriter::resume(&path, "deadbeef", &obs(), &steps(), Some(&cdef()), &checkpoint).map(|_| ());
+    assert!(resumed.unwrap_err().to_string().contains("locked"));
+
+    drop(other);
+    let mut w = EnsembleWriter::resume(&path, "deadbeef", &obs(), &steps(), Some(&cdef()), &checkpoint).unwrap();
+    push_range(&mut w, 30, 40);
+    w.flush().unwrap();
+    drop(w);
+    check_contents(&path, 40);
+}

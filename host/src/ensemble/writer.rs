@@ -5,7 +5,7 @@ use std::fmt;
 
 use std::path::{Path, PathBuf};
 
-use hdf5::{Dataset, File, Group};
+use hdf5::{Dataset, Group};
 
 use super::*;
 
@@ -328,7 +328,7 @@ impl GroupSlots {
 /// dropped; the file can be resumed from the last checkpoint.
 pub struct EnsembleWriter {
     path: PathBuf,
-    file: File,
+    file: LockedFile,
     /// A plain handle on the same file, used only to `fsync` it at every flush.
     sync: std::fs::File,
     slots: GroupSlots,
@@ -378,7 +378,7 @@ impl EnsembleWriter {
         }
     }
 
-    fn finish(path: &Path, file: File, slots: GroupSlots) -> Result<Self, EnsembleError> {
+    fn finish(path: &Path, file: LockedFile, slots: GroupSlots) -> Result<Self, EnsembleError> {
         let sync = sync_handle(path)?;
         let mut w = Self { path: path.to_owned(), file, sync, slots };
         w.flush()?;
