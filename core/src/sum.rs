@@ -38,6 +38,18 @@ impl CompensatedSum {
     pub fn value(&self) -> f64 {
         self.sum + self.comp
     }
+
+    /// The running sum and its compensation, to send a partial sum to another rank and
+    /// [`CompensatedSum::from_parts`] it there (merging it then gives the same bits as merging
+    /// the original).
+    pub fn parts(&self) -> [f64; 2] {
+        [self.sum, self.comp]
+    }
+
+    /// The partial sum whose [`CompensatedSum::parts`] are `parts`.
+    pub fn from_parts(parts: [f64; 2]) -> Self {
+        Self { sum: parts[0], comp: parts[1] }
+    }
 }
 
 impl std::iter::FromIterator<f64> for CompensatedSum {

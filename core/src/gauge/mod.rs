@@ -57,6 +57,7 @@
 //! of [`group`].
 
 mod algebra;
+pub mod domain;
 mod complex;
 mod field;
 pub mod fermion;

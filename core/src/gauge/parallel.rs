@@ -60,6 +60,18 @@ pub fn fill_sites<T: Send>(
 /// Σ_x terms over `sites` sites: `f(x, sum)` adds site x's terms; chunks of [`CHUNK_SITES`]
 /// sites are summed with compensation and merged in order.
 pub fn sum_sites(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> f64 {
+    let mut total = CompensatedSum::new();
+    for p in chunk_sums(sites, f) {
+        total.merge(p);
+    }
+    total.value()
+}
+
+/// The per-chunk partial sums of [`sum_sites`], in chunk order (chunk c holds the terms of
+/// sites c·[`CHUNK_SITES`] up to the next chunk). Merging them in order from an empty sum is
+/// [`sum_sites`]; a decomposed lattice whose ranks hold whole chunks merges every rank's
+/// partials in rank order and gets the same bits as one rank.
+pub fn chunk_sums(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> Vec<CompensatedSum> {
     let n_chunks = sites.div_ceil(CHUNK_SITES);
     let chunk = |c: usize| {
         let mut s = CompensatedSum::new();
@@ -68,16 +80,11 @@ pub fn sum_sites(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) ->
         }
         s
     };
-    let partials: Vec<CompensatedSum> = if parallel(sites) {
+    if parallel(sites) {
         (0..n_chunks).into_par_iter().map(chunk).collect()
     } else {
         (0..n_chunks).map(chunk).collect()
-    };
-    let mut total = CompensatedSum::new();
-    for p in partials {
-        total.merge(p);
     }
-    total.value()
 }
 
 /// Why a random fill could not run.
@@ -113,24 +120,54 @@ impl std::error::Error for RngFillError {}
 /// chunks of [`RNG_CHUNK`] items; chunk k draws from the same key and stream id starting at
 /// counter c + k·[`RNG_CHUNK_WORDS`], items in order. Afterwards the caller's stream is at
 /// c + n_chunks·[`RNG_CHUNK_WORDS`] (unchanged for an empty `out`), whatever was drawn.
-pub fn fill_random<T: Send>(
+pub fn fill_random<T: Send + Clone>(
     out: &mut [T],
     rng: &mut Stream,
     draw: impl Fn(&mut Stream, &mut T) + Sync,
 ) -> Result<(), RngFillError> {
+    let total = out.len();
+    fill_random_part(out, 0, total, rng, draw)
+}
+
+/// The part `first .. first + out.len()` of a [`fill_random`] of `total` items: `out` gets
+/// exactly the values that items `first ..` of the whole fill get, and the caller's stream
+/// advances as for the whole fill. This is how a rank of a decomposed lattice draws its share
+/// of a field (momenta, pseudofermions) with the bits of one rank. A chunk that begins before
+/// `first` is drawn from its start, the items before `first` into scratch (at most
+/// [`RNG_CHUNK`] − 1 extra draws per part). `first + out.len()` must not exceed `total`
+/// (a caller's bug: panics).
+pub fn fill_random_part<T: Send + Clone>(
+    out: &mut [T],
+    first: usize,
+    total: usize,
+    rng: &mut Stream,
+    draw: impl Fn(&mut Stream, &mut T) + Sync,
+) -> Result<(), RngFillError> {
+    assert!(first + out.len() <= total, "items {first}..{} of a fill of {total}", first + out.len());
     let state = rng.state();
     let base = (u128::from(state.counter_hi) << 64) | u128::from(state.counter_lo);
-    let chunks = out.len().div_ceil(RNG_CHUNK);
+    let chunks = total.div_ceil(RNG_CHUNK);
     let end = base + chunks as u128 * RNG_CHUNK_WORDS;
     if end > WORD_POS_LIMIT {
         return Err(RngFillError::StreamExhausted { chunks });
     }
-    let body = |(k, block): (usize, &mut [T])| {
+    // the local blocks: the first one ends at the first chunk boundary after `first`
+    let skip = first % RNG_CHUNK;
+    let head = (RNG_CHUNK - skip).min(out.len());
+    let (head_block, rest) = out.split_at_mut(head);
+    let first_chunk = first / RNG_CHUNK;
+    let body = |(k, block): (usize, &mut [T]), skip: usize| {
         let start = base + k as u128 * RNG_CHUNK_WORDS;
         let mut st = state;
         st.counter_lo = start as u64;
         st.counter_hi = (start >> 64) as u64;
         let mut s = Stream::from_state(&st);
+        if skip > 0 {
+            let mut scratch = block[0].clone();
+            for _ in 0..skip {
+                draw(&mut s, &mut scratch);
+            }
+        }
         for item in block {
             draw(&mut s, item);
         }
@@ -144,11 +181,16 @@ pub fn fill_random<T: Send>(
             Ok(())
         }
     };
-    let results: Vec<Result<(), RngFillError>> = if chunks > 1 && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(RNG_CHUNK).enumerate().map(body).collect()
+    let mut results = Vec::with_capacity(rest.len().div_ceil(RNG_CHUNK) + 1);
+    if !head_block.is_empty() {
+        results.push(body((first_chunk, head_block), skip));
+    }
+    let tail = |(j, block): (usize, &mut [T])| body((first_chunk + 1 + j, block), 0);
+    if rest.len() > RNG_CHUNK && rayon::current_num_threads() > 1 {
+        results.extend(rest.par_chunks_mut(RNG_CHUNK).enumerate().map(tail).collect::<Vec<_>>());
     } else {
-        out.chunks_mut(RNG_CHUNK).enumerate().map(body).collect()
-    };
+        results.extend(rest.chunks_mut(RNG_CHUNK).enumerate().map(tail));
+    }
     results.into_iter().collect::<Result<(), _>>()?;
     let mut st = state;
     st.counter_lo = end as u64;
