@@ -227,3 +227,77 @@ fn independent_chains_have_the_same_bits_on_any_number_of_ranks() {
         assert!(e.contains("the card has 3 chain(s) and the job 4 ranks"), "{e}");
     }
 }
+
+/// `latflow scaling` on thread-ranks: the domain-decomposed SU(3) HMC on 2 ranks gives the
+/// trajectories of 1 rank (ΔH, acceptance and plaquette bit for bit: 8×4×8×8 has whole
+/// reduction chunks on each rank); on 4 ranks (half chunks) the same accept decisions and ΔH
+/// to rounding; a lattice that does not divide over the ranks is refused on every rank.
+#[test]
+fn the_decomposed_su3_hmc_gives_the_trajectories_of_one_rank() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        a: latflow_host::scaling::ScalingArgs,
+    }
+    let args = |extra: &[&str]| {
+        let mut v = vec!["scaling", "--trajectories", "3", "--md-steps", "6", "--reps", "3"];
+        v.extend_from_slice(extra);
+        Args::parse_from(v).a
+    };
+    let on_ranks = |ranks: u32, a: latflow_host::scaling::ScalingArgs| -> Vec<Result<Option<serde_json::Value>, String>> {
+        let comms = comm::threads(ranks);
+        std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    let a = a.clone();
+                    s.spawn(move || latflow_host::scaling::run(&a, &Job::new(c)).map_err(|e| format!("{e:#}")))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+        })
+    };
+    let history = |r: &serde_json::Value| -> Vec<(f64, bool, f64)> {
+        r["trajectories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["delta_h"].as_f64().unwrap(), t["accepted"].as_bool().unwrap(), t["plaquette"].as_f64().unwrap()))
+            .collect()
+    };
+    let root = |mut v: Vec<Result<Option<serde_json::Value>, String>>| {
+        let r = v.remove(0).unwrap().expect("the root's report");
+        for other in v {
+            assert!(other.unwrap().is_none(), "only the root reports");
+        }
+        r
+    };
+    let a = args(&["--lattice", "8,4,8,8"]);
+    let one = root(on_ranks(1, a.clone()));
+    let two = root(on_ranks(2, a.clone()));
+    assert_eq!(two["ranks"], 2);
+    assert_eq!(two["local_lattice"], serde_json::json!([4, 4, 8, 8]));
+    let (h1, h2) = (history(&one), history(&two));
+    assert!(h1.iter().any(|t| t.1), "no accepted trajectory");
+    for (a, b) in h1.iter().zip(&h2) {
+        assert!(a.0.to_bits() == b.0.to_bits() && a.1 == b.1 && a.2.to_bits() == b.2.to_bits(), "{a:?} vs {b:?}");
+    }
+    let four = history(&root(on_ranks(4, a.clone())));
+    for (a, b) in h1.iter().zip(&four) {
+        assert!((a.0 - b.0).abs() < 1e-9 && a.1 == b.1 && (a.2 - b.2).abs() < 1e-12, "{a:?} vs {b:?}");
+    }
+    // the model's figures are there and sane
+    assert!(two["measured"]["latency_s"].as_f64().unwrap() > 0.0);
+    assert!(two["per_trajectory"]["halo_exchanges"].as_f64().unwrap() >= 6.0);
+    for net in two["model"].as_array().unwrap() {
+        for p in net["predictions"].as_array().unwrap() {
+            let e = p["weak_efficiency"].as_f64().unwrap();
+            assert!(e > 0.0 && e <= 1.0, "{p}");
+        }
+    }
+    for r in on_ranks(3, a.clone()) {
+        let e = r.unwrap_err();
+        assert!(e.contains("extent 8 along axis 0 is not divisible by the 3 ranks"), "{e}");
+    }
+}

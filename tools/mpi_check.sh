@@ -5,8 +5,11 @@
 #      (every HDF5 dataset compared with h5py);
 #   2. a rank killed mid-run (SIGKILL to one rank), then `mpirun -np 2 latflow run --resume`:
 #      the result equals the uninterrupted run;
-#   3. bad jobs are refused with a clear message: more ranks than couplings, ranks started on
-#      different cards.
+#   3. the domain-decomposed SU(3) HMC (`latflow scaling`) gives the trajectories of one
+#      process: ΔH, acceptance and plaquette bit for bit;
+#   4. bad jobs are refused with a clear message: more ranks than couplings, ranks started on
+#      different cards, a lattice that does not divide over the ranks, ranks started with
+#      different scaling arguments.
 # Installs OpenMPI (Debian packages) when mpirun is missing. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -131,7 +134,19 @@ echo "  killed rank process $victim; resuming"
 "${mpirun[@]}" "$bin" run long.toml --resume -q >/dev/null
 same whole.h5 long.h5
 
-echo "3. bad jobs"
+echo "3. the domain-decomposed SU(3) HMC on 2 ranks against 1 process"
+traj() { # traj FILE: the trajectory history (ΔH, accepted, plaquette) of a scaling report
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["ranks"], [(t["delta_h"].hex(), t["accepted"], t["plaquette"].hex()) for t in r["trajectories"]])' "$1"
+}
+# 8x4x8x8 = 2048 sites: each of 2 ranks holds whole reduction chunks, so ΔH has the same bits
+"$bin" scaling --lattice 8,4,8,8 --trajectories 3 --md-steps 6 --json > dd1.json
+"${mpirun[@]}" "$bin" scaling --lattice 8,4,8,8 --trajectories 3 --md-steps 6 --json > dd2.json
+t1=$(traj dd1.json | cut -d' ' -f2-); t2=$(traj dd2.json | cut -d' ' -f2-)
+[ "$(traj dd2.json | cut -d' ' -f1)" = 2 ] || { echo "the scaling run did not see 2 ranks" >&2; exit 1; }
+[ "$t1" = "$t2" ] || { echo "decomposed HMC on 2 ranks differs from 1 process:" >&2; echo "$t1" >&2; echo "$t2" >&2; exit 1; }
+echo "  3 trajectories: ΔH, accept and plaquette bit-identical"
+
+echo "4. bad jobs"
 expect() { # expect NEEDLE CMD...
     local needle=$1; shift
     if out=$("$@" 2>&1); then echo "should have failed: $*" >&2; exit 1; fi
@@ -144,4 +159,6 @@ expect "the ladder has 2 couplings and the job 3 ranks" "${launcher[@]}" -np 3 "
 card other 400 false "" && sed -i 's/seed = 17/seed = 18/; s/output = .*/output = "plain2.h5"/' other.toml
 cp plain.toml mine.toml && sed -i 's/output = .*/output = "plain2.h5"/' mine.toml
 expect "rank 1 was started with another card" "${launcher[@]}" -np 1 "$bin" run mine.toml -q : -np 1 "$bin" run other.toml -q
+expect "extent 8 along axis 0 is not divisible by the 3 ranks" "${launcher[@]}" -np 3 "$bin" scaling --lattice 8,4,4,4
+expect "the scaling arguments" "${launcher[@]}" -np 1 "$bin" scaling --lattice 8,4,4,4 : -np 1 "$bin" scaling --lattice 8,4,4,4 --beta 6
 echo "MPI checks passed"

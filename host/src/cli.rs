@@ -105,6 +105,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// SU(N) HMC on a lattice split over the ranks of the job (`mpirun -np R latflow scaling`
+    /// with the `mpi` feature): per-trajectory ΔH and plaquette (the same on any rank count),
+    /// time, messages, and a model of the communication cost at 16 and 256 ranks.
+    Scaling(crate::scaling::ScalingArgs),
     /// Compare samplers on one target by cost per independent sample (a bench card: [theory],
     /// [bench], [[contender]]); writes the ensembles, bench.json and PNG plots to bench.output.
     Bench {
@@ -129,6 +133,7 @@ impl Command {
             Command::Export(_) => "export",
             Command::Import(_) => "import",
             Command::Bench { .. } => "bench",
+            Command::Scaling(_) => "scaling",
         }
     }
 }
@@ -164,7 +169,7 @@ fn keep_freed_memory() {
 
 /// Runs one parsed command.
 pub fn dispatch(cli: Cli) -> Result<()> {
-    let multi_rank = matches!(cli.command, Command::Run { .. });
+    let multi_rank = matches!(cli.command, Command::Run { .. } | Command::Scaling(_));
     let (job, session) = crate::mpi::start(cli.command.name(), multi_rank)?;
     match cli.command {
         Command::Run { card, resume, force, train } => {
@@ -277,6 +282,17 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Export(args) => crate::ildg::cli::export(&args)?,
         Command::Import(args) => crate::ildg::cli::import(&args)?,
+        Command::Scaling(args) => match crate::scaling::run(&args, &job) {
+            Ok(Some(report)) if args.json => println!("{}", serde_json::to_string_pretty(&report)?),
+            Ok(Some(report)) => print!("{}", crate::scaling::to_text(&report)),
+            Ok(None) => {}
+            Err(e) if job.size() > 1 => {
+                eprintln!("error (rank {}): {e:#}", job.rank());
+                session.abort_job(1);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        },
         Command::Bench { card, json } => {
             let opts = crate::bench::BenchOptions { quiet: cli.quiet || json, plugin_dirs: cli.plugin_dirs, force: true };
             let report = crate::bench::bench(&card, &opts)?;

@@ -20,6 +20,7 @@ pub mod plugin;
 pub mod replica;
 pub mod run;
 pub mod sampler;
+pub mod scaling;
 pub mod setup;
 pub mod steps;
 pub mod streams;

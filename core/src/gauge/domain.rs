@@ -22,8 +22,8 @@
 //! it panics instead of reading a wrong link.
 //!
 //! # Reductions
-//! [`Domain::sum`] sums per-site terms over owned sites in [`CHUNK_SITES`] chunks and merges
-//! every rank's chunk partials in rank order. When V_loc is a multiple of [`CHUNK_SITES`] the
+//! [`Domain::sum`] sums per-site terms over owned sites in [`CHUNK_SITES`](super::parallel::CHUNK_SITES) chunks and merges
+//! every rank's chunk partials in rank order. When V_loc is a multiple of [`CHUNK_SITES`](super::parallel::CHUNK_SITES) the
 //! chunks are those of one rank's [`sum_sites`](super::parallel::sum_sites) and the sum has
 //! the same bits as on one rank; otherwise it equals it to rounding, and has the same bits on
 //! every rank and for any thread count either way.
@@ -43,7 +43,7 @@ use bytemuck::Pod;
 
 use super::field::{plaquette, planes, staple, Neighbours};
 use super::group::{GaugeGroup, LieAlgebra};
-use super::parallel::{chunk_sums, fill_random_part, fill_sites, CHUNK_SITES};
+use super::parallel::{chunk_sums, fill_random_part, fill_sites};
 use crate::abi::PluginError;
 use crate::comm::CommBox;
 use crate::hmc::{ActionTerm, FieldSpace, TermError};
