@@ -6,7 +6,8 @@
 #   2. a rank killed mid-run (SIGKILL to one rank), then `mpirun -np 2 latflow run --resume`:
 #      the result equals the uninterrupted run;
 #   3. the domain-decomposed SU(3) HMC (`latflow scaling`) gives the trajectories of one
-#      process: ΔH, acceptance and plaquette bit for bit;
+#      process: ΔH, acceptance and plaquette bit for bit; data-parallel training
+#      (`[train] chunks = 4`) writes the weights of one process, byte for byte;
 #   4. bad jobs are refused with a clear message: more ranks than couplings, ranks started on
 #      different cards, a lattice that does not divide over the ranks, ranks started with
 #      different scaling arguments.
@@ -146,6 +147,41 @@ t1=$(traj dd1.json | cut -d' ' -f2-); t2=$(traj dd2.json | cut -d' ' -f2-)
 [ "$t1" = "$t2" ] || { echo "decomposed HMC on 2 ranks differs from 1 process:" >&2; echo "$t1" >&2; echo "$t2" >&2; exit 1; }
 echo "  3 trajectories: ΔH, accept and plaquette bit-identical"
 
+echo "   data-parallel training ([train] chunks = 4) on 2 ranks against 1 process"
+cat > dp.toml <<CARD
+[theory]
+plugin = "phi4"
+lattice = [4, 4]
+m2 = 0.5
+lambda = 0.5
+
+[model]
+plugin = "flow-scalar"
+layers = 2
+hidden = [4]
+dtype = "f64"
+weights = "dp.safetensors"
+
+[train]
+steps = 8
+batch = 16
+chunks = 4
+checkpoint_every = 5
+
+[[chain]]
+kind = "flow"
+
+[run]
+output = "dp.h5"
+seed = 4
+measurements = 10
+CARD
+"$bin" train dp.toml -q >/dev/null && mv dp.safetensors one.safetensors && cut -d, -f1-6 dp.safetensors.history.csv > one.history
+"${mpirun[@]}" "$bin" train dp.toml -q --force >/dev/null
+cmp one.safetensors dp.safetensors || { echo "data-parallel training on 2 ranks differs from 1 process" >&2; exit 1; }
+cut -d, -f1-6 dp.safetensors.history.csv | cmp - one.history || { echo "training histories differ" >&2; exit 1; }
+echo "  weights and history (without timings) byte-identical"
+
 echo "4. bad jobs"
 expect() { # expect NEEDLE CMD...
     local needle=$1; shift
@@ -160,5 +196,7 @@ card other 400 false "" && sed -i 's/seed = 17/seed = 18/; s/output = .*/output 
 cp plain.toml mine.toml && sed -i 's/output = .*/output = "plain2.h5"/' mine.toml
 expect "rank 1 was started with another card" "${launcher[@]}" -np 1 "$bin" run mine.toml -q : -np 1 "$bin" run other.toml -q
 expect "extent 8 along axis 0 is not divisible by the 3 ranks" "${launcher[@]}" -np 3 "$bin" scaling --lattice 8,4,4,4
+sed -i 's/chunks = 4/chunks = 3/; s/batch = 16/batch = 15/' dp.toml
+expect "chunks = 3 does not split over the job's 2 ranks" "${mpirun[@]}" "$bin" train dp.toml --force
 expect "the scaling arguments" "${launcher[@]}" -np 1 "$bin" scaling --lattice 8,4,4,4 : -np 1 "$bin" scaling --lattice 8,4,4,4 --beta 6
 echo "MPI checks passed"

@@ -451,6 +451,18 @@ pub struct TrainMetrics {
     pub learning_rate: f64,
 }
 
+/// The gradient of one training batch, for data-parallel training ([`Model::train_gradient`]).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct TrainGradient {
+    /// ∂/∂θ of the batch's mean surrogate loss for every parameter, flattened: the model's
+    /// parameters in its own fixed order (the same for every model of one architecture), each
+    /// row-major. Only [`Model::train_apply`] of a model of the same architecture reads it.
+    pub gradient: RVec<f64>,
+    /// The batch's reverse-KL loss mean(log q + S).
+    pub loss: f64,
+}
+
 /// A normalizing-flow model: a density q(φ) on a theory's configurations that can be sampled.
 ///
 /// Training is driven by the host in two calls per step, so that the model never sees the
@@ -527,6 +539,28 @@ pub trait Model: Send + Sync {
     fn from_latent(&self, latent: RSlice<'_, f64>) -> RResult<Proposals, PluginError> {
         let _ = latent;
         RResult::RErr(PluginError::unsupported("from_latent is not implemented by this model"))
+    }
+
+    // Data-parallel training (appended; the default answers `ErrorKind::Unsupported`, which
+    // the host reports as "does not support data-parallel training"). `train_step` is
+    // `train_gradient` followed by `train_apply` of its result: a model that implements these
+    // must give the same bits both ways. The host splits a batch into chunks, has each rank
+    // compute its chunks' gradients, adds them in chunk order and applies the mean on every
+    // rank, so every rank's model stays the same.
+
+    /// The gradient of the batch of the last `train_sample`, given S and ∂S/∂φ of it as for
+    /// `train_step`; nothing is applied (the batch is consumed).
+    fn train_gradient(&mut self, actions: RSlice<'_, f64>, grad: RSlice<'_, f64>) -> RResult<TrainGradient, PluginError> {
+        let _ = (actions, grad);
+        RResult::RErr(PluginError::unsupported("train_gradient is not implemented by this model"))
+    }
+
+    /// One optimiser step with a given gradient (flattened as [`Model::train_gradient`]'s) and
+    /// the loss it reports. Errors (and changes nothing) on a gradient of the wrong length or
+    /// a non-finite one.
+    fn train_apply(&mut self, gradient: RSlice<'_, f64>, loss: f64) -> RResult<TrainMetrics, PluginError> {
+        let _ = (gradient, loss);
+        RResult::RErr(PluginError::unsupported("train_apply is not implemented by this model"))
     }
 }
 

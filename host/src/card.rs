@@ -260,6 +260,13 @@ pub struct TrainCard {
     /// Path-gradient estimator (Vaitl et al. 2022).
     #[serde(default)]
     pub path_gradients: bool,
+    /// Data-parallel training: each step's batch is drawn and differentiated in this many
+    /// chunks of `batch / chunks` configurations, each from its own stream, and their gradients
+    /// are averaged in chunk order; the ranks of a job share the chunks. The same `chunks` gives
+    /// the same bits on any rank count that divides it. 1 (the default, not serialised so that
+    /// older cards keep their hash): the whole batch at once, on one rank.
+    #[serde(default = "one_chunk", skip_serializing_if = "is_one_chunk")]
+    pub chunks: u32,
     /// Seeds the training streams (defaults to `[run].seed`, else 0).
     pub seed: Option<u64>,
     /// Steps between training checkpoints.
@@ -271,6 +278,14 @@ pub struct TrainCard {
     /// Not part of what determines the training, so never serialised (nor hashed).
     #[serde(default, skip_serializing)]
     pub before_run: bool,
+}
+
+fn one_chunk() -> u32 {
+    1
+}
+
+fn is_one_chunk(n: &u32) -> bool {
+    *n == 1
 }
 
 fn default_train_batch() -> u32 {
@@ -299,7 +314,7 @@ impl TrainCard {
     /// The plain-data settings that cross the ABI.
     pub fn settings(&self) -> latflow_core::abi::TrainSettings {
         latflow_core::abi::TrainSettings {
-            batch: self.batch,
+            batch: self.batch / self.chunks.max(1),
             learning_rate: self.learning_rate,
             schedule: self.schedule,
             beta1: self.beta1,
@@ -320,6 +335,15 @@ impl TrainCard {
         }
         if self.batch < 2 {
             return err("batch", format!("must be at least 2, got {}", self.batch));
+        }
+        if self.chunks == 0 || self.batch % self.chunks != 0 || self.batch / self.chunks.max(1) < 2 {
+            return err(
+                "chunks",
+                format!(
+                    "the batch of {} does not split into {} chunks of at least 2 configurations",
+                    self.batch, self.chunks
+                ),
+            );
         }
         if !positive(self.learning_rate) {
             return err("learning_rate", format!("must be a positive number, got {}", self.learning_rate));

@@ -169,12 +169,12 @@ fn keep_freed_memory() {
 
 /// Runs one parsed command.
 pub fn dispatch(cli: Cli) -> Result<()> {
-    let multi_rank = matches!(cli.command, Command::Run { .. } | Command::Scaling(_));
+    let multi_rank = matches!(cli.command, Command::Run { .. } | Command::Train { .. } | Command::Scaling(_));
     let (job, session) = crate::mpi::start(cli.command.name(), multi_rank)?;
     match cli.command {
         Command::Run { card, resume, force, train } => {
             if job.size() > 1 && train {
-                bail!("--train: train the model first (`latflow train CARD` on one process), then start the ranks");
+                bail!("--train: train the model first (`latflow train CARD`, on one process or, with [train] chunks, on the ranks), then start the run");
             }
             if !resume {
                 train_before_run(&card, train, cli.quiet, &cli.plugin_dirs)?;
@@ -211,8 +211,20 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             print_summary(&card, &output)?;
         }
         Command::Train { card, resume, force } => {
-            let opts = crate::train::TrainOptions { quiet: cli.quiet, plugin_dirs: cli.plugin_dirs, resume, force };
-            let weights = crate::train::train(&card, &opts)?;
+            let root = job.is_root();
+            let opts = crate::train::TrainOptions { quiet: cli.quiet || !root, plugin_dirs: cli.plugin_dirs, resume, force, job };
+            let weights = match crate::train::train(&card, &opts) {
+                Ok(w) => w,
+                Err(e) if opts.job.size() > 1 => {
+                    eprintln!("error (rank {}): {e:#}", opts.job.rank());
+                    session.abort_job(1);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            if !root {
+                return Ok(());
+            }
             let mut hist = weights.clone().into_os_string();
             hist.push(".history.csv");
             let history = crate::train::read_history(std::path::Path::new(&hist))?;
@@ -338,7 +350,7 @@ fn train_before_run(card_path: &Path, flag: bool, quiet: bool, plugin_dirs: &[Pa
         }
         return Ok(());
     }
-    let opts = crate::train::TrainOptions { quiet, plugin_dirs: plugin_dirs.to_vec(), resume: false, force: false };
+    let opts = crate::train::TrainOptions { quiet, plugin_dirs: plugin_dirs.to_vec(), resume: false, force: false, job: Default::default() };
     crate::train::train(card_path, &opts)?;
     Ok(())
 }

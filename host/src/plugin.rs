@@ -455,6 +455,22 @@ impl ModelHandle {
         self.call("train_step", r)
     }
 
+    /// The gradient and loss of the last training batch, nothing applied (data-parallel
+    /// training). A model without it answers `Unsupported`.
+    pub fn train_gradient(&mut self, actions: &[f64], grad: &[f64]) -> Result<(Vec<f64>, f64), PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "train_gradient");
+        let r = self.obj.train_gradient(RSlice::from_slice(actions), RSlice::from_slice(grad));
+        let g = self.call("train_gradient", r)?;
+        Ok((g.gradient.into_vec(), g.loss))
+    }
+
+    /// One optimiser step with a given (summed-over-chunks, averaged) gradient.
+    pub fn train_apply(&mut self, gradient: &[f64], loss: f64) -> Result<TrainMetrics, PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "train_apply");
+        let r = self.obj.train_apply(RSlice::from_slice(gradient), loss);
+        self.call("train_apply", r)
+    }
+
     /// Weights (and optimiser state) as safetensors bytes.
     pub fn save(&self, with_optimizer: bool) -> Result<Vec<u8>, PluginLoadError> {
         let _in = abort_report::enter(&self.name, "save");

@@ -23,6 +23,7 @@ use latflow_core::{RngState, Stream};
 use serde::{Deserialize, Serialize};
 
 use crate::card::{ModelCard, RunCard, TrainCard};
+use crate::job::Job;
 use crate::plugin::ModelHandle;
 use crate::setup::{build_model, load_theory, sha256_hex};
 use crate::streams::{stream, train_seed, StreamUse};
@@ -38,6 +39,9 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Overwrite existing weights.
     pub force: bool,
+    /// The job: with `[train] chunks = k`, its ranks share each step's k chunks (the root
+    /// writes every file). One rank by default.
+    pub job: Job,
 }
 
 /// One row of the training history.
@@ -189,8 +193,14 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let theory = load_theory(&card, &opts.plugin_dirs)?;
     let mut model = build_model(&card, &theory, &opts.plugin_dirs)?;
     let batch = tc.batch as usize;
+    let chunks = tc.chunks.max(1) as usize;
+    let ranks = opts.job.size();
+    if ranks > 1 && chunks % ranks != 0 {
+        bail!("{file}: [train] chunks = {chunks} does not split over the job's {ranks} ranks (set chunks to a multiple of {ranks})");
+    }
     let seed = train_seed(&card);
     let train_hash = train_hash(&card, &mc, &tc, seed);
+    opts.job.check_same("card", &train_hash)?;
 
     let (mut rng, mut metrics_rng, mut history, start) = begin(&card, &mut model, &paths, &train_hash, seed, opts)?;
 
@@ -222,13 +232,18 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
             let what = if failed { "failed" } else { "diverged" };
             e.context(format!("{file}: training {what} at step {}; {kept}", step + 1))
         };
-        let (configs, log_q) = model.train_sample(batch, &mut rng).map_err(|e| diverged(e.into(), last_good))?;
-        let (actions, grad) = theory.action_grad(&configs).map_err(|e| diverged(e.into(), last_good))?;
-        let m = model.train_step(&actions, &grad).map_err(|e| diverged(e.into(), last_good))?;
+        let (m, log_w) = if chunks == 1 {
+            let (configs, log_q) = model.train_sample(batch, &mut rng).map_err(|e| diverged(e.into(), last_good))?;
+            let (actions, grad) = theory.action_grad(&configs).map_err(|e| diverged(e.into(), last_good))?;
+            let m = model.train_step(&actions, &grad).map_err(|e| diverged(e.into(), last_good))?;
+            (m, actions.iter().zip(&log_q).map(|(s, q)| -s - q).collect::<Vec<f64>>())
+        } else {
+            let mut step = || chunked_step(&mut model, &theory, &opts.job, chunks, batch, &mut rng);
+            step().map_err(|e| diverged(e, last_good))?
+        };
         if !(m.loss.is_finite() && m.grad_norm.is_finite()) {
             return Err(diverged(anyhow::anyhow!("loss {} or gradient norm {} is not finite", m.loss, m.grad_norm), last_good));
         }
-        let log_w: Vec<f64> = actions.iter().zip(&log_q).map(|(s, q)| -s - q).collect();
         history.push(HistoryRow {
             step: step + 1,
             loss: m.loss,
@@ -253,14 +268,93 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
                 metrics_rng: metrics_rng.state(),
                 history: history.clone(),
             };
-            save_checkpoint(&paths.checkpoint, &ck, &model.save(true)?)?;
+            if opts.job.is_root() {
+                save_checkpoint(&paths.checkpoint, &ck, &model.save(true)?)?;
+            }
             last_good = done;
         }
     }
     bar.finish_and_clear();
 
-    write_outputs(&file, &paths, &model, &history)?;
+    if opts.job.is_root() {
+        write_outputs(&file, &paths, &model, &history)?;
+    }
     Ok(paths.weights)
+}
+
+/// Words of the training stream reserved for one chunk of a step (far more than a chunk
+/// draws): chunk c of a step draws from the step's stream position + c·CHUNK_WORDS.
+const CHUNK_WORDS: u128 = 1 << 40;
+
+/// The streams of a step's `chunks` chunks, cut from `rng` at fixed word offsets; `rng` moves
+/// past all of them. Errors if the stream has too few words left (never from a fresh stream).
+fn chunk_streams(rng: &mut Stream, chunks: usize) -> Result<Vec<Stream>> {
+    let state = rng.state();
+    let base = (u128::from(state.counter_hi) << 64) | u128::from(state.counter_lo);
+    let end = base + chunks as u128 * CHUNK_WORDS;
+    if end >= 1 << 68 {
+        bail!("the training stream is exhausted (its word counter is at {base})");
+    }
+    let at = |w: u128| {
+        let mut st = state;
+        st.counter_lo = w as u64;
+        st.counter_hi = (w >> 64) as u64;
+        Stream::from_state(&st)
+    };
+    *rng = at(end);
+    Ok((0..chunks).map(|c| at(base + c as u128 * CHUNK_WORDS)).collect())
+}
+
+/// One data-parallel training step: this rank draws and differentiates its block of the
+/// step's chunks, every rank gets every chunk's gradient, loss and log-weights (in chunk
+/// order), and applies the mean of the chunk gradients, added in chunk order. So the step has
+/// the same bits on any number of ranks that divides `chunks`. Returns the metrics and the
+/// whole batch's log-weights −S − log q.
+fn chunked_step(
+    model: &mut ModelHandle,
+    theory: &crate::plugin::TheoryHandle,
+    job: &Job,
+    chunks: usize,
+    batch: usize,
+    rng: &mut Stream,
+) -> Result<(latflow_core::abi::TrainMetrics, Vec<f64>)> {
+    let per_chunk = batch / chunks;
+    let mut streams = chunk_streams(rng, chunks)?;
+    let mut mine = Vec::new();
+    for c in job.block(chunks) {
+        let (configs, log_q) = model.train_sample(per_chunk, &mut streams[c])?;
+        let (actions, grad) = theory.action_grad(&configs)?;
+        let (gradient, loss) = model.train_gradient(&actions, &grad).map_err(|e| match &e {
+            crate::plugin::PluginLoadError::Call { error, .. } if error.kind == latflow_core::ErrorKind::Unsupported => {
+                anyhow::anyhow!("the model does not support data-parallel training ([train] chunks > 1): {e}")
+            }
+            _ => e.into(),
+        })?;
+        mine.push(loss);
+        mine.extend(actions.iter().zip(&log_q).map(|(s, q)| -s - q));
+        mine.extend(gradient);
+    }
+    let all = job.gather(&mine)?;
+    let mut sum: Vec<f64> = Vec::new();
+    let mut loss = 0.0;
+    let mut log_w = Vec::with_capacity(batch);
+    let per_rank = chunks / job.size();
+    for words in &all {
+        for chunk in words.chunks(words.len() / per_rank) {
+            loss += chunk[0];
+            log_w.extend_from_slice(&chunk[1..1 + per_chunk]);
+            let g = &chunk[1 + per_chunk..];
+            if sum.is_empty() {
+                sum = g.to_vec();
+            } else {
+                sum.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            }
+        }
+    }
+    let k = chunks as f64;
+    sum.iter_mut().for_each(|g| *g /= k);
+    let m = model.train_apply(&sum, loss / k)?;
+    Ok((m, log_w))
 }
 
 /// Everything that determines a training: the theory, the model, the settings and the seed.

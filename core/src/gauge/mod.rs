@@ -28,21 +28,36 @@
 //!   [`HeatbathGroup`] (SU(2), SU(3), SU(N)).
 //! * [`gradflow`]: the Wilson (and Symanzik) gradient flow with Lüscher's RK3 integrator,
 //!   clover E and Q, and the t0 / w0 scale conditions.
+//! * [`domain`]: a lattice split over ranks (slabs with halos), and the HMC field space and
+//!   Wilson action on it; see the next section.
 //! * [`fermion`]: Wilson fermions (twisted mass, clover, even–odd preconditioning, CG, the
 //!   pseudofermion forces) for every [`fermion::WilsonGroup`], in 2D and 4D; it follows the
 //!   plan of the next section.
 //!
 //! # Neighbour access and domain decomposition
 //! Physics kernels never compute global site indices. They reach x ± μ̂ through the
-//! [`Neighbours`] trait (a storage index for a local site's neighbour), and whole fields move
-//! with [`Lattice::shift_field`](crate::lattice::Lattice::shift_field) (Grid's `Cshift`:
-//! `out[x] = src[x ± μ̂]`). Today a [`Lattice`](crate::lattice::Lattice) is the single domain
-//! and its periodic tables are the neighbours. To split a lattice across MPI ranks, a
-//! `Domain` type implements [`Neighbours`] for its local sites, with out-of-domain neighbours
-//! pointing into halo slots stored after the local sites of every field, and a halo exchange
-//! fills those slots (from the neighbouring ranks) before each kernel; `shift_field` becomes
-//! the same exchange plus a local copy. Reductions (`sum_sites`) are then summed per rank in
-//! fixed chunks and combined in rank order, keeping results independent of the thread count.
+//! [`Neighbours`] trait (a storage index for a site's neighbour), and whole fields move with
+//! [`Lattice::shift_field`](crate::lattice::Lattice::shift_field) (Grid's `Cshift`:
+//! `out[x] = src[x ± μ̂]`). On one rank a [`Lattice`](crate::lattice::Lattice) is the domain and
+//! its periodic tables are the neighbours. [`domain::Domain`] splits a lattice along axis 0
+//! over the ranks of a job: it implements [`Neighbours`] for its owned sites and for the halo
+//! slices stored after them, [`domain::Domain::exchange`] fills the halos from the neighbouring
+//! ranks (two paired messages through [`crate::comm`]), and [`domain::Domain::sum`] reduces in
+//! rank order. So [`plaquette`], [`staple`] and the rest run unchanged on a slab, and
+//! [`domain::DomainLinkSpace`] with [`domain::DomainWilson`] runs core's HMC on it with the
+//! link fields of one rank, bit for bit. Splitting further axes needs only a `Domain` with
+//! more halo faces (and the edges that a staple's diagonal step x + μ̂ − ν̂ reaches): kernels
+//! do not change.
+//!
+//! # What a fermion operator needs on a decomposed lattice
+//! The Wilson operator below reads ψ(x ± μ̂) and U_μ(x − μ̂) through [`Neighbours`] already, so on
+//! a [`domain::Domain`] it needs: spinor fields stored with the same halo slices, a halo
+//! exchange of ψ before every application (in even/odd preconditioning, of one parity only:
+//! half the bytes), the gauge halo once per trajectory step (the drift already refreshes it),
+//! the CG's inner products as [`domain::Domain::sum`] (one reduction per iteration, whose
+//! latency then bounds the solver at many ranks), and pseudofermion refreshes drawn with
+//! [`parallel::fill_random_part`]. Overlapping the exchange with the interior sites is the next
+//! step for speed, not for correctness.
 //!
 //! # What a fermion operator needs next
 //! A Wilson (or clover) operator D ψ(x) = ψ(x) − κ Σ_μ [(1 − γ_μ) U_μ(x) ψ(x+μ̂) +

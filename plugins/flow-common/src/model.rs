@@ -100,6 +100,29 @@ impl ModelState {
         Ok(TrainMetrics { loss, grad_norm: step.grad_norm, learning_rate: step.learning_rate })
     }
 
+    /// `train_apply`: one optimiser step with a flattened gradient (the parameters in `net`'s
+    /// order, each row-major, as `train_gradient` returns them). Errors on a wrong length or
+    /// before `train_begin`; non-finite gradients are refused by the optimiser's checks.
+    pub fn apply_flat(&mut self, net: &ConvNet, flat: &[f64], loss: f64) -> Result<TrainMetrics, PluginError> {
+        let settings =
+            self.settings.clone().ok_or_else(|| PluginError::unsupported("train_apply: call train_begin first"))?;
+        let sizes = net.sizes();
+        let total: usize = sizes.iter().sum();
+        if flat.len() != total {
+            return Err(PluginError::shape(format!(
+                "train_apply: the gradient has {} reals, the model {total} parameters",
+                flat.len()
+            )));
+        }
+        let mut grads = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for n in sizes {
+            grads.push(flat[at..at + n].to_vec());
+            at += n;
+        }
+        self.step(net, grads, &settings, loss)
+    }
+
     /// `load` after the architecture check: every parameter in the model's dtype and Adam's
     /// state (zero moments if not saved). Nothing changes on error.
     pub fn load(&mut self, net: &ConvNet, file: &io::WeightsFile) -> Result<(), PluginError> {

@@ -167,6 +167,32 @@ macro_rules! impl_flow_model {
                     Ok($crate::plugin::latflow_core::abi::Proposals { configs: configs.into(), log_q: log_q.into() })
                 })
             }
+
+            fn train_gradient(
+                &mut self,
+                actions: $crate::plugin::abi_stable::std_types::RSlice<'_, f64>,
+                grad: $crate::plugin::abi_stable::std_types::RSlice<'_, f64>,
+            ) -> $crate::plugin::abi_stable::std_types::RResult<
+                $crate::plugin::latflow_core::abi::TrainGradient,
+                $crate::plugin::latflow_core::abi::PluginError,
+            > {
+                $crate::plugin::latflow_core::abi::guard("train_gradient", || {
+                    self.train_gradient_with(actions.as_slice(), grad.as_slice())
+                })
+            }
+
+            fn train_apply(
+                &mut self,
+                gradient: $crate::plugin::abi_stable::std_types::RSlice<'_, f64>,
+                loss: f64,
+            ) -> $crate::plugin::abi_stable::std_types::RResult<
+                $crate::plugin::latflow_core::abi::TrainMetrics,
+                $crate::plugin::latflow_core::abi::PluginError,
+            > {
+                $crate::plugin::latflow_core::abi::guard("train_apply", || {
+                    self.train_apply_with(gradient.as_slice(), loss)
+                })
+            }
         }
     };
 }

@@ -281,6 +281,39 @@ pub fn check_resume_is_bit_exact(a: &mut impl Model, b: &mut impl Model, action:
     assert_eq!(final_a, b.save(true).into_result().unwrap(), "weights or optimiser state differ after resume");
 }
 
+/// Data-parallel training's pieces: `train_gradient` then `train_apply` of its result is
+/// `train_step`, bit for bit (`a` and `b` are two identical fresh models); a gradient of the
+/// wrong length is a `Shape` error and a non-finite one a `Numerical` error, both leaving the
+/// weights and the optimiser unchanged.
+pub fn check_gradient_then_apply_is_a_step(a: &mut impl Model, b: &mut impl Model, action: Action<'_>) {
+    let s = settings(8, 1e-2);
+    a.train_begin(&s).into_result().unwrap();
+    b.train_begin(&s).into_result().unwrap();
+    let mut rng_a = Stream::new(6, 2).state();
+    let mut rng_b = rng_a;
+    let steps = train_steps(a, &mut rng_a, 2, action);
+    let mut split = Vec::new();
+    let mut len = 0;
+    for _ in 0..2 {
+        let p = b.train_sample(&mut rng_b).into_result().unwrap();
+        let (act, g) = action(&p.configs);
+        let grad = b.train_gradient(RSlice::from(&act[..]), RSlice::from(&g[..])).into_result().unwrap();
+        len = grad.gradient.len();
+        let met = b.train_apply(RSlice::from(&grad.gradient[..]), grad.loss).into_result().unwrap();
+        split.extend([met.loss.to_bits(), met.grad_norm.to_bits(), met.learning_rate.to_bits()]);
+    }
+    assert_eq!(steps, split, "train_gradient + train_apply differs from train_step");
+    assert_eq!(a.save(true).into_result().unwrap(), b.save(true).into_result().unwrap());
+    let before = b.save(true).into_result().unwrap();
+    let e = b.train_apply(RSlice::from(&vec![0.0; len + 1][..]), 1.0).into_result().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Shape, "{}", e.message);
+    let mut nan = vec![0.0; len];
+    nan[len / 2] = f64::NAN;
+    let e = b.train_apply(RSlice::from(&nan[..]), 1.0).into_result().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Numerical, "{}", e.message);
+    assert_eq!(b.save(true).into_result().unwrap(), before, "a refused gradient changed the model");
+}
+
 /// `save` gives the same bytes twice; with the optimiser, the file holds the format version,
 /// `plugin`'s name, the architecture record (which has the `keys`), step 0, and every
 /// parameter with its two Adam moments; without, the parameters only and no step. Returns the

@@ -54,7 +54,7 @@ use abi_stable::std_types::RSlice;
 use candle_core::{DType, Tensor, Var};
 #[cfg(doc)]
 use latflow_core::abi::Model;
-use latflow_core::abi::{batch_len, check_finite, PluginError, TrainMetrics, TrainSettings};
+use latflow_core::abi::{batch_len, check_finite, PluginError, TrainGradient, TrainMetrics, TrainSettings};
 use latflow_core::layout::FieldLayout;
 use latflow_core::Stream;
 use latflow_flow_common::model::{map_chunks, ModelState, TrainBatch};
@@ -313,8 +313,15 @@ impl FlowScalar {
         Ok((configs, logq))
     }
 
-    /// One optimiser step from S and ∂S/∂φ of the last training batch.
+    /// One optimiser step from S and ∂S/∂φ of the last training batch: [`Self::train_gradient_with`]
+    /// then [`Self::train_apply_with`].
     pub fn train_step_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginError> {
+        let g = self.train_gradient_with(actions, grad)?;
+        self.train_apply_with(&g.gradient, g.loss)
+    }
+
+    /// The flattened parameter gradient and the loss of the last training batch (nothing applied).
+    pub fn train_gradient_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainGradient, PluginError> {
         let (settings, pending, loss) = self.state.take_batch(actions, grad, self.volume(), "reals")?;
         let g_cb = self.flow.geom.to_checkerboard(grad);
         let grads = self
@@ -322,7 +329,12 @@ impl FlowScalar {
             .workers
             .install(|| self.batch_gradients(&pending, &g_cb, settings.path_gradients))
             .map_err(ce)?;
-        self.state.step(&self.flow.net, grads, &settings, loss)
+        Ok(TrainGradient { gradient: grads.concat().into(), loss })
+    }
+
+    /// One optimiser step with a flattened gradient.
+    pub fn train_apply_with(&mut self, gradient: &[f64], loss: f64) -> Result<TrainMetrics, PluginError> {
+        self.state.apply_flat(&self.flow.net, gradient, loss)
     }
 
     /// The parameter gradients of the surrogate loss of a pending batch, given ∂S/∂φ in

@@ -56,7 +56,7 @@ pub mod spectral;
 use candle_core::Tensor;
 #[cfg(doc)]
 use latflow_core::abi::Model;
-use latflow_core::abi::{batch_len, check_finite, PluginError, TrainMetrics, TrainSettings};
+use latflow_core::abi::{batch_len, check_finite, PluginError, TrainGradient, TrainMetrics, TrainSettings};
 use latflow_core::gauge::Matrix;
 use latflow_core::layout::FieldLayout;
 use latflow_core::Stream;
@@ -253,10 +253,21 @@ impl FlowSun {
 
     /// One optimiser step from S and ∂S/∂(Re U, Im U) (flat) of the last training batch.
     pub fn train_step_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginError> {
+        let g = self.train_gradient_with(actions, grad)?;
+        self.train_apply_with(&g.gradient, g.loss)
+    }
+
+    /// The flattened parameter gradient and the loss of the last training batch (nothing applied).
+    pub fn train_gradient_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainGradient, PluginError> {
         let (settings, pending, loss) = self.state.take_batch(actions, grad, self.width(), "link reals")?;
         let path = settings.path_gradients;
         let grads = self.state.workers.install(|| self.batch_gradients(&pending, grad, path)).map_err(ce)?;
-        self.state.step(&self.flow.net, grads, &settings, loss)
+        Ok(TrainGradient { gradient: grads.concat().into(), loss })
+    }
+
+    /// One optimiser step with a flattened gradient.
+    pub fn train_apply_with(&mut self, gradient: &[f64], loss: f64) -> Result<TrainMetrics, PluginError> {
+        self.state.apply_flat(&self.flow.net, gradient, loss)
     }
 
     /// The parameter gradients of a pending batch, given G = ∂S/∂(Re U, Im U):

@@ -59,7 +59,7 @@ pub mod spline;
 use candle_core::Tensor;
 #[cfg(doc)]
 use latflow_core::abi::Model;
-use latflow_core::abi::{batch_len, check_finite, PluginError, TrainMetrics, TrainSettings};
+use latflow_core::abi::{batch_len, check_finite, PluginError, TrainGradient, TrainMetrics, TrainSettings};
 use latflow_core::layout::FieldLayout;
 use latflow_core::Stream;
 use latflow_flow_common::model::{map_chunks, ModelState, TrainBatch};
@@ -260,9 +260,20 @@ impl FlowU1 {
 
     /// One optimiser step from S and ∂S/∂θ (flat, the layout's order) of the last training batch.
     pub fn train_step_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainMetrics, PluginError> {
-        let (settings, pending, loss) = self.state.take_batch(actions, grad, self.n_links(), "links")?;
+        let g = self.train_gradient_with(actions, grad)?;
+        self.train_apply_with(&g.gradient, g.loss)
+    }
+
+    /// The flattened parameter gradient and the loss of the last training batch (nothing applied).
+    pub fn train_gradient_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainGradient, PluginError> {
+        let (_, pending, loss) = self.state.take_batch(actions, grad, self.n_links(), "links")?;
         let grads = self.state.workers.install(|| self.batch_gradients(&pending, grad)).map_err(ce)?;
-        self.state.step(&self.flow.net, grads, &settings, loss)
+        Ok(TrainGradient { gradient: grads.concat().into(), loss })
+    }
+
+    /// One optimiser step with a flattened gradient.
+    pub fn train_apply_with(&mut self, gradient: &[f64], loss: f64) -> Result<TrainMetrics, PluginError> {
+        self.state.apply_flat(&self.flow.net, gradient, loss)
     }
 
     /// The parameter gradients of the surrogate loss mean(log q + Σ θ·g) of a pending batch,

@@ -46,6 +46,8 @@ fn save_load_resume_and_damaged_files() {
     let mut a = model(r#"{"layers":3}"#, &[4, 4], 2);
     let mut b = model(r#"{"layers":3,"init_seed":9}"#, &[4, 4], 2);
     testing::check_resume_is_bit_exact(&mut a, &mut b, &act);
+    let (mut e, mut f) = (model(r#"{"layers":3}"#, &[4, 4], 2), model(r#"{"layers":3}"#, &[4, 4], 2));
+    testing::check_gradient_then_apply_is_a_step(&mut e, &mut f, &act);
     let mut c = model(r#"{"layers":3}"#, &[4, 4], 2);
     testing::check_damaged_files_are_refused(&mut c);
     // weights of SU(2) into an SU(3) model

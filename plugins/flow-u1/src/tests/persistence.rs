@@ -58,6 +58,8 @@ fn resume_with_optimizer_state_is_bit_exact() {
     let geom = a.flow().geom.clone();
     testing::check_resume_is_bit_exact(&mut a, &mut b, &|c: &[f64]| wilson_host(&geom, c, 2.0));
     assert_eq!(b.optimizer_steps(), 3 + 4);
+    let (mut c, mut d) = (model(r#"{"layers":4}"#, &[4, 4]), model(r#"{"layers":4}"#, &[4, 4]));
+    testing::check_gradient_then_apply_is_a_step(&mut c, &mut d, &|x: &[f64]| wilson_host(&geom, x, 2.0));
 }
 
 #[test]
