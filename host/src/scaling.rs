@@ -2,7 +2,7 @@
 //! the ranks of the job, with what it costs: per trajectory ΔH, acceptance, plaquette and wall
 //! time; per rank the messages sent and the time spent communicating; measured message latency
 //! and bandwidth; and a model of the communication cost that predicts the parallel efficiency
-//! at more ranks than this machine has.
+//! at more ranks than this machine has (and at 2 ranks, to set against the measurement).
 //!
 //! The same arguments on 1 rank and on R ranks give the same link fields (and, when every
 //! rank's slab holds whole reduction chunks, the same ΔH bits): the printed histories can be
@@ -226,7 +226,7 @@ where
         .iter()
         .filter(|(_, lat, bw)| lat.is_finite() && bw.is_finite())
         .map(|&(network, lat, bw)| {
-            let rows: Vec<serde_json::Value> = [16usize, 256]
+            let rows: Vec<serde_json::Value> = [2usize, 16, 256]
                 .iter()
                 .map(|&p| {
                     json!({
