@@ -167,6 +167,18 @@ fn keep_freed_memory() {
     }
 }
 
+/// On several ranks, a rank whose command failed prints its error and ends the whole job
+/// (the other ranks may be waiting for it in a collective call); passes `result` on.
+fn end_job_on_error<T>(job: &crate::job::Job, session: &crate::mpi::Session, result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        if job.size() > 1 {
+            eprintln!("error (rank {}): {e:#}", job.rank());
+            session.abort_job(1);
+        }
+    }
+    result
+}
+
 /// Runs one parsed command.
 pub fn dispatch(cli: Cli) -> Result<()> {
     let multi_rank = matches!(cli.command, Command::Run { .. } | Command::Train { .. } | Command::Scaling(_));
@@ -182,16 +194,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             let root = job.is_root();
             let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs, job };
             let complete = if resume { run::completed_sweeps(&card)? } else { None };
-            let output = match run::run(&card, &opts) {
-                Ok(o) => o,
-                Err(e) if opts.job.size() > 1 => {
-                    // the other ranks may wait for this one: end them all
-                    eprintln!("error (rank {}): {e:#}", opts.job.rank());
-                    session.abort_job(1);
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            };
+            let output = end_job_on_error(&opts.job, &session, run::run(&card, &opts))?;
             if !root {
                 return Ok(());
             }
@@ -213,15 +216,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Train { card, resume, force } => {
             let root = job.is_root();
             let opts = crate::train::TrainOptions { quiet: cli.quiet || !root, plugin_dirs: cli.plugin_dirs, resume, force, job };
-            let weights = match crate::train::train(&card, &opts) {
-                Ok(w) => w,
-                Err(e) if opts.job.size() > 1 => {
-                    eprintln!("error (rank {}): {e:#}", opts.job.rank());
-                    session.abort_job(1);
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            };
+            let weights = end_job_on_error(&opts.job, &session, crate::train::train(&card, &opts))?;
             if !root {
                 return Ok(());
             }
@@ -294,16 +289,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Export(args) => crate::ildg::cli::export(&args)?,
         Command::Import(args) => crate::ildg::cli::import(&args)?,
-        Command::Scaling(args) => match crate::scaling::run(&args, &job) {
-            Ok(Some(report)) if args.json => println!("{}", serde_json::to_string_pretty(&report)?),
-            Ok(Some(report)) => print!("{}", crate::scaling::to_text(&report)),
-            Ok(None) => {}
-            Err(e) if job.size() > 1 => {
-                eprintln!("error (rank {}): {e:#}", job.rank());
-                session.abort_job(1);
-                return Err(e);
-            }
-            Err(e) => return Err(e),
+        Command::Scaling(args) => match end_job_on_error(&job, &session, crate::scaling::run(&args, &job))? {
+            Some(report) if args.json => println!("{}", serde_json::to_string_pretty(&report)?),
+            Some(report) => print!("{}", crate::scaling::to_text(&report)),
+            None => {}
         },
         Command::Bench { card, json } => {
             let opts = crate::bench::BenchOptions { quiet: cli.quiet || json, plugin_dirs: cli.plugin_dirs, force: true };

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::comm;
-use crate::gauge::parallel::{fill_random, fill_sites, sum_sites};
+use crate::gauge::parallel::{fill_random, fill_sites, sum_sites, CHUNK_SITES};
 use crate::gauge::{gauge_transform, plaquette_sum, LinkField, LinkSpace, Su2, Su3};
 use crate::hmc::{hmc_trajectory, LeveledAction, LevelSchedule, Schedule, Scheme};
 use crate::rng::Stream;
