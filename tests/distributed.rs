@@ -302,6 +302,51 @@ fn the_decomposed_su3_hmc_gives_the_trajectories_of_one_rank() {
     }
 }
 
+/// A training card of a small flow (`chunks` chunks of a batch of `batch`), weights in `dir`.
+fn train_card(dir: &Path, name: &str, chunks: u32, batch: u32, steps: u32) -> PathBuf {
+    let text = format!(
+        "[theory]\nplugin = \"phi4\"\nlattice = [4, 4]\nm2 = 0.5\nlambda = 0.5\n\n\
+         [model]\nplugin = \"flow-scalar\"\nlayers = 2\nhidden = [4]\ndtype = \"f64\"\nweights = \"{{DIR}}/{name}.safetensors\"\n\n\
+         [train]\nsteps = {steps}\nbatch = {batch}\nchunks = {chunks}\nlearning_rate = 0.01\ncheckpoint_every = 4\n\n\
+         [[chain]]\nkind = \"flow\"\n\n\
+         [run]\noutput = \"{{OUT}}\"\nseed = 3\nmeasurements = 10\n"
+    )
+    .replace("{DIR}", &dir.display().to_string());
+    write_card(dir, name, &text).0
+}
+
+/// Trains `card` on `ranks` thread-ranks (fresh with --force, or --resume).
+fn train_on(card: &Path, ranks: u32, resume: bool) -> Vec<Result<PathBuf, String>> {
+    common::latflow();
+    let comms = comm::threads(ranks);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let opts = latflow_host::train::TrainOptions {
+                        quiet: true,
+                        plugin_dirs: plugin_dirs(),
+                        resume,
+                        force: !resume,
+                        job: Job::new(c),
+                    };
+                    latflow_host::train::train(card, &opts).map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+    })
+}
+
+/// The weights, and the training history without its timing column.
+fn training_outputs(weights: &Path) -> (Vec<u8>, Vec<String>) {
+    let w = std::fs::read(weights).unwrap();
+    let hist = std::fs::read_to_string(format!("{}.history.csv", weights.display())).unwrap();
+    let rows: Vec<String> = hist.lines().map(|l| l.rsplit_once(',').map_or(l, |(a, _)| a).to_string()).collect();
+    (w, rows)
+}
+
 /// Data-parallel training: with `[train] chunks = k` each step's batch is k chunks with their
 /// own streams, the ranks share the chunks, and the chunk gradients are averaged in chunk
 /// order, so training on 2 or 4 ranks writes the weights (and history) of 1 rank, byte for
@@ -310,64 +355,51 @@ fn the_decomposed_su3_hmc_gives_the_trajectories_of_one_rank() {
 #[test]
 fn data_parallel_training_gives_the_weights_of_one_rank() {
     let dir = tempfile::tempdir().unwrap();
-    let card = |name: &str, chunks: u32, batch: u32| {
-        let text = format!(
-            "[theory]\nplugin = \"phi4\"\nlattice = [4, 4]\nm2 = 0.5\nlambda = 0.5\n\n\
-             [model]\nplugin = \"flow-scalar\"\nlayers = 2\nhidden = [4]\ndtype = \"f64\"\nweights = \"{{DIR}}/{name}.safetensors\"\n\n\
-             [train]\nsteps = 6\nbatch = {batch}\nchunks = {chunks}\nlearning_rate = 0.01\ncheckpoint_every = 4\n\n\
-             [[chain]]\nkind = \"flow\"\n\n\
-             [run]\noutput = \"{{OUT}}\"\nseed = 3\nmeasurements = 10\n"
-        )
-        .replace("{DIR}", &dir.path().display().to_string());
-        write_card(dir.path(), name, &text).0
-    };
-    let train_on = |card: &Path, ranks: u32| -> Vec<Result<PathBuf, String>> {
-        common::latflow();
-        let comms = comm::threads(ranks);
-        std::thread::scope(|s| {
-            let hs: Vec<_> = comms
-                .into_iter()
-                .map(|c| {
-                    s.spawn(move || {
-                        let opts = latflow_host::train::TrainOptions {
-                            quiet: true,
-                            plugin_dirs: plugin_dirs(),
-                            resume: false,
-                            force: true,
-                            job: Job::new(c),
-                        };
-                        latflow_host::train::train(card, &opts).map_err(|e| format!("{e:#}"))
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
-        })
-    };
-    // weights, and the history without its timing column
-    let outputs = |weights: &Path| {
-        let w = std::fs::read(weights).unwrap();
-        let hist = std::fs::read_to_string(format!("{}.history.csv", weights.display())).unwrap();
-        let rows: Vec<String> = hist.lines().map(|l| l.rsplit_once(',').map_or(l, |(a, _)| a).to_string()).collect();
-        (w, rows)
-    };
+    let card = |name: &str, chunks: u32, batch: u32| train_card(dir.path(), name, chunks, batch, 6);
     for (chunks, ranks) in [(2, 2), (4, 2), (4, 4)] {
         let c = card(&format!("dp{chunks}"), chunks, 8);
-        let weights = ok_on_every_rank(train_on(&c, 1));
-        let one = outputs(&weights);
+        let weights = ok_on_every_rank(train_on(&c, 1, false));
+        let one = training_outputs(&weights);
         assert_eq!(one.1.len(), 7, "a header and 6 steps");
         std::fs::remove_file(&weights).unwrap();
-        let _ = std::fs::remove_file(dir.path().join(format!("dp{chunks}.safetensors.ckpt")));
-        let again = ok_on_every_rank(train_on(&c, ranks));
-        assert!(outputs(&again) == one, "{chunks} chunks on {ranks} ranks: the training differs from 1 rank");
+        let again = ok_on_every_rank(train_on(&c, ranks, false));
+        assert!(training_outputs(&again) == one, "{chunks} chunks on {ranks} ranks: the training differs from 1 rank");
     }
     // the chunks change the training (other streams), the rank count does not
-    let whole = ok_on_every_rank(train_on(&card("whole", 1, 8), 1));
-    let two = ok_on_every_rank(train_on(&card("dp2", 2, 8), 1));
-    assert!(outputs(&whole).0 != outputs(&two).0);
-    for r in train_on(&card("odd", 2, 8), 3) {
+    let whole = ok_on_every_rank(train_on(&card("whole", 1, 8), 1, false));
+    let two = ok_on_every_rank(train_on(&card("dp2", 2, 8), 1, false));
+    assert!(training_outputs(&whole).0 != training_outputs(&two).0);
+    for r in train_on(&card("odd", 2, 8), 3, false) {
         let e = r.unwrap_err();
         assert!(e.contains("chunks = 2 does not split over the job's 3 ranks"), "{e}");
     }
-    let e = train_on(&card("bad", 3, 8), 1).remove(0).unwrap_err();
+    let e = train_on(&card("bad", 3, 8), 1, false).remove(0).unwrap_err();
     assert!(e.contains("the batch of 8 does not split into 3 chunks"), "{e}");
+}
+
+/// A data-parallel training killed on one process after a checkpoint and resumed on two ranks
+/// writes the weights of the uninterrupted training.
+#[test]
+fn a_killed_data_parallel_training_resumes_on_two_ranks_with_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = train_card(dir.path(), "long", 2, 8, 3000);
+    let weights = ok_on_every_rank(train_on(&card, 1, false));
+    let reference = training_outputs(&weights);
+    std::fs::remove_file(&weights).unwrap();
+    let ckpt = PathBuf::from(format!("{}.train.ckpt", weights.display()));
+    let _ = std::fs::remove_file(&ckpt);
+    let mut child = common::latflow().args(["train", card.to_str().unwrap(), "-q"]).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while !ckpt.exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the training finished before it could be killed: make it longer");
+    assert!(!weights.exists(), "the killed training wrote its final weights");
+    let done = latflow_host::train::checkpoint_steps(&ckpt).expect("the checkpoint");
+    assert!(done > 0 && done < 3000, "the checkpoint is at step {done}");
+    let resumed = ok_on_every_rank(train_on(&card, 2, true));
+    assert!(training_outputs(&resumed) == reference, "resumed on 2 ranks, the training differs from the uninterrupted one");
 }

@@ -38,7 +38,7 @@ use serde_json::json;
 use latflow_core::abi::PluginError;
 use latflow_core::comm::{CommBox, Communicator, Communicator_TO};
 use latflow_core::gauge::domain::{CommCount, Domain, DomainLinkSpace, DomainWilson};
-use latflow_core::gauge::{GaugeGroup, LinkField, Neighbours, Su2, Su3};
+use latflow_core::gauge::{GaugeGroup, Neighbours, Su2, Su3};
 use latflow_core::hmc::{hmc_trajectory, LeveledAction, LevelSchedule, Schedule, Scheme};
 use latflow_core::Stream;
 
@@ -177,12 +177,9 @@ where
         levels: vec![LevelSchedule { steps: args.md_steps, scheme: Scheme::Omelyan2 { lambda: 0.1931833275037836 } }],
         jitter: 0.0,
     };
-    // the hot start of one rank: every rank draws the global field and keeps its slab
+    // the hot start of one rank: every rank draws its slab of it
     let mut rng = Stream::new(args.seed, 0);
-    let global_sites = dom.global_sites();
-    let start = LinkField::<G>::random(d, global_sites, &mut rng).map_err(|e| anyhow::anyhow!("hot start: {e}"))?;
-    let mut u = dom.scatter(start.links(), d);
-    drop(start);
+    let mut u = space.random(&mut rng)?;
     let mut history = Vec::new();
     let comm_before = clock.get();
     let counts_before = count.get();

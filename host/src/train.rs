@@ -118,6 +118,11 @@ fn save_checkpoint(path: &Path, ck: &TrainCheckpoint, model: &[u8]) -> Result<()
     write_atomic(path, &bytes).with_context(|| format!("cannot write training checkpoint '{}'", path.display()))
 }
 
+/// The optimiser steps a training checkpoint holds (errors as `--resume` would on a bad file).
+pub fn checkpoint_steps(path: &Path) -> Result<u64> {
+    Ok(load_checkpoint(path)?.0.steps_done)
+}
+
 fn load_checkpoint(path: &Path) -> Result<(TrainCheckpoint, Vec<u8>)> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,

@@ -379,6 +379,20 @@ where
         Self { domain, comm, count, _group: std::marker::PhantomData }
     }
 
+    /// A hot start on the slab: this rank's links of the Haar-random field that one rank's
+    /// [`LinkField::random`](super::LinkField::random) draws from `rng` (the same bits, and
+    /// `rng` advances the same way), with the halos filled. Memory: the slab only.
+    pub fn random(&self, rng: &mut Stream) -> Result<Vec<G>, DomainError> {
+        let d = self.domain.dim();
+        let mut u = vec![G::identity(); self.domain.stored() * d];
+        let owned = self.owned_links();
+        let (first, total) = (self.domain.first_site() * d, self.domain.global_sites() * d);
+        fill_random_part(&mut u[..owned], first, total, rng, |s, x| *x = G::random(s))
+            .map_err(|e| DomainError::Shape(format!("hot start: {e}")))?;
+        self.exchange(&mut u)?;
+        Ok(u)
+    }
+
     /// Fills the halos of a stored link field (call once on a fresh field; the drift keeps
     /// them current afterwards).
     pub fn exchange(&self, u: &mut [G]) -> Result<(), DomainError> {

@@ -198,10 +198,11 @@ where
         let dom = Domain::for_comm(shape, &c, 1).unwrap();
         let count = CommCount::default();
         let space = DomainLinkSpace::<G>::new(&dom, &c, &count);
-        // the same hot start: every rank draws the global field and keeps its slab
+        // the same hot start: every rank draws its slab of the global field
         let mut rng = Stream::new(31, 4);
-        let global = LinkField::<G>::random(shape.len(), lat.volume(), &mut rng).unwrap();
-        let mut u = dom.scatter(global.links(), shape.len());
+        let mut u = space.random(&mut rng).unwrap();
+        let global = LinkField::<G>::random(shape.len(), lat.volume(), &mut Stream::new(31, 4)).unwrap();
+        assert!(u == dom.scatter(global.links(), shape.len()), "the slab of one rank's hot start");
         let term = DomainWilson::new(&dom, &c, &count, beta);
         let mut action = LeveledAction::single(Box::new(&term));
         let history = (0..n)
