@@ -33,7 +33,7 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let (chains, job) = (card.run.chains as usize, &opts.job);
     if job.size() > chains {
         bail!(
-            "{file}: the card has {chains} chain(s) and the job {} ranks: every rank needs at least one chain              (set run.chains to at least {} for independent chains, or use a replica ladder)",
+            "{file}: the card has {chains} chain(s) and the job {} ranks: every rank needs at least one chain (set run.chains to at least {} for independent chains, or use a replica ladder)",
             job.size(),
             job.size()
         );
