@@ -45,6 +45,19 @@ fn a_chain_that_barely_moves_is_flagged() {
     let z_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("chi2 ") || l.starts_with("phi2 ")).collect();
     let refs: Vec<&&str> = z_lines.iter().filter(|l| l.contains("unreliable")).collect();
     assert_eq!(refs.len(), 2, "{text}");
+    // `run --json` on the finished run (resumed: nothing to do) records the same: the warning,
+    // and both comparisons marked unreliable
+    let text = run_ok(&["run", card.to_str().unwrap(), "--resume", "--json", "-q"]);
+    let run: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(run["nothing_to_do"], true);
+    assert_eq!(run["written"][0].as_str().unwrap(), out.to_str().unwrap());
+    assert!(self::codes(&run["analysis"]).contains(&("low_acceptance".into(), "hmc".into())), "{run}");
+    let cmp = run["reference"].as_array().expect("the comparison with [reference]");
+    assert_eq!(cmp.len(), 2, "{run}");
+    for c in cmp {
+        assert_eq!(c["reliable"], false, "{c}");
+        assert!(c["z"].as_f64().unwrap().is_finite() && c["reference"].as_f64().unwrap() > 0.0, "{c}");
+    }
 }
 
 /// A healthy chain — the tutorial point, 20 000 HMC trajectories with acceptance ≈ 0.99 — gives

@@ -41,6 +41,10 @@ pub enum Command {
         /// are an error.
         #[arg(long)]
         train: bool,
+        /// Print one JSON object (the files written, the analysis with its warnings, and the
+        /// comparison with the card's [reference] values) instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Train the card's [model] against its [theory] by reverse-KL self-training ([train]).
     Train {
@@ -184,7 +188,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     let multi_rank = matches!(cli.command, Command::Run { .. } | Command::Train { .. } | Command::Scaling(_));
     let (job, session) = crate::mpi::start(cli.command.name(), multi_rank)?;
     match cli.command {
-        Command::Run { card, resume, force, train } => {
+        Command::Run { card, resume, force, train, json } => {
             if job.size() > 1 && train {
                 bail!("--train: train the model first (`latflow train CARD`, on one process or, with [train] chunks, on the ranks), then start the run");
             }
@@ -198,18 +202,23 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             if !root {
                 return Ok(());
             }
+            let chains = match crate::card::RunCard::load(&card) {
+                Ok(c) if c.run.chains > 1 => (0..c.run.chains).map(|k| c.run.chain_output(k).display().to_string()).collect(),
+                _ => vec![output.display().to_string()],
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary_json(&card, &output, &chains, complete.is_some())?)?);
+                return Ok(());
+            }
             match complete {
                 Some(total) => println!(
                     "nothing to do: {} is complete ({total} of {total} sweeps); nothing was run or written",
                     output.display()
                 ),
-                None => match crate::card::RunCard::load(&card) {
-                    Ok(c) if c.run.chains > 1 => {
-                        let all: Vec<String> = (0..c.run.chains).map(|k| c.run.chain_output(k).display().to_string()).collect();
-                        println!("wrote {} independent chains: {} (the summary below is chain 0's)", c.run.chains, all.join(", "));
-                    }
-                    _ => println!("wrote {}", output.display()),
-                },
+                None if chains.len() > 1 => {
+                    println!("wrote {} independent chains: {} (the summary below is chain 0's)", chains.len(), chains.join(", "))
+                }
+                None => println!("wrote {}", output.display()),
             }
             print_summary(&card, &output)?;
         }
@@ -366,6 +375,35 @@ fn print_summary(card: &Path, output: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `run --json`: the files (`written`: every chain's file; `nothing_to_do`: a finished run
+/// resumed), the analysis of `output` (chain 0's) as `analyze --json` prints it, warnings
+/// included, and the comparison with the card's `[reference]` values (name, mean, error,
+/// reference, reference_error, z, reliable: false when a warning concerns the observable).
+fn summary_json(card: &Path, output: &Path, written: &[String], nothing_to_do: bool) -> Result<serde_json::Value> {
+    let all = analyze::analyze(&ensemble::read(output)?)?;
+    let reference = crate::card::RunCard::load(card)?.reference;
+    let comparison: Vec<serde_json::Value> = match all.plain() {
+        Some(a) if !reference.is_empty() => a
+            .compare(&reference)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", card.display()))?
+            .into_iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name, "mean": c.mean, "error": c.error, "reference": c.reference,
+                    "reference_error": c.reference_error, "z": c.z, "reliable": c.reliable,
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(serde_json::json!({
+        "written": written,
+        "nothing_to_do": nothing_to_do,
+        "analysis": all.to_json(),
+        "reference": comparison,
+    }))
 }
 
 /// How long `analyze` and `inspect` wait for HDF5 to read a file before declaring it damaged
