@@ -75,6 +75,19 @@ impl Stream {
         }
     }
 
+    /// The position in the stream, in 32-bit ChaCha words (the counter of [`RngState`]).
+    pub fn word_pos(&self) -> u128 {
+        self.rng.get_word_pos()
+    }
+
+    /// The same stream (key and stream id) at word position `pos`: what parallel fills and
+    /// data-parallel chunks cut a stream into. `pos` must be below 2⁶⁸ (the counter's range).
+    pub fn at_word_pos(&self, pos: u128) -> Self {
+        let mut rng = self.rng.clone();
+        rng.set_word_pos(pos);
+        Self { rng }
+    }
+
     /// A uniform deviate in [0, 1).
     #[inline]
     pub fn uniform(&mut self) -> f64 {

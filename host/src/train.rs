@@ -243,8 +243,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
             let m = model.train_step(&actions, &grad).map_err(|e| diverged(e.into(), last_good))?;
             (m, actions.iter().zip(&log_q).map(|(s, q)| -s - q).collect::<Vec<f64>>())
         } else {
-            let mut step = || chunked_step(&mut model, &theory, &opts.job, chunks, batch, &mut rng);
-            step().map_err(|e| diverged(e, last_good))?
+            chunked_step(&mut model, &theory, &opts.job, chunks, batch, &mut rng).map_err(|e| diverged(e, last_good))?
         };
         if !(m.loss.is_finite() && m.grad_norm.is_finite()) {
             return Err(diverged(anyhow::anyhow!("loss {} or gradient norm {} is not finite", m.loss, m.grad_norm), last_good));
@@ -294,20 +293,14 @@ const CHUNK_WORDS: u128 = 1 << 40;
 /// The streams of a step's `chunks` chunks, cut from `rng` at fixed word offsets; `rng` moves
 /// past all of them. Errors if the stream has too few words left (never from a fresh stream).
 fn chunk_streams(rng: &mut Stream, chunks: usize) -> Result<Vec<Stream>> {
-    let state = rng.state();
-    let base = (u128::from(state.counter_hi) << 64) | u128::from(state.counter_lo);
+    let base = rng.word_pos();
     let end = base + chunks as u128 * CHUNK_WORDS;
     if end >= 1 << 68 {
         bail!("the training stream is exhausted (its word counter is at {base})");
     }
-    let at = |w: u128| {
-        let mut st = state;
-        st.counter_lo = w as u64;
-        st.counter_hi = (w >> 64) as u64;
-        Stream::from_state(&st)
-    };
-    *rng = at(end);
-    Ok((0..chunks).map(|c| at(base + c as u128 * CHUNK_WORDS)).collect())
+    let streams = (0..chunks).map(|c| rng.at_word_pos(base + c as u128 * CHUNK_WORDS)).collect();
+    *rng = rng.at_word_pos(end);
+    Ok(streams)
 }
 
 /// One data-parallel training step: this rank draws and differentiates its block of the

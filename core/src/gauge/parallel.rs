@@ -144,8 +144,8 @@ pub fn fill_random_part<T: Send + Clone>(
     draw: impl Fn(&mut Stream, &mut T) + Sync,
 ) -> Result<(), RngFillError> {
     assert!(first + out.len() <= total, "items {first}..{} of a fill of {total}", first + out.len());
-    let state = rng.state();
-    let base = (u128::from(state.counter_hi) << 64) | u128::from(state.counter_lo);
+    let origin: &Stream = rng;
+    let base = origin.word_pos();
     let chunks = total.div_ceil(RNG_CHUNK);
     let end = base + chunks as u128 * RNG_CHUNK_WORDS;
     if end > WORD_POS_LIMIT {
@@ -158,10 +158,7 @@ pub fn fill_random_part<T: Send + Clone>(
     let first_chunk = first / RNG_CHUNK;
     let body = |(k, block): (usize, &mut [T]), skip: usize| {
         let start = base + k as u128 * RNG_CHUNK_WORDS;
-        let mut st = state;
-        st.counter_lo = start as u64;
-        st.counter_hi = (start >> 64) as u64;
-        let mut s = Stream::from_state(&st);
+        let mut s = origin.at_word_pos(start);
         if skip > 0 {
             let mut scratch = block[0].clone();
             for _ in 0..skip {
@@ -171,10 +168,7 @@ pub fn fill_random_part<T: Send + Clone>(
         for item in block {
             draw(&mut s, item);
         }
-        let used = {
-            let e = s.state();
-            ((u128::from(e.counter_hi) << 64) | u128::from(e.counter_lo)) - start
-        };
+        let used = s.word_pos() - start;
         if used > RNG_CHUNK_WORDS {
             Err(RngFillError::ChunkOverrun { chunk: k, words: used })
         } else {
@@ -192,10 +186,7 @@ pub fn fill_random_part<T: Send + Clone>(
         results.extend(rest.chunks_mut(RNG_CHUNK).enumerate().map(tail));
     }
     results.into_iter().collect::<Result<(), _>>()?;
-    let mut st = state;
-    st.counter_lo = end as u64;
-    st.counter_hi = (end >> 64) as u64;
-    *rng = Stream::from_state(&st);
+    *rng = origin.at_word_pos(end);
     Ok(())
 }
 
