@@ -62,6 +62,13 @@ pub fn sum_in_rank_order(comm: &CommBox, value: f64) -> Result<f64, PluginError>
     Ok(all.iter().sum())
 }
 
+/// The largest of one value per rank, on every rank (NaN-free inputs; a max does not depend
+/// on the order, so every rank count gives the same bits).
+pub fn max_over_ranks(comm: &CommBox, value: f64) -> Result<f64, PluginError> {
+    let all = comm.allgather(RSlice::from_slice(&[value])).into_result()?;
+    Ok(all.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+}
+
 /// The job of one rank: no communication (`sendrecv` to itself copies, `allgather` returns its
 /// input).
 pub fn single() -> CommBox {

@@ -41,7 +41,8 @@ impl Default for Job {
     }
 }
 
-fn comm_error(e: latflow_core::PluginError) -> anyhow::Error {
+/// A failed collective call as an error of the command.
+pub(crate) fn comm_error(e: latflow_core::PluginError) -> anyhow::Error {
     anyhow::anyhow!("communication between ranks failed: {}", e.message)
 }
 

@@ -36,13 +36,13 @@ use bytemuck::Pod;
 use serde_json::json;
 
 use latflow_core::abi::PluginError;
-use latflow_core::comm::{CommBox, Communicator, Communicator_TO};
+use latflow_core::comm::{self, CommBox, Communicator, Communicator_TO};
 use latflow_core::gauge::domain::{CommCount, Domain, DomainLinkSpace, DomainWilson};
 use latflow_core::gauge::{GaugeGroup, Neighbours, Su2, Su3};
 use latflow_core::hmc::{hmc_trajectory, LeveledAction, LevelSchedule, Schedule, Scheme};
 use latflow_core::Stream;
 
-use crate::job::Job;
+use crate::job::{comm_error, Job};
 
 /// The gauge group of a scaling run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,14 +151,9 @@ pub fn run(args: &ScalingArgs, job: &Job) -> Result<Option<serde_json::Value>> {
     Ok(job.is_root().then_some(report))
 }
 
-fn comm_err(e: PluginError) -> anyhow::Error {
-    anyhow::anyhow!("communication between ranks failed: {e}")
-}
-
 /// The largest of one value per rank.
 fn max_over_ranks(comm: &CommBox, v: f64) -> Result<f64> {
-    let all = comm.allgather(RSlice::from_slice(&[v])).into_result().map_err(comm_err)?;
-    Ok(all.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+    comm::max_over_ranks(comm, v).map_err(comm_error)
 }
 
 fn run_group<G: GaugeGroup + Pod>(args: &ScalingArgs, comm: &CommBox, clock: &Clock) -> Result<serde_json::Value>
@@ -289,12 +284,12 @@ fn measure_network(comm: &CommBox, slab: usize, reps: u32) -> Result<Network> {
         let buf = vec![1.0; len];
         // warm up once
         if let Some(p) = partner {
-            comm.sendrecv(RSlice::from_slice(&buf), p, p, len as u64).into_result().map_err(comm_err)?;
+            comm.sendrecv(RSlice::from_slice(&buf), p, p, len as u64).into_result().map_err(comm_error)?;
         }
         let t = Instant::now();
         for _ in 0..reps {
             if let Some(p) = partner {
-                comm.sendrecv(RSlice::from_slice(&buf), p, p, len as u64).into_result().map_err(comm_err)?;
+                comm.sendrecv(RSlice::from_slice(&buf), p, p, len as u64).into_result().map_err(comm_error)?;
             }
         }
         let mine = if partner.is_some() { t.elapsed().as_secs_f64() / f64::from(reps) } else { 0.0 };
@@ -304,7 +299,7 @@ fn measure_network(comm: &CommBox, slab: usize, reps: u32) -> Result<Network> {
     let large = time_msg(slab.max(2))?;
     let t = Instant::now();
     for _ in 0..reps {
-        comm.allgather(RSlice::from_slice(&[1.0, 2.0])).into_result().map_err(comm_err)?;
+        comm.allgather(RSlice::from_slice(&[1.0, 2.0])).into_result().map_err(comm_error)?;
     }
     let allgather = max_over_ranks(comm, t.elapsed().as_secs_f64() / f64::from(reps))?;
     if size < 2 {

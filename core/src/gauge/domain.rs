@@ -301,8 +301,7 @@ impl Domain {
 
     /// The largest of one value per rank, on every rank. Collective.
     pub fn max(&self, comm: &CommBox, value: f64) -> Result<f64, DomainError> {
-        let all = comm.allgather(RSlice::from_slice(&[value])).into_result()?;
-        Ok(all.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+        Ok(crate::comm::max_over_ranks(comm, value)?)
     }
 }
 
