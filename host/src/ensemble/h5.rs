@@ -29,8 +29,19 @@ use super::*;
 /// order: the HDF5 file closes before the lock is released.
 pub(crate) struct LockedFile {
     file: File,
-    /// The writer's exclusive lock; `None` for a reader (see [`open_file`]).
-    _lock: Option<std::fs::File>,
+    /// The writer's exclusive lock, and its `fsync` handle; `None` for a reader (see
+    /// [`open_file`]).
+    lock: Option<std::fs::File>,
+}
+
+impl LockedFile {
+    /// Flushes HDF5's buffers and `fsync`s the file through the lock's descriptor (the same
+    /// file). A writer's call; a reader has nothing to sync and gets an error.
+    pub(super) fn sync(&self, path: &Path) -> Result<(), EnsembleError> {
+        self.file.flush().map_err(h5(path, "file (flush)"))?;
+        let lock = self.lock.as_ref().ok_or_else(|| invalid(path, "file", "opened for reading, not writing"))?;
+        lock.sync_all().map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (fsync)".into(), error })
+    }
 }
 
 impl std::ops::Deref for LockedFile {
@@ -42,8 +53,7 @@ impl std::ops::Deref for LockedFile {
 
 /// Takes the exclusive lock on `lock` without waiting.
 fn take_lock(path: &Path, lock: &std::fs::File) -> Result<(), EnsembleError> {
-    let taken = lock.try_lock();
-    match taken {
+    match lock.try_lock() {
         Ok(()) => Ok(()),
         Err(std::fs::TryLockError::WouldBlock) => Err(EnsembleError::Hdf5 {
             path: path.to_owned(),
@@ -87,8 +97,15 @@ pub(super) fn create_file(path: &Path, overwrite: bool) -> Result<LockedFile, En
             EnsembleError::Io { path: path.to_owned(), object: "file (create)".into(), error }
         }
     })?;
+    if let Err(e) = take_lock(path, &lock) {
+        // another process has the file open: one this call made is removed, one that was there
+        // (overwrite) is left as it is
+        if !overwrite {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(e);
+    }
     let made = (|| {
-        take_lock(path, &lock)?;
         let mut builder = File::with_options();
         builder.with_fapl(writer_fapl);
         let file = builder.create(path).map_err(h5(path, "file (create)"))?;
@@ -96,13 +113,10 @@ pub(super) fn create_file(path: &Path, overwrite: bool) -> Result<LockedFile, En
         Ok(file)
     })();
     match made {
-        Ok(file) => Ok(LockedFile { file, _lock: Some(lock) }),
+        Ok(file) => Ok(LockedFile { file, lock: Some(lock) }),
         Err(e) => {
-            // a file this call made is removed; one that was there (overwrite) is left alone
-            // unless it was truncated, which only happens after the lock was taken
-            if !overwrite || !matches!(e, EnsembleError::Hdf5 { ref object, .. } if object == "file (lock)") {
-                let _ = std::fs::remove_file(path);
-            }
+            // the file is this call's or was truncated by it: remove it
+            let _ = std::fs::remove_file(path);
             Err(e)
         }
     }
@@ -196,19 +210,6 @@ pub(super) fn open_for_resume(path: &Path, card_hash: &str, schema_version: u32)
     Ok(file)
 }
 
-/// Flushes the file and `fsync`s it.
-pub(super) fn sync_file(path: &Path, file: &File, sync: &std::fs::File) -> Result<(), EnsembleError> {
-    file.flush().map_err(h5(path, "file (flush)"))?;
-    sync.sync_all().map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (fsync)".into(), error })
-}
-
-pub(super) fn sync_handle(path: &Path) -> Result<std::fs::File, EnsembleError> {
-    std::fs::File::open(path).map_err(|error| EnsembleError::Io {
-        path: path.to_owned(),
-        object: "file (open for fsync)".into(),
-        error,
-    })
-}
 
 
 
@@ -367,7 +368,7 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<LockedFile, EnsembleErr
         }
     })?;
     close_on_exec(path, &file)?;
-    Ok(LockedFile { file, _lock: lock })
+    Ok(LockedFile { file, lock })
 }
 
 pub(super) fn file_len(path: &Path) -> Result<u64, EnsembleError> {

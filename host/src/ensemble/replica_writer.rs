@@ -27,7 +27,6 @@ pub struct ReplicaDef {
 pub struct ReplicaWriter {
     path: PathBuf,
     file: LockedFile,
-    sync: std::fs::File,
     replicas: Vec<GroupSlots>,
     exchange: Vec<StepSlot>,
     n_replicas: usize,
@@ -194,11 +193,9 @@ impl ReplicaWriter {
         n_replicas: usize,
         (replicas, exchange, path_sweep, path_ds, path_on_disk): (Vec<GroupSlots>, Vec<StepSlot>, Dataset, Dataset, u64),
     ) -> Result<Self, EnsembleError> {
-        let sync = sync_handle(path)?;
         let mut w = Self {
             path: path.to_owned(),
             file,
-            sync,
             replicas,
             exchange,
             n_replicas,
@@ -286,7 +283,7 @@ impl ReplicaWriter {
             self.buf_path_sweeps.clear();
             self.buf_path.clear();
         }
-        sync_file(&path, &self.file, &self.sync)?;
+        self.file.sync(&path)?;
         for r in &mut self.replicas {
             r.synced();
         }

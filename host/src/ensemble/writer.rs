@@ -329,8 +329,6 @@ impl GroupSlots {
 pub struct EnsembleWriter {
     path: PathBuf,
     file: LockedFile,
-    /// A plain handle on the same file, used only to `fsync` it at every flush.
-    sync: std::fs::File,
     slots: GroupSlots,
 }
 
@@ -379,8 +377,7 @@ impl EnsembleWriter {
     }
 
     fn finish(path: &Path, file: LockedFile, slots: GroupSlots) -> Result<Self, EnsembleError> {
-        let sync = sync_handle(path)?;
-        let mut w = Self { path: path.to_owned(), file, sync, slots };
+        let mut w = Self { path: path.to_owned(), file, slots };
         w.flush()?;
         Ok(w)
     }
@@ -442,7 +439,7 @@ impl EnsembleWriter {
     /// disk (HDF5 flush and fsync). Returns the counts now on disk — what a checkpoint records.
     pub fn flush(&mut self) -> Result<Counts, EnsembleError> {
         self.slots.write(&self.path)?;
-        sync_file(&self.path, &self.file, &self.sync)?;
+        self.file.sync(&self.path)?;
         self.slots.synced();
         Ok(self.slots.on_disk_counts())
     }
