@@ -17,21 +17,26 @@ fn plugin_dirs() -> Vec<PathBuf> {
     vec![std::env::current_exe().unwrap().parent().unwrap().to_path_buf()]
 }
 
-/// Runs `card` on `ranks` thread-ranks (fresh, or `--resume`); returns every rank's result.
-fn run_on_ranks(card: &Path, ranks: u32, resume: bool) -> Vec<Result<PathBuf, String>> {
-    common::latflow(); // checks that the plugins the run loads are fresh
+/// Runs `f(rank, job)` on `ranks` thread-ranks, each with its own `Job`; every rank's result,
+/// an error as its text. A panicking rank fails the test.
+fn on_thread_ranks<T: Send>(ranks: u32, f: impl Fn(usize, Job) -> anyhow::Result<T> + Sync) -> Vec<Result<T, String>> {
+    common::latflow(); // checks that the plugins the ranks load are fresh
     let comms = comm::threads(ranks);
+    let f = &f;
     std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
-            .map(|c| {
-                s.spawn(move || {
-                    let opts = RunOptions { resume, quiet: true, force: false, plugin_dirs: plugin_dirs(), job: Job::new(c) };
-                    run(card, &opts).map_err(|e| format!("{e:#}"))
-                })
-            })
+            .enumerate()
+            .map(|(rank, c)| s.spawn(move || f(rank, Job::new(c)).map_err(|e| format!("{e:#}"))))
             .collect();
         handles.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+    })
+}
+
+/// Runs `card` on `ranks` thread-ranks (fresh, or `--resume`); returns every rank's result.
+fn run_on_ranks(card: &Path, ranks: u32, resume: bool) -> Vec<Result<PathBuf, String>> {
+    on_thread_ranks(ranks, |_, job| {
+        run(card, &RunOptions { resume, quiet: true, force: false, plugin_dirs: plugin_dirs(), job })
     })
 }
 
@@ -151,20 +156,9 @@ fn bad_jobs_are_refused_on_every_rank() {
     // ranks started on different cards (another seed on rank 1)
     let (other, _) = ladder_card(dir.path(), "other", HMC_AND_SWAPS, "", 60);
     std::fs::write(&other, std::fs::read_to_string(&card).unwrap().replace("seed = 17", "seed = 18")).unwrap();
-    let comms = comm::threads(2);
-    let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = comms
-            .into_iter()
-            .enumerate()
-            .map(|(rank, c)| {
-                let path = if rank == 0 { card.clone() } else { other.clone() };
-                s.spawn(move || {
-                    let opts = RunOptions { quiet: true, plugin_dirs: plugin_dirs(), job: Job::new(c), ..Default::default() };
-                    run(&path, &opts).map_err(|e| format!("{e:#}"))
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    let results = on_thread_ranks(2, |rank, job| {
+        let path = if rank == 0 { &card } else { &other };
+        run(path, &RunOptions { quiet: true, plugin_dirs: plugin_dirs(), job, ..Default::default() })
     });
     for r in results {
         let e = r.unwrap_err();
@@ -245,18 +239,8 @@ fn the_decomposed_su3_hmc_gives_the_trajectories_of_one_rank() {
         v.extend_from_slice(extra);
         Args::parse_from(v).a
     };
-    let on_ranks = |ranks: u32, a: latflow_host::scaling::ScalingArgs| -> Vec<Result<Option<serde_json::Value>, String>> {
-        let comms = comm::threads(ranks);
-        std::thread::scope(|s| {
-            let hs: Vec<_> = comms
-                .into_iter()
-                .map(|c| {
-                    let a = a.clone();
-                    s.spawn(move || latflow_host::scaling::run(&a, &Job::new(c)).map_err(|e| format!("{e:#}")))
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
-        })
+    let on_ranks = |ranks: u32, a: latflow_host::scaling::ScalingArgs| {
+        on_thread_ranks(ranks, |_, job| latflow_host::scaling::run(&a, &job))
     };
     let history = |r: &serde_json::Value| -> Vec<(f64, bool, f64)> {
         r["trajectories"]
@@ -317,25 +301,9 @@ fn train_card(dir: &Path, name: &str, chunks: u32, batch: u32, steps: u32) -> Pa
 
 /// Trains `card` on `ranks` thread-ranks (fresh with --force, or --resume).
 fn train_on(card: &Path, ranks: u32, resume: bool) -> Vec<Result<PathBuf, String>> {
-    common::latflow();
-    let comms = comm::threads(ranks);
-    std::thread::scope(|s| {
-        let hs: Vec<_> = comms
-            .into_iter()
-            .map(|c| {
-                s.spawn(move || {
-                    let opts = latflow_host::train::TrainOptions {
-                        quiet: true,
-                        plugin_dirs: plugin_dirs(),
-                        resume,
-                        force: !resume,
-                        job: Job::new(c),
-                    };
-                    latflow_host::train::train(card, &opts).map_err(|e| format!("{e:#}"))
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+    on_thread_ranks(ranks, |_, job| {
+        let opts = latflow_host::train::TrainOptions { quiet: true, plugin_dirs: plugin_dirs(), resume, force: !resume, job };
+        latflow_host::train::train(card, &opts)
     })
 }
 
