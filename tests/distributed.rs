@@ -142,7 +142,7 @@ fn bad_jobs_are_refused_on_every_rank() {
         let e = r.unwrap_err();
         assert!(e.contains("the ladder has 5 couplings and the job 6 ranks"), "{e}");
     }
-    // a plain chain cannot be split over ranks
+    // a plain chain of a theory without domain decomposition cannot be split over ranks
     let (plain, _) = write_card(
         dir.path(),
         "plain",
@@ -151,7 +151,7 @@ fn bad_jobs_are_refused_on_every_rank() {
     );
     for r in run_on_ranks(&plain, 2, false) {
         let e = r.unwrap_err();
-        assert!(e.contains("2 ranks") && e.contains("replica ladder"), "{e}");
+        assert!(e.contains("2 ranks") && e.contains("cannot be split") && e.contains("replica ladder"), "{e}");
     }
     // ranks started on different cards (another seed on rank 1)
     let (other, _) = ladder_card(dir.path(), "other", HMC_AND_SWAPS, "", 60);
@@ -370,4 +370,94 @@ fn a_killed_data_parallel_training_resumes_on_two_ranks_with_the_same_weights() 
     assert!(done > 0 && done < 3000, "the checkpoint is at step {done}");
     let resumed = ok_on_every_rank(train_on(&card, 2, true));
     assert!(training_outputs(&resumed) == reference, "resumed on 2 ranks, the training differs from the uninterrupted one");
+}
+
+/// A card of one SU(N) chain: HMC from a hot start, every observable, configurations saved.
+fn sun_card(dir: &Path, name: &str, theory: &str, chain: &str, measurements: u64) -> (PathBuf, PathBuf) {
+    let text = format!(
+        "[theory]\nplugin = \"sun\"\n{theory}\nwilson_loops = [[1, 1], [2, 1]]\n\n{chain}\n\n\
+         [run]\noutput = \"{{OUT}}\"\nseed = 9\nthermalization = 2\nmeasurements = {measurements}\nsave_every = 3\ncheckpoint_every = 4\nstart = \"hot\"\n"
+    );
+    write_card(dir, name, &text)
+}
+
+const SUN_HMC: &str = "[[chain]]\nkind = \"hmc\"\nmd_steps = 6\ntrajectory_length = 1.0";
+
+/// `latflow run` of one SU(3) chain on 2 ranks splits the lattice (domain decomposition) and
+/// writes the ensemble of the one-rank run bit for bit: ΔH and every step column, every
+/// observable, the saved configurations and the checkpoint (64×32: each rank holds whole
+/// reduction chunks). A one-rank run killed after a checkpoint resumes on 2 ranks with the
+/// bits of the uninterrupted run.
+#[test]
+fn a_split_su3_lattice_runs_the_chain_of_one_rank_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (card, out) = sun_card(dir.path(), "su3", "lattice = [64, 32]\nn = 3\nbeta = 4.0", SUN_HMC, 300);
+    let one = ok_on_every_rank(run_on_ranks(&card, 1, false));
+    let reference = all_bits(&one);
+    let ck_one = std::fs::read(format!("{}.ckpt", one.display())).unwrap();
+    let accepted = latflow_host::ensemble::read(&one).unwrap().couplings[0].steps[0].accepted.clone();
+    let acc = accepted.iter().filter(|&&a| a != 0).count() as f64 / accepted.len() as f64;
+    assert!(acc > 0.3 && acc < 1.0, "acceptance {acc}: the test needs accepted and rejected trajectories");
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(format!("{}.ckpt", out.display())).unwrap();
+    let two = ok_on_every_rank(run_on_ranks(&card, 2, false));
+    assert!(all_bits(&two) == reference, "2 ranks: the ensemble differs from the one-rank run");
+    let ck = std::fs::read(format!("{}.ckpt", two.display())).unwrap();
+    assert!(ck == ck_one, "2 ranks: the checkpoint differs from the one-rank run's");
+
+    // killed on one rank after a checkpoint, resumed on two
+    std::fs::remove_file(&out).unwrap();
+    let ckpt = PathBuf::from(format!("{}.ckpt", out.display()));
+    std::fs::remove_file(&ckpt).unwrap();
+    let mut child = common::latflow().args(["run", card.to_str().unwrap(), "-q"]).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while !ckpt.exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    assert!(!child.wait().unwrap().success(), "the run finished before it could be killed: make it longer");
+    let resumed = ok_on_every_rank(run_on_ranks(&card, 2, true));
+    assert!(all_bits(&resumed) == reference, "a one-rank run resumed on two ranks differs from the uninterrupted run");
+}
+
+/// SU(2) on 3 ranks of a 6×4 lattice (slabs of 2 slices, partial reduction chunks): the same
+/// links and accept decisions as one rank, ΔH and the plaquette to rounding; what a split
+/// lattice does not do yet is refused on every rank.
+#[test]
+fn a_split_su2_lattice_follows_one_rank_and_refusals_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    // coarse steps, so that some trajectories are rejected
+    let coarse = "[[chain]]\nkind = \"hmc\"\nmd_steps = 2\ntrajectory_length = 2.0";
+    let (card, out) = sun_card(dir.path(), "su2", "lattice = [6, 4]\nn = 2\nbeta = 2.0", coarse, 40);
+    let read = |p: &Path| {
+        let f = latflow_host::ensemble::read(p).unwrap();
+        let c = &f.couplings[0];
+        let configs = f.read_configs(0, 0, c.configs.as_ref().unwrap().count).unwrap();
+        let plaq = c.observables.iter().find(|o| o.name == "plaquette").unwrap().values.clone();
+        let steps: Vec<bool> = c.steps[0].accepted.iter().map(|&a| a != 0).collect();
+        (configs, plaq, steps)
+    };
+    let one = read(&ok_on_every_rank(run_on_ranks(&card, 1, false)));
+    assert!(one.2.iter().any(|&a| a) && one.2.iter().any(|&a| !a), "the test needs accepted and rejected trajectories");
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(format!("{}.ckpt", out.display())).unwrap();
+    let three = read(&ok_on_every_rank(run_on_ranks(&card, 3, false)));
+    assert!(one.0 == three.0, "3 ranks: the saved links differ from one rank's");
+    assert_eq!(one.2, three.2, "3 ranks: accept decisions");
+    for (a, b) in one.1.iter().zip(&three.1) {
+        assert!((a - b).abs() < 1e-13, "3 ranks: plaquette {a} vs {b}");
+    }
+
+    let refused = |name: &str, theory: &str, chain: &str, ranks: u32, want: &str| {
+        let (c, _) = sun_card(dir.path(), name, theory, chain, 4);
+        for r in run_on_ranks(&c, ranks, false) {
+            let e = r.unwrap_err();
+            assert!(e.contains(want), "{name}: {e}");
+        }
+    };
+    refused("odd", "lattice = [6, 4]\nn = 2\nbeta = 2.0", SUN_HMC, 4, "extent 6 along axis 0 is not divisible by the 4 ranks");
+    refused("improved", "lattice = [8, 4]\nn = 3\nbeta = 4.0\naction = \"iwasaki\"", SUN_HMC, 2, "action = \"iwasaki\"");
+    refused("heatbath", "lattice = [8, 4]\nn = 3\nbeta = 4.0", "[[chain]]\nkind = \"heatbath\"", 2, "the 'heatbath' step");
+    let model = format!("{SUN_HMC}\n\n[model]\nplugin = \"flow-sun\"");
+    refused("model", "lattice = [8, 4]\nn = 3\nbeta = 4.0", &model, 2, "a model needs whole configurations");
 }

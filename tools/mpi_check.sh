@@ -6,7 +6,8 @@
 #   2. a rank killed mid-run (SIGKILL to one rank), then `mpirun -np 2 latflow run --resume`:
 #      the result equals the uninterrupted run;
 #   3. the domain-decomposed SU(3) HMC (`latflow scaling`) gives the trajectories of one
-#      process: ΔH, acceptance and plaquette bit for bit; data-parallel training
+#      process: ΔH, acceptance and plaquette bit for bit; `latflow run` of one SU(3) chain
+#      splits its lattice over the ranks and writes the one-process file, bit for bit; data-parallel training
 #      (`[train] chunks = 4`) writes the weights of one process, byte for byte;
 #   4. bad jobs are refused with a clear message: more ranks than couplings, ranks started on
 #      different cards, a lattice that does not divide over the ranks, ranks started with
@@ -146,6 +147,34 @@ t1=$(traj dd1.json | cut -d' ' -f2-); t2=$(traj dd2.json | cut -d' ' -f2-)
 [ "$(traj dd2.json | cut -d' ' -f1)" = 2 ] || { echo "the scaling run did not see 2 ranks" >&2; exit 1; }
 [ "$t1" = "$t2" ] || { echo "decomposed HMC on 2 ranks differs from 1 process:" >&2; echo "$t1" >&2; echo "$t2" >&2; exit 1; }
 echo "  3 trajectories: ΔH, accept and plaquette bit-identical"
+
+echo "   latflow run of one SU(3) chain, its lattice split over 2 ranks, against 1 process"
+cat > su3.toml <<CARD
+[theory]
+plugin = "sun"
+lattice = [64, 32]
+n = 3
+beta = 4.0
+
+[[chain]]
+kind = "hmc"
+md_steps = 6
+
+[run]
+output = "su3.h5"
+seed = 9
+measurements = 60
+save_every = 5
+start = "hot"
+CARD
+"$bin" run su3.toml -q >/dev/null && mv su3.h5 su3_one.h5 && mv su3.h5.ckpt su3_one.h5.ckpt
+"${mpirun[@]}" "$bin" run su3.toml -q >/dev/null
+same su3_one.h5 su3.h5
+cmp su3_one.h5.ckpt su3.h5.ckpt && echo "  the checkpoints (global configuration gathered) are byte-identical"
+expect_early() { if out=$("$@" 2>&1); then echo "should have failed: $*" >&2; exit 1; fi; grep -q "cannot be split" <<<"$out" || { echo "$out" >&2; exit 1; }; }
+sed 's/plugin = "sun"/plugin = "u1"/; s/^n = 3$//; s/output = .*/output = "u1split.h5"/' su3.toml > u1split.toml
+expect_early "${mpirun[@]}" "$bin" run u1split.toml -q
+echo "  a theory without domain decomposition is refused"
 
 echo "   data-parallel training ([train] chunks = 4) on 2 ranks against 1 process"
 cat > dp.toml <<CARD

@@ -29,6 +29,7 @@ use crate::hmc::{hmc_trajectory, FieldSpace, HmcError, LeveledAction, Schedule};
 use crate::layout::FieldLayout;
 use crate::rng::{RngState, Stream};
 use crate::workers::Workers;
+use crate::comm::CommBox;
 use crate::ErrorKind;
 
 /// The physics of a theory plugin. Configurations are flat `f64` slices laid out as
@@ -137,6 +138,30 @@ pub trait Physics: Send + Sync + Sized + 'static {
         None
     }
 
+    /// Splits the lattice over the ranks of `comm` (see [`Theory::set_communicator`] for the
+    /// contract: afterwards [`Physics::layout`] is the local block along axis 0,
+    /// [`Physics::initial`] the local part of the global start, and `action`, `measure` and
+    /// [`Physics::hmc`] are collective, with global results equal on every rank). Called at
+    /// most once, before any configuration exists. By default one rank is accepted (nothing
+    /// changes) and more are refused.
+    fn set_communicator(&mut self, comm: CommBox) -> Result<(), PluginError> {
+        if comm.size() == 1 {
+            return Ok(());
+        }
+        Err(PluginError::new(
+            ErrorKind::Unsupported,
+            format!("the theory '{}' cannot be split over {} ranks (it has no domain decomposition)", Self::NAME, comm.size()),
+        ))
+    }
+
+    /// `n_traj` HMC trajectories on one configuration, continuing `rng`. By default core's
+    /// [`hmc_trajectory`] on [`Physics::space`] and [`Physics::action_levels`]
+    /// ([`hmc_trajectories`]); a theory whose decomposed lattice needs halo storage that the
+    /// flat configuration does not carry overrides it for that case.
+    fn hmc(&self, field: &mut Vec<f64>, params: &HmcParams, n_traj: u32, rng: &mut Stream) -> Result<Vec<TrajectoryRecord>, PluginError> {
+        hmc_trajectories(self, field, params, n_traj, rng)
+    }
+
     /// The theory's own Markov step kinds (card `kind`s, e.g. `heatbath`); none by default.
     /// Each must leave e^{−S} invariant: it composes with every other step of a chain.
     fn step_kinds(&self) -> Vec<&'static str> {
@@ -209,6 +234,9 @@ pub struct Adapter<P: Physics> {
     params_json: RString,
     observables: RVec<ObservableSpec>,
     measure_len: usize,
+    /// Whether the lattice is split over several ranks: every call is then collective, so a
+    /// batch is processed one configuration after the other (every rank in the same order).
+    decomposed: bool,
 }
 
 impl<P: Physics> Adapter<P> {
@@ -228,6 +256,7 @@ impl<P: Physics> Adapter<P> {
             params_json: RString::new(),
             observables: RVec::new(),
             measure_len: 0,
+            decomposed: false,
         };
         adapter.refresh_cache();
         Ok(adapter)
@@ -248,7 +277,7 @@ impl<P: Physics> Adapter<P> {
         n_traj: u32,
         rng: &mut Stream,
     ) -> Result<Vec<TrajectoryRecord>, PluginError> {
-        self.workers.install(|| hmc_trajectories(&self.physics, field, params, n_traj, rng))
+        self.workers.install(|| self.physics.hmc(field, params, n_traj, rng))
     }
 
     /// The wrapped physics.
@@ -283,6 +312,9 @@ impl<P: Physics> Adapter<P> {
         f: impl Fn(&[f64]) -> Result<T, PluginError> + Sync + Send,
     ) -> Result<Vec<T>, PluginError> {
         batch_len(configs.len(), self.config_len)?;
+        if self.decomposed {
+            return self.workers.install(|| configs.chunks(self.config_len).map(f).collect());
+        }
         self.workers.install(|| configs.par_chunks(self.config_len).map(f).collect())
     }
 }
@@ -349,6 +381,12 @@ impl<P: Physics> Theory for Adapter<P> {
 
     fn action_grad(&self, configs: RSlice<'_, f64>) -> RResult<ActionGrad, PluginError> {
         self.call("action_grad", || {
+            if self.decomposed {
+                return Err(PluginError::new(
+                    ErrorKind::Unsupported,
+                    "action_grad on a lattice split over ranks: a model needs whole configurations, which a split theory does not hold",
+                ));
+            }
             let n = batch_len(configs.len(), self.config_len)?;
             let mut grad = vec![0.0; configs.len()];
             let mut actions = vec![0.0; n];
@@ -428,6 +466,23 @@ impl<P: Physics> Theory for Adapter<P> {
                 }
                 Ok(RVec::from(out))
             })
+        })
+    }
+
+    fn set_communicator(&mut self, comm: CommBox) -> RResult<(), PluginError> {
+        guard(&format!("{}::set_communicator", P::NAME), || {
+            let ranks = comm.size();
+            self.physics.set_communicator(comm)?;
+            if ranks > 1 {
+                self.decomposed = true;
+                self.layout = self.physics.layout();
+                self.config_len = self.layout.config_len();
+                if self.config_len == 0 {
+                    return Err(PluginError::new(ErrorKind::Internal, "the local layout has no dynamical reals"));
+                }
+                self.refresh_cache();
+            }
+            Ok(())
         })
     }
 

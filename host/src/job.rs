@@ -19,6 +19,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
+use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::RSlice;
 use anyhow::{bail, Result};
 use latflow_core::comm::{self, CommBox};
@@ -75,6 +76,14 @@ impl Job {
     /// The communicator.
     pub fn comm(&self) -> &CommBox {
         &self.comm
+    }
+
+    /// An owned handle on this job's communicator, to hand to a plugin (a theory split over
+    /// the ranks: [`latflow_core::abi::Theory::set_communicator`]). It sends through the same
+    /// channels as the job, so the host and the plugin must not communicate at the same time
+    /// (they take turns: the host calls the plugin and waits for it).
+    pub fn comm_handle(&self) -> CommBox {
+        latflow_core::comm::Communicator_TO::from_value(SharedComm(Arc::clone(&self.comm)), TD_Opaque)
     }
 
     /// Items `[lo, hi)` of `n` that this rank owns: contiguous blocks in rank order, sizes
@@ -150,6 +159,33 @@ impl Job {
             );
         }
         Ok(())
+    }
+}
+
+/// A job's communicator shared with a plugin: every call forwards to the job's.
+struct SharedComm(Arc<CommBox>);
+
+impl latflow_core::comm::Communicator for SharedComm {
+    fn rank(&self) -> u32 {
+        self.0.rank()
+    }
+    fn size(&self) -> u32 {
+        self.0.size()
+    }
+    fn sendrecv(
+        &self,
+        send: RSlice<'_, f64>,
+        dest: u32,
+        source: u32,
+        recv_len: u64,
+    ) -> abi_stable::std_types::RResult<abi_stable::std_types::RVec<f64>, latflow_core::PluginError> {
+        self.0.sendrecv(send, dest, source, recv_len)
+    }
+    fn allgather(
+        &self,
+        send: RSlice<'_, f64>,
+    ) -> abi_stable::std_types::RResult<abi_stable::std_types::RVec<f64>, latflow_core::PluginError> {
+        self.0.allgather(send)
     }
 }
 

@@ -697,6 +697,27 @@ impl TheoryHandle {
         self.call("set_threads", r)
     }
 
+    /// Splits the theory's lattice over the ranks of `comm` (see
+    /// [`latflow_core::abi::Theory::set_communicator`]): afterwards [`Self::layout`] and
+    /// [`Self::config_len`] describe this rank's block, and action, measurement and HMC calls
+    /// are collective. The observables are read again (their list may not change).
+    pub fn set_communicator(&mut self, comm: latflow_core::comm::CommBox) -> Result<(), PluginLoadError> {
+        let _in = abort_report::enter(&self.name, "set_communicator");
+        let r = self.obj.set_communicator(comm);
+        self.call("set_communicator", r)?;
+        let layout = self.obj.layout();
+        let observables: Vec<ObservableSpec> = self.obj.observables().into_iter().collect();
+        if observables != self.observables {
+            return Err(self.bad("set_communicator", "the observables changed when the lattice was split".into()));
+        }
+        self.config_len = layout.config_len();
+        self.layout = layout;
+        if self.config_len == 0 {
+            return Err(self.bad("layout", "the local field layout has no dynamical degrees of freedom".into()));
+        }
+        Ok(())
+    }
+
     /// A named parameter.
     pub fn parameter(&self, name: &str) -> Result<f64, PluginLoadError> {
         let _in = abort_report::enter(&self.name, "parameter");

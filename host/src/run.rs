@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::card::RunCard;
+use crate::card::{RunCard, StartChoice};
 use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::ensemble::{ConfigDef, Counts, EnsembleWriter, ObservableDef};
@@ -23,7 +23,9 @@ pub use crate::setup::RunOptions;
 /// On a job of several ranks: a replica ladder is split by couplings ([`crate::replica`]);
 /// a plain card's independent chains (`[run] chains`) by chains, each rank running its block
 /// of chains one after the other, each chain writing its own file (so every file is a complete
-/// ensemble that resumes on its own, and no rank waits for another's writes).
+/// ensemble that resumes on its own, and no rank waits for another's writes); a plain card of
+/// one chain by its lattice, which the theory splits over the ranks (domain decomposition: see
+/// [`run_chain`]).
 pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let card = RunCard::load(card_path)?;
     if card.ladder.is_some() {
@@ -31,6 +33,9 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     }
     let file = card.path.display().to_string();
     let (chains, job) = (card.run.chains as usize, &opts.job);
+    if chains == 1 && job.size() > 1 {
+        return run_chain(card, opts);
+    }
     if job.size() > chains {
         bail!(
             "{file}: the card has {chains} chain(s) and the job {} ranks: every rank needs at least one chain (set run.chains to at least {} for independent chains, or use a replica ladder)",
@@ -62,9 +67,38 @@ pub fn run(card_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
 }
 
 /// Runs (or resumes) one chain of a plain card (`card.run.chain`, writing `card.run.output`).
+///
+/// On a job of several ranks the chain's lattice is split: every rank loads the theory and
+/// hands it the job's communicator ([`TheoryHandle::set_communicator`]), so that its
+/// configuration is the rank's slab of the global one and every theory call is collective.
+/// Every rank runs the same chain with the same random streams; the root alone writes the file
+/// and the checkpoint, which hold global configurations (gathered), and a resume gives every
+/// rank its slab of the checkpoint's. Only theory steps run on a split lattice: a `[model]` is
+/// refused, since models need whole configurations.
 fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let file = card.path.display().to_string();
+    let job = &opts.job;
     let mut theory = load_theory(&card, &opts.plugin_dirs)?;
+    let global = (theory.config_len(), theory.layout().clone());
+    let split = job.size() > 1;
+    if split {
+        job.check_same("card", &card.hash()).with_context(|| file.clone())?;
+        if card.model.is_some() {
+            bail!(
+                "{file}: [model]: the lattice is split over the job's {} ranks, and a model needs whole configurations on one rank \
+                 (run flows on one rank, or spread replicas or independent chains over the ranks)",
+                job.size()
+            );
+        }
+        theory.set_communicator(job.comm_handle()).with_context(|| {
+            format!(
+                "{file}: [theory]: a card of one chain on {} ranks splits its lattice over them, and this theory cannot be split \
+                 (for ensemble parallelism use a replica ladder, or set run.chains to at least {} for independent chains)",
+                job.size(),
+                job.size()
+            )
+        })?;
+    }
     let model = load_model(&card, &theory, opts)?;
     let model_provenance = model.as_ref().map(|m| m.provenance.clone()).unwrap_or_default();
     let weights_digest = model.as_ref().map(|m| m.weights_digest.clone()).unwrap_or_default();
@@ -74,37 +108,72 @@ fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let observables = observable_defs(&theory);
     check_references(&card, &observables)?;
     let steps = chain_step_defs(&card, &chain);
-    let configs = (card.run.save_every > 0)
-        .then(|| ConfigDef { config_len: theory.config_len(), shape: theory.layout().config_dims() });
+    let configs = (card.run.save_every > 0).then(|| ConfigDef { config_len: global.0, shape: global.1.config_dims() });
     let out = OutputFiles::of(&card);
     // The card and the model's weights together determine the run.
     let hash = if weights_digest.is_empty() { card.hash() } else { sha256_hex(format!("{}{weights_digest}", card.hash()).as_bytes()) };
+    let slab = |config: &[f64]| -> Vec<f64> {
+        let n = theory.config_len();
+        if split { config[job.rank() * n..(job.rank() + 1) * n].to_vec() } else { config.to_vec() }
+    };
 
-    let (writer, config, sweeps_done) = if opts.resume {
-        let ck = load_checkpoint(&card, &out, &hash, CheckpointKind::Plain)?;
-        if ck.config.len() != theory.config_len() {
-            bail!("{file}: --resume: checkpoint configuration has {} reals, the theory needs {}", ck.config.len(), theory.config_len());
+    // Only the root touches the files; every rank reads the checkpoint's state.
+    let setup = (|| -> Result<(Option<EnsembleWriter>, Vec<f64>, u64)> {
+        Ok(if opts.resume {
+            let ck = load_checkpoint(&card, &out, &hash, CheckpointKind::Plain)?;
+            if ck.config.len() != global.0 {
+                bail!("{file}: --resume: checkpoint configuration has {} reals, the theory needs {}", ck.config.len(), global.0);
+            }
+            chain.restore_rngs(&ck.step_rngs).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
+            chain.restore_states(&ck.step_states).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
+            let writer = if job.is_root() {
+                Some(
+                    EnsembleWriter::resume(&out.output, &hash, &observables, &steps, configs.as_ref(), &ck.counts)
+                        .with_context(|| format!("{file}: run.output (--resume)"))?,
+                )
+            } else {
+                None
+            };
+            (writer, slab(&ck.config), ck.sweeps_done)
+        } else {
+            let config = match (&card.run.start, split) {
+                (Some(StartChoice::File(f)), true) => {
+                    let loaded = crate::ildg::start::load(&f.file, f.index, &global.1).with_context(|| format!("{file}: run.start"))?;
+                    slab(&loaded.config)
+                }
+                _ => initial_config(&card, &theory, model.as_deref(), crate::streams::Slot::Chain(card.run.chain as usize))?,
+            };
+            if !job.is_root() {
+                return Ok((None, config, 0));
+            }
+            let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
+            let prov = provenance(&card, &theory, &hash, theory.params_json(), model_provenance);
+            let writer = EnsembleWriter::create(&out.output, &prov, &observables, &steps, configs.as_ref(), overwrite)
+                .with_context(|| format!("{file}: run.output"))?;
+            let _ = std::fs::remove_file(&out.checkpoint);
+            (Some(writer), config, 0)
+        })
+    })();
+    let (writer, config, sweeps_done) = match job.first_failure(setup.is_ok())? {
+        None => setup?,
+        Some(rank) => {
+            if let Ok((Some(w), _, _)) = setup {
+                drop(w);
+                out.discard_unless(opts.resume);
+            } else {
+                setup?;
+            }
+            bail!("{file}: rank {rank} could not start the run (its message says why)");
         }
-        chain.restore_rngs(&ck.step_rngs).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
-        chain.restore_states(&ck.step_states).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
-        let writer = EnsembleWriter::resume(&out.output, &hash, &observables, &steps, configs.as_ref(), &ck.counts)
-            .with_context(|| format!("{file}: run.output (--resume)"))?;
-        (writer, ck.config, ck.sweeps_done)
-    } else {
-        let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
-        let prov = provenance(&card, &theory, &hash, theory.params_json(), model_provenance);
-        let config = initial_config(&card, &theory, model.as_deref(), crate::streams::Slot::Chain(card.run.chain as usize))?;
-        let writer = EnsembleWriter::create(&out.output, &prov, &observables, &steps, configs.as_ref(), overwrite)
-            .with_context(|| format!("{file}: run.output"))?;
-        let _ = std::fs::remove_file(&out.checkpoint);
-        (writer, config, 0)
     };
 
     // One call of the plain action entry point, so that a plugin whose `action` is broken is
     // caught here rather than later by a sampler that relies on it.
     if let Err(e) = theory.action(&config) {
         drop(writer);
-        out.discard_unless(opts.resume);
+        if job.is_root() {
+            out.discard_unless(opts.resume);
+        }
         return Err(anyhow::Error::new(e).context(format!("{file}: [theory] (action of the starting configuration)")));
     }
     let n = steps.len();
@@ -117,8 +186,10 @@ fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
         records: vec![Vec::new(); n],
         accepted: vec![0; n],
         applied: vec![0; n],
+        job: split.then(|| job.clone()),
+        gathered: None,
     };
-    sweep_loop(&card, &out, &hash, &mut sampler, Some(writer), sweeps_done, opts)?;
+    sweep_loop(&card, &out, &hash, &mut sampler, writer, sweeps_done, opts)?;
     Ok(out.output)
 }
 
@@ -162,6 +233,21 @@ struct PlainSampler<'a> {
     records: Vec<Vec<StepRecord>>,
     accepted: Vec<u64>,
     applied: Vec<u64>,
+    /// The job whose ranks hold the slabs of a split lattice (`None`: this rank holds it all).
+    job: Option<crate::job::Job>,
+    /// The global configuration gathered by [`Sampler::collect`] for the root to store.
+    gathered: Option<Vec<f64>>,
+}
+
+impl PlainSampler<'_> {
+    /// The global configuration: this rank's own, or on a split lattice every rank's slab
+    /// gathered in rank order (collective).
+    fn global_config(&self) -> Result<Vec<f64>> {
+        match &self.job {
+            None => Ok(self.config.clone()),
+            Some(job) => Ok(job.gather(&self.config)?.concat()),
+        }
+    }
 }
 
 impl Sampler for PlainSampler<'_> {
@@ -189,8 +275,17 @@ impl Sampler for PlainSampler<'_> {
         }
     }
 
+    fn collect(&mut self, save_config: bool) -> Result<()> {
+        self.gathered = match (&self.job, save_config) {
+            (Some(_), true) => Some(self.global_config()?),
+            _ => None,
+        };
+        Ok(())
+    }
+
     fn store(&self, writer: &mut EnsembleWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()> {
-        store_coupling(writer, 0, &self.records, sweep, &values[0], save_config.then_some(self.config.as_slice()))
+        let config = self.gathered.as_deref().unwrap_or(&self.config);
+        store_coupling(writer, 0, &self.records, sweep, &values[0], save_config.then_some(config))
     }
 
     fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: Counts) -> Result<Checkpoint> {
@@ -200,7 +295,7 @@ impl Sampler for PlainSampler<'_> {
             sweeps_done,
             counts,
             step_rngs: self.chain.rng_states(),
-            config: self.config.clone(),
+            config: self.global_config()?,
             step_states: self.chain.step_states(),
             replica: None,
         })

@@ -21,7 +21,7 @@ use latflow_core::gauge::su3::{
     adj_mul_rows as adj_mul, adj_rows as adj, mul_adj_rows as mul_adj, mul_rows as mul,
     re_tr_mul_adj_rows as re_tr_mul_adj, rows, Rows,
 };
-use latflow_core::gauge::{su3, LieAlgebra, Su3, SuAlg};
+use latflow_core::gauge::{su3, LieAlgebra, Neighbours, Su3, SuAlg};
 use latflow_core::sum::CompensatedSum;
 use latflow_core::Lattice;
 
@@ -113,22 +113,22 @@ pub const SIMD_NAMES: [&str; 3] = ["baseline", "AVX2", "AVX-512"];
 /// (U_ν(y) U_μ(y+ν̂))† U_μ(y) at y = x − μ̂. For each link the ν ≠ μ arrive in increasing
 /// order, upper before lower, as in core's `staple`.
 #[inline(always)]
-fn staples(lat: &Lattice, u: &[Su3], x: usize, acc: &mut [Rows; MAX_DIM]) {
+fn staples<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], x: usize, acc: &mut [Rows; MAX_DIM]) {
     let d = lat.dim();
     let link = |y: usize, mu: usize| rows(&u[y * d + mu]);
     for mu in 0..d {
         for nu in mu + 1..d {
-            let (xm, xn) = (lat.fwd(x, mu), lat.fwd(x, nu));
+            let (xm, xn) = (lat.up(x, mu), lat.up(x, nu));
             let c = mul_adj(link(xm, nu), link(xn, mu));
             let up_mu = mul_adj(&c, link(x, nu));
             add_to(&mut acc[mu], &up_mu);
             let uc = mul(link(x, mu), &c);
-            let yn = lat.bwd(x, nu);
-            let lo_mu = adj_mul(&mul(link(yn, mu), link(lat.fwd(yn, mu), nu)), link(yn, nu));
+            let yn = lat.dn(x, nu);
+            let lo_mu = adj_mul(&mul(link(yn, mu), link(lat.up(yn, mu), nu)), link(yn, nu));
             add_to(&mut acc[mu], &lo_mu);
             add_adj_to(&mut acc[nu], &uc);
-            let ym = lat.bwd(x, mu);
-            let lo_nu = adj_mul(&mul(link(ym, nu), link(lat.fwd(ym, nu), mu)), link(ym, mu));
+            let ym = lat.dn(x, mu);
+            let lo_nu = adj_mul(&mul(link(ym, nu), link(lat.up(ym, nu), mu)), link(ym, mu));
             add_to(&mut acc[nu], &lo_nu);
         }
     }
@@ -136,7 +136,7 @@ fn staples(lat: &Lattice, u: &[Su3], x: usize, acc: &mut [Rows; MAX_DIM]) {
 
 /// U_μ(y)† U_ν(y) for every plane μ < ν of site y (the "corner" products), in plane order.
 #[inline(always)]
-fn corners_site(lat: &Lattice, u: &[Su3], y: usize, out: &mut [Rows]) {
+fn corners_site<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], y: usize, out: &mut [Rows]) {
     let d = lat.dim();
     let link = |mu: usize| rows(&u[y * d + mu]);
     let mut k = 0;
@@ -152,24 +152,24 @@ fn corners_site(lat: &Lattice, u: &[Su3], y: usize, out: &mut [Rows]) {
 /// every site (`corners`, d(d−1)/2 per site in plane order): (U_μ(y) U_ν(y+μ̂))† U_ν(y) =
 /// U_ν(y+μ̂)† F(y) and (U_ν(y) U_μ(y+ν̂))† U_μ(y) = (F(y) U_μ(y+ν̂))†, one product each.
 #[inline(always)]
-fn staples_shared(lat: &Lattice, u: &[Su3], corners: &[Rows], x: usize, acc: &mut [Rows; MAX_DIM]) {
+fn staples_shared<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], corners: &[Rows], x: usize, acc: &mut [Rows; MAX_DIM]) {
     let d = lat.dim();
     let planes = d * (d - 1) / 2;
     let link = |y: usize, mu: usize| rows(&u[y * d + mu]);
     let mut k = 0;
     for mu in 0..d {
         for nu in mu + 1..d {
-            let (xm, xn) = (lat.fwd(x, mu), lat.fwd(x, nu));
+            let (xm, xn) = (lat.up(x, mu), lat.up(x, nu));
             let c = mul_adj(link(xm, nu), link(xn, mu));
             let up_mu = mul_adj(&c, link(x, nu));
             add_to(&mut acc[mu], &up_mu);
             let uc = mul(link(x, mu), &c);
-            let yn = lat.bwd(x, nu);
-            let lo_mu = adj_mul(link(lat.fwd(yn, mu), nu), &corners[yn * planes + k]);
+            let yn = lat.dn(x, nu);
+            let lo_mu = adj_mul(link(lat.up(yn, mu), nu), &corners[yn * planes + k]);
             add_to(&mut acc[mu], &lo_mu);
             add_adj_to(&mut acc[nu], &uc);
-            let ym = lat.bwd(x, mu);
-            let lo_nu = mul(&corners[ym * planes + k], link(lat.fwd(ym, nu), mu));
+            let ym = lat.dn(x, mu);
+            let lo_nu = mul(&corners[ym * planes + k], link(lat.up(ym, nu), mu));
             add_adj_to(&mut acc[nu], &lo_nu);
             k += 1;
         }
@@ -177,7 +177,7 @@ fn staples_shared(lat: &Lattice, u: &[Su3], corners: &[Rows], x: usize, acc: &mu
 }
 
 #[inline(always)]
-fn force_site_shared(lat: &Lattice, u: &[Su3], corners: &[Rows], w: f64, x: usize, out: &mut [SuAlg<3>]) {
+fn force_site_shared<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], corners: &[Rows], w: f64, x: usize, out: &mut [SuAlg<3>]) {
     let mut acc = [[[0.0; 6]; 3]; MAX_DIM];
     staples_shared(lat, u, corners, x, &mut acc);
     let d = lat.dim();
@@ -187,7 +187,7 @@ fn force_site_shared(lat: &Lattice, u: &[Su3], corners: &[Rows], w: f64, x: usiz
 }
 
 #[inline(always)]
-fn force_site(lat: &Lattice, u: &[Su3], w: f64, x: usize, out: &mut [SuAlg<3>]) {
+fn force_site<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], w: f64, x: usize, out: &mut [SuAlg<3>]) {
     let mut acc = [[[0.0; 6]; 3]; MAX_DIM];
     staples(lat, u, x, &mut acc);
     let d = lat.dim();
@@ -197,13 +197,13 @@ fn force_site(lat: &Lattice, u: &[Su3], w: f64, x: usize, out: &mut [SuAlg<3>]) 
 }
 
 #[inline(always)]
-fn plaquettes_site(lat: &Lattice, u: &[Su3], x: usize, s: &mut CompensatedSum) {
+fn plaquettes_site<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], x: usize, s: &mut CompensatedSum) {
     let d = lat.dim();
     let link = |y: usize, mu: usize| rows(&u[y * d + mu]);
     for mu in 0..d {
         for nu in mu + 1..d {
-            let a = mul(link(x, mu), link(lat.fwd(x, mu), nu));
-            let b = mul(link(x, nu), link(lat.fwd(x, nu), mu));
+            let a = mul(link(x, mu), link(lat.up(x, mu), nu));
+            let b = mul(link(x, nu), link(lat.up(x, nu), mu));
             s.add(re_tr_mul_adj(&a, &b));
         }
     }
@@ -220,22 +220,22 @@ macro_rules! variant {
             /// # Safety
             /// The CPU must support the instruction set.
             #[target_feature(enable = $feature)]
-            pub unsafe fn force_site(lat: &Lattice, u: &[Su3], w: f64, x: usize, out: &mut [SuAlg<3>]) {
+            pub unsafe fn force_site<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], w: f64, x: usize, out: &mut [SuAlg<3>]) {
                 super::force_site(lat, u, w, x, out)
             }
 
             /// # Safety
             /// The CPU must support the instruction set.
             #[target_feature(enable = $feature)]
-            pub unsafe fn corners_site(lat: &Lattice, u: &[Su3], y: usize, out: &mut [Rows]) {
+            pub unsafe fn corners_site<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], y: usize, out: &mut [Rows]) {
                 super::corners_site(lat, u, y, out)
             }
 
             /// # Safety
             /// The CPU must support the instruction set.
             #[target_feature(enable = $feature)]
-            pub unsafe fn force_site_shared(
-                lat: &Lattice,
+            pub unsafe fn force_site_shared<N: Neighbours + ?Sized>(
+                lat: &N,
                 u: &[Su3],
                 corners: &[Rows],
                 w: f64,
@@ -262,7 +262,7 @@ macro_rules! variant {
             /// # Safety
             /// The CPU must support the instruction set.
             #[target_feature(enable = $feature)]
-            pub unsafe fn plaquettes_site(lat: &Lattice, u: &[Su3], x: usize, s: &mut CompensatedSum) {
+            pub unsafe fn plaquettes_site<N: Neighbours + ?Sized>(lat: &N, u: &[Su3], x: usize, s: &mut CompensatedSum) {
                 super::plaquettes_site(lat, u, x, s)
             }
         }
@@ -337,13 +337,39 @@ thread_local! {
 /// CPU lacks falls back to the widest it has). Up to [`CORNERS_MAX_BYTES`] of corner products
 /// it shares them between lower staples (the same result up to rounding).
 pub fn wilson_force(lat: &Lattice, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
-    let d = lat.dim();
-    let corner_bytes = lat.volume() * d * (d - 1) / 2 * std::mem::size_of::<Rows>();
-    wilson_force_with(lat, u, w, f, level, corner_bytes <= CORNERS_MAX_BYTES);
+    wilson_force_on(lat, lat.volume(), lat.volume(), u, w, f, level);
 }
 
-/// [`wilson_force`], with (`shared`) or without the corner products.
-fn wilson_force_with(lat: &Lattice, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8, shared: bool) {
+/// [`wilson_force`] on any site set with neighbour tables (`nb`: the whole lattice, or one
+/// rank's slab of a split lattice, whose halos `u` holds): `f` gets the force of the
+/// `nb.sites()` sites the kernels loop over, from the links of all `stored` sites of `u`.
+/// Whether corner products are shared is decided by the size of the *global* lattice
+/// (`global_sites`), so a split lattice takes the same arithmetic as the whole one and every
+/// link's force has the same bits.
+pub fn wilson_force_on<N: Neighbours + ?Sized>(
+    nb: &N,
+    stored: usize,
+    global_sites: usize,
+    u: &[Su3],
+    w: f64,
+    f: &mut [SuAlg<3>],
+    level: u8,
+) {
+    let d = nb.dim();
+    let corner_bytes = global_sites * d * (d - 1) / 2 * std::mem::size_of::<Rows>();
+    wilson_force_with(nb, stored, u, w, f, level, corner_bytes <= CORNERS_MAX_BYTES);
+}
+
+/// [`wilson_force_on`], with (`shared`) or without the corner products.
+fn wilson_force_with<N: Neighbours + ?Sized>(
+    lat: &N,
+    stored: usize,
+    u: &[Su3],
+    w: f64,
+    f: &mut [SuAlg<3>],
+    level: u8,
+    shared: bool,
+) {
     let d = lat.dim();
     assert!((2..=MAX_DIM).contains(&d), "the SU(3) fast path handles 2 ≤ d ≤ {MAX_DIM}, got {d}");
     let level = runnable(level);
@@ -362,16 +388,25 @@ fn wilson_force_with(lat: &Lattice, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level
     // A thread that waits inside a parallel loop may run another force meanwhile (rayon's work
     // stealing); that one takes a buffer of its own (the same arithmetic, the same bits).
     CORNERS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => force_shared(lat, u, w, f, level, &mut buf),
-        Err(_) => force_shared(lat, u, w, f, level, &mut Vec::new()),
+        Ok(mut buf) => force_shared(lat, stored, u, w, f, level, &mut buf),
+        Err(_) => force_shared(lat, stored, u, w, f, level, &mut Vec::new()),
     });
 }
 
-/// The shared-corner force with `buf` as the corner storage (resized to fit).
-fn force_shared(lat: &Lattice, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8, buf: &mut Vec<Rows>) {
+/// The shared-corner force with `buf` as the corner storage (resized to fit): the corners of
+/// every stored site (a split lattice's lower staples reach into the halo below).
+fn force_shared<N: Neighbours + ?Sized>(
+    lat: &N,
+    stored: usize,
+    u: &[Su3],
+    w: f64,
+    f: &mut [SuAlg<3>],
+    level: u8,
+    buf: &mut Vec<Rows>,
+) {
     let d = lat.dim();
     let planes = d * (d - 1) / 2;
-    buf.resize(lat.volume() * planes, [[0.0; 6]; 3]);
+    buf.resize(stored * planes, [[0.0; 6]; 3]);
     let corners = &mut buf[..];
     match level {
         // SAFETY: the CPU has the instruction set (the caller checked it with `runnable`).
@@ -405,6 +440,21 @@ pub fn plaquette_sum(lat: &Lattice, u: &[Su3], level: u8) -> f64 {
         #[cfg(target_arch = "x86_64")]
         1 => sum_sites(lat.volume(), |x, s| unsafe { avx2::plaquettes_site(lat, u, x, s) }),
         _ => sum_sites(lat.volume(), |x, s| plaquettes_site(lat, u, x, s)),
+    }
+}
+
+/// Adds Re Tr U_P(x; μ, ν) for every plane μ < ν at site x to `s`, as [`plaquette_sum`] does
+/// per site (the same bits), for a sum over sites that the caller runs: one rank's share of
+/// a split lattice, with `nb` its neighbour tables.
+pub fn plaquettes_at<N: Neighbours + ?Sized>(nb: &N, u: &[Su3], x: usize, s: &mut CompensatedSum, level: u8) {
+    match runnable(level) {
+        // SAFETY: the CPU has the instruction set (`runnable` checked it).
+        #[cfg(target_arch = "x86_64")]
+        2 => unsafe { avx512::plaquettes_site(nb, u, x, s) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { avx2::plaquettes_site(nb, u, x, s) },
+        _ => plaquettes_site(nb, u, x, s),
     }
 }
 
@@ -447,7 +497,7 @@ mod tests {
             let w = 5.7 / 3.0;
             for (level, shared) in (0..=simd_level()).flat_map(|l| [(l, false), (l, true)]) {
                 let mut f = vec![SuAlg::<3>::zero(); u.len()];
-                wilson_force_with(&lat, &u, w, &mut f, level, shared);
+                wilson_force_with(&lat, lat.volume(), &u, w, &mut f, level, shared);
                 for x in 0..lat.volume() {
                     for mu in 0..d {
                         let l = &u[x * d + mu];
@@ -511,7 +561,7 @@ mod tests {
         let (lat, u) = hot(&[4, 4, 4, 6], 5);
         let run = |level: u8, shared: bool| {
             let mut f = vec![SuAlg::<3>::zero(); u.len()];
-            wilson_force_with(&lat, &u, 1.9, &mut f, level, shared);
+            wilson_force_with(&lat, lat.volume(), &u, 1.9, &mut f, level, shared);
             (f, plaquette_sum(&lat, &u, level).to_bits())
         };
         for shared in [false, true] {

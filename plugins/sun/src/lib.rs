@@ -149,6 +149,9 @@ pub struct Sun {
     c1: f64,
     loops: Vec<(usize, usize)>,
     flow: Option<FlowMeasurement>,
+    /// This rank's slab when the lattice is split over the ranks of a job (see [`split`]);
+    /// `lattice` stays the global lattice.
+    split: Option<split::Split>,
 }
 
 impl Sun {
@@ -261,11 +264,48 @@ impl Physics for Sun {
         let c1 = action_c1(&cfg.action)?;
         let loops = Self::check_loops(&lattice, &cfg.wilson_loops)?;
         let flow = cfg.gradient_flow.as_ref().map(check_flow).transpose()?;
-        Ok(Self { lattice, n: cfg.n as usize, beta, action: cfg.action, c1, loops, flow })
+        Ok(Self { lattice, n: cfg.n as usize, beta, action: cfg.action, c1, loops, flow, split: None })
     }
 
     fn layout(&self) -> FieldLayout {
-        FieldLayout::single(self.lattice.shape(), "links", Support::Link, ElementKind::complex_matrix(self.n as u32))
+        let shape = match &self.split {
+            Some(s) => s.local_shape(),
+            None => self.lattice.shape().to_vec(),
+        };
+        FieldLayout::single(&shape, "links", Support::Link, ElementKind::complex_matrix(self.n as u32))
+    }
+
+    /// Splits the lattice along axis 0 over the ranks of `comm` (the Wilson action; see
+    /// [`split`] for what is decomposed and what is refused).
+    fn set_communicator(&mut self, comm: latflow_core::comm::CommBox) -> Result<(), PluginError> {
+        if comm.size() == 1 {
+            return Ok(());
+        }
+        if self.c1 != 0.0 {
+            return Err(split::refuse_split(&format!(
+                "action = \"{}\" (the rectangle force needs halos of width 2; the Wilson action is split)",
+                self.action
+            )));
+        }
+        if self.lattice.dim() > fast::MAX_DIM && self.n == 3 {
+            return Err(split::refuse_split(&format!("SU(3) in d = {} > {}", self.lattice.dim(), fast::MAX_DIM)));
+        }
+        let shape: Vec<usize> = self.lattice.shape().to_vec();
+        self.split = Some(split::Split::new(&shape, comm)?);
+        Ok(())
+    }
+
+    fn hmc(
+        &self,
+        field: &mut Vec<f64>,
+        params: &HmcParams,
+        n_traj: u32,
+        rng: &mut Stream,
+    ) -> Result<Vec<latflow_core::abi::TrajectoryRecord>, PluginError> {
+        if self.split.is_some() {
+            return self.split_hmc(field, params, n_traj, rng);
+        }
+        latflow_core::sdk::hmc_trajectories(self, field, params, n_traj, rng)
     }
 
     fn params_json(&self) -> serde_json::Value {
@@ -307,10 +347,17 @@ impl Physics for Sun {
     }
 
     fn measure(&self, config: &[f64], out: &mut Vec<f64>) -> Result<(), PluginError> {
+        if self.split.is_some() {
+            return self.split_measure(config, out);
+        }
         with_group!(self.n, G => observables::measure::<G>(self, links::<G>(config), out))
     }
 
     fn action(&self, config: &[f64]) -> f64 {
+        if self.split.is_some() {
+            // a failed exchange cannot be returned here: the adapter's guard reports the panic
+            return self.split_action(config).unwrap_or_else(|e| panic!("{}", e.message));
+        }
         with_group!(self.n, G => kernel::action::<G>(&self.lattice, links::<G>(config), self.coefficients()))
     }
 
@@ -320,14 +367,10 @@ impl Physics for Sun {
     }
 
     fn initial(&self, start: Start, rng: &mut Stream) -> Vec<f64> {
-        let mut u = vec![0.0; self.n_links() * self.link_reals()];
-        with_group!(self.n, G => {
-            let l: &mut [G] = view_mut(&mut u).unwrap_or_else(|e| panic!("{e}"));
-            for link in l.iter_mut() {
-                *link = if start == Start::Hot { G::random(rng) } else { G::identity() };
-            }
-        });
-        u
+        if self.split.is_some() {
+            return self.split_initial(start, rng);
+        }
+        self.global_initial(start, rng)
     }
 
     fn space(&self) -> SunSpace {
@@ -339,6 +382,9 @@ impl Physics for Sun {
     }
 
     fn random_gauge_transform(&self, config: &[f64], rng: &mut Stream) -> Option<Vec<f64>> {
+        if self.split.is_some() {
+            return None;
+        }
         let mut out = config.to_vec();
         with_group!(self.n, G => {
             let g: Vec<G> = (0..self.lattice.volume()).map(|_| G::random(rng)).collect();
@@ -353,6 +399,11 @@ impl Physics for Sun {
     }
 
     fn step_columns(&self, kind: &str, options: &serde_json::Value) -> Result<Vec<String>, PluginError> {
+        if self.split.is_some() && steps::KINDS.contains(&kind) {
+            return Err(split::refuse_split(&format!(
+                "the '{kind}' step (a checkerboard update needs a halo exchange per colour; use kind = \"hmc\")"
+            )));
+        }
         steps::columns(self, kind, options)
     }
 
@@ -364,13 +415,32 @@ impl Physics for Sun {
         rng: &mut Stream,
         out: &mut Vec<f64>,
     ) -> Result<(), PluginError> {
+        if self.split.is_some() {
+            return Err(split::refuse_split(&format!("the '{kind}' step")));
+        }
         with_group!(self.n, G => steps::apply::<G>(self, kind, config, rng))?;
         out.push(self.action(config));
         Ok(())
     }
 }
 
+impl Sun {
+    /// The start of the whole (global) lattice: identity links (cold) or Haar-random links
+    /// drawn one after the other from `rng` (hot).
+    fn global_initial(&self, start: Start, rng: &mut Stream) -> Vec<f64> {
+        let mut u = vec![0.0; self.n_links() * self.link_reals()];
+        with_group!(self.n, G => {
+            let l: &mut [G] = view_mut(&mut u).unwrap_or_else(|e| panic!("{e}"));
+            for link in l.iter_mut() {
+                *link = if start == Start::Hot { G::random(rng) } else { G::identity() };
+            }
+        });
+        u
+    }
+}
+
 mod observables;
+mod split;
 
 latflow_core::export_theory!(Sun,
 description: "SU(N) lattice gauge theory (N = 2, 3), any dimension >= 2: Wilson, Symanzik, Iwasaki and DBW2 actions; HMC, heat-bath, overrelaxation",

@@ -43,10 +43,16 @@ pub fn specs(t: &Sun) -> Vec<ObservableSpec> {
 
 /// Appends the observables of one configuration (links `u`) in [`specs`] order.
 pub fn measure<G: SunGroup>(t: &Sun, u: &[G], out: &mut Vec<f64>) -> Result<(), PluginError> {
+    measure_with(t, u, kernel::plaquette_sums(t.lattice(), u), out)
+}
+
+/// [`measure`] with the plaquette sums [all, spatial, temporal] of `u` given (a split lattice
+/// sums them over its ranks' slabs with halos).
+pub fn measure_with<G: SunGroup>(t: &Sun, u: &[G], plaquettes: [f64; 3], out: &mut Vec<f64>) -> Result<(), PluginError> {
     let lat = t.lattice();
     let (d, v, n) = (lat.dim(), lat.volume() as f64, t.n() as f64);
     let k = t.coefficients();
-    let [all, spatial, temporal] = kernel::plaquette_sums(lat, u);
+    let [all, spatial, temporal] = plaquettes;
     let planes = (d * (d - 1) / 2) as f64;
     out.push(all / (v * planes * n));
     if d > 2 {
