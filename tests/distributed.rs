@@ -420,33 +420,52 @@ fn a_split_su3_lattice_runs_the_chain_of_one_rank_bit_for_bit() {
     assert!(all_bits(&resumed) == reference, "a one-rank run resumed on two ranks differs from the uninterrupted run");
 }
 
-/// SU(2) on 3 ranks of a 6×4 lattice (slabs of 2 slices, partial reduction chunks): the same
-/// links and accept decisions as one rank, ΔH and the plaquette to rounding; what a split
-/// lattice does not do yet is refused on every rank.
+/// Saved links, plaquettes and accept decisions of the first step of a one-coupling file.
+fn links_and_plaquettes(p: &Path) -> (Vec<f64>, Vec<f64>, Vec<bool>) {
+    let f = latflow_host::ensemble::read(p).unwrap();
+    let c = &f.couplings[0];
+    let configs = f.read_configs(0, 0, c.configs.as_ref().unwrap().count).unwrap();
+    let plaq = c.observables.iter().find(|o| o.name == "plaquette").unwrap().values.clone();
+    let steps: Vec<bool> = c.steps[0].accepted.iter().map(|&a| a != 0).collect();
+    (configs, plaq, steps)
+}
+
+/// Runs `card` on one rank and on `ranks`: the same saved links and accept decisions, the
+/// plaquette to rounding (slabs without whole reduction chunks); returns the one-rank run's.
+fn split_follows_one_rank(card: &Path, out: &Path, ranks: u32, what: &str) -> (Vec<f64>, Vec<f64>, Vec<bool>) {
+    let one = links_and_plaquettes(&ok_on_every_rank(run_on_ranks(card, 1, false)));
+    std::fs::remove_file(out).unwrap();
+    std::fs::remove_file(format!("{}.ckpt", out.display())).unwrap();
+    let split = links_and_plaquettes(&ok_on_every_rank(run_on_ranks(card, ranks, false)));
+    assert!(one.0 == split.0, "{what}, {ranks} ranks: the saved links differ from one rank's");
+    assert_eq!(one.2, split.2, "{what}, {ranks} ranks: accept decisions");
+    for (a, b) in one.1.iter().zip(&split.1) {
+        assert!((a - b).abs() < 1e-13, "{what}, {ranks} ranks: plaquette {a} vs {b}");
+    }
+    one
+}
+
+/// Split lattices with partial reduction chunks follow the one-rank chain: SU(2) HMC on 3 ranks
+/// of 6×4 (slabs of 2 slices); heat-bath and overrelaxation sweeps (core's split sweeps) with
+/// HMC on 2 ranks; the Iwasaki action (rectangles: halos of two slices) on 2 ranks of 8×4 —
+/// the same links and accept decisions as one rank, the plaquette to rounding. What a split
+/// lattice cannot do is refused on every rank.
 #[test]
-fn a_split_su2_lattice_follows_one_rank_and_refusals_are_clear() {
+fn split_lattices_follow_one_rank_and_refusals_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     // coarse steps, so that some trajectories are rejected
     let coarse = "[[chain]]\nkind = \"hmc\"\nmd_steps = 2\ntrajectory_length = 2.0";
     let (card, out) = sun_card(dir.path(), "su2", "lattice = [6, 4]\nn = 2\nbeta = 2.0", coarse, 40);
-    let read = |p: &Path| {
-        let f = latflow_host::ensemble::read(p).unwrap();
-        let c = &f.couplings[0];
-        let configs = f.read_configs(0, 0, c.configs.as_ref().unwrap().count).unwrap();
-        let plaq = c.observables.iter().find(|o| o.name == "plaquette").unwrap().values.clone();
-        let steps: Vec<bool> = c.steps[0].accepted.iter().map(|&a| a != 0).collect();
-        (configs, plaq, steps)
-    };
-    let one = read(&ok_on_every_rank(run_on_ranks(&card, 1, false)));
+    let one = split_follows_one_rank(&card, &out, 3, "SU(2) HMC");
     assert!(one.2.iter().any(|&a| a) && one.2.iter().any(|&a| !a), "the test needs accepted and rejected trajectories");
-    std::fs::remove_file(&out).unwrap();
-    std::fs::remove_file(format!("{}.ckpt", out.display())).unwrap();
-    let three = read(&ok_on_every_rank(run_on_ranks(&card, 3, false)));
-    assert!(one.0 == three.0, "3 ranks: the saved links differ from one rank's");
-    assert_eq!(one.2, three.2, "3 ranks: accept decisions");
-    for (a, b) in one.1.iter().zip(&three.1) {
-        assert!((a - b).abs() < 1e-13, "3 ranks: plaquette {a} vs {b}");
-    }
+
+    let sweeps = "[[chain]]\nkind = \"heatbath\"\n\n[[chain]]\nkind = \"overrelax\"\nrepeat = 2\n\n\
+                  [[chain]]\nkind = \"hmc\"\nmd_steps = 4";
+    let (card, out) = sun_card(dir.path(), "sweeps", "lattice = [8, 4]\nn = 3\nbeta = 4.0", sweeps, 20);
+    split_follows_one_rank(&card, &out, 2, "SU(3) heat-bath, overrelaxation and HMC");
+
+    let (card, out) = sun_card(dir.path(), "iwasaki", "lattice = [8, 4]\nn = 3\nbeta = 4.0\naction = \"iwasaki\"", SUN_HMC, 20);
+    split_follows_one_rank(&card, &out, 2, "SU(3) Iwasaki HMC");
 
     let refused = |name: &str, theory: &str, chain: &str, ranks: u32, want: &str| {
         let (c, _) = sun_card(dir.path(), name, theory, chain, 4);
@@ -456,8 +475,7 @@ fn a_split_su2_lattice_follows_one_rank_and_refusals_are_clear() {
         }
     };
     refused("odd", "lattice = [6, 4]\nn = 2\nbeta = 2.0", SUN_HMC, 4, "extent 6 along axis 0 is not divisible by the 4 ranks");
-    refused("improved", "lattice = [8, 4]\nn = 3\nbeta = 4.0\naction = \"iwasaki\"", SUN_HMC, 2, "action = \"iwasaki\"");
-    refused("heatbath", "lattice = [8, 4]\nn = 3\nbeta = 4.0", "[[chain]]\nkind = \"heatbath\"", 2, "the 'heatbath' step");
+    refused("thin", "lattice = [4, 4]\nn = 3\nbeta = 4.0\naction = \"dbw2\"", SUN_HMC, 4, "fewer than the halo of 2 slice(s)");
     let model = format!("{SUN_HMC}\n\n[model]\nplugin = \"flow-sun\"");
     refused("model", "lattice = [8, 4]\nn = 3\nbeta = 4.0", &model, 2, "a model needs whole configurations");
 }

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use abi_stable::std_types::RSlice;
 use bytemuck::Pod;
 
-use super::field::{plaquette, planes, staple, Neighbours};
+use super::field::{plaquette, planes, staple, Neighbours, Sites};
 use super::group::{GaugeGroup, LieAlgebra};
 use super::parallel::{chunk_sums, fill_random_part, fill_sites};
 use crate::abi::PluginError;
@@ -127,7 +127,7 @@ impl Domain {
         if width == 0 {
             return Err(DomainError::Shape("the halo width must be at least 1".into()));
         }
-        if shape[0] % size != 0 {
+        if !shape[0].is_multiple_of(size) {
             return Err(DomainError::NotDivisible { extent: shape[0], ranks: size });
         }
         let local = shape[0] / size;
@@ -320,6 +320,57 @@ impl Neighbours for Domain {
     #[inline]
     fn dn(&self, x: usize, mu: usize) -> usize {
         self.dn[x * self.shape.len() + mu] as usize
+    }
+}
+
+/// One rank's slab as [`Sites`] for kernels written once for the whole lattice and a split
+/// one: neighbours from the [`Domain`], sums as [`Domain::sum`]s through `comm` (counted in
+/// `count`). A failed reduction panics with the reason (a kernel's sum cannot fail; the plugin
+/// adapter's guard turns the panic into an error).
+#[derive(Clone, Copy)]
+pub struct DomainSites<'a> {
+    pub domain: &'a Domain,
+    pub comm: &'a CommBox,
+    pub count: &'a CommCount,
+}
+
+impl DomainSites<'_> {
+    /// Fills the halos of a stored field of `per_site` items per site (collective).
+    pub fn exchange<T: Pod>(&self, field: &mut [T], per_site: usize) -> Result<(), DomainError> {
+        self.count.exchange(self.domain.halo_reals(per_site * std::mem::size_of::<T>() / 8) / 2);
+        self.domain.exchange(self.comm, field, per_site)
+    }
+}
+
+impl Neighbours for DomainSites<'_> {
+    #[inline]
+    fn dim(&self) -> usize {
+        self.domain.dim()
+    }
+    #[inline]
+    fn sites(&self) -> usize {
+        self.domain.sites()
+    }
+    #[inline]
+    fn up(&self, x: usize, mu: usize) -> usize {
+        self.domain.up(x, mu)
+    }
+    #[inline]
+    fn dn(&self, x: usize, mu: usize) -> usize {
+        self.domain.dn(x, mu)
+    }
+}
+
+impl Sites for DomainSites<'_> {
+    fn stored(&self) -> usize {
+        self.domain.stored()
+    }
+    fn global_sites(&self) -> usize {
+        self.domain.global_sites()
+    }
+    fn sum(&self, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> f64 {
+        self.count.reduction();
+        self.domain.sum(self.comm, f).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

@@ -293,3 +293,60 @@ fn the_decomposed_action_is_gauge_invariant_and_its_force_is_the_global_force() 
         assert!(f == f_ref[first..first + f.len()], "the force on owned links is the global force, bit for bit");
     });
 }
+
+#[test]
+fn split_heatbath_and_overrelaxation_give_the_links_of_the_whole_lattice_sweeps() {
+    use crate::gauge::{heatbath_sweep, heatbath_sweep_split, overrelax_sweep, overrelax_sweep_split};
+    // slabs of 2 slices (4D, and 2D on 3 and 4 ranks): the passes' parity lists cut mid-chunk
+    for (shape, ranks) in [(vec![4usize, 4, 2, 2], 2usize), (vec![6, 4], 3), (vec![8, 6], 4)] {
+        let lat = lattice(&shape);
+        let d = shape.len();
+        let start = LinkField::<Su3>::random(d, lat.volume(), &mut Stream::new(5, 1)).unwrap();
+        let mut whole = start.links().to_vec();
+        let mut rng = Stream::new(6, 2);
+        for _ in 0..2 {
+            heatbath_sweep(&lat, &mut whole, 5.0, &mut rng).unwrap();
+            overrelax_sweep(&lat, &mut whole, 5.0).unwrap();
+        }
+        let end = rng.word_pos();
+        let parts = on_ranks(ranks, |c| {
+            let dom = Domain::for_comm(&shape, &c, 1).unwrap();
+            let count = CommCount::default();
+            let sites = DomainSites { domain: &dom, comm: &c, count: &count };
+            let mut u = dom.scatter(start.links(), d);
+            let mut rng = Stream::new(6, 2);
+            for _ in 0..2 {
+                heatbath_sweep_split(&lat, &sites, &mut u, 5.0, &mut rng).unwrap();
+                overrelax_sweep_split(&lat, &sites, &mut u, 5.0).unwrap();
+            }
+            assert_eq!(rng.word_pos(), end, "the stream advances as on one rank");
+            // 2 sweeps × 2 kinds × d directions × 2 parities: one halo refresh per pass
+            assert_eq!(count.get().0, (2 * 2 * d * 2) as u64);
+            dom.gather(&c, &u, d).unwrap()
+        });
+        assert!(start.links() != &whole[..], "the sweeps moved the links");
+        for (r, p) in parts.iter().enumerate() {
+            assert!(*p == whole, "{shape:?}, rank {r} of {ranks}: the links differ from the whole-lattice sweeps");
+        }
+    }
+}
+
+#[test]
+fn a_split_heatbath_refuses_bad_input_before_changing_anything() {
+    use crate::gauge::heatbath_sweep_split;
+    let shape = [4usize, 3];
+    let lat = lattice(&shape);
+    on_ranks(2, |c| {
+        let dom = Domain::for_comm(&shape, &c, 1).unwrap();
+        let count = CommCount::default();
+        let sites = DomainSites { domain: &dom, comm: &c, count: &count };
+        let mut u = vec![Su2::identity(); dom.stored() * 2];
+        let before = u.clone();
+        let e = heatbath_sweep_split(&lat, &sites, &mut u, 2.0, &mut Stream::new(1, 1)).unwrap_err();
+        assert!(e.to_string().contains("extent 3 along axis 1 is odd"), "{e}");
+        let e = heatbath_sweep_split(&lattice(&[4, 4]), &sites, &mut u[..4], 2.0, &mut Stream::new(1, 1)).unwrap_err();
+        assert!(e.to_string().contains("got 4"), "{e}");
+        assert!(u == before);
+    });
+}
+

@@ -45,6 +45,36 @@ impl Neighbours for Lattice {
     }
 }
 
+/// The sites a kernel loops over, with the sums over them: the whole lattice ([`Lattice`]), or
+/// one rank's slab of a split lattice ([`super::domain::DomainSites`]), so that one kernel
+/// serves both with the same arithmetic.
+pub trait Sites: Neighbours {
+    /// Stored sites: the looped-over sites, then any halo sites (a field holds `stored · d`
+    /// links).
+    fn stored(&self) -> usize;
+    /// Sites of the whole lattice (of all ranks).
+    fn global_sites(&self) -> usize;
+    /// Σ over the whole lattice of the terms `f(x, sum)` adds at each looped-over site x,
+    /// compensated in core's fixed chunks of sites (the same bits for any thread count, see
+    /// [`sum_sites`]). On a split lattice: collective, the ranks' chunk partials merged in rank
+    /// order (the bits of one rank when every slab holds whole chunks).
+    fn sum(&self, f: impl Fn(usize, &mut crate::sum::CompensatedSum) + Sync) -> f64;
+}
+
+impl Sites for Lattice {
+    #[inline]
+    fn stored(&self) -> usize {
+        self.volume()
+    }
+    #[inline]
+    fn global_sites(&self) -> usize {
+        self.volume()
+    }
+    fn sum(&self, f: impl Fn(usize, &mut crate::sum::CompensatedSum) + Sync) -> f64 {
+        sum_sites(self.volume(), f)
+    }
+}
+
 /// Read access to the links of a field by storage index (`x·d + μ`): a slice of group
 /// elements, or a slice of raw angles for U(1) (the flat layout of `ElementKind::Angle`), so
 /// that a plugin can run the loop functions on its configuration buffer without copying.

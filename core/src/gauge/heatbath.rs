@@ -33,21 +33,29 @@
 //! A sweep visits μ = 0, …, d−1 and, for each, the even then the odd sites
 //! ([`Lattice::sites_of_parity`]). On a lattice with every extent even, the links U_μ(x) of one
 //! direction and one parity share no plaquette, so they are updated in parallel from the same
-//! neighbours. The heat-bath draws them with [`fill_random`] over the list of those links: each
-//! chunk of [`RNG_CHUNK`] links draws from its own reserved
-//! counter range of the caller's stream, so a sweep gives the same bits for any thread count,
-//! and the caller's stream advances by
-//! d · (⌈V_even/RNG_CHUNK⌉ + ⌈V_odd/RNG_CHUNK⌉) · [`RNG_CHUNK_WORDS`]
-//! words per sweep, whatever the rejection steps drew. One buffer of V/2 links is allocated per
-//! sweep; nothing is allocated per site.
+//! neighbours. The heat-bath draws them with [`fill_random_blocks`] over the list of those
+//! links, one link per block: each link draws from its own reserved counter range of
+//! [`HB_LINK_WORDS`] words of the caller's stream (the range's offset is the link's position in
+//! the pass), so a sweep gives the same bits for any thread count, any part of a pass draws
+//! what it draws in the whole pass (however many words the rejection steps of the other links
+//! took), and the caller's stream advances by d · V · [`HB_LINK_WORDS`] words per sweep. One
+//! buffer of V/2 links is allocated per sweep; nothing is allocated per site.
+//!
+//! On a lattice split over ranks ([`heatbath_sweep_split`], [`overrelax_sweep_split`]) each rank
+//! updates the links of its slab in the same passes, draws each link's part of the pass's random
+//! fill (its own counter range), reads staples through the slab's halos, and refreshes the halos
+//! after every pass: the ranks' slabs together are the whole-lattice sweep's field, bit for bit.
 
 use std::fmt;
 
 use super::complex::Complex;
-use super::field::staple;
+use bytemuck::Pod;
+
+use super::domain::DomainSites;
+use super::field::{staple, Neighbours, Sites};
 use super::group::GaugeGroup;
 use super::matrix::Matrix;
-use super::parallel::{fill_random, fill_sites, RngFillError, RNG_CHUNK, RNG_CHUNK_WORDS, WORD_POS_LIMIT};
+use super::parallel::{fill_random_blocks, fill_sites, RngFillError, WORD_POS_LIMIT};
 use super::sun::SuN;
 use crate::lattice::{Lattice, LatticeError};
 use crate::rng::Stream;
@@ -56,6 +64,11 @@ use crate::rng::Stream;
 /// below, with Creutz's algorithm (see the module docs). At α = 2 their acceptance rates are
 /// 0.76 and 0.69.
 pub const KP_MIN_ALPHA: f64 = 2.0;
+
+/// The counter range (in 32-bit words) reserved for the draws of one link in a heat-bath pass,
+/// 2²⁰ words: far more than the at most N(N−1)/2 · [`MAX_TRIES`] attempts of a link update
+/// draw (tens of words in practice). A sweep of V sites uses d · V · 2²⁰ of the stream's 2⁶⁸.
+pub const HB_LINK_WORDS: u128 = 1 << 20;
 
 /// Rejection attempts per SU(2) draw before a link update reports failure. Every acceptance
 /// rate is above 0.69, so a valid input never gets near this.
@@ -82,6 +95,8 @@ pub enum HeatbathError {
     /// The update of link `link` (storage index x·d + μ) met a non-finite link or staple; the
     /// links updated before it in the sweep keep their new values.
     NotFinite { link: usize },
+    /// A halo exchange of a split lattice failed.
+    Comm(String),
 }
 
 impl fmt::Display for HeatbathError {
@@ -97,12 +112,13 @@ impl fmt::Display for HeatbathError {
                 write!(f, "a link field on this lattice has {expected} links, got {got}")
             }
             HeatbathError::StreamExhausted { chunks } => {
-                write!(f, "a heat-bath sweep of {chunks} random chunks would run past the end of the random stream")
+                write!(f, "a heat-bath sweep of {chunks} reserved link ranges would run past the end of the random stream")
             }
             HeatbathError::Rng(e) => write!(f, "{e}"),
             HeatbathError::NotFinite { link } => {
                 write!(f, "link {link} or its staple is not finite: the configuration is corrupt")
             }
+            HeatbathError::Comm(m) => write!(f, "halo exchange: {m}"),
         }
     }
 }
@@ -327,8 +343,36 @@ pub(crate) fn sample_x0(alpha: f64, rng: &mut Stream) -> Option<f64> {
     None
 }
 
-/// Checks β, the extents and the field length.
-fn check<G>(lattice: &Lattice, links: &[G], beta: f64) -> Result<(), HeatbathError> {
+/// Where a sweep runs: the whole lattice, or one rank's slab of a split lattice (whose
+/// looped-over sites are the global sites `first .. first + sites` in order, stored first).
+trait Region<G>: Sites {
+    /// The global index of the first looped-over site.
+    fn first(&self) -> usize;
+    /// Makes the halos current after a pass changed looped-over links (nothing on the whole
+    /// lattice).
+    fn refresh(&self, links: &mut [G]) -> Result<(), HeatbathError>;
+}
+
+impl<G> Region<G> for Lattice {
+    fn first(&self) -> usize {
+        0
+    }
+    fn refresh(&self, _links: &mut [G]) -> Result<(), HeatbathError> {
+        Ok(())
+    }
+}
+
+impl<G: Pod> Region<G> for DomainSites<'_> {
+    fn first(&self) -> usize {
+        self.domain.first_site()
+    }
+    fn refresh(&self, links: &mut [G]) -> Result<(), HeatbathError> {
+        self.exchange(links, self.domain.dim()).map_err(|e| HeatbathError::Comm(e.to_string()))
+    }
+}
+
+/// Checks β, the extents of the (global) lattice and the field length (`stored · d` links).
+fn check<G>(lattice: &Lattice, stored: usize, links: &[G], beta: f64) -> Result<(), HeatbathError> {
     if !beta.is_finite() || beta < 0.0 {
         return Err(HeatbathError::Beta(beta));
     }
@@ -337,14 +381,15 @@ fn check<G>(lattice: &Lattice, links: &[G], beta: f64) -> Result<(), HeatbathErr
         // require_even reports nothing else; keep the extent information regardless
         _ => HeatbathError::OddExtent { axis: 0, extent: lattice.shape()[0] },
     })?;
-    let expected = lattice.volume() * lattice.dim();
+    let expected = stored * lattice.dim();
     if links.len() != expected {
         return Err(HeatbathError::Length { expected, got: links.len() });
     }
     Ok(())
 }
 
-/// One link of a checkerboard pass: its site, its (new) value, and whether its update worked.
+/// One link of a checkerboard pass: its (stored) site, its (new) value, and whether its update
+/// worked.
 #[derive(Clone, Copy)]
 struct Slot<G> {
     x: usize,
@@ -352,21 +397,36 @@ struct Slot<G> {
     ok: bool,
 }
 
-/// Loads the links U_μ(x), x of `parity`, into `slots` (reusing its allocation).
-fn gather<G: GaugeGroup>(lattice: &Lattice, links: &[G], mu: usize, parity: usize, slots: &mut Vec<Slot<G>>) {
+/// Loads the links U_μ(x) of the looped-over sites x of `parity` into `slots` (reusing its
+/// allocation). Returns (the position of the first of them in the lattice's list of sites of
+/// that parity, the length of that list): the part of the whole pass's random fill they take.
+fn gather<G: GaugeGroup>(
+    lattice: &Lattice,
+    first: usize,
+    sites: usize,
+    links: &[G],
+    mu: usize,
+    parity: usize,
+    slots: &mut Vec<Slot<G>>,
+) -> (usize, usize) {
     let d = lattice.dim();
+    let list = lattice.sites_of_parity(parity);
+    let lo = list.partition_point(|&x| (x as usize) < first);
+    let hi = list.partition_point(|&x| (x as usize) < first + sites);
     slots.clear();
-    slots.extend(lattice.sites_of_parity(parity).iter().map(|&x| {
-        let x = x as usize;
+    slots.extend(list[lo..hi].iter().map(|&x| {
+        let x = x as usize - first;
         Slot { x, u: links[x * d + mu], ok: true }
     }));
+    (lo, list.len())
 }
 
-/// Stores the updated links back; the first failed update is an error.
-fn scatter<G: GaugeGroup>(d: usize, links: &mut [G], mu: usize, slots: &[Slot<G>]) -> Result<(), HeatbathError> {
+/// Stores the updated links back; the first failed update is an error (naming the global
+/// link index).
+fn scatter<G: GaugeGroup>(d: usize, first: usize, links: &mut [G], mu: usize, slots: &[Slot<G>]) -> Result<(), HeatbathError> {
     for s in slots {
         if !s.ok {
-            return Err(HeatbathError::NotFinite { link: s.x * d + mu });
+            return Err(HeatbathError::NotFinite { link: (s.x + first) * d + mu });
         }
         links[s.x * d + mu] = s.u;
     }
@@ -387,29 +447,54 @@ pub fn heatbath_sweep<G: HeatbathGroup>(
     beta: f64,
     rng: &mut Stream,
 ) -> Result<(), HeatbathError> {
-    check(lattice, links, beta)?;
+    heatbath_in(lattice, lattice, links, beta, rng)
+}
+
+/// [`heatbath_sweep`] of the global `lattice` split over ranks: this rank updates the links of
+/// its slab (`slab`; `links` holds them with current halos, `stored · d` links) and refreshes
+/// the halos after every pass of one direction and parity. Each link draws what it draws in
+/// the whole-lattice sweep (its part of the pass's random fill) and reads the same staple, so
+/// the ranks' slabs together are the whole-lattice sweep's field, bit for bit, and `rng`
+/// advances as it does. Collective.
+pub fn heatbath_sweep_split<G: HeatbathGroup + Pod>(
+    lattice: &Lattice,
+    slab: &DomainSites<'_>,
+    links: &mut [G],
+    beta: f64,
+    rng: &mut Stream,
+) -> Result<(), HeatbathError> {
+    heatbath_in(lattice, slab, links, beta, rng)
+}
+
+fn heatbath_in<G: HeatbathGroup, R: Region<G>>(
+    lattice: &Lattice,
+    region: &R,
+    links: &mut [G],
+    beta: f64,
+    rng: &mut Stream,
+) -> Result<(), HeatbathError> {
+    check(lattice, region.stored(), links, beta)?;
     let d = lattice.dim();
-    let chunks = d
-        * (lattice.sites_of_parity(0).len().div_ceil(RNG_CHUNK) + lattice.sites_of_parity(1).len().div_ceil(RNG_CHUNK));
-    let state = rng.state();
-    let base = (u128::from(state.counter_hi) << 64) | u128::from(state.counter_lo);
-    if base + chunks as u128 * RNG_CHUNK_WORDS > WORD_POS_LIMIT {
+    let chunks = d * (lattice.sites_of_parity(0).len() + lattice.sites_of_parity(1).len());
+    if rng.word_pos() + chunks as u128 * HB_LINK_WORDS > WORD_POS_LIMIT {
         return Err(HeatbathError::StreamExhausted { chunks });
     }
-    let mut slots = Vec::with_capacity(lattice.volume().div_ceil(2));
+    let first = region.first();
+    let mut slots = Vec::with_capacity(region.sites().div_ceil(2));
     for mu in 0..d {
         for parity in 0..2 {
-            gather(lattice, links, mu, parity, &mut slots);
+            let (at, total) = gather(lattice, first, region.sites(), links, mu, parity, &mut slots);
             let field: &[G] = links;
-            fill_random(&mut slots, rng, |s, slot| {
-                let a = staple(lattice, field, slot.x, mu);
+            fill_random_blocks(&mut slots, at, total, 1, HB_LINK_WORDS, rng, |s, slot| {
+                let a = staple(region, field, slot.x, mu);
                 slot.ok = slot.u.heatbath_link(&a, beta, s);
             })
             .map_err(|e| match e {
                 RngFillError::StreamExhausted { chunks } => HeatbathError::StreamExhausted { chunks },
                 e => HeatbathError::Rng(e),
             })?;
-            scatter(d, links, mu, &slots)?;
+            scatter(d, first, links, mu, &slots)?;
+            region.refresh(links)?;
         }
     }
     Ok(())
@@ -423,19 +508,36 @@ pub fn heatbath_sweep<G: HeatbathGroup>(
 /// The move does not depend on β: `beta` is checked as for [`heatbath_sweep`] so that both
 /// steps refuse the same run cards. Errors as [`heatbath_sweep`] does (no stream involved).
 pub fn overrelax_sweep<G: HeatbathGroup>(lattice: &Lattice, links: &mut [G], beta: f64) -> Result<(), HeatbathError> {
-    check(lattice, links, beta)?;
+    overrelax_in(lattice, lattice, links, beta)
+}
+
+/// [`overrelax_sweep`] of the global `lattice` split over ranks, as [`heatbath_sweep_split`]
+/// splits the heat-bath: the same links, bit for bit. Collective.
+pub fn overrelax_sweep_split<G: HeatbathGroup + Pod>(
+    lattice: &Lattice,
+    slab: &DomainSites<'_>,
+    links: &mut [G],
+    beta: f64,
+) -> Result<(), HeatbathError> {
+    overrelax_in(lattice, slab, links, beta)
+}
+
+fn overrelax_in<G: HeatbathGroup, R: Region<G>>(lattice: &Lattice, region: &R, links: &mut [G], beta: f64) -> Result<(), HeatbathError> {
+    check(lattice, region.stored(), links, beta)?;
     let d = lattice.dim();
-    let mut slots = Vec::with_capacity(lattice.volume().div_ceil(2));
+    let first = region.first();
+    let mut slots = Vec::with_capacity(region.sites().div_ceil(2));
     for mu in 0..d {
         for parity in 0..2 {
-            gather(lattice, links, mu, parity, &mut slots);
+            gather(lattice, first, region.sites(), links, mu, parity, &mut slots);
             let field: &[G] = links;
             fill_sites(&mut slots, 1, |_, slot, _| {
                 let slot = &mut slot[0];
-                let a = staple(lattice, field, slot.x, mu);
+                let a = staple(region, field, slot.x, mu);
                 slot.ok = slot.u.overrelax_link(&a);
             });
-            scatter(d, links, mu, &slots)?;
+            scatter(d, first, links, mu, &slots)?;
+            region.refresh(links)?;
         }
     }
     Ok(())

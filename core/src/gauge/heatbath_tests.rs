@@ -438,10 +438,9 @@ fn sweeps_on_threads<G: HeatbathGroup>(shape: &[i64], beta: f64) {
         })
     };
     let (a, used) = run(1);
-    // the stream advances by the reserved ranges only
-    let chunks = lat.dim() * (lat.volume() / 2).div_ceil(RNG_CHUNK) * 2;
-    assert!(chunks > lat.dim() * 2, "the test needs several chunks per pass");
-    assert_eq!(used, 2 * chunks as u128 * RNG_CHUNK_WORDS);
+    // the stream advances by the reserved ranges only: one per link and sweep
+    assert!(lat.volume() / 2 > crate::gauge::parallel::RNG_CHUNK, "the test needs several parallel tasks per pass");
+    assert_eq!(used, 2 * (lat.dim() * lat.volume()) as u128 * HB_LINK_WORDS);
     let mut ra = vec![0.0; a.links().len() * G::REALS];
     a.write_reals(&mut ra).unwrap();
     for threads in [2, 3] {
@@ -483,10 +482,10 @@ fn bad_input_is_an_error() {
 
     // an exhausted stream is refused before anything changes, and the stream is kept
     let mut st = Stream::new(1, 1).state();
-    let p = WORD_POS_LIMIT - RNG_CHUNK_WORDS;
+    let p = WORD_POS_LIMIT - 31 * HB_LINK_WORDS;
     (st.counter_lo, st.counter_hi) = (p as u64, (p >> 64) as u64);
     let mut end = Stream::from_state(&st);
-    assert_eq!(heatbath_sweep(&lat, &mut links, 2.0, &mut end), Err(HeatbathError::StreamExhausted { chunks: 4 }));
+    assert_eq!(heatbath_sweep(&lat, &mut links, 2.0, &mut end), Err(HeatbathError::StreamExhausted { chunks: 32 }));
     assert_eq!(end.state(), st);
     assert!(links.iter().all(|u| *u == Su2::identity()));
 

@@ -91,11 +91,11 @@ pub use algebra::SuAlg;
 pub use complex::Complex;
 pub use field::{
     gauge_transform, link_index, mean_plaquette, path, planes, plaquette, plaquette_sum, rectangle, rectangle_staple,
-    rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Step,
+    rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Sites, Step,
 };
 pub use gradflow::{FlowGroup, FlowOptions, FlowPoint, FlowScheme};
 pub use group::{check_beta, wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
-pub use heatbath::{heatbath_sweep, overrelax_sweep, HeatbathError, HeatbathGroup};
+pub use heatbath::{heatbath_sweep, heatbath_sweep_split, overrelax_sweep, overrelax_sweep_split, HeatbathError, HeatbathGroup};
 pub use matrix::Matrix;
 pub use parallel::{fill_random, RngFillError};
 pub use flat::FlatViewError;

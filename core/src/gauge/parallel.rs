@@ -92,9 +92,9 @@ pub fn chunk_sums(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -
 pub enum RngFillError {
     /// The field needs more counter ranges than the stream has left.
     StreamExhausted { chunks: usize },
-    /// A chunk drew more than [`RNG_CHUNK_WORDS`] words (its draws would overlap the next
-    /// chunk's).
-    ChunkOverrun { chunk: usize, words: u128 },
+    /// A chunk drew more than the `limit` words reserved for it ([`RNG_CHUNK_WORDS`] for
+    /// [`fill_random`]; its draws would overlap the next chunk's).
+    ChunkOverrun { chunk: usize, words: u128, limit: u128 },
 }
 
 impl fmt::Display for RngFillError {
@@ -103,9 +103,9 @@ impl fmt::Display for RngFillError {
             RngFillError::StreamExhausted { chunks } => {
                 write!(f, "a random fill of {chunks} chunks would run past the end of the random stream")
             }
-            RngFillError::ChunkOverrun { chunk, words } => write!(
+            RngFillError::ChunkOverrun { chunk, words, limit } => write!(
                 f,
-                "chunk {chunk} of a random fill drew {words} words, more than the {RNG_CHUNK_WORDS} reserved per chunk"
+                "chunk {chunk} of a random fill drew {words} words, more than the {limit} reserved per chunk"
             ),
         }
     }
@@ -134,8 +134,10 @@ pub fn fill_random<T: Send + Clone>(
 /// advances as for the whole fill. This is how a rank of a decomposed lattice draws its share
 /// of a field (momenta, pseudofermions) with the bits of one rank. A chunk that begins before
 /// `first` is drawn from its start, the items before `first` into scratch (at most
-/// [`RNG_CHUNK`] − 1 extra draws per part). `first + out.len()` must not exceed `total`
-/// (a caller's bug: panics).
+/// [`RNG_CHUNK`] − 1 extra draws per part), so this is exact only for draws whose consumption
+/// of the stream does not depend on the item's value (a Gaussian per item: yes; a rejection
+/// sampler conditioned on the item, like the heat-bath: no — use [`fill_random_blocks`] with
+/// one item per block). `first + out.len()` must not exceed `total` (a caller's bug: panics).
 pub fn fill_random_part<T: Send + Clone>(
     out: &mut [T],
     first: usize,
@@ -143,21 +145,39 @@ pub fn fill_random_part<T: Send + Clone>(
     rng: &mut Stream,
     draw: impl Fn(&mut Stream, &mut T) + Sync,
 ) -> Result<(), RngFillError> {
+    fill_random_blocks(out, first, total, RNG_CHUNK, RNG_CHUNK_WORDS, rng, draw)
+}
+
+/// [`fill_random_part`] with blocks of `block_items` items, each drawing from its own counter
+/// range of `block_words` words (the stream advances by ⌈total / block_items⌉ · block_words).
+/// With one item per block every item's draws start at a fixed position whatever the other
+/// items drew, so any part of the fill gets the whole fill's values even for rejection
+/// samplers whose consumption depends on the item.
+pub fn fill_random_blocks<T: Send + Clone>(
+    out: &mut [T],
+    first: usize,
+    total: usize,
+    block_items: usize,
+    block_words: u128,
+    rng: &mut Stream,
+    draw: impl Fn(&mut Stream, &mut T) + Sync,
+) -> Result<(), RngFillError> {
     assert!(first + out.len() <= total, "items {first}..{} of a fill of {total}", first + out.len());
+    assert!(block_items >= 1 && block_words >= 1, "empty random-fill blocks");
     let origin: &Stream = rng;
     let base = origin.word_pos();
-    let chunks = total.div_ceil(RNG_CHUNK);
-    let end = base + chunks as u128 * RNG_CHUNK_WORDS;
+    let chunks = total.div_ceil(block_items);
+    let end = base + chunks as u128 * block_words;
     if end > WORD_POS_LIMIT {
         return Err(RngFillError::StreamExhausted { chunks });
     }
-    // the local blocks: the first one ends at the first chunk boundary after `first`
-    let skip = first % RNG_CHUNK;
-    let head = (RNG_CHUNK - skip).min(out.len());
+    // the local blocks: the first one ends at the first block boundary after `first`
+    let skip = first % block_items;
+    let head = (block_items - skip).min(out.len());
     let (head_block, rest) = out.split_at_mut(head);
-    let first_chunk = first / RNG_CHUNK;
+    let first_chunk = first / block_items;
     let body = |(k, block): (usize, &mut [T]), skip: usize| {
-        let start = base + k as u128 * RNG_CHUNK_WORDS;
+        let start = base + k as u128 * block_words;
         let mut s = origin.at_word_pos(start);
         if skip > 0 {
             let mut scratch = block[0].clone();
@@ -169,21 +189,31 @@ pub fn fill_random_part<T: Send + Clone>(
             draw(&mut s, item);
         }
         let used = s.word_pos() - start;
-        if used > RNG_CHUNK_WORDS {
-            Err(RngFillError::ChunkOverrun { chunk: k, words: used })
+        if used > block_words {
+            Err(RngFillError::ChunkOverrun { chunk: k, words: used, limit: block_words })
         } else {
             Ok(())
         }
     };
-    let mut results = Vec::with_capacity(rest.len().div_ceil(RNG_CHUNK) + 1);
+    let mut results = Vec::with_capacity(rest.len().div_ceil(block_items) + 1);
     if !head_block.is_empty() {
         results.push(body((first_chunk, head_block), skip));
     }
     let tail = |(j, block): (usize, &mut [T])| body((first_chunk + 1 + j, block), 0);
-    if rest.len() > RNG_CHUNK && rayon::current_num_threads() > 1 {
-        results.extend(rest.par_chunks_mut(RNG_CHUNK).enumerate().map(tail).collect::<Vec<_>>());
+    if rest.len() > block_items && rayon::current_num_threads() > 1 {
+        // tasks of at least RNG_CHUNK items, whatever the block size
+        let per_task = block_items * RNG_CHUNK.div_ceil(block_items);
+        let blocks_per_task = per_task / block_items;
+        let per: Vec<Vec<Result<(), RngFillError>>> = rest
+            .par_chunks_mut(per_task)
+            .enumerate()
+            .map(|(t, task)| {
+                task.chunks_mut(block_items).enumerate().map(|(j, b)| tail((t * blocks_per_task + j, b))).collect()
+            })
+            .collect();
+        results.extend(per.into_iter().flatten());
     } else {
-        results.extend(rest.chunks_mut(RNG_CHUNK).enumerate().map(tail));
+        results.extend(rest.chunks_mut(block_items).enumerate().map(tail));
     }
     results.into_iter().collect::<Result<(), _>>()?;
     *rng = origin.at_word_pos(end);

@@ -16,14 +16,13 @@
 //! the CPU has is chosen at run time ([`simd_level`]): the instructions are wider, the
 //! arithmetic is the same operation by operation, and the bits are identical (tested).
 
-use latflow_core::gauge::parallel::{fill_sites, sum_sites};
+use latflow_core::gauge::parallel::fill_sites;
 use latflow_core::gauge::su3::{
     adj_mul_rows as adj_mul, adj_rows as adj, mul_adj_rows as mul_adj, mul_rows as mul,
     re_tr_mul_adj_rows as re_tr_mul_adj, rows, Rows,
 };
-use latflow_core::gauge::{su3, LieAlgebra, Neighbours, Su3, SuAlg};
+use latflow_core::gauge::{su3, LieAlgebra, Neighbours, Sites, Su3, SuAlg};
 use latflow_core::sum::CompensatedSum;
-use latflow_core::Lattice;
 
 /// The largest dimension the specialised kernels handle (their per-site staple sums live on
 /// the stack); larger d uses the generic kernels.
@@ -331,36 +330,22 @@ thread_local! {
     static CORNERS: std::cell::RefCell<Vec<Rows>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The Wilson force F(x, μ) = ∂S/∂ω^a (core's coefficient convention) of every link, with
-/// w = β c0/3 the weight of Re Tr U_P in −S, written to `f` (`[site][μ]`). Requires
-/// 2 ≤ d ≤ [`MAX_DIM`]. `level` selects the compiled variant (see [`simd_level`]; a level the
-/// CPU lacks falls back to the widest it has). Up to [`CORNERS_MAX_BYTES`] of corner products
-/// it shares them between lower staples (the same result up to rounding).
-pub fn wilson_force(lat: &Lattice, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
-    wilson_force_on(lat, lat.volume(), lat.volume(), u, w, f, level);
+/// The Wilson force F(x, μ) = ∂S/∂ω^a (core's coefficient convention) of every link of the
+/// looped-over sites of `lat` (the whole lattice, or one rank's slab whose halos `u` holds:
+/// `u` has the links of all `lat.stored()` sites), with w = β c0/3 the weight of Re Tr U_P in
+/// −S, written to `f` (`[site][μ]`). Requires 2 ≤ d ≤ [`MAX_DIM`]. `level` selects the compiled
+/// variant (see [`simd_level`]; a level the CPU lacks falls back to the widest it has). When
+/// the corner products of the *global* lattice take at most [`CORNERS_MAX_BYTES`] it shares
+/// them between lower staples (the same result up to rounding); deciding by the global volume
+/// gives a split lattice the arithmetic of the whole one, so every link's force has the same
+/// bits.
+pub fn wilson_force<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
+    let d = lat.dim();
+    let corner_bytes = lat.global_sites() * d * (d - 1) / 2 * std::mem::size_of::<Rows>();
+    wilson_force_with(lat, lat.stored(), u, w, f, level, corner_bytes <= CORNERS_MAX_BYTES);
 }
 
-/// [`wilson_force`] on any site set with neighbour tables (`nb`: the whole lattice, or one
-/// rank's slab of a split lattice, whose halos `u` holds): `f` gets the force of the
-/// `nb.sites()` sites the kernels loop over, from the links of all `stored` sites of `u`.
-/// Whether corner products are shared is decided by the size of the *global* lattice
-/// (`global_sites`), so a split lattice takes the same arithmetic as the whole one and every
-/// link's force has the same bits.
-pub fn wilson_force_on<N: Neighbours + ?Sized>(
-    nb: &N,
-    stored: usize,
-    global_sites: usize,
-    u: &[Su3],
-    w: f64,
-    f: &mut [SuAlg<3>],
-    level: u8,
-) {
-    let d = nb.dim();
-    let corner_bytes = global_sites * d * (d - 1) / 2 * std::mem::size_of::<Rows>();
-    wilson_force_with(nb, stored, u, w, f, level, corner_bytes <= CORNERS_MAX_BYTES);
-}
-
-/// [`wilson_force_on`], with (`shared`) or without the corner products.
+/// [`wilson_force`], with (`shared`) or without the corner products.
 fn wilson_force_with<N: Neighbours + ?Sized>(
     lat: &N,
     stored: usize,
@@ -429,38 +414,25 @@ fn force_shared<N: Neighbours + ?Sized>(
     };
 }
 
-/// Σ_x Σ_{μ<ν} Re Tr U_P(x; μ, ν), compensated in fixed chunks, with U_P's trace taken as
+/// Σ_x Σ_{μ<ν} Re Tr U_P(x; μ, ν) over the whole lattice, compensated in fixed chunks
+/// ([`Sites::sum`]: on a split lattice, collective), with U_P's trace taken as
 /// Re Tr[(U_μ(x) U_ν(x+μ̂)) (U_ν(x) U_μ(x+ν̂))†]. `level` as for [`wilson_force`].
-pub fn plaquette_sum(lat: &Lattice, u: &[Su3], level: u8) -> f64 {
+pub fn plaquette_sum<S: Sites + ?Sized>(lat: &S, u: &[Su3], level: u8) -> f64 {
     match runnable(level) {
         // SAFETY: the CPU has the instruction set (`runnable` checked it).
         #[cfg(target_arch = "x86_64")]
-        2 => sum_sites(lat.volume(), |x, s| unsafe { avx512::plaquettes_site(lat, u, x, s) }),
+        2 => lat.sum(|x, s| unsafe { avx512::plaquettes_site(lat, u, x, s) }),
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        1 => sum_sites(lat.volume(), |x, s| unsafe { avx2::plaquettes_site(lat, u, x, s) }),
-        _ => sum_sites(lat.volume(), |x, s| plaquettes_site(lat, u, x, s)),
-    }
-}
-
-/// Adds Re Tr U_P(x; μ, ν) for every plane μ < ν at site x to `s`, as [`plaquette_sum`] does
-/// per site (the same bits), for a sum over sites that the caller runs: one rank's share of
-/// a split lattice, with `nb` its neighbour tables.
-pub fn plaquettes_at<N: Neighbours + ?Sized>(nb: &N, u: &[Su3], x: usize, s: &mut CompensatedSum, level: u8) {
-    match runnable(level) {
-        // SAFETY: the CPU has the instruction set (`runnable` checked it).
-        #[cfg(target_arch = "x86_64")]
-        2 => unsafe { avx512::plaquettes_site(nb, u, x, s) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { avx2::plaquettes_site(nb, u, x, s) },
-        _ => plaquettes_site(nb, u, x, s),
+        1 => lat.sum(|x, s| unsafe { avx2::plaquettes_site(lat, u, x, s) }),
+        _ => lat.sum(|x, s| plaquettes_site(lat, u, x, s)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use latflow_core::Lattice;
     use latflow_core::gauge::{plaquette_sum as generic_plaquette_sum, staple, GaugeGroup, LieAlgebra};
     use latflow_core::Stream;
 

@@ -7,7 +7,8 @@ use bytemuck::Pod;
 use latflow_core::gauge::parallel::{fill_sites, sum_sites};
 use latflow_core::gauge::gradflow::FlowGroup;
 use latflow_core::gauge::{
-    path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, HeatbathGroup, LieAlgebra, Step, Su2, Su3,
+    path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, HeatbathGroup, LieAlgebra, Sites, Step, Su2,
+    Su3,
 };
 use latflow_core::Lattice;
 
@@ -38,15 +39,15 @@ impl Coefficients {
 
 /// Σ_x Σ_{μ<ν} Re Tr U_P, per plane type: (all planes, planes without the last axis
 /// ("spatial"), planes containing it ("temporal")).
-pub fn plaquette_sums<G: SunGroup>(lat: &Lattice, u: &[G]) -> [f64; 3] {
+pub fn plaquette_sums<G: SunGroup, S: Sites + ?Sized>(lat: &S, u: &[G]) -> [f64; 3] {
     let d = lat.dim();
     let ps = planes(d);
-    let spatial = sum_sites(lat.volume(), |x, s| {
+    let spatial = lat.sum(|x, s| {
         for &(mu, nu) in ps.iter().filter(|p| p.1 != d - 1) {
             s.add(plaquette(lat, u, x, mu, nu).re_trace());
         }
     });
-    let temporal = sum_sites(lat.volume(), |x, s| {
+    let temporal = lat.sum(|x, s| {
         for mu in 0..d - 1 {
             s.add(plaquette(lat, u, x, mu, d - 1).re_trace());
         }
@@ -55,9 +56,9 @@ pub fn plaquette_sums<G: SunGroup>(lat: &Lattice, u: &[G]) -> [f64; 3] {
 }
 
 /// Σ_x Σ_{μ≠ν} Re Tr R(x; μ, ν), every 2×1 rectangle once per orientation.
-pub fn rectangle_sum<G: SunGroup>(lat: &Lattice, u: &[G]) -> f64 {
+pub fn rectangle_sum<G: SunGroup, S: Sites + ?Sized>(lat: &S, u: &[G]) -> f64 {
     let d = lat.dim();
-    sum_sites(lat.volume(), |x, s| {
+    lat.sum(|x, s| {
         for mu in 0..d {
             for nu in (0..d).filter(|&nu| nu != mu) {
                 s.add(rectangle(lat, u, x, mu, nu).re_trace());
@@ -66,8 +67,9 @@ pub fn rectangle_sum<G: SunGroup>(lat: &Lattice, u: &[G]) -> f64 {
     })
 }
 
-/// The action S (dimensionless).
-pub fn action<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients) -> f64 {
+/// The action S (dimensionless) of the whole lattice (`lat` the lattice, or one rank's slab of
+/// a split one with `u` holding its halos: then collective).
+pub fn action<G: SunGroup, S: Sites + ?Sized>(lat: &S, u: &[G], k: Coefficients) -> f64 {
     let (w0, w1) = k.weights(G::NC);
     let p = if G::NC == 3 && lat.dim() <= fast::MAX_DIM {
         fast::plaquette_sum(lat, bytemuck::cast_slice(u), fast::plaquette_level())
@@ -80,7 +82,7 @@ pub fn action<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients) -> f64 {
 
 /// The force F(x, μ) = ∂S/∂ω^a for U → exp(ω^a X_a) U (core's coefficient convention), one
 /// algebra element per link, written to `f` (`[site][μ]`).
-pub fn force<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients, f: &mut [G::Algebra]) {
+pub fn force<G: SunGroup, S: Sites + ?Sized>(lat: &S, u: &[G], k: Coefficients, f: &mut [G::Algebra]) {
     let d = lat.dim();
     let (w0, w1) = k.weights(G::NC);
     if G::NC == 3 && w1 == 0.0 && d <= fast::MAX_DIM {

@@ -230,7 +230,7 @@ impl ActionTerm<SunSpace> for GaugeTerm<'_> {
 
     fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
         let (lat, k) = (&self.theory.lattice, self.theory.coefficients());
-        with_group!(self.theory.n, G => kernel::force::<G>(lat, links::<G>(u), k, algebra_mut::<G>(out)));
+        with_group!(self.theory.n, G => kernel::force::<G, _>(lat, links::<G>(u), k, algebra_mut::<G>(out)));
         Ok(())
     }
 }
@@ -275,23 +275,14 @@ impl Physics for Sun {
         FieldLayout::single(&shape, "links", Support::Link, ElementKind::complex_matrix(self.n as u32))
     }
 
-    /// Splits the lattice along axis 0 over the ranks of `comm` (the Wilson action; see
-    /// [`split`] for what is decomposed and what is refused).
+    /// Splits the lattice along axis 0 over the ranks of `comm`, with halos of one slice for
+    /// the Wilson action and two for an action with rectangles (see [`split`]).
     fn set_communicator(&mut self, comm: latflow_core::comm::CommBox) -> Result<(), PluginError> {
         if comm.size() == 1 {
             return Ok(());
         }
-        if self.c1 != 0.0 {
-            return Err(split::refuse_split(&format!(
-                "action = \"{}\" (the rectangle force needs halos of width 2; the Wilson action is split)",
-                self.action
-            )));
-        }
-        if self.lattice.dim() > fast::MAX_DIM && self.n == 3 {
-            return Err(split::refuse_split(&format!("SU(3) in d = {} > {}", self.lattice.dim(), fast::MAX_DIM)));
-        }
-        let shape: Vec<usize> = self.lattice.shape().to_vec();
-        self.split = Some(split::Split::new(&shape, comm)?);
+        let width = if self.c1 != 0.0 { 2 } else { 1 };
+        self.split = Some(split::Split::new(self.lattice.shape(), comm, width)?);
         Ok(())
     }
 
@@ -358,7 +349,7 @@ impl Physics for Sun {
             // a failed exchange cannot be returned here: the adapter's guard reports the panic
             return self.split_action(config).unwrap_or_else(|e| panic!("{}", e.message));
         }
-        with_group!(self.n, G => kernel::action::<G>(&self.lattice, links::<G>(config), self.coefficients()))
+        with_group!(self.n, G => kernel::action::<G, _>(&self.lattice, links::<G>(config), self.coefficients()))
     }
 
     fn action_grad(&self, config: &[f64], grad: &mut [f64]) -> f64 {
@@ -399,11 +390,6 @@ impl Physics for Sun {
     }
 
     fn step_columns(&self, kind: &str, options: &serde_json::Value) -> Result<Vec<String>, PluginError> {
-        if self.split.is_some() && steps::KINDS.contains(&kind) {
-            return Err(split::refuse_split(&format!(
-                "the '{kind}' step (a checkerboard update needs a halo exchange per colour; use kind = \"hmc\")"
-            )));
-        }
         steps::columns(self, kind, options)
     }
 
@@ -415,9 +401,6 @@ impl Physics for Sun {
         rng: &mut Stream,
         out: &mut Vec<f64>,
     ) -> Result<(), PluginError> {
-        if self.split.is_some() {
-            return Err(split::refuse_split(&format!("the '{kind}' step")));
-        }
         with_group!(self.n, G => steps::apply::<G>(self, kind, config, rng))?;
         out.push(self.action(config));
         Ok(())

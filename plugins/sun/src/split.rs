@@ -4,46 +4,43 @@
 //! Each rank holds a slab of the global lattice: its configuration is the slice
 //! `[first_site·d·2N², (first_site + sites)·d·2N²)` of the global flat configuration (axis 0 is
 //! the slowest, so the slabs concatenated in rank order are the global field). Inside a call the
-//! slab is copied into core's stored order (owned sites, then one halo slice below and one
-//! above) and the halos are filled by [`Domain::exchange`]; the kernels then read neighbours
-//! through the domain's tables, never through global indices.
+//! slab is copied into core's stored order (owned sites, then the halo slices below and above:
+//! one for the Wilson action, two when a rectangle term reaches x ± 2μ̂) and the halos are
+//! filled by a halo exchange; the kernels then read neighbours through the domain's tables
+//! ([`DomainSites`]), never through global indices.
 //!
-//! What gives the bits of one rank:
-//! - the force is the same per-link arithmetic as on the whole lattice: the fast SU(3)
-//!   kernels (generic over [`Neighbours`], corner products shared as the *global* volume
-//!   decides) and core's `staple` for SU(2);
-//! - momenta are this rank's part of the global draw (core's `fill_random_part`);
-//! - sums (action, kinetic energy, plaquettes) are [`Domain::sum`]s: chunk partials combined in
-//!   rank order, the bits of one rank whenever the local volume is a multiple of core's chunk
-//!   of 1024 sites, and equal to rounding otherwise.
+//! The kernels are the theory's own ([`crate::kernel`], [`crate::fast`]), generic over core's
+//! `Sites`, so a split lattice runs the same per-link arithmetic:
+//! - the force: the fast SU(3) Wilson kernel (its corner products shared as the *global*
+//!   volume decides) or the generic staples and rectangle staples;
+//! - momenta: this rank's part of the global draw (core's `fill_random_part`);
+//! - heat-bath and overrelaxation: core's split sweeps, each link with its part of the pass's
+//!   random fill and a halo refresh after every pass;
+//! - sums (action, kinetic energy, plaquettes): chunk partials combined in rank order, the bits
+//!   of one rank whenever the local volume is a multiple of core's chunk of 1024 sites, and
+//!   equal to rounding otherwise.
 //!
 //! So the links, and with them every accept decision, follow the single-rank chain bit for bit.
 //!
-//! Observables: the plaquettes (all, spatial, temporal, and the action density) are halo sums;
-//! the rectangle, Polyakov and Wilson loops and the gradient-flow measurements are measured on
-//! the gathered configuration (an allgather per measurement: the memory of the whole lattice on
-//! every rank while measuring, which a production volume would replace by wider halos and a
-//! distributed flow).
-//!
-//! Not decomposed yet, refused with a clear error: improved actions (the rectangle force needs
-//! halos of width 2), the theory's `heatbath` and `overrelax` steps (a checkerboard update with
-//! a halo exchange per colour), and anything that needs whole configurations on one rank (models,
-//! `action_grad`).
+//! Observables: the plaquettes (all, spatial, temporal) are sums over the slabs with halos; the
+//! rectangle, Polyakov and Wilson loops and the gradient-flow measurements are measured on the
+//! gathered configuration (an allgather per measurement: the whole lattice in
+//! every rank's memory while measuring, which a production volume would replace by wider halos
+//! and a distributed flow). Anything that needs whole configurations on one rank (models,
+//! `action_grad`) is refused by the host and the SDK.
 
 use bytemuck::Pod;
 use latflow_core::abi::{HmcParams, PluginError, Start, TrajectoryRecord};
+use latflow_core::abi_stable::std_types::RSlice;
 use latflow_core::comm::CommBox;
-use latflow_core::gauge::domain::{CommCount, Domain, DomainLinkSpace};
+use latflow_core::gauge::domain::{CommCount, Domain, DomainLinkSpace, DomainSites};
 use latflow_core::gauge::flat::{reals, view};
-use latflow_core::gauge::{plaquette, planes, staple, LieAlgebra, Neighbours, Su2, Su3};
-use latflow_core::gauge::parallel::fill_sites;
-use latflow_core::hmc::{hmc_trajectory, ActionTerm, LeveledAction, TermError};
+use latflow_core::gauge::{Neighbours, Su2, Su3};
+use latflow_core::hmc::{hmc_trajectory, ActionTerm, LeveledAction, Schedule, TermError};
 use latflow_core::sdk::{hmc_error, Physics};
 use latflow_core::{ErrorKind, Stream};
-use latflow_core::abi_stable::std_types::RSlice;
 
-use crate::fast;
-use crate::kernel::SunGroup;
+use crate::kernel::{self, Coefficients, SunGroup};
 use crate::Sun;
 
 /// This rank's place in a split lattice.
@@ -54,9 +51,10 @@ pub struct Split {
 }
 
 impl Split {
-    /// The slab of this rank of `comm` for the global lattice `shape`, with halos of one slice.
-    pub fn new(shape: &[usize], comm: CommBox) -> Result<Self, PluginError> {
-        let domain = Domain::for_comm(shape, &comm, 1).map_err(|e| PluginError::config(format!("lattice: {e}")))?;
+    /// The slab of this rank of `comm` for the global lattice `shape`, with halos of `width`
+    /// slices.
+    pub fn new(shape: &[usize], comm: CommBox, width: usize) -> Result<Self, PluginError> {
+        let domain = Domain::for_comm(shape, &comm, width).map_err(|e| PluginError::config(format!("lattice: {e}")))?;
         Ok(Self { comm, domain, count: CommCount::default() })
     }
 
@@ -67,14 +65,14 @@ impl Split {
         shape
     }
 
-    /// (first owned site, owned sites) in global site order.
-    fn owned(&self) -> (usize, usize) {
-        (self.domain.first_site(), self.domain.sites())
+    /// The slab as kernels' sites.
+    pub fn sites(&self) -> DomainSites<'_> {
+        DomainSites { domain: &self.domain, comm: &self.comm, count: &self.count }
     }
 
     /// This rank's slab of a global flat configuration of `per_site` reals per site.
     pub fn slab(&self, global: &[f64], per_site: usize) -> Vec<f64> {
-        let (first, n) = self.owned();
+        let (first, n) = (self.domain.first_site(), self.domain.sites());
         global[first * per_site..(first + n) * per_site].to_vec()
     }
 
@@ -83,53 +81,28 @@ impl Split {
         Ok(self.comm.allgather(RSlice::from_slice(local)).into_result()?.into_vec())
     }
 
-    /// The stored links (owned, then halos) of a slab of `d` links per site, halos filled.
-    fn stored<G: SunGroup>(&self, local: &[f64]) -> Result<Vec<G>, PluginError> {
+    /// The stored links (owned, then halos) of a slab, halos filled. Collective.
+    pub fn stored<G: SunGroup>(&self, local: &[f64]) -> Result<Vec<G>, PluginError> {
         let d = self.domain.dim();
         let owned: &[G] = view(local).map_err(|e| PluginError::shape(format!("configuration: {e}")))?;
         let mut u = vec![G::identity(); self.domain.stored() * d];
         u[..owned.len()].copy_from_slice(owned);
-        DomainLinkSpace::<G>::new(&self.domain, &self.comm, &self.count).exchange(&mut u).map_err(comm_failed)?;
+        self.sites().exchange(&mut u, d).map_err(comm_failed)?;
         Ok(u)
     }
 
-    /// [all, spatial, temporal] plaquette sums Σ Re Tr U_P over the global lattice, added in the
-    /// single-rank order of the theory's own kernels (halos of `u` current). Collective.
-    fn plaquette_sums<G: SunGroup>(&self, u: &[G]) -> Result<[f64; 3], PluginError> {
-        let (dom, comm) = (&self.domain, &self.comm);
-        let d = dom.dim();
-        if G::NC == 3 && d <= fast::MAX_DIM {
-            // as `kernel::action`: the fast kernel's one sum over all planes
-            let u3: &[Su3] = bytemuck::cast_slice(u);
-            let level = fast::plaquette_level();
-            let all = dom.sum(comm, |x, s| fast::plaquettes_at(dom, u3, x, s, level)).map_err(comm_failed)?;
-            return Ok([all, f64::NAN, f64::NAN]);
-        }
-        // as `kernel::plaquette_sums`: spatial and temporal planes summed apart, then added
-        self.plaquette_sums_by_plane(u)
-    }
-
-    /// [all, spatial, temporal] plaquette sums as `kernel::plaquette_sums` adds them (for the
-    /// observables), whatever the group.
-    fn plaquette_sums_by_plane<G: SunGroup>(&self, u: &[G]) -> Result<[f64; 3], PluginError> {
-        let (dom, comm) = (&self.domain, &self.comm);
-        let d = dom.dim();
-        let ps = planes(d);
-        let spatial = dom
-            .sum(comm, |x, s| {
-                for &(mu, nu) in ps.iter().filter(|p| p.1 != d - 1) {
-                    s.add(plaquette(dom, u, x, mu, nu).re_trace());
-                }
-            })
-            .map_err(comm_failed)?;
-        let temporal = dom
-            .sum(comm, |x, s| {
-                for mu in 0..d - 1 {
-                    s.add(plaquette(dom, u, x, mu, d - 1).re_trace());
-                }
-            })
-            .map_err(comm_failed)?;
-        Ok([spatial + temporal, spatial, temporal])
+    /// `f` on the stored links of the slab `config` (halos filled); the owned links it leaves
+    /// are written back to `config`. Collective.
+    pub fn with_stored<G: SunGroup, T>(
+        &self,
+        config: &mut [f64],
+        f: impl FnOnce(DomainSites<'_>, &mut Vec<G>) -> T,
+    ) -> Result<T, PluginError> {
+        let mut u = self.stored::<G>(config)?;
+        let out = f(self.sites(), &mut u);
+        let owned = config.len();
+        config.copy_from_slice(&reals(&u)[..owned]);
+        Ok(out)
     }
 }
 
@@ -137,10 +110,10 @@ fn comm_failed(e: impl std::fmt::Display) -> PluginError {
     PluginError::new(ErrorKind::Internal, format!("split lattice: {e}"))
 }
 
-/// The Wilson gauge action on a split lattice as the one HMC term: w0 = β c0/N.
+/// The gauge action on a split lattice as the one HMC term.
 struct SplitGauge<'a> {
-    split: &'a Split,
-    w0: f64,
+    sites: DomainSites<'a>,
+    k: Coefficients,
 }
 
 impl<G: SunGroup> ActionTerm<DomainLinkSpace<'_, G>> for SplitGauge<'_>
@@ -152,25 +125,11 @@ where
     }
 
     fn action(&self, u: &Vec<G>) -> Result<f64, TermError> {
-        let p = self.split.plaquette_sums(u).map_err(|e| TermError::new("gauge", e.message.to_string()))?[0];
-        // the single-rank expression −(w0 P + w1 R) with w1 R = 0
-        Ok(-(self.w0 * p + 0.0 * 0.0))
+        Ok(kernel::action(&self.sites, u, self.k))
     }
 
     fn force(&self, u: &Vec<G>, out: &mut Vec<G::Algebra>) -> Result<(), TermError> {
-        let dom = &self.split.domain;
-        let d = dom.dim();
-        let w = self.w0;
-        if G::NC == 3 && d <= fast::MAX_DIM {
-            let (u3, f3) = (bytemuck::cast_slice(&u[..]), bytemuck::cast_slice_mut(&mut out[..]));
-            fast::wilson_force_on(dom, dom.stored(), dom.global_sites(), u3, w, f3, fast::force_level());
-            return Ok(());
-        }
-        fill_sites(out, d, |x, fs, _| {
-            for (mu, f) in fs.iter_mut().enumerate() {
-                *f = u[x * d + mu].re_trace_derivative(&staple(dom, &u[..], x, mu)).scale(-w);
-            }
-        });
+        kernel::force(&self.sites, u, self.k, out);
         Ok(())
     }
 }
@@ -191,20 +150,13 @@ impl Sun {
     pub(crate) fn split_action(&self, config: &[f64]) -> Result<f64, PluginError> {
         let s = self.split_ref();
         let k = self.coefficients();
-        let w0 = k.beta * k.c0 / self.n as f64;
-        with_group!(self.n, G => {
-            let u = s.stored::<G>(config)?;
-            Ok(-(w0 * s.plaquette_sums(&u)?[0] + 0.0 * 0.0))
-        })
+        with_group!(self.n, G => Ok(kernel::action(&s.sites(), &s.stored::<G>(config)?, k)))
     }
 
     /// The observables of the global configuration whose slab is `config`. Collective.
     pub(crate) fn split_measure(&self, config: &[f64], out: &mut Vec<f64>) -> Result<(), PluginError> {
         let s = self.split_ref();
-        let plaquettes = with_group!(self.n, G => {
-            let u = s.stored::<G>(config)?;
-            s.plaquette_sums_by_plane(&u)?
-        });
+        let plaquettes = with_group!(self.n, G => kernel::plaquette_sums(&s.sites(), &s.stored::<G>(config)?));
         let global = s.gather(config)?;
         with_group!(self.n, G => {
             let u: &[G] = view(&global).map_err(|e| PluginError::shape(format!("gathered configuration: {e}")))?;
@@ -229,7 +181,7 @@ impl Sun {
         &self,
         field: &mut [f64],
         params: &HmcParams,
-        schedule: &latflow_core::hmc::Schedule,
+        schedule: &Schedule,
         n_traj: u32,
         rng: &mut Stream,
     ) -> Result<Vec<TrajectoryRecord>, PluginError>
@@ -237,23 +189,13 @@ impl Sun {
         G::Algebra: Pod,
     {
         let s = self.split_ref();
-        let mut u = s.stored::<G>(field)?;
-        let space = DomainLinkSpace::<G>::new(&s.domain, &s.comm, &s.count);
         let k = self.coefficients();
-        let term = SplitGauge { split: s, w0: k.beta * k.c0 / self.n as f64 };
-        let mut action = LeveledAction::single(Box::new(term));
-        let mut out = Vec::with_capacity(n_traj as usize);
-        for _ in 0..n_traj {
-            out.push(hmc_trajectory(&space, &mut action, &mut u, schedule, params.accept_reject, rng).map_err(hmc_error)?);
-        }
-        let owned = field.len();
-        field.copy_from_slice(&reals(&u)[..owned]);
-        Ok(out)
+        s.with_stored::<G, _>(field, |sites, u| {
+            let space = DomainLinkSpace::<G>::new(sites.domain, sites.comm, sites.count);
+            let mut action = LeveledAction::single(Box::new(SplitGauge { sites, k }));
+            (0..n_traj)
+                .map(|_| hmc_trajectory(&space, &mut action, u, schedule, params.accept_reject, rng).map_err(hmc_error))
+                .collect()
+        })?
     }
 }
-
-/// Refusals of what a split lattice does not do yet (see the module docs).
-pub fn refuse_split(what: &str) -> PluginError {
-    PluginError::new(ErrorKind::Unsupported, format!("{what} on a lattice split over ranks is not supported yet (see the sun plugin's split module)"))
-}
-

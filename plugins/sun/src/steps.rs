@@ -5,7 +5,7 @@
 
 use latflow_core::abi::PluginError;
 use latflow_core::gauge::flat::view_mut;
-use latflow_core::gauge::{heatbath_sweep, overrelax_sweep, HeatbathError};
+use latflow_core::gauge::{heatbath_sweep, heatbath_sweep_split, overrelax_sweep, overrelax_sweep_split, HeatbathError};
 use latflow_core::sdk::unknown_step;
 use latflow_core::{ErrorKind, Stream};
 
@@ -43,13 +43,25 @@ pub fn columns(t: &Sun, kind: &str, options: &serde_json::Value) -> Result<Vec<S
     Ok(vec!["action".into()])
 }
 
-/// One sweep of `kind` on the links `u`.
+/// One sweep of `kind` on the links of `config` (on a split lattice, of this rank's slab:
+/// core's split sweeps, the same links as on one rank).
 pub fn apply<G: SunGroup>(t: &Sun, kind: &str, config: &mut [f64], rng: &mut Stream) -> Result<(), PluginError> {
-    let u: &mut [G] = view_mut(config).map_err(|e| PluginError::shape(e.to_string()))?;
-    let done = match kind {
-        "heatbath" => heatbath_sweep(t.lattice(), u, t.coefficients().beta, rng),
-        "overrelax" => overrelax_sweep(t.lattice(), u, t.coefficients().beta),
-        other => return Err(unknown_step("sun", other, &KINDS)),
+    if !KINDS.contains(&kind) {
+        return Err(unknown_step("sun", kind, &KINDS));
+    }
+    let (lat, beta) = (t.lattice(), t.coefficients().beta);
+    let done = match &t.split {
+        None => {
+            let u: &mut [G] = view_mut(config).map_err(|e| PluginError::shape(e.to_string()))?;
+            if kind == "heatbath" { heatbath_sweep(lat, u, beta, rng) } else { overrelax_sweep(lat, u, beta) }
+        }
+        Some(s) => s.with_stored::<G, _>(config, |sites, u| {
+            if kind == "heatbath" {
+                heatbath_sweep_split(lat, &sites, u, beta, rng)
+            } else {
+                overrelax_sweep_split(lat, &sites, u, beta)
+            }
+        })?,
     };
     done.map_err(|e| {
         let kind_of = match e {
