@@ -103,30 +103,48 @@ pub(super) fn read_provenance(path: &Path, file: &File) -> Result<Provenance, En
 /// The observables, sweeps, steps and configuration info of the ensemble under `base`.
 type GroupData = (Vec<ObservableData>, Vec<u64>, Vec<StepData>, Option<ConfigInfo>);
 
-pub(super) fn read_group(path: &Path, file_len: u64, base: &Group, prefix: &str) -> Result<GroupData, EnsembleError> {
+///
+/// The row datasets of one table (the observables and `sweep`; one step's `accepted` and
+/// columns; `configs` and `configs_sweep`) grow together at every flush. A run killed in the
+/// middle of a flush can leave them with different lengths (HDF5 writes the datasets' new
+/// extents to disk in no particular order). A table whose datasets disagree is then read up to
+/// the rows of the run's last checkpoint (`durable`: what `latflow run --resume` keeps, and the
+/// rows the checkpoint's fsync made durable), provided every dataset holds them; without such a
+/// checkpoint the disagreement is an error (a damaged file).
+pub(super) fn read_group(
+    path: &Path,
+    file_len: u64,
+    base: &Group,
+    prefix: &str,
+    durable: Option<&Counts>,
+) -> Result<GroupData, EnsembleError> {
     // Observables.
     let opath = format!("{prefix}/observables");
     let og = open_group(path, base, "observables")?;
     let sweep_obj = format!("{opath}/sweep");
     let sweep_ds = open_dataset(path, &og, &opath, "sweep")?;
-    let n = rows_of(path, &sweep_ds, &sweep_obj, Some(1))?;
-    let sweeps = read_all::<u64>(path, &sweep_ds, &sweep_obj, n, file_len)?;
+    let sweep_rows = rows_of(path, &sweep_ds, &sweep_obj, Some(1))?;
     let names = read_json_list(path, &og, &opath, "names")?;
-    let mut observables = Vec::with_capacity(names.len());
+    let mut tables = Vec::with_capacity(names.len());
     for name in names {
         let object = format!("{opath}/{name}");
         let ds = open_dataset(path, &og, &opath, &name)?;
         let len = row_width(path, &ds, &object)?;
         let rows = rows_of(path, &ds, &object, None)?;
-        if rows != n {
-            return Err(shape_err(path, format!("dataset {object}"), format!("{rows} rows, but {sweep_obj} has {n}")));
-        }
-        let values = read_all::<f64>(path, &ds, &object, n * len, file_len)?;
+        tables.push((name, object, ds, len, rows));
+    }
+    let lengths: Vec<(&str, usize)> =
+        std::iter::once((sweep_obj.as_str(), sweep_rows)).chain(tables.iter().map(|t| (t.1.as_str(), t.4))).collect();
+    let n = table_rows(path, &lengths, durable.map(|c| c.measurements as usize))?;
+    let sweeps = read_rows::<u64>(path, &sweep_ds, &sweep_obj, sweep_rows, 1, n, file_len)?;
+    let mut observables = Vec::with_capacity(tables.len());
+    for (name, object, ds, len, rows) in tables {
+        let values = read_rows::<f64>(path, &ds, &object, rows, len, n, file_len)?;
         let description = read_str_attr(path, &ds, &object, "description")?;
         observables.push(ObservableData { name, len, description, values });
     }
 
-    let steps = read_steps(path, file_len, base, prefix)?;
+    let steps = read_steps(path, file_len, base, prefix, durable)?;
 
     // Configurations.
     let cpath = format!("{prefix}/configs");
@@ -138,12 +156,9 @@ pub(super) fn read_group(path: &Path, file_len: u64, base: &Group, prefix: &str)
         (true, true) => {
             let ds = open_dataset(path, base, prefix, "configs")?;
             let config_len = row_width(path, &ds, &cpath)?;
-            let count = rows_of(path, &ds, &cpath, None)?;
             let sw = open_dataset(path, base, prefix, "configs_sweep")?;
-            let count_sw = rows_of(path, &sw, &cspath, Some(1))?;
-            if count != count_sw {
-                return Err(shape_err(path, format!("dataset {cpath}"), format!("{count} rows, but {cspath} has {count_sw}")));
-            }
+            let lengths = [(cspath.as_str(), rows_of(path, &sw, &cspath, Some(1))?), (cpath.as_str(), rows_of(path, &ds, &cpath, None)?)];
+            let count = table_rows(path, &lengths, durable.map(|c| c.configs as usize))?;
             check_size(path, &cpath, count, config_len, 8, file_len)?;
             let shape = read_u64_list(path, &ds, &cpath, "shape")?
                 .into_iter()
@@ -156,8 +171,52 @@ pub(super) fn read_group(path: &Path, file_len: u64, base: &Group, prefix: &str)
     Ok((observables, sweeps, steps, configs))
 }
 
+/// The rows of a table whose datasets (`lengths`: object, rows; the first is the reference)
+/// have these lengths: all of them when they agree; when they do not, the checkpoint's
+/// `durable` rows if every dataset holds them (see [`read_group`]); else an error naming the
+/// first dataset that disagrees.
+fn table_rows(path: &Path, lengths: &[(&str, usize)], durable: Option<usize>) -> Result<usize, EnsembleError> {
+    let (reference, n) = lengths[0];
+    match lengths.iter().find(|(_, r)| *r != n) {
+        None => Ok(n),
+        Some(&(object, rows)) => match durable {
+            Some(m) if lengths.iter().all(|(_, r)| *r >= m) => Ok(m),
+            _ => Err(shape_err(
+                path,
+                format!("dataset {object}"),
+                format!(
+                    "{rows} rows, but {reference} has {n} (a damaged file, or a run killed before its first checkpoint: \
+                     no checkpoint says which rows are complete)"
+                ),
+            )),
+        },
+    }
+}
+
+/// The first `keep` rows of a row dataset of `rows` rows of `width` values.
+fn read_rows<T: hdf5::H5Type>(
+    path: &Path,
+    ds: &hdf5::Dataset,
+    object: &str,
+    rows: usize,
+    width: usize,
+    keep: usize,
+    file_len: u64,
+) -> Result<Vec<T>, EnsembleError> {
+    let elems = rows.checked_mul(width).ok_or_else(|| shape_err(path, format!("dataset {object}"), format!("{rows} x {width} values")))?;
+    let mut v = read_all::<T>(path, ds, object, elems, file_len)?;
+    v.truncate(keep * width);
+    Ok(v)
+}
+
 /// Reads `{prefix}/steps/*`, sorted by step index.
-pub(super) fn read_steps(path: &Path, file_len: u64, base: &Group, prefix: &str) -> Result<Vec<StepData>, EnsembleError> {
+pub(super) fn read_steps(
+    path: &Path,
+    file_len: u64,
+    base: &Group,
+    prefix: &str,
+    durable: Option<&Counts>,
+) -> Result<Vec<StepData>, EnsembleError> {
     let spath = format!("{prefix}/steps");
     let sg = open_group(path, base, "steps")?;
     let mut labels = sg.member_names().map_err(h5(path, format!("group {spath}")))?;
@@ -169,18 +228,21 @@ pub(super) fn read_steps(path: &Path, file_len: u64, base: &Group, prefix: &str)
         let (kind, index, params, column_names) = read_step_info(path, &g, &gpath)?;
         let acc_obj = format!("{gpath}/accepted");
         let acc_ds = open_dataset(path, &g, &gpath, "accepted")?;
-        let m = rows_of(path, &acc_ds, &acc_obj, Some(1))?;
-        let accepted = read_all::<u8>(path, &acc_ds, &acc_obj, m, file_len)?;
-        let mut columns = Vec::with_capacity(column_names.len());
+        let acc_rows = rows_of(path, &acc_ds, &acc_obj, Some(1))?;
+        let mut tables = Vec::with_capacity(column_names.len());
         for c in column_names {
             let object = format!("{gpath}/{c}");
             let ds = open_dataset(path, &g, &gpath, &c)?;
             let rows = rows_of(path, &ds, &object, Some(1))?;
-            if rows != m {
-                return Err(shape_err(path, format!("dataset {object}"), format!("{rows} rows, but {acc_obj} has {m}")));
-            }
-            let values = read_all::<f64>(path, &ds, &object, m, file_len)?;
-            columns.push((c, values));
+            tables.push((c, object, ds, rows));
+        }
+        let lengths: Vec<(&str, usize)> =
+            std::iter::once((acc_obj.as_str(), acc_rows)).chain(tables.iter().map(|t| (t.1.as_str(), t.3))).collect();
+        let m = table_rows(path, &lengths, durable.and_then(|c| c.steps.get(index)).map(|&r| r as usize))?;
+        let accepted = read_rows::<u8>(path, &acc_ds, &acc_obj, acc_rows, 1, m, file_len)?;
+        let mut columns = Vec::with_capacity(tables.len());
+        for (c, object, ds, rows) in tables {
+            columns.push((c, read_rows::<f64>(path, &ds, &object, rows, 1, m, file_len)?));
         }
         steps.push(StepData { label, kind, index, params, accepted, columns });
     }
@@ -234,7 +296,9 @@ pub fn read(path: &Path) -> Result<EnsembleFile, EnsembleError> {
         let (couplings, ladder) = read_ladder(path, file_len, &file, &provenance)?;
         return Ok(EnsembleFile { path: path.to_owned(), schema_version, provenance, couplings, ladder: Some(ladder) });
     }
-    let (observables, sweeps, steps, configs) = read_group(path, file_len, &file, "")?;
+    let checkpoint = durable_state(path, &provenance);
+    let durable = checkpoint.as_ref().map(|c| &c.counts);
+    let (observables, sweeps, steps, configs) = read_group(path, file_len, &file, "", durable)?;
     let plain = Ensemble {
         path: path.to_owned(),
         schema_version,
@@ -245,6 +309,15 @@ pub fn read(path: &Path) -> Result<EnsembleFile, EnsembleError> {
         configs,
     };
     Ok(EnsembleFile { path: path.to_owned(), schema_version, provenance, couplings: vec![plain], ladder: None })
+}
+
+/// The checkpoint of the run that writes `path` (`PATH.ckpt`, as `latflow run` names it), if
+/// there is a readable one of the same run (its card hash is the file's): the rows it records
+/// are durable (see [`read_group`]).
+fn durable_state(path: &Path, provenance: &Provenance) -> Option<crate::checkpoint::Checkpoint> {
+    let mut ckpt = path.as_os_str().to_owned();
+    ckpt.push(".ckpt");
+    crate::checkpoint::Checkpoint::load(Path::new(&ckpt)).ok().filter(|c| c.card_hash == provenance.card_hash)
 }
 
 /// [`read`] for the command line, which must never hang on a damaged file: if the read has not
@@ -328,6 +401,7 @@ fn read_ladder(path: &Path, file_len: u64, file: &File, provenance: &Provenance)
     })?;
     let k = values.len();
     let rg = open_group(path, file, "replicas")?;
+    let checkpoint = durable_state(path, provenance);
     let mut replicas = Vec::with_capacity(k);
     for i in 0..k {
         let prefix = replica_group(i);
@@ -335,7 +409,8 @@ fn read_ladder(path: &Path, file_len: u64, file: &File, provenance: &Provenance)
         let mut prov = provenance.clone();
         prov.theory_params = read_str_attr(path, &g, &prefix, "theory_params")?;
         prov.model = read_str_attr(path, &g, &prefix, "model")?;
-        let (observables, sweeps, steps, configs) = read_group(path, file_len, &g, &prefix)?;
+        let durable = checkpoint.as_ref().and_then(|c| c.replica.as_ref()).and_then(|r| r.counts.get(i));
+        let (observables, sweeps, steps, configs) = read_group(path, file_len, &g, &prefix, durable)?;
         replicas.push(Ensemble { path: path.to_owned(), schema_version, provenance: prov, observables, sweeps, steps, configs });
     }
     let sw_obj = "/replica_exchange/sweep";
@@ -357,7 +432,8 @@ fn read_ladder(path: &Path, file_len: u64, file: &File, provenance: &Provenance)
     if let Some(bad) = replica_coupling.iter().find(|&&c| c as usize >= k) {
         return Err(corrupt(path, format!("dataset {rc_obj}"), format!("coupling index {bad} out of range (K = {k})")));
     }
-    let swaps = read_steps(path, file_len, &xg, "/replica_exchange")?;
+    let exchange = checkpoint.as_ref().and_then(|c| c.replica.as_ref()).map(|r| &r.exchange_counts);
+    let swaps = read_steps(path, file_len, &xg, "/replica_exchange", exchange)?;
     Ok((replicas, Ladder { parameter, values, path_sweeps, replica_coupling, swaps }))
 }
 
