@@ -136,7 +136,7 @@ fn check_args(args: &Args) -> Result<(), String> {
     if args.betas.is_empty() || args.betas.iter().any(|&b| !(b.is_finite() && b > 0.0)) {
         return Err(format!("--betas: positive couplings, got {:?}", args.betas));
     }
-    if args.lattice < 4 || args.lattice % 4 != 0 {
+    if args.lattice < 4 || !args.lattice.is_multiple_of(4) {
         return Err(format!("--lattice: a multiple of the mask period 4, got {}", args.lattice));
     }
     if args.steps < 10 || args.batch == 0 || args.n_eval < 2 || args.timing_steps == 0 {

@@ -116,24 +116,21 @@ fn sun_flows_are_exact_in_2d() {
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
-    for (&(n, beta), w) in points.iter().zip(&weights) {
-        check_point(d, n, beta, w);
-    }
+    // the runs below are independent and mostly single-threaded: two at a time
+    std::thread::scope(|s| {
+        for pair in points.iter().zip(&weights).collect::<Vec<_>>().chunks(2) {
+            let hs: Vec<_> = pair.iter().map(|&(&(n, beta), w)| s.spawn(move || check_point(d, n, beta, w))).collect();
+            hs.into_iter().for_each(|h| h.join().unwrap());
+        }
+    });
 
     // hybrid HMC + flow at β = 4
-    for (k, n) in [(1usize, 2u32), (3, 3)] {
-        let hybrid = "[[chain]]\nkind = \"hmc\"\nmd_steps = 5\nintegrator = \"omelyan2\"\ntrajectory_jitter = 0.3\n\n[[chain]]\nkind = \"flow\"";
-        let text = card(n, 8, 4.0, FLOW, &weights[k], "", hybrid, "seed = 6\nthermalization = 50\nmeasurements = 3000");
-        let (c, out) = write_card(d, &format!("su{n}_hybrid"), &text);
-        run_ok(&["run", c.to_str().unwrap(), "-q"]);
-        let json = analyze_json(&out);
-        assert_z(
-            &format!("SU({n}) beta = 4 hybrid plaquette"),
-            scalar(&json, "plaquette"),
-            exact_plaquette(n, 4.0),
-            0.0,
-        );
-    }
+    std::thread::scope(|s| {
+        for (k, n) in [(1usize, 2u32), (3, 3)] {
+            let weights = &weights;
+            s.spawn(move || hybrid(d, n, &weights[k]));
+        }
+    });
 
     // flow-assisted swaps: SU(3) between β = 2 and 4 (two models), SU(2) between β = 4 and 4.3
     // (the β = 4 model for both: the SU(2) flows of this budget, ESS per sample 0.05 and 0.002,
@@ -144,43 +141,62 @@ fn sun_flows_are_exact_in_2d() {
         (exact_su2_plaquette(4.0) - exact_plaquette(2, 4.0)).abs() < 1e-9,
         "the Bessel ratio matches docs/reference.md §4"
     );
-    for (n, betas, models) in [(3u32, [2.0, 4.0], [2usize, 3]), (2, [4.0, 4.3], [1, 1])] {
-        let text = format!(
-            "[theory]\nplugin = \"sun\"\nlattice = [8, 8]\nn = {n}\nbeta = {b0}\n\n[model]\nplugin = \"flow-sun\"\n{FLOW}\n\n\
-             [[replicas]]\nbeta = {b0}\nweights = \"{}\"\n\n[[replicas]]\nbeta = {b1}\nweights = \"{}\"\n\n\
-             [[chain]]\nkind = \"hmc\"\nmd_steps = 5\nintegrator = \"omelyan2\"\ntrajectory_jitter = 0.3\n\n\
-             [[chain]]\nkind = \"replica_exchange\"\nflow = true\n\n\
-             [run]\noutput = \"{{OUT}}\"\nseed = 7\nthermalization = 20\nmeasurements = 1500\nstart = \"hot\"\n",
-            weights[models[0]].display(),
-            weights[models[1]].display(),
-            b0 = betas[0],
-            b1 = betas[1],
-        );
-        let (c, out) = write_card(d, &format!("su{n}_swaps"), &text);
-        run_ok(&["run", c.to_str().unwrap(), "-q"]);
-        let json = analyze_json(&out);
-        let sw = &json["replica_exchange"]["swaps"]["replica_exchange"];
-        let e = &sw["exp_log_ratio"];
-        let acc = sw["acceptance"].as_f64().unwrap();
-        println!(
-            "SU({n}) flow-assisted swaps beta = {} <-> {}: acceptance {acc:.4}, <exp(log r)> = {:.4}({:.4})",
-            betas[0],
-            betas[1],
-            e[0].as_f64().unwrap(),
-            e[1].as_f64().unwrap()
-        );
-        assert!(acc > 0.0 && acc < 1.0, "SU({n}) swap acceptance {acc}");
-        assert_z(
-            &format!("SU({n}) flow-assisted swaps <exp(log r)>"),
-            (e[0].as_f64().unwrap(), e[1].as_f64().unwrap()),
-            1.0,
-            0.0,
-        );
-        for (r, beta) in betas.iter().enumerate() {
-            let got = common::scalar(&json["replicas"][r], "plaquette");
-            let exact = if *beta == 4.3 { exact_su2_plaquette(4.3) } else { exact_plaquette(n, *beta) };
-            assert_z(&format!("SU({n}) swaps, beta = {beta}: plaquette"), got, exact, 0.0);
+    std::thread::scope(|s| {
+        for (n, betas, models) in [(3u32, [2.0, 4.0], [2usize, 3]), (2, [4.0, 4.3], [1, 1])] {
+            let weights = &weights;
+            s.spawn(move || swaps(d, n, betas, [&weights[models[0]], &weights[models[1]]]));
         }
+    });
+}
+
+/// A hybrid HMC + flow chain of SU(n) at β = 4 reproduces the plaquette.
+fn hybrid(d: &Path, n: u32, w: &Path) {
+    let hybrid = "[[chain]]\nkind = \"hmc\"\nmd_steps = 5\nintegrator = \"omelyan2\"\ntrajectory_jitter = 0.3\n\n[[chain]]\nkind = \"flow\"";
+    let text = card(n, 8, 4.0, FLOW, w, "", hybrid, "seed = 6\nthermalization = 50\nmeasurements = 3000");
+    let (c, out) = write_card(d, &format!("su{n}_hybrid"), &text);
+    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    let json = analyze_json(&out);
+    assert_z(&format!("SU({n}) beta = 4 hybrid plaquette"), scalar(&json, "plaquette"), exact_plaquette(n, 4.0), 0.0);
+}
+
+/// Flow-assisted swaps of SU(n) between two couplings `betas` with the models `w`: the swap
+/// ratio ⟨e^{log r}⟩ = 1 and both plaquettes exact.
+fn swaps(d: &Path, n: u32, betas: [f64; 2], w: [&PathBuf; 2]) {
+    let text = format!(
+        "[theory]\nplugin = \"sun\"\nlattice = [8, 8]\nn = {n}\nbeta = {b0}\n\n[model]\nplugin = \"flow-sun\"\n{FLOW}\n\n\
+         [[replicas]]\nbeta = {b0}\nweights = \"{}\"\n\n[[replicas]]\nbeta = {b1}\nweights = \"{}\"\n\n\
+         [[chain]]\nkind = \"hmc\"\nmd_steps = 5\nintegrator = \"omelyan2\"\ntrajectory_jitter = 0.3\n\n\
+         [[chain]]\nkind = \"replica_exchange\"\nflow = true\n\n\
+         [run]\noutput = \"{{OUT}}\"\nseed = 7\nthermalization = 20\nmeasurements = 1500\nstart = \"hot\"\n",
+        w[0].display(),
+        w[1].display(),
+        b0 = betas[0],
+        b1 = betas[1],
+    );
+    let (c, out) = write_card(d, &format!("su{n}_swaps"), &text);
+    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    let json = analyze_json(&out);
+    let sw = &json["replica_exchange"]["swaps"]["replica_exchange"];
+    let e = &sw["exp_log_ratio"];
+    let acc = sw["acceptance"].as_f64().unwrap();
+    println!(
+        "SU({n}) flow-assisted swaps beta = {} <-> {}: acceptance {acc:.4}, <exp(log r)> = {:.4}({:.4})",
+        betas[0],
+        betas[1],
+        e[0].as_f64().unwrap(),
+        e[1].as_f64().unwrap()
+    );
+    assert!(acc > 0.0 && acc < 1.0, "SU({n}) swap acceptance {acc}");
+    assert_z(
+        &format!("SU({n}) flow-assisted swaps <exp(log r)>"),
+        (e[0].as_f64().unwrap(), e[1].as_f64().unwrap()),
+        1.0,
+        0.0,
+    );
+    for (r, beta) in betas.iter().enumerate() {
+        let got = common::scalar(&json["replicas"][r], "plaquette");
+        let exact = if *beta == 4.3 { exact_su2_plaquette(4.3) } else { exact_plaquette(n, *beta) };
+        assert_z(&format!("SU({n}) swaps, beta = {beta}: plaquette"), got, exact, 0.0);
     }
 }
 

@@ -593,7 +593,7 @@ impl RootModule for PluginModRef {
 
 /// Checks that a batch buffer holds a whole number of configurations; returns the count.
 pub fn batch_len(buf_len: usize, config_len: usize) -> Result<usize, PluginError> {
-    if config_len == 0 || buf_len % config_len != 0 {
+    if config_len == 0 || !buf_len.is_multiple_of(config_len) {
         return Err(PluginError::shape(format!(
             "buffer of {buf_len} reals is not a whole number of configurations of {config_len} reals"
         )));

@@ -157,7 +157,7 @@ fn angle_mask<P: Physics>(p: &P) -> Vec<bool> {
     let layout = p.layout();
     let mut mask = Vec::with_capacity(layout.config_len());
     for c in layout.components.iter().filter(|c| c.role == FieldRole::Dynamical) {
-        mask.extend(std::iter::repeat(c.element.shape() == Element::Angle).take(layout.component_len(c)));
+        mask.extend(std::iter::repeat_n(c.element.shape() == Element::Angle, layout.component_len(c)));
     }
     mask
 }
@@ -259,21 +259,6 @@ pub fn batch_means(data: &[f64], batches: usize) -> (f64, f64) {
     (mean, (var / batches as f64).sqrt())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_means_of_known_data() {
-        let data: Vec<f64> = (0..40).map(|i| (i % 4) as f64).collect();
-        let (mean, err) = batch_means(&data, 10);
-        assert_eq!(mean, 1.5);
-        assert_eq!(err, 0.0);
-        let (mean, err) = batch_means(&[1.0, 3.0], 2);
-        assert_eq!((mean, err), (2.0, 1.0));
-    }
-}
-
 /// `count` damaged variants of `input`, for replaying a fuzz corpus with extra mutations in an
 /// ordinary test (no fuzzing engine). Deterministic in `seed`. Each variant applies one to four
 /// of: flip a bit, overwrite a byte with an interesting value (0, 0xff, 0x7f, 0x80), overwrite
@@ -320,4 +305,19 @@ pub fn mutations(input: &[u8], count: usize, seed: u64) -> Vec<Vec<u8>> {
             v
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_means_of_known_data() {
+        let data: Vec<f64> = (0..40).map(|i| (i % 4) as f64).collect();
+        let (mean, err) = batch_means(&data, 10);
+        assert_eq!(mean, 1.5);
+        assert_eq!(err, 0.0);
+        let (mean, err) = batch_means(&[1.0, 3.0], 2);
+        assert_eq!((mean, err), (2.0, 1.0));
+    }
 }

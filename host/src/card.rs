@@ -336,7 +336,7 @@ impl TrainCard {
         if self.batch < 2 {
             return err("batch", format!("must be at least 2, got {}", self.batch));
         }
-        if self.chunks == 0 || self.batch % self.chunks != 0 || self.batch / self.chunks.max(1) < 2 {
+        if self.chunks == 0 || !self.batch.is_multiple_of(self.chunks) || self.batch / self.chunks.max(1) < 2 {
             return err(
                 "chunks",
                 format!(
@@ -1069,7 +1069,7 @@ fn theory_step(kind: &str, mut t: toml::Table, here: &str) -> Result<TheoryStepC
         Some(_) => return field_err(format!("{here}.repeat"), "must be an integer of at least 1"),
     };
     let options = serde_json::to_value(toml::Value::Table(t))
-        .map_err(|e| (format!("{here}"), format!("options are not representable as JSON: {e}")))?;
+        .map_err(|e| (here.to_string(), format!("options are not representable as JSON: {e}")))?;
     let serde_json::Value::Object(options) = options else {
         return field_err(here.to_string(), "must be a table");
     };

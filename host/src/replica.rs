@@ -570,7 +570,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let out = OutputFiles::of(card);
     let model_json = if needs_models { format!("[{}]", model_prov.join(",")) } else { String::new() };
     let prov = provenance(card, &theories[0], &hash, base_params, model_json);
-    job.check_same("card (or model weights)", &hash).with_context(|| format!("{file}"))?;
+    job.check_same("card (or model weights)", &hash).with_context(|| file.to_string())?;
     let configs = initial_configs(card, &theories, &models)?;
     let mut set = ReplicaSet::new(card, theories, models, configs, job.clone()).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
     let (steps, exchange_steps) = replica_step_defs(card, &set);

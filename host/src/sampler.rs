@@ -93,7 +93,7 @@ pub fn sweep_loop<S: Sampler>(
         };
         sampler.tally();
         if let Some(values) = values {
-            let save_config = card.run.save_every > 0 && (sweeps_done - therm) % card.run.save_every == 0;
+            let save_config = card.run.save_every > 0 && (sweeps_done - therm).is_multiple_of(card.run.save_every);
             sampler.collect(save_config)?;
             if let Some(w) = writer.as_mut() {
                 sampler.store(w, &values, sweeps_done, save_config)?;
@@ -112,7 +112,7 @@ pub fn sweep_loop<S: Sampler>(
             checkpointed = true;
         }
         bar.set_position(sweeps_done);
-        if sweeps_done % 16 == 0 {
+        if sweeps_done.is_multiple_of(16) {
             bar.set_message(sampler.progress());
         }
     }

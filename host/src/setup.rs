@@ -238,7 +238,7 @@ pub fn observable_defs(theory: &TheoryHandle) -> Vec<ObservableDef> {
 /// `run.checkpoint_every` sweeps, every `run.checkpoint_seconds`, and at the end); resets the
 /// clock when it is.
 pub fn checkpoint_due(card: &RunCard, last: &mut std::time::Instant, sweeps_done: u64, total: u64) -> bool {
-    let due = card.run.checkpoint_every.is_some_and(|n| sweeps_done % n == 0)
+    let due = card.run.checkpoint_every.is_some_and(|n| sweeps_done.is_multiple_of(n))
         || last.elapsed().as_secs_f64() >= card.run.checkpoint_seconds
         || sweeps_done == total;
     if due {

@@ -200,7 +200,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let batch = tc.batch as usize;
     let chunks = tc.chunks.max(1) as usize;
     let ranks = opts.job.size();
-    if ranks > 1 && chunks % ranks != 0 {
+    if ranks > 1 && !chunks.is_multiple_of(ranks) {
         bail!("{file}: [train] chunks = {chunks} does not split over the job's {ranks} ranks (set chunks to a multiple of {ranks})");
     }
     let seed = train_seed(&card);

@@ -192,7 +192,7 @@ pub fn parse(bytes: &[u8]) -> Result<WeightsFile, PluginError> {
             return Err(bad(format!("tensor '{name}' holds {} at index {i}", values[i])));
         }
         if let Some(want) = digests.as_ref().map(|d| d.get(&name)) {
-            let got = tensor_digest(view.dtype(), &shape, &data);
+            let got = tensor_digest(view.dtype(), &shape, data);
             if want.and_then(|w| w.as_str()) != Some(got.as_str()) {
                 return Err(bad(format!(
                     "tensor '{name}' does not match its recorded SHA-256 (metadata '{KEY_DIGESTS}'): the file is damaged"
@@ -394,7 +394,7 @@ mod tests {
         assert!(e.message.contains("tensor 'v' holds inf at index 0"), "{}", e.message);
 
         // files written before digests existed still load
-        let plain = vec![("a".to_string(), RawTensor::new(&[1.0], vec![1], true))];
+        let plain = [("a".to_string(), RawTensor::new(&[1.0], vec![1], true))];
         let old = safetensors::serialize(plain.iter().map(|(n, t)| (n.as_str(), t)), None).unwrap();
         assert_eq!(parse(&old).unwrap().tensors["a"].values, vec![1.0]);
     }

@@ -883,7 +883,7 @@ mod tests {
         let dev = Device::Cpu;
         let v: usize = case.shape.iter().product();
         let last = *case.shape.last().unwrap();
-        let inputs: Vec<usize> = (0..v).filter(|x| (x % last) % 2 == 0).collect();
+        let inputs: Vec<usize> = (0..v).filter(|x| (x % last).is_multiple_of(2)).collect();
         let k = case.kernel.pow(case.shape.len() as u32);
         let tab = Arc::new(periodic::table(&case.shape, case.kernel, &case.outputs, &inputs));
         let idx = periodic::gather_indices(
