@@ -21,6 +21,10 @@
 //! as the step's `projection` column), and the theory's own `kind = "heatbath"`
 //! (Cabibbo–Marinari over the SU(2) subgroups with Kennedy–Pendleton) and `kind = "overrelax"`,
 //! for the Wilson action (an improved action is refused with a clear error).
+//!
+//! On a job of several ranks (`mpirun -np R latflow run CARD` with one chain) the lattice is
+//! split along axis 0 and every entry point runs on the rank's slab with the arithmetic of one
+//! rank: see [`split`].
 
 pub mod fast;
 mod kernel;
