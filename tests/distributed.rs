@@ -391,7 +391,7 @@ const SUN_HMC: &str = "[[chain]]\nkind = \"hmc\"\nmd_steps = 6\ntrajectory_lengt
 #[test]
 fn a_split_su3_lattice_runs_the_chain_of_one_rank_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let (card, out) = sun_card(dir.path(), "su3", "lattice = [64, 32]\nn = 3\nbeta = 4.0", SUN_HMC, 300);
+    let (card, out) = sun_card(dir.path(), "su3", "lattice = [64, 32]\nn = 3\nbeta = 4.0", SUN_HMC, 150);
     let one = ok_on_every_rank(run_on_ranks(&card, 1, false));
     let reference = all_bits(&one);
     let ck_one = std::fs::read(format!("{}.ckpt", one.display())).unwrap();
