@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{analyze_json, assert_z, run_ok, scalar, write_card};
+use common::{analyze_json, assert_z, expect_failure, run_ok, scalar, write_card};
 
 /// (β, κ, ⟨cos θ_P⟩, Σ, ⟨det D²⟩_quenched) of the exact 2×2 table.
 const EXACT: [(f64, f64, f64, f64, f64); 2] = [
@@ -263,5 +263,50 @@ fn flow_sun_trains_on_the_exact_su2_action() {
             h.0,
             h.1,
         );
+    }
+}
+
+/// The exact-action contract end to end: with `determinant = "pseudofermion"` the qcd action is
+/// only a stochastic estimate, so a flow step, a reweighting step and plain replica swaps are
+/// each refused with a clear error naming the plugin and the step (the same model and ladder
+/// run when the determinant is exact). Nothing is left behind that blocks a rerun.
+#[test]
+fn exact_samplers_refuse_a_pseudofermion_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = "[train]\nsteps = 3\nbatch = 16\nlearning_rate = 1e-2\nseed = 51";
+    let exact = qcd(2, 1.0, 0.25, "exact");
+    let stochastic = qcd(2, 1.0, 0.25, "pseudofermion");
+    let short = "seed = 52\nmeasurements = 20";
+    for (kind, step) in [("flow", "a 'flow' step"), ("reweight", "a 'reweight' step")] {
+        let chain = format!("[[chain]]\nkind = \"{kind}\"\nbatch = 8");
+        // the exact determinant: the step runs (and trains the weights the refusal reuses)
+        let text = card(d, &exact, FLOW_2X2, "w.safetensors", train, &chain, short);
+        let (c, _) = write_card(d, &format!("{kind}_exact"), &text);
+        run_ok(&["run", c.to_str().unwrap(), "-q", "--train", "--force"]);
+        let text = card(d, &stochastic, FLOW_2X2, "w.safetensors", "", &chain, short);
+        let (c, _) = write_card(d, &format!("{kind}_pf"), &text);
+        let needles = ["'qcd'", "computes its action only stochastically", step, "use HMC steps"];
+        expect_failure(&["run", c.to_str().unwrap(), "-q"], &needles);
+        // refused again, identically, without --force: the failed run blocks nothing
+        expect_failure(&["run", c.to_str().unwrap(), "-q"], &needles);
+    }
+    let hmc = "[[chain]]\nkind = \"hmc\"\ntrajectory_length = 1.0\nmd_steps = 4\n\n\
+               [[chain]]\nkind = \"replica_exchange\"";
+    for (determinant, ok) in [("exact", true), ("pseudofermion", false)] {
+        let theory = qcd(2, 1.0, 0.25, determinant);
+        let text = format!(
+            "[theory]\n{theory}\n\n[ladder]\nparameter = \"beta\"\nvalues = [1.0, 1.5]\n\n{hmc}\n\n\
+             [run]\noutput = \"{{OUT}}\"\nsave_every = 0\n{short}\n"
+        );
+        let (c, _) = write_card(d, &format!("ladder_{determinant}"), &text);
+        if ok {
+            run_ok(&["run", c.to_str().unwrap(), "-q"]);
+        } else {
+            expect_failure(
+                &["run", c.to_str().unwrap(), "-q"],
+                &["'qcd'", "computes its action only stochastically", "a replica swap"],
+            );
+        }
     }
 }
