@@ -41,9 +41,9 @@ fn write_ensemble(path: &Path, layout: &FieldLayout, configs: &[Vec<f64>]) {
     let mut w =
         EnsembleWriter::create(path, &provenance(layout), &[], &[], Some(&def), true).unwrap();
     for (i, c) in configs.iter().enumerate() {
-        w.push_config(i as u64, c).unwrap();
+        w.push_config(0, i as u64, c).unwrap();
     }
-    w.flush().unwrap();
+    w.flush().unwrap().first();
 }
 
 /// `count` configurations of Haar-random links (`hot`) or of links exp(0.6 X) with Gaussian X.

@@ -75,14 +75,14 @@ fn write_ensemble(path: &Path, layout: &FieldLayout, configs: &[Vec<f64>]) {
     });
     let mut w = EnsembleWriter::create(path, &prov, &obs, &[], def.as_ref(), true).unwrap();
     for (i, c) in configs.iter().enumerate() {
-        w.push_measurement(10 * (i as u64 + 1), &[i as f64])
+        w.push_measurement(0, 10 * (i as u64 + 1), &[i as f64])
             .unwrap();
-        w.push_config(10 * (i as u64 + 1), c).unwrap();
+        w.push_config(0, 10 * (i as u64 + 1), c).unwrap();
     }
     if configs.is_empty() {
-        w.push_measurement(0, &[0.0]).unwrap();
+        w.push_measurement(0, 0, &[0.0]).unwrap();
     }
-    w.flush().unwrap();
+    w.flush().unwrap().first();
 }
 
 fn su_layout(shape: &[usize], n: u32) -> FieldLayout {

@@ -74,7 +74,7 @@ use rayon::prelude::*;
 use crate::card::{Ladder, RunCard, StartChoice, StepCard};
 use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind, ReplicaCheckpoint};
-use crate::ensemble::{ConfigDef, Counts, ReplicaDef, ReplicaWriter, StepDef};
+use crate::ensemble::{ConfigDef, Counts, EnsembleWriter, FileCounts, LadderDef, ReplicaDef, StepDef};
 use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
 use crate::sampler::{chain_step_defs, initial_config, store_coupling, sweep_loop, Sampler};
 use crate::setup::{
@@ -576,7 +576,8 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let (steps, exchange_steps) = replica_step_defs(card, &set);
 
     // Only the root touches the files; every rank restores the checkpoint's state.
-    let setup = (|| -> Result<(Option<ReplicaWriter>, u64)> {
+    let ladder_def = LadderDef { parameter: &ladder.parameter, replicas: &replica_defs, exchange_steps: &exchange_steps };
+    let setup = (|| -> Result<(Option<EnsembleWriter>, u64)> {
     Ok(if opts.resume {
         let ck = load_checkpoint(card, &out, &hash, CheckpointKind::Replica)?;
         let Some(rk) = &ck.replica else {
@@ -586,17 +587,8 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
         if !job.is_root() {
             return Ok((None, ck.sweeps_done));
         }
-        let writer = ReplicaWriter::resume(
-            &out.output,
-            &hash,
-            k_count,
-            &observables,
-            &steps,
-            configs_def.as_ref(),
-            &exchange_steps,
-            &rk.counts,
-            &rk.exchange_counts,
-        )
+        let counts = FileCounts { couplings: rk.counts.clone(), exchange: Some(rk.exchange_counts.clone()) };
+        let writer = EnsembleWriter::resume_ladder(&out.output, &hash, &ladder_def, &observables, &steps, configs_def.as_ref(), &counts)
         .with_context(|| format!("{file}: run.output (--resume)"))?;
         (Some(writer), ck.sweeps_done)
     } else {
@@ -604,17 +596,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
             return Ok((None, 0));
         }
         let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
-        let writer = ReplicaWriter::create(
-            &out.output,
-            &prov,
-            &ladder.parameter,
-            &replica_defs,
-            &observables,
-            &steps,
-            configs_def.as_ref(),
-            &exchange_steps,
-            overwrite,
-        )
+        let writer = EnsembleWriter::create_ladder(&out.output, &prov, &ladder_def, &observables, &steps, configs_def.as_ref(), overwrite)
         .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&out.checkpoint);
         (Some(writer), 0)
@@ -724,8 +706,6 @@ struct LadderSampler<'a> {
 }
 
 impl Sampler for LadderSampler<'_> {
-    type Writer = ReplicaWriter;
-
     fn sweep(&mut self, file: &str, sweep: u64) -> Result<()> {
         self.set.sweep().map_err(|e| {
             let what = if self.set.exchange.iter().any(|x| x.card_index == e.step) {
@@ -756,7 +736,7 @@ impl Sampler for LadderSampler<'_> {
         self.set.collect(save_config)
     }
 
-    fn store(&self, writer: &mut ReplicaWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()> {
+    fn store(&self, writer: &mut EnsembleWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()> {
         let set = &*self.set;
         for (k, row) in values.iter().enumerate() {
             if set.job.size() > 1 {
@@ -776,10 +756,10 @@ impl Sampler for LadderSampler<'_> {
         Ok(())
     }
 
-    fn checkpoint(&self, hash: &str, sweeps_done: u64, (counts, exchange_counts): (Vec<Counts>, Counts)) -> Result<Checkpoint> {
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: FileCounts) -> Result<Checkpoint> {
         let (arrays, mut rk) = self.set.checkpoint_parts()?;
-        rk.counts = counts;
-        rk.exchange_counts = exchange_counts;
+        rk.counts = counts.couplings;
+        rk.exchange_counts = counts.exchange.unwrap_or_default();
         Ok(Checkpoint {
             kind: CheckpointKind::Replica,
             card_hash: hash.to_string(),

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::card::{RunCard, StartChoice};
 use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind};
-use crate::ensemble::{ConfigDef, Counts, EnsembleWriter, ObservableDef};
+use crate::ensemble::{ConfigDef, EnsembleWriter, FileCounts, ObservableDef};
 use crate::plugin::TheoryHandle;
 use crate::sampler::{chain_step_defs, initial_config, store_coupling, sweep_loop, Sampler};
 use crate::setup::{
@@ -251,8 +251,6 @@ impl PlainSampler<'_> {
 }
 
 impl Sampler for PlainSampler<'_> {
-    type Writer = EnsembleWriter;
-
     fn sweep(&mut self, file: &str, sweep: u64) -> Result<()> {
         self.records.iter_mut().for_each(Vec::clear);
         self.chain
@@ -288,12 +286,12 @@ impl Sampler for PlainSampler<'_> {
         store_coupling(writer, 0, &self.records, sweep, &values[0], save_config.then_some(config))
     }
 
-    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: Counts) -> Result<Checkpoint> {
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: FileCounts) -> Result<Checkpoint> {
         Ok(Checkpoint {
             kind: CheckpointKind::Plain,
             card_hash: hash.to_string(),
             sweeps_done,
-            counts,
+            counts: counts.first(),
             step_rngs: self.chain.rng_states(),
             config: self.global_config()?,
             step_states: self.chain.step_states(),

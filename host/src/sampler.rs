@@ -1,8 +1,7 @@
 //! The one sweep loop of `latflow run`, and the interfaces it drives.
 //!
 //! A run is a [`Sampler`] (a plain chain at one coupling, or a replica ladder of several
-//! couplings with swaps) and the [`RunWriter`] of its ensemble file (`EnsembleWriter` or
-//! `ReplicaWriter`). [`sweep_loop`] sweeps until
+//! couplings with swaps) and the one [`EnsembleWriter`] of its file. [`sweep_loop`] sweeps until
 //! the card's total, measures and stores after thermalisation, and checkpoints as the card
 //! says; the samplers say what a sweep, a measurement, a stored row and a checkpoint are.
 
@@ -14,15 +13,13 @@ use crate::card::{RunCard, StartChoice, StepCard};
 use crate::chain::Chain;
 use crate::checkpoint::Checkpoint;
 use crate::chain::StepRecord;
-use crate::ensemble::{RunWriter, StepDef};
+use crate::ensemble::{EnsembleWriter, FileCounts, StepDef};
 use crate::plugin::{ModelHandle, TheoryHandle};
 use crate::setup::{checkpoint_due, progress_bar, step_labels, OutputFiles, RunOptions};
 use crate::streams::{stream, Slot, StreamUse};
 
 /// A Markov-chain sampler of one or more couplings, driven by [`sweep_loop`].
 pub trait Sampler {
-    /// The writer of its ensemble file.
-    type Writer: RunWriter;
     /// One sweep; `sweep` is its index. An error names the card file (`file`), the step, the
     /// coupling where there are several, and the sweep.
     fn sweep(&mut self, file: &str, sweep: u64) -> Result<()>;
@@ -40,11 +37,11 @@ pub trait Sampler {
     /// Appends the last sweep's step records and the measurements `values` (from
     /// [`Self::measure`]) as measurement row `sweep`, and every coupling's configuration when
     /// `save_config`.
-    fn store(&self, writer: &mut Self::Writer, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()>;
+    fn store(&self, writer: &mut EnsembleWriter, values: &[Vec<f64>], sweep: u64, save_config: bool) -> Result<()>;
     /// The checkpoint after `sweeps_done` sweeps, given the writer's row counts at that point.
     /// Collective: every rank calls it (a sampler spread over ranks gathers its state); only
     /// the root's is saved, and only the root's `counts` are real.
-    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: <Self::Writer as RunWriter>::Counts) -> Result<Checkpoint>;
+    fn checkpoint(&self, hash: &str, sweeps_done: u64, counts: FileCounts) -> Result<Checkpoint>;
     /// The progress bar's message: the acceptance so far.
     fn progress(&self) -> String;
 }
@@ -62,7 +59,7 @@ pub fn sweep_loop<S: Sampler>(
     out: &OutputFiles,
     hash: &str,
     sampler: &mut S,
-    mut writer: Option<S::Writer>,
+    mut writer: Option<EnsembleWriter>,
     mut sweeps_done: u64,
     opts: &RunOptions,
 ) -> Result<()> {
@@ -84,7 +81,7 @@ pub fn sweep_loop<S: Sampler>(
             Err(e) => {
                 // keep what is on disk readable; the last checkpoint stays the resume point
                 if let Some(mut w) = writer.take() {
-                    let _ = w.flush_rows();
+                    let _ = w.flush();
                     drop(w);
                     out.discard_unless(checkpointed);
                 }
@@ -102,7 +99,7 @@ pub fn sweep_loop<S: Sampler>(
         sweeps_done += 1;
         if job.root_decides(checkpoint_due(card, &mut last_checkpoint, sweeps_done, total))? {
             let counts = match writer.as_mut() {
-                Some(w) => w.flush_rows()?,
+                Some(w) => w.flush()?,
                 None => Default::default(),
             };
             let ck = sampler.checkpoint(hash, sweeps_done, counts)?;
@@ -154,8 +151,8 @@ pub fn chain_step_defs(card: &RunCard, chain: &Chain) -> Vec<StepDef> {
 
 /// Appends coupling `k`'s part of a measured sweep: the step records (`records[i]`: chain step
 /// i's), the measurement row `values`, and `config` when the sweep stores configurations.
-pub fn store_coupling<W: RunWriter>(
-    writer: &mut W,
+pub fn store_coupling(
+    writer: &mut EnsembleWriter,
     k: usize,
     records: &[Vec<StepRecord>],
     sweep: u64,
@@ -164,12 +161,12 @@ pub fn store_coupling<W: RunWriter>(
 ) -> Result<()> {
     for (i, recs) in records.iter().enumerate() {
         for r in recs {
-            writer.push_coupling_step_record(k, i, r.accepted, &r.columns)?;
+            writer.push_step_record(k, i, r.accepted, &r.columns)?;
         }
     }
-    writer.push_coupling_measurement(k, sweep, values)?;
+    writer.push_measurement(k, sweep, values)?;
     if let Some(c) = config {
-        writer.push_coupling_config(k, sweep, c)?;
+        writer.push_config(k, sweep, c)?;
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! HDF5 ensemble files: written by runs, read by `analyse` / `inspect` (and by h5py).
 //!
 //! A run appends measurements, per-step records and (optionally) configurations as it goes,
-//! calls [`EnsembleWriter::flush`] at every checkpoint and stores the returned [`Counts`] in
-//! the checkpoint. After a crash (even SIGKILL) [`EnsembleWriter::resume`] reopens the file and
+//! calls [`EnsembleWriter::flush`] at every checkpoint and stores the returned [`FileCounts`]
+//! in the checkpoint. One writer serves every run: a plain file is one coupling at the root, a
+//! replica ladder one coupling per `/replicas/<k>` plus `/replica_exchange`. After a crash (even SIGKILL) [`EnsembleWriter::resume`] reopens the file and
 //! truncates every dataset back to those counts, so rows written after the last checkpoint are
 //! discarded and the file continues exactly where the checkpoint left off.
 //!
@@ -31,7 +32,7 @@
 //!
 //! # Replica-exchange ensembles (schema version 2)
 //!
-//! A replica-exchange run ([`ReplicaWriter`]) writes the same root attributes (with
+//! A replica-exchange run ([`EnsembleWriter::create_ladder`]) writes the same root attributes (with
 //! `schema_version = 2`), the layout above once per coupling under `/replicas/<k>` (attrs
 //! `index`, `parameter`, `value`, `theory_params`, `model`), and `/replica_exchange` (attrs
 //! `parameter`, `values`): `sweep` u64 [n], `replica_coupling` u64 [n, K] (the coupling of each
@@ -53,7 +54,7 @@
 //! `fsync`s) rather than whenever the cache fills up. A process killed between checkpoints
 //! therefore leaves, in practice, the metadata of the last flush on disk plus raw data that it
 //! does not reference (the cost: the metadata cache grows with the file, a few MB for large
-//! runs). [`EnsembleWriter::resume`] then truncates to the checkpoint counts.
+//! runs). [`EnsembleWriter::resume`] (or `resume_ladder`) then truncates to the checkpoint counts.
 //! Files use the HDF5 1.8 object format (superblock v2), which has no "file is open for
 //! writing" flag, so a killed writer never leaves a file that needs `h5clear`.
 
@@ -76,26 +77,8 @@ pub use reader::{
     read, read_configs, read_ensemble, read_or_exit_after, read_replica_ensemble, ConfigInfo, Ensemble, EnsembleFile,
     Ladder, ObservableData, StepData,
 };
-pub use replica_writer::{replica_group, ReplicaDef, ReplicaWriter};
-pub use writer::EnsembleWriter;
-
-/// The one writer interface of a run: both [`EnsembleWriter`] (a plain file: one coupling,
-/// `k = 0`) and [`ReplicaWriter`] (one coupling per ladder value, plus the swap records and
-/// replica paths that only it has) append per coupling and flush to the counts a checkpoint
-/// records.
-pub trait RunWriter {
-    /// What a checkpoint records of the file: the row counts that `resume` truncates back to.
-    type Counts: Default;
-    /// Buffers one measurement row of coupling `k` (the concatenation of all observables in
-    /// definition order). Error on an unknown coupling or a length mismatch.
-    fn push_coupling_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError>;
-    /// Buffers one record of chain step `step` (index into the StepDefs) at coupling `k`.
-    fn push_coupling_step_record(&mut self, k: usize, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError>;
-    /// Appends one configuration of coupling `k` with its sweep index.
-    fn push_coupling_config(&mut self, k: usize, sweep: u64, config: &[f64]) -> Result<(), EnsembleError>;
-    /// Writes everything appended so far to disk (with `fsync`) and returns the row counts.
-    fn flush_rows(&mut self) -> Result<Self::Counts, EnsembleError>;
-}
+pub use replica_writer::{replica_group, LadderDef, ReplicaDef};
+pub use writer::{EnsembleWriter, FileCounts};
 
 /// Version of the file layout described in the module documentation.
 pub const SCHEMA_VERSION: u32 = 1;

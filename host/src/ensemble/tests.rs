@@ -101,14 +101,14 @@ fn config(i: usize) -> Vec<f64> {
 /// one and a config every third one.
 fn push_range(w: &mut EnsembleWriter, from: usize, to: usize) {
     for i in from..to {
-        w.push_measurement(10 * i as u64, &row(i)).unwrap();
-        w.push_step_record(0, i % 3 != 0, &[val(i, 7)]).unwrap();
+        w.push_measurement(0, 10 * i as u64, &row(i)).unwrap();
+        w.push_step_record(0, 0, i % 3 != 0, &[val(i, 7)]).unwrap();
         if i % 2 == 0 {
-            w.push_step_record(1, i % 4 == 0, &[val(i, 8), val(i, 9)])
+            w.push_step_record(0, 1, i % 4 == 0, &[val(i, 8), val(i, 9)])
                 .unwrap();
         }
         if i % 3 == 0 {
-            w.push_config(10 * i as u64, &config(i)).unwrap();
+            w.push_config(0, 10 * i as u64, &config(i)).unwrap();
         }
     }
 }
@@ -206,7 +206,7 @@ fn round_trip() {
     // Flushes of 1 row (per-row writes of the vector observable) and of many rows
     // (per-component writes), crossing chunk boundaries.
     push_range(&mut w, 0, 1);
-    let c = w.flush().unwrap();
+    let c = w.flush().unwrap().first();
     assert_eq!(
         c,
         Counts {
@@ -216,9 +216,9 @@ fn round_trip() {
         }
     );
     push_range(&mut w, 1, 2500);
-    assert_eq!(w.counts().measurements, 2500);
-    let c = w.flush().unwrap();
-    assert_eq!(c, w.counts());
+    assert_eq!(w.counts().first().measurements, 2500);
+    let c = w.flush().unwrap().first();
+    assert_eq!(c, w.counts().first());
     assert_eq!(
         c,
         Counts {
@@ -241,9 +241,9 @@ fn empty_ensemble_reads() {
     // No configs, no steps, no observables at all.
     let p2 = dir.path().join("bare.h5");
     let mut w = EnsembleWriter::create(&p2, &prov(), &[], &[], None, false).unwrap();
-    w.push_measurement(3, &[]).unwrap();
-    assert!(w.push_config(0, &[1.0]).is_err());
-    assert_eq!(w.flush().unwrap().measurements, 1);
+    w.push_measurement(0, 3, &[]).unwrap();
+    assert!(w.push_config(0, 0, &[1.0]).is_err());
+    assert_eq!(w.flush().unwrap().first().measurements, 1);
     drop(w);
     let e = read_ensemble(&p2).unwrap();
     assert_eq!(e.sweeps, [3]);
@@ -257,9 +257,9 @@ fn resume_truncates_to_checkpoint() {
     let path = dir.path().join("ens.h5");
     let mut w = create(&path);
     push_range(&mut w, 0, 1100);
-    let checkpoint = w.flush().unwrap();
+    let checkpoint = w.flush().unwrap().first();
     push_range(&mut w, 1100, 1500); // flushed but not checkpointed
-    w.flush().unwrap();
+    w.flush().unwrap().first();
     push_range(&mut w, 1500, 1600); // never flushed
     drop(w);
 
@@ -272,10 +272,10 @@ fn resume_truncates_to_checkpoint() {
         &checkpoint,
     )
     .unwrap();
-    assert_eq!(w.counts(), checkpoint);
+    assert_eq!(w.counts().first(), checkpoint);
     check_contents(&path, 1100);
     push_range(&mut w, 1100, 1700);
-    w.flush().unwrap();
+    w.flush().unwrap().first();
     drop(w);
     check_contents(&path, 1700);
 }
@@ -287,7 +287,7 @@ fn resume_rejects_mismatches() {
     let path = dir.path().join("ens.h5");
     let mut w = create(&path);
     push_range(&mut w, 0, 10);
-    let counts = w.flush().unwrap();
+    let counts = w.flush().unwrap().first();
     drop(w);
     let resume =
         |hash: &str, o: &[ObservableDef], s: &[StepDef], c: Option<&ConfigDef>, n: &Counts| {
@@ -356,7 +356,7 @@ fn bad_files_give_errors_naming_the_path() {
     let real = dir.path().join("real.h5");
     let mut w = create(&real);
     push_range(&mut w, 0, 3000);
-    w.flush().unwrap();
+    w.flush().unwrap().first();
     drop(w);
     let data = std::fs::read(&real).unwrap();
     for (name, cut) in [
@@ -476,23 +476,23 @@ fn push_errors() {
     let path = dir.path().join("ens.h5");
     let mut w = create(&path);
     assert!(matches!(
-        w.push_measurement(0, &[1.0; 4]),
+        w.push_measurement(0, 0, &[1.0; 4]),
         Err(EnsembleError::Shape { .. })
     ));
     assert!(matches!(
-        w.push_step_record(2, true, &[]),
+        w.push_step_record(0, 2, true, &[]),
         Err(EnsembleError::Invalid { .. })
     ));
     assert!(matches!(
-        w.push_step_record(1, true, &[1.0]),
+        w.push_step_record(0, 1, true, &[1.0]),
         Err(EnsembleError::Shape { .. })
     ));
     assert!(matches!(
-        w.push_config(0, &[1.0; 15]),
+        w.push_config(0, 0, &[1.0; 15]),
         Err(EnsembleError::Shape { .. })
     ));
     assert_eq!(
-        w.counts(),
+        w.counts().first(),
         Counts {
             measurements: 0,
             steps: vec![0, 0],
@@ -501,8 +501,8 @@ fn push_errors() {
     );
 }
 
-/// Through the one writer interface a plain file is coupling 0 (other couplings are refused),
-/// and the one reader sees it as one coupling without a ladder.
+/// Through the one writer a plain file is coupling 0 (other couplings, swap records and replica
+/// paths are refused), and the one reader sees it as one coupling without a ladder.
 #[test]
 fn run_writer_and_reader_see_a_plain_file_as_one_coupling() {
     let _files = files();
@@ -510,13 +510,16 @@ fn run_writer_and_reader_see_a_plain_file_as_one_coupling() {
     let path = dir.path().join("ens.h5");
     let mut w = create(&path);
     let r = row(0);
-    assert!(matches!(w.push_coupling_measurement(1, 0, &r), Err(EnsembleError::Invalid { .. })));
-    assert!(matches!(w.push_coupling_step_record(1, 0, true, &[1.0, 2.0]), Err(EnsembleError::Invalid { .. })));
-    assert!(matches!(w.push_coupling_config(1, 0, &config(0)), Err(EnsembleError::Invalid { .. })));
-    w.push_coupling_measurement(0, 7, &r).unwrap();
-    w.push_coupling_config(0, 7, &config(0)).unwrap();
-    let c = w.flush_rows().unwrap();
-    assert_eq!(c, Counts { measurements: 1, steps: vec![0, 0], configs: 1 });
+    assert_eq!(w.couplings(), 1);
+    assert!(matches!(w.push_measurement(1, 0, &r), Err(EnsembleError::Invalid { .. })));
+    assert!(matches!(w.push_step_record(1, 0, true, &[1.0, 2.0]), Err(EnsembleError::Invalid { .. })));
+    assert!(matches!(w.push_config(1, 0, &config(0)), Err(EnsembleError::Invalid { .. })));
+    assert!(matches!(w.push_swap_record(0, true, &[]), Err(EnsembleError::Invalid { .. })));
+    assert!(matches!(w.push_path(0, &[0, 1]), Err(EnsembleError::Invalid { .. })));
+    w.push_measurement(0, 7, &r).unwrap();
+    w.push_config(0, 7, &config(0)).unwrap();
+    let c = w.flush().unwrap();
+    assert_eq!(c, FileCounts { couplings: vec![Counts { measurements: 1, steps: vec![0, 0], configs: 1 }], exchange: None });
     drop(w);
     let f = read(&path).unwrap();
     assert!(f.ladder().is_none());
@@ -539,14 +542,14 @@ fn sigkill_child() {
     let path = dir.join("ens.h5");
     let mut w = create(&path);
     push_range(&mut w, 0, 1200);
-    let checkpoint = w.flush().unwrap();
+    let checkpoint = w.flush().unwrap().first();
     std::fs::write(
         dir.join("counts.json"),
         serde_json::to_string(&checkpoint).unwrap(),
     )
     .unwrap();
     push_range(&mut w, 1200, 3000);
-    w.flush().unwrap();
+    w.flush().unwrap().first();
     // Configurations are written through (lots of unflushed chunk-index updates); the
     // rest stays buffered.
     push_range(&mut w, 3000, 30000);
@@ -607,7 +610,7 @@ fn resume_after_sigkill() {
             .unwrap();
     check_contents(&path, 1200);
     push_range(&mut w, 1200, 1300);
-    w.flush().unwrap();
+    w.flush().unwrap().first();
     drop(w);
     check_contents(&path, 1300);
 }
@@ -623,7 +626,7 @@ fn children_do_not_inherit_open_files() {
     let path = dir.path().join("ens.h5");
     let mut w = create(&path);
     push_range(&mut w, 0, 10);
-    let checkpoint = w.flush().unwrap();
+    let checkpoint = w.flush().unwrap().first();
     let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
     drop(w);
     let read = read_ensemble(&path).map(|_| ());
@@ -645,7 +648,7 @@ fn flipped_data_bytes_are_detected() {
     let path = dir.path().join("ens.h5");
     let mut w = create(&path);
     push_range(&mut w, 0, 600);
-    w.flush().unwrap();
+    w.flush().unwrap().first();
     drop(w);
     read_ensemble(&path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -679,7 +682,7 @@ fn a_file_locked_elsewhere_is_refused_and_left_intact() {
     let path = dir.path().join("ens.h5");
     let mut w = create(&path);
     push_range(&mut w, 0, 30);
-    let checkpoint = w.flush().unwrap();
+    let checkpoint = w.flush().unwrap().first();
     drop(w);
     let before = std::fs::read(&path).unwrap();
 
@@ -707,7 +710,7 @@ fn a_file_locked_elsewhere_is_refused_and_left_intact() {
     drop(other);
     let mut w = EnsembleWriter::resume(&path, "deadbeef", &obs(), &steps(), Some(&cdef()), &checkpoint).unwrap();
     push_range(&mut w, 30, 40);
-    w.flush().unwrap();
+    w.flush().unwrap().first();
     drop(w);
     check_contents(&path, 40);
 }
@@ -723,7 +726,7 @@ fn a_table_cut_short_by_a_kill_reads_the_rows_of_the_last_checkpoint() {
     let path = dir.path().join("ens.h5");
     let mut w = create(&path);
     push_range(&mut w, 0, 40);
-    let counts = w.flush().unwrap();
+    let counts = w.flush().unwrap().first();
     drop(w);
     let whole = read_ensemble(&path).unwrap();
     let ckpt = dir.path().join("ens.h5.ckpt");

@@ -1,5 +1,6 @@
-//! Writing plain ensembles (schema version 1): the buffered slots of one ensemble group, and
-//! [`EnsembleWriter`].
+//! Writing ensembles: the buffered slots of one coupling's group, and [`EnsembleWriter`], the
+//! one writer of every run (a plain file, schema version 1, or a replica ladder, schema version 2,
+//! whose constructors and swap rows are in `replica_writer.rs`).
 
 use std::fmt;
 
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use hdf5::{Dataset, Group};
 
+use super::replica_writer::ExchangeSlots;
 use super::*;
 
 pub(super) struct ObsSlot {
@@ -319,7 +321,32 @@ impl GroupSlots {
     }
 }
 
-/// Appends rows to an ensemble file. Measurement and step rows are buffered in memory and
+/// What a flush leaves on disk, and what a checkpoint records: the rows of each coupling's group
+/// (one for a plain file) and, for a replica ladder, those of `/replica_exchange`
+/// (`measurements` = rows of the replica paths, `steps` = swap records per swap step).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileCounts {
+    /// Per coupling, in ladder order; never empty for a writer's counts.
+    pub couplings: Vec<Counts>,
+    /// `/replica_exchange`'s rows; `None` for a plain file.
+    pub exchange: Option<Counts>,
+}
+
+impl FileCounts {
+    /// Coupling 0's counts: all of a plain file's rows.
+    pub fn first(mut self) -> Counts {
+        if self.couplings.is_empty() {
+            Counts::default()
+        } else {
+            self.couplings.swap_remove(0)
+        }
+    }
+}
+
+/// Appends rows to an ensemble file: the one writer of plain runs and replica ladders. A plain
+/// file has one coupling, `k = 0`, at the root; a ladder has one group per coupling under
+/// `/replicas/<k>` plus the swap records and replica paths of `/replica_exchange` (created by
+/// [`create_ladder`](Self::create_ladder)). Measurement and step rows are buffered in memory and
 /// written by [`flush`](Self::flush); configurations (potentially large) are written to the
 /// dataset at once but, like everything else, are only guaranteed on disk after `flush`.
 ///
@@ -327,9 +354,12 @@ impl GroupSlots {
 /// configurations, discarded by the next `resume`). After any error the writer should be
 /// dropped; the file can be resumed from the last checkpoint.
 pub struct EnsembleWriter {
-    path: PathBuf,
-    file: LockedFile,
-    slots: GroupSlots,
+    pub(super) path: PathBuf,
+    pub(super) file: LockedFile,
+    /// One per coupling: the root group of a plain file, `/replicas/<k>` of a ladder.
+    pub(super) couplings: Vec<GroupSlots>,
+    /// A ladder's `/replica_exchange` rows; `None` for a plain file.
+    pub(super) exchange: Option<ExchangeSlots>,
 }
 
 impl fmt::Debug for EnsembleWriter {
@@ -342,7 +372,7 @@ impl fmt::Debug for EnsembleWriter {
 }
 
 impl EnsembleWriter {
-    /// Creates a new file (fails if the parent directory is missing, with a clear message;
+    /// Creates a new plain file (fails if the parent directory is missing, with a clear message;
     /// overwrites an existing file only if `overwrite`). Names are validated first: non-empty,
     /// no `/`, no NUL, not `sweep`, `.` or `..`, unique; step columns also not `accepted`.
     /// Observable `len` and `config_len` must be at least 1. If creation fails after the file
@@ -363,30 +393,42 @@ impl EnsembleWriter {
             create_layout(path, &file, "", &prov.layout, observables, steps, configs)?;
             file.flush().map_err(h5(path, "file (flush)"))?;
             let counts = Counts { measurements: 0, steps: vec![0; steps.len()], configs: 0 };
-            let slots = GroupSlots::open(path, &file, "", observables, steps, configs, &counts)?;
-            Ok(slots)
+            GroupSlots::open(path, &file, "", observables, steps, configs, &counts)
         })();
-        match made.and_then(|slots| Self::finish(path, file, slots)) {
+        Self::finish_created(path, file, made.map(|slots| (vec![slots], None)))
+    }
+
+    /// The writer over freshly opened slots, flushed once; a failure removes the half-made file.
+    pub(super) fn finish_created(
+        path: &Path,
+        file: LockedFile,
+        slots: Result<(Vec<GroupSlots>, Option<ExchangeSlots>), EnsembleError>,
+    ) -> Result<Self, EnsembleError> {
+        match slots.and_then(|(couplings, exchange)| Self::finish(path, file, couplings, exchange)) {
             Ok(w) => Ok(w),
             Err(e) => {
-                // remove the half-made file
                 let _ = std::fs::remove_file(path);
                 Err(e)
             }
         }
     }
 
-    fn finish(path: &Path, file: LockedFile, slots: GroupSlots) -> Result<Self, EnsembleError> {
-        let mut w = Self { path: path.to_owned(), file, slots };
+    pub(super) fn finish(
+        path: &Path,
+        file: LockedFile,
+        couplings: Vec<GroupSlots>,
+        exchange: Option<ExchangeSlots>,
+    ) -> Result<Self, EnsembleError> {
+        let mut w = Self { path: path.to_owned(), file, couplings, exchange };
         w.flush()?;
         Ok(w)
     }
 
-    /// Reopens a file for appending and truncates every dataset to `counts` (rows written after
-    /// the last checkpoint are discarded). Checks that the file's card_hash equals `card_hash`
-    /// and that the observables/steps/config defs match exactly (names, order, lengths,
-    /// descriptions, kinds, indices, params, columns, config shape); errors otherwise. Also
-    /// errors if the file holds fewer rows than `counts` claims. The truncation is flushed
+    /// Reopens a plain file for appending and truncates every dataset to `counts` (rows written
+    /// after the last checkpoint are discarded). Checks that the file's card_hash equals
+    /// `card_hash` and that the observables/steps/config defs match exactly (names, order,
+    /// lengths, descriptions, kinds, indices, params, columns, config shape); errors otherwise.
+    /// Also errors if the file holds fewer rows than `counts` claims. The truncation is flushed
     /// before this returns.
     pub fn resume(
         path: &Path,
@@ -408,7 +450,7 @@ impl EnsembleWriter {
         }
         check_layout(path, &file, "", observables, steps, configs)?;
         let slots = GroupSlots::open(path, &file, "", observables, steps, configs, counts)?;
-        Self::finish(path, file, slots)
+        Self::finish(path, file, vec![slots], None)
     }
 
     /// The file being written.
@@ -416,70 +458,74 @@ impl EnsembleWriter {
         &self.path
     }
 
-    /// Buffers one measurement row: `values` is the concatenation of all observables in
-    /// definition order (total length = Σ len). Error on length mismatch.
-    pub fn push_measurement(&mut self, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
-        self.slots.push_measurement(&self.path, sweep, values)
+    /// The number of couplings: 1 for a plain file, the ladder's length otherwise.
+    pub fn couplings(&self) -> usize {
+        self.couplings.len()
     }
 
-    /// Buffers one record of step `step` (index into the StepDefs): accepted flag and one value
-    /// per column. Error on an unknown step or a wrong number of columns.
-    pub fn push_step_record(&mut self, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
-        self.slots.push_step_record(&self.path, step, accepted, columns)
+    fn coupling(&mut self, k: usize) -> Result<&mut GroupSlots, EnsembleError> {
+        let n = self.couplings.len();
+        match self.couplings.get_mut(k) {
+            Some(slots) => Ok(slots),
+            None if self.exchange.is_none() => Err(invalid(
+                &self.path,
+                "/",
+                format!("coupling {k} does not exist (a plain ensemble has one coupling, 0)"),
+            )),
+            None => Err(invalid(&self.path, "/replicas", format!("replica {k} does not exist ({n} defined)"))),
+        }
     }
 
-    /// Appends one configuration (length config_len) with its sweep index. It is written to
-    /// `/configs` at once (configurations can be large), but only guaranteed on disk after
-    /// [`flush`](Self::flush). Error if the file stores no configurations or on length mismatch.
-    pub fn push_config(&mut self, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
-        self.slots.push_config(&self.path, sweep, config)
+    /// Buffers one measurement row of coupling `k`: `values` is the concatenation of all
+    /// observables in definition order (total length = Σ len). Error on an unknown coupling or a
+    /// length mismatch.
+    pub fn push_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
+        let path = self.path.clone();
+        self.coupling(k)?.push_measurement(&path, sweep, values)
+    }
+
+    /// Buffers one record of chain step `step` (index into the StepDefs) at coupling `k`:
+    /// accepted flag and one value per column. Error on an unknown coupling or step, or a wrong
+    /// number of columns.
+    pub fn push_step_record(&mut self, k: usize, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
+        let path = self.path.clone();
+        self.coupling(k)?.push_step_record(&path, step, accepted, columns)
+    }
+
+    /// Appends one configuration of coupling `k` (length config_len) with its sweep index. It is
+    /// written to the dataset at once (configurations can be large), but only guaranteed on
+    /// disk after [`flush`](Self::flush). Error if the file stores no configurations, on an
+    /// unknown coupling or on a length mismatch.
+    pub fn push_config(&mut self, k: usize, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
+        let path = self.path.clone();
+        self.coupling(k)?.push_config(&path, sweep, config)
     }
 
     /// Appends all buffered rows to the datasets (resize + write slab), then flushes the file to
     /// disk (HDF5 flush and fsync). Returns the counts now on disk — what a checkpoint records.
-    pub fn flush(&mut self) -> Result<Counts, EnsembleError> {
-        self.slots.write(&self.path)?;
-        self.file.sync(&self.path)?;
-        self.slots.synced();
-        Ok(self.slots.on_disk_counts())
+    pub fn flush(&mut self) -> Result<FileCounts, EnsembleError> {
+        let path = self.path.clone();
+        for slots in &mut self.couplings {
+            slots.write(&path)?;
+        }
+        if let Some(x) = &mut self.exchange {
+            x.write(&path)?;
+        }
+        self.file.sync(&path)?;
+        for slots in &mut self.couplings {
+            slots.synced();
+        }
+        Ok(FileCounts {
+            couplings: self.couplings.iter().map(GroupSlots::on_disk_counts).collect(),
+            exchange: self.exchange.as_ref().map(ExchangeSlots::on_disk_counts),
+        })
     }
 
     /// Row counts including rows pushed since the last flush.
-    pub fn counts(&self) -> Counts {
-        self.slots.counts()
-    }
-}
-
-impl RunWriter for EnsembleWriter {
-    type Counts = Counts;
-
-    fn push_coupling_measurement(&mut self, k: usize, sweep: u64, values: &[f64]) -> Result<(), EnsembleError> {
-        self.plain_coupling(k)?;
-        self.push_measurement(sweep, values)
-    }
-
-    fn push_coupling_step_record(&mut self, k: usize, step: usize, accepted: bool, columns: &[f64]) -> Result<(), EnsembleError> {
-        self.plain_coupling(k)?;
-        self.push_step_record(step, accepted, columns)
-    }
-
-    fn push_coupling_config(&mut self, k: usize, sweep: u64, config: &[f64]) -> Result<(), EnsembleError> {
-        self.plain_coupling(k)?;
-        self.push_config(sweep, config)
-    }
-
-    fn flush_rows(&mut self) -> Result<Counts, EnsembleError> {
-        self.flush()
-    }
-}
-
-impl EnsembleWriter {
-    /// A plain file has the one coupling 0.
-    fn plain_coupling(&self, k: usize) -> Result<(), EnsembleError> {
-        if k == 0 {
-            Ok(())
-        } else {
-            Err(invalid(&self.path, "/", format!("coupling {k} does not exist (a plain ensemble has one coupling, 0)")))
+    pub fn counts(&self) -> FileCounts {
+        FileCounts {
+            couplings: self.couplings.iter().map(GroupSlots::counts).collect(),
+            exchange: self.exchange.as_ref().map(ExchangeSlots::counts),
         }
     }
 }

@@ -338,8 +338,8 @@ pub fn import(files: &[PathBuf], output: &Path, force: bool) -> Result<Vec<Impor
     let mut out = Vec::with_capacity(files.len());
     for (i, (f, l)) in files.iter().zip(loaded).enumerate() {
         let plaquette = l.config.plaquette();
-        w.push_measurement(i as u64, &[plaquette, l.config.link_trace()])?;
-        w.push_config(i as u64, &l.config.links)?;
+        w.push_measurement(0, i as u64, &[plaquette, l.config.link_trace()])?;
+        w.push_config(0, i as u64, &l.config.links)?;
         out.push(Imported {
             path: f.clone(),
             description: l.description,
