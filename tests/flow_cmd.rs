@@ -117,6 +117,49 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// The linearised Γ-method errors of t0 and w0 in `json` against a leave-one-out jackknife of
+/// the scales re-solved from the per-configuration flow points `pts` at `times`.
+fn check_scale_errors_against_a_jackknife(json: &serde_json::Value, pts: &[Vec<FlowPoint>], times: &[f64]) {
+    for (name, solve, sqrt) in [
+        (
+            "t0",
+            gradflow::t0_crossing as fn(&[f64], &[f64], f64) -> _,
+            false,
+        ),
+        ("w0", gradflow::w0_crossing, true),
+    ] {
+        let n = pts.len() as f64;
+        let loo: Vec<f64> = (0..pts.len())
+            .map(|i| {
+                let c: Vec<f64> = (0..times.len())
+                    .map(|k| {
+                        pts.iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .map(|(_, p)| p[k].t2e)
+                            .sum::<f64>()
+                            / (n - 1.0)
+                    })
+                    .collect();
+                let t = solve(times, &c, SCALE_REFERENCE).unwrap().t;
+                if sqrt {
+                    t.sqrt()
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let m = mean(loo.iter().copied());
+        let jk = ((n - 1.0) / n * loo.iter().map(|x| (x - m).powi(2)).sum::<f64>()).sqrt();
+        let err = json[name]["value"]["error"].as_f64().unwrap();
+        eprintln!("{name}: Γ-method error {err:e}, jackknife {jk:e}");
+        assert!(
+            err > 0.8 * jk && err < 1.25 * jk,
+            "{name}: error {err} vs jackknife {jk}"
+        );
+    }
+}
+
 #[test]
 fn su3_4d_table_and_scales_match_the_core_functions() {
     let dir = tmp();
@@ -201,45 +244,7 @@ fn su3_4d_table_and_scales_match_the_core_functions() {
         w0.t.sqrt(),
         "w0",
     );
-    // the linearised Γ-method error against a leave-one-out jackknife of the re-solved scales
-    for (name, solve, sqrt) in [
-        (
-            "t0",
-            gradflow::t0_crossing as fn(&[f64], &[f64], f64) -> _,
-            false,
-        ),
-        ("w0", gradflow::w0_crossing, true),
-    ] {
-        let n = pts.len() as f64;
-        let loo: Vec<f64> = (0..pts.len())
-            .map(|i| {
-                let c: Vec<f64> = (0..times.len())
-                    .map(|k| {
-                        pts.iter()
-                            .enumerate()
-                            .filter(|(j, _)| *j != i)
-                            .map(|(_, p)| p[k].t2e)
-                            .sum::<f64>()
-                            / (n - 1.0)
-                    })
-                    .collect();
-                let t = solve(&times, &c, SCALE_REFERENCE).unwrap().t;
-                if sqrt {
-                    t.sqrt()
-                } else {
-                    t
-                }
-            })
-            .collect();
-        let m = mean(loo.iter().copied());
-        let jk = ((n - 1.0) / n * loo.iter().map(|x| (x - m).powi(2)).sum::<f64>()).sqrt();
-        let err = json[name]["value"]["error"].as_f64().unwrap();
-        eprintln!("{name}: Γ-method error {err:e}, jackknife {jk:e}");
-        assert!(
-            err > 0.8 * jk && err < 1.25 * jk,
-            "{name}: error {err} vs jackknife {jk}"
-        );
-    }
+    check_scale_errors_against_a_jackknife(&json, &pts, &times);
     // the CSV holds the same table
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();

@@ -189,38 +189,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     let (job, session) = crate::mpi::start(cli.command.name(), multi_rank)?;
     match cli.command {
         Command::Run { card, resume, force, train, json } => {
-            if job.size() > 1 && train {
-                bail!("--train: train the model first (`latflow train CARD`, on one process or, with [train] chunks, on the ranks), then start the run");
-            }
-            if !resume {
-                train_before_run(&card, train, cli.quiet, &cli.plugin_dirs)?;
-            }
-            let root = job.is_root();
-            let opts = run::RunOptions { resume, force, quiet: cli.quiet, plugin_dirs: cli.plugin_dirs, job };
-            let complete = if resume { run::completed_sweeps(&card)? } else { None };
-            let output = end_job_on_error(&opts.job, &session, run::run(&card, &opts))?;
-            if !root {
-                return Ok(());
-            }
-            let chains = match crate::card::RunCard::load(&card) {
-                Ok(c) if c.run.chains > 1 => (0..c.run.chains).map(|k| c.run.chain_output(k).display().to_string()).collect(),
-                _ => vec![output.display().to_string()],
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary_json(&card, &output, &chains, complete.is_some())?)?);
-                return Ok(());
-            }
-            match complete {
-                Some(total) => println!(
-                    "nothing to do: {} is complete ({total} of {total} sweeps); nothing was run or written",
-                    output.display()
-                ),
-                None if chains.len() > 1 => {
-                    println!("wrote {} independent chains: {} (the summary below is chain 0's)", chains.len(), chains.join(", "))
-                }
-                None => println!("wrote {}", output.display()),
-            }
-            print_summary(&card, &output)?;
+            run_command(&RunArgs { card, resume, force, train, json }, cli.quiet, cli.plugin_dirs, job, &session)?
         }
         Command::Train { card, resume, force } => {
             let root = job.is_root();
@@ -243,43 +212,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 print!("{}", a.to_text());
             }
         }
-        Command::Plugins { verbose } => {
-            let search = SearchPath::new(&cli.plugin_dirs);
-            println!("plugin interface version {} (latflow-core)", Plugin::host_interface_version());
-            println!("search path: {}", search.describe());
-            let listing = plugin::list(&search);
-            if listing.is_empty() {
-                println!("no plugin libraries found");
-            }
-            for l in listing {
-                match l.result {
-                    Ok(p) => {
-                        let note = if l.shadowed { " (shadowed by an earlier plugin of the same name)" } else { "" };
-                        println!(
-                            "{} {} [{:?}] {}{}\n    built against latflow-core {}\n    {}",
-                            p.info.name,
-                            p.info.version,
-                            p.info.kind,
-                            p.path.display(),
-                            note,
-                            p.core_version,
-                            p.info.description
-                        );
-                        for item in p.info.provides.iter() {
-                            println!("    {item}");
-                        }
-                    }
-                    Err(e) => {
-                        println!("BROKEN {}\n    {e}", l.path.display());
-                        if let (true, plugin::PluginLoadError::Load { detail, .. }) = (verbose, &e) {
-                            for line in detail.lines() {
-                                println!("      | {line}");
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        Command::Plugins { verbose } => print_plugins(&cli.plugin_dirs, verbose),
         Command::Flow { file, tmax, dt, times, eps, scheme, adaptive, coupling, out, json } => {
             let flow = FlowOptions { eps, scheme: flow_cmd::parse_scheme(&scheme)?, adaptive };
             let times = flow_cmd::flow_times(tmax, dt, times.as_deref())?;
@@ -314,6 +247,101 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The arguments of `latflow run`.
+struct RunArgs {
+    card: PathBuf,
+    resume: bool,
+    force: bool,
+    train: bool,
+    json: bool,
+}
+
+/// `latflow run`: trains first where asked, runs the card on the job's ranks, and on the root
+/// prints what was written (or that a resumed run was complete) and the summary, as text or JSON.
+fn run_command(
+    args: &RunArgs,
+    quiet: bool,
+    plugin_dirs: Vec<PathBuf>,
+    job: crate::job::Job,
+    session: &crate::mpi::Session,
+) -> Result<()> {
+    let (card, resume, force, train, json) = (&args.card, args.resume, args.force, args.train, args.json);
+    if job.size() > 1 && train {
+        bail!("--train: train the model first (`latflow train CARD`, on one process or, with [train] chunks, on the ranks), then start the run");
+    }
+    if !resume {
+        train_before_run(card, train, quiet, &plugin_dirs)?;
+    }
+    let root = job.is_root();
+    let opts = run::RunOptions { resume, force, quiet, plugin_dirs, job };
+    let complete = if resume { run::completed_sweeps(card)? } else { None };
+    let output = end_job_on_error(&opts.job, session, run::run(card, &opts))?;
+    if !root {
+        return Ok(());
+    }
+    let chains = match crate::card::RunCard::load(card) {
+        Ok(c) if c.run.chains > 1 => (0..c.run.chains).map(|k| c.run.chain_output(k).display().to_string()).collect(),
+        _ => vec![output.display().to_string()],
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary_json(card, &output, &chains, complete.is_some())?)?);
+        return Ok(());
+    }
+    match complete {
+        Some(total) => println!(
+            "nothing to do: {} is complete ({total} of {total} sweeps); nothing was run or written",
+            output.display()
+        ),
+        None if chains.len() > 1 => {
+            println!("wrote {} independent chains: {} (the summary below is chain 0's)", chains.len(), chains.join(", "))
+        }
+        None => println!("wrote {}", output.display()),
+    }
+    print_summary(card, &output)?;
+    Ok(())
+}
+
+/// `latflow plugins`: the interface version, the search path, and every plugin library found
+/// (name, version, kind, path, core version, what it provides), or why a library was refused
+/// (with the loader's detail when `verbose`).
+fn print_plugins(plugin_dirs: &[PathBuf], verbose: bool) {
+    let search = SearchPath::new(plugin_dirs);
+    println!("plugin interface version {} (latflow-core)", Plugin::host_interface_version());
+    println!("search path: {}", search.describe());
+    let listing = plugin::list(&search);
+    if listing.is_empty() {
+        println!("no plugin libraries found");
+    }
+    for l in listing {
+        match l.result {
+            Ok(p) => {
+                let note = if l.shadowed { " (shadowed by an earlier plugin of the same name)" } else { "" };
+                println!(
+                    "{} {} [{:?}] {}{}\n    built against latflow-core {}\n    {}",
+                    p.info.name,
+                    p.info.version,
+                    p.info.kind,
+                    p.path.display(),
+                    note,
+                    p.core_version,
+                    p.info.description
+                );
+                for item in p.info.provides.iter() {
+                    println!("    {item}");
+                }
+            }
+            Err(e) => {
+                println!("BROKEN {}\n    {e}", l.path.display());
+                if let (true, plugin::PluginLoadError::Load { detail, .. }) = (verbose, &e) {
+                    for line in detail.lines() {
+                        println!("      | {line}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `latflow run --train` and `[train] before_run = true`: trains the card's model (as

@@ -82,22 +82,7 @@ fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let global = (theory.config_len(), theory.layout().clone());
     let split = job.size() > 1;
     if split {
-        job.check_same("card", &card.hash()).with_context(|| file.clone())?;
-        if card.model.is_some() {
-            bail!(
-                "{file}: [model]: the lattice is split over the job's {} ranks, and a model needs whole configurations on one rank \
-                 (run flows on one rank, or spread replicas or independent chains over the ranks)",
-                job.size()
-            );
-        }
-        theory.set_communicator(job.comm_handle()).with_context(|| {
-            format!(
-                "{file}: [theory]: a card of one chain on {} ranks splits its lattice over them, and this theory cannot be split \
-                 (for ensemble parallelism use a replica ladder, or set run.chains to at least {} for independent chains)",
-                job.size(),
-                job.size()
-            )
-        })?;
+        hand_over_communicator(&card, &mut theory, job)?;
     }
     let model = load_model(&card, &theory, opts)?;
     let model_provenance = model.as_ref().map(|m| m.provenance.clone()).unwrap_or_default();
@@ -191,6 +176,30 @@ fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
     };
     sweep_loop(&card, &out, &hash, &mut sampler, writer, sweeps_done, opts)?;
     Ok(out.output)
+}
+
+/// On a job of several ranks: checks that every rank runs the same card, refuses a `[model]`
+/// (models need whole configurations) and hands the theory the job's communicator, which it
+/// refuses when it cannot be split.
+fn hand_over_communicator(card: &RunCard, theory: &mut TheoryHandle, job: &crate::job::Job) -> Result<()> {
+    let file = card.path.display().to_string();
+    job.check_same("card", &card.hash()).with_context(|| file.clone())?;
+    if card.model.is_some() {
+        bail!(
+            "{file}: [model]: the lattice is split over the job's {} ranks, and a model needs whole configurations on one rank \
+             (run flows on one rank, or spread replicas or independent chains over the ranks)",
+            job.size()
+        );
+    }
+    theory.set_communicator(job.comm_handle()).with_context(|| {
+        format!(
+            "{file}: [theory]: a card of one chain on {} ranks splits its lattice over them, and this theory cannot be split \
+             (for ensemble parallelism use a replica ladder, or set run.chains to at least {} for independent chains)",
+            job.size(),
+            job.size()
+        )
+    })?;
+    Ok(())
 }
 
 /// For `--resume`: the number of sweeps of the card's run when its checkpoint already records
