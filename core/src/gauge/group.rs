@@ -52,6 +52,43 @@ pub fn check_beta(beta: f64) -> Result<f64, crate::abi::PluginError> {
     Ok(beta)
 }
 
+/// The lattice of a gauge theory's run card (`lattice`, extents from the outermost axis): a valid
+/// [`crate::Lattice`] of at least 2 dimensions, else a config error naming the key.
+pub fn gauge_lattice(extents: &[i64]) -> Result<crate::Lattice, crate::abi::PluginError> {
+    let lattice = crate::Lattice::new(extents).map_err(|e| crate::abi::PluginError::config(format!("lattice: {e}")))?;
+    if lattice.dim() < 2 {
+        return Err(crate::abi::PluginError::config(format!(
+            "lattice: a gauge theory needs at least 2 dimensions, got {}",
+            lattice.dim()
+        )));
+    }
+    Ok(lattice)
+}
+
+/// The one parameter of a pure-gauge theory, `beta`, as `Physics::parameter` reads it: `beta`
+/// for `name = "beta"`, else an Unsupported error naming the plugin `theory` and its parameter.
+pub fn beta_parameter(theory: &str, beta: f64, name: &str) -> Result<f64, crate::abi::PluginError> {
+    match name {
+        "beta" => Ok(beta),
+        other => Err(no_beta_parameter(theory, other)),
+    }
+}
+
+/// Sets a pure-gauge theory's `beta` (`Physics::set_parameter`): `value` validated by
+/// [`check_beta`]; any other `name` is an Unsupported error naming the plugin `theory`. On an
+/// error `beta` is unchanged.
+pub fn set_beta_parameter(theory: &str, beta: &mut f64, name: &str, value: f64) -> Result<(), crate::abi::PluginError> {
+    match name {
+        "beta" => *beta = check_beta(value)?,
+        other => return Err(no_beta_parameter(theory, other)),
+    }
+    Ok(())
+}
+
+fn no_beta_parameter(theory: &str, name: &str) -> crate::abi::PluginError {
+    crate::abi::PluginError::unsupported(format!("{theory} has no parameter '{name}' (it has beta)"))
+}
+
 /// A compact matrix Lie group whose elements live on links.
 pub trait GaugeGroup: Copy + Clone + Debug + PartialEq + Send + Sync + 'static {
     /// Its Lie algebra (momenta and forces).
@@ -278,5 +315,22 @@ mod tests {
             assert_eq!(u.det(), u.trace());
             assert_eq!(U1Angle::n_gen(), 1);
         }
+    }
+
+    #[test]
+    fn beta_is_the_one_gauge_parameter() {
+        assert_eq!(beta_parameter("u1", 2.5, "beta").unwrap(), 2.5);
+        let e = beta_parameter("sun", 2.5, "mass").unwrap_err();
+        assert!(e.message.contains("sun has no parameter 'mass' (it has beta)"), "{}", e.message);
+        let mut beta = 1.0;
+        set_beta_parameter("u1", &mut beta, "beta", 3.0).unwrap();
+        assert_eq!(beta, 3.0);
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            let e = set_beta_parameter("u1", &mut beta, "beta", bad).unwrap_err();
+            assert!(e.message.starts_with("beta: must"), "{}", e.message);
+            assert_eq!(beta, 3.0, "a refused value leaves beta unchanged");
+        }
+        assert!(set_beta_parameter("u1", &mut beta, "kappa", 0.1).is_err());
+        assert_eq!(beta, 3.0);
     }
 }

@@ -94,7 +94,7 @@ pub use field::{
     rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Sites, Step,
 };
 pub use gradflow::{FlowGroup, FlowOptions, FlowPoint, FlowScheme};
-pub use group::{check_beta, wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
+pub use group::{beta_parameter, check_beta, gauge_lattice, set_beta_parameter, wrap_angle, GaugeGroup, LieAlgebra, U1Angle};
 pub use heatbath::{heatbath_sweep, heatbath_sweep_split, overrelax_sweep, overrelax_sweep_split, HeatbathError, HeatbathGroup};
 pub use matrix::Matrix;
 pub use parallel::{fill_random, RngFillError};

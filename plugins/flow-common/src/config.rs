@@ -81,6 +81,26 @@ pub struct Network {
     pub kernel: usize,
 }
 
+/// Checks a stripe-mask period (`mask_period`, 2 to 2^16) against the lattice `shape`: each
+/// extent must be a multiple of it and at least it. Errors name the key and the value; returns
+/// the period.
+pub fn check_mask_period(p: i64, shape: &[usize]) -> Result<usize, PluginError> {
+    if !(2..=1 << 16).contains(&p) {
+        return Err(PluginError::config(format!(
+            "mask_period: must be at least 2 (an active and a passive stripe; with 2 there is no frozen stripe and \
+             each layer's map does not depend on the configuration), got {p}"
+        )));
+    }
+    let p = p as usize;
+    if shape.iter().any(|&l| l < p || l % p != 0) {
+        return Err(PluginError::config(format!(
+            "lattice: each extent must be a multiple of mask_period = {p} and at least {p} (the stripe masks repeat \
+             with period {p}); the lattice is {shape:?}"
+        )));
+    }
+    Ok(p)
+}
+
 /// Checks `layers` (1 to 1024), `hidden` (channel counts 1 to `max_hidden`) and `kernel` (odd,
 /// at least 1, at most the smallest extent of `shape`); errors name the key and the value.
 pub fn check_network(

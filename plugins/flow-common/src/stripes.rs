@@ -119,6 +119,27 @@ impl Geometry {
         2 * off + mu
     }
 
+    /// One `T` per distinct mask that the first `layers` coupling layers use, at
+    /// [`Self::mask_index`] (`None` where no layer uses that mask): `build(mask)` gets the
+    /// layer's [`Self::mask`] with `kernel` and `n_conv`. Layers that share a mask share its `T`.
+    pub fn per_mask<T, E>(
+        &self,
+        layers: usize,
+        kernel: usize,
+        n_conv: usize,
+        mut build: impl FnMut(Mask) -> Result<T, E>,
+    ) -> Result<Vec<Option<T>>, E> {
+        let mut masks: Vec<Option<T>> = (0..2 * self.mask_period).map(|_| None).collect();
+        for l in 0..layers {
+            let i = self.mask_index(l);
+            if masks[i].is_none() {
+                let (mu, off) = self.layer_mask(l);
+                masks[i] = Some(build(self.mask(mu, off, kernel, n_conv))?);
+            }
+        }
+        Ok(masks)
+    }
+
     /// The mask of direction `mu`, offset `off`, with the output sites of `n_conv` convolutions
     /// of size `kernel`.
     pub fn mask(&self, mu: usize, off: usize, kernel: usize, n_conv: usize) -> Mask {

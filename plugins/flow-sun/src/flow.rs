@@ -82,14 +82,8 @@ impl Flow {
         let geom = Geometry::new([arch.lattice[0], arch.lattice[1]], arch.mask_period);
         let channels = channels(arch);
         let n_conv = channels.len();
-        let mut masks: Vec<Option<MaskData>> = (0..2 * arch.mask_period).map(|_| None).collect();
-        for l in 0..arch.layers {
-            let i = geom.mask_index(l);
-            if masks[i].is_some() {
-                continue;
-            }
-            let (mu, off) = geom.layer_mask(l);
-            let mask = geom.mask(mu, off, arch.kernel, n_conv);
+        let masks = geom.per_mask(arch.layers, arch.kernel, n_conv, |mask| -> candle_core::Result<MaskData> {
+            let mu = mask.mu;
             let column =
                 |sites: &[usize], j: usize| -> Vec<u32> { sites.iter().map(|&x| geom.plaq_links[x][j]).collect() };
             let frozen = [0, 1, 2, 3].map(|j| u32_tensor(column(&mask.frozen, j), device));
@@ -97,7 +91,7 @@ impl Flow {
             let order = if mu == 0 { [1, 2, 3] } else { [2, 1, 0] };
             let [s0, s1, s2] = order.map(|j| u32_tensor(column(&mask.active, j), device));
             let active: Vec<u32> = mask.active.iter().map(|&x| (2 * x + mu) as u32).collect();
-            masks[i] = Some(MaskData {
+            Ok(MaskData {
                 ktables: geom.tables(&mask, arch.kernel),
                 gtables: geom
                     .gather_indices(&mask, arch.kernel)
@@ -108,8 +102,8 @@ impl Flow {
                 active: u32_tensor(active, device)?,
                 staple: [s0?, s1?, s2?],
                 mask,
-            });
-        }
+            })
+        })?;
         let dtype = arch.dtype.dtype();
         let net = ConvNet::new(arch.layers, arch.kernel, 2, channels, dtype, device, (init_seed, INIT_STREAM))?;
         Ok(Self { arch: arch.clone(), geom, net, masks })

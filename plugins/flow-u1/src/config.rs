@@ -146,20 +146,7 @@ pub fn parse(json: &str, layout: &FieldLayout) -> Result<ModelConfig, PluginErro
             (None, Some(latflow_flow_common::config::spline_bins(raw.spline_bins)?))
         }
     };
-    let p = raw.mask_period;
-    if !(2..=1 << 16).contains(&p) {
-        return Err(PluginError::config(format!(
-            "mask_period: must be at least 2 (an active and a passive stripe; with 2 there is no frozen stripe and \
-             each layer's map does not depend on the configuration), got {p}"
-        )));
-    }
-    let p = p as usize;
-    if shape.iter().any(|&l| l < p || l % p != 0) {
-        return Err(PluginError::config(format!(
-            "lattice: each extent must be a multiple of mask_period = {p} and at least {p} (the stripe masks repeat \
-             with period {p}); the lattice is {shape:?}"
-        )));
-    }
+    let p = latflow_flow_common::config::check_mask_period(raw.mask_period, &shape)?;
     let net = latflow_flow_common::config::check_network(raw.layers, &raw.hidden, raw.kernel, 4096, &shape)?;
     let own = U1Arch {
         n_mix,

@@ -96,14 +96,8 @@ impl Flow {
         let dtype = arch.dtype.dtype();
         let channels = channels(arch);
         let n_conv = channels.len();
-        let mut masks: Vec<Option<MaskData>> = (0..2 * arch.mask_period).map(|_| None).collect();
-        for l in 0..arch.layers {
-            let i = geom.mask_index(l);
-            if masks[i].is_some() {
-                continue;
-            }
-            let (mu, off) = geom.layer_mask(l);
-            let mask = geom.mask(mu, off, arch.kernel, n_conv);
+        let masks = geom.per_mask(arch.layers, arch.kernel, n_conv, |mask| -> candle_core::Result<MaskData> {
+            let mu = mask.mu;
             let plaqs = |sites: &[usize]| -> Vec<[u32; 4]> { sites.iter().map(|&x| geom.plaq_links[x]).collect() };
             let active_links: Vec<u32> = mask.active.iter().map(|&x| (2 * x + mu) as u32).collect();
             let op = Arc::new(OpGeom {
@@ -116,7 +110,7 @@ impl Flow {
             let flat = |p: &[[u32; 4]]| p.iter().flatten().copied().collect::<Vec<u32>>();
             let mut update = active_links.clone();
             update.push(geom.n_links() as u32);
-            masks[i] = Some(MaskData {
+            Ok(MaskData {
                 ktables: geom.tables(&mask, arch.kernel),
                 gtables: geom
                     .gather_indices(&mask, arch.kernel)
@@ -129,8 +123,8 @@ impl Flow {
                 update_idx: u32_tensor(update, device)?,
                 op,
                 mask,
-            });
-        }
+            })
+        })?;
         let net = ConvNet::new(arch.layers, arch.kernel, 2, channels, dtype, device, (init_seed, INIT_STREAM))?;
         let signs = tensor_from_f64(&PLAQ_SIGNS, 4, dtype, device)?;
         Ok(Self { arch: arch.clone(), geom, net, masks, signs })

@@ -214,10 +214,6 @@ impl Sun {
     }
 }
 
-fn no_such_parameter(name: &str) -> PluginError {
-    PluginError::unsupported(format!("sun has no parameter '{name}' (it has beta)"))
-}
-
 /// The gauge action as the one HMC term.
 pub struct GaugeTerm<'a> {
     pub theory: &'a Sun,
@@ -254,13 +250,7 @@ impl Physics for Sun {
 
     fn from_config(json: &str) -> Result<Self, PluginError> {
         let cfg: Config = parse_config(json)?;
-        let lattice = Lattice::new(&cfg.lattice).map_err(|e| PluginError::config(format!("lattice: {e}")))?;
-        if lattice.dim() < 2 {
-            return Err(PluginError::config(format!(
-                "lattice: a gauge theory needs at least 2 dimensions, got {}",
-                lattice.dim()
-            )));
-        }
+        let lattice = latflow_core::gauge::gauge_lattice(&cfg.lattice)?;
         if cfg.n != 2 && cfg.n != 3 {
             return Err(PluginError::config(format!("n: SU(N) is supported for n = 2 and n = 3, got {}", cfg.n)));
         }
@@ -323,18 +313,11 @@ impl Physics for Sun {
     }
 
     fn parameter(&self, name: &str) -> Result<f64, PluginError> {
-        match name {
-            "beta" => Ok(self.beta),
-            other => Err(no_such_parameter(other)),
-        }
+        latflow_core::gauge::beta_parameter(Self::NAME, self.beta, name)
     }
 
     fn set_parameter(&mut self, name: &str, value: f64) -> Result<(), PluginError> {
-        match name {
-            "beta" => self.beta = check_beta(value)?,
-            other => return Err(no_such_parameter(other)),
-        }
-        Ok(())
+        latflow_core::gauge::set_beta_parameter(Self::NAME, &mut self.beta, name, value)
     }
 
     fn observables(&self) -> Vec<ObservableSpec> {

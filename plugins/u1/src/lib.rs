@@ -129,23 +129,13 @@ impl U1 {
     }
 }
 
-fn no_such_parameter(name: &str) -> PluginError {
-    PluginError::unsupported(format!("u1 has no parameter '{name}' (it has beta)"))
-}
-
 impl Physics for U1 {
     const NAME: &'static str = "u1";
     type Space = Angles;
 
     fn from_config(json: &str) -> Result<Self, PluginError> {
         let cfg: Config = parse_config(json)?;
-        let lattice = Lattice::new(&cfg.lattice).map_err(|e| PluginError::config(format!("lattice: {e}")))?;
-        if lattice.dim() < 2 {
-            return Err(PluginError::config(format!(
-                "lattice: a gauge theory needs at least 2 dimensions, got {}",
-                lattice.dim()
-            )));
-        }
+        let lattice = latflow_core::gauge::gauge_lattice(&cfg.lattice)?;
         let beta = check_beta(cfg.beta)?;
         let kernel = Kernel::new(&lattice);
         let loops = Self::loops(&kernel, &lattice, &cfg.wilson_loops)?;
@@ -167,18 +157,11 @@ impl Physics for U1 {
     }
 
     fn parameter(&self, name: &str) -> Result<f64, PluginError> {
-        match name {
-            "beta" => Ok(self.beta),
-            other => Err(no_such_parameter(other)),
-        }
+        latflow_core::gauge::beta_parameter(Self::NAME, self.beta, name)
     }
 
     fn set_parameter(&mut self, name: &str, value: f64) -> Result<(), PluginError> {
-        match name {
-            "beta" => self.beta = check_beta(value)?,
-            other => return Err(no_such_parameter(other)),
-        }
-        Ok(())
+        latflow_core::gauge::set_beta_parameter(Self::NAME, &mut self.beta, name, value)
     }
 
     fn observables(&self) -> Vec<ObservableSpec> {
