@@ -178,19 +178,43 @@ fn corrupt_or_truncated_hdf5_is_refused() {
 }
 
 /// A file on which HDF5 itself loops forever (found by fuzzing: a damaged global heap) ends
-/// `analyze` and `inspect` with a clear error after LATFLOW_READ_TIMEOUT_S seconds, not a hang.
+/// every command that opens an existing ensemble with a clear error after
+/// LATFLOW_READ_TIMEOUT_S seconds, not a hang: `analyze`, `inspect`, `flow`, `export`, `run`
+/// before replacing such an output, `run --resume` onto it, and a run that starts from it.
 #[test]
 fn a_file_that_hangs_hdf5_is_refused_after_the_read_limit() {
     let hang = common::workspace_root().join("fuzz/known-upstream/ensemble/timeout-d31a185e30be91b9008b6b43a9dda8bc5727621e");
-    for cmd in ["inspect", "analyze"] {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let limited = |args: &[&str], needle: &str| {
         let t = std::time::Instant::now();
-        let out = common::latflow().env("LATFLOW_READ_TIMEOUT_S", "2").args([cmd, hang.to_str().unwrap()]).output().unwrap();
+        let out = common::latflow().env("LATFLOW_READ_TIMEOUT_S", "2").args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
-        assert!(stderr.contains("timeout-d31a185e") && stderr.contains("damaged") && stderr.contains("after 2 s"), "{stderr}");
-        assert!(t.elapsed().as_secs() < 60, "{cmd} took {:?}", t.elapsed());
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle) && stderr.contains("damaged") && stderr.contains("after 2 s"), "{args:?}: {stderr}");
+        assert!(t.elapsed().as_secs() < 60, "{args:?} took {:?}", t.elapsed());
+    };
+    let h = hang.to_str().unwrap();
+    for cmd in ["inspect", "analyze"] {
+        limited(&[cmd, h], "timeout-d31a185e");
     }
-    let out = common::latflow().env("LATFLOW_READ_TIMEOUT_S", "soon").args(["inspect", hang.to_str().unwrap()]).output().unwrap();
+    limited(&["flow", h, "--tmax", "0.1"], "timeout-d31a185e");
+    limited(&["export", h, "--ildg", d.join("ildg").to_str().unwrap()], "timeout-d31a185e");
+    // an existing output without a checkpoint is read before it is replaced
+    let (card, out) = write_card(d, "over", GOOD);
+    std::fs::copy(&hang, &out).unwrap();
+    limited(&["run", card.to_str().unwrap(), "-q"], "over.h5");
+    // --resume reopens the output with a valid checkpoint beside it
+    let (card, out) = write_card(d, "resumed", GOOD);
+    run_ok(&["run", card.to_str().unwrap(), "-q"]);
+    std::fs::copy(&hang, &out).unwrap();
+    limited(&["run", card.to_str().unwrap(), "-q", "--resume"], "resumed.h5");
+    // a run that starts from it
+    let start = GOOD.replace("[run]\n", &format!("[run]\nstart = {{ file = \"{h}\" }}\n"));
+    let (card, _) = write_card(d, "started", &start);
+    limited(&["run", card.to_str().unwrap(), "-q"], "timeout-d31a185e");
+
+    let out = common::latflow().env("LATFLOW_READ_TIMEOUT_S", "soon").args(["inspect", h]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("LATFLOW_READ_TIMEOUT_S") && stderr.contains("soon"), "{stderr}");

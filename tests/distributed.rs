@@ -36,7 +36,7 @@ fn on_thread_ranks<T: Send>(ranks: u32, f: impl Fn(usize, Job) -> anyhow::Result
 /// Runs `card` on `ranks` thread-ranks (fresh, or `--resume`); returns every rank's result.
 fn run_on_ranks(card: &Path, ranks: u32, resume: bool) -> Vec<Result<PathBuf, String>> {
     on_thread_ranks(ranks, |_, job| {
-        run(card, &RunOptions { resume, quiet: true, force: false, plugin_dirs: plugin_dirs(), job })
+        run(card, &RunOptions { resume, quiet: true, force: false, plugin_dirs: plugin_dirs(), job, read_limit: None })
     })
 }
 

@@ -216,7 +216,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Flow { file, tmax, dt, times, eps, scheme, adaptive, coupling, out, json } => {
             let flow = FlowOptions { eps, scheme: flow_cmd::parse_scheme(&scheme)?, adaptive };
             let times = flow_cmd::flow_times(tmax, dt, times.as_deref())?;
-            let report = flow_cmd::flow_file(&file, &flow_cmd::FlowCommand { times, flow, coupling })?;
+            let report = flow_cmd::flow_file(&file, &flow_cmd::FlowCommand { times, flow, coupling, read_limit: Some(read_limit()?) })?;
             if let Some(out) = &out {
                 flow_cmd::write_report(&report, out)?;
             }
@@ -229,7 +229,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Inspect { file } => {
             print!("{}", inspect::describe(&ensemble::read_or_exit_after(&file, read_limit()?)?))
         }
-        Command::Export(args) => crate::ildg::cli::export(&args)?,
+        Command::Export(args) => crate::ildg::cli::export(&args, read_limit()?)?,
         Command::Import(args) => crate::ildg::cli::import(&args)?,
         Command::Scaling(args) => match end_job_on_error(&job, &session, crate::scaling::run(&args, &job))? {
             Some(report) if args.json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -275,7 +275,7 @@ fn run_command(
         train_before_run(card, train, quiet, &plugin_dirs)?;
     }
     let root = job.is_root();
-    let opts = run::RunOptions { resume, force, quiet, plugin_dirs, job };
+    let opts = run::RunOptions { resume, force, quiet, plugin_dirs, job, read_limit: Some(read_limit()?) };
     let complete = if resume { run::completed_sweeps(card)? } else { None };
     let output = end_job_on_error(&opts.job, session, run::run(card, &opts))?;
     if !root {

@@ -47,6 +47,9 @@ pub struct FlowCommand {
     pub flow: FlowOptions,
     /// The coupling of a replica-exchange file (0 for a plain file).
     pub coupling: usize,
+    /// How long HDF5 may take to open the file before the process ends with an error naming it
+    /// ([`ensemble::exit_if_stuck`]); `None`: no limit.
+    pub read_limit: Option<std::time::Duration>,
 }
 
 /// The flow times of the command line: an explicit list (`--times`), or the grid
@@ -278,7 +281,7 @@ fn scale(
 /// Runs `latflow flow` on `path` and returns the report (nothing is written).
 pub fn flow_file(path: &Path, cmd: &FlowCommand) -> Result<FlowReport> {
     gradflow::validate(&cmd.flow, &cmd.times).map_err(|e| anyhow!("{e}"))?;
-    let file = ensemble::read(path)?;
+    let file = ensemble::exit_if_stuck(path, cmd.read_limit, || ensemble::read(path))?;
     if cmd.coupling >= file.couplings.len() {
         bail!(
             "{}: --coupling {}: the file has {} coupling(s)",

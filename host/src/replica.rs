@@ -74,7 +74,7 @@ use rayon::prelude::*;
 use crate::card::{Ladder, RunCard, StartChoice, StepCard};
 use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind, ReplicaCheckpoint};
-use crate::ensemble::{ConfigDef, Counts, EnsembleWriter, FileCounts, LadderDef, ReplicaDef, StepDef};
+use crate::ensemble::{exit_if_stuck, ConfigDef, Counts, EnsembleWriter, FileCounts, LadderDef, ReplicaDef, StepDef};
 use crate::plugin::{self, ModelHandle, PluginLoadError, SearchPath, TheoryHandle};
 use crate::sampler::{chain_step_defs, initial_config, store_coupling, sweep_loop, Sampler};
 use crate::setup::{
@@ -571,7 +571,7 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
     let model_json = if needs_models { format!("[{}]", model_prov.join(",")) } else { String::new() };
     let prov = provenance(card, &theories[0], &hash, base_params, model_json);
     job.check_same("card (or model weights)", &hash).with_context(|| file.to_string())?;
-    let configs = initial_configs(card, &theories, &models)?;
+    let configs = initial_configs(card, &theories, &models, opts.read_limit)?;
     let mut set = ReplicaSet::new(card, theories, models, configs, job.clone()).map_err(|e| anyhow::anyhow!("{file}: chain: {e}"))?;
     let (steps, exchange_steps) = replica_step_defs(card, &set);
 
@@ -588,14 +588,16 @@ pub fn run(card: &RunCard, opts: &RunOptions) -> Result<PathBuf> {
             return Ok((None, ck.sweeps_done));
         }
         let counts = FileCounts { couplings: rk.counts.clone(), exchange: Some(rk.exchange_counts.clone()) };
-        let writer = EnsembleWriter::resume_ladder(&out.output, &hash, &ladder_def, &observables, &steps, configs_def.as_ref(), &counts)
+        let writer = exit_if_stuck(&out.output, opts.read_limit, || {
+            EnsembleWriter::resume_ladder(&out.output, &hash, &ladder_def, &observables, &steps, configs_def.as_ref(), &counts)
+        })
         .with_context(|| format!("{file}: run.output (--resume)"))?;
         (Some(writer), ck.sweeps_done)
     } else {
         if !job.is_root() {
             return Ok((None, 0));
         }
-        let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
+        let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts)?;
         let writer = EnsembleWriter::create_ladder(&out.output, &prov, &ladder_def, &observables, &steps, configs_def.as_ref(), overwrite)
         .with_context(|| format!("{file}: run.output"))?;
         let _ = std::fs::remove_file(&out.checkpoint);
@@ -658,8 +660,14 @@ fn ladder_theories(card: &RunCard, ladder: &Ladder, opts: &RunOptions) -> Result
 
 /// The starting configuration of every coupling slot, each from its own stream (replaced by
 /// the checkpoint's on resume).
-fn initial_configs(card: &RunCard, theories: &[TheoryHandle], models: &[Option<Arc<ModelHandle>>]) -> Result<Vec<Vec<f64>>> {
-    theories.iter().zip(models).enumerate().map(|(k, (t, m))| initial_config(card, t, m.as_deref(), crate::streams::Slot::Coupling(k))).collect()
+fn initial_configs(
+    card: &RunCard,
+    theories: &[TheoryHandle],
+    models: &[Option<Arc<ModelHandle>>],
+    read_limit: Option<std::time::Duration>,
+) -> Result<Vec<Vec<f64>>> {
+    let slot = crate::streams::Slot::Coupling;
+    theories.iter().zip(models).enumerate().map(|(k, (t, m))| initial_config(card, t, m.as_deref(), slot(k), read_limit)).collect()
 }
 
 /// The stored definitions of the per-coupling chain steps and of the swap steps.

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use crate::card::{RunCard, StartChoice};
 use crate::chain::{Chain, StepRecord};
 use crate::checkpoint::{Checkpoint, CheckpointKind};
-use crate::ensemble::{ConfigDef, EnsembleWriter, FileCounts, ObservableDef};
+use crate::ensemble::{exit_if_stuck, ConfigDef, EnsembleWriter, FileCounts, ObservableDef};
 use crate::plugin::TheoryHandle;
 use crate::sampler::{chain_step_defs, initial_config, store_coupling, sweep_loop, Sampler};
 use crate::setup::{
@@ -113,7 +113,9 @@ fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
             chain.restore_states(&ck.step_states).map_err(|e| anyhow::anyhow!("{file}: --resume: {e}"))?;
             let writer = if job.is_root() {
                 Some(
-                    EnsembleWriter::resume(&out.output, &hash, &observables, &steps, configs.as_ref(), &ck.counts)
+                    exit_if_stuck(&out.output, opts.read_limit, || {
+                        EnsembleWriter::resume(&out.output, &hash, &observables, &steps, configs.as_ref(), &ck.counts)
+                    })
                         .with_context(|| format!("{file}: run.output (--resume)"))?,
                 )
             } else {
@@ -123,15 +125,16 @@ fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
         } else {
             let config = match (&card.run.start, split) {
                 (Some(StartChoice::File(f)), true) => {
-                    let loaded = crate::ildg::start::load(&f.file, f.index, &global.1).with_context(|| format!("{file}: run.start"))?;
+                    let loaded = exit_if_stuck(&f.file, opts.read_limit, || crate::ildg::start::load(&f.file, f.index, &global.1))
+                        .with_context(|| format!("{file}: run.start"))?;
                     slab(&loaded.config)
                 }
-                _ => initial_config(&card, &theory, model.as_deref(), crate::streams::Slot::Chain(card.run.chain as usize))?,
+                _ => initial_config(&card, &theory, model.as_deref(), crate::streams::Slot::Chain(card.run.chain as usize), opts.read_limit)?,
             };
             if !job.is_root() {
                 return Ok((None, config, 0));
             }
-            let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts.force)?;
+            let overwrite = refuse_existing_output(&file, &out.output, &out.checkpoint, opts)?;
             let prov = provenance(&card, &theory, &hash, theory.params_json(), model_provenance);
             let writer = EnsembleWriter::create(&out.output, &prov, &observables, &steps, configs.as_ref(), overwrite)
                 .with_context(|| format!("{file}: run.output"))?;

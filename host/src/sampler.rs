@@ -120,13 +120,21 @@ pub fn sweep_loop<S: Sampler>(
 /// The starting configuration of a plain chain or a coupling slot (`slot`), drawn from its own
 /// stream `StreamUse::Init { slot }`: the card's `run.start` from the theory, or one sample
 /// of `model` for `start = "model"`, or the stored configuration of `start = { file = … }`
-/// (checked against the theory's layout). On resume the checkpoint's configuration replaces it.
-pub fn initial_config(card: &RunCard, theory: &TheoryHandle, model: Option<&ModelHandle>, slot: Slot) -> Result<Vec<f64>> {
+/// (checked against the theory's layout; its reading is guarded by `read_limit`, see
+/// [`crate::ensemble::exit_if_stuck`]). On resume the checkpoint's configuration replaces it.
+pub fn initial_config(
+    card: &RunCard,
+    theory: &TheoryHandle,
+    model: Option<&ModelHandle>,
+    slot: Slot,
+    read_limit: Option<std::time::Duration>,
+) -> Result<Vec<f64>> {
     let file = card.path.display().to_string();
     let mut init = stream(card.run.seed, StreamUse::Init { slot }).with_context(|| format!("{file}: run.start"))?;
     let start = card.run.start.clone().unwrap_or(StartChoice::Cold);
     if let StartChoice::File(f) = &start {
-        let loaded = crate::ildg::start::load(&f.file, f.index, theory.layout()).with_context(|| format!("{file}: run.start"))?;
+        let loaded = crate::ensemble::exit_if_stuck(&f.file, read_limit, || crate::ildg::start::load(&f.file, f.index, theory.layout()))
+            .with_context(|| format!("{file}: run.start"))?;
         return Ok(loaded.config);
     }
     Ok(match (start.theory_start(), model) {

@@ -27,6 +27,10 @@ pub struct RunOptions {
     pub plugin_dirs: Vec<PathBuf>,
     /// This process's rank in the job (one rank by default); see [`crate::job`].
     pub job: crate::job::Job,
+    /// How long HDF5 may take to open an existing file (the output on `--resume` or before
+    /// replacing it, a `run.start` ensemble) before the process ends with an error naming it
+    /// ([`crate::ensemble::exit_if_stuck`]); `None` (the default): no limit, for library use.
+    pub read_limit: Option<std::time::Duration>,
 }
 
 /// Loads the card's theory plugin and builds the theory; errors name the card and the field.
@@ -118,7 +122,8 @@ pub fn build_model(card: &RunCard, theory: &TheoryHandle, plugin_dirs: &[PathBuf
 /// that was killed or whose plugin aborted before its first checkpoint) is replaced, since
 /// nothing in it can be lost; one that cannot be read as an ensemble is refused with that said.
 /// Returns whether the output may be overwritten (`force`, or such an empty output).
-pub fn refuse_existing_output(file: &str, output: &Path, ckpt_path: &Path, force: bool) -> Result<bool> {
+pub fn refuse_existing_output(file: &str, output: &Path, ckpt_path: &Path, opts: &RunOptions) -> Result<bool> {
+    let force = opts.force;
     if !output.exists() || force {
         return Ok(force);
     }
@@ -128,7 +133,7 @@ pub fn refuse_existing_output(file: &str, output: &Path, ckpt_path: &Path, force
             output.display()
         );
     }
-    match crate::ensemble::read(output) {
+    match crate::ensemble::exit_if_stuck(output, opts.read_limit, || crate::ensemble::read(output)) {
         Ok(ens) if ens.couplings.iter().all(|c| c.sweeps.is_empty()) => {
             eprintln!(
                 "note: replacing '{}': it holds no measurement and has no checkpoint (a run stopped before its first checkpoint)",

@@ -74,7 +74,7 @@ use h5::*;
 use schema::*;
 
 pub use reader::{
-    read, read_configs, read_ensemble, read_or_exit_after, read_replica_ensemble, ConfigInfo, Ensemble, EnsembleFile,
+    exit_if_stuck, read, read_configs, read_ensemble, read_or_exit_after, read_replica_ensemble, ConfigInfo, Ensemble, EnsembleFile,
     Ladder, ObservableData, StepData,
 };
 pub use replica_writer::{replica_group, LadderDef, ReplicaDef};

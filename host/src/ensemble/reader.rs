@@ -321,14 +321,25 @@ fn durable_state(path: &Path, provenance: &Provenance) -> Option<crate::checkpoi
 }
 
 /// [`read`] for the command line, which must never hang on a damaged file: if the read has not
-/// returned after `limit`, the process ends with exit code 1 and an error that names the file.
+/// returned after `limit`, the process ends with exit code 1 and an error that names the file
+/// (see [`exit_if_stuck`]).
+pub fn read_or_exit_after(path: &Path, limit: std::time::Duration) -> Result<EnsembleFile, EnsembleError> {
+    exit_if_stuck(path, Some(limit), || read(path))
+}
+
+/// Runs `f`, HDF5 work that opens the existing file `path` (reading its attributes), under a
+/// time limit for the command line: if `limit` is `Some` and `f` has not returned after it, the
+/// process ends with exit code 1 and an error that names the file. With `None`, `f` just runs.
 ///
 /// HDF5 can loop forever inside its own parser on some damaged files (found by fuzzing: a
 /// global heap whose free-space object has size 0 makes `H5HG__cache_heap_deserialize` stop
 /// advancing while reading the variable-length provenance strings). Such a call cannot be
 /// interrupted, and it holds HDF5's library lock, so the only clean way out is to end the
-/// process; library users that cannot accept that call [`read`].
-pub fn read_or_exit_after(path: &Path, limit: std::time::Duration) -> Result<EnsembleFile, EnsembleError> {
+/// process; library users that cannot accept that pass `None`.
+pub fn exit_if_stuck<T>(path: &Path, limit: Option<std::time::Duration>, f: impl FnOnce() -> T) -> T {
+    let Some(limit) = limit else {
+        return f();
+    };
     let (done, wait) = std::sync::mpsc::channel::<()>();
     let name = path.display().to_string();
     let guard = std::thread::Builder::new().name("read-guard".into()).spawn(move || {
@@ -341,7 +352,7 @@ pub fn read_or_exit_after(path: &Path, limit: std::time::Duration) -> Result<Ens
             std::process::exit(1);
         }
     });
-    let result = read(path);
+    let result = f();
     drop(done);
     if let Ok(g) = guard {
         let _ = g.join();

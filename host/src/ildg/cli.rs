@@ -81,7 +81,7 @@ pub fn parse_range(s: &str) -> Result<Vec<usize>> {
 
 /// Runs `latflow export`: one line per file with its configuration index, sweep and the
 /// plaquette of the stored links.
-pub fn export(args: &ExportArgs) -> Result<()> {
+pub fn export(args: &ExportArgs, read_limit: std::time::Duration) -> Result<()> {
     let indices = match (&args.range, args.index.is_empty()) {
         (Some(r), _) => Some(parse_range(r)?),
         (None, false) => Some(args.index.clone()),
@@ -94,6 +94,7 @@ pub fn export(args: &ExportArgs) -> Result<()> {
         coupling: args.coupling,
         lfn_prefix: args.lfn.clone(),
         force: args.force,
+        read_limit: Some(read_limit),
     };
     for e in convert::export(&args.file, &opts)? {
         println!(

@@ -33,6 +33,9 @@ pub struct ExportOptions {
     pub lfn_prefix: Option<String>,
     /// Overwrite existing files.
     pub force: bool,
+    /// How long HDF5 may take to open the ensemble before the process ends with an error naming
+    /// it ([`ensemble::exit_if_stuck`]); `None`: no limit.
+    pub read_limit: Option<std::time::Duration>,
 }
 
 /// One exported configuration.
@@ -104,7 +107,7 @@ fn config_sweeps(path: &Path, ladder: bool, k: usize) -> Result<Vec<u64>> {
 /// documentation). Refuses an ensemble that is not SU(3) in 4D, indices out of range, links
 /// farther than [`SU_TOLERANCE`] from SU(3), and existing files unless `force`.
 pub fn export(path: &Path, opts: &ExportOptions) -> Result<Vec<Exported>> {
-    let f = ensemble::read(path)?;
+    let f = ensemble::exit_if_stuck(path, opts.read_limit, || ensemble::read(path))?;
     let shown = path.display();
     let k = opts.coupling;
     let Some(ens) = f.couplings.get(k) else {
