@@ -375,6 +375,18 @@ pub fn mean_plaquette<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Size
     plaquette_sum(nb, u) / (count as f64 * G::NC as f64)
 }
 
+/// The geometric topological charge of 2D U(1) links: Q = (1/2π) Σ_x arg U_01(x), each
+/// plaquette angle taken in (−π, π] ([`super::wrap_angle`]), summed over sites in order
+/// (compensated). On a periodic lattice it is an integer up to rounding, and gauge invariant.
+/// `None` unless the lattice is two-dimensional.
+pub fn u1_geometric_charge<L: Links<super::U1Angle> + ?Sized, N: Neighbours + ?Sized>(nb: &N, u: &L) -> Option<f64> {
+    if nb.dim() != 2 {
+        return None;
+    }
+    let angles = (0..nb.sites()).map(|x| super::wrap_angle(plaquette(nb, u, x, 0, 1).0));
+    Some(crate::sum::compensated_sum(angles) / std::f64::consts::TAU)
+}
+
 /// Σ_x Σ_{μ≠ν} Re Tr R(x; μ, ν): every 2×1 rectangle once in each orientation (long side
 /// along μ), compensated, in fixed chunks.
 pub fn rectangle_sum<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(nb: &N, u: &L) -> f64 {

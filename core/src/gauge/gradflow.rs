@@ -194,6 +194,59 @@ impl Default for FlowOptions {
     }
 }
 
+/// A theory card's `gradient_flow = { time = 1.0, eps = 0.01, scheme = "wilson" }`: flow each
+/// measured configuration to `time` (t/a²) with fixed RK3 steps `eps` of the `scheme` flow
+/// (`wilson` or `symanzik`) and measure there. Check it with [`FlowCard::check`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowCard {
+    /// The flow time t/a² (> 0).
+    pub time: f64,
+    /// The RK3 step ε (0 < ε ≤ time); default 0.01.
+    #[serde(default = "default_card_eps")]
+    pub eps: f64,
+    /// `wilson` (default) or `symanzik`.
+    #[serde(default = "default_card_scheme")]
+    pub scheme: String,
+}
+
+fn default_card_eps() -> f64 {
+    0.01
+}
+
+fn default_card_scheme() -> String {
+    "wilson".into()
+}
+
+/// A checked [`FlowCard`]: the flow time t/a² and the integrator's options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowMeasurement {
+    pub time: f64,
+    pub options: FlowOptions,
+}
+
+impl FlowCard {
+    /// Validates the card; errors are config errors naming the key (`gradient_flow.time` …).
+    pub fn check(&self) -> Result<FlowMeasurement, crate::abi::PluginError> {
+        use crate::abi::PluginError;
+        let scheme = FlowScheme::from_name(&self.scheme).ok_or_else(|| {
+            PluginError::config(format!("gradient_flow.scheme: unknown flow '{}' (expected wilson or symanzik)", self.scheme))
+        })?;
+        if !(self.time.is_finite() && self.time > 0.0) {
+            return Err(PluginError::config(format!("gradient_flow.time: must be a finite flow time t/a^2 > 0, got {}", self.time)));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0 && self.eps <= self.time) {
+            return Err(PluginError::config(format!(
+                "gradient_flow.eps: must be a finite step with 0 < eps <= time, got {}",
+                self.eps
+            )));
+        }
+        let options = FlowOptions { eps: self.eps, scheme, adaptive: None };
+        validate(&options, &[self.time]).map_err(|e| PluginError::config(format!("gradient_flow: {e}")))?;
+        Ok(FlowMeasurement { time: self.time, options })
+    }
+}
+
 /// What a flow did.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FlowStats {

@@ -91,7 +91,7 @@ pub use algebra::SuAlg;
 pub use complex::Complex;
 pub use field::{
     gauge_transform, link_index, mean_plaquette, path, planes, plaquette, plaquette_sum, rectangle, rectangle_staple,
-    rectangle_sum, staple, FieldError, LinkField, Links, Neighbours, Sites, Step,
+    rectangle_sum, staple, u1_geometric_charge, FieldError, LinkField, Links, Neighbours, Sites, Step,
 };
 pub use gradflow::{FlowGroup, FlowOptions, FlowPoint, FlowScheme};
 pub use group::{beta_parameter, check_beta, gauge_lattice, set_beta_parameter, wrap_angle, GaugeGroup, LieAlgebra, U1Angle};

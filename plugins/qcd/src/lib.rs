@@ -76,6 +76,11 @@
 //! * `cg_iterations`: the CG iterations of one action evaluation (all terms) on the
 //!   configuration, a cost measure; per trajectory the iterations are recorded by the theory
 //!   step kind `pf_hmc` (see [`steps`]).
+//! * `topological_charge` and `topological_susceptibility` (Q²/V per configuration), where the
+//!   theory has a charge: for U(1) in 2D the geometric Q = (1/2π) Σ_x arg U_01(x), an integer;
+//!   for SU(2)/SU(3) in 4D with `gradient_flow = { time, eps, scheme }` the clover charge
+//!   after flowing a copy of the configuration to that time (core's gradient flow, the same as
+//!   the `sun` plugin's). `gradient_flow` is refused elsewhere.
 
 pub mod exact_det;
 mod observables;
@@ -91,6 +96,7 @@ use latflow_core::gauge::fermion::{
     CgParams, FermionError, WilsonDirac, WilsonGroup, WilsonParams,
 };
 use latflow_core::gauge::flat::view_mut;
+use latflow_core::gauge::gradflow::{FlowCard, FlowMeasurement};
 use latflow_core::gauge::{check_beta, Complex, GaugeGroup};
 use latflow_core::hmc::{LeveledAction, Term};
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
@@ -202,6 +208,8 @@ struct Config {
     pion_correlator: bool,
     #[serde(default)]
     determinant: Option<String>,
+    #[serde(default)]
+    gradient_flow: Option<FlowCard>,
 }
 
 fn yes() -> bool {
@@ -327,6 +335,8 @@ pub struct Qcd {
     condensate: Condensate,
     pion: bool,
     determinant: Determinant,
+    /// SU(N) in 4D: the gradient flow before the clover topological charge is measured.
+    flow: Option<FlowMeasurement>,
 }
 
 fn config_err(key: &str, e: impl std::fmt::Display) -> PluginError {
@@ -497,6 +507,7 @@ impl Qcd {
         if determinant == Determinant::Exact {
             Self::check_exact(&lattice, group, cfg.csw, &cfg.hasenbusch)?;
         }
+        let flow = Self::check_flow(&lattice, group, cfg.gradient_flow.as_ref())?;
         Ok(Self {
             lattice,
             group,
@@ -510,7 +521,37 @@ impl Qcd {
             condensate,
             pion: cfg.pion_correlator,
             determinant,
+            flow,
         })
+    }
+
+    /// `gradient_flow` is for SU(N) in 4D, where the topological charge is measured after the
+    /// flow; U(1) in 2D has the geometric charge without it, and other cases have none.
+    fn check_flow(lattice: &Lattice, group: Group, card: Option<&FlowCard>) -> Result<Option<FlowMeasurement>, PluginError> {
+        let Some(card) = card else { return Ok(None) };
+        if group == Group::U1 || lattice.dim() != 4 {
+            return Err(config_err(
+                "gradient_flow",
+                format!(
+                    "the topological charge after gradient flow is measured for su2 and su3 in 4D; this theory is {} in {}D \
+                     (U(1) in 2D measures the geometric charge without a flow)",
+                    group.name(),
+                    lattice.dim()
+                ),
+            ));
+        }
+        card.check().map(Some)
+    }
+
+    /// The gradient flow of the topological charge (SU(N) in 4D), if the card set one.
+    pub fn flow(&self) -> Option<&FlowMeasurement> {
+        self.flow.as_ref()
+    }
+
+    /// Whether the theory measures a topological charge: U(1) in 2D (geometric), SU(N) in 4D
+    /// with `gradient_flow` (clover, after the flow).
+    pub fn has_topology(&self) -> bool {
+        (self.group == Group::U1 && self.lattice.dim() == 2) || self.flow.is_some()
     }
 
     /// The limits of `determinant = "exact"`: no clover term, no Hasenbusch masses, and a dense
@@ -716,6 +757,9 @@ impl Physics for Qcd {
             "condensate": { "sources": self.condensate.sources, "exact": self.condensate.exact, "seed": self.condensate.seed },
             "pion_correlator": self.pion,
             "determinant": self.determinant.name(),
+            "gradient_flow": self.flow.as_ref().map(|f| serde_json::json!({
+                "time": f.time, "eps": f.options.eps, "scheme": f.options.scheme.name(), "integrator": "Luscher RK3",
+            })),
             "convention": "weight exp(-S_g) det(D^dag D); S_g = -(beta/N) sum Re Tr U_P; D = 1 + i 2 kappa mu g5 + clover - kappa H \
                            (hopping normalisation, m0 = 1/(2 kappa) - d); last axis time, antiperiodic for fermions; \
                            links [site][mu]",
@@ -884,8 +928,8 @@ impl Physics for Qcd {
 latflow_core::export_theory!(Qcd,
 description: "lattice gauge theory (U(1), SU(2), SU(3); 2D and 4D) with Nf = 2 Wilson pseudofermions: twisted mass, clover (4D), even-odd preconditioning, Hasenbusch masses, nested time scales",
 provides: [
-    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048)",
-    "observables: plaquette chiral_condensate pion_correlator (T values) cg_iterations",
+    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048), gradient_flow = { time, eps, scheme } (su2/su3 in 4D: topological charge after the flow)",
+    "observables: plaquette chiral_condensate pion_correlator (T values) cg_iterations topological_charge topological_susceptibility (u1 2D; su2/su3 4D with gradient_flow)",
     "parameters: beta kappa mu csw",
     "hmc levels: one per fermion term (lightest outermost), gauge innermost; with determinant = exact: [exact_det] [gauge]",
     "step kinds: pf_hmc (HMC recording CG iterations per trajectory)",

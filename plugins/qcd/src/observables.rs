@@ -1,6 +1,7 @@
 //! The observables of the theory, in the order [`specs`] lists them: `plaquette`,
-//! `chiral_condensate`, `cg_iterations` (see the crate docs for definitions and
-//! normalisations).
+//! `chiral_condensate`, `pion_correlator` (optional), `cg_iterations`, and where the theory has
+//! a topological charge `topological_charge` and `topological_susceptibility` (see the crate
+//! docs for definitions and normalisations).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -10,7 +11,8 @@ use latflow_core::gauge::fermion::{
     dot, CgParams, Colour, DiracGauge, FermionError, SolverWork, Spinor, SpinorOf, WilsonDirac,
     WilsonGroup,
 };
-use latflow_core::gauge::{mean_plaquette, Complex};
+use latflow_core::gauge::gradflow::{self, FlowGroup};
+use latflow_core::gauge::{mean_plaquette, u1_geometric_charge, Complex, Su2, Su3, U1Angle};
 use latflow_core::{ErrorKind, Stream};
 
 use crate::terms::{links, Plain};
@@ -45,7 +47,62 @@ pub fn specs(t: &Qcd) -> Vec<ObservableSpec> {
         )
     }))
     .chain([spec("cg_iterations", "CG iterations of one evaluation of the pseudofermion action (all terms) at the reference fields")])
+    .chain(topology_specs(t))
     .collect()
+}
+
+/// `topological_charge` and `topological_susceptibility` where the theory has a charge
+/// ([`Qcd::has_topology`]).
+fn topology_specs(t: &Qcd) -> Vec<ObservableSpec> {
+    let how = match t.flow() {
+        None if t.has_topology() => "geometric: (1/2pi) sum_x arg U_01(x), arg in (-pi, pi]; an integer".to_string(),
+        None => return Vec::new(),
+        Some(f) => format!(
+            "clover Q = (1/32pi^2) sum_x eps_{{mu nu rho sigma}} Tr F_{{mu nu}} F_{{rho sigma}} after gradient flow to t/a^2 = {} \
+             ({} flow, RK3, eps {})",
+            f.time,
+            f.options.scheme.name(),
+            f.options.eps
+        ),
+    };
+    vec![
+        ObservableSpec::scalar("topological_charge", &format!("Q, {how}")),
+        ObservableSpec::scalar("topological_susceptibility", "Q^2/V per configuration (its mean is chi_top)"),
+    ]
+}
+
+/// The topological charge of a group's links, where [`Qcd::has_topology`] says there is one:
+/// geometric for U(1) in 2D, clover after the card's gradient flow for SU(N) in 4D.
+pub trait Topology: Sized {
+    /// Q of `links`, or `None` where the theory measures none.
+    fn charge(t: &Qcd, links: &[Self]) -> Result<Option<f64>, PluginError>;
+}
+
+impl Topology for U1Angle {
+    fn charge(t: &Qcd, links: &[Self]) -> Result<Option<f64>, PluginError> {
+        Ok(u1_geometric_charge(t.lattice(), links))
+    }
+}
+
+/// Flows a copy of the links to the card's flow time and returns the clover charge there.
+fn flowed_charge<G: FlowGroup>(t: &Qcd, links: &[G]) -> Result<Option<f64>, PluginError> {
+    let Some(f) = t.flow() else { return Ok(None) };
+    let mut flowed = links.to_vec();
+    let points = gradflow::flow_measurements(t.lattice(), &mut flowed, &[f.time], &f.options)
+        .map_err(|e| PluginError::new(ErrorKind::Numerical, format!("topological_charge: gradient flow to t = {}: {e}", f.time)))?;
+    Ok(points.first().and_then(|p| p.q))
+}
+
+impl Topology for Su2 {
+    fn charge(t: &Qcd, links: &[Self]) -> Result<Option<f64>, PluginError> {
+        flowed_charge(t, links)
+    }
+}
+
+impl Topology for Su3 {
+    fn charge(t: &Qcd, links: &[Self]) -> Result<Option<f64>, PluginError> {
+        flowed_charge(t, links)
+    }
 }
 
 /// A stream id from the configuration's bits (FNV-1a over the f64 bit patterns).
@@ -192,7 +249,7 @@ pub fn measure<G, const NS: usize>(
     out: &mut Vec<f64>,
 ) -> Result<(), PluginError>
 where
-    G: WilsonGroup + bytemuck::Pod,
+    G: WilsonGroup + Topology + bytemuck::Pod,
     G::Algebra: bytemuck::Pod,
 {
     let l = links::<G>(config);
@@ -211,5 +268,8 @@ where
         .action(&config.to_vec())
         .map_err(|e| PluginError::new(ErrorKind::ActionTerm, e.to_string()))?;
     out.push(count.get() as f64);
+    if let Some(q) = G::charge(t, l)? {
+        out.extend([q, q * q / t.lattice().volume() as f64]);
+    }
     Ok(())
 }

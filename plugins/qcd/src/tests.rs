@@ -394,3 +394,95 @@ fn action_grad_is_refused_for_matrix_links() {
         .unwrap_err();
     assert!(e.message.contains("u1"), "{e}");
 }
+
+/// The index of observable `name` in a measurement row (all observables here are scalars
+/// except the pion correlator, which these cards switch off).
+fn position(t: &Qcd, name: &str) -> Option<usize> {
+    t.observables().iter().position(|s| s.name.as_str() == name)
+}
+
+/// U(1) in 2D: the geometric charge is an integer, gauge invariant, equals (1/2π) Σ wrap(θ_P)
+/// summed here by hand, and is 1 on a field of constant flux 2π/V; its susceptibility column
+/// is Q²/V.
+#[test]
+fn the_u1_geometric_charge_is_an_integer_and_counts_the_flux() {
+    let json = r#"{"group": "u1", "lattice": [4, 6], "beta": 1.5, "kappa": 0.1, "pion_correlator": false}"#;
+    let t = theory(json);
+    let (iq, ichi) = (position(&t, "topological_charge").unwrap(), position(&t, "topological_susceptibility").unwrap());
+    let lat = t.lattice().clone();
+    let v = lat.volume();
+    let by_hand = |th: &[f64]| -> f64 {
+        let mut q = 0.0;
+        for x in 0..v {
+            let c = lat.coords(x);
+            let up0 = lat.index(&[(c[0] + 1) % 4, c[1]]);
+            let up1 = lat.index(&[c[0], (c[1] + 1) % 6]);
+            q += latflow_core::gauge::wrap_angle(th[2 * x] + th[2 * up0 + 1] - th[2 * up1] - th[2 * x + 1]);
+        }
+        q / std::f64::consts::TAU
+    };
+    for seed in 0..4 {
+        let u = t.initial(Start::Hot, &mut Stream::new(seed, 3));
+        let mut row = Vec::new();
+        t.measure(&u, &mut row).unwrap();
+        let q = row[iq];
+        assert!((q - q.round()).abs() < 1e-10, "Q = {q}");
+        assert!((q - by_hand(&u)).abs() < 1e-12, "{q} vs {}", by_hand(&u));
+        assert_eq!(row[ichi].to_bits(), (q * q / v as f64).to_bits());
+        let mut rng = Stream::new(seed + 10, 0);
+        let g: Vec<U1Angle> = (0..v).map(|_| U1Angle::random(&mut rng)).collect();
+        let mut w = u.clone();
+        latflow_core::gauge::gauge_transform(&lat, latflow_core::gauge::flat::view_mut::<U1Angle>(&mut w).unwrap(), &g);
+        let mut row2 = Vec::new();
+        t.measure(&w, &mut row2).unwrap();
+        assert!((row2[iq] - q).abs() < 1e-10, "gauge transformed: {} vs {q}", row2[iq]);
+    }
+    // constant flux 2π/V per plaquette: θ_1(x0, x1) = 2π x0/V, θ_0 = −2π x1/L1 on the last x0 slice
+    let mut th = vec![0.0; 2 * v];
+    for x in 0..v {
+        let c = lat.coords(x);
+        th[2 * x + 1] = std::f64::consts::TAU * c[0] as f64 / v as f64;
+        if c[0] == 3 {
+            th[2 * x] = -std::f64::consts::TAU * c[1] as f64 / 6.0;
+        }
+    }
+    let mut row = Vec::new();
+    t.measure(&th, &mut row).unwrap();
+    assert!((row[iq] - 1.0).abs() < 1e-12, "Q = {}", row[iq]);
+}
+
+/// SU(3) in 4D with `gradient_flow`: the charge is core's clover Q after the flow, bit for bit;
+/// without the key there is no charge; the key is refused where it does not apply.
+#[test]
+fn the_sun_charge_is_measured_after_the_gradient_flow() {
+    let base = r#""lattice": [4, 4, 4, 4], "beta": 5.7, "kappa": 0.1, "pion_correlator": false"#;
+    let t = theory(&format!(r#"{{"group": "su3", {base}, "gradient_flow": {{"time": 0.3, "eps": 0.05}}}}"#));
+    let iq = position(&t, "topological_charge").unwrap();
+    let u = t.initial(Start::Hot, &mut Stream::new(7, 0));
+    let mut row = Vec::new();
+    t.measure(&u, &mut row).unwrap();
+    let mut links = latflow_core::gauge::flat::view::<latflow_core::gauge::Su3>(&u).unwrap().to_vec();
+    let opts = latflow_core::gauge::FlowOptions { eps: 0.05, ..Default::default() };
+    let p = latflow_core::gauge::gradflow::flow_measurements(t.lattice(), &mut links, &[0.3], &opts).unwrap();
+    assert_eq!(row[iq].to_bits(), p[0].q.unwrap().to_bits());
+    assert!(row[iq].is_finite());
+
+    let plain = theory(&format!(r#"{{"group": "su3", {base}}}"#));
+    assert!(position(&plain, "topological_charge").is_none());
+    refused(
+        r#"{"group": "su3", "lattice": [4, 4], "beta": 2.0, "kappa": 0.1, "gradient_flow": {"time": 0.3}}"#,
+        &["gradient_flow", "4D"],
+    );
+    refused(
+        r#"{"group": "u1", "lattice": [4, 4], "beta": 2.0, "kappa": 0.1, "gradient_flow": {"time": 0.3}}"#,
+        &["gradient_flow", "geometric"],
+    );
+    refused(
+        &format!(r#"{{"group": "su2", {base}, "gradient_flow": {{"time": -1.0}}}}"#),
+        &["gradient_flow.time"],
+    );
+    refused(
+        &format!(r#"{{"group": "su2", {base}, "gradient_flow": {{"time": 0.3, "scheme": "zeuthen"}}}}"#),
+        &["gradient_flow.scheme", "zeuthen"],
+    );
+}

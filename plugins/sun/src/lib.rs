@@ -33,7 +33,8 @@ mod steps;
 
 use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
 use latflow_core::gauge::flat::{view, view_mut};
-use latflow_core::gauge::gradflow::{self, FlowOptions, FlowScheme};
+use latflow_core::gauge::gradflow::FlowCard;
+pub use latflow_core::gauge::gradflow::FlowMeasurement;
 use latflow_core::gauge::{gauge_transform, GaugeGroup, Su2, Su3};
 use latflow_core::hmc::{ActionTerm, LeveledAction, TermError};
 use latflow_core::layout::{ElementKind, FieldLayout, Support};
@@ -81,51 +82,6 @@ struct Config {
     wilson_loops: Vec<[i64; 2]>,
     #[serde(default)]
     gradient_flow: Option<FlowCard>,
-}
-
-/// `gradient_flow = { time = 1.0, eps = 0.01, scheme = "wilson" }`: measure the energy density
-/// (and in 4D the topological charge) after flowing each measured configuration to `time`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FlowCard {
-    time: f64,
-    #[serde(default = "default_flow_eps")]
-    eps: f64,
-    #[serde(default = "default_flow_scheme")]
-    scheme: String,
-}
-
-fn default_flow_eps() -> f64 {
-    0.01
-}
-
-fn default_flow_scheme() -> String {
-    "wilson".into()
-}
-
-/// The validated gradient-flow measurement: flow time t/a² and the integrator's options.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FlowMeasurement {
-    pub time: f64,
-    pub options: FlowOptions,
-}
-
-fn check_flow(card: &FlowCard) -> Result<FlowMeasurement, PluginError> {
-    let scheme = FlowScheme::from_name(&card.scheme).ok_or_else(|| {
-        PluginError::config(format!("gradient_flow.scheme: unknown flow '{}' (expected wilson or symanzik)", card.scheme))
-    })?;
-    if !(card.time.is_finite() && card.time > 0.0) {
-        return Err(PluginError::config(format!("gradient_flow.time: must be a finite flow time t/a^2 > 0, got {}", card.time)));
-    }
-    if !(card.eps.is_finite() && card.eps > 0.0 && card.eps <= card.time) {
-        return Err(PluginError::config(format!(
-            "gradient_flow.eps: must be a finite step with 0 < eps <= time, got {}",
-            card.eps
-        )));
-    }
-    let options = FlowOptions { eps: card.eps, scheme, adaptive: None };
-    gradflow::validate(&options, &[card.time]).map_err(|e| PluginError::config(format!("gradient_flow: {e}")))?;
-    Ok(FlowMeasurement { time: card.time, options })
 }
 
 fn default_action() -> String {
@@ -257,7 +213,7 @@ impl Physics for Sun {
         let beta = check_beta(cfg.beta)?;
         let c1 = action_c1(&cfg.action)?;
         let loops = Self::check_loops(&lattice, &cfg.wilson_loops)?;
-        let flow = cfg.gradient_flow.as_ref().map(check_flow).transpose()?;
+        let flow = cfg.gradient_flow.as_ref().map(FlowCard::check).transpose()?;
         Ok(Self { lattice, n: cfg.n as usize, beta, action: cfg.action, c1, loops, flow, split: None })
     }
 
