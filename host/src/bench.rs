@@ -101,7 +101,7 @@ use serde_json::{json, Value};
 use crate::analyze::{analyze, value_error};
 use crate::diagnostics::{self, Warning};
 use crate::card::RunCard;
-use crate::ensemble::read;
+use crate::ensemble::{read, EnsembleFile};
 use crate::plot::{bar_chart, line_panels, Panel, Series};
 use crate::run::RunOptions;
 use crate::train::TrainOptions;
@@ -590,6 +590,21 @@ fn budget_warning(name: &str, wall: f64, budget: f64, thermalization: u64) -> Op
     })
 }
 
+/// The index of the contender's own coupling in its ensemble: 0 for a plain chain, and for
+/// a replica ladder the rung whose value equals the one the contender's `[theory]` sets.
+fn target_coupling(card: &BenchCard, c: &Contender, file: &EnsembleFile) -> Result<usize> {
+    let Some(l) = file.ladder() else { return Ok(0) };
+    let theory = card.contender_theory(c);
+    let target = theory.get(&l.parameter).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
+    let Some(target) = target else {
+        bail!("the ladder varies '{}', which the contender's [theory] does not set", l.parameter)
+    };
+    let Some(k) = l.values.iter().position(|&v| v == target) else {
+        bail!("the ladder {:?} of '{}' does not contain the target's value {target}", l.values, l.parameter)
+    };
+    Ok(k)
+}
+
 fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOptions) -> Result<ContenderResult> {
     let card_path = out.join(format!("{}.toml", c.slug));
     let ens_path = out.join(format!("{}.h5", c.slug));
@@ -634,20 +649,7 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
     // 4. Its analysis: for replica exchange, the ensemble at the target coupling, with the
     // swap acceptance of each exchange step beside the chain steps'.
     let mut file = read(&ens_path)?;
-    let k = match file.ladder() {
-        None => 0,
-        Some(l) => {
-            let theory = card.contender_theory(c);
-            let target = theory.get(&l.parameter).and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)));
-            let Some(target) = target else {
-                bail!("the ladder varies '{}', which the contender's [theory] does not set", l.parameter)
-            };
-            let Some(k) = l.values.iter().position(|&v| v == target) else {
-                bail!("the ladder {:?} of '{}' does not contain the target's value {target}", l.values, l.parameter)
-            };
-            k
-        }
-    };
+    let k = target_coupling(card, c, &file)?;
     let all = analyze(&file)?;
     let swap_warnings = all.exchange.as_ref().map(|x| x.warnings.clone()).unwrap_or_default();
     let swap_acceptance: Vec<(String, f64)> = all

@@ -155,15 +155,8 @@ fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
         }
     };
 
-    // One call of the plain action entry point, so that a plugin whose `action` is broken is
-    // caught here rather than later by a sampler that relies on it.
-    if let Err(e) = theory.action(&config) {
-        drop(writer);
-        if job.is_root() {
-            out.discard_unless(opts.resume);
-        }
-        return Err(anyhow::Error::new(e).context(format!("{file}: [theory] (action of the starting configuration)")));
-    }
+    let writer = check_starting_action(&theory, &config, writer, &out, opts)
+        .with_context(|| format!("{file}: [theory] (action of the starting configuration)"))?;
     let n = steps.len();
     let labels = steps.iter().map(|s| s.label.clone()).collect();
     let mut sampler = PlainSampler {
@@ -179,6 +172,29 @@ fn run_chain(card: RunCard, opts: &RunOptions) -> Result<PathBuf> {
     };
     sweep_loop(&card, &out, &hash, &mut sampler, writer, sweeps_done, opts)?;
     Ok(out.output)
+}
+
+/// One call of the plain action entry point on the starting configuration, so that a plugin
+/// whose `action` is broken is caught here rather than later by a sampler that relies on it.
+/// On failure the writer is dropped and a new output file is removed (the root's, unless
+/// resuming); on success the writer is handed back.
+fn check_starting_action(
+    theory: &TheoryHandle,
+    config: &[f64],
+    writer: Option<EnsembleWriter>,
+    out: &OutputFiles,
+    opts: &RunOptions,
+) -> Result<Option<EnsembleWriter>> {
+    match theory.action(config) {
+        Ok(_) => Ok(writer),
+        Err(e) => {
+            drop(writer);
+            if opts.job.is_root() {
+                out.discard_unless(opts.resume);
+            }
+            Err(anyhow::Error::new(e))
+        }
+    }
 }
 
 /// On a job of several ranks: checks that every rank runs the same card, refuses a `[model]`

@@ -180,6 +180,21 @@ pub fn batch_acceptance(log_w: &[f64], rng: &mut Stream) -> f64 {
     acc as f64 / (log_w.len() - 1) as f64
 }
 
+/// The training's progress bar on stderr, at `start` of `steps`; hidden when `quiet` or when
+/// stdout is not a terminal.
+fn progress_bar(steps: u64, start: u64, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+    if quiet || !std::io::stdout().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+    bar
+}
+
 /// Trains the model of `card_path` and returns the weights path.
 pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let card = RunCard::load(card_path)?;
@@ -209,15 +224,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
 
     let (mut rng, mut metrics_rng, mut history, start) = begin(&card, &mut model, &paths, &train_hash, seed, opts)?;
 
-    let bar = ProgressBar::with_draw_target(Some(tc.steps), ProgressDrawTarget::stderr());
-    if opts.quiet || !std::io::stdout().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(start);
+    let bar = progress_bar(tc.steps, start, opts.quiet);
 
     let mut last_good = start;
     for step in start..tc.steps {

@@ -106,6 +106,27 @@ fn config_sweeps(path: &Path, ladder: bool, k: usize) -> Result<Vec<u64>> {
 /// Exports configurations of the ensemble `path` as ILDG files (see the module
 /// documentation). Refuses an ensemble that is not SU(3) in 4D, indices out of range, links
 /// farther than [`SU_TOLERANCE`] from SU(3), and existing files unless `force`.
+/// The metadata of one exported configuration: its logical file name `lfn`, the creator, the
+/// source ensemble `path` and its provenance, and the configuration's index and sweep.
+fn write_meta(lfn: String, path: &Path, p: &Provenance, index: usize, sweep: u64) -> WriteMeta {
+    let field = |a: &str, b: String| (a.to_string(), b);
+    WriteMeta {
+        lfn,
+        file_fields: vec![
+            field("creator", format!("latflow {}", env!("CARGO_PKG_VERSION"))),
+            field("created", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            field("ensemble", path.display().to_string()),
+            field("ensembleCreated", p.created.clone()),
+            field("plugin", format!("{} {}", p.plugin_name, p.plugin_version)),
+            field("theoryParams", p.theory_params.clone()),
+            field("seed", p.seed.to_string()),
+            field("cardHash", p.card_hash.clone()),
+            field("axes", "latflow axes (a0, a1, a2, a3) = ILDG (x, y, z, t)".into()),
+        ],
+        record_fields: vec![field("configIndex", index.to_string()), field("sweep", sweep.to_string())],
+    }
+}
+
 pub fn export(path: &Path, opts: &ExportOptions) -> Result<Vec<Exported>> {
     let f = ensemble::exit_if_stuck(path, opts.read_limit, || ensemble::read(path))?;
     let shown = path.display();
@@ -149,7 +170,6 @@ pub fn export(path: &Path, opts: &ExportOptions) -> Result<Vec<Exported>> {
         .lfn_prefix
         .clone()
         .unwrap_or_else(|| format!("lfn://latflow/{stem}"));
-    let p = &ens.provenance;
     let mut done = Vec::with_capacity(indices.len());
     for &i in &indices {
         let name = if f.ladder.is_some() {
@@ -169,31 +189,7 @@ pub fn export(path: &Path, opts: &ExportOptions) -> Result<Vec<Exported>> {
         let what = format!("configuration {i}");
         config.check_su3(path, &what, SU_TOLERANCE)?;
         let sweep = sweeps.get(i).copied().unwrap_or(0);
-        let field = |a: &str, b: String| (a.to_string(), b);
-        let meta = WriteMeta {
-            lfn: format!("{prefix}/{name}"),
-            file_fields: vec![
-                field("creator", format!("latflow {}", env!("CARGO_PKG_VERSION"))),
-                field(
-                    "created",
-                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                ),
-                field("ensemble", path.display().to_string()),
-                field("ensembleCreated", p.created.clone()),
-                field("plugin", format!("{} {}", p.plugin_name, p.plugin_version)),
-                field("theoryParams", p.theory_params.clone()),
-                field("seed", p.seed.to_string()),
-                field("cardHash", p.card_hash.clone()),
-                field(
-                    "axes",
-                    "latflow axes (a0, a1, a2, a3) = ILDG (x, y, z, t)".into(),
-                ),
-            ],
-            record_fields: vec![
-                field("configIndex", i.to_string()),
-                field("sweep", sweep.to_string()),
-            ],
-        };
+        let meta = write_meta(format!("{prefix}/{name}"), path, &ens.provenance, i, sweep);
         let enc = file::encode(&config, opts.precision, &meta)
             .map_err(|e| anyhow::anyhow!("{shown}: configuration {i}: {e}"))?;
         std::fs::write(&out, &enc.bytes)
