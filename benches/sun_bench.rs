@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p latflow-benches --example sun_bench -- \
 //!     [--python python3] [--no-peer] [--lqcd-rs PATH] [--trajectories 400] [--quick]
+//!     [--kernels-only | --scaling-only]
 //! ```
 //!
 //! Sections (human-readable lines on stderr; the last stdout line is one JSON object):
@@ -101,6 +102,9 @@ struct Args {
     /// Only the limits, products and kernels at 4⁴ (a quick look at the kernels).
     #[arg(long)]
     kernels_only: bool,
+    /// Only section 4: HMC at 8⁴ and 16⁴ and the theory's own steps, on 1 and 2 threads.
+    #[arg(long)]
+    scaling_only: bool,
     /// Seed of the HMC runs.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
@@ -108,6 +112,17 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    if args.scaling_only {
+        let out = json!({
+            "benchmark": "sun_bench",
+            "load_start": common::load_average(),
+            "scaling": scaling(&args),
+            "theory_steps": theory_steps(&args),
+            "load_end": common::load_average(),
+        });
+        println!("{out}");
+        return;
+    }
     let limits = limits(args.quick);
     let products = product_report(&limits);
     let sizes: &[usize] = if args.kernels_only { &[4] } else { &[4, 8, 16] };
