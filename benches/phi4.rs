@@ -15,8 +15,8 @@
 //! * `threads/{trajectory_omelyan2,action+gradient}/L{128,256}/tN`: the same at L = 128 and
 //!   256 inside a rayon pool of N = 1 or 2 threads; the speed-up is the ratio of t1 to t2.
 //!   The kernel only goes parallel at ≥ 8192 sites and the HMC field updates at ≥ 16384
-//!   reals, so these are the sizes where threads can matter. The momentum draw, the kinetic
-//!   energy's compensated sum and the measurements stay serial (their order fixes the bits).
+//!   reals, so these are the sizes where threads can matter. The momentum draw and the
+//!   kinetic energy run in fixed chunks too (bit-identical for any thread count).
 //!
 //! Every measurement runs inside an explicit rayon pool (`iter_custom` + `ThreadPool::install`
 //! around the whole timed loop, so the pool hand-off is not in the per-iteration time):

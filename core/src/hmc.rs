@@ -623,9 +623,14 @@ impl FieldSpace for RealScalar {
     type Field = Vec<f64>;
     type Momentum = Vec<f64>;
 
+    /// N(0, 1) momenta drawn as a [`fill_random`](crate::gauge::parallel::fill_random): chunks
+    /// of 256 reals, each from its own counter range of the stream, in parallel for long
+    /// vectors and with the same bits for any thread count (as the gauge link spaces draw).
     fn sample_momentum(&self, _u: &Vec<f64>, rng: &mut Stream) -> Vec<f64> {
         let mut p = vec![0.0; self.len];
-        rng.fill_normal(&mut p);
+        if let Err(e) = crate::gauge::parallel::fill_random(&mut p, rng, |s, x| *x = s.normal()) {
+            panic!("momentum refresh: {e}");
+        }
         p
     }
 
@@ -633,8 +638,11 @@ impl FieldSpace for RealScalar {
         vec![0.0; self.len]
     }
 
+    /// ½ Σ p², compensated sums over fixed chunks of 1024 reals merged in order
+    /// ([`sum_sites`](crate::gauge::parallel::sum_sites)): parallel for long vectors, the same
+    /// bits for any thread count.
     fn kinetic(&self, p: &Vec<f64>) -> f64 {
-        0.5 * crate::sum::compensated_sum(p.iter().map(|x| x * x))
+        0.5 * crate::gauge::parallel::sum_sites(p.len(), |i, s| s.add(p[i] * p[i]))
     }
 
     fn step_field(&self, u: &mut Vec<f64>, p: &mut Vec<f64>, eps: f64) {
