@@ -67,7 +67,7 @@ pub fn sweep_loop<S: Sampler>(
     let total = card.run.total_sweeps();
     let therm = card.run.thermalization;
     let job = &opts.job;
-    let bar = progress_bar(total, sweeps_done, opts.quiet || !job.is_root());
+    let bar = progress_bar(total, sweeps_done, opts.quiet || !job.is_root(), "sweeps");
     let mut last_checkpoint = Instant::now();
     let mut checkpointed = opts.resume;
     while sweeps_done < total {

@@ -252,16 +252,15 @@ pub fn checkpoint_due(card: &RunCard, last: &mut std::time::Instant, sweeps_done
     due
 }
 
-/// The run's progress bar (hidden with `--quiet` or when stdout is not a terminal).
-pub fn progress_bar(total: u64, done: u64, quiet: bool) -> ProgressBar {
+/// A progress bar on stderr at `done` of `total` `unit`s ("sweeps" for a run, "steps" for a
+/// training); hidden with `--quiet` or when stdout is not a terminal.
+pub fn progress_bar(total: u64, done: u64, quiet: bool, unit: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if quiet || !std::io::stdout().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} sweeps (eta {eta}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let template = format!("{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} (eta {{eta}}) {{msg}}");
+    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.set_position(done);
     bar
 }

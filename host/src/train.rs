@@ -12,11 +12,9 @@
 //! `checkpoint_every` steps. A NaN or infinite loss or gradient stops training with the step
 //! number; the last good checkpoint is kept and `--resume` continues from it.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use latflow_core::hmc::metropolis_accept;
 use latflow_stats::ess_per_sample;
 use latflow_core::{RngState, Stream};
@@ -180,21 +178,6 @@ pub fn batch_acceptance(log_w: &[f64], rng: &mut Stream) -> f64 {
     acc as f64 / (log_w.len() - 1) as f64
 }
 
-/// The training's progress bar on stderr, at `start` of `steps`; hidden when `quiet` or when
-/// stdout is not a terminal.
-fn progress_bar(steps: u64, start: u64, quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
-    if quiet || !std::io::stdout().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps (eta {eta}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(start);
-    bar
-}
-
 /// Trains the model of `card_path` and returns the weights path.
 pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let card = RunCard::load(card_path)?;
@@ -224,7 +207,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
 
     let (mut rng, mut metrics_rng, mut history, start) = begin(&card, &mut model, &paths, &train_hash, seed, opts)?;
 
-    let bar = progress_bar(tc.steps, start, opts.quiet);
+    let bar = crate::setup::progress_bar(tc.steps, start, opts.quiet, "steps");
 
     let mut last_good = start;
     for step in start..tc.steps {
