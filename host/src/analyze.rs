@@ -40,6 +40,13 @@ pub struct StepAnalysis {
     pub exp_minus_delta_h: Option<(f64, f64)>,
     /// ⟨ΔH⟩ (HMC steps).
     pub mean_delta_h: Option<f64>,
+    /// ⟨exp(−W)⟩ with its error, W the work of an `anneal` step's protocols (from the chain's
+    /// equilibrium, so 1 within errors by Jarzynski's equality); `None` for other steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp_minus_work: Option<(f64, f64)>,
+    /// ⟨W⟩ (`anneal` steps): the protocol's mean dissipated work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_work: Option<f64>,
 }
 
 /// Importance-sampling summary of a `reweight` ensemble.
@@ -155,13 +162,25 @@ pub fn analyze_coupling(ens: &Ensemble) -> anyhow::Result<Analysis> {
             let n = s.accepted.len();
             let accepted = s.accepted.iter().filter(|&&a| a != 0).count() as u64;
             let acceptance = if n == 0 { f64::NAN } else { accepted as f64 / n as f64 };
-            let dh = s.columns.iter().find(|(c, _)| c == "delta_h").map(|(_, v)| v);
-            let exp_minus_delta_h = dh.and_then(|v| {
+            let column = |name: &str| s.columns.iter().find(|(c, _)| c == name).map(|(_, v)| v);
+            let exp_minus = |v: &Vec<f64>| {
                 let e: Vec<f64> = v.iter().map(|x| (-x).exp()).collect();
                 gamma_method(&e, S_TAU_DEFAULT).ok().map(|g| (g.mean, g.error))
-            });
-            let mean_delta_h = dh.filter(|v| !v.is_empty()).map(|v| v.iter().sum::<f64>() / v.len() as f64);
-            StepAnalysis { label: s.label.clone(), kind: s.kind.clone(), n, accepted, acceptance, exp_minus_delta_h, mean_delta_h }
+            };
+            let mean = |v: &Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+            let dh = column("delta_h");
+            let work = if s.kind == "anneal" { column("work") } else { None };
+            StepAnalysis {
+                label: s.label.clone(),
+                kind: s.kind.clone(),
+                n,
+                accepted,
+                acceptance,
+                exp_minus_delta_h: dh.and_then(exp_minus),
+                mean_delta_h: dh.and_then(mean),
+                exp_minus_work: work.and_then(exp_minus),
+                mean_work: work.and_then(mean),
+            }
         })
         .collect();
     let mut analysis = Analysis { observables, steps, reweighting, warnings: Vec::new() };
@@ -191,6 +210,9 @@ fn coupling_warnings(a: &Analysis) -> Vec<Warning> {
         w.extend(diagnostics::low_acceptance(&st.label, st.accepted, st.n as u64));
         if let Some((m, e)) = st.exp_minus_delta_h {
             w.extend(diagnostics::not_one("exp_delta_h", &st.label, "<exp(-dH)>", m, e));
+        }
+        if let Some((m, e)) = st.exp_minus_work {
+            w.extend(diagnostics::not_one("exp_work", &st.label, "<exp(-W)>", m, e));
         }
     }
     w
@@ -315,6 +337,9 @@ impl Analysis {
             s.push_str(&format!("step {:<10} acceptance {:.4} over {}", st.label, st.acceptance, st.n));
             if let Some((m, e)) = st.exp_minus_delta_h {
                 s.push_str(&format!(", <exp(-dH)> = {}", value_error(m, e)));
+            }
+            if let (Some((m, e)), Some(w)) = (st.exp_minus_work, st.mean_work) {
+                s.push_str(&format!(", <W> = {w:.3}, <exp(-W)> = {}", value_error(m, e)));
             }
             s.push('\n');
         }

@@ -147,6 +147,7 @@ pub enum StepCard {
     Hmc(HmcCard),
     Flow(ProposalCard),
     Reweight(ProposalCard),
+    Anneal(AnnealCard),
     ReplicaExchange(ExchangeCard),
     /// A step kind the theory plugin provides (e.g. `heatbath`, `overrelax`).
     Theory(TheoryStepCard),
@@ -170,6 +171,7 @@ impl StepCard {
             StepCard::Hmc(_) => "hmc",
             StepCard::Flow(_) => "flow",
             StepCard::Reweight(_) => "reweight",
+            StepCard::Anneal(_) => "anneal",
             StepCard::ReplicaExchange(_) => "replica_exchange",
             StepCard::Theory(t) => &t.kind,
         }
@@ -180,6 +182,7 @@ impl StepCard {
         match self {
             StepCard::Hmc(h) => h.repeat,
             StepCard::Flow(p) | StepCard::Reweight(p) => p.repeat,
+            StepCard::Anneal(a) => a.repeat,
             StepCard::ReplicaExchange(x) => x.repeat,
             StepCard::Theory(t) => t.repeat,
         }
@@ -198,6 +201,56 @@ pub struct ExchangeCard {
     /// Applications per sweep; successive applications alternate even and odd pairs.
     #[serde(default = "one_u32")]
     pub repeat: u32,
+}
+
+/// `kind = "anneal"`: non-equilibrium candidate Monte Carlo (Nilmeier et al., PNAS 108 (2011)
+/// E1009). From the current configuration, one theory parameter is moved from its value to
+/// `to` in `stages` equal switches and back in as many, with HMC trajectories at every
+/// intermediate value; the end point is accepted with probability min(1, e^{−W}), W the work
+/// (the sum of the action changes at each switch). The protocol is a palindrome of reversible
+/// kernels, so the step satisfies detailed balance with e^{−S} at the parameter's value: exact for
+/// any schedule, and composable with every other step.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnealCard {
+    /// The annealed theory parameter (a `Theory::parameter` name, e.g. `beta`, or u1's `defect`).
+    pub parameter: String,
+    /// The parameter's value at the protocol's turning point.
+    pub to: f64,
+    /// Switches on each leg (≥ 1): 2·stages switches in all.
+    pub stages: u32,
+    /// The kernel after every switch but the last: `hmc.repeat` trajectories at the current
+    /// value of the parameter (the Metropolis test is required: it makes the kernel reversible).
+    pub hmc: HmcCard,
+    /// Extra trajectories at the turning point, where the parameter equals `to`.
+    #[serde(default)]
+    pub hold: u32,
+    /// Applications per sweep.
+    #[serde(default = "one_u32")]
+    pub repeat: u32,
+}
+
+impl AnnealCard {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        if !self.to.is_finite() {
+            return err("to", format!("must be a finite number, got {}", self.to));
+        }
+        if self.stages == 0 {
+            return err("stages", "must be at least 1, got 0".into());
+        }
+        if self.repeat == 0 {
+            return err("repeat", "must be at least 1, got 0".into());
+        }
+        self.hmc.validate().map_err(|(f, m)| (format!("hmc.{f}"), m))?;
+        if !self.hmc.accept_reject {
+            return err(
+                "hmc.accept_reject",
+                "must be true: the annealing kernels must satisfy detailed balance, which needs the Metropolis test".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `kind = "flow"` (independence Metropolis with model proposals) and `kind = "reweight"`
@@ -781,6 +834,7 @@ impl RunCard {
                 StepCard::Hmc(h) => serde_json::json!({"kind": "hmc", "params": h}),
                 StepCard::Flow(p) | StepCard::Reweight(p) => serde_json::json!({"kind": s.kind(), "params": p}),
                 StepCard::ReplicaExchange(x) => serde_json::json!({"kind": s.kind(), "params": x}),
+                StepCard::Anneal(a) => serde_json::json!({"kind": s.kind(), "params": a}),
                 StepCard::Theory(t) => serde_json::json!({"kind": s.kind(), "params": t}),
             }).collect::<Vec<_>>(),
             "run": self.run,
@@ -1026,6 +1080,11 @@ fn parse_step(i: usize, step: toml::Value, n_steps: usize, has_model: bool, has_
                 );
             }
             if kind == "flow" { StepCard::Flow(p) } else { StepCard::Reweight(p) }
+        }
+        "anneal" => {
+            let a: AnnealCard = section(t, &here)?;
+            a.validate().map_err(|(f, m)| (format!("{here}.{f}"), m))?;
+            StepCard::Anneal(a)
         }
         "replica_exchange" => {
             let x: ExchangeCard = section(t, &here)?;

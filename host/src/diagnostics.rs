@@ -11,8 +11,8 @@
 //! * a step's acceptance is below [`MIN_ACCEPTANCE`], or fewer than [`MIN_ACCEPTED`]
 //!   proposals were accepted (`low_acceptance`); steps that accept every application
 //!   (heat bath, reweighting) never trigger it;
-//! * ⟨e^{−ΔH}⟩ of an HMC step (`exp_delta_h`) or ⟨e^{log r}⟩ of a swap step
-//!   (`exp_log_ratio`) is more than [`MAX_SIGMA`] standard errors from 1, its exact value in
+//! * ⟨e^{−ΔH}⟩ of an HMC step (`exp_delta_h`), ⟨e^{−W}⟩ of an anneal step's protocols
+//!   (`exp_work`, Jarzynski's equality) or ⟨e^{log r}⟩ of a swap step (`exp_log_ratio`) is more than [`MAX_SIGMA`] standard errors from 1, its exact value in
 //!   equilibrium.
 //!
 //! A z-score against a reference value is *unreliable* when any warning concerns its

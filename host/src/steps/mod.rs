@@ -3,6 +3,8 @@
 //! * [`hmc`]: `kind = "hmc"`, trajectories inside the theory plugin;
 //! * [`flow`]: `kind = "flow"`, independence Metropolis with model proposals;
 //! * [`reweight`]: `kind = "reweight"`, independent model samples with importance weights;
+//! * [`anneal`]: `kind = "anneal"`, non-equilibrium candidate Monte Carlo: a palindromic
+//!   annealing of one theory parameter with HMC at every stage, accepted on its work;
 //! * [`swap`]: `kind = "replica_exchange"`, swaps between neighbouring couplings of a replica
 //!   ladder. It acts on pairs of configurations, so the ladder driver ([`crate::replica`])
 //!   applies it rather than [`build`];
@@ -19,6 +21,7 @@ use latflow_core::Stream;
 use crate::card::StepCard;
 use crate::plugin::{ModelHandle, PluginLoadError, TheoryHandle};
 
+pub mod anneal;
 pub mod flow;
 pub mod hmc;
 mod proposals;
@@ -26,6 +29,7 @@ pub mod reweight;
 pub mod swap;
 pub mod theory;
 
+pub use anneal::AnnealStep;
 pub use flow::FlowStep;
 pub use hmc::HmcStep;
 pub use reweight::ReweightStep;
@@ -117,6 +121,7 @@ pub fn build(
         StepCard::Theory(t) => Box::new(TheoryStep::new(t, theory)?),
         StepCard::Flow(p) => Box::new(FlowStep::new(p, model()?)),
         StepCard::Reweight(p) => Box::new(ReweightStep::new(p, model()?)),
+        StepCard::Anneal(a) => Box::new(AnnealStep::new(a, theory)?),
         StepCard::ReplicaExchange(_) => {
             return Err(String::from("a 'replica_exchange' step needs a replica ladder ([ladder] or [[replicas]])").into())
         }

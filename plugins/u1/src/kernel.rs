@@ -23,13 +23,34 @@ use latflow_core::Lattice;
 
 pub use latflow_core::gauge::wrap_angle;
 
-/// Precomputed geometry: the lattice (its neighbours) and the plane enumeration.
+/// A defect: plaquettes whose coupling is β·`coupling` instead of β, so that
+/// S = −β Σ_P w_P cos θ_P with w_P = `coupling` on the defect and 1 elsewhere. At `coupling` = 1
+/// (the default) the action is the plain Wilson action, bit for bit; at 0 the defect's plaquettes
+/// are free, and in 2D the topological charge can change through them without an action barrier
+/// (the open-boundary defect of Hasenbusch, PRD 96 (2017) 054504, on a torus).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defect {
+    /// Plaquette indices `x·planes + p`, in increasing order.
+    pub plaquettes: Vec<usize>,
+    /// The factor w on the defect (finite, ≥ 0).
+    pub coupling: f64,
+}
+
+impl Defect {
+    /// Whether the action differs from the plain one.
+    fn active(&self) -> bool {
+        self.coupling != 1.0 && !self.plaquettes.is_empty()
+    }
+}
+
+/// Precomputed geometry: the lattice (its neighbours) and the plane enumeration, and the defect.
 #[derive(Debug, Clone)]
 pub struct Kernel {
     lattice: Lattice,
     planes: Vec<(usize, usize)>,
     /// `plane_of[μ·d + ν]`: index of the plane {μ, ν} in `planes` (unused on the diagonal).
     plane_of: Vec<usize>,
+    defect: Defect,
 }
 
 impl Kernel {
@@ -43,7 +64,54 @@ impl Kernel {
             plane_of[mu * d + nu] = p;
             plane_of[nu * d + mu] = p;
         }
-        Self { lattice: lattice.clone(), planes, plane_of }
+        Self { lattice: lattice.clone(), planes, plane_of, defect: Defect { plaquettes: Vec::new(), coupling: 1.0 } }
+    }
+
+    /// Makes every plaquette (x; μ, ν) whose site x lies in the box `0 ≤ x_i < extent[i]` a
+    /// defect plaquette, at coupling 1 (`extent` has one entry per axis, each in 1..=L_i).
+    pub fn set_defect_box(&mut self, extent: &[usize]) {
+        let np = self.planes.len();
+        let mut plaquettes = Vec::new();
+        for x in 0..self.volume() {
+            if self.lattice.coords(x).iter().zip(extent).all(|(&c, &e)| c < e) {
+                plaquettes.extend((0..np).map(|p| x * np + p));
+            }
+        }
+        self.defect = Defect { plaquettes, coupling: 1.0 };
+    }
+
+    /// The defect (empty without `set_defect_box`).
+    pub fn defect(&self) -> &Defect {
+        &self.defect
+    }
+
+    /// Sets the defect's coupling factor w (checked by the caller: finite, ≥ 0).
+    pub fn set_defect_coupling(&mut self, w: f64) {
+        self.defect.coupling = w;
+    }
+
+    /// Σ_{P ∈ defect} cos θ_P, in defect order (few terms).
+    fn defect_cos(&self, theta: &[f64]) -> f64 {
+        let np = self.planes.len();
+        compensated_sum(self.defect.plaquettes.iter().map(|&i| self.plaquette(theta, i / np, i % np).cos()))
+    }
+
+    /// Σ_P w_P cos θ_P from the plain Σ_P cos θ_P: unchanged when the defect is inactive.
+    fn weighted(&self, theta: &[f64], sum_cos: f64) -> f64 {
+        if self.defect.active() {
+            sum_cos - (1.0 - self.defect.coupling) * self.defect_cos(theta)
+        } else {
+            sum_cos
+        }
+    }
+
+    /// Scales the defect's entries of the per-plaquette sines `sp` by w.
+    fn weight_sines(&self, sp: &mut [f64]) {
+        if self.defect.active() {
+            for &i in &self.defect.plaquettes {
+                sp[i] *= self.defect.coupling;
+            }
+        }
     }
 
     /// Number of sites V.
@@ -84,9 +152,9 @@ impl Kernel {
         plaquette_sum::<U1Angle, _, _>(&self.lattice, theta)
     }
 
-    /// S = −β Σ_P cos θ_P (dimensionless).
+    /// S = −β Σ_P w_P cos θ_P (dimensionless; w_P = 1 off the defect).
     pub fn action(&self, theta: &[f64], beta: f64) -> f64 {
-        -beta * self.sum_cos(theta)
+        -beta * self.weighted(theta, self.sum_cos(theta))
     }
 
     /// Writes every plaquette angle θ_P (unwrapped) to `out`, `[site][plane]`.
@@ -99,8 +167,8 @@ impl Kernel {
         });
     }
 
-    /// ∂S/∂θ_μ(x) from the plaquette sines `sp` (`[site][plane]`), written to `out`:
-    /// β Σ_{ν≠μ} ±[sin θ_P(x; μ, ν) − sin θ_P(x−ν̂; μ, ν)], with + for μ < ν (θ_μ(x) enters
+    /// ∂S/∂θ_μ(x) from the weighted plaquette sines `sp` (`[site][plane]`, w_P sin θ_P), written
+    /// to `out`: β Σ_{ν≠μ} ±[sin θ_P(x; μ, ν) − sin θ_P(x−ν̂; μ, ν)], with + for μ < ν (θ_μ(x) enters
     /// P(x) with + and P(x−ν̂) with −) and − for μ > ν.
     fn gather(&self, sp: &[f64], beta: f64, out: &mut [f64]) {
         let (d, np) = (self.d(), self.planes.len());
@@ -130,6 +198,7 @@ impl Kernel {
                 *o = self.plaquette(theta, x, p).sin();
             }
         });
+        self.weight_sines(&mut sp);
         self.gather(&sp, beta, out);
     }
 
@@ -145,8 +214,9 @@ impl Kernel {
                 s.add(cs);
             }
         });
+        self.weight_sines(&mut sp);
         self.gather(&sp, beta, out);
-        -beta * sum_cos
+        -beta * self.weighted(theta, sum_cos)
     }
 
     /// Q = (1/2π) Σ_P wrap(θ_P), before rounding (2D only, else `None`). On a torus it is an
@@ -206,7 +276,7 @@ impl Kernel {
         self.plaquette_angles(theta, &mut ang);
         let sum_cos = compensated_sum(ang.iter().map(|a| a.cos()));
         out.push(sum_cos / ang.len() as f64);
-        out.push(-beta * sum_cos / self.volume() as f64);
+        out.push(-beta * self.weighted(theta, sum_cos) / self.volume() as f64);
         if self.d() == 2 {
             let q = (compensated_sum(ang.iter().map(|&a| wrap_angle(a))) / TAU).round();
             out.push(q);

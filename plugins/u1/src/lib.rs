@@ -9,7 +9,11 @@
 //!
 //! with Haar measure Π dθ/2π (docs/reference.md §3). Run-card keys (`[theory]`): `lattice`, `beta`
 //! (finite, ≥ 0; β = 0 is the pure Haar measure) and `wilson_loops` (a list of [R, T] sizes,
-//! default `[[1, 1], [2, 2]]`). Parameter for `parameter`/`set_parameter`: `beta`.
+//! default `[[1, 1], [2, 2]]`), and optionally `defect = [e_0, …, e_{d−1}]`: the plaquettes at
+//! the sites of the box 0 ≤ x_i < e_i form a defect whose coupling is β·w (see [`Defect`]).
+//! Parameters for `parameter`/`set_parameter`: `beta`, and with a defect `defect` (w: 1, the
+//! plain theory, unless changed; finite and ≥ 0). An `anneal` step that opens the defect
+//! (`parameter = "defect"`, `to = 0`) lets the topological charge move at any β.
 //!
 //! HMC moves the angles along real momenta (U(1)'s Lie algebra), θ ← θ + εp, with the force
 //! ∂S/∂θ (the same Euclidean gradient that `action_grad` returns), and wraps the angles into
@@ -27,7 +31,7 @@ pub use latflow_core::gauge::check_beta;
 use latflow_core::{Lattice, Stream};
 use serde::Deserialize;
 
-pub use kernel::{wrap_angle, Kernel};
+pub use kernel::{wrap_angle, Defect, Kernel};
 pub use latflow_core::hmc::Angles;
 
 /// The run card's `[theory]` section.
@@ -38,6 +42,8 @@ struct Config {
     beta: f64,
     #[serde(default = "default_loops")]
     wilson_loops: Vec<[i64; 2]>,
+    #[serde(default)]
+    defect: Option<Vec<i64>>,
 }
 
 fn default_loops() -> Vec<[i64; 2]> {
@@ -100,9 +106,47 @@ impl U1 {
         &self.lattice
     }
 
+    /// Whether the card declared a `defect`.
+    fn has_defect(&self) -> bool {
+        !self.kernel.defect().plaquettes.is_empty()
+    }
+
+    /// `defect` asked of a theory without one: say how to declare it.
+    fn no_defect(&self, name: &str, e: PluginError) -> PluginError {
+        if name == "defect" {
+            PluginError::unsupported("u1 has no parameter 'defect' without a [theory] defect = [extents] box")
+        } else {
+            e
+        }
+    }
+
     /// The kernel (action, force, observables).
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
+    }
+
+    /// The validated `defect` box: one extent per axis, each in 1..=L_i.
+    fn defect_box(lattice: &Lattice, extent: &[i64]) -> Result<Vec<usize>, PluginError> {
+        let shape = lattice.shape();
+        if extent.len() != shape.len() {
+            return Err(PluginError::config(format!(
+                "defect: needs one extent per axis ({} for the lattice {shape:?}), got {}",
+                shape.len(),
+                extent.len()
+            )));
+        }
+        extent
+            .iter()
+            .zip(shape)
+            .enumerate()
+            .map(|(i, (&e, &l))| {
+                if e >= 1 && e as usize <= l {
+                    Ok(e as usize)
+                } else {
+                    Err(PluginError::config(format!("defect[{i}]: must lie in 1..={l} (the lattice extent), got {e}")))
+                }
+            })
+            .collect()
     }
 
     /// The validated Wilson-loop sizes of the card.
@@ -137,7 +181,10 @@ impl Physics for U1 {
         let cfg: Config = parse_config(json)?;
         let lattice = latflow_core::gauge::gauge_lattice(&cfg.lattice)?;
         let beta = check_beta(cfg.beta)?;
-        let kernel = Kernel::new(&lattice);
+        let mut kernel = Kernel::new(&lattice);
+        if let Some(extent) = &cfg.defect {
+            kernel.set_defect_box(&Self::defect_box(&lattice, extent)?);
+        }
         let loops = Self::loops(&kernel, &lattice, &cfg.wilson_loops)?;
         Ok(Self { lattice, kernel, beta, loops })
     }
@@ -152,16 +199,31 @@ impl Physics for U1 {
             "lattice": self.lattice.shape(),
             "beta": self.beta,
             "wilson_loops": loops,
-            "convention": "S = -beta sum_P cos(theta_P), theta_P = th_mu(x) + th_nu(x+mu) - th_mu(x+nu) - th_nu(x); links [site][mu]",
+            "defect_plaquettes": self.kernel.defect().plaquettes.len(),
+            "defect": self.kernel.defect().coupling,
+            "convention": "S = -beta sum_P w_P cos(theta_P), w_P = defect on the defect's plaquettes and 1 elsewhere, theta_P = th_mu(x) + th_nu(x+mu) - th_mu(x+nu) - th_nu(x); links [site][mu]",
         })
     }
 
     fn parameter(&self, name: &str) -> Result<f64, PluginError> {
-        latflow_core::gauge::beta_parameter(Self::NAME, self.beta, name)
+        match name {
+            "defect" if self.has_defect() => Ok(self.kernel.defect().coupling),
+            _ => latflow_core::gauge::beta_parameter(Self::NAME, self.beta, name).map_err(|e| self.no_defect(name, e)),
+        }
     }
 
     fn set_parameter(&mut self, name: &str, value: f64) -> Result<(), PluginError> {
-        latflow_core::gauge::set_beta_parameter(Self::NAME, &mut self.beta, name, value)
+        match name {
+            "defect" if self.has_defect() => {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(PluginError::config(format!("defect: the coupling factor must be finite and ≥ 0, got {value}")));
+                }
+                self.kernel.set_defect_coupling(value);
+                Ok(())
+            }
+            _ => latflow_core::gauge::set_beta_parameter(Self::NAME, &mut self.beta, name, value)
+                .map_err(|e| self.no_defect(name, e)),
+        }
     }
 
     fn observables(&self) -> Vec<ObservableSpec> {
@@ -225,9 +287,9 @@ impl Physics for U1 {
 latflow_core::export_theory!(U1,
 description: "compact U(1) Wilson gauge theory, any dimension >= 2: S = -beta sum_P cos(theta_P)",
 provides: [
-    "keys: lattice, beta, wilson_loops (default [[1, 1], [2, 2]])",
+    "keys: lattice, beta, wilson_loops (default [[1, 1], [2, 2]]), defect (a box of sites: its plaquettes' coupling is beta*defect)",
     "observables: plaquette action_density topological_charge topological_susceptibility (2D) wilson_loop_RxT",
-    "parameters: beta",
+    "parameters: beta, defect (with a defect box)",
     "hmc levels: 1",
 ]);
 

@@ -527,3 +527,109 @@ fn contract_exp_minus_delta_h() {
 fn contract_adapter() {
     testkit::check_adapter::<U1>(CARD, &HmcParams::default());
 }
+
+/// The defect's action straight from the definition: −β Σ_P w_P cos θ_P, w_P = `w` on the
+/// plaquettes of sites in the box `extent`.
+fn naive_defect_action(lat: &Lattice, theta: &[f64], beta: f64, extent: &[usize], w: f64) -> f64 {
+    let d = lat.dim();
+    let mut s = 0.0;
+    for x in 0..lat.volume() {
+        let inside = lat.coords(x).iter().zip(extent).all(|(c, e)| c < e);
+        for mu in 0..d {
+            for nu in mu + 1..d {
+                let p = theta[x * d + mu] + theta[lat.fwd(x, mu) * d + nu]
+                    - theta[lat.fwd(x, nu) * d + mu]
+                    - theta[x * d + nu];
+                s -= beta * if inside { w } else { 1.0 } * p.cos();
+            }
+        }
+    }
+    s
+}
+
+/// A defect box: the action is the weighted definition, the gradient matches finite differences,
+/// both are gauge invariant, and at w = 1 they are the plain theory's bits.
+#[test]
+fn defect_action_force_and_gauge_invariance() {
+    for (shape, extent) in [(vec![6, 5], vec![1, 1]), (vec![6, 5], vec![2, 3]), (vec![4, 3, 5], vec![2, 1, 2])] {
+        let lat = lattice(&shape);
+        let plain = Kernel::new(&lat);
+        let mut k = Kernel::new(&lat);
+        k.set_defect_box(&extent);
+        let n = k.n_links();
+        let (beta, theta) = (2.3, hot(n, 7));
+        let (mut g0, mut g1) = (vec![0.0; n], vec![0.0; n]);
+        plain.gradient(&theta, beta, &mut g0);
+        k.gradient(&theta, beta, &mut g1);
+        assert_eq!(g0, g1, "{shape:?}: the gradient at w = 1 is not the plain one");
+        assert_eq!(plain.action(&theta, beta).to_bits(), k.action(&theta, beta).to_bits());
+        for w in [0.0, 0.37, 1.8] {
+            k.set_defect_coupling(w);
+            let s = k.action(&theta, beta);
+            let naive = naive_defect_action(&lat, &theta, beta, &extent, w);
+            assert!((s - naive).abs() < 1e-12 * naive.abs(), "{shape:?} w {w}: {s} vs {naive}");
+            let mut g = vec![0.0; n];
+            let s2 = k.action_and_gradient(&theta, beta, &mut g);
+            assert_eq!(s.to_bits(), s2.to_bits());
+            let mut g2 = vec![0.0; n];
+            k.gradient(&theta, beta, &mut g2);
+            assert_eq!(g, g2);
+            for seed in 0..3 {
+                let dir = hot(n, 200 + seed);
+                let eps = 1e-3;
+                let at = |e: f64| {
+                    let shifted: Vec<f64> = theta.iter().zip(&dir).map(|(t, v)| t + e * v).collect();
+                    k.action(&shifted, beta)
+                };
+                let fd = (8.0 * (at(eps) - at(-eps)) - (at(2.0 * eps) - at(-2.0 * eps))) / (12.0 * eps);
+                let an: f64 = g.iter().zip(&dir).map(|(a, b)| a * b).sum();
+                assert!((fd - an).abs() < RTOL_FD * an.abs().max(1.0), "{shape:?} w {w}: fd {fd} vs {an}");
+            }
+            let alpha: Vec<f64> = hot(lat.volume(), 9).iter().map(|a| 10.0 * a).collect();
+            let gt = gauge_transform(&lat, &theta, &alpha);
+            let sg = k.action(&gt, beta);
+            assert!((s - sg).abs() < ATOL_GAUGE * s.abs(), "{shape:?} w {w}: S {s} vs {sg}");
+            let mut gg = vec![0.0; n];
+            k.gradient(&gt, beta, &mut gg);
+            assert!(g.iter().zip(&gg).all(|(a, b)| (a - b).abs() < 1e-11), "{shape:?} w {w}: gradient not invariant");
+        }
+    }
+}
+
+/// `defect` as a parameter: present only with a defect box, 1 by default, finite and ≥ 0; the
+/// measured action density follows it; bad boxes name the key.
+#[test]
+fn defect_parameter_and_bad_boxes() {
+    let mut t = theory(r#"{"lattice": [4, 4], "beta": 1.5, "defect": [1, 2]}"#);
+    assert_eq!(t.parameter("defect".into()).into_result().unwrap(), 1.0);
+    let theta = hot(32, 4);
+    let s1 = t.action(RSlice::from(&theta[..])).into_result().unwrap()[0];
+    t.set_parameter("defect".into(), 0.25).into_result().unwrap();
+    assert_eq!(t.parameter("defect".into()).into_result().unwrap(), 0.25);
+    let s = t.action(RSlice::from(&theta[..])).into_result().unwrap()[0];
+    let naive = naive_defect_action(t.lattice(), &theta, 1.5, &[1, 2], 0.25);
+    assert!((s - naive).abs() < 1e-12 * naive.abs() && (s - s1).abs() > 1e-6);
+    let o = t.measure(RSlice::from(&theta[..])).into_result().unwrap();
+    assert!((o[1] - s / 16.0).abs() < 1e-12, "action_density {} vs S/V {}", o[1], s / 16.0);
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
+        let e = t.set_parameter("defect".into(), bad).into_result().unwrap_err();
+        assert!(e.message.contains("defect"), "{}", e.message);
+    }
+    assert_eq!(t.parameter("defect".into()).into_result().unwrap(), 0.25, "a refused value changed the defect");
+    let p: serde_json::Value = serde_json::from_str(&t.params_json()).unwrap();
+    assert_eq!((p["defect"].as_f64(), p["defect_plaquettes"].as_u64()), (Some(0.25), Some(2)));
+    // without a defect box the parameter does not exist, and the message says how to declare it
+    let mut plain = theory(r#"{"lattice": [4, 4], "beta": 1.5}"#);
+    let e = plain.parameter("defect".into()).into_result().unwrap_err();
+    assert!(e.message.contains("defect = ["), "{}", e.message);
+    assert!(plain.set_parameter("defect".into(), 0.0).into_result().is_err());
+    for (json, key) in [
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [1]}"#, "one extent per axis"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [0, 1]}"#, "defect[0]"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [1, 5]}"#, "defect[1]"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect": 2}"#, "defect"),
+    ] {
+        let e = U1::from_config(json).err().unwrap_or_else(|| panic!("accepted {json}"));
+        assert!(e.message.contains(key), "{json}: {}", e.message);
+    }
+}
