@@ -309,4 +309,20 @@ fn exact_samplers_refuse_a_pseudofermion_action() {
             );
         }
     }
+    // an anneal step accepts on the work, built from S itself
+    let anneal = "[[chain]]\nkind = \"hmc\"\ntrajectory_length = 1.0\nmd_steps = 4\n\n\
+                  [[chain]]\nkind = \"anneal\"\nparameter = \"beta\"\nto = 0.5\nstages = 2\nhmc = { md_steps = 4 }";
+    for (determinant, ok) in [("exact", true), ("pseudofermion", false)] {
+        let theory = qcd(2, 1.0, 0.25, determinant);
+        let text = format!("[theory]\n{theory}\n\n{anneal}\n\n[run]\noutput = \"{{OUT}}\"\nsave_every = 0\n{short}\n");
+        let (c, _) = write_card(d, &format!("anneal_{determinant}"), &text);
+        if ok {
+            run_ok(&["run", c.to_str().unwrap(), "-q"]);
+        } else {
+            expect_failure(
+                &["run", c.to_str().unwrap(), "-q"],
+                &["'qcd'", "computes its action only stochastically", "an 'anneal' step"],
+            );
+        }
+    }
 }
