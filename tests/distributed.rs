@@ -302,7 +302,7 @@ fn train_card(dir: &Path, name: &str, chunks: u32, batch: u32, steps: u32) -> Pa
 /// Trains `card` on `ranks` thread-ranks (fresh with --force, or --resume).
 fn train_on(card: &Path, ranks: u32, resume: bool) -> Vec<Result<PathBuf, String>> {
     on_thread_ranks(ranks, |_, job| {
-        let opts = latflow_host::train::TrainOptions { quiet: true, plugin_dirs: plugin_dirs(), resume, force: !resume, job };
+        let opts = latflow_host::train::TrainOptions { quiet: true, plugin_dirs: plugin_dirs(), resume, force: !resume, budget: None, job };
         latflow_host::train::train(card, &opts)
     })
 }

@@ -369,6 +369,40 @@ fn training_resume_is_bit_identical() {
     }
 }
 
+/// `train --minutes`: the training stops after the first step past the budget with that step's
+/// weights and a checkpoint, says so, and `--resume` ends with the weights of an uninterrupted
+/// training, bit for bit. A budget that is not a positive number is refused.
+#[test]
+fn training_with_a_wall_time_budget_stops_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let make = |name: &str| {
+        let train = "[train]\nsteps = 600\nbatch = 16\ncheckpoint_every = 1000\nseed = 6";
+        let text = card(d, TUTORIAL, "layers = 4\nhidden = [8]", &format!("{name}.safetensors"), train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 2");
+        write_card(d, name, &text).0
+    };
+    let reference = make("reference");
+    run_ok(&["train", reference.to_str().unwrap(), "-q"]);
+    let budgeted = make("budgeted");
+    let out = common::run(&["train", budgeted.to_str().unwrap(), "-q", "--minutes", "0.004"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped by --minutes") && stderr.contains("--resume"), "{stderr}");
+    let history = std::fs::read_to_string(d.join("budgeted.safetensors.history.csv")).unwrap();
+    let done = history.lines().count() - 1;
+    assert!(done > 0 && done < 600, "{done} steps in a budget of 0.24 s");
+    assert!(stderr.contains(&format!("after step {done} of 600")), "{stderr}");
+    assert!(d.join("budgeted.safetensors").exists() && d.join("budgeted.safetensors.train.ckpt").exists());
+    run_ok(&["train", budgeted.to_str().unwrap(), "-q", "--resume"]);
+    let a = std::fs::read(d.join("reference.safetensors")).unwrap();
+    let b = std::fs::read(d.join("budgeted.safetensors")).unwrap();
+    assert!(a == b, "a training stopped by its budget and resumed gave different weights");
+    for bad in ["0", "-1", "nan", "inf"] {
+        let arg = format!("--minutes={bad}");
+        expect_failure(&["train", budgeted.to_str().unwrap(), "-q", "--resume", &arg], &["--minutes", "positive"]);
+    }
+}
+
 /// Rational-quadratic spline couplings inside flow Metropolis and reweighting: free field,
 /// L = 4, m² = 1, ⟨φ²⟩_B = 0.263492063492/2 (docs/reference.md §1), log Ẑ = log Z_B = −2.8581318146.
 #[test]

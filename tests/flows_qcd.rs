@@ -291,38 +291,21 @@ fn exact_samplers_refuse_a_pseudofermion_action() {
         // refused again, identically, without --force: the failed run blocks nothing
         expect_failure(&["run", c.to_str().unwrap(), "-q"], &needles);
     }
-    let hmc = "[[chain]]\nkind = \"hmc\"\ntrajectory_length = 1.0\nmd_steps = 4\n\n\
-               [[chain]]\nkind = \"replica_exchange\"";
-    for (determinant, ok) in [("exact", true), ("pseudofermion", false)] {
-        let theory = qcd(2, 1.0, 0.25, determinant);
-        let text = format!(
-            "[theory]\n{theory}\n\n[ladder]\nparameter = \"beta\"\nvalues = [1.0, 1.5]\n\n{hmc}\n\n\
-             [run]\noutput = \"{{OUT}}\"\nsave_every = 0\n{short}\n"
-        );
-        let (c, _) = write_card(d, &format!("ladder_{determinant}"), &text);
-        if ok {
-            run_ok(&["run", c.to_str().unwrap(), "-q"]);
-        } else {
-            expect_failure(
-                &["run", c.to_str().unwrap(), "-q"],
-                &["'qcd'", "computes its action only stochastically", "a replica swap"],
-            );
-        }
-    }
-    // an anneal step accepts on the work, built from S itself
-    let anneal = "[[chain]]\nkind = \"hmc\"\ntrajectory_length = 1.0\nmd_steps = 4\n\n\
-                  [[chain]]\nkind = \"anneal\"\nparameter = \"beta\"\nto = 0.5\nstages = 2\nhmc = { md_steps = 4 }";
-    for (determinant, ok) in [("exact", true), ("pseudofermion", false)] {
-        let theory = qcd(2, 1.0, 0.25, determinant);
-        let text = format!("[theory]\n{theory}\n\n{anneal}\n\n[run]\noutput = \"{{OUT}}\"\nsave_every = 0\n{short}\n");
-        let (c, _) = write_card(d, &format!("anneal_{determinant}"), &text);
-        if ok {
-            run_ok(&["run", c.to_str().unwrap(), "-q"]);
-        } else {
-            expect_failure(
-                &["run", c.to_str().unwrap(), "-q"],
-                &["'qcd'", "computes its action only stochastically", "an 'anneal' step"],
-            );
+    // replica swaps and anneal steps build their acceptance from S itself
+    let hmc = "[[chain]]\nkind = \"hmc\"\ntrajectory_length = 1.0\nmd_steps = 4";
+    let ladder = format!("[ladder]\nparameter = \"beta\"\nvalues = [1.0, 1.5]\n\n{hmc}\n\n[[chain]]\nkind = \"replica_exchange\"");
+    let anneal = format!("{hmc}\n\n[[chain]]\nkind = \"anneal\"\nparameter = \"beta\"\nto = 0.5\nstages = 2\nhmc = {{ md_steps = 4 }}");
+    for (name, chain, step) in [("ladder", ladder, "a replica swap"), ("anneal", anneal, "an 'anneal' step")] {
+        for (determinant, ok) in [("exact", true), ("pseudofermion", false)] {
+            let theory = qcd(2, 1.0, 0.25, determinant);
+            let text = format!("[theory]\n{theory}\n\n{chain}\n\n[run]\noutput = \"{{OUT}}\"\nsave_every = 0\n{short}\n");
+            let (c, _) = write_card(d, &format!("{name}_{determinant}"), &text);
+            if ok {
+                run_ok(&["run", c.to_str().unwrap(), "-q"]);
+            } else {
+                let needles = ["'qcd'", "computes its action only stochastically", step];
+                expect_failure(&["run", c.to_str().unwrap(), "-q"], &needles);
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 # The 2D U(1) headline in one command: train a gauge-equivariant flow for L = 16, beta = 6 by
 # transfer (beta ladder 2 -> 3 -> 4 -> 6 at L = 8, then L = 8 -> 16), train the same flow from
 # scratch at beta = 6, L = 8 for comparison, then bench HMC against flow Metropolis and a hybrid
-# chain at L = 16, beta = 6.
+# chain at L = 16, beta = 6; then HMC against the non-equilibrium defect sampler (`anneal`) and
+# replica exchange at L = 16, beta = 6 and 7 (no training; about 30 min more).
 #
 #   examples/u1_headline/run.sh [WORKDIR]      (default: ./u1_headline; about 15 min on 2 cores)
 #
@@ -23,3 +24,5 @@ for rung in b2_L8 b3_L8 b4_L8 b6_L8 b6_L8_ft b6_L16 b6_L8_scratch; do
 done
 "$latflow" bench "$here/bench_L8.toml"
 "$latflow" bench "$here/bench.toml"
+"$latflow" bench "$here/bench_anneal.toml"
+"$latflow" bench "$here/bench_anneal_b7.toml"

@@ -619,7 +619,14 @@ fn run_contender(card: &BenchCard, c: &Contender, out: &Path, opts: &BenchOption
     if let (Some(m), Some(_)) = (&parsed.model, &parsed.train) {
         if let Some(w) = &m.weights {
             if !w.exists() {
-                let topts = TrainOptions { quiet: opts.quiet, plugin_dirs: opts.plugin_dirs.clone(), resume: false, force: false, job: Default::default() };
+                let topts = TrainOptions {
+                    quiet: opts.quiet,
+                    plugin_dirs: opts.plugin_dirs.clone(),
+                    resume: false,
+                    force: false,
+                    budget: None,
+                    job: Default::default(),
+                };
                 let (_, secs) = timed(|| crate::train::train(&card_path, &topts))?;
                 training_seconds = Some(secs);
             }

@@ -56,6 +56,10 @@ pub enum Command {
         /// Overwrite existing weights.
         #[arg(long, conflicts_with = "resume")]
         force: bool,
+        /// A wall-time budget in minutes: training stops after the first step that ends past it,
+        /// writes the weights of that step and a checkpoint, and `--resume` continues.
+        #[arg(long, value_name = "M")]
+        minutes: Option<f64>,
     },
     /// Γ-method analysis of an ensemble: mean, error, τ_int per observable; acceptance per step.
     Analyze {
@@ -191,9 +195,10 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Command::Run { card, resume, force, train, json } => {
             run_command(&RunArgs { card, resume, force, train, json }, cli.quiet, cli.plugin_dirs, job, &session)?
         }
-        Command::Train { card, resume, force } => {
+        Command::Train { card, resume, force, minutes } => {
             let root = job.is_root();
-            let opts = crate::train::TrainOptions { quiet: cli.quiet || !root, plugin_dirs: cli.plugin_dirs, resume, force, job };
+            let budget = crate::train::budget(minutes)?;
+            let opts = crate::train::TrainOptions { quiet: cli.quiet || !root, plugin_dirs: cli.plugin_dirs, resume, force, budget, job };
             let weights = end_job_on_error(&opts.job, &session, crate::train::train(&card, &opts))?;
             if !root {
                 return Ok(());
@@ -376,7 +381,14 @@ fn train_before_run(card_path: &Path, flag: bool, quiet: bool, plugin_dirs: &[Pa
         }
         return Ok(());
     }
-    let opts = crate::train::TrainOptions { quiet, plugin_dirs: plugin_dirs.to_vec(), resume: false, force: false, job: Default::default() };
+    let opts = crate::train::TrainOptions {
+        quiet,
+        plugin_dirs: plugin_dirs.to_vec(),
+        resume: false,
+        force: false,
+        budget: None,
+        job: Default::default(),
+    };
     crate::train::train(card_path, &opts)?;
     Ok(())
 }

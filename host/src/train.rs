@@ -37,6 +37,9 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Overwrite existing weights.
     pub force: bool,
+    /// A wall-time budget, counted from the first training step: training stops after the
+    /// first step that ends past it, with its weights and a checkpoint written (`--minutes`).
+    pub budget: Option<std::time::Duration>,
     /// The job: with `[train] chunks = k`, its ranks share each step's k chunks (the root
     /// writes every file). One rank by default.
     pub job: Job,
@@ -178,7 +181,19 @@ pub fn batch_acceptance(log_w: &[f64], rng: &mut Stream) -> f64 {
     acc as f64 / (log_w.len() - 1) as f64
 }
 
-/// Trains the model of `card_path` and returns the weights path.
+/// `--minutes M` as a budget: M must be a finite, positive number of minutes.
+pub fn budget(minutes: Option<f64>) -> Result<Option<std::time::Duration>> {
+    match minutes {
+        None => Ok(None),
+        Some(m) if m.is_finite() && m > 0.0 && m < 1e9 => Ok(Some(std::time::Duration::from_secs_f64(60.0 * m))),
+        Some(m) => bail!("--minutes must be a positive number of minutes, got {m}"),
+    }
+}
+
+/// Trains the model of `card_path` and returns the weights path. With a budget
+/// ([`TrainOptions::budget`]) it may stop before `[train] steps`: the weights then hold the
+/// steps done, a checkpoint is written, a line on stderr says so, and `--resume` continues to
+/// the bits of an uninterrupted training.
 pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let card = RunCard::load(card_path)?;
     let file = card.path.display().to_string();
@@ -210,23 +225,11 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     let bar = crate::setup::progress_bar(tc.steps, start, opts.quiet, "steps");
 
     let mut last_good = start;
+    let started = std::time::Instant::now();
+    let mut stopped_at = None;
     for step in start..tc.steps {
         let t0 = std::time::Instant::now();
-        // Non-finite numbers (bad data, a numerical error) are a divergence; a plugin that
-        // panics or reports another error has failed, and the message says which.
-        let diverged = |e: anyhow::Error, last_good: u64| {
-            let kept = if last_good > 0 {
-                format!("the last good checkpoint (step {last_good}) is kept at '{}'", paths.checkpoint.display())
-            } else {
-                "no checkpoint was written yet".to_string()
-            };
-            let failed = matches!(
-                e.downcast_ref::<crate::plugin::PluginLoadError>(),
-                Some(crate::plugin::PluginLoadError::Call { error, .. }) if error.kind != latflow_core::ErrorKind::Numerical
-            );
-            let what = if failed { "failed" } else { "diverged" };
-            e.context(format!("{file}: training {what} at step {}; {kept}", step + 1))
-        };
+        let diverged = |e: anyhow::Error, last_good: u64| diverged(e, &file, &paths.checkpoint, step + 1, last_good);
         let (m, log_w) = if chunks == 1 {
             let (configs, log_q) = model.train_sample(batch, &mut rng).map_err(|e| diverged(e.into(), last_good))?;
             let (actions, grad) = theory.action_grad(&configs).map_err(|e| diverged(e.into(), last_good))?;
@@ -254,7 +257,12 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
             let mean = |f: fn(&HistoryRow) -> f64| recent.iter().map(f).sum::<f64>() / recent.len() as f64;
             bar.set_message(format!("loss {:.3} ess {:.3} acc {:.3}", mean(|r| r.loss), mean(|r| r.ess), mean(|r| r.acceptance)));
         }
-        if done % tc.checkpoint_every == 0 || done == tc.steps {
+        // with a budget, the root's clock decides, so that every rank stops after the same step
+        let stop = match opts.budget {
+            Some(b) if done < tc.steps => opts.job.root_decides(started.elapsed() >= b)?,
+            _ => false,
+        };
+        if stop || done % tc.checkpoint_every == 0 || done == tc.steps {
             let ck = TrainCheckpoint {
                 train_hash: train_hash.clone(),
                 steps_done: done,
@@ -267,13 +275,47 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
             }
             last_good = done;
         }
+        if stop {
+            stopped_at = Some(done);
+            break;
+        }
     }
     bar.finish_and_clear();
 
     if opts.job.is_root() {
         write_outputs(&file, &paths, &model, &history)?;
+        if let (Some(done), Some(b)) = (stopped_at, opts.budget) {
+            eprintln!("{}", budget_stop(&file, &paths.checkpoint, b, done, tc.steps));
+        }
     }
     Ok(paths.weights)
+}
+
+/// The error of a training that stopped at `step` (1-based) with `e`: non-finite numbers (bad
+/// data, a numerical error) are a divergence; a plugin that panics or reports another error has
+/// failed, and the message says which, and what is kept (the checkpoint of step `last_good`).
+fn diverged(e: anyhow::Error, file: &str, checkpoint: &Path, step: u64, last_good: u64) -> anyhow::Error {
+    let kept = if last_good > 0 {
+        format!("the last good checkpoint (step {last_good}) is kept at '{}'", checkpoint.display())
+    } else {
+        "no checkpoint was written yet".to_string()
+    };
+    let failed = matches!(
+        e.downcast_ref::<crate::plugin::PluginLoadError>(),
+        Some(crate::plugin::PluginLoadError::Call { error, .. }) if error.kind != latflow_core::ErrorKind::Numerical
+    );
+    let what = if failed { "failed" } else { "diverged" };
+    e.context(format!("{file}: training {what} at step {step}; {kept}"))
+}
+
+/// The line that says a training stopped at its wall-time budget after step `done` of `steps`.
+fn budget_stop(file: &str, checkpoint: &Path, budget: std::time::Duration, done: u64, steps: u64) -> String {
+    format!(
+        "{file}: training stopped by --minutes {} after step {done} of {steps} (the weights hold step {done}); \
+         `latflow train {file} --resume` continues from the checkpoint '{}'",
+        budget.as_secs_f64() / 60.0,
+        checkpoint.display()
+    )
 }
 
 /// Words of the training stream reserved for one chunk of a step (far more than a chunk
