@@ -86,8 +86,9 @@ fn a_healthy_chain_gives_no_warning() {
     assert!(text.lines().any(|l| l.starts_with("chi2 ") && l.contains(value)), "{text}");
 }
 
-/// A reweighting with an untrained flow: ESS/N far below 0.01, so the weighted means carry a
-/// `low_ess` warning and their z-scores are unreliable.
+/// A reweighting with an untrained flow: ESS/N far below 0.01 and a Pareto tail shape k̂ above
+/// 0.7, so the weighted means carry `low_ess` and `heavy_tail` warnings and their z-scores are
+/// unreliable.
 #[test]
 fn reweighting_with_a_tiny_ess_is_flagged() {
     let dir = tempfile::tempdir().unwrap();
@@ -101,6 +102,12 @@ fn reweighting_with_a_tiny_ess_is_flagged() {
     println!("ESS/N {ess}; warnings {codes:?}");
     assert!(ess < 0.01, "an untrained flow at the tutorial point was meant to give ESS/N < 0.01: {ess}");
     assert!(codes.contains(&("low_ess".into(), "reweighting".into())), "{codes:?}");
+    // its weights are heavy tailed too: the Pareto k̂ of their tail, and its warning
+    let k = json["reweighting"]["pareto_k"].as_f64().unwrap();
+    println!("Pareto k̂ {k}");
+    assert!(k > 0.7, "an untrained flow was meant to give heavy-tailed weights: k̂ = {k}");
+    assert!(codes.contains(&("heavy_tail".into(), "reweighting".into())), "{codes:?}");
+    assert!(text.contains("Pareto tail shape"), "{text}");
     assert!(text.contains("warning: reweighting: ESS/N"), "{text}");
     assert!(text.lines().filter(|l| l.contains("unreliable")).count() >= 2, "{text}");
     // `inspect` shows the model's provenance: plugin, weights (none here) and their SHA-256

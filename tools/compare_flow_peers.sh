@@ -197,7 +197,7 @@ record() { # round threads side metric value
 
 # ms per training step: median of the history's seconds column after the first 5 steps
 history_median_ms() {
-    awk -F, 'NR > 6 { print $7 }' "$1" | sort -g | awk '{ a[NR] = $1 } END {
+    awk -F, 'NR > 6 { print $NF }' "$1" | sort -g | awk '{ a[NR] = $1 } END {
         if (NR == 0) { print "nan"; exit }
         m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%.3f\n", 1e3 * m }'
 }

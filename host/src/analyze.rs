@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use latflow_stats::{
-    ess_per_sample, gamma_method, jackknife_weighted, log_z_estimate, GammaResult, S_TAU_DEFAULT,
+    ess_per_sample, gamma_method, jackknife_weighted, log_z_estimate, pareto_k, GammaResult, S_TAU_DEFAULT,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -47,6 +47,10 @@ pub struct StepAnalysis {
     /// ⟨W⟩ (`anneal` steps): the protocol's mean dissipated work.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_work: Option<f64>,
+    /// The Pareto shape k̂ of the proposals' importance weights w = e^{−S}/q (`flow` steps):
+    /// above [`latflow_stats::PARETO_K_MAX`] the chain's error bars are unreliable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pareto_k: Option<f64>,
 }
 
 /// Importance-sampling summary of a `reweight` ensemble.
@@ -60,6 +64,9 @@ pub struct Reweighting {
     pub log_z: f64,
     /// Jackknife error of log Ẑ.
     pub log_z_error: f64,
+    /// The Pareto shape k̂ of the largest weights ([`latflow_stats::pareto_k`]); above
+    /// [`latflow_stats::PARETO_K_MAX`] the weighted means and their errors are unreliable.
+    pub pareto_k: f64,
     pub n: usize,
 }
 
@@ -124,7 +131,7 @@ pub fn analyze_coupling(ens: &Ensemble) -> anyhow::Result<Analysis> {
     let reweighting = match log_w {
         Some(lw) => {
             let (log_z, log_z_error) = log_z_estimate(lw, 1).map_err(|e| anyhow::anyhow!("{}: log Z: {e}", ens.path.display()))?;
-            Some(Reweighting { ess_per_sample: ess_per_sample(lw), log_z, log_z_error, n: lw.len() })
+            Some(Reweighting { ess_per_sample: ess_per_sample(lw), log_z, log_z_error, pareto_k: pareto_k(lw), n: lw.len() })
         }
         None => None,
     };
@@ -170,6 +177,12 @@ pub fn analyze_coupling(ens: &Ensemble) -> anyhow::Result<Analysis> {
             let mean = |v: &Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
             let dh = column("delta_h");
             let work = if s.kind == "anneal" { column("work") } else { None };
+            let proposal_k = match (s.kind.as_str(), column("log_q"), column("action")) {
+                ("flow", Some(lq), Some(a)) => {
+                    Some(pareto_k(&a.iter().zip(lq).map(|(a, q)| -a - q).collect::<Vec<f64>>()))
+                }
+                _ => None,
+            };
             StepAnalysis {
                 label: s.label.clone(),
                 kind: s.kind.clone(),
@@ -180,6 +193,7 @@ pub fn analyze_coupling(ens: &Ensemble) -> anyhow::Result<Analysis> {
                 mean_delta_h: dh.and_then(mean),
                 exp_minus_work: work.and_then(exp_minus),
                 mean_work: work.and_then(mean),
+                pareto_k: proposal_k,
             }
         })
         .collect();
@@ -205,6 +219,7 @@ fn coupling_warnings(a: &Analysis) -> Vec<Warning> {
     }
     if let Some(r) = &a.reweighting {
         w.extend(diagnostics::low_ess(r.n, r.ess_per_sample));
+        w.extend(diagnostics::heavy_tail("reweighting", "the importance weights", r.pareto_k));
     }
     for st in &a.steps {
         w.extend(diagnostics::low_acceptance(&st.label, st.accepted, st.n as u64));
@@ -213,6 +228,9 @@ fn coupling_warnings(a: &Analysis) -> Vec<Warning> {
         }
         if let Some((m, e)) = st.exp_minus_work {
             w.extend(diagnostics::not_one("exp_work", &st.label, "<exp(-W)>", m, e));
+        }
+        if let Some(k) = st.pareto_k {
+            w.extend(diagnostics::heavy_tail(&st.label, "the proposals' weights", k));
         }
     }
     w
@@ -329,14 +347,17 @@ impl Analysis {
         }
         if let Some(r) = &self.reweighting {
             s.push_str(&format!(
-                "reweighting: means are weighted; ESS/N = {:.4}; log Z = {:.6} ± {:.6} (w.r.t. the reference measure of the model's log q)\n",
-                r.ess_per_sample, r.log_z, r.log_z_error
+                "reweighting: means are weighted; ESS/N = {:.4}; Pareto k̂ = {:.2}; log Z = {:.6} ± {:.6} (w.r.t. the reference measure of the model's log q)\n",
+                r.ess_per_sample, r.pareto_k, r.log_z, r.log_z_error
             ));
         }
         for st in &self.steps {
             s.push_str(&format!("step {:<10} acceptance {:.4} over {}", st.label, st.acceptance, st.n));
             if let Some((m, e)) = st.exp_minus_delta_h {
                 s.push_str(&format!(", <exp(-dH)> = {}", value_error(m, e)));
+            }
+            if let Some(k) = st.pareto_k {
+                s.push_str(&format!(", weights' Pareto k̂ = {k:.2}"));
             }
             if let (Some((m, e)), Some(w)) = (st.exp_minus_work, st.mean_work) {
                 s.push_str(&format!(", <W> = {w:.3}, <exp(-W)> = {}", value_error(m, e)));

@@ -8,6 +8,8 @@
 //! * the Γ-method could not estimate an error at all (`no_error`);
 //! * a reweighting ensemble has ESS/N < [`MIN_ESS_PER_SAMPLE`] or ESS < [`MIN_ESS`]
 //!   (`low_ess`), ESS = (Σw)²/Σw²;
+//! * the importance weights of a reweighting ensemble, or of a flow step's proposals, have a
+//!   Pareto tail shape k̂ > [`latflow_stats::PARETO_K_MAX`] (`heavy_tail`);
 //! * a step's acceptance is below [`MIN_ACCEPTANCE`], or fewer than [`MIN_ACCEPTED`]
 //!   proposals were accepted (`low_acceptance`); steps that accept every application
 //!   (heat bath, reweighting) never trigger it;
@@ -37,7 +39,7 @@ pub const MAX_SIGMA: f64 = 3.0;
 /// One reason not to trust (part of) an analysis.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Warning {
-    /// A stable identifier: `short_chain`, `no_error`, `low_ess`, `low_acceptance`,
+    /// A stable identifier: `short_chain`, `no_error`, `low_ess`, `heavy_tail`, `low_acceptance`,
     /// `exp_delta_h` or `exp_log_ratio`; `bench` adds `budget` (a wall time more than 20% off
     /// its budget, which concerns no value).
     pub code: &'static str,
@@ -86,6 +88,22 @@ pub fn low_ess(n: usize, ess_per_sample: f64) -> Option<Warning> {
         message: format!(
             "reweighting: ESS/N = {ess_per_sample:.4} (ESS = {ess:.1} of N = {n}); below ESS/N = {MIN_ESS_PER_SAMPLE} or ESS = {MIN_ESS} \
              the weighted means and their errors are unreliable"
+        ),
+    })
+}
+
+/// The `heavy_tail` warning of `subject` (a flow step's label, or `reweighting`) when the Pareto
+/// shape `k` of `what` (its importance weights) exceeds [`latflow_stats::PARETO_K_MAX`]: the
+/// weights' variance is infinite or nearly so, rare large weights dominate, and the Γ-method
+/// and jackknife errors do not see what the sample has not visited.
+pub fn heavy_tail(subject: &str, what: &str, k: f64) -> Option<Warning> {
+    (k > latflow_stats::PARETO_K_MAX).then(|| Warning {
+        code: "heavy_tail",
+        subject: subject.into(),
+        message: format!(
+            "{subject}: {what} have a Pareto tail shape k̂ = {k:.2} > {}; rare large weights dominate \
+             and the error bars are unreliable (a better-trained model lowers k̂)",
+            latflow_stats::PARETO_K_MAX
         ),
     })
 }

@@ -57,8 +57,29 @@ pub struct HistoryRow {
     pub acceptance: f64,
     pub grad_norm: f64,
     pub learning_rate: f64,
+    /// The stationary independence-Metropolis acceptance estimated from the batch's weights
+    /// ([`latflow_stats::imh_acceptance`]); NaN in rows from before it was recorded.
+    #[serde(default = "nan", deserialize_with = "nan_or_number")]
+    pub acceptance_iw: f64,
+    /// The acceptance if ln w were Gaussian with the batch's variance
+    /// ([`latflow_stats::lognormal_acceptance`]).
+    #[serde(default = "nan", deserialize_with = "nan_or_number")]
+    pub acceptance_lognormal: f64,
+    /// The Pareto shape k̂ of the batch's largest weights ([`latflow_stats::pareto_k`]): above
+    /// about 0.7 the batch's ESS and acceptance estimates are not to be trusted.
+    #[serde(default = "nan", deserialize_with = "nan_or_number")]
+    pub pareto_k: f64,
     /// Wall time of the step in seconds.
     pub seconds: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
+/// A number, or JSON's `null` (which is how serde_json writes NaN) as NaN.
+fn nan_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The resumable state of a training run (header of the checkpoint file; the model's
@@ -152,12 +173,26 @@ pub(crate) fn decode_checkpoint(path: &Path, bytes: &[u8]) -> Result<(TrainCheck
 }
 
 /// Writes the history as CSV.
+/// The columns of `WEIGHTS.history.csv` (the wall time stays last).
+pub const HISTORY_HEADER: &str =
+    "step,loss,ess_per_sample,acceptance,grad_norm,learning_rate,acceptance_iw,acceptance_lognormal,pareto_k,seconds";
+
 fn write_history(path: &Path, history: &[HistoryRow]) -> Result<()> {
-    let mut s = String::from("step,loss,ess_per_sample,acceptance,grad_norm,learning_rate,seconds\n");
+    let mut s = String::from(HISTORY_HEADER);
+    s.push('\n');
     for r in history {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{}\n",
-            r.step, r.loss, r.ess, r.acceptance, r.grad_norm, r.learning_rate, r.seconds
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            r.step,
+            r.loss,
+            r.ess,
+            r.acceptance,
+            r.grad_norm,
+            r.learning_rate,
+            r.acceptance_iw,
+            r.acceptance_lognormal,
+            r.pareto_k,
+            r.seconds
         ));
     }
     write_atomic(path, s.as_bytes()).with_context(|| format!("cannot write '{}'", path.display()))
@@ -246,6 +281,9 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
             loss: m.loss,
             ess: ess_per_sample(&log_w),
             acceptance: batch_acceptance(&log_w, &mut metrics_rng),
+            acceptance_iw: latflow_stats::imh_acceptance(&log_w),
+            acceptance_lognormal: latflow_stats::lognormal_acceptance(&log_w),
+            pareto_k: latflow_stats::pareto_k(&log_w),
             grad_norm: m.grad_norm,
             learning_rate: m.learning_rate,
             seconds: t0.elapsed().as_secs_f64(),
@@ -476,14 +514,19 @@ pub fn summary(history: &[HistoryRow], window: usize) -> String {
     let mean = |f: fn(&HistoryRow) -> f64| recent.iter().map(f).sum::<f64>() / recent.len() as f64;
     let time: f64 = history.iter().map(|r| r.seconds).sum();
     format!(
-        "{} steps in {:.1} s ({:.2} ms/step); last {} steps: loss {:.4}, ESS/N {:.4}, acceptance {:.4}",
+        "{} steps in {:.1} s ({:.2} ms/step); last {} steps: loss {:.4}, ESS/N {:.4}, acceptance {:.4} \
+         (stationary estimate {:.4}, log-normal {:.4}; Pareto k̂ {:.2}{})",
         history.len(),
         time,
         1e3 * time / history.len() as f64,
         recent.len(),
         mean(|r| r.loss),
         mean(|r| r.ess),
-        mean(|r| r.acceptance)
+        mean(|r| r.acceptance),
+        mean(|r| r.acceptance_iw),
+        mean(|r| r.acceptance_lognormal),
+        mean(|r| r.pareto_k),
+        if mean(|r| r.pareto_k) > latflow_stats::PARETO_K_MAX { ": heavy-tailed weights, the batch estimates are unreliable" } else { "" }
     )
 }
 
@@ -497,10 +540,24 @@ pub fn read_history(path: &Path) -> Result<Vec<HistoryRow>> {
         .map(|(i, l)| {
             let v: Vec<f64> = l.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>()
                 .with_context(|| format!("{}: line {}: not numbers", path.display(), i + 2))?;
-            if v.len() != 7 {
-                bail!("{}: line {}: expected 7 columns", path.display(), i + 2);
-            }
-            Ok(HistoryRow { step: v[0] as u64, loss: v[1], ess: v[2], acceptance: v[3], grad_norm: v[4], learning_rate: v[5], seconds: v[6] })
+            // 10 columns ([`HISTORY_HEADER`]), or 7 in files from before the tail estimates
+            let (extra, seconds) = match v.len() {
+                10 => ([v[6], v[7], v[8]], v[9]),
+                7 => ([f64::NAN; 3], v[6]),
+                n => bail!("{}: line {}: expected 10 columns (or 7), got {n}", path.display(), i + 2),
+            };
+            Ok(HistoryRow {
+                step: v[0] as u64,
+                loss: v[1],
+                ess: v[2],
+                acceptance: v[3],
+                grad_norm: v[4],
+                learning_rate: v[5],
+                acceptance_iw: extra[0],
+                acceptance_lognormal: extra[1],
+                pareto_k: extra[2],
+                seconds,
+            })
         })
         .collect()
 }
@@ -519,6 +576,32 @@ mod tests {
         bytes.extend_from_slice(rest);
         std::fs::write(&path, bytes).unwrap();
         path
+    }
+
+    /// History rows from before the tail estimates (no such fields), and rows whose NaN
+    /// estimates serde_json wrote as null, read back with NaN; so do 7-column history files.
+    #[test]
+    fn history_rows_without_tail_estimates_read_back_as_nan() {
+        let old = r#"{"step":3,"loss":-1.5,"ess":0.2,"acceptance":0.3,"grad_norm":1.0,"learning_rate":0.001,"seconds":0.01}"#;
+        let r: HistoryRow = serde_json::from_str(old).unwrap();
+        assert!(r.acceptance_iw.is_nan() && r.acceptance_lognormal.is_nan() && r.pareto_k.is_nan());
+        assert_eq!((r.step, r.acceptance), (3, 0.3));
+        let row = HistoryRow { pareto_k: f64::NAN, acceptance_iw: 0.25, acceptance_lognormal: 0.125, ..r };
+        let back: HistoryRow = serde_json::from_str(&serde_json::to_string(&row).unwrap()).unwrap();
+        assert!(back.pareto_k.is_nan() && back.acceptance_iw == 0.25 && back.acceptance_lognormal == 0.125);
+        let dir = std::env::temp_dir().join(format!("latflow-train-hist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (old_csv, new_csv) = (dir.join("old.csv"), dir.join("new.csv"));
+        std::fs::write(&old_csv, "step,loss,ess_per_sample,acceptance,grad_norm,learning_rate,seconds\n3,-1.5,0.2,0.3,1,0.001,0.01\n").unwrap();
+        let h = read_history(&old_csv).unwrap();
+        assert!(h[0].pareto_k.is_nan() && h[0].seconds == 0.01);
+        write_history(&new_csv, &[row]).unwrap();
+        let h = read_history(&new_csv).unwrap();
+        assert!(h[0].pareto_k.is_nan() && h[0].acceptance_iw == 0.25 && h[0].seconds == 0.01);
+        assert!(std::fs::read_to_string(&new_csv).unwrap().starts_with(HISTORY_HEADER));
+        std::fs::write(&old_csv, "h\n1,2,3\n").unwrap();
+        assert!(read_history(&old_csv).unwrap_err().to_string().contains("expected 10 columns"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

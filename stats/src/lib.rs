@@ -101,6 +101,9 @@ impl std::error::Error for StatsError {}
 // Γ-method
 // ---------------------------------------------------------------------------------------------
 
+mod weights;
+pub use weights::{imh_acceptance, lognormal_acceptance, pareto_k, PARETO_K_MAX};
+
 /// Γ-method on one series (single replica), following Wolff (hep-lat/0306017).
 ///
 /// With `Γ(t) = 1/(N−t) Σ_{i<N−t} (a_i − ā)(a_{i+t} − ā)`, the window `W` is the first
