@@ -1,6 +1,6 @@
 //! The `anneal` step (non-equilibrium candidate Monte Carlo) through the whole pipeline, on 2D
 //! U(1) at L = 8 against the exact values of docs/reference.md §3: opening a one-plaquette defect
-//! (u1's `defect` parameter) at β = 6, where HMC alone barely changes the topological charge,
+//! (u1's `defect_coupling` parameter) at β = 6, where HMC alone barely changes the topological charge,
 //! and lowering β itself at β = 3. Fixed seeds, |z| < 4, Jarzynski's ⟨e^{−W}⟩ = 1. Also: a killed
 //! run resumes to the same bits, and bad anneal cards are refused naming the key.
 
@@ -40,7 +40,7 @@ output = "{{OUT}}"
 
 /// The defect protocol of the headline: 5 switches each way, 10 extra trajectories with the
 /// defect open, HMC trajectories of length 2.
-const DEFECT: &str = "parameter = \"defect\"\nto = 0.0\nstages = 5\nhold = 10\n\
+const DEFECT: &str = "parameter = \"defect_coupling\"\nto = 0.0\nstages = 5\nhold = 10\n\
                       hmc = { md_steps = 8, trajectory_length = 2.0, trajectory_jitter = 0.2 }";
 
 /// Runs the card and checks the exact plaquette, 2×2 loop, χ_top and ⟨Q⟩ at L = 8, ⟨e^{−ΔH}⟩ and
@@ -113,8 +113,8 @@ fn bad_anneal_cards_name_the_key() {
     let hmc = "hmc = { md_steps = 4 }";
     for (name, defect, anneal, needles) in [
         ("unknown_parameter", "", format!("parameter = \"kappa\"\nto = 1.0\nstages = 2\n{hmc}"), &["chain[1].parameter", "kappa"][..]),
-        ("defect_undeclared", "", format!("parameter = \"defect\"\nto = 0.0\nstages = 2\n{hmc}"), &["chain[1].parameter", "defect = ["][..]),
-        ("negative_defect", "defect = [1, 1]", format!("parameter = \"defect\"\nto = -1.0\nstages = 2\n{hmc}"), &["defect", "≥ 0"][..]),
+        ("defect_undeclared", "", format!("parameter = \"defect_coupling\"\nto = 0.0\nstages = 2\n{hmc}"), &["chain[1].parameter", "defect = ["][..]),
+        ("negative_defect", "defect = [1, 1]", format!("parameter = \"defect_coupling\"\nto = -1.0\nstages = 2\n{hmc}"), &["defect_coupling", "≥ 0"][..]),
         ("negative_beta", "", format!("parameter = \"beta\"\nto = -1.0\nstages = 2\n{hmc}"), &["beta", "≥ 0"][..]),
         ("nan_to", "", format!("parameter = \"beta\"\nto = nan\nstages = 2\n{hmc}"), &["chain[1].to", "finite"][..]),
         ("zero_stages", "", format!("parameter = \"beta\"\nto = 1.0\nstages = 0\n{hmc}"), &["chain[1].stages", "at least 1"][..]),

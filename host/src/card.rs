@@ -213,7 +213,7 @@ pub struct ExchangeCard {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnnealCard {
-    /// The annealed theory parameter (a `Theory::parameter` name, e.g. `beta`, or u1's `defect`).
+    /// The annealed theory parameter (a `Theory::parameter` name, e.g. `beta`, or u1's `defect_coupling`).
     pub parameter: String,
     /// The parameter's value at the protocol's turning point.
     pub to: f64,

@@ -18,7 +18,7 @@
 //! any `to`, and composes with every other step. The schedule only sets the acceptance: e^{−W}
 //! has mean 1 over paths, and a slow protocol (many stages) keeps W small.
 //!
-//! The intended use is topology: at `to` (a low β, or u1's open `defect`) the topological
+//! The intended use is topology: at `to` (a low β, or u1's open defect, `defect_coupling` = 0) the topological
 //! charge moves freely, and the return leg carries the new sector back to v.
 
 use latflow_core::hmc::metropolis_accept;

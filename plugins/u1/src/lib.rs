@@ -11,9 +11,10 @@
 //! (finite, ≥ 0; β = 0 is the pure Haar measure) and `wilson_loops` (a list of [R, T] sizes,
 //! default `[[1, 1], [2, 2]]`), and optionally `defect = [e_0, …, e_{d−1}]`: the plaquettes at
 //! the sites of the box 0 ≤ x_i < e_i form a defect whose coupling is β·w (see [`Defect`]).
-//! Parameters for `parameter`/`set_parameter`: `beta`, and with a defect `defect` (w: 1, the
-//! plain theory, unless changed; finite and ≥ 0). An `anneal` step that opens the defect
-//! (`parameter = "defect"`, `to = 0`) lets the topological charge move at any β.
+//! Parameters for `parameter`/`set_parameter` (and card keys): `beta`, and with a defect
+//! `defect_coupling` (w: 1, the plain theory, by default; finite and ≥ 0). An `anneal` step
+//! that opens the defect (`parameter = "defect_coupling"`, `to = 0`) lets the topological charge
+//! move at any β.
 //!
 //! HMC moves the angles along real momenta (U(1)'s Lie algebra), θ ← θ + εp, with the force
 //! ∂S/∂θ (the same Euclidean gradient that `action_grad` returns), and wraps the angles into
@@ -44,6 +45,8 @@ struct Config {
     wilson_loops: Vec<[i64; 2]>,
     #[serde(default)]
     defect: Option<Vec<i64>>,
+    #[serde(default)]
+    defect_coupling: Option<f64>,
 }
 
 fn default_loops() -> Vec<[i64; 2]> {
@@ -111,10 +114,19 @@ impl U1 {
         !self.kernel.defect().plaquettes.is_empty()
     }
 
-    /// `defect` asked of a theory without one: say how to declare it.
+    /// w: finite and ≥ 0.
+    fn check_defect_coupling(w: f64) -> Result<f64, PluginError> {
+        if w.is_finite() && w >= 0.0 {
+            Ok(w)
+        } else {
+            Err(PluginError::config(format!("defect_coupling: must be finite and ≥ 0, got {w}")))
+        }
+    }
+
+    /// `defect_coupling` asked of a theory without a defect: say how to declare one.
     fn no_defect(&self, name: &str, e: PluginError) -> PluginError {
-        if name == "defect" {
-            PluginError::unsupported("u1 has no parameter 'defect' without a [theory] defect = [extents] box")
+        if name == "defect_coupling" {
+            PluginError::unsupported("u1 has no parameter 'defect_coupling' without a [theory] defect = [extents] box")
         } else {
             e
         }
@@ -182,8 +194,15 @@ impl Physics for U1 {
         let lattice = latflow_core::gauge::gauge_lattice(&cfg.lattice)?;
         let beta = check_beta(cfg.beta)?;
         let mut kernel = Kernel::new(&lattice);
-        if let Some(extent) = &cfg.defect {
-            kernel.set_defect_box(&Self::defect_box(&lattice, extent)?);
+        match (&cfg.defect, cfg.defect_coupling) {
+            (Some(extent), w) => {
+                kernel.set_defect_box(&Self::defect_box(&lattice, extent)?);
+                kernel.set_defect_coupling(Self::check_defect_coupling(w.unwrap_or(1.0))?);
+            }
+            (None, Some(_)) => {
+                return Err(PluginError::config("defect_coupling: needs a defect box, defect = [extents]"));
+            }
+            (None, None) => {}
         }
         let loops = Self::loops(&kernel, &lattice, &cfg.wilson_loops)?;
         Ok(Self { lattice, kernel, beta, loops })
@@ -200,25 +219,22 @@ impl Physics for U1 {
             "beta": self.beta,
             "wilson_loops": loops,
             "defect_plaquettes": self.kernel.defect().plaquettes.len(),
-            "defect": self.kernel.defect().coupling,
-            "convention": "S = -beta sum_P w_P cos(theta_P), w_P = defect on the defect's plaquettes and 1 elsewhere, theta_P = th_mu(x) + th_nu(x+mu) - th_mu(x+nu) - th_nu(x); links [site][mu]",
+            "defect_coupling": self.kernel.defect().coupling,
+            "convention": "S = -beta sum_P w_P cos(theta_P), w_P = defect_coupling on the defect's plaquettes and 1 elsewhere, theta_P = th_mu(x) + th_nu(x+mu) - th_mu(x+nu) - th_nu(x); links [site][mu]",
         })
     }
 
     fn parameter(&self, name: &str) -> Result<f64, PluginError> {
         match name {
-            "defect" if self.has_defect() => Ok(self.kernel.defect().coupling),
+            "defect_coupling" if self.has_defect() => Ok(self.kernel.defect().coupling),
             _ => latflow_core::gauge::beta_parameter(Self::NAME, self.beta, name).map_err(|e| self.no_defect(name, e)),
         }
     }
 
     fn set_parameter(&mut self, name: &str, value: f64) -> Result<(), PluginError> {
         match name {
-            "defect" if self.has_defect() => {
-                if !(value.is_finite() && value >= 0.0) {
-                    return Err(PluginError::config(format!("defect: the coupling factor must be finite and ≥ 0, got {value}")));
-                }
-                self.kernel.set_defect_coupling(value);
+            "defect_coupling" if self.has_defect() => {
+                self.kernel.set_defect_coupling(Self::check_defect_coupling(value)?);
                 Ok(())
             }
             _ => latflow_core::gauge::set_beta_parameter(Self::NAME, &mut self.beta, name, value)
@@ -287,9 +303,9 @@ impl Physics for U1 {
 latflow_core::export_theory!(U1,
 description: "compact U(1) Wilson gauge theory, any dimension >= 2: S = -beta sum_P cos(theta_P)",
 provides: [
-    "keys: lattice, beta, wilson_loops (default [[1, 1], [2, 2]]), defect (a box of sites: its plaquettes' coupling is beta*defect)",
+    "keys: lattice, beta, wilson_loops (default [[1, 1], [2, 2]]), defect (a box of sites: its plaquettes' coupling is beta*defect_coupling), defect_coupling (default 1)",
     "observables: plaquette action_density topological_charge topological_susceptibility (2D) wilson_loop_RxT",
-    "parameters: beta, defect (with a defect box)",
+    "parameters: beta, defect_coupling (with a defect box)",
     "hmc levels: 1",
 ]);
 

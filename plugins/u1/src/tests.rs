@@ -596,40 +596,46 @@ fn defect_action_force_and_gauge_invariance() {
     }
 }
 
-/// `defect` as a parameter: present only with a defect box, 1 by default, finite and ≥ 0; the
+/// `defect_coupling` as a parameter and card key: present only with a defect box, 1 by default, finite and ≥ 0; the
 /// measured action density follows it; bad boxes name the key.
 #[test]
 fn defect_parameter_and_bad_boxes() {
     let mut t = theory(r#"{"lattice": [4, 4], "beta": 1.5, "defect": [1, 2]}"#);
-    assert_eq!(t.parameter("defect".into()).into_result().unwrap(), 1.0);
+    assert_eq!(t.parameter("defect_coupling".into()).into_result().unwrap(), 1.0);
     let theta = hot(32, 4);
     let s1 = t.action(RSlice::from(&theta[..])).into_result().unwrap()[0];
-    t.set_parameter("defect".into(), 0.25).into_result().unwrap();
-    assert_eq!(t.parameter("defect".into()).into_result().unwrap(), 0.25);
+    t.set_parameter("defect_coupling".into(), 0.25).into_result().unwrap();
+    assert_eq!(t.parameter("defect_coupling".into()).into_result().unwrap(), 0.25);
     let s = t.action(RSlice::from(&theta[..])).into_result().unwrap()[0];
     let naive = naive_defect_action(t.lattice(), &theta, 1.5, &[1, 2], 0.25);
     assert!((s - naive).abs() < 1e-12 * naive.abs() && (s - s1).abs() > 1e-6);
     let o = t.measure(RSlice::from(&theta[..])).into_result().unwrap();
     assert!((o[1] - s / 16.0).abs() < 1e-12, "action_density {} vs S/V {}", o[1], s / 16.0);
     for bad in [-0.1, f64::NAN, f64::INFINITY] {
-        let e = t.set_parameter("defect".into(), bad).into_result().unwrap_err();
-        assert!(e.message.contains("defect"), "{}", e.message);
+        let e = t.set_parameter("defect_coupling".into(), bad).into_result().unwrap_err();
+        assert!(e.message.contains("defect_coupling"), "{}", e.message);
     }
-    assert_eq!(t.parameter("defect".into()).into_result().unwrap(), 0.25, "a refused value changed the defect");
+    assert_eq!(t.parameter("defect_coupling".into()).into_result().unwrap(), 0.25, "a refused value changed the defect");
     let p: serde_json::Value = serde_json::from_str(&t.params_json()).unwrap();
-    assert_eq!((p["defect"].as_f64(), p["defect_plaquettes"].as_u64()), (Some(0.25), Some(2)));
+    assert_eq!((p["defect_coupling"].as_f64(), p["defect_plaquettes"].as_u64()), (Some(0.25), Some(2)));
     // without a defect box the parameter does not exist, and the message says how to declare it
     let mut plain = theory(r#"{"lattice": [4, 4], "beta": 1.5}"#);
-    let e = plain.parameter("defect".into()).into_result().unwrap_err();
+    let e = plain.parameter("defect_coupling".into()).into_result().unwrap_err();
     assert!(e.message.contains("defect = ["), "{}", e.message);
-    assert!(plain.set_parameter("defect".into(), 0.0).into_result().is_err());
+    assert!(plain.set_parameter("defect_coupling".into(), 0.0).into_result().is_err());
     for (json, key) in [
         (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [1]}"#, "one extent per axis"),
         (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [0, 1]}"#, "defect[0]"),
         (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [1, 5]}"#, "defect[1]"),
         (r#"{"lattice": [4, 4], "beta": 1.0, "defect": 2}"#, "defect"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect_coupling": 0.5}"#, "needs a defect box"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [1, 1], "defect_coupling": -0.5}"#, "defect_coupling: must be finite"),
     ] {
         let e = U1::from_config(json).err().unwrap_or_else(|| panic!("accepted {json}"));
         assert!(e.message.contains(key), "{json}: {}", e.message);
     }
+    // the card key sets the starting value
+    let t = theory(r#"{"lattice": [4, 4], "beta": 1.5, "defect": [1, 2], "defect_coupling": 0.25}"#);
+    assert_eq!(t.parameter("defect_coupling".into()).into_result().unwrap(), 0.25);
+    assert_eq!(t.action(RSlice::from(&theta[..])).into_result().unwrap()[0], s);
 }
