@@ -1,8 +1,10 @@
 //! The `anneal` step (non-equilibrium candidate Monte Carlo) through the whole pipeline, on 2D
 //! U(1) at L = 8 against the exact values of docs/reference.md §3: opening a one-plaquette defect
 //! (u1's `defect_coupling` parameter) at β = 6, where HMC alone barely changes the topological charge,
-//! and lowering β itself at β = 3. Fixed seeds, |z| < 4, Jarzynski's ⟨e^{−W}⟩ = 1. Also: a killed
-//! run resumes to the same bits, and bad anneal cards are refused naming the key.
+//! and lowering β itself at β = 3. Fixed seeds, |z| < 4, Jarzynski's ⟨e^{−W}⟩ = 1. Also: a replica
+//! ladder over the defect's coupling (parallel tempering in the boundary conditions) is exact at
+//! its physical coupling, a killed run resumes to the same bits, and bad anneal cards are
+//! refused naming the key.
 
 mod common;
 
@@ -86,6 +88,36 @@ fn annealing_beta_is_exact_at_beta_3() {
     let anneal = "parameter = \"beta\"\nto = 2.0\nstages = 10\nhmc = { md_steps = 4 }";
     let (_, acc) = check_exact("beta_b3", &card(3.0, "", anneal, 22, 6000, ""), 3.0, 0.01106004700);
     assert!(acc > 0.05, "beta protocol acceptance {acc}");
+}
+
+/// Replica exchange over `defect_coupling` (w = 1, 0.5, 0 at β = 6): the w = 1 replica is the
+/// plain theory and reproduces its exact values; swaps are frequent, and its charge decorrelates
+/// within a few sweeps.
+#[test]
+fn a_ladder_over_the_defect_coupling_is_exact_at_w_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[theory]\nplugin = \"u1\"\nlattice = [8, 8]\nbeta = 6.0\ndefect = [1, 1]\ndefect_coupling = 1.0\n\n\
+         [ladder]\nparameter = \"defect_coupling\"\nvalues = [1.0, 0.5, 0.0]\n\n\
+         [[chain]]\nkind = \"hmc\"\nmd_steps = 4\ntrajectory_jitter = 0.2\n\n[[chain]]\nkind = \"replica_exchange\"\n\n\
+         [run]\nseed = 24\nthermalization = 200\nmeasurements = 30000\nsave_every = 0\nthreads = 1\noutput = \"{{OUT}}\"\n"
+    );
+    let (c, out) = write_card(dir.path(), "ptbc", &text);
+    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    let json = analyze_json(&out);
+    let w1 = &json["replicas"][0];
+    assert_eq!(w1["value"].as_f64(), Some(1.0));
+    assert_z("ptbc w=1 plaquette", scalar(w1, "plaquette"), exact_wilson_loop(6.0, 64, 1), 0.0);
+    assert_z("ptbc w=1 W(2x2)", scalar(w1, "wilson_loop_2x2"), exact_wilson_loop(6.0, 64, 4), 0.0);
+    assert_z("ptbc w=1 chi_top", scalar(w1, "topological_susceptibility"), 0.004362513208, 0.0);
+    assert_z("ptbc w=1 <Q>", scalar(w1, "topological_charge"), 0.0, 0.0);
+    let sw = &json["replica_exchange"]["swaps"]["replica_exchange"];
+    let e = &sw["exp_log_ratio"];
+    assert_z("ptbc <exp(log r)>", (e[0].as_f64().unwrap(), e[1].as_f64().unwrap()), 1.0, 0.0);
+    let acc = sw["acceptance"].as_f64().unwrap();
+    let tau_q = w1["observables"]["topological_charge"]["tau_int"].as_f64().unwrap();
+    println!("ptbc: swap acceptance {acc:.3}, tau_int(Q) at w = 1: {tau_q:.1} sweeps");
+    assert!(acc > 0.3 && tau_q < 50.0, "swap acceptance {acc}, tau_int(Q) {tau_q}");
 }
 
 /// A run with anneal steps, killed at several moments and resumed, has the bits of a run that
