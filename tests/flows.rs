@@ -320,17 +320,21 @@ print(json.dumps({"names": sorted(t.keys()), "layers": arch["layers"],
     assert_eq!(v["w0"], serde_json::json!([3, 3, 1, 4]));
 }
 
+/// A 4-layer flow at the tutorial point with the `[train]` section `train`, its weights at
+/// `DIR/NAME.safetensors`; returns the card's path.
+fn small_training_card(d: &Path, name: &str, train: &str) -> std::path::PathBuf {
+    let text = card(d, TUTORIAL, "layers = 4\nhidden = [8]", &format!("{name}.safetensors"), train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 2");
+    write_card(d, name, &text).0
+}
+
 /// A training run killed with SIGKILL and resumed from its checkpoint ends with the same weights,
 /// bit for bit, as an uninterrupted one (model, Adam state, RNG and history are checkpointed).
 #[test]
 fn training_resume_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let make = |name: &str| {
-        let train = "[train]\nsteps = 1200\nbatch = 16\ncheckpoint_every = 7\nseed = 5\nschedule = { kind = \"cosine\", steps = 1200, min_lr = 1e-5, warmup = 10 }";
-        let text = card(d, TUTORIAL, "layers = 4\nhidden = [8]", &format!("{name}.safetensors"), train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 2");
-        write_card(d, name, &text).0
-    };
+    let train = "[train]\nsteps = 1200\nbatch = 16\ncheckpoint_every = 7\nseed = 5\nschedule = { kind = \"cosine\", steps = 1200, min_lr = 1e-5, warmup = 10 }";
+    let make = |name: &str| small_training_card(d, name, train);
     let reference = make("reference");
     run_ok(&["train", reference.to_str().unwrap(), "-q"]);
     let resumed = make("resumed");
@@ -376,11 +380,7 @@ fn training_resume_is_bit_identical() {
 fn training_with_a_wall_time_budget_stops_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let make = |name: &str| {
-        let train = "[train]\nsteps = 600\nbatch = 16\ncheckpoint_every = 1000\nseed = 6";
-        let text = card(d, TUTORIAL, "layers = 4\nhidden = [8]", &format!("{name}.safetensors"), train, "[[chain]]\nkind = \"flow\"", "seed = 1\nmeasurements = 2");
-        write_card(d, name, &text).0
-    };
+    let make = |name: &str| small_training_card(d, name, "[train]\nsteps = 600\nbatch = 16\ncheckpoint_every = 1000\nseed = 6");
     let reference = make("reference");
     run_ok(&["train", reference.to_str().unwrap(), "-q"]);
     let budgeted = make("budgeted");
