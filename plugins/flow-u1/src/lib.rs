@@ -37,8 +37,10 @@
 //!
 //! **Training** follows the host's surrogate route: `train_sample` draws a batch and keeps its
 //! graph, the host computes S and ∂S/∂θ, and `train_step` backpropagates
-//! mean(log q + Σ θ·stopgrad(∂S/∂θ)) and takes an Adam step (latflow-flow-common's). Path
-//! gradients (`path_gradients = true`) are refused: the NCP inverse has no backward pass.
+//! mean(log q + Σ θ·stopgrad(∂S/∂θ)) and takes an Adam step (latflow-flow-common's). With
+//! `path_gradients = true` (Vaitl et al. 2022) the score ∂log q/∂θ at fixed weights, from an
+//! inverse pass (the NCP inverse differentiated implicitly), is added to ∂S/∂θ instead of
+//! backpropagating log q.
 //!
 //! **Precision.** The flow runs in `dtype`. Prior angles are drawn in f64 (n·2V uniforms from
 //! the caller's stream, configuration by configuration, link by link, times 2π) and rounded to
@@ -225,12 +227,6 @@ impl FlowU1 {
     /// the model and are kept across calls (and restored by `load`); `init_from` resets them.
     pub fn train_begin_with(&mut self, settings: &TrainSettings) -> Result<(), PluginError> {
         optim::validate(settings)?;
-        if settings.path_gradients {
-            return Err(PluginError::unsupported(
-                "train settings: path_gradients is not supported by flow-u1 (the NCP coupling's inverse has no \
-                 backward pass); use the default reparameterised gradient",
-            ));
-        }
         self.state.begin(settings)
     }
 
@@ -266,8 +262,9 @@ impl FlowU1 {
 
     /// The flattened parameter gradient and the loss of the last training batch (nothing applied).
     pub fn train_gradient_with(&mut self, actions: &[f64], grad: &[f64]) -> Result<TrainGradient, PluginError> {
-        let (_, pending, loss) = self.state.take_batch(actions, grad, self.n_links(), "links")?;
-        let grads = self.state.workers.install(|| self.batch_gradients(&pending, grad)).map_err(ce)?;
+        let (settings, pending, loss) = self.state.take_batch(actions, grad, self.n_links(), "links")?;
+        let path = settings.path_gradients;
+        let grads = self.state.workers.install(|| self.batch_gradients(&pending, grad, path)).map_err(ce)?;
         Ok(TrainGradient { gradient: grads.concat().into(), loss })
     }
 
@@ -276,12 +273,31 @@ impl FlowU1 {
         self.state.apply_flat(&self.flow.net, gradient, loss)
     }
 
-    /// The parameter gradients of the surrogate loss mean(log q + Σ θ·g) of a pending batch,
-    /// given g = ∂S/∂θ (flat, n × 2V). Equal to the gradient of mean(log q + S(θ)) (tested).
-    fn batch_gradients(&self, pending: &TrainBatch, grad: &[f64]) -> candle_core::Result<Vec<Vec<f64>>> {
+    /// The parameter gradients of a pending batch, given g = ∂S/∂θ (flat, n × 2V):
+    ///
+    /// * reparameterised (default): of the surrogate mean(log q + Σ θ·g), equal to the gradient
+    ///   of mean(log q + S(θ)) (tested);
+    /// * path gradients (Vaitl et al. 2022): of mean(Σ θ·(g + ∂log q_w/∂θ)) with the score
+    ///   ∂log q_w/∂θ taken at fixed weights w, by an inverse pass with detached weights on a leaf
+    ///   copy of the batch (the NCP inverse differentiated implicitly,
+    ///   [`flow::Flow::ncp_inverse_tracked`]); this drops the score term ∂log q/∂w, whose mean is
+    ///   zero, and equals the gradient of mean(log q_w₀(θ_w(z)) + S(θ_w(z))) at w = w₀ (tested).
+    fn batch_gradients(&self, pending: &TrainBatch, grad: &[f64], path: bool) -> candle_core::Result<Vec<Vec<f64>>> {
         let net = &self.flow.net;
         let g = tensor_from_f64(grad, (pending.n, self.n_links()), net.dtype, &net.device)?;
-        let surrogate = pending.logq.add(&pending.x.mul(&g)?.sum(1)?)?.mean(0)?;
+        let surrogate = if path {
+            let leaf = candle_core::Var::from_tensor(&pending.x.detach())?;
+            let (_, ld_inv) = self.flow.inverse(leaf.as_tensor(), &self.flow.params(false)?)?;
+            let score = ld_inv
+                .sum_all()?
+                .backward()?
+                .get(leaf.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("no gradient for the path-gradient leaf".into()))?
+                .detach();
+            pending.x.mul(&g.add(&score)?)?.sum(1)?.mean(0)?
+        } else {
+            pending.logq.add(&pending.x.mul(&g)?.sum(1)?)?.mean(0)?
+        };
         net.gradients(&surrogate.backward()?)
     }
 

@@ -1,7 +1,7 @@
 //! Circular rational-quadratic splines (Rezende et al., "Normalizing flows on tori and
-//! spheres", ICML 2020, built on the splines of Durkan et al., arXiv 1906.04032), written with
-//! candle tensor ops: autograd derives the backward pass and the same code runs on every
-//! device.
+//! spheres", ICML 2020, built on the splines of Durkan et al., arXiv 1906.04032): on the CPU
+//! one fused op with a hand-written backward pass (`latflow_flow_common::spline_op`), elsewhere
+//! candle tensor ops (the reference, tested equal).
 //!
 //! A spline acts on angles x ∈ [0, 2π] and is parameterised per plaquette by the conditioner's
 //! `3K + 1` outputs: K bin widths, K bin heights, K knot derivatives and a rotation t:
@@ -30,15 +30,12 @@ use std::f64::consts::PI;
 
 use candle_core::{Result, Tensor};
 
-use latflow_flow_common::spline::{apply_bins, derivative_shift, softplus};
+use latflow_flow_common::spline::{apply_raw, knots_from_raw, EndDerivatives, SplineSpec};
 pub use latflow_flow_common::spline::{Knots, MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE};
 
-/// Knot positions from unnormalised bin sizes `u` `[B, A, K]`: `[B, A, K + 1]` from 0 to 2π.
-fn knot_positions(u: &Tensor, min: f64) -> Result<Tensor> {
-    let (b, a, _) = u.dims3()?;
-    let lo = Tensor::zeros((b, a, 1), u.dtype(), u.device())?;
-    let hi = Tensor::ones((b, a, 1), u.dtype(), u.device())?.affine(2.0 * PI, 0.0)?;
-    latflow_flow_common::spline::knot_positions(u, min, lo, hi, 2.0 * PI, 0.0)
+/// The spline family: K bins on [0, 2π], d_K = d_0 (circular).
+pub fn spec(k: usize) -> SplineSpec {
+    SplineSpec { bins: k, lo: 0.0, hi: 2.0 * PI, ends: EndDerivatives::Periodic, identity_outside: false }
 }
 
 /// The knots from the conditioner's output `raw` `[B, A, 3K + 1]` (the rotation, the last
@@ -48,11 +45,7 @@ pub fn knots(raw: &Tensor, k: usize) -> Result<Knots> {
     if c != 3 * k + 1 {
         return Err(candle_core::Error::Msg(format!("circular spline: {c} parameters per plaquette for {k} bins")));
     }
-    let xs = knot_positions(&raw.narrow(2, 0, k)?, MIN_BIN_WIDTH)?;
-    let ys = knot_positions(&raw.narrow(2, k, k)?, MIN_BIN_HEIGHT)?;
-    let d = softplus(&(raw.narrow(2, 2 * k, k)? + derivative_shift())?)?.affine(1.0, MIN_DERIVATIVE)?;
-    let ds = Tensor::cat(&[&d, &d.narrow(2, 0, 1)?], 2)?;
-    Ok(Knots { xs, ys, ds })
+    knots_from_raw(&raw.narrow(2, 0, 3 * k)?, &spec(k))
 }
 
 /// x − 2π⌊x/2π⌋ ∈ [0, 2π] (the floor carries no gradient).
@@ -67,22 +60,20 @@ pub fn wrap_2pi(x: &Tensor) -> Result<Tensor> {
 ///
 /// Both `[B, A]`. Adding σ_μ δ to each active link moves its plaquette to the image (mod 2π).
 pub fn coupling(p: &Tensor, raw: &Tensor, k: usize, inverse: bool) -> Result<(Tensor, Tensor)> {
-    let kn = knots(raw, k)?;
+    let (_, _, c) = raw.dims3()?;
+    if c != 3 * k + 1 {
+        return Err(candle_core::Error::Msg(format!("circular spline: {c} parameters per plaquette for {k} bins")));
+    }
+    let params = raw.narrow(2, 0, 3 * k)?;
     let t = raw.narrow(2, 3 * k, 1)?.squeeze(2)?;
     if inverse {
         // y = (P′ − t) mod 2π = g(x); the old link is θ′ − σ(P′ − x), i.e. δ = x − P′
         let y = wrap_2pi(&p.sub(&t)?)?;
-        let (x, ld) = apply(&y, &kn, true)?;
+        let (x, ld) = apply_raw(&y, &params, &spec(k), true)?;
         Ok((x.sub(p)?, ld))
     } else {
         let x = wrap_2pi(p)?;
-        let (y, ld) = apply(&x, &kn, false)?;
+        let (y, ld) = apply_raw(&x, &params, &spec(k), false)?;
         Ok((y.add(&t)?.sub(&x)?, ld))
     }
-}
-
-/// The splines (or their inverses) of values `v` `[B, A]` in [0, 2π]: the images and ln|dy/dx|
-/// (ln|dx/dy| for the inverse), both `[B, A]`.
-pub fn apply(v: &Tensor, kn: &Knots, inverse: bool) -> Result<(Tensor, Tensor)> {
-    apply_bins(v, kn, inverse)
 }
