@@ -13,7 +13,8 @@
 //!   gradient clipping and validation of the host's `TrainSettings`.
 //! * [`config`]: the `[model]` enums every plugin shares (activation, dtype, device).
 //! * [`spline`]: the rational-quadratic spline core (knots, bin search, the bin map and its
-//!   inverse) under both the interval splines and the circular ones.
+//!   inverse) under both the interval splines and the circular ones; [`spline_op`] is its bin
+//!   map as one fused CPU op with a hand-written backward pass.
 //! * [`plugin`]: [`impl_flow_model!`], the `Model` trait glue forwarding to a plugin's
 //!   inherent methods.
 //! * [`io`]: safetensors weights with latflow metadata, deterministic bytes, and parsing that
@@ -37,6 +38,7 @@ pub mod optim;
 pub mod periodic;
 pub mod plugin;
 pub mod spline;
+pub mod spline_op;
 pub mod stripes;
 pub mod tensor;
 #[cfg(any(test, feature = "testing"))]

@@ -19,6 +19,8 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+pub use crate::spline_op::{EndDerivatives, SplineSpec};
+
 /// Smallest bin width, as a fraction of the knot range (nflows' default).
 pub const MIN_BIN_WIDTH: f64 = 1e-3;
 /// Smallest bin height, as a fraction of the knot range (nflows' default).
@@ -99,9 +101,21 @@ fn log_derivative(theta: &Tensor, delta: &Tensor, d0: &Tensor, d1: &Tensor) -> R
 
 /// The splines (or, with `inverse`, their inverses) of values `v` `[B, N]`, which must lie in
 /// the knot range ([x_0, x_K], or [y_0, y_K] for the inverse): the images and ln|dy/dx|
-/// (ln|dx/dy| for the inverse), both `[B, N]`. Both branches of the quadratic are evaluated and
-/// the one not taken gets a harmless denominator, so masked gradients stay finite.
+/// (ln|dx/dy| for the inverse), both `[B, N]`. On the CPU (f32, f64) this is one fused op with
+/// a hand-written backward pass ([`crate::spline_op`]); elsewhere [`apply_bins_generic`].
 pub fn apply_bins(v: &Tensor, kn: &Knots, inverse: bool) -> Result<(Tensor, Tensor)> {
+    let float = matches!(v.dtype(), DType::F32 | DType::F64);
+    if v.device().is_cpu() && float && kn.xs.dim(2)? >= 2 {
+        let all = Tensor::cat(&[&kn.xs, &kn.ys, &kn.ds], 2)?;
+        return crate::spline_op::rq_spline(v, &all, inverse);
+    }
+    apply_bins_generic(v, kn, inverse)
+}
+
+/// [`apply_bins`] with candle tensor ops (any device; the reference for the fused op). Both
+/// branches of the quadratic are evaluated and the one not taken gets a harmless denominator,
+/// so masked gradients stay finite.
+pub fn apply_bins_generic(v: &Tensor, kn: &Knots, inverse: bool) -> Result<(Tensor, Tensor)> {
     let src = if inverse { &kn.ys } else { &kn.xs };
     let idx = bin_index(v, src)?;
     let [x_lo, x_hi, y_lo, y_hi, d0, d1] = at_bin(kn, &idx)?;
@@ -134,4 +148,59 @@ pub fn apply_bins(v: &Tensor, kn: &Knots, inverse: bool) -> Result<(Tensor, Tens
         let y = y_lo.add(&num.div(&den)?)?;
         Ok((y, log_derivative(&theta, &delta, &d0, &d1)?))
     }
+}
+
+/// The knots of splines with parameters `raw` `[B, N, P]` (P = [`SplineSpec::n_params`]: K bin
+/// widths, K bin heights, then the derivative parameters) on [lo, hi], with candle ops: widths
+/// and heights by [`knot_positions`], derivatives m_d + softplus(r + [`derivative_shift`]), the
+/// end derivatives as `spec.ends` says.
+pub fn knots_from_raw(raw: &Tensor, spec: &SplineSpec) -> Result<Knots> {
+    let (b, n, c) = raw.dims3()?;
+    let k = spec.bins;
+    if c != spec.n_params() {
+        candle_core::bail!("spline: {c} parameters per spline for {k} bins (want {})", spec.n_params());
+    }
+    let end = |x: f64| -> Result<Tensor> { Tensor::ones((b, n, 1), raw.dtype(), raw.device())?.affine(x, 0.0) };
+    let (lo, hi) = (spec.lo, spec.hi);
+    let xs = knot_positions(&raw.narrow(2, 0, k)?, MIN_BIN_WIDTH, end(lo)?, end(hi)?, hi - lo, lo)?;
+    let ys = knot_positions(&raw.narrow(2, k, k)?, MIN_BIN_HEIGHT, end(lo)?, end(hi)?, hi - lo, lo)?;
+    let nd = spec.n_derivatives();
+    let inner = if nd > 0 {
+        Some(softplus(&(raw.narrow(2, 2 * k, nd)? + derivative_shift())?)?.affine(1.0, MIN_DERIVATIVE)?)
+    } else {
+        None
+    };
+    let ds = match (spec.ends, inner) {
+        (EndDerivatives::Free, Some(d)) => d,
+        (EndDerivatives::Periodic, Some(d)) => Tensor::cat(&[&d, &d.narrow(2, 0, 1)?], 2)?,
+        (EndDerivatives::One, Some(d)) => Tensor::cat(&[&end(1.0)?, &d, &end(1.0)?], 2)?,
+        (_, None) => Tensor::cat(&[&end(1.0)?, &end(1.0)?], 2)?,
+    };
+    Ok(Knots { xs, ys, ds })
+}
+
+/// The splines of `spec` with parameters `raw` `[B, N, P]` on values `v` `[B, N]` (or their
+/// inverses): (images, log-derivatives), each `[B, N]`. Values must lie in [lo, hi] unless
+/// `spec.identity_outside`, which maps the others to themselves with log-derivative 0. On the
+/// CPU one fused op ([`crate::spline_op::rq_spline_raw`]); elsewhere [`knots_from_raw`] and
+/// [`apply_bins_generic`].
+pub fn apply_raw(v: &Tensor, raw: &Tensor, spec: &SplineSpec, inverse: bool) -> Result<(Tensor, Tensor)> {
+    if crate::spline_op::fused_available(v, spec) {
+        return crate::spline_op::rq_spline_raw(v, raw, *spec, inverse);
+    }
+    apply_raw_generic(v, raw, spec, inverse)
+}
+
+/// [`apply_raw`] with candle ops only (any device; the reference for the fused op).
+pub fn apply_raw_generic(v: &Tensor, raw: &Tensor, spec: &SplineSpec, inverse: bool) -> Result<(Tensor, Tensor)> {
+    let kn = knots_from_raw(raw, spec)?;
+    if !spec.identity_outside {
+        return apply_bins_generic(v, &kn, inverse);
+    }
+    let inside = v.ge(spec.lo)?.mul(&v.le(spec.hi)?)?;
+    let zeros = v.zeros_like()?;
+    // values outside are replaced by the midpoint so that the spline branch stays finite
+    let mid = v.ones_like()?.affine(0.5 * (spec.lo + spec.hi), 0.0)?;
+    let (out, ld) = apply_bins_generic(&inside.where_cond(v, &mid)?, &kn, inverse)?;
+    Ok((inside.where_cond(&out, v)?, inside.where_cond(&ld, &zeros)?))
 }

@@ -1,6 +1,7 @@
 //! Monotone rational-quadratic splines (Durkan, Bekasov, Murray, Papamakarios, "Neural Spline
-//! Flows", arXiv 1906.04032) with linear tails, written with candle tensor ops only, so that
-//! autograd derives the backward pass and the same code runs on every device.
+//! Flows", arXiv 1906.04032) with linear tails: on the CPU one fused op with a hand-written
+//! backward pass (`latflow_flow_common::spline_op`), elsewhere candle tensor ops (the
+//! reference, tested equal).
 //!
 //! A spline acts elementwise on `[B, H]` values and is parameterised per element by the `3K − 1`
 //! unconstrained numbers `[B, H, 3K − 1]` that the conditioner outputs: K bin widths, K bin
@@ -31,46 +32,24 @@
 
 use candle_core::{Result, Tensor};
 
-use latflow_flow_common::spline::{apply_bins, derivative_shift, softplus};
+use latflow_flow_common::spline::{apply_raw, knots_from_raw, EndDerivatives, SplineSpec};
 pub use latflow_flow_common::spline::{Knots, MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE};
 
-/// Knot positions from unnormalised bin sizes `u` `[B, H, K]`: `[B, H, K + 1]` from −B to B.
-fn knot_positions(u: &Tensor, min: f64, bound: f64) -> Result<Tensor> {
-    let (b, h, _) = u.dims3()?;
-    let lo = Tensor::ones((b, h, 1), u.dtype(), u.device())?.affine(-bound, 0.0)?;
-    let hi = Tensor::ones((b, h, 1), u.dtype(), u.device())?.affine(bound, 0.0)?;
-    latflow_flow_common::spline::knot_positions(u, min, lo, hi, 2.0 * bound, -bound)
+/// The spline family: K bins on [−B, B], boundary derivatives 1, identity outside.
+pub fn spec(k: usize, bound: f64) -> SplineSpec {
+    SplineSpec { bins: k, lo: -bound, hi: bound, ends: EndDerivatives::One, identity_outside: true }
 }
 
 /// The knots from the conditioner's output `raw` `[B, H, 3K − 1]`.
 pub fn knots(raw: &Tensor, k: usize, bound: f64) -> Result<Knots> {
-    let (b, h, c) = raw.dims3()?;
-    if c != 3 * k - 1 {
-        return Err(candle_core::Error::Msg(format!("spline: {c} parameters per site for {k} bins")));
-    }
-    let xs = knot_positions(&raw.narrow(2, 0, k)?, MIN_BIN_WIDTH, bound)?;
-    let ys = knot_positions(&raw.narrow(2, k, k)?, MIN_BIN_HEIGHT, bound)?;
-    let one = Tensor::ones((b, h, 1), raw.dtype(), raw.device())?;
-    let ds = if k == 1 {
-        Tensor::cat(&[&one, &one], 2)?
-    } else {
-        let inner = softplus(&(raw.narrow(2, 2 * k, k - 1)? + derivative_shift())?)?.affine(1.0, MIN_DERIVATIVE)?;
-        Tensor::cat(&[&one, &inner, &one], 2)?
-    };
-    Ok(Knots { xs, ys, ds })
+    knots_from_raw(raw, &spec(k, bound))
 }
 
 /// Applies the splines with parameters `raw` `[B, H, 3K − 1]` to `x` `[B, H]` (or their
 /// inverses, with `inverse`): the transformed values and Σ over H of ln|dy/dx| (ln|dx/dy| for
-/// the inverse), `[B]`.
+/// the inverse), `[B]`. On the CPU one fused op with a hand-written backward pass
+/// (`latflow_flow_common::spline_op`), elsewhere candle ops.
 pub fn apply(x: &Tensor, raw: &Tensor, k: usize, bound: f64, inverse: bool) -> Result<(Tensor, Tensor)> {
-    let kn = knots(raw, k, bound)?;
-    let inside = x.abs()?.le(bound)?;
-    let zeros = x.zeros_like()?;
-    // values outside are replaced by 0 (inside) so that the spline branch stays finite
-    let v = inside.where_cond(x, &zeros)?;
-    let (out, ld) = apply_bins(&v, &kn, inverse)?;
-    let y = inside.where_cond(&out, x)?;
-    let ld = inside.where_cond(&ld, &zeros)?;
+    let (y, ld) = apply_raw(x, raw, &spec(k, bound), inverse)?;
     Ok((y, ld.sum(1)?))
 }

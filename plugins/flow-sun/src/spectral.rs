@@ -43,14 +43,13 @@
 //! ```
 //!
 //! Everything is written with candle ops (the phases with the differentiable op of
-//! [`crate::eig`]), so autograd derives the training gradient.
+//! [`crate::eig`], the splines with latflow-flow-common's fused spline op on the CPU), so
+//! autograd derives the training gradient.
 
 use std::f64::consts::PI;
 
 use candle_core::{Result, Tensor};
-use latflow_flow_common::spline::{
-    apply_bins, derivative_shift, knot_positions, softplus, Knots, MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE,
-};
+use latflow_flow_common::spline::{apply_raw, knots_from_raw, EndDerivatives, Knots, SplineSpec};
 
 use crate::ctensor::{CM, CT};
 use crate::eig;
@@ -65,18 +64,14 @@ pub fn loop_params(n: usize, bins: usize) -> usize {
     (n - 1) * spline_params(bins)
 }
 
+/// The spline family of the alcove coordinates: K bins on [0, 1], both end derivatives free.
+pub fn spec(k: usize) -> SplineSpec {
+    SplineSpec { bins: k, lo: 0.0, hi: 1.0, ends: EndDerivatives::Free, identity_outside: false }
+}
+
 /// The knots of the interval splines of [0, 1] from their parameters `raw` `[B, A, 3K + 1]`.
 pub fn knots(raw: &Tensor, k: usize) -> Result<Knots> {
-    let (b, a, c) = raw.dims3()?;
-    if c != spline_params(k) {
-        candle_core::bail!("interval spline: {c} parameters for {k} bins");
-    }
-    let zeros = || Tensor::zeros((b, a, 1), raw.dtype(), raw.device());
-    let ones = || Tensor::ones((b, a, 1), raw.dtype(), raw.device());
-    let xs = knot_positions(&raw.narrow(2, 0, k)?, MIN_BIN_WIDTH, zeros()?, ones()?, 1.0, 0.0)?;
-    let ys = knot_positions(&raw.narrow(2, k, k)?, MIN_BIN_HEIGHT, zeros()?, ones()?, 1.0, 0.0)?;
-    let ds = softplus(&(raw.narrow(2, 2 * k, k + 1)? + derivative_shift())?)?.affine(1.0, MIN_DERIVATIVE)?;
-    Ok(Knots { xs, ys, ds })
+    knots_from_raw(raw, &spec(k))
 }
 
 /// The alcove phases `[B, A, N]` of matrices `w` `[B, A, N, N]` (SU(2): from Re a and
@@ -167,10 +162,10 @@ pub fn couple(w: &CM, raw: &Tensor, n: usize, bins: usize, inverse: bool) -> Res
     let from = phases(w, n)?;
     let (u, v) = coordinates(&from, n)?;
     let p = spline_params(bins);
-    let (u2, mut ld) = apply_bins(&u, &knots(&raw.narrow(2, 0, p)?, bins)?, inverse)?;
+    let (u2, mut ld) = apply_raw(&u, &raw.narrow(2, 0, p)?, &spec(bins), inverse)?;
     let v2 = match &v {
         Some(v) => {
-            let (v2, ldv) = apply_bins(v, &knots(&raw.narrow(2, p, p)?, bins)?, inverse)?;
+            let (v2, ldv) = apply_raw(v, &raw.narrow(2, p, p)?, &spec(bins), inverse)?;
             ld = ld.add(&ldv)?.add(&u2.log()?)?.sub(&u.log()?)?;
             Some(v2)
         }
