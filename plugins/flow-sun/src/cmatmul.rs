@@ -47,60 +47,70 @@ impl Real for f64 {
     const ZERO: f64 = 0.0;
 }
 
-/// Entry (i, j) of op(M) for a matrix stored as 2N² reals.
+/// Entry (i, j) of op(M) for an N×N matrix stored as 2N² reals.
 #[inline(always)]
-fn at<T: Real>(m: &[T], n: usize, adj: bool, i: usize, j: usize) -> (T, T) {
+fn at<T: Real, const N: usize>(m: &[T], adj: bool, i: usize, j: usize) -> (T, T) {
     if adj {
-        let k = 2 * (j * n + i);
+        let k = 2 * (j * N + i);
         (m[k], -m[k + 1])
     } else {
-        let k = 2 * (i * n + j);
+        let k = 2 * (i * N + j);
         (m[k], m[k + 1])
     }
 }
 
-/// The largest N the op supports (its operands are copied into fixed arrays).
+/// The largest N the op supports.
 pub const MAX_N: usize = 3;
 
 /// op(M) as (re, im) arrays of N×N row-major entries.
 #[inline(always)]
-fn load<T: Real>(m: &[T], n: usize, adj: bool) -> ([T; MAX_N * MAX_N], [T; MAX_N * MAX_N]) {
-    let (mut re, mut im) = ([T::ZERO; MAX_N * MAX_N], [T::ZERO; MAX_N * MAX_N]);
-    for i in 0..n {
-        for j in 0..n {
-            let (r, c) = at(m, n, adj, i, j);
-            re[i * n + j] = r;
-            im[i * n + j] = c;
+fn load<T: Real, const N: usize>(m: &[T], adj: bool) -> ([[T; N]; N], [[T; N]; N]) {
+    let (mut re, mut im) = ([[T::ZERO; N]; N], [[T::ZERO; N]; N]);
+    for i in 0..N {
+        for j in 0..N {
+            let (r, c) = at::<T, N>(m, adj, i, j);
+            re[i][j] = r;
+            im[i][j] = c;
         }
     }
     (re, im)
 }
 
 impl CMatMul {
-    fn product<T: Real>(&self, a: &[T], b: &[T]) -> Vec<T> {
-        let n = self.n;
-        let per = 2 * n * n;
+    /// The products for one matrix size N (a compile-time constant, so the loops unroll and
+    /// the operands stay in registers; the arithmetic and its order are those of the textbook
+    /// loop).
+    fn product_n<T: Real, const N: usize>(&self, a: &[T], b: &[T]) -> Vec<T> {
+        let per = 2 * N * N;
         let mut out = vec![T::ZERO; a.len()];
+        let (adj_a, adj_b) = (self.adj_a, self.adj_b);
         out.par_chunks_mut(per * CHUNK).enumerate().for_each(|(c, block)| {
             for (m, o) in block.chunks_exact_mut(per).enumerate() {
                 let off = (c * CHUNK + m) * per;
-                let (xr, xi) = load(&a[off..off + per], n, self.adj_a);
-                let (yr, yi) = load(&b[off..off + per], n, self.adj_b);
-                for i in 0..n {
-                    for j in 0..n {
+                let (xr, xi) = load::<T, N>(&a[off..off + per], adj_a);
+                let (yr, yi) = load::<T, N>(&b[off..off + per], adj_b);
+                for i in 0..N {
+                    for j in 0..N {
                         let (mut re, mut im) = (T::ZERO, T::ZERO);
-                        for k in 0..n {
-                            let (p, q) = (i * n + k, k * n + j);
-                            re = re + (xr[p] * yr[q] - xi[p] * yi[q]);
-                            im = im + (xr[p] * yi[q] + xi[p] * yr[q]);
+                        for k in 0..N {
+                            re = re + (xr[i][k] * yr[k][j] - xi[i][k] * yi[k][j]);
+                            im = im + (xr[i][k] * yi[k][j] + xi[i][k] * yr[k][j]);
                         }
-                        o[2 * (i * n + j)] = re;
-                        o[2 * (i * n + j) + 1] = im;
+                        o[2 * (i * N + j)] = re;
+                        o[2 * (i * N + j) + 1] = im;
                     }
                 }
             }
         });
         out
+    }
+
+    fn product<T: Real>(&self, a: &[T], b: &[T]) -> Vec<T> {
+        match self.n {
+            1 => self.product_n::<T, 1>(a, b),
+            2 => self.product_n::<T, 2>(a, b),
+            _ => self.product_n::<T, 3>(a, b),
+        }
     }
 }
 
@@ -112,7 +122,7 @@ impl CustomOp2 for CMatMul {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = self.n;
         let dims = l1.dims();
-        if n > MAX_N || dims != l2.dims() || dims.len() < 3 || dims[dims.len() - 3..] != [n, n, 2] {
+        if n == 0 || n > MAX_N || dims != l2.dims() || dims.len() < 3 || dims[dims.len() - 3..] != [n, n, 2] {
             candle_core::bail!(
                 "complex matmul: operands [.., {n}, {n}, 2] of equal shape expected, got {dims:?} and {:?}",
                 l2.dims()
