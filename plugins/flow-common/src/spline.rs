@@ -1,11 +1,13 @@
 //! The rational-quadratic spline core (Durkan, Bekasov, Murray, Papamakarios, "Neural Spline
-//! Flows", arXiv 1906.04032) shared by the plugins' interval splines (linear tails, `flow-scalar`)
-//! and circular splines (`flow-u1`), written with candle tensor ops only, so that autograd
-//! derives the backward pass and the same code runs on every device.
+//! Flows", arXiv 1906.04032) shared by the plugins' interval splines (linear tails,
+//! `flow-scalar`; free end derivatives, `flow-sun`) and circular splines (`flow-u1`).
 //!
-//! A plugin builds the [`Knots`] of its splines (its own domain, parameterisation and boundary
-//! derivatives, typically with [`knot_positions`], [`softplus`] and [`derivative_shift`]) and
-//! maps values inside the knot range with [`apply_bins`]. In bin k, with
+//! A plugin describes its splines by a [`SplineSpec`] (bins, domain [lo, hi], how the end
+//! derivatives are set, identity outside or not) and maps values with [`apply_raw`] straight
+//! from the conditioner's raw parameters: on the CPU that is one fused op with a hand-written
+//! backward pass ([`crate::spline_op`]); elsewhere [`knots_from_raw`] builds the [`Knots`]
+//! with candle tensor ops (autograd derives the backward pass, on every device) and
+//! [`apply_bins_generic`] maps values inside the knot range. In bin k, with
 //! θ = (x − x_k)/(x_{k+1} − x_k), δ = (y_{k+1} − y_k)/(x_{k+1} − x_k):
 //!
 //! ```text

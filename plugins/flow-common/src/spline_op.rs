@@ -7,7 +7,7 @@
 //! the log-derivative (ln dy/dx forward; x and ln dx/dy = −ln dy/dx for the inverse).
 //!
 //! **Derivatives.** Per element, the forward formula is evaluated in forward-mode dual numbers
-//! ([`Dual`]) with seven tangents: the argument x and the bin's six knot values (x_k, x_{k+1},
+//! (`Dual`) with seven tangents: the argument x and the bin's six knot values (x_k, x_{k+1},
 //! y_k, y_{k+1}, d_k, d_{k+1}). That gives ∂y/∂· and ∂ln y′/∂· exactly (to rounding). The
 //! inverse x = g⁻¹(y) is solved as in the generic formulation (the cancellation-free root of
 //! the quadratic) and differentiated implicitly from the same forward tangents:

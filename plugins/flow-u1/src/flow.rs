@@ -21,8 +21,8 @@
 //! the fused CPU ops ([`crate::ops`] and `latflow_flow_common::kernels::conv`; the default on
 //! the CPU), and the generic one with candle ops (`index_select` im2col + matmul for the
 //! convolutions, `index_select`/`index_add` for plaquettes and link updates), which runs on
-//! every device. The spline coupling always uses candle ops (its convolutions are fused on the
-//! CPU); the NCP inverse is solved on the CPU (on other devices its inputs are copied to the
+//! every device. The spline coupling gathers plaquettes and updates links with candle ops and
+//! maps them with latflow-flow-common's spline op (fused on the CPU); the NCP inverse is solved on the CPU (on other devices its inputs are copied to the
 //! host and back), and when its inputs carry a gradient (path gradients) the solution enters the
 //! graph by implicit differentiation ([`Flow::ncp_inverse_tracked`]).
 //!
