@@ -206,6 +206,9 @@ impl Flow {
                 let (delta, log_dh) = ncp::ncp_generic(&p_w, &raw, self.n_mix())?;
                 self.update(state, md, &delta, &log_dh.sum(1)?)
             }
+            (Coupling::Ncp, true) if (state.track_op() || raw.track_op()) && self.net.fused() => {
+                ops::ncp_inverse_tracked(state, &raw, &md.op, self.n_mix())
+            }
             (Coupling::Ncp, true) if state.track_op() || raw.track_op() => self.ncp_inverse_tracked(state, md, &raw),
             (Coupling::Ncp, true) => self.ncp_inverse_solved(state, &raw, md),
             (Coupling::Spline, inv) => {
@@ -228,9 +231,11 @@ impl Flow {
         }
     }
 
-    /// The inverse NCP layer with a gradient (implicit differentiation), for path gradients and
-    /// any other use that differentiates log q or the latent point with respect to the links or
-    /// the weights. The solver's root P₀ of H(P) = P′ (per active plaquette, detached) is
+    /// The inverse NCP layer with a gradient (implicit differentiation) in the generic
+    /// formulation (any device; the fused CPU op [`ops::ncp_inverse_tracked`] has the same
+    /// derivatives by hand, tested equal), for path gradients and any other use that
+    /// differentiates log q or the latent point with respect to the links or the weights. The
+    /// solver's root P₀ of H(P) = P′ (per active plaquette, detached) is
     /// carried into the graph by one Newton correction whose value is zero:
     ///
     /// ```text

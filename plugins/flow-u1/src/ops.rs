@@ -4,7 +4,8 @@
 //! (`2·x + μ`) followed by the log-determinant accumulated so far. Each layer is then
 //! [`features`] (cos and sin of its frozen plaquettes, the conditioner's input), the
 //! conditioner's convolutions (`latflow_flow_common::kernels::conv`), and one update op: the
-//! NCP coupling [`ncp_couple`] (forward, differentiable) or [`ncp_inverse`] (no gradient).
+//! NCP coupling [`ncp_couple`] (forward) or [`ncp_inverse`] (inverse; [`ncp_inverse_tracked`]
+//! with a backward pass by implicit differentiation).
 //! Three ops per layer plus the convolutions replace some sixty small candle ops, whose
 //! per-op overhead dominates at the peer's size (L = 8, batch 64).
 //!
@@ -294,7 +295,8 @@ pub fn ncp_couple(state: &Tensor, raw: &Tensor, g: &Arc<OpGeom>, n_mix: usize) -
     state.contiguous()?.apply_op2(&raw.contiguous()?, NcpCouple { g: g.clone(), n_mix })
 }
 
-/// The inverse NCP coupling (no gradient).
+/// The inverse NCP coupling. Its backward pass differentiates the solution implicitly (see
+/// [`NcpInverseBack`]); [`ncp_inverse`] applies it without one.
 struct NcpInverse {
     g: Arc<OpGeom>,
     n_mix: usize,
@@ -336,10 +338,114 @@ impl CustomOp2 for NcpInverse {
             Ok((to_storage(out), l1.shape().clone()))
         })
     }
+    fn bwd(
+        &self,
+        state: &Tensor,
+        raw: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = state.contiguous()?.apply_op3_no_bwd(
+            &raw.contiguous()?,
+            &grad.contiguous()?,
+            &NcpInverseBack { g: self.g.clone(), n_mix: self.n_mix },
+        )?;
+        let (b, w) = state.dims2()?;
+        let na = self.g.active.len();
+        let gs = if state.track_op() { Some(both.narrow(1, 0, w)?) } else { None };
+        let gr =
+            if raw.track_op() { Some(both.narrow(1, w, na * (self.n_mix + 1))?.reshape((b, na, self.n_mix + 1))?) } else { None };
+        Ok((gs, gr))
+    }
+}
+
+/// The inverse layer's backward pass: (state θ′, raw, ∂L/∂output) → [∂L/∂state | ∂L/∂raw] as
+/// `[B, 2V + 1 + N_active·(n + 1)]`. Per active plaquette the solution u of H(u) = P′ (P′ the
+/// plaquette of θ′, H including the rotation t) is found again by [`ncp::solve`]; the output
+/// link is θ′_l + σ(u − P′) and the log-det column gains −ln H′(u). Implicitly, ∂u/∂P′ = 1/H′,
+/// ∂u/∂s_k = −(∂H/∂s_k)/H′, ∂u/∂t = −1/H′, so with G_l, G_ld the output gradients
+///
+/// ```text
+/// ∂L/∂u = σ G_l − G_ld ∂ln H′/∂u,      ∂L/∂P′ = −σ G_l + ∂L/∂u / H′
+/// ∂L/∂(s_k, t) = [−∂L/∂u / H′] ∂H/∂(s_k, t) − G_ld ∂ln H′/∂(s_k, t)
+/// ```
+///
+/// (the last line is [`ncp::backward`] with g_δ = −∂L/∂u / H′ and g_ld = −G_ld); every column
+/// passes its own gradient through, and ∂L/∂P′ reaches the plaquette's four links.
+struct NcpInverseBack {
+    g: Arc<OpGeom>,
+    n_mix: usize,
+}
+
+impl CustomOp3 for NcpInverseBack {
+    fn name(&self) -> &'static str {
+        "flow-u1-ncp-inverse-back"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let b = check_state(l1, g, "NCP inverse backward")?;
+        check_raw(l2, b, g, self.n_mix)?;
+        let (w, n, na) = (g.width(), self.n_mix, g.active.len());
+        let ow = w + na * (n + 1);
+        dispatch_float!(s1, "flow-u1 NCP inverse backward", T => {
+            let x: &[T] = cpu_slice(s1, l1)?;
+            let raw: &[T] = cpu_slice(s2, l2)?;
+            let gr: &[T] = cpu_slice(s3, l3)?;
+            let mut out = vec![T::default(); b * ow];
+            per_config(&mut out, ow, |bi, row| {
+                let links = &x[bi * w..(bi + 1) * w];
+                let r = &raw[bi * na * (n + 1)..(bi + 1) * na * (n + 1)];
+                let go = &gr[bi * w..(bi + 1) * w];
+                let (gs, graw) = row.split_at_mut(w);
+                gs.copy_from_slice(go);
+                let g_ld = go[w - 1].to_f64();
+                let mut s = [0.0f64; ncp::MAX_N_MIX];
+                let mut g_raw = [0.0f64; ncp::MAX_N_MIX + 1];
+                for (a, pl) in g.active.iter().enumerate() {
+                    let ra = &r[a * (n + 1)..(a + 1) * (n + 1)];
+                    for k in 0..n {
+                        s[k] = ra[k].to_f64();
+                    }
+                    let lk: [f64; 4] = std::array::from_fn(|j| links[pl[j] as usize].to_f64());
+                    let p_new = crate::geometry::wrap_pi(lk[0] + lk[1] - lk[2] - lk[3]);
+                    let y = crate::geometry::wrap_pi(p_new - ra[n].to_f64());
+                    let (u, log_dh) = ncp::solve(y, &s[..n]);
+                    let dh = log_dh.exp();
+                    let dlog_du = ncp::backward(u, &s[..n], 0.0, 1.0, &mut g_raw[..n + 1]);
+                    let g_l = go[g.active_links[a] as usize].to_f64();
+                    let g_u = g.sigma * g_l - g_ld * dlog_du;
+                    ncp::backward(u, &s[..n], -g_u / dh, -g_ld, &mut g_raw[..n + 1]);
+                    for (o, v) in graw[a * (n + 1)..(a + 1) * (n + 1)].iter_mut().zip(&g_raw[..n + 1]) {
+                        *o = T::from_f64(*v);
+                    }
+                    let g_p = -g.sigma * g_l + g_u / dh;
+                    for j in 0..4 {
+                        let c = &mut gs[pl[j] as usize];
+                        *c = T::from_f64(c.to_f64() + PLAQ_SIGNS[j] * g_p);
+                    }
+                }
+            });
+            Ok((to_storage(out), Shape::from((b, ow))))
+        })
+    }
 }
 
 /// One inverse NCP coupling layer (CPU, no gradient): the active links are solved for (see
 /// [`ncp::solve`]) and the last column gains −Σ_active ln H′ at the solutions (log J⁻¹).
 pub fn ncp_inverse(state: &Tensor, raw: &Tensor, g: &Arc<OpGeom>, n_mix: usize) -> Result<Tensor> {
     state.contiguous()?.apply_op2_no_bwd(&raw.contiguous()?, &NcpInverse { g: g.clone(), n_mix })
+}
+
+/// [`ncp_inverse`] with its backward pass (implicit differentiation, [`NcpInverseBack`]): the
+/// same values, and gradients with respect to the state and the conditioner output.
+pub fn ncp_inverse_tracked(state: &Tensor, raw: &Tensor, g: &Arc<OpGeom>, n_mix: usize) -> Result<Tensor> {
+    state.contiguous()?.apply_op2(&raw.contiguous()?, NcpInverse { g: g.clone(), n_mix })
 }
