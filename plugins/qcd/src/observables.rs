@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use latflow_core::abi::{ObservableSpec, PluginError};
 use latflow_core::gauge::fermion::{
-    dot, CgParams, Colour, DiracGauge, FermionError, SolverWork, Spinor, SpinorOf, WilsonDirac,
+    dot, CgParams, Colour, DiracGauge, FermionError, HopCached, SolverWork, Spinor, SpinorOf, WilsonDirac,
     WilsonGroup,
 };
 use latflow_core::gauge::gradflow::{self, FlowGroup};
@@ -154,9 +154,9 @@ fn on_links<G: WilsonGroup + bytemuck::Pod, const NS: usize, R>(
 ) -> Result<R, FermionError> {
     if d.params().csw != 0.0 {
         let mut field = d.new_clover_field()?;
-        f(&d.clover_gauge(l, &mut field)?)
+        f(&HopCached::new(&d.clover_gauge(l, &mut field)?))
     } else {
-        f(&Plain(l))
+        f(&HopCached::new(&Plain(l)))
     }
 }
 

@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use latflow_core::gauge::fermion::{
-    fill_gaussian, re_dot, CgParams, CgReport, CloverField, DiracGauge, FermionError, SolverWork,
+    fill_gaussian, re_dot, CgParams, CgReport, CloverField, DiracGauge, FermionError, HopCached, SolverWork,
     Spinor, SpinorOf, WilsonDirac, WilsonGroup,
 };
 use latflow_core::gauge::flat::{view, view_mut};
@@ -121,7 +121,9 @@ impl<G: WilsonGroup, const NS: usize> Operator<G, NS> {
         })
     }
 
-    /// Runs `f` with the gauge data of `links` (with their clover field when c_sw ≠ 0).
+    /// Runs `f` with the gauge data of `links` (with their clover field when c_sw ≠ 0), their
+    /// hopping factors precomputed once for the whole call ([`HopCached`]: U(1) takes each
+    /// link's sine and cosine once per solve instead of at every hop).
     pub fn with_gauge<R>(
         &self,
         links: &[G],
@@ -129,8 +131,8 @@ impl<G: WilsonGroup, const NS: usize> Operator<G, NS> {
         f: impl FnOnce(&dyn DiracGauge<G>) -> Result<R, FermionError>,
     ) -> Result<R, FermionError> {
         match clover {
-            Some(c) => f(&self.dirac.clover_gauge(links, c)?),
-            None => f(&Plain(links)),
+            Some(c) => f(&HopCached::new(&self.dirac.clover_gauge(links, c)?)),
+            None => f(&HopCached::new(&Plain(links))),
         }
     }
 

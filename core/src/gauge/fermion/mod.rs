@@ -89,8 +89,10 @@ pub mod spinor;
 pub mod wilson;
 
 pub use cg::{cg, CgParams, CgReport, CgWork, SolverWork};
-pub use clover::{CloverField, CloverGauge, DiracGauge};
-pub use spinor::{axpy, dot, fill_gaussian, norm2, re_dot, xpay, Colour, ColourVector, Spinor, SpinorOf, WilsonGroup};
+pub use clover::{CloverField, CloverGauge, DiracGauge, HopCached};
+pub use spinor::{
+    axpy, dot, fill_gaussian, norm2, re_dot, xpay, Colour, ColourVector, HopLink, Spinor, SpinorOf, U1Phase, WilsonGroup,
+};
 pub use wilson::{WilsonDirac, WilsonParams};
 
 /// Why a fermion operator could not be built or applied, or a solve failed.

@@ -134,9 +134,19 @@ impl<const N: usize> Colour for ColourVector<N> {
 /// A gauge group whose links act on colour vectors in the fundamental representation: what
 /// the Wilson operator and its force are generic over. Implemented by [`U1Angle`] (N = 1),
 /// [`Matrix<N>`] (so [`crate::gauge::Su2`], [`crate::gauge::Su3`]) and [`SuN<N>`].
-pub trait WilsonGroup: GaugeGroup {
+pub trait WilsonGroup: GaugeGroup + HopLink<<Self as WilsonGroup>::Colour> {
     /// The colour vector type, N = [`GaugeGroup::NC`] components.
     type Colour: Colour;
+    /// The link in the form the hopping term multiplies by: for U(1) the phases e^{±iθ}
+    /// ([`U1Phase`]), so that a solve takes each link's sine and cosine once
+    /// ([`super::HopCached`]) instead of at every hop of every iteration; for SU(N) the link
+    /// itself.
+    type Hop: HopLink<Self::Colour>;
+    /// Whether [`super::HopCached`] precomputes [`WilsonGroup::Hop`]s (false where they are
+    /// the links themselves).
+    const CACHE_HOPS: bool;
+    /// This link as a [`WilsonGroup::Hop`]; its products equal the link's bit for bit.
+    fn hop(&self) -> Self::Hop;
     /// U·v.
     fn mul_vec(&self, v: &Self::Colour) -> Self::Colour;
     /// U†·v.
@@ -154,8 +164,52 @@ pub trait WilsonGroup: GaugeGroup {
     fn mat_entry(m: &Self::Mat, i: usize, j: usize) -> Complex;
 }
 
+/// What the hopping term multiplies colour vectors by: U·v and U†·v.
+pub trait HopLink<C>: Copy + Send + Sync {
+    /// U·v.
+    fn hop_mul(&self, v: &C) -> C;
+    /// U†·v.
+    fn hop_dagger_mul(&self, v: &C) -> C;
+}
+
+/// A U(1) link as its two phases e^{iθ} and e^{−iθ}, exactly the values [`U1Angle`]'s products
+/// compute (`Complex::cis(±θ)`), so products agree bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct U1Phase {
+    pub fwd: Complex,
+    pub bwd: Complex,
+}
+
+impl HopLink<ColourVector<1>> for U1Phase {
+    #[inline(always)]
+    fn hop_mul(&self, v: &ColourVector<1>) -> ColourVector<1> {
+        ColourVector([v.0[0] * self.fwd])
+    }
+    #[inline(always)]
+    fn hop_dagger_mul(&self, v: &ColourVector<1>) -> ColourVector<1> {
+        ColourVector([v.0[0] * self.bwd])
+    }
+}
+
+impl HopLink<ColourVector<1>> for U1Angle {
+    #[inline(always)]
+    fn hop_mul(&self, v: &ColourVector<1>) -> ColourVector<1> {
+        self.mul_vec(v)
+    }
+    #[inline(always)]
+    fn hop_dagger_mul(&self, v: &ColourVector<1>) -> ColourVector<1> {
+        self.dagger_mul_vec(v)
+    }
+}
+
 impl WilsonGroup for U1Angle {
     type Colour = ColourVector<1>;
+    type Hop = U1Phase;
+    const CACHE_HOPS: bool = true;
+    #[inline(always)]
+    fn hop(&self) -> U1Phase {
+        U1Phase { fwd: Complex::cis(self.0), bwd: Complex::cis(-self.0) }
+    }
     #[inline(always)]
     fn mul_vec(&self, v: &ColourVector<1>) -> ColourVector<1> {
         ColourVector([v.0[0] * Complex::cis(self.0)])
@@ -218,11 +272,39 @@ fn mat_outer<const N: usize>(a: &ColourVector<N>, b: &ColourVector<N>) -> Matrix
     Matrix(std::array::from_fn(|i| std::array::from_fn(|j| a.0[i] * b.0[j].conj())))
 }
 
+impl<const N: usize> HopLink<ColourVector<N>> for Matrix<N> {
+    #[inline(always)]
+    fn hop_mul(&self, v: &ColourVector<N>) -> ColourVector<N> {
+        mat_vec(self, v)
+    }
+    #[inline(always)]
+    fn hop_dagger_mul(&self, v: &ColourVector<N>) -> ColourVector<N> {
+        mat_dagger_vec(self, v)
+    }
+}
+
+impl<const N: usize> HopLink<ColourVector<N>> for SuN<N> {
+    #[inline(always)]
+    fn hop_mul(&self, v: &ColourVector<N>) -> ColourVector<N> {
+        mat_vec(&self.0, v)
+    }
+    #[inline(always)]
+    fn hop_dagger_mul(&self, v: &ColourVector<N>) -> ColourVector<N> {
+        mat_dagger_vec(&self.0, v)
+    }
+}
+
 impl<const N: usize> WilsonGroup for Matrix<N>
 where
     Matrix<N>: GaugeGroup<Mat = Matrix<N>>,
 {
     type Colour = ColourVector<N>;
+    type Hop = Matrix<N>;
+    const CACHE_HOPS: bool = false;
+    #[inline(always)]
+    fn hop(&self) -> Matrix<N> {
+        *self
+    }
     #[inline(always)]
     fn mul_vec(&self, v: &ColourVector<N>) -> ColourVector<N> {
         mat_vec(self, v)
@@ -255,6 +337,12 @@ where
 
 impl<const N: usize> WilsonGroup for SuN<N> {
     type Colour = ColourVector<N>;
+    type Hop = SuN<N>;
+    const CACHE_HOPS: bool = false;
+    #[inline(always)]
+    fn hop(&self) -> SuN<N> {
+        *self
+    }
     #[inline(always)]
     fn mul_vec(&self, v: &ColourVector<N>) -> ColourVector<N> {
         mat_vec(&self.0, v)

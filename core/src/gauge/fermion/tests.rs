@@ -397,3 +397,46 @@ fn half_lattice_position_is_half_the_site_index() {
         assert!((0..lat.volume()).all(|y| lat.eo_index(y) == y / 2), "{shape:?}");
     }
 }
+
+/// Precomputed hopping factors ([`HopCached`]) change no bit: D, D† and the Schur complement on
+/// random U(1) fields (whose factors are cached) and SU(3) fields (whose are not), with and
+/// without twisted mass.
+fn check_hop_cache<G: WilsonGroup, const NS: usize>(shape: &[i64], seed: u64) {
+    for mu in [0.0, 0.21] {
+        let d = op::<G, NS>(shape, 0.19, mu);
+        let v = d.volume();
+        let u = hot::<G>(d.lattice(), seed);
+        let links = u.links().to_vec();
+        let cached = HopCached::new(&links);
+        assert_eq!(cached.hops().is_some(), G::CACHE_HOPS);
+        let psi = noise::<G, NS>(v, seed + 1);
+        let bits = |f: &[SpinorOf<G, NS>]| -> Vec<u64> {
+            f.iter()
+                .flat_map(|s| s.0.iter().flat_map(|c| c.components().iter().flat_map(|z| [z.re.to_bits(), z.im.to_bits()])))
+                .collect()
+        };
+        for dag in [false, true] {
+            let (mut a, mut b) = (vec![SpinorOf::<G, NS>::default(); v], vec![SpinorOf::<G, NS>::default(); v]);
+            if dag {
+                d.apply_dagger(u.links(), &psi, &mut a).unwrap();
+                d.apply_dagger(&cached, &psi, &mut b).unwrap();
+            } else {
+                d.apply(u.links(), &psi, &mut a).unwrap();
+                d.apply(&cached, &psi, &mut b).unwrap();
+            }
+            assert_eq!(bits(&a), bits(&b), "D (dagger {dag}) with cached hopping factors");
+        }
+        let h = v / 2;
+        let mut tmp = vec![SpinorOf::<G, NS>::default(); h];
+        let (mut a, mut b) = (vec![SpinorOf::<G, NS>::default(); h], vec![SpinorOf::<G, NS>::default(); h]);
+        d.apply_schur(u.links(), &psi[..h], &mut tmp, &mut a).unwrap();
+        d.apply_schur(&cached, &psi[..h], &mut tmp, &mut b).unwrap();
+        assert_eq!(bits(&a), bits(&b), "Schur complement with cached hopping factors");
+    }
+}
+
+#[test]
+fn cached_hopping_factors_change_no_bit() {
+    check_hop_cache::<U1Angle, 2>(&[6, 4], 81);
+    check_hop_cache::<Su3, 4>(&[4, 2, 2, 4], 82);
+}

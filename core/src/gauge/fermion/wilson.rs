@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 
 use super::clover::{apply_blocks, CloverField, DiracGauge};
 use super::gamma::{gamma5_diag, projector, ProjPair};
-use super::spinor::{par_fill, Colour, Spinor, WilsonGroup};
+use super::spinor::{par_fill, Colour, HopLink, Spinor, WilsonGroup};
 use super::FermionError;
 use crate::gauge::complex::Complex;
 use crate::lattice::Lattice;
@@ -70,9 +70,11 @@ pub struct WilsonDirac<G: WilsonGroup, const NS: usize> {
 
 /// The links and, with c_sw ≠ 0, their clover field, checked against the operator.
 #[derive(Clone, Copy)]
-pub(crate) struct GaugeRef<'a, G> {
+pub(crate) struct GaugeRef<'a, G: WilsonGroup> {
     pub(crate) links: &'a [G],
     pub(crate) clover: Option<&'a CloverField>,
+    /// The links' hopping factors, when precomputed ([`super::HopCached`]).
+    pub(crate) hops: Option<&'a [G::Hop]>,
 }
 
 /// Which site-diagonal factor a kernel applies.
@@ -164,15 +166,19 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     pub(crate) fn gauge<'a>(&self, u: &'a (impl DiracGauge<G> + ?Sized)) -> Result<GaugeRef<'a, G>, FermionError> {
         let links = u.links();
         self.check_links(links)?;
+        let hops = u.hops();
+        if let Some(h) = hops {
+            check_len("hopping factors", h.len(), links.len())?;
+        }
         if self.params.csw == 0.0 {
-            return Ok(GaugeRef { links, clover: None });
+            return Ok(GaugeRef { links, clover: None, hops });
         }
         match u.clover() {
             None => Err(FermionError::MissingClover),
             Some(c) if c.params() != self.params || c.len() != self.lattice.volume() => {
                 Err(FermionError::CloverMismatch)
             }
-            Some(c) => Ok(GaugeRef { links, clover: Some(c) }),
+            Some(c) => Ok(GaugeRef { links, clover: Some(c), hops }),
         }
     }
 
@@ -212,9 +218,25 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     /// with antiperiodic time (upper signs for H, lower for H† = γ5 H γ5, `dag` = 1). `idx`
     /// maps a site to its position in `src`.
     #[inline(always)]
-    pub(crate) fn hop_site(
+    /// The hopping term at site x through the links' hopping factors (`g.hops` when
+    /// precomputed, else the links).
+    pub(crate) fn hop_at(
         &self,
-        u: &[G],
+        g: &GaugeRef<'_, G>,
+        src: &[Spinor<G::Colour, NS>],
+        x: usize,
+        dag: usize,
+        idx: impl Fn(usize) -> usize,
+    ) -> Spinor<G::Colour, NS> {
+        match g.hops {
+            Some(h) => self.hop_site(h, src, x, dag, idx),
+            None => self.hop_site(g.links, src, x, dag, idx),
+        }
+    }
+
+    pub(crate) fn hop_site<L: HopLink<G::Colour>>(
+        &self,
+        u: &[L],
         src: &[Spinor<G::Colour, NS>],
         x: usize,
         dag: usize,
@@ -233,7 +255,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
             let flip = time && t == t_max;
             for p in &self.proj[dag][0][mu][..NS / 2] {
                 let h = s.0[p.i].add(&s.0[p.j].mul_phase(p.ki));
-                let mut h = link.mul_vec(&h);
+                let mut h = link.hop_mul(&h);
                 if flip {
                     h = h.mul_phase(2);
                 }
@@ -247,7 +269,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
             let flip = time && t == 0;
             for p in &self.proj[dag][1][mu][..NS / 2] {
                 let h = s.0[p.i].add(&s.0[p.j].mul_phase(p.ki));
-                let mut h = link.dagger_mul_vec(&h);
+                let mut h = link.hop_dagger_mul(&h);
                 if flip {
                     h = h.mul_phase(2);
                 }
@@ -271,7 +293,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         check_len("output field", out.len(), v)?;
         let k = self.params.kappa;
         par_fill(out, |x, o| {
-            let h = self.hop_site(g.links, psi, x, usize::from(dag), |y| y);
+            let h = self.hop_at(&g, psi, x, usize::from(dag), |y| y);
             let mut r = self.diag(&g, x, Diag::A, dag, &psi[x]);
             for s in 0..NS {
                 r.0[s].axpy(-k, &h.0[s]);
@@ -346,7 +368,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
             // with every extent even, the sites 2k and 2k+1 share a row of the last axis and have
             // opposite parities, so the position of y among the sites of its parity is y/2
             // (Lattice::eo_index, without the table load)
-            let h = self.hop_site(g.links, src, x, usize::from(dag), |y| y >> 1);
+            let h = self.hop_at(&g, src, x, usize::from(dag), |y| y >> 1);
             *o = f(i, x, h);
         });
         Ok(())
