@@ -7,7 +7,7 @@
 //! from the conditioner's raw parameters: on the CPU that is one fused op with a hand-written
 //! backward pass ([`crate::spline_op`]); elsewhere [`knots_from_raw`] builds the [`Knots`]
 //! with candle tensor ops (autograd derives the backward pass, on every device) and
-//! [`apply_bins_generic`] maps values inside the knot range. In bin k, with
+//! [`apply_bins`] maps values inside the knot range. In bin k, with
 //! θ = (x − x_k)/(x_{k+1} − x_k), δ = (y_{k+1} − y_k)/(x_{k+1} − x_k):
 //!
 //! ```text
@@ -102,22 +102,11 @@ fn log_derivative(theta: &Tensor, delta: &Tensor, d0: &Tensor, d1: &Tensor) -> R
 }
 
 /// The splines (or, with `inverse`, their inverses) of values `v` `[B, N]`, which must lie in
-/// the knot range ([x_0, x_K], or [y_0, y_K] for the inverse): the images and ln|dy/dx|
-/// (ln|dx/dy| for the inverse), both `[B, N]`. On the CPU (f32, f64) this is one fused op with
-/// a hand-written backward pass ([`crate::spline_op`]); elsewhere [`apply_bins_generic`].
+/// the knot range ([x_0, x_K], or [y_0, y_K] for the inverse), with candle tensor ops (any
+/// device; the reference for the fused op of [`crate::spline_op`]): the images and ln|dy/dx|
+/// (ln|dx/dy| for the inverse), both `[B, N]`. Both branches of the quadratic are evaluated
+/// and the one not taken gets a harmless denominator, so masked gradients stay finite.
 pub fn apply_bins(v: &Tensor, kn: &Knots, inverse: bool) -> Result<(Tensor, Tensor)> {
-    let float = matches!(v.dtype(), DType::F32 | DType::F64);
-    if v.device().is_cpu() && float && kn.xs.dim(2)? >= 2 {
-        let all = Tensor::cat(&[&kn.xs, &kn.ys, &kn.ds], 2)?;
-        return crate::spline_op::rq_spline(v, &all, inverse);
-    }
-    apply_bins_generic(v, kn, inverse)
-}
-
-/// [`apply_bins`] with candle tensor ops (any device; the reference for the fused op). Both
-/// branches of the quadratic are evaluated and the one not taken gets a harmless denominator,
-/// so masked gradients stay finite.
-pub fn apply_bins_generic(v: &Tensor, kn: &Knots, inverse: bool) -> Result<(Tensor, Tensor)> {
     let src = if inverse { &kn.ys } else { &kn.xs };
     let idx = bin_index(v, src)?;
     let [x_lo, x_hi, y_lo, y_hi, d0, d1] = at_bin(kn, &idx)?;
@@ -185,7 +174,7 @@ pub fn knots_from_raw(raw: &Tensor, spec: &SplineSpec) -> Result<Knots> {
 /// inverses): (images, log-derivatives), each `[B, N]`. Values must lie in [lo, hi] unless
 /// `spec.identity_outside`, which maps the others to themselves with log-derivative 0. On the
 /// CPU one fused op ([`crate::spline_op::rq_spline_raw`]); elsewhere [`knots_from_raw`] and
-/// [`apply_bins_generic`].
+/// [`apply_bins`].
 pub fn apply_raw(v: &Tensor, raw: &Tensor, spec: &SplineSpec, inverse: bool) -> Result<(Tensor, Tensor)> {
     if crate::spline_op::fused_available(v, spec) {
         return crate::spline_op::rq_spline_raw(v, raw, *spec, inverse);
@@ -197,12 +186,12 @@ pub fn apply_raw(v: &Tensor, raw: &Tensor, spec: &SplineSpec, inverse: bool) -> 
 pub fn apply_raw_generic(v: &Tensor, raw: &Tensor, spec: &SplineSpec, inverse: bool) -> Result<(Tensor, Tensor)> {
     let kn = knots_from_raw(raw, spec)?;
     if !spec.identity_outside {
-        return apply_bins_generic(v, &kn, inverse);
+        return apply_bins(v, &kn, inverse);
     }
     let inside = v.ge(spec.lo)?.mul(&v.le(spec.hi)?)?;
     let zeros = v.zeros_like()?;
     // values outside are replaced by the midpoint so that the spline branch stays finite
     let mid = v.ones_like()?.affine(0.5 * (spec.lo + spec.hi), 0.0)?;
-    let (out, ld) = apply_bins_generic(&inside.where_cond(v, &mid)?, &kn, inverse)?;
+    let (out, ld) = apply_bins(&inside.where_cond(v, &mid)?, &kn, inverse)?;
     Ok((inside.where_cond(&out, v)?, inside.where_cond(&ld, &zeros)?))
 }

@@ -1,10 +1,10 @@
-//! The rational-quadratic bin map as one fused CPU op with a hand-written backward pass: what
-//! [`crate::spline::apply_bins`] computes with about 40 candle ops (bin search, gather, the
-//! formula of [`crate::spline`] and its log-derivative), done per element in f64.
-//!
-//! Inputs: values `v` `[B, N]` and the knots of every spline concatenated as
-//! `[x_0 … x_K, y_0 … y_K, d_0 … d_K]` (`[B, N, 3(K + 1)]`). Output `[B, N, 2]`: the image and
-//! the log-derivative (ln dy/dx forward; x and ln dx/dy = −ln dy/dx for the inverse).
+//! The rational-quadratic splines of [`crate::spline`] as one fused CPU op with a hand-written
+//! backward pass, straight from the conditioner's raw parameters: knot softmaxes and cumulative
+//! sums, softplus derivatives, bin search, the map (or its inverse) and its log-derivative,
+//! which [`crate::spline::knots_from_raw`] and [`crate::spline::apply_bins`] compute with about
+//! 40 candle ops. Each element is done in f64 (the softmaxes' exponentials in the dtype, as
+//! the candle ops do) and rounded to the dtype once. A [`SplineSpec`] says how the knots are
+//! parameterised.
 //!
 //! **Derivatives.** Per element, the forward formula is evaluated in forward-mode dual numbers
 //! (`Dual`) with seven tangents: the argument x and the bin's six knot values (x_k, x_{k+1},
@@ -67,32 +67,21 @@ impl std::ops::Sub for Dual {
         Self { v: self.v - o.v, d: std::array::from_fn(|i| self.d[i] - o.d[i]) }
     }
 }
+// the product and quotient rules: `+`, `-` and `*` inside these impls are intended
+#[allow(clippy::suspicious_arithmetic_impl)]
 impl std::ops::Mul for Dual {
     type Output = Self;
     fn mul(self, o: Self) -> Self {
         Self { v: self.v * o.v, d: std::array::from_fn(|i| self.d[i] * o.v + self.v * o.d[i]) }
     }
 }
+#[allow(clippy::suspicious_arithmetic_impl)]
 impl std::ops::Div for Dual {
     type Output = Self;
     fn div(self, o: Self) -> Self {
         let q = self.v / o.v;
         Self { v: q, d: std::array::from_fn(|i| (self.d[i] - q * o.d[i]) / o.v) }
     }
-}
-
-/// The bin of `v` among knots `src` (K + 1 values): the number of interior knots ≤ v.
-#[inline]
-fn bin<T: Real>(v: T, src: &[T]) -> usize {
-    src[1..src.len() - 1].iter().filter(|&&k| v >= k).count()
-}
-
-/// The bin's knot values (x_k, x_{k+1}, y_k, y_{k+1}, d_k, d_{k+1}) in f64, and their offsets
-/// in the spline's knot row.
-#[inline]
-fn bin_values<T: Real>(kn: &[T], k1: usize, b: usize) -> ([f64; 6], [usize; 6]) {
-    let off = [b, b + 1, k1 + b, k1 + b + 1, 2 * k1 + b, 2 * k1 + b + 1];
-    (off.map(|o| kn[o].to_f64()), off)
 }
 
 /// The forward bin map at x with the bin's knot values `p`: (y, ln dy/dx) as duals in (x, p).
@@ -161,140 +150,8 @@ fn element(v: f64, p: &[f64; 6], inverse: bool, grads: Option<&mut [[f64; NT]; 2
     (x, -lg.v)
 }
 
-/// Checks the shapes: `v` `[B, N]`, knots `[B, N, 3k1]`; returns (elements, k1).
-fn dims(l1: &Layout, l2: &Layout) -> Result<(usize, usize)> {
-    let (b, n) = l1.shape().dims2()?;
-    let (b2, n2, c) = l2.shape().dims3()?;
-    if b2 != b || n2 != n || c % 3 != 0 || c < 6 {
-        return Err(candle_core::Error::Msg(format!(
-            "rq-spline op: values {:?} and knots {:?} do not match",
-            l1.shape(),
-            l2.shape()
-        )));
-    }
-    Ok((b * n, c / 3))
-}
-
 /// Elements per parallel block (any split gives the same bits: elements are independent).
 const BLOCK: usize = 1024;
-
-/// The fused bin map (or its inverse).
-struct RqSpline {
-    inverse: bool,
-}
-
-impl CustomOp2 for RqSpline {
-    fn name(&self) -> &'static str {
-        "latflow-rq-spline"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        let (ne, k1) = dims(l1, l2)?;
-        let (b, n) = l1.shape().dims2()?;
-        let inverse = self.inverse;
-        crate::dispatch_float!(s1, "rq-spline", T => {
-            let v: &[T] = cpu_slice(s1, l1)?;
-            let kn: &[T] = cpu_slice(s2, l2)?;
-            let mut out = vec![T::default(); 2 * ne];
-            let run = |start: usize, os: &mut [T]| {
-                for (j, o) in os.chunks_mut(2).enumerate() {
-                    let e = start + j;
-                    let row = &kn[e * 3 * k1..(e + 1) * 3 * k1];
-                    let src = if inverse { &row[k1..2 * k1] } else { &row[..k1] };
-                    let (p, _) = bin_values(row, k1, bin(v[e], src).min(k1 - 2));
-                    let (img, ld) = element(v[e].to_f64(), &p, inverse, None);
-                    o[0] = T::from_f64(img);
-                    o[1] = T::from_f64(ld);
-                }
-            };
-            if ne > BLOCK && rayon::current_num_threads() > 1 {
-                out.par_chunks_mut(2 * BLOCK).enumerate().for_each(|(c, os)| run(c * BLOCK, os));
-            } else {
-                run(0, &mut out);
-            }
-            Ok((to_storage(out), Shape::from((b, n, 2))))
-        })
-    }
-
-    fn bwd(&self, v: &Tensor, knots: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        if !v.track_op() && !knots.track_op() {
-            return Ok((None, None));
-        }
-        let (b, n) = v.dims2()?;
-        let c = knots.dim(2)?;
-        let both = v.contiguous()?.apply_op3_no_bwd(
-            &knots.contiguous()?,
-            &grad.contiguous()?,
-            &RqSplineBack { inverse: self.inverse },
-        )?;
-        let gv = both.narrow(2, 0, 1)?.reshape((b, n))?;
-        let gk = both.narrow(2, 1, c)?;
-        Ok((Some(gv), Some(gk)))
-    }
-}
-
-/// (v, knots, ∂L/∂out) → `[B, N, 1 + 3(K + 1)]`: ∂L/∂v, then ∂L/∂knots.
-struct RqSplineBack {
-    inverse: bool,
-}
-
-impl CustomOp3 for RqSplineBack {
-    fn name(&self) -> &'static str {
-        "latflow-rq-spline-back"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        use rayon::prelude::*;
-        let (ne, k1) = dims(l1, l2)?;
-        let (b, n) = l1.shape().dims2()?;
-        let inverse = self.inverse;
-        let width = 1 + 3 * k1;
-        crate::dispatch_float!(s1, "rq-spline-back", T => {
-            let v: &[T] = cpu_slice(s1, l1)?;
-            let kn: &[T] = cpu_slice(s2, l2)?;
-            let g: &[T] = cpu_slice(s3, l3)?;
-            let mut out = vec![T::default(); width * ne];
-            let run = |start: usize, os: &mut [T]| {
-                for (j, o) in os.chunks_mut(width).enumerate() {
-                    let e = start + j;
-                    let row = &kn[e * 3 * k1..(e + 1) * 3 * k1];
-                    let src = if inverse { &row[k1..2 * k1] } else { &row[..k1] };
-                    let (p, off) = bin_values(row, k1, bin(v[e], src).min(k1 - 2));
-                    let mut d = [[0.0; NT]; 2];
-                    element(v[e].to_f64(), &p, inverse, Some(&mut d));
-                    let (gi, gl) = (g[2 * e].to_f64(), g[2 * e + 1].to_f64());
-                    o[0] = T::from_f64(gi * d[0][0] + gl * d[1][0]);
-                    for (j, &of) in off.iter().enumerate() {
-                        o[1 + of] = T::from_f64(gi * d[0][j + 1] + gl * d[1][j + 1]);
-                    }
-                }
-            };
-            if ne > BLOCK && rayon::current_num_threads() > 1 {
-                out.par_chunks_mut(width * BLOCK).enumerate().for_each(|(c, os)| run(c * BLOCK, os));
-            } else {
-                run(0, &mut out);
-            }
-            Ok((to_storage(out), Shape::from((b, n, width))))
-        })
-    }
-}
-
-/// The fused bin map of values `v` `[B, N]` through splines with knots `knots` =
-/// `[xs | ys | ds]` `[B, N, 3(K + 1)]` (CPU, f32 or f64): (images, log-derivatives), each
-/// `[B, N]`; see the module docs.
-pub fn rq_spline(v: &Tensor, knots: &Tensor, inverse: bool) -> Result<(Tensor, Tensor)> {
-    let out = v.contiguous()?.apply_op2(&knots.contiguous()?, RqSpline { inverse })?;
-    Ok((out.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?, out.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?))
-}
 
 /// How a spline's end-knot derivatives d_0 and d_K are set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -582,14 +439,14 @@ impl CustomOp3 for RqSplineRawBack {
 /// Whether the fused op [`rq_spline_raw`] serves values on this tensor's device and dtype with
 /// this spec (CPU, f32 or f64, K ≤ the configs' limit).
 pub fn fused_available(v: &Tensor, sp: &SplineSpec) -> bool {
-    v.device().is_cpu() && matches!(v.dtype(), candle_core::DType::F32 | candle_core::DType::F64) && sp.bins + 1 <= MAX_K1
+    v.device().is_cpu() && matches!(v.dtype(), candle_core::DType::F32 | candle_core::DType::F64) && sp.bins < MAX_K1
 }
 
 /// The splines of `spec` with parameters `raw` `[B, N, P]` (P = [`SplineSpec::n_params`]) on
 /// values `v` `[B, N]` (or their inverses), as one fused CPU op with a hand-written backward
 /// pass that reaches the raw parameters: (images, log-derivatives), each `[B, N]`. Equal to
 /// building [`crate::spline::Knots`] from `raw` with candle ops and calling
-/// [`crate::spline::apply_bins_generic`] (tested, gradients included).
+/// [`crate::spline::apply_bins`] (tested, gradients included).
 pub fn rq_spline_raw(v: &Tensor, raw: &Tensor, spec: SplineSpec, inverse: bool) -> Result<(Tensor, Tensor)> {
     let out = v.contiguous()?.apply_op2(&raw.contiguous()?, RqSplineRaw { spec, inverse })?;
     Ok((out.narrow(2, 0, 1)?.squeeze(2)?.contiguous()?, out.narrow(2, 1, 1)?.squeeze(2)?.contiguous()?))
@@ -597,56 +454,9 @@ pub fn rq_spline_raw(v: &Tensor, raw: &Tensor, spec: SplineSpec, inverse: bool) 
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor, Var};
+    use candle_core::{DType, Device, Var};
 
-    use crate::spline::{apply_bins, apply_bins_generic, derivative_shift, knot_positions, softplus, Knots};
     use crate::{tensor_from_f64, tensor_to_f64};
-
-    /// Random conditioner outputs `[B, N, 3K + 1]` and values in the knot range [−2, 3].
-    fn setup(b: usize, n: usize, k: usize, seed: u64, dtype: DType) -> (Var, Vec<f64>) {
-        let mut s = latflow_core::Stream::new(seed, 3);
-        let raw: Vec<f64> = (0..b * n * (3 * k + 1)).map(|_| 3.0 * (s.uniform() - 0.5)).collect();
-        let raw = Var::from_tensor(&tensor_from_f64(&raw, (b, n, 3 * k + 1), dtype, &Device::Cpu).unwrap()).unwrap();
-        let mut v: Vec<f64> = (0..b * n).map(|_| -2.0 + 5.0 * s.uniform()).collect();
-        // the ends of the range exactly
-        v[0] = -2.0;
-        v[1] = 3.0;
-        (raw, v)
-    }
-
-    fn knots(raw: &Tensor, k: usize) -> Knots {
-        let (b, n, _) = raw.dims3().unwrap();
-        let end = |x: f64| Tensor::full(x, (b, n, 1), &Device::Cpu).unwrap().to_dtype(raw.dtype()).unwrap();
-        let xs = knot_positions(&raw.narrow(2, 0, k).unwrap(), 1e-3, end(-2.0), end(3.0), 5.0, -2.0).unwrap();
-        let ys = knot_positions(&raw.narrow(2, k, k).unwrap(), 1e-3, end(-2.0), end(3.0), 5.0, -2.0).unwrap();
-        let d = softplus(&(raw.narrow(2, 2 * k, k + 1).unwrap() + derivative_shift()).unwrap()).unwrap();
-        Knots { xs, ys, ds: d.affine(1.0, 1e-3).unwrap() }
-    }
-
-    /// Values and the gradients of Σ (a·image + c·ld) with respect to the values and the raw
-    /// parameters.
-    fn run(fused: bool, k: usize, inverse: bool, dtype: DType) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-        let (b, n) = (5, 7);
-        let (raw, v0) = setup(b, n, k, 11 + k as u64, dtype);
-        let kn = knots(raw.as_tensor(), k);
-        // the inverse takes values in the y range: map the forward images of v0
-        let v0 = if inverse {
-            let vt = tensor_from_f64(&v0, (b, n), dtype, &Device::Cpu).unwrap();
-            tensor_to_f64(&apply_bins_generic(&vt, &kn, false).unwrap().0).unwrap()
-        } else {
-            v0
-        };
-        let v = Var::from_tensor(&tensor_from_f64(&v0, (b, n), dtype, &Device::Cpu).unwrap()).unwrap();
-        let (img, ld) = if fused { apply_bins(v.as_tensor(), &kn, inverse) } else { apply_bins_generic(v.as_tensor(), &kn, inverse) }.unwrap();
-        let loss = img.affine(0.7, 0.0).unwrap().add(&ld.affine(-1.3, 0.0).unwrap()).unwrap().sum_all().unwrap();
-        let g = loss.backward().unwrap();
-        (
-            tensor_to_f64(&img).unwrap(),
-            tensor_to_f64(&ld).unwrap(),
-            tensor_to_f64(g.get(v.as_tensor()).unwrap()).unwrap(),
-            tensor_to_f64(g.get(raw.as_tensor()).unwrap()).unwrap(),
-        )
-    }
 
     fn max_rel(a: &[f64], b: &[f64]) -> f64 {
         a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + y.abs())).fold(0.0, f64::max)
@@ -703,34 +513,17 @@ mod tests {
     }
 
     #[test]
-    fn fused_spline_matches_the_generic_formulation_with_gradients() {
-        for k in [1usize, 2, 8] {
-            for inverse in [false, true] {
-                let f = run(true, k, inverse, DType::F64);
-                let g = run(false, k, inverse, DType::F64);
-                let names = ["image", "log-derivative", "∂/∂v", "∂/∂raw"];
-                for (j, (a, b)) in [(&f.0, &g.0), (&f.1, &g.1), (&f.2, &g.2), (&f.3, &g.3)].into_iter().enumerate() {
-                    let d = max_rel(a, b);
-                    assert!(d < 1e-11, "K = {k}, inverse {inverse}: {} differs by {d:e}", names[j]);
-                }
-                assert!(f.3.iter().any(|x| x.abs() > 1e-3), "K = {k}: the knot gradient is not exercised");
-                // f32: the fused op computes in f64 and rounds once
-                let f32r = run(true, k, inverse, DType::F32);
-                assert!(max_rel(&f32r.0, &g.0) < 1e-5 && max_rel(&f32r.1, &g.1) < 1e-4, "K = {k}, inverse {inverse}: f32");
-            }
-        }
-    }
-
-    #[test]
     fn fused_spline_inverts_and_its_log_derivatives_cancel() {
-        let k = 8;
-        let (raw, v0) = setup(3, 9, k, 5, DType::F64);
-        let kn = knots(raw.as_tensor(), k);
+        use crate::spline::{apply_raw, EndDerivatives, SplineSpec};
+        let spec = SplineSpec { bins: 8, lo: 0.0, hi: 1.0, ends: EndDerivatives::Free, identity_outside: false };
+        let mut s = latflow_core::Stream::new(5, 3);
+        let raw: Vec<f64> = (0..27 * spec.n_params()).map(|_| 3.0 * (s.uniform() - 0.5)).collect();
+        let v0: Vec<f64> = (0..27).map(|_| s.uniform()).collect();
+        let raw = tensor_from_f64(&raw, (3, 9, spec.n_params()), DType::F64, &Device::Cpu).unwrap();
         let v = tensor_from_f64(&v0, (3, 9), DType::F64, &Device::Cpu).unwrap();
-        let (y, ld) = apply_bins(&v, &kn, false).unwrap();
-        let (x, ld_inv) = apply_bins(&y, &kn, true).unwrap();
-        let back = tensor_to_f64(&x).unwrap();
-        assert!(max_rel(&back, &v0) < 1e-12, "round trip");
+        let (y, ld) = apply_raw(&v, &raw, &spec, false).unwrap();
+        let (x, ld_inv) = apply_raw(&y, &raw, &spec, true).unwrap();
+        assert!(max_rel(&tensor_to_f64(&x).unwrap(), &v0) < 1e-12, "round trip");
         let sum = tensor_to_f64(&ld.add(&ld_inv).unwrap()).unwrap();
         assert!(sum.iter().all(|s| s.abs() < 1e-11), "log-derivatives {sum:?}");
     }
