@@ -13,8 +13,9 @@
 //!   gradient clipping and validation of the host's `TrainSettings`.
 //! * [`config`]: the `[model]` enums every plugin shares (activation, dtype, device).
 //! * [`spline`]: the rational-quadratic spline core (knots, bin search, the bin map and its
-//!   inverse) under both the interval splines and the circular ones; [`spline_op`] is its bin
-//!   map as one fused CPU op with a hand-written backward pass.
+//!   inverse) under both the interval splines and the circular ones; [`spline_op`] is the
+//!   whole spline, from the conditioner's raw parameters, as one fused CPU op with a
+//!   hand-written backward pass.
 //! * [`plugin`]: [`impl_flow_model!`], the `Model` trait glue forwarding to a plugin's
 //!   inherent methods.
 //! * [`io`]: safetensors weights with latflow metadata, deterministic bytes, and parsing that
