@@ -23,6 +23,37 @@ pub struct TrainBatch {
     pub n: usize,
 }
 
+/// Maps a batch of configurations to log q per configuration (an inverse pass).
+pub type LogQ<'a> = &'a dyn Fn(&Tensor) -> candle_core::Result<Tensor>;
+
+impl TrainBatch {
+    /// The surrogate loss whose parameter gradient a model applies, given g = ∂S/∂x `[n, width]`
+    /// (the host's stopgrad action gradient, in the flow's order):
+    ///
+    /// * reparameterised (`log_q_at` = None): mean(log q + Σ x·g), whose gradient is that of the
+    ///   reverse KL mean(log q + S);
+    /// * path gradients (Vaitl et al. 2022): mean(Σ x·(g + ∂log q_w/∂x)), with the score taken at
+    ///   fixed weights: `log_q_at` maps a leaf copy of the batch to log q per configuration `[n]`
+    ///   (an inverse pass with detached weights); the score term of zero mean is dropped.
+    pub fn surrogate(
+        &self,
+        g: &Tensor,
+        log_q_at: Option<LogQ<'_>>,
+    ) -> candle_core::Result<Tensor> {
+        let Some(log_q_at) = log_q_at else {
+            return self.logq.add(&self.x.mul(g)?.sum(1)?)?.mean(0);
+        };
+        let leaf = candle_core::Var::from_tensor(&self.x.detach())?;
+        let score = log_q_at(leaf.as_tensor())?
+            .sum_all()?
+            .backward()?
+            .get(leaf.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("no gradient for the path-gradient leaf".into()))?
+            .detach();
+        self.x.mul(&g.add(&score)?)?.sum(1)?.mean(0)
+    }
+}
+
 /// A model's state outside its flow.
 #[derive(Debug)]
 pub struct ModelState {

@@ -51,7 +51,7 @@ pub use latflow_flow_common::optim;
 
 #[cfg(test)]
 use abi_stable::std_types::RSlice;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 #[cfg(doc)]
 use latflow_core::abi::Model;
 use latflow_core::abi::{batch_len, check_finite, PluginError, TrainGradient, TrainMetrics, TrainSettings};
@@ -343,21 +343,12 @@ impl FlowScalar {
     fn batch_gradients(&self, pending: &TrainBatch, g_cb: &[f64], path: bool) -> candle_core::Result<Vec<Vec<f64>>> {
         let flow = &self.flow;
         let g = self.tensor(g_cb, pending.n)?;
-        let surrogate = if path {
-            // ∂/∂φ log q_θ(φ) at fixed θ: an inverse pass with detached weights on a leaf copy of φ
-            let leaf = Var::from_tensor(&pending.x.detach())?;
-            let params_d = flow.params(false)?;
-            let (z, ld_inv) = flow.inverse(leaf.as_tensor(), &params_d)?;
-            let lq = flow.prior.log_prob_tensor(&z)?.add(&ld_inv)?;
-            let gs = lq.sum_all()?.backward()?;
-            let score = gs
-                .get(leaf.as_tensor())
-                .ok_or_else(|| candle_core::Error::Msg("no gradient for the path-gradient leaf".into()))?
-                .detach();
-            pending.x.mul(&g.add(&score)?)?.sum(1)?.mean(0)?
-        } else {
-            pending.logq.add(&pending.x.mul(&g)?.sum(1)?)?.mean(0)?
+        // ∂/∂φ log q_θ(φ) at fixed θ: an inverse pass with detached weights on a leaf copy of φ
+        let log_q = |x: &Tensor| {
+            let (z, ld_inv) = flow.inverse(x, &flow.params(false)?)?;
+            flow.prior.log_prob_tensor(&z)?.add(&ld_inv)
         };
+        let surrogate = pending.surrogate(&g, if path { Some(&log_q) } else { None })?;
         flow.net.gradients(&surrogate.backward()?)
     }
 

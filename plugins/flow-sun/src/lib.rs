@@ -281,18 +281,9 @@ impl FlowSun {
     fn batch_gradients(&self, pending: &TrainBatch, grad: &[f64], path: bool) -> candle_core::Result<Vec<Vec<f64>>> {
         let net = &self.flow.net;
         let g = tensor_from_f64(grad, (pending.n, self.width()), net.dtype, &net.device)?;
-        let surrogate = if path {
-            let leaf = candle_core::Var::from_tensor(&pending.x.detach())?;
-            let (_, ld_inv) = self.flow.inverse(&self.flow.links(leaf.as_tensor())?, &self.flow.params(false)?)?;
-            let gs = ld_inv.sum_all()?.backward()?;
-            let score = gs
-                .get(leaf.as_tensor())
-                .ok_or_else(|| candle_core::Error::Msg("no gradient for the path-gradient leaf".into()))?
-                .detach();
-            pending.x.mul(&g.add(&score)?)?.sum(1)?.mean(0)?
-        } else {
-            pending.logq.add(&pending.x.mul(&g)?.sum(1)?)?.mean(0)?
-        };
+        // log q = log J⁻¹ (the Haar prior has log q = 0)
+        let log_q = |x: &Tensor| Ok(self.flow.inverse(&self.flow.links(x)?, &self.flow.params(false)?)?.1);
+        let surrogate = pending.surrogate(&g, if path { Some(&log_q) } else { None })?;
         net.gradients(&surrogate.backward()?)
     }
 

@@ -49,7 +49,7 @@
 use std::f64::consts::PI;
 
 use candle_core::{Result, Tensor};
-use latflow_flow_common::spline::{apply_raw, knots_from_raw, EndDerivatives, Knots, SplineSpec};
+use latflow_flow_common::spline::{apply_raw, EndDerivatives, SplineSpec};
 
 use crate::ctensor::{CM, CT};
 use crate::eig;
@@ -67,11 +67,6 @@ pub fn loop_params(n: usize, bins: usize) -> usize {
 /// The spline family of the alcove coordinates: K bins on [0, 1], both end derivatives free.
 pub fn spec(k: usize) -> SplineSpec {
     SplineSpec { bins: k, lo: 0.0, hi: 1.0, ends: EndDerivatives::Free, identity_outside: false }
-}
-
-/// The knots of the interval splines of [0, 1] from their parameters `raw` `[B, A, 3K + 1]`.
-pub fn knots(raw: &Tensor, k: usize) -> Result<Knots> {
-    knots_from_raw(raw, &spec(k))
 }
 
 /// The alcove phases `[B, A, N]` of matrices `w` `[B, A, N, N]` (SU(2): from Re a and

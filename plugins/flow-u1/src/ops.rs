@@ -216,24 +216,30 @@ impl CustomOp2 for NcpCouple {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = state.contiguous()?.apply_op3_no_bwd(
-            &raw.contiguous()?,
-            &grad.contiguous()?,
-            &NcpBack { g: self.g.clone(), n_mix: self.n_mix },
-        )?;
-        let (b, w) = state.dims2()?;
-        let gs = if state.track_op() { Some(both.narrow(1, 0, w)?) } else { None };
-        let gr = if raw.track_op() {
-            Some(both.narrow(1, w, self.g.active.len() * (self.n_mix + 1))?.reshape((
-                b,
-                self.g.active.len(),
-                self.n_mix + 1,
-            ))?)
-        } else {
-            None
-        };
-        Ok((gs, gr))
+        let op = NcpBack { g: self.g.clone(), n_mix: self.n_mix };
+        split_backward(state, raw, grad, &op, self.g.active.len(), self.n_mix)
     }
+}
+
+/// Runs a coupling layer's backward op `back` ((state, raw, ∂L/∂output) → [∂L/∂state | ∂L/∂raw]
+/// packed as `[B, 2V + 1 + N_active·(n + 1)]`) and unpacks it for the inputs that need it.
+fn split_backward(
+    state: &Tensor,
+    raw: &Tensor,
+    grad: &Tensor,
+    back: &impl CustomOp3,
+    n_active: usize,
+    n_mix: usize,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let both = state.contiguous()?.apply_op3_no_bwd(&raw.contiguous()?, &grad.contiguous()?, back)?;
+    let (b, w) = state.dims2()?;
+    let gs = if state.track_op() { Some(both.narrow(1, 0, w)?) } else { None };
+    let gr = if raw.track_op() {
+        Some(both.narrow(1, w, n_active * (n_mix + 1))?.reshape((b, n_active, n_mix + 1))?)
+    } else {
+        None
+    };
+    Ok((gs, gr))
 }
 
 /// (state, raw, ∂L/∂state′) → [∂L/∂state | ∂L/∂raw] as `[B, 2V + 1 + N_active·(n + 1)]`.
@@ -345,17 +351,8 @@ impl CustomOp2 for NcpInverse {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = state.contiguous()?.apply_op3_no_bwd(
-            &raw.contiguous()?,
-            &grad.contiguous()?,
-            &NcpInverseBack { g: self.g.clone(), n_mix: self.n_mix },
-        )?;
-        let (b, w) = state.dims2()?;
-        let na = self.g.active.len();
-        let gs = if state.track_op() { Some(both.narrow(1, 0, w)?) } else { None };
-        let gr =
-            if raw.track_op() { Some(both.narrow(1, w, na * (self.n_mix + 1))?.reshape((b, na, self.n_mix + 1))?) } else { None };
-        Ok((gs, gr))
+        let op = NcpInverseBack { g: self.g.clone(), n_mix: self.n_mix };
+        split_backward(state, raw, grad, &op, self.g.active.len(), self.n_mix)
     }
 }
 

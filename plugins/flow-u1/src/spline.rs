@@ -30,22 +30,12 @@ use std::f64::consts::PI;
 
 use candle_core::{Result, Tensor};
 
-use latflow_flow_common::spline::{apply_raw, knots_from_raw, EndDerivatives, SplineSpec};
+use latflow_flow_common::spline::{apply_raw, EndDerivatives, SplineSpec};
 pub use latflow_flow_common::spline::{Knots, MIN_BIN_HEIGHT, MIN_BIN_WIDTH, MIN_DERIVATIVE};
 
 /// The spline family: K bins on [0, 2π], d_K = d_0 (circular).
 pub fn spec(k: usize) -> SplineSpec {
     SplineSpec { bins: k, lo: 0.0, hi: 2.0 * PI, ends: EndDerivatives::Periodic, identity_outside: false }
-}
-
-/// The knots from the conditioner's output `raw` `[B, A, 3K + 1]` (the rotation, the last
-/// entry, is not used here).
-pub fn knots(raw: &Tensor, k: usize) -> Result<Knots> {
-    let (_, _, c) = raw.dims3()?;
-    if c != 3 * k + 1 {
-        return Err(candle_core::Error::Msg(format!("circular spline: {c} parameters per plaquette for {k} bins")));
-    }
-    knots_from_raw(&raw.narrow(2, 0, 3 * k)?, &spec(k))
 }
 
 /// x − 2π⌊x/2π⌋ ∈ [0, 2π] (the floor carries no gradient).
