@@ -7,7 +7,10 @@
 //! Groups, with throughput `Elements(1320 · sites)`: the customary 1320 flops per site of the
 //! SU(3) Wilson hopping term ([`WILSON_FLOPS_PER_SITE_SU3_4D`]), so that criterion's `elem/s`
 //! reads as **flop/s** (`Gelem/s` = GFLOP/s):
-//! * `dirac_su3_4d/apply/L/threads`: one full-lattice D ψ (V sites).
+//! * `dirac_su3_4d/apply/L/threads`: one full-lattice D ψ (V sites), with the widest kernel
+//!   variant this CPU runs (`WilsonDirac::simd_level`).
+//! * `dirac_su3_4d/apply_baseline/L/1`: the same on the generic kernel (where a SIMD variant
+//!   exists), for the variant's gain.
 //! * `dirac_su3_4d/schur/L/threads`: one even–odd Schur complement D̂ ψ_e, which applies the
 //!   hopping term to V/2 + V/2 sites, so it counts 1320 · V flops as well.
 //!
@@ -19,9 +22,9 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use latflow_core::gauge::fermion::wilson::WILSON_FLOPS_PER_SITE_SU3_4D;
-use latflow_core::gauge::fermion::{fill_gaussian, SpinorOf, WilsonDirac, WilsonParams};
+use latflow_core::gauge::fermion::{SpinorOf, WilsonDirac, WilsonParams, fill_gaussian};
 use latflow_core::gauge::{LinkField, Su3};
 use latflow_core::{Lattice, Stream};
 
@@ -52,6 +55,21 @@ fn dirac(c: &mut Criterion) {
                     })
                 })
             });
+            if threads == 1 && d.simd_level() > 0 {
+                // the same operator on the generic (baseline) kernel, for the SIMD kernel's gain
+                let base = d.clone().with_simd_level(0);
+                g.bench_function(BenchmarkId::new("apply_baseline", &id), |b| {
+                    b.iter_custom(|n| {
+                        p.install(|| {
+                            let t = Instant::now();
+                            for _ in 0..n {
+                                base.apply(u.links(), black_box(&psi), &mut out).expect("apply");
+                            }
+                            t.elapsed()
+                        })
+                    })
+                });
+            }
             g.bench_function(BenchmarkId::new("schur", &id), |b| {
                 b.iter_custom(|n| {
                     p.install(|| {

@@ -41,17 +41,17 @@ use std::time::Instant;
 
 use abi_stable::std_types::{RSliceMut, RStr};
 use clap::Parser;
+use latflow_core::Stream;
 use latflow_core::abi::{HmcParams, IntegratorKind, Start, Theory};
 use latflow_core::gauge::parallel::PARALLEL_MIN_SITES;
 use latflow_core::gauge::su3::Rows;
 use latflow_core::gauge::{GaugeGroup, LieAlgebra, Su3, SuAlg};
 use latflow_core::hmc::{ActionTerm, FieldSpace};
 use latflow_core::sdk::{Adapter, Physics};
-use latflow_core::Stream;
 use latflow_sun::fast;
 use latflow_sun::{GaugeTerm, Sun};
 use rayon::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Flops of one 3×3 complex matrix product: 9 entries × (3 complex products of 6 flops + 2
 /// complex additions of 2 flops).
@@ -105,6 +105,9 @@ struct Args {
     /// Only section 4: HMC at 8⁴ and 16⁴ and the theory's own steps, on 1 and 2 threads.
     #[arg(long)]
     scaling_only: bool,
+    /// Only the limits and the Wilson–Dirac operator (section 5).
+    #[arg(long)]
+    dirac_only: bool,
     /// Seed of the HMC runs.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
@@ -124,13 +127,19 @@ fn main() {
         return;
     }
     let limits = limits(args.quick);
+    if args.dirac_only {
+        let dirac = dirac_report(&limits, args.quick);
+        println!("{}", json!({"benchmark": "sun_bench", "limits": limits.json, "dirac": dirac}));
+        return;
+    }
     let products = product_report(&limits);
     let sizes: &[usize] = if args.kernels_only { &[4] } else { &[4, 8, 16] };
     let kernels: Vec<Value> = sizes.iter().map(|&l| kernel_report(l, &limits, args.quick)).collect();
+    let dirac = dirac_report(&limits, args.quick);
     if args.kernels_only {
         println!(
             "{}",
-            json!({"benchmark": "sun_bench", "limits": limits.json, "su3_products": products, "kernels": kernels})
+            json!({"benchmark": "sun_bench", "limits": limits.json, "su3_products": products, "kernels": kernels, "dirac": dirac})
         );
         return;
     }
@@ -144,6 +153,7 @@ fn main() {
         "limits": limits.json,
         "su3_products": products,
         "kernels": kernels,
+        "dirac": dirac,
         "hmc_4x4x4x4": hmc,
         "peers": peers,
         "scaling": scaling,
@@ -395,6 +405,60 @@ fn kernel_figures(name: &str, l: usize, secs: (f64, f64), flops: f64, bytes: f64
         "percent_of_mul_add_roofline": 100.0 * gf / bound_plain,
         "percent_of_fma_roofline": 100.0 * gf / bound_fma,
     })
+}
+
+/// Compulsory memory traffic of one 4D SU(3) Wilson–Dirac application per site: four links
+/// (144 bytes each; the backward hops reuse the neighbours' links) and the input and output
+/// spinors (192 bytes each), each moved once.
+const DIRAC_BYTES_PER_SITE: f64 = 4.0 * 144.0 + 2.0 * 192.0;
+
+/// The 4D SU(3) Wilson–Dirac operator D ψ (κ = 0.12, Haar-random links, Gaussian source) at 8⁴
+/// and 16⁴: each kernel variant on one thread (thread CPU time per call), and the widest on
+/// 2 threads (wall time per call), against the limits. Flops: the customary 1320 per site.
+fn dirac_report(lim: &Limits, quick: bool) -> Value {
+    use latflow_core::Lattice;
+    use latflow_core::gauge::LinkField;
+    use latflow_core::gauge::fermion::wilson::{WILSON_FLOPS_PER_SITE_SU3_4D, hop_simd_level};
+    use latflow_core::gauge::fermion::{SpinorOf, WilsonDirac, WilsonParams, fill_gaussian};
+    let mut out = Vec::new();
+    for l in [8i64, 16] {
+        let lat = Lattice::new(&[l, l, l, l]).expect("lattice");
+        let d = WilsonDirac::<Su3, 4>::new(&lat, WilsonParams::wilson(0.12)).expect("operator");
+        let v = lat.volume();
+        let u = LinkField::<Su3>::random(4, v, &mut Stream::new(1, 1)).expect("links");
+        let mut psi = vec![SpinorOf::<Su3, 4>::default(); v];
+        fill_gaussian(&mut psi, &mut Stream::new(2, 2)).expect("source");
+        let mut res = psi.clone();
+        let flops = WILSON_FLOPS_PER_SITE_SU3_4D * v as f64;
+        let bytes = DIRAC_BYTES_PER_SITE * v as f64;
+        let batch = if quick { 0.02 } else { 0.2 };
+        for level in 0..=hop_simd_level() {
+            let dl = d.clone().with_simd_level(level);
+            let secs =
+                in_pool(1, || per_call(|| dl.apply(u.links(), black_box(&psi), &mut res).expect("apply"), batch, 5));
+            let name = format!("dirac {}", ["baseline", "AVX2"][level as usize]);
+            out.push(json!({"threads": 1, "variant": level, "figures": kernel_figures(&name, l as usize, secs, flops, bytes, lim)}));
+        }
+        // 2 threads: wall time (thread CPU time would count one thread only)
+        let reps = if quick { 3 } else { (2e9 / flops).ceil().max(3.0) as usize };
+        let wall = in_pool(2, || {
+            d.apply(u.links(), &psi, &mut res).expect("apply");
+            let t = Instant::now();
+            for _ in 0..reps {
+                d.apply(u.links(), black_box(&psi), &mut res).expect("apply");
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        });
+        let (gf, gb) = (flops / wall / 1e9, bytes / wall / 1e9);
+        let bound = (2.0 * lim.mul_add).min((flops / bytes) * lim.triad[1]);
+        eprintln!(
+            "{l:>2}^4 dirac, 2 threads {:9.1} µs wall  {gf:6.2} GFLOP/s  {gb:6.2} GB/s  ({:.1}% of the 2-thread triad roofline)",
+            wall * 1e6,
+            100.0 * gf / bound
+        );
+        out.push(json!({"threads": 2, "L": l, "us_wall": wall * 1e6, "gflops": gf, "gbs": gb}));
+    }
+    json!(out)
 }
 
 /// The throughput of 3×3 complex products on data in L1 (64 independent products per pass),

@@ -78,18 +78,60 @@ pub struct ProjPair {
 
 /// The NS/2 pairs of the projector 1 + σγ_μ (σ = +1 for `plus`, −1 otherwise), padded to 2.
 pub fn projector(ns: usize, mu: usize, plus: bool) -> Option<[ProjPair; 2]> {
-    let rows = gamma_rows(ns, mu)?;
+    if (ns == 2 || ns == 4) && mu < ns { Some(projector_const(ns, mu, plus)) } else { None }
+}
+
+/// [`projector`] as a `const fn`, for `ns` ∈ {2, 4} and `mu < ns` (other inputs panic, at
+/// compile time where it is evaluated in a constant).
+const fn projector_const(ns: usize, mu: usize, plus: bool) -> [ProjPair; 2] {
     let shift = if plus { 0 } else { 2 };
-    let mut out = [ProjPair::default(); 2];
+    let mut out = [ProjPair { i: 0, j: 0, ki: 0, kj: 0 }; 2];
     let mut n = 0;
-    for (i, r) in rows.iter().enumerate() {
+    let mut i = 0;
+    while i < ns {
+        let (r, rj) = if ns == 2 {
+            (GAMMA_2D[mu][i], GAMMA_2D[mu][GAMMA_2D[mu][i].col])
+        } else {
+            (GAMMA_4D[mu][i], GAMMA_4D[mu][GAMMA_4D[mu][i].col])
+        };
         let j = r.col;
         if i < j {
             // (1 + σγ)ψ_i = ψ_i + σ c_i ψ_j; (1 + σγ)ψ_j = ψ_j + σ c_j ψ_i = σ c_j (ψ_i + σ c_i ψ_j)
             // since c_i c_j = 1 (γ² = 1)
-            out[n] = ProjPair { i, j, ki: (r.k + shift) & 3, kj: (rows[j].k + shift) & 3 };
+            out[n] = ProjPair { i, j, ki: (r.k + shift) & 3, kj: (rj.k + shift) & 3 };
             n += 1;
         }
+        i += 1;
     }
-    Some(out)
+    out
+}
+
+/// The projector pairs of the Wilson hopping term for `NS` spin components (2 or 4), as a
+/// compile-time table `[dag][dir][μ]`: dir 0 is the forward hop (1 − γ_μ for D, 1 + γ_μ for
+/// D† = γ5 D γ5), dir 1 the backward hop (the opposite sign). Entries μ ≥ NS are unused
+/// (zero). Evaluated in a `const` block, it lets the hopping kernel fold every phase i^k.
+pub const fn hop_projectors<const NS: usize>() -> [[[[ProjPair; 2]; 4]; 2]; 2] {
+    assert!(NS == 2 || NS == 4, "2 or 4 spin components");
+    let mut t = [[[[ProjPair { i: 0, j: 0, ki: 0, kj: 0 }; 2]; 4]; 2]; 2];
+    let mut dag = 0;
+    while dag < 2 {
+        let fwd_plus = dag == 1;
+        let mut mu = 0;
+        while mu < NS {
+            t[dag][0][mu] = projector_const(NS, mu, fwd_plus);
+            t[dag][1][mu] = projector_const(NS, mu, !fwd_plus);
+            let mut dir = 0;
+            while dir < 2 {
+                let [a, b] = t[dag][dir][mu];
+                // the kernel's layout: NS = 2 pairs spin 0 with 1; NS = 4 (a chiral basis) pairs
+                // spins 0 and 1 with 2 and 3
+                assert!(a.i == 0 && a.j == 1 || NS == 4, "2D projector pairs spins 0 and 1");
+                assert!(NS == 2 || (a.i == 0 && b.i == 1 && a.j >= 2 && b.j >= 2 && a.j != b.j), "chiral basis");
+                dir += 1;
+            }
+            mu += 1;
+        }
+        dag += 1;
+    }
+    t
 }

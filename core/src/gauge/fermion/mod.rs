@@ -85,6 +85,7 @@ pub mod cg;
 pub mod clover;
 pub mod force;
 pub mod gamma;
+mod hop_su3;
 pub mod spinor;
 pub mod wilson;
 

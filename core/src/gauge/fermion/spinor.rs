@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use crate::gauge::complex::Complex;
 use crate::gauge::group::{GaugeGroup, U1Angle};
 use crate::gauge::matrix::Matrix;
-use crate::gauge::parallel::{fill_random, sum_sites, RngFillError};
+use crate::gauge::parallel::{RngFillError, fill_random, sum_sites};
 use crate::gauge::sun::SuN;
 use crate::rng::Stream;
 use crate::sum::CompensatedSum;
@@ -55,6 +55,9 @@ pub trait Colour: Copy + Clone + Debug + Default + PartialEq + Pod + Send + Sync
     fn scale(&self, s: f64) -> Self;
     /// self += s·o for a real s.
     fn axpy(&mut self, s: f64, o: &Self);
+    /// self ← x + s·self for a real s: bit for bit `{ let mut r = *x; r.axpy(s, self); r }`,
+    /// without the copy.
+    fn xpay(&mut self, x: &Self, s: f64);
     /// ⟨self, o⟩ = Σ_c conj(self_c) o_c.
     fn dot(&self, o: &Self) -> Complex;
     /// Σ_c |self_c|².
@@ -63,6 +66,27 @@ pub trait Colour: Copy + Clone + Debug + Default + PartialEq + Pod + Send + Sync
     fn components(&self) -> &[Complex];
     /// The components, mutable.
     fn components_mut(&mut self) -> &mut [Complex];
+    /// Two colour vectors held together so that one wide instruction serves both (the two
+    /// half-spinor components of a projected 4-spinor): for [`ColourVector<N>`], N lanes of
+    /// (a.re, a.im, b.re, b.im).
+    type Pair: Copy + Send + Sync;
+    /// The pair (a, b).
+    fn pair(a: &Self, b: &Self) -> Self::Pair;
+    /// The two vectors of a pair.
+    fn unpair(p: &Self::Pair) -> (Self, Self);
+    /// p += q, per vector as [`Colour::add_assign`].
+    fn pair_add_assign(p: &mut Self::Pair, q: &Self::Pair);
+    /// (i^k0·a, i^k1·b), exact as [`Colour::mul_phase`].
+    fn pair_phase(p: &Self::Pair, k0: u8, k1: u8) -> Self::Pair;
+    /// (b, a).
+    fn pair_swap(p: &Self::Pair) -> Self::Pair;
+}
+
+/// Lanes (re, im, re, im) of one colour of a [`Colour::pair`], times (i^k0, i^k1): exact.
+#[inline(always)]
+fn lane_phase(l: [f64; 4], k0: u8, k1: u8) -> [f64; 4] {
+    let [a, b] = [phase(Complex::new(l[0], l[1]), k0), phase(Complex::new(l[2], l[3]), k1)];
+    [a.re, a.im, b.re, b.im]
 }
 
 /// z·i^k for k mod 4.
@@ -112,6 +136,13 @@ impl<const N: usize> Colour for ColourVector<N> {
         }
     }
     #[inline(always)]
+    fn xpay(&mut self, x: &Self, s: f64) {
+        for c in 0..N {
+            self.0[c].re = x.0[c].re + s * self.0[c].re;
+            self.0[c].im = x.0[c].im + s * self.0[c].im;
+        }
+    }
+    #[inline(always)]
     fn dot(&self, o: &Self) -> Complex {
         let mut z = Complex::ZERO;
         for c in 0..N {
@@ -128,6 +159,34 @@ impl<const N: usize> Colour for ColourVector<N> {
     }
     fn components_mut(&mut self) -> &mut [Complex] {
         &mut self.0
+    }
+    type Pair = [[f64; 4]; N];
+    #[inline(always)]
+    fn pair(a: &Self, b: &Self) -> [[f64; 4]; N] {
+        std::array::from_fn(|c| [a.0[c].re, a.0[c].im, b.0[c].re, b.0[c].im])
+    }
+    #[inline(always)]
+    fn unpair(p: &[[f64; 4]; N]) -> (Self, Self) {
+        (
+            Self(std::array::from_fn(|c| Complex::new(p[c][0], p[c][1]))),
+            Self(std::array::from_fn(|c| Complex::new(p[c][2], p[c][3]))),
+        )
+    }
+    #[inline(always)]
+    fn pair_add_assign(p: &mut [[f64; 4]; N], q: &[[f64; 4]; N]) {
+        for c in 0..N {
+            for l in 0..4 {
+                p[c][l] += q[c][l];
+            }
+        }
+    }
+    #[inline(always)]
+    fn pair_phase(p: &[[f64; 4]; N], k0: u8, k1: u8) -> [[f64; 4]; N] {
+        std::array::from_fn(|c| lane_phase(p[c], k0, k1))
+    }
+    #[inline(always)]
+    fn pair_swap(p: &[[f64; 4]; N]) -> [[f64; 4]; N] {
+        std::array::from_fn(|c| [p[c][2], p[c][3], p[c][0], p[c][1]])
     }
 }
 
@@ -165,11 +224,29 @@ pub trait WilsonGroup: GaugeGroup + HopLink<<Self as WilsonGroup>::Colour> {
 }
 
 /// What the hopping term multiplies colour vectors by: U·v and U†·v.
-pub trait HopLink<C>: Copy + Send + Sync {
+pub trait HopLink<C: Colour>: Copy + Send + Sync {
     /// U·v.
     fn hop_mul(&self, v: &C) -> C;
     /// U†·v.
     fn hop_dagger_mul(&self, v: &C) -> C;
+    /// (U·a, U·b) for a pair ([`Colour::pair`]): the two half-spinor components of a
+    /// projected 4-spinor through one link, each equal bit for bit to [`HopLink::hop_mul`].
+    #[inline(always)]
+    fn hop_mul_pair(&self, p: &C::Pair) -> C::Pair {
+        let (a, b) = C::unpair(p);
+        C::pair(&self.hop_mul(&a), &self.hop_mul(&b))
+    }
+    /// (U†·a, U†·b), each equal bit for bit to [`HopLink::hop_dagger_mul`].
+    #[inline(always)]
+    fn hop_dagger_mul_pair(&self, p: &C::Pair) -> C::Pair {
+        let (a, b) = C::unpair(p);
+        C::pair(&self.hop_dagger_mul(&a), &self.hop_dagger_mul(&b))
+    }
+    /// The links as 18 reals each (row-major 3×3, (re, im)) when they are 3×3 complex
+    /// matrices, for the SIMD SU(3) hopping kernel; `None` otherwise.
+    fn su3_reals(_links: &[Self]) -> Option<&[f64]> {
+        None
+    }
 }
 
 /// A U(1) link as its two phases e^{iθ} and e^{−iθ}, exactly the values [`U1Angle`]'s products
@@ -267,6 +344,32 @@ fn mat_dagger_vec<const N: usize>(m: &Matrix<N>, v: &ColourVector<N>) -> ColourV
     ColourVector(out)
 }
 
+/// m·p (or m†·p for `DAG`) for a pair p of colour vectors held as lanes (a.re, a.im, b.re,
+/// b.im) per colour ([`Colour::pair`]), so that one wide instruction serves both vectors (the
+/// compiler vectorises the lane loops). Every lane computes exactly what [`mat_vec`] or
+/// [`mat_dagger_vec`] computes, in the same order, so the bits agree.
+#[inline(always)]
+fn mat_vec_pair<const N: usize, const DAG: bool>(m: &Matrix<N>, v: &[[f64; 4]; N]) -> [[f64; 4]; N] {
+    let mut o = [[0.0f64; 4]; N];
+    for (i, oi) in o.iter_mut().enumerate() {
+        for (j, vj) in v.iter().enumerate() {
+            let u = if DAG { m.0[j][i] } else { m.0[i][j] };
+            let w = [vj[1], vj[0], vj[3], vj[2]];
+            let mut t = [0.0f64; 4];
+            for (l, tl) in t.iter_mut().enumerate() {
+                let p = u.re * vj[l];
+                let q = u.im * w[l];
+                // U·v: (u.re v.re − u.im v.im, u.re v.im + u.im v.re); U†·v conjugates u
+                *tl = if (l % 2 == 0) != DAG { p - q } else { p + q };
+            }
+            for l in 0..4 {
+                oi[l] += t[l];
+            }
+        }
+    }
+    o
+}
+
 #[inline(always)]
 fn mat_outer<const N: usize>(a: &ColourVector<N>, b: &ColourVector<N>) -> Matrix<N> {
     Matrix(std::array::from_fn(|i| std::array::from_fn(|j| a.0[i] * b.0[j].conj())))
@@ -281,6 +384,17 @@ impl<const N: usize> HopLink<ColourVector<N>> for Matrix<N> {
     fn hop_dagger_mul(&self, v: &ColourVector<N>) -> ColourVector<N> {
         mat_dagger_vec(self, v)
     }
+    #[inline(always)]
+    fn hop_mul_pair(&self, p: &[[f64; 4]; N]) -> [[f64; 4]; N] {
+        mat_vec_pair::<N, false>(self, p)
+    }
+    #[inline(always)]
+    fn hop_dagger_mul_pair(&self, p: &[[f64; 4]; N]) -> [[f64; 4]; N] {
+        mat_vec_pair::<N, true>(self, p)
+    }
+    fn su3_reals(links: &[Self]) -> Option<&[f64]> {
+        (N == 3).then(|| bytemuck::cast_slice(links))
+    }
 }
 
 impl<const N: usize> HopLink<ColourVector<N>> for SuN<N> {
@@ -291,6 +405,14 @@ impl<const N: usize> HopLink<ColourVector<N>> for SuN<N> {
     #[inline(always)]
     fn hop_dagger_mul(&self, v: &ColourVector<N>) -> ColourVector<N> {
         mat_dagger_vec(&self.0, v)
+    }
+    #[inline(always)]
+    fn hop_mul_pair(&self, p: &[[f64; 4]; N]) -> [[f64; 4]; N] {
+        mat_vec_pair::<N, false>(&self.0, p)
+    }
+    #[inline(always)]
+    fn hop_dagger_mul_pair(&self, p: &[[f64; 4]; N]) -> [[f64; 4]; N] {
+        mat_vec_pair::<N, true>(&self.0, p)
     }
 }
 
