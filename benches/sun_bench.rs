@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p latflow-benches --example sun_bench -- \
 //!     [--python python3] [--no-peer] [--lqcd-rs PATH] [--trajectories 400] [--quick]
-//!     [--kernels-only | --scaling-only]
+//!     [--kernels-only | --scaling-only | --dirac-only]
 //! ```
 //!
 //! Sections (human-readable lines on stderr; the last stdout line is one JSON object):
@@ -31,6 +31,11 @@
 //!    `--lqcd-rs` names its built program (benches/peers/lattice-qcd-rs).
 //! 4. **Scaling:** HMC traj/s at 8⁴ and 16⁴ on 1 and 2 threads (short runs), and the theory's
 //!    own Markov steps (`heatbath`, `overrelax`) in sweeps/s where the plugin offers them.
+//! 5. **The Wilson–Dirac operator** (SU(3), d = 4, κ = 0.12, random links, at 8⁴ and 16⁴):
+//!    D ψ in each compiled variant of the hopping kernel on one thread (thread CPU time), and
+//!    the widest on 2 threads (wall time), with 1320 flops and 960 compulsory bytes per site
+//!    against the same roofline (`--dirac-only`: the limits and this section alone; it also
+//!    runs with `--kernels-only` and in the full run).
 
 mod common;
 
