@@ -175,12 +175,17 @@ fn spinor(src: &[f64], i: usize) -> &[f64; SPINOR_REALS] {
 /// `src`. Slicing is bounds-checked: a short slice panics rather than reading out of bounds.
 /// Callable (unsafely) only where the CPU runs AVX2.
 #[target_feature(enable = "avx2")]
+///
+/// With `xpay = Some((ψ, s))` it writes ψ + s·(H ψ) instead (per real x + s·h, the bits of
+/// [`super::Colour::xpay`]), finishing the operator's site in registers.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn hop_site<const DAG: usize>(
     lat: &Lattice,
     u: &[f64],
     src: &[f64],
     x: usize,
     idx: impl Fn(usize) -> usize,
+    xpay: Option<(&[f64; SPINOR_REALS], f64)>,
     out: &mut [f64; SPINOR_REALS],
 ) {
     let t = lat.time(x);
@@ -200,6 +205,13 @@ pub(crate) fn hop_site<const DAG: usize>(
         );
         let y = lat.bwd(x, mu);
         hop_term!(acc, link(u, y * 4 + mu), spinor(src, idx(y)), &hops[1][mu], time && t == 0, true);
+    }
+    if let Some((psi, coef)) = xpay {
+        let coef = _mm256_set1_pd(coef);
+        for c in 0..3 {
+            acc[c] = _mm256_add_pd(load_pair(psi, 0, 1, c), _mm256_mul_pd(coef, acc[c]));
+            acc[3 + c] = _mm256_add_pd(load_pair(psi, 2, 3, c), _mm256_mul_pd(coef, acc[3 + c]));
+        }
     }
     for c in 0..3 {
         // spins 0 and 1, then 2 and 3

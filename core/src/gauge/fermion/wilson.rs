@@ -246,12 +246,44 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         out: &mut Spinor<G::Colour, NS>,
     ) {
         match g.hops {
-            Some(h) => self.hop_dispatch(h, src, x, dag, idx, out),
-            None => self.hop_dispatch(g.links, src, x, dag, idx, out),
+            Some(h) => self.hop_dispatch(h, src, x, dag, idx, None, out),
+            None => self.hop_dispatch(g.links, src, x, dag, idx, None, out),
         }
     }
 
+    /// out ← diag(s) + coef·(H or H†) src at x, diag the site factor `which` (see
+    /// [`Self::diag_xpay`]): one operator site. Where the factor is 1 the SIMD SU(3) kernel
+    /// finishes the site in registers; the bits are those of [`Self::hop_into`] followed by
+    /// [`Self::diag_xpay`].
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn hop_site_xpay(
+        &self,
+        g: &GaugeRef<'_, G>,
+        src: &[Spinor<G::Colour, NS>],
+        x: usize,
+        dag: usize,
+        idx: impl Fn(usize) -> usize,
+        which: Diag,
+        s: &Spinor<G::Colour, NS>,
+        coef: f64,
+        out: &mut Spinor<G::Colour, NS>,
+    ) {
+        if g.clover.is_none() && self.twist() == 0.0 {
+            let xpay = Some((s, coef));
+            match g.hops {
+                Some(h) => self.hop_dispatch(h, src, x, dag, idx, xpay, out),
+                None => self.hop_dispatch(g.links, src, x, dag, idx, xpay, out),
+            }
+            return;
+        }
+        self.hop_into(g, src, x, dag, idx, out);
+        self.diag_xpay(g, x, which, usize::from(dag) == 1, s, coef, out);
+    }
+
+    /// The hop through links `u`, written to `out`; with `xpay = Some((ψ, s))`, ψ + s·hop.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn hop_dispatch<L: HopLink<G::Colour>>(
         &self,
         u: &[L],
@@ -259,19 +291,25 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         x: usize,
         dag: usize,
         idx: impl Fn(usize) -> usize,
+        xpay: Option<(&Spinor<G::Colour, NS>, f64)>,
         out: &mut Spinor<G::Colour, NS>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if self.simd == 1 && NS == 4 && <G::Colour as Colour>::NC == 3 {
             if let Some(links) = L::su3_reals(u) {
                 let o: &mut [f64] = bytemuck::cast_slice_mut(std::slice::from_mut(out));
-                if let Ok(o) = <&mut [f64; super::hop_su3::SPINOR_REALS]>::try_from(o) {
+                let xp = xpay.and_then(|(p, c)| {
+                    let p: &[f64] = bytemuck::cast_slice(std::slice::from_ref(p));
+                    <&[f64; super::hop_su3::SPINOR_REALS]>::try_from(p).ok().map(|p| (p, c))
+                });
+                let o = <&mut [f64; super::hop_su3::SPINOR_REALS]>::try_from(o);
+                if let (Ok(o), true) = (o, xp.is_some() == xpay.is_some()) {
                     let src: &[f64] = bytemuck::cast_slice(src);
                     // SAFETY: `simd` is 1 only where the CPU runs AVX2.
                     unsafe {
                         match dag {
-                            0 => super::hop_su3::hop_site::<0>(&self.lattice, links, src, x, idx, o),
-                            _ => super::hop_su3::hop_site::<1>(&self.lattice, links, src, x, idx, o),
+                            0 => super::hop_su3::hop_site::<0>(&self.lattice, links, src, x, idx, xp, o),
+                            _ => super::hop_su3::hop_site::<1>(&self.lattice, links, src, x, idx, xp, o),
                         }
                     }
                     return;
@@ -287,12 +325,24 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
                     _ => hop_avx2::hop_site::<G, L, NS, 1>(self, u, src, x, idx),
                 }
             };
-            return;
+        } else {
+            *out = match dag {
+                0 => self.hop_site::<L, 0>(u, src, x, idx),
+                _ => self.hop_site::<L, 1>(u, src, x, idx),
+            };
         }
-        *out = match dag {
-            0 => self.hop_site::<L, 0>(u, src, x, idx),
-            _ => self.hop_site::<L, 1>(u, src, x, idx),
-        };
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            *out = match dag {
+                0 => self.hop_site::<L, 0>(u, src, x, idx),
+                _ => self.hop_site::<L, 1>(u, src, x, idx),
+            };
+        }
+        if let Some((p, c)) = xpay {
+            for k in 0..NS {
+                out.0[k].xpay(&p.0[k], c);
+            }
+        }
     }
 
     /// out ← diag(s) + coef·out, diag the site factor `which` (see [`Self::diag`]): bit for bit
@@ -395,10 +445,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         check_len("source field", psi.len(), v)?;
         check_len("output field", out.len(), v)?;
         let k = self.params.kappa;
-        par_fill(out, |x, o| {
-            self.hop_into(&g, psi, x, usize::from(dag), |y| y, o);
-            self.diag_xpay(&g, x, Diag::A, dag, &psi[x], -k, o);
-        });
+        par_fill(out, |x, o| self.hop_site_xpay(&g, psi, x, usize::from(dag), |y| y, Diag::A, &psi[x], -k, o));
         Ok(())
     }
 
@@ -487,7 +534,14 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         self.hop_half(g, psi_e, tmp_o, 1, dag, |_, x, h| *h = self.diag(&g, x, Diag::AInv, dag, h))?;
         check_len("half-lattice source field", psi_e.len(), out_e.len())?;
         let k2 = self.params.kappa * self.params.kappa;
-        self.hop_half(g, tmp_o, out_e, 0, dag, |i, x, h| self.diag_xpay(&g, x, Diag::A, dag, &psi_e[i], -k2, h))
+        self.require_even()?;
+        check_len("half-lattice source field", tmp_o.len(), out_e.len())?;
+        let even = self.lattice.sites_of_parity(0);
+        par_fill(out_e, |i, o| {
+            // the position of y among the sites of its parity is y/2 (see `hop_half`)
+            self.hop_site_xpay(&g, tmp_o, even[i] as usize, usize::from(dag), |y| y >> 1, Diag::A, &psi_e[i], -k2, o)
+        });
+        Ok(())
     }
 
     /// out_e = D̂ ψ_e, the even–odd preconditioned operator D̂ = A_ee − κ² H_eo A_oo⁻¹ H_oe on
