@@ -278,7 +278,7 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
             return;
         }
         self.hop_into(g, src, x, dag, idx, out);
-        self.diag_xpay(g, x, which, usize::from(dag) == 1, s, coef, out);
+        self.diag_xpay(g, x, which, dag == 1, s, coef, out);
     }
 
     /// The hop through links `u`, written to `out`; with `xpay = Some((ψ, s))`, ψ + s·hop.
