@@ -24,20 +24,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use latflow_core::gauge::fermion::wilson::WILSON_FLOPS_PER_SITE_SU3_4D;
-use latflow_core::gauge::fermion::{SpinorOf, WilsonDirac, WilsonParams, fill_gaussian};
-use latflow_core::gauge::{LinkField, Su3};
-use latflow_core::{Lattice, Stream};
 
 fn dirac(c: &mut Criterion) {
     let mut g = c.benchmark_group("dirac_su3_4d");
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     for l in [8i64, 16] {
-        let lat = Lattice::new(&[l, l, l, l]).expect("lattice");
-        let d = WilsonDirac::<Su3, 4>::new(&lat, WilsonParams::wilson(0.12)).expect("operator");
-        let v = lat.volume();
-        let u = LinkField::<Su3>::random(4, v, &mut Stream::new(1, 1)).expect("links");
-        let mut psi = vec![SpinorOf::<Su3, 4>::default(); v];
-        fill_gaussian(&mut psi, &mut Stream::new(2, 2)).expect("source");
+        let (d, u, psi) = common::su3_dirac(l);
+        let v = d.volume();
         let mut out = psi.clone();
         let (mut tmp_o, mut out_e) = (psi[..v / 2].to_vec(), psi[..v / 2].to_vec());
         g.throughput(Throughput::Elements((WILSON_FLOPS_PER_SITE_SU3_4D as u64) * v as u64));

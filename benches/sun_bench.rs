@@ -421,18 +421,11 @@ const DIRAC_BYTES_PER_SITE: f64 = 4.0 * 144.0 + 2.0 * 192.0;
 /// and 16⁴: each kernel variant on one thread (thread CPU time per call), and the widest on
 /// 2 threads (wall time per call), against the limits. Flops: the customary 1320 per site.
 fn dirac_report(lim: &Limits, quick: bool) -> Value {
-    use latflow_core::Lattice;
-    use latflow_core::gauge::LinkField;
     use latflow_core::gauge::fermion::wilson::{WILSON_FLOPS_PER_SITE_SU3_4D, hop_simd_level};
-    use latflow_core::gauge::fermion::{SpinorOf, WilsonDirac, WilsonParams, fill_gaussian};
     let mut out = Vec::new();
     for l in [8i64, 16] {
-        let lat = Lattice::new(&[l, l, l, l]).expect("lattice");
-        let d = WilsonDirac::<Su3, 4>::new(&lat, WilsonParams::wilson(0.12)).expect("operator");
-        let v = lat.volume();
-        let u = LinkField::<Su3>::random(4, v, &mut Stream::new(1, 1)).expect("links");
-        let mut psi = vec![SpinorOf::<Su3, 4>::default(); v];
-        fill_gaussian(&mut psi, &mut Stream::new(2, 2)).expect("source");
+        let (d, u, psi) = common::su3_dirac(l);
+        let v = d.volume();
         let mut res = psi.clone();
         let flops = WILSON_FLOPS_PER_SITE_SU3_4D * v as f64;
         let bytes = DIRAC_BYTES_PER_SITE * v as f64;

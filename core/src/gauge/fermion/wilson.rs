@@ -245,16 +245,13 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         idx: impl Fn(usize) -> usize,
         out: &mut Spinor<G::Colour, NS>,
     ) {
-        match g.hops {
-            Some(h) => self.hop_dispatch(h, src, x, dag, idx, None, out),
-            None => self.hop_dispatch(g.links, src, x, dag, idx, None, out),
-        }
+        self.hop_links(g, src, x, dag, idx, None, out);
     }
 
     /// out ← diag(s) + coef·(H or H†) src at x, diag the site factor `which` (see
-    /// [`Self::diag_xpay`]): one operator site. Where the factor is 1 the SIMD SU(3) kernel
-    /// finishes the site in registers; the bits are those of [`Self::hop_into`] followed by
-    /// [`Self::diag_xpay`].
+    /// [`Self::diag`]): one operator site, bit for bit `{ let mut r = diag(s); r.axpy(coef,
+    /// hop); r }` per spin. Where the factor is 1 the hop kernel adds s itself (the SIMD SU(3)
+    /// kernel in registers).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn hop_site_xpay(
@@ -270,15 +267,34 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         out: &mut Spinor<G::Colour, NS>,
     ) {
         if g.clover.is_none() && self.twist() == 0.0 {
-            let xpay = Some((s, coef));
-            match g.hops {
-                Some(h) => self.hop_dispatch(h, src, x, dag, idx, xpay, out),
-                None => self.hop_dispatch(g.links, src, x, dag, idx, xpay, out),
-            }
+            self.hop_links(g, src, x, dag, idx, Some((s, coef)), out);
             return;
         }
-        self.hop_into(g, src, x, dag, idx, out);
-        self.diag_xpay(g, x, which, dag == 1, s, coef, out);
+        self.hop_links(g, src, x, dag, idx, None, out);
+        let d = self.diag(g, x, which, dag == 1, s);
+        for k in 0..NS {
+            out.0[k].xpay(&d.0[k], coef);
+        }
+    }
+
+    /// The hop through `g`'s hopping factors when precomputed, else its links (see
+    /// [`Self::hop_dispatch`]).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn hop_links(
+        &self,
+        g: &GaugeRef<'_, G>,
+        src: &[Spinor<G::Colour, NS>],
+        x: usize,
+        dag: usize,
+        idx: impl Fn(usize) -> usize,
+        xpay: Option<(&Spinor<G::Colour, NS>, f64)>,
+        out: &mut Spinor<G::Colour, NS>,
+    ) {
+        match g.hops {
+            Some(h) => self.hop_dispatch(h, src, x, dag, idx, xpay, out),
+            None => self.hop_dispatch(g.links, src, x, dag, idx, xpay, out),
+        }
     }
 
     /// The hop through links `u`, written to `out`; with `xpay = Some((ψ, s))`, ψ + s·hop.
@@ -316,28 +332,10 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
                 }
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        if self.simd == 1 {
-            // SAFETY: `simd` is 1 only where the CPU runs AVX2 (`Self::new`, `with_simd_level`).
-            *out = unsafe {
-                match dag {
-                    0 => hop_avx2::hop_site::<G, L, NS, 0>(self, u, src, x, idx),
-                    _ => hop_avx2::hop_site::<G, L, NS, 1>(self, u, src, x, idx),
-                }
-            };
-        } else {
-            *out = match dag {
-                0 => self.hop_site::<L, 0>(u, src, x, idx),
-                _ => self.hop_site::<L, 1>(u, src, x, idx),
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            *out = match dag {
-                0 => self.hop_site::<L, 0>(u, src, x, idx),
-                _ => self.hop_site::<L, 1>(u, src, x, idx),
-            };
-        }
+        *out = match dag {
+            0 => self.hop_generic::<L, 0>(u, src, x, idx),
+            _ => self.hop_generic::<L, 1>(u, src, x, idx),
+        };
         if let Some((p, c)) = xpay {
             for k in 0..NS {
                 out.0[k].xpay(&p.0[k], c);
@@ -345,30 +343,22 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         }
     }
 
-    /// out ← diag(s) + coef·out, diag the site factor `which` (see [`Self::diag`]): bit for bit
-    /// `{ let mut r = self.diag(g, x, which, dag, s); r.axpy(coef, out); r }` per spin, without
-    /// copies where the factor is 1.
+    /// The generic hopping kernel ([`Self::hop_site`]), in its AVX2 build where this operator
+    /// is set to it.
     #[inline(always)]
-    pub(crate) fn diag_xpay(
+    fn hop_generic<L: HopLink<G::Colour>, const DAG: usize>(
         &self,
-        g: &GaugeRef<'_, G>,
+        u: &[L],
+        src: &[Spinor<G::Colour, NS>],
         x: usize,
-        which: Diag,
-        dag: bool,
-        s: &Spinor<G::Colour, NS>,
-        coef: f64,
-        out: &mut Spinor<G::Colour, NS>,
-    ) {
-        if g.clover.is_none() && self.twist() == 0.0 {
-            for k in 0..NS {
-                out.0[k].xpay(&s.0[k], coef);
-            }
-            return;
+        idx: impl Fn(usize) -> usize,
+    ) -> Spinor<G::Colour, NS> {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd == 1 {
+            // SAFETY: `simd` is 1 only where the CPU runs AVX2 (`Self::new`, `with_simd_level`).
+            return unsafe { hop_avx2::hop_site::<G, L, NS, DAG>(self, u, src, x, idx) };
         }
-        let d = self.diag(g, x, which, dag, s);
-        for k in 0..NS {
-            out.0[k].xpay(&d.0[k], coef);
-        }
+        self.hop_site::<L, DAG>(u, src, x, idx)
     }
 
     /// The hopping term at site x (see [`Self::hop_into`]) for `DAG` = 0 (H) or 1 (H†). The
