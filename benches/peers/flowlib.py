@@ -35,7 +35,8 @@ def push(layers, x, log_q):
 
 def train(torch, layers, sample, action, steps, batch=64, lr=1e-3):
     """Reverse-KL training, loss = mean(log q + S) over `batch` draws, Adam(lr). Returns the
-    per-step wall times (s) and the losses."""
+    per-step wall times (s) and the losses. Each step ends with `loss.item()`, which waits for
+    a GPU's work, so a step's time covers it."""
     opt = torch.optim.Adam(layers.parameters(), lr=lr)
     times, losses = [], []
     for _ in range(steps):
@@ -61,7 +62,9 @@ def draw(torch, sample, n, batch):
             xs.append(x)
             lqs.append(lq)
             left -= x.shape[0]
-    return torch.cat(xs), torch.cat(lqs), peerlib.now() - t0
+    x, lq = torch.cat(xs), torch.cat(lqs)
+    peerlib.sync(torch)
+    return x, lq, peerlib.now() - t0
 
 
 def evaluate(torch, sample, action, observables, n, seed):
@@ -74,10 +77,11 @@ def evaluate(torch, sample, action, observables, n, seed):
     t0 = peerlib.now()
     with torch.no_grad():
         s = action(x)
+    peerlib.sync(torch)
     seconds_action = peerlib.now() - t0
-    log_w = (-s - log_q).double().numpy()
+    log_w = (-s - log_q).double().cpu().numpy()
     state, accepted = peerlib.independence_chain(log_w, np.random.default_rng(seed))
-    xd = x.double().numpy()
+    xd = x.double().cpu().numpy()
     out = {
         "n": n,
         "ess_per_sample": peerlib.ess_per_sample(log_w),

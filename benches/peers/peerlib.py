@@ -34,9 +34,10 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402  (after the thread variables)
 
 
-def torch_cpu(seed, dtype="float32", threads=THREADS):
-    """Imports torch, fixes its threads (intra-op `threads`, inter-op 1), seed and default
-    dtype ("float32" or "float64"); returns the torch module."""
+def torch_cpu(seed, dtype="float32", threads=THREADS, device="cpu"):
+    """Imports torch, fixes its threads (intra-op `threads`, inter-op 1), seed, default
+    dtype ("float32" or "float64") and default device ("cpu", or "cuda" for a GPU peer: every
+    tensor and module is then created there); returns the torch module."""
     import torch
 
     torch.set_num_threads(threads)
@@ -46,7 +47,15 @@ def torch_cpu(seed, dtype="float32", threads=THREADS):
         pass
     torch.manual_seed(seed)
     torch.set_default_dtype({"float32": torch.float32, "float64": torch.float64}[dtype])
+    if device != "cpu":
+        torch.set_default_device(device)
     return torch
+
+
+def sync(torch):
+    """Waits for the GPU's queued work (a no-op on the CPU), so that a wall time covers it."""
+    if torch.get_default_device().type == "cuda":
+        torch.cuda.synchronize()
 
 
 def machine():
@@ -62,6 +71,8 @@ def machine():
 
         out["torch"] = torch.__version__
         out["torch_threads"] = torch.get_num_threads()
+        if torch.get_default_device().type == "cuda":
+            out["gpu"] = torch.cuda.get_device_name()
     except ImportError:
         pass
     return out

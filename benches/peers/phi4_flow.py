@@ -70,14 +70,16 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=peerlib.THREADS)
+    ap.add_argument("--batch", type=int, default=64, help="training batch")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU peer")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args()
-    torch = peerlib.torch_cpu(args.seed, args.dtype, args.threads)
+    torch = peerlib.torch_cpu(args.seed, args.dtype, args.threads, args.device)
     L, V = args.L, args.L * args.L
     layers = build_model(torch, L)
     action = make_action(torch, args.m2, args.lam)
     draw = lambda n: sample(torch, layers, n, L)  # noqa: E731
-    times, losses = flowlib.train(torch, layers, draw, action, args.steps)
+    times, losses = flowlib.train(torch, layers, draw, action, args.steps, batch=args.batch)
     observables = {
         "absM": lambda x: np.abs(x.sum(axis=(1, 2))) / V,
         "M2V": lambda x: x.sum(axis=(1, 2)) ** 2 / V,
@@ -86,11 +88,12 @@ def main():
     }
     ev = flowlib.evaluate(torch, draw, action, observables, args.n_eval, args.seed)
     result = {
-        "tag": args.tag or f"phi4_flow_{args.dtype}_t{args.threads}",
+        "tag": args.tag or f"phi4_flow_{args.dtype}_t{args.threads}" + (f"_{args.device}" if args.device != "cpu" else ""),
         "theory": {"L": L, "m2": args.m2, "lam": args.lam},
         "model": {"layers": 16, "hidden": [8, 8], "kernel": 3, "coupling": "affine", "prior": "normal",
                   "parameters": sum(p.numel() for p in layers.parameters()), "dtype": args.dtype},
-        "training": dict(flowlib.training_summary(times), final_loss=float(np.mean(losses[-100:]))),
+        "training": dict(flowlib.training_summary(times), final_loss=float(np.mean(losses[-100:])),
+                         batch=args.batch, device=args.device),
         "evaluation": ev,
         "chi2_reference": [0.7442, 0.0012],
         "machine": peerlib.machine(),

@@ -92,14 +92,16 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=peerlib.THREADS)
+    ap.add_argument("--batch", type=int, default=64, help="training batch")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU peer")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args()
-    torch = peerlib.torch_cpu(args.seed, args.dtype, args.threads)
+    torch = peerlib.torch_cpu(args.seed, args.dtype, args.threads, args.device)
     L, V = args.L, args.L * args.L
     layers, plaq = build_model(torch, L)
     action = lambda x: -args.beta * torch.cos(plaq(x)).sum(dim=(1, 2))  # noqa: E731
     draw = lambda n: sample(torch, layers, n, L)  # noqa: E731
-    times, losses = flowlib.train(torch, layers, draw, action, args.steps)
+    times, losses = flowlib.train(torch, layers, draw, action, args.steps, batch=args.batch)
 
     def charge(x):
         p = np_plaquettes(x)
@@ -113,11 +115,12 @@ def main():
     }
     ev = flowlib.evaluate(torch, draw, action, observables, args.n_eval, args.seed)
     result = {
-        "tag": args.tag or f"u1_flow_beta{args.beta:g}_{args.dtype}_t{args.threads}",
+        "tag": args.tag or f"u1_flow_beta{args.beta:g}_{args.dtype}_t{args.threads}" + (f"_{args.device}" if args.device != "cpu" else ""),
         "theory": {"L": L, "beta": args.beta},
         "model": {"layers": 16, "hidden": [8, 8], "kernel": 3, "mixture": 2, "prior": "haar",
                   "parameters": sum(p.numel() for p in layers.parameters()), "dtype": args.dtype},
-        "training": dict(flowlib.training_summary(times), final_loss=float(np.mean(losses[-100:]))),
+        "training": dict(flowlib.training_summary(times), final_loss=float(np.mean(losses[-100:])),
+                         batch=args.batch, device=args.device),
         "evaluation": ev,
         "log_z_measure": "plain d(theta): log Z (docs/reference.md §3) + 2V ln 2pi",
         "machine": peerlib.machine(),

@@ -369,3 +369,103 @@ pub fn check_damaged_files_are_refused(m: &mut impl Model) {
     assert!(e.message.contains(io::KEY_ARCH), "{}", e.message);
     assert_eq!(m.save(true).into_result().unwrap(), good, "a failed load changed the model");
 }
+
+/// The largest deviations that [`check_device_agreement`] saw, each relative as
+/// |a − b| / (1 + |b|) (gradients: relative to the largest CPU component).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeviceDeviations {
+    pub configs: f64,
+    pub log_q: f64,
+    /// log q of the CPU's proposals evaluated on the device (an inverse pass there).
+    pub log_prob: f64,
+    /// log q of the device's own proposals evaluated on the device: the round trip there.
+    pub round_trip: f64,
+    pub gradient: f64,
+    pub loss: f64,
+}
+
+/// The same model on another device (`dev`, e.g. CUDA) against the CPU (`cpu`), driven through
+/// the `Model` trait as the host drives it. `dev` first takes `cpu`'s weights (save, load). Then,
+/// from the same streams:
+/// * `n` proposals: configurations and log q agree; configurations are compared modulo
+///   `period` where given (angles, whose wrapping may differ by rounding);
+/// * log q of the CPU's proposals evaluated on `dev` agrees with the CPU's values, and log q of
+///   `dev`'s proposals evaluated on `dev` agrees with what its sampling reported;
+/// * the parameter gradient of one training batch (batch 32, `action`) agrees, and so do the
+///   losses of `steps` Adam steps (lr 1e-2) after it. Run those in f64 only: Adam divides each
+///   gradient component by its own running size, so where a component is near zero, a
+///   rounding-level difference in f32 becomes a step difference of order the learning rate,
+///   and the trajectories part (seen: 5.6e-4 after three steps, against 1e-5 for the gradient).
+///
+/// Every deviation must stay below `tol` (relative, [`DeviceDeviations`]); returns them for the
+/// log. Panics with the first one that does not.
+pub fn check_device_agreement<M: Model>(
+    cpu: &mut M,
+    dev: &mut M,
+    n: u32,
+    period: Option<f64>,
+    action: Action<'_>,
+    steps: usize,
+    tol: f64,
+) -> DeviceDeviations {
+    fn rel(a: &[f64], b: &[f64], period: Option<f64>) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| {
+                let mut d = (x - y).abs();
+                if let Some(p) = period {
+                    d = d.rem_euclid(p).min(p - d.rem_euclid(p));
+                }
+                d / (1.0 + y.abs())
+            })
+            .fold(0.0, f64::max)
+    }
+    let mut out = DeviceDeviations::default();
+    dev.load(RSlice::from(&cpu.save(false).into_result().unwrap()[..])).into_result().unwrap();
+    let draw = |m: &M| m.sample(n, &mut Stream::new(31, 2).state()).into_result().unwrap();
+    let (pc, pd) = (draw(cpu), draw(dev));
+    out.configs = rel(&pd.configs, &pc.configs, period);
+    out.log_q = rel(&pd.log_q, &pc.log_q, None);
+    let lp = dev.log_prob(RSlice::from(&pc.configs[..])).into_result().unwrap();
+    out.log_prob = rel(&lp, &pc.log_q, None);
+    let own = dev.log_prob(RSlice::from(&pd.configs[..])).into_result().unwrap();
+    out.round_trip = rel(&own, &pd.log_q, None);
+    let grads: Vec<(Vec<f64>, f64)> = [&mut *cpu, &mut *dev]
+        .into_iter()
+        .map(|m| {
+            m.train_begin(&settings(32, 1e-2)).into_result().unwrap();
+            let p = m.train_sample(&mut Stream::new(32, 3).state()).into_result().unwrap();
+            let (a, g) = action(&p.configs);
+            let tg = m.train_gradient(RSlice::from(&a[..]), RSlice::from(&g[..])).into_result().unwrap();
+            m.train_apply(RSlice::from(&tg.gradient[..]), tg.loss).into_result().unwrap();
+            (tg.gradient.to_vec(), tg.loss)
+        })
+        .collect();
+    let scale = grads[0].0.iter().fold(0.0f64, |m, g| m.max(g.abs())).max(1e-300);
+    out.gradient = grads[0].0.iter().zip(&grads[1].0).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+    out.loss = rel(&[grads[1].1], &[grads[0].1], None);
+    let mut rng_c = Stream::new(33, 3).state();
+    let mut rng_d = rng_c;
+    for _ in 0..steps {
+        let mut loss = [0.0; 2];
+        for (k, (m, rng)) in [(&mut *cpu, &mut rng_c), (&mut *dev, &mut rng_d)].into_iter().enumerate() {
+            let p = m.train_sample(rng).into_result().unwrap();
+            let (a, g) = action(&p.configs);
+            loss[k] = m.train_step(RSlice::from(&a[..]), RSlice::from(&g[..])).into_result().unwrap().loss;
+        }
+        out.loss = out.loss.max(rel(&[loss[1]], &[loss[0]], None));
+    }
+    let named = [
+        ("configurations", out.configs),
+        ("log q", out.log_q),
+        ("log q of the CPU's proposals", out.log_prob),
+        ("log q round trip on the device", out.round_trip),
+        ("gradient", out.gradient),
+        ("loss", out.loss),
+    ];
+    for (what, d) in named {
+        assert!(d <= tol, "{what}: the device deviates from the CPU by {d:.3e} (tolerance {tol:.1e}); all: {out:?}");
+    }
+    out
+}

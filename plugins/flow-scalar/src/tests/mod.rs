@@ -1,6 +1,8 @@
 //! Tests of the flow-scalar plugin. Tolerances are named constants; exactness tests run in f64.
 
 mod config_tests;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod flow_math;
 mod gradients;
 mod persistence;

@@ -2,6 +2,8 @@
 //! with fixed seeds.
 
 mod config_tests;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod flow_math;
 mod gauge;
 mod gradients;
