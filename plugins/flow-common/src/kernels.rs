@@ -842,7 +842,7 @@ pub fn conv_padded(inp: &Tensor, w: &Tensor, bias: &Tensor, tab: &Arc<Table>, ac
 mod tests {
     use super::*;
     use crate::periodic;
-    use crate::tensor::{conv_generic, tensor_from_f64, tensor_to_f64};
+    use crate::tensor::{conv_generic, tensor_from_f64, tensor_to_f64, ColumnGather};
     use candle_core::{DType, Device, Var};
 
     /// Deterministic pseudo-random values in (−1, 1).
@@ -893,7 +893,7 @@ mod tests {
             &periodic::rows_of(v, &inputs),
             inputs.len(),
         );
-        let idx = Tensor::from_vec(idx.clone(), idx.len(), &dev).unwrap();
+        let idx = ColumnGather::new(&idx, inputs.len() + 1, &dev).unwrap();
         let x = values(b * inputs.len() * case.ci, 1);
         let w = values(k * case.ci * case.co, 2);
         let bias = values(case.co, 3);

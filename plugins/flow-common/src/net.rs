@@ -17,7 +17,7 @@ use latflow_core::Stream;
 
 use crate::config::Activation;
 use crate::kernels::{self, Act, Table};
-use crate::tensor::{candle_error, conv_generic, conv_params, tensor_from_f64, tensor_to_f64, NamedVar};
+use crate::tensor::{candle_error, conv_generic, conv_params, tensor_from_f64, tensor_to_f64, ColumnGather, NamedVar};
 
 /// A flow's conditioner parameters and where they live.
 #[derive(Debug)]
@@ -172,10 +172,10 @@ impl ConvNet {
 }
 
 /// The gather tables of a convolution stack, by convolution: [`Table`]s for the fused CPU
-/// kernels, or U32 index tensors for the generic formulation.
+/// kernels, or [`ColumnGather`]s for the generic formulation.
 pub enum Gather<'t> {
     Fused(&'t dyn Fn(usize) -> &'t Arc<Table>),
-    Generic(&'t dyn Fn(usize) -> &'t Tensor),
+    Generic(&'t dyn Fn(usize) -> &'t ColumnGather),
 }
 
 /// A fused activation written with candle ops.

@@ -41,8 +41,11 @@
 use std::f64::consts::PI;
 use std::sync::Arc;
 
+use candle_core::Device;
+
 use crate::kernels::Table;
 use crate::periodic;
+use crate::tensor::ColumnGather;
 
 /// The sign of the active link θ_μ(x) in P(x): +1 for μ = 0, −1 for μ = 1.
 pub fn sigma(mu: usize) -> f64 {
@@ -172,10 +175,25 @@ impl Geometry {
     pub fn gather_indices(&self, mask: &Mask, kernel: usize) -> Vec<Vec<u32>> {
         (0..mask.conv_outputs.len())
             .map(|j| {
-                let inputs = if j == 0 { &mask.frozen } else { &mask.conv_outputs[j - 1] };
-                let rows = periodic::rows_of(self.volume, inputs);
-                periodic::gather_indices(&self.shape, kernel, &mask.conv_outputs[j], &rows, inputs.len())
+                let rows = periodic::rows_of(self.volume, self.conv_inputs(mask, j));
+                periodic::gather_indices(&self.shape, kernel, &mask.conv_outputs[j], &rows, self.conv_inputs(mask, j).len())
             })
+            .collect()
+    }
+
+    /// The sites that convolution `j` of `mask`'s conditioner reads: the frozen sites, then the
+    /// previous convolution's outputs.
+    fn conv_inputs<'m>(&self, mask: &'m Mask, j: usize) -> &'m [usize] {
+        if j == 0 { &mask.frozen } else { &mask.conv_outputs[j - 1] }
+    }
+
+    /// [`Self::gather_indices`] as the generic formulation's [`ColumnGather`]s on `device`, each
+    /// over its inputs and the pad row.
+    pub fn gather_tables(&self, mask: &Mask, kernel: usize, device: &Device) -> candle_core::Result<Vec<ColumnGather>> {
+        self.gather_indices(mask, kernel)
+            .iter()
+            .enumerate()
+            .map(|(j, t)| ColumnGather::new(t, self.conv_inputs(mask, j).len() + 1, device))
             .collect()
     }
 

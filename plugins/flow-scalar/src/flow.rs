@@ -24,6 +24,7 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use latflow_flow_common::tensor::ColumnGather;
 
 use crate::config::{
     conditioner_outputs, Architecture, Coupling, PriorKind, DEFAULT_SPLINE_BINS, DEFAULT_SPLINE_BOUND, Z2,
@@ -49,7 +50,7 @@ pub struct Flow {
     /// The conditioners' parameters, device, dtype and formulation.
     pub net: ConvNet,
     /// `tables[j][p]`: gather table of convolution j in a layer of parity p (generic path).
-    tables: Vec<[Tensor; 2]>,
+    tables: Vec<[ColumnGather; 2]>,
     /// The same tables for the fused CPU kernels.
     ktables: Vec<[Arc<Table>; 2]>,
     pub prior: Prior,
@@ -77,10 +78,10 @@ impl Flow {
             let outputs = if j == n - 1 { Outputs::Active } else { Outputs::All };
             let n_in = if j == 0 { geom.half } else { geom.volume };
             let m = if j == n - 1 { geom.half } else { geom.volume };
-            let mk = |p: usize| -> candle_core::Result<(Tensor, Arc<Table>)> {
+            let mk = |p: usize| -> candle_core::Result<(ColumnGather, Arc<Table>)> {
                 let t = geom.table(source, outputs, p);
-                let len = t.len();
-                Ok((Tensor::from_vec(t.clone(), len, device)?, Arc::new(Table::new(t, m, kvol, n_in))))
+                // the generic table's columns: the n_in inputs and the pad row
+                Ok((ColumnGather::new(&t, n_in + 1, device)?, Arc::new(Table::new(t, m, kvol, n_in))))
             };
             let (t0, k0) = mk(0)?;
             let (t1, k1) = mk(1)?;

@@ -10,7 +10,7 @@
 //! weight tensor's leading axes `[k, …, k, C_in, C_out]` (torch's `Conv{d}d` weight
 //! `W[c_out, c_in, k_0, …]` permuted). It computes
 //! `out[b, x, :] = bias + Σ_{o, c} in[b, x + o, c] · W[o, c, :]` (a cross-correlation, as torch's),
-//! as `in.index_select(table, 1)` → `[B·M, K·C_in]` → matmul `[K·C_in, C_out]`, where
+//! as a column gather `in[:, table]` (`ColumnGather`) → `[B·M, K·C_in]` → matmul `[K·C_in, C_out]`, where
 //! `table[m·K + o]` is the position of the neighbour x_m + o of the m-th output site.
 
 use latflow_core::Lattice;

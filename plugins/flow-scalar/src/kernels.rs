@@ -1,6 +1,6 @@
 //! The affine coupling's fused CPU ops (candle custom ops with hand-written backward passes).
 //!
-//! The generic formulation of the flow (periodic convolution as `index_select` + matmul,
+//! The generic formulation of the flow (periodic convolution as a column gather + matmul,
 //! activations and the affine update as candle element-wise ops) runs on every device and is
 //! kept as the reference (see `Flow::set_fused`). On the CPU it is dominated by per-op overhead
 //! and by the K-fold im2col copies, so the CPU path uses fused ops instead: the conditioners'

@@ -28,7 +28,7 @@
 //! Speed: on the CPU the conditioners run as fused candle custom ops with hand-written
 //! backward passes ([`kernels`]: latflow-flow-common's direct gather convolution with the
 //! activation fused, AVX2+FMA when the CPU has them, and the affine update); elsewhere (CUDA) the
-//! generic formulation ([`flow`]: `index_select` im2col + matmul, whose backward candle derives)
+//! generic formulation ([`flow`]: a column gather as im2col + matmul, whose backward candle derives)
 //! runs. Both compute the same function (tested
 //! to 1e-12 in f64, gradients included).
 //!

@@ -33,6 +33,7 @@ use candle_core::{Device, Tensor};
 use latflow_flow_common::kernels::{Act, Table};
 use latflow_flow_common::net::{ConvNet, Gather};
 use latflow_flow_common::stripes::{Geometry, Mask};
+use latflow_flow_common::tensor::ColumnGather;
 use std::sync::Arc;
 
 use crate::config::{channels, input_channels, Architecture};
@@ -47,7 +48,7 @@ pub const INIT_STREAM: u64 = latflow_core::streams::Purpose::ModelInit.id(0, 0, 
 pub struct MaskData {
     pub mask: Mask,
     ktables: Vec<Arc<Table>>,
-    gtables: Vec<Tensor>,
+    gtables: Vec<ColumnGather>,
     /// The four links of each frozen plaquette P = L0 L1 L2† L3†, `[N_frozen]` each.
     frozen: [Tensor; 4],
     /// The active links, `[N_active]`.
@@ -93,11 +94,7 @@ impl Flow {
             let active: Vec<u32> = mask.active.iter().map(|&x| (2 * x + mu) as u32).collect();
             Ok(MaskData {
                 ktables: geom.tables(&mask, arch.kernel),
-                gtables: geom
-                    .gather_indices(&mask, arch.kernel)
-                    .into_iter()
-                    .map(|t| u32_tensor(t, device))
-                    .collect::<candle_core::Result<_>>()?,
+                gtables: geom.gather_tables(&mask, arch.kernel, device)?,
                 frozen: [f0?, f1?, f2?, f3?],
                 active: u32_tensor(active, device)?,
                 staple: [s0?, s1?, s2?],

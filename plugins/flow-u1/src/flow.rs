@@ -19,8 +19,8 @@
 //!
 //! Two formulations compute the same function (tested to 1e-12 in f64, gradients included):
 //! the fused CPU ops ([`crate::ops`] and `latflow_flow_common::kernels::conv`; the default on
-//! the CPU), and the generic one with candle ops (`index_select` im2col + matmul for the
-//! convolutions, `index_select`/`index_add` for plaquettes and link updates), which runs on
+//! the CPU), and the generic one with candle ops (column gathers, `ColumnGather`, as im2col +
+//! matmul for the convolutions, for the plaquettes and for spreading link updates), which runs on
 //! every device. The spline coupling gathers plaquettes and updates links with candle ops and
 //! maps them with latflow-flow-common's spline op (fused on the CPU); the NCP inverse is solved on the CPU (on other devices its inputs are copied to the
 //! host and back), and when its inputs carry a gradient (path gradients) the solution enters the
@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use latflow_flow_common::kernels::{Act, Table};
+use latflow_flow_common::tensor::ColumnGather;
 use latflow_flow_common::tensor_from_f64;
 
 use crate::config::{channels, Architecture, Coupling, DEFAULT_N_MIX, DEFAULT_SPLINE_BINS};
@@ -58,15 +59,17 @@ pub struct MaskData {
     pub mask: Mask,
     op: Arc<OpGeom>,
     ktables: Vec<Arc<Table>>,
-    gtables: Vec<Tensor>,
-    /// Link indices of the frozen plaquettes, `[N_frozen · 4]`.
-    frozen_idx: Tensor,
-    /// Link indices of the active plaquettes, `[N_active · 4]`.
-    active_idx: Tensor,
-    /// The active links, `[N_active]`.
-    active_links: Tensor,
-    /// The active links and the log-det column 2V, `[N_active + 1]`.
-    update_idx: Tensor,
+    gtables: Vec<ColumnGather>,
+    /// Gathers the link indices of the frozen plaquettes, `[N_frozen · 4]`, from a state.
+    frozen_idx: ColumnGather,
+    /// Gathers the link indices of the active plaquettes, `[N_active · 4]`.
+    active_idx: ColumnGather,
+    /// Gathers the active links, `[N_active]`.
+    active_links: ColumnGather,
+    /// Spreads an update `[B, N_active + 1]` (the active links' changes, then the log-det
+    /// column's) over a state's 2V + 1 columns: column c takes the update aimed at it, or the
+    /// zero column N_active + 1 appended to the update.
+    spread: ColumnGather,
 }
 
 /// The flow: geometry, masks, parameters.
@@ -80,11 +83,6 @@ pub struct Flow {
     masks: Vec<Option<MaskData>>,
     /// The plaquette signs `[1, 1, −1, −1]` in the dtype.
     signs: Tensor,
-}
-
-fn u32_tensor(v: Vec<u32>, device: &Device) -> candle_core::Result<Tensor> {
-    let n = v.len();
-    Tensor::from_vec(v, n, device)
 }
 
 impl Flow {
@@ -109,19 +107,19 @@ impl Flow {
                 sigma: mask.sigma,
             });
             let flat = |p: &[[u32; 4]]| p.iter().flatten().copied().collect::<Vec<u32>>();
-            let mut update = active_links.clone();
-            update.push(geom.n_links() as u32);
+            let width = geom.n_links() + 1;
+            let mut spread = vec![active_links.len() as u32 + 1; width];
+            for (j, &l) in active_links.iter().enumerate() {
+                spread[l as usize] = j as u32;
+            }
+            spread[geom.n_links()] = active_links.len() as u32;
             Ok(MaskData {
                 ktables: geom.tables(&mask, arch.kernel),
-                gtables: geom
-                    .gather_indices(&mask, arch.kernel)
-                    .into_iter()
-                    .map(|t| u32_tensor(t, device))
-                    .collect::<candle_core::Result<_>>()?,
-                frozen_idx: u32_tensor(flat(&op.frozen), device)?,
-                active_idx: u32_tensor(flat(&op.active), device)?,
-                active_links: u32_tensor(active_links, device)?,
-                update_idx: u32_tensor(update, device)?,
+                gtables: geom.gather_tables(&mask, arch.kernel, device)?,
+                frozen_idx: ColumnGather::new(&flat(&op.frozen), width, device)?,
+                active_idx: ColumnGather::new(&flat(&op.active), width, device)?,
+                active_links: ColumnGather::new(&active_links, width, device)?,
+                spread: ColumnGather::new(&spread, active_links.len() + 2, device)?,
                 op,
                 mask,
             })
@@ -160,10 +158,10 @@ impl Flow {
     }
 
     /// Plaquettes `[B, N]` at the plaquettes whose link indices are `idx` `[N·4]` (generic).
-    fn plaquettes(&self, state: &Tensor, idx: &Tensor) -> candle_core::Result<Tensor> {
+    fn plaquettes(&self, state: &Tensor, idx: &ColumnGather) -> candle_core::Result<Tensor> {
         let b = state.dim(0)?;
-        let n = idx.dim(0)? / 4;
-        state.index_select(idx, 1)?.reshape((b, n, 4))?.broadcast_mul(&self.signs)?.sum(2)
+        let n = idx.len() / 4;
+        idx.apply(state)?.reshape((b, n, 4))?.broadcast_mul(&self.signs)?.sum(2)
     }
 
     /// The conditioner of layer `l` on its active plaquettes: `[B, N_active, outputs]`.
@@ -187,11 +185,12 @@ impl Flow {
     /// Adds σ·δ (`[B, N_active]`) to the active links, wrapped into [0, 2π), and `ld` (`[B]`) to
     /// the log-det column (generic formulation).
     fn update(&self, state: &Tensor, md: &MaskData, delta: &Tensor, ld: &Tensor) -> candle_core::Result<Tensor> {
-        let old = state.index_select(&md.active_links, 1)?;
+        let old = md.active_links.apply(state)?;
         let new = old.add(&delta.affine(md.mask.sigma, 0.0)?)?;
         let wrapped = spline::wrap_2pi(&new)?;
-        let source = Tensor::cat(&[&wrapped.sub(&old)?, &ld.unsqueeze(1)?], 1)?;
-        state.index_add(&md.update_idx, &source, 1)
+        let zero = Tensor::zeros((state.dim(0)?, 1), state.dtype(), state.device())?;
+        let source = Tensor::cat(&[&wrapped.sub(&old)?, &ld.unsqueeze(1)?, &zero], 1)?;
+        state.add(&md.spread.apply(&source)?)
     }
 
     /// Coupling layer `l` on a state `[B, 2V + 1]` (see the module docs), or its inverse.
