@@ -384,7 +384,8 @@ pub struct DeviceDeviations {
     pub loss: f64,
 }
 
-/// The same model on another device (`dev`, e.g. CUDA) against the CPU (`cpu`), driven through
+/// The same model on another device (`dev`, e.g. CUDA) or in another formulation (the generic
+/// candle ops instead of the fused CPU kernels) against the reference (`cpu`), driven through
 /// the `Model` trait as the host drives it. `dev` first takes `cpu`'s weights (save, load). Then,
 /// from the same streams:
 /// * `n` proposals: configurations and log q agree; configurations are compared modulo

@@ -289,3 +289,20 @@ fn equivariant_needs_affine_and_its_own_weights() {
     let err = plain.load_bytes(&eq.save_bytes(false).unwrap()).err().unwrap();
     assert!(err.to_string().contains("z2=equivariant"), "{err}");
 }
+
+/// The generic formulation (what a GPU runs) against the fused CPU kernels, through the `Model`
+/// trait as the host drives it: proposals, log q, the inverse pass, one batch's gradient and two
+/// Adam steps (flow-common's `check_device_agreement`, here with both models on the CPU).
+#[test]
+fn generic_formulation_agrees_with_the_fused_kernels_through_the_model_trait() {
+    let lat = Lattice::new(&[8, 8]).unwrap();
+    let action = |c: &[f64]| phi4_host(&lat, c, -4.0, 8.0);
+    for json in [r#"{"dtype":"f64","layers":4}"#, r#"{"dtype":"f64","layers":4,"coupling":"spline"}"#] {
+        let mut fused = model(json, &[8, 8]);
+        randomize(&fused, 1.0, 5);
+        let mut generic = model(json, &[8, 8]);
+        generic.flow.net.set_fused(false);
+        let d = testing::check_device_agreement(&mut fused, &mut generic, 32, None, &action, 2, 1e-12);
+        eprintln!("{json}: {d:?}");
+    }
+}

@@ -311,3 +311,20 @@ fn ncp_solver_inverts_steep_mixtures() {
     let (y, ld) = ncp::eval(1.234f64, &[0.0]);
     assert!((y - 1.234).abs() < 1e-15 && ld.abs() < 1e-15);
 }
+
+/// The generic formulation (what a GPU runs) against the fused CPU ops, through the `Model`
+/// trait as the host drives it: proposals, log q, the inverse pass, one batch's gradient and two
+/// Adam steps (flow-common's `check_device_agreement`, here with both models on the CPU).
+#[test]
+fn generic_formulation_agrees_with_the_fused_ops_through_the_model_trait() {
+    for json in [r#"{"dtype":"f64","layers":4}"#, r#"{"dtype":"f64","layers":4,"coupling":"spline"}"#] {
+        let mut fused = model(json, &[8, 8]);
+        randomize(&fused, 1.0, 5);
+        let mut generic = model(json, &[8, 8]);
+        generic.flow_mut().net.set_fused(false);
+        let geom = fused.flow().geom.clone();
+        let action = |c: &[f64]| wilson_host(&geom, c, 2.0);
+        let d = testing::check_device_agreement(&mut fused, &mut generic, 32, Some(2.0 * PI), &action, 2, 1e-12);
+        eprintln!("{json}: {d:?}");
+    }
+}
