@@ -345,6 +345,25 @@ fn data_parallel_training_gives_the_weights_of_one_rank() {
     assert!(e.contains("the batch of 8 does not split into 3 chunks"), "{e}");
 }
 
+/// Data-parallel training on one rank with `[run] threads` > 1 differentiates the chunks side by
+/// side, on one replica of the model per thread, and writes the weights and history of
+/// `threads = 1`, byte for byte.
+#[test]
+fn chunks_side_by_side_on_threads_give_the_weights_of_one_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let outputs: Vec<_> = [1, 2, 3]
+        .into_iter()
+        .map(|threads| {
+            let c = train_card(dir.path(), &format!("lanes{threads}"), 4, 8, 6);
+            let text = std::fs::read_to_string(&c).unwrap().replace("[run]\n", &format!("[run]\nthreads = {threads}\n"));
+            std::fs::write(&c, text).unwrap();
+            training_outputs(&ok_on_every_rank(train_on(&c, 1, false)))
+        })
+        .collect();
+    assert!(outputs[1] == outputs[0], "2 threads: the training differs from 1 thread");
+    assert!(outputs[2] == outputs[0], "3 threads: the training differs from 1 thread");
+}
+
 /// A data-parallel training killed on one process after a checkpoint and resumed on two ranks
 /// writes the weights of the uninterrupted training.
 #[test]

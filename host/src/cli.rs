@@ -149,6 +149,7 @@ impl Command {
 /// Parses the arguments, runs the command, and maps errors to a message and exit code 1.
 pub fn main() -> ExitCode {
     keep_freed_memory();
+    candle_on_the_calling_thread();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,6 +173,22 @@ fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
+/// Sets `CANDLE_NUM_THREADS=1` for the model plugins, unless the environment sets it. candle
+/// runs its CPU element-wise ops on a global pool of its own, sized from that variable (else
+/// `RAYON_NUM_THREADS`, else the cores) and blind to `[run] threads`, whose workers spin between
+/// ops; with two training lanes (`[train] chunks`) both queue on its one lock. The models'
+/// parallel work is in their fused kernels on the pool `[run] threads` gives them, so candle's
+/// own ops run on the calling thread. The numbers never change (element-wise ops), only the
+/// threads: 60 training steps of a φ⁴ flow at L = 16 with `threads = 1` took 4.6 s of CPU time
+/// with candle's pool of 2 and 3.1 s without.
+fn candle_on_the_calling_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY (set_var is safe in edition 2021, and sound here): called first in `main`,
+        // before any other thread exists or any plugin is loaded.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

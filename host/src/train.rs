@@ -256,6 +256,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     opts.job.check_same("card", &train_hash)?;
 
     let (mut rng, mut metrics_rng, mut history, start) = begin(&card, &mut model, &paths, &train_hash, seed, opts)?;
+    let mut replicas = chunk_replicas(&card, &theory, &mut model, chunks / ranks, opts)?;
 
     let bar = crate::setup::progress_bar(tc.steps, start, opts.quiet, "steps");
 
@@ -271,7 +272,8 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
             let m = model.train_step(&actions, &grad).map_err(|e| diverged(e.into(), last_good))?;
             (m, actions.iter().zip(&log_q).map(|(s, q)| -s - q).collect::<Vec<f64>>())
         } else {
-            chunked_step(&mut model, &theory, &opts.job, chunks, batch, &mut rng).map_err(|e| diverged(e, last_good))?
+            chunked_step(&mut model, &mut replicas, &tc.settings(), &theory, &opts.job, chunks, batch, &mut rng)
+                .map_err(|e| diverged(e, last_good))?
         };
         if !(m.loss.is_finite() && m.grad_norm.is_finite()) {
             return Err(diverged(anyhow::anyhow!("loss {} or gradient norm {} is not finite", m.loss, m.grad_norm), last_good));
@@ -373,13 +375,76 @@ fn chunk_streams(rng: &mut Stream, chunks: usize) -> Result<Vec<Stream>> {
     Ok(streams)
 }
 
+/// The extra models that differentiate a rank's chunks of a data-parallel step side by side
+/// (`[train] chunks` > 1 and `[run] threads` > 1, or 0 with more than one core): one per thread
+/// beyond the first, up to the rank's chunk count. Each holds the training model's weights for
+/// one step at a time, and they and the training model then run their plugin calls on one
+/// thread each: two parallel regions a step instead of one per kernel call. None otherwise.
+fn chunk_replicas(
+    card: &RunCard,
+    theory: &crate::plugin::TheoryHandle,
+    model: &mut ModelHandle,
+    my_chunks: usize,
+    opts: &TrainOptions,
+) -> Result<Vec<ModelHandle>> {
+    let threads = match card.run.threads {
+        0 => rayon::current_num_threads(),
+        t => t as usize,
+    };
+    let lanes = threads.min(my_chunks);
+    if lanes < 2 {
+        return Ok(Vec::new());
+    }
+    let file = card.path.display();
+    model.set_threads(1).with_context(|| format!("{file}: run.threads"))?;
+    (1..lanes)
+        .map(|_| {
+            let mut r = build_model(card, theory, &opts.plugin_dirs)?;
+            r.set_threads(1).with_context(|| format!("{file}: run.threads"))?;
+            Ok(r)
+        })
+        .collect()
+}
+
+/// A lane's chunks of a data-parallel step: (chunk index, [`chunk_gradient`]'s vector).
+type LaneResults = Vec<(usize, Vec<f64>)>;
+
+/// One chunk of a data-parallel step on `model`: its loss, log-weights −S − log q and
+/// parameter gradient, in that order, as one vector.
+fn chunk_gradient(
+    model: &mut ModelHandle,
+    theory: &crate::plugin::TheoryHandle,
+    per_chunk: usize,
+    stream: &mut Stream,
+) -> Result<Vec<f64>> {
+    let (configs, log_q) = model.train_sample(per_chunk, stream)?;
+    let (actions, grad) = theory.action_grad(&configs)?;
+    let (gradient, loss) = model.train_gradient(&actions, &grad).map_err(|e| match &e {
+        crate::plugin::PluginLoadError::Call { error, .. } if error.kind == latflow_core::ErrorKind::Unsupported => {
+            anyhow::anyhow!("the model does not support data-parallel training ([train] chunks > 1): {e}")
+        }
+        _ => e.into(),
+    })?;
+    let mut out = Vec::with_capacity(1 + per_chunk + gradient.len());
+    out.push(loss);
+    out.extend(actions.iter().zip(&log_q).map(|(s, q)| -s - q));
+    out.extend(gradient);
+    Ok(out)
+}
+
 /// One data-parallel training step: this rank draws and differentiates its block of the
 /// step's chunks, every rank gets every chunk's gradient, loss and log-weights (in chunk
 /// order), and applies the mean of the chunk gradients, added in chunk order. So the step has
-/// the same bits on any number of ranks that divides `chunks`. Returns the metrics and the
-/// whole batch's log-weights −S − log q.
+/// the same bits on any number of ranks that divides `chunks`. With `replicas`, they first
+/// load the model's weights and the rank's chunks are shared round-robin between the model
+/// (lane 0) and the replicas, each lane on its own thread; every chunk is computed as it would
+/// be on its own from the same weights and stream, so the bits do not change. Returns the
+/// metrics and the whole batch's log-weights −S − log q.
+#[allow(clippy::too_many_arguments)]
 fn chunked_step(
     model: &mut ModelHandle,
+    replicas: &mut [ModelHandle],
+    settings: &latflow_core::abi::TrainSettings,
     theory: &crate::plugin::TheoryHandle,
     job: &Job,
     chunks: usize,
@@ -388,19 +453,45 @@ fn chunked_step(
 ) -> Result<(latflow_core::abi::TrainMetrics, Vec<f64>)> {
     let per_chunk = batch / chunks;
     let mut streams = chunk_streams(rng, chunks)?;
+    let block: Vec<usize> = job.block(chunks).collect();
     let mut mine = Vec::new();
-    for c in job.block(chunks) {
-        let (configs, log_q) = model.train_sample(per_chunk, &mut streams[c])?;
-        let (actions, grad) = theory.action_grad(&configs)?;
-        let (gradient, loss) = model.train_gradient(&actions, &grad).map_err(|e| match &e {
-            crate::plugin::PluginLoadError::Call { error, .. } if error.kind == latflow_core::ErrorKind::Unsupported => {
-                anyhow::anyhow!("the model does not support data-parallel training ([train] chunks > 1): {e}")
-            }
-            _ => e.into(),
-        })?;
-        mine.push(loss);
-        mine.extend(actions.iter().zip(&log_q).map(|(s, q)| -s - q));
-        mine.extend(gradient);
+    if replicas.is_empty() {
+        for &c in &block {
+            mine.extend(chunk_gradient(model, theory, per_chunk, &mut streams[c])?);
+        }
+    } else {
+        let weights = model.save(false)?;
+        for r in replicas.iter_mut() {
+            r.load(&weights)?;
+            r.train_begin(settings)?;
+        }
+        let lanes = 1 + replicas.len();
+        let mut by_lane: Vec<Vec<(usize, Stream)>> = (0..lanes).map(|_| Vec::new()).collect();
+        for (i, &c) in block.iter().enumerate() {
+            by_lane[i % lanes].push((c, streams[c].clone()));
+        }
+        let models = std::iter::once(&mut *model).chain(replicas.iter_mut());
+        let results: Vec<Result<LaneResults>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = models
+                .zip(by_lane)
+                .map(|(m, work)| {
+                    scope.spawn(move || {
+                        work.into_iter()
+                            .map(|(c, mut s)| Ok((c, chunk_gradient(m, theory, per_chunk, &mut s)?)))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let mut done = Vec::new();
+        for r in results {
+            done.extend(r?);
+        }
+        done.sort_by_key(|(c, _)| *c);
+        for (_, words) in done {
+            mine.extend(words);
+        }
     }
     let all = job.gather(&mine)?;
     let mut sum: Vec<f64> = Vec::new();
