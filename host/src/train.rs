@@ -379,7 +379,8 @@ fn chunk_streams(rng: &mut Stream, chunks: usize) -> Result<Vec<Stream>> {
 /// (`[train] chunks` > 1 and `[run] threads` > 1, or 0 with more than one core): one per thread
 /// beyond the first, up to the rank's chunk count. Each holds the training model's weights for
 /// one step at a time, and they and the training model then run their plugin calls on one
-/// thread each: two parallel regions a step instead of one per kernel call. None otherwise.
+/// thread each: one parallel region a step (its chunks) instead of one per kernel call. None
+/// otherwise.
 fn chunk_replicas(
     card: &RunCard,
     theory: &crate::plugin::TheoryHandle,
