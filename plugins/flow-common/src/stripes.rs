@@ -175,8 +175,9 @@ impl Geometry {
     pub fn gather_indices(&self, mask: &Mask, kernel: usize) -> Vec<Vec<u32>> {
         (0..mask.conv_outputs.len())
             .map(|j| {
-                let rows = periodic::rows_of(self.volume, self.conv_inputs(mask, j));
-                periodic::gather_indices(&self.shape, kernel, &mask.conv_outputs[j], &rows, self.conv_inputs(mask, j).len())
+                let inputs = self.conv_inputs(mask, j);
+                let rows = periodic::rows_of(self.volume, inputs);
+                periodic::gather_indices(&self.shape, kernel, &mask.conv_outputs[j], &rows, inputs.len())
             })
             .collect()
     }
