@@ -18,8 +18,9 @@
 //!    plugin's whole observable set, correlator included).
 //!
 //! traj/s = trajectories / wall time of the timed loop (measurement included). Threads: the
-//! whole run happens inside a rayon pool of `--threads` threads (0 = rayon's global pool);
-//! the kernel only goes parallel at ≥ 8192 sites (L ≥ 91 in 2D). The default path calls
+//! plugin's own workers (`set_threads`, as `[run] threads` in `latflow run`: a rayon pool and a
+//! spinning team) of `--threads` threads (0 = rayon's global pool); the kernel only goes
+//! parallel at ≥ 8192 sites (L ≥ 91 in 2D). Freed memory is kept as `latflow` keeps it. The default path calls
 //! `Adapter::hmc_vec` (the plugin's HMC, monomorphised, no ABI); `--via-trait` goes through the
 //! `Theory` trait methods the host uses instead (`hmc` + `measure`, with their per-call copies
 //! and checks), still without loading the .so.
@@ -170,6 +171,10 @@ fn run_one(args: &Args, l: usize) -> serde_json::Value {
     let mut th =
         Adapter::<Phi4>::from_json(&format!(r#"{{"lattice": [{l}, {l}], "m2": {}, "lambda": {}}}"#, args.m2, args.lambda))
             .unwrap_or_else(|e| panic!("phi4 config: {e:?}"));
+    if args.threads > 0 {
+        // the plugin's own worker threads, as `[run] threads` gives them in `latflow run`
+        th.set_threads(args.threads as u32).into_result().unwrap_or_else(|e| panic!("threads: {e:?}"));
+    }
     let v = l * l;
     let mut rng = Stream::new(args.seed, 0);
     let mut phi = vec![0.0; v];
@@ -261,16 +266,10 @@ fn run_one(args: &Args, l: usize) -> serde_json::Value {
 }
 
 fn main() {
+    latflow_core::workers::keep_freed_memory();
     let args = Args::parse();
-    let threads_effective;
-    let runs: Vec<serde_json::Value> = if args.threads == 0 {
-        threads_effective = rayon::current_num_threads();
-        args.lattice.iter().map(|&l| run_one(&args, l)).collect()
-    } else {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build().expect("rayon pool");
-        threads_effective = args.threads;
-        pool.install(|| args.lattice.iter().map(|&l| run_one(&args, l)).collect())
-    };
+    let threads_effective = if args.threads == 0 { rayon::current_num_threads() } else { args.threads };
+    let runs: Vec<serde_json::Value> = args.lattice.iter().map(|&l| run_one(&args, l)).collect();
     let load = std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| {
         let v: Vec<f64> = s.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
         (v.len() == 3).then_some(v)

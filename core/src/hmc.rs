@@ -34,6 +34,11 @@ pub trait FieldSpace {
     fn sample_momentum(&self, u: &Self::Field, rng: &mut Stream) -> Self::Momentum;
     /// A zero momentum (used as a force buffer).
     fn zero_momentum(&self) -> Self::Momentum;
+    /// A copy of the field (HMC keeps the starting field for a rejection); `u.clone()` by
+    /// default, a space may copy in parallel.
+    fn copy_field(&self, u: &Self::Field) -> Self::Field {
+        u.clone()
+    }
     /// Kinetic energy K(p), compensated sum.
     fn kinetic(&self, p: &Self::Momentum) -> f64;
     /// Moves the field along p for MD time `eps` (u ← u + eps·p; for groups u ← exp(eps·p)·u).
@@ -104,6 +109,37 @@ pub trait ActionTerm<S: FieldSpace> {
     /// momentum space, dS(exp(εX)·u)/dε = ⟨out, X⟩ (for a real or angle field simply ∂S/∂φ).
     fn force(&self, u: &S::Field, out: &mut S::Momentum) -> Result<(), TermError>;
 
+    /// The momentum kick of this term, p ← p − eps·F(u) with F as [`ActionTerm::force`] writes
+    /// it; `buf` is scratch space (its contents afterwards are unspecified). The default writes
+    /// the force into `buf` and applies [`FieldSpace::kick`]. A term may fuse the two into one
+    /// sweep over the lattice (one parallel region instead of two, and no force buffer to
+    /// write and read back); it must give the same bits as the default.
+    fn kick(&self, space: &S, u: &S::Field, p: &mut S::Momentum, eps: f64, buf: &mut S::Momentum) -> Result<(), TermError> {
+        self.force(u, buf)?;
+        space.kick(p, buf, eps);
+        Ok(())
+    }
+
+    /// A kick followed by a drift in one sweep, where the term can fuse them: p ← p −
+    /// eps_kick·F(u), then u moved along the new p for MD time `eps_drift`
+    /// ([`FieldSpace::step_field`]); `buf` is scratch space (e.g. for the new field, since the
+    /// force at one site reads the old field at its neighbours). Returns `Ok(false)` without
+    /// touching anything where the term cannot (the default): the integrator then kicks and
+    /// drifts separately. Where it returns `Ok(true)` it must give the same bits as
+    /// [`ActionTerm::kick`] followed by `step_field`. The integrator only asks the single term
+    /// of the innermost level, whose drift is a plain field step.
+    fn kick_drift(
+        &self,
+        _space: &S,
+        _u: &mut S::Field,
+        _p: &mut S::Momentum,
+        _eps_kick: f64,
+        _eps_drift: f64,
+        _buf: &mut S::Momentum,
+    ) -> Result<bool, TermError> {
+        Ok(false)
+    }
+
     /// A [`TermError`] that names this term.
     fn error(&self, message: impl Into<String>) -> TermError
     where
@@ -138,6 +174,20 @@ impl<S: FieldSpace, T: ActionTerm<S> + ?Sized> ActionTerm<S> for &T {
     }
     fn force(&self, u: &S::Field, out: &mut S::Momentum) -> Result<(), TermError> {
         (**self).force(u, out)
+    }
+    fn kick(&self, space: &S, u: &S::Field, p: &mut S::Momentum, eps: f64, buf: &mut S::Momentum) -> Result<(), TermError> {
+        (**self).kick(space, u, p, eps, buf)
+    }
+    fn kick_drift(
+        &self,
+        space: &S,
+        u: &mut S::Field,
+        p: &mut S::Momentum,
+        eps_kick: f64,
+        eps_drift: f64,
+        buf: &mut S::Momentum,
+    ) -> Result<bool, TermError> {
+        (**self).kick_drift(space, u, p, eps_kick, eps_drift, buf)
     }
 }
 
@@ -261,7 +311,7 @@ impl<'a, S: FieldSpace> LeveledAction<'a, S> {
         Ok(shifted)
     }
 
-    /// p ← p − eps·F_level(u), term by term; `buf` is scratch space.
+    /// p ← p − eps·F_level(u), term by term ([`ActionTerm::kick`]); `buf` is scratch space.
     pub fn kick(
         &self,
         space: &S,
@@ -272,10 +322,30 @@ impl<'a, S: FieldSpace> LeveledAction<'a, S> {
         buf: &mut S::Momentum,
     ) -> Result<(), TermError> {
         for term in &self.levels[level] {
-            term.force(u, buf)?;
-            space.kick(p, buf, eps);
+            term.kick(space, u, p, eps, buf)?;
         }
         Ok(())
+    }
+
+
+    /// A kick of `level` by `eps_kick` and a drift by `eps_drift` in one sweep
+    /// ([`ActionTerm::kick_drift`]) where the level has a single term that can fuse them;
+    /// `Ok(false)`, with nothing done, otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kick_drift(
+        &self,
+        space: &S,
+        level: usize,
+        u: &mut S::Field,
+        p: &mut S::Momentum,
+        eps_kick: f64,
+        eps_drift: f64,
+        buf: &mut S::Momentum,
+    ) -> Result<bool, TermError> {
+        match self.levels[level].as_slice() {
+            [term] => term.kick_drift(space, u, p, eps_kick, eps_drift, buf),
+            _ => Ok(false),
+        }
     }
 }
 
@@ -489,6 +559,11 @@ fn evolve<S: FieldSpace>(
                 }
                 Op::Drift(c) => {
                     if pending != 0.0 {
+                        // on the innermost level a lone term may kick and drift in one sweep
+                        if innermost && action.kick_drift(space, level, u, p, pending * h, c * h, force_buf)? {
+                            pending = 0.0;
+                            continue;
+                        }
                         action.kick(space, level, u, p, pending * h, force_buf)?;
                         pending = 0.0;
                     }
@@ -591,7 +666,7 @@ pub fn hmc_trajectory<S: FieldSpace>(
         return Err(HmcError::NonFiniteStart { action: s0 });
     }
     let k0 = space.kinetic(&p);
-    let mut v = u.clone();
+    let mut v = space.copy_field(u);
     let mut buf = space.zero_momentum();
     let projection = integrate(space, action, &mut v, &mut p, schedule, &mut buf)?;
     let s1 = action.action(&v)?;
@@ -627,15 +702,30 @@ impl FieldSpace for RealScalar {
     /// of 256 reals, each from its own counter range of the stream, in parallel for long
     /// vectors and with the same bits for any thread count (as the gauge link spaces draw).
     fn sample_momentum(&self, _u: &Vec<f64>, rng: &mut Stream) -> Vec<f64> {
-        let mut p = vec![0.0; self.len];
+        let mut p = self.zero_momentum();
         if let Err(e) = crate::gauge::parallel::fill_random(&mut p, rng, |s, x| *x = s.normal()) {
             panic!("momentum refresh: {e}");
         }
         p
     }
 
+    /// Zeros written in parallel for long vectors (each part by the thread that later works
+    /// on it).
     fn zero_momentum(&self) -> Vec<f64> {
-        vec![0.0; self.len]
+        if self.len >= PARALLEL_MIN_REALS && crate::par::threads() > 1 {
+            crate::par::filled(self.len, 0.0, UPDATE_CHUNK)
+        } else {
+            vec![0.0; self.len]
+        }
+    }
+
+    /// Copied in parallel for long vectors, as [`RealScalar::zero_momentum`] zeros.
+    fn copy_field(&self, u: &Vec<f64>) -> Vec<f64> {
+        if u.len() >= PARALLEL_MIN_REALS && crate::par::threads() > 1 {
+            crate::par::copy_of(u, UPDATE_CHUNK)
+        } else {
+            u.clone()
+        }
     }
 
     /// ½ Σ p², compensated sums over fixed chunks of 1024 reals merged in order
@@ -654,8 +744,8 @@ impl FieldSpace for RealScalar {
     }
 }
 
-/// Element-wise updates of at least this many reals run in parallel (on the caller's rayon
-/// pool, when it has more than one thread).
+/// Element-wise updates of at least this many reals run in parallel (on the caller's threads,
+/// [`crate::par`], when it has more than one).
 const PARALLEL_MIN_REALS: usize = 16384;
 /// Reals per parallel task.
 const UPDATE_CHUNK: usize = 4096;
@@ -663,10 +753,9 @@ const UPDATE_CHUNK: usize = 4096;
 /// `f(a[i], b[i])` for every i, in fixed chunks, in parallel for long vectors. Each element's
 /// result depends on its own inputs alone, so the bits never depend on the thread count.
 fn update_pairs(a: &mut [f64], b: &[f64], f: impl Fn(&mut f64, f64) + Sync) {
-    if a.len() >= PARALLEL_MIN_REALS && rayon::current_num_threads() > 1 {
-        use rayon::prelude::*;
-        a.par_chunks_mut(UPDATE_CHUNK).zip(b.par_chunks(UPDATE_CHUNK)).for_each(|(x, y)| {
-            x.iter_mut().zip(y).for_each(|(x, &y)| f(x, y));
+    if a.len() >= PARALLEL_MIN_REALS && crate::par::threads() > 1 {
+        crate::par::chunks_mut(a, UPDATE_CHUNK, |k, x| {
+            x.iter_mut().zip(&b[k * UPDATE_CHUNK..]).for_each(|(x, &y)| f(x, y));
         });
     } else {
         a.iter_mut().zip(b).for_each(|(x, &y)| f(x, y));
@@ -838,6 +927,69 @@ mod tests {
         fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
             out.iter_mut().zip(u).for_each(|(o, x)| *o = self.0 * x + self.1 * x.powi(3));
             Ok(())
+        }
+    }
+
+    /// [`Both`], with its kick and its kick-then-drift fused into one sweep each.
+    struct FusedBoth(f64, f64);
+
+    impl ActionTerm<RealScalar> for FusedBoth {
+        fn name(&self) -> &str {
+            "fused"
+        }
+        fn action(&self, u: &Vec<f64>) -> Result<f64, TermError> {
+            Both(self.0, self.1).action(u)
+        }
+        fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+            Both(self.0, self.1).force(u, out)
+        }
+        fn kick(&self, _: &RealScalar, u: &Vec<f64>, p: &mut Vec<f64>, eps: f64, _: &mut Vec<f64>) -> Result<(), TermError> {
+            p.iter_mut().zip(u).for_each(|(q, x)| *q -= eps * (self.0 * x + self.1 * x.powi(3)));
+            Ok(())
+        }
+        fn kick_drift(
+            &self,
+            _: &RealScalar,
+            u: &mut Vec<f64>,
+            p: &mut Vec<f64>,
+            eps_kick: f64,
+            eps_drift: f64,
+            _: &mut Vec<f64>,
+        ) -> Result<bool, TermError> {
+            for (x, q) in u.iter_mut().zip(p.iter_mut()) {
+                *q -= eps_kick * (self.0 * *x + self.1 * x.powi(3));
+                *x += eps_drift * *q;
+            }
+            Ok(true)
+        }
+    }
+
+    /// A term's fused kick and kick-then-drift give the integrator the bits of the separate
+    /// force, kick and drift, for every scheme, alone and as the inner level of a split; the
+    /// outer level of a split has a drift that is a whole inner integration, which is never
+    /// fused.
+    #[test]
+    fn fused_kicks_and_drifts_give_the_same_bits() {
+        for kind in IntegratorKind::KNOWN.iter().copied() {
+            for nested in [false, true] {
+                let inner: &[u32] = if nested { &[3] } else { &[] };
+                let (plain, fused) = if nested {
+                    (
+                        LeveledAction::new(vec![vec![Box::new(Both(1.3, 0.0)) as Term<'_, _>], vec![Box::new(Both(0.0, 0.7))]]),
+                        LeveledAction::new(vec![vec![Box::new(FusedBoth(1.3, 0.0)) as Term<'_, _>], vec![Box::new(FusedBoth(0.0, 0.7))]]),
+                    )
+                } else {
+                    (Ok(LeveledAction::single(Box::new(Both(1.3, 0.7)))), Ok(LeveledAction::single(Box::new(FusedBoth(1.3, 0.7)))))
+                };
+                let (plain, fused) = (plain.unwrap(), fused.unwrap());
+                let sched = Schedule::from_params(&params(kind, 5, inner), plain.levels()).unwrap();
+                let (u0, p0, dh0) = run(&plain, &sched);
+                let (u1, p1, dh1) = run(&fused, &sched);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&u0), bits(&u1), "{kind:?}, nested {nested}: field");
+                assert_eq!(bits(&p0), bits(&p1), "{kind:?}, nested {nested}: momenta");
+                assert_eq!(dh0.to_bits(), dh1.to_bits());
+            }
         }
     }
 

@@ -29,6 +29,7 @@ pub mod hmc;
 pub mod lattice;
 pub mod layout;
 pub mod open_enum;
+pub mod par;
 pub mod rng;
 pub mod sdk;
 pub mod streams;

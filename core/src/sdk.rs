@@ -19,7 +19,6 @@
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString, RVec};
-use rayon::prelude::*;
 
 use crate::abi::{
     batch_len, guard, update_config, ActionGrad, HmcParams, ObservableSpec, PluginError, PluginInfo, PluginKind,
@@ -60,6 +59,14 @@ pub trait Physics: Send + Sync + Sized + 'static {
 
     /// The observables [`Physics::measure`] appends, in order.
     fn observables(&self) -> Vec<ObservableSpec>;
+
+    /// Whether this theory's work is many short parallel regions (a stencil of a few flops per
+    /// site, tens of microseconds per sweep): its worker threads are then a spinning
+    /// [`crate::par::Team`] (see [`Workers::with_team`]), and all its parallel loops must go
+    /// through [`crate::par`]. False by default: a rayon pool.
+    fn short_parallel_regions(&self) -> bool {
+        false
+    }
 
     /// Appends the observables of one configuration to `out` (Σ len values).
     fn measure(&self, config: &[f64], out: &mut Vec<f64>) -> Result<(), PluginError>;
@@ -315,7 +322,8 @@ impl<P: Physics> Adapter<P> {
         if self.decomposed {
             return self.workers.install(|| configs.chunks(self.config_len).map(f).collect());
         }
-        self.workers.install(|| configs.par_chunks(self.config_len).map(f).collect())
+        let len = self.config_len;
+        self.workers.install(|| crate::par::map(configs.len() / len, |i| f(&configs[i * len..(i + 1) * len])).into_iter().collect())
     }
 }
 
@@ -358,7 +366,8 @@ impl<P: Physics> Theory for Adapter<P> {
 
     fn set_threads(&mut self, threads: u32) -> RResult<(), PluginError> {
         guard(&format!("{}::set_threads", P::NAME), || {
-            self.workers = Workers::new(threads)?;
+            self.workers =
+                if self.physics.short_parallel_regions() { Workers::with_team(threads)? } else { Workers::new(threads)? };
             Ok(())
         })
     }
@@ -390,11 +399,11 @@ impl<P: Physics> Theory for Adapter<P> {
             let n = batch_len(configs.len(), self.config_len)?;
             let mut grad = vec![0.0; configs.len()];
             let mut actions = vec![0.0; n];
+            let len = self.config_len;
             self.workers.install(|| {
-                grad.par_chunks_mut(self.config_len)
-                    .zip(actions.par_iter_mut())
-                    .zip(configs.par_chunks(self.config_len))
-                    .for_each(|((g, s), c)| *s = self.physics.action_grad(c, g))
+                crate::par::chunks_mut2(&mut grad, len, &mut actions, 1, |i, g, s| {
+                    s[0] = self.physics.action_grad(&configs[i * len..(i + 1) * len], g)
+                })
             });
             Ok(ActionGrad { actions: actions.into(), grad: grad.into() })
         })

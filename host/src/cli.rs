@@ -148,7 +148,7 @@ impl Command {
 
 /// Parses the arguments, runs the command, and maps errors to a message and exit code 1.
 pub fn main() -> ExitCode {
-    keep_freed_memory();
+    latflow_core::workers::keep_freed_memory();
     candle_on_the_calling_thread();
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -157,22 +157,6 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Keeps freed heap memory in the process. By default glibc serves blocks over 128 KiB by mmap
-/// and hands freed memory at the top of the heap back to the kernel, so a sampler that
-/// allocates and frees the same large buffers every trajectory (momenta, forces, a copy of the
-/// field) page-faults them in again each time: at L = 256 φ⁴ HMC spent 30% of its user time in
-/// the kernel. Blocks up to 32 MiB now come from the heap, and up to 128 MiB of free heap is
-/// kept. Only where the C library is glibc; the numbers never change, only the system time.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before any other thread
-    // exists, and a refused setting (return 0) leaves glibc's defaults in place.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
 

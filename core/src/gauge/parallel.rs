@@ -8,8 +8,6 @@
 
 use std::fmt;
 
-use rayon::prelude::*;
-
 use crate::rng::Stream;
 use crate::sum::CompensatedSum;
 
@@ -26,7 +24,7 @@ pub const RNG_CHUNK_WORDS: u128 = 1 << 36;
 pub(crate) const WORD_POS_LIMIT: u128 = 1 << 68;
 
 fn parallel(sites: usize) -> bool {
-    sites >= PARALLEL_MIN_SITES && rayon::current_num_threads() > 1
+    sites >= PARALLEL_MIN_SITES && crate::par::threads() > 1
 }
 
 /// Fills `out` (`per_site` values per site) by `f(x, site's values, chunk sum)` in fixed
@@ -46,7 +44,7 @@ pub fn fill_sites<T: Send>(
     };
     let sites = out.len() / per_site.max(1);
     let partials: Vec<CompensatedSum> = if parallel(sites) {
-        out.par_chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
+        crate::par::chunks_mut(out, CHUNK_SITES * per_site, |c, block| body((c, block)))
     } else {
         out.chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
     };
@@ -81,7 +79,7 @@ pub fn chunk_sums(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -
         s
     };
     if parallel(sites) {
-        (0..n_chunks).into_par_iter().map(chunk).collect()
+        crate::par::map(n_chunks, chunk)
     } else {
         (0..n_chunks).map(chunk).collect()
     }
@@ -200,17 +198,13 @@ pub fn fill_random_blocks<T: Send + Clone>(
         results.push(body((first_chunk, head_block), skip));
     }
     let tail = |(j, block): (usize, &mut [T])| body((first_chunk + 1 + j, block), 0);
-    if rest.len() > block_items && rayon::current_num_threads() > 1 {
+    if rest.len() > block_items && crate::par::threads() > 1 {
         // tasks of at least RNG_CHUNK items, whatever the block size
         let per_task = block_items * RNG_CHUNK.div_ceil(block_items);
         let blocks_per_task = per_task / block_items;
-        let per: Vec<Vec<Result<(), RngFillError>>> = rest
-            .par_chunks_mut(per_task)
-            .enumerate()
-            .map(|(t, task)| {
-                task.chunks_mut(block_items).enumerate().map(|(j, b)| tail((t * blocks_per_task + j, b))).collect()
-            })
-            .collect();
+        let per: Vec<Vec<Result<(), RngFillError>>> = crate::par::chunks_mut(rest, per_task, |t, task| {
+            task.chunks_mut(block_items).enumerate().map(|(j, b)| tail((t * blocks_per_task + j, b))).collect()
+        });
         results.extend(per.into_iter().flatten());
     } else {
         results.extend(rest.chunks_mut(block_items).enumerate().map(tail));

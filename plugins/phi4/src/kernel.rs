@@ -8,7 +8,7 @@
 
 use latflow_core::sum::CompensatedSum;
 use latflow_core::Lattice;
-use rayon::prelude::*;
+use latflow_core::par;
 
 /// Below this volume a configuration is processed on the calling thread.
 const PARALLEL_MIN_SITES: usize = 8192;
@@ -54,7 +54,7 @@ impl Kernel {
     }
 
     fn parallel(&self) -> bool {
-        self.volume >= PARALLEL_MIN_SITES && rayon::current_num_threads() > 1
+        self.volume >= PARALLEL_MIN_SITES && par::threads() > 1
     }
 
     /// nb(x) = Σ_μ [φ(x+μ̂) + φ(x−μ̂)] for the sites of row `r`, written to `out` (len row_len).
@@ -89,7 +89,7 @@ impl Kernel {
             }
         };
         if self.parallel() {
-            out.par_chunks_mut(chunk).enumerate().for_each(body);
+            par::chunks_mut(out, chunk, |c, block| body((c, block)));
         } else {
             out.chunks_mut(chunk).enumerate().for_each(body);
         }
@@ -98,30 +98,41 @@ impl Kernel {
     /// Σ over sites of `term(φ(x), nb(x))`, with compensated partial sums per fixed chunk of
     /// rows, merged in chunk order.
     fn sum_sites(&self, phi: &[f64], term: impl Fn(f64, f64) -> f64 + Sync) -> f64 {
+        let [s] = self.sum_sites_n(phi, |p, n| [term(p, n)]);
+        s
+    }
+
+    /// `N` sums of [`Kernel::sum_sites`] in one sweep: sum k adds `term(φ(x), nb(x))[k]` over
+    /// the sites, each with the bits it has alone.
+    fn sum_sites_n<const N: usize>(&self, phi: &[f64], term: impl Fn(f64, f64) -> [f64; N] + Sync) -> [f64; N] {
         let n_chunks = self.n_rows.div_ceil(self.rows_per_chunk);
         let l = self.row_len;
         let chunk_sum = |c: usize| {
             let mut nb = vec![0.0; l];
-            let mut s = CompensatedSum::new();
+            let mut s = [CompensatedSum::new(); N];
             let end = ((c + 1) * self.rows_per_chunk).min(self.n_rows);
             for r in c * self.rows_per_chunk..end {
                 self.row_neighbour_sum(phi, r, &mut nb);
                 for (&p, &n) in phi[r * l..(r + 1) * l].iter().zip(&nb) {
-                    s.add(term(p, n));
+                    for (s, t) in s.iter_mut().zip(term(p, n)) {
+                        s.add(t);
+                    }
                 }
             }
             s
         };
-        let partials: Vec<CompensatedSum> = if self.parallel() {
-            (0..n_chunks).into_par_iter().map(chunk_sum).collect()
+        let partials: Vec<[CompensatedSum; N]> = if self.parallel() {
+            par::map(n_chunks, chunk_sum)
         } else {
             (0..n_chunks).map(chunk_sum).collect()
         };
-        let mut total = CompensatedSum::new();
+        let mut total = [CompensatedSum::new(); N];
         for p in partials {
-            total.merge(p);
+            for (t, p) in total.iter_mut().zip(p) {
+                t.merge(p);
+            }
         }
-        total.value()
+        total.map(|t| t.value())
     }
 
     /// S = Σ_x [ Σ_μ (φ(x+μ̂) − φ(x))² + m² φ² + λ φ⁴ ], evaluated as
@@ -170,8 +181,134 @@ impl Kernel {
     /// Gradient of the local potential: 2m² φ + 4λ φ³.
     pub fn gradient_local(&self, phi: &[f64], m2: f64, lambda: f64, out: &mut [f64]) {
         let (c, l4) = (2.0 * m2, 4.0 * lambda);
-        for (o, &p) in out.iter_mut().zip(phi) {
-            *o = c * p + l4 * p * p * p;
+        self.for_rows(out, |r, row| {
+            let l = row.len();
+            for (o, &p) in row.iter_mut().zip(&phi[r * l..(r + 1) * l]) {
+                *o = c * p + l4 * p * p * p;
+            }
+        });
+    }
+
+    /// The momentum kick of the whole action, mom ← mom − eps·∂S/∂φ, in one sweep: the same
+    /// bits as [`Kernel::gradient`] followed by `mom[x] -= eps·grad[x]`, without the gradient
+    /// buffer.
+    pub fn kick(&self, phi: &[f64], m2: f64, lambda: f64, mom: &mut [f64], eps: f64) {
+        let c = 2.0 * (2.0 * self.d as f64 + m2);
+        let l4 = 4.0 * lambda;
+        self.kick_rows(phi, mom, eps, move |p, nb| c * p - 2.0 * nb + l4 * p * p * p);
+    }
+
+    /// The kick of the gradient term alone (the bits of [`Kernel::gradient_hopping`] and a
+    /// kick).
+    pub fn kick_hopping(&self, phi: &[f64], mom: &mut [f64], eps: f64) {
+        let c = 4.0 * self.d as f64;
+        self.kick_rows(phi, mom, eps, move |p, nb| c * p - 2.0 * nb);
+    }
+
+    /// The kick of the local potential alone (the bits of [`Kernel::gradient_local`] and a
+    /// kick).
+    pub fn kick_local(&self, phi: &[f64], m2: f64, lambda: f64, mom: &mut [f64], eps: f64) {
+        let (c, l4) = (2.0 * m2, 4.0 * lambda);
+        self.for_rows(mom, |r, row| {
+            let l = row.len();
+            for (q, &p) in row.iter_mut().zip(&phi[r * l..(r + 1) * l]) {
+                *q -= eps * (c * p + l4 * p * p * p);
+            }
+        });
+    }
+
+    /// A kick of the whole action and a drift in one sweep: mom ← mom − eps_kick·∂S/∂φ, then
+    /// new_phi ← φ + eps_drift·mom (the new field goes to `new_phi`, since the force at a site
+    /// reads the old field at its neighbours). The same bits as [`Kernel::kick`] followed by
+    /// the drift.
+    pub fn kick_drift(&self, phi: &[f64], m2: f64, lambda: f64, mom: &mut [f64], eps: (f64, f64), new_phi: &mut [f64]) {
+        let c = 2.0 * (2.0 * self.d as f64 + m2);
+        let l4 = 4.0 * lambda;
+        self.kick_drift_rows(phi, mom, eps, new_phi, move |p, nb| c * p - 2.0 * nb + l4 * p * p * p);
+    }
+
+    /// [`Kernel::kick_drift`] for the gradient term alone.
+    pub fn kick_drift_hopping(&self, phi: &[f64], mom: &mut [f64], eps: (f64, f64), new_phi: &mut [f64]) {
+        let c = 4.0 * self.d as f64;
+        self.kick_drift_rows(phi, mom, eps, new_phi, move |p, nb| c * p - 2.0 * nb);
+    }
+
+    /// A kick of the local potential and a drift, in place (the potential's force at a site
+    /// reads that site alone): the bits of [`Kernel::kick_local`] followed by the drift.
+    pub fn kick_drift_local(&self, phi: &mut [f64], m2: f64, lambda: f64, mom: &mut [f64], eps: (f64, f64)) {
+        let (c, l4) = (2.0 * m2, 4.0 * lambda);
+        let (eps_kick, eps_drift) = eps;
+        let body = |(x, q): (&mut [f64], &mut [f64])| {
+            for (x, q) in x.iter_mut().zip(q.iter_mut()) {
+                let p = *x;
+                *q -= eps_kick * (c * p + l4 * p * p * p);
+                *x += eps_drift * *q;
+            }
+        };
+        let chunk = self.rows_per_chunk * self.row_len;
+        if self.parallel() {
+            par::chunks_mut2(phi, chunk, mom, chunk, |_, x, q| body((x, q)));
+        } else {
+            phi.chunks_mut(chunk).zip(mom.chunks_mut(chunk)).for_each(body);
+        }
+    }
+
+    /// mom[x] −= eps_kick·force(φ(x), nb(x)), then new_phi[x] = φ(x) + eps_drift·mom[x], for
+    /// every site, in the fixed chunks of rows of [`Kernel::for_rows`].
+    fn kick_drift_rows(
+        &self,
+        phi: &[f64],
+        mom: &mut [f64],
+        eps: (f64, f64),
+        new_phi: &mut [f64],
+        force: impl Fn(f64, f64) -> f64 + Sync + Copy,
+    ) {
+        let l = self.row_len;
+        let chunk = self.rows_per_chunk * l;
+        let body = |(c, (block, out)): (usize, (&mut [f64], &mut [f64]))| {
+            // copies on this stack: the coefficients stay in registers in the vectorised loops
+            let (force, (eps_kick, eps_drift)) = (force, eps);
+            let mut nb = vec![0.0; l];
+            for (j, (row, out)) in block.chunks_mut(l).zip(out.chunks_mut(l)).enumerate() {
+                let r = c * self.rows_per_chunk + j;
+                self.row_neighbour_sum(phi, r, &mut nb);
+                let old = &phi[r * l..(r + 1) * l];
+                for ((q, &p), &n) in row.iter_mut().zip(old).zip(&nb) {
+                    *q -= eps_kick * force(p, n);
+                }
+                for ((x, &p), &q) in out.iter_mut().zip(old).zip(row.iter()) {
+                    *x = p + eps_drift * q;
+                }
+            }
+        };
+        if self.parallel() {
+            par::chunks_mut2(mom, chunk, new_phi, chunk, |c, block, out| body((c, (block, out))));
+        } else {
+            mom.chunks_mut(chunk).zip(new_phi.chunks_mut(chunk)).enumerate().for_each(body);
+        }
+    }
+
+    /// mom[x] −= eps·force(φ(x), nb(x)) for every site, in the fixed chunks of rows of
+    /// [`Kernel::for_rows`], each chunk with its own neighbour-sum row.
+    fn kick_rows(&self, phi: &[f64], mom: &mut [f64], eps: f64, force: impl Fn(f64, f64) -> f64 + Sync + Copy) {
+        let l = self.row_len;
+        let chunk = self.rows_per_chunk * l;
+        let body = |(c, block): (usize, &mut [f64])| {
+            // a copy on this stack: its coefficients stay in registers in the vectorised loop
+            let (force, eps) = (force, eps);
+            let mut nb = vec![0.0; l];
+            for (j, row) in block.chunks_mut(l).enumerate() {
+                let r = c * self.rows_per_chunk + j;
+                self.row_neighbour_sum(phi, r, &mut nb);
+                for ((q, &p), &n) in row.iter_mut().zip(&phi[r * l..(r + 1) * l]).zip(&nb) {
+                    *q -= eps * force(p, n);
+                }
+            }
+        };
+        if self.parallel() {
+            par::chunks_mut(mom, chunk, |c, block| body((c, block)));
+        } else {
+            mom.chunks_mut(chunk).enumerate().for_each(body);
         }
     }
 
@@ -179,26 +316,32 @@ impl Kernel {
     /// action_density, phi2, magnetization, abs_magnetization, chi2, energy, correlator[T].
     pub fn observables(&self, phi: &[f64], m2: f64, lambda: f64, out: &mut Vec<f64>) {
         let v = self.volume as f64;
-        let s = self.action(phi, m2, lambda);
-        // Σφ² and Σφ in one pass, each in site order as two separate sums would add them
-        let (mut sum2, mut sum1) = (CompensatedSum::new(), CompensatedSum::new());
-        for &p in phi {
-            sum2.add(p * p);
-            sum1.add(p);
-        }
+        let t_ext = self.time_extent;
+        // the action and the hopping sum in one stencil sweep, each with its own bits
+        let c2 = 2.0 * self.d as f64 + m2;
+        let stencil = || self.sum_sites_n(phi, |p, n| [p * (c2 * p + lambda * p * p * p - n), p * n]);
+        let site_sums = || {
+            // Σφ² and Σφ in site order; the zero-momentum correlator's time slices along the
+            // last axis (site x = r·row_len + t is at time t), added row by row
+            let (mut sum2, mut sum1) = (CompensatedSum::new(), CompensatedSum::new());
+            let mut slice = vec![0.0; t_ext];
+            for row in phi.chunks_exact(t_ext) {
+                for (acc, &p) in slice.iter_mut().zip(row) {
+                    sum2.add(p * p);
+                    sum1.add(p);
+                    *acc += p;
+                }
+            }
+            (sum2, sum1, slice)
+        };
+        // the stencil sums (in parallel chunks) beside the one serial pass; each sum adds the
+        // same terms in the same order on any thread count
+        let ([s, hop_sum], (sum2, sum1, slice)) =
+            if self.parallel() { par::join(stencil, site_sums) } else { (stencil(), site_sums()) };
         let phi2 = sum2.value() / v;
         let m = sum1.value();
-        let hop = self.sum_sites(phi, |p, n| p * n) / (2.0 * self.d as f64 * v);
+        let hop = hop_sum / (2.0 * self.d as f64 * v);
         out.extend_from_slice(&[s / v, phi2, m / v, m.abs() / v, m * m / v, hop]);
-        // zero-momentum correlator along the last axis: site x = r·row_len + t is at time t
-        // (rows run along the last axis), added in site order
-        let t_ext = self.time_extent;
-        let mut slice = vec![0.0; t_ext];
-        for row in phi.chunks_exact(t_ext) {
-            for (acc, p) in slice.iter_mut().zip(row) {
-                *acc += p;
-            }
-        }
         for t in 0..t_ext {
             let c: f64 = (0..t_ext).map(|t0| slice[t0] * slice[(t0 + t) % t_ext]).sum();
             out.push(c / v);

@@ -171,6 +171,46 @@ impl ActionTerm<RealScalar> for Phi4Term<'_> {
         }
         Ok(())
     }
+
+    /// The force and the kick in one sweep over the lattice (the bits of `force` and a kick).
+    fn kick(&self, _space: &RealScalar, u: &Vec<f64>, p: &mut Vec<f64>, eps: f64, _buf: &mut Vec<f64>) -> Result<(), TermError> {
+        let Couplings { m2, lambda } = self.c;
+        match self.part {
+            Part::Whole => self.kernel.kick(u, m2, lambda, p, eps),
+            Part::Gradient => self.kernel.kick_hopping(u, p, eps),
+            Part::Potential => self.kernel.kick_local(u, m2, lambda, p, eps),
+        }
+        Ok(())
+    }
+
+    /// The kick and the drift that follows it in one sweep (the bits of `kick` and
+    /// `RealScalar::step_field`); the new field is written to `buf`, which then becomes the
+    /// field.
+    fn kick_drift(
+        &self,
+        _space: &RealScalar,
+        u: &mut Vec<f64>,
+        p: &mut Vec<f64>,
+        eps_kick: f64,
+        eps_drift: f64,
+        buf: &mut Vec<f64>,
+    ) -> Result<bool, TermError> {
+        if buf.len() != u.len() || p.len() != u.len() {
+            return Ok(false);
+        }
+        let Couplings { m2, lambda } = self.c;
+        let eps = (eps_kick, eps_drift);
+        match self.part {
+            Part::Whole => self.kernel.kick_drift(u, m2, lambda, p, eps, buf),
+            Part::Gradient => self.kernel.kick_drift_hopping(u, p, eps, buf),
+            Part::Potential => {
+                self.kernel.kick_drift_local(u, m2, lambda, p, eps);
+                return Ok(true);
+            }
+        }
+        std::mem::swap(u, buf);
+        Ok(true)
+    }
 }
 
 fn no_such_parameter(name: &str) -> PluginError {
@@ -226,6 +266,13 @@ impl Physics for Phi4 {
             other => return Err(no_such_parameter(other)),
         };
         Ok(())
+    }
+
+    /// A sweep is a few flops per site (about 12 µs at 128² on one core), so the worker
+    /// threads form a spinning team: with rayon's sleeping workers alone, 2 threads gained
+    /// 1.25–1.4× on HMC at L = 128–256.
+    fn short_parallel_regions(&self) -> bool {
+        true
     }
 
     fn observables(&self) -> Vec<ObservableSpec> {

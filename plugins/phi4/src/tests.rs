@@ -169,6 +169,46 @@ fn results_do_not_depend_on_thread_count() {
     assert_eq!(g1, g2);
 }
 
+/// Each term's fused kick (force and momentum update in one sweep) gives the bits of its
+/// force followed by the field space's kick, and its fused kick and drift those of the kick
+/// followed by the field step, on one and on two threads, above and below the parallel
+/// threshold.
+#[test]
+fn fused_kicks_and_drifts_give_the_bits_of_the_separate_steps() {
+    use latflow_core::hmc::{ActionTerm, FieldSpace};
+    for shape in [[6i64, 10], [96, 96]] {
+        let lat = Lattice::new(&shape).unwrap();
+        let kernel = Kernel::new(&lat);
+        let v = lat.volume();
+        let space = RealScalar { len: v };
+        let phi = random_field(v, 3);
+        let p0 = random_field(v, 4);
+        let c = Couplings { m2: -4.0, lambda: 8.0 };
+        for part in [Part::Whole, Part::Gradient, Part::Potential] {
+            let term = Phi4Term { kernel: &kernel, c, part };
+            let mut f = vec![0.0; v];
+            term.force(&phi, &mut f).unwrap();
+            let mut expect = p0.clone();
+            space.kick(&mut expect, &f, 0.137);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut p = p0.clone();
+                let mut buf = vec![f64::NAN; v];
+                pool.install(|| term.kick(&space, &phi, &mut p, 0.137, &mut buf)).unwrap();
+                let same = p.iter().zip(&expect).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{shape:?}, {}, {threads} threads: fused kick differs", term.name());
+                // a kick and the drift after it, in one sweep
+                let (mut u, mut p) = (phi.clone(), p0.clone());
+                assert!(pool.install(|| term.kick_drift(&space, &mut u, &mut p, 0.137, 0.071, &mut buf)).unwrap());
+                let (mut u_expect, mut p_expect) = (phi.clone(), expect.clone());
+                space.step_field(&mut u_expect, &mut p_expect, 0.071);
+                let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same(&p, &p_expect) && same(&u, &u_expect), "{shape:?}, {}, {threads} threads: kick_drift", term.name());
+            }
+        }
+    }
+}
+
 #[test]
 fn hmc_rejects_non_finite_configurations_with_an_error() {
     let mut t = theory(r#"{"lattice": [4, 4], "m2": 1.0, "lambda": 1.0}"#);
