@@ -648,14 +648,29 @@ fn ladder_theories(card: &RunCard, ladder: &Ladder, opts: &RunOptions) -> Result
     let base_params = base.params_json();
     drop(base);
     let mut theories = Vec::with_capacity(ladder.len());
+    let threads = theory_threads(card.run.threads, ladder.len());
     for (k, &v) in ladder.values.iter().enumerate() {
         let mut t = plugin.new_theory(&card.theory_json()).with_context(|| format!("{file}: [theory]"))?;
-        t.set_threads(card.run.threads).with_context(|| format!("{file}: run.threads"))?;
+        t.set_threads(threads).with_context(|| format!("{file}: run.threads"))?;
         t.set_parameter(&ladder.parameter, v)
             .with_context(|| format!("{file}: {}: cannot set {} = {v}", ladder.value_field(k), ladder.parameter))?;
         theories.push(t);
     }
     Ok((theories, base_params))
+}
+
+/// The worker threads of each coupling's theory: the `[run] threads` shared among the couplings
+/// that run at once (the slots run their chains in parallel on `threads` threads, so each of the
+/// min(threads, slots) running at a time gets threads / that, at least 1). Nested pools larger
+/// than this only oversubscribe the cores, and a theory whose workers spin between parallel
+/// regions (φ⁴'s team) would wait on workers the kernel has descheduled. `0` (the caller's
+/// pool) stays 0. The bits never depend on it.
+fn theory_threads(threads: u32, slots: usize) -> u32 {
+    if threads == 0 {
+        return 0;
+    }
+    let running = (threads as usize).min(slots.max(1)) as u32;
+    (threads / running).max(1)
 }
 
 /// The starting configuration of every coupling slot, each from its own stream (replaced by
@@ -782,5 +797,19 @@ impl Sampler for LadderSampler<'_> {
 
     fn progress(&self) -> String {
         format!("swap acceptance {:.3}", self.swap_accepted as f64 / self.swap_attempted.max(1) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_run_threads_are_shared_among_the_couplings_that_run_at_once() {
+        use super::theory_threads;
+        assert_eq!(theory_threads(2, 4), 1);
+        assert_eq!(theory_threads(4, 2), 2);
+        assert_eq!(theory_threads(8, 3), 2);
+        assert_eq!(theory_threads(2, 1), 2);
+        assert_eq!(theory_threads(1, 5), 1);
+        assert_eq!(theory_threads(0, 5), 0);
     }
 }
