@@ -57,6 +57,26 @@ impl Kernel {
         self.volume >= PARALLEL_MIN_SITES && par::threads() > 1
     }
 
+    /// ∂S/∂φ(x) as a function of φ(x) and nb(x): 2(2d + m²) φ − 2 nb + 4λ φ³ (one expression,
+    /// so that the gradient and the fused kicks round alike).
+    fn force_whole(&self, m2: f64, lambda: f64) -> impl Fn(f64, f64) -> f64 + Sync + Copy {
+        let c = 2.0 * (2.0 * self.d as f64 + m2);
+        let l4 = 4.0 * lambda;
+        move |p, nb| c * p - 2.0 * nb + l4 * p * p * p
+    }
+
+    /// The gradient term's force, 2(2d φ − nb).
+    fn force_hopping(&self) -> impl Fn(f64, f64) -> f64 + Sync + Copy {
+        let c = 4.0 * self.d as f64;
+        move |p, nb| c * p - 2.0 * nb
+    }
+
+    /// The action's summand at x, φ(x) [ (2d + m²) φ(x) + λ φ(x)³ − nb(x) ].
+    fn action_term(&self, m2: f64, lambda: f64) -> impl Fn(f64, f64) -> f64 + Sync + Copy {
+        let c2 = 2.0 * self.d as f64 + m2;
+        move |p, n| p * (c2 * p + lambda * p * p * p - n)
+    }
+
     /// nb(x) = Σ_μ [φ(x+μ̂) + φ(x−μ̂)] for the sites of row `r`, written to `out` (len row_len).
     #[inline]
     fn row_neighbour_sum(&self, phi: &[f64], r: usize, out: &mut [f64]) {
@@ -138,8 +158,7 @@ impl Kernel {
     /// S = Σ_x [ Σ_μ (φ(x+μ̂) − φ(x))² + m² φ² + λ φ⁴ ], evaluated as
     /// Σ_x φ(x) [ (2d + m²) φ(x) + λ φ(x)³ − nb(x) ].
     pub fn action(&self, phi: &[f64], m2: f64, lambda: f64) -> f64 {
-        let c2 = 2.0 * self.d as f64 + m2;
-        self.sum_sites(phi, |p, n| p * (c2 * p + lambda * p * p * p - n))
+        self.sum_sites(phi, self.action_term(m2, lambda))
     }
 
     /// The gradient term alone, Σ_x Σ_μ (φ(x+μ̂) − φ(x))².
@@ -155,25 +174,24 @@ impl Kernel {
 
     /// ∂S/∂φ(x) = 2(2d + m²) φ − 2 nb + 4λ φ³, written to `out`.
     pub fn gradient(&self, phi: &[f64], m2: f64, lambda: f64, out: &mut [f64]) {
-        let c = 2.0 * (2.0 * self.d as f64 + m2);
-        let l4 = 4.0 * lambda;
+        let force = self.force_whole(m2, lambda);
         let l = self.row_len;
         self.for_rows(out, |r, row| {
             self.row_neighbour_sum(phi, r, row);
             for (o, &p) in row.iter_mut().zip(&phi[r * l..(r + 1) * l]) {
-                *o = c * p - 2.0 * *o + l4 * p * p * p;
+                *o = force(p, *o);
             }
         });
     }
 
     /// Gradient of the gradient term: 2(2d φ − nb).
     pub fn gradient_hopping(&self, phi: &[f64], out: &mut [f64]) {
-        let c = 4.0 * self.d as f64;
+        let force = self.force_hopping();
         let l = self.row_len;
         self.for_rows(out, |r, row| {
             self.row_neighbour_sum(phi, r, row);
             for (o, &p) in row.iter_mut().zip(&phi[r * l..(r + 1) * l]) {
-                *o = c * p - 2.0 * *o;
+                *o = force(p, *o);
             }
         });
     }
@@ -193,16 +211,13 @@ impl Kernel {
     /// bits as [`Kernel::gradient`] followed by `mom[x] -= eps·grad[x]`, without the gradient
     /// buffer.
     pub fn kick(&self, phi: &[f64], m2: f64, lambda: f64, mom: &mut [f64], eps: f64) {
-        let c = 2.0 * (2.0 * self.d as f64 + m2);
-        let l4 = 4.0 * lambda;
-        self.kick_rows(phi, mom, eps, move |p, nb| c * p - 2.0 * nb + l4 * p * p * p);
+        self.kick_rows(phi, mom, eps, self.force_whole(m2, lambda));
     }
 
     /// The kick of the gradient term alone (the bits of [`Kernel::gradient_hopping`] and a
     /// kick).
     pub fn kick_hopping(&self, phi: &[f64], mom: &mut [f64], eps: f64) {
-        let c = 4.0 * self.d as f64;
-        self.kick_rows(phi, mom, eps, move |p, nb| c * p - 2.0 * nb);
+        self.kick_rows(phi, mom, eps, self.force_hopping());
     }
 
     /// The kick of the local potential alone (the bits of [`Kernel::gradient_local`] and a
@@ -222,15 +237,12 @@ impl Kernel {
     /// reads the old field at its neighbours). The same bits as [`Kernel::kick`] followed by
     /// the drift.
     pub fn kick_drift(&self, phi: &[f64], m2: f64, lambda: f64, mom: &mut [f64], eps: (f64, f64), new_phi: &mut [f64]) {
-        let c = 2.0 * (2.0 * self.d as f64 + m2);
-        let l4 = 4.0 * lambda;
-        self.kick_drift_rows(phi, mom, eps, new_phi, move |p, nb| c * p - 2.0 * nb + l4 * p * p * p);
+        self.kick_drift_rows(phi, mom, eps, new_phi, self.force_whole(m2, lambda));
     }
 
     /// [`Kernel::kick_drift`] for the gradient term alone.
     pub fn kick_drift_hopping(&self, phi: &[f64], mom: &mut [f64], eps: (f64, f64), new_phi: &mut [f64]) {
-        let c = 4.0 * self.d as f64;
-        self.kick_drift_rows(phi, mom, eps, new_phi, move |p, nb| c * p - 2.0 * nb);
+        self.kick_drift_rows(phi, mom, eps, new_phi, self.force_hopping());
     }
 
     /// A kick of the local potential and a drift, in place (the potential's force at a site
@@ -318,8 +330,8 @@ impl Kernel {
         let v = self.volume as f64;
         let t_ext = self.time_extent;
         // the action and the hopping sum in one stencil sweep, each with its own bits
-        let c2 = 2.0 * self.d as f64 + m2;
-        let stencil = || self.sum_sites_n(phi, |p, n| [p * (c2 * p + lambda * p * p * p - n), p * n]);
+        let term = self.action_term(m2, lambda);
+        let stencil = || self.sum_sites_n(phi, |p, n| [term(p, n), p * n]);
         let site_sums = || {
             // Σφ² and Σφ in site order; the zero-momentum correlator's time slices along the
             // last axis (site x = r·row_len + t is at time t), added row by row
