@@ -15,8 +15,15 @@
 //!   integration, Metropolis test and reunitarisation) through `Adapter::hmc_vec`, L = 4, 8;
 //!   throughput `Elements(1)`, so `elem/s` reads as trajectories per second.
 //!
-//! Everything runs inside an explicit one-thread rayon pool (`iter_custom` +
-//! `ThreadPool::install`); the kernels only go parallel at ≥ 8192 sites anyway.
+//! * `sun3_threads/{force,trajectory_leapfrog15,heatbath,overrelax}/L/threads`: the force, an
+//!   HMC trajectory as above, and one heat-bath or overrelaxation sweep of every link (core's
+//!   `heatbath_sweep`, `overrelax_sweep`), on 1 and 2 threads (explicit rayon pools), L = 8,
+//!   and the force also at L = 16: the thread scaling of the SU(3) kernels. The bits do not
+//!   depend on the thread count.
+//!
+//! The other groups run inside an explicit one-thread rayon pool (`iter_custom` +
+//! `ThreadPool::install`). SU(3) site loops go parallel from 2048 sites
+//! (`gauge::parallel::HEAVY_MIN_SITES`).
 //! `benches/sun_bench.rs` (an example) puts the same kernels against this machine's limits and
 //! the peers.
 
@@ -27,7 +34,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use latflow_core::abi::{HmcParams, IntegratorKind, Start};
-use latflow_core::gauge::{GaugeGroup, LieAlgebra, Su3, SuAlg};
+use latflow_core::gauge::{heatbath_sweep, overrelax_sweep, GaugeGroup, LieAlgebra, Su3, SuAlg};
 use latflow_core::hmc::{ActionTerm, FieldSpace};
 use latflow_core::sdk::{Adapter, Physics};
 use latflow_core::Stream;
@@ -124,5 +131,46 @@ fn trajectory(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernel, exponential, trajectory);
+/// 1 against 2 threads: the force at L = 8 and 16, a trajectory and the sweeps at L = 8.
+fn threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sun3_threads");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    for l in [8usize, 16] {
+        let th = theory(l);
+        let mut rng = Stream::new(4, 0);
+        let mut u = rough(&th, &mut rng);
+        let term = GaugeTerm { theory: th.physics() };
+        let mut f = th.physics().space().zero_momentum();
+        let lattice = latflow_core::Lattice::new(&[l as i64; 4]).expect("lattice");
+        let p = leapfrog(15, 1.0);
+        for threads in [1usize, 2] {
+            let pool = common::pool(threads);
+            let id = format!("{l}/{threads}");
+            g.throughput(Throughput::Elements(l.pow(4) as u64));
+            g.bench_function(BenchmarkId::new("force", &id), |b| {
+                b.iter_custom(|n| common::timed(&pool, n, || term.force(black_box(&u), &mut f).expect("force")))
+            });
+            if l > 8 {
+                continue;
+            }
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(BenchmarkId::new("trajectory_leapfrog15", &id), |b| {
+                b.iter_custom(|n| common::timed(&pool, n, || drop(th.hmc_vec(&mut u, &p, 1, &mut rng).expect("trajectory"))))
+            });
+            let mut links: Vec<Su3> = bytemuck::cast_slice(&u).to_vec();
+            g.throughput(Throughput::Elements(l.pow(4) as u64));
+            g.bench_function(BenchmarkId::new("heatbath", &id), |b| {
+                b.iter_custom(|n| {
+                    common::timed(&pool, n, || heatbath_sweep(&lattice, &mut links, BETA, &mut rng).expect("heat-bath"))
+                })
+            });
+            g.bench_function(BenchmarkId::new("overrelax", &id), |b| {
+                b.iter_custom(|n| common::timed(&pool, n, || overrelax_sweep(&lattice, &mut links, BETA).expect("overrelaxation")))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernel, exponential, trajectory, threads);
 criterion_main!(benches);

@@ -48,7 +48,7 @@ use abi_stable::std_types::{RSliceMut, RStr};
 use clap::Parser;
 use latflow_core::Stream;
 use latflow_core::abi::{HmcParams, IntegratorKind, Start, Theory};
-use latflow_core::gauge::parallel::PARALLEL_MIN_SITES;
+use latflow_core::gauge::parallel::HEAVY_MIN_SITES;
 use latflow_core::gauge::su3::Rows;
 use latflow_core::gauge::{GaugeGroup, LieAlgebra, Su3, SuAlg};
 use latflow_core::hmc::{ActionTerm, FieldSpace};
@@ -750,7 +750,7 @@ fn lqcd_peer(args: &Args, ours: (f64, f64)) -> Value {
 fn scaling(args: &Args) -> Value {
     let mut out = Vec::new();
     for (l, n) in [(8usize, if args.quick { 2 } else { 20 }), (16, if args.quick { 1 } else { 3 })] {
-        let parallel = l.pow(4) >= PARALLEL_MIN_SITES;
+        let parallel = l.pow(4) >= HEAVY_MIN_SITES;
         for threads in [1usize, 2] {
             let r = hmc_run(l, 5.7, 2, n, threads, args.seed);
             eprintln!(

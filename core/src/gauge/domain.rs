@@ -43,7 +43,7 @@ use bytemuck::Pod;
 
 use super::field::{plaquette, planes, staple, Neighbours, Sites};
 use super::group::{GaugeGroup, LieAlgebra};
-use super::parallel::{chunk_sums, fill_random_part, fill_sites};
+use super::parallel::{chunk_sums_as, fill_random_part, fill_sites, fill_sites_as, SiteWork};
 use crate::abi::PluginError;
 use crate::comm::CommBox;
 use crate::hmc::{ActionTerm, FieldSpace, TermError};
@@ -290,7 +290,7 @@ impl Domain {
     /// partials merged in rank order (see the module docs for when this has the bits of one
     /// rank). Collective; the same bits on every rank.
     pub fn sum(&self, comm: &CommBox, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> Result<f64, DomainError> {
-        let parts: Vec<f64> = chunk_sums(self.sites(), f).iter().flat_map(|p| p.parts()).collect();
+        let parts: Vec<f64> = chunk_sums_as(SiteWork::Heavy, self.sites(), f).iter().flat_map(|p| p.parts()).collect();
         let all = comm.allgather(RSlice::from_slice(&parts)).into_result()?;
         let mut total = CompensatedSum::new();
         for p in all.chunks_exact(2) {
@@ -495,7 +495,7 @@ where
     fn step_field(&self, u: &mut Vec<G>, p: &mut Vec<G::Algebra>, eps: f64) {
         let d = self.domain.dim();
         let owned = self.owned_links();
-        fill_sites(&mut u[..owned], d, |x, links, _| {
+        fill_sites_as(SiteWork::of_group::<G>(), &mut u[..owned], d, |x, links, _| {
             for (l, q) in links.iter_mut().zip(&p[x * d..(x + 1) * d]) {
                 *l = G::exp(&q.scale(eps)).mul(l);
             }
@@ -575,7 +575,7 @@ where
     fn force(&self, u: &Vec<G>, out: &mut Vec<G::Algebra>) -> Result<(), TermError> {
         let d = self.domain.dim();
         let w = self.beta / G::NC as f64;
-        fill_sites(out, d, |x, fs, _| {
+        fill_sites_as(SiteWork::of_group::<G>(), out, d, |x, fs, _| {
             for (mu, f) in fs.iter_mut().enumerate() {
                 *f = u[x * d + mu].re_trace_derivative(&staple(self.domain, &u[..], x, mu)).scale(-w);
             }

@@ -6,7 +6,7 @@
 //! this carries over to a domain-decomposed lattice.
 
 use super::group::{GaugeGroup, U1Angle};
-use super::parallel::{fill_random, sum_sites, RngFillError};
+use super::parallel::{fill_random, sum_sites_as, RngFillError, SiteWork};
 use crate::lattice::Lattice;
 use crate::rng::Stream;
 
@@ -56,8 +56,9 @@ pub trait Sites: Neighbours {
     fn global_sites(&self) -> usize;
     /// Σ over the whole lattice of the terms `f(x, sum)` adds at each looped-over site x,
     /// compensated in core's fixed chunks of sites (the same bits for any thread count, see
-    /// [`sum_sites`]). On a split lattice: collective, the ranks' chunk partials merged in rank
-    /// order (the bits of one rank when every slab holds whole chunks).
+    /// [`sum_sites`](super::parallel::sum_sites)). On a split lattice: collective, the ranks' chunk partials merged in rank
+    /// order (the bits of one rank when every slab holds whole chunks). The terms are taken to
+    /// be [`SiteWork::Heavy`] (loops of links: the sum goes parallel from 2048 sites).
     fn sum(&self, f: impl Fn(usize, &mut crate::sum::CompensatedSum) + Sync) -> f64;
 }
 
@@ -71,7 +72,7 @@ impl Sites for Lattice {
         self.volume()
     }
     fn sum(&self, f: impl Fn(usize, &mut crate::sum::CompensatedSum) + Sync) -> f64 {
-        sum_sites(self.volume(), f)
+        sum_sites_as(SiteWork::Heavy, self.volume(), f)
     }
 }
 
@@ -355,7 +356,7 @@ pub fn rectangle_staple<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Si
 /// thread count).
 pub fn plaquette_sum<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(nb: &N, u: &L) -> f64 {
     let planes = planes(nb.dim());
-    sum_sites(nb.sites(), |x, s| {
+    sum_sites_as(SiteWork::of_group::<G>(), nb.sites(), |x, s| {
         for &(mu, nu) in &planes {
             s.add(plaquette(nb, u, x, mu, nu).re_trace());
         }
@@ -391,7 +392,7 @@ pub fn u1_geometric_charge<L: Links<super::U1Angle> + ?Sized, N: Neighbours + ?S
 /// along μ), compensated, in fixed chunks.
 pub fn rectangle_sum<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(nb: &N, u: &L) -> f64 {
     let d = nb.dim();
-    sum_sites(nb.sites(), |x, s| {
+    sum_sites_as(SiteWork::of_group::<G>(), nb.sites(), |x, s| {
         for mu in 0..d {
             for nu in 0..d {
                 if nu != mu {

@@ -56,13 +56,12 @@
 use std::f64::consts::PI;
 use std::fmt;
 
-use rayon::prelude::*;
 
 use super::algebra::SuAlg;
 use super::field::{path, plaquette, rectangle_staple, staple, Neighbours, Step};
 use super::group::{GaugeGroup, LieAlgebra};
 use super::matrix::Matrix;
-use super::parallel::{fill_sites, sum_sites};
+use super::parallel::{fill_sites, fill_sites_as, sum_sites, SiteWork};
 use super::sun::SuN;
 
 /// The reference value of t² E(t0) and of W(w0²) (Lüscher 2010; BMW 2012).
@@ -387,13 +386,21 @@ fn check_field<G: FlowGroup, N: Neighbours + ?Sized>(nb: &N, links: &[G]) -> Res
         });
     }
     // a non-finite entry makes the deviation NaN or infinite
-    match links
-        .par_iter()
-        .position_first(|u| !u.deviation().is_finite())
-    {
+    match first_non_finite(links) {
         Some(link) => Err(FlowError::NonFiniteLink { link }),
         None => Ok(()),
     }
+}
+
+/// The index of the first link with a non-finite entry, searched in parallel chunks.
+fn first_non_finite<G: GaugeGroup>(links: &[G]) -> Option<usize> {
+    const CHUNK: usize = 4096;
+    let found = crate::par::map(links.len().div_ceil(CHUNK), |c| {
+        let start = c * CHUNK;
+        let part = &links[start..(start + CHUNK).min(links.len())];
+        part.iter().position(|u| !u.deviation().is_finite()).map(|i| start + i)
+    });
+    found.into_iter().flatten().next()
 }
 
 /// The flow generator Z(x, μ) (without ε) of link (x, μ); see the module docs.
@@ -465,7 +472,7 @@ impl<G: FlowGroup> Integrator<G> {
     /// x ← a · Z(u) + b · x, link by link.
     fn stage<N: Neighbours + ?Sized>(&mut self, nb: &N, u: &[G], a: f64, b: f64) {
         let c = self.coeffs;
-        fill_sites(&mut self.x, nb.dim(), |x, site, _| {
+        fill_sites_as(SiteWork::of_group::<G>(), &mut self.x, nb.dim(), |x, site, _| {
             for (mu, v) in site.iter_mut().enumerate() {
                 let mut next = v.scale(b);
                 next.axpy(a, &generator(nb, u, x, mu, c));
@@ -476,7 +483,7 @@ impl<G: FlowGroup> Integrator<G> {
 
     /// u ← exp(s · x) u, link by link.
     fn apply(u: &mut [G], x: &[G::Algebra], s: f64, d: usize) {
-        fill_sites(u, d, |site, links, _| {
+        fill_sites_as(SiteWork::of_group::<G>(), u, d, |site, links, _| {
             for (mu, l) in links.iter_mut().enumerate() {
                 let e = if s == 1.0 {
                     x[site * d + mu]
@@ -517,10 +524,13 @@ impl<G: FlowGroup> Integrator<G> {
         self.stage(nb, u, h * 0.75, -1.0); // x = ¾Z2 − 8/9 Z1 + 17/36 Z0
         Self::apply(u, &self.x, 1.0, d); // V(t + ε)
         if self.adaptive.is_some() {
-            u.par_iter()
-                .zip(self.w1.par_iter())
-                .map(|(a, b)| G::max_entry_distance(a, b))
-                .reduce(|| 0.0, nan_max)
+            const CHUNK: usize = 4096;
+            let (u, w1): (&[G], &[G]) = (u, &self.w1);
+            let per_chunk = crate::par::map(u.len().div_ceil(CHUNK), |c| {
+                let range = c * CHUNK..((c + 1) * CHUNK).min(u.len());
+                u[range.clone()].iter().zip(&w1[range]).map(|(a, b)| G::max_entry_distance(a, b)).fold(0.0, nan_max)
+            });
+            per_chunk.into_iter().fold(0.0, nan_max)
         } else {
             0.0
         }
@@ -569,7 +579,7 @@ impl<G: FlowGroup> Integrator<G> {
             let t = if k == n { t_to } else { t0 + h * k as f64 };
             self.accepted(h, t);
         }
-        if u.par_iter().any(|l| !l.deviation().is_finite()) {
+        if first_non_finite(u).is_some() {
             return Err(FlowError::Diverged { t: t_to });
         }
         Ok(())

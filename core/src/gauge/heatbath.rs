@@ -55,7 +55,7 @@ use super::domain::DomainSites;
 use super::field::{staple, Neighbours, Sites};
 use super::group::GaugeGroup;
 use super::matrix::Matrix;
-use super::parallel::{fill_random_blocks, fill_sites, RngFillError, WORD_POS_LIMIT};
+use super::parallel::{fill_random_blocks, fill_sites_as, RngFillError, SiteWork, WORD_POS_LIMIT};
 use super::sun::SuN;
 use crate::lattice::{Lattice, LatticeError};
 use crate::rng::Stream;
@@ -531,7 +531,7 @@ fn overrelax_in<G: HeatbathGroup, R: Region<G>>(lattice: &Lattice, region: &R, l
         for parity in 0..2 {
             gather(lattice, first, region.sites(), links, mu, parity, &mut slots);
             let field: &[G] = links;
-            fill_sites(&mut slots, 1, |_, slot, _| {
+            fill_sites_as(SiteWork::of_group::<G>(), &mut slots, 1, |_, slot, _| {
                 let slot = &mut slot[0];
                 let a = staple(region, field, slot.x, mu);
                 slot.ok = slot.u.overrelax_link(&a);

@@ -3,8 +3,9 @@
 //!
 //! Work is cut into chunks of [`CHUNK_SITES`] sites (or [`RNG_CHUNK`] items for random fills)
 //! that do not depend on the number of threads; per-chunk partial sums are merged in chunk
-//! order. Small problems (fewer than [`PARALLEL_MIN_SITES`] sites) run on the calling thread,
-//! which changes nothing but speed.
+//! order. Small problems run on the calling thread, which changes nothing but speed: fewer than
+//! [`PARALLEL_MIN_SITES`] sites for a loop of [`SiteWork::Light`] sites, fewer than
+//! [`HEAVY_MIN_SITES`] for [`SiteWork::Heavy`] ones.
 
 use std::fmt;
 
@@ -13,8 +14,11 @@ use crate::sum::CompensatedSum;
 
 /// Sites per chunk of a fill or a reduction.
 pub const CHUNK_SITES: usize = 1024;
-/// Below this many sites, loops run on the calling thread.
+/// Below this many sites, loops over [`SiteWork::Light`] sites run on the calling thread.
 pub const PARALLEL_MIN_SITES: usize = 8192;
+/// Below this many sites (two chunks), loops over [`SiteWork::Heavy`] sites run on the calling
+/// thread.
+pub const HEAVY_MIN_SITES: usize = 2 * CHUNK_SITES;
 /// Items per chunk of a random fill: each chunk draws from its own counter range.
 pub const RNG_CHUNK: usize = 256;
 /// The counter range (in 32-bit ChaCha words) reserved for one chunk of a random fill, 2³⁶
@@ -23,14 +27,56 @@ pub const RNG_CHUNK_WORDS: u128 = 1 << 36;
 /// The ChaCha word counter has 68 bits.
 pub(crate) const WORD_POS_LIMIT: u128 = 1 << 68;
 
-fn parallel(sites: usize) -> bool {
-    sites >= PARALLEL_MIN_SITES && crate::par::threads() > 1
+/// How much work the body of a site loop does. It decides only from how many sites the loop
+/// is worth running in parallel (a parallel region costs a few to tens of microseconds to start
+/// and join); the chunks, and so the bits, are the same either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteWork {
+    /// Tens of nanoseconds per site: a U(1) plaquette, a kick, a copy. Parallel from
+    /// [`PARALLEL_MIN_SITES`] sites.
+    Light,
+    /// A few hundred nanoseconds or more per site: SU(N) staples, forces, exponentials, a
+    /// heat-bath or overrelaxation update. Parallel from [`HEAVY_MIN_SITES`] sites, so that an
+    /// SU(3) force on 8⁴ (4096 sites, about 2 ms) uses every thread.
+    Heavy,
+}
+
+impl SiteWork {
+    /// The work of a per-link update or staple in group `G`: [`SiteWork::Heavy`] for matrix
+    /// groups (N ≥ 2), [`SiteWork::Light`] for U(1).
+    pub fn of_group<G: super::GaugeGroup>() -> Self {
+        if G::NC >= 2 { SiteWork::Heavy } else { SiteWork::Light }
+    }
+
+    /// The fewest sites at which a loop of this work runs in parallel.
+    pub fn min_parallel_sites(self) -> usize {
+        match self {
+            SiteWork::Light => PARALLEL_MIN_SITES,
+            SiteWork::Heavy => HEAVY_MIN_SITES,
+        }
+    }
+}
+
+fn parallel(sites: usize, work: SiteWork) -> bool {
+    sites >= work.min_parallel_sites() && crate::par::threads() > 1
 }
 
 /// Fills `out` (`per_site` values per site) by `f(x, site's values, chunk sum)` in fixed
 /// chunks of [`CHUNK_SITES`] sites, possibly in parallel, and returns the compensated chunk
-/// sums merged in chunk order (`f` adds to the sum whatever the caller wants reduced).
+/// sums merged in chunk order (`f` adds to the sum whatever the caller wants reduced). The
+/// sites' work is [`SiteWork::Light`]; see [`fill_sites_as`].
 pub fn fill_sites<T: Send>(
+    out: &mut [T],
+    per_site: usize,
+    f: impl Fn(usize, &mut [T], &mut CompensatedSum) + Sync,
+) -> f64 {
+    fill_sites_as(SiteWork::Light, out, per_site, f)
+}
+
+/// [`fill_sites`] for sites whose body does `work`: the same chunks and the same bits, in
+/// parallel from [`SiteWork::min_parallel_sites`] sites.
+pub fn fill_sites_as<T: Send>(
+    work: SiteWork,
     out: &mut [T],
     per_site: usize,
     f: impl Fn(usize, &mut [T], &mut CompensatedSum) + Sync,
@@ -43,7 +89,7 @@ pub fn fill_sites<T: Send>(
         s
     };
     let sites = out.len() / per_site.max(1);
-    let partials: Vec<CompensatedSum> = if parallel(sites) {
+    let partials: Vec<CompensatedSum> = if parallel(sites, work) {
         crate::par::chunks_mut(out, CHUNK_SITES * per_site, |c, block| body((c, block)))
     } else {
         out.chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
@@ -56,10 +102,16 @@ pub fn fill_sites<T: Send>(
 }
 
 /// Σ_x terms over `sites` sites: `f(x, sum)` adds site x's terms; chunks of [`CHUNK_SITES`]
-/// sites are summed with compensation and merged in order.
+/// sites are summed with compensation and merged in order. The sites' work is
+/// [`SiteWork::Light`]; see [`sum_sites_as`].
 pub fn sum_sites(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> f64 {
+    sum_sites_as(SiteWork::Light, sites, f)
+}
+
+/// [`sum_sites`] for sites whose terms take `work` to compute (the same chunks, the same bits).
+pub fn sum_sites_as(work: SiteWork, sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> f64 {
     let mut total = CompensatedSum::new();
-    for p in chunk_sums(sites, f) {
+    for p in chunk_sums_as(work, sites, f) {
         total.merge(p);
     }
     total.value()
@@ -68,8 +120,15 @@ pub fn sum_sites(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) ->
 /// The per-chunk partial sums of [`sum_sites`], in chunk order (chunk c holds the terms of
 /// sites c·[`CHUNK_SITES`] up to the next chunk). Merging them in order from an empty sum is
 /// [`sum_sites`]; a decomposed lattice whose ranks hold whole chunks merges every rank's
-/// partials in rank order and gets the same bits as one rank.
+/// partials in rank order and gets the same bits as one rank. The sites' work is
+/// [`SiteWork::Light`]; see [`chunk_sums_as`].
 pub fn chunk_sums(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> Vec<CompensatedSum> {
+    chunk_sums_as(SiteWork::Light, sites, f)
+}
+
+/// [`chunk_sums`] for sites whose terms take `work` to compute (the same chunks, the same
+/// bits).
+pub fn chunk_sums_as(work: SiteWork, sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -> Vec<CompensatedSum> {
     let n_chunks = sites.div_ceil(CHUNK_SITES);
     let chunk = |c: usize| {
         let mut s = CompensatedSum::new();
@@ -78,7 +137,7 @@ pub fn chunk_sums(sites: usize, f: impl Fn(usize, &mut CompensatedSum) + Sync) -
         }
         s
     };
-    if parallel(sites) {
+    if parallel(sites, work) {
         crate::par::map(n_chunks, chunk)
     } else {
         (0..n_chunks).map(chunk).collect()

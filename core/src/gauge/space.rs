@@ -3,12 +3,11 @@
 //! memory, viewed as links through [`super::flat`]).
 
 use bytemuck::Pod;
-use rayon::prelude::*;
 
 use super::field::LinkField;
 use super::flat::{view, view_mut};
 use super::group::{GaugeGroup, LieAlgebra};
-use super::parallel::{fill_random, fill_sites, sum_sites, CHUNK_SITES};
+use super::parallel::{fill_random, fill_sites, fill_sites_as, sum_sites, SiteWork, CHUNK_SITES};
 use crate::hmc::FieldSpace;
 use crate::rng::Stream;
 
@@ -64,7 +63,7 @@ impl<G: GaugeGroup> LinkSpace<G> {
 
     fn step_links(&self, u: &mut [G], p: &[G::Algebra], eps: f64) {
         let d = self.dim;
-        fill_sites(u, d, |x, links, _| {
+        fill_sites_as(SiteWork::of_group::<G>(), u, d, |x, links, _| {
             for (l, q) in links.iter_mut().zip(&p[x * d..(x + 1) * d]) {
                 *l = G::exp(&q.scale(eps)).mul(l);
             }
@@ -84,7 +83,7 @@ impl<G: GaugeGroup> LinkSpace<G> {
     /// the chunking and thread count).
     fn reunitarize_links(&self, u: &mut [G]) -> f64 {
         let fix = |links: &mut [G]| links.iter_mut().map(|l| l.reunitarize()).fold(0.0, f64::max);
-        u.par_chunks_mut(CHUNK_SITES * self.dim.max(1)).map(fix).reduce(|| 0.0, f64::max)
+        crate::par::chunks_mut(u, CHUNK_SITES * self.dim.max(1), |_, links| fix(links)).into_iter().fold(0.0, f64::max)
     }
 }
 

@@ -13,7 +13,7 @@ use latflow_core::gauge::fermion::{
     Spinor, SpinorOf, WilsonDirac, WilsonGroup,
 };
 use latflow_core::gauge::flat::{view, view_mut};
-use latflow_core::gauge::parallel::fill_sites;
+use latflow_core::gauge::parallel::{fill_sites_as, SiteWork};
 use latflow_core::gauge::{plaquette_sum, staple, GaugeGroup, LieAlgebra};
 use latflow_core::hmc::{ActionTerm, TermError};
 use latflow_core::{Lattice, Stream};
@@ -60,7 +60,7 @@ where
     fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
         let (lat, l) = (self.lattice, links::<G>(u));
         let (d, c) = (lat.dim(), -self.beta / G::NC as f64);
-        fill_sites(algebra_mut::<G>(out), d, |x, f, _| {
+        fill_sites_as(SiteWork::of_group::<G>(), algebra_mut::<G>(out), d, |x, f, _| {
             for (mu, f) in f.iter_mut().enumerate() {
                 *f = l[x * d + mu]
                     .re_trace_derivative(&staple(lat, l, x, mu))

@@ -16,7 +16,7 @@
 //! the CPU has is chosen at run time ([`simd_level`]): the instructions are wider, the
 //! arithmetic is the same operation by operation, and the bits are identical (tested).
 
-use latflow_core::gauge::parallel::fill_sites;
+use latflow_core::gauge::parallel::{fill_sites_as, SiteWork};
 use latflow_core::gauge::su3::{
     adj_mul_rows as adj_mul, adj_rows as adj, mul_adj_rows as mul_adj, mul_rows as mul,
     re_tr_mul_adj_rows as re_tr_mul_adj, rows, Rows,
@@ -291,11 +291,11 @@ pub fn step_links(u: &mut [Su3], p: &[SuAlg<3>], d: usize, eps: f64, level: u8) 
     match runnable(level) {
         // SAFETY: the CPU has the instruction set (`runnable` checked it).
         #[cfg(target_arch = "x86_64")]
-        2 => fill_sites(u, d, |x, links, _| unsafe { avx512::step_site(links, at(x), eps) }),
+        2 => fill_sites_as(SiteWork::Heavy, u, d, |x, links, _| unsafe { avx512::step_site(links, at(x), eps) }),
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        1 => fill_sites(u, d, |x, links, _| unsafe { avx2::step_site(links, at(x), eps) }),
-        _ => fill_sites(u, d, |x, links, _| step_site(links, at(x), eps)),
+        1 => fill_sites_as(SiteWork::Heavy, u, d, |x, links, _| unsafe { avx2::step_site(links, at(x), eps) }),
+        _ => fill_sites_as(SiteWork::Heavy, u, d, |x, links, _| step_site(links, at(x), eps)),
     };
 }
 
@@ -362,11 +362,11 @@ fn wilson_force_with<N: Neighbours + ?Sized>(
         match level {
             // SAFETY: the CPU has the instruction set (`runnable` checked it).
             #[cfg(target_arch = "x86_64")]
-            2 => fill_sites(f, d, |x, out, _| unsafe { avx512::force_site(lat, u, w, x, out) }),
+            2 => fill_sites_as(SiteWork::Heavy, f, d, |x, out, _| unsafe { avx512::force_site(lat, u, w, x, out) }),
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            1 => fill_sites(f, d, |x, out, _| unsafe { avx2::force_site(lat, u, w, x, out) }),
-            _ => fill_sites(f, d, |x, out, _| force_site(lat, u, w, x, out)),
+            1 => fill_sites_as(SiteWork::Heavy, f, d, |x, out, _| unsafe { avx2::force_site(lat, u, w, x, out) }),
+            _ => fill_sites_as(SiteWork::Heavy, f, d, |x, out, _| force_site(lat, u, w, x, out)),
         };
         return;
     }
@@ -396,21 +396,21 @@ fn force_shared<N: Neighbours + ?Sized>(
     match level {
         // SAFETY: the CPU has the instruction set (the caller checked it with `runnable`).
         #[cfg(target_arch = "x86_64")]
-        2 => fill_sites(corners, planes, |y, out, _| unsafe { avx512::corners_site(lat, u, y, out) }),
+        2 => fill_sites_as(SiteWork::Heavy, corners, planes, |y, out, _| unsafe { avx512::corners_site(lat, u, y, out) }),
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        1 => fill_sites(corners, planes, |y, out, _| unsafe { avx2::corners_site(lat, u, y, out) }),
-        _ => fill_sites(corners, planes, |y, out, _| corners_site(lat, u, y, out)),
+        1 => fill_sites_as(SiteWork::Heavy, corners, planes, |y, out, _| unsafe { avx2::corners_site(lat, u, y, out) }),
+        _ => fill_sites_as(SiteWork::Heavy, corners, planes, |y, out, _| corners_site(lat, u, y, out)),
     };
     let c = &*corners;
     match level {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        2 => fill_sites(f, d, |x, out, _| unsafe { avx512::force_site_shared(lat, u, c, w, x, out) }),
+        2 => fill_sites_as(SiteWork::Heavy, f, d, |x, out, _| unsafe { avx512::force_site_shared(lat, u, c, w, x, out) }),
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        1 => fill_sites(f, d, |x, out, _| unsafe { avx2::force_site_shared(lat, u, c, w, x, out) }),
-        _ => fill_sites(f, d, |x, out, _| force_site_shared(lat, u, c, w, x, out)),
+        1 => fill_sites_as(SiteWork::Heavy, f, d, |x, out, _| unsafe { avx2::force_site_shared(lat, u, c, w, x, out) }),
+        _ => fill_sites_as(SiteWork::Heavy, f, d, |x, out, _| force_site_shared(lat, u, c, w, x, out)),
     };
 }
 

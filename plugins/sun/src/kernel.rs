@@ -4,7 +4,7 @@
 //! `sum_sites`), so results are bit-identical for any thread count; nothing allocates per site.
 
 use bytemuck::Pod;
-use latflow_core::gauge::parallel::{fill_sites, sum_sites};
+use latflow_core::gauge::parallel::{fill_sites_as, sum_sites, SiteWork};
 use latflow_core::gauge::gradflow::FlowGroup;
 use latflow_core::gauge::{
     path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, HeatbathGroup, LieAlgebra, Sites, Step, Su2,
@@ -90,7 +90,7 @@ pub fn force<G: SunGroup, S: Sites + ?Sized>(lat: &S, u: &[G], k: Coefficients, 
         fast::wilson_force(lat, u3, w0, f3, fast::force_level());
         return;
     }
-    fill_sites(f, d, |x, fs, _| {
+    fill_sites_as(SiteWork::Heavy, f, d, |x, fs, _| {
         for (mu, out) in fs.iter_mut().enumerate() {
             let link = &u[x * d + mu];
             let mut g = link.re_trace_derivative(&staple(lat, u, x, mu)).scale(-w0);
@@ -111,7 +111,7 @@ pub fn action_grad<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients, grad: &
     let n = G::NC;
     let per_link = 2 * n * n;
     let (w0, w1) = k.weights(n);
-    fill_sites(grad, d * per_link, |x, g, _| {
+    fill_sites_as(SiteWork::Heavy, grad, d * per_link, |x, g, _| {
         for mu in 0..d {
             let p: G::Mat = staple(lat, u, x, mu);
             let a = bytemuck::bytes_of(&p);

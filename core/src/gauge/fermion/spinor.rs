@@ -11,12 +11,11 @@
 use std::fmt::Debug;
 
 use bytemuck::{Pod, Zeroable};
-use rayon::prelude::*;
 
 use crate::gauge::complex::Complex;
 use crate::gauge::group::{GaugeGroup, U1Angle};
 use crate::gauge::matrix::Matrix;
-use crate::gauge::parallel::{RngFillError, fill_random, sum_sites};
+use crate::gauge::parallel::{RngFillError, SiteWork, fill_random, sum_sites_as};
 use crate::gauge::sun::SuN;
 use crate::rng::Stream;
 use crate::sum::CompensatedSum;
@@ -552,8 +551,8 @@ pub(crate) fn par_fill<T: Send>(out: &mut [T], f: impl Fn(usize, &mut T) + Sync)
             f(c * SPINOR_CHUNK + j, o);
         }
     };
-    if out.len() >= SPINOR_PARALLEL_MIN && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(SPINOR_CHUNK).enumerate().for_each(body);
+    if out.len() >= SPINOR_PARALLEL_MIN && crate::par::threads() > 1 {
+        crate::par::chunks_mut(out, SPINOR_CHUNK, |c, block| body((c, block)));
     } else {
         out.chunks_mut(SPINOR_CHUNK).enumerate().for_each(body);
     }
@@ -569,32 +568,37 @@ pub(crate) fn par_fill_blocks<T: Send>(out: &mut [T], block: usize, f: impl Fn(u
             f(c * SPINOR_CHUNK + j, o);
         }
     };
-    if out.len() / block >= SPINOR_PARALLEL_MIN && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(SPINOR_CHUNK * block).enumerate().for_each(body);
+    if out.len() / block >= SPINOR_PARALLEL_MIN && crate::par::threads() > 1 {
+        crate::par::chunks_mut(out, SPINOR_CHUNK * block, |c, chunk| body((c, chunk)));
     } else {
         out.chunks_mut(SPINOR_CHUNK * block).enumerate().for_each(body);
     }
 }
 
+/// The work of one site of a spinor reduction, for [`sum_sites_as`]: it reads 2 × 192 bytes
+/// (or 192), so a reduction over the V/2 = 2048 sites of an even–odd 8⁴ field (the CG's
+/// `re_dot` and `norm2` between operator applications) is worth splitting over the threads.
+const SPINOR_SUM_WORK: SiteWork = SiteWork::Heavy;
+
 /// Re⟨a, b⟩ = Re Σ_x a(x)† b(x), a compensated sum in fixed chunks (bit-identical for any
 /// thread count). Slices must have equal lengths (the shorter length is used otherwise).
 pub fn re_dot<C: Colour, const NS: usize>(a: &[Spinor<C, NS>], b: &[Spinor<C, NS>]) -> f64 {
     let n = a.len().min(b.len());
-    sum_sites(n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).re))
+    sum_sites_as(SPINOR_SUM_WORK, n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).re))
 }
 
 /// The complex ⟨a, b⟩ = Σ_x a(x)† b(x), compensated, in fixed chunks (bit-identical for any
 /// thread count).
 pub fn dot<C: Colour, const NS: usize>(a: &[Spinor<C, NS>], b: &[Spinor<C, NS>]) -> Complex {
     let n = a.len().min(b.len());
-    let re = sum_sites(n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).re));
-    let im = sum_sites(n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).im));
+    let re = sum_sites_as(SPINOR_SUM_WORK, n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).re));
+    let im = sum_sites_as(SPINOR_SUM_WORK, n, |x, s: &mut CompensatedSum| s.add(a[x].dot(&b[x]).im));
     Complex::new(re, im)
 }
 
 /// |a|² = Σ_x a(x)† a(x), compensated, in fixed chunks.
 pub fn norm2<C: Colour, const NS: usize>(a: &[Spinor<C, NS>]) -> f64 {
-    sum_sites(a.len(), |x, s: &mut CompensatedSum| s.add(a[x].norm2()))
+    sum_sites_as(SPINOR_SUM_WORK, a.len(), |x, s: &mut CompensatedSum| s.add(a[x].norm2()))
 }
 
 /// y ← y + s·x (real s), site by site in parallel (no reduction: bit-identical).
