@@ -15,11 +15,11 @@
 //!   integration, Metropolis test and reunitarisation) through `Adapter::hmc_vec`, L = 4, 8;
 //!   throughput `Elements(1)`, so `elem/s` reads as trajectories per second.
 //!
-//! * `sun3_threads/{force,trajectory_leapfrog15,heatbath,overrelax}/L/threads`: the force, an
-//!   HMC trajectory as above, and one heat-bath or overrelaxation sweep of every link (core's
-//!   `heatbath_sweep`, `overrelax_sweep`), on 1 and 2 threads (explicit rayon pools), L = 8,
-//!   and the force also at L = 16: the thread scaling of the SU(3) kernels. The bits do not
-//!   depend on the thread count.
+//! * `sun3_threads/{force,trajectory_leapfrog15,heatbath,overrelax}/L/{rayon,team}threads`:
+//!   the force, an HMC trajectory as above, and one heat-bath or overrelaxation sweep of every
+//!   link (core's `heatbath_sweep`, `overrelax_sweep`), on 1 and 2 threads of an explicit rayon
+//!   pool or of a spinning `par::Team` (the plugin's own workers), L = 8, and the force also at
+//!   L = 16: the thread scaling of the SU(3) kernels. The bits do not depend on the threads.
 //!
 //! The other groups run inside an explicit one-thread rayon pool (`iter_custom` +
 //! `ThreadPool::install`). SU(3) site loops go parallel from 2048 sites
@@ -131,7 +131,39 @@ fn trajectory(c: &mut Criterion) {
     g.finish();
 }
 
-/// 1 against 2 threads: the force at L = 8 and 16, a trajectory and the sweeps at L = 8.
+/// Where a `sun3_threads` kernel runs: an explicit rayon pool, or a spinning team (what the
+/// plugin's own workers are).
+enum On {
+    Pool(rayon::ThreadPool),
+    Team(latflow_core::par::Team),
+}
+
+impl On {
+    fn name(&self) -> &'static str {
+        match self {
+            On::Pool(_) => "rayon",
+            On::Team(_) => "team",
+        }
+    }
+
+    /// Wall time of `n` calls of `f` on these threads.
+    fn timed(&self, n: u64, mut f: impl FnMut() + Send) -> Duration {
+        let mut run = || {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed()
+        };
+        match self {
+            On::Pool(p) => p.install(run),
+            On::Team(t) => t.enter(&mut run),
+        }
+    }
+}
+
+/// 1 against 2 threads, on a rayon pool and on a team: the force at L = 8 and 16, a trajectory
+/// and the sweeps at L = 8.
 fn threads(c: &mut Criterion) {
     let mut g = c.benchmark_group("sun3_threads");
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
@@ -144,29 +176,28 @@ fn threads(c: &mut Criterion) {
         let lattice = latflow_core::Lattice::new(&[l as i64; 4]).expect("lattice");
         let p = leapfrog(15, 1.0);
         for threads in [1usize, 2] {
-            let pool = common::pool(threads);
-            let id = format!("{l}/{threads}");
-            g.throughput(Throughput::Elements(l.pow(4) as u64));
-            g.bench_function(BenchmarkId::new("force", &id), |b| {
-                b.iter_custom(|n| common::timed(&pool, n, || term.force(black_box(&u), &mut f).expect("force")))
-            });
-            if l > 8 {
-                continue;
+            for on in [On::Pool(common::pool(threads)), On::Team(latflow_core::par::Team::new(threads).expect("team"))] {
+                let id = format!("{l}/{}{threads}", on.name());
+                g.throughput(Throughput::Elements(l.pow(4) as u64));
+                g.bench_function(BenchmarkId::new("force", &id), |b| {
+                    b.iter_custom(|n| on.timed(n, || term.force(black_box(&u), &mut f).expect("force")))
+                });
+                if l > 8 {
+                    continue;
+                }
+                g.throughput(Throughput::Elements(1));
+                g.bench_function(BenchmarkId::new("trajectory_leapfrog15", &id), |b| {
+                    b.iter_custom(|n| on.timed(n, || drop(th.hmc_vec(&mut u, &p, 1, &mut rng).expect("trajectory"))))
+                });
+                let mut links: Vec<Su3> = bytemuck::cast_slice(&u).to_vec();
+                g.throughput(Throughput::Elements(l.pow(4) as u64));
+                g.bench_function(BenchmarkId::new("heatbath", &id), |b| {
+                    b.iter_custom(|n| on.timed(n, || heatbath_sweep(&lattice, &mut links, BETA, &mut rng).expect("heat-bath")))
+                });
+                g.bench_function(BenchmarkId::new("overrelax", &id), |b| {
+                    b.iter_custom(|n| on.timed(n, || overrelax_sweep(&lattice, &mut links, BETA).expect("overrelaxation")))
+                });
             }
-            g.throughput(Throughput::Elements(1));
-            g.bench_function(BenchmarkId::new("trajectory_leapfrog15", &id), |b| {
-                b.iter_custom(|n| common::timed(&pool, n, || drop(th.hmc_vec(&mut u, &p, 1, &mut rng).expect("trajectory"))))
-            });
-            let mut links: Vec<Su3> = bytemuck::cast_slice(&u).to_vec();
-            g.throughput(Throughput::Elements(l.pow(4) as u64));
-            g.bench_function(BenchmarkId::new("heatbath", &id), |b| {
-                b.iter_custom(|n| {
-                    common::timed(&pool, n, || heatbath_sweep(&lattice, &mut links, BETA, &mut rng).expect("heat-bath"))
-                })
-            });
-            g.bench_function(BenchmarkId::new("overrelax", &id), |b| {
-                b.iter_custom(|n| common::timed(&pool, n, || overrelax_sweep(&lattice, &mut links, BETA).expect("overrelaxation")))
-            });
         }
     }
     g.finish();

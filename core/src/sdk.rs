@@ -61,9 +61,10 @@ pub trait Physics: Send + Sync + Sized + 'static {
     fn observables(&self) -> Vec<ObservableSpec>;
 
     /// Whether this theory's work is many short parallel regions (a stencil of a few flops per
-    /// site, tens of microseconds per sweep): its worker threads are then a spinning
-    /// [`crate::par::Team`] (see [`Workers::with_team`]), and all its parallel loops must go
-    /// through [`crate::par`]. False by default: a rayon pool.
+    /// site, tens of microseconds per sweep), or passes over the lattice that each read what
+    /// the last one wrote: its worker threads are then a spinning [`crate::par::Team`] (see
+    /// [`Workers::with_team`]), whose members take the same share of every loop, and all its
+    /// parallel loops must go through [`crate::par`]. False by default: a rayon pool.
     fn short_parallel_regions(&self) -> bool {
         false
     }

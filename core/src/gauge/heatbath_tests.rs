@@ -423,10 +423,19 @@ fn pos(s: &crate::rng::RngState) -> u128 {
     (u128::from(s.counter_hi) << 64) | u128::from(s.counter_lo)
 }
 
+/// `f` on a rayon pool of `threads` threads, or (`team`) on a spinning team of that size.
+fn on_threads<R: Send>(threads: usize, team: bool, f: impl FnOnce() -> R + Send) -> R {
+    if team {
+        crate::par::Team::new(threads).unwrap().enter(f)
+    } else {
+        in_pool(threads, f)
+    }
+}
+
 fn sweeps_on_threads<G: HeatbathGroup>(shape: &[i64], beta: f64) {
     let lat = Lattice::new(shape).unwrap();
-    let run = |threads: usize| {
-        in_pool(threads, || {
+    let run = |threads: usize, team: bool| {
+        on_threads(threads, team, || {
             let mut rng = Stream::new(123, 4);
             let mut f = crate::gauge::LinkField::<G>::random(lat.dim(), lat.volume(), &mut rng).unwrap();
             let start = pos(&rng.state());
@@ -437,18 +446,18 @@ fn sweeps_on_threads<G: HeatbathGroup>(shape: &[i64], beta: f64) {
             (f, pos(&rng.state()) - start)
         })
     };
-    let (a, used) = run(1);
+    let (a, used) = run(1, false);
     // the stream advances by the reserved ranges only: one per link and sweep
     assert!(lat.volume() / 2 > crate::gauge::parallel::RNG_CHUNK, "the test needs several parallel tasks per pass");
     assert_eq!(used, 2 * (lat.dim() * lat.volume()) as u128 * HB_LINK_WORDS);
     let mut ra = vec![0.0; a.links().len() * G::REALS];
     a.write_reals(&mut ra).unwrap();
-    for threads in [2, 3] {
-        let (b, used_b) = run(threads);
+    for (threads, team) in [(2, false), (3, false), (2, true)] {
+        let (b, used_b) = run(threads, team);
         assert_eq!(used_b, used);
         let mut rb = vec![0.0; ra.len()];
         b.write_reals(&mut rb).unwrap();
-        assert!(ra.iter().zip(&rb).all(|(x, y)| x.to_bits() == y.to_bits()), "{threads} threads differ");
+        assert!(ra.iter().zip(&rb).all(|(x, y)| x.to_bits() == y.to_bits()), "{threads} threads (team: {team}) differ");
     }
 }
 
@@ -457,6 +466,28 @@ fn sweeps_are_bit_identical_for_any_thread_count() {
     sweeps_on_threads::<Su3>(&[6, 6, 6, 6], 5.7);
     sweeps_on_threads::<Su2>(&[32, 32], 2.0);
     sweeps_on_threads::<SuN<4>>(&[8, 8, 12], 6.0);
+    // passes of 2560 links (three chunks, the last one short): the parallel gather, update and
+    // store of `SiteWork::Heavy` loops
+    sweeps_on_threads::<Su2>(&[64, 80], 2.0);
+}
+
+/// A non-finite link in a parallel pass is an error naming it, and that pass stores nothing.
+#[test]
+fn a_bad_link_in_a_parallel_pass_is_reported_and_nothing_of_the_pass_is_stored() {
+    let lat = Lattice::new(&[64, 80]).unwrap();
+    let mut rng = Stream::new(5, 0);
+    let mut links = crate::gauge::LinkField::<Su2>::random(2, lat.volume(), &mut rng).unwrap().links().to_vec();
+    // the last even site's μ = 0 link: in the first pass (μ = 0, even), in its last chunk
+    let x = *lat.sites_of_parity(0).last().unwrap() as usize;
+    links[x * 2].0[0][0].re = f64::NAN;
+    let before = links.clone();
+    for team in [false, true] {
+        let mut u = before.clone();
+        let err = on_threads(2, team, || overrelax_sweep(&lat, &mut u, 2.0)).unwrap_err();
+        assert!(matches!(err, HeatbathError::NotFinite { link } if link == x * 2), "{err:?}");
+        let same = u.iter().zip(&before).all(|(a, b)| a.0.iter().flatten().zip(b.0.iter().flatten()).all(|(p, q)| p.re.to_bits() == q.re.to_bits() && p.im.to_bits() == q.im.to_bits()));
+        assert!(same, "the failed pass stored links");
+    }
 }
 
 #[test]

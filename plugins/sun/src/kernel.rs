@@ -4,7 +4,7 @@
 //! `sum_sites`), so results are bit-identical for any thread count; nothing allocates per site.
 
 use bytemuck::Pod;
-use latflow_core::gauge::parallel::{fill_sites_as, sum_sites, SiteWork};
+use latflow_core::gauge::parallel::{fill_sites_as, sum_sites, sum_sites_as, SiteWork};
 use latflow_core::gauge::gradflow::FlowGroup;
 use latflow_core::gauge::{
     path, plaquette, planes, rectangle, rectangle_staple, staple, GaugeGroup, HeatbathGroup, LieAlgebra, Sites, Step, Su2,
@@ -146,7 +146,7 @@ pub fn action_grad<G: SunGroup>(lat: &Lattice, u: &[G], k: Coefficients, grad: &
 pub fn wilson_loop<G: SunGroup>(lat: &Lattice, u: &[G], r: usize, t: usize) -> f64 {
     let d = lat.dim();
     let ps = planes(d);
-    let total = sum_sites(lat.volume(), |x, s| {
+    let total = sum_sites_as(SiteWork::Heavy, lat.volume(), |x, s| {
         let mut steps = [Step { mu: 0, forward: true }; 64];
         for &(mu, nu) in &ps {
             let len = loop_steps(&mut steps, mu, nu, r, t);
@@ -190,8 +190,11 @@ pub fn polyakov_loop<G: SunGroup>(lat: &Lattice, u: &[G]) -> [f64; 2] {
         }
         p.trace()
     };
-    let re = sum_sites(spatial, |xs, s| s.add(loop_at(xs).re));
-    let im = sum_sites(spatial, |xs, s| s.add(loop_at(xs).im));
+    // each loop once (in parallel), then its real and imaginary parts summed in site order
+    let mut traces = vec![latflow_core::gauge::Complex::new(0.0, 0.0); spatial];
+    fill_sites_as(SiteWork::Heavy, &mut traces, 1, |xs, tr, _| tr[0] = loop_at(xs));
+    let re = sum_sites(spatial, |xs, s| s.add(traces[xs].re));
+    let im = sum_sites(spatial, |xs, s| s.add(traces[xs].im));
     let norm = (spatial * G::NC) as f64;
     [re / norm, im / norm]
 }

@@ -240,15 +240,23 @@ fn reunitarisation_is_recorded_and_small() {
     }
 }
 
+/// HMC, a heat-bath and an overrelaxation sweep (through the plugin boundary, on the plugin's
+/// workers: a team on 2 threads) and the observables, Wilson loops included, on 8⁴: every
+/// loop above `SiteWork::Heavy`'s threshold runs in parallel.
 #[test]
 fn results_do_not_depend_on_thread_count() {
+    use latflow_core::abi::Theory;
+    use latflow_core::abi_stable::std_types::{RSliceMut, RStr};
     let run = |threads: u32| {
-        let mut t = theory(r#"{"lattice": [8, 8, 8, 8], "n": 3, "beta": 5.7}"#);
-        latflow_core::abi::Theory::set_threads(&mut t, threads).unwrap();
+        let mut t = theory(r#"{"lattice": [8, 8, 8, 8], "n": 3, "beta": 5.7, "wilson_loops": [[1, 1], [2, 1]]}"#);
+        Theory::set_threads(&mut t, threads).unwrap();
         let mut u = hot(&t, 9);
         let recs = t.hmc_vec(&mut u, &params(IntegratorKind::Leapfrog, 3, 0.2), 1, &mut Stream::new(10, 0)).unwrap();
-        let mut obs = Vec::new();
-        t.measure(&u, &mut obs).unwrap();
+        let mut state = Stream::new(11, 0).state();
+        for kind in ["heatbath", "overrelax"] {
+            Theory::step(&mut t, RStr::from(kind), RStr::from("{}"), RSliceMut::from(&mut u[..]), 1, &mut state).unwrap();
+        }
+        let obs = Theory::measure(&t, u.as_slice().into()).unwrap().into_vec();
         (u, recs, obs)
     };
     let (a, b) = (run(1), run(2));
