@@ -102,6 +102,16 @@ impl<T> SendPtr<T> {
 }
 
 /// `f(k, chunk k)` for the chunks of `chunk` elements of `data` (the last may be shorter), in
+/// parallel, results in chunk order: the read-only twin of [`chunks_mut`].
+pub fn chunks<T: Sync, R: Send>(data: &[T], chunk: usize, f: impl Fn(usize, &[T]) -> R + Sync) -> Vec<R> {
+    assert!(chunk > 0, "empty chunks");
+    map(data.len().div_ceil(chunk), |k| {
+        let start = k * chunk;
+        f(k, &data[start..(start + chunk).min(data.len())])
+    })
+}
+
+/// `f(k, chunk k)` for the chunks of `chunk` elements of `data` (the last may be shorter), in
 /// parallel, results in chunk order.
 pub fn chunks_mut<T: Send, R: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) -> R + Sync) -> Vec<R> {
     assert!(chunk > 0, "empty chunks");

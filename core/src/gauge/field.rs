@@ -56,9 +56,10 @@ pub trait Sites: Neighbours {
     fn global_sites(&self) -> usize;
     /// Σ over the whole lattice of the terms `f(x, sum)` adds at each looped-over site x,
     /// compensated in core's fixed chunks of sites (the same bits for any thread count, see
-    /// [`sum_sites`](super::parallel::sum_sites)). On a split lattice: collective, the ranks' chunk partials merged in rank
-    /// order (the bits of one rank when every slab holds whole chunks). The terms are taken to
-    /// be [`SiteWork::Heavy`] (loops of links: the sum goes parallel from 2048 sites).
+    /// [`sum_sites`](super::parallel::sum_sites)). On a split lattice: collective, the ranks'
+    /// chunk partials merged in rank order (the bits of one rank when every slab holds whole
+    /// chunks). The terms are taken to be [`SiteWork::Heavy`] (loops of links: the sum goes
+    /// parallel from 2048 sites).
     fn sum(&self, f: impl Fn(usize, &mut crate::sum::CompensatedSum) + Sync) -> f64;
 }
 

@@ -56,7 +56,6 @@
 use std::f64::consts::PI;
 use std::fmt;
 
-
 use super::algebra::SuAlg;
 use super::field::{path, plaquette, rectangle_staple, staple, Neighbours, Step};
 use super::group::{GaugeGroup, LieAlgebra};
@@ -395,10 +394,8 @@ fn check_field<G: FlowGroup, N: Neighbours + ?Sized>(nb: &N, links: &[G]) -> Res
 /// The index of the first link with a non-finite entry, searched in parallel chunks.
 fn first_non_finite<G: GaugeGroup>(links: &[G]) -> Option<usize> {
     const CHUNK: usize = 4096;
-    let found = crate::par::map(links.len().div_ceil(CHUNK), |c| {
-        let start = c * CHUNK;
-        let part = &links[start..(start + CHUNK).min(links.len())];
-        part.iter().position(|u| !u.deviation().is_finite()).map(|i| start + i)
+    let found = crate::par::chunks(links, CHUNK, |c, part| {
+        part.iter().position(|u| !u.deviation().is_finite()).map(|i| c * CHUNK + i)
     });
     found.into_iter().flatten().next()
 }
@@ -525,10 +522,9 @@ impl<G: FlowGroup> Integrator<G> {
         Self::apply(u, &self.x, 1.0, d); // V(t + ε)
         if self.adaptive.is_some() {
             const CHUNK: usize = 4096;
-            let (u, w1): (&[G], &[G]) = (u, &self.w1);
-            let per_chunk = crate::par::map(u.len().div_ceil(CHUNK), |c| {
-                let range = c * CHUNK..((c + 1) * CHUNK).min(u.len());
-                u[range.clone()].iter().zip(&w1[range]).map(|(a, b)| G::max_entry_distance(a, b)).fold(0.0, nan_max)
+            let w1 = &self.w1;
+            let per_chunk = crate::par::chunks(u, CHUNK, |c, part| {
+                part.iter().zip(&w1[c * CHUNK..]).map(|(a, b)| G::max_entry_distance(a, b)).fold(0.0, nan_max)
             });
             per_chunk.into_iter().fold(0.0, nan_max)
         } else {

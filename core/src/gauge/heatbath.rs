@@ -466,9 +466,8 @@ fn scatter<G: GaugeGroup>(d: usize, first: usize, links: &mut [G], mu: usize, sl
             unsafe { out.store(s.x * d + mu, s.u) };
         }
     };
-    let work = SiteWork::of_group::<G>();
-    if slots.len() >= work.min_parallel_sites() && crate::par::threads() > 1 {
-        crate::par::map(slots.len().div_ceil(CHUNK_SITES), |c| store(&slots[c * CHUNK_SITES..((c + 1) * CHUNK_SITES).min(slots.len())]));
+    if SiteWork::of_group::<G>().parallel(slots.len()) {
+        crate::par::chunks(slots, CHUNK_SITES, |_, part| store(part));
     } else {
         store(slots);
     }

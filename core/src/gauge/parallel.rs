@@ -55,10 +55,12 @@ impl SiteWork {
             SiteWork::Heavy => HEAVY_MIN_SITES,
         }
     }
-}
 
-fn parallel(sites: usize, work: SiteWork) -> bool {
-    sites >= work.min_parallel_sites() && crate::par::threads() > 1
+    /// Whether a loop of `sites` sites of this work runs in parallel here: from
+    /// [`SiteWork::min_parallel_sites`] sites, and on more than one thread.
+    pub fn parallel(self, sites: usize) -> bool {
+        sites >= self.min_parallel_sites() && crate::par::threads() > 1
+    }
 }
 
 /// Fills `out` (`per_site` values per site) by `f(x, site's values, chunk sum)` in fixed
@@ -89,7 +91,7 @@ pub fn fill_sites_as<T: Send>(
         s
     };
     let sites = out.len() / per_site.max(1);
-    let partials: Vec<CompensatedSum> = if parallel(sites, work) {
+    let partials: Vec<CompensatedSum> = if work.parallel(sites) {
         crate::par::chunks_mut(out, CHUNK_SITES * per_site, |c, block| body((c, block)))
     } else {
         out.chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
@@ -137,7 +139,7 @@ pub fn chunk_sums_as(work: SiteWork, sites: usize, f: impl Fn(usize, &mut Compen
         }
         s
     };
-    if parallel(sites, work) {
+    if work.parallel(sites) {
         crate::par::map(n_chunks, chunk)
     } else {
         (0..n_chunks).map(chunk).collect()
