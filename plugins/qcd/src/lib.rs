@@ -807,7 +807,7 @@ impl Physics for Qcd {
 
     /// A CG iteration on an 8⁴ lattice is four half-lattice hopping terms of about 0.25 ms and
     /// three reductions and updates of tens of microseconds: a spinning team gains where
-    /// rayon's sleeping workers lose the short regions (CG solve on 2 threads: 1.63× on rayon,
+    /// rayon's sleeping workers lose the short regions (CG solve on 2 threads: 1.67× on rayon,
     /// 1.85× on a team; `cargo bench --bench dirac -- cg`).
     fn short_parallel_regions(&self) -> bool {
         true

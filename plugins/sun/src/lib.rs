@@ -278,8 +278,9 @@ impl Physics for Sun {
 
     /// The heat-bath and overrelaxation sweeps are eight passes of V/2 links (2048 on 8⁴, a
     /// millisecond each) that read what the previous pass wrote: on a team each member keeps
-    /// its share of the links in its cache from pass to pass (two threads: heat-bath 1.85×,
-    /// overrelaxation 1.84× at 8⁴, against 1.68× and 1.52× on rayon); HMC is the same on both.
+    /// its share of the links in its cache from pass to pass (two threads: heat-bath 1.90×,
+    /// overrelaxation 1.84× at 8⁴, against 1.65× and 1.52× on rayon; `cargo bench --bench sun --
+    /// sun3_threads`); HMC gains a little too (1.88× against 1.78×).
     fn short_parallel_regions(&self) -> bool {
         true
     }
