@@ -4,9 +4,12 @@
 use std::str::FromStr;
 
 use hdf5::file::{
-    CacheDecreaseMode, CacheIncreaseMode, FileAccessBuilder, FlashIncreaseMode, LibraryVersion,
+    CacheDecreaseMode, CacheIncreaseMode, FileAccess, FlashIncreaseMode, LibraryVersion,
     MetadataCacheConfig,
 };
+use std::sync::Arc;
+
+use super::journal::{self, Journal};
 use hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
 use hdf5::MinorErrorCode;
 use std::path::Path;
@@ -18,12 +21,10 @@ use super::*;
 /// An open HDF5 file and the `flock` that guards it.
 ///
 /// The lock is taken by latflow on a descriptor of its own, opened close-on-exec, before
-/// HDF5 opens the file (with HDF5's own locking off). HDF5's POSIX driver opens without
-/// `O_CLOEXEC`, so a process started by another thread in the instant between HDF5's `open`
-/// and [`close_on_exec`] would inherit HDF5's descriptor; if the lock lived on that
-/// descriptor, the child would hold it for its whole life and every later open of the file
-/// would fail with "unable to lock file". With the lock here, a child can at worst inherit an
-/// unlocked descriptor. (A reader keeps HDF5's own shared lock for the short time it has the
+/// HDF5 opens the file (with HDF5's own locking off). If the lock lived on the descriptor of
+/// HDF5's driver, a child process that inherited it would hold the lock for its whole life
+/// and every later open of the file would fail with "unable to lock file". (latflow's driver
+/// opens close-on-exec, and [`close_on_exec`] makes sure of it.) (A reader keeps HDF5's own shared lock for the short time it has the
 /// file open: see [`open_file`].) The lock is the same `flock` that HDF5 takes, so h5py and other HDF5
 /// readers still see a file being written as locked, and latflow sees theirs. Fields drop in
 /// order: the HDF5 file closes before the lock is released.
@@ -32,15 +33,28 @@ pub(crate) struct LockedFile {
     /// The writer's exclusive lock, and its `fsync` handle; `None` for a reader (see
     /// [`open_file`]).
     lock: Option<std::fs::File>,
+    /// The writer's undo journal (see [`journal`](super::journal)); `None` for a reader.
+    journal: Option<Arc<Journal>>,
 }
 
 impl LockedFile {
-    /// Flushes HDF5's buffers and `fsync`s the file through the lock's descriptor (the same
-    /// file). A writer's call; a reader has nothing to sync and gets an error.
+    /// Flushes HDF5's buffers, `fsync`s the file through the lock's descriptor (the same
+    /// file) and commits the journal: from here on, a killed writer's file rolls back to this
+    /// state. A writer's call; a reader has nothing to sync and gets an error.
     pub(super) fn sync(&self, path: &Path) -> Result<(), EnsembleError> {
-        self.file.flush().map_err(h5(path, "file (flush)"))?;
+        let journal_error = |error| EnsembleError::Io { path: path.to_owned(), object: "file (journal)".into(), error };
+        if let Err(e) = self.file.flush() {
+            return Err(match self.journal.as_ref().and_then(|j| j.take_error()) {
+                Some(error) => journal_error(error),
+                None => h5(path, "file (flush)")(e),
+            });
+        }
         let lock = self.lock.as_ref().ok_or_else(|| invalid(path, "file", "opened for reading, not writing"))?;
-        lock.sync_all().map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (fsync)".into(), error })
+        lock.sync_all().map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (fsync)".into(), error })?;
+        match &self.journal {
+            Some(j) => j.commit(path).map_err(journal_error),
+            None => Ok(()),
+        }
     }
 }
 
@@ -105,15 +119,17 @@ pub(super) fn create_file(path: &Path, overwrite: bool) -> Result<LockedFile, En
         }
         return Err(e);
     }
+    let journal = Journal::new(path);
     let made = (|| {
-        let mut builder = File::with_options();
-        builder.with_fapl(writer_fapl);
-        let file = builder.create(path).map_err(h5(path, "file (create)"))?;
+        // a journal of an earlier file must never be applied to this one
+        journal::discard(path).map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (journal)".into(), error })?;
+        let fapl = writer_fapl(path, &journal)?;
+        let file = open_with(path, Open::Create, &fapl).map_err(h5(path, "file (create)"))?;
         close_on_exec(path, &file)?;
         Ok(file)
     })();
     match made {
-        Ok(file) => Ok(LockedFile { file, lock: Some(lock) }),
+        Ok(file) => Ok(LockedFile { file, lock: Some(lock), journal: Some(journal) }),
         Err(e) => {
             // the file is this call's or was truncated by it: remove it
             let _ = std::fs::remove_file(path);
@@ -263,10 +279,11 @@ pub(super) fn missing(path: &Path, object: impl Into<String>) -> EnsembleError {
 }
 
 /// File-access settings of the writer: HDF5 1.8 format (readable by any h5py, no SWMR flag
-/// that a killed writer would leave set), file locking that is skipped on file systems that
-/// do not support it, and no metadata-cache evictions (metadata reaches the disk only at a
-/// flush, so a killed process leaves the last checkpoint's metadata intact).
-pub(super) fn writer_fapl(p: &mut FileAccessBuilder) -> &mut FileAccessBuilder {
+/// that a killed writer would leave set), HDF5's own file locking off (the lock is
+/// [`LockedFile`]'s, on a close-on-exec descriptor), no metadata-cache evictions (metadata
+/// reaches the disk only at a flush, so a killed process leaves the last checkpoint's metadata
+/// intact), and latflow's journaling driver (a flush cut short by a kill is rolled back).
+fn writer_fapl(path: &Path, journal: &Arc<Journal>) -> Result<FileAccess, EnsembleError> {
     let mdc = MetadataCacheConfig {
         evictions_enabled: false,
         incr_mode: CacheIncreaseMode::Off,
@@ -274,10 +291,59 @@ pub(super) fn writer_fapl(p: &mut FileAccessBuilder) -> &mut FileAccessBuilder {
         decr_mode: CacheDecreaseMode::Off,
         ..MetadataCacheConfig::default()
     };
-    // HDF5's own lock is off: the lock is [`LockedFile`]'s, on a close-on-exec descriptor
-    p.libver_bounds(LibraryVersion::V18, LibraryVersion::V18)
+    let base = FileAccess::build()
+        .libver_bounds(LibraryVersion::V18, LibraryVersion::V18)
         .file_locking(false)
         .mdc_config(&mdc)
+        .finish()
+        .map_err(h5(path, "file (access list)"))?;
+    journal::fapl(base, Some(journal)).map_err(|detail| EnsembleError::Hdf5 { path: path.to_owned(), object: "file (driver)".into(), detail })
+}
+
+/// File-access settings of a reader: latflow's driver without a journal (so that HDF5
+/// recognises a file this process writes), with or without HDF5's shared lock.
+fn reader_fapl(path: &Path, locking: bool) -> Result<FileAccess, EnsembleError> {
+    let base = FileAccess::build().file_locking(locking).finish().map_err(h5(path, "file (access list)"))?;
+    journal::fapl(base, None).map_err(|detail| EnsembleError::Hdf5 { path: path.to_owned(), object: "file (driver)".into(), detail })
+}
+
+/// How [`open_with`] opens a file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Read,
+    ReadWrite,
+    /// Create, truncating a file that exists.
+    Create,
+}
+
+/// `H5Fopen` / `H5Fcreate` with a file-access list of latflow's driver (the `hdf5` crate's
+/// builder knows only HDF5's own drivers).
+fn open_with(path: &Path, mode: Open, fapl: &FileAccess) -> hdf5::Result<File> {
+    use hdf5_sys::h5f::{H5Fcreate, H5Fopen, H5F_ACC_RDONLY, H5F_ACC_RDWR, H5F_ACC_TRUNC};
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| hdf5::Error::from("the file name holds a NUL byte"))?;
+    hdf5::sync::sync(|| {
+        // SAFETY: a NUL-terminated name and live property lists; the id HDF5 returns is new
+        // (reference count 1) and handed to the `File` that owns it.
+        let id = unsafe {
+            match mode {
+                Open::Read => H5Fopen(name.as_ptr(), H5F_ACC_RDONLY, fapl.id()),
+                Open::ReadWrite => H5Fopen(name.as_ptr(), H5F_ACC_RDWR, fapl.id()),
+                Open::Create => H5Fcreate(name.as_ptr(), H5F_ACC_TRUNC, hdf5_sys::h5p::H5P_DEFAULT, fapl.id()),
+            }
+        };
+        let id = hdf5::h5check(id)?;
+        // SAFETY: `id` is a new file id from the call above
+        unsafe { hdf5::from_id::<File>(id) }
+    })
+}
+
+/// Rolls back a flush that a killed writer left half done (see [`journal::recover`]); the
+/// caller holds the file's exclusive lock.
+fn recover(path: &Path) -> Result<(), EnsembleError> {
+    journal::recover(path)
+        .map(|_| ())
+        .map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (journal rollback)".into(), error })
 }
 
 /// Opens an existing file, mapping failures to NotFound / NotHdf5 / Hdf5. A writer (`rw`)
@@ -316,34 +382,39 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<LockedFile, EnsembleErr
             detail: "the file is empty".into(),
         });
     }
-    let lock = if rw {
+    let open_lock = || {
         let lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (open)".into(), error })?;
         take_lock(path, &lock)?;
+        Ok::<_, EnsembleError>(lock)
+    };
+    let lock = if rw {
+        let lock = open_lock()?;
+        recover(path)?;
         Some(lock)
     } else {
+        if journal::journal_path(path).exists() {
+            // a killed writer's half-done flush: roll it back under the writer's lock first
+            let lock = open_lock()?;
+            recover(path)?;
+            drop(lock);
+        }
         None
     };
-    let mut builder = File::with_options();
-    if rw {
-        builder.with_fapl(writer_fapl);
-    } else {
-        builder.with_fapl(|p| p.file_locking(true));
-    }
-    let res = if rw {
-        builder.open_rw(path)
-    } else {
-        match builder.open(path) {
+    let journal = rw.then(|| Journal::new(path));
+    let res = match &journal {
+        Some(j) => open_with(path, Open::ReadWrite, &writer_fapl(path, j)?),
+        None => match open_with(path, Open::Read, &reader_fapl(path, true)?) {
             // this process writes the file (HDF5 locking off, the lock is the writer's own):
             // HDF5 shares the open file with the reader once the flags agree
             Err(e) if e.to_string().contains("file locking flag values don't match") => {
-                File::with_options().with_fapl(|p| p.file_locking(false)).open(path)
+                open_with(path, Open::Read, &reader_fapl(path, false)?)
             }
             other => other,
-        }
+        },
     };
     let file = res.map_err(|e| {
         if e.contains_minor(MinorErrorCode::NotHdf5) || e.contains_minor(MinorErrorCode::Truncated)
@@ -368,7 +439,7 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<LockedFile, EnsembleErr
         }
     })?;
     close_on_exec(path, &file)?;
-    Ok(LockedFile { file, lock })
+    Ok(LockedFile { file, lock, journal })
 }
 
 pub(super) fn file_len(path: &Path) -> Result<u64, EnsembleError> {

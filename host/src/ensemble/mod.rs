@@ -51,17 +51,25 @@
 //!
 //! The writer opens the file with metadata-cache evictions disabled, so dirty HDF5 metadata
 //! (dataset extents, chunk indices) is written at [`EnsembleWriter::flush`] (which also
-//! `fsync`s) rather than whenever the cache fills up. A process killed between checkpoints
-//! therefore leaves, in practice, the metadata of the last flush on disk plus raw data that it
-//! does not reference (the cost: the metadata cache grows with the file, a few MB for large
-//! runs). [`EnsembleWriter::resume`] (or `resume_ladder`) then truncates to the checkpoint counts.
-//! Files use the HDF5 1.8 object format (superblock v2), which has no "file is open for
-//! writing" flag, so a killed writer never leaves a file that needs `h5clear`.
+//! `fsync`s) rather than whenever the cache fills up (the cost: the metadata cache grows with
+//! the file, a few MB for large runs). A flush still updates the file in place: it rewrites
+//! the last, partly filled chunk of each dataset, the object headers and the chunk indices. A
+//! process killed in the middle of those writes would leave some done and some not, or one
+//! torn at a page boundary (a chunk whose Fletcher32 checksum no longer matches). So the
+//! writer's files go through latflow's own HDF5 driver (`journal`): before a committed byte
+//! is overwritten, its old value goes to an undo journal `<file>.journal`, and each flush
+//! commits by voiding it. Whoever opens the file next (a resume, `analyze`, `inspect`) first
+//! rolls a journal back, so a killed writer's file reads, bit for bit, as at its last flush;
+//! [`EnsembleWriter::resume`] (or `resume_ladder`) then truncates to the checkpoint counts. A
+//! file read by another program (h5py) before latflow has opened it again may still hold the
+//! half-done flush. Files use the HDF5 1.8 object format (superblock v2), which has no "file
+//! is open for writing" flag, so a killed writer never leaves a file that needs `h5clear`.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 mod h5;
+mod journal;
 pub(crate) use h5::close_on_exec;
 mod reader;
 mod replica_writer;

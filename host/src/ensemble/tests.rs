@@ -768,3 +768,119 @@ fn a_table_cut_short_by_a_kill_reads_the_rows_of_the_last_checkpoint() {
     let msg = read_ensemble(&path).unwrap_err().to_string();
     assert!(msg.contains("rows, but") && msg.contains("no checkpoint says which rows are complete"), "{msg}");
 }
+
+/// A writer killed in the middle of a flush leaves some of the flush's in-place writes done,
+/// some not, and one perhaps torn at a page boundary (a chunk whose checksum no longer matches,
+/// an index that disagrees with an extent). The journal rolls the file back, bit for bit, to
+/// its last commit before anything reads it, and the run resumes from there.
+#[test]
+fn a_flush_cut_short_is_rolled_back_to_the_last_commit() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 1100);
+    let checkpoint = w.flush().unwrap().first();
+    let committed = std::fs::read(&path).unwrap();
+    let void = |p: &Path| std::fs::read(journal::journal_path(p)).map_or(true, |j| j.starts_with(b"LFJRNLok"));
+    assert!(void(&path), "a commit leaves no live journal");
+    push_range(&mut w, 1100, 1500);
+    w.write_uncommitted().unwrap();
+    let after = std::fs::read(&path).unwrap();
+    let log = std::fs::read(journal::journal_path(&path)).unwrap();
+
+    // the journal's records: (address, old bytes)
+    assert_eq!(&log[..8], b"LFJRNL01");
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), committed.len() as u64);
+    let mut records = Vec::new();
+    let mut at = 24;
+    while at < log.len() {
+        let addr = u64::from_le_bytes(log[at..at + 8].try_into().unwrap()) as usize;
+        let len = u64::from_le_bytes(log[at + 8..at + 16].try_into().unwrap()) as usize;
+        assert_eq!(&log[at + 16..at + 16 + len], &committed[addr..addr + len], "a record holds the committed bytes");
+        records.push((addr, len));
+        at += 20 + len;
+    }
+    assert_eq!(at, log.len());
+    assert!(records.len() >= 3, "the flush overwrote chunks and metadata in place: {records:?}");
+    // every committed byte the flush changed was recorded first
+    for (i, (a, b)) in committed.iter().zip(&after).enumerate() {
+        if a != b {
+            assert!(records.iter().any(|&(r, n)| (r..r + n).contains(&i)), "byte {i} was overwritten unrecorded");
+        }
+    }
+
+    // the states a kill can leave: the flush complete but uncommitted, and flushes cut short
+    // (every other overwrite not done, the rest torn in the middle)
+    let torn = {
+        let mut t = after.clone();
+        for (k, &(addr, len)) in records.iter().enumerate() {
+            let from = if k % 2 == 0 { addr } else { addr + len / 2 };
+            t[from..addr + len].copy_from_slice(&committed[from..addr + len]);
+        }
+        t
+    };
+    let half = {
+        let mut t = after.clone();
+        let (addr, len) = records[records.len() / 2];
+        t[addr + len / 3..addr + len].copy_from_slice(&committed[addr + len / 3..addr + len]);
+        t
+    };
+    // without its journal, the torn file does not read as the committed one
+    let bare = dir.path().join("bare.h5");
+    std::fs::write(&bare, &torn).unwrap();
+    match read_ensemble(&bare) {
+        Err(e) => assert!(e.to_string().contains("bare.h5"), "{e}"),
+        Ok(e) => assert_ne!(e.sweeps.len(), 1100, "the torn state is the committed one: the test shows nothing"),
+    }
+    for (name, state) in [("complete", &after), ("torn", &torn), ("half", &half)] {
+        let killed = dir.path().join(format!("{name}.h5"));
+        std::fs::write(&killed, state).unwrap();
+        std::fs::write(journal::journal_path(&killed), &log).unwrap();
+        check_contents(&killed, 1100);
+        assert!(std::fs::read(&killed).unwrap() == committed, "{name}: not the committed bytes");
+        assert!(!journal::journal_path(&killed).exists(), "{name}: the journal is gone");
+        let mut r = EnsembleWriter::resume(&killed, "deadbeef", &obs(), &steps(), Some(&cdef()), &checkpoint).unwrap();
+        push_range(&mut r, 1100, 1200);
+        r.flush().unwrap();
+        drop(r);
+        check_contents(&killed, 1200);
+    }
+    // a journal cut short in its last record: that record's range was not overwritten yet
+    let killed = dir.path().join("cut.h5");
+    let (addr, len) = *records.last().unwrap();
+    let mut state = torn.clone();
+    state[addr..addr + len].copy_from_slice(&committed[addr..addr + len]);
+    std::fs::write(&killed, &state).unwrap();
+    std::fs::write(journal::journal_path(&killed), &log[..log.len() - 5]).unwrap();
+    check_contents(&killed, 1100);
+    assert!(std::fs::read(&killed).unwrap() == committed);
+
+    w.flush().unwrap();
+    drop(w);
+    assert!(!journal::journal_path(&path).exists());
+    check_contents(&path, 1500);
+}
+
+/// A file that is not a latflow journal is never applied, and the ensemble beside it is not
+/// opened: the error names it.
+#[test]
+fn a_foreign_journal_is_refused() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 10);
+    w.flush().unwrap();
+    drop(w);
+    let before = std::fs::read(&path).unwrap();
+    std::fs::write(journal::journal_path(&path), b"something else entirely").unwrap();
+    let msg = read_ensemble(&path).unwrap_err().to_string();
+    assert!(msg.contains("ens.h5.journal") && msg.contains("not a latflow journal"), "{msg}");
+    assert!(std::fs::read(&path).unwrap() == before);
+    // a new run over the file discards the old journal with the old file
+    let w = EnsembleWriter::create(&path, &prov(), &obs(), &steps(), Some(&cdef()), true).unwrap();
+    drop(w);
+    assert!(!journal::journal_path(&path).exists());
+    check_contents(&path, 0);
+}

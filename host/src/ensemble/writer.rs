@@ -521,6 +521,20 @@ impl EnsembleWriter {
         })
     }
 
+    /// A flush's writes without its `fsync` and commit: what a writer killed after those
+    /// writes leaves on disk (for the journal's tests).
+    #[cfg(test)]
+    pub(super) fn write_uncommitted(&mut self) -> Result<(), EnsembleError> {
+        let path = self.path.clone();
+        for slots in &mut self.couplings {
+            slots.write(&path)?;
+        }
+        if let Some(x) = &mut self.exchange {
+            x.write(&path)?;
+        }
+        self.file.flush().map_err(h5(&path, "file (flush)"))
+    }
+
     /// Row counts including rows pushed since the last flush.
     pub fn counts(&self) -> FileCounts {
         FileCounts {
