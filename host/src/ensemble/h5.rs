@@ -397,10 +397,22 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<LockedFile, EnsembleErr
         Some(lock)
     } else {
         if journal::journal_path(path).exists() {
-            // a killed writer's half-done flush: roll it back under the writer's lock first
-            let lock = open_lock()?;
-            recover(path)?;
-            drop(lock);
+            // a killed writer's half-done flush: roll it back under the writer's lock first. A
+            // writer that still holds the lock is alive and its journal is not ours to touch:
+            // the open below then meets its lock as before (or peeks, where HDF5's locking is
+            // off by HDF5_USE_FILE_LOCKING=FALSE).
+            // (A reader without write permission cannot roll back: it reads the file as it is.)
+            match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+                Ok(lock) => match lock.try_lock() {
+                    Ok(()) => recover(path)?,
+                    Err(std::fs::TryLockError::WouldBlock) => {}
+                    Err(std::fs::TryLockError::Error(error)) => {
+                        return Err(EnsembleError::Io { path: path.to_owned(), object: "file (lock)".into(), error })
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                Err(error) => return Err(EnsembleError::Io { path: path.to_owned(), object: "file (open)".into(), error }),
+            }
         }
         None
     };
