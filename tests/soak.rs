@@ -98,11 +98,22 @@ fn checkpoint_write_interrupted(ckpt: &Path) -> bool {
         })
 }
 
+/// Whether the ensemble `output` has a live undo journal beside it (`OUTPUT.journal` whose head
+/// is not voided): its writer died inside a flush.
+fn live_journal(output: &Path) -> bool {
+    let mut j = output.as_os_str().to_owned();
+    j.push(".journal");
+    std::fs::read(j).is_ok_and(|b| b.starts_with(b"LFJRNL01"))
+}
+
 #[derive(Default, Debug)]
 struct Tally {
     runs: usize,
     kills: usize,
     during_checkpoint_write: usize,
+    /// Kills that left a live ensemble journal: a flush had overwritten committed bytes and
+    /// not yet committed, so the file had to be rolled back.
+    during_flush: usize,
     resumed_from_checkpoint: usize,
     restarted_fresh: usize,
 }
@@ -162,6 +173,9 @@ fn kill_anywhere_soak() {
             if checkpoint_write_interrupted(&ckpt) {
                 t.during_checkpoint_write += 1;
             }
+            if live_journal(&output) {
+                t.during_flush += 1;
+            }
             if s.command == "run" && output.exists() {
                 latflow_host::ensemble::read(&output)
                     .unwrap_or_else(|e| panic!("{} run {i}: a killed run left an unreadable file: {e}", s.name));
@@ -180,8 +194,8 @@ fn kill_anywhere_soak() {
     let total: usize = tally.iter().map(|t| t.kills).sum();
     for (s, t) in SCENARIOS.iter().zip(&tally) {
         println!(
-            "{:8} runs {:3}  kills {:3}  during a checkpoint write {:3}  of a resumed run {:3}  of a fresh start {:3}  bit-identical {:3}/{:3}",
-            s.name, t.runs, t.kills, t.during_checkpoint_write, t.resumed_from_checkpoint, t.restarted_fresh, t.runs, t.runs
+            "{:8} runs {:3}  kills {:3}  during a checkpoint write {:3}  inside a flush (rolled back) {:3}  of a resumed run {:3}  of a fresh start {:3}  bit-identical {:3}/{:3}",
+            s.name, t.runs, t.kills, t.during_checkpoint_write, t.during_flush, t.resumed_from_checkpoint, t.restarted_fresh, t.runs, t.runs
         );
     }
     println!("soak: {runs} runs, {total} SIGKILLs, every resumed run bit-identical, no unreadable file");
