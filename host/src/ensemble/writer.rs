@@ -355,11 +355,13 @@ impl FileCounts {
 /// dropped; the file can be resumed from the last checkpoint.
 pub struct EnsembleWriter {
     pub(super) path: PathBuf,
-    pub(super) file: LockedFile,
     /// One per coupling: the root group of a plain file, `/replicas/<k>` of a ladder.
     pub(super) couplings: Vec<GroupSlots>,
     /// A ladder's `/replica_exchange` rows; `None` for a plain file.
     pub(super) exchange: Option<ExchangeSlots>,
+    /// Last, so that it drops last: HDF5 closes the file (its last writes, the journal's
+    /// commit) only once the datasets above are closed, and the lock must outlive that.
+    pub(super) file: LockedFile,
 }
 
 impl fmt::Debug for EnsembleWriter {
