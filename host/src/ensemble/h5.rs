@@ -382,17 +382,13 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<LockedFile, EnsembleErr
             detail: "the file is empty".into(),
         });
     }
-    let open_lock = || {
+    let lock = if rw {
         let lock = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (open)".into(), error })?;
         take_lock(path, &lock)?;
-        Ok::<_, EnsembleError>(lock)
-    };
-    let lock = if rw {
-        let lock = open_lock()?;
         recover(path)?;
         Some(lock)
     } else {

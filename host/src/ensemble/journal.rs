@@ -732,10 +732,7 @@ impl Journal {
     fn closed(&self) -> io::Result<()> {
         let mut s = self.state()?;
         if s.log.take().is_some() {
-            match fs::remove_file(&self.path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            remove(&self.path)?;
         }
         Ok(())
     }
@@ -743,8 +740,9 @@ impl Journal {
 
 /// If a killed writer left a live journal beside `path`, writes the journaled bytes back, cuts
 /// the file to its committed length, `fsync`s it and deletes the journal (a void one is just
-/// deleted). Returns whether anything was rolled back. The caller holds the file's exclusive lock. Errors if the journal is not one of
-/// latflow's (it is then left alone) or if the file cannot be repaired.
+/// deleted). Returns whether anything was rolled back. The caller holds the file's exclusive
+/// lock. Errors if the journal is not one of latflow's (it is then left alone) or if the file
+/// cannot be repaired.
 pub(super) fn recover(path: &Path) -> io::Result<bool> {
     let jpath = journal_path(path);
     let bytes = match fs::read(&jpath) {
@@ -759,7 +757,7 @@ pub(super) fn recover(path: &Path) -> io::Result<bool> {
     }
     if bytes.len() < HEAD {
         // cut short while its head was written: nothing was overwritten yet
-        if bytes.len() <= 8 && MAGIC.starts_with(&bytes) || bytes.len() > 8 && bytes.starts_with(MAGIC) {
+        if MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
             fs::remove_file(&jpath)?;
             return Ok(false);
         }
@@ -799,7 +797,12 @@ pub(super) fn recover(path: &Path) -> io::Result<bool> {
 /// Deletes a journal left beside `path` by an earlier writer: the caller is about to replace
 /// the file, and the journal must not be applied to the new one.
 pub(super) fn discard(path: &Path) -> io::Result<()> {
-    match fs::remove_file(journal_path(path)) {
+    remove(&journal_path(path))
+}
+
+/// Deletes the journal file `jpath`; one that is not there is no error.
+fn remove(jpath: &Path) -> io::Result<()> {
+    match fs::remove_file(jpath) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
@@ -833,6 +836,24 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), committed);
         assert!(!journal_path(&path).exists());
         assert!(!recover(&path).unwrap(), "no journal, nothing to do");
+    }
+
+    /// A journal cut short inside its head undid nothing and is deleted; a short file that is
+    /// not a journal's head is refused and left alone.
+    #[test]
+    fn a_journal_cut_short_in_its_head_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        fs::write(&path, [7u8; 16]).unwrap();
+        for head in [&b"LFJ"[..], &b"LFJRNL01"[..], &b"LFJRNL01\x05\0\0"[..]] {
+            fs::write(journal_path(&path), head).unwrap();
+            assert!(!recover(&path).unwrap());
+            assert!(!journal_path(&path).exists());
+        }
+        fs::write(journal_path(&path), b"LFX").unwrap();
+        assert!(recover(&path).unwrap_err().to_string().contains("not a latflow journal"));
+        assert!(journal_path(&path).exists());
+        assert_eq!(fs::read(&path).unwrap(), vec![7u8; 16]);
     }
 
     /// A commit voids the journal and makes the present length the committed one; the next
