@@ -3,6 +3,7 @@
 # AddressSanitizer; needs the nightly toolchain).
 #
 #   tools/fuzz.sh [RUNS] [TARGET...]      default: 1000000 executions of every target
+#   tools/fuzz.sh --smoke [SECONDS]       CI's smoke run: SECONDS (default 10) of every target
 #
 # Targets (fuzz/fuzz_targets/): run_card, bench_card, checkpoint, train_checkpoint, gauge_file (ILDG/LIME and
 # NERSC), ensemble (HDF5), weights (safetensors). Each starts from the committed seeds in
@@ -10,24 +11,49 @@
 # is saved under fuzz/artifacts/TARGET; once fixed, copy the input to fuzz/regressions/TARGET,
 # where the ordinary test suite replays it (host/src/fuzzing.rs, plugins/flow-common io tests).
 # Each target's final libFuzzer statistics go to fuzz/logs/TARGET.log.
+#
+# The smoke run builds the targets unoptimised, which halves the build (the fuzz workspace's dev
+# profile; HDF5 itself is optimised there, so that its debug-only assertions are off as in the
+# release build a user runs: a damaged attribute table trips one of them), fuzzes each target for SECONDS from its seeds with a fixed libFuzzer seed into a
+# scratch corpus, and fails on any crash, panic, sanitizer report or hang outside HDF5. It
+# installs the nightly toolchain (rustup, minimal profile) and cargo-fuzz when missing; where
+# neither can be had it says "SKIPPED" and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${1:-1000000}
-shift || true
-targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then
+mode=full
+if [ "${1:-}" = --smoke ]; then
+    mode=smoke
+    seconds=${2:-10}
     targets=(run_card bench_card checkpoint train_checkpoint gauge_file ensemble weights)
+else
+    runs=${1:-1000000}
+    shift || true
+    targets=("$@")
+    if [ ${#targets[@]} -eq 0 ]; then
+        targets=(run_card bench_card checkpoint train_checkpoint gauge_file ensemble weights)
+    fi
+fi
+
+skip() { echo "fuzz smoke SKIPPED: $*"; exit 0; }
+if ! cargo +nightly --version >/dev/null 2>&1; then
+    [ "$mode" = smoke ] || { echo "the nightly toolchain is needed: rustup toolchain install nightly" >&2; exit 1; }
+    command -v rustup >/dev/null || skip "no nightly toolchain and no rustup to install one"
+    rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || skip "rustup could not install the nightly toolchain"
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
+    if [ "$mode" = smoke ]; then
+        cargo install -q cargo-fuzz --locked || skip "cargo-fuzz could not be installed"
+    else
+        cargo install cargo-fuzz --locked
+    fi
 fi
-mkdir -p fuzz/logs
-for t in "${targets[@]}"; do
-    mkdir -p "fuzz/corpus/$t"
+
+# per-target libFuzzer options: sets max_len and extra
+target_options() {
     # the HDF5 seeds are a few hundred kB; the other formats are small
     max_len=65536
     extra=()
-    if [ "$t" = ensemble ]; then
+    if [ "$1" = ensemble ]; then
         max_len=400000
         # HDF5 keeps some blocks of its free lists (H5FL) after an open fails on a damaged
         # file; LeakSanitizer reports them (about 100 bytes). They are HDF5's pooled memory,
@@ -38,10 +64,42 @@ for t in "${targets[@]}"; do
         # such hangs and counts them (oom/timeout/crash in the log).
         extra=(-detect_leaks=0 -fork=1 -ignore_timeouts=1)
         export ASAN_OPTIONS=detect_leaks=0
+    else
+        unset ASAN_OPTIONS
     fi
+}
+
+mkdir -p fuzz/logs
+failed() { # target log
+    echo "$1 FAILED: see $2"
+    grep -E "ERROR|SUMMARY|panicked|Test unit written" "$2" | cut -c1-300
+    exit 1
+}
+
+if [ "$mode" = smoke ]; then
+    cargo +nightly fuzz build --dev
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    for t in "${targets[@]}"; do
+        target_options "$t"
+        mkdir -p "$scratch/$t"
+        cargo +nightly fuzz run --dev "$t" "$scratch/$t" "fuzz/seeds/$t" -- \
+            -max_total_time="$seconds" -seed=1 -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 \
+            -print_final_stats=1 "${extra[@]}" >"fuzz/logs/$t.smoke.log" 2>&1 || failed "$t" "fuzz/logs/$t.smoke.log"
+        # the executions: libFuzzer's final statistics, or in fork mode its last status line
+        execs=$(grep -E "^stat::number_of_executed_units" "fuzz/logs/$t.smoke.log" | grep -oE "[0-9]+$" ||
+            grep -oE "^#[0-9]+" "fuzz/logs/$t.smoke.log" | tail -1 | tr -d "#")
+        echo "fuzz smoke: $t: ${execs:-?} executions in ${seconds} s, no crash"
+    done
+    exit 0
+fi
+
+for t in "${targets[@]}"; do
+    target_options "$t"
+    mkdir -p "fuzz/corpus/$t"
     echo "== $t: $runs runs"
     cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
         -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 "${extra[@]}" \
-        >"fuzz/logs/$t.log" 2>&1 || { echo "$t FAILED: see fuzz/logs/$t.log"; grep -E "ERROR|SUMMARY|panicked|Test unit written" "fuzz/logs/$t.log" | cut -c1-300; exit 1; }
+        >"fuzz/logs/$t.log" 2>&1 || failed "$t" "fuzz/logs/$t.log"
     grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|^Done" "fuzz/logs/$t.log" || true
 done
