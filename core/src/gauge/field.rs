@@ -274,7 +274,8 @@ pub struct Step {
 }
 
 /// The ordered product of links along a path from x: a step +μ̂ at site y multiplies by
-/// U_μ(y), a step −μ̂ by U_μ(y−μ̂)†. Returns the product and the end site.
+/// U_μ(y), a step −μ̂ by U_μ(y−μ̂)†. Returns the product (the identity for no steps) and the
+/// end site.
 #[inline]
 pub fn path<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
     nb: &N,
@@ -284,8 +285,19 @@ pub fn path<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
 ) -> (G, usize) {
     let d = nb.dim();
     let mut y = x;
-    let mut p = G::identity();
-    for s in steps {
+    // the first link itself rather than 1 · it (the same entries, one product fewer)
+    let Some((first, rest)) = steps.split_first() else {
+        return (G::identity(), x);
+    };
+    let mut p = if first.forward {
+        let u0 = u.at(y * d + first.mu);
+        y = nb.up(y, first.mu);
+        u0
+    } else {
+        y = nb.dn(y, first.mu);
+        u.at(y * d + first.mu).dagger()
+    };
+    for s in rest {
         if s.forward {
             p = p.mul(&u.at(y * d + s.mu));
             y = nb.up(y, s.mu);

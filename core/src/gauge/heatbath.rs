@@ -139,27 +139,29 @@ pub trait HeatbathGroup: GaugeGroup {
     fn overrelax_link(&mut self, staple: &Self::Mat) -> bool;
 }
 
+// The links are projected back with the group's reunitarisation, without measuring the
+// deviation first: nothing records it here (the same bits as `reunitarize`).
 macro_rules! impl_heatbath_matrix {
-    ($n:literal) => {
+    ($n:literal, $group:ident) => {
         impl HeatbathGroup for Matrix<$n> {
             #[inline]
             fn heatbath_link(&mut self, staple: &Matrix<$n>, beta: f64, rng: &mut Stream) -> bool {
                 let ok = heatbath_matrix(self, staple, beta, rng);
-                self.reunitarize();
+                super::$group::project(self);
                 ok
             }
             #[inline]
             fn overrelax_link(&mut self, staple: &Matrix<$n>) -> bool {
                 let ok = overrelax_matrix(self, staple, false);
-                self.reunitarize();
+                super::$group::project(self);
                 ok
             }
         }
     };
 }
 
-impl_heatbath_matrix!(2);
-impl_heatbath_matrix!(3);
+impl_heatbath_matrix!(2, su2);
+impl_heatbath_matrix!(3, su3);
 
 impl<const N: usize> HeatbathGroup for SuN<N> {
     #[inline]

@@ -56,7 +56,7 @@ impl<const N: usize> Matrix<N> {
     }
 
     /// The conjugate transpose M†.
-    #[inline]
+    #[inline(always)]
     pub fn dagger(&self) -> Self {
         let mut m = Self::zero();
         for i in 0..N {
@@ -102,14 +102,14 @@ impl<const N: usize> Matrix<N> {
 
     /// self · other†, summed in the same order as [`Mul`] (the same bits as
     /// `self * other.dagger()`).
-    #[inline]
+    #[inline(always)]
     pub fn mul_dagger(&self, other: &Self) -> Self {
         *self * other.dagger()
     }
 
     /// self† · other, summed in the same order as [`Mul`] (the same bits as
     /// `self.dagger() * other`).
-    #[inline]
+    #[inline(always)]
     pub fn dagger_mul(&self, other: &Self) -> Self {
         self.dagger() * *other
     }
@@ -320,7 +320,7 @@ impl<const N: usize> Matrix<N> {
 /// textbook form, which lets the compiler use packed instructions.
 impl<const N: usize> Mul for Matrix<N> {
     type Output = Matrix<N>;
-    #[inline]
+    #[inline(always)]
     fn mul(self, o: Matrix<N>) -> Matrix<N> {
         if N == 3 {
             // the same arithmetic on six-real rows, which vectorises better

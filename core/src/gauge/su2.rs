@@ -49,12 +49,19 @@ pub fn random(rng: &mut Stream) -> Su2 {
 #[inline]
 pub fn reunitarize(u: &mut Su2) -> f64 {
     let dev = u.unitarity_deviation();
+    project(u);
+    dev
+}
+
+/// The projection of [`reunitarize`] without measuring the deviation first (for updates that
+/// do not record it).
+#[inline]
+pub fn project(u: &mut Su2) {
     let a = (u.0[0][0] + u.0[1][1].conj()).scale(0.5);
     let b = (u.0[0][1] - u.0[1][0].conj()).scale(0.5);
     let n = 1.0 / (a.abs2() + b.abs2()).sqrt();
     let (a, b) = (a.scale(n), b.scale(n));
     *u = Matrix([[a, b], [-b.conj(), a.conj()]]);
-    dev
 }
 
 #[cfg(test)]

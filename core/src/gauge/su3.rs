@@ -200,12 +200,14 @@ fn cross_conj(a: &[Complex; 3], b: &[Complex; 3]) -> [Complex; 3] {
 #[inline]
 pub fn reunitarize(u: &mut Su3) -> f64 {
     let dev = u.unitarity_deviation();
-    orthonormalize_rows(u);
+    project(u);
     dev
 }
 
+/// The projection of [`reunitarize`] without measuring the deviation first (for updates that
+/// do not record it).
 #[inline]
-fn orthonormalize_rows(u: &mut Su3) {
+pub fn project(u: &mut Su3) {
     let n0 = 1.0 / u.0[0].iter().map(|z| z.abs2()).sum::<f64>().sqrt();
     for z in &mut u.0[0] {
         *z = z.scale(n0);
@@ -239,7 +241,7 @@ pub fn random(rng: &mut Stream) -> Su3 {
             *z = Complex::new(rng.normal(), rng.normal());
         }
     }
-    orthonormalize_rows(&mut u);
+    project(&mut u);
     u
 }
 

@@ -20,19 +20,19 @@ macro_rules! impl_special_unitary {
             fn identity() -> Self {
                 Matrix::identity()
             }
-            #[inline]
+            #[inline(always)]
             fn mul(&self, other: &Self) -> Self {
                 *self * *other
             }
-            #[inline]
+            #[inline(always)]
             fn mul_dagger(&self, other: &Self) -> Self {
                 Matrix::mul_dagger(self, other)
             }
-            #[inline]
+            #[inline(always)]
             fn dagger_mul(&self, other: &Self) -> Self {
                 Matrix::dagger_mul(self, other)
             }
-            #[inline]
+            #[inline(always)]
             fn dagger(&self) -> Self {
                 Matrix::dagger(self)
             }
@@ -109,19 +109,19 @@ impl<const N: usize> GaugeGroup for SuN<N> {
     fn identity() -> Self {
         SuN(Matrix::identity())
     }
-    #[inline]
+    #[inline(always)]
     fn mul(&self, other: &Self) -> Self {
         SuN(self.0 * other.0)
     }
-    #[inline]
+    #[inline(always)]
     fn mul_dagger(&self, other: &Self) -> Self {
         SuN(self.0.mul_dagger(&other.0))
     }
-    #[inline]
+    #[inline(always)]
     fn dagger_mul(&self, other: &Self) -> Self {
         SuN(self.0.dagger_mul(&other.0))
     }
-    #[inline]
+    #[inline(always)]
     fn dagger(&self) -> Self {
         SuN(self.0.dagger())
     }
