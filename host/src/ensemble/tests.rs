@@ -884,3 +884,31 @@ fn a_foreign_journal_is_refused() {
     assert!(!journal::journal_path(&path).exists());
     check_contents(&path, 0);
 }
+
+/// A reader never rolls back the journal of a writer that is still alive (its lock is held):
+/// in the middle of a flush, a read in the same process leaves the journal and the file's
+/// bytes alone, and the writer's next commit stands.
+#[test]
+fn a_reader_leaves_a_live_writers_journal_alone() {
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 1100);
+    w.flush().unwrap();
+    push_range(&mut w, 1100, 1500);
+    w.write_uncommitted().unwrap();
+    let log = std::fs::read(journal::journal_path(&path)).unwrap();
+    assert!(log.starts_with(b"LFJRNL01") && log.len() > 24, "a live journal with records");
+    let during = std::fs::read(&path).unwrap();
+    // the read shares the writer's open file (one process): it sees the writer's rows
+    let e = read_ensemble(&path).unwrap();
+    assert_eq!(e.sweeps.len(), 1500);
+    assert!(std::fs::read(journal::journal_path(&path)).unwrap() == log, "the live journal was touched");
+    assert!(std::fs::read(&path).unwrap() == during, "the file was rolled back under its writer");
+    push_range(&mut w, 1500, 1600);
+    w.flush().unwrap();
+    drop(w);
+    assert!(!journal::journal_path(&path).exists());
+    check_contents(&path, 1600);
+}
