@@ -240,7 +240,7 @@ pub fn plaquette<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
 /// Σ_{ν≠μ} [U_ν(x+μ̂) U_μ(x+ν̂)† U_ν(x)† + U_ν(x+μ̂−ν̂)† U_μ(x−ν̂)† U_ν(x−ν̂)],
 /// so that Re Tr(U_μ(x) · staple) is the sum of Re Tr U_P over every plaquette containing
 /// U_μ(x).
-#[inline]
+#[inline(always)]
 pub fn staple<G: GaugeGroup, L: Links<G> + ?Sized, N: Neighbours + ?Sized>(
     nb: &N,
     u: &L,

@@ -528,9 +528,15 @@ fn heatbath_in<G: HeatbathGroup, R: Region<G>>(
         for parity in 0..2 {
             let (at, total) = gather(lattice, first, region.sites(), links, mu, parity, &mut slots);
             let field: &[G] = links;
+            let wide = wide_vectors();
             fill_random_blocks(&mut slots, at, total, 1, HB_LINK_WORDS, rng, |s, slot| {
-                let a = staple(region, field, slot.x, mu);
-                slot.ok = slot.u.heatbath_link(&a, beta, s);
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: `wide_vectors` found AVX2 on this CPU
+                    slot.ok = unsafe { wide::heatbath_link(region, field, slot, mu, beta, s) };
+                    return;
+                }
+                slot.ok = heatbath_link(region, field, slot, mu, beta, s);
             })
             .map_err(|e| match e {
                 RngFillError::StreamExhausted { chunks } => HeatbathError::StreamExhausted { chunks },
@@ -574,16 +580,83 @@ fn overrelax_in<G: HeatbathGroup, R: Region<G>>(lattice: &Lattice, region: &R, l
         for parity in 0..2 {
             gather(lattice, first, region.sites(), links, mu, parity, &mut slots);
             let field: &[G] = links;
+            let wide = wide_vectors();
             fill_sites_as(SiteWork::of_group::<G>(), &mut slots, 1, |_, slot, _| {
                 let slot = &mut slot[0];
-                let a = staple(region, field, slot.x, mu);
-                slot.ok = slot.u.overrelax_link(&a);
+                #[cfg(target_arch = "x86_64")]
+                if wide {
+                    // SAFETY: `wide_vectors` found AVX2 on this CPU
+                    slot.ok = unsafe { wide::overrelax_link(region, field, slot, mu) };
+                    return;
+                }
+                slot.ok = overrelax_link(region, field, slot, mu);
             });
             scatter(d, first, links, mu, &slots)?;
             region.refresh(links)?;
         }
     }
     Ok(())
+}
+
+/// The heat-bath update of one link: its staple, then [`HeatbathGroup::heatbath_link`].
+#[inline(always)]
+fn heatbath_link<G: HeatbathGroup, R: Region<G>>(region: &R, field: &[G], slot: &mut Slot<G>, mu: usize, beta: f64, rng: &mut Stream) -> bool {
+    let a = staple(region, field, slot.x, mu);
+    slot.u.heatbath_link(&a, beta, rng)
+}
+
+/// The overrelaxation of one link: its staple, then [`HeatbathGroup::overrelax_link`].
+#[inline(always)]
+fn overrelax_link<G: HeatbathGroup, R: Region<G>>(region: &R, field: &[G], slot: &mut Slot<G>, mu: usize) -> bool {
+    let a = staple(region, field, slot.x, mu);
+    slot.u.overrelax_link(&a)
+}
+
+/// Whether this CPU runs the link updates compiled for AVX2 (`wide`, x86-64 only). They
+/// gained 1.12× (heat-bath) and 1.24× (overrelaxation, with the projection's saving) on 8⁴,
+/// 1.05× and 1.10× on 16⁴, whole process, on the machine this was tuned on.
+fn wide_vectors() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The link updates compiled with AVX2 enabled: the same operations in the same order (Rust
+/// never fuses a multiply and an add), so the same bits, with wider instructions for the
+/// staple's 3×3 products.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::*;
+
+    /// [`super::heatbath_link`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn heatbath_link<G: HeatbathGroup, R: Region<G>>(
+        region: &R,
+        field: &[G],
+        slot: &mut Slot<G>,
+        mu: usize,
+        beta: f64,
+        rng: &mut Stream,
+    ) -> bool {
+        super::heatbath_link(region, field, slot, mu, beta, rng)
+    }
+
+    /// [`super::overrelax_link`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn overrelax_link<G: HeatbathGroup, R: Region<G>>(region: &R, field: &[G], slot: &mut Slot<G>, mu: usize) -> bool {
+        super::overrelax_link(region, field, slot, mu)
+    }
 }
 
 #[cfg(test)]
