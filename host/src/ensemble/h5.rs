@@ -759,6 +759,7 @@ pub(super) fn read_all<T: H5Type>(
         std::mem::size_of::<T>() as u64,
         file_len,
     )?;
+    check_chunks(path, ds, object, file_len)?;
     let v = ds
         .read_raw::<T>()
         .map_err(h5(path, format!("dataset {object} (read)")))?;
@@ -770,6 +771,36 @@ pub(super) fn read_all<T: H5Type>(
         ));
     }
     Ok(v)
+}
+
+/// Refuses a chunked dataset whose chunk index records a chunk that cannot be a checksummed
+/// chunk of this file: shorter than its 4-byte Fletcher32 checksum, or reaching past the end
+/// of the file. HDF5's Fletcher32 filter reads the checksum at `size − 4` without checking the
+/// size, so a damaged index entry of a shorter chunk makes HDF5 read outside its buffer and
+/// crash the process (found by fuzzing: `latflow analyze` died of SIGSEGV). The index itself
+/// is checksummed, so walking it is safe. Contiguous datasets pass.
+pub(super) fn check_chunks(path: &Path, ds: &Dataset, object: &str, file_len: u64) -> Result<(), EnsembleError> {
+    if ds.chunk().is_none() {
+        return Ok(());
+    }
+    let mut bad = None;
+    ds.chunks_visit(|c| {
+        let end = c.addr.checked_add(c.size);
+        if c.size < 4 || end.is_none_or(|e| e > file_len) {
+            bad = Some((c.offset.to_vec(), c.addr, c.size));
+            return 1;
+        }
+        0
+    })
+    .map_err(h5(path, format!("dataset {object} (chunk index)")))?;
+    match bad {
+        Some((offset, addr, size)) => Err(invalid(
+            path,
+            format!("dataset {object}"),
+            format!("the chunk at {offset:?} is recorded as {size} bytes at byte {addr} of a {file_len}-byte file: the chunk index is damaged"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Resizes a 1-D dataset to `start + data.len()` rows and writes `data` at `start`.

@@ -484,7 +484,9 @@ pub(super) fn read_configs_in(path: &Path, replica: Option<usize>, start: usize,
     if count == 0 {
         return Ok(Vec::new());
     }
-    check_size(path, &cpath, count, config_len, 8, file_len(path)?)?;
+    let len = file_len(path)?;
+    check_size(path, &cpath, count, config_len, 8, len)?;
+    check_chunks(path, &ds, &cpath, len)?;
     let block = ds
         .read_slice_2d::<f64, _>((start..end, ..))
         .map_err(h5(path, format!("dataset {cpath} (read)")))?;

@@ -912,3 +912,19 @@ fn a_reader_leaves_a_live_writers_journal_alone() {
     assert!(!journal::journal_path(&path).exists());
     check_contents(&path, 1600);
 }
+
+/// A damaged chunk index that records a chunk shorter than its Fletcher32 checksum is refused
+/// with an error naming the dataset, before HDF5's filter reads outside its buffer (the input
+/// the fuzzer found made `latflow analyze` die of SIGSEGV).
+#[test]
+fn a_chunk_shorter_than_its_checksum_is_refused() {
+    let _files = files();
+    let input = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions/ensemble/crash-afc1b16ba7738355d55314132fc97fcf1b8ec140");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.h5");
+    std::fs::copy(input, &path).unwrap();
+    let msg = read_ensemble(&path).unwrap_err().to_string();
+    assert!(msg.contains("damaged.h5") && msg.contains("/replicas/1/observables/chi2"), "{msg}");
+    assert!(msg.contains("recorded as 0 bytes") && msg.contains("chunk index is damaged"), "{msg}");
+}
