@@ -9,6 +9,7 @@
 //! * [`lattice`]: periodic hypercubic geometry with neighbour tables and parity.
 //! * [`rng`]: counter-based, explicitly seeded random streams.
 //! * [`streams`]: the one registry of random-stream purposes and their ids.
+//! * [`simd`]: which SIMD instruction sets the CPU runs (for kernels with several variants).
 //! * [`sum`]: compensated summation for actions.
 //! * [`hmc`]: field spaces, composable fallible actions (terms per time-scale level), nested
 //!   integrators with a scheme per level, HMC trajectories and the shared Metropolis test.
@@ -32,6 +33,7 @@ pub mod open_enum;
 pub mod par;
 pub mod rng;
 pub mod sdk;
+pub mod simd;
 pub mod streams;
 pub mod sum;
 pub mod testkit;

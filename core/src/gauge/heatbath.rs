@@ -528,6 +528,7 @@ fn heatbath_in<G: HeatbathGroup, R: Region<G>>(
         for parity in 0..2 {
             let (at, total) = gather(lattice, first, region.sites(), links, mu, parity, &mut slots);
             let field: &[G] = links;
+            #[cfg(target_arch = "x86_64")]
             let wide = wide_vectors();
             fill_random_blocks(&mut slots, at, total, 1, HB_LINK_WORDS, rng, |s, slot| {
                 #[cfg(target_arch = "x86_64")]
@@ -580,6 +581,7 @@ fn overrelax_in<G: HeatbathGroup, R: Region<G>>(lattice: &Lattice, region: &R, l
         for parity in 0..2 {
             gather(lattice, first, region.sites(), links, mu, parity, &mut slots);
             let field: &[G] = links;
+            #[cfg(target_arch = "x86_64")]
             let wide = wide_vectors();
             fill_sites_as(SiteWork::of_group::<G>(), &mut slots, 1, |_, slot, _| {
                 let slot = &mut slot[0];
@@ -615,15 +617,9 @@ fn overrelax_link<G: HeatbathGroup, R: Region<G>>(region: &R, field: &[G], slot:
 /// Whether this CPU runs the link updates compiled for AVX2 (`wide`, x86-64 only). They
 /// gained 1.12× (heat-bath) and 1.24× (overrelaxation, with the projection's saving) on 8⁴,
 /// 1.05× and 1.10× on 16⁴, whole process, on the machine this was tuned on.
+#[cfg(target_arch = "x86_64")]
 fn wide_vectors() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::simd::level() >= crate::simd::AVX2
 }
 
 /// The link updates compiled with AVX2 enabled: the same operations in the same order (Rust

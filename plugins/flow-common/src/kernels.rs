@@ -109,16 +109,7 @@ impl_real!(f64; exp ln tanh sin cos sqrt abs floor round);
 /// (fused multiply-adds), so results are reproducible bit for bit on one kind of CPU.
 pub fn simd_kernels() -> bool {
     static SIMD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SIMD.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    *SIMD.get_or_init(latflow_core::simd::avx2_fma)
 }
 
 /// Configurations per parallel task of the kernels (fixed: results do not depend on the

@@ -71,18 +71,10 @@ fn force_of(m: &Rows, w: f64) -> SuAlg<3> {
     SuAlg(bytemuck::cast(out))
 }
 
-/// The widest compiled variant of the kernels this CPU runs: 0 baseline, 1 AVX2, 2 AVX-512F.
+/// The widest compiled variant of the kernels this CPU runs: 0 baseline, 1 AVX2, 2 AVX-512F
+/// ([`latflow_core::simd::level`]).
 pub fn simd_level() -> u8 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return 2;
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            return 1;
-        }
-    }
-    0
+    latflow_core::simd::level()
 }
 
 /// The variant the force runs: the widest (AVX-512 was the fastest on the AMD EPYC (Zen 5)

@@ -727,13 +727,9 @@ mod hop_avx2 {
     }
 }
 
-/// The widest hopping-kernel variant this CPU runs: 0 baseline, 1 AVX2.
+/// The widest hopping-kernel variant this CPU runs: 0 baseline, 1 AVX2 ([`crate::simd`]).
 pub fn hop_simd_level() -> u8 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        return 1;
-    }
-    0
+    crate::simd::level().min(crate::simd::AVX2)
 }
 
 pub(crate) fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), FermionError> {
