@@ -297,14 +297,15 @@ fn writer_fapl(path: &Path, journal: &Arc<Journal>) -> Result<FileAccess, Ensemb
         .mdc_config(&mdc)
         .finish()
         .map_err(h5(path, "file (access list)"))?;
-    journal::fapl(base, Some(journal)).map_err(|detail| EnsembleError::Hdf5 { path: path.to_owned(), object: "file (driver)".into(), detail })
+    journal::fapl(base, Some(journal), None).map_err(|detail| EnsembleError::Hdf5 { path: path.to_owned(), object: "file (driver)".into(), detail })
 }
 
 /// File-access settings of a reader: latflow's driver without a journal (so that HDF5
-/// recognises a file this process writes), with or without HDF5's shared lock.
-fn reader_fapl(path: &Path, locking: bool) -> Result<FileAccess, EnsembleError> {
+/// recognises a file this process writes), with or without HDF5's shared lock, and with the
+/// undo view of a killed writer's journal where the reader could not roll it back.
+fn reader_fapl(path: &Path, locking: bool, undo: Option<&Arc<journal::Undo>>) -> Result<FileAccess, EnsembleError> {
     let base = FileAccess::build().file_locking(locking).finish().map_err(h5(path, "file (access list)"))?;
-    journal::fapl(base, None).map_err(|detail| EnsembleError::Hdf5 { path: path.to_owned(), object: "file (driver)".into(), detail })
+    journal::fapl(base, None, undo).map_err(|detail| EnsembleError::Hdf5 { path: path.to_owned(), object: "file (driver)".into(), detail })
 }
 
 /// How [`open_with`] opens a file.
@@ -344,6 +345,37 @@ fn recover(path: &Path) -> Result<(), EnsembleError> {
     journal::recover(path)
         .map(|_| ())
         .map_err(|error| EnsembleError::Io { path: path.to_owned(), object: "file (journal rollback)".into(), error })
+}
+
+/// A reader's roll-back of the journal a killed writer left beside `path`, under the writer's
+/// lock: on disk where the reader may write the file (`Ok(None)` after it), otherwise in the
+/// reader's view only (the undo its driver overlays on every read, so that it sees the last
+/// commit, as a rolled-back file would show it, and changes nothing). A writer that still
+/// holds the lock is alive and its journal is not ours to touch: `Ok(None)`, and the open
+/// that follows meets its lock as before (or peeks, where HDF5's locking is off by
+/// HDF5_USE_FILE_LOCKING=FALSE).
+fn reader_rollback(path: &Path) -> Result<Option<Arc<journal::Undo>>, EnsembleError> {
+    let io_error = |object: &str| {
+        let object = object.to_owned();
+        move |error| EnsembleError::Io { path: path.to_owned(), object, error }
+    };
+    let (lock, writable) = match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(lock) => (lock, true),
+        Err(e) if matches!(e.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem) => {
+            (std::fs::File::open(path).map_err(io_error("file (open)"))?, false)
+        }
+        Err(error) => return Err(io_error("file (open)")(error)),
+    };
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(error)) => return Err(io_error("file (lock)")(error)),
+    }
+    if writable {
+        recover(path)?;
+        return Ok(None);
+    }
+    Ok(journal::read_undo(path).map_err(io_error("file (journal, read-only roll-back)"))?.map(Arc::new))
 }
 
 /// Opens an existing file, mapping failures to NotFound / NotHdf5 / Hdf5. A writer (`rw`)
@@ -392,34 +424,18 @@ pub(super) fn open_file(path: &Path, rw: bool) -> Result<LockedFile, EnsembleErr
         recover(path)?;
         Some(lock)
     } else {
-        if journal::journal_path(path).exists() {
-            // a killed writer's half-done flush: roll it back under the writer's lock first. A
-            // writer that still holds the lock is alive and its journal is not ours to touch:
-            // the open below then meets its lock as before (or peeks, where HDF5's locking is
-            // off by HDF5_USE_FILE_LOCKING=FALSE).
-            // (A reader without write permission cannot roll back: it reads the file as it is.)
-            match std::fs::OpenOptions::new().read(true).write(true).open(path) {
-                Ok(lock) => match lock.try_lock() {
-                    Ok(()) => recover(path)?,
-                    Err(std::fs::TryLockError::WouldBlock) => {}
-                    Err(std::fs::TryLockError::Error(error)) => {
-                        return Err(EnsembleError::Io { path: path.to_owned(), object: "file (lock)".into(), error })
-                    }
-                },
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
-                Err(error) => return Err(EnsembleError::Io { path: path.to_owned(), object: "file (open)".into(), error }),
-            }
-        }
         None
     };
+    // a killed writer's half-done flush, rolled back before a reader opens the file
+    let undo = if rw || !journal::journal_path(path).exists() { None } else { reader_rollback(path)? };
     let journal = rw.then(|| Journal::new(path));
     let res = match &journal {
         Some(j) => open_with(path, Open::ReadWrite, &writer_fapl(path, j)?),
-        None => match open_with(path, Open::Read, &reader_fapl(path, true)?) {
+        None => match open_with(path, Open::Read, &reader_fapl(path, true, undo.as_ref())?) {
             // this process writes the file (HDF5 locking off, the lock is the writer's own):
             // HDF5 shares the open file with the reader once the flags agree
             Err(e) if e.to_string().contains("file locking flag values don't match") => {
-                open_with(path, Open::Read, &reader_fapl(path, false)?)
+                open_with(path, Open::Read, &reader_fapl(path, false, undo.as_ref())?)
             }
             other => other,
         },

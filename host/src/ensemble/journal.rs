@@ -16,7 +16,10 @@
 //! voids the journal (its first eight bytes; the next flush starts a new epoch, and records
 //! carry their epoch in their CRC), and closing the file deletes it. [`recover`], run before any later open of the file, finds a journal
 //! left by a killed writer and writes the old bytes back and cuts the file to its committed
-//! length: the file is then bit for bit what the last commit left. A record that the kill cut
+//! length: the file is then bit for bit what the last commit left. A reader that may not write
+//! the file reads the journal instead ([`read_undo`]) and its driver overlays the old bytes on
+//! every read (and reports the committed length), which shows it the same state and changes
+//! nothing. A record that the kill cut
 //! short fails its checksum and is skipped: its range had not been overwritten yet, because
 //! every overwrite waits for its record.
 //!
@@ -203,11 +206,14 @@ fn driver_id() -> Result<hid_t, String> {
         .clone()
 }
 
-/// The driver's file-access information: the journal of a writer, or none (a reader).
+/// The driver's file-access information: the journal of a writer, or none (a reader); for a
+/// reader, optionally the undo of a killed writer's journal that it could not roll back.
 #[repr(C)]
 struct Info {
     /// `Arc::into_raw` of the writer's journal, or null.
     journal: *const Journal,
+    /// `Arc::into_raw` of the reader's undo view, or null.
+    undo: *const Undo,
 }
 
 unsafe extern "C" fn fapl_copy(old: *const c_void) -> *mut c_void {
@@ -218,7 +224,10 @@ unsafe extern "C" fn fapl_copy(old: *const c_void) -> *mut c_void {
         if !old.journal.is_null() {
             Arc::increment_strong_count(old.journal);
         }
-        Box::into_raw(Box::new(Info { journal: old.journal })) as *mut c_void
+        if !old.undo.is_null() {
+            Arc::increment_strong_count(old.undo);
+        }
+        Box::into_raw(Box::new(Info { journal: old.journal, undo: old.undo })) as *mut c_void
     }
 }
 
@@ -230,15 +239,21 @@ unsafe extern "C" fn fapl_free(info: *mut c_void) -> Herr {
         if !info.journal.is_null() {
             drop(Arc::from_raw(info.journal));
         }
+        if !info.undo.is_null() {
+            drop(Arc::from_raw(info.undo));
+        }
         0
     }
 }
 
 /// A file-access property list with this driver: `journal` for a writer, `None` for a reader.
-/// `base` holds the other settings (format bounds, locking, metadata cache).
-pub(super) fn fapl(base: FileAccess, journal: Option<&Arc<Journal>>) -> Result<FileAccess, String> {
+/// `undo` (readers only) makes the reader see the file as the undo leaves it: the state of the
+/// last commit of a writer that was killed in the middle of a flush, which this reader may not
+/// roll back on disk (no write permission). `base` holds the other settings (format bounds,
+/// locking, metadata cache).
+pub(super) fn fapl(base: FileAccess, journal: Option<&Arc<Journal>>, undo: Option<&Arc<Undo>>) -> Result<FileAccess, String> {
     let driver = driver_id()?;
-    let info = Info { journal: journal.map_or(std::ptr::null(), Arc::as_ptr) };
+    let info = Info { journal: journal.map_or(std::ptr::null(), Arc::as_ptr), undo: undo.map_or(std::ptr::null(), Arc::as_ptr) };
     // SAFETY: `base` is a live file-access list; HDF5 copies `info` with `fapl_copy` (which
     // takes its own reference to the journal) before the call returns.
     let rc = hdf5::sync::sync(|| unsafe {
@@ -263,6 +278,8 @@ struct DriverFile {
     inode: u64,
     /// The writer's journal; `None` for a reader.
     journal: Option<Arc<Journal>>,
+    /// A reader's view of a killed writer's last commit; `None` otherwise.
+    undo: Option<Arc<Undo>>,
 }
 
 /// Runs a callback body, turning an error or a panic into HDF5's failure code (a panic must
@@ -300,6 +317,12 @@ unsafe extern "C" fn open(name: *const c_char, flags: c_uint, fapl: hid_t, maxad
             Arc::increment_strong_count((*info).journal);
             Some(Arc::from_raw((*info).journal))
         };
+        let undo = if info.is_null() || (*info).undo.is_null() || flags & H5F_ACC_RDWR != 0 {
+            None
+        } else {
+            Arc::increment_strong_count((*info).undo);
+            Some(Arc::from_raw((*info).undo))
+        };
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> io::Result<DriverFile> {
             let path = Path::new(std::ffi::OsStr::from_encoded_bytes_unchecked(CStr::from_ptr(name).to_bytes()));
             let mut options = fs::OpenOptions::new();
@@ -328,10 +351,11 @@ unsafe extern "C" fn open(name: *const c_char, flags: c_uint, fapl: hid_t, maxad
                 fd: file.as_raw_fd(),
                 file,
                 eoa: 0,
-                eof: meta.len(),
+                eof: undo.as_ref().map_or(meta.len(), |u| u.committed),
                 device: meta.dev(),
                 inode: meta.ino(),
                 journal: journal.clone(),
+                undo,
             })
         }));
         match opened {
@@ -451,6 +475,9 @@ unsafe extern "C" fn read(file: *mut H5fdPublic, _ty: MemType, _dxpl: hid_t, add
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
                 }
+            }
+            if let Some(u) = &f.undo {
+                u.overlay(addr, out);
             }
             Ok(())
         })
@@ -738,37 +765,64 @@ impl Journal {
     }
 }
 
-/// If a killed writer left a live journal beside `path`, writes the journaled bytes back, cuts
-/// the file to its committed length, `fsync`s it and deletes the journal (a void one is just
-/// deleted). Returns whether anything was rolled back. The caller holds the file's exclusive
-/// lock. Errors if the journal is not one of latflow's (it is then left alone) or if the file
-/// cannot be repaired.
-pub(super) fn recover(path: &Path) -> io::Result<bool> {
+/// What a killed writer's live journal undoes: the file's length at the last commit, and the
+/// old bytes of every range the unfinished flush overwrote (disjoint ranges, each below
+/// `committed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Undo {
+    pub committed: u64,
+    pub records: Vec<(u64, Vec<u8>)>,
+}
+
+impl Undo {
+    /// Overlays the committed state on `out`, which holds the file's current bytes from `addr`
+    /// on: the old bytes where a record covers them, zeros at and beyond the committed length.
+    fn overlay(&self, addr: u64, out: &mut [u8]) {
+        let end = addr.saturating_add(out.len() as u64);
+        for (start, old) in &self.records {
+            let stop = start + old.len() as u64;
+            let (lo, hi) = (addr.max(*start), end.min(stop));
+            if lo < hi {
+                out[(lo - addr) as usize..(hi - addr) as usize].copy_from_slice(&old[(lo - start) as usize..(hi - start) as usize]);
+            }
+        }
+        if end > self.committed {
+            out[self.committed.saturating_sub(addr) as usize..].fill(0);
+        }
+    }
+}
+
+/// The journal beside `path`, read without touching anything: `Ok(None)` where there is none,
+/// or where it undoes nothing (void, or cut short in its head before any overwrite).
+/// Errors if the journal is not one of latflow's.
+pub(super) fn read_undo(path: &Path) -> io::Result<Option<Undo>> {
     let jpath = journal_path(path);
     let bytes = match fs::read(&jpath) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    read_undo_bytes(&bytes).map_err(|e| io::Error::other(format!("{} {e}", jpath.display())))
+}
+
+/// [`read_undo`] of a journal's bytes; the error says what is wrong (after the journal's name).
+pub(super) fn read_undo_bytes(bytes: &[u8]) -> io::Result<Option<Undo>> {
     if bytes.starts_with(VOID) {
-        // committed: nothing to undo
-        fs::remove_file(&jpath)?;
-        return Ok(false);
+        return Ok(None); // committed: nothing to undo
     }
     if bytes.len() < HEAD {
         // cut short while its head was written: nothing was overwritten yet
         if MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
-            fs::remove_file(&jpath)?;
-            return Ok(false);
+            return Ok(None);
         }
-        return Err(io::Error::other(format!("{} is not a latflow journal", jpath.display())));
+        return Err(io::Error::other("is not a latflow journal"));
     }
     if !bytes.starts_with(MAGIC) {
-        return Err(io::Error::other(format!("{} is not a latflow journal", jpath.display())));
+        return Err(io::Error::other("is not a latflow journal"));
     }
     let committed = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let epoch = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    let file = fs::OpenOptions::new().write(true).open(path)?;
+    let mut records = Vec::new();
     let mut at = HEAD;
     while at + 16 <= bytes.len() {
         let addr = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
@@ -785,10 +839,28 @@ pub(super) fn recover(path: &Path) -> io::Result<bool> {
         if sum != record_sum(epoch, addr, old) || addr.checked_add(len).is_none_or(|e| e > committed) {
             break;
         }
-        file.write_all_at(old, addr)?;
+        records.push((addr, old.to_vec()));
         at = stop;
     }
-    file.set_len(committed)?;
+    Ok(Some(Undo { committed, records }))
+}
+
+/// If a killed writer left a live journal beside `path`, writes the journaled bytes back, cuts
+/// the file to its committed length, `fsync`s it and deletes the journal (a void one is just
+/// deleted). Returns whether anything was rolled back. The caller holds the file's exclusive
+/// lock. Errors if the journal is not one of latflow's (it is then left alone) or if the file
+/// cannot be repaired.
+pub(super) fn recover(path: &Path) -> io::Result<bool> {
+    let jpath = journal_path(path);
+    let Some(undo) = read_undo(path)? else {
+        remove(&jpath)?;
+        return Ok(false);
+    };
+    let file = fs::OpenOptions::new().write(true).open(path)?;
+    for (addr, old) in &undo.records {
+        file.write_all_at(old, *addr)?;
+    }
+    file.set_len(undo.committed)?;
     file.sync_all()?;
     fs::remove_file(&jpath)?;
     Ok(true)

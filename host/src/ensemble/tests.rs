@@ -913,6 +913,91 @@ fn a_reader_leaves_a_live_writers_journal_alone() {
     check_contents(&path, 1600);
 }
 
+/// The environment variable that makes [`read_only_reader_child`] read a file.
+const READ_ONLY_CHILD: &str = "LATFLOW_TEST_READ_ONLY_READER";
+
+/// A reader that may not write the file (another user's run, a read-only mount) cannot roll a
+/// killed writer's journal back on disk. It reads the last commit all the same, through its
+/// driver's view of the journal's undo (old bytes overlaid, the committed length), and leaves
+/// the file and the journal as they were; the next writer rolls them back. As root, the read
+/// runs in a child process as the user `nobody` (root may write any file).
+#[test]
+fn a_reader_without_write_permission_sees_the_last_commit() {
+    use std::os::unix::fs::PermissionsExt;
+    let _files = files();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ens.h5");
+    let mut w = create(&path);
+    push_range(&mut w, 0, 1100);
+    let checkpoint = w.flush().unwrap().first();
+    let committed = std::fs::read(&path).unwrap();
+    push_range(&mut w, 1100, 1500);
+    w.write_uncommitted().unwrap();
+    let after = std::fs::read(&path).unwrap();
+    let log = std::fs::read(journal::journal_path(&path)).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    // a kill in the middle of the flush: every other overwrite not done, the rest torn
+    let undo = journal::read_undo_bytes(&log).unwrap().unwrap();
+    assert!(undo.records.len() >= 3, "the flush overwrote in place: {} records", undo.records.len());
+    let mut torn = after.clone();
+    for (k, (addr, old)) in undo.records.iter().enumerate() {
+        let (a, n) = (*addr as usize, old.len());
+        let from = if k % 2 == 0 { a } else { a + n / 2 };
+        torn[from..a + n].copy_from_slice(&committed[from..a + n]);
+    }
+    let killed = dir.path().join("killed.h5");
+    std::fs::write(&killed, &torn).unwrap();
+    std::fs::write(journal::journal_path(&killed), &log).unwrap();
+    std::fs::set_permissions(&killed, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(journal::journal_path(&killed), std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    if std::fs::OpenOptions::new().write(true).open(&killed).is_ok() {
+        // root: read as `nobody`, in a child running only the reader below, from a copy of
+        // this test binary that `nobody` may run (the build directory may be private)
+        use std::os::unix::process::CommandExt;
+        let bin = tempfile::tempdir().unwrap();
+        let exe = bin.path().join("reader");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o555)).unwrap();
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        let out = std::process::Command::new(&exe)
+            .args(["--exact", "ensemble::tests::read_only_reader_child", "--include-ignored", "--nocapture"])
+            .env(READ_ONLY_CHILD, &killed)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "the reader as nobody failed:\n{text}");
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    } else {
+        check_contents(&killed, 1100);
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(std::fs::read(&killed).unwrap() == torn, "the reader changed the file");
+    assert!(std::fs::read(journal::journal_path(&killed)).unwrap() == log, "the reader changed the journal");
+    // the next writer rolls back on disk and resumes
+    std::fs::set_permissions(&killed, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut r = EnsembleWriter::resume(&killed, "deadbeef", &obs(), &steps(), Some(&cdef()), &checkpoint).unwrap();
+    push_range(&mut r, 1100, 1200);
+    r.flush().unwrap();
+    drop(r);
+    check_contents(&killed, 1200);
+}
+
+/// The reader of [`a_reader_without_write_permission_sees_the_last_commit`], run in a child
+/// process as another user; without the variable it does nothing.
+#[test]
+#[ignore = "a child of a_reader_without_write_permission_sees_the_last_commit"]
+fn read_only_reader_child() {
+    if let Some(path) = std::env::var_os(READ_ONLY_CHILD) {
+        let path = std::path::PathBuf::from(path);
+        assert!(std::fs::OpenOptions::new().write(true).open(&path).is_err(), "this reader may write the file");
+        check_contents(&path, 1100);
+    }
+}
+
 /// A damaged chunk index that records a chunk shorter than its Fletcher32 checksum is refused
 /// with an error naming the dataset, before HDF5's filter reads outside its buffer (the input
 /// the fuzzer found made `latflow analyze` die of SIGSEGV).
