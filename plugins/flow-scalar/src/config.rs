@@ -37,7 +37,13 @@ pub enum Z2 {
     #[default]
     None,
     /// Sample φ, then flip its sign with probability ½; log q_sym = logsumexp(log q(φ), log q(−φ)) − ln 2.
+    /// Sampling only: training minimises the reverse KL of the unsymmetrised q.
     Symmetrize,
+    /// The model is the mixture q_sym(φ) = ½(q(φ) + q(−φ)) in training as in sampling: sampling as
+    /// with `Symmetrize`, and training minimises the reverse KL of q_sym itself, so the flow is
+    /// never penalised for favouring one sign (each step costs one more inverse pass, two with
+    /// path gradients). Weights are interchangeable with `None` and `Symmetrize`.
+    Mixture,
     /// A Z₂-equivariant network (affine couplings only): every conditioner output is split into
     /// its even part s(x) = ½(n_s(x) + n_s(−x)) and odd part t(x) = ½(n_t(x) − n_t(−x)), so each
     /// layer obeys f(−x) = −f(x) with an even log-determinant, and with the symmetric priors

@@ -15,11 +15,12 @@
 //! "f64"), `device` ("cpu" | "cuda", the latter with the `cuda` feature), `prior` ("normal" |
 //! "free", the latter with `prior_m2` > 0), `init_seed` (0), `coupling` ("affine" | "spline":
 //! rational-quadratic splines, [`spline`]), `spline_bins` (8) and `spline_bound` (4.0) with
-//! splines only, `z2` ("none" | "symmetrize" | "equivariant", the last for affine couplings only).
+//! splines only, `z2` ("none" | "symmetrize" | "mixture" | "equivariant", the last for affine couplings only;
+//! "mixture" also trains the symmetrised density).
 //!
 //! Precision: the flow runs in `dtype`. Prior deviates are drawn in f64 (in a fixed order from
 //! the caller's stream: all n·V normals, configuration by configuration in site order, then, with
-//! `z2 = "symmetrize"`, n uniforms) and rounded to the dtype; log q₀ is computed in f64 from
+//! `z2 = "symmetrize"` or `"mixture"`, n uniforms) and rounded to the dtype; log q₀ is computed in f64 from
 //! them; the log-determinants are summed in the dtype per layer and across layers, then
 //! converted to f64 and subtracted. In f32, log q is therefore good to about 1e-7 relative to
 //! Σ|s| (measured at the peer's setup with initial weights: |Δ log J| ≤ 1.4e-6 and |Δφ| ≤ 8e-7
@@ -89,6 +90,14 @@ fn log_add_exp(a: f64, b: f64) -> f64 {
     m + ((a - m).exp() + (b - m).exp()).ln()
 }
 
+/// log(e^a + e^b) elementwise, differentiable: max + log(e^{a − max} + e^{b − max}) with the
+/// maximum detached (its gradient cancels).
+fn log_add_exp_tensor(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let m = a.maximum(b)?.detach();
+    let sum = a.broadcast_sub(&m)?.exp()?.add(&b.broadcast_sub(&m)?.exp()?)?;
+    m.add(&sum.log()?)
+}
+
 impl FlowScalar {
     /// Builds the model for `layout` from the `[model]` section as JSON.
     pub fn from_json(json: &str, layout: &FieldLayout) -> Result<Self, PluginError> {
@@ -146,6 +155,11 @@ impl FlowScalar {
         Ok(lq0.iter().zip(&ld).map(|(a, b)| a + b).collect())
     }
 
+    /// Whether log q and sampling are those of the Z₂ mixture ½(q(φ) + q(−φ)).
+    fn symmetrised(&self) -> bool {
+        matches!(self.cfg.arch.z2, Z2::Symmetrize | Z2::Mixture)
+    }
+
     fn draw_eps(&self, n: usize, rng: &mut Stream) -> Vec<f64> {
         let mut eps = vec![0.0; n * self.volume()];
         rng.fill_normal(&mut eps);
@@ -156,7 +170,7 @@ impl FlowScalar {
     pub fn sample_with(&self, n: usize, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let v = self.volume();
         let eps = self.draw_eps(n, rng);
-        let z2 = self.cfg.arch.z2 == Z2::Symmetrize;
+        let z2 = self.symmetrised();
         let flips: Vec<bool> = if z2 { (0..n).map(|_| rng.uniform() < 0.5).collect() } else { Vec::new() };
         let (mut configs, logq) = self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
@@ -193,7 +207,7 @@ impl FlowScalar {
         batch_len(configs.len(), v)?;
         check_finite("configuration", configs)?;
         let cb = self.flow.geom.to_checkerboard(configs);
-        let z2 = self.cfg.arch.z2 == Z2::Symmetrize;
+        let z2 = self.symmetrised();
         let (_, out) = self.state.workers.install(|| {
             let params = self.flow.params(false).map_err(ce)?;
             map_chunks(&cb, CHUNK * v, |chunk| {
@@ -291,18 +305,37 @@ impl FlowScalar {
         self.state.begin(settings)
     }
 
-    /// Draws a training batch (unsymmetrised: `z2` does not enter training) and keeps its graph.
+    /// Draws a training batch and keeps its graph. The configurations are the flow's own, never
+    /// sign-flipped; log q is the unsymmetrised flow's, except with `z2 = "mixture"`, where it is
+    /// log q_sym (whose expectation over q equals that over q_sym, S and q_sym being even).
     pub fn train_sample_with(&mut self, rng: &mut Stream) -> Result<(Vec<f64>, Vec<f64>), PluginError> {
         let n = self.state.batch_size()?;
         let eps = self.draw_eps(n, rng);
+        let mixture = self.cfg.arch.z2 == Z2::Mixture;
         let (flow, net) = (&self.flow, &self.flow.net);
         let pending = self.state.workers.install(|| -> candle_core::Result<TrainBatch> {
             let params = flow.params(true)?;
             let (z, lq0) = flow.prior.draw(&eps, net.dtype, &net.device)?;
             let (phi, ld) = flow.forward(&z, &params)?;
             let ld_host = tensor_to_f64(&ld)?;
-            let logq_host: Vec<f64> = lq0.iter().zip(&ld_host).map(|(a, b)| a - b).collect();
-            let logq = tensor_from_f64(&lq0, n, net.dtype, &net.device)?.sub(&ld)?;
+            let mut logq_host: Vec<f64> = lq0.iter().zip(&ld_host).map(|(a, b)| a - b).collect();
+            let mut logq = tensor_from_f64(&lq0, n, net.dtype, &net.device)?.sub(&ld)?;
+            if mixture {
+                // log q(−φ) through an inverse pass that keeps the graph (weights and φ)
+                let (z_neg, ld_neg) = flow.inverse(&phi.neg()?, &params)?;
+                let logq_neg = flow.prior.log_prob_tensor(&z_neg)?.add(&ld_neg)?;
+                let host_neg: Vec<f64> = flow
+                    .prior
+                    .log_prob_host(&tensor_to_f64(&z_neg)?)
+                    .iter()
+                    .zip(&tensor_to_f64(&ld_neg)?)
+                    .map(|(a, b)| a + b)
+                    .collect();
+                logq = log_add_exp_tensor(&logq, &logq_neg)?.affine(1.0, -LN_2)?;
+                for (a, b) in logq_host.iter_mut().zip(&host_neg) {
+                    *a = log_add_exp(*a, *b) - LN_2;
+                }
+            }
             Ok(TrainBatch { x: phi, logq, logq_host, n })
         });
         let pending = pending.map_err(ce)?;
@@ -344,9 +377,21 @@ impl FlowScalar {
         let flow = &self.flow;
         let g = self.tensor(g_cb, pending.n)?;
         // ∂/∂φ log q_θ(φ) at fixed θ: an inverse pass with detached weights on a leaf copy of φ
+        // (two with `z2 = "mixture"`, whose score is that of log q_sym: the path gradient of the
+        // mixture's reverse KL, taken at the unflipped sample, to which a flipped one contributes
+        // the same since S and q_sym are even)
+        let mixture = self.cfg.arch.z2 == Z2::Mixture;
         let log_q = |x: &Tensor| {
-            let (z, ld_inv) = flow.inverse(x, &flow.params(false)?)?;
-            flow.prior.log_prob_tensor(&z)?.add(&ld_inv)
+            let params = flow.params(false)?;
+            let one = |x: &Tensor| {
+                let (z, ld_inv) = flow.inverse(x, &params)?;
+                flow.prior.log_prob_tensor(&z)?.add(&ld_inv)
+            };
+            if mixture {
+                log_add_exp_tensor(&one(x)?, &one(&x.neg()?)?)?.affine(1.0, -LN_2)
+            } else {
+                one(x)
+            }
         };
         let surrogate = pending.surrogate(&g, if path { Some(&log_q) } else { None })?;
         flow.net.gradients(&surrogate.backward()?)

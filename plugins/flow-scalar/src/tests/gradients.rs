@@ -50,16 +50,55 @@ fn surrogate_gradient_equals_true_gradient_phi4() {
     check_surrogate(&[8], r#"{"dtype":"f64","layers":3,"prior":"free","prior_m2":0.5}"#, 8);
 }
 
+/// With `z2 = "mixture"` the training batch carries log q_sym with its graph, and the surrogate
+/// (through the host's ∂S/∂φ) has the gradient of the mixture's reverse KL, mean(log q_sym + S).
+#[test]
+fn surrogate_gradient_equals_true_gradient_of_the_z2_mixture() {
+    check_surrogate(&[4, 4], r#"{"dtype":"f64","layers":4,"z2":"mixture"}"#, 16);
+    check_surrogate(&[4, 4], r#"{"dtype":"f64","layers":2,"z2":"mixture","coupling":"spline"}"#, 8);
+}
+
+/// The mixture's training log q is log q_sym, which the sampling side computes independently
+/// (`log_prob`): the same values, and different from the unsymmetrised flow's.
+#[test]
+fn mixture_training_reports_the_symmetrised_log_q() {
+    let json = r#"{"dtype":"f64","layers":4,"z2":"mixture","init_seed":5}"#;
+    let mut m = model(json, &[4, 4]);
+    randomize(&m, 1.0, 12);
+    m.train_begin_with(&settings(16, 1e-3)).unwrap();
+    let (configs, lq) = m.train_sample_with(&mut Stream::new(3, 0)).unwrap();
+    let again = m.log_prob_vec(&configs).unwrap();
+    assert!(max_abs_diff(&lq, &again) < 1e-10, "train_sample and log_prob disagree: {}", max_abs_diff(&lq, &again));
+    let mut plain = model(&json.replace(r#""mixture""#, r#""none""#), &[4, 4]);
+    plain.load_bytes(&m.save_bytes(false).unwrap()).unwrap();
+    let unsym = plain.log_prob_vec(&configs).unwrap();
+    assert!(max_abs_diff(&lq, &unsym) > 1e-3, "log q_sym equals log q: the randomised flow is symmetric?");
+    // ½(q(φ) + q(−φ)) ≥ ½ q(φ): log q_sym ≥ log q − ln 2
+    for (s, u) in lq.iter().zip(&unsym) {
+        assert!(*s >= u - std::f64::consts::LN_2 - 1e-12);
+    }
+}
+
 /// Path gradients (Vaitl et al. 2022) drop the score term ∂_θ log q_θ(φ)|_φ, whose expectation
 /// is zero, so they equal the reparameterised gradient only in expectation. The paired
 /// difference of the two estimators, projected on a fixed random direction, must average to
 /// zero within its standard error over independent batches.
 #[test]
 fn path_gradient_agrees_with_reparameterised_gradient_in_expectation() {
+    path_and_reparameterised_agree(r#"{"dtype":"f64","layers":4}"#);
+}
+
+/// The same for the Z₂ mixture, whose path gradient uses the score of log q_sym.
+#[test]
+fn mixture_path_gradient_agrees_with_reparameterised_gradient_in_expectation() {
+    path_and_reparameterised_agree(r#"{"dtype":"f64","layers":4,"z2":"mixture"}"#);
+}
+
+fn path_and_reparameterised_agree(json: &str) {
     // the free field (m² = 1, λ = 0) from a mildly randomised flow: far from the optimum, so the
     // mean gradient is clearly non-zero, with moderate variance
     let shape = [4, 4];
-    let mut m = model(r#"{"dtype":"f64","layers":4}"#, &shape);
+    let mut m = model(json, &shape);
     randomize(&m, 0.7, 41);
     let lat = Lattice::new(&[4, 4]).unwrap();
     m.train_begin_with(&settings(256, 1e-3)).unwrap();

@@ -113,6 +113,11 @@ fn z2_is_a_sampling_option_for_weights() {
     let bytes = a.save_bytes(false).unwrap();
     let mut sym = model(r#"{"dtype":"f64","layers":2,"init_seed":2,"z2":"symmetrize"}"#, &[4, 4]);
     sym.load_bytes(&bytes).unwrap();
+    let mut mixture = model(r#"{"dtype":"f64","layers":2,"init_seed":2,"z2":"mixture"}"#, &[4, 4]);
+    mixture.load_bytes(&bytes).unwrap();
+    // the mixture samples and evaluates log q as the symmetrised model does
+    let x = super::normals(3 * 16, 4);
+    assert_eq!(sym.log_prob_vec(&x).unwrap(), mixture.log_prob_vec(&x).unwrap());
     let mut other = model(r#"{"dtype":"f64","layers":3,"init_seed":2,"z2":"symmetrize"}"#, &[4, 4]);
     assert!(other.load_bytes(&bytes).is_err());
 }
