@@ -769,6 +769,32 @@ fn a_table_cut_short_by_a_kill_reads_the_rows_of_the_last_checkpoint() {
     assert!(msg.contains("rows, but") && msg.contains("no checkpoint says which rows are complete"), "{msg}");
 }
 
+/// A writer in the middle of a flush, as a kill would find it: rows 0..1100 committed, rows
+/// 1100..1500 written but not committed.
+struct MidFlush {
+    writer: EnsembleWriter,
+    /// The counts of the last commit, as a checkpoint records them.
+    checkpoint: Counts,
+    /// The file's bytes at the last commit.
+    committed: Vec<u8>,
+    /// The file's bytes after the uncommitted writes.
+    after: Vec<u8>,
+    /// The live journal's bytes.
+    log: Vec<u8>,
+}
+
+fn mid_flush(path: &Path) -> MidFlush {
+    let mut writer = create(path);
+    push_range(&mut writer, 0, 1100);
+    let checkpoint = writer.flush().unwrap().first();
+    let committed = std::fs::read(path).unwrap();
+    push_range(&mut writer, 1100, 1500);
+    writer.write_uncommitted().unwrap();
+    let after = std::fs::read(path).unwrap();
+    let log = std::fs::read(journal::journal_path(path)).unwrap();
+    MidFlush { writer, checkpoint, committed, after, log }
+}
+
 /// A writer killed in the middle of a flush leaves some of the flush's in-place writes done,
 /// some not, and one perhaps torn at a page boundary (a chunk whose checksum no longer matches,
 /// an index that disagrees with an extent). The journal rolls the file back, bit for bit, to
@@ -778,16 +804,13 @@ fn a_flush_cut_short_is_rolled_back_to_the_last_commit() {
     let _files = files();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ens.h5");
-    let mut w = create(&path);
-    push_range(&mut w, 0, 1100);
-    let checkpoint = w.flush().unwrap().first();
-    let committed = std::fs::read(&path).unwrap();
     let void = |p: &Path| std::fs::read(journal::journal_path(p)).map_or(true, |j| j.starts_with(b"LFJRNLok"));
-    assert!(void(&path), "a commit leaves no live journal");
-    push_range(&mut w, 1100, 1500);
-    w.write_uncommitted().unwrap();
-    let after = std::fs::read(&path).unwrap();
-    let log = std::fs::read(journal::journal_path(&path)).unwrap();
+    let mut committed_only = create(&dir.path().join("committed.h5"));
+    push_range(&mut committed_only, 0, 1100);
+    committed_only.flush().unwrap();
+    assert!(void(&dir.path().join("committed.h5")), "a commit leaves no live journal");
+    drop(committed_only);
+    let MidFlush { writer: mut w, checkpoint, committed, after, log } = mid_flush(&path);
 
     // the journal's records: (address, old bytes)
     assert_eq!(&log[..8], b"LFJRNL01");
@@ -893,14 +916,8 @@ fn a_reader_leaves_a_live_writers_journal_alone() {
     let _files = files();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ens.h5");
-    let mut w = create(&path);
-    push_range(&mut w, 0, 1100);
-    w.flush().unwrap();
-    push_range(&mut w, 1100, 1500);
-    w.write_uncommitted().unwrap();
-    let log = std::fs::read(journal::journal_path(&path)).unwrap();
+    let MidFlush { writer: mut w, log, after: during, .. } = mid_flush(&path);
     assert!(log.starts_with(b"LFJRNL01") && log.len() > 24, "a live journal with records");
-    let during = std::fs::read(&path).unwrap();
     // the read shares the writer's open file (one process): it sees the writer's rows
     let e = read_ensemble(&path).unwrap();
     assert_eq!(e.sweeps.len(), 1500);
@@ -927,14 +944,7 @@ fn a_reader_without_write_permission_sees_the_last_commit() {
     let _files = files();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ens.h5");
-    let mut w = create(&path);
-    push_range(&mut w, 0, 1100);
-    let checkpoint = w.flush().unwrap().first();
-    let committed = std::fs::read(&path).unwrap();
-    push_range(&mut w, 1100, 1500);
-    w.write_uncommitted().unwrap();
-    let after = std::fs::read(&path).unwrap();
-    let log = std::fs::read(journal::journal_path(&path)).unwrap();
+    let MidFlush { writer: mut w, checkpoint, committed, after, log } = mid_flush(&path);
     w.flush().unwrap();
     drop(w);
     // a kill in the middle of the flush: every other overwrite not done, the rest torn
