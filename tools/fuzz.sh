@@ -76,6 +76,28 @@ failed() { # target log
     exit 1
 }
 
+# The one hang HDF5 is known for (fuzz/known-upstream/ensemble/): a damaged global heap.
+KNOWN_HANG=H5HG__cache_heap_deserialize
+
+# Fork mode (the ensemble target) exits non-zero when any input timed out, even with
+# -ignore_timeouts. The run passes if its last status line counts no crash and no OOM, the log
+# holds no sanitizer report or panic, and every timeout it saved (newer than `since`) hangs
+# again, when rerun alone for 3 s, inside $KNOWN_HANG (by its symbolised stack). Prints the
+# count of such hangs.
+only_known_hangs() { # target log since build
+    local t=$1 log=$2 since=$3 bin=$4 n=0 f
+    grep -qE "AddressSanitizer|LeakSanitizer|panicked" "$log" && return 1
+    grep -oE "oom/timeout/crash: [0-9]+/[0-9]+/[0-9]+" "$log" | tail -1 | grep -qE ": 0/[0-9]+/0$" || return 1
+    while IFS= read -r f; do
+        ASAN_OPTIONS=detect_leaks=0 timeout 120 "$bin" -timeout=3 "$f" 2>&1 | grep -qE "^ +#[0-9]+ .* in $KNOWN_HANG" || {
+            echo "$t: the timeout $f does not hang in $KNOWN_HANG" >&2
+            return 1
+        }
+        n=$((n + 1))
+    done < <(find "fuzz/artifacts/$t" -name "timeout-*" -newer "$since" 2>/dev/null)
+    echo "$n"
+}
+
 if [ "$mode" = smoke ]; then
     cargo +nightly fuzz build --dev
     scratch=$(mktemp -d)
@@ -98,8 +120,14 @@ for t in "${targets[@]}"; do
     target_options "$t"
     mkdir -p "fuzz/corpus/$t"
     echo "== $t: $runs runs"
-    cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+    since=$(mktemp)
+    if ! cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
         -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 "${extra[@]}" \
-        >"fuzz/logs/$t.log" 2>&1 || failed "$t" "fuzz/logs/$t.log"
-    grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|^Done" "fuzz/logs/$t.log" || true
+        >"fuzz/logs/$t.log" 2>&1; then
+        hangs=$(only_known_hangs "$t" "fuzz/logs/$t.log" "$since" "fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release/$t") ||
+            failed "$t" "fuzz/logs/$t.log"
+        echo "$t: $hangs timeouts, every one inside HDF5's $KNOWN_HANG (fuzz/known-upstream/$t/)"
+    fi
+    rm -f "$since"
+    grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|^Done|^#[0-9]+: cov" "fuzz/logs/$t.log" | tail -2 || true
 done
