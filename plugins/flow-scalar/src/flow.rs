@@ -204,6 +204,13 @@ impl Flow {
         Ok((Tensor::cat(&halves, 1)?, Tensor::stack(&lds, 1)?.sum(1)?))
     }
 
+    /// log q(φ) in f64 from an inverse pass's (z, log|det ∂z/∂φ|): the prior's log density of z
+    /// (in f64) plus the log-determinant.
+    pub fn log_q_host(&self, z: &Tensor, ld_inv: &Tensor) -> candle_core::Result<Vec<f64>> {
+        let lq0 = self.prior.log_prob_host(&tensor_to_f64(z)?);
+        Ok(lq0.iter().zip(&tensor_to_f64(ld_inv)?).map(|(a, b)| a + b).collect())
+    }
+
     /// The inverse flow, φ → z, with Σ log J⁻¹ per configuration ([B]).
     pub fn inverse(&self, phi: &Tensor, params: &[Tensor]) -> candle_core::Result<(Tensor, Tensor)> {
         let mut halves = self.split(phi)?;

@@ -90,12 +90,17 @@ fn log_add_exp(a: f64, b: f64) -> f64 {
     m + ((a - m).exp() + (b - m).exp()).ln()
 }
 
-/// log(e^a + e^b) elementwise, differentiable: max + log(e^{a − max} + e^{b − max}) with the
-/// maximum detached (its gradient cancels).
-fn log_add_exp_tensor(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+/// log q_sym = log ½(q(φ) + q(−φ)) of the Z₂ mixture from a = log q(φ) and b = log q(−φ).
+fn log_mixture(a: f64, b: f64) -> f64 {
+    log_add_exp(a, b) - LN_2
+}
+
+/// [`log_mixture`] elementwise and differentiable: max + log(e^{a − max} + e^{b − max}) − ln 2
+/// with the maximum detached (its gradient cancels).
+fn log_mixture_tensor(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let m = a.maximum(b)?.detach();
     let sum = a.broadcast_sub(&m)?.exp()?.add(&b.broadcast_sub(&m)?.exp()?)?;
-    m.add(&sum.log()?)
+    m.add(&sum.log()?)?.affine(1.0, -LN_2)
 }
 
 impl FlowScalar {
@@ -150,9 +155,7 @@ impl FlowScalar {
     /// log q of the unsymmetrised flow for a batch tensor in checkerboard order (inverse pass).
     fn log_prob_cb(&self, phi: &Tensor, params: &[Tensor]) -> candle_core::Result<Vec<f64>> {
         let (z, ld) = self.flow.inverse(phi, params)?;
-        let lq0 = self.flow.prior.log_prob_host(&tensor_to_f64(&z)?);
-        let ld = tensor_to_f64(&ld)?;
-        Ok(lq0.iter().zip(&ld).map(|(a, b)| a + b).collect())
+        self.flow.log_q_host(&z, &ld)
     }
 
     /// Whether log q and sampling are those of the Z₂ mixture ½(q(φ) + q(−φ)).
@@ -179,7 +182,7 @@ impl FlowScalar {
                 if z2 {
                     let lq_neg = self.log_prob_cb(&phi.neg().map_err(ce)?, &params).map_err(ce)?;
                     for (a, b) in lq.iter_mut().zip(&lq_neg) {
-                        *a = log_add_exp(*a, *b) - LN_2;
+                        *a = log_mixture(*a, *b);
                     }
                 }
                 Ok((self.flow.geom.to_sites(&tensor_to_f64(&phi).map_err(ce)?), lq))
@@ -216,7 +219,7 @@ impl FlowScalar {
                 if z2 {
                     let lq_neg = self.log_prob_cb(&t.neg().map_err(ce)?, &params).map_err(ce)?;
                     for (a, b) in lq.iter_mut().zip(&lq_neg) {
-                        *a = log_add_exp(*a, *b) - LN_2;
+                        *a = log_mixture(*a, *b);
                     }
                 }
                 Ok((Vec::new(), lq))
@@ -324,16 +327,9 @@ impl FlowScalar {
                 // log q(−φ) through an inverse pass that keeps the graph (weights and φ)
                 let (z_neg, ld_neg) = flow.inverse(&phi.neg()?, &params)?;
                 let logq_neg = flow.prior.log_prob_tensor(&z_neg)?.add(&ld_neg)?;
-                let host_neg: Vec<f64> = flow
-                    .prior
-                    .log_prob_host(&tensor_to_f64(&z_neg)?)
-                    .iter()
-                    .zip(&tensor_to_f64(&ld_neg)?)
-                    .map(|(a, b)| a + b)
-                    .collect();
-                logq = log_add_exp_tensor(&logq, &logq_neg)?.affine(1.0, -LN_2)?;
-                for (a, b) in logq_host.iter_mut().zip(&host_neg) {
-                    *a = log_add_exp(*a, *b) - LN_2;
+                logq = log_mixture_tensor(&logq, &logq_neg)?;
+                for (a, b) in logq_host.iter_mut().zip(&flow.log_q_host(&z_neg, &ld_neg)?) {
+                    *a = log_mixture(*a, *b);
                 }
             }
             Ok(TrainBatch { x: phi, logq, logq_host, n })
@@ -388,7 +384,7 @@ impl FlowScalar {
                 flow.prior.log_prob_tensor(&z)?.add(&ld_inv)
             };
             if mixture {
-                log_add_exp_tensor(&one(x)?, &one(&x.neg()?)?)?.affine(1.0, -LN_2)
+                log_mixture_tensor(&one(x)?, &one(&x.neg()?)?)
             } else {
                 one(x)
             }
