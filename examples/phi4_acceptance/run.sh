@@ -9,11 +9,7 @@
 #   cargo build --release
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-work="${1:-phi4_acceptance}"
-latflow="${LATFLOW:-$root/target/release/latflow}"
-[ -x "$latflow" ] || (cd "$root" && cargo build --release)
-mkdir -p "$work" && cd "$work"
+source "$here/../common.sh" "${1:-phi4_acceptance}"
 for seed in 1 2 3; do
   sed -e "s/^seed = 1$/seed = $seed/" -e "s/phi4_spline\./phi4_spline_s$seed./" "$here/card.toml" > "seed$seed.toml"
   [ -f "phi4_spline_s$seed.safetensors" ] || "$latflow" train "seed$seed.toml"

@@ -11,11 +11,7 @@
 #   cargo build --release
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
-work="${1:-u1_headline}"
-latflow="${LATFLOW:-$root/target/release/latflow}"
-[ -x "$latflow" ] || (cd "$root" && cargo build --release)
-mkdir -p "$work" && cd "$work"
+source "$here/../common.sh" "${1:-u1_headline}"
 for rung in b2_L8 b3_L8 b4_L8 b6_L8 b6_L8_ft b6_L16 b6_L8_scratch; do
   if [ ! -f "$rung.safetensors" ]; then
     echo "== training $rung"
