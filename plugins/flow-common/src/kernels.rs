@@ -21,6 +21,9 @@
 //! [`Real`] trait (f32/f64 arithmetic and the transcendental functions), [`cpu_slice`] (a
 //! contiguous input as a slice), [`IntoStorage`] and the [`dispatch_float!`] macro.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Error, Layout, Result, Shape, Tensor};
@@ -400,6 +403,10 @@ fn gather_conv<T: Real>(
         #[cfg(target_arch = "x86_64")]
         if simd_kernels() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            if unsafe { avx2::gather_conv_f32(xs, rows, w, bias, tab, nb, ci, co, act, os) } {
+                return;
+            }
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
             unsafe { gather_conv_avx2(xs, rows, w, bias, tab, nb, ci, co, act, os) };
             return;
         }
@@ -577,7 +584,10 @@ fn conv_back_weight<T: Real>(
         #[cfg(target_arch = "x86_64")]
         let done = if simd_kernels() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            unsafe { back_weight_avx2(xs, rows, gs, tab, nb, ci, co, w_part) };
+            if !unsafe { avx2::back_weight_f32(xs, rows, gs, tab, nb, ci, co, w_part) } {
+                // SAFETY: as above.
+                unsafe { back_weight_avx2(xs, rows, gs, tab, nb, ci, co, w_part) };
+            }
             true
         } else {
             false
@@ -587,9 +597,16 @@ fn conv_back_weight<T: Real>(
         if !done {
             back_weight_portable(xs, rows, gs, tab, nb, ci, co, w_part);
         }
-        for row in gs.chunks_exact(co) {
-            for q in 0..co {
-                b_part[q] += row[q];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        let done = simd_kernels() && unsafe { avx2::sum_rows8(gs, b_part) };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = false;
+        if !done {
+            for row in gs.chunks_exact(co) {
+                for q in 0..co {
+                    b_part[q] += row[q];
+                }
             }
         }
         gw
@@ -918,6 +935,7 @@ mod tests {
     fn cases() -> Vec<Case> {
         let all64: Vec<usize> = (0..64).collect();
         let stripe: Vec<usize> = (0..64).filter(|x| x % 8 == 3).collect();
+        let odd: Vec<usize> = (0..64).filter(|x| x % 2 == 1).collect();
         vec![
             // the U(1) conditioner's shapes: 2 → 8 with the constant (1, 0) pad row, 8 → 8, 8 → 3 on a stripe
             Case { shape: vec![8, 8], kernel: 3, ci: 2, co: 8, outputs: all64.clone(), pad: Some(vec![1.0, 0.0]) },
@@ -931,6 +949,12 @@ mod tests {
             },
             Case { shape: vec![8, 8], kernel: 3, ci: 8, co: 3, outputs: stripe.clone(), pad: None },
             Case { shape: vec![8, 8], kernel: 3, ci: 8, co: 25, outputs: stripe, pad: Some(vec![0.5; 8]) },
+            // the φ⁴ conditioner's shapes: 1 → 8 from the frozen half with zero padding, 8 → 2 on
+            // the active half; and 8 → 1 (the f32 AVX2 kernels' (ci, co) = (8, 1) cases); 61 and
+            // 29 output sites leave tails after the kernels' blocks of 2, 4, 7 and 8 sites
+            Case { shape: vec![8, 8], kernel: 3, ci: 1, co: 8, outputs: (0..61).collect(), pad: Some(vec![0.0]) },
+            Case { shape: vec![8, 8], kernel: 3, ci: 8, co: 2, outputs: odd.clone(), pad: None },
+            Case { shape: vec![8, 8], kernel: 3, ci: 8, co: 1, outputs: odd[..29].to_vec(), pad: Some(vec![0.25; 8]) },
             // the generic loops (no specialisation for 3 → 7) in 1D and 3D
             Case {
                 shape: vec![12],
@@ -967,13 +991,23 @@ mod tests {
 
     #[test]
     fn fused_convolution_in_f32_agrees_with_f64() {
+        // (the f32 kernels, explicit-register AVX2 ones included, against the f64 ones that the
+        // test above checks against the generic formulation)
         for case in cases() {
-            let [a, _] = both(&case, Act::Tanh, 20, DType::F32);
-            let [b, _] = both(&case, Act::Tanh, 20, DType::F64);
-            for (x, y) in a.iter().zip(&b) {
-                let scale = y.iter().fold(1.0f64, |s, v| s.max(v.abs()));
-                let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
-                assert!(d < 1e-5 * scale, "{:?}: f32 differs by {d}", case.shape);
+            for act in [Act::Identity, Act::LeakyRelu, Act::Relu, Act::Tanh] {
+                let [a, _] = both(&case, act, 20, DType::F32);
+                let [b, _] = both(&case, act, 20, DType::F64);
+                for (what, (x, y)) in ["output", "∂/∂in", "∂/∂W", "∂/∂bias"].iter().zip(a.iter().zip(&b)) {
+                    let scale = y.iter().fold(1.0f64, |s, v| s.max(v.abs()));
+                    let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+                    assert!(
+                        d < 1e-5 * scale,
+                        "{:?} {}→{} {act:?}: f32 {what} differs by {d}",
+                        case.shape,
+                        case.ci,
+                        case.co
+                    );
+                }
             }
         }
     }

@@ -1,0 +1,485 @@
+//! Explicit-register f32 AVX2 + FMA forward convolutions for the shapes the flows spend their
+//! time in. LLVM's vectorisation of the generic [`super::gather_conv_co`] is good for some
+//! widths and poor for others: with eight output channels it hoisted all eight input
+//! broadcasts, ran out of the 16 vector registers, kept an accumulator on the stack and
+//! serialised on its store-to-load latency (0.8 FMA per cycle); with two or three output
+//! channels it used 64- and 96-bit lanes. Here each shape gets the register blocking that fits:
+//!
+//! * [`conv_co8`]: eight output channels (the hidden convolutions): one 8-lane accumulator per
+//!   output site, eight sites at a time, one broadcast input and one FMA per (site, offset,
+//!   input channel). The same operations in the same order as the generic AVX2 kernel: the
+//!   same bits.
+//! * [`conv_ci8`]: eight input channels and a few outputs (the conditioners' last
+//!   convolutions): the gathered row's eight channels are one vector, multiplied by the
+//!   offset's weight column per output, summed over offsets lane by lane and across lanes at
+//!   the end. This sums in another order than the generic kernel (other rounding, equally
+//!   deterministic: nothing depends on the thread count or the batch split).
+//!
+//! * [`back_weight_f32`]: ∂L/∂W, Σ over configurations and sites of input row ⊗ output
+//!   gradient, with vectors over the eight output channels ([`back_weight_co8`]) or the eight
+//!   input channels ([`back_weight_ci8`]) and U sites' partial sums in separate registers
+//!   (added in a fixed order at the end), so that no accumulator waits on its own latency and
+//!   none spills.
+//!
+//! Both forward kernels apply a tanh activation with [`tanh8`], a vectorised tanh (within 2 ulp of the exact
+//! value; libm's scalar `tanhf` was a fifth of a flow's proposal time once the convolutions
+//! were fast).
+
+use std::arch::x86_64::*;
+
+use super::{act_apply, Act, Real, Table};
+
+/// The f32 slice behind `s` when `T` is `f32`.
+fn as_f32<T: Real>(s: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice's memory holds s.len() f32 values.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+fn as_f32_mut<T: Real>(s: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice's memory holds s.len() f32 values.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+}
+
+/// Runs the forward convolution of [`super::gather_conv_co`]'s contract (`x`: `b` blocks of
+/// `rows·ci`, `w`: `[k·ci, co]`, `out`: `b` blocks of `m·co`) with an explicit-register kernel
+/// when one fits (`T` = f32 and co = 8, or ci = 8 and co ∈ {1, 2, 3}); returns false, having
+/// done nothing, otherwise.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gather_conv_f32<T: Real>(
+    x: &[T],
+    rows: usize,
+    w: &[T],
+    bias: &[T],
+    tab: &Table,
+    b: usize,
+    ci: usize,
+    co: usize,
+    act: Act,
+    out: &mut [T],
+) -> bool {
+    let (Some(x), Some(w), Some(bias)) = (as_f32(x), as_f32(w), as_f32(bias)) else {
+        return false;
+    };
+    let out = as_f32_mut(out).expect("out has the input's type");
+    // a table entry is its row: pad entries are stored as n_in, the pad row of the padded input
+    // (rows = n_in + 1), and without pad entries every entry is < n_in = rows (checked: the
+    // kernels read unchecked; m·k comparisons against m·k·ci·co multiply-adds per configuration)
+    assert!(tab.idx.len() == tab.m * tab.k && tab.idx.iter().all(|&i| (i as usize) < rows));
+    assert!(bias.len() == co && x.len() >= b * rows * ci && w.len() >= tab.k * ci * co && out.len() >= b * tab.m * co);
+    // SAFETY (all three): AVX2 and FMA by the caller; the sizes were checked above.
+    match (ci, co) {
+        (_, 8) => unsafe { conv_co8(x, rows, w, bias, tab, b, ci, act, out) },
+        (8, 2) => unsafe { conv_ci8::<2, 4>(x, rows, w, bias, tab, b, act, out) },
+        (8, 3) => unsafe { conv_ci8::<3, 3>(x, rows, w, bias, tab, b, act, out) },
+        // ∂L/∂in of a convolution from one input channel to eight
+        (8, 1) => unsafe { conv_ci8::<1, 7>(x, rows, w, bias, tab, b, act, out) },
+        _ => return false,
+    }
+    true
+}
+
+/// Eight output channels; see the module documentation.
+///
+/// # Safety
+/// AVX2 and FMA; `bias.len() == 8`, `x.len() ≥ b·rows·ci`, `w.len() ≥ k·ci·8`, `out.len() ≥ b·m·8`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_co8(x: &[f32], rows: usize, w: &[f32], bias: &[f32], tab: &Table, b: usize, ci: usize, act: Act, out: &mut [f32]) {
+    const NB: usize = 8;
+    let (m, k) = (tab.m, tab.k);
+    // SAFETY: by the contract, every pointer below stays inside x, w and bias: idx < rows,
+    // c < ci, o < k.
+    unsafe {
+        let bv = _mm256_loadu_ps(bias.as_ptr());
+        for bi in 0..b {
+            let xb = x.as_ptr().add(bi * rows * ci);
+            let ob = &mut out[bi * m * 8..(bi + 1) * m * 8];
+            let mut site = 0;
+            while site < m {
+                let nb = (m - site).min(NB);
+                let mut acc = [bv; NB];
+                for o in 0..k {
+                    let wo = w.as_ptr().add(o * ci * 8);
+                    // the nb sites' input rows (the others repeat the first and are discarded)
+                    let mut r = [xb; NB];
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        *ri = xb.add(tab.idx[(site + i.min(nb - 1)) * k + o] as usize * ci);
+                    }
+                    for c in 0..ci {
+                        let wv = _mm256_loadu_ps(wo.add(c * 8));
+                        for i in 0..NB {
+                            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(*r[i].add(c)), wv, acc[i]);
+                        }
+                    }
+                }
+                let mut lanes = [0f32; 8];
+                for (i, a) in acc.iter().enumerate().take(nb) {
+                    let a = if act == Act::Tanh { tanh8(*a) } else { *a };
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), a);
+                    for (d, &v) in ob[(site + i) * 8..(site + i + 1) * 8].iter_mut().zip(&lanes) {
+                        *d = if act == Act::Tanh { v } else { act_apply(act, v) };
+                    }
+                }
+                site += nb;
+            }
+        }
+    }
+}
+
+/// ∂L/∂W of a convolution over one block of configurations (the contract of
+/// [`super::back_weight_blk`]: `x`: `b` blocks of `rows·ci`, `g`: `b` blocks of `m·co`, `gw`:
+/// `[k·ci, co]`, overwritten) with an explicit-register kernel when one fits (`T` = f32, and
+/// co = 8 with ci ∈ {1, 2, 4, 8}, or ci = 8 with co ∈ {1, 2, 3}); returns false, having done
+/// nothing, otherwise.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn back_weight_f32<T: Real>(
+    x: &[T],
+    rows: usize,
+    g: &[T],
+    tab: &Table,
+    b: usize,
+    ci: usize,
+    co: usize,
+    gw: &mut [T],
+) -> bool {
+    let (Some(x), Some(g)) = (as_f32(x), as_f32(g)) else {
+        return false;
+    };
+    let gw = as_f32_mut(gw).expect("gw has the input's type");
+    assert!(x.len() >= b * rows * ci && g.len() >= b * tab.m * co && gw.len() >= tab.k * ci * co);
+    assert!(tab.idx.len() == tab.m * tab.k && tab.idx.iter().all(|&i| (i as usize) < rows));
+    // SAFETY (all): AVX2 and FMA by the caller; the sizes and the table were checked above.
+    match (ci, co) {
+        (1, 8) => unsafe { back_weight_co8::<1, 8>(x, rows, g, tab, b, gw) },
+        (2, 8) => unsafe { back_weight_co8::<2, 4>(x, rows, g, tab, b, gw) },
+        (4, 8) => unsafe { back_weight_co8::<4, 2>(x, rows, g, tab, b, gw) },
+        (8, 8) => unsafe { back_weight_co8::<8, 1>(x, rows, g, tab, b, gw) },
+        (8, 1) => unsafe { back_weight_ci8::<1, 8>(x, rows, g, tab, b, gw) },
+        (8, 2) => unsafe { back_weight_ci8::<2, 4>(x, rows, g, tab, b, gw) },
+        (8, 3) => unsafe { back_weight_ci8::<3, 2>(x, rows, g, tab, b, gw) },
+        _ => return false,
+    }
+    true
+}
+
+/// ∂L/∂bias of a convolution with eight output channels over one block: `out[q] += Σ_s g[s·8 + q]`,
+/// with four partial sums (rows s ≡ 0, 1, 2, 3 mod 4, then the tail in the first) added in a
+/// fixed order. Returns false, having done nothing, unless `T` = f32 and `out.len() == 8`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn sum_rows8<T: Real>(g: &[T], out: &mut [T]) -> bool {
+    let (Some(g), Some(out)) = (as_f32(g), as_f32_mut(out)) else {
+        return false;
+    };
+    if out.len() != 8 {
+        return false;
+    }
+    let rows = g.len() / 8;
+    // SAFETY: every load reads a whole row s < rows of g; out holds 8 values.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut s = 0;
+        while s + 4 <= rows {
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_ps(*a, _mm256_loadu_ps(g.as_ptr().add((s + u) * 8)));
+            }
+            s += 4;
+        }
+        for s in s..rows {
+            acc[0] = _mm256_add_ps(acc[0], _mm256_loadu_ps(g.as_ptr().add(s * 8)));
+        }
+        let t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(out.as_ptr()), t));
+    }
+    true
+}
+
+/// ∂L/∂W with eight output channels: per offset, CI·U accumulators of the gradient rows
+/// times broadcast inputs, U sites apart.
+///
+/// # Safety
+/// AVX2 and FMA; sizes and table as checked by [`back_weight_f32`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn back_weight_co8<const CI: usize, const U: usize>(x: &[f32], rows: usize, g: &[f32], tab: &Table, b: usize, gw: &mut [f32]) {
+    let (m, k) = (tab.m, tab.k);
+    // SAFETY: idx < rows, c < CI, s < m: every pointer stays inside x and g.
+    unsafe {
+        for o in 0..k {
+            let mut acc = [[_mm256_setzero_ps(); CI]; U];
+            for bi in 0..b {
+                let xb = x.as_ptr().add(bi * rows * CI);
+                let gb = g.as_ptr().add(bi * m * 8);
+                let site = |s: usize, acc: &mut [__m256; CI]| {
+                    let gv = _mm256_loadu_ps(gb.add(s * 8));
+                    let r = xb.add(tab.idx[s * k + o] as usize * CI);
+                    for c in 0..CI {
+                        acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(*r.add(c)), gv, acc[c]);
+                    }
+                };
+                let mut s = 0;
+                while s + U <= m {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        site(s + u, a);
+                    }
+                    s += U;
+                }
+                for s in s..m {
+                    site(s, &mut acc[0]);
+                }
+            }
+            for c in 0..CI {
+                let mut t = acc[0][c];
+                for a in &acc[1..] {
+                    t = _mm256_add_ps(t, a[c]);
+                }
+                _mm256_storeu_ps(gw.as_mut_ptr().add((o * CI + c) * 8), t);
+            }
+        }
+    }
+}
+
+/// ∂L/∂W with eight input channels: per offset, CO·U accumulators of the input rows times
+/// broadcast gradients, U sites apart, transposed into `gw` at the end.
+///
+/// # Safety
+/// AVX2 and FMA; sizes and table as checked by [`back_weight_f32`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn back_weight_ci8<const CO: usize, const U: usize>(x: &[f32], rows: usize, g: &[f32], tab: &Table, b: usize, gw: &mut [f32]) {
+    let (m, k) = (tab.m, tab.k);
+    // SAFETY: idx < rows, q < CO, s < m: every pointer stays inside x and g.
+    unsafe {
+        for o in 0..k {
+            let mut acc = [[_mm256_setzero_ps(); CO]; U];
+            for bi in 0..b {
+                let xb = x.as_ptr().add(bi * rows * 8);
+                let gb = g.as_ptr().add(bi * m * CO);
+                let site = |s: usize, acc: &mut [__m256; CO]| {
+                    let xv = _mm256_loadu_ps(xb.add(tab.idx[s * k + o] as usize * 8));
+                    for q in 0..CO {
+                        acc[q] = _mm256_fmadd_ps(xv, _mm256_set1_ps(*gb.add(s * CO + q)), acc[q]);
+                    }
+                };
+                let mut s = 0;
+                while s + U <= m {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        site(s + u, a);
+                    }
+                    s += U;
+                }
+                for s in s..m {
+                    site(s, &mut acc[0]);
+                }
+            }
+            let mut lanes = [0f32; 8];
+            for q in 0..CO {
+                let mut t = acc[0][q];
+                for a in &acc[1..] {
+                    t = _mm256_add_ps(t, a[q]);
+                }
+                _mm256_storeu_ps(lanes.as_mut_ptr(), t);
+                for (c, &v) in lanes.iter().enumerate() {
+                    gw[(o * 8 + c) * CO + q] = v;
+                }
+            }
+        }
+    }
+}
+
+/// The sum of a vector's eight lanes, in a fixed order: (l0 + l4) + (l2 + l6) + ((l1 + l5) + (l3 + l7)).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0b01));
+    _mm_cvtss_f32(s1)
+}
+
+/// Eight input channels, CO outputs, NB output sites at a time (CO·NB + NB + 1 ≤ 16 vector
+/// registers); see the module documentation.
+///
+/// # Safety
+/// AVX2 and FMA; `bias.len() == CO`, `x.len() ≥ b·rows·8`, `w.len() ≥ k·8·CO`, `out.len() ≥ b·m·CO`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_ci8<const CO: usize, const NB: usize>(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: &[f32],
+    tab: &Table,
+    b: usize,
+    act: Act,
+    out: &mut [f32],
+) {
+    let (m, k) = (tab.m, tab.k);
+    // the weight columns: wt[(o·CO + q)·8 + c] = w[(o·8 + c)·CO + q]
+    let mut wt = vec![0f32; k * CO * 8];
+    for o in 0..k {
+        for c in 0..8 {
+            for q in 0..CO {
+                wt[(o * CO + q) * 8 + c] = w[(o * 8 + c) * CO + q];
+            }
+        }
+    }
+    // SAFETY: by the contract, every pointer below stays inside x and wt: idx < rows,
+    // o < k, q < CO.
+    unsafe {
+        for bi in 0..b {
+            let xb = x.as_ptr().add(bi * rows * 8);
+            let ob = &mut out[bi * m * CO..(bi + 1) * m * CO];
+            let mut site = 0;
+            while site < m {
+                let nb = (m - site).min(NB);
+                let mut acc = [[_mm256_setzero_ps(); CO]; NB];
+                for o in 0..k {
+                    let mut xv = [_mm256_setzero_ps(); NB];
+                    for (i, v) in xv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(xb.add(tab.idx[(site + i.min(nb - 1)) * k + o] as usize * 8));
+                    }
+                    for q in 0..CO {
+                        let wv = _mm256_loadu_ps(wt.as_ptr().add((o * CO + q) * 8));
+                        for i in 0..NB {
+                            acc[i][q] = _mm256_fmadd_ps(xv[i], wv, acc[i][q]);
+                        }
+                    }
+                }
+                for (i, a) in acc.iter().enumerate().take(nb) {
+                    for q in 0..CO {
+                        let v = bias[q] + hsum(a[q]);
+                        ob[(site + i) * CO + q] = if act == Act::Tanh { v } else { act_apply(act, v) };
+                    }
+                }
+                site += nb;
+            }
+            if act == Act::Tanh {
+                tanh_slice(ob);
+            }
+        }
+    }
+}
+
+/// tanh of eight lanes, within 2 ulp (f32) of the exact value: the odd polynomial of Cephes'
+/// `tanhf` for |x| < 0.625, else sign(x)·(1 − 2/(e^{2|x|} + 1)) with |x| clamped to 10 (where
+/// tanh rounds to ±1) and a Cephes-style `expf` (range reduction by ln 2 in two parts, a
+/// degree-6 polynomial, the exponent added as bits). NaN gives NaN, ±∞ gives ±1.
+///
+/// # Safety
+/// AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(super) unsafe fn tanh8(x: __m256) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let a = _mm256_andnot_ps(sign, x);
+    let s = _mm256_and_ps(sign, x);
+    // small |x|: x + x·z·P(z), z = x²
+    let z = _mm256_mul_ps(x, x);
+    let mut p = _mm256_set1_ps(-5.704_988_7e-3);
+    for c in [2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1] {
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
+    }
+    // (or'ing the sign keeps tanh(−0) = −0)
+    let small = _mm256_or_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x), s);
+    // large |x|: 1 − 2/(e^{2a} + 1); min(10, a) keeps a NaN (the second operand is returned)
+    let a10 = _mm256_min_ps(_mm256_set1_ps(10.0), a);
+    // SAFETY: AVX2 and FMA by the caller.
+    let t = unsafe { exp_pos(_mm256_add_ps(a10, a10)) };
+    let one = _mm256_set1_ps(1.0);
+    let large = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(t, one)));
+    let large = _mm256_or_ps(large, s);
+    let is_small = _mm256_cmp_ps(a, _mm256_set1_ps(0.625), _CMP_LT_OQ);
+    _mm256_blendv_ps(large, small, is_small)
+}
+
+/// e^y for y in [0, 20] (and NaN → NaN): y = n·ln 2 + r, |r| ≤ ln 2 / 2, e^r by Cephes'
+/// degree-6 polynomial, times 2ⁿ through the exponent bits.
+///
+/// # Safety
+/// AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn exp_pos(y: __m256) -> __m256 {
+    let n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), y);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let er = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+    let bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    _mm256_mul_ps(er, _mm256_castsi256_ps(bits))
+}
+
+/// [`tanh8`] over a slice, in place (the tail through a zero-padded vector).
+///
+/// # Safety
+/// AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tanh_slice(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: c holds 8 f32 values.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), tanh8(_mm256_loadu_ps(c.as_ptr()))) };
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let mut lanes = [0f32; 8];
+        lanes[..tail.len()].copy_from_slice(tail);
+        // SAFETY: lanes holds 8 f32 values.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), tanh8(_mm256_loadu_ps(lanes.as_ptr()))) };
+        let n = tail.len();
+        tail.copy_from_slice(&lanes[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulp(t: f32) -> f64 {
+        let t = t.abs();
+        (f32::from_bits(t.to_bits() + 1) - t) as f64
+    }
+
+    /// tanh8 against f64 tanh on a dense sweep, at the branch point and at the special values.
+    #[test]
+    fn tanh8_is_within_two_ulp() {
+        if !latflow_core::simd::avx2_fma() {
+            return;
+        }
+        let mut xs: Vec<f32> = (-240_000..=240_000).map(|i| i as f32 * 5e-5).collect();
+        xs.extend([0.625, -0.625, 0.624_999_9, 8.999_999, 9.0, 9.5, 20.0, 1e-30, -1e-30, 1e-40, 0.0, -0.0]);
+        let mut ys = xs.clone();
+        // SAFETY: AVX2 and FMA checked above.
+        unsafe { tanh_slice(&mut ys) };
+        let mut worst = 0f64;
+        for (&x, &y) in xs.iter().zip(&ys) {
+            let t = (x as f64).tanh();
+            let err = (y as f64 - t).abs() / ulp(t as f32);
+            worst = worst.max(err);
+            assert!(err <= 2.0, "tanh({x}) = {y}, exact {t}: {err} ulp");
+            assert_eq!(y.is_sign_negative(), x.is_sign_negative(), "sign of tanh({x})");
+        }
+        eprintln!("tanh8: worst error {worst:.2} ulp");
+        assert!(worst > 0.0);
+        let mut special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.0, 0.0, 0.0];
+        // SAFETY: AVX2 and FMA checked above.
+        unsafe { tanh_slice(&mut special) };
+        assert!(special[0].is_nan());
+        assert_eq!(&special[1..5], &[1.0, -1.0, 1.0, -1.0]);
+    }
+}
