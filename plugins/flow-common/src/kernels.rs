@@ -955,6 +955,10 @@ mod tests {
             Case { shape: vec![8, 8], kernel: 3, ci: 1, co: 8, outputs: (0..61).collect(), pad: Some(vec![0.0]) },
             Case { shape: vec![8, 8], kernel: 3, ci: 8, co: 2, outputs: odd.clone(), pad: None },
             Case { shape: vec![8, 8], kernel: 3, ci: 8, co: 1, outputs: odd[..29].to_vec(), pad: Some(vec![0.25; 8]) },
+            // spline conditioners' last convolutions (3K − 1 = 23 and 47 for φ⁴, 3K + 1 = 13 for U(1))
+            Case { shape: vec![8, 8], kernel: 3, ci: 8, co: 23, outputs: odd[..31].to_vec(), pad: None },
+            Case { shape: vec![8, 8], kernel: 3, ci: 16, co: 47, outputs: odd[..29].to_vec(), pad: None },
+            Case { shape: vec![8, 8], kernel: 3, ci: 3, co: 13, outputs: odd[..30].to_vec(), pad: Some(vec![0.5; 3]) },
             // the generic loops (no specialisation for 3 → 7) in 1D and 3D
             Case {
                 shape: vec![12],

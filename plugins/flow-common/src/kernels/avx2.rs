@@ -45,7 +45,8 @@ fn as_f32_mut<T: Real>(s: &mut [T]) -> Option<&mut [f32]> {
 
 /// Runs the forward convolution of [`super::gather_conv_co`]'s contract (`x`: `b` blocks of
 /// `rows·ci`, `w`: `[k·ci, co]`, `out`: `b` blocks of `m·co`) with an explicit-register kernel
-/// when one fits (`T` = f32 and co = 8, or ci = 8 and co ∈ {1, 2, 3}); returns false, having
+/// when one fits (`T` = f32 and co = 8 or 9 ≤ co ≤ 48, or ci = 8 and co ∈ {1, 2, 3}); returns
+/// false, having
 /// done nothing, otherwise.
 ///
 /// # Safety
@@ -80,9 +81,92 @@ pub(super) unsafe fn gather_conv_f32<T: Real>(
         (8, 3) => unsafe { conv_ci8::<3, 3>(x, rows, w, bias, tab, b, act, out) },
         // ∂L/∂in of a convolution from one input channel to eight
         (8, 1) => unsafe { conv_ci8::<1, 7>(x, rows, w, bias, tab, b, act, out) },
+        // the spline conditioners' last convolutions (3K − 1 and 3K + 1 outputs)
+        (_, 9..=16) => unsafe { conv_cov::<2, 4>(x, rows, w, bias, tab, b, ci, co, act, out) },
+        (_, 17..=24) => unsafe { conv_cov::<3, 3>(x, rows, w, bias, tab, b, ci, co, act, out) },
+        (_, 25..=32) => unsafe { conv_cov::<4, 2>(x, rows, w, bias, tab, b, ci, co, act, out) },
+        (_, 33..=40) => unsafe { conv_cov::<5, 2>(x, rows, w, bias, tab, b, ci, co, act, out) },
+        (_, 41..=48) => unsafe { conv_cov::<6, 2>(x, rows, w, bias, tab, b, ci, co, act, out) },
         _ => return false,
     }
     true
+}
+
+/// 8(V − 1) < co ≤ 8V output channels as V vectors (weights and bias zero-padded to 8V), NB
+/// output sites at a time (V·NB + NB + 1 ≤ 16 registers): [`conv_co8`] widened. Per output lane
+/// the same operations in the same order as the generic AVX2 kernel: the same bits.
+///
+/// # Safety
+/// AVX2 and FMA; `bias.len() == co`, `x.len() ≥ b·rows·ci`, `w.len() ≥ k·ci·co`,
+/// `out.len() ≥ b·m·co`, every table entry < rows.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_cov<const V: usize, const NB: usize>(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    bias: &[f32],
+    tab: &Table,
+    b: usize,
+    ci: usize,
+    co: usize,
+    act: Act,
+    out: &mut [f32],
+) {
+    let (m, k) = (tab.m, tab.k);
+    let wide = 8 * V;
+    let mut wp = vec![0f32; k * ci * wide];
+    for (row, src) in wp.chunks_exact_mut(wide).zip(w.chunks_exact(co)) {
+        row[..co].copy_from_slice(src);
+    }
+    let mut bp = vec![0f32; wide];
+    bp[..co].copy_from_slice(bias);
+    // SAFETY: idx < rows, c < ci, o < k, v < V: every pointer stays inside x, wp and bp.
+    unsafe {
+        let mut bv = [_mm256_setzero_ps(); V];
+        for (v, t) in bv.iter_mut().enumerate() {
+            *t = _mm256_loadu_ps(bp.as_ptr().add(8 * v));
+        }
+        let mut lanes = vec![0f32; wide];
+        for bi in 0..b {
+            let xb = x.as_ptr().add(bi * rows * ci);
+            let ob = &mut out[bi * m * co..(bi + 1) * m * co];
+            let mut site = 0;
+            while site < m {
+                let nb = (m - site).min(NB);
+                let mut acc = [bv; NB];
+                for o in 0..k {
+                    let wo = wp.as_ptr().add(o * ci * wide);
+                    let mut r = [xb; NB];
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        *ri = xb.add(tab.idx[(site + i.min(nb - 1)) * k + o] as usize * ci);
+                    }
+                    for c in 0..ci {
+                        let mut a = [_mm256_setzero_ps(); NB];
+                        for i in 0..NB {
+                            a[i] = _mm256_set1_ps(*r[i].add(c));
+                        }
+                        for v in 0..V {
+                            let wv = _mm256_loadu_ps(wo.add(c * wide + 8 * v));
+                            for i in 0..NB {
+                                acc[i][v] = _mm256_fmadd_ps(a[i], wv, acc[i][v]);
+                            }
+                        }
+                    }
+                }
+                for (i, a) in acc.iter().enumerate().take(nb) {
+                    for (v, t) in a.iter().enumerate() {
+                        let t = if act == Act::Tanh { tanh8(*t) } else { *t };
+                        _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * v), t);
+                    }
+                    for (d, &y) in ob[(site + i) * co..(site + i + 1) * co].iter_mut().zip(&lanes) {
+                        *d = if act == Act::Tanh { y } else { act_apply(act, y) };
+                    }
+                }
+                site += nb;
+            }
+        }
+    }
 }
 
 /// Eight output channels; see the module documentation.
@@ -136,8 +220,8 @@ unsafe fn conv_co8(x: &[f32], rows: usize, w: &[f32], bias: &[f32], tab: &Table,
 /// ∂L/∂W of a convolution over one block of configurations (the contract of
 /// [`super::back_weight_blk`]: `x`: `b` blocks of `rows·ci`, `g`: `b` blocks of `m·co`, `gw`:
 /// `[k·ci, co]`, overwritten) with an explicit-register kernel when one fits (`T` = f32, and
-/// co = 8 with ci ∈ {1, 2, 4, 8}, or ci = 8 with co ∈ {1, 2, 3}); returns false, having done
-/// nothing, otherwise.
+/// co = 8 with ci ∈ {1, 2, 4, 8}, ci = 8 with co ∈ {1, 2, 3}, or 9 ≤ co ≤ 48); returns false,
+/// having done nothing, otherwise.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
@@ -168,6 +252,11 @@ pub(super) unsafe fn back_weight_f32<T: Real>(
         (8, 1) => unsafe { back_weight_ci8::<1, 8>(x, rows, g, tab, b, gw) },
         (8, 2) => unsafe { back_weight_ci8::<2, 4>(x, rows, g, tab, b, gw) },
         (8, 3) => unsafe { back_weight_ci8::<3, 2>(x, rows, g, tab, b, gw) },
+        (_, 9..=16) => unsafe { back_weight_cov::<2, 6>(x, rows, g, tab, b, ci, co, gw) },
+        (_, 17..=24) => unsafe { back_weight_cov::<3, 4>(x, rows, g, tab, b, ci, co, gw) },
+        (_, 25..=32) => unsafe { back_weight_cov::<4, 3>(x, rows, g, tab, b, ci, co, gw) },
+        (_, 33..=40) => unsafe { back_weight_cov::<5, 2>(x, rows, g, tab, b, ci, co, gw) },
+        (_, 41..=48) => unsafe { back_weight_cov::<6, 2>(x, rows, g, tab, b, ci, co, gw) },
         _ => return false,
     }
     true
@@ -246,6 +335,71 @@ unsafe fn back_weight_co8<const CI: usize, const U: usize>(x: &[f32], rows: usiz
                     t = _mm256_add_ps(t, a[c]);
                 }
                 _mm256_storeu_ps(gw.as_mut_ptr().add((o * CI + c) * 8), t);
+            }
+        }
+    }
+}
+
+/// ∂L/∂W with 8(V − 1) < co ≤ 8V output channels: the gradient row as V vectors (the last one
+/// loaded under a mask), CC input channels at a time (CC·V accumulators), each lane summed over
+/// configurations and sites in the generic kernel's order: the same bits.
+///
+/// # Safety
+/// AVX2 and FMA; sizes and table as checked by [`back_weight_f32`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn back_weight_cov<const V: usize, const CC: usize>(
+    x: &[f32],
+    rows: usize,
+    g: &[f32],
+    tab: &Table,
+    b: usize,
+    ci: usize,
+    co: usize,
+    gw: &mut [f32],
+) {
+    let (m, k) = (tab.m, tab.k);
+    let tail = co - 8 * (V - 1);
+    let mut mask = [0i32; 8];
+    for (l, t) in mask.iter_mut().enumerate() {
+        *t = if l < tail { -1 } else { 0 };
+    }
+    let mut lanes = vec![0f32; 8 * V];
+    // SAFETY: idx < rows, c < ci, s < m, and the masked load reads only the row's last `tail`
+    // values: every pointer stays inside x and g.
+    unsafe {
+        let mask = _mm256_loadu_si256(mask.as_ptr() as *const __m256i);
+        for o in 0..k {
+            let mut c0 = 0;
+            while c0 < ci {
+                let cc = (ci - c0).min(CC);
+                let mut acc = [[_mm256_setzero_ps(); V]; CC];
+                for bi in 0..b {
+                    let xb = x.as_ptr().add(bi * rows * ci);
+                    let gb = g.as_ptr().add(bi * m * co);
+                    for s in 0..m {
+                        let gs = gb.add(s * co);
+                        let mut gv = [_mm256_setzero_ps(); V];
+                        for (v, t) in gv.iter_mut().enumerate().take(V - 1) {
+                            *t = _mm256_loadu_ps(gs.add(8 * v));
+                        }
+                        gv[V - 1] = _mm256_maskload_ps(gs.add(8 * (V - 1)), mask);
+                        let r = xb.add(tab.idx[s * k + o] as usize * ci + c0);
+                        for (c, a) in acc.iter_mut().enumerate().take(cc) {
+                            let xc = _mm256_set1_ps(*r.add(c));
+                            for v in 0..V {
+                                a[v] = _mm256_fmadd_ps(xc, gv[v], a[v]);
+                            }
+                        }
+                    }
+                }
+                for (c, a) in acc.iter().enumerate().take(cc) {
+                    for (v, t) in a.iter().enumerate() {
+                        _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * v), *t);
+                    }
+                    gw[(o * ci + c0 + c) * co..(o * ci + c0 + c + 1) * co].copy_from_slice(&lanes[..co]);
+                }
+                c0 += cc;
             }
         }
     }
