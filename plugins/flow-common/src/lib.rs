@@ -3,6 +3,7 @@
 //!
 //! * [`kernels`]: fused CPU periodic convolutions as candle custom ops with hand-written
 //!   backward passes (gather [`kernels::Table`]s, activations fused, AVX2+FMA when available,
+//!   with explicit-register f32 kernels for the flows' common shapes in `kernels/avx2.rs`,
 //!   results independent of the thread count), plus the [`kernels::Real`] trait and helpers for
 //!   a plugin's own element-wise custom ops.
 //! * [`periodic`]: gather tables of periodic convolutions on the full lattice or on any subset
