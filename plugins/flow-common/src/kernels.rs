@@ -107,6 +107,20 @@ macro_rules! impl_real {
 impl_real!(f32; exp ln tanh sin cos sqrt abs floor round);
 impl_real!(f64; exp ln tanh sin cos sqrt abs floor round);
 
+/// The f32 slice behind `s` when `T` is `f32` (for kernels written for f32 only); `None` for f64.
+pub fn as_f32<T: Real>(s: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice's memory holds s.len() f32 values.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+pub fn as_f32_mut<T: Real>(s: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // SAFETY: T is f32, so the slice's memory holds s.len() f32 values.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+}
+
 /// Whether the convolution kernels use the AVX2 + FMA versions (x86-64 CPUs that have both,
 /// checked once at run time; the portable versions otherwise). The two round differently
 /// (fused multiply-adds), so results are reproducible bit for bit on one kind of CPU.

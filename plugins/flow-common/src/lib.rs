@@ -43,6 +43,8 @@ pub mod spline;
 pub mod spline_op;
 pub mod stripes;
 pub mod tensor;
+#[cfg(target_arch = "x86_64")]
+pub mod vmath;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

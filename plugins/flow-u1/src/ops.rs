@@ -195,14 +195,38 @@ impl CustomOp2 for NcpCouple {
                 let links = &x[bi * w..(bi + 1) * w];
                 let r = &raw[bi * na * (n + 1)..(bi + 1) * na * (n + 1)];
                 let mut ld = T::default();
-                for (a, pl) in g.active.iter().enumerate() {
-                    let p_w = wrap_pi(plaquette(links, pl));
-                    let ra = &r[a * (n + 1)..(a + 1) * (n + 1)];
-                    let (h, log_dh) = ncp::eval(p_w, &ra[..n]);
-                    let delta = h + ra[n] - p_w;
+                let mut update = |a: usize, p_w: T, h: T, log_dh: T| {
+                    let delta = h + r[a * (n + 1) + n] - p_w;
                     let l = g.active_links[a] as usize;
                     row[l] = wrap_2pi(links[l] + sigma * delta);
                     ld += log_dh;
+                };
+                // eight plaquettes at a time in f32 with AVX2 (the same formulas, vectorised)
+                let mut a0 = 0;
+                #[cfg(target_arch = "x86_64")]
+                if let (true, Some(rf)) =
+                    (latflow_flow_common::kernels::simd_kernels(), latflow_flow_common::kernels::as_f32(r))
+                {
+                    while a0 + 8 <= na {
+                        let mut p_w = [0f32; 8];
+                        for (j, p) in p_w.iter_mut().enumerate() {
+                            *p = wrap_pi(plaquette(links, &g.active[a0 + j])).to_f64() as f32;
+                        }
+                        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+                        let Some((h, log_dh)) = (unsafe { ncp::eval8(&p_w, &rf[a0 * (n + 1)..], n) }) else {
+                            break;
+                        };
+                        for j in 0..8 {
+                            let f = |v: f32| T::from_f64(v as f64);
+                            update(a0 + j, f(p_w[j]), f(h[j]), f(log_dh[j]));
+                        }
+                        a0 += 8;
+                    }
+                }
+                for (a, pl) in g.active.iter().enumerate().skip(a0) {
+                    let p_w = wrap_pi(plaquette(links, pl));
+                    let (h, log_dh) = ncp::eval(p_w, &r[a * (n + 1)..a * (n + 1) + n]);
+                    update(a, p_w, h, log_dh);
                 }
                 row[w - 1] += ld;
             });

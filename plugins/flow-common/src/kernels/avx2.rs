@@ -21,27 +21,14 @@
 //!   (added in a fixed order at the end), so that no accumulator waits on its own latency and
 //!   none spills.
 //!
-//! Both forward kernels apply a tanh activation with [`tanh8`], a vectorised tanh (within 2 ulp of the exact
+//! Both forward kernels apply a tanh activation with [`crate::vmath::tanh8`], a vectorised tanh (within 2 ulp of the exact
 //! value; libm's scalar `tanhf` was a fifth of a flow's proposal time once the convolutions
 //! were fast).
 
 use std::arch::x86_64::*;
 
-use super::{act_apply, Act, Real, Table};
-
-/// The f32 slice behind `s` when `T` is `f32`.
-fn as_f32<T: Real>(s: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, so the slice's memory holds s.len() f32 values.
-        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
-}
-
-/// [`as_f32`] for a mutable slice.
-fn as_f32_mut<T: Real>(s: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // SAFETY: T is f32, so the slice's memory holds s.len() f32 values.
-        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
-}
+use super::{act_apply, as_f32, as_f32_mut, Act, Real, Table};
+use crate::vmath::tanh8;
 
 /// Runs the forward convolution of [`super::gather_conv_co`]'s contract (`x`: `b` blocks of
 /// `rows·ci`, `w`: `[k·ci, co]`, `out`: `b` blocks of `m·co`) with an explicit-register kernel
@@ -524,58 +511,6 @@ unsafe fn conv_ci8<const CO: usize, const NB: usize>(
             }
         }
     }
-}
-
-/// tanh of eight lanes, within 2 ulp (f32) of the exact value: the odd polynomial of Cephes'
-/// `tanhf` for |x| < 0.625, else sign(x)·(1 − 2/(e^{2|x|} + 1)) with |x| clamped to 10 (where
-/// tanh rounds to ±1) and a Cephes-style `expf` (range reduction by ln 2 in two parts, a
-/// degree-6 polynomial, the exponent added as bits). NaN gives NaN, ±∞ gives ±1.
-///
-/// # Safety
-/// AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-pub(super) unsafe fn tanh8(x: __m256) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    let a = _mm256_andnot_ps(sign, x);
-    let s = _mm256_and_ps(sign, x);
-    // small |x|: x + x·z·P(z), z = x²
-    let z = _mm256_mul_ps(x, x);
-    let mut p = _mm256_set1_ps(-5.704_988_7e-3);
-    for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
-        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
-    }
-    // (or'ing the sign keeps tanh(−0) = −0)
-    let small = _mm256_or_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x), s);
-    // large |x|: 1 − 2/(e^{2a} + 1); min(10, a) keeps a NaN (the second operand is returned)
-    let a10 = _mm256_min_ps(_mm256_set1_ps(10.0), a);
-    // SAFETY: AVX2 and FMA by the caller.
-    let t = unsafe { exp_pos(_mm256_add_ps(a10, a10)) };
-    let one = _mm256_set1_ps(1.0);
-    let large = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(t, one)));
-    let large = _mm256_or_ps(large, s);
-    let is_small = _mm256_cmp_ps(a, _mm256_set1_ps(0.625), _CMP_LT_OQ);
-    _mm256_blendv_ps(large, small, is_small)
-}
-
-/// e^y for y in [0, 20] (and NaN → NaN): y = n·ln 2 + r, |r| ≤ ln 2 / 2, e^r by Cephes'
-/// degree-6 polynomial, times 2ⁿ through the exponent bits.
-///
-/// # Safety
-/// AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn exp_pos(y: __m256) -> __m256 {
-    let n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), y);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    let er = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
-    let bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    _mm256_mul_ps(er, _mm256_castsi256_ps(bits))
 }
 
 /// [`tanh8`] over a slice, in place (the tail through a zero-padded vector).

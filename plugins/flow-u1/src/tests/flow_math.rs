@@ -328,3 +328,60 @@ fn generic_formulation_agrees_with_the_fused_ops_through_the_model_trait() {
         eprintln!("{json}: {d:?}");
     }
 }
+
+/// The 8-lane f32 NCP evaluation (the CPU forward pass's fast path) against the scalar one in
+/// f64: angles over [−π, π] (the ends and 0 included), components of both signs from 10⁻³ to the
+/// direct range's edge, n = 1, 2, 3 and 6; and `None` (the scalar fallback) beyond that edge.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn eight_lane_ncp_matches_the_scalar_evaluation() {
+    if !latflow_core::simd::avx2_fma() {
+        return;
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let (mut worst_h, mut worst_ld) = (0f64, 0f64);
+    for n in [1usize, 2, 3, 6] {
+        for trial in 0..400 {
+            let mut p_w = [0f32; 8];
+            for (j, p) in p_w.iter_mut().enumerate() {
+                *p = match (trial % 50, j) {
+                    (0, 0) => -PI as f32,
+                    (0, 1) => PI as f32,
+                    (0, 2) => 0.0,
+                    _ => ((2.0 * uniform() - 1.0) * PI) as f32,
+                };
+            }
+            let scale = [1e-3, 0.3, 2.0, 8.0, 19.9][trial % 5];
+            let raw: Vec<f32> = (0..8 * (n + 1)).map(|_| ((2.0 * uniform() - 1.0) * scale) as f32).collect();
+            // SAFETY: AVX2 and FMA checked above.
+            let (h8, ld8) = unsafe { ncp::eval8(&p_w, &raw, n) }.expect("every |s| is in the direct range");
+            for j in 0..8 {
+                let s: Vec<f64> = raw[j * (n + 1)..j * (n + 1) + n].iter().map(|&v| v as f64).collect();
+                let (h, ld) = ncp::eval(p_w[j] as f64, &s);
+                worst_h = worst_h.max((h8[j] as f64 - h).abs());
+                worst_ld = worst_ld.max((ld8[j] as f64 - ld).abs() / ld.abs().max(1.0));
+                assert!(
+                    (h8[j] as f64 - h).abs() < 2e-6 && (ld8[j] as f64 - ld).abs() < 2e-6 * ld.abs().max(1.0),
+                    "n = {n}, P = {}, s = {s:?}: ({}, {}) against ({h}, {ld})",
+                    p_w[j],
+                    h8[j],
+                    ld8[j]
+                );
+            }
+        }
+    }
+    eprintln!("8-lane NCP against scalar f64: |Δh| ≤ {worst_h:.1e}, |Δ ln H′| ≤ {worst_ld:.1e} (relative above 1)");
+    let mut raw = vec![0.5f32; 8 * 3];
+    raw[5 * 3 + 1] = -20.5;
+    // SAFETY: AVX2 and FMA checked above.
+    assert!(unsafe { ncp::eval8(&[0.1; 8], &raw, 2) }.is_none());
+    raw[5 * 3 + 1] = f32::NAN;
+    // SAFETY: as above.
+    assert!(unsafe { ncp::eval8(&[0.1; 8], &raw, 2) }.is_none());
+}
