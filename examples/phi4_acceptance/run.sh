@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Flow-Metropolis acceptance at the φ⁴ tutorial point over three training seeds, in one command:
-# trains card.toml with seeds 1, 2 and 3 (2500 steps each, about 5 min per seed on one core),
+# trains card.toml with seeds 1, 2 and 3 (2500 steps each, about 6 min per seed on one core),
 # then runs a 200 000-proposal chain from each and prints its acceptance and z-scores.
 #
 #   examples/phi4_acceptance/run.sh [WORKDIR]      (default: ./phi4_acceptance)
