@@ -283,6 +283,22 @@ pub(super) unsafe fn sum_rows8<T: Real>(g: &[T], out: &mut [T]) -> bool {
     true
 }
 
+/// Runs `site(s, partial)` for the sites s < m, site s into partial s mod U in blocks of U, the
+/// tail into partial 0: U independent accumulator chains, in a fixed order.
+#[inline(always)]
+fn split_sites<A, const U: usize>(m: usize, acc: &mut [A; U], site: impl Fn(usize, &mut A)) {
+    let mut s = 0;
+    while s + U <= m {
+        for (u, a) in acc.iter_mut().enumerate() {
+            site(s + u, a);
+        }
+        s += U;
+    }
+    for s in s..m {
+        site(s, &mut acc[0]);
+    }
+}
+
 /// ∂L/∂W with eight output channels: per offset, CI·U accumulators of the gradient rows
 /// times broadcast inputs, U sites apart.
 ///
@@ -305,16 +321,7 @@ unsafe fn back_weight_co8<const CI: usize, const U: usize>(x: &[f32], rows: usiz
                         acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(*r.add(c)), gv, acc[c]);
                     }
                 };
-                let mut s = 0;
-                while s + U <= m {
-                    for (u, a) in acc.iter_mut().enumerate() {
-                        site(s + u, a);
-                    }
-                    s += U;
-                }
-                for s in s..m {
-                    site(s, &mut acc[0]);
-                }
+                split_sites(m, &mut acc, site);
             }
             for c in 0..CI {
                 let mut t = acc[0][c];
@@ -413,16 +420,7 @@ unsafe fn back_weight_ci8<const CO: usize, const U: usize>(x: &[f32], rows: usiz
                         acc[q] = _mm256_fmadd_ps(xv, _mm256_set1_ps(*gb.add(s * CO + q)), acc[q]);
                     }
                 };
-                let mut s = 0;
-                while s + U <= m {
-                    for (u, a) in acc.iter_mut().enumerate() {
-                        site(s + u, a);
-                    }
-                    s += U;
-                }
-                for s in s..m {
-                    site(s, &mut acc[0]);
-                }
+                split_sites(m, &mut acc, site);
             }
             let mut lanes = [0f32; 8];
             for q in 0..CO {
