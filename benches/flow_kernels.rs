@@ -23,6 +23,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use latflow_flow_common::kernels::{conv, conv_padded, Act, Table};
 use latflow_flow_common::periodic;
 use latflow_flow_common::tensor::tensor_from_f64;
+use latflow_flow_common::testing::uniform_values as values;
 
 const SHAPE: [usize; 2] = [8, 8];
 const BATCH: usize = 64;
@@ -51,19 +52,6 @@ fn shapes() -> Vec<Shape> {
         Shape { name: "spline_8to23", ci: 8, co: 23, tab: t(&active, &all), act: Act::Identity, pad: None },
         Shape { name: "u1_8to3", ci: 8, co: 3, tab: t(&stripe, &all), act: Act::Identity, pad: None },
     ]
-}
-
-/// Deterministic values in (−1, 1).
-fn values(n: usize, seed: u64) -> Vec<f64> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        })
-        .collect()
 }
 
 fn run(s: &Shape, x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {

@@ -865,20 +865,9 @@ mod tests {
     use super::*;
     use crate::periodic;
     use crate::tensor::{conv_generic, tensor_from_f64, tensor_to_f64, ColumnGather};
+    use crate::testing::uniform_values as values;
     use candle_core::{DType, Device, Var};
 
-    /// Deterministic pseudo-random values in (−1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f64> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
-            .collect()
-    }
 
     fn generic_act(y: &Tensor, act: Act) -> Result<Tensor> {
         match act {

@@ -24,6 +24,20 @@ use candle_core::{Tensor, Var};
 /// S and ∂S/∂x of a batch of configurations (flat, the layout's order).
 pub type Action<'a> = &'a dyn Fn(&[f64]) -> (Vec<f64>, Vec<f64>);
 
+/// `n` deterministic pseudo-random values in (−1, 1) from `seed` (xorshift64): inputs and
+/// weights for kernel tests and benches.
+pub fn uniform_values(n: usize, seed: u64) -> Vec<f64> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect()
+}
+
 /// Adam with torch's defaults, a constant learning rate `lr`, no decay, no clipping.
 pub fn settings(batch: u32, lr: f64) -> TrainSettings {
     TrainSettings {

@@ -299,6 +299,20 @@ fn split_sites<A, const U: usize>(m: usize, acc: &mut [A; U], site: impl Fn(usiz
     }
 }
 
+/// Σ_u acc[u][i], added in the order u = 0, 1, …, U − 1 (the partial sums of [`split_sites`]).
+///
+/// # Safety
+/// AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn sum_partials<const N: usize, const U: usize>(acc: &[[__m256; N]; U], i: usize) -> __m256 {
+    let mut t = acc[0][i];
+    for a in &acc[1..] {
+        t = _mm256_add_ps(t, a[i]);
+    }
+    t
+}
+
 /// ∂L/∂W with eight output channels: per offset, CI·U accumulators of the gradient rows
 /// times broadcast inputs, U sites apart.
 ///
@@ -324,11 +338,7 @@ unsafe fn back_weight_co8<const CI: usize, const U: usize>(x: &[f32], rows: usiz
                 split_sites(m, &mut acc, site);
             }
             for c in 0..CI {
-                let mut t = acc[0][c];
-                for a in &acc[1..] {
-                    t = _mm256_add_ps(t, a[c]);
-                }
-                _mm256_storeu_ps(gw.as_mut_ptr().add((o * CI + c) * 8), t);
+                _mm256_storeu_ps(gw.as_mut_ptr().add((o * CI + c) * 8), sum_partials(&acc, c));
             }
         }
     }
@@ -424,11 +434,7 @@ unsafe fn back_weight_ci8<const CO: usize, const U: usize>(x: &[f32], rows: usiz
             }
             let mut lanes = [0f32; 8];
             for q in 0..CO {
-                let mut t = acc[0][q];
-                for a in &acc[1..] {
-                    t = _mm256_add_ps(t, a[q]);
-                }
-                _mm256_storeu_ps(lanes.as_mut_ptr(), t);
+                _mm256_storeu_ps(lanes.as_mut_ptr(), sum_partials(&acc, q));
                 for (c, &v) in lanes.iter().enumerate() {
                     gw[(o * 8 + c) * CO + q] = v;
                 }
