@@ -178,6 +178,8 @@ pub fn analyze_coupling(ens: &Ensemble) -> anyhow::Result<Analysis> {
             let dh = column("delta_h");
             let work = if s.kind == "anneal" { column("work") } else { None };
             let proposal_k = match (s.kind.as_str(), column("log_q"), column("action")) {
+                // annealed proposals (a stochastic normalizing flow) record their path weights
+                ("flow", _, _) if column("log_w").is_some() => column("log_w").map(|lw| pareto_k(lw)),
                 ("flow", Some(lq), Some(a)) => {
                     Some(pareto_k(&a.iter().zip(lq).map(|(a, q)| -a - q).collect::<Vec<f64>>()))
                 }

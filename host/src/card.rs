@@ -264,6 +264,50 @@ pub struct ProposalCard {
     /// Applications per sweep.
     #[serde(default = "one_u32")]
     pub repeat: u32,
+    /// A stochastic normalizing flow: each model sample is carried to the theory's coupling by
+    /// an annealing of one parameter with HMC at every stage, and weighted by the path's work.
+    /// Absent (the default, not serialised so that older cards keep their hash): plain proposals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anneal: Option<ProposalAnnealCard>,
+}
+
+/// The `anneal` table of a `flow` or `reweight` step: a stochastic normalizing flow (Wu, Köhler
+/// and Noé 2020; Caselle, Cellini, Nada and Panero, JHEP 07 (2022) 015) made of the model's flow
+/// followed by `stages` stochastic layers. With v the parameter's value in the theory and
+/// λ_k = from + (v − from)·(k − 1)/stages (k = 1 … stages + 1, so λ_1 = `from` and the last is v),
+/// a model sample x_0 is moved by `hmc.repeat` HMC trajectories at λ_k for k = 1 … stages, and
+/// weighted by w = e^{−W}, W = S_{λ_1}(x_0) + log q(x_0) + Σ_{k≥2} [S_{λ_k}(x_{k−1}) − S_{λ_{k−1}}(x_{k−1})].
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposalAnnealCard {
+    /// The annealed theory parameter (a `Theory::parameter` name, e.g. `beta` or phi4's `m2`).
+    pub parameter: String,
+    /// The parameter's value at the first stochastic layer: where the model was trained.
+    pub from: f64,
+    /// Stochastic layers (≥ 1), each `hmc.repeat` trajectories at its value of the parameter.
+    pub stages: u32,
+    /// The kernel of every layer (the Metropolis test is required: it makes it reversible).
+    pub hmc: HmcCard,
+}
+
+impl ProposalAnnealCard {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        if !self.from.is_finite() {
+            return err("from", format!("must be a finite number, got {}", self.from));
+        }
+        if self.stages == 0 {
+            return err("stages", "must be at least 1, got 0 (leave `anneal` out for plain model proposals)".into());
+        }
+        self.hmc.validate().map_err(|(f, m)| (format!("hmc.{f}"), m))?;
+        if !self.hmc.accept_reject {
+            return err(
+                "hmc.accept_reject",
+                "must be true: the stochastic layers must satisfy detailed balance, which needs the Metropolis test".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 fn default_proposal_batch() -> u32 {
@@ -1078,6 +1122,9 @@ fn parse_step(i: usize, step: toml::Value, n_steps: usize, has_model: bool, has_
                     format!("{here}.kind"),
                     format!("a '{kind}' step needs a [model] section naming the model plugin and its weights"),
                 );
+            }
+            if let Some(a) = &p.anneal {
+                a.validate().map_err(|(f, m)| (format!("{here}.anneal.{f}"), m))?;
             }
             if kind == "flow" { StepCard::Flow(p) } else { StepCard::Reweight(p) }
         }

@@ -6,25 +6,39 @@ use latflow_core::hmc::metropolis_accept;
 use latflow_core::Stream;
 
 use super::proposals::ProposalBuffer;
-use super::{MarkovStep, StepRecord};
+use super::snf::AnnealedPaths;
+use super::{BuildError, MarkovStep, StepRecord};
 use crate::card::ProposalCard;
 use crate::plugin::{ModelHandle, PluginLoadError, TheoryHandle};
 
 /// `kind = "flow"`: independence Metropolis with model proposals φ' ~ q, accepted with
 /// probability min(1, w(φ')/w(φ)), w = e^{−S}/q. Records: accepted, and the inputs of the
 /// decision — the proposal's log q and S, and log w of the configuration it was compared with.
+///
+/// With an `anneal` table (a stochastic normalizing flow, [`super::snf`]) the proposal is the end
+/// point of an annealed path from a model sample and w = e^{−W} its path weight; the records add
+/// the proposal's log w and its layers' HMC acceptance, and log q is that of the path's start.
 pub struct FlowStep {
     card: ProposalCard,
     model: Arc<ModelHandle>,
     buffer: ProposalBuffer,
+    paths: Option<AnnealedPaths>,
     /// log w of the current configuration, with the configuration it belongs to. Another step
-    /// (HMC) may have moved the chain since; then log w is recomputed from log q and S.
+    /// (HMC) may have moved the chain since; then log w is recomputed from log q and S (or, for
+    /// annealed proposals, from a path drawn backwards from the configuration).
     current: Option<(Vec<f64>, f64)>,
 }
 
 impl FlowStep {
-    pub fn new(card: &ProposalCard, model: Arc<ModelHandle>) -> Self {
-        Self { card: card.clone(), model, buffer: ProposalBuffer::empty(), current: None }
+    /// Refuses an `anneal` table whose parameter the theory does not have.
+    pub fn new(card: &ProposalCard, model: Arc<ModelHandle>, theory: &TheoryHandle) -> Result<Self, BuildError> {
+        let paths = card
+            .anneal
+            .as_ref()
+            .map(|a| AnnealedPaths::new(a, theory))
+            .transpose()
+            .map_err(|e| BuildError { key: Some("anneal.parameter"), message: e.to_string() })?;
+        Ok(Self { card: card.clone(), model, buffer: ProposalBuffer::empty(), paths, current: None })
     }
 }
 
@@ -34,7 +48,11 @@ impl MarkovStep for FlowStep {
     }
 
     fn columns(&self) -> Vec<String> {
-        vec!["log_q".into(), "action".into(), "log_w_current".into()]
+        let mut c: Vec<String> = vec!["log_q".into(), "action".into(), "log_w_current".into()];
+        if self.paths.is_some() {
+            c.extend(AnnealedPaths::columns().map(String::from));
+        }
+        c
     }
 
     fn params_json(&self) -> String {
@@ -50,18 +68,34 @@ impl MarkovStep for FlowStep {
     ) -> Result<(), PluginLoadError> {
         super::require_exact_action(theory, "a 'flow' step")?;
         for _ in 0..self.card.repeat {
-            let log_w_cur = match &self.current {
-                Some((c, w)) if bits_equal(c, config) => *w,
-                _ => -theory.action(config)?[0] - self.model.log_prob(config)?[0],
+            let log_w_cur = match (&self.current, &self.paths) {
+                (Some((c, w)), _) if bits_equal(c, config) => *w,
+                (_, None) => -theory.action(config)?[0] - self.model.log_prob(config)?[0],
+                (_, Some(paths)) => paths.reverse(theory, &self.model, config, rng)?.log_w,
             };
             let (proposal, log_q, action) = self.buffer.next(&self.model, theory, self.card.batch, rng)?;
-            let log_w = -action - log_q;
-            let accepted = metropolis_accept(log_w - log_w_cur, rng);
-            if accepted {
-                config.copy_from_slice(proposal);
-            }
-            self.current = Some((config.to_vec(), if accepted { log_w } else { log_w_cur }));
-            out.push(StepRecord { accepted, columns: vec![log_q, action, log_w_cur] });
+            let (accepted, columns) = match &self.paths {
+                None => {
+                    let log_w = -action - log_q;
+                    let accepted = metropolis_accept(log_w - log_w_cur, rng);
+                    if accepted {
+                        config.copy_from_slice(proposal);
+                    }
+                    self.current = Some((config.to_vec(), if accepted { log_w } else { log_w_cur }));
+                    (accepted, vec![log_q, action, log_w_cur])
+                }
+                Some(paths) => {
+                    let mut x = proposal.to_vec();
+                    let path = paths.forward(theory, &mut x, log_q, rng)?;
+                    let accepted = metropolis_accept(path.log_w - log_w_cur, rng);
+                    if accepted {
+                        config.copy_from_slice(&x);
+                    }
+                    self.current = Some((config.to_vec(), if accepted { path.log_w } else { log_w_cur }));
+                    (accepted, vec![log_q, path.action, log_w_cur, path.log_w, path.inner_acceptance])
+                }
+            };
+            out.push(StepRecord { accepted, columns });
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 //! * [`hmc`]: `kind = "hmc"`, trajectories inside the theory plugin;
 //! * [`flow`]: `kind = "flow"`, independence Metropolis with model proposals;
 //! * [`reweight`]: `kind = "reweight"`, independent model samples with importance weights;
+//! * `snf`: the `anneal` table of `flow` and `reweight` steps, which makes their proposals a
+//!   stochastic normalizing flow (the model followed by HMC layers along a parameter schedule);
 //! * [`anneal`]: `kind = "anneal"`, non-equilibrium candidate Monte Carlo: a palindromic
 //!   annealing of one theory parameter with HMC at every stage, accepted on its work;
 //! * [`swap`]: `kind = "replica_exchange"`, swaps between neighbouring couplings of a replica
@@ -26,6 +28,7 @@ pub mod flow;
 pub mod hmc;
 mod proposals;
 pub mod reweight;
+mod snf;
 pub mod swap;
 pub mod theory;
 
@@ -119,8 +122,8 @@ pub fn build(
     Ok(match card {
         StepCard::Hmc(h) => Box::new(HmcStep::new(h)),
         StepCard::Theory(t) => Box::new(TheoryStep::new(t, theory)?),
-        StepCard::Flow(p) => Box::new(FlowStep::new(p, model()?)),
-        StepCard::Reweight(p) => Box::new(ReweightStep::new(p, model()?)),
+        StepCard::Flow(p) => Box::new(FlowStep::new(p, model()?, theory)?),
+        StepCard::Reweight(p) => Box::new(ReweightStep::new(p, model()?, theory)?),
         StepCard::Anneal(a) => Box::new(AnnealStep::new(a, theory)?),
         StepCard::ReplicaExchange(_) => {
             return Err(String::from("a 'replica_exchange' step needs a replica ladder ([ladder] or [[replicas]])").into())

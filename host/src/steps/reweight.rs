@@ -5,22 +5,36 @@ use std::sync::Arc;
 use latflow_core::Stream;
 
 use super::proposals::ProposalBuffer;
-use super::{MarkovStep, StepRecord};
+use super::snf::AnnealedPaths;
+use super::{BuildError, MarkovStep, StepRecord};
 use crate::card::ProposalCard;
 use crate::plugin::{ModelHandle, PluginLoadError, TheoryHandle};
 
 /// `kind = "reweight"`: each sweep replaces the configuration by an independent model sample and
 /// records its importance weight log w = −S − log q (no accept/reject). `analyze` forms
 /// weighted means with jackknife errors, the ESS, and log Ẑ.
+///
+/// With an `anneal` table (a stochastic normalizing flow, [`super::snf`]) the sample is the end
+/// point of an annealed path from a model sample, log w = −W is the path's, `action` is the end
+/// point's and log q the start's, and a column adds the layers' HMC acceptance. E[e^{−W}] is
+/// still Z, so `analyze` needs nothing else.
 pub struct ReweightStep {
     card: ProposalCard,
     model: Arc<ModelHandle>,
     buffer: ProposalBuffer,
+    paths: Option<AnnealedPaths>,
 }
 
 impl ReweightStep {
-    pub fn new(card: &ProposalCard, model: Arc<ModelHandle>) -> Self {
-        Self { card: card.clone(), model, buffer: ProposalBuffer::empty() }
+    /// Refuses an `anneal` table whose parameter the theory does not have.
+    pub fn new(card: &ProposalCard, model: Arc<ModelHandle>, theory: &TheoryHandle) -> Result<Self, BuildError> {
+        let paths = card
+            .anneal
+            .as_ref()
+            .map(|a| AnnealedPaths::new(a, theory))
+            .transpose()
+            .map_err(|e| BuildError { key: Some("anneal.parameter"), message: e.to_string() })?;
+        Ok(Self { card: card.clone(), model, buffer: ProposalBuffer::empty(), paths })
     }
 }
 
@@ -30,7 +44,11 @@ impl MarkovStep for ReweightStep {
     }
 
     fn columns(&self) -> Vec<String> {
-        vec!["log_q".into(), "action".into(), "log_w".into()]
+        let mut c: Vec<String> = vec!["log_q".into(), "action".into(), "log_w".into()];
+        if self.paths.is_some() {
+            c.push("inner_acceptance".into());
+        }
+        c
     }
 
     fn params_json(&self) -> String {
@@ -48,7 +66,14 @@ impl MarkovStep for ReweightStep {
         for _ in 0..self.card.repeat {
             let (proposal, log_q, action) = self.buffer.next(&self.model, theory, self.card.batch, rng)?;
             config.copy_from_slice(proposal);
-            out.push(StepRecord { accepted: true, columns: vec![log_q, action, -action - log_q] });
+            let columns = match &self.paths {
+                None => vec![log_q, action, -action - log_q],
+                Some(paths) => {
+                    let path = paths.forward(theory, config, log_q, rng)?;
+                    vec![log_q, path.action, path.log_w, path.inner_acceptance]
+                }
+            };
+            out.push(StepRecord { accepted: true, columns });
         }
         Ok(())
     }
