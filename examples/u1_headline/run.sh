@@ -3,7 +3,8 @@
 # transfer (beta ladder 2 -> 3 -> 4 -> 6 at L = 8, then L = 8 -> 16), train the same flow from
 # scratch at beta = 6, L = 8 for comparison, then bench HMC against flow Metropolis and a hybrid
 # chain at L = 16, beta = 6; then HMC against the non-equilibrium defect sampler (`anneal`) and
-# replica exchange at L = 16, beta = 6 and 7 (no training; about 30 min more).
+# replica exchange at L = 16, beta = 6 and 7 (no training; about 30 min more); then HMC against
+# stochastic normalizing flows at L = 16, beta = 6 (about 5 min).
 #
 #   examples/u1_headline/run.sh [WORKDIR]      (default: ./u1_headline; about 15 min on 2 cores)
 #
@@ -12,7 +13,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/../common.sh" "${1:-u1_headline}"
-for rung in b2_L8 b3_L8 b4_L8 b6_L8 b6_L8_ft b6_L16 b6_L8_scratch; do
+for rung in b2_L8 b3_L8 b4_L8 b6_L8 b6_L8_ft b6_L16 b6_L8_scratch b2_L16; do
   if [ ! -f "$rung.safetensors" ]; then
     echo "== training $rung"
     "$latflow" train "$here/$rung.toml"
@@ -22,3 +23,4 @@ done
 "$latflow" bench "$here/bench.toml"
 "$latflow" bench "$here/bench_anneal.toml"
 "$latflow" bench "$here/bench_anneal_b7.toml"
+"$latflow" bench "$here/bench_snf.toml"
