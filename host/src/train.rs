@@ -243,7 +243,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
         }
     }
     let paths = TrainPaths::new(&weights, tc.plot.as_deref());
-    let theory = load_theory(&card, &opts.plugin_dirs)?;
+    let mut theory = load_theory(&card, &opts.plugin_dirs)?;
     let mut model = build_model(&card, &theory, &opts.plugin_dirs)?;
     let batch = tc.batch as usize;
     let chunks = tc.chunks.max(1) as usize;
@@ -256,7 +256,12 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
     opts.job.check_same("card", &train_hash)?;
 
     let (mut rng, mut metrics_rng, mut history, start) = begin(&card, &mut model, &paths, &train_hash, seed, opts)?;
-    let mut replicas = chunk_replicas(&card, &theory, &mut model, chunks / ranks, opts)?;
+    let mut replicas = chunk_replicas(&card, &theory, &mut model, &tc.settings(), chunks / ranks, opts)?;
+    if !replicas.is_empty() {
+        // each lane evaluates its chunk's action on its own thread, as the models do; a shared
+        // pool would make the lanes wait for each other's actions (same bits either way)
+        theory.set_threads(1).with_context(|| format!("{file}: run.threads"))?;
+    }
 
     let bar = crate::setup::progress_bar(tc.steps, start, opts.quiet, "steps");
 
@@ -272,7 +277,7 @@ pub fn train(card_path: &Path, opts: &TrainOptions) -> Result<PathBuf> {
             let m = model.train_step(&actions, &grad).map_err(|e| diverged(e.into(), last_good))?;
             (m, actions.iter().zip(&log_q).map(|(s, q)| -s - q).collect::<Vec<f64>>())
         } else {
-            chunked_step(&mut model, &mut replicas, &tc.settings(), &theory, &opts.job, chunks, batch, &mut rng)
+            chunked_step(&mut model, &mut replicas, &theory, &opts.job, chunks, batch, &mut rng)
                 .map_err(|e| diverged(e, last_good))?
         };
         if !(m.loss.is_finite() && m.grad_norm.is_finite()) {
@@ -377,14 +382,19 @@ fn chunk_streams(rng: &mut Stream, chunks: usize) -> Result<Vec<Stream>> {
 
 /// The extra models that differentiate a rank's chunks of a data-parallel step side by side
 /// (`[train] chunks` > 1 and `[run] threads` > 1, or 0 with more than one core): one per thread
-/// beyond the first, up to the rank's chunk count. Each holds the training model's weights for
-/// one step at a time, and they and the training model then run their plugin calls on one
-/// thread each: one parallel region a step (its chunks) instead of one per kernel call. None
-/// otherwise.
+/// beyond the first, up to the rank's chunk count. They and the training model then run their
+/// plugin calls on one thread each: one parallel region a step (its chunks) instead of one per
+/// kernel call. None otherwise.
+///
+/// Each starts as a copy of the training model as `begin` left it (weights and Adam's state,
+/// through `save(true)` and `load`) and then applies the same averaged gradient every step, so
+/// it stays a bit-for-bit copy without the weights crossing the ABI again: the optimiser step is
+/// deterministic and runs on one thread in every copy.
 fn chunk_replicas(
     card: &RunCard,
     theory: &crate::plugin::TheoryHandle,
     model: &mut ModelHandle,
+    settings: &latflow_core::abi::TrainSettings,
     my_chunks: usize,
     opts: &TrainOptions,
 ) -> Result<Vec<ModelHandle>> {
@@ -398,10 +408,13 @@ fn chunk_replicas(
     }
     let file = card.path.display();
     model.set_threads(1).with_context(|| format!("{file}: run.threads"))?;
+    let state = model.save(true)?;
     (1..lanes)
         .map(|_| {
             let mut r = build_model(card, theory, &opts.plugin_dirs)?;
             r.set_threads(1).with_context(|| format!("{file}: run.threads"))?;
+            r.load(&state)?;
+            r.train_begin(settings)?;
             Ok(r)
         })
         .collect()
@@ -436,16 +449,15 @@ fn chunk_gradient(
 /// One data-parallel training step: this rank draws and differentiates its block of the
 /// step's chunks, every rank gets every chunk's gradient, loss and log-weights (in chunk
 /// order), and applies the mean of the chunk gradients, added in chunk order. So the step has
-/// the same bits on any number of ranks that divides `chunks`. With `replicas`, they first
-/// load the model's weights and the rank's chunks are shared round-robin between the model
-/// (lane 0) and the replicas, each lane on its own thread; every chunk is computed as it would
-/// be on its own from the same weights and stream, so the bits do not change. Returns the
-/// metrics and the whole batch's log-weights −S − log q.
-#[allow(clippy::too_many_arguments)]
+/// the same bits on any number of ranks that divides `chunks`. With `replicas` (copies of the
+/// model, [`chunk_replicas`]), the rank's chunks are shared round-robin between the model
+/// (lane 0) and the replicas, each lane on its own thread, and every copy then applies the
+/// same mean gradient; every chunk is computed as it would be on its own from the same weights
+/// and stream, so the bits do not change. Returns the metrics and the whole batch's
+/// log-weights −S − log q.
 fn chunked_step(
     model: &mut ModelHandle,
     replicas: &mut [ModelHandle],
-    settings: &latflow_core::abi::TrainSettings,
     theory: &crate::plugin::TheoryHandle,
     job: &Job,
     chunks: usize,
@@ -461,11 +473,6 @@ fn chunked_step(
             mine.extend(chunk_gradient(model, theory, per_chunk, &mut streams[c])?);
         }
     } else {
-        let weights = model.save(false)?;
-        for r in replicas.iter_mut() {
-            r.load(&weights)?;
-            r.train_begin(settings)?;
-        }
         let lanes = 1 + replicas.len();
         let mut by_lane: Vec<Vec<(usize, Stream)>> = (0..lanes).map(|_| Vec::new()).collect();
         for (i, &c) in block.iter().enumerate() {
@@ -513,7 +520,17 @@ fn chunked_step(
     }
     let k = chunks as f64;
     sum.iter_mut().for_each(|g| *g /= k);
-    let m = model.train_apply(&sum, loss / k)?;
+    // the replicas take the same step as the model, side by side, and so stay its copies
+    let (m, copies) = std::thread::scope(|scope| {
+        let handles: Vec<_> = replicas.iter_mut().map(|r| scope.spawn(|| r.train_apply(&sum, loss / k))).collect();
+        let m = model.train_apply(&sum, loss / k);
+        let copies: Vec<_> = handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect();
+        (m, copies)
+    });
+    let m = m?;
+    for c in copies {
+        c?;
+    }
     Ok((m, log_w))
 }
 
