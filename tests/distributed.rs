@@ -362,6 +362,21 @@ fn chunks_side_by_side_on_threads_give_the_weights_of_one_thread() {
         .collect();
     assert!(outputs[1] == outputs[0], "2 threads: the training differs from 1 thread");
     assert!(outputs[2] == outputs[0], "3 threads: the training differs from 1 thread");
+
+    // stopped by a budget after its first step and resumed, on 2 threads: the replicas copy the
+    // resumed model (weights and Adam's state) and keep in step with it
+    let c = train_card(dir.path(), "stopped2", 4, 8, 6);
+    let text = std::fs::read_to_string(&c).unwrap().replace("[run]\n", "[run]\nthreads = 2\n");
+    std::fs::write(&c, text).unwrap();
+    let budget = Some(std::time::Duration::from_nanos(1));
+    let stopped = on_thread_ranks(1, |_, job| {
+        let opts = latflow_host::train::TrainOptions { quiet: true, plugin_dirs: plugin_dirs(), resume: false, force: true, budget, job };
+        latflow_host::train::train(&c, &opts)
+    });
+    let w = ok_on_every_rank(stopped);
+    assert_eq!(latflow_host::train::checkpoint_steps(&PathBuf::from(format!("{}.train.ckpt", w.display()))).ok(), Some(1));
+    let resumed = ok_on_every_rank(train_on(&c, 1, true));
+    assert!(training_outputs(&resumed) == outputs[0], "stopped and resumed on 2 threads, the training differs");
 }
 
 /// A data-parallel training killed on one process after a checkpoint and resumed on two ranks
