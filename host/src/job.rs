@@ -246,7 +246,7 @@ impl<'a> Unpacker<'a> {
     }
 
     /// The next array; an error when the message is shorter than its lengths say.
-    pub fn next(&mut self) -> Result<&'a [f64]> {
+    pub fn array(&mut self) -> Result<&'a [f64]> {
         let Some((&n, rest)) = self.0.split_first() else { bail!("a message between ranks ended early") };
         let n = n as usize;
         if rest.len() < n {
@@ -259,7 +259,7 @@ impl<'a> Unpacker<'a> {
 
     /// The next bytes (see [`Packer::push_bytes`]).
     pub fn next_bytes(&mut self) -> Result<Vec<u8>> {
-        Ok(unpack_bytes(self.next()?))
+        Ok(unpack_bytes(self.array()?))
     }
 }
 
@@ -290,12 +290,12 @@ mod tests {
         p.push_bytes(&bytes);
         p.push(&[]);
         let mut u = Unpacker::new(&p.0);
-        let a = u.next().unwrap();
+        let a = u.array().unwrap();
         assert_eq!(a.len(), 4);
         assert!(a[0].is_nan() && a[1].to_bits() == (-0.0f64).to_bits() && a[2] == 1e-310);
         assert_eq!(u.next_bytes().unwrap(), bytes);
-        assert!(u.next().unwrap().is_empty());
-        assert!(u.next().is_err());
+        assert!(u.array().unwrap().is_empty());
+        assert!(u.array().is_err());
     }
 
     #[test]

@@ -146,8 +146,12 @@ pub struct ReplicaSet {
     owned: std::ops::Range<usize>,
     /// On the root of several ranks, after [`ReplicaSet::collect`]: every coupling's records of
     /// the last sweep and, when it was saved, configuration.
-    collected: Vec<(Vec<Vec<StepRecord>>, Option<Vec<f64>>)>,
+    collected: Vec<CollectedSweep>,
 }
+
+/// One coupling's last sweep as the root collects it: each step's records and, when it was
+/// saved, the configuration.
+type CollectedSweep = (Vec<Vec<StepRecord>>, Option<Vec<f64>>);
 
 impl ReplicaSet {
     /// Builds the slots' chains and the swap steps of a card, with fresh streams. `theories`,
@@ -373,15 +377,15 @@ impl ReplicaSet {
             for _ in crate::job::block_of(rank, self.job.size(), self.replicas.len()) {
                 let mut records = Vec::with_capacity(steps);
                 for _ in 0..steps {
-                    let count = u.next()?[0] as usize;
+                    let count = u.array()?[0] as usize;
                     let mut recs = Vec::with_capacity(count);
                     for _ in 0..count {
-                        let accepted = u.next()?[0] != 0.0;
-                        recs.push(Record { accepted, columns: u.next()?.to_vec() });
+                        let accepted = u.array()?[0] != 0.0;
+                        recs.push(Record { accepted, columns: u.array()?.to_vec() });
                     }
                     records.push(recs);
                 }
-                let config = if save_config { Some(u.next()?.to_vec()) } else { None };
+                let config = if save_config { Some(u.array()?.to_vec()) } else { None };
                 self.collected.push((records, config));
             }
         }
@@ -419,7 +423,7 @@ impl ReplicaSet {
                 let mut u = Unpacker::new(words);
                 for _ in crate::job::block_of(rank, self.job.size(), self.replicas.len()) {
                     for _ in 0..=steps {
-                        arrays.push(u.next()?.to_vec());
+                        arrays.push(u.array()?.to_vec());
                     }
                     rngs.push(serde_json::from_slice(&u.next_bytes()?)?);
                 }
