@@ -96,11 +96,11 @@ fn annealing_beta_is_exact_at_beta_3() {
 #[test]
 fn a_ladder_over_the_defect_coupling_is_exact_at_w_1() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
+    let text = String::from(
         "[theory]\nplugin = \"u1\"\nlattice = [8, 8]\nbeta = 6.0\ndefect = [1, 1]\ndefect_coupling = 1.0\n\n\
          [ladder]\nparameter = \"defect_coupling\"\nvalues = [1.0, 0.5, 0.0]\n\n\
          [[chain]]\nkind = \"hmc\"\nmd_steps = 4\ntrajectory_jitter = 0.2\n\n[[chain]]\nkind = \"replica_exchange\"\n\n\
-         [run]\nseed = 24\nthermalization = 200\nmeasurements = 30000\nsave_every = 0\nthreads = 1\noutput = \"{{OUT}}\"\n"
+         [run]\nseed = 24\nthermalization = 200\nmeasurements = 30000\nsave_every = 0\nthreads = 1\noutput = \"{OUT}\"\n"
     );
     let (c, out) = write_card(dir.path(), "ptbc", &text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);

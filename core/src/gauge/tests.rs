@@ -30,7 +30,7 @@ impl<G: GaugeGroup> Wilson<'_, G> {
         -self.beta / G::NC as f64 * plaquette_sum(self.lat, u.links())
     }
 
-    fn force(&self, u: &LinkField<G>, out: &mut Vec<G::Algebra>) {
+    fn force(&self, u: &LinkField<G>, out: &mut [G::Algebra]) {
         let d = self.lat.dim();
         let c = -self.beta / G::NC as f64;
         parallel::fill_sites(out, d, |x, f, _| {

@@ -213,8 +213,8 @@ pub fn eval<T: Real>(p_w: T, s: &[T]) -> (T, T) {
 pub unsafe fn eval8(p_w: &[f32; 8], raw: &[f32], n: usize) -> Option<([f32; 8], [f32; 8])> {
     use latflow_flow_common::vmath::{atan2_8, exp8, ln8, sincos8};
     use std::arch::x86_64::*;
-    assert!(n >= 1 && n <= MAX_N_MIX && raw.len() >= 8 * (n + 1));
-    if raw.chunks_exact(n + 1).take(8).any(|r| r[..n].iter().any(|s| !(s.abs() <= DIRECT_MAX_S as f32))) {
+    assert!((1..=MAX_N_MIX).contains(&n) && raw.len() >= 8 * (n + 1));
+    if raw.chunks_exact(n + 1).take(8).any(|r| r[..n].iter().any(|s| s.is_nan() || s.abs() > DIRECT_MAX_S as f32)) {
         return None;
     }
     // SAFETY: AVX2 and FMA by the caller; every load reads an 8-value array.
