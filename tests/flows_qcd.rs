@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{analyze_json, assert_z, expect_failure, run_ok, scalar, write_card};
+use common::{analyze_json, assert_z, expect_failure, log_z, run_ok, scalar, write_card};
 
 /// (β, κ, ⟨cos θ_P⟩, Σ, ⟨det D²⟩_quenched) of the exact 2×2 table.
 const EXACT: [(f64, f64, f64, f64, f64); 2] = [
@@ -67,14 +67,6 @@ fn run(dir: &Path, name: &str, text: &str, args: &[&str]) -> serde_json::Value {
     all.extend_from_slice(args);
     run_ok(&all);
     analyze_json(&out)
-}
-
-fn log_z(json: &serde_json::Value) -> (f64, f64) {
-    let rw = &json["reweighting"];
-    (
-        rw["log_z"].as_f64().unwrap(),
-        rw["log_z_error"].as_f64().unwrap(),
-    )
 }
 
 /// 2×2, (β, κ) = (1, 0.25) and (2, 0.276): a briefly trained flow; flow Metropolis and

@@ -242,15 +242,22 @@ impl AnnealCard {
         if self.repeat == 0 {
             return err("repeat", "must be at least 1, got 0".into());
         }
-        self.hmc.validate().map_err(|(f, m)| (format!("hmc.{f}"), m))?;
-        if !self.hmc.accept_reject {
-            return err(
-                "hmc.accept_reject",
-                "must be true: the annealing kernels must satisfy detailed balance, which needs the Metropolis test".into(),
-            );
-        }
-        Ok(())
+        reversible_kernel(&self.hmc, "the annealing kernels")
     }
+}
+
+/// Checks the `hmc` table of a step that runs HMC inside it as a reversible kernel (`anneal`,
+/// and the stochastic layers of `flow` and `reweight`): a valid HMC card whose Metropolis test
+/// is on, since `what` must satisfy detailed balance. Errors name the key under `hmc.`.
+fn reversible_kernel(hmc: &HmcCard, what: &str) -> Result<(), (String, String)> {
+    hmc.validate().map_err(|(f, m)| (format!("hmc.{f}"), m))?;
+    if !hmc.accept_reject {
+        return Err((
+            "hmc.accept_reject".into(),
+            format!("must be true: {what} must satisfy detailed balance, which needs the Metropolis test"),
+        ));
+    }
+    Ok(())
 }
 
 /// `kind = "flow"` (independence Metropolis with model proposals) and `kind = "reweight"`
@@ -299,14 +306,7 @@ impl ProposalAnnealCard {
         if self.stages == 0 {
             return err("stages", "must be at least 1, got 0 (leave `anneal` out for plain model proposals)".into());
         }
-        self.hmc.validate().map_err(|(f, m)| (format!("hmc.{f}"), m))?;
-        if !self.hmc.accept_reject {
-            return err(
-                "hmc.accept_reject",
-                "must be true: the stochastic layers must satisfy detailed balance, which needs the Metropolis test".into(),
-            );
-        }
-        Ok(())
+        reversible_kernel(&self.hmc, "the stochastic layers")
     }
 }
 

@@ -81,6 +81,15 @@ pub fn scalar(json: &serde_json::Value, name: &str) -> (f64, f64) {
     )
 }
 
+/// log Ẑ of a reweighting analysis, with its error: `analyze --json`'s `reweighting` entry.
+pub fn log_z(json: &serde_json::Value) -> (f64, f64) {
+    let rw = &json["reweighting"];
+    (
+        rw["log_z"].as_f64().unwrap_or_else(|| panic!("no reweighting log_z in {json}")),
+        rw["log_z_error"].as_f64().unwrap(),
+    )
+}
+
 /// Asserts |measured − expected| < 4σ with σ² = σ_measured² + σ_reference², and prints z.
 pub fn assert_z(what: &str, (mean, err): (f64, f64), expected: f64, ref_err: f64) {
     let sigma = (err * err + ref_err * ref_err).sqrt();

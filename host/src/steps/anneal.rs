@@ -24,7 +24,7 @@
 use latflow_core::hmc::metropolis_accept;
 use latflow_core::Stream;
 
-use super::{BuildError, MarkovStep, StepRecord};
+use super::{BuildError, InnerHmc, MarkovStep, StepRecord};
 use crate::card::AnnealCard;
 use crate::plugin::{PluginLoadError, TheoryHandle};
 
@@ -52,8 +52,8 @@ impl AnnealStep {
         v + (self.card.to - v) * frac
     }
 
-    /// One protocol from `config`: returns the end point, the work and the inner acceptance.
-    /// The parameter is left at `lambda(v, 2n)` = v only on success; the caller restores it.
+    /// One protocol from `config`, with v the parameter's value: returns the end point, the
+    /// work and the inner acceptance. The parameter is left at λ_{2n}; the caller restores it.
     fn protocol(
         &self,
         theory: &mut TheoryHandle,
@@ -65,7 +65,7 @@ impl AnnealStep {
         let params = self.card.hmc.params();
         let mut x = config.to_vec();
         let mut s_prev = theory.action(&x)?[0];
-        let (mut work, mut accepted, mut trajectories) = (0.0, 0usize, 0usize);
+        let (mut work, mut inner) = (0.0, InnerHmc::default());
         for k in 1..=2 * n {
             theory.set_parameter(name, self.lambda(v, k))?;
             let s_new = theory.action(&x)?[0];
@@ -74,12 +74,10 @@ impl AnnealStep {
                 break;
             }
             let repeat = self.card.hmc.repeat + if k == n { self.card.hold } else { 0 };
-            let recs = theory.hmc(&mut x, &params, repeat, rng)?;
-            accepted += recs.iter().filter(|r| r.accepted).count();
-            trajectories += recs.len();
+            inner.run(theory, &mut x, &params, repeat, rng)?;
             s_prev = theory.action(&x)?[0];
         }
-        Ok((x, work, accepted as f64 / trajectories.max(1) as f64))
+        Ok((x, work, inner.acceptance()))
     }
 }
 
@@ -104,12 +102,10 @@ impl MarkovStep for AnnealStep {
         out: &mut Vec<StepRecord>,
     ) -> Result<(), PluginLoadError> {
         super::require_exact_action(theory, "an 'anneal' step")?;
-        let v = theory.parameter(&self.card.parameter)?;
         for _ in 0..self.card.repeat {
-            let result = self.protocol(theory, config, v, rng);
-            // The theory leaves every application at its own value, whatever happened.
-            theory.set_parameter(&self.card.parameter, v)?;
-            let (x, work, inner) = result?;
+            // the theory leaves every application at its own value, whatever happened
+            let (x, work, inner) =
+                super::restoring_parameter(theory, &self.card.parameter, |t, v| self.protocol(t, config, v, rng))?;
             let accepted = metropolis_accept(-work, rng);
             if accepted {
                 config.copy_from_slice(&x);

@@ -32,12 +32,7 @@ pub struct FlowStep {
 impl FlowStep {
     /// Refuses an `anneal` table whose parameter the theory does not have.
     pub fn new(card: &ProposalCard, model: Arc<ModelHandle>, theory: &TheoryHandle) -> Result<Self, BuildError> {
-        let paths = card
-            .anneal
-            .as_ref()
-            .map(|a| AnnealedPaths::new(a, theory))
-            .transpose()
-            .map_err(|e| BuildError { key: Some("anneal.parameter"), message: e.to_string() })?;
+        let paths = AnnealedPaths::for_card(card, theory)?;
         Ok(Self { card: card.clone(), model, buffer: ProposalBuffer::empty(), paths, current: None })
     }
 }

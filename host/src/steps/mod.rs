@@ -87,6 +87,50 @@ pub fn require_exact_action(theory: &TheoryHandle, what: &str) -> Result<(), Plu
     }
 }
 
+/// Runs `f(theory, v)` with v the theory's value of parameter `name`, and sets the parameter
+/// back to v afterwards, whatever `f` returned: for steps that move a parameter on the way
+/// (`anneal`, the stochastic layers of `flow` and `reweight`) and must leave the theory as
+/// they found it.
+pub(super) fn restoring_parameter<T>(
+    theory: &mut TheoryHandle,
+    name: &str,
+    f: impl FnOnce(&mut TheoryHandle, f64) -> Result<T, PluginLoadError>,
+) -> Result<T, PluginLoadError> {
+    let v = theory.parameter(name)?;
+    let result = f(theory, v);
+    theory.set_parameter(name, v)?;
+    result
+}
+
+/// The acceptance of the HMC trajectories a step runs inside it (its `inner_acceptance`).
+#[derive(Debug, Default)]
+pub(super) struct InnerHmc {
+    accepted: usize,
+    trajectories: usize,
+}
+
+impl InnerHmc {
+    /// `repeat` trajectories of `params` on `x` at the theory's current parameters, counted.
+    pub(super) fn run(
+        &mut self,
+        theory: &mut TheoryHandle,
+        x: &mut [f64],
+        params: &latflow_core::abi::HmcParams,
+        repeat: u32,
+        rng: &mut Stream,
+    ) -> Result<(), PluginLoadError> {
+        let recs = theory.hmc(x, params, repeat, rng)?;
+        self.accepted += recs.iter().filter(|r| r.accepted).count();
+        self.trajectories += recs.len();
+        Ok(())
+    }
+
+    /// The fraction accepted (0 when none ran).
+    pub(super) fn acceptance(&self) -> f64 {
+        self.accepted as f64 / self.trajectories.max(1) as f64
+    }
+}
+
 /// Why a `[[chain]]` entry cannot become a step: the entry's key at fault, if one is, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildError {

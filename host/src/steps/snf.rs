@@ -30,7 +30,8 @@
 
 use latflow_core::Stream;
 
-use crate::card::ProposalAnnealCard;
+use super::{BuildError, InnerHmc};
+use crate::card::{ProposalAnnealCard, ProposalCard};
 use crate::plugin::{ModelHandle, PluginLoadError, TheoryHandle};
 
 /// The stochastic layers of a `flow` or `reweight` step's `anneal` table.
@@ -47,11 +48,13 @@ pub(super) struct PathRecord {
 }
 
 impl AnnealedPaths {
-    /// Checks that the theory has the parameter (a value of λ it refuses is an error at the first
+    /// The layers of a `flow` or `reweight` card's `anneal` table (`None` without one). Refuses
+    /// a parameter the theory does not have (a value of λ it refuses is an error at the first
     /// path, naming the parameter and the value).
-    pub(super) fn new(card: &ProposalAnnealCard, theory: &TheoryHandle) -> Result<Self, PluginLoadError> {
-        theory.parameter(&card.parameter)?;
-        Ok(Self { card: card.clone() })
+    pub(super) fn for_card(card: &ProposalCard, theory: &TheoryHandle) -> Result<Option<Self>, BuildError> {
+        let Some(a) = &card.anneal else { return Ok(None) };
+        theory.parameter(&a.parameter).map_err(|e| BuildError { key: Some("anneal.parameter"), message: e.to_string() })?;
+        Ok(Some(Self { card: a.clone() }))
     }
 
     /// λ_k for k = 1 … n + 1 (λ_1 = `from`, λ_{n+1} = v).
@@ -77,83 +80,55 @@ impl AnnealedPaths {
         log_q: f64,
         rng: &mut Stream,
     ) -> Result<PathRecord, PluginLoadError> {
-        let v = theory.parameter(&self.card.parameter)?;
-        let result = self.forward_at(theory, x, log_q, v, rng);
-        theory.set_parameter(&self.card.parameter, v)?;
-        result
-    }
-
-    fn forward_at(
-        &self,
-        theory: &mut TheoryHandle,
-        x: &mut [f64],
-        log_q: f64,
-        v: f64,
-        rng: &mut Stream,
-    ) -> Result<PathRecord, PluginLoadError> {
         let (name, n) = (&self.card.parameter, self.card.stages);
         let params = self.card.hmc.params();
-        let (mut accepted, mut trajectories) = (0usize, 0usize);
-        theory.set_parameter(name, self.lambda(v, 1))?;
-        let mut work = theory.action(x)?[0] + log_q;
-        let mut action = 0.0;
-        for k in 1..=n {
-            let recs = theory.hmc(x, &params, self.card.hmc.repeat, rng)?;
-            accepted += recs.iter().filter(|r| r.accepted).count();
-            trajectories += recs.len();
-            work -= theory.action(x)?[0];
-            theory.set_parameter(name, self.lambda(v, k + 1))?;
-            action = theory.action(x)?[0];
-            work += action;
-        }
-        Ok(PathRecord { log_w: -work, action, inner_acceptance: accepted as f64 / trajectories.max(1) as f64 })
+        super::restoring_parameter(theory, name, |theory, v| {
+            let mut inner = InnerHmc::default();
+            theory.set_parameter(name, self.lambda(v, 1))?;
+            let mut work = theory.action(x)?[0] + log_q;
+            let mut action = 0.0;
+            for k in 1..=n {
+                inner.run(theory, x, &params, self.card.hmc.repeat, rng)?;
+                work -= theory.action(x)?[0];
+                theory.set_parameter(name, self.lambda(v, k + 1))?;
+                action = theory.action(x)?[0];
+                work += action;
+            }
+            Ok(PathRecord { log_w: -work, action, inner_acceptance: inner.acceptance() })
+        })
     }
 
-    /// Draws a path that ends at `x` from its conditional under the extended target, by running
-    /// the layers backwards (K_n first), and returns its record; `x` itself is left as it is.
-    /// The theory's parameter is back at its value v afterwards, whatever happened.
+    /// Draws a path that ends at `end` from its conditional under the extended target, by
+    /// running the layers backwards (K_n first), and returns its record; `end` itself is left as
+    /// it is. The theory's parameter is back at its value v afterwards, whatever happened.
     pub(super) fn reverse(
         &self,
         theory: &mut TheoryHandle,
         model: &ModelHandle,
-        x: &[f64],
-        rng: &mut Stream,
-    ) -> Result<PathRecord, PluginLoadError> {
-        let v = theory.parameter(&self.card.parameter)?;
-        let result = self.reverse_at(theory, model, x, v, rng);
-        theory.set_parameter(&self.card.parameter, v)?;
-        result
-    }
-
-    fn reverse_at(
-        &self,
-        theory: &mut TheoryHandle,
-        model: &ModelHandle,
         end: &[f64],
-        v: f64,
         rng: &mut Stream,
     ) -> Result<PathRecord, PluginLoadError> {
         let (name, n) = (&self.card.parameter, self.card.stages);
         let params = self.card.hmc.params();
-        let (mut accepted, mut trajectories) = (0usize, 0usize);
-        let mut x = end.to_vec();
-        // the k = n + 1 term, at the end point x_n
-        let action = theory.action(&x)?[0];
-        theory.set_parameter(name, self.lambda(v, n))?;
-        let mut work = action - theory.action(&x)?[0];
-        for k in (1..=n).rev() {
-            // the parameter is λ_k: x_{k−1} = K_k(x_k)
-            let recs = theory.hmc(&mut x, &params, self.card.hmc.repeat, rng)?;
-            accepted += recs.iter().filter(|r| r.accepted).count();
-            trajectories += recs.len();
-            work += theory.action(&x)?[0];
-            if k >= 2 {
-                theory.set_parameter(name, self.lambda(v, k - 1))?;
-                work -= theory.action(&x)?[0];
-            } else {
-                work += model.log_prob(&x)?[0];
+        super::restoring_parameter(theory, name, |theory, v| {
+            let mut inner = InnerHmc::default();
+            let mut x = end.to_vec();
+            // the k = n + 1 term, at the end point x_n
+            let action = theory.action(&x)?[0];
+            theory.set_parameter(name, self.lambda(v, n))?;
+            let mut work = action - theory.action(&x)?[0];
+            for k in (1..=n).rev() {
+                // the parameter is λ_k: x_{k−1} = K_k(x_k)
+                inner.run(theory, &mut x, &params, self.card.hmc.repeat, rng)?;
+                work += theory.action(&x)?[0];
+                if k >= 2 {
+                    theory.set_parameter(name, self.lambda(v, k - 1))?;
+                    work -= theory.action(&x)?[0];
+                } else {
+                    work += model.log_prob(&x)?[0];
+                }
             }
-        }
-        Ok(PathRecord { log_w: -work, action, inner_acceptance: accepted as f64 / trajectories.max(1) as f64 })
+            Ok(PathRecord { log_w: -work, action, inner_acceptance: inner.acceptance() })
+        })
     }
 }

@@ -84,10 +84,43 @@ impl std::ops::Div for Dual {
     }
 }
 
-/// The forward bin map at x with the bin's knot values `p`: (y, ln dy/dx) as duals in (x, p).
-fn forward_dual(x: f64, p: &[f64; 6]) -> (Dual, Dual) {
-    let x = Dual::var(x, 0);
-    let [xk, xk1, yk, yk1, d0, d1] = std::array::from_fn(|j| Dual::var(p[j], j + 1));
+/// The arithmetic [`bin_map`] needs: plain f64 values, or [`Dual`]s that carry derivatives.
+trait BinNum:
+    Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::Div<Output = Self>
+{
+    fn scale(self, c: f64) -> Self;
+    fn one_minus(self) -> Self;
+    fn ln(self) -> Self;
+}
+
+impl BinNum for f64 {
+    fn scale(self, c: f64) -> Self {
+        self * c
+    }
+    fn one_minus(self) -> Self {
+        1.0 - self
+    }
+    fn ln(self) -> Self {
+        f64::ln(self)
+    }
+}
+
+impl BinNum for Dual {
+    fn scale(self, c: f64) -> Self {
+        Dual::scale(self, c)
+    }
+    fn one_minus(self) -> Self {
+        Dual::one_minus(self)
+    }
+    fn ln(self) -> Self {
+        Dual::ln(self)
+    }
+}
+
+/// The forward bin map at x with the bin's knot values (x_k, x_{k+1}, y_k, y_{k+1}, d_k,
+/// d_{k+1}): (y, ln dy/dx). One formula for both number types, so a [`Dual`]'s value has the
+/// bits of the plain evaluation.
+fn bin_map<N: BinNum>(x: N, [xk, xk1, yk, yk1, d0, d1]: [N; 6]) -> (N, N) {
     let w = xk1 - xk;
     let h = yk1 - yk;
     let theta = (x - xk) / w;
@@ -102,23 +135,15 @@ fn forward_dual(x: f64, p: &[f64; 6]) -> (Dual, Dual) {
     (y, lg)
 }
 
-/// [`forward_dual`]'s values alone, (y, ln dy/dx), with the same operations in the same order
-/// (so the same bits), for calls that need no derivatives: sampling, and the forward pass of
-/// training, whose backward pass evaluates the duals again.
+/// The forward bin map at x with the bin's knot values `p`: (y, ln dy/dx) as duals in (x, p).
+fn forward_dual(x: f64, p: &[f64; 6]) -> (Dual, Dual) {
+    bin_map(Dual::var(x, 0), std::array::from_fn(|j| Dual::var(p[j], j + 1)))
+}
+
+/// [`forward_dual`]'s values alone, for calls that need no derivatives: sampling, and the
+/// forward pass of training, whose backward pass evaluates the duals again.
 fn forward_plain(x: f64, p: &[f64; 6]) -> (f64, f64) {
-    let [xk, xk1, yk, yk1, d0, d1] = *p;
-    let w = xk1 - xk;
-    let h = yk1 - yk;
-    let theta = (x - xk) / w;
-    let delta = h / w;
-    let om = 1.0 - theta;
-    let t1 = theta * om;
-    let s = d0 + d1 - delta * 2.0;
-    let den = delta + s * t1;
-    let y = yk + h * (delta * theta * theta + d0 * t1) / den;
-    let num = delta * delta * (d1 * theta * theta + delta * 2.0 * t1 + d0 * om * om);
-    let lg = num.ln() - den.ln() * 2.0;
-    (y, lg)
+    bin_map(x, *p)
 }
 
 /// The inverse bin map's root x for y in the bin with knot values `p` (the generic
