@@ -104,9 +104,12 @@ struct Args {
     /// Short everything (a smoke run: seconds instead of minutes).
     #[arg(long)]
     quick: bool,
-    /// Only the limits, products and kernels at 4⁴ (a quick look at the kernels).
+    /// Only the limits, products and kernels (at 4⁴, or the sizes of `--kernel-sizes`).
     #[arg(long)]
     kernels_only: bool,
+    /// The L of the L⁴ kernel figures (default 4 with `--kernels-only`, else 4, 8 and 16).
+    #[arg(long, value_delimiter = ',')]
+    kernel_sizes: Vec<usize>,
     /// Only section 4: HMC at 8⁴ and 16⁴ and the theory's own steps, on 1 and 2 threads.
     #[arg(long)]
     scaling_only: bool,
@@ -138,7 +141,13 @@ fn main() {
         return;
     }
     let products = product_report(&limits);
-    let sizes: &[usize] = if args.kernels_only { &[4] } else { &[4, 8, 16] };
+    let sizes: &[usize] = if !args.kernel_sizes.is_empty() {
+        &args.kernel_sizes
+    } else if args.kernels_only {
+        &[4]
+    } else {
+        &[4, 8, 16]
+    };
     let kernels: Vec<Value> = sizes.iter().map(|&l| kernel_report(l, &limits, args.quick)).collect();
     let dirac = dirac_report(&limits, args.quick);
     if args.kernels_only {
@@ -510,6 +519,8 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
         for level in 0..=fast::simd_level() {
             let name = fast::SIMD_NAMES[level as usize];
             let force = per_call(|| fast::wilson_force(sun.lattice(), u3, w, &mut f3, level), batch, batches);
+            let per_site =
+                per_call(|| fast::wilson_force_per_site(sun.lattice(), u3, w, &mut f3, level), batch, batches);
             let action = per_call(
                 || {
                     black_box(fast::plaquette_sum(sun.lattice(), u3, level));
@@ -534,6 +545,14 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
                 &format!("force[{name}]"),
                 l,
                 force,
+                v * force_flops_per_site(l),
+                2.0 * e,
+                lim,
+            ));
+            variants.push(kernel_figures(
+                &format!("force per site[{name}]"),
+                l,
+                per_site,
                 v * force_flops_per_site(l),
                 2.0 * e,
                 lim,

@@ -24,6 +24,15 @@ pub trait Neighbours: Sync {
     fn up(&self, x: usize, mu: usize) -> usize;
     /// The storage index of x − μ̂.
     fn dn(&self, x: usize, mu: usize) -> usize;
+    /// The extent L of the axis that runs fastest through the site index, where the looped-over
+    /// sites (and no halo) are x = L·a + c with c the coordinate along that periodic axis: a
+    /// step along it changes c by ±1 mod L and keeps a; a step along any other axis keeps c.
+    /// Kernels with SIMD across sites split c into lanes: for w dividing L, every site's
+    /// neighbours then sit in one other group of w sites, the lanes rotated by a fixed amount.
+    /// Default: None (no such kernel runs).
+    fn fastest_axis_extent(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Neighbours for Lattice {
@@ -42,6 +51,10 @@ impl Neighbours for Lattice {
     #[inline]
     fn dn(&self, x: usize, mu: usize) -> usize {
         self.bwd(x, mu)
+    }
+    /// The last extent: sites are stored row-major, the last axis fastest.
+    fn fastest_axis_extent(&self) -> Option<usize> {
+        self.shape().last().copied()
     }
 }
 

@@ -333,6 +333,21 @@ thread_local! {
 /// bits.
 pub fn wilson_force<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
     let d = lat.dim();
+    assert!((2..=MAX_DIM).contains(&d), "the SU(3) fast path handles 2 ≤ d ≤ {MAX_DIM}, got {d}");
+    let corner_bytes = lat.global_sites() * d * (d - 1) / 2 * std::mem::size_of::<Rows>();
+    let shared = corner_bytes <= CORNERS_MAX_BYTES;
+    let level = runnable(level);
+    if let Some(width) = crate::blocked::lane_width(lat, level, shared) {
+        crate::blocked::wilson_force(lat, u, w, f, width, level, shared);
+        return;
+    }
+    wilson_force_with(lat, lat.stored(), u, w, f, level, shared);
+}
+
+/// [`wilson_force`] by the per-site kernels alone (SIMD within each matrix), never the
+/// site-blocked ones: the same bits, for comparison benchmarks.
+pub fn wilson_force_per_site<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
+    let d = lat.dim();
     let corner_bytes = lat.global_sites() * d * (d - 1) / 2 * std::mem::size_of::<Rows>();
     wilson_force_with(lat, lat.stored(), u, w, f, level, corner_bytes <= CORNERS_MAX_BYTES);
 }
@@ -473,6 +488,41 @@ mod tests {
                 let (p, q) = (plaquette_sum(&lat, &u, level), generic_plaquette_sum(&lat, &u[..]));
                 assert!((p - q).abs() < 1e-12 * q.abs().max(1.0), "{shape:?}: {p} vs {q}");
             }
+        }
+    }
+
+    /// The site-blocked force (SIMD across sites) gives the bits of the per-site kernels, at
+    /// every lane width that splits the lattice, every compiled variant, with and without
+    /// shared corners, on one and two threads.
+    #[test]
+    fn blocked_force_gives_the_per_site_bits() {
+        for (shape, seed) in [
+            (&[4i64, 4, 4, 8][..], 1),
+            (&[4, 4, 4, 4][..], 2),
+            (&[2, 3, 2, 4][..], 3),
+            (&[8, 8][..], 4),
+            (&[3, 2, 6][..], 5),
+            (&[6, 6, 8, 16][..], 6),
+            (&[3, 3, 3][..], 7),
+        ] {
+            let (lat, u) = hot(shape, seed);
+            for (level, shared) in (0..=simd_level()).flat_map(|l| [(l, false), (l, true)]) {
+                let mut want = vec![SuAlg::<3>::zero(); u.len()];
+                wilson_force_with(&lat, lat.volume(), &u, 1.9, &mut want, level, shared);
+                for width in [2usize, 4, 8] {
+                    if !(shape[shape.len() - 1] as usize).is_multiple_of(width) {
+                        continue;
+                    }
+                    for threads in [1, 2] {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        let mut got = vec![SuAlg::<3>::zero(); u.len()];
+                        pool.install(|| crate::blocked::wilson_force(&lat, &u, 1.9, &mut got, width, level, shared));
+                        assert!(got == want, "{shape:?} level {level} shared {shared} width {width} threads {threads}");
+                    }
+                }
+            }
+            // the dispatched force takes a blocked width wherever one splits the lattice
+            assert_eq!(crate::blocked::lane_width(&lat, 0, true).is_some(), shape[shape.len() - 1] % 2 == 0);
         }
     }
 

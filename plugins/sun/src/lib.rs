@@ -26,6 +26,7 @@
 //! split along axis 0 and every entry point runs on the rank's slab with the arithmetic of one
 //! rank: see [`split`].
 
+pub mod blocked;
 pub mod fast;
 mod kernel;
 mod space;

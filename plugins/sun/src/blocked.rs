@@ -1,0 +1,511 @@
+//! The SU(3) Wilson force with SIMD across sites (a site-blocked layout).
+//!
+//! [`fast`](crate::fast) vectorises within one 3×3 matrix (six-real rows), which leaves most
+//! of a 512-bit register idle and needs shuffles for adjoints. Here `W` sites share each
+//! vector instead: the fastest axis (extent L, [`Neighbours::fastest_axis_extent`]) is cut into
+//! `W` slabs of q = L/W, site a·L + c sits in lane c / q of *outer site* a·q + c mod q, and a
+//! matrix is 18 vectors of `W` lanes, one per real entry. A 3×3 product is then 108 multiplies
+//! and 108 adds on whole vectors, with no shuffle; an adjoint is a renaming of the 18 vectors.
+//! Every neighbour of an outer site is one outer site with its lanes rotated by a fixed amount
+//! (0, or ±1 across a slab's edge along the fastest axis); packed links and corner products
+//! are stored twice over, so that a rotated read is one unaligned load. Outer sites keep the
+//! per-site layout's neighbour distances in bytes, so cache reuse is the same.
+//!
+//! A force evaluation
+//! 1. packs the links into the blocked layout (a transpose, no arithmetic),
+//! 2. forms the corner products U_μ(y)† U_ν(y) of every outer site (when [`fast`](crate::fast) shares them,
+//!    by the same rule),
+//! 3. sums the staples and projects, outer site by outer site, writing each task's rows of the
+//!    fastest axis straight into the `[site][μ]` force.
+//!
+//! Every lane does exactly the operations of [`fast`](crate::fast)'s per-site kernels, in the same order
+//! (products summed from zero in k order, no fused multiply-add), so the force has the same
+//! bits as the per-site path, on any thread count (no lane or site is reduced across). The
+//! buffers are kept per thread between calls; nothing allocates per site. The buffers take
+//! 2.5× (4D, shared corners) the memory of the links, so the dispatcher uses this path only
+//! up to [`BLOCKED_MAX_BYTES`].
+
+use std::cell::RefCell;
+
+use latflow_core::gauge::parallel::{SiteWork, CHUNK_SITES};
+use latflow_core::gauge::{Neighbours, Su3, SuAlg};
+
+/// A real entry of `W` sites.
+type Lanes<const W: usize> = [f64; W];
+/// A 3×3 complex matrix of `W` sites: three rows of six reals (re, im interleaved), each real a
+/// vector of lanes (the layout of [`latflow_core::gauge::su3::Rows`], lane by lane).
+type M<const W: usize> = [[Lanes<W>; 6]; 3];
+/// A stored matrix (a packed link or a corner product): each real's lanes twice in a row, so
+/// that the lanes rotated by any r < W are the `W` reals from position r, one unaligned load.
+type D<const W: usize> = [[[Lanes<W>; 2]; 6]; 3];
+
+#[inline(always)]
+fn zero<const W: usize>() -> M<W> {
+    [[[0.0; W]; 6]; 3]
+}
+
+/// A matrix of `W` sites, read entry by entry: real (i, j) as a vector of lanes.
+trait Mat<const W: usize> {
+    fn at(&self, i: usize, j: usize) -> Lanes<W>;
+}
+
+impl<const W: usize> Mat<W> for M<W> {
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> Lanes<W> {
+        self[i][j]
+    }
+}
+
+/// A stored matrix with its lanes rotated by `r` < W: lane ℓ is stored lane (ℓ + r) mod W.
+#[derive(Clone, Copy)]
+struct Rot<'a, const W: usize>(&'a D<W>, usize);
+
+impl<const W: usize> Mat<W> for Rot<'_, W> {
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> Lanes<W> {
+        let Rot(m, r) = *self;
+        let mut out = [0.0; W];
+        out.copy_from_slice(&m[i][j].as_flattened()[r..r + W]);
+        out
+    }
+}
+
+/// A·B with A replaced by A† when `AA` and B by B† when `AB`: for each lane, the operations of
+/// `su3::mul_rows` (on `adj_rows` of the adjoined factor): entry (i, j) summed from zero over
+/// k = 0, 1, 2 of (a.re b.re + a.im·(−b.im), a.re b.im + a.im b.re), the conjugates' signs
+/// applied by exact negation.
+#[inline(always)]
+fn prod<const W: usize, const AA: bool, const AB: bool>(a: &impl Mat<W>, b: &impl Mat<W>) -> M<W> {
+    let mut c = zero::<W>();
+    for i in 0..3 {
+        for k in 0..3 {
+            let (ar, ai) = if AA { (a.at(k, 2 * i), a.at(k, 2 * i + 1)) } else { (a.at(i, 2 * k), a.at(i, 2 * k + 1)) };
+            for j in 0..3 {
+                let (br, bi) = if AB { (b.at(j, 2 * k), b.at(j, 2 * k + 1)) } else { (b.at(k, 2 * j), b.at(k, 2 * j + 1)) };
+                for l in 0..W {
+                    let (ar, ai) = (ar[l], if AA { -ai[l] } else { ai[l] });
+                    let (br, bi) = (br[l], if AB { -bi[l] } else { bi[l] });
+                    c[i][2 * j][l] += ar * br + ai * -bi;
+                    c[i][2 * j + 1][l] += ar * bi + ai * br;
+                }
+            }
+        }
+    }
+    c
+}
+
+/// A matrix stored twice over (see [`D`]).
+#[inline(always)]
+fn doubled<const W: usize>(m: &M<W>, out: &mut D<W>) {
+    for i in 0..3 {
+        for j in 0..6 {
+            out[i][j] = [m[i][j]; 2];
+        }
+    }
+}
+
+/// acc += m.
+#[inline(always)]
+fn add_to<const W: usize>(acc: &mut M<W>, m: &M<W>) {
+    for i in 0..3 {
+        for j in 0..6 {
+            for l in 0..W {
+                acc[i][j][l] += m[i][j][l];
+            }
+        }
+    }
+}
+
+/// acc += m† (as `fast`'s `add_to(acc, &adj(m))`).
+#[inline(always)]
+fn add_adj_to<const W: usize>(acc: &mut M<W>, m: &M<W>) {
+    for k in 0..3 {
+        for j in 0..3 {
+            for l in 0..W {
+                acc[k][2 * j][l] += m[j][2 * k][l];
+                acc[k][2 * j + 1][l] += -m[j][2 * k + 1][l];
+            }
+        }
+    }
+}
+
+/// (w/2)·TA(M) in each lane, with the operations of `fast::force_of`.
+#[inline(always)]
+fn force_of<const W: usize>(m: &M<W>, w: f64) -> M<W> {
+    let mut a = zero::<W>();
+    for i in 0..3 {
+        for j in 0..3 {
+            for l in 0..W {
+                a[i][2 * j][l] = (m[i][2 * j][l] - m[j][2 * i][l]) * 0.5;
+                a[i][2 * j + 1][l] = (m[i][2 * j + 1][l] + m[j][2 * i + 1][l]) * 0.5;
+            }
+        }
+    }
+    let s = -w;
+    let mut out = zero::<W>();
+    for l in 0..W {
+        let tr = ((a[0][1][l] + a[1][3][l]) + a[2][5][l]) / 3.0;
+        for i in 0..3 {
+            a[i][2 * i][l] = 0.0;
+            a[i][2 * i + 1][l] -= tr;
+        }
+    }
+    for i in 0..3 {
+        for j in 0..6 {
+            for l in 0..W {
+                out[i][j][l] = (a[i][j][l] * -0.5) * s;
+            }
+        }
+    }
+    out
+}
+
+/// A neighbour of an outer site: the outer site and the lane rotation.
+#[derive(Clone, Copy, Default)]
+struct Hop {
+    o: u32,
+    r: u8,
+}
+
+/// The hop from `o` by `a` then `b` (rotations add).
+#[inline(always)]
+fn then<const W: usize>(hops: &[Hop], d: usize, a: Hop, b: usize) -> Hop {
+    let h = hops[a.o as usize * d + b];
+    Hop { o: h.o, r: ((a.r as usize + h.r as usize) % W) as u8 }
+}
+
+/// The per-thread storage of one lane width: packed links, corner products, and the outer
+/// sites' forward and backward hops.
+struct Buffers<const W: usize> {
+    links: Vec<D<W>>,
+    corners: Vec<D<W>>,
+    up: Vec<Hop>,
+    dn: Vec<Hop>,
+}
+
+impl<const W: usize> Buffers<W> {
+    const fn new() -> Self {
+        Self { links: Vec::new(), corners: Vec::new(), up: Vec::new(), dn: Vec::new() }
+    }
+}
+
+thread_local! {
+    static B8: RefCell<Buffers<8>> = const { RefCell::new(Buffers::new()) };
+    static B4: RefCell<Buffers<4>> = const { RefCell::new(Buffers::new()) };
+    static B2: RefCell<Buffers<2>> = const { RefCell::new(Buffers::new()) };
+}
+
+/// `f(k, chunk k)` over the chunks of `chunk` elements of `data`, in parallel when `par`.
+fn for_chunks<T: Send>(par: bool, data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    if par {
+        latflow_core::par::chunks_mut(data, chunk, f);
+    } else {
+        for (k, c) in data.chunks_mut(chunk).enumerate() {
+            f(k, c);
+        }
+    }
+}
+
+/// The most bytes of packed links and corner products the blocked force keeps: beyond this,
+/// its buffers (each link and corner stored twice over) no longer stay in the last
+/// level cache, and on the machine this was measured on (32 MB L3) the per-site kernels were
+/// as fast or faster (8³·16: 5.2 against 4.5 ms; 16⁴: 45 against 47 ms), while below it the
+/// blocked force was 1.3–1.5× faster (4⁴, 8⁴).
+pub const BLOCKED_MAX_BYTES: usize = 16 << 20;
+
+/// The lane width the blocked force takes at SIMD `level` on `lat` (8 for AVX-512, 4 for AVX2,
+/// 2 for the baseline, halved until it divides the fastest axis's extent), or None where no
+/// width of at least 2 does (an odd extent, or a lattice that is not split this way: one rank's
+/// slab with halos), or where its buffers (with corner products when `shared`) would exceed
+/// [`BLOCKED_MAX_BYTES`].
+pub fn lane_width<N: Neighbours + ?Sized>(lat: &N, level: u8, shared: bool) -> Option<usize> {
+    let widest = match level {
+        2 => 8,
+        1 => 4,
+        _ => 2,
+    };
+    let d = lat.dim();
+    let stored = d + if shared { d * (d - 1) / 2 } else { 0 };
+    if lat.sites() * stored * 2 * std::mem::size_of::<latflow_core::gauge::su3::Rows>() > BLOCKED_MAX_BYTES {
+        return None;
+    }
+    let ext = lat.fastest_axis_extent()?;
+    [8, 4, 2].into_iter().filter(|&w| w <= widest).find(|&w| ext % w == 0)
+}
+
+/// The Wilson force of every site of `lat` into `f` (`[site][μ]`), as
+/// [`fast::wilson_force`](crate::fast::wilson_force) defines it, with `W` = `width` sites per
+/// vector (from [`lane_width`]), the lower staples from shared corner products when `shared`,
+/// compiled for SIMD `level` (which the CPU must run: the caller checks). The same bits as the
+/// per-site kernels.
+pub(crate) fn wilson_force<N: Neighbours + ?Sized>(
+    lat: &N,
+    u: &[Su3],
+    w: f64,
+    f: &mut [SuAlg<3>],
+    width: usize,
+    level: u8,
+    shared: bool,
+) {
+    match width {
+        8 => B8.with(|b| run::<N, 8>(lat, u, w, f, level, shared, &mut b.borrow_mut())),
+        4 => B4.with(|b| run::<N, 4>(lat, u, w, f, level, shared, &mut b.borrow_mut())),
+        2 => B2.with(|b| run::<N, 2>(lat, u, w, f, level, shared, &mut b.borrow_mut())),
+        _ => unreachable!("lane widths are 2, 4 or 8"),
+    }
+}
+
+/// One force evaluation at width `W` with `bufs` as storage.
+fn run<N: Neighbours + ?Sized, const W: usize>(
+    lat: &N,
+    u: &[Su3],
+    w: f64,
+    f: &mut [SuAlg<3>],
+    level: u8,
+    shared: bool,
+    bufs: &mut Buffers<W>,
+) {
+    let d = lat.dim();
+    let v = lat.sites();
+    let ext = lat.fastest_axis_extent().expect("the caller checked the split");
+    debug_assert!(ext.is_multiple_of(W) && v.is_multiple_of(ext));
+    // site a·ext + c (c the fastest coordinate) is lane c / q of outer site a·q + c mod q
+    let q = ext / W;
+    let b = v / W;
+    let site = |o: usize, l: usize| (o / q) * ext + l * q + o % q;
+    let outer = |y: usize| {
+        let c = y % ext;
+        Hop { o: ((y / ext) * q + c % q) as u32, r: (c / q) as u8 }
+    };
+    let planes = d * (d - 1) / 2;
+    let par = SiteWork::Heavy.parallel(v);
+    // whole rows of the fastest axis per task, about one of core's chunks of sites
+    let rows = (CHUNK_SITES / ext).max(1);
+    let chunk = rows * q;
+    // the hops of outer site o are those of its lane-0 site
+    bufs.up.resize(b * d, Hop::default());
+    bufs.dn.resize(b * d, Hop::default());
+    for o in 0..b {
+        let x = site(o, 0);
+        for mu in 0..d {
+            bufs.up[o * d + mu] = outer(lat.up(x, mu));
+            bufs.dn[o * d + mu] = outer(lat.dn(x, mu));
+        }
+    }
+    // 1. pack
+    let uf: &[f64] = bytemuck::cast_slice(u);
+    bufs.links.resize(b * d, [[[[0.0; W]; 2]; 6]; 3]);
+    for_chunks(par, &mut bufs.links, chunk * d, |k, out| {
+        for (n, m) in out.iter_mut().enumerate() {
+            let (o, mu) = ((k * chunk * d + n) / d, n % d);
+            for l in 0..W {
+                let src = &uf[(site(o, l) * d + mu) * 18..][..18];
+                for i in 0..3 {
+                    for j in 0..6 {
+                        m[i][j][0][l] = src[i * 6 + j];
+                        m[i][j][1][l] = src[i * 6 + j];
+                    }
+                }
+            }
+        }
+    });
+    let Buffers { links, corners, up, dn } = bufs;
+    let (links, up, dn) = (&links[..], &up[..], &dn[..]);
+    // 2. corners
+    if shared {
+        corners.resize(b * planes, [[[[0.0; W]; 2]; 6]; 3]);
+        for_chunks(par, corners, chunk * planes, |k, out| {
+            // SAFETY: the caller checked that the CPU runs `level`
+            unsafe { dispatch_corners::<W>(level, links, d, k * chunk, out) }
+        });
+    }
+    let corners = &corners[..];
+    // 3. force, each task's rows of the fastest axis written straight to `f` (a row's sites are
+    // contiguous there)
+    let ff: &mut [f64] = bytemuck::cast_slice_mut(f);
+    for_chunks(par, ff, rows * ext * d * 18, |k, out| {
+        let sites = Blocked { links, corners, up, dn, d, shared };
+        let first = k * chunk;
+        let n = out.len() / (ext * d * 18) * q;
+        let sink = |o: usize, mu: usize, m: &M<W>| {
+            for l in 0..W {
+                let x = site(o, l) - k * rows * ext;
+                let dst = &mut out[(x * d + mu) * 18..][..18];
+                for i in 0..3 {
+                    for j in 0..6 {
+                        dst[i * 6 + j] = m[i][j][l];
+                    }
+                }
+            }
+        };
+        // SAFETY: as above
+        unsafe { dispatch_force::<W>(level, &sites, w, first, n, sink) }
+    });
+}
+
+/// What the per-outer-site kernels read.
+struct Blocked<'a, const W: usize> {
+    links: &'a [D<W>],
+    corners: &'a [D<W>],
+    up: &'a [Hop],
+    dn: &'a [Hop],
+    d: usize,
+    shared: bool,
+}
+
+impl<'a, const W: usize> Blocked<'a, W> {
+    /// The link U_μ at the hop's site, lanes rotated.
+    #[inline(always)]
+    fn link(&self, h: Hop, mu: usize) -> Rot<'a, W> {
+        Rot(&self.links[h.o as usize * self.d + mu], h.r as usize)
+    }
+
+    /// The link U_μ(o) itself.
+    #[inline(always)]
+    fn here(&self, o: usize, mu: usize) -> Rot<'a, W> {
+        Rot(&self.links[o * self.d + mu], 0)
+    }
+
+    /// The corner product of plane k at the hop's site, lanes rotated.
+    #[inline(always)]
+    fn corner(&self, h: Hop, k: usize) -> Rot<'a, W> {
+        let planes = self.d * (self.d - 1) / 2;
+        Rot(&self.corners[h.o as usize * planes + k], h.r as usize)
+    }
+}
+
+/// The corner products U_μ(o)† U_ν(o), plane by plane, of the outer sites from `first` on
+/// (`out`: `planes` per outer site).
+#[inline(always)]
+fn corners_from<const W: usize>(links: &[D<W>], d: usize, first: usize, out: &mut [D<W>]) {
+    let planes = d * (d - 1) / 2;
+    for (n, site) in out.chunks_mut(planes).enumerate() {
+        let o = first + n;
+        let mut k = 0;
+        for mu in 0..d {
+            for nu in mu + 1..d {
+                let (a, b) = (Rot(&links[o * d + mu], 0), Rot(&links[o * d + nu], 0));
+                doubled(&prod::<W, true, false>(&a, &b), &mut site[k]);
+                k += 1;
+            }
+        }
+    }
+}
+
+/// The force of every link of the `n` outer sites from `first` on, handed to `sink(o, μ, F)`:
+/// the staple sums in `fast`'s order (`staples_shared` or `staples`), then (w/2)·TA(U·A).
+#[inline(always)]
+fn force_from<const W: usize>(s: &Blocked<'_, W>, w: f64, first: usize, n: usize, mut sink: impl FnMut(usize, usize, &M<W>)) {
+    let d = s.d;
+    let mut acc = [zero::<W>(); crate::fast::MAX_DIM];
+    for o in first..first + n {
+        for a in acc.iter_mut().take(d) {
+            *a = zero();
+        }
+        let mut k = 0;
+        for mu in 0..d {
+            for nu in mu + 1..d {
+                let (xm, xn) = (s.up[o * d + mu], s.up[o * d + nu]);
+                let c = prod::<W, false, true>(&s.link(xm, nu), &s.link(xn, mu));
+                let up_mu = prod::<W, false, true>(&c, &s.here(o, nu));
+                add_to(&mut acc[mu], &up_mu);
+                let uc = prod::<W, false, false>(&s.here(o, mu), &c);
+                let yn = s.dn[o * d + nu];
+                let ym = s.dn[o * d + mu];
+                if s.shared {
+                    let lo_mu = prod::<W, true, false>(&s.link(then::<W>(s.up, d, yn, mu), nu), &s.corner(yn, k));
+                    add_to(&mut acc[mu], &lo_mu);
+                    add_adj_to(&mut acc[nu], &uc);
+                    let lo_nu = prod::<W, false, false>(&s.corner(ym, k), &s.link(then::<W>(s.up, d, ym, nu), mu));
+                    add_adj_to(&mut acc[nu], &lo_nu);
+                } else {
+                    let a = prod::<W, false, false>(&s.link(yn, mu), &s.link(then::<W>(s.up, d, yn, mu), nu));
+                    let lo_mu = prod::<W, true, false>(&a, &s.link(yn, nu));
+                    add_to(&mut acc[mu], &lo_mu);
+                    add_adj_to(&mut acc[nu], &uc);
+                    let a = prod::<W, false, false>(&s.link(ym, nu), &s.link(then::<W>(s.up, d, ym, nu), mu));
+                    let lo_nu = prod::<W, true, false>(&a, &s.link(ym, mu));
+                    add_to(&mut acc[nu], &lo_nu);
+                }
+                k += 1;
+            }
+        }
+        for (mu, a) in acc.iter().enumerate().take(d) {
+            sink(o, mu, &force_of(&prod::<W, false, false>(&s.here(o, mu), a), w));
+        }
+    }
+}
+
+/// The kernels compiled with a wider instruction set enabled (the same operations).
+macro_rules! variant {
+    ($name:ident, $feature:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use super::*;
+
+            /// # Safety
+            /// The CPU must support the instruction set.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn corners<const W: usize>(links: &[D<W>], d: usize, first: usize, out: &mut [D<W>]) {
+                corners_from(links, d, first, out)
+            }
+
+            /// # Safety
+            /// The CPU must support the instruction set.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn force<const W: usize>(
+                s: &Blocked<'_, W>,
+                w: f64,
+                first: usize,
+                n: usize,
+                sink: impl FnMut(usize, usize, &M<W>),
+            ) {
+                force_from(s, w, first, n, sink)
+            }
+        }
+    };
+}
+
+variant!(avx2, "avx2");
+variant!(avx512, "avx512f");
+
+/// [`corners_from`] in the variant `level`.
+///
+/// # Safety
+/// The CPU must run `level`.
+#[inline(always)]
+unsafe fn dispatch_corners<const W: usize>(level: u8, links: &[D<W>], d: usize, first: usize, out: &mut [D<W>]) {
+    match level {
+        // SAFETY: the caller's contract
+        #[cfg(target_arch = "x86_64")]
+        2 => unsafe { avx512::corners(links, d, first, out) },
+        // SAFETY: the caller's contract
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { avx2::corners(links, d, first, out) },
+        _ => corners_from(links, d, first, out),
+    }
+}
+
+/// [`force_from`] in the variant `level`.
+///
+/// # Safety
+/// The CPU must run `level`.
+#[inline(always)]
+unsafe fn dispatch_force<const W: usize>(
+    level: u8,
+    s: &Blocked<'_, W>,
+    w: f64,
+    first: usize,
+    n: usize,
+    sink: impl FnMut(usize, usize, &M<W>),
+) {
+    match level {
+        // SAFETY: the caller's contract
+        #[cfg(target_arch = "x86_64")]
+        2 => unsafe { avx512::force(s, w, first, n, sink) },
+        // SAFETY: the caller's contract
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { avx2::force(s, w, first, n, sink) },
+        _ => force_from(s, w, first, n, sink),
+    }
+}
