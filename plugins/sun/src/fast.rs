@@ -526,6 +526,28 @@ mod tests {
         }
     }
 
+    /// The blocked product micro-kernel gives each lane the bits of the per-site product.
+    #[test]
+    fn blocked_products_give_the_per_site_bits() {
+        let mut rng = Stream::new(11, 0);
+        let (a, b): (Vec<Su3>, Vec<Su3>) = (0..16).map(|_| (Su3::random(&mut rng), Su3::random(&mut rng))).unzip();
+        let blocked = |m: &[Su3]| -> Vec<f64> {
+            let mut v = vec![0.0; m.len() * 18];
+            for (s, x) in m.iter().enumerate() {
+                for (e, &r) in rows(x).as_flattened().iter().enumerate() {
+                    v[(s / 8) * 144 + e * 8 + s % 8] = r;
+                }
+            }
+            v
+        };
+        let want = blocked(&a.iter().zip(&b).map(|(x, y)| *x * *y).collect::<Vec<_>>());
+        for level in 0..=simd_level() {
+            let mut c = vec![0.0; want.len()];
+            crate::blocked::products8(&blocked(&a), &blocked(&b), &mut c, level);
+            assert!(c == want, "level {level}");
+        }
+    }
+
     /// Above core's parallel threshold (8192 sites) the kernels give the same bits on 1 and 2
     /// threads.
     #[test]
