@@ -14,7 +14,9 @@
 //!
 //! The same code is also compiled with AVX2 and with AVX-512F enabled, and the widest variant
 //! the CPU has is chosen at run time ([`simd_level`]): the instructions are wider, the
-//! arithmetic is the same operation by operation, and the bits are identical (tested).
+//! arithmetic is the same operation by operation, and the bits are identical (tested). Where
+//! the lattice allows, [`wilson_force`] hands over to [`crate::blocked`], which does the same
+//! operations with W sites per vector.
 
 use latflow_core::gauge::parallel::{fill_sites_as, SiteWork};
 use latflow_core::gauge::su3::{
@@ -330,7 +332,9 @@ thread_local! {
 /// the corner products of the *global* lattice take at most [`CORNERS_MAX_BYTES`] it shares
 /// them between lower staples (the same result up to rounding); deciding by the global volume
 /// gives a split lattice the arithmetic of the whole one, so every link's force has the same
-/// bits.
+/// bits. On a whole lattice whose fastest extent a lane width divides, and whose blocked
+/// buffers fit [`crate::blocked::BLOCKED_MAX_BYTES`], the force runs with SIMD across sites
+/// ([`crate::blocked`]): the same bits, faster.
 pub fn wilson_force<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
     let d = lat.dim();
     assert!((2..=MAX_DIM).contains(&d), "the SU(3) fast path handles 2 ≤ d ≤ {MAX_DIM}, got {d}");
