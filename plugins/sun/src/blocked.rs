@@ -232,6 +232,22 @@ fn for_chunks<T: Send>(par: bool, data: &mut [T], chunk: usize, f: impl Fn(usize
 /// blocked force was 1.3–1.5× faster (4⁴, 8⁴).
 pub const BLOCKED_MAX_BYTES: usize = 16 << 20;
 
+/// `$variant(args)` in the compiled variant `$level`: `avx512::$variant`, `avx2::$variant`,
+/// or `$plain` itself below AVX2. The caller must have checked that the CPU runs `$level`.
+macro_rules! by_level {
+    ($level:expr, $variant:ident, $plain:ident($($arg:expr),*)) => {
+        match $level {
+            // SAFETY: the caller checked that the CPU runs the level
+            #[cfg(target_arch = "x86_64")]
+            2 => unsafe { avx512::$variant($($arg),*) },
+            // SAFETY: as above
+            #[cfg(target_arch = "x86_64")]
+            1 => unsafe { avx2::$variant($($arg),*) },
+            _ => $plain($($arg),*),
+        }
+    };
+}
+
 /// The lane width the blocked force takes at SIMD `level` on `lat` (8 for AVX-512, 4 for AVX2,
 /// 2 for the baseline, halved until it divides the fastest axis's extent), or None where no
 /// width of at least 2 does (an odd extent, or a lattice that is not split this way: one rank's
@@ -321,16 +337,15 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
             let (o, mu) = ((k * chunk * d + n) / d, n % d);
             std::array::from_fn(|l| (site(o, l) * d + mu) * 18)
         };
-        // SAFETY: the caller checked that the CPU runs `level`
-        unsafe { dispatch_pack::<W>(level, uf, start, out) }
+        // the caller checked that the CPU runs `level`
+        by_level!(level, pack, pack_into(uf, start, out))
     });
     // 2. corners
     if shared {
         corners.resize(b * planes, [[[[0.0; W]; 2]; 6]; 3]);
         let links = &links[..];
         for_chunks(par, corners, chunk * planes, |k, out| {
-            // SAFETY: as above
-            unsafe { dispatch_corners::<W>(level, links, d, k * chunk, out) }
+            by_level!(level, corners, corners_from(links, d, k * chunk, out))
         });
     }
     let (links, up, dn) = (&links[..], &up[..], &dn[..]);
@@ -353,8 +368,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
                 }
             }
         };
-        // SAFETY: as above
-        unsafe { dispatch_force::<W>(level, &sites, w, first, n, sink) }
+        by_level!(level, force, force_from(&sites, w, first, n, sink))
     });
 }
 
@@ -513,65 +527,7 @@ macro_rules! variant {
 variant!(avx2, "avx2");
 variant!(avx512, "avx512f");
 
-/// [`corners_from`] in the variant `level`.
-///
-/// # Safety
-/// The CPU must run `level`.
-#[inline(always)]
-unsafe fn dispatch_corners<const W: usize>(level: u8, links: &[D<W>], d: usize, first: usize, out: &mut [D<W>]) {
-    match level {
-        // SAFETY: the caller's contract
-        #[cfg(target_arch = "x86_64")]
-        2 => unsafe { avx512::corners(links, d, first, out) },
-        // SAFETY: the caller's contract
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { avx2::corners(links, d, first, out) },
-        _ => corners_from(links, d, first, out),
-    }
-}
-
-/// [`pack_into`] in the variant `level`.
-///
-/// # Safety
-/// The CPU must run `level`.
-#[inline(always)]
-unsafe fn dispatch_pack<const W: usize>(level: u8, uf: &[f64], start: impl Fn(usize) -> [usize; W], out: &mut [D<W>]) {
-    match level {
-        // SAFETY: the caller's contract
-        #[cfg(target_arch = "x86_64")]
-        2 => unsafe { avx512::pack(uf, start, out) },
-        // SAFETY: the caller's contract
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { avx2::pack(uf, start, out) },
-        _ => pack_into(uf, start, out),
-    }
-}
-
-/// [`force_from`] in the variant `level`.
-///
-/// # Safety
-/// The CPU must run `level`.
-#[inline(always)]
-unsafe fn dispatch_force<const W: usize>(
-    level: u8,
-    s: &Blocked<'_, W>,
-    w: f64,
-    first: usize,
-    n: usize,
-    sink: impl FnMut(usize, usize, &M<W>),
-) {
-    match level {
-        // SAFETY: the caller's contract
-        #[cfg(target_arch = "x86_64")]
-        2 => unsafe { avx512::force(s, w, first, n, sink) },
-        // SAFETY: the caller's contract
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { avx2::force(s, w, first, n, sink) },
-        _ => force_from(s, w, first, n, sink),
-    }
-}
-
-/// c[n] = a[n]·b[n] for blocked matrices of 8 sites (each 144 reals: real (i, j) of lane ℓ at
+/// `c[n] = a[n]·b[n]` for blocked matrices of 8 sites (each 144 reals: real (i, j) of lane ℓ at
 /// (6i + j)·8 + ℓ), repeated 64 times (a micro-kernel for benchmarks: the blocked force's
 /// products alone), in the variant `level` (a level the CPU lacks falls back to the widest it
 /// has). Panics unless the three slices hold equally many whole matrices.
@@ -579,15 +535,7 @@ pub fn products8(a: &[f64], b: &[f64], c: &mut [f64], level: u8) {
     assert!(a.len().is_multiple_of(144) && a.len() == b.len() && a.len() == c.len(), "whole blocked matrices");
     let (a, b): (&[M<8>], &[M<8>]) = (bytemuck::cast_slice(a), bytemuck::cast_slice(b));
     let c: &mut [M<8>] = bytemuck::cast_slice_mut(c);
-    match level.min(crate::fast::simd_level()) {
-        // SAFETY: the CPU has the instruction set (checked above)
-        #[cfg(target_arch = "x86_64")]
-        2 => unsafe { avx512::products(a, b, c) },
-        // SAFETY: as above
-        #[cfg(target_arch = "x86_64")]
-        1 => unsafe { avx2::products(a, b, c) },
-        _ => products_impl(a, b, c),
-    }
+    by_level!(level.min(crate::fast::simd_level()), products, products_impl(a, b, c))
 }
 
 #[inline(always)]
