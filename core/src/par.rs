@@ -126,6 +126,23 @@ pub fn chunks_mut<T: Send, R: Send>(data: &mut [T], chunk: usize, f: impl Fn(usi
     })
 }
 
+/// [`chunks_mut`] when `parallel`, else the same chunks in order on the calling thread: for
+/// loops that split only when the work is worth a parallel region (the chunks, and so the
+/// bits, are the same either way).
+pub fn chunks_mut_when<T: Send, R: Send>(
+    parallel: bool,
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    if parallel {
+        chunks_mut(data, chunk, f)
+    } else {
+        assert!(chunk > 0, "empty chunks");
+        data.chunks_mut(chunk).enumerate().map(|(k, c)| f(k, c)).collect()
+    }
+}
+
 /// `f(k, chunk k of a, chunk k of b)` for the chunks of `chunk_a` elements of `a` and
 /// `chunk_b` of `b`, which must have equally many chunks (else this panics), in parallel,
 /// results in chunk order.

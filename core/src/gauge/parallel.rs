@@ -91,11 +91,8 @@ pub fn fill_sites_as<T: Send>(
         s
     };
     let sites = out.len() / per_site.max(1);
-    let partials: Vec<CompensatedSum> = if work.parallel(sites) {
-        crate::par::chunks_mut(out, CHUNK_SITES * per_site, |c, block| body((c, block)))
-    } else {
-        out.chunks_mut(CHUNK_SITES * per_site).enumerate().map(body).collect()
-    };
+    let partials =
+        crate::par::chunks_mut_when(work.parallel(sites), out, CHUNK_SITES * per_site, |c, block| body((c, block)));
     let mut total = CompensatedSum::new();
     for p in partials {
         total.merge(p);

@@ -22,13 +22,14 @@
 //! (products summed from zero in k order, no fused multiply-add), so the force has the same
 //! bits as the per-site path, on any thread count (no lane or site is reduced across). The
 //! buffers are kept per thread between calls; nothing allocates per site. The buffers take
-//! 2.5× (4D, shared corners) the memory of the links, so the dispatcher uses this path only
+//! 5× (4D, shared corners) the memory of the links, so the dispatcher uses this path only
 //! up to [`BLOCKED_MAX_BYTES`].
 
 use std::cell::RefCell;
 
 use latflow_core::gauge::parallel::{SiteWork, CHUNK_SITES};
 use latflow_core::gauge::{Neighbours, Su3, SuAlg};
+use latflow_core::par::chunks_mut_when;
 
 /// A real entry of `W` sites.
 type Lanes<const W: usize> = [f64; W];
@@ -214,22 +215,11 @@ thread_local! {
     static B2: RefCell<Buffers<2>> = const { RefCell::new(Buffers::new()) };
 }
 
-/// `f(k, chunk k)` over the chunks of `chunk` elements of `data`, in parallel when `par`.
-fn for_chunks<T: Send>(par: bool, data: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    if par {
-        latflow_core::par::chunks_mut(data, chunk, f);
-    } else {
-        for (k, c) in data.chunks_mut(chunk).enumerate() {
-            f(k, c);
-        }
-    }
-}
-
 /// The most bytes of packed links and corner products the blocked force keeps: beyond this,
 /// its buffers (each link and corner stored twice over) no longer stay in the last
 /// level cache, and on the machine this was measured on (32 MB L3) the per-site kernels were
-/// as fast or faster (8³·16: 5.2 against 4.5 ms; 16⁴: 45 against 47 ms), while below it the
-/// blocked force was 1.3–1.5× faster (4⁴, 8⁴).
+/// as fast or faster (8³·16: 4.8 against 4.4 ms; 8²·16²: 14.7 against 11.7 ms), while below
+/// it the blocked force was 1.6–2.0× faster (4⁴, 8⁴).
 pub const BLOCKED_MAX_BYTES: usize = 16 << 20;
 
 /// `$variant(args)` in the compiled variant `$level`: `avx512::$variant`, `avx2::$variant`,
@@ -332,7 +322,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     let uf: &[f64] = bytemuck::cast_slice(u);
     let Buffers { links, corners, up, dn } = bufs;
     links.resize(b * d, [[[[0.0; W]; 2]; 6]; 3]);
-    for_chunks(par, links, chunk * d, |k, out| {
+    chunks_mut_when(par, links, chunk * d, |k, out| {
         let start = |n: usize| {
             let (o, mu) = ((k * chunk * d + n) / d, n % d);
             std::array::from_fn(|l| (site(o, l) * d + mu) * 18)
@@ -344,7 +334,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     if shared {
         corners.resize(b * planes, [[[[0.0; W]; 2]; 6]; 3]);
         let links = &links[..];
-        for_chunks(par, corners, chunk * planes, |k, out| {
+        chunks_mut_when(par, corners, chunk * planes, |k, out| {
             by_level!(level, corners, corners_from(links, d, k * chunk, out))
         });
     }
@@ -353,7 +343,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     // 3. force, each task's rows of the fastest axis written straight to `f` (a row's sites are
     // contiguous there)
     let ff: &mut [f64] = bytemuck::cast_slice_mut(f);
-    for_chunks(par, ff, rows * ext * d * 18, |k, out| {
+    chunks_mut_when(par, ff, rows * ext * d * 18, |k, out| {
         let sites = Blocked { links, corners, up, dn, d, shared };
         let first = k * chunk;
         let n = out.len() / (ext * d * 18) * q;

@@ -338,8 +338,7 @@ thread_local! {
 pub fn wilson_force<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
     let d = lat.dim();
     assert!((2..=MAX_DIM).contains(&d), "the SU(3) fast path handles 2 ≤ d ≤ {MAX_DIM}, got {d}");
-    let corner_bytes = lat.global_sites() * d * (d - 1) / 2 * std::mem::size_of::<Rows>();
-    let shared = corner_bytes <= CORNERS_MAX_BYTES;
+    let shared = shares_corners(lat);
     let level = runnable(level);
     if let Some(width) = crate::blocked::lane_width(lat, level, shared) {
         crate::blocked::wilson_force(lat, u, w, f, width, level, shared);
@@ -351,9 +350,14 @@ pub fn wilson_force<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAl
 /// [`wilson_force`] by the per-site kernels alone (SIMD within each matrix), never the
 /// site-blocked ones: the same bits, for comparison benchmarks.
 pub fn wilson_force_per_site<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
+    wilson_force_with(lat, lat.stored(), u, w, f, level, shares_corners(lat));
+}
+
+/// Whether the force shares corner products between lower staples: when those of the *global*
+/// lattice take at most [`CORNERS_MAX_BYTES`] (see [`wilson_force`]).
+fn shares_corners<S: Sites + ?Sized>(lat: &S) -> bool {
     let d = lat.dim();
-    let corner_bytes = lat.global_sites() * d * (d - 1) / 2 * std::mem::size_of::<Rows>();
-    wilson_force_with(lat, lat.stored(), u, w, f, level, corner_bytes <= CORNERS_MAX_BYTES);
+    lat.global_sites() * d * (d - 1) / 2 * std::mem::size_of::<Rows>() <= CORNERS_MAX_BYTES
 }
 
 /// [`wilson_force`], with (`shared`) or without the corner products.

@@ -551,11 +551,8 @@ pub(crate) fn par_fill<T: Send>(out: &mut [T], f: impl Fn(usize, &mut T) + Sync)
             f(c * SPINOR_CHUNK + j, o);
         }
     };
-    if out.len() >= SPINOR_PARALLEL_MIN && crate::par::threads() > 1 {
-        crate::par::chunks_mut(out, SPINOR_CHUNK, |c, block| body((c, block)));
-    } else {
-        out.chunks_mut(SPINOR_CHUNK).enumerate().for_each(body);
-    }
+    let parallel = out.len() >= SPINOR_PARALLEL_MIN && crate::par::threads() > 1;
+    crate::par::chunks_mut_when(parallel, out, SPINOR_CHUNK, |c, block| body((c, block)));
 }
 
 /// `f(i, block i)` for the consecutive blocks of `block` items of `out`, in fixed chunks of
@@ -568,11 +565,8 @@ pub(crate) fn par_fill_blocks<T: Send>(out: &mut [T], block: usize, f: impl Fn(u
             f(c * SPINOR_CHUNK + j, o);
         }
     };
-    if out.len() / block >= SPINOR_PARALLEL_MIN && crate::par::threads() > 1 {
-        crate::par::chunks_mut(out, SPINOR_CHUNK * block, |c, chunk| body((c, chunk)));
-    } else {
-        out.chunks_mut(SPINOR_CHUNK * block).enumerate().for_each(body);
-    }
+    let parallel = out.len() / block >= SPINOR_PARALLEL_MIN && crate::par::threads() > 1;
+    crate::par::chunks_mut_when(parallel, out, SPINOR_CHUNK * block, |c, chunk| body((c, chunk)));
 }
 
 /// The work of one site of a spinor reduction, for [`sum_sites_as`]: it reads 2 × 192 bytes
