@@ -169,6 +169,52 @@ fn spinor(src: &[f64], i: usize) -> &[f64; SPINOR_REALS] {
     src[i * SPINOR_REALS..][..SPINOR_REALS].try_into().expect("24 reals")
 }
 
+/// How many sites ahead [`hop_site`] prefetches (measured at 16⁴: 3 to 12 all help; 6 best).
+const PREFETCH_AHEAD: usize = 6;
+
+/// The compulsory bytes of one site of a full-lattice application: four links, the source
+/// and the result.
+const BYTES_PER_SITE: usize = 4 * LINK_REALS * 8 + 2 * SPINOR_REALS * 8;
+
+/// Prefetch only above this many compulsory bytes (16 MiB): below, the fields stay in cache
+/// between applications and prefetching costs about 8% (8⁴ on one thread, 64 → 70 ns per
+/// site); above, they stream from memory and it pays (16⁴: 122 → 82 ns per site).
+const PREFETCH_MIN_BYTES: usize = 16 << 20;
+
+/// Prefetches into L1 what the hop at site `z` reads from afar: its four links, the backward
+/// links along axes 0, 1 and 2, and the spinors at z ± μ̂ for those axes (whose neighbours lie
+/// rows or planes away, beyond what the hardware prefetcher, which follows a few sequential
+/// streams, fetches in time). Nothing for z past the end. A hint only: it changes no result.
+#[inline(always)]
+fn prefetch_site(lat: &Lattice, u: &[f64], src: &[f64], z: usize, idx: &impl Fn(usize) -> usize) {
+    if z >= lat.volume() {
+        return;
+    }
+    let line = |p: &[f64]| {
+        // SAFETY: a prefetch never faults; the address is inside `p`'s slice anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.as_ptr().cast()) }
+    };
+    // 8 reals = one 64-byte line
+    let links = &u[z * 4 * LINK_REALS..][..4 * LINK_REALS];
+    for k in 0..9 {
+        line(&links[k * 8..]);
+    }
+    for mu in 0..3 {
+        let y = lat.bwd(z, mu);
+        let l = &u[(y * 4 + mu) * LINK_REALS..][..LINK_REALS];
+        line(l);
+        line(&l[8..]);
+        line(&l[LINK_REALS - 1..]);
+        for y in [y, lat.fwd(z, mu)] {
+            let s = &src[idx(y) * SPINOR_REALS..][..SPINOR_REALS];
+            line(s);
+            line(&s[8..]);
+            line(&s[16..]);
+            line(&s[SPINOR_REALS - 1..]);
+        }
+    }
+}
+
 /// The hopping term of the 4D SU(3) Wilson operator at site x (H for `DAG` = 0, H† for 1),
 /// written to `out` (24 reals). `u`: the links as reals (`[site][μ]`, 18 each), `src`: the
 /// source field as reals (24 per spinor), `idx` maps a site to its spinor's position in
@@ -189,6 +235,9 @@ pub(crate) fn hop_site<const DAG: usize>(
     out: &mut [f64; SPINOR_REALS],
 ) {
     let t = lat.time(x);
+    if lat.volume() * BYTES_PER_SITE > PREFETCH_MIN_BYTES {
+        prefetch_site(lat, u, src, x + PREFETCH_AHEAD, &idx);
+    }
     let mut acc = [_mm256_setzero_pd(); 6];
     let hops = &HOPS[DAG];
     // a loop, not unrolled code: unrolled, the compiler hoists every hop's loads and spills
