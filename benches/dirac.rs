@@ -13,6 +13,8 @@
 //!   exists), for the variant's gain.
 //! * `dirac_su3_4d/schur/L/threads`: one even–odd Schur complement D̂ ψ_e, which applies the
 //!   hopping term to V/2 + V/2 sites, so it counts 1320 · V flops as well.
+//! * `dirac_su3_4d/{apply_lanes,schur_lanes}/L/threads`: D and D̂ in the lanes layout the
+//!   solvers use (`latflow_core::gauge::fermion::lanes`), on packed fields (the same bits).
 //!
 //! * `dirac_su3_4d_cg/{schur_rayon,schur_team}/L/threads`: one even–odd CG solve of
 //!   D̂†D̂ x_e = φ_e from a zero guess to relative residual 10⁻¹⁰
@@ -20,7 +22,8 @@
 //!   or on a spinning `par::Team` (what the qcd plugin's workers are), throughput
 //!   `Elements(1)` (solves per second). The bits, and so the iteration count, do not depend on
 //!   the threads; its reductions and vector updates are in the timing, so this is the solver's
-//!   thread scaling, not the operator's alone.
+//!   thread scaling, not the operator's alone. `schur_team_sites`: the same solve kept in the
+//!   site layout (`WilsonDirac::with_lanes(false)`), for the lanes layout's gain.
 //!
 //! Compulsory memory traffic of one D ψ, for a bandwidth reading: each link (144 bytes) and
 //! each input and output spinor (192 bytes each) once, 4 · 144 + 2 · 192 = 960 bytes per site.
@@ -82,6 +85,32 @@ fn dirac(c: &mut Criterion) {
                     })
                 })
             });
+            // the lanes layout the solvers use: D and D̂ on packed fields
+            let (ld, packed) = common::su3_lanes(&d, &u, &psi);
+            let (mut pout, mut pto, mut pte) = (packed.clone(), packed.clone(), packed.clone());
+            let half = packed.len() / 2;
+            g.bench_function(BenchmarkId::new("apply_lanes", &id), |b| {
+                b.iter_custom(|n| {
+                    p.install(|| {
+                        let t = Instant::now();
+                        for _ in 0..n {
+                            ld.apply(black_box(&packed), &mut pout, false).expect("apply");
+                        }
+                        t.elapsed()
+                    })
+                })
+            });
+            g.bench_function(BenchmarkId::new("schur_lanes", &id), |b| {
+                b.iter_custom(|n| {
+                    p.install(|| {
+                        let t = Instant::now();
+                        for _ in 0..n {
+                            ld.schur(black_box(&packed[..half]), &mut pto[..half], &mut pte[..half], false).expect("schur");
+                        }
+                        t.elapsed()
+                    })
+                })
+            });
         }
     }
     g.finish();
@@ -115,6 +144,20 @@ fn cg(c: &mut Criterion) {
             });
             g.bench_function(BenchmarkId::new("schur_team", format!("{l}/{threads}")), |b| {
                 b.iter_custom(|n| team.enter(|| solve(n)))
+            });
+            // the same solve kept in the site layout, for the lanes layout's gain
+            let sites = d.clone().with_lanes(false);
+            g.bench_function(BenchmarkId::new("schur_team_sites", format!("{l}/{threads}")), |b| {
+                b.iter_custom(|n| {
+                    team.enter(|| {
+                        let t = Instant::now();
+                        for _ in 0..n {
+                            x.iter_mut().for_each(|s| *s = Default::default());
+                            sites.solve_schur_normal(u.links(), black_box(&psi[..half]), &mut x, &mut work, &params).expect("CG");
+                        }
+                        t.elapsed()
+                    })
+                })
             });
         }
     }

@@ -32,8 +32,9 @@
 //! 4. **Scaling:** HMC traj/s at 8⁴ and 16⁴ on 1 and 2 threads (short runs), and the theory's
 //!    own Markov steps (`heatbath`, `overrelax`) in sweeps/s where the plugin offers them.
 //! 5. **The Wilson–Dirac operator** (SU(3), d = 4, κ = 0.12, random links, at 8⁴ and 16⁴):
-//!    D ψ in each compiled variant of the hopping kernel on one thread (thread CPU time), and
-//!    the widest on 2 threads (wall time), with 1320 flops and 960 compulsory bytes per site
+//!    D ψ in each compiled variant of the hopping kernel on one thread (thread CPU time), then
+//!    the same in the lanes layout the solvers use (packed fields, each variant), and both
+//!    layouts' widest on 2 threads (wall time), with 1320 flops and 960 compulsory bytes per site
 //!    against the same roofline (`--dirac-only`: the limits and this section alone; it also
 //!    runs with `--kernels-only` and in the full run).
 
@@ -446,24 +447,39 @@ fn dirac_report(lim: &Limits, quick: bool) -> Value {
             let name = format!("dirac {}", ["baseline", "AVX2"][level as usize]);
             out.push(json!({"threads": 1, "variant": level, "figures": kernel_figures(&name, l as usize, secs, flops, bytes, lim)}));
         }
+        // the lanes layout the solvers use, on packed fields (the same bits)
+        let (mut ld, packed) = common::su3_lanes(&d, &u, &psi);
+        let mut pout = packed.clone();
+        for level in 0..=latflow_core::gauge::fermion::lanes::lanes_simd_level() {
+            ld.set_level(level);
+            let secs = in_pool(1, || per_call(|| ld.apply(black_box(&packed), &mut pout, false).expect("apply"), batch, 5));
+            let name = format!("dirac lanes {}", fast::SIMD_NAMES[level as usize]);
+            out.push(json!({"threads": 1, "layout": "lanes", "variant": level, "figures": kernel_figures(&name, l as usize, secs, flops, bytes, lim)}));
+        }
         // 2 threads: wall time (thread CPU time would count one thread only)
         let reps = if quick { 3 } else { (2e9 / flops).ceil().max(3.0) as usize };
-        let wall = in_pool(2, || {
-            d.apply(u.links(), &psi, &mut res).expect("apply");
-            let t = Instant::now();
-            for _ in 0..reps {
-                d.apply(u.links(), black_box(&psi), &mut res).expect("apply");
-            }
-            t.elapsed().as_secs_f64() / reps as f64
-        });
-        let (gf, gb) = (flops / wall / 1e9, bytes / wall / 1e9);
-        let bound = (2.0 * lim.mul_add).min((flops / bytes) * lim.triad[1]);
-        eprintln!(
-            "{l:>2}^4 dirac, 2 threads {:9.1} µs wall  {gf:6.2} GFLOP/s  {gb:6.2} GB/s  ({:.1}% of the 2-thread triad roofline)",
-            wall * 1e6,
-            100.0 * gf / bound
-        );
-        out.push(json!({"threads": 2, "L": l, "us_wall": wall * 1e6, "gflops": gf, "gbs": gb}));
+        for layout in ["sites", "lanes"] {
+            let mut call = || match layout {
+                "sites" => d.apply(u.links(), black_box(&psi), &mut res).expect("apply"),
+                _ => ld.apply(black_box(&packed), &mut pout, false).expect("apply"),
+            };
+            let wall = in_pool(2, || {
+                call();
+                let t = Instant::now();
+                for _ in 0..reps {
+                    call();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            });
+            let (gf, gb) = (flops / wall / 1e9, bytes / wall / 1e9);
+            let bound = (2.0 * lim.mul_add).min((flops / bytes) * lim.triad[1]);
+            eprintln!(
+                "{l:>2}^4 dirac {layout}, 2 threads {:9.1} µs wall  {gf:6.2} GFLOP/s  {gb:6.2} GB/s  ({:.1}% of the 2-thread triad roofline)",
+                wall * 1e6,
+                100.0 * gf / bound
+            );
+            out.push(json!({"threads": 2, "layout": layout, "L": l, "us_wall": wall * 1e6, "gflops": gf, "gbs": gb}));
+        }
     }
     json!(out)
 }

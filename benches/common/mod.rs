@@ -104,3 +104,21 @@ pub fn su3_dirac(
     fill_gaussian(&mut psi, &mut Stream::new(2, 2)).expect("source");
     (d, u, psi)
 }
+
+/// The lanes-layout operator of [`su3_dirac`]'s operator and links, and the source packed
+/// (`latflow_core::gauge::fermion::lanes`; the time extent must be a multiple of 8).
+#[allow(dead_code)]
+pub fn su3_lanes(
+    d: &latflow_core::gauge::fermion::WilsonDirac<latflow_core::gauge::Su3, 4>,
+    u: &latflow_core::gauge::LinkField<latflow_core::gauge::Su3>,
+    psi: &[latflow_core::gauge::fermion::SpinorOf<latflow_core::gauge::Su3, 4>],
+) -> (latflow_core::gauge::fermion::lanes::LaneDirac, Vec<latflow_core::gauge::fermion::lanes::SpinorLanes>) {
+    use latflow_core::gauge::fermion::lanes::{LaneDirac, LaneLayout, SpinorLanes, lanes_simd_level};
+    let layout = LaneLayout::new(d.lattice()).expect("a time extent that is a multiple of 8");
+    let n = layout.outer_sites();
+    let mut ld = LaneDirac::new(layout, d.kappa(), lanes_simd_level());
+    ld.set_links(bytemuck::cast_slice(u.links())).expect("links");
+    let mut packed = vec![SpinorLanes::default(); n];
+    ld.pack_full(bytemuck::cast_slice(bytemuck::cast_slice::<_, f64>(psi)), &mut packed).expect("source");
+    (ld, packed)
+}

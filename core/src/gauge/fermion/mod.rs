@@ -37,6 +37,9 @@
 //!   term ln det(A†A) on a parity and its force.
 //! * [`mod@cg`]: conjugate gradient with a relative residual target and an iteration cap
 //!   ([`CgParams`]), and the operator-level solves in [`WilsonDirac`].
+//! * [`lanes`]: the SU(3) 4D hopping term with SIMD across sites (four sites per vector), on
+//!   packed fields; the plain Wilson solves run in it where the time extent is a multiple
+//!   of 8 (the same operator bits as the site layout).
 //! * [`force`]: the pseudofermion force from X = (D†D)⁻¹φ and Y = DX (full lattice), or from
 //!   the even–odd solution.
 //!
@@ -86,6 +89,7 @@ pub mod clover;
 pub mod force;
 pub mod gamma;
 mod hop_su3;
+pub mod lanes;
 pub mod spinor;
 pub mod wilson;
 

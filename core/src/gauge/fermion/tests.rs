@@ -12,6 +12,7 @@ use crate::lattice::Lattice;
 use crate::rng::Stream;
 
 mod clover_tests;
+mod lanes_tests;
 mod solve_tests;
 
 type Field<G, const NS: usize> = Vec<SpinorOf<G, NS>>;

@@ -11,6 +11,7 @@ use std::marker::PhantomData;
 use super::FermionError;
 use super::clover::{CloverField, DiracGauge, apply_blocks};
 use super::gamma::{ProjPair, gamma5_diag, hop_projectors, projector};
+use super::lanes::LaneLayout;
 use super::spinor::{Colour, HopLink, Spinor, WilsonGroup, par_fill};
 use crate::gauge::complex::Complex;
 use crate::lattice::Lattice;
@@ -67,6 +68,10 @@ pub struct WilsonDirac<G: WilsonGroup, const NS: usize> {
     even: bool,
     /// The hopping-kernel variant: 0 baseline, 1 AVX2 (only where the CPU runs it).
     simd: u8,
+    /// The lanes layout of this lattice, where the solvers may use it (SU(3), 4D, time extent
+    /// a multiple of 8; see [`super::lanes`]), and whether they do.
+    lanes: Option<LaneLayout>,
+    use_lanes: bool,
     _g: PhantomData<G>,
 }
 
@@ -115,6 +120,8 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
             g5: std::array::from_fn(|s| g5[s]),
             even: lattice.require_even().is_ok(),
             simd: hop_simd_level(),
+            lanes: if NS == 4 && <G::Colour as Colour>::NC == 3 { LaneLayout::new(lattice) } else { None },
+            use_lanes: true,
             _g: PhantomData,
         })
     }
@@ -125,6 +132,33 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     pub fn with_simd_level(mut self, level: u8) -> Self {
         self.simd = level.min(hop_simd_level());
         self
+    }
+
+    /// This operator with the solvers' use of the lanes layout ([`super::lanes`]) switched on
+    /// (the default, where the layout applies) or off (every solve in the site layout). Both
+    /// give the same operator bits; a solve's reductions sum in another order, so the
+    /// solutions agree to the solver's tolerance, not bit for bit.
+    pub fn with_lanes(mut self, on: bool) -> Self {
+        self.use_lanes = on;
+        self
+    }
+
+    /// The lanes layout the solvers use for the plain Wilson operator on links `g`, if any:
+    /// SU(3) in 4D, time extent a multiple of 8, at most [`super::lanes::SOLVER_MAX_BYTES`],
+    /// no clover term, no twisted mass, and not switched off ([`Self::with_lanes`]). With it,
+    /// the links as reals.
+    pub(crate) fn lanes_for<'a>(&self, g: &GaugeRef<'a, G>) -> Option<(&LaneLayout, &'a [f64])> {
+        if !self.use_lanes || g.clover.is_some() || self.twist() != 0.0 {
+            return None;
+        }
+        let layout = self.lanes.as_ref().filter(|l| l.outer_sites() * super::lanes::LANES * 960 <= super::lanes::SOLVER_MAX_BYTES)?;
+        Some((layout, <G as HopLink<G::Colour>>::su3_reals(g.links)?))
+    }
+
+    /// The lanes-kernel variant the solvers run: the widest the CPU runs, or the baseline
+    /// where this operator is set to the baseline hopping kernel ([`Self::with_simd_level`]).
+    pub(crate) fn lanes_level(&self) -> u8 {
+        if self.simd == 0 { 0 } else { super::lanes::lanes_simd_level() }
     }
 
     /// The hopping kernel's variant (0 baseline, 1 AVX2).

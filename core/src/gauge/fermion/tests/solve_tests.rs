@@ -94,6 +94,8 @@ fn cg_meets_its_target_caps_and_even_odd_agrees() {
     check_cg::<Su2, 2>(&[4, 6], 0.2, 0.05, 0.0, 102);
     check_cg::<Su3, 4>(&[2, 2, 2, 4], 0.12, 0.0, 0.0, 103);
     check_cg::<Su3, 4>(&[2, 2, 4, 4], 0.13, 0.1, 0.0, 104);
+    // time extent 8: the solves run in the lanes layout
+    check_cg::<Su3, 4>(&[2, 2, 2, 8], 0.12, 0.0, 0.0, 107);
     // with a clover term
     check_cg::<U1Angle, 2>(&[6, 4], 0.22, 0.0, 1.5, 105);
     check_cg::<Su3, 4>(&[2, 2, 2, 4], 0.12, 0.05, 1.8, 106);
