@@ -1,6 +1,6 @@
 //! A lattice split over the ranks of a job: each rank stores a slab of the lattice along axis 0
 //! (its own sites and `width` halo slices on either side), and kernels reach neighbours only
-//! through [`Neighbours`], so the loop functions of [`super::field`] run unchanged on a slab.
+//! through [`Neighbours`], so the loop functions of `gauge::field` run unchanged on a slab.
 //!
 //! # The split
 //! The global lattice L₀ × L₁ × … is cut along axis 0 (the slowest index of the row-major site
@@ -9,7 +9,7 @@
 //! contiguous block of the global site order, in the same order: the owned part of a field on
 //! rank r is the slice `[r·V_loc·k, (r+1)·V_loc·k)` of the global field with k values per site.
 //! So gathering a field is an allgather in rank order, and per-site random draws
-//! ([`fill_random_part`]) and per-chunk sums ([`chunk_sums`]) can be made to match one rank.
+//! ([`fill_random_part`]) and per-chunk sums (`chunk_sums`) can be made to match one rank.
 //!
 //! # Storage
 //! A field on a [`Domain`] stores [`Domain::stored`] sites: first the V_loc owned sites in the

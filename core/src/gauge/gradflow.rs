@@ -807,7 +807,7 @@ pub struct Crossing {
     /// The flow time t at which the condition holds (t0/a², or w0²/a² for [`w0_crossing`]).
     pub t: f64,
     /// ∂t/∂y_k for every curve value y_k = t_k² E(t_k) (zero outside the stencil), so that the
-    /// linearised fluctuation of t is Σ_k gradient[k] δy_k.
+    /// linearised fluctuation of t is Σ_k gradient\[k\] δy_k.
     pub gradient: Vec<f64>,
 }
 
@@ -892,7 +892,7 @@ fn derivative_weights(times: &[f64], k: usize) -> [f64; 3] {
     ]
 }
 
-/// W(t_k) = t_k d/dt[t²E] at the interior points k = 1 … n−2 of the curve (second-order
+/// W(t_k) = t_k d/dt\[t²E\] at the interior points k = 1 … n−2 of the curve (second-order
 /// three-point differences): `(times[1..n−1], W)`. Errors as [`t0_crossing`] (at least 3 points).
 pub fn w_curve(times: &[f64], t2e: &[f64]) -> Result<(Vec<f64>, Vec<f64>), FlowError> {
     check_curve(times, t2e, 3)?;
@@ -906,7 +906,7 @@ pub fn w_curve(times: &[f64], t2e: &[f64]) -> Result<(Vec<f64>, Vec<f64>), FlowE
     Ok((times[1..n - 1].to_vec(), w))
 }
 
-/// w0²: the first upward crossing of W(t) = t d/dt[t²E] = `reference` (0.3 for w0), W as in
+/// w0²: the first upward crossing of W(t) = t d/dt\[t²E\] = `reference` (0.3 for w0), W as in
 /// [`w_curve`], by linear interpolation; `Crossing::t` is w0²/a² (w0/a is its square root)
 /// and the gradient is with respect to the t²E values. Errors as [`w_curve`], and
 /// [`FlowError::NoCrossing`].

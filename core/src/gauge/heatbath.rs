@@ -66,7 +66,7 @@ use crate::rng::Stream;
 pub const KP_MIN_ALPHA: f64 = 2.0;
 
 /// The counter range (in 32-bit words) reserved for the draws of one link in a heat-bath pass,
-/// 2²⁰ words: far more than the at most N(N−1)/2 · [`MAX_TRIES`] attempts of a link update
+/// 2²⁰ words: far more than the at most N(N−1)/2 · `MAX_TRIES` attempts of a link update
 /// draw (tens of words in practice). A sweep of V sites uses d · V · 2²⁰ of the stream's 2⁶⁸.
 pub const HB_LINK_WORDS: u128 = 1 << 20;
 

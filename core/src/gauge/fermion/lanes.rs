@@ -30,7 +30,7 @@
 //! means one order. Compiled variants (baseline, AVX2, AVX-512) differ only in width.
 //!
 //! # Kernels
-//! [`Sweep::block`] on `[f64; 4]` arrays is the portable kernel (the baseline variant). The
+//! `Sweep::block` on `[f64; 4]` arrays is the portable kernel (the baseline variant). The
 //! x86 variants write the same operations with AVX2 intrinsics, compiled for AVX2 and for
 //! AVX-512VL (which gives them 32 registers); left to the compiler, the array kernel kept its
 //! 24 accumulators and half-spinors on the stack, and with AVX-512 enabled fused pairs of
