@@ -313,8 +313,8 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         let n = layout.outer_sites() / 2;
         let [b, xb, to, te] = &mut w.f;
         let (b, xb, to, te) = (&mut b[..n], &mut xb[..n], &mut to[..n], &mut te[..n]);
-        w.dirac.pack_half(0, records(phi_e)?, b)?;
-        w.dirac.pack_half(0, records(x_e)?, xb)?;
+        w.dirac.pack_half(false, records(phi_e)?, b)?;
+        w.dirac.pack_half(false, records(x_e)?, xb)?;
         let d = &w.dirac;
         let report = cg(
             |v, out| d.schur_normal(as_blocks(v), to, te, as_blocks_mut(out)),

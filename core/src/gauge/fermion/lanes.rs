@@ -612,9 +612,10 @@ impl LaneDirac {
         Ok(())
     }
 
-    /// Packs a half field of parity `p` (V/2 spinors, the site x at x/2) into V/(2·LANES)
-    /// blocks.
-    pub fn pack_half(&self, p: usize, psi: &[[f64; 24]], out: &mut [SpinorLanes]) -> Result<(), FermionError> {
+    /// Packs a half field of the odd sites (`odd`) or the even ones (V/2 spinors, the site x at
+    /// x/2) into V/(2·LANES) blocks.
+    pub fn pack_half(&self, odd: bool, psi: &[[f64; 24]], out: &mut [SpinorLanes]) -> Result<(), FermionError> {
+        let p = usize::from(odd);
         let n = self.layout.outer_sites() / 2;
         check_len("half field", psi.len(), n * LANES)?;
         check_len("packed half field", out.len(), n)?;
@@ -623,7 +624,9 @@ impl LaneDirac {
         Ok(())
     }
 
-    /// Unpacks a half field of parity `p` (the inverse of [`Self::pack_half`]).
+    /// Unpacks a packed half field (the inverse of [`Self::pack_half`], for either parity: the
+    /// sites 2i and 2i + 1 share a lane and a block pair, so the site of half index i sits in
+    /// block (o/2) whichever its parity).
     pub fn unpack_half(&self, b: &[SpinorLanes], psi: &mut [[f64; 24]]) -> Result<(), FermionError> {
         let n = self.layout.outer_sites() / 2;
         check_len("packed half field", b.len(), n)?;

@@ -71,9 +71,13 @@ fn check_bits(shape: &[i64], kappa: f64, seed: u64) {
                 let mut to = want_e.clone();
                 let (mut pe, mut oe, mut te) =
                     (vec![SpinorLanes::default(); n / 2], vec![SpinorLanes::default(); n / 2], vec![SpinorLanes::default(); n / 2]);
-                ld.pack_half(0, records(&psi_e), &mut pe).unwrap();
+                ld.pack_half(false, records(&psi_e), &mut pe).unwrap();
                 ld.unpack_half(&pe, records_mut(&mut back_e)).unwrap();
                 assert!(same_bits(&back_e, &psi_e), "half pack round trip, {shape:?}");
+                let psi_o = psi[h..].to_vec();
+                ld.pack_half(true, records(&psi_o), &mut te).unwrap();
+                ld.unpack_half(&te, records_mut(&mut back_e)).unwrap();
+                assert!(same_bits(&back_e, &psi_o), "odd half pack round trip, {shape:?}");
                 for dag in [false, true] {
                     if dag {
                         d.apply_schur_dagger(u.links(), &psi_e, &mut to, &mut want_e).unwrap();
