@@ -422,23 +422,18 @@ fn kernel_figures(name: &str, l: usize, secs: (f64, f64), flops: f64, bytes: f64
     })
 }
 
-/// Compulsory memory traffic of one 4D SU(3) Wilson–Dirac application per site: four links
-/// (144 bytes each; the backward hops reuse the neighbours' links) and the input and output
-/// spinors (192 bytes each), each moved once.
-const DIRAC_BYTES_PER_SITE: f64 = 4.0 * 144.0 + 2.0 * 192.0;
-
 /// The 4D SU(3) Wilson–Dirac operator D ψ (κ = 0.12, Haar-random links, Gaussian source) at 8⁴
 /// and 16⁴: each kernel variant on one thread (thread CPU time per call), and the widest on
 /// 2 threads (wall time per call), against the limits. Flops: the customary 1320 per site.
 fn dirac_report(lim: &Limits, quick: bool) -> Value {
-    use latflow_core::gauge::fermion::wilson::{WILSON_FLOPS_PER_SITE_SU3_4D, hop_simd_level};
+    use latflow_core::gauge::fermion::wilson::{WILSON_BYTES_PER_SITE_SU3_4D, WILSON_FLOPS_PER_SITE_SU3_4D, hop_simd_level};
     let mut out = Vec::new();
     for l in [8i64, 16] {
         let (d, u, psi) = common::su3_dirac(l);
         let v = d.volume();
         let mut res = psi.clone();
         let flops = WILSON_FLOPS_PER_SITE_SU3_4D * v as f64;
-        let bytes = DIRAC_BYTES_PER_SITE * v as f64;
+        let bytes = (WILSON_BYTES_PER_SITE_SU3_4D * v) as f64;
         let batch = if quick { 0.02 } else { 0.2 };
         for level in 0..=hop_simd_level() {
             let dl = d.clone().with_simd_level(level);

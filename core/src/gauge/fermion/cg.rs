@@ -202,14 +202,13 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         links: &[f64],
         lanes: &'w mut Option<LaneWork>,
     ) -> Result<&'w mut LaneWork, FermionError> {
-        if lanes.as_ref().is_none_or(|w| w.dirac.layout() != layout) {
-            let n = layout.outer_sites();
-            *lanes = Some(LaneWork {
-                dirac: LaneDirac::new(layout.clone(), self.kappa(), self.lanes_level()),
-                f: std::array::from_fn(|_| vec![SpinorLanes::default(); n]),
-            });
+        if lanes.as_ref().is_some_and(|w| w.dirac.layout() != layout) {
+            *lanes = None;
         }
-        let w = lanes.as_mut().ok_or(FermionError::Length { what: "lanes work space", expected: 1, got: 0 })?;
+        let w = lanes.get_or_insert_with(|| LaneWork {
+            dirac: LaneDirac::new(layout.clone(), self.kappa(), self.lanes_level()),
+            f: std::array::from_fn(|_| vec![SpinorLanes::default(); layout.outer_sites()]),
+        });
         w.dirac.set_kappa(self.kappa());
         w.dirac.set_level(self.lanes_level());
         w.dirac.set_links(links)?;

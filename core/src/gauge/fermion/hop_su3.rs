@@ -174,15 +174,6 @@ fn spinor(src: &[f64], i: usize) -> &[f64; SPINOR_REALS] {
 /// 10 for D and D̂†D̂; 4 best; the odd 3 slows D̂†D̂ by a third).
 const PREFETCH_AHEAD: usize = 4;
 
-/// The compulsory bytes of one site of a full-lattice application: four links, the source
-/// and the result.
-const BYTES_PER_SITE: usize = 4 * LINK_REALS * 8 + 2 * SPINOR_REALS * 8;
-
-/// Prefetch only above this many compulsory bytes (16 MiB): below, the fields stay in cache
-/// between applications and prefetching costs about 8% (8⁴ on one thread, 64 → 70 ns per
-/// site); above, they stream from memory and it pays (16⁴: 122 → 82 ns per site).
-const PREFETCH_MIN_BYTES: usize = 16 << 20;
-
 /// Prefetches into L1 what the hop at site `z` reads from afar: its four links, the backward
 /// links along axes 0, 1 and 2, and the spinors at z ± μ̂ for those axes (whose neighbours lie
 /// rows or planes away, beyond what the hardware prefetcher, which follows a few sequential
@@ -237,7 +228,8 @@ pub(crate) fn hop_site<const DAG: usize>(
     out: &mut [f64; SPINOR_REALS],
 ) {
     let t = lat.time(x);
-    if lat.volume() * BYTES_PER_SITE > PREFETCH_MIN_BYTES {
+    // only where the fields stream from memory (see `fields_stay_cached`)
+    if !super::wilson::fields_stay_cached(lat.volume()) {
         prefetch_site(lat, u, src, x + PREFETCH_AHEAD, &idx);
     }
     let mut acc = [_mm256_setzero_pd(); 6];

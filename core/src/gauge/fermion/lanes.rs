@@ -38,7 +38,8 @@
 //!
 //! # Scope
 //! Plain Wilson fermions (no clover term, no twisted mass) on SU(3) in 4D, where the time
-//! extent is a multiple of 8; the solvers use it up to [`SOLVER_MAX_BYTES`]. Everything else
+//! extent is a multiple of 8; the solvers use it where the fields stay in cache
+//! (`wilson::fields_stay_cached`). Everything else
 //! keeps the per-site kernels.
 
 use bytemuck::{Pod, Zeroable};
@@ -126,6 +127,12 @@ impl LaneLayout {
         (o / self.q) * self.l + lane * self.q + o % self.q
     }
 
+    /// The (outer site, lane) of site `x`: the inverse of [`Self::site`].
+    #[inline(always)]
+    pub fn outer_lane(&self, x: usize) -> (usize, usize) {
+        ((x / self.l) * self.q + x % self.q, (x % self.l) / self.q)
+    }
+
     /// The outer site at index `h` among those of parity `p` (the outer lattice's last extent
     /// is even, so the outer sites 2h and 2h + 1 have opposite parities).
     #[inline(always)]
@@ -134,7 +141,8 @@ impl LaneLayout {
         if self.outer.site_parity(o) == p { o } else { o + 1 }
     }
 
-    /// Packs a full field of `V` site records (`R` reals each) into blocks of `R` lanes.
+    /// Packs site records (`R` reals each) into blocks of `R` lanes: block i from the outer site
+    /// `outer(i)`, each lane's record at `site_index(site)` of `src` (a full or a half field).
     fn pack<const R: usize>(&self, src: &[[f64; R]], site_index: impl Fn(usize) -> usize + Sync, out: &mut [[Lane; R]], outer: impl Fn(usize) -> usize + Sync) {
         par_fill(out, |i, b| {
             let o = outer(i);
@@ -152,22 +160,13 @@ impl LaneLayout {
 struct Sweep<'a> {
     layout: &'a LaneLayout,
     links: &'a [LinkLanes],
+    /// A full field, or with `parity` set a half field of the other parity (index o/2).
     src: &'a [SpinorLanes],
-    /// Source outer sites are a half field (index o/2) rather than a full one.
-    src_half: bool,
     /// Targets: the outer sites of this parity (output index h), or all of them (None).
     parity: Option<usize>,
     /// out = x + coef·(H src) when set, else H src.
     xpay: Option<(&'a [SpinorLanes], f64)>,
 }
-
-/// The largest lattice whose solves run in this layout, as the compulsory bytes of one
-/// full-lattice application (V · 960: four links, the source and the result per site): 16 MiB,
-/// so fields that stay in the last-level cache between applications. There the kernel is
-/// 1.4× the per-site one (8⁴, one thread: 45 against 64 ns per site); on fields that stream
-/// from memory it was slower (16⁴: 107–133 against 80 ns per site, with or without
-/// prefetching), so larger lattices keep the site layout.
-pub const SOLVER_MAX_BYTES: usize = 16 << 20;
 
 /// The time-boundary sign on one lane: lane `lane` negated.
 #[inline(always)]
@@ -346,17 +345,11 @@ impl Sweep<'_> {
     }
 }
 
-/// [`Sweep::block`] compiled for one instruction set.
-macro_rules! variant {
-    ($name:ident, $($feature:literal)?) => {
-        $(#[target_feature(enable = $feature)])?
-        fn $name<const DAG: usize, const HALF: bool>(s: &Sweep<'_>, i: usize, out: &mut SpinorLanes) {
-            s.block::<DAG, HALF>(i, out)
-        }
-    };
+/// [`Sweep::block`] at the baseline instruction set.
+fn block_plain<const DAG: usize, const HALF: bool>(s: &Sweep<'_>, i: usize, out: &mut SpinorLanes) {
+    s.block::<DAG, HALF>(i, out)
 }
 
-variant!(block_plain,);
 /// The kernel written with AVX2 intrinsics on 4-lane vectors (compiled twice: for AVX2, and
 /// for AVX-512VL, which gives it 32 registers), the same operations in the same order as
 /// [`Sweep::block`].
@@ -498,28 +491,16 @@ mod x86 {
         }
     }
 
+    /// [`block`] for AVX2 (callable only where the CPU runs it).
     #[target_feature(enable = "avx2")]
-    fn block_avx2<const DAG: usize, const HALF: bool>(s: &Sweep<'_>, i: usize, out: &mut SpinorLanes) {
+    pub(super) fn avx2<const DAG: usize, const HALF: bool>(s: &Sweep<'_>, i: usize, out: &mut SpinorLanes) {
         block::<DAG, HALF>(s, i, out)
     }
 
+    /// [`block`] for AVX-512VL (callable only where the CPU runs AVX2, AVX-512F and -VL).
     #[target_feature(enable = "avx2,avx512f,avx512vl")]
-    fn block_avx512<const DAG: usize, const HALF: bool>(s: &Sweep<'_>, i: usize, out: &mut SpinorLanes) {
+    pub(super) fn avx512<const DAG: usize, const HALF: bool>(s: &Sweep<'_>, i: usize, out: &mut SpinorLanes) {
         block::<DAG, HALF>(s, i, out)
-    }
-
-    /// # Safety
-    /// The CPU must run AVX2.
-    pub(super) unsafe fn avx2<const DAG: usize, const HALF: bool>(s: &Sweep<'_>, i: usize, out: &mut SpinorLanes) {
-        // SAFETY: the caller checked AVX2
-        unsafe { block_avx2::<DAG, HALF>(s, i, out) }
-    }
-
-    /// # Safety
-    /// The CPU must run AVX2, AVX-512F and AVX-512VL.
-    pub(super) unsafe fn avx512<const DAG: usize, const HALF: bool>(s: &Sweep<'_>, i: usize, out: &mut SpinorLanes) {
-        // SAFETY: the caller checked AVX-512
-        unsafe { block_avx512::<DAG, HALF>(s, i, out) }
     }
 }
 
@@ -601,10 +582,8 @@ impl LaneDirac {
         let n = self.layout.outer_sites();
         check_len("packed full field", b.len(), n)?;
         check_len("full field", psi.len(), n * LANES)?;
-        let (layout, q, l) = (&self.layout, self.layout.q, self.layout.l);
         par_fill(psi, |x, s| {
-            let (o, lane) = ((x / l) * q + x % q, (x % l) / q);
-            debug_assert_eq!(layout.site(o, lane), x);
+            let (o, lane) = self.layout.outer_lane(x);
             for r in 0..24 {
                 s[r] = b[o].0[r][lane];
             }
@@ -631,11 +610,9 @@ impl LaneDirac {
         let n = self.layout.outer_sites() / 2;
         check_len("packed half field", b.len(), n)?;
         check_len("half field", psi.len(), n * LANES)?;
-        let (q, l) = (self.layout.q, self.layout.l);
         par_fill(psi, |i, s| {
             // the site x = 2i or 2i + 1 of this parity; its outer site's half index is o/2
-            let x = 2 * i;
-            let (o, lane) = ((x / l) * q + x % q, (x % l) / q);
+            let (o, lane) = self.layout.outer_lane(2 * i);
             for r in 0..24 {
                 s[r] = b[o >> 1].0[r][lane];
             }
@@ -666,7 +643,7 @@ impl LaneDirac {
                 })
             };
         }
-        if s.src_half {
+        if s.parity.is_some() {
             go!(true)
         } else {
             go!(false)
@@ -682,7 +659,6 @@ impl LaneDirac {
             layout: &self.layout,
             links: &self.links,
             src: psi,
-            src_half: false,
             parity: None,
             xpay: Some((psi, -self.kappa)),
         };
@@ -703,11 +679,11 @@ impl LaneDirac {
         check_len("packed half source field", psi_e.len(), n)?;
         check_len("packed half scratch field", tmp_o.len(), n)?;
         check_len("packed half output field", out_e.len(), n)?;
-        let odd = Sweep { layout: &self.layout, links: &self.links, src: psi_e, src_half: true, parity: Some(1), xpay: None };
+        let odd = Sweep { layout: &self.layout, links: &self.links, src: psi_e, parity: Some(1), xpay: None };
         self.run(&odd, dag, tmp_o);
         let k2 = self.kappa * self.kappa;
         let even =
-            Sweep { layout: &self.layout, links: &self.links, src: tmp_o, src_half: true, parity: Some(0), xpay: Some((psi_e, -k2)) };
+            Sweep { layout: &self.layout, links: &self.links, src: tmp_o, parity: Some(0), xpay: Some((psi_e, -k2)) };
         self.run(&even, dag, out_e);
         Ok(())
     }
