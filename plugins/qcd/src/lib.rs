@@ -337,6 +337,9 @@ pub struct Qcd {
     determinant: Determinant,
     /// SU(N) in 4D: the gradient flow before the clover topological charge is measured.
     flow: Option<FlowMeasurement>,
+    /// Whether the solvers may use the lanes layout where it applies
+    /// ([`WilsonDirac::with_lanes`]); true unless switched off by [`Qcd::with_lanes`].
+    lanes: bool,
 }
 
 fn config_err(key: &str, e: impl std::fmt::Display) -> PluginError {
@@ -376,6 +379,22 @@ impl Qcd {
             mu: self.mu,
             csw: self.csw,
         }
+    }
+
+    /// This theory with the solvers' lanes layout switched on (the default, where it applies:
+    /// SU(3) in 4D, no clover term or twisted mass, time extent a multiple of 8, fields that
+    /// stay in cache) or off (every solve in the site layout). Both sample the same
+    /// distribution; solutions agree to the solver's tolerance, not bit for bit. For tests
+    /// and benchmarks of the two layouts.
+    pub fn with_lanes(mut self, on: bool) -> Self {
+        self.lanes = on;
+        self
+    }
+
+    /// The Wilson operator at hopping parameter `kappa` with the card's μ and c_sw, its
+    /// solvers' layout as set by [`Self::with_lanes`].
+    pub fn dirac<G: WilsonGroup, const NS: usize>(&self, kappa: f64) -> Result<WilsonDirac<G, NS>, FermionError> {
+        Ok(WilsonDirac::new(&self.lattice, self.wilson_params(kappa))?.with_lanes(self.lanes))
     }
 
     /// κ followed by the Hasenbusch κ values.
@@ -522,6 +541,7 @@ impl Qcd {
             pion: cfg.pion_correlator,
             determinant,
             flow,
+            lanes: true,
         })
     }
 
@@ -652,8 +672,7 @@ impl Qcd {
         &self,
         kappa: f64,
     ) -> Result<Operator<G, NS>, PluginError> {
-        let dirac =
-            WilsonDirac::new(&self.lattice, self.wilson_params(kappa)).map_err(fermion_config)?;
+        let dirac = self.dirac::<G, NS>(kappa).map_err(fermion_config)?;
         Ok(Operator {
             dirac,
             even_odd: self.even_odd,

@@ -140,7 +140,7 @@ fn solve<G: WilsonGroup, const NS: usize>(
 fn light_operator<G: WilsonGroup, const NS: usize>(
     t: &Qcd,
 ) -> Result<(WilsonDirac<G, NS>, Vec<SpinorOf<G, NS>>, Vec<SpinorOf<G, NS>>, SolverWork<SpinorOf<G, NS>>), FermionError> {
-    let d = WilsonDirac::<G, NS>::new(t.lattice(), t.wilson_params(t.kappas()[0]))?;
+    let d = t.dirac::<G, NS>(t.kappas()[0])?;
     let v = d.volume();
     Ok((d, vec![Spinor::default(); v], vec![Spinor::default(); v], SolverWork::new(v)))
 }

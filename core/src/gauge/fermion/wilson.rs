@@ -159,6 +159,13 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         Some((self.lanes.as_ref()?, <G as HopLink<G::Colour>>::su3_reals(g.links)?))
     }
 
+    /// Whether this operator's solvers run in the lanes layout on plain links (no clover
+    /// field): SU(3) in 4D, time extent a multiple of 8, fields that stay in cache, no
+    /// twisted mass, and not switched off with [`Self::with_lanes`].
+    pub fn solves_in_lanes(&self) -> bool {
+        self.use_lanes && self.lanes.is_some() && self.params.csw == 0.0 && self.twist() == 0.0
+    }
+
     /// The lanes-kernel variant the solvers run: the widest the CPU runs, or the baseline
     /// where this operator is set to the baseline hopping kernel ([`Self::with_simd_level`]).
     pub(crate) fn lanes_level(&self) -> u8 {
