@@ -617,8 +617,7 @@ impl Qcd {
     pub fn exact_det<G: WilsonGroup, const NS: usize>(
         &self,
     ) -> Result<exact_det::ExactDet<G, NS>, PluginError> {
-        let dirac = WilsonDirac::new(&self.lattice, self.wilson_params(self.kappa))
-            .map_err(fermion_config)?;
+        let dirac = self.dirac::<G, NS>(self.kappa).map_err(fermion_config)?;
         exact_det::ExactDet::new(dirac).map_err(|e| config_err("determinant", e))
     }
 

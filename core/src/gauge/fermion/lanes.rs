@@ -108,7 +108,7 @@ impl LaneLayout {
             return None;
         }
         let l = e[3];
-        if l % (2 * LANES) != 0 {
+        if !l.is_multiple_of(2 * LANES) {
             return None;
         }
         let q = l / LANES;
@@ -316,7 +316,7 @@ impl Sweep<'_> {
         let y = outer.bwd(t, MU);
         let p = const { hop_projectors::<4>()[DAG][1][MU] };
         project(&self.src[sidx(y)], p, &mut h);
-        let edge = if MU == 3 && t % q == 0 { Edge::Bwd } else { Edge::None };
+        let edge = if MU == 3 && t.is_multiple_of(q) { Edge::Bwd } else { Edge::None };
         link_hop::<true>(&self.links[y * 4 + MU], &h, p, edge, acc);
     }
 
@@ -455,7 +455,7 @@ mod x86 {
         hop::<false>(&s.src[sidx(y)], &s.links[t * 4 + MU], p, edge, acc);
         let y = outer.bwd(t, MU);
         let p = const { hop_projectors::<4>()[DAG][1][MU] };
-        let edge = if MU == 3 && t % q == 0 { Edge::Bwd } else { Edge::None };
+        let edge = if MU == 3 && t.is_multiple_of(q) { Edge::Bwd } else { Edge::None };
         hop::<true>(&s.src[sidx(y)], &s.links[y * 4 + MU], p, edge, acc);
     }
 
