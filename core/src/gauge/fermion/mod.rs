@@ -90,10 +90,12 @@ pub mod force;
 pub mod gamma;
 mod hop_su3;
 pub mod lanes;
+pub mod multishift;
 pub mod spinor;
 pub mod wilson;
 
 pub use cg::{cg, CgParams, CgReport, CgWork, SolverWork};
+pub use multishift::{multi_shift_cg, MultiShiftWork};
 pub use clover::{CloverField, CloverGauge, DiracGauge, HopCached};
 pub use spinor::{
     axpy, dot, fill_gaussian, norm2, re_dot, xpay, Colour, ColourVector, HopLink, Spinor, SpinorOf, U1Phase, WilsonGroup,
@@ -141,6 +143,9 @@ pub enum FermionError {
     /// A(x) has no inverse.
     #[error("the clover term is singular at site {site}: A(x) has no inverse")]
     SingularClover { site: usize },
+    /// A shift of a multi-shift solve must be finite and ≥ 0.
+    #[error("shift: the shifts of a multi-shift solve must be finite numbers ≥ 0, got {0}")]
+    Shift(f64),
     /// CG did not reach its target within the iteration cap (or broke down).
     #[error("CG did not converge: relative residual {residual:e} after {iterations} iterations, target {target:e}")]
     NotConverged { iterations: usize, residual: f64, target: f64 },

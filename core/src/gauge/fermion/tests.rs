@@ -13,6 +13,7 @@ use crate::rng::Stream;
 
 mod clover_tests;
 mod lanes_tests;
+mod multishift_tests;
 mod solve_tests;
 
 type Field<G, const NS: usize> = Vec<SpinorOf<G, NS>>;
