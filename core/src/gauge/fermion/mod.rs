@@ -91,6 +91,7 @@ pub mod gamma;
 mod hop_su3;
 pub mod lanes;
 pub mod multishift;
+pub mod rational;
 pub mod spinor;
 pub mod wilson;
 
