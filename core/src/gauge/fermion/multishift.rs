@@ -20,7 +20,7 @@
 //! # Guarantee
 //! The recurrences track the residuals only up to rounding. After the iteration, each shift's
 //! true residual |b − (A + σ_k) x_k| / |b| is computed, and any shift above the target is
-//! finished by plain CG ([`super::cg`]) from its multi-shift solution, so every reported
+//! finished by plain CG ([`super::cg()`]) from its multi-shift solution, so every reported
 //! residual is a true residual that meets the target (or the solve is an error).
 
 use super::cg::{cg, CgParams, CgReport, CgWork};
