@@ -57,7 +57,9 @@
 //! force_tol, max_iter }` (relative residual targets of CG on D†D for the action and heat bath,
 //! and for the forces; defaults 1e-10, `tol`, 10000), `even_odd` (default: true when every
 //! extent is even), `condensate = { sources, exact, seed }` (see below), `determinant`
-//! (`"pseudofermion"` or `"exact"`, see above).
+//! (`"pseudofermion"` or `"exact"`, see above), `nf` (2, default, or 1: rational HMC with
+//! `rhmc = { lambda_min, lambda_max, degree }`, see [`terms::RationalTerm`]; one flavour
+//! refuses `mu`, `csw`, `hasenbusch` and the exact determinant).
 //!
 //! A CG solve that does not reach its target is an error that names the term and the residual
 //! reached: a trajectory never runs on a wrong force.
@@ -92,6 +94,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
+use latflow_core::gauge::fermion::rational::{InverseSqrt, MAX_DEGREE};
 use latflow_core::gauge::fermion::{
     CgParams, FermionError, WilsonDirac, WilsonGroup, WilsonParams,
 };
@@ -105,7 +108,7 @@ use latflow_core::{Lattice, Stream};
 use serde::Deserialize;
 
 pub use space::QcdSpace;
-use terms::{CloverDetTerm, FermionTerm, GaugeTerm, Operator, Solvers};
+use terms::{CloverDetTerm, FermionTerm, GaugeTerm, Operator, RationalTerm, Solvers};
 
 /// Runs `$body` with `$g` the group type and `$ns` the spin count (= dimension) of the theory.
 macro_rules! with_theory {
@@ -210,6 +213,39 @@ struct Config {
     determinant: Option<String>,
     #[serde(default)]
     gradient_flow: Option<FlowCard>,
+    #[serde(default = "two")]
+    nf: u32,
+    #[serde(default)]
+    rhmc: Option<RhmcCard>,
+}
+
+fn two() -> u32 {
+    2
+}
+
+/// `rhmc = { lambda_min, lambda_max, degree }`: the spectral range of D†D (D̂†D̂ even–odd) that
+/// the rational approximation of Nf = 1 covers, and its degree.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RhmcCard {
+    lambda_min: f64,
+    #[serde(default)]
+    lambda_max: Option<f64>,
+    #[serde(default = "default_degree")]
+    degree: usize,
+}
+
+fn default_degree() -> usize {
+    16
+}
+
+/// The rational approximation of one flavour (`nf = 1`): R(x) ≈ x^{−1/2} of `degree` on
+/// [`lambda_min`, `lambda_max`] (None: the bound ‖D‖² of [`Qcd::spectral_bound`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rhmc {
+    pub lambda_min: f64,
+    pub lambda_max: Option<f64>,
+    pub degree: usize,
 }
 
 fn yes() -> bool {
@@ -337,6 +373,8 @@ pub struct Qcd {
     determinant: Determinant,
     /// SU(N) in 4D: the gradient flow before the clover topological charge is measured.
     flow: Option<FlowMeasurement>,
+    /// Nf = 1 by rational HMC (None: Nf = 2).
+    rhmc: Option<Rhmc>,
     /// Whether the solvers may use the lanes layout where it applies
     /// ([`WilsonDirac::with_lanes`]); true unless switched off by [`Qcd::with_lanes`].
     lanes: bool,
@@ -527,6 +565,7 @@ impl Qcd {
             Self::check_exact(&lattice, group, cfg.csw, &cfg.hasenbusch)?;
         }
         let flow = Self::check_flow(&lattice, group, cfg.gradient_flow.as_ref())?;
+        let rhmc = Self::check_rhmc(&cfg, determinant)?;
         Ok(Self {
             lattice,
             group,
@@ -541,8 +580,72 @@ impl Qcd {
             pion: cfg.pion_correlator,
             determinant,
             flow,
+            rhmc,
             lanes: true,
         })
+    }
+
+    /// `nf` and `rhmc`: Nf = 2 (pseudofermions, Hasenbusch ratios, any μ and c_sw) or Nf = 1
+    /// (rational HMC, which needs `rhmc.lambda_min`, and γ5-hermiticity: no twisted mass,
+    /// no clover term (its even–odd determinant term is Nf = 2's), no Hasenbusch masses,
+    /// pseudofermions).
+    fn check_rhmc(cfg: &Config, determinant: Determinant) -> Result<Option<Rhmc>, PluginError> {
+        match (cfg.nf, cfg.rhmc) {
+            (2, None) => Ok(None),
+            (2, Some(_)) => Err(config_err("rhmc", "the rational approximation is for one flavour: set nf = 1, or drop rhmc")),
+            (1, None) => Err(config_err("rhmc", "nf = 1 needs rhmc = { lambda_min = ... }: the smallest eigenvalue of D^dag D it must cover")),
+            (1, Some(r)) => {
+                let refuse = |key: &str, why: &str| Err(config_err(key, format!("nf = 1 (rational HMC) {why}")));
+                if !cfg.hasenbusch.is_empty() {
+                    return refuse("hasenbusch", "takes no Hasenbusch masses");
+                }
+                if cfg.mu != 0.0 {
+                    return refuse("mu", "needs gamma5-hermiticity of D: no twisted mass");
+                }
+                if cfg.csw != 0.0 {
+                    return refuse("csw", "does not support the clover term");
+                }
+                if determinant == Determinant::Exact {
+                    return refuse("determinant", "runs with pseudofermions only");
+                }
+                if !(r.lambda_min.is_finite() && r.lambda_min > 0.0) {
+                    return Err(config_err("rhmc.lambda_min", format!("must be a finite number > 0, got {}", r.lambda_min)));
+                }
+                if let Some(hi) = r.lambda_max {
+                    if !(hi.is_finite() && hi > r.lambda_min) {
+                        return Err(config_err(
+                            "rhmc.lambda_max",
+                            format!("must be finite and larger than lambda_min = {}, got {hi}", r.lambda_min),
+                        ));
+                    }
+                }
+                if r.degree == 0 || r.degree > MAX_DEGREE {
+                    return Err(config_err("rhmc.degree", format!("must lie in 1..={MAX_DEGREE}, got {}", r.degree)));
+                }
+                Ok(Some(Rhmc { lambda_min: r.lambda_min, lambda_max: r.lambda_max, degree: r.degree }))
+            }
+            (n, _) => Err(config_err("nf", format!("the number of flavours must be 1 (rational HMC) or 2 (pseudofermions), got {n}"))),
+        }
+    }
+
+    /// Nf = 1's rational approximation, if the card asks for one flavour.
+    pub fn rhmc(&self) -> Option<Rhmc> {
+        self.rhmc
+    }
+
+    /// An upper bound on the spectrum of D†D (D̂†D̂ even–odd) at hopping parameter `kappa`
+    /// without clover term or twist: ‖H‖ ≤ 2d (each axis's hop has norm 2, since
+    /// (1 ∓ γ_μ)/2 are orthogonal projectors), so ‖D‖ ≤ 1 + 2dκ and ‖D̂‖ ≤ 1 + (2dκ)².
+    pub fn spectral_bound(&self, kappa: f64) -> f64 {
+        let h = 2.0 * self.lattice.dim() as f64 * kappa;
+        let norm = if self.even_odd { 1.0 + h * h } else { 1.0 + h };
+        norm * norm
+    }
+
+    /// Nf = 1's approximation R(x) ≈ x^{−1/2} on [lambda_min, lambda_max or the bound].
+    fn inverse_sqrt(&self, r: Rhmc) -> Result<InverseSqrt, PluginError> {
+        let hi = r.lambda_max.unwrap_or_else(|| self.spectral_bound(self.kappa));
+        InverseSqrt::zolotarev(r.degree, r.lambda_min, hi).map_err(|e| config_err("rhmc", e))
     }
 
     /// `gradient_flow` is for SU(N) in 4D, where the topological charge is measured after the
@@ -703,7 +806,21 @@ impl Qcd {
         let kappas = self.kappas();
         let mut reference = Stream::new(REFERENCE_SEED, 0);
         let mut levels: Vec<Vec<Term<'_, QcdSpace>>> = Vec::new();
-        for (i, &k) in kappas.iter().enumerate() {
+        if let Some(r) = self.rhmc {
+            let approx = self.inverse_sqrt(r)?;
+            let term = RationalTerm::<G, NS>::new(
+                format!("rational(kappa={}, nf=1)", self.kappa),
+                self.operator::<G, NS>(self.kappa)?,
+                approx.partial_fractions(),
+                approx.heat_bath(),
+                self.solvers,
+                iterations.clone(),
+                &mut reference,
+            )
+            .map_err(|e| PluginError::config(e.to_string()))?;
+            levels.push(vec![Box::new(term)]);
+        }
+        for (i, &k) in kappas.iter().enumerate().filter(|_| self.rhmc.is_none()) {
             let heavy = kappas.get(i + 1).copied();
             let name = match heavy {
                 Some(h) => format!("hasenbusch(kappa={k}/{h})"),
@@ -775,10 +892,17 @@ impl Physics for Qcd {
             "condensate": { "sources": self.condensate.sources, "exact": self.condensate.exact, "seed": self.condensate.seed },
             "pion_correlator": self.pion,
             "determinant": self.determinant.name(),
+            "nf": if self.rhmc.is_some() { 1 } else { 2 },
+            "rhmc": self.rhmc.map(|r| serde_json::json!({
+                "lambda_min": r.lambda_min,
+                "lambda_max": r.lambda_max.unwrap_or_else(|| self.spectral_bound(self.kappa)),
+                "degree": r.degree,
+                "relative_error": self.inverse_sqrt(r).map(|a| a.error()).ok(),
+            })),
             "gradient_flow": self.flow.as_ref().map(|f| serde_json::json!({
                 "time": f.time, "eps": f.options.eps, "scheme": f.options.scheme.name(), "integrator": "Luscher RK3",
             })),
-            "convention": "weight exp(-S_g) det(D^dag D); S_g = -(beta/N) sum Re Tr U_P; D = 1 + i 2 kappa mu g5 + clover - kappa H \
+            "convention": "weight exp(-S_g) det(D^dag D) (nf = 2; nf = 1: det R(D^dag D)^-1 with R(x) ~ x^-1/2, rhmc.relative_error per eigenvalue); S_g = -(beta/N) sum Re Tr U_P; D = 1 + i 2 kappa mu g5 + clover - kappa H \
                            (hopping normalisation, m0 = 1/(2 kappa) - d); last axis time, antiperiodic for fermions; \
                            links [site][mu]",
         })
@@ -802,12 +926,18 @@ impl Physics for Qcd {
                 self.kappa = value;
             }
             "mu" => {
+                if value != 0.0 && self.rhmc.is_some() {
+                    return Err(config_err("mu", "nf = 1 (rational HMC) needs gamma5-hermiticity of D: no twisted mass"));
+                }
                 Self::check_kappa(self.kappa, &self.hasenbusch, value, self.csw)?;
                 self.mu = value;
             }
             "csw" => {
                 if value != 0.0 && self.lattice.dim() != 4 {
                     return Err(config_err("csw", "the clover term is supported in 4D only"));
+                }
+                if value != 0.0 && self.rhmc.is_some() {
+                    return Err(config_err("csw", "nf = 1 (rational HMC) does not support the clover term"));
                 }
                 if value != 0.0 && self.determinant == Determinant::Exact {
                     return Err(config_err(
@@ -954,7 +1084,7 @@ impl Physics for Qcd {
 latflow_core::export_theory!(Qcd,
 description: "lattice gauge theory (U(1), SU(2), SU(3); 2D and 4D) with Nf = 2 Wilson pseudofermions: twisted mass, clover (4D), even-odd preconditioning, Hasenbusch masses, nested time scales",
 provides: [
-    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048), gradient_flow = { time, eps, scheme } (su2/su3 in 4D: topological charge after the flow)",
+    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048), gradient_flow = { time, eps, scheme } (su2/su3 in 4D: topological charge after the flow), nf (2, or 1: rational HMC), rhmc = { lambda_min, lambda_max, degree } (nf = 1)",
     "observables: plaquette chiral_condensate pion_correlator (T values) cg_iterations topological_charge topological_susceptibility (u1 2D; su2/su3 4D with gradient_flow)",
     "parameters: beta kappa mu csw",
     "hmc levels: one per fermion term (lightest outermost), gauge innermost; with determinant = exact: [exact_det] [gauge]",

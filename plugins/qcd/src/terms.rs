@@ -1,5 +1,6 @@
 //! The HMC action terms: the Wilson gauge action, the pseudofermion terms (one plain
-//! pseudofermion and any Hasenbusch ratios), and the even–odd clover determinant term.
+//! pseudofermion and any Hasenbusch ratios for Nf = 2, or one rational term for Nf = 1), and
+//! the even–odd clover determinant term.
 //!
 //! All terms read the configuration buffer as links without copying. A fermion term keeps its
 //! pseudofermion φ (refreshed by its heat bath at the start of every trajectory) and its
@@ -8,10 +9,12 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use latflow_core::gauge::fermion::rational::{HeatBathFractions, PartialFractions};
 use latflow_core::gauge::fermion::{
-    fill_gaussian, re_dot, CgParams, CgReport, CloverField, DiracGauge, FermionError, HopCached, SolverWork,
-    Spinor, SpinorOf, WilsonDirac, WilsonGroup,
+    axpy, fill_gaussian, multi_shift_cg, norm2, re_dot, CgParams, CgReport, CloverField, Colour, DiracGauge,
+    FermionError, HopCached, MultiShiftWork, SolverWork, Spinor, SpinorOf, WilsonDirac, WilsonGroup,
 };
+use latflow_core::gauge::Complex;
 use latflow_core::gauge::flat::{view, view_mut};
 use latflow_core::gauge::parallel::{fill_sites_as, SiteWork};
 use latflow_core::gauge::{plaquette_sum, staple, GaugeGroup, LieAlgebra};
@@ -414,6 +417,186 @@ where
         let l = links::<G>(u);
         let mut st = self.state.borrow_mut();
         self.force_into(l, &mut st, algebra_mut::<G>(out))
+    }
+}
+
+/// Mutable state of a [`RationalTerm`].
+struct RationalState<G: WilsonGroup, const NS: usize> {
+    phi: Vec<SpinorOf<G, NS>>,
+    /// The multi-shift solutions, one per pole (or zero, in the heat bath).
+    xs: Vec<Vec<SpinorOf<G, NS>>>,
+    y: Vec<SpinorOf<G, NS>>,
+    /// D v inside the normal operator D†D v, and γ5 D Y in the heat bath.
+    mid: Vec<SpinorOf<G, NS>>,
+    multi: MultiShiftWork<SpinorOf<G, NS>>,
+    s: Scratch<G, NS>,
+}
+
+/// One flavour (Nf = 1) by rational HMC: weight det R(D†D)⁻¹ ≈ det(D†D)^{1/2} with Zolotarev's
+/// R(x) ≈ x^{−1/2} ([`latflow_core::gauge::fermion::rational`]; D̂ even–odd):
+/// * S = φ† R(D†D) φ = a₀ φ†φ + Σ_l a_l φ† (D†D + μ_l²)⁻¹ φ, one multi-shift solve;
+/// * force −Σ_l a_l X_l† d(D†D) X_l with X_l = (D†D + μ_l²)⁻¹ φ;
+/// * heat bath φ = (B†)⁻¹ η with R(Q²) = BB†, Q = γ5 D Hermitian, so S = η†η exactly at the
+///   refresh (to the solver's tolerance): φ = D₀^{−1/2} [η + Σ_l iγ_l (Q + iν_l) Y_l],
+///   Y_l = (D†D + ν_l²)⁻¹ η.
+///
+/// Needs γ5-hermiticity of D: no twisted mass.
+pub struct RationalTerm<G: WilsonGroup, const NS: usize> {
+    name: String,
+    op: Operator<G, NS>,
+    action: PartialFractions,
+    heat_bath: HeatBathFractions,
+    solvers: Solvers,
+    state: RefCell<RationalState<G, NS>>,
+    iterations: Rc<Cell<u64>>,
+}
+
+impl<G: WilsonGroup + bytemuck::Pod, const NS: usize> RationalTerm<G, NS>
+where
+    G::Algebra: bytemuck::Pod,
+{
+    /// A term named `name` for the operator `op` with the action's partial fractions `action`
+    /// and the matching heat-bath factor `heat_bath` (of one [`latflow_core::gauge::fermion::rational::InverseSqrt`]);
+    /// φ starts as Gaussian noise from `reference` (as [`FermionTerm::new`]).
+    pub fn new(
+        name: String,
+        op: Operator<G, NS>,
+        action: PartialFractions,
+        heat_bath: HeatBathFractions,
+        solvers: Solvers,
+        iterations: Rc<Cell<u64>>,
+        reference: &mut Stream,
+    ) -> Result<Self, TermError> {
+        if op.dirac.twist() != 0.0 {
+            return Err(TermError::new(&name, "one flavour needs gamma5-hermiticity of D: no twisted mass"));
+        }
+        let (n, poles) = (op.field_len(), action.terms.len().max(heat_bath.terms.len()));
+        let s = op.scratch().map_err(|e| TermError::new(&name, e.to_string()))?;
+        let mut phi = vec![Spinor::default(); n];
+        fill_gaussian(&mut phi, reference).map_err(|e| TermError::new(&name, format!("reference field: {e}")))?;
+        let state = RationalState {
+            phi,
+            xs: vec![vec![Spinor::default(); n]; poles],
+            y: vec![Spinor::default(); n],
+            mid: vec![Spinor::default(); n],
+            multi: MultiShiftWork::new(n, poles),
+            s,
+        };
+        Ok(Self { name, op, action, heat_bath, solvers, state: RefCell::new(state), iterations })
+    }
+
+    fn fail(&self, what: &str, e: FermionError) -> TermError {
+        TermError::new(&self.name, format!("{what}: {e}"))
+    }
+
+    /// xs[l] = (D†D + shifts[l])⁻¹ b, counting the shared iterations once.
+    fn solve(
+        &self,
+        l: &[G],
+        st: &mut RationalState<G, NS>,
+        shifts: &[f64],
+        source_is_phi: bool,
+        params: &CgParams,
+    ) -> Result<(), FermionError> {
+        let RationalState { phi, xs, y, mid, multi, s } = st;
+        let Scratch { tmp, clover, .. } = s;
+        let b: &[SpinorOf<G, NS>] = if source_is_phi { phi } else { y };
+        let op = &self.op;
+        let reports = op.with_gauge(l, clover, |g| {
+            let normal = |v: &[SpinorOf<G, NS>], out: &mut [SpinorOf<G, NS>]| {
+                op.apply(g, v, tmp, mid)?;
+                op.apply_dagger(g, mid, tmp, out)
+            };
+            multi_shift_cg(normal, shifts, b, &mut xs[..shifts.len()], multi, params)
+        })?;
+        let most = reports.iter().map(|r| r.iterations).max().unwrap_or(0);
+        self.iterations.set(self.iterations.get() + most as u64);
+        Ok(())
+    }
+
+    fn shifts(f: &[(f64, f64)], square: bool) -> Vec<f64> {
+        f.iter().map(|&(_, s)| if square { s * s } else { s }).collect()
+    }
+}
+
+impl<G: WilsonGroup + bytemuck::Pod, const NS: usize> ActionTerm<QcdSpace> for RationalTerm<G, NS>
+where
+    G::Algebra: bytemuck::Pod,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_exact(&self) -> bool {
+        false
+    }
+
+    fn refresh(&mut self, u: &Vec<f64>, rng: &mut Stream) -> Result<(), TermError> {
+        let l = links::<G>(u);
+        let shifts = Self::shifts(&self.heat_bath.terms, true);
+        let mut st = self.state.borrow_mut();
+        fill_gaussian(&mut st.y, rng).map_err(|e| TermError::new(&self.name, format!("heat bath: {e}")))?;
+        self.solve(l, &mut st, &shifts, false, &self.solvers.action)
+            .map_err(|e| self.fail("the heat-bath solve", e))?;
+        let RationalState { phi, xs, y, mid: qy, s, .. } = &mut *st;
+        let Scratch { tmp, clover, .. } = s;
+        let scale = self.heat_bath.scale;
+        // φ = scale·[η + Σ_l (−γ_l ν_l Y_l + iγ_l γ5 D Y_l)]
+        phi.copy_from_slice(y);
+        for (k, &(gamma, nu)) in self.heat_bath.terms.iter().enumerate() {
+            axpy(-gamma * nu, &xs[k], phi);
+            self.op
+                .with_gauge(l, clover, |g| self.op.apply(g, &xs[k], tmp, qy))
+                .map_err(|e| self.fail("the heat bath", e))?;
+            self.op.dirac.gamma5(qy);
+            let c = Complex::new(0.0, gamma);
+            for (p, q) in phi.iter_mut().zip(qy.iter()) {
+                for s in 0..NS {
+                    p.0[s].add_assign(&q.0[s].mul_c(c));
+                }
+            }
+        }
+        phi.iter_mut().for_each(|p| {
+            for s in 0..NS {
+                p.0[s] = p.0[s].scale(scale);
+            }
+        });
+        Ok(())
+    }
+
+    fn action(&self, u: &Vec<f64>) -> Result<f64, TermError> {
+        let l = links::<G>(u);
+        let shifts = Self::shifts(&self.action.terms, false);
+        let mut st = self.state.borrow_mut();
+        self.solve(l, &mut st, &shifts, true, &self.solvers.action)
+            .map_err(|e| self.fail("the action solve", e))?;
+        let st = &*st;
+        let mut s = self.action.constant * norm2(&st.phi);
+        for (k, &(a, _)) in self.action.terms.iter().enumerate() {
+            s += a * re_dot(&st.phi, &st.xs[k]);
+        }
+        Ok(s)
+    }
+
+    fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
+        let l = links::<G>(u);
+        let shifts = Self::shifts(&self.action.terms, false);
+        let mut st = self.state.borrow_mut();
+        self.solve(l, &mut st, &shifts, true, &self.solvers.force)
+            .map_err(|e| self.fail("the force solve", e))?;
+        let out = algebra_mut::<G>(out);
+        out.iter_mut().for_each(|f| *f = G::Algebra::zero());
+        let RationalState { xs, y, s, .. } = &mut *st;
+        let Scratch { work, tmp, clover } = s;
+        for (k, &(a, _)) in self.action.terms.iter().enumerate() {
+            self.op
+                .with_gauge(l, clover, |g| {
+                    self.op.apply(g, &xs[k], tmp, y)?;
+                    self.op.add_force(g, &xs[k], y, a, work, out)
+                })
+                .map_err(|e| self.fail("the force", e))?;
+        }
+        Ok(())
     }
 }
 

@@ -526,3 +526,96 @@ fn pf_hmc_through_the_lanes_layout_follows_the_site_layout() {
         assert!((a - b).abs() <= 1e-8 * (1.0 + b.abs()), "{ol:?} vs {os:?}");
     }
 }
+
+const U1_NF1: &str = r#"{"group": "u1", "lattice": [4, 4], "beta": 1.5, "kappa": 0.22, "nf": 1,
+    "rhmc": {"lambda_min": 0.01, "degree": 14}, "solver": {"tol": 1e-13}}"#;
+const U1_NF1_FULL: &str = r#"{"group": "u1", "lattice": [4, 4], "beta": 1.5, "kappa": 0.22, "nf": 1, "even_odd": false,
+    "rhmc": {"lambda_min": 0.005, "lambda_max": 6.0, "degree": 12}, "solver": {"tol": 1e-13}}"#;
+
+/// One flavour (rational HMC): the force against finite differences of the action, in U(1)
+/// (even–odd and full lattice) and SU(2), SU(3); the integrator is reversible.
+#[test]
+fn rational_forces_match_finite_differences_and_the_integrator_is_reversible() {
+    for card in [U1_NF1, U1_NF1_FULL] {
+        testkit::check_force::<Qcd>(card, &HmcParams::default());
+    }
+    check_group_force(
+        r#"{"group": "su2", "lattice": [2, 2, 2, 4], "beta": 2.0, "kappa": 0.13, "nf": 1,
+            "rhmc": {"lambda_min": 0.02}, "solver": {"tol": 1e-13}}"#,
+    );
+    check_group_force(
+        r#"{"group": "su3", "lattice": [4, 4], "beta": 3.0, "kappa": 0.2, "nf": 1, "even_odd": false,
+            "rhmc": {"lambda_min": 0.01}, "solver": {"tol": 1e-13}}"#,
+    );
+    testkit::check_reversibility::<Qcd>(U1_NF1, &params(4, &[2]));
+    let t = theory(U1_NF1);
+    let a = t.action_levels(&HmcParams::default()).unwrap();
+    assert_eq!(format!("{a:?}"), r#"LeveledAction[["rational(kappa=0.22, nf=1)"], ["gauge"]]"#);
+}
+
+/// The heat bath φ = (B†)⁻¹η samples the action's own density: right after it, S(φ) = η†η
+/// (to the solver's tolerance), on both layouts and both groups.
+#[test]
+fn the_rational_heat_bath_gives_s_equal_to_eta_dagger_eta() {
+    for card in [
+        U1_NF1,
+        U1_NF1_FULL,
+        r#"{"group": "su3", "lattice": [2, 2, 2, 4], "beta": 5.5, "kappa": 0.12, "nf": 1,
+            "rhmc": {"lambda_min": 0.05}, "solver": {"tol": 1e-13}}"#,
+    ] {
+        let t = theory(card);
+        let mut levels = t.action_levels(&HmcParams::default()).unwrap();
+        let u = t.initial(Start::Hot, &mut Stream::new(3, 0));
+        // the rational term refreshes first (the gauge term draws nothing)
+        levels.refresh(&u, &mut Stream::new(4, 0)).unwrap();
+        let s = levels.terms()[0][0].action(&u).unwrap();
+        // the same η: the stream's first Gaussian field of the term's length
+        let n = if t.even_odd() { t.lattice().volume() / 2 } else { t.lattice().volume() };
+        let eta2 = with_theory!(t, G, NS => {
+            let mut eta = vec![latflow_core::gauge::fermion::SpinorOf::<G, NS>::default(); n];
+            latflow_core::gauge::fermion::fill_gaussian(&mut eta, &mut Stream::new(4, 0)).unwrap();
+            latflow_core::gauge::fermion::norm2(&eta)
+        });
+        println!("{card}: S = {s}, eta^dag eta = {eta2}");
+        assert!((s / eta2 - 1.0).abs() < 1e-9, "S = {s}, η†η = {eta2}");
+    }
+}
+
+#[test]
+fn bad_rational_cards_are_refused_naming_the_key() {
+    let base = r#""group": "u1", "lattice": [4, 4], "beta": 1.5, "kappa": 0.22"#;
+    for (extra, needles) in [
+        (r#""nf": 3"#, &["nf", "1", "2"][..]),
+        (r#""nf": 1"#, &["rhmc", "lambda_min"]),
+        (r#""rhmc": {"lambda_min": 0.1}"#, &["rhmc", "nf = 1"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.0}"#, &["rhmc.lambda_min", "> 0"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.1, "lambda_max": 0.05}"#, &["rhmc.lambda_max", "larger"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.1, "degree": 0}"#, &["rhmc.degree"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.1, "degree": 65}"#, &["rhmc.degree"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.1}, "mu": 0.1"#, &["mu", "twisted"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.1}, "hasenbusch": [0.2]"#, &["hasenbusch"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.1}, "determinant": "exact""#, &["determinant"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 100.0}"#, &["rhmc", "range"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.1, "poles": 3}"#, &["poles"]),
+    ] {
+        let card = format!("{{{base}, {extra}}}");
+        // some are refused when the card is read, the range only when the terms are made
+        match Qcd::from_config(&card) {
+            Err(e) => {
+                for n in needles {
+                    assert!(e.message.contains(n), "{card}: {e} lacks '{n}'");
+                }
+            }
+            Ok(t) => {
+                let e = t.action_levels(&HmcParams::default()).unwrap_err();
+                for n in needles {
+                    assert!(e.message.contains(n), "{card}: {e} lacks '{n}'");
+                }
+            }
+        }
+    }
+    let card = r#"{"group": "su3", "lattice": [2, 2, 2, 2], "beta": 5.5, "kappa": 0.12, "nf": 1, "rhmc": {"lambda_min": 0.1}, "csw": 1.0}"#;
+    assert!(Qcd::from_config(card).err().unwrap().message.contains("csw"));
+    let mut t = theory(U1_NF1);
+    assert!(t.set_parameter("mu", 0.1).unwrap_err().message.contains("twisted"));
+}
