@@ -1,7 +1,8 @@
 //! Dynamical Wilson fermions through the whole pipeline — card → qcd plugin .so → pseudofermion
 //! HMC → HDF5 → Γ-method analysis — against the exact 2×2 Schwinger-model values (2D U(1),
 //! Nf = 2 Wilson fermions, antiperiodic in time): ⟨cos θ_P⟩ and Σ = (1/V)⟨Tr D_m⁻¹⟩,
-//! D_m = D/(2κ), from numerical integration over the 8 link angles (converged to 1e−10). Fixed
+//! D_m = D/(2κ), from numerical integration over the 8 link angles (converged to 1e−10), and
+//! for one flavour (`nf = 1`, rational HMC) the same integration with weight |det D|. Fixed
 //! seeds; |z| < 4 against the measured errors. Also: the per-trajectory CG iterations in the
 //! ensemble file, and bad cards refused with exit code 1, naming the key.
 //!
@@ -99,6 +100,24 @@ fn pseudofermion_hmc_reproduces_the_2x2_schwinger_table() {
             0.0,
         );
     }
+}
+
+/// One flavour (`nf = 1`, rational HMC) through the whole pipeline against the exact
+/// one-flavour 2×2 values at β = 1, κ = 0.25 (⟨cos θ_P⟩ = 0.5524883994, Σ = 0.8073295314,
+/// from the trapezoidal integration of the qcd plugin's unit tests, which reproduces the
+/// two-flavour table to 1e−9); the run's parameters record the approximation and its error.
+#[test]
+fn rational_hmc_reproduces_the_one_flavour_2x2_values() {
+    let theory = "beta = 1.0\nkappa = 0.25\nnf = 1\nrhmc = { lambda_min = 1e-5, degree = 24 }\ncondensate = { exact = true }";
+    let (json, out, _dir) = run("schwinger_nf1", &card(theory, HMC, 60, 200, 8000));
+    assert_z("nf = 1 <cos theta_P>", scalar(&json, "plaquette"), 0.5524883994, 0.0);
+    assert_z("nf = 1 Sigma", scalar(&json, "chiral_condensate"), 0.8073295314, 0.0);
+    let (ens, _) = contents(&out);
+    let params: serde_json::Value = serde_json::from_str(&ens.provenance.theory_params).unwrap();
+    assert_eq!(params["nf"], 1, "{params}");
+    let err = params["rhmc"]["relative_error"].as_f64().unwrap();
+    println!("nf = 1: the approximation's relative error {err:e}");
+    assert!(err > 0.0 && err < 1e-10, "{params}");
 }
 
 /// The theory's `pf_hmc` step records the Metropolis outcome, ΔH and the CG iterations of every trajectory in
