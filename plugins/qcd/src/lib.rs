@@ -243,8 +243,11 @@ fn default_degree() -> usize {
 /// [`lambda_min`, `lambda_max`] (None: the bound ‖D‖² of [`Qcd::spectral_bound`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rhmc {
+    /// The lower end of the range, below the smallest eigenvalue of D†D the chain visits.
     pub lambda_min: f64,
+    /// The upper end (None: [`Qcd::spectral_bound`]).
     pub lambda_max: Option<f64>,
+    /// The degree n of R (n poles).
     pub degree: usize,
 }
 

@@ -446,6 +446,9 @@ pub struct RationalTerm<G: WilsonGroup, const NS: usize> {
     op: Operator<G, NS>,
     action: PartialFractions,
     heat_bath: HeatBathFractions,
+    /// The action's poles μ_l² and the heat bath's ν_l²: the shifts of the multi-shift solves.
+    action_shifts: Vec<f64>,
+    heat_bath_shifts: Vec<f64>,
     solvers: Solvers,
     state: RefCell<RationalState<G, NS>>,
     iterations: Rc<Cell<u64>>,
@@ -482,7 +485,19 @@ where
             multi: MultiShiftWork::new(n, poles),
             s,
         };
-        Ok(Self { name, op, action, heat_bath, solvers, state: RefCell::new(state), iterations })
+        let action_shifts = action.terms.iter().map(|&(_, mu2)| mu2).collect();
+        let heat_bath_shifts = heat_bath.terms.iter().map(|&(_, nu)| nu * nu).collect();
+        Ok(Self {
+            name,
+            op,
+            action,
+            heat_bath,
+            action_shifts,
+            heat_bath_shifts,
+            solvers,
+            state: RefCell::new(state),
+            iterations,
+        })
     }
 
     fn fail(&self, what: &str, e: FermionError) -> TermError {
@@ -514,9 +529,6 @@ where
         Ok(())
     }
 
-    fn shifts(f: &[(f64, f64)], square: bool) -> Vec<f64> {
-        f.iter().map(|&(_, s)| if square { s * s } else { s }).collect()
-    }
 }
 
 impl<G: WilsonGroup + bytemuck::Pod, const NS: usize> ActionTerm<QcdSpace> for RationalTerm<G, NS>
@@ -533,10 +545,9 @@ where
 
     fn refresh(&mut self, u: &Vec<f64>, rng: &mut Stream) -> Result<(), TermError> {
         let l = links::<G>(u);
-        let shifts = Self::shifts(&self.heat_bath.terms, true);
         let mut st = self.state.borrow_mut();
         fill_gaussian(&mut st.y, rng).map_err(|e| TermError::new(&self.name, format!("heat bath: {e}")))?;
-        self.solve(l, &mut st, &shifts, false, &self.solvers.action)
+        self.solve(l, &mut st, &self.heat_bath_shifts, false, &self.solvers.action)
             .map_err(|e| self.fail("the heat-bath solve", e))?;
         let RationalState { phi, xs, y, mid: qy, s, .. } = &mut *st;
         let Scratch { tmp, clover, .. } = s;
@@ -566,9 +577,8 @@ where
 
     fn action(&self, u: &Vec<f64>) -> Result<f64, TermError> {
         let l = links::<G>(u);
-        let shifts = Self::shifts(&self.action.terms, false);
         let mut st = self.state.borrow_mut();
-        self.solve(l, &mut st, &shifts, true, &self.solvers.action)
+        self.solve(l, &mut st, &self.action_shifts, true, &self.solvers.action)
             .map_err(|e| self.fail("the action solve", e))?;
         let st = &*st;
         let mut s = self.action.constant * norm2(&st.phi);
@@ -580,9 +590,8 @@ where
 
     fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
         let l = links::<G>(u);
-        let shifts = Self::shifts(&self.action.terms, false);
         let mut st = self.state.borrow_mut();
-        self.solve(l, &mut st, &shifts, true, &self.solvers.force)
+        self.solve(l, &mut st, &self.action_shifts, true, &self.solvers.force)
             .map_err(|e| self.fail("the force solve", e))?;
         let out = algebra_mut::<G>(out);
         out.iter_mut().for_each(|f| *f = G::Algebra::zero());
