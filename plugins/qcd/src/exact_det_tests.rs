@@ -218,20 +218,9 @@ fn hmc_on_the_exact_action_reproduces_the_2x2_schwinger_values() {
         };
         let mut rng = Stream::new(seed, 0);
         let mut u = t.initial(Start::Hot, &mut rng);
-        latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 100, &mut rng).unwrap();
-        let (mut hp, mut hs) = (Vec::new(), Vec::new());
-        for _ in 0..8000 {
-            latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 1, &mut rng).unwrap();
-            let mut out = Vec::new();
-            t.measure(&u, &mut out).unwrap();
-            hp.push(out[0]);
-            hs.push(out[1]);
-        }
-        for (what, data, want) in [("cos theta_P", &hp, plaq), ("Sigma", &hs, sigma)] {
-            let (m, e) = testkit::batch_means(data, 40);
-            let z = (m - want) / e;
-            println!("2x2 beta {beta} kappa {kappa}: {what} = {m:.5} ± {e:.5} (exact {want}): z = {z:+.2}");
-            assert!(z.abs() < 4.0, "{what}: z = {z}");
-        }
+        let (hp, hs, _) = crate::tests::hmc_plaquette_sigma(&t, &p, &mut u, &mut rng, 100, 8000);
+        let label = format!("2x2 beta {beta} kappa {kappa}");
+        crate::tests::assert_exact(&label, "cos theta_P", &hp, plaq);
+        crate::tests::assert_exact(&label, "Sigma", &hs, sigma);
     }
 }

@@ -8,6 +8,8 @@ use latflow_core::gauge::{Complex, U1Angle};
 use latflow_core::hmc::{hmc_trajectory, Schedule};
 use latflow_core::testkit::batch_means;
 
+use crate::tests::{assert_exact, hmc_plaquette_sigma};
+
 use crate::terms::{links, GaugeTerm};
 
 /// ln |det M| of a dense complex n×n matrix (row-major), by Gaussian elimination with partial
@@ -75,8 +77,76 @@ fn reweighted(w: &[f64], o: &[f64], blocks: usize) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Quenched 4×4 configurations at β = 1.5 (gauge-only HMC, 4000 after 200 thermalisation
+/// trajectories): ln |det D| of `t`'s operator, ⟨cos θ_P⟩ and Σ of each.
+fn quenched_4x4(t: &Qcd) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let space = t.space();
+    let gauge = GaugeTerm::<U1Angle> {
+        lattice: t.lattice(),
+        beta: 1.5,
+        _g: std::marker::PhantomData,
+    };
+    let mut quenched = LeveledAction::single(Box::new(gauge) as Term<'_, QcdSpace>);
+    let schedule = Schedule::from_params(
+        &HmcParams {
+            md_steps: 8,
+            ..HmcParams::default()
+        },
+        1,
+    )
+    .unwrap();
+    let mut rng = Stream::new(11, 0);
+    let mut u = t.initial(Start::Hot, &mut rng);
+    let (mut log_det, mut plaq, mut sigma) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..4200 {
+        hmc_trajectory(&space, &mut quenched, &mut u, &schedule, true, &mut rng).unwrap();
+        if i >= 200 {
+            let mut out = Vec::new();
+            t.measure(&u, &mut out).unwrap();
+            log_det.push(log_abs_det_d(t, &u));
+            plaq.push(out[0]);
+            sigma.push(out[1]);
+        }
+    }
+    (log_det, plaq, sigma)
+}
+
+/// Dynamical HMC of `t` (2500 trajectories after 100, from seeds `seeds`) against the quenched
+/// sample reweighted by |det D|^nf: ⟨cos θ_P⟩ and Σ agree within |z| < 4.
+fn check_against_reweighted(label: &str, t: &Qcd, nf: f64, q: &(Vec<f64>, Vec<f64>, Vec<f64>), seeds: (u64, u64)) {
+    let (log_det, plaq, sigma) = q;
+    let max = log_det.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = log_det.iter().map(|l| (nf * (l - max)).exp()).collect();
+    let (rw_plaq, rw_sigma) = (reweighted(&w, plaq, 40), reweighted(&w, sigma, 40));
+    // dynamical: two time scales
+    let mut u = t.initial(Start::Hot, &mut Stream::new(seeds.0, 0));
+    let mut rng = Stream::new(seeds.1, 0);
+    let p = HmcParams {
+        md_steps: 4,
+        inner_steps: vec![2].into(),
+        ..HmcParams::default()
+    };
+    let (hp, hs, accepted) = hmc_plaquette_sigma(t, &p, &mut u, &mut rng, 100, 2500);
+    assert!(accepted > 1500, "{label}: acceptance {accepted}/2500");
+    let (dyn_plaq, dyn_sigma) = (batch_means(&hp, 20), batch_means(&hs, 20));
+    for (what, a, b) in [
+        ("cos theta_P", rw_plaq, dyn_plaq),
+        ("Sigma", rw_sigma, dyn_sigma),
+    ] {
+        let z = (a.0 - b.0) / (a.1 * a.1 + b.1 * b.1).sqrt();
+        println!(
+            "4x4 {what}: reweighted {:.5} ± {:.5}, {label} {:.5} ± {:.5}: z = {z:+.2}",
+            a.0, a.1, b.0, b.1
+        );
+        assert!(z.abs() < 4.0, "{label} {what}: z = {z}");
+    }
+}
+
+/// Pseudofermion HMC (nf = 2) and rational HMC (nf = 1) against one sample of quenched
+/// configurations reweighted by the dense det(D)² and |det D| (4×4 Schwinger model, β = 1.5,
+/// κ = 0.22).
 #[test]
-fn pseudofermion_hmc_agrees_with_reweighted_quenched_configurations() {
+fn pseudofermion_and_rational_hmc_agree_with_reweighted_quenched_configurations() {
     let card = r#"{"group": "u1", "lattice": [4, 4], "beta": 1.5, "kappa": 0.22, "condensate": {"exact": true}}"#;
     let t = Qcd::from_config(card).unwrap();
     // the dense determinant agrees with the free-field momentum sum on the cold field
@@ -97,128 +167,16 @@ fn pseudofermion_hmc_agrees_with_reweighted_quenched_configurations() {
         .unwrap();
     assert!((log_abs_det_d(&t25, &cold) - 1.3478411184).abs() < 1e-9);
 
-    // quenched: gauge-only HMC, then weights det(D)² = e^{2 ln|det D|}
-    let space = t.space();
-    let gauge = GaugeTerm::<U1Angle> {
-        lattice: t.lattice(),
-        beta: 1.5,
-        _g: std::marker::PhantomData,
-    };
-    let mut quenched = LeveledAction::single(Box::new(gauge) as Term<'_, QcdSpace>);
-    let schedule = Schedule::from_params(
-        &HmcParams {
-            md_steps: 8,
-            ..HmcParams::default()
-        },
-        1,
+    let q = quenched_4x4(&t);
+    let (q_plaq, q_sigma) = (batch_means(&q.1, 40), batch_means(&q.2, 40));
+    println!("4x4 quenched (weight 1): cos theta_P {:.5} ± {:.5}, Sigma {:.5} ± {:.5}", q_plaq.0, q_plaq.1, q_sigma.0, q_sigma.1);
+    check_against_reweighted("pseudofermion HMC (nf = 2)", &t, 2.0, &q, (12, 13));
+    let nf1 = Qcd::from_config(
+        r#"{"group": "u1", "lattice": [4, 4], "beta": 1.5, "kappa": 0.22, "condensate": {"exact": true},
+            "nf": 1, "rhmc": {"lambda_min": 1e-4, "degree": 20}}"#,
     )
     .unwrap();
-    let mut rng = Stream::new(11, 0);
-    let mut u = t.initial(Start::Hot, &mut rng);
-    let (mut logw, mut plaq, mut sigma) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..4200 {
-        hmc_trajectory(&space, &mut quenched, &mut u, &schedule, true, &mut rng).unwrap();
-        if i >= 200 {
-            let mut out = Vec::new();
-            t.measure(&u, &mut out).unwrap();
-            logw.push(2.0 * log_abs_det_d(&t, &u));
-            plaq.push(out[0]);
-            sigma.push(out[1]);
-        }
-    }
-    let max = logw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = logw.iter().map(|l| (l - max).exp()).collect();
-    let rw_plaq = reweighted(&w, &plaq, 40);
-    let rw_sigma = reweighted(&w, &sigma, 40);
-
-    // dynamical: pseudofermion HMC on two time scales
-    let mut u = t.initial(Start::Hot, &mut Stream::new(12, 0));
-    let mut rng = Stream::new(13, 0);
-    let p = HmcParams {
-        md_steps: 4,
-        inner_steps: vec![2].into(),
-        ..HmcParams::default()
-    };
-    let (mut hp, mut hs) = (Vec::new(), Vec::new());
-    latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 100, &mut rng).unwrap();
-    for _ in 0..2500 {
-        latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 1, &mut rng).unwrap();
-        let mut out = Vec::new();
-        t.measure(&u, &mut out).unwrap();
-        hp.push(out[0]);
-        hs.push(out[1]);
-    }
-    let (dyn_plaq, dyn_sigma) = (batch_means(&hp, 20), batch_means(&hs, 20));
-    for (what, a, b) in [
-        ("cos theta_P", rw_plaq, dyn_plaq),
-        ("Sigma", rw_sigma, dyn_sigma),
-    ] {
-        let z = (a.0 - b.0) / (a.1 * a.1 + b.1 * b.1).sqrt();
-        println!(
-            "4x4 {what}: reweighted {:.5} ± {:.5}, pseudofermion HMC {:.5} ± {:.5}: z = {z:+.2}",
-            a.0, a.1, b.0, b.1
-        );
-        assert!(z.abs() < 4.0, "{what}: z = {z}");
-    }
-}
-
-/// One flavour: rational HMC (nf = 1) against quenched configurations reweighted by the dense
-/// |det D| (4×4 Schwinger model, β = 1.5, κ = 0.22): ⟨cos θ_P⟩ and Σ agree.
-#[test]
-fn rational_hmc_agrees_with_quenched_configurations_reweighted_by_abs_det_d() {
-    let card = r#"{"group": "u1", "lattice": [4, 4], "beta": 1.5, "kappa": 0.22, "condensate": {"exact": true},
-        "nf": 1, "rhmc": {"lambda_min": 1e-4, "degree": 20}}"#;
-    let t = Qcd::from_config(card).unwrap();
-    let space = t.space();
-    let gauge = GaugeTerm::<U1Angle> {
-        lattice: t.lattice(),
-        beta: 1.5,
-        _g: std::marker::PhantomData,
-    };
-    let mut quenched = LeveledAction::single(Box::new(gauge) as Term<'_, QcdSpace>);
-    let schedule = Schedule::from_params(&HmcParams { md_steps: 8, ..HmcParams::default() }, 1).unwrap();
-    let mut rng = Stream::new(21, 0);
-    let mut u = t.initial(Start::Hot, &mut rng);
-    let (mut logw, mut plaq, mut sigma) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..4200 {
-        hmc_trajectory(&space, &mut quenched, &mut u, &schedule, true, &mut rng).unwrap();
-        if i >= 200 {
-            let mut out = Vec::new();
-            t.measure(&u, &mut out).unwrap();
-            logw.push(log_abs_det_d(&t, &u));
-            plaq.push(out[0]);
-            sigma.push(out[1]);
-        }
-    }
-    let max = logw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = logw.iter().map(|l| (l - max).exp()).collect();
-    let (rw_plaq, rw_sigma) = (reweighted(&w, &plaq, 40), reweighted(&w, &sigma, 40));
-    let (q_plaq, q_sigma) = (batch_means(&plaq, 40), batch_means(&sigma, 40));
-    println!("4x4 quenched (weight 1): cos theta_P {:.5} ± {:.5}, Sigma {:.5} ± {:.5}", q_plaq.0, q_plaq.1, q_sigma.0, q_sigma.1);
-
-    let mut u = t.initial(Start::Hot, &mut Stream::new(22, 0));
-    let mut rng = Stream::new(23, 0);
-    let p = HmcParams { md_steps: 4, inner_steps: vec![2].into(), ..HmcParams::default() };
-    let (mut hp, mut hs, mut accepted) = (Vec::new(), Vec::new(), 0);
-    latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 100, &mut rng).unwrap();
-    for _ in 0..2500 {
-        let r = latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 1, &mut rng).unwrap();
-        accepted += usize::from(r[0].accepted);
-        let mut out = Vec::new();
-        t.measure(&u, &mut out).unwrap();
-        hp.push(out[0]);
-        hs.push(out[1]);
-    }
-    assert!(accepted > 1500, "acceptance {accepted}/2500");
-    let (dyn_plaq, dyn_sigma) = (batch_means(&hp, 20), batch_means(&hs, 20));
-    for (what, a, b) in [("cos theta_P", rw_plaq, dyn_plaq), ("Sigma", rw_sigma, dyn_sigma)] {
-        let z = (a.0 - b.0) / (a.1 * a.1 + b.1 * b.1).sqrt();
-        println!(
-            "4x4 nf = 1 {what}: reweighted {:.5} ± {:.5}, rational HMC {:.5} ± {:.5}: z = {z:+.2}",
-            a.0, a.1, b.0, b.1
-        );
-        assert!(z.abs() < 4.0, "{what}: z = {z}");
-    }
+    check_against_reweighted("rational HMC (nf = 1)", &nf1, 1.0, &q, (22, 23));
 }
 
 /// (ln |det M|, Re Tr M⁻¹) of a dense complex n×n matrix (row-major), by LU with partial
@@ -338,20 +296,9 @@ fn rational_hmc_reproduces_the_exact_one_flavour_2x2_values() {
         let p = HmcParams { md_steps: 4, inner_steps: vec![2].into(), ..HmcParams::default() };
         let mut rng = Stream::new(seed, 0);
         let mut u = t.initial(Start::Hot, &mut rng);
-        latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 100, &mut rng).unwrap();
-        let (mut hp, mut hs) = (Vec::new(), Vec::new());
-        for _ in 0..8000 {
-            latflow_core::sdk::hmc_trajectories(&t, &mut u, &p, 1, &mut rng).unwrap();
-            let mut out = Vec::new();
-            t.measure(&u, &mut out).unwrap();
-            hp.push(out[0]);
-            hs.push(out[1]);
-        }
-        for (what, data, want) in [("cos theta_P", &hp, plaq), ("Sigma", &hs, sigma)] {
-            let (m, e) = batch_means(data, 40);
-            let z = (m - want) / e;
-            println!("2x2 nf = 1, beta {beta} kappa {kappa}: {what} = {m:.5} ± {e:.5} (exact {want:.10}): z = {z:+.2}");
-            assert!(z.abs() < 4.0, "{what}: z = {z}");
-        }
+        let (hp, hs, _) = hmc_plaquette_sigma(&t, &p, &mut u, &mut rng, 100, 8000);
+        let label = format!("2x2 nf = 1, beta {beta} kappa {kappa}");
+        assert_exact(&label, "cos theta_P", &hp, plaq);
+        assert_exact(&label, "Sigma", &hs, sigma);
     }
 }

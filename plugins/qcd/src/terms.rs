@@ -528,7 +528,6 @@ where
         self.iterations.set(self.iterations.get() + most as u64);
         Ok(())
     }
-
 }
 
 impl<G: WilsonGroup + bytemuck::Pod, const NS: usize> ActionTerm<QcdSpace> for RationalTerm<G, NS>

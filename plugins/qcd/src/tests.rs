@@ -308,6 +308,37 @@ fn same_seed_same_bits_for_any_thread_count() {
         .all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
+/// `therm` HMC trajectories of `t` from `u`, then `n` more with the plaquette and Σ (the first
+/// two observables) measured after each: the two series and how many of the `n` were accepted.
+pub(crate) fn hmc_plaquette_sigma(
+    t: &Qcd,
+    p: &HmcParams,
+    u: &mut Vec<f64>,
+    rng: &mut Stream,
+    therm: u32,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>, usize) {
+    latflow_core::sdk::hmc_trajectories(t, u, p, therm, rng).unwrap();
+    let (mut plaq, mut sigma, mut accepted) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..n {
+        let r = latflow_core::sdk::hmc_trajectories(t, u, p, 1, rng).unwrap();
+        accepted += usize::from(r[0].accepted);
+        let mut out = Vec::new();
+        t.measure(u, &mut out).unwrap();
+        plaq.push(out[0]);
+        sigma.push(out[1]);
+    }
+    (plaq, sigma, accepted)
+}
+
+/// |z| < 4 for the mean of `data` (error from 40 batch means) against the exact `want`.
+pub(crate) fn assert_exact(label: &str, what: &str, data: &[f64], want: f64) {
+    let (m, e) = testkit::batch_means(data, 40);
+    let z = (m - want) / e;
+    println!("{label}: {what} = {m:.5} ± {e:.5} (exact {want:.10}): z = {z:+.2}");
+    assert!(z.abs() < 4.0, "{label} {what}: z = {z}");
+}
+
 fn rayon_pool(threads: usize) -> latflow_core::workers::Workers {
     latflow_core::workers::Workers::new(threads as u32).unwrap()
 }
