@@ -50,18 +50,19 @@ pub struct SunArch {
     pub n: usize,
     pub spline_bins: usize,
     pub mask_period: usize,
-    /// "stripes": the masks of `latflow_flow_common::stripes`.
+    /// "stripes": the masks of [`crate::geometry`] (in 2D those of `latflow_flow_common::stripes`,
+    /// in D dimensions stripes of hyperplanes x_ν ≡ o).
     pub masks: String,
     /// The active loops: "plaquette".
     pub loops: String,
-    /// What the CNN reads: "trace_frozen" (Re Tr P/N, and Im Tr P/N for SU(3), on the frozen
-    /// plaquettes; the identity's values elsewhere).
+    /// What the CNN reads: "trace_frozen" (Re Tr P/N, and Im Tr P/N for SU(3), of every plane
+    /// on the frozen plaquettes; the identity's values elsewhere).
     pub inputs: String,
     pub dtype: DTypeCfg,
     pub lattice: Vec<usize>,
 }
 
-/// Input channels of a conditioner: Re Tr P/N (and Im Tr P/N for SU(3)).
+/// Input channels of a conditioner per plane: Re Tr P/N (and Im Tr P/N for SU(3)).
 pub fn input_channels(n: usize) -> usize {
     if n == 2 {
         1
@@ -70,17 +71,19 @@ pub fn input_channels(n: usize) -> usize {
     }
 }
 
-/// (C_in, C_out) of each convolution of a conditioner: inputs → hidden … → loop parameters.
+/// (C_in, C_out) of each convolution of a conditioner: inputs (per plane, D(D − 1)/2 planes) →
+/// hidden … → loop parameters.
 pub fn channels(arch: &Architecture) -> Vec<(usize, usize)> {
-    let mut sizes = vec![input_channels(arch.n)];
+    let d = arch.lattice.len();
+    let mut sizes = vec![input_channels(arch.n) * d * (d - 1) / 2];
     sizes.extend(&arch.hidden);
     sizes.push(loop_params(arch.n, arch.spline_bins));
     sizes.windows(2).map(|w| (w[0], w[1])).collect()
 }
 
-/// Checks that `layout` is 2D SU(2) or SU(3) links (one dynamical component, an N×N complex
-/// matrix per link) and returns (shape, N).
-pub fn check_layout(layout: &FieldLayout) -> Result<([usize; 2], usize), PluginError> {
+/// Checks that `layout` is SU(2) or SU(3) links in two or more dimensions (one dynamical
+/// component, an N×N complex matrix per link) and returns (shape, N).
+pub fn check_layout(layout: &FieldLayout) -> Result<(Vec<usize>, usize), PluginError> {
     let dynamical = latflow_flow_common::config::dynamical(layout);
     let n = match dynamical.as_slice() {
         [c] if c.support == Support::Link => match c.element.shape() {
@@ -103,15 +106,15 @@ pub fn check_layout(layout: &FieldLayout) -> Result<([usize; 2], usize), PluginE
             "flow-sun supports SU(2) and SU(3) (closed-form eigenphases); the theory's links are {n}×{n} matrices"
         )));
     }
-    if layout.dim() != 2 {
+    if layout.dim() < 2 {
         return Err(PluginError::config(format!(
-            "flow-sun needs a 2D lattice (its masks are those of two dimensions); the theory's lattice is {:?} ({}D)",
+            "flow-sun needs a lattice of two or more dimensions (its loops are plaquettes); the theory's lattice is \
+             {:?} ({}D)",
             layout.shape(),
             layout.dim()
         )));
     }
-    let s = layout.shape();
-    Ok(([s[0], s[1]], n))
+    Ok((layout.shape().to_vec(), n))
 }
 
 /// Parses and validates the `[model]` section (JSON) for `layout`.

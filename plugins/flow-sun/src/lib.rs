@@ -1,19 +1,20 @@
 //! latflow model plugin `flow-sun`: a gauge-equivariant normalizing flow for SU(2) and SU(3)
-//! gauge fields on 2D periodic lattices, written with candle.
+//! gauge fields on periodic lattices of two or more dimensions, written with candle.
 //!
-//! The architecture is the spectral flow of Boyda et al. (PRD 103, 074504 (2021)): a Haar prior
-//! on every link, then `layers` coupling layers. Layer ℓ updates the links of direction
-//! μ = ℓ mod 2 on a stripe (the masks of flow-u1, [`latflow_flow_common::stripes`]) through the
-//! untraced plaquette W that starts at each updated link: W's eigenphases move by a
+//! The architecture is the spectral flow of Boyda et al. (PRD 103, 074504 (2021)), with the
+//! hyperplane masks of Abbott et al. (arXiv 2305.02402) beyond two dimensions: a Haar prior on
+//! every link, then `layers` coupling layers. Layer ℓ updates the links U_μ(x) on a stack of
+//! hyperplanes x_ν ≡ o (mod p) ([`geometry`]; in 2D the stripes of flow-u1) through the untraced
+//! plaquette W of the (μ, ν) plane that starts at each updated link: W's eigenphases move by a
 //! permutation-equivariant spline map of the Weyl alcove, conditioned on the traces of the
-//! frozen plaquettes through a periodic CNN, its eigenvectors stay, and the link follows
-//! (U ← W′W† U). See [`flow`] for the masks and layers, [`spectral`] for the eigenphase map and
-//! its Haar log-determinant, [`eig`] for the closed-form eigenphases and [`ctensor`] for the
-//! complex tensor algebra.
+//! frozen plaquettes of every plane through a periodic D-dimensional CNN, its eigenvectors stay,
+//! and the link follows (U ← W′W† U). See [`geometry`] for the masks, [`flow`] for the layers,
+//! [`spectral`] for the eigenphase map and its Haar log-determinant, [`eig`] for the
+//! closed-form eigenphases and [`ctensor`] for the complex tensor algebra.
 //!
 //! **Configurations** are the sun theory's layout: one dynamical component "links", an N×N
 //! complex matrix per link (2N² reals, row-major, (re, im) interleaved), flat link index
-//! `2·x + μ`, sites x row-major. Inputs must be SU(N) matrices (checked to 1e-8 in f64, 1e-4 in
+//! `D·x + μ`, sites x row-major. Inputs must be SU(N) matrices (checked to 1e-8 in f64, 1e-4 in
 //! f32, [`unitarity_tolerance`]).
 //!
 //! **Measure.** log q is a density with respect to the **normalised Haar measure** on every link
@@ -51,6 +52,7 @@ pub mod config;
 pub mod ctensor;
 pub mod eig;
 pub mod flow;
+pub mod geometry;
 pub mod spectral;
 
 use candle_core::Tensor;
@@ -89,7 +91,7 @@ pub const TRANSFER_IGNORES: [&str; 2] = ["lattice", "dtype"];
 
 use latflow_flow_common::tensor::candle_error as ce;
 
-/// The flow-sun model object. Its training batch holds the links `[n, 2V·2N²]`.
+/// The flow-sun model object. Its training batch holds the links `[n, D·V·2N²]`.
 pub struct FlowSun {
     cfg: ModelConfig,
     layout: FieldLayout,
@@ -99,7 +101,7 @@ pub struct FlowSun {
 
 impl FlowSun {
     /// Builds the model for `layout` from the `[model]` section as JSON. Refuses layouts that
-    /// are not 2D SU(2)/SU(3) links, lattices that do not fit the masks, and unknown keys.
+    /// are not SU(2)/SU(3) links in two or more dimensions, lattices that do not fit the masks, and unknown keys.
     pub fn from_json(json: &str, layout: &FieldLayout) -> Result<Self, PluginError> {
         let cfg = config::parse(json, layout)?;
         let flow = Flow::new(&cfg.arch, &cfg.device.device(NAME)?, cfg.init_seed).map_err(ce)?;
@@ -107,7 +109,7 @@ impl FlowSun {
         Ok(Self { cfg, layout: layout.clone(), flow, state })
     }
 
-    /// Reals per configuration: 2V · 2N².
+    /// Reals per configuration: D·V · 2N².
     pub fn width(&self) -> usize {
         self.flow.width()
     }
@@ -321,10 +323,10 @@ latflow_flow_common::impl_flow_accessors!(FlowSun, NAME, config::Architecture);
 latflow_flow_common::export_flow_plugin!(
     FlowSun,
     NAME,
-    "gauge-equivariant normalizing flow for 2D SU(2) and SU(3) links (stripe masks, spectral spline couplings \
-     on untraced plaquettes, periodic CNNs), candle",
+    "gauge-equivariant normalizing flow for SU(2) and SU(3) links in D >= 2 dimensions (stripe masks, spectral \
+     spline couplings on untraced plaquettes, periodic CNNs), candle",
     keys: "layers hidden kernel activation coupling spline_bins mask_period n dtype device init_seed",
-    layouts: "one ComplexMatrix (N = 2 or 3) per Link, 2D, extents multiples of mask_period",
+    layouts: "one ComplexMatrix (N = 2 or 3) per Link, D >= 2, extents multiples of mask_period",
 );
 
 #[cfg(test)]

@@ -34,8 +34,12 @@ fn other_layouts_are_refused() {
     assert!(err("{}", &u1).contains("flow-sun needs SU(N) links"));
     let su4 = FieldLayout::single(&[8, 8], "links", Support::Link, ElementKind::complex_matrix(4));
     assert!(err("{}", &su4).contains("SU(2) and SU(3)"));
-    let d4 = FieldLayout::single(&[4, 4, 4, 4], "links", Support::Link, ElementKind::complex_matrix(3));
-    assert!(err("{}", &d4).contains("2D lattice"));
+    let d1 = FieldLayout::single(&[8], "links", Support::Link, ElementKind::complex_matrix(3));
+    assert!(err("{}", &d1).contains("two or more dimensions"));
+    // four dimensions are a flow-sun lattice, with the same extent rules
+    assert_eq!(model("{}", &[4, 4, 4, 4], 3).width(), 4 * 256 * 18);
+    assert!(err("{}", &layout(&[4, 4, 4, 6], 3)).contains("multiple of mask_period = 4"));
+    assert!(err(r#"{"kernel":5}"#, &layout(&[4, 4, 4, 8], 2)).contains("kernel"));
     let sites = FieldLayout::single(&[8, 8], "phi", Support::Site, ElementKind::complex_matrix(3));
     assert!(err("{}", &sites).contains("per Link"));
 }

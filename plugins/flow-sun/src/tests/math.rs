@@ -37,6 +37,20 @@ fn check_round_trip(n: usize, shape: &[usize], json: &str, x: &[f64]) {
     assert!(max_diff(&zz, x) < 1e-10);
 }
 
+/// Links per configuration on `shape`: D·V.
+fn n_links(shape: &[usize]) -> usize {
+    shape.len() * shape.iter().product::<usize>()
+}
+
+#[test]
+fn round_trip_in_four_dimensions() {
+    // 20 layers: past the first D·p = 16, so masks with the second partner direction run too
+    let json = r#"{"dtype":"f64","layers":20,"hidden":[4]}"#;
+    let shape = [4, 4, 4, 4];
+    check_round_trip(2, &shape, json, &haar(2 * n_links(&shape), 2, 11));
+    check_round_trip(3, &shape, json, &near_identity::<3>(2 * n_links(&shape), 0.4, 12));
+}
+
 #[test]
 fn round_trip_from_the_prior_and_near_the_identity() {
     let json = r#"{"dtype":"f64","layers":8,"hidden":[8]}"#;
@@ -89,7 +103,7 @@ fn dense_log_det<const N: usize>(m: &FlowSun, z: &[f64]) -> f64 {
 fn check_log_det<const N: usize>(shape: &[usize], json: &str) {
     let m = model(json, shape, N as u32);
     randomize(&m, 0.5, 4);
-    let z = haar(2 * shape[0] * shape[1], N, 5);
+    let z = haar(n_links(shape), N, 5);
     let (_, ld) = m.push_forward(&z).unwrap();
     let dense = dense_log_det::<N>(&m, &z);
     eprintln!("SU({N}) {shape:?}: ln J = {:.8}, dense {dense:.8}, |Δ| = {:.1e}", ld[0], (dense - ld[0]).abs());
@@ -111,29 +125,38 @@ fn log_det_matches_dense_jacobian_with_frozen_conditioning() {
     check_log_det::<3>(&[4, 4], json);
 }
 
+#[test]
+fn log_det_matches_dense_jacobian_in_three_and_four_dimensions() {
+    // 2⁴, p = 2: the conditioner reads the frozen plaquettes of the site's other planes; 12
+    // layers include masks with the second partner direction (D·p = 8)
+    let json = r#"{"dtype":"f64","layers":12,"hidden":[4],"kernel":1,"mask_period":2}"#;
+    check_log_det::<2>(&[2, 2, 2, 2], json);
+    check_log_det::<3>(&[2, 2, 2, 2], json);
+    // 4³ with a 3³ kernel: the conditioner reads the neighbours' frozen plaquettes
+    let json = r#"{"dtype":"f64","layers":14,"hidden":[4]}"#;
+    check_log_det::<2>(&[4, 4, 4], json);
+}
+
+/// g·U: U_μ(x) → g(x) U_μ(x) g(x + μ̂)† on every configuration of a batch (`g`: V matrices per
+/// configuration).
 fn gauge_transform<const N: usize>(m: &FlowSun, x: &[f64], g: &[Matrix<N>]) -> Vec<f64> {
     let geom = &m.flow().geom;
+    let d = geom.dim();
     map_links::<N>(x, |i, u| {
-        let (site, mu) = ((i / 2) % geom.volume, i % 2);
-        let [x0, x1] = geom.coords(site);
-        let next = if mu == 0 {
-            ((x0 + 1) % geom.shape[0]) * geom.shape[1] + x1
-        } else {
-            x0 * geom.shape[1] + (x1 + 1) % geom.shape[1]
-        };
-        let cfg = i / (2 * geom.volume);
+        let (site, mu) = ((i / d) % geom.volume, i % d);
+        let next = geom.step(site, mu);
+        let cfg = i / (d * geom.volume);
         let (gx, gy) = (g[cfg * geom.volume + site], g[cfg * geom.volume + next]);
         (gx * u).mul_dagger(&gy)
     })
 }
 
-fn check_equivariance<const N: usize>() {
-    let shape = [8, 8];
-    let m = model(r#"{"dtype":"f64","layers":8,"hidden":[8]}"#, &shape, N as u32);
+fn check_equivariance<const N: usize>(shape: &[usize], json: &str) {
+    let m = model(json, shape, N as u32);
     randomize(&m, 0.5, 6);
-    let batch = 2;
-    let z = haar(batch * 2 * 64, N, 7);
-    let g: Vec<Matrix<N>> = (0..batch * 64)
+    let (batch, v) = (2, shape.iter().product::<usize>());
+    let z = haar(batch * n_links(shape), N, 7);
+    let g: Vec<Matrix<N>> = (0..batch * v)
         .map(|i| {
             let mut rng = Stream::new(8, i as u64);
             Matrix::<N>::random_haar(&mut rng)
@@ -143,7 +166,7 @@ fn check_equivariance<const N: usize>() {
     let (yg, ldg) = m.push_forward(&gauge_transform(&m, &z, &g)).unwrap();
     let d = max_diff(&gauge_transform(&m, &y, &g), &yg);
     let dl = max_diff(&ld, &ldg);
-    eprintln!("SU({N}): |F(gU) − gF(U)| = {d:.1e}, |Δ ln J| = {dl:.1e}");
+    eprintln!("SU({N}) {shape:?}: |F(gU) − gF(U)| = {d:.1e}, |Δ ln J| = {dl:.1e}");
     assert!(d < 1e-10 && dl < 1e-10);
     // the inverse and log q too
     let (zg, _) = m.pull_back(&yg).unwrap();
@@ -152,8 +175,16 @@ fn check_equivariance<const N: usize>() {
 
 #[test]
 fn flow_is_gauge_equivariant() {
-    check_equivariance::<2>();
-    check_equivariance::<3>();
+    let json = r#"{"dtype":"f64","layers":8,"hidden":[8]}"#;
+    check_equivariance::<2>(&[8, 8], json);
+    check_equivariance::<3>(&[8, 8], json);
+}
+
+#[test]
+fn flow_is_gauge_equivariant_in_four_dimensions() {
+    let json = r#"{"dtype":"f64","layers":20,"hidden":[4]}"#;
+    check_equivariance::<2>(&[4, 4, 4, 4], json);
+    check_equivariance::<3>(&[4, 4, 4, 4], json);
 }
 
 /// Counts of (α, β) = ((θ_1 − θ_2)/2π, (θ_0 − θ_1)/2π) of Haar SU(3) draws in a grid of the

@@ -53,14 +53,14 @@ pub fn map_links<const N: usize>(x: &[f64], mut f: impl FnMut(usize, Matrix<N>) 
     out
 }
 
-/// The Wilson action S = −(β/N) Σ_x Re Tr P(x) of a batch of flat configurations `[B, W]` on
+/// The Wilson action S = −(β/N) Σ_x Σ_{μ<ν} Re Tr P_μν(x) of a batch of flat configurations `[B, W]` on
 /// `shape`, with candle ops (its autograd gives the ambient gradient ∂S/∂(Re U, Im U)).
 pub fn wilson_candle(m: &FlowSun, flat: &Tensor, beta: f64) -> candle_core::Result<Tensor> {
     let flow = m.flow();
     let n = flow.n();
     let links = flow.links(flat)?;
     let col = |j: usize| -> candle_core::Result<CM> {
-        let idx: Vec<u32> = flow.geom.plaq_links.iter().map(|p| p[j]).collect();
+        let idx: Vec<u32> = flow.geom.plaq_links.iter().flatten().map(|p| p[j]).collect();
         let len = idx.len();
         let idx = Tensor::from_vec(idx, len, flat.device())?;
         Ok(CM::new(links.t.index_select(&idx, 1)?, n))
