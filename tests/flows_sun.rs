@@ -148,6 +148,60 @@ fn sun_flows_are_exact_in_2d() {
     });
 }
 
+/// flow-sun in four dimensions through the host: SU(2) on a 2⁴ torus at β = 1 (hyperplane
+/// stripes of period 2; a 1⁴ kernel, so each active loop is conditioned on the frozen
+/// plaquettes of its own site's other planes; 16 layers = two partner directions), trained for
+/// 200 steps, then reweighting and flow Metropolis against HMC on the same lattice. No exact
+/// value is known at this size, so the two exact samplers must agree (|z| < 4 with both errors).
+#[test]
+fn sun_flow_is_exact_in_4d() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let w = d.join("su2_4d.safetensors");
+    let head = format!(
+        "[theory]\nplugin = \"sun\"\nlattice = [2, 2, 2, 2]\nn = 2\nbeta = 1.0\n\n[model]\nplugin = \"flow-sun\"\n\
+         weights = \"{}\"\nlayers = 16\nhidden = [8]\nkernel = 1\nmask_period = 2\ndtype = \"f64\"\n\n",
+        w.display()
+    );
+    let tail = |chain: &str, run: &str| format!("{head}{chain}\n\n[run]\noutput = \"{{OUT}}\"\n{run}\n");
+    let train = tail(
+        "[train]\nsteps = 200\nbatch = 64\nlearning_rate = 3e-3\nseed = 3\n\n[[chain]]\nkind = \"flow\"",
+        "seed = 1\nmeasurements = 1",
+    );
+    let (c, _) = write_card(d, "train_4d", &train);
+    println!("SU(2) 2^4 beta = 1: {}", run_ok(&["train", c.to_str().unwrap(), "-q"]).trim());
+    let runs = [
+        ("reweight", "[[chain]]\nkind = \"reweight\"\nbatch = 256", "seed = 5\nmeasurements = 6000"),
+        ("flow", "[[chain]]\nkind = \"flow\"\nbatch = 256", "seed = 4\nthermalization = 50\nmeasurements = 6000"),
+        (
+            "hmc",
+            "[[chain]]\nkind = \"hmc\"\nmd_steps = 8\nintegrator = \"omelyan2\"\ntrajectory_jitter = 0.3",
+            "seed = 6\nthermalization = 100\nmeasurements = 4000\nstart = \"hot\"",
+        ),
+    ];
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let hs: Vec<_> = runs
+            .iter()
+            .map(|&(name, chain, run)| {
+                let text = tail(chain, run);
+                s.spawn(move || {
+                    let (c, out) = write_card(d, &format!("su2_4d_{name}"), &text);
+                    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+                    analyze_json(&out)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let hmc = scalar(&results[2], "plaquette");
+    let ess = results[0]["reweighting"]["ess_per_sample"].as_f64().unwrap();
+    let acc = results[1]["acceptance"]["flow"].as_f64().unwrap();
+    println!("SU(2) 2^4 beta = 1: reweighting ESS per sample {ess:.3}, flow acceptance {acc:.3}");
+    assert!(acc > 0.05 && acc < 1.0, "4D flow acceptance {acc}");
+    assert_z("SU(2) 2^4 reweighted plaquette against HMC", scalar(&results[0], "plaquette"), hmc.0, hmc.1);
+    assert_z("SU(2) 2^4 flow Metropolis plaquette against HMC", scalar(&results[1], "plaquette"), hmc.0, hmc.1);
+}
+
 /// A hybrid HMC + flow chain of SU(n) at β = 4 reproduces the plaquette.
 fn hybrid(d: &Path, n: u32, w: &Path) {
     let hybrid = "[[chain]]\nkind = \"hmc\"\nmd_steps = 5\nintegrator = \"omelyan2\"\ntrajectory_jitter = 0.3\n\n[[chain]]\nkind = \"flow\"";

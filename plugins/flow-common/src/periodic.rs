@@ -36,19 +36,15 @@ pub fn kernel_offsets(dim: usize, kernel: usize) -> Vec<Vec<i64>> {
         .collect()
 }
 
-/// The site x + o on the periodic lattice `shape` (row-major, last axis fastest).
+/// The site x + o on the periodic lattice `shape` (row-major, last axis fastest). Allocation
+/// free: tables of 4D kernels call it V·k⁴ times per convolution.
 pub fn shift(shape: &[usize], x: usize, o: &[i64]) -> usize {
-    let d = shape.len();
-    let mut rest = x;
-    let mut coords = vec![0usize; d];
-    for mu in (0..d).rev() {
-        coords[mu] = rest % shape[mu];
+    let (mut rest, mut idx, mut stride) = (x, 0usize, 1usize);
+    for mu in (0..shape.len()).rev() {
+        let c = rest % shape[mu];
         rest /= shape[mu];
-    }
-    let mut idx = 0usize;
-    for mu in 0..d {
-        let c = (coords[mu] as i64 + o[mu]).rem_euclid(shape[mu] as i64) as usize;
-        idx = idx * shape[mu] + c;
+        idx += (c as i64 + o[mu]).rem_euclid(shape[mu] as i64) as usize * stride;
+        stride *= shape[mu];
     }
     idx
 }
