@@ -58,7 +58,7 @@
 //! and for the forces; defaults 1e-10, `tol`, 10000), `even_odd` (default: true when every
 //! extent is even), `condensate = { sources, exact, seed }` (see below), `determinant`
 //! (`"pseudofermion"` or `"exact"`, see above), `nf` (2, default, or 1: rational HMC with
-//! `rhmc = { lambda_min, lambda_max, degree }`, see [`terms::RationalTerm`]; one flavour
+//! `rhmc = { lambda_min, lambda_max, degree, spectrum_check }`, see [`terms::RationalTerm`]; one flavour
 //! refuses `mu`, `csw`, `hasenbusch` and the exact determinant).
 //!
 //! A CG solve that does not reach its target is an error that names the term and the residual
@@ -108,7 +108,7 @@ use latflow_core::{Lattice, Stream};
 use serde::Deserialize;
 
 pub use space::QcdSpace;
-use terms::{CloverDetTerm, FermionTerm, GaugeTerm, Operator, RationalTerm, Solvers};
+use terms::{CloverDetTerm, FermionTerm, GaugeTerm, Operator, RationalTerm, Solvers, SpectrumCheck};
 
 /// Runs `$body` with `$g` the group type and `$ns` the spin count (= dimension) of the theory.
 macro_rules! with_theory {
@@ -223,8 +223,9 @@ fn two() -> u32 {
     2
 }
 
-/// `rhmc = { lambda_min, lambda_max, degree }`: the spectral range of D†D (D̂†D̂ even–odd) that
-/// the rational approximation of Nf = 1 covers, and its degree.
+/// `rhmc = { lambda_min, lambda_max, degree, spectrum_check }`: the spectral range of D†D
+/// (D̂†D̂ even–odd) that the rational approximation of Nf = 1 covers, its degree, and the
+/// Lanczos steps of the check at every heat bath that the range holds the spectrum.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RhmcCard {
@@ -233,10 +234,16 @@ struct RhmcCard {
     lambda_max: Option<f64>,
     #[serde(default = "default_degree")]
     degree: usize,
+    #[serde(default = "default_spectrum_check")]
+    spectrum_check: usize,
 }
 
 fn default_degree() -> usize {
     16
+}
+
+fn default_spectrum_check() -> usize {
+    20
 }
 
 /// The rational approximation of one flavour (`nf = 1`): R(x) ≈ x^{−1/2} of `degree` on
@@ -249,6 +256,9 @@ pub struct Rhmc {
     pub lambda_max: Option<f64>,
     /// The degree n of R (n poles).
     pub degree: usize,
+    /// Lanczos steps of the spectral-range check at every heat bath (0: no check), see
+    /// [`terms::RationalTerm`].
+    pub spectrum_check: usize,
 }
 
 fn yes() -> bool {
@@ -625,7 +635,18 @@ impl Qcd {
                 if r.degree == 0 || r.degree > MAX_DEGREE {
                     return Err(config_err("rhmc.degree", format!("must lie in 1..={MAX_DEGREE}, got {}", r.degree)));
                 }
-                Ok(Some(Rhmc { lambda_min: r.lambda_min, lambda_max: r.lambda_max, degree: r.degree }))
+                if r.spectrum_check > 10_000 {
+                    return Err(config_err(
+                        "rhmc.spectrum_check",
+                        format!("Lanczos steps per heat bath: at most 10000 (0 turns the check off), got {}", r.spectrum_check),
+                    ));
+                }
+                Ok(Some(Rhmc {
+                    lambda_min: r.lambda_min,
+                    lambda_max: r.lambda_max,
+                    degree: r.degree,
+                    spectrum_check: r.spectrum_check,
+                }))
             }
             (n, _) => Err(config_err("nf", format!("the number of flavours must be 1 (rational HMC) or 2 (pseudofermions), got {n}"))),
         }
@@ -816,6 +837,7 @@ impl Qcd {
                 self.operator::<G, NS>(self.kappa)?,
                 approx.partial_fractions(),
                 approx.heat_bath(),
+                SpectrumCheck { range: approx.range(), steps: r.spectrum_check },
                 self.solvers,
                 iterations.clone(),
                 &mut reference,
@@ -901,6 +923,7 @@ impl Physics for Qcd {
                 "lambda_max": r.lambda_max.unwrap_or_else(|| self.spectral_bound(self.kappa)),
                 "degree": r.degree,
                 "relative_error": self.inverse_sqrt(r).map(|a| a.error()).ok(),
+                "spectrum_check": r.spectrum_check,
             })),
             "gradient_flow": self.flow.as_ref().map(|f| serde_json::json!({
                 "time": f.time, "eps": f.options.eps, "scheme": f.options.scheme.name(), "integrator": "Luscher RK3",
@@ -1087,7 +1110,7 @@ impl Physics for Qcd {
 latflow_core::export_theory!(Qcd,
 description: "lattice gauge theory (U(1), SU(2), SU(3); 2D and 4D) with Nf = 2 Wilson pseudofermions: twisted mass, clover (4D), even-odd preconditioning, Hasenbusch masses, nested time scales",
 provides: [
-    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048), gradient_flow = { time, eps, scheme } (su2/su3 in 4D: topological charge after the flow), nf (2, or 1: rational HMC), rhmc = { lambda_min, lambda_max, degree } (nf = 1)",
+    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048), gradient_flow = { time, eps, scheme } (su2/su3 in 4D: topological charge after the flow), nf (2, or 1: rational HMC), rhmc = { lambda_min, lambda_max, degree, spectrum_check } (nf = 1)",
     "observables: plaquette chiral_condensate pion_correlator (T values) cg_iterations topological_charge topological_susceptibility (u1 2D; su2/su3 4D with gradient_flow)",
     "parameters: beta kappa mu csw",
     "hmc levels: one per fermion term (lightest outermost), gauge innermost; with determinant = exact: [exact_det] [gauge]",

@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use latflow_core::gauge::fermion::lanczos::{lanczos_bounds, LanczosWork};
 use latflow_core::gauge::fermion::rational::{HeatBathFractions, PartialFractions};
 use latflow_core::gauge::fermion::{
     axpy, fill_gaussian, multi_shift_cg, norm2, re_dot, CgParams, CgReport, CloverField, Colour, DiracGauge,
@@ -429,7 +430,23 @@ struct RationalState<G: WilsonGroup, const NS: usize> {
     /// D v inside the normal operator D†D v, and γ5 D Y in the heat bath.
     mid: Vec<SpinorOf<G, NS>>,
     multi: MultiShiftWork<SpinorOf<G, NS>>,
+    lanczos: LanczosWork<SpinorOf<G, NS>>,
     s: Scratch<G, NS>,
+}
+
+/// The check, at every heat bath, that the approximation's interval holds the spectrum of D†D
+/// (D̂†D̂ even–odd) on the current links: `steps` Lanczos steps from the heat bath's Gaussian
+/// noise give Ritz values inside the spectrum
+/// ([`latflow_core::gauge::fermion::lanczos`]), so one below `range.0` or above `range.1`
+/// proves that the spectrum leaves the interval, where R(x) ≈ x^{−1/2} is no longer accurate
+/// and the chain would sample a wrong weight. That is an error naming the key to change; a
+/// passed check cannot prove the converse (the lowest eigenvalues converge slowly).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpectrumCheck {
+    /// [λ_lo, λ_hi] of the approximation.
+    pub range: (f64, f64),
+    /// Lanczos steps per heat bath (0: no check).
+    pub steps: usize,
 }
 
 /// One flavour (Nf = 1) by rational HMC: weight det R(D†D)⁻¹ ≈ det(D†D)^{1/2} with Zolotarev's
@@ -440,12 +457,14 @@ struct RationalState<G: WilsonGroup, const NS: usize> {
 ///   refresh (to the solver's tolerance): φ = D₀^{−1/2} [η + Σ_l iγ_l (Q + iν_l) Y_l],
 ///   Y_l = (D†D + ν_l²)⁻¹ η.
 ///
-/// Needs γ5-hermiticity of D: no twisted mass.
+/// At every heat bath, [`SpectrumCheck`] verifies (one-sidedly) that the spectrum of D†D lies
+/// in the approximation's interval. Needs γ5-hermiticity of D: no twisted mass.
 pub struct RationalTerm<G: WilsonGroup, const NS: usize> {
     name: String,
     op: Operator<G, NS>,
     action: PartialFractions,
     heat_bath: HeatBathFractions,
+    check: SpectrumCheck,
     /// The action's poles μ_l² and the heat bath's ν_l²: the shifts of the multi-shift solves.
     action_shifts: Vec<f64>,
     heat_bath_shifts: Vec<f64>,
@@ -459,13 +478,16 @@ where
     G::Algebra: bytemuck::Pod,
 {
     /// A term named `name` for the operator `op` with the action's partial fractions `action`
-    /// and the matching heat-bath factor `heat_bath` (of one [`latflow_core::gauge::fermion::rational::InverseSqrt`]);
-    /// φ starts as Gaussian noise from `reference` (as [`FermionTerm::new`]).
+    /// and the matching heat-bath factor `heat_bath` (of one [`latflow_core::gauge::fermion::rational::InverseSqrt`]),
+    /// whose interval the heat bath checks as `check` says; φ starts as Gaussian noise from
+    /// `reference` (as [`FermionTerm::new`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         op: Operator<G, NS>,
         action: PartialFractions,
         heat_bath: HeatBathFractions,
+        check: SpectrumCheck,
         solvers: Solvers,
         iterations: Rc<Cell<u64>>,
         reference: &mut Stream,
@@ -483,6 +505,7 @@ where
             y: vec![Spinor::default(); n],
             mid: vec![Spinor::default(); n],
             multi: MultiShiftWork::new(n, poles),
+            lanczos: LanczosWork::new(if check.steps > 0 { n } else { 0 }),
             s,
         };
         let action_shifts = action.terms.iter().map(|&(_, mu2)| mu2).collect();
@@ -492,6 +515,7 @@ where
             op,
             action,
             heat_bath,
+            check,
             action_shifts,
             heat_bath_shifts,
             solvers,
@@ -513,7 +537,7 @@ where
         source_is_phi: bool,
         params: &CgParams,
     ) -> Result<(), FermionError> {
-        let RationalState { phi, xs, y, mid, multi, s } = st;
+        let RationalState { phi, xs, y, mid, multi, s, .. } = st;
         let Scratch { tmp, clover, .. } = s;
         let b: &[SpinorOf<G, NS>] = if source_is_phi { phi } else { y };
         let op = &self.op;
@@ -526,6 +550,53 @@ where
         })?;
         let most = reports.iter().map(|r| r.iterations).max().unwrap_or(0);
         self.iterations.set(self.iterations.get() + most as u64);
+        Ok(())
+    }
+
+    /// [`SpectrumCheck`] on links `l` from the heat bath's noise (in `st.y`).
+    fn check_spectrum(&self, l: &[G], st: &mut RationalState<G, NS>) -> Result<(), TermError> {
+        let SpectrumCheck { range: (lo, hi), steps } = self.check;
+        if steps == 0 {
+            return Ok(());
+        }
+        let RationalState { y, mid, lanczos, s, .. } = st;
+        let Scratch { tmp, clover, .. } = s;
+        let op = &self.op;
+        let r = op
+            .with_gauge(l, clover, |g| {
+                let normal = |v: &[SpinorOf<G, NS>], out: &mut [SpinorOf<G, NS>]| {
+                    op.apply(g, v, tmp, mid)?;
+                    op.apply_dagger(g, mid, tmp, out)
+                };
+                lanczos_bounds(normal, y, steps, lanczos)
+            })
+            .map_err(|e| self.fail("the spectral-range check", e))?;
+        // Ritz values lie in the spectrum up to rounding of order 1e-16 ‖D†D‖
+        let slack = 1e-12 * hi;
+        let what = if self.op.even_odd { "D^dag D (even-odd: D-hat^dag D-hat)" } else { "D^dag D" };
+        if r.min < lo - slack {
+            return Err(TermError::new(
+                &self.name,
+                format!(
+                    "the spectrum of {what} reaches below rhmc.lambda_min = {lo:e}: a Lanczos Ritz value \
+                     ({} steps) is {:.4e}, an upper bound on its smallest eigenvalue; the rational approximation \
+                     is not accurate there, so the chain would sample a wrong weight. Lower rhmc.lambda_min \
+                     (below {:.4e}) and raise rhmc.degree to keep the error",
+                    r.steps, r.min, r.min
+                ),
+            ));
+        }
+        if r.max > hi + slack {
+            return Err(TermError::new(
+                &self.name,
+                format!(
+                    "the spectrum of {what} reaches above rhmc.lambda_max = {hi:e}: a Lanczos Ritz value ({} \
+                     steps) is {:.4e}, a lower bound on its largest eigenvalue; raise rhmc.lambda_max (or \
+                     leave it out: the default is a bound on the norm)",
+                    r.steps, r.max
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -546,6 +617,7 @@ where
         let l = links::<G>(u);
         let mut st = self.state.borrow_mut();
         fill_gaussian(&mut st.y, rng).map_err(|e| TermError::new(&self.name, format!("heat bath: {e}")))?;
+        self.check_spectrum(l, &mut st)?;
         self.solve(l, &mut st, &self.heat_bath_shifts, false, &self.solvers.action)
             .map_err(|e| self.fail("the heat-bath solve", e))?;
         let RationalState { phi, xs, y, mid: qy, s, .. } = &mut *st;

@@ -612,6 +612,31 @@ fn the_rational_heat_bath_gives_s_equal_to_eta_dagger_eta() {
     }
 }
 
+/// The heat bath's spectral-range check: an interval that misses the low or the high end of
+/// D̂†D̂'s spectrum on a hot U(1) 4×4 configuration (its 16-dimensional even–odd space is
+/// spanned by 20 Lanczos steps, so the Ritz values are the eigenvalues) is an error naming the
+/// key to change; with the check off the same card refreshes. The other nf = 1 tests run with
+/// the check on (20 steps) and pass it.
+#[test]
+fn a_spectrum_outside_the_rational_range_is_an_error_naming_the_key() {
+    let refresh = |rhmc: &str| {
+        let card = format!(
+            r#"{{"group": "u1", "lattice": [4, 4], "beta": 1.5, "kappa": 0.22, "nf": 1, "rhmc": {rhmc}, "solver": {{"tol": 1e-12}}}}"#
+        );
+        let t = theory(&card);
+        let mut levels = t.action_levels(&HmcParams::default()).unwrap();
+        let u = t.initial(Start::Hot, &mut Stream::new(3, 0));
+        levels.refresh(&u, &mut Stream::new(4, 0)).map_err(|e| e.to_string())
+    };
+    refresh(r#"{"lambda_min": 0.01}"#).unwrap();
+    let e = refresh(r#"{"lambda_min": 0.5}"#).unwrap_err();
+    assert!(e.contains("below rhmc.lambda_min = 5e-1") && e.contains("Lower rhmc.lambda_min"), "{e}");
+    let e = refresh(r#"{"lambda_min": 0.01, "lambda_max": 1.0}"#).unwrap_err();
+    assert!(e.contains("above rhmc.lambda_max = 1e0") && e.contains("raise rhmc.lambda_max"), "{e}");
+    println!("{e}");
+    refresh(r#"{"lambda_min": 0.5, "spectrum_check": 0}"#).unwrap();
+}
+
 #[test]
 fn bad_rational_cards_are_refused_naming_the_key() {
     let base = r#""group": "u1", "lattice": [4, 4], "beta": 1.5, "kappa": 0.22"#;
@@ -628,6 +653,7 @@ fn bad_rational_cards_are_refused_naming_the_key() {
         (r#""nf": 1, "rhmc": {"lambda_min": 0.1}, "determinant": "exact""#, &["determinant"]),
         (r#""nf": 1, "rhmc": {"lambda_min": 100.0}"#, &["rhmc", "range"]),
         (r#""nf": 1, "rhmc": {"lambda_min": 0.1, "poles": 3}"#, &["poles"]),
+        (r#""nf": 1, "rhmc": {"lambda_min": 0.1, "spectrum_check": 20000}"#, &["rhmc.spectrum_check"]),
     ] {
         let card = format!("{{{base}, {extra}}}");
         // some are refused when the card is read, the range only when the terms are made

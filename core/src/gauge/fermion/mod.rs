@@ -89,6 +89,7 @@ pub mod clover;
 pub mod force;
 pub mod gamma;
 mod hop_su3;
+pub mod lanczos;
 pub mod lanes;
 pub mod multishift;
 pub mod rational;
@@ -147,6 +148,10 @@ pub enum FermionError {
     /// A shift of a multi-shift solve must be finite and ≥ 0.
     #[error("shift: the shifts of a multi-shift solve must be finite numbers ≥ 0, got {0}")]
     Shift(f64),
+    /// A Lanczos eigenvalue estimate could not run (a zero or non-finite start, a non-finite
+    /// operator).
+    #[error("Lanczos: {0}")]
+    Lanczos(String),
     /// CG did not reach its target within the iteration cap (or broke down).
     #[error("CG did not converge: relative residual {residual:e} after {iterations} iterations, target {target:e}")]
     NotConverged { iterations: usize, residual: f64, target: f64 },
