@@ -117,6 +117,21 @@ pub fn check_layout(layout: &FieldLayout) -> Result<(Vec<usize>, usize), PluginE
     Ok((layout.shape().to_vec(), n))
 }
 
+/// The default `layers` on a D-dimensional lattice with mask period p: 16, or in D ≥ 4 the
+/// fewest whole blocks of D·p layers that give every plane active loops, D·p·⌈(D − 1)/2⌉ (32
+/// in 4D with p = 4). The first block's loops lie in the planes (μ, μ + 1), block k's in
+/// (μ, μ + 1 + k) ([`crate::geometry`]), and the differences ±1, …, ±⌈(D − 1)/2⌉ modulo D
+/// reach every pair of directions; in 2D and 3D the first block already does.
+pub fn default_layers(dim: usize, mask_period: usize) -> usize {
+    let blocks = dim.saturating_sub(1).div_ceil(2).max(1);
+    (dim * mask_period * blocks).max(latflow_flow_common::config::default_layers() as usize)
+}
+
+/// Whether the `[model]` section (JSON) sets `layers` itself.
+fn layers_given(json: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(json).ok().is_some_and(|v| v.get("layers").is_some())
+}
+
 /// Parses and validates the `[model]` section (JSON) for `layout`.
 pub fn parse(json: &str, layout: &FieldLayout) -> Result<ModelConfig, PluginError> {
     let raw: RawConfig = parse_config(json)?;
@@ -135,7 +150,8 @@ pub fn parse(json: &str, layout: &FieldLayout) -> Result<ModelConfig, PluginErro
     }
     let spline_bins = latflow_flow_common::config::spline_bins(raw.spline_bins)?;
     let p = latflow_flow_common::config::check_mask_period(raw.mask_period, &shape)?;
-    let net = latflow_flow_common::config::check_network(raw.layers, &raw.hidden, raw.kernel, 4096, &shape)?;
+    let layers = if layers_given(json) { raw.layers } else { default_layers(shape.len(), p) as i64 };
+    let net = latflow_flow_common::config::check_network(layers, &raw.hidden, raw.kernel, 4096, &shape)?;
     let own = SunArch {
         n,
         spline_bins,

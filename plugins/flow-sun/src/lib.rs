@@ -26,8 +26,9 @@
 //! space is the Haar prior (links in the layout's order), with U = F(z) the flow and log q(U)
 //! exactly `log_prob`'s value. Both maps are gauge covariant.
 //!
-//! `[model]` keys (all optional): `layers` (16), `hidden` ([8, 8]), `kernel` (3, odd, ≤ the
-//! smallest extent), `activation`, `coupling` ("spectral_spline"), `spline_bins` (8),
+//! `[model]` keys (all optional): `layers` (16; in D ≥ 4 dimensions D·p·⌈(D − 1)/2⌉, 32 in
+//! 4D, so that every plane has active loops: [`config::default_layers`]), `hidden` ([8, 8]),
+//! `kernel` (3, odd, ≤ the smallest extent), `activation`, `coupling` ("spectral_spline"), `spline_bins` (8),
 //! `mask_period` (4; each extent a multiple of it), `n` (2 | 3: refused unless it is the
 //! theory's), `dtype` ("f32" | "f64"), `device` ("cpu"), `init_seed` (0).
 //!

@@ -36,8 +36,15 @@ fn other_layouts_are_refused() {
     assert!(err("{}", &su4).contains("SU(2) and SU(3)"));
     let d1 = FieldLayout::single(&[8], "links", Support::Link, ElementKind::complex_matrix(3));
     assert!(err("{}", &d1).contains("two or more dimensions"));
-    // four dimensions are a flow-sun lattice, with the same extent rules
-    assert_eq!(model("{}", &[4, 4, 4, 4], 3).width(), 4 * 256 * 18);
+    // four dimensions are a flow-sun lattice, with the same extent rules; the default layers
+    // there (32) give every plane active loops, a stated count is kept
+    let m4 = model("{}", &[4, 4, 4, 4], 3);
+    assert_eq!(m4.width(), 4 * 256 * 18);
+    assert_eq!(m4.flow().arch.layers, 32);
+    assert_eq!(model(r#"{"layers": 16}"#, &[4, 4, 4, 4], 3).flow().arch.layers, 16);
+    assert_eq!(model("{}", &[8, 8], 3).flow().arch.layers, 16);
+    assert_eq!(model("{}", &[4, 4, 4], 2).flow().arch.layers, 16);
+    assert_eq!(crate::config::default_layers(5, 2), 20);
     assert!(err("{}", &layout(&[4, 4, 4, 6], 3)).contains("multiple of mask_period = 4"));
     assert!(err(r#"{"kernel":5}"#, &layout(&[4, 4, 4, 8], 2)).contains("kernel"));
     let sites = FieldLayout::single(&[8, 8], "phi", Support::Site, ElementKind::complex_matrix(3));
