@@ -85,11 +85,7 @@ impl Geometry {
         assert!(d >= 2, "gauge flows need at least two dimensions, got {shape:?}");
         let volume = shape.iter().product();
         let planes: Vec<[usize; 2]> = (0..d).flat_map(|mu| (mu + 1..d).map(move |nu| [mu, nu])).collect();
-        let step = |x: usize, mu: usize| {
-            let mut o = vec![0i64; d];
-            o[mu] = 1;
-            periodic::shift(shape, x, &o)
-        };
+        let step = |x: usize, mu: usize| step(shape, x, mu);
         let link = |x: usize, mu: usize| (d * x + mu) as u32;
         let plaq_links = planes
             .iter()
@@ -112,9 +108,7 @@ impl Geometry {
 
     /// The site x + μ̂ (periodic).
     pub fn step(&self, x: usize, mu: usize) -> usize {
-        let mut o = vec![0i64; self.dim()];
-        o[mu] = 1;
-        periodic::shift(&self.shape, x, &o)
+        step(&self.shape, x, mu)
     }
 
     /// Coordinate `mu` of site x.
@@ -219,6 +213,13 @@ impl Geometry {
             })
             .collect()
     }
+}
+
+/// The site x + μ̂ on the periodic lattice `shape`.
+fn step(shape: &[usize], x: usize, mu: usize) -> usize {
+    let mut o = vec![0i64; shape.len()];
+    o[mu] = 1;
+    periodic::shift(shape, x, &o)
 }
 
 #[cfg(test)]

@@ -171,6 +171,19 @@ impl<G: WilsonGroup, const NS: usize> Operator<G, NS> {
         }
     }
 
+    /// out = D†D x (`mid`: a field of x's length for D x; `tmp` as in [`Self::apply`]).
+    pub fn apply_normal(
+        &self,
+        g: &dyn DiracGauge<G>,
+        x: &[SpinorOf<G, NS>],
+        tmp: &mut [SpinorOf<G, NS>],
+        mid: &mut [SpinorOf<G, NS>],
+        out: &mut [SpinorOf<G, NS>],
+    ) -> Result<(), FermionError> {
+        self.apply(g, x, tmp, mid)?;
+        self.apply_dagger(g, mid, tmp, out)
+    }
+
     /// Solves D†D x = b (x: initial guess on entry).
     pub fn solve_normal(
         &self,
@@ -542,10 +555,7 @@ where
         let b: &[SpinorOf<G, NS>] = if source_is_phi { phi } else { y };
         let op = &self.op;
         let reports = op.with_gauge(l, clover, |g| {
-            let normal = |v: &[SpinorOf<G, NS>], out: &mut [SpinorOf<G, NS>]| {
-                op.apply(g, v, tmp, mid)?;
-                op.apply_dagger(g, mid, tmp, out)
-            };
+            let normal = |v: &[SpinorOf<G, NS>], out: &mut [SpinorOf<G, NS>]| op.apply_normal(g, v, tmp, mid, out);
             multi_shift_cg(normal, shifts, b, &mut xs[..shifts.len()], multi, params)
         })?;
         let most = reports.iter().map(|r| r.iterations).max().unwrap_or(0);
@@ -564,10 +574,7 @@ where
         let op = &self.op;
         let r = op
             .with_gauge(l, clover, |g| {
-                let normal = |v: &[SpinorOf<G, NS>], out: &mut [SpinorOf<G, NS>]| {
-                    op.apply(g, v, tmp, mid)?;
-                    op.apply_dagger(g, mid, tmp, out)
-                };
+                let normal = |v: &[SpinorOf<G, NS>], out: &mut [SpinorOf<G, NS>]| op.apply_normal(g, v, tmp, mid, out);
                 lanczos_bounds(normal, y, steps, lanczos)
             })
             .map_err(|e| self.fail("the spectral-range check", e))?;
