@@ -22,8 +22,9 @@
 //!   or on a spinning `par::Team` (what the qcd plugin's workers are), throughput
 //!   `Elements(1)` (solves per second). The bits, and so the iteration count, do not depend on
 //!   the threads; its reductions and vector updates are in the timing, so this is the solver's
-//!   thread scaling, not the operator's alone. `schur_team_sites`: the same solve kept in the
-//!   site layout (`WilsonDirac::with_lanes(false)`), for the lanes layout's gain.
+//!   thread scaling, not the operator's alone. `schur_team_sites`, `schur_team_lanes`: the
+//!   same solve in each layout (`WilsonDirac::with_layout`), whichever the default picks at
+//!   that volume (the lanes layout up to 16 MiB of fields: 8⁴ but not 16⁴).
 //!
 //! Compulsory memory traffic of one D ψ, for a bandwidth reading: each link (144 bytes) and
 //! each input and output spinor (192 bytes each) once, 4 · 144 + 2 · 192 = 960 bytes per site.
@@ -118,7 +119,7 @@ fn dirac(c: &mut Criterion) {
 
 /// One even–odd CG solve on 1 and 2 threads.
 fn cg(c: &mut Criterion) {
-    use latflow_core::gauge::fermion::{CgParams, SolverWork};
+    use latflow_core::gauge::fermion::{CgParams, SolverLayout, SolverWork};
     let mut g = c.benchmark_group("dirac_su3_4d_cg");
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(1));
@@ -145,20 +146,22 @@ fn cg(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("schur_team", format!("{l}/{threads}")), |b| {
                 b.iter_custom(|n| team.enter(|| solve(n)))
             });
-            // the same solve kept in the site layout, for the lanes layout's gain
-            let sites = d.clone().with_lanes(false);
-            g.bench_function(BenchmarkId::new("schur_team_sites", format!("{l}/{threads}")), |b| {
-                b.iter_custom(|n| {
-                    team.enter(|| {
-                        let t = Instant::now();
-                        for _ in 0..n {
-                            x.iter_mut().for_each(|s| *s = Default::default());
-                            sites.solve_schur_normal(u.links(), black_box(&psi[..half]), &mut x, &mut work, &params).expect("CG");
-                        }
-                        t.elapsed()
+            // the same solve in each layout, whatever the default picks at this volume
+            for (name, layout) in [("schur_team_sites", SolverLayout::Sites), ("schur_team_lanes", SolverLayout::Lanes)] {
+                let d = d.clone().with_layout(layout);
+                g.bench_function(BenchmarkId::new(name, format!("{l}/{threads}")), |b| {
+                    b.iter_custom(|n| {
+                        team.enter(|| {
+                            let t = Instant::now();
+                            for _ in 0..n {
+                                x.iter_mut().for_each(|s| *s = Default::default());
+                                d.solve_schur_normal(u.links(), black_box(&psi[..half]), &mut x, &mut work, &params).expect("CG");
+                            }
+                            t.elapsed()
+                        })
                     })
-                })
-            });
+                });
+            }
         }
     }
     g.finish();

@@ -54,8 +54,9 @@
 //! `group` (`u1`, `su2`, `su3`), `lattice` (2D or 4D, extents ≥ 2), `beta` (≥ 0), `kappa`
 //! (> 0), `mu` (≥ 0, default 0), `csw` (4D only, default 0), `hasenbusch` (a list of κ values,
 //! each smaller than the one before, starting below `kappa`; default none), `solver = { tol,
-//! force_tol, max_iter }` (relative residual targets of CG on D†D for the action and heat bath,
-//! and for the forces; defaults 1e-10, `tol`, 10000), `even_odd` (default: true when every
+//! force_tol, max_iter, layout }` (relative residual targets of CG on D†D for the action and heat bath,
+//! and for the forces; defaults 1e-10, `tol`, 10000; `layout`: the solvers' data layout for SU(3)
+//! in 4D, `"auto"` (default), `"sites"` or `"lanes"`, see [`Qcd::check_layout`]), `even_odd` (default: true when every
 //! extent is even), `condensate = { sources, exact, seed }` (see below), `determinant`
 //! (`"pseudofermion"` or `"exact"`, see above), `nf` (2, default, or 1: rational HMC with
 //! `rhmc = { lambda_min, lambda_max, degree, spectrum_check }`, see [`terms::RationalTerm`]; one flavour
@@ -96,7 +97,7 @@ use std::rc::Rc;
 use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
 use latflow_core::gauge::fermion::rational::{InverseSqrt, MAX_DEGREE};
 use latflow_core::gauge::fermion::{
-    CgParams, FermionError, WilsonDirac, WilsonGroup, WilsonParams,
+    lanes, CgParams, FermionError, SolverLayout, WilsonDirac, WilsonGroup, WilsonParams,
 };
 use latflow_core::gauge::flat::view_mut;
 use latflow_core::gauge::gradflow::{FlowCard, FlowMeasurement};
@@ -274,6 +275,8 @@ struct SolverCard {
     force_tol: Option<f64>,
     #[serde(default = "default_max_iter")]
     max_iter: u64,
+    #[serde(default)]
+    layout: Option<String>,
 }
 
 impl Default for SolverCard {
@@ -282,6 +285,7 @@ impl Default for SolverCard {
             tol: default_tol(),
             force_tol: None,
             max_iter: default_max_iter(),
+            layout: None,
         }
     }
 }
@@ -388,9 +392,8 @@ pub struct Qcd {
     flow: Option<FlowMeasurement>,
     /// Nf = 1 by rational HMC (None: Nf = 2).
     rhmc: Option<Rhmc>,
-    /// Whether the solvers may use the lanes layout where it applies
-    /// ([`WilsonDirac::with_lanes`]); true unless switched off by [`Qcd::with_lanes`].
-    lanes: bool,
+    /// The solvers' layout (`solver.layout`, [`WilsonDirac::with_layout`]).
+    layout: SolverLayout,
 }
 
 fn config_err(key: &str, e: impl std::fmt::Display) -> PluginError {
@@ -400,6 +403,15 @@ fn config_err(key: &str, e: impl std::fmt::Display) -> PluginError {
 /// A [`FermionError`] of the card as a config error (its message names the key: kappa, mu, csw).
 fn fermion_config(e: FermionError) -> PluginError {
     PluginError::config(e.to_string())
+}
+
+/// The card's name of a solver layout.
+fn layout_name(layout: SolverLayout) -> &'static str {
+    match layout {
+        SolverLayout::Auto => "auto",
+        SolverLayout::Sites => "sites",
+        SolverLayout::Lanes => "lanes",
+    }
 }
 
 fn check_tol(key: &str, tol: f64) -> Result<f64, PluginError> {
@@ -413,6 +425,40 @@ fn check_tol(key: &str, tol: f64) -> Result<f64, PluginError> {
 }
 
 impl Qcd {
+    /// `solver.layout`: `"auto"` (default; the lanes layout where the fields stay in cache),
+    /// `"sites"`, or `"lanes"` (wherever it applies, whatever the volume; an error where it
+    /// cannot: not SU(3) in 4D, a clover term or twisted mass, a time extent that is not a
+    /// multiple of 8). See [`SolverLayout`].
+    fn check_layout(cfg: &Config, lattice: &Lattice, group: Group) -> Result<SolverLayout, PluginError> {
+        let layout = match cfg.solver.layout.as_deref() {
+            None | Some("auto") => SolverLayout::Auto,
+            Some("sites") => SolverLayout::Sites,
+            Some("lanes") => SolverLayout::Lanes,
+            Some(other) => {
+                return Err(config_err(
+                    "solver.layout",
+                    format!("unknown layout {other:?}: use \"auto\", \"sites\" or \"lanes\""),
+                ));
+            }
+        };
+        if layout == SolverLayout::Lanes {
+            let shape = lattice.shape();
+            let why = if group != Group::Su3 || shape.len() != 4 {
+                Some("it needs SU(3) in 4D".to_string())
+            } else if cfg.csw != 0.0 || cfg.mu != 0.0 {
+                Some("it covers the plain Wilson operator only (no csw, no mu)".to_string())
+            } else if !shape[3].is_multiple_of(2 * lanes::LANES) {
+                Some(format!("it needs a time extent that is a multiple of {}, got {}", 2 * lanes::LANES, shape[3]))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(config_err("solver.layout", format!("\"lanes\" does not apply: {why}")));
+            }
+        }
+        Ok(layout)
+    }
+
     /// The lattice.
     pub fn lattice(&self) -> &Lattice {
         &self.lattice
@@ -432,20 +478,26 @@ impl Qcd {
         }
     }
 
-    /// This theory with the solvers' lanes layout switched on (the default, where it applies:
-    /// SU(3) in 4D, no clover term or twisted mass, time extent a multiple of 8, fields that
-    /// stay in cache) or off (every solve in the site layout). Both sample the same
-    /// distribution; solutions agree to the solver's tolerance, not bit for bit. For tests
-    /// and benchmarks of the two layouts.
+    /// This theory with the solvers' lanes layout left to the card (`on`) or switched off
+    /// (every solve in the site layout). Both sample the same distribution; solutions agree
+    /// to the solver's tolerance, not bit for bit. For tests and benchmarks of the two
+    /// layouts.
     pub fn with_lanes(mut self, on: bool) -> Self {
-        self.lanes = on;
+        if !on {
+            self.layout = SolverLayout::Sites;
+        }
         self
     }
 
+    /// The solvers' layout (`solver.layout`).
+    pub fn solver_layout(&self) -> SolverLayout {
+        self.layout
+    }
+
     /// The Wilson operator at hopping parameter `kappa` with the card's μ and c_sw, its
-    /// solvers' layout as set by [`Self::with_lanes`].
+    /// solvers' layout (`solver.layout`, or as set by [`Self::with_lanes`]).
     pub fn dirac<G: WilsonGroup, const NS: usize>(&self, kappa: f64) -> Result<WilsonDirac<G, NS>, FermionError> {
-        Ok(WilsonDirac::new(&self.lattice, self.wilson_params(kappa))?.with_lanes(self.lanes))
+        Ok(WilsonDirac::new(&self.lattice, self.wilson_params(kappa))?.with_layout(self.layout))
     }
 
     /// κ followed by the Hasenbusch κ values.
@@ -541,6 +593,7 @@ impl Qcd {
             action: CgParams::new(tol, max_iter).map_err(fermion_config)?,
             force: CgParams::new(force_tol, max_iter).map_err(fermion_config)?,
         };
+        let layout = Self::check_layout(&cfg, &lattice, group)?;
         let even_odd = match cfg.even_odd {
             Some(true) => {
                 lattice.require_even().map_err(|e| {
@@ -594,7 +647,7 @@ impl Qcd {
             determinant,
             flow,
             rhmc,
-            lanes: true,
+            layout,
         })
     }
 
@@ -912,7 +965,7 @@ impl Physics for Qcd {
             "mu": self.mu,
             "csw": self.csw,
             "hasenbusch": self.hasenbusch,
-            "solver": { "tol": self.solvers.action.tol, "force_tol": self.solvers.force.tol, "max_iter": self.solvers.action.max_iter },
+            "solver": { "tol": self.solvers.action.tol, "force_tol": self.solvers.force.tol, "max_iter": self.solvers.action.max_iter, "layout": layout_name(self.layout) },
             "even_odd": self.even_odd,
             "condensate": { "sources": self.condensate.sources, "exact": self.condensate.exact, "seed": self.condensate.seed },
             "pion_correlator": self.pion,
@@ -1110,7 +1163,7 @@ impl Physics for Qcd {
 latflow_core::export_theory!(Qcd,
 description: "lattice gauge theory (U(1), SU(2), SU(3); 2D and 4D) with Nf = 2 Wilson pseudofermions: twisted mass, clover (4D), even-odd preconditioning, Hasenbusch masses, nested time scales",
 provides: [
-    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048), gradient_flow = { time, eps, scheme } (su2/su3 in 4D: topological charge after the flow), nf (2, or 1: rational HMC), rhmc = { lambda_min, lambda_max, degree, spectrum_check } (nf = 1)",
+    "keys: group (u1 | su2 | su3), lattice (2D or 4D; last axis time, antiperiodic for fermions), beta, kappa, mu, csw (4D), hasenbusch (kappa list, light to heavy), solver = { tol, force_tol, max_iter, layout (auto | sites | lanes) }, even_odd, condensate = { sources, exact, seed }, pion_correlator, determinant (pseudofermion | exact: dense -ln det(D^dag D), exact action and gradient, V*d*N <= 2048), gradient_flow = { time, eps, scheme } (su2/su3 in 4D: topological charge after the flow), nf (2, or 1: rational HMC), rhmc = { lambda_min, lambda_max, degree, spectrum_check } (nf = 1)",
     "observables: plaquette chiral_condensate pion_correlator (T values) cg_iterations topological_charge topological_susceptibility (u1 2D; su2/su3 4D with gradient_flow)",
     "parameters: beta kappa mu csw",
     "hmc levels: one per fermion term (lightest outermost), gauge innermost; with determinant = exact: [exact_det] [gauge]",

@@ -676,3 +676,30 @@ fn bad_rational_cards_are_refused_naming_the_key() {
     let mut t = theory(U1_NF1);
     assert!(t.set_parameter("mu", 0.1).unwrap_err().message.contains("twisted"));
 }
+
+/// `solver.layout`: "auto" (the default) and "sites" and "lanes" reach the operators; "lanes"
+/// where the lanes layout cannot apply, and an unknown name, are errors naming the key.
+#[test]
+fn the_solver_layout_key_reaches_the_operators_and_refuses_what_cannot_apply() {
+    use latflow_core::gauge::Su3;
+    let card = |layout: &str| {
+        format!(r#"{{"group": "su3", "lattice": [2, 2, 2, 8], "beta": 5.5, "kappa": 0.12, "solver": {{"layout": {layout:?}}}}}"#)
+    };
+    for (name, lanes) in [("auto", true), ("sites", false), ("lanes", true)] {
+        let t = theory(&card(name));
+        assert_eq!(t.dirac::<Su3, 4>(0.12).unwrap().solves_in_lanes(), lanes, "{name}");
+        assert_eq!(t.params_json()["solver"]["layout"], name);
+    }
+    assert!(!theory(&card("lanes")).with_lanes(false).dirac::<Su3, 4>(0.12).unwrap().solves_in_lanes());
+    refused(&card("simd"), &["solver.layout", "simd"]);
+    let lanes = r#""solver": {"layout": "lanes"}"#;
+    for (c, why) in [
+        (format!(r#"{{"group": "su2", "lattice": [2, 2, 2, 8], "beta": 2.0, "kappa": 0.12, {lanes}}}"#), "SU(3) in 4D"),
+        (format!(r#"{{"group": "su3", "lattice": [2, 2, 2, 4], "beta": 5.5, "kappa": 0.12, {lanes}}}"#), "multiple of 8"),
+        (format!(r#"{{"group": "su3", "lattice": [2, 2, 2, 8], "beta": 5.5, "kappa": 0.12, "csw": 1.0, {lanes}}}"#), "no csw"),
+        (format!(r#"{{"group": "su3", "lattice": [2, 2, 2, 8], "beta": 5.5, "kappa": 0.12, "mu": 0.1, {lanes}}}"#), "no mu"),
+        (format!(r#"{{"group": "u1", "lattice": [4, 8], "beta": 2.0, "kappa": 0.12, {lanes}}}"#), "SU(3) in 4D"),
+    ] {
+        refused(&c, &["solver.layout", why]);
+    }
+}

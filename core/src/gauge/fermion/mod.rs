@@ -102,7 +102,7 @@ pub use clover::{CloverField, CloverGauge, DiracGauge, HopCached};
 pub use spinor::{
     axpy, dot, fill_gaussian, norm2, re_dot, xpay, Colour, ColourVector, HopLink, Spinor, SpinorOf, U1Phase, WilsonGroup,
 };
-pub use wilson::{WilsonDirac, WilsonParams};
+pub use wilson::{SolverLayout, WilsonDirac, WilsonParams};
 
 /// Why a fermion operator could not be built or applied, or a solve failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

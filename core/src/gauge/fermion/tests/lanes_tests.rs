@@ -188,3 +188,33 @@ fn lanes_solves_meet_their_target_and_agree_with_the_site_layout() {
     let (b, rb, ..) = solves(&[4, 4, 2, 16], true, 2);
     assert!(a.iter().zip(&b).all(|(x, y)| same_bits(x, y)) && ra == rb);
 }
+
+/// The solvers' layout setting: `Auto` takes the lanes layout where the fields stay in cache
+/// (8⁴: 3.9 MB) and not above (16⁴: 63 MB), `Lanes` takes it at every volume, `Sites` never;
+/// and no setting takes it where it does not apply (a clover term, twisted mass, SU(2), a time
+/// extent that is not a multiple of 8).
+#[test]
+fn the_solver_layout_setting_picks_the_layout() {
+    use crate::gauge::fermion::tests::op_sw;
+    let small = op::<Su3, 4>(&[8, 8, 8, 8], 0.12, 0.0);
+    let big = op::<Su3, 4>(&[16, 16, 16, 16], 0.12, 0.0);
+    assert_eq!(small.layout(), SolverLayout::Auto);
+    assert!(small.solves_in_lanes() && !big.solves_in_lanes());
+    for d in [&small, &big] {
+        assert!(d.lanes_apply());
+        assert!(d.clone().with_layout(SolverLayout::Lanes).solves_in_lanes());
+        assert!(!d.clone().with_layout(SolverLayout::Sites).solves_in_lanes());
+        assert!(!d.clone().with_lanes(false).solves_in_lanes());
+        assert_eq!(d.clone().with_lanes(true).solves_in_lanes(), d.solves_in_lanes());
+    }
+    let refuse = [
+        op_sw::<Su3, 4>(&[4, 4, 4, 8], 0.12, 0.0, 1.0),
+        op::<Su3, 4>(&[4, 4, 4, 8], 0.12, 0.1),
+        op::<Su3, 4>(&[4, 4, 4, 12], 0.12, 0.0),
+    ];
+    for d in refuse {
+        assert!(!d.lanes_apply() && !d.with_layout(SolverLayout::Lanes).solves_in_lanes());
+    }
+    let su2 = op::<crate::gauge::Su2, 4>(&[4, 4, 4, 8], 0.12, 0.0);
+    assert!(!su2.lanes_apply() && !su2.with_layout(SolverLayout::Lanes).solves_in_lanes());
+}
