@@ -7,8 +7,10 @@
 //! matrix is 18 vectors of `W` lanes, one per real entry. A 3×3 product is then 108 multiplies
 //! and 108 adds on whole vectors, with no shuffle; an adjoint is a renaming of the 18 vectors.
 //! Every neighbour of an outer site is one outer site with its lanes rotated by a fixed amount
-//! (0, or ±1 across a slab's edge along the fastest axis); packed links and corner products
-//! are stored twice over, so that a rotated read is one unaligned load. Outer sites keep the
+//! (0, or ±1 across a slab's edge along the fastest axis); a rotated read copies the matrix
+//! into a scratch matrix with one shuffle per vector (packed links and corner products were
+//! stored twice over, so that a rotated read was one unaligned load: twice the memory and the
+//! traffic, and at 8⁴ on a Xeon with AVX-512 a force 1.35× slower). Outer sites keep the
 //! per-site layout's neighbour distances in bytes, so cache reuse is the same.
 //!
 //! A force evaluation
@@ -22,7 +24,7 @@
 //! (products summed from zero in k order, no fused multiply-add), so the force has the same
 //! bits as the per-site path, on any thread count (no lane or site is reduced across). The
 //! buffers are kept per thread between calls; nothing allocates per site. The buffers take
-//! 5× (4D, shared corners) the memory of the links, so the dispatcher uses this path only
+//! 2.5× (4D, shared corners) the memory of the links, so the dispatcher uses this path only
 //! up to [`BLOCKED_MAX_BYTES`].
 
 use std::cell::RefCell;
@@ -36,9 +38,6 @@ type Lanes<const W: usize> = [f64; W];
 /// A 3×3 complex matrix of `W` sites: three rows of six reals (re, im interleaved), each real a
 /// vector of lanes (the layout of [`latflow_core::gauge::su3::Rows`], lane by lane).
 type M<const W: usize> = [[Lanes<W>; 6]; 3];
-/// A stored matrix (a packed link or a corner product): each real's lanes twice in a row, so
-/// that the lanes rotated by any r < W are the `W` reals from position r, one unaligned load.
-type D<const W: usize> = [[[Lanes<W>; 2]; 6]; 3];
 
 #[inline(always)]
 fn zero<const W: usize>() -> M<W> {
@@ -57,17 +56,39 @@ impl<const W: usize> Mat<W> for M<W> {
     }
 }
 
-/// A stored matrix with its lanes rotated by `r` < W: lane ℓ is stored lane (ℓ + r) mod W.
-#[derive(Clone, Copy)]
-struct Rot<'a, const W: usize>(&'a D<W>, usize);
+/// A stored matrix as read from a hop rotating its lanes by `r` < W (lane ℓ is stored lane
+/// (ℓ + r) mod W): the stored one itself where r = 0, else its rotation written to `tmp`, so
+/// that the product that reads it loads plain vectors either way.
+#[inline(always)]
+fn fetch<'s, const W: usize>(m: &'s M<W>, r: usize, tmp: &'s mut M<W>) -> &'s M<W> {
+    if r == 0 {
+        m
+    } else {
+        rotate_into(m, r, tmp);
+        tmp
+    }
+}
 
-impl<const W: usize> Mat<W> for Rot<'_, W> {
+/// `out` = `m` with its lanes rotated by `r` (1 ≤ r < W): lane ℓ of `out` is lane (ℓ + r) mod W
+/// of `m`. A hop rotates by ±1 (across a slab's edge along the fastest axis), so those two are
+/// spelt with constant lane indices (one shuffle per vector); any other r takes the general
+/// path.
+#[inline(always)]
+fn rotate_into<const W: usize>(m: &M<W>, r: usize, out: &mut M<W>) {
     #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> Lanes<W> {
-        let Rot(m, r) = *self;
-        let mut out = [0.0; W];
-        out.copy_from_slice(&m[i][j].as_flattened()[r..r + W]);
-        out
+    fn by<const W: usize>(m: &M<W>, out: &mut M<W>, f: impl Fn(&Lanes<W>) -> Lanes<W>) {
+        for i in 0..3 {
+            for j in 0..6 {
+                out[i][j] = f(&m[i][j]);
+            }
+        }
+    }
+    if r == 1 {
+        by(m, out, |v| std::array::from_fn(|l| v[(l + 1) % W]))
+    } else if r == W - 1 {
+        by(m, out, |v| std::array::from_fn(|l| v[(l + W - 1) % W]))
+    } else {
+        by(m, out, |v| std::array::from_fn(|l| v[(l + r) % W]))
     }
 }
 
@@ -110,16 +131,6 @@ fn mac<const W: usize, const AA: bool, const AB: bool>(
             let (br, bi) = (br[l], if AB { -bi[l] } else { bi[l] });
             row[2 * j][l] += ar * br + ai * -bi;
             row[2 * j + 1][l] += ar * bi + ai * br;
-        }
-    }
-}
-
-/// A matrix stored twice over (see [`D`]).
-#[inline(always)]
-fn doubled<const W: usize>(m: &M<W>, out: &mut D<W>) {
-    for i in 0..3 {
-        for j in 0..6 {
-            out[i][j] = [m[i][j]; 2];
         }
     }
 }
@@ -197,8 +208,8 @@ fn then<const W: usize>(hops: &[Hop], d: usize, a: Hop, b: usize) -> Hop {
 /// The per-thread storage of one lane width: packed links, corner products, and the outer
 /// sites' forward and backward hops.
 struct Buffers<const W: usize> {
-    links: Vec<D<W>>,
-    corners: Vec<D<W>>,
+    links: Vec<M<W>>,
+    corners: Vec<M<W>>,
     up: Vec<Hop>,
     dn: Vec<Hop>,
 }
@@ -215,12 +226,15 @@ thread_local! {
     static B2: RefCell<Buffers<2>> = const { RefCell::new(Buffers::new()) };
 }
 
-/// The most bytes of packed links and corner products the blocked force keeps: beyond this,
-/// its buffers (each link and corner stored twice over) no longer stay in the last
-/// level cache, and on the machine this was measured on (32 MB L3) the per-site kernels were
-/// as fast or faster (8³·16: 4.8 against 4.4 ms; 8²·16²: 14.7 against 11.7 ms), while below
-/// it the blocked force was 1.6–2.0× faster (4⁴, 8⁴).
-pub const BLOCKED_MAX_BYTES: usize = 16 << 20;
+/// The most bytes of packed links and corner products the blocked force keeps (16⁴ needs
+/// 94 MB; 20⁴ would need 230 MB, 2.5× the links' memory, which the per-site kernels save).
+/// Both paths give the same bits, so this bound only trades memory for speed. Measured, one
+/// thread, a Xeon with AVX-512 and 480 MiB of L3: the blocked force against the per-site one at
+/// 8³·16 3.9 against 7.5 ms, 8²·16² 9.9 against 16.1, 16⁴ 42 against 77. On a 2-core EPYC with
+/// 32 MiB of L3, with the earlier buffers stored twice over, the per-site kernels were faster
+/// where those buffers left the L3 (8³·16: 4.8 against 4.4 ms; 8²·16²: 14.7 against 11.7),
+/// and at 16⁴ the blocked force was still the faster (43 against 46 ms).
+pub const BLOCKED_MAX_BYTES: usize = 128 << 20;
 
 /// `$variant(args)` in the compiled variant `$level`: `avx512::$variant`, `avx2::$variant`,
 /// or `$plain` itself below AVX2. The caller must have checked that the CPU runs `$level`.
@@ -251,7 +265,7 @@ pub fn lane_width<N: Neighbours + ?Sized>(lat: &N, level: u8, shared: bool) -> O
     };
     let d = lat.dim();
     let stored = d + if shared { d * (d - 1) / 2 } else { 0 };
-    if lat.sites() * stored * 2 * std::mem::size_of::<latflow_core::gauge::su3::Rows>() > BLOCKED_MAX_BYTES {
+    if lat.sites() * stored * std::mem::size_of::<latflow_core::gauge::su3::Rows>() > BLOCKED_MAX_BYTES {
         return None;
     }
     let ext = lat.fastest_axis_extent()?;
@@ -321,7 +335,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     // pass measured 7% slower at 8⁴)
     let uf: &[f64] = bytemuck::cast_slice(u);
     let Buffers { links, corners, up, dn } = bufs;
-    links.resize(b * d, [[[[0.0; W]; 2]; 6]; 3]);
+    links.resize(b * d, zero::<W>());
     chunks_mut_when(par, links, chunk * d, |k, out| {
         let start = |n: usize| {
             let (o, mu) = ((k * chunk * d + n) / d, n % d);
@@ -332,7 +346,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     });
     // 2. corners
     if shared {
-        corners.resize(b * planes, [[[[0.0; W]; 2]; 6]; 3]);
+        corners.resize(b * planes, zero::<W>());
         let links = &links[..];
         chunks_mut_when(par, corners, chunk * planes, |k, out| {
             by_level!(level, corners, corners_from(links, d, k * chunk, out))
@@ -365,13 +379,12 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
 /// Packs `out[n]` from the links of `uf` (18 reals each) that start at `start(n)[ℓ]`, lane ℓ,
 /// each real's lanes twice over.
 #[inline(always)]
-fn pack_into<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], out: &mut [D<W>]) {
+fn pack_into<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], out: &mut [M<W>]) {
     for (n, m) in out.iter_mut().enumerate() {
         let src: [&[f64]; W] = start(n).map(|s| &uf[s..s + 18]);
         for i in 0..3 {
             for j in 0..6 {
-                let v: Lanes<W> = std::array::from_fn(|l| src[l][i * 6 + j]);
-                m[i][j] = [v, v];
+                m[i][j] = std::array::from_fn(|l| src[l][i * 6 + j]);
             }
         }
     }
@@ -379,8 +392,8 @@ fn pack_into<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], ou
 
 /// What the per-outer-site kernels read.
 struct Blocked<'a, const W: usize> {
-    links: &'a [D<W>],
-    corners: &'a [D<W>],
+    links: &'a [M<W>],
+    corners: &'a [M<W>],
     up: &'a [Hop],
     dn: &'a [Hop],
     d: usize,
@@ -388,38 +401,44 @@ struct Blocked<'a, const W: usize> {
 }
 
 impl<'a, const W: usize> Blocked<'a, W> {
-    /// The link U_μ at the hop's site, lanes rotated.
+    /// The link U_μ at the hop's site, lanes rotated (into `tmp` where they move).
     #[inline(always)]
-    fn link(&self, h: Hop, mu: usize) -> Rot<'a, W> {
-        Rot(&self.links[h.o as usize * self.d + mu], h.r as usize)
+    fn link<'s>(&self, h: Hop, mu: usize, tmp: &'s mut M<W>) -> &'s M<W>
+    where
+        'a: 's,
+    {
+        fetch(&self.links[h.o as usize * self.d + mu], h.r as usize, tmp)
     }
 
     /// The link U_μ(o) itself.
     #[inline(always)]
-    fn here(&self, o: usize, mu: usize) -> Rot<'a, W> {
-        Rot(&self.links[o * self.d + mu], 0)
+    fn here(&self, o: usize, mu: usize) -> &'a M<W> {
+        &self.links[o * self.d + mu]
     }
 
-    /// The corner product of plane k at the hop's site, lanes rotated.
+    /// The corner product of plane k at the hop's site, lanes rotated (into `tmp` where they
+    /// move).
     #[inline(always)]
-    fn corner(&self, h: Hop, k: usize) -> Rot<'a, W> {
+    fn corner<'s>(&self, h: Hop, k: usize, tmp: &'s mut M<W>) -> &'s M<W>
+    where
+        'a: 's,
+    {
         let planes = self.d * (self.d - 1) / 2;
-        Rot(&self.corners[h.o as usize * planes + k], h.r as usize)
+        fetch(&self.corners[h.o as usize * planes + k], h.r as usize, tmp)
     }
 }
 
 /// The corner products U_μ(o)† U_ν(o), plane by plane, of the outer sites from `first` on
 /// (`out`: `planes` per outer site).
 #[inline(always)]
-fn corners_from<const W: usize>(links: &[D<W>], d: usize, first: usize, out: &mut [D<W>]) {
+fn corners_from<const W: usize>(links: &[M<W>], d: usize, first: usize, out: &mut [M<W>]) {
     let planes = d * (d - 1) / 2;
     for (n, site) in out.chunks_mut(planes).enumerate() {
         let o = first + n;
         let mut k = 0;
         for mu in 0..d {
             for nu in mu + 1..d {
-                let (a, b) = (Rot(&links[o * d + mu], 0), Rot(&links[o * d + nu], 0));
-                doubled(&prod::<W, true, false>(&a, &b), &mut site[k]);
+                site[k] = prod::<W, true, false>(&links[o * d + mu], &links[o * d + nu]);
                 k += 1;
             }
         }
@@ -432,6 +451,8 @@ fn corners_from<const W: usize>(links: &[D<W>], d: usize, first: usize, out: &mu
 fn force_from<const W: usize>(s: &Blocked<'_, W>, w: f64, first: usize, n: usize, mut sink: impl FnMut(usize, usize, &M<W>)) {
     let d = s.d;
     let mut acc = [zero::<W>(); crate::fast::MAX_DIM];
+    // scratch for the rotated operands of one product
+    let (mut t0, mut t1) = (zero::<W>(), zero::<W>());
     for o in first..first + n {
         for a in acc.iter_mut().take(d) {
             *a = zero();
@@ -440,32 +461,32 @@ fn force_from<const W: usize>(s: &Blocked<'_, W>, w: f64, first: usize, n: usize
         for mu in 0..d {
             for nu in mu + 1..d {
                 let (xm, xn) = (s.up[o * d + mu], s.up[o * d + nu]);
-                let c = prod::<W, false, true>(&s.link(xm, nu), &s.link(xn, mu));
-                let up_mu = prod::<W, false, true>(&c, &s.here(o, nu));
+                let c = prod::<W, false, true>(s.link(xm, nu, &mut t0), s.link(xn, mu, &mut t1));
+                let up_mu = prod::<W, false, true>(&c, s.here(o, nu));
                 add_to(&mut acc[mu], &up_mu);
-                let uc = prod::<W, false, false>(&s.here(o, mu), &c);
+                let uc = prod::<W, false, false>(s.here(o, mu), &c);
                 let yn = s.dn[o * d + nu];
                 let ym = s.dn[o * d + mu];
                 if s.shared {
-                    let lo_mu = prod::<W, true, false>(&s.link(then::<W>(s.up, d, yn, mu), nu), &s.corner(yn, k));
+                    let lo_mu = prod::<W, true, false>(s.link(then::<W>(s.up, d, yn, mu), nu, &mut t0), s.corner(yn, k, &mut t1));
                     add_to(&mut acc[mu], &lo_mu);
                     add_adj_to(&mut acc[nu], &uc);
-                    let lo_nu = prod::<W, false, false>(&s.corner(ym, k), &s.link(then::<W>(s.up, d, ym, nu), mu));
+                    let lo_nu = prod::<W, false, false>(s.corner(ym, k, &mut t0), s.link(then::<W>(s.up, d, ym, nu), mu, &mut t1));
                     add_adj_to(&mut acc[nu], &lo_nu);
                 } else {
-                    let a = prod::<W, false, false>(&s.link(yn, mu), &s.link(then::<W>(s.up, d, yn, mu), nu));
-                    let lo_mu = prod::<W, true, false>(&a, &s.link(yn, nu));
+                    let a = prod::<W, false, false>(s.link(yn, mu, &mut t0), s.link(then::<W>(s.up, d, yn, mu), nu, &mut t1));
+                    let lo_mu = prod::<W, true, false>(&a, s.link(yn, nu, &mut t0));
                     add_to(&mut acc[mu], &lo_mu);
                     add_adj_to(&mut acc[nu], &uc);
-                    let a = prod::<W, false, false>(&s.link(ym, nu), &s.link(then::<W>(s.up, d, ym, nu), mu));
-                    let lo_nu = prod::<W, true, false>(&a, &s.link(ym, mu));
+                    let a = prod::<W, false, false>(s.link(ym, nu, &mut t0), s.link(then::<W>(s.up, d, ym, nu), mu, &mut t1));
+                    let lo_nu = prod::<W, true, false>(&a, s.link(ym, mu, &mut t0));
                     add_to(&mut acc[nu], &lo_nu);
                 }
                 k += 1;
             }
         }
         for (mu, a) in acc.iter().enumerate().take(d) {
-            sink(o, mu, &force_of(&prod::<W, false, false>(&s.here(o, mu), a), w));
+            sink(o, mu, &force_of(&prod::<W, false, false>(s.here(o, mu), a), w));
         }
     }
 }
@@ -480,7 +501,7 @@ macro_rules! variant {
             /// # Safety
             /// The CPU must support the instruction set.
             #[target_feature(enable = $feature)]
-            pub unsafe fn corners<const W: usize>(links: &[D<W>], d: usize, first: usize, out: &mut [D<W>]) {
+            pub unsafe fn corners<const W: usize>(links: &[M<W>], d: usize, first: usize, out: &mut [M<W>]) {
                 corners_from(links, d, first, out)
             }
 
@@ -500,7 +521,7 @@ macro_rules! variant {
             /// # Safety
             /// The CPU must support the instruction set.
             #[target_feature(enable = $feature)]
-            pub unsafe fn pack<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], out: &mut [D<W>]) {
+            pub unsafe fn pack<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], out: &mut [M<W>]) {
                 pack_into(uf, start, out)
             }
 
