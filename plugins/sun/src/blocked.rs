@@ -226,8 +226,10 @@ thread_local! {
     static B2: RefCell<Buffers<2>> = const { RefCell::new(Buffers::new()) };
 }
 
-/// The most bytes of packed links and corner products the blocked force keeps (16⁴ needs
-/// 94 MB; 20⁴ would need 230 MB, 2.5× the links' memory, which the per-site kernels save).
+/// The most bytes of packed links and corner products the blocked force keeps (8⁴ needs
+/// 5.9 MB with its corners, 2.5× the links' memory; 16⁴, whose force forms its lower staples
+/// without shared corners ([`crate::fast::CORNERS_MAX_BYTES`]), 38 MB for the links alone;
+/// 24⁴ would need 191 MB, which the per-site kernels save).
 /// Both paths give the same bits, so this bound only trades memory for speed. Measured, one
 /// thread, a Xeon with AVX-512 and 480 MiB of L3: the blocked force against the per-site one at
 /// 8³·16 3.9 against 7.5 ms, 8²·16² 9.9 against 16.1, 16⁴ 42 against 77. On a 2-core EPYC with
