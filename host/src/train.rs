@@ -596,9 +596,11 @@ fn begin(
     })
 }
 
-/// Writes the final weights, the history CSV and the training curves.
+/// Writes the history CSV, the training curves and, last, the final weights, each file
+/// atomically: the weights mark a finished training, so a run killed before them has no
+/// weights (and `--resume` from the checkpoint writes all three), and one killed after them
+/// has all three.
 fn write_outputs(file: &str, paths: &TrainPaths, model: &ModelHandle, history: &[HistoryRow]) -> Result<()> {
-    write_atomic(&paths.weights, &model.save(false)?).with_context(|| format!("{file}: model.weights"))?;
     write_history(&paths.history, history)?;
     let col = |f: fn(&HistoryRow) -> f64| history.iter().map(f).collect::<Vec<f64>>();
     crate::plot::training_curves(
@@ -611,6 +613,7 @@ fn write_outputs(file: &str, paths: &TrainPaths, model: &ModelHandle, history: &
         50,
     )
     .with_context(|| format!("{file}: train.plot"))?;
+    write_atomic(&paths.weights, &model.save(false)?).with_context(|| format!("{file}: model.weights"))?;
     Ok(())
 }
 
