@@ -378,8 +378,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     });
 }
 
-/// Packs `out[n]` from the links of `uf` (18 reals each) that start at `start(n)[ℓ]`, lane ℓ,
-/// each real's lanes twice over.
+/// Packs `out[n]` from the links of `uf` (18 reals each) that start at `start(n)[ℓ]`, lane ℓ.
 #[inline(always)]
 fn pack_into<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], out: &mut [M<W>]) {
     for (n, m) in out.iter_mut().enumerate() {
