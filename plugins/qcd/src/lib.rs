@@ -97,7 +97,7 @@ use std::rc::Rc;
 use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
 use latflow_core::gauge::fermion::rational::{InverseSqrt, MAX_DEGREE};
 use latflow_core::gauge::fermion::{
-    lanes, CgParams, FermionError, SolverLayout, WilsonDirac, WilsonGroup, WilsonParams,
+    CgParams, FermionError, SolverLayout, WilsonDirac, WilsonGroup, WilsonParams,
 };
 use latflow_core::gauge::flat::view_mut;
 use latflow_core::gauge::gradflow::{FlowCard, FlowMeasurement};
@@ -405,15 +405,6 @@ fn fermion_config(e: FermionError) -> PluginError {
     PluginError::config(e.to_string())
 }
 
-/// The card's name of a solver layout.
-fn layout_name(layout: SolverLayout) -> &'static str {
-    match layout {
-        SolverLayout::Auto => "auto",
-        SolverLayout::Sites => "sites",
-        SolverLayout::Lanes => "lanes",
-    }
-}
-
 fn check_tol(key: &str, tol: f64) -> Result<f64, PluginError> {
     if !(tol.is_finite() && tol > 0.0) {
         return Err(config_err(
@@ -429,28 +420,20 @@ impl Qcd {
     /// `"sites"`, or `"lanes"` (wherever it applies, whatever the volume; an error where it
     /// cannot: not SU(3) in 4D, a clover term or twisted mass, a time extent that is not a
     /// multiple of 8). See [`SolverLayout`].
+    /// Called once κ, μ and c_sw are checked.
     fn check_layout(cfg: &Config, lattice: &Lattice, group: Group) -> Result<SolverLayout, PluginError> {
         let layout = match cfg.solver.layout.as_deref() {
-            None | Some("auto") => SolverLayout::Auto,
-            Some("sites") => SolverLayout::Sites,
-            Some("lanes") => SolverLayout::Lanes,
-            Some(other) => {
-                return Err(config_err(
-                    "solver.layout",
-                    format!("unknown layout {other:?}: use \"auto\", \"sites\" or \"lanes\""),
-                ));
-            }
+            None => SolverLayout::Auto,
+            Some(name) => SolverLayout::parse(name).ok_or_else(|| {
+                config_err("solver.layout", format!("unknown layout {name:?}: use one of {:?}", SolverLayout::NAMES))
+            })?,
         };
         if layout == SolverLayout::Lanes {
-            let shape = lattice.shape();
-            let why = if group != Group::Su3 || shape.len() != 4 {
-                Some("it needs SU(3) in 4D".to_string())
-            } else if cfg.csw != 0.0 || cfg.mu != 0.0 {
-                Some("it covers the plain Wilson operator only (no csw, no mu)".to_string())
-            } else if !shape[3].is_multiple_of(2 * lanes::LANES) {
-                Some(format!("it needs a time extent that is a multiple of {}, got {}", 2 * lanes::LANES, shape[3]))
-            } else {
-                None
+            // the operator itself says why (an SU(3) one: other groups never take the layout)
+            let params = WilsonParams { kappa: cfg.kappa, mu: cfg.mu, csw: cfg.csw };
+            let why = match WilsonDirac::<latflow_core::gauge::Su3, 4>::new(lattice, params) {
+                Ok(d) if group == Group::Su3 => d.lanes_unavailable(),
+                _ => Some("it needs SU(3) in 4D".into()),
             };
             if let Some(why) = why {
                 return Err(config_err("solver.layout", format!("\"lanes\" does not apply: {why}")));
@@ -478,14 +461,11 @@ impl Qcd {
         }
     }
 
-    /// This theory with the solvers' lanes layout left to the card (`on`) or switched off
-    /// (every solve in the site layout). Both sample the same distribution; solutions agree
-    /// to the solver's tolerance, not bit for bit. For tests and benchmarks of the two
-    /// layouts.
-    pub fn with_lanes(mut self, on: bool) -> Self {
-        if !on {
-            self.layout = SolverLayout::Sites;
-        }
+    /// This theory with the solvers' layout set to `layout` instead of the card's. Every
+    /// layout samples the same distribution; solutions agree to the solver's tolerance, not
+    /// bit for bit. For tests and benchmarks of the layouts.
+    pub fn with_layout(mut self, layout: SolverLayout) -> Self {
+        self.layout = layout;
         self
     }
 
@@ -495,7 +475,7 @@ impl Qcd {
     }
 
     /// The Wilson operator at hopping parameter `kappa` with the card's μ and c_sw, its
-    /// solvers' layout (`solver.layout`, or as set by [`Self::with_lanes`]).
+    /// solvers' layout (`solver.layout`, or as set by [`Self::with_layout`]).
     pub fn dirac<G: WilsonGroup, const NS: usize>(&self, kappa: f64) -> Result<WilsonDirac<G, NS>, FermionError> {
         Ok(WilsonDirac::new(&self.lattice, self.wilson_params(kappa))?.with_layout(self.layout))
     }
@@ -965,7 +945,7 @@ impl Physics for Qcd {
             "mu": self.mu,
             "csw": self.csw,
             "hasenbusch": self.hasenbusch,
-            "solver": { "tol": self.solvers.action.tol, "force_tol": self.solvers.force.tol, "max_iter": self.solvers.action.max_iter, "layout": layout_name(self.layout) },
+            "solver": { "tol": self.solvers.action.tol, "force_tol": self.solvers.force.tol, "max_iter": self.solvers.action.max_iter, "layout": self.layout.name() },
             "even_odd": self.even_odd,
             "condensate": { "sources": self.condensate.sources, "exact": self.condensate.exact, "seed": self.condensate.seed },
             "pion_correlator": self.pion,

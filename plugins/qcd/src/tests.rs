@@ -527,7 +527,7 @@ fn the_sun_charge_is_measured_after_the_gradient_flow() {
 fn pf_hmc_through_the_lanes_layout_follows_the_site_layout() {
     let card = r#"{"group": "su3", "lattice": [2, 2, 2, 8], "beta": 5.5, "kappa": 0.12, "hasenbusch": [0.1],
         "solver": {"tol": 1e-12, "force_tol": 1e-12}, "condensate": {"sources": 2}}"#;
-    let layouts = [theory(card).with_lanes(true), theory(card).with_lanes(false)];
+    let layouts = [theory(card).with_layout(SolverLayout::Auto), theory(card).with_layout(SolverLayout::Sites)];
     let runs: Vec<_> = layouts
         .iter()
         .zip([true, false])
@@ -690,7 +690,7 @@ fn the_solver_layout_key_reaches_the_operators_and_refuses_what_cannot_apply() {
         assert_eq!(t.dirac::<Su3, 4>(0.12).unwrap().solves_in_lanes(), lanes, "{name}");
         assert_eq!(t.params_json()["solver"]["layout"], name);
     }
-    assert!(!theory(&card("lanes")).with_lanes(false).dirac::<Su3, 4>(0.12).unwrap().solves_in_lanes());
+    assert!(!theory(&card("lanes")).with_layout(SolverLayout::Sites).dirac::<Su3, 4>(0.12).unwrap().solves_in_lanes());
     refused(&card("simd"), &["solver.layout", "simd"]);
     let lanes = r#""solver": {"layout": "lanes"}"#;
     for (c, why) in [

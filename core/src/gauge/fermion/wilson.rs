@@ -134,13 +134,6 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
         self
     }
 
-    /// This operator with the solvers' use of the lanes layout ([`super::lanes`]) left to the
-    /// default rule (`on`: [`SolverLayout::Auto`]) or switched off (every solve in the site
-    /// layout: [`SolverLayout::Sites`]). See [`Self::with_layout`].
-    pub fn with_lanes(self, on: bool) -> Self {
-        self.with_layout(if on { SolverLayout::Auto } else { SolverLayout::Sites })
-    }
-
     /// This operator with its solvers' layout set to `layout` (default
     /// [`SolverLayout::Auto`]). Both layouts give the same operator bits; a solve's reductions
     /// sum in another order, so the solutions agree to the solver's tolerance, not bit for
@@ -157,9 +150,26 @@ impl<G: WilsonGroup, const NS: usize> WilsonDirac<G, NS> {
     }
 
     /// Whether the lanes layout applies to this operator at all: SU(3) in 4D, time extent a
-    /// multiple of 8, no clover term, no twisted mass.
+    /// multiple of 8, no clover term, no twisted mass ([`Self::lanes_unavailable`]).
     pub fn lanes_apply(&self) -> bool {
-        self.lanes.is_some() && self.params.csw == 0.0 && self.twist() == 0.0
+        self.lanes_unavailable().is_none()
+    }
+
+    /// Why the lanes layout cannot apply to this operator (None where it can): it covers SU(3)
+    /// in 4D with a time extent that is a multiple of 2·[`super::lanes::LANES`], and the plain
+    /// Wilson operator only.
+    pub fn lanes_unavailable(&self) -> Option<String> {
+        if NS != 4 || <G::Colour as Colour>::NC != 3 {
+            return Some("it needs SU(3) in 4D".into());
+        }
+        if self.lanes.is_none() {
+            let t = self.lattice.shape()[NS - 1];
+            return Some(format!("it needs a time extent that is a multiple of {}, got {t}", 2 * super::lanes::LANES));
+        }
+        if self.params.csw != 0.0 || self.twist() != 0.0 {
+            return Some("it covers the plain Wilson operator only (no csw, no mu)".into());
+        }
+        None
     }
 
     /// Whether the layout setting picks the lanes layout on this lattice (before the
@@ -833,6 +843,23 @@ pub enum SolverLayout {
     /// whose last-level cache holds the fields (measured on a Xeon with 480 MiB of L3: 16⁴,
     /// one thread, 5.8 against 7.9 ms per D ψ), the slower where they stream from memory.
     Lanes,
+}
+
+impl SolverLayout {
+    /// Every layout, in the order of [`Self::NAMES`].
+    pub const ALL: [SolverLayout; 3] = [SolverLayout::Auto, SolverLayout::Sites, SolverLayout::Lanes];
+    /// The names of run cards: "auto", "sites", "lanes".
+    pub const NAMES: [&'static str; 3] = ["auto", "sites", "lanes"];
+
+    /// The layout of `name` (one of [`Self::NAMES`]), or None.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::NAMES.iter().position(|n| *n == name).map(|i| Self::ALL[i])
+    }
+
+    /// This layout's name (see [`Self::parse`]).
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
 }
 
 /// Whether one 4D SU(3) application's compulsory bytes on `volume` sites fit 16 MiB, so that

@@ -138,7 +138,7 @@ fn residual(d: &WilsonDirac<Su3, 4>, u: &[Su3], b: &[SpinorOf<Su3, 4>], x: &[Spi
 /// solutions and reports.
 fn solves(shape: &[i64], on: bool, threads: usize) -> (Vec<Field>, Vec<CgReport>, WilsonDirac<Su3, 4>, Vec<Su3>, Field) {
     in_pool(threads, || {
-        let d = op::<Su3, 4>(shape, 0.12, 0.0).with_lanes(on);
+        let d = op::<Su3, 4>(shape, 0.12, 0.0).with_layout(if on { SolverLayout::Auto } else { SolverLayout::Sites });
         let (v, h) = (d.volume(), d.volume() / 2);
         let u = hot::<Su3>(d.lattice(), 21);
         let eta = noise::<Su3, 4>(v, 22);
@@ -204,17 +204,23 @@ fn the_solver_layout_setting_picks_the_layout() {
         assert!(d.lanes_apply());
         assert!(d.clone().with_layout(SolverLayout::Lanes).solves_in_lanes());
         assert!(!d.clone().with_layout(SolverLayout::Sites).solves_in_lanes());
-        assert!(!d.clone().with_lanes(false).solves_in_lanes());
-        assert_eq!(d.clone().with_lanes(true).solves_in_lanes(), d.solves_in_lanes());
+        assert_eq!(d.clone().with_layout(SolverLayout::Auto).solves_in_lanes(), d.solves_in_lanes());
     }
     let refuse = [
         op_sw::<Su3, 4>(&[4, 4, 4, 8], 0.12, 0.0, 1.0),
         op::<Su3, 4>(&[4, 4, 4, 8], 0.12, 0.1),
         op::<Su3, 4>(&[4, 4, 4, 12], 0.12, 0.0),
     ];
-    for d in refuse {
+    for (d, why) in refuse.into_iter().zip(["no csw", "no mu", "multiple of 8, got 12"]) {
+        assert!(d.lanes_unavailable().is_some_and(|e| e.contains(why)), "{:?}", d.lanes_unavailable());
         assert!(!d.lanes_apply() && !d.with_layout(SolverLayout::Lanes).solves_in_lanes());
     }
     let su2 = op::<crate::gauge::Su2, 4>(&[4, 4, 4, 8], 0.12, 0.0);
+    assert!(su2.lanes_unavailable().is_some_and(|e| e.contains("SU(3) in 4D")));
     assert!(!su2.lanes_apply() && !su2.with_layout(SolverLayout::Lanes).solves_in_lanes());
+    // the names of run cards
+    for l in SolverLayout::ALL {
+        assert_eq!(SolverLayout::parse(l.name()), Some(l));
+    }
+    assert_eq!(SolverLayout::parse("simd"), None);
 }
