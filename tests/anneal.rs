@@ -4,7 +4,8 @@
 //! and lowering β itself at β = 3. Fixed seeds, |z| < 4, Jarzynski's ⟨e^{−W}⟩ = 1. Also: a replica
 //! ladder over the defect's coupling (parallel tempering in the boundary conditions) is exact at
 //! its physical coupling, a killed run resumes to the same bits, and bad anneal cards are
-//! refused naming the key.
+//! refused naming the key. The same for u1's `defect_snf` step, the protocol with trained flow
+//! layers.
 
 mod common;
 
@@ -164,5 +165,82 @@ fn bad_anneal_cards_name_the_key() {
         let mut all = needles.to_vec();
         all.push(name);
         expect_failure(&["run", c.to_str().unwrap(), "-q"], &all);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// u1's `defect_snf` step: a stochastic normalizing flow over the defect (trained flow layers
+// between the HMC kernels of the protocol)
+// ---------------------------------------------------------------------------------------------
+
+/// The flow protocol of the headline: one trained layer each way, 1 + 2 trajectories at w = 0.
+const DEFECT_SNF: &str = "stages = 1\nhold = 2\nflow = { train_steps = 100, batch = 16 }";
+
+/// The step's `protocol_accepted` and `work` columns, from the file.
+fn snf_columns(out: &std::path::Path) -> (Vec<f64>, Vec<f64>) {
+    let ens = latflow_host::ensemble::read_ensemble(out).unwrap();
+    let step = ens.steps.iter().find(|s| s.label == "defect_snf").expect("a defect_snf step");
+    let col = |name: &str| step.columns.iter().find(|(n, _)| n == name).expect(name).1.clone();
+    (col("protocol_accepted"), col("work"))
+}
+
+/// At β = 6, L = 8, the flow protocol reproduces the exact plaquette, W(2×2), χ_top and ⟨Q⟩,
+/// with Jarzynski's ⟨e^{−W}⟩ = 1 (independent-sample error: protocols from consecutive sweeps
+/// are nearly independent here, τ_int(Q) being a few sweeps); the trained layer is accepted
+/// most of the time and the charge decorrelates within a few sweeps.
+#[test]
+fn the_defect_flow_is_exact_and_moves_the_charge_at_beta_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = card(6.0, "defect = [1, 1]", "", 31, 6000, "").replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{DEFECT_SNF}"));
+    let (c, out) = write_card(dir.path(), "defect_snf", &text);
+    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    let json = analyze_json(&out);
+    assert_z("defect_snf plaquette", scalar(&json, "plaquette"), exact_wilson_loop(6.0, 64, 1), 0.0);
+    assert_z("defect_snf W(2x2)", scalar(&json, "wilson_loop_2x2"), exact_wilson_loop(6.0, 64, 4), 0.0);
+    assert_z("defect_snf chi_top", scalar(&json, "topological_susceptibility"), 0.004362513208, 0.0);
+    assert_z("defect_snf <Q>", scalar(&json, "topological_charge"), 0.0, 0.0);
+    let (accepted, work) = snf_columns(&out);
+    let n = work.len() as f64;
+    let e: Vec<f64> = work.iter().map(|w| (-w).exp()).collect();
+    let mean = e.iter().sum::<f64>() / n;
+    let err = (e.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt();
+    assert_z("defect_snf <exp(-W)>", (mean, err), 1.0, 0.0);
+    let acc = accepted.iter().sum::<f64>() / n;
+    let tau_q = json["observables"]["topological_charge"]["tau_int"].as_f64().unwrap();
+    println!("defect_snf: acceptance {acc:.3}, <W> = {:.3}, tau_int(Q) = {tau_q:.2} sweeps", work.iter().sum::<f64>() / n);
+    assert!(acc > 0.5, "protocol acceptance {acc}: the trained layer should carry the defect");
+    assert!(tau_q < 10.0, "tau_int(Q) = {tau_q} sweeps: the flow protocol does not move the charge");
+}
+
+/// A run with the flow step, killed and resumed, has the bits of an uninterrupted run (the
+/// layers are retrained from the step's own seed on resume).
+#[test]
+fn killed_defect_flow_run_resumes_to_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = card(6.0, "defect = [1, 1]", "", 32, 6000, "checkpoint_every = 97")
+        .replace("save_every = 0", "save_every = 11")
+        .replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{DEFECT_SNF}"));
+    let (reference_card, reference) = write_card(dir.path(), "reference", &text);
+    let (c, out) = write_card(dir.path(), "killed", &text);
+    run_ok(&["run", reference_card.to_str().unwrap(), "-q"]);
+    let kills = kill_and_resume(c.to_str().unwrap(), &out, &[400, 600, 300]);
+    assert!(kills >= 2, "the run finished too quickly to be killed ({kills} kills)");
+    assert_same_bits(&reference, &out);
+}
+
+/// Bad `defect_snf` entries and theories it cannot serve are refused naming the key.
+#[test]
+fn bad_defect_flow_cards_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, defect, step, needles) in [
+        ("snf_zero_stages", "defect = [1, 1]", "stages = 0", &["stages", "at least 1"][..]),
+        ("snf_bad_lr", "defect = [1, 1]", "flow = { learning_rate = -1.0 }", &["flow.learning_rate"][..]),
+        ("snf_unknown_key", "defect = [1, 1]", "flows = 2", &["flows"][..]),
+        ("snf_no_defect", "", "stages = 1", &["defect = [1, 1]"][..]),
+        ("snf_big_defect", "defect = [2, 1]", "stages = 1", &["one defect plaquette"][..]),
+    ] {
+        let text = card(6.0, defect, "", 1, 10, "").replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{step}\n"));
+        let (c, _) = write_card(dir.path(), name, &text);
+        expect_failure(&["run", c.to_str().unwrap(), "-q"], needles);
     }
 }

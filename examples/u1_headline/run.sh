@@ -4,7 +4,9 @@
 # scratch at beta = 6, L = 8 for comparison, then bench HMC against flow Metropolis and a hybrid
 # chain at L = 16, beta = 6; then HMC against the non-equilibrium defect sampler (`anneal`) and
 # replica exchange at L = 16, beta = 6 and 7 (no training; about 30 min more); then HMC against
-# stochastic normalizing flows at L = 16, beta = 6 (about 5 min).
+# stochastic normalizing flows at L = 16, beta = 6 (about 5 min); then HMC against the flow over
+# the defect (`defect_snf`, trained in about 1 s by the step itself) at L = 16, beta = 6 and 7,
+# and at L = 32 (about 30 min).
 #
 #   examples/u1_headline/run.sh [WORKDIR]      (default: ./u1_headline; about 15 min on 2 cores)
 #
@@ -24,3 +26,6 @@ done
 "$latflow" bench "$here/bench_anneal.toml"
 "$latflow" bench "$here/bench_anneal_b7.toml"
 "$latflow" bench "$here/bench_snf.toml"
+"$latflow" bench "$here/bench_defect_snf.toml"
+"$latflow" bench "$here/bench_defect_snf_b7.toml"
+"$latflow" bench "$here/bench_defect_snf_L32.toml"

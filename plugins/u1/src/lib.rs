@@ -14,12 +14,15 @@
 //! Parameters for `parameter`/`set_parameter` (and card keys): `beta`, and with a defect
 //! `defect_coupling` (w: 1, the plain theory, by default; finite and ≥ 0). An `anneal` step
 //! that opens the defect (`parameter = "defect_coupling"`, `to = 0`) lets the topological charge
-//! move at any β.
+//! move at any β. The theory's own step kind `defect_snf` (2D, a one-plaquette defect) does the
+//! same through trained flow layers, a stochastic normalizing flow over the defect (see
+//! [`defect_flow`]).
 //!
 //! HMC moves the angles along real momenta (U(1)'s Lie algebra), θ ← θ + εp, with the force
 //! ∂S/∂θ (the same Euclidean gradient that `action_grad` returns), and wraps the angles into
 //! (−π, π] at the end of each trajectory's integration. One time scale only.
 
+pub mod defect_flow;
 mod kernel;
 
 use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
@@ -32,6 +35,7 @@ pub use latflow_core::gauge::check_beta;
 use latflow_core::{Lattice, Stream};
 use serde::Deserialize;
 
+pub use defect_flow::{flux_field, CircleMap, DefectGeometry};
 pub use kernel::{wrap_angle, Defect, Kernel};
 pub use latflow_core::hmc::Angles;
 
@@ -96,6 +100,8 @@ pub struct U1 {
     kernel: Kernel,
     beta: f64,
     loops: Vec<(usize, usize)>,
+    /// The `defect_snf` step's geometry and trained layers.
+    defect_flows: defect_flow::Cache,
 }
 
 impl U1 {
@@ -205,7 +211,7 @@ impl Physics for U1 {
             (None, None) => {}
         }
         let loops = Self::loops(&kernel, &lattice, &cfg.wilson_loops)?;
-        Ok(Self { lattice, kernel, beta, loops })
+        Ok(Self { lattice, kernel, beta, loops, defect_flows: defect_flow::Cache::default() })
     }
 
     fn layout(&self) -> FieldLayout {
@@ -298,6 +304,37 @@ impl Physics for U1 {
         let alpha: Vec<f64> = (0..self.lattice.volume()).map(|_| 10.0 * (rng.uniform() - 0.5)).collect();
         Some(gauge_transform(&self.lattice, config, &alpha))
     }
+
+    fn step_kinds(&self) -> Vec<&'static str> {
+        vec![defect_flow::KIND]
+    }
+
+    fn step_columns(&self, kind: &str, options: &serde_json::Value) -> Result<Vec<String>, PluginError> {
+        if kind != defect_flow::KIND {
+            return Err(latflow_core::sdk::unknown_step(Self::NAME, kind, &self.step_kinds()));
+        }
+        defect_flow::Options::parse(options)?;
+        self.defect_flows.geometry(&self.kernel, &self.lattice)?;
+        Ok(defect_flow::COLUMNS.iter().map(|c| c.to_string()).collect())
+    }
+
+    fn step(
+        &self,
+        kind: &str,
+        options: &serde_json::Value,
+        config: &mut [f64],
+        rng: &mut Stream,
+        out: &mut Vec<f64>,
+    ) -> Result<(), PluginError> {
+        if kind != defect_flow::KIND {
+            return Err(latflow_core::sdk::unknown_step(Self::NAME, kind, &self.step_kinds()));
+        }
+        let options = defect_flow::Options::parse(options)?;
+        let geometry = self.defect_flows.geometry(&self.kernel, &self.lattice)?;
+        let protocol =
+            defect_flow::Protocol { geometry, beta: self.beta, v: self.kernel.defect().coupling, options: &options };
+        defect_flow::apply(&protocol, &self.defect_flows, config, rng, out)
+    }
 }
 
 latflow_core::export_theory!(U1,
@@ -306,6 +343,7 @@ provides: [
     "keys: lattice, beta, wilson_loops (default [[1, 1], [2, 2]]), defect (a box of sites: its plaquettes' coupling is beta*defect_coupling), defect_coupling (default 1)",
     "observables: plaquette action_density topological_charge topological_susceptibility (2D) wilson_loop_RxT",
     "parameters: beta, defect_coupling (with a defect box)",
+    "step kinds: defect_snf (2D, defect = [1, 1]: a stochastic normalizing flow over the defect)",
     "hmc levels: 1",
 ]);
 
