@@ -212,6 +212,28 @@ fn the_defect_flow_is_exact_and_moves_the_charge_at_beta_6() {
     assert!(tau_q < 10.0, "tau_int(Q) = {tau_q} sweeps: the flow protocol does not move the charge");
 }
 
+/// Two defect plaquettes far apart (`defect_sites`), a sub-layer each: still exact at L = 8,
+/// β = 6, and the charge moves.
+#[test]
+fn the_defect_flow_with_two_defects_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = card(6.0, "defect_sites = [[0, 0], [4, 4]]", "", 33, 4000, "")
+        .replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{DEFECT_SNF}"));
+    let (c, out) = write_card(dir.path(), "defect_snf2", &text);
+    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    let json = analyze_json(&out);
+    assert_z("defect_snf2 plaquette", scalar(&json, "plaquette"), exact_wilson_loop(6.0, 64, 1), 0.0);
+    assert_z("defect_snf2 W(2x2)", scalar(&json, "wilson_loop_2x2"), exact_wilson_loop(6.0, 64, 4), 0.0);
+    assert_z("defect_snf2 chi_top", scalar(&json, "topological_susceptibility"), 0.004362513208, 0.0);
+    assert_z("defect_snf2 <Q>", scalar(&json, "topological_charge"), 0.0, 0.0);
+    let (accepted, work) = snf_columns(&out);
+    let n = work.len() as f64;
+    let acc = accepted.iter().sum::<f64>() / n;
+    let tau_q = json["observables"]["topological_charge"]["tau_int"].as_f64().unwrap();
+    println!("defect_snf2: acceptance {acc:.3}, <W> = {:.3}, tau_int(Q) = {tau_q:.2} sweeps", work.iter().sum::<f64>() / n);
+    assert!(acc > 0.3 && tau_q < 10.0, "acceptance {acc}, tau_int(Q) {tau_q}");
+}
+
 /// A run with the flow step, killed and resumed, has the bits of an uninterrupted run (the
 /// layers are retrained from the step's own seed on resume).
 #[test]
@@ -237,7 +259,8 @@ fn bad_defect_flow_cards_name_the_key() {
         ("snf_bad_lr", "defect = [1, 1]", "flow = { learning_rate = -1.0 }", &["flow.learning_rate"][..]),
         ("snf_unknown_key", "defect = [1, 1]", "flows = 2", &["flows"][..]),
         ("snf_no_defect", "", "stages = 1", &["defect = [1, 1]"][..]),
-        ("snf_big_defect", "defect = [2, 1]", "stages = 1", &["one defect plaquette"][..]),
+        ("snf_bad_components", "defect = [1, 1]", "flow = { components = 0 }", &["flow.components"][..]),
+        ("snf_bad_sites", "defect_sites = [[0, 0], [8, 0]]", "stages = 1", &["defect_sites[1][0]"][..]),
     ] {
         let text = card(6.0, defect, "", 1, 10, "").replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{step}\n"));
         let (c, _) = write_card(dir.path(), name, &text);

@@ -1,4 +1,5 @@
-//! `kind = "defect_snf"`: a stochastic normalizing flow over u1's defect (2D, one plaquette).
+//! `kind = "defect_snf"`: a stochastic normalizing flow over u1's defect (2D: one plaquette, or
+//! several, each with its own sub-layer).
 //!
 //! The defect's coupling w goes from its value v to `to` (0: the plaquette is free and the
 //! topological charge moves through it) and back in `stages` switches each way, as in the host's
@@ -19,7 +20,7 @@
 //! reverse of a path is drawn by the same protocol and the step satisfies detailed balance with
 //! e^{−S_v} whatever the layers are: their training changes the acceptance only.
 //!
-//! **The layer** ([`DefectLayer`]). With φ = θ_d the defect plaquette's angle (wrapped into
+//! **The layer** ([`DefectGeometry::forward`]). With φ = θ_d the defect plaquette's angle (wrapped into
 //! (−π, π]) and h a circle diffeomorphism, every link moves by a fixed pattern A scaled by
 //! Δ = h(φ) − φ:
 //!
@@ -37,11 +38,16 @@
 //! on a torus are independent but for their total flux, so given θ_d the other plaquettes'
 //! distribution does not depend on w, and for Gaussian plaquettes a change of θ_d by Δ shifts
 //! each of the others' conditional means by −Δ/(V − 1): the layer transports the conditional
-//! law, and h the defect's own marginal.
+//! law, and h the defect's own marginal. With several defect plaquettes (`defect_sites`, or a
+//! box) the layer is one such sub-layer per plaquette, applied in order, each with its own A_i
+//! (A translated to the plaquette) and the same h; its log-det is the sum of the sub-layers'.
+//! Defects far apart move the charge in parallel at the cost of one HMC trajectory.
 //!
 //! **Training** (greedy, per layer): layer k minimises its share of ⟨W⟩,
 //! E[S_{λ_k}(L_k x) − ln h_k'(φ)] over the descent's states x before it, which reduces to three
-//! numbers per state (φ, and Σ cos θ_P, Σ sin θ_P over the other plaquettes); gradients are
+//! numbers per state and defect plaquette (φ, and Σ cos θ_P, Σ sin θ_P over the other
+//! plaquettes; with several defects each one's share is taken as if it were alone, which
+//! neglects the O(1/V) shift that a sub-layer gives the other defects: W keeps it); gradients are
 //! analytic, the optimiser is Adam. The training chain is the step's own (cold start, seed
 //! `flow.seed`, `flow.thermalization` trajectories at v), independent of the run's chain, so a
 //! resumed run retrains to the same bits. The trained layers are kept on the theory object, one
@@ -326,75 +332,108 @@ impl CircleMap {
     }
 }
 
-/// The geometry the layers share: the defect plaquette and the flux pattern A.
+/// The geometry the layers share: the defect plaquettes and their flux patterns.
 #[derive(Debug, Clone)]
 pub struct DefectGeometry {
     kernel: Kernel,
-    /// The defect plaquette's site (its plane is (0, 1)).
-    site: usize,
-    flux: Vec<f64>,
+    /// The defect plaquettes, in increasing order (in 2D a plaquette's index is its site's).
+    sites: Vec<usize>,
+    /// A_i for each defect plaquette i: [`flux_field`] of a defect at the origin, translated.
+    fluxes: Vec<Vec<f64>>,
 }
 
 impl DefectGeometry {
-    /// For a 2D kernel whose defect is one plaquette; otherwise a config error.
+    /// For a 2D kernel with a defect (one plaquette or several); otherwise a config error.
     pub fn new(kernel: &Kernel, lattice: &Lattice) -> Result<Self, PluginError> {
         if lattice.dim() != 2 {
             return Err(PluginError::config(format!("{KIND}: needs a 2D lattice, got {:?}", lattice.shape())));
         }
-        match kernel.defect().plaquettes.as_slice() {
-            [site] => Ok(Self { kernel: kernel.clone(), site: *site, flux: flux_field(lattice, *site) }),
-            [] => Err(PluginError::config(format!("{KIND}: needs a [theory] defect = [1, 1] (one plaquette)"))),
-            p => Err(PluginError::config(format!(
-                "{KIND}: the flow layers move one defect plaquette; the card's defect box has {} (use defect = [1, 1])",
-                p.len()
-            ))),
+        let sites = kernel.defect().plaquettes.clone();
+        if sites.is_empty() {
+            return Err(PluginError::config(format!(
+                "{KIND}: needs a defect: [theory] defect = [1, 1] (one plaquette) or defect_sites = [[x, y], ...]"
+            )));
         }
+        let origin = flux_field(lattice, 0);
+        let shape = lattice.shape();
+        let fluxes = sites
+            .iter()
+            .map(|&d| {
+                let xd = lattice.coords(d);
+                let mut a = vec![0.0; origin.len()];
+                for x in 0..lattice.volume() {
+                    let c = lattice.coords(x);
+                    let rel: Vec<usize> = (0..2).map(|mu| (c[mu] + shape[mu] - xd[mu]) % shape[mu]).collect();
+                    let r = lattice.index(&rel);
+                    a[2 * x..2 * x + 2].copy_from_slice(&origin[2 * r..2 * r + 2]);
+                }
+                a
+            })
+            .collect();
+        Ok(Self { kernel: kernel.clone(), sites, fluxes })
     }
 
-    /// The defect plaquette's angle, wrapped into (−π, π].
-    pub fn defect_angle(&self, theta: &[f64]) -> f64 {
-        wrap_angle(self.kernel.plaquette_angle(theta, self.site))
+    /// The number of defect plaquettes.
+    pub fn len(&self) -> usize {
+        self.sites.len()
     }
 
-    /// (Σ cos θ_P, Σ sin θ_P) over the plaquettes other than the defect.
-    fn others(&self, theta: &[f64], buf: &mut [f64]) -> (f64, f64) {
+    /// Whether there is no defect plaquette (never, once constructed).
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// The angle of defect plaquette `i`, wrapped into (−π, π].
+    pub fn defect_angle(&self, theta: &[f64], i: usize) -> f64 {
+        wrap_angle(self.kernel.plaquette_angle(theta, self.sites[i]))
+    }
+
+    /// For each defect plaquette: its angle, and (Σ cos θ_P, Σ sin θ_P) over the other V − 1
+    /// plaquettes.
+    fn samples(&self, theta: &[f64], buf: &mut [f64]) -> Vec<(f64, f64, f64)> {
         self.kernel.plaquette_angles(theta, buf);
-        let (mut c, mut s) = (0.0, 0.0);
-        for (p, a) in buf.iter().enumerate() {
-            if p != self.site {
-                c += a.cos();
-                s += a.sin();
-            }
-        }
-        (c, s)
+        let (c, s) = buf.iter().fold((0.0, 0.0), |(c, s), a| (c + a.cos(), s + a.sin()));
+        self.sites.iter().map(|&d| (wrap_angle(buf[d]), c - buf[d].cos(), s - buf[d].sin())).collect()
     }
 
-    /// S at defect coupling `w`: −β (Σ_P cos θ_P − (1 − w) cos θ_d).
+    /// S at defect coupling `w`: −β (Σ_P cos θ_P − (1 − w) Σ_d cos θ_d).
     fn action(&self, theta: &[f64], beta: f64, w: f64) -> f64 {
-        -beta * (self.kernel.sum_cos(theta) - (1.0 - w) * self.kernel.plaquette_angle(theta, self.site).cos())
+        let defect: f64 = self.sites.iter().map(|&d| self.kernel.plaquette_angle(theta, d).cos()).sum();
+        -beta * (self.kernel.sum_cos(theta) - (1.0 - w) * defect)
     }
 
-    /// θ ↦ θ + Δ·A.
-    fn shift(&self, theta: &mut [f64], delta: f64) {
-        for (t, a) in theta.iter_mut().zip(&self.flux) {
+    /// θ ↦ θ + Δ·A_i.
+    fn shift(&self, theta: &mut [f64], i: usize, delta: f64) {
+        for (t, a) in theta.iter_mut().zip(&self.fluxes[i]) {
             *t += delta * a;
         }
     }
 
-    /// The layer of `map` on `theta` in place; returns ln|det ∂T/∂θ| = ln h'(φ).
+    /// The layer of `map` on `theta` in place: one sub-layer per defect plaquette, in order,
+    /// each mapping that plaquette's current angle φ_i by h and spreading the difference;
+    /// returns ln|det ∂T/∂θ| = Σ_i ln h'(φ_i).
     pub fn forward(&self, map: &CircleMap, theta: &mut [f64]) -> f64 {
-        let phi = self.defect_angle(theta);
-        let (h, dh) = map.eval(phi);
-        self.shift(theta, h - phi);
-        dh.ln()
+        let mut log_det = 0.0;
+        for i in 0..self.sites.len() {
+            let phi = self.defect_angle(theta, i);
+            let (h, dh) = map.eval(phi);
+            self.shift(theta, i, h - phi);
+            log_det += dh.ln();
+        }
+        log_det
     }
 
-    /// The inverse layer in place; returns ln|det ∂T⁻¹/∂θ| = −ln h'(h⁻¹(φ)).
+    /// The inverse layer in place (the sub-layers inverted, in reverse order); returns
+    /// ln|det ∂T⁻¹/∂θ|.
     pub fn inverse(&self, map: &CircleMap, theta: &mut [f64]) -> f64 {
-        let y = self.defect_angle(theta);
-        let phi = map.inverse(y);
-        self.shift(theta, phi - y);
-        -map.eval(phi).1.ln()
+        let mut log_det = 0.0;
+        for i in (0..self.sites.len()).rev() {
+            let y = self.defect_angle(theta, i);
+            let phi = map.inverse(y);
+            self.shift(theta, i, phi - y);
+            log_det -= map.eval(phi).1.ln();
+        }
+        log_det
     }
 }
 
@@ -510,10 +549,10 @@ impl Protocol<'_> {
                 let mut y = x.clone();
                 for k in 0..n {
                     let w = o.lambda(self.v, k as u32 + 1);
-                    let phi = self.geometry.defect_angle(&y);
-                    let (c, s) = self.geometry.others(&y, &mut buf);
-                    let sample = Sample { phi, cos_sum: c, sin_sum: s, others, beta: self.beta, w };
-                    losses[k] += sample.loss(&layers[k], Some(&mut grads[k]));
+                    for (phi, c, s) in self.geometry.samples(&y, &mut buf) {
+                        let sample = Sample { phi, cos_sum: c, sin_sum: s, others, beta: self.beta, w };
+                        losses[k] += sample.loss(&layers[k], Some(&mut grads[k]));
+                    }
                     self.geometry.forward(&layers[k], &mut y);
                     if k + 1 < n {
                         self.hmc(w, &mut y, o.hmc.repeat, &mut rng)?;
@@ -521,7 +560,7 @@ impl Protocol<'_> {
                 }
             }
             for k in 0..n {
-                let scale = 1.0 / f.batch as f64;
+                let scale = 1.0 / (f.batch as usize * self.geometry.len()) as f64;
                 grads[k].iter_mut().for_each(|g| *g *= scale);
                 if grads[k].iter().any(|g| !g.is_finite()) {
                     return Err(PluginError::numerical(format!(

@@ -80,7 +80,16 @@ impl Kernel {
         self.defect = Defect { plaquettes, coupling: 1.0 };
     }
 
-    /// The defect (empty without `set_defect_box`).
+    /// Makes every plaquette (x; μ, ν) at the listed sites a defect plaquette, at coupling 1
+    /// (site indices, distinct, each < V).
+    pub fn set_defect_sites(&mut self, sites: &[usize]) {
+        let np = self.planes.len();
+        let mut plaquettes: Vec<usize> = sites.iter().flat_map(|&x| (0..np).map(move |p| x * np + p)).collect();
+        plaquettes.sort_unstable();
+        self.defect = Defect { plaquettes, coupling: 1.0 };
+    }
+
+    /// The defect (empty without `set_defect_box` or `set_defect_sites`).
     pub fn defect(&self) -> &Defect {
         &self.defect
     }

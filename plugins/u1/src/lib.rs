@@ -10,7 +10,8 @@
 //! with Haar measure Π dθ/2π (docs/reference.md §3). Run-card keys (`[theory]`): `lattice`, `beta`
 //! (finite, ≥ 0; β = 0 is the pure Haar measure) and `wilson_loops` (a list of [R, T] sizes,
 //! default `[[1, 1], [2, 2]]`), and optionally `defect = [e_0, …, e_{d−1}]`: the plaquettes at
-//! the sites of the box 0 ≤ x_i < e_i form a defect whose coupling is β·w (see [`Defect`]).
+//! the sites of the box 0 ≤ x_i < e_i form a defect whose coupling is β·w (see [`Defect`]), or
+//! `defect_sites = [[x_0, …, x_{d−1}], …]`: the plaquettes at the listed sites do.
 //! Parameters for `parameter`/`set_parameter` (and card keys): `beta`, and with a defect
 //! `defect_coupling` (w: 1, the plain theory, by default; finite and ≥ 0). An `anneal` step
 //! that opens the defect (`parameter = "defect_coupling"`, `to = 0`) lets the topological charge
@@ -49,6 +50,8 @@ struct Config {
     wilson_loops: Vec<[i64; 2]>,
     #[serde(default)]
     defect: Option<Vec<i64>>,
+    #[serde(default)]
+    defect_sites: Option<Vec<Vec<i64>>>,
     #[serde(default)]
     defect_coupling: Option<f64>,
 }
@@ -132,7 +135,7 @@ impl U1 {
     /// `defect_coupling` asked of a theory without a defect: say how to declare one.
     fn no_defect(&self, name: &str, e: PluginError) -> PluginError {
         if name == "defect_coupling" {
-            PluginError::unsupported("u1 has no parameter 'defect_coupling' without a [theory] defect = [extents] box")
+            PluginError::unsupported("u1 has no parameter 'defect_coupling' without a [theory] defect = [extents] box or defect_sites = [[x, y], ...]")
         } else {
             e
         }
@@ -165,6 +168,34 @@ impl U1 {
                 }
             })
             .collect()
+    }
+
+    /// The validated `defect_sites`: one coordinate per axis, each in 0..L_i, no site twice, at
+    /// least one site; returns site indices.
+    fn defect_sites(lattice: &Lattice, sites: &[Vec<i64>]) -> Result<Vec<usize>, PluginError> {
+        let shape = lattice.shape();
+        if sites.is_empty() {
+            return Err(PluginError::config("defect_sites: needs at least one site"));
+        }
+        let mut out: Vec<usize> = Vec::with_capacity(sites.len());
+        for (i, c) in sites.iter().enumerate() {
+            if c.len() != shape.len() {
+                return Err(PluginError::config(format!(
+                    "defect_sites[{i}]: needs one coordinate per axis ({} for the lattice {shape:?}), got {}",
+                    shape.len(),
+                    c.len()
+                )));
+            }
+            if let Some((axis, (&x, &l))) = c.iter().zip(shape).enumerate().find(|(_, (&x, &l))| x < 0 || x as usize >= l) {
+                return Err(PluginError::config(format!("defect_sites[{i}][{axis}]: must lie in 0..{l}, got {x}")));
+            }
+            let x = lattice.index(&c.iter().map(|&x| x as usize).collect::<Vec<_>>());
+            if out.contains(&x) {
+                return Err(PluginError::config(format!("defect_sites[{i}]: {c:?} is listed twice")));
+            }
+            out.push(x);
+        }
+        Ok(out)
     }
 
     /// The validated Wilson-loop sizes of the card.
@@ -200,15 +231,26 @@ impl Physics for U1 {
         let lattice = latflow_core::gauge::gauge_lattice(&cfg.lattice)?;
         let beta = check_beta(cfg.beta)?;
         let mut kernel = Kernel::new(&lattice);
-        match (&cfg.defect, cfg.defect_coupling) {
-            (Some(extent), w) => {
+        match (&cfg.defect, &cfg.defect_sites, cfg.defect_coupling) {
+            (Some(_), Some(_), _) => {
+                return Err(PluginError::config(
+                    "defect_sites: give either a defect box (defect = [extents]) or defect_sites, not both",
+                ));
+            }
+            (Some(extent), None, w) => {
                 kernel.set_defect_box(&Self::defect_box(&lattice, extent)?);
                 kernel.set_defect_coupling(Self::check_defect_coupling(w.unwrap_or(1.0))?);
             }
-            (None, Some(_)) => {
-                return Err(PluginError::config("defect_coupling: needs a defect box, defect = [extents]"));
+            (None, Some(sites), w) => {
+                kernel.set_defect_sites(&Self::defect_sites(&lattice, sites)?);
+                kernel.set_defect_coupling(Self::check_defect_coupling(w.unwrap_or(1.0))?);
             }
-            (None, None) => {}
+            (None, None, Some(_)) => {
+                return Err(PluginError::config(
+                    "defect_coupling: needs a defect box, defect = [extents], or defect_sites = [[x, y], ...]",
+                ));
+            }
+            (None, None, None) => {}
         }
         let loops = Self::loops(&kernel, &lattice, &cfg.wilson_loops)?;
         Ok(Self { lattice, kernel, beta, loops, defect_flows: defect_flow::Cache::default() })
@@ -340,10 +382,10 @@ impl Physics for U1 {
 latflow_core::export_theory!(U1,
 description: "compact U(1) Wilson gauge theory, any dimension >= 2: S = -beta sum_P cos(theta_P)",
 provides: [
-    "keys: lattice, beta, wilson_loops (default [[1, 1], [2, 2]]), defect (a box of sites: its plaquettes' coupling is beta*defect_coupling), defect_coupling (default 1)",
+    "keys: lattice, beta, wilson_loops (default [[1, 1], [2, 2]]), defect (a box of sites: its plaquettes' coupling is beta*defect_coupling) or defect_sites (a list of sites), defect_coupling (default 1)",
     "observables: plaquette action_density topological_charge topological_susceptibility (2D) wilson_loop_RxT",
     "parameters: beta, defect_coupling (with a defect box)",
-    "step kinds: defect_snf (2D, defect = [1, 1]: a stochastic normalizing flow over the defect)",
+    "step kinds: defect_snf (2D, with a defect: a stochastic normalizing flow over its plaquettes)",
     "hmc levels: 1",
 ]);
 

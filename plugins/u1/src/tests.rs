@@ -598,6 +598,16 @@ fn defect_action_force_and_gauge_invariance() {
 
 /// `defect_coupling` as a parameter and card key: present only with a defect box, 1 by default, finite and ≥ 0; the
 /// measured action density follows it; bad boxes name the key.
+/// `defect_sites` listing the sites of a box is the same defect as the box.
+#[test]
+fn defect_sites_equal_the_box_they_list() {
+    let boxed = theory(r#"{"lattice": [4, 6], "beta": 1.5, "defect": [2, 3], "defect_coupling": 0.3}"#);
+    let listed = theory(
+        r#"{"lattice": [4, 6], "beta": 1.5, "defect_sites": [[1, 2], [0, 0], [1, 0], [0, 1], [0, 2], [1, 1]], "defect_coupling": 0.3}"#,
+    );
+    assert_eq!(boxed.physics().kernel().defect(), listed.physics().kernel().defect());
+}
+
 #[test]
 fn defect_parameter_and_bad_boxes() {
     let mut t = theory(r#"{"lattice": [4, 4], "beta": 1.5, "defect": [1, 2]}"#);
@@ -629,6 +639,12 @@ fn defect_parameter_and_bad_boxes() {
         (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [1, 5]}"#, "defect[1]"),
         (r#"{"lattice": [4, 4], "beta": 1.0, "defect": 2}"#, "defect"),
         (r#"{"lattice": [4, 4], "beta": 1.0, "defect_coupling": 0.5}"#, "needs a defect box"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect_sites": []}"#, "defect_sites: needs at least one"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect_sites": [[0]]}"#, "defect_sites[0]: needs one coordinate per axis"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect_sites": [[0, 0], [1, 4]]}"#, "defect_sites[1][1]"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect_sites": [[0, 0], [1, -1]]}"#, "defect_sites[1][1]"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect_sites": [[2, 1], [2, 1]]}"#, "listed twice"),
+        (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [1, 1], "defect_sites": [[2, 1]]}"#, "not both"),
         (r#"{"lattice": [4, 4], "beta": 1.0, "defect": [1, 1], "defect_coupling": -0.5}"#, "defect_coupling: must be finite"),
     ] {
         let e = U1::from_config(json).err().unwrap_or_else(|| panic!("accepted {json}"));
