@@ -154,7 +154,7 @@ fn bad_cards_are_refused_naming_the_key() {
         (
             "lattice = [4, 4]\nn = 2\nbeta = 2.0",
             "[[chain]]\nkind = \"metropolis\"",
-            &["unknown step kind 'metropolis'", "hmc, flow, reweight and replica_exchange", "'sun' provides"],
+            &["unknown step kind 'metropolis'", "hmc, flow, reweight, anneal and replica_exchange", "'sun' provides"],
         ),
     ];
     for (i, (theory, chain, needles)) in cases.into_iter().enumerate() {

@@ -27,7 +27,7 @@ impl TheoryStep {
                 BuildError { key: None, message: format!("kind = \"{}\": {e}", card.kind) }
             } else {
                 let message = format!(
-                    "unknown step kind '{}': the built-in kinds are hmc, flow, reweight and replica_exchange, \
+                    "unknown step kind '{}': the built-in kinds are hmc, flow, reweight, anneal and replica_exchange, \
                      and the theory '{}' provides {own}",
                     card.kind, theory.name
                 );

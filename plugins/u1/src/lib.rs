@@ -384,7 +384,7 @@ description: "compact U(1) Wilson gauge theory, any dimension >= 2: S = -beta su
 provides: [
     "keys: lattice, beta, wilson_loops (default [[1, 1], [2, 2]]), defect (a box of sites: its plaquettes' coupling is beta*defect_coupling) or defect_sites (a list of sites), defect_coupling (default 1)",
     "observables: plaquette action_density topological_charge topological_susceptibility (2D) wilson_loop_RxT",
-    "parameters: beta, defect_coupling (with a defect box)",
+    "parameters: beta, defect_coupling (with a defect)",
     "step kinds: defect_snf (2D, with a defect: a stochastic normalizing flow over its plaquettes)",
     "hmc levels: 1",
 ]);
