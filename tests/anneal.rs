@@ -176,6 +176,14 @@ fn bad_anneal_cards_name_the_key() {
 /// The flow protocol of the headline: one trained layer each way, 1 + 2 trajectories at w = 0.
 const DEFECT_SNF: &str = "stages = 1\nhold = 2\nflow = { train_steps = 100, batch = 16 }";
 
+/// The exact plaquette, W(2×2), χ_top and ⟨Q⟩ of L = 8, β = 6 (docs/reference.md §3).
+fn assert_exact_at_beta_6(name: &str, json: &serde_json::Value) {
+    assert_z(&format!("{name} plaquette"), scalar(json, "plaquette"), exact_wilson_loop(6.0, 64, 1), 0.0);
+    assert_z(&format!("{name} W(2x2)"), scalar(json, "wilson_loop_2x2"), exact_wilson_loop(6.0, 64, 4), 0.0);
+    assert_z(&format!("{name} chi_top"), scalar(json, "topological_susceptibility"), 0.004362513208, 0.0);
+    assert_z(&format!("{name} <Q>"), scalar(json, "topological_charge"), 0.0, 0.0);
+}
+
 /// The step's `protocol_accepted` and `work` columns, from the file.
 fn snf_columns(out: &std::path::Path) -> (Vec<f64>, Vec<f64>) {
     let ens = latflow_host::ensemble::read_ensemble(out).unwrap();
@@ -195,10 +203,7 @@ fn the_defect_flow_is_exact_and_moves_the_charge_at_beta_6() {
     let (c, out) = write_card(dir.path(), "defect_snf", &text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
     let json = analyze_json(&out);
-    assert_z("defect_snf plaquette", scalar(&json, "plaquette"), exact_wilson_loop(6.0, 64, 1), 0.0);
-    assert_z("defect_snf W(2x2)", scalar(&json, "wilson_loop_2x2"), exact_wilson_loop(6.0, 64, 4), 0.0);
-    assert_z("defect_snf chi_top", scalar(&json, "topological_susceptibility"), 0.004362513208, 0.0);
-    assert_z("defect_snf <Q>", scalar(&json, "topological_charge"), 0.0, 0.0);
+    assert_exact_at_beta_6("defect_snf", &json);
     let (accepted, work) = snf_columns(&out);
     let n = work.len() as f64;
     let e: Vec<f64> = work.iter().map(|w| (-w).exp()).collect();
@@ -222,10 +227,7 @@ fn the_defect_flow_with_two_defects_is_exact() {
     let (c, out) = write_card(dir.path(), "defect_snf2", &text);
     run_ok(&["run", c.to_str().unwrap(), "-q"]);
     let json = analyze_json(&out);
-    assert_z("defect_snf2 plaquette", scalar(&json, "plaquette"), exact_wilson_loop(6.0, 64, 1), 0.0);
-    assert_z("defect_snf2 W(2x2)", scalar(&json, "wilson_loop_2x2"), exact_wilson_loop(6.0, 64, 4), 0.0);
-    assert_z("defect_snf2 chi_top", scalar(&json, "topological_susceptibility"), 0.004362513208, 0.0);
-    assert_z("defect_snf2 <Q>", scalar(&json, "topological_charge"), 0.0, 0.0);
+    assert_exact_at_beta_6("defect_snf2", &json);
     let (accepted, work) = snf_columns(&out);
     let n = work.len() as f64;
     let acc = accepted.iter().sum::<f64>() / n;

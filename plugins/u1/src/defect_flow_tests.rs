@@ -45,6 +45,24 @@ fn log_abs_det(mut m: Vec<f64>, n: usize) -> f64 {
     log_det
 }
 
+/// ln|det ∂T/∂θ| of the layer at `x` from its dense Jacobian, by central differences column by
+/// column.
+fn dense_log_det(g: &DefectGeometry, map: &CircleMap, x: &[f64]) -> f64 {
+    let (n, eps) = (x.len(), 1e-6);
+    let mut jac = vec![0.0; n * n];
+    for j in 0..n {
+        let (mut p, mut m) = (x.to_vec(), x.to_vec());
+        p[j] += eps;
+        m[j] -= eps;
+        g.forward(map, &mut p);
+        g.forward(map, &mut m);
+        for i in 0..n {
+            jac[i * n + j] = (p[i] - m[i]) / (2.0 * eps);
+        }
+    }
+    log_abs_det(jac, n)
+}
+
 /// The geometry of a one-plaquette defect at the origin.
 fn geometry(shape: &[i64]) -> DefectGeometry {
     let lat = lattice(shape);
@@ -104,20 +122,7 @@ fn layer_round_trip_and_log_det_against_a_dense_jacobian() {
             assert!((a - b).abs() < 1e-12, "round trip: {a} against {b}");
         }
         assert!((log_det + log_det_inv).abs() < 1e-12, "ln J(T⁻¹) = −ln J(T)");
-        // the dense Jacobian by central differences, column by column
-        let eps = 1e-6;
-        let mut jac = vec![0.0; n * n];
-        for j in 0..n {
-            let (mut p, mut m) = (x.clone(), x.clone());
-            p[j] += eps;
-            m[j] -= eps;
-            g.forward(&map, &mut p);
-            g.forward(&map, &mut m);
-            for i in 0..n {
-                jac[i * n + j] = (p[i] - m[i]) / (2.0 * eps);
-            }
-        }
-        let dense = log_abs_det(jac, n);
+        let dense = dense_log_det(&g, &map, &x);
         assert!((dense - log_det).abs() < 1e-6, "seed {seed}: ln det {log_det}, dense {dense}");
     }
 }
@@ -148,19 +153,7 @@ fn several_defects_round_trip_and_log_det() {
             kernel.plaquette_angles(&g.fluxes[i], &mut curl);
             assert!((curl[d] - 1.0).abs() < 1e-12 && (curl[(d + 3) % 24] + 1.0 / 23.0).abs() < 1e-12);
         }
-        let eps = 1e-6;
-        let mut jac = vec![0.0; n * n];
-        for j in 0..n {
-            let (mut p, mut m) = (x.clone(), x.clone());
-            p[j] += eps;
-            m[j] -= eps;
-            g.forward(&map, &mut p);
-            g.forward(&map, &mut m);
-            for i in 0..n {
-                jac[i * n + j] = (p[i] - m[i]) / (2.0 * eps);
-            }
-        }
-        let dense = log_abs_det(jac, n);
+        let dense = dense_log_det(&g, &map, &x);
         assert!((dense - log_det).abs() < 1e-6, "{sites:?}: ln det {log_det}, dense {dense}");
     }
 }
