@@ -582,6 +582,17 @@ fn evolve<S: FieldSpace>(
     Ok(())
 }
 
+/// λ_k of a palindromic annealing schedule with `n` ≥ 1 stages each way: `v` at k = 0 and
+/// k = 2n, `to` at k = n, linear in between (λ_k = v + (to − v)(1 − |k − n|/n)), so that
+/// λ_k = λ_{2n−k}. Shared by the host's `anneal` step and theory steps that anneal.
+pub fn palindrome_lambda(v: f64, to: f64, n: u32, k: u32) -> f64 {
+    if k == 0 || k == 2 * n {
+        return v;
+    }
+    let frac = 1.0 - (k as f64 - n as f64).abs() / n as f64;
+    v + (to - v) * frac
+}
+
 /// The shared Metropolis test: accepts with probability min(1, exp(log_ratio)).
 ///
 /// Always draws exactly one uniform, so that the stream's position does not depend on the

@@ -21,7 +21,7 @@
 //! The intended use is topology: at `to` (a low β, or u1's open defect, `defect_coupling` = 0) the topological
 //! charge moves freely, and the return leg carries the new sector back to v.
 
-use latflow_core::hmc::metropolis_accept;
+use latflow_core::hmc::{metropolis_accept, palindrome_lambda};
 use latflow_core::Stream;
 
 use super::{BuildError, InnerHmc, MarkovStep, StepRecord};
@@ -44,12 +44,7 @@ impl AnnealStep {
 
     /// λ_k of the palindromic schedule from `v` (k = 0, 2n) to `to` (k = n).
     fn lambda(&self, v: f64, k: u32) -> f64 {
-        let n = self.card.stages;
-        if k == 0 || k == 2 * n {
-            return v;
-        }
-        let frac = 1.0 - (k as f64 - n as f64).abs() / n as f64;
-        v + (self.card.to - v) * frac
+        palindrome_lambda(v, self.card.to, self.card.stages, k)
     }
 
     /// One protocol from `config`, with v the parameter's value: returns the end point, the

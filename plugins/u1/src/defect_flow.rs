@@ -57,7 +57,8 @@ use std::f64::consts::{PI, TAU};
 use std::sync::{Arc, Mutex};
 
 use latflow_core::abi::{parse_config, HmcParams, PluginError};
-use latflow_core::hmc::{hmc_trajectory, metropolis_accept, Angles, LeveledAction, Schedule};
+use latflow_core::gauge::Neighbours;
+use latflow_core::hmc::{hmc_trajectory, metropolis_accept, palindrome_lambda, Angles, LeveledAction, Schedule};
 use latflow_core::sdk::hmc_error;
 use latflow_core::{Lattice, Stream};
 use serde::{Deserialize, Serialize};
@@ -152,17 +153,8 @@ impl Options {
         if !(o.to.is_finite() && o.to >= 0.0) {
             return err("to", format!("must be finite and ≥ 0, got {}", o.to));
         }
-        let h = &o.hmc;
-        if h.md_steps == 0 {
-            return err("hmc.md_steps", "must be at least 1, got 0".into());
-        }
-        if !(h.trajectory_length.is_finite() && h.trajectory_length > 0.0) {
-            return err("hmc.trajectory_length", format!("must be finite and > 0, got {}", h.trajectory_length));
-        }
-        if !(h.trajectory_jitter.is_finite() && (0.0..1.0).contains(&h.trajectory_jitter)) {
-            return err("hmc.trajectory_jitter", format!("must lie in [0, 1), got {}", h.trajectory_jitter));
-        }
-        if h.repeat == 0 {
+        o.schedule()?;
+        if o.hmc.repeat == 0 {
             return err("hmc.repeat", "must be at least 1, got 0".into());
         }
         let f = &o.flow;
@@ -178,30 +170,29 @@ impl Options {
         Ok(o)
     }
 
-    /// The inner HMC parameters.
-    fn hmc_params(&self) -> HmcParams {
-        HmcParams {
+    /// The inner HMC trajectories' schedule; core's checks of `md_steps`, `trajectory_length`
+    /// and `trajectory_jitter`, reported under `hmc.`.
+    fn schedule(&self) -> Result<Schedule, PluginError> {
+        let params = HmcParams {
             trajectory_length: self.hmc.trajectory_length,
             md_steps: self.hmc.md_steps,
             jitter: self.hmc.trajectory_jitter,
             ..HmcParams::default()
-        }
+        };
+        Schedule::from_params(&params, 1).map_err(|m| PluginError::config(format!("{KIND}: hmc.{m}")))
     }
 
     /// λ_k of the palindromic schedule from `v` (k = 0, 2n) to `to` (k = n).
     fn lambda(&self, v: f64, k: u32) -> f64 {
-        let n = self.stages;
-        if k == 0 || k == 2 * n {
-            return v;
-        }
-        v + (self.to - v) * (1.0 - (k as f64 - n as f64).abs() / n as f64)
+        palindrome_lambda(v, self.to, self.stages, k)
     }
 }
 
 /// The link field A (one value per link, `[site][μ]`) of a 2D torus whose curl is 1 on the
 /// plaquette at site `defect` and −1/(V − 1) on every other one: A_0(x) = χ(x) − χ(x − 1̂),
 /// A_1(x) = χ(x − 0̂) − χ(x), with −∇²χ the curl, solved by the lattice Green's function
-/// χ(x) = (V − 1)⁻¹ Σ_{k≠0} cos(k·(x − x_d)) / Σ_μ (2 − 2 cos k_μ). O(V²) work, once per step.
+/// χ(x) = (V − 1)⁻¹ Σ_{k≠0} cos(k·(x − x_d)) / Σ_μ (2 − 2 cos k_μ). O(V²) work, once per theory
+/// (at the origin; [`DefectGeometry`] translates it to each defect plaquette).
 pub fn flux_field(lattice: &Lattice, defect: usize) -> Vec<f64> {
     assert_eq!(lattice.dim(), 2, "the flux field is defined in 2D");
     let (shape, v) = (lattice.shape(), lattice.volume());
@@ -221,15 +212,10 @@ pub fn flux_field(lattice: &Lattice, defect: usize) -> Vec<f64> {
             modes.iter().map(|&(k0, k1, g)| (k0 * r0 + k1 * r1).cos() * g).sum::<f64>() / (v - 1) as f64
         })
         .collect();
-    let back = |x: usize, mu: usize| {
-        let mut c = lattice.coords(x);
-        c[mu] = (c[mu] + shape[mu] - 1) % shape[mu];
-        lattice.index(&c)
-    };
     let mut a = vec![0.0; 2 * v];
     for x in 0..v {
-        a[2 * x] = chi[x] - chi[back(x, 1)];
-        a[2 * x + 1] = chi[back(x, 0)] - chi[x];
+        a[2 * x] = chi[x] - chi[lattice.dn(x, 1)];
+        a[2 * x + 1] = chi[lattice.dn(x, 0)] - chi[x];
     }
     a
 }
@@ -276,7 +262,11 @@ impl CircleMap {
 
     /// (h(φ), h'(φ)) for φ in [−π, π].
     pub fn eval(&self, phi: f64) -> (f64, f64) {
-        let rho = self.weights();
+        self.eval_weighted(&self.weights(), phi)
+    }
+
+    /// [`Self::eval`] with the mixture weights ρ = softmax(logits) given.
+    fn eval_weighted(&self, rho: &[f64], phi: f64) -> (f64, f64) {
         let (mut h, mut dh) = (0.0, 0.0);
         for (r, &la) in rho.iter().zip(&self.log_alpha) {
             let g = ncp(phi, la.exp());
@@ -288,13 +278,14 @@ impl CircleMap {
 
     /// h⁻¹(y) for y in [−π, π], by bisection to the last bit (h is increasing).
     pub fn inverse(&self, y: f64) -> f64 {
+        let rho = self.weights();
         let (mut lo, mut hi) = (-PI, PI);
         for _ in 0..200 {
             let mid = 0.5 * (lo + hi);
             if mid <= lo || mid >= hi {
                 break;
             }
-            if self.eval(mid).0 < y {
+            if self.eval_weighted(&rho, mid).0 < y {
                 lo = mid;
             } else {
                 hi = mid;
@@ -505,42 +496,49 @@ pub struct Cache {
     entries: Mutex<Vec<(String, Arc<Trained>)>>,
 }
 
-/// The protocol's machinery for one application: geometry, β, v, options.
+/// The protocol's machinery for one application: geometry, β, v, options, and the inner HMC
+/// schedule.
 pub struct Protocol<'a> {
-    pub geometry: &'a DefectGeometry,
-    pub beta: f64,
-    pub v: f64,
-    pub options: &'a Options,
+    geometry: &'a DefectGeometry,
+    beta: f64,
+    v: f64,
+    options: &'a Options,
+    schedule: Schedule,
 }
 
-impl Protocol<'_> {
+impl<'a> Protocol<'a> {
+    /// The protocol of `options` at β and defect coupling `v` (its inner HMC schedule built once).
+    pub fn new(geometry: &'a DefectGeometry, beta: f64, v: f64, options: &'a Options) -> Result<Self, PluginError> {
+        Ok(Self { geometry, beta, v, options, schedule: options.schedule()? })
+    }
+
     /// `n` HMC trajectories at defect coupling `w` on `x`; returns how many were accepted.
     fn hmc(&self, w: f64, x: &mut Vec<f64>, n: u32, rng: &mut Stream) -> Result<u32, PluginError> {
         let mut kernel = self.geometry.kernel.clone();
         kernel.set_defect_coupling(w);
         let mut action = LeveledAction::single(Box::new(WilsonAction { kernel: &kernel, beta: self.beta }));
-        let schedule = Schedule::from_params(&self.options.hmc_params(), 1).map_err(PluginError::config)?;
         let space = Angles { len: x.len() };
         let mut accepted = 0;
         for _ in 0..n {
-            accepted += u32::from(hmc_trajectory(&space, &mut action, x, &schedule, true, rng).map_err(hmc_error)?.accepted);
+            accepted += u32::from(hmc_trajectory(&space, &mut action, x, &self.schedule, true, rng).map_err(hmc_error)?.accepted);
         }
         Ok(accepted)
     }
 
     /// Trains the descent's layers on the step's own chain (see the module docs).
-    pub fn train(&self, n_links: usize) -> Result<Trained, PluginError> {
+    pub fn train(&self) -> Result<Trained, PluginError> {
         let (o, f) = (self.options, &self.options.flow);
         let n = o.stages as usize;
+        let kernel = &self.geometry.kernel;
         let mut rng = Stream::new(f.seed, 0);
-        let mut x = vec![0.0; n_links];
+        let mut x = vec![0.0; kernel.n_links()];
         self.hmc(self.v, &mut x, f.thermalization, &mut rng)?;
         let mut layers = vec![CircleMap::new(f.components as usize); n];
         let np = 2 * f.components as usize;
         let mut adams: Vec<Adam> = (0..n).map(|_| Adam::new(np)).collect();
         let mut final_loss = vec![0.0; n];
-        let mut buf = vec![0.0; n_links / 2];
-        let others = (n_links / 2 - 1) as f64;
+        let mut buf = vec![0.0; kernel.n_plaquettes()];
+        let others = (kernel.n_plaquettes() - 1) as f64;
         for _ in 0..f.train_steps {
             let mut grads = vec![vec![0.0; np]; n];
             let mut losses = vec![0.0; n];
@@ -616,7 +614,7 @@ impl Cache {
     }
 
     /// The trained layers for this protocol, training them on first use.
-    pub fn get(&self, protocol: &Protocol<'_>, n_links: usize) -> Result<Arc<Trained>, PluginError> {
+    pub fn get(&self, protocol: &Protocol<'_>) -> Result<Arc<Trained>, PluginError> {
         let key = format!(
             "{}|{:e}|{:e}",
             serde_json::to_string(protocol.options).unwrap_or_default(),
@@ -627,7 +625,7 @@ impl Cache {
         if let Some((_, t)) = entries.iter().find(|(k, _)| *k == key) {
             return Ok(t.clone());
         }
-        let trained = Arc::new(protocol.train(n_links)?);
+        let trained = Arc::new(protocol.train()?);
         entries.push((key, trained.clone()));
         Ok(trained)
     }
@@ -636,7 +634,7 @@ impl Cache {
 /// One application: a protocol and its Metropolis test; appends [`COLUMNS`] to `out` and
 /// replaces `config` by the end point when accepted.
 pub fn apply(protocol: &Protocol<'_>, cache: &Cache, config: &mut [f64], rng: &mut Stream, out: &mut Vec<f64>) -> Result<(), PluginError> {
-    let trained = cache.get(protocol, config.len())?;
+    let trained = cache.get(protocol)?;
     let (x, work, inner) = protocol.run(&trained, config, rng)?;
     let accepted = metropolis_accept(-work, rng);
     if accepted {

@@ -213,8 +213,8 @@ fn training_lowers_the_work() {
     let g = geometry(&[8, 8]);
     let mean_work = |train_steps: u32| {
         let o = options(1, train_steps);
-        let protocol = Protocol { geometry: &g, beta: 6.0, v: 1.0, options: &o };
-        let trained = protocol.train(128).unwrap();
+        let protocol = Protocol::new(&g, 6.0, 1.0, &o).unwrap();
+        let trained = protocol.train().unwrap();
         let (mut x, mut rng) = (vec![0.0; 128], Stream::new(3, 0));
         protocol.hmc(1.0, &mut x, 50, &mut rng).unwrap();
         let mut sum = 0.0;
@@ -236,8 +236,8 @@ fn training_lowers_the_work() {
 fn the_same_seed_gives_the_same_layers() {
     let g = geometry(&[6, 6]);
     let o = options(2, 20);
-    let protocol = Protocol { geometry: &g, beta: 4.0, v: 1.0, options: &o };
-    let (a, b) = (protocol.train(72).unwrap(), protocol.train(72).unwrap());
+    let protocol = Protocol::new(&g, 4.0, 1.0, &o).unwrap();
+    let (a, b) = (protocol.train().unwrap(), protocol.train().unwrap());
     assert_eq!(a.layers, b.layers);
     assert_ne!(a.layers[0], CircleMap::new(4), "the layers moved");
 }

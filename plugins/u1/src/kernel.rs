@@ -149,14 +149,14 @@ impl Kernel {
         self.volume() * self.planes.len()
     }
 
-    /// θ_P(x; μ, ν) of plane `p`: the gauge module's plaquette U_P(x; μ, ν) of U(1) angles.
-    #[inline]
     /// The angle of plaquette `index` (= x·planes + p, the order of [`Kernel::plaquette_angles`]).
     pub fn plaquette_angle(&self, theta: &[f64], index: usize) -> f64 {
         let np = self.planes.len();
         self.plaquette(theta, index / np, index % np)
     }
 
+    /// θ_P(x; μ, ν) of plane `p`: the gauge module's plaquette U_P(x; μ, ν) of U(1) angles.
+    #[inline]
     fn plaquette(&self, theta: &[f64], x: usize, p: usize) -> f64 {
         let (mu, nu) = self.planes[p];
         plaquette::<U1Angle, _, _>(&self.lattice, theta, x, mu, nu).0

@@ -15,7 +15,7 @@
 //! Parameters for `parameter`/`set_parameter` (and card keys): `beta`, and with a defect
 //! `defect_coupling` (w: 1, the plain theory, by default; finite and ≥ 0). An `anneal` step
 //! that opens the defect (`parameter = "defect_coupling"`, `to = 0`) lets the topological charge
-//! move at any β. The theory's own step kind `defect_snf` (2D, a one-plaquette defect) does the
+//! move at any β. The theory's own step kind `defect_snf` (2D, any defect) does the
 //! same through trained flow layers, a stochastic normalizing flow over the defect (see
 //! [`defect_flow`]).
 //!
@@ -373,8 +373,7 @@ impl Physics for U1 {
         }
         let options = defect_flow::Options::parse(options)?;
         let geometry = self.defect_flows.geometry(&self.kernel, &self.lattice)?;
-        let protocol =
-            defect_flow::Protocol { geometry, beta: self.beta, v: self.kernel.defect().coupling, options: &options };
+        let protocol = defect_flow::Protocol::new(geometry, self.beta, self.kernel.defect().coupling, &options)?;
         defect_flow::apply(&protocol, &self.defect_flows, config, rng, out)
     }
 }
