@@ -315,9 +315,9 @@ impl<const N: usize> Matrix<N> {
 
 /// The product, row by row: row i of the result is Σ_k a_ik · (row k of b), each complex
 /// scalar a_ik applied to a whole row as Re(a_ik)·row + Im(a_ik)·(i·row). Every entry is
-/// (a_i0 b_0j + a_i1 b_1j) + … from zero, in k order, with each complex product rounded as
-/// (a.re b.re − a.im b.im, a.re b.im + a.im b.re); only the loop order differs from the
-/// textbook form, which lets the compiler use packed instructions.
+/// (a_i0 b_0j + a_i1 b_1j) + … in k order, from −0.0 (which adds nothing), with each complex
+/// product rounded as (a.re b.re − a.im b.im, a.re b.im + a.im b.re); only the loop order
+/// differs from the textbook form, which lets the compiler use packed instructions.
 impl<const N: usize> Mul for Matrix<N> {
     type Output = Matrix<N>;
     #[inline(always)]
@@ -331,7 +331,8 @@ impl<const N: usize> Mul for Matrix<N> {
         for z in oi.0.iter_mut().flatten() {
             *z = z.mul_i();
         }
-        let mut m = Matrix::zero();
+        // sums from −0.0, as `su3::mul_rows` (−0.0 + x is x, the sign of a zero included)
+        let mut m = Matrix([[Complex::new(-0.0, -0.0); N]; N]);
         for i in 0..N {
             for k in 0..N {
                 let a = self.0[i][k];

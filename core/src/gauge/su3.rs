@@ -79,14 +79,15 @@ fn times_i(r: &[f64; 6]) -> [f64; 6] {
 
 /// A·B, row by row: row i is Σ_k A_ik · (row k of B), the complex scalar A_ik applied to the
 /// whole row as Re(A_ik)·row + Im(A_ik)·(i·row), so that every operation is a multiply or an
-/// add on six-real rows (packed instructions). Each entry is summed from zero in k order with
-/// each complex product rounded as (a.re b.re − a.im b.im, a.re b.im + a.im b.re): the bits of
-/// the textbook sum. Inlined everywhere, so that callers compiled for wider vector units use
-/// them.
+/// add on six-real rows (packed instructions). Each entry is summed in k order with each
+/// complex product rounded as (a.re b.re − a.im b.im, a.re b.im + a.im b.re): the bits of the
+/// textbook sum. The sums start from −0.0, which adds nothing (−0.0 + x is x for every x, the
+/// sign of a zero included), so the compiler drops that first addition. Inlined everywhere, so
+/// that callers compiled for wider vector units use them.
 #[inline(always)]
 pub fn mul_rows(a: &Rows, b: &Rows) -> Rows {
     let bi = [times_i(&b[0]), times_i(&b[1]), times_i(&b[2])];
-    let mut c = [[0.0; 6]; 3];
+    let mut c = [[-0.0; 6]; 3];
     for i in 0..3 {
         for k in 0..3 {
             let (re, im) = (a[i][2 * k], a[i][2 * k + 1]);

@@ -14,18 +14,31 @@
 //! per-site layout's neighbour distances in bytes, so cache reuse is the same.
 //!
 //! A force evaluation
-//! 1. packs the links into the blocked layout (a transpose, no arithmetic),
-//! 2. forms the corner products U_μ(y)† U_ν(y) of every outer site (when [`fast`](crate::fast) shares them,
-//!    by the same rule),
-//! 3. sums the staples and projects, outer site by outer site, writing each task's rows of the
-//!    fastest axis straight into the `[site][μ]` force.
+//! 1. packs the links into the blocked layout (a transpose, no arithmetic; with AVX-512 and 8
+//!    lanes, 8×8 register transposes, [`wide`]),
+//! 2. cuts the outer sites into *slabs* (hyperplanes of the slowest axis, so that every hop
+//!    from slab t lands in slab t − 1, t or t + 1) and gives each task a run of slabs. For each
+//!    slab the task forms the corner products U_μ(y)† U_ν(y) (when [`fast`](crate::fast)
+//!    shares them, by the same rule) into one of two slab-sized slots of its own, just before
+//!    the slab's force reads them back from cache (the lower staples at x − ν̂ need the slab
+//!    before too: a task forms that one first). A slab's corners are formed twice where two
+//!    tasks meet, the same products, so the same bits.
+//! 3. sums the staples and projects, outer site by outer site, writing each task's slabs
+//!    straight into the `[site][μ]` force.
 //!
-//! Every lane does exactly the operations of [`fast`](crate::fast)'s per-site kernels, in the same order
-//! (products summed from zero in k order, no fused multiply-add), so the force has the same
-//! bits as the per-site path, on any thread count (no lane or site is reduced across). The
-//! buffers are kept per thread between calls; nothing allocates per site. The buffers take
-//! 2.5× (4D, shared corners) the memory of the links, so the dispatcher uses this path only
-//! up to [`BLOCKED_MAX_BYTES`].
+//! Every lane does exactly the operations of [`fast`](crate::fast)'s per-site kernels, in the
+//! same order (products summed in k order from −0.0, which the compiler drops as it adds
+//! nothing, no fused multiply-add; each staple added to its sum once the product is formed),
+//! so the force has the same bits as the per-site path, on any thread count and split into
+//! tasks (no lane or site is reduced across). The buffers are kept per thread between calls;
+//! nothing allocates per site. The packed links take the memory of the links, the corner slots
+//! two slabs' corners per task, so the dispatcher uses this path only up to
+//! [`BLOCKED_MAX_BYTES`].
+//!
+//! Measured at 8⁴ on one thread of a Xeon with AVX-512 (same bits): corner products formed a
+//! slab ahead instead of in a pass of their own, 1.53 → 1.41 ms; the transposes of packing and
+//! of the force's write-back as register shuffles instead of gathers, and the staples added to
+//! their sums from registers, 1.72 → 1.63 ms; products summed from −0.0, 1.63 → 1.53 ms.
 
 use std::cell::RefCell;
 
@@ -93,7 +106,7 @@ fn rotate_into<const W: usize>(m: &M<W>, r: usize, out: &mut M<W>) {
 }
 
 /// A·B with A replaced by A† when `AA` and B by B† when `AB`: for each lane, the operations of
-/// `su3::mul_rows` (on `adj_rows` of the adjoined factor): entry (i, j) summed from zero over
+/// `su3::mul_rows` (on `adj_rows` of the adjoined factor): entry (i, j) summed from −0.0 over
 /// k = 0, 1, 2 of (a.re b.re + a.im·(−b.im), a.re b.im + a.im b.re), the conjugates' signs
 /// applied by exact negation.
 #[inline(always)]
@@ -107,7 +120,7 @@ fn prod<const W: usize, const AA: bool, const AB: bool>(a: &impl Mat<W>, b: &imp
 /// accumulator in memory) inside a row.
 #[inline(always)]
 fn row<const W: usize, const AA: bool, const AB: bool>(a: &impl Mat<W>, b: &impl Mat<W>, i: usize) -> [Lanes<W>; 6] {
-    let mut row = [[0.0; W]; 6];
+    let mut row = [[-0.0; W]; 6];
     mac::<W, AA, AB>(&mut row, a, b, i, 0);
     mac::<W, AA, AB>(&mut row, a, b, i, 1);
     mac::<W, AA, AB>(&mut row, a, b, i, 2);
@@ -135,60 +148,65 @@ fn mac<const W: usize, const AA: bool, const AB: bool>(
     }
 }
 
-/// acc += m.
+/// acc += A·B (A, B adjoined as in [`prod`]): row by row, each row of the product summed in
+/// registers as [`prod`] does and then added entry by entry (the bits of adding the formed
+/// product, without the product passing through memory).
 #[inline(always)]
-fn add_to<const W: usize>(acc: &mut M<W>, m: &M<W>) {
+fn prod_add<const W: usize, const AA: bool, const AB: bool>(acc: &mut M<W>, a: &impl Mat<W>, b: &impl Mat<W>) {
     for i in 0..3 {
+        let r = row::<W, AA, AB>(a, b, i);
         for j in 0..6 {
             for l in 0..W {
-                acc[i][j][l] += m[i][j][l];
+                acc[i][j][l] += r[j][l];
             }
         }
     }
 }
 
-/// acc += m† (as `fast`'s `add_to(acc, &adj(m))`).
+/// acc += (A·B)† (see [`prod_add`]): the bits of adding the adjoint of the formed product
+/// (as `fast`'s `add_to(acc, &adj(m))`).
 #[inline(always)]
-fn add_adj_to<const W: usize>(acc: &mut M<W>, m: &M<W>) {
-    for k in 0..3 {
-        for j in 0..3 {
+fn prod_add_adj<const W: usize, const AA: bool, const AB: bool>(acc: &mut M<W>, a: &impl Mat<W>, b: &impl Mat<W>) {
+    for j in 0..3 {
+        // row j of the product is column j of its adjoint
+        let r = row::<W, AA, AB>(a, b, j);
+        for k in 0..3 {
             for l in 0..W {
-                acc[k][2 * j][l] += m[j][2 * k][l];
-                acc[k][2 * j + 1][l] += -m[j][2 * k + 1][l];
+                acc[k][2 * j][l] += r[2 * k][l];
+                acc[k][2 * j + 1][l] += -r[2 * k + 1][l];
             }
         }
     }
 }
 
-/// (w/2)·TA(M) in each lane, with the operations of `fast::force_of`.
+/// `out` = (w/2)·TA(M) in each lane, with the operations of `fast::force_of`. Every entry of
+/// `out` is overwritten (a caller's scratch: no zero fill per call).
 #[inline(always)]
-fn force_of<const W: usize>(m: &M<W>, w: f64) -> M<W> {
-    let mut a = zero::<W>();
+fn force_into<const W: usize>(m: &M<W>, w: f64, out: &mut M<W>) {
+    // the anti-Hermitian part
     for i in 0..3 {
         for j in 0..3 {
             for l in 0..W {
-                a[i][2 * j][l] = (m[i][2 * j][l] - m[j][2 * i][l]) * 0.5;
-                a[i][2 * j + 1][l] = (m[i][2 * j + 1][l] + m[j][2 * i + 1][l]) * 0.5;
+                out[i][2 * j][l] = (m[i][2 * j][l] - m[j][2 * i][l]) * 0.5;
+                out[i][2 * j + 1][l] = (m[i][2 * j + 1][l] + m[j][2 * i + 1][l]) * 0.5;
             }
         }
     }
     let s = -w;
-    let mut out = zero::<W>();
     for l in 0..W {
-        let tr = ((a[0][1][l] + a[1][3][l]) + a[2][5][l]) / 3.0;
+        let tr = ((out[0][1][l] + out[1][3][l]) + out[2][5][l]) / 3.0;
         for i in 0..3 {
-            a[i][2 * i][l] = 0.0;
-            a[i][2 * i + 1][l] -= tr;
+            out[i][2 * i][l] = 0.0;
+            out[i][2 * i + 1][l] -= tr;
         }
     }
-    for i in 0..3 {
-        for j in 0..6 {
-            for l in 0..W {
-                out[i][j][l] = (a[i][j][l] * -0.5) * s;
+    for row in out.iter_mut() {
+        for x in row.iter_mut() {
+            for v in x.iter_mut() {
+                *v = (*v * -0.5) * s;
             }
         }
     }
-    out
 }
 
 /// A neighbour of an outer site: the outer site and the lane rotation.
@@ -209,14 +227,15 @@ fn then<const W: usize>(hops: &[Hop], d: usize, a: Hop, b: usize) -> Hop {
 /// sites' forward and backward hops.
 struct Buffers<const W: usize> {
     links: Vec<M<W>>,
-    corners: Vec<M<W>>,
+    /// Each task's two slab-sized slots of corner products.
+    ring: Vec<M<W>>,
     up: Vec<Hop>,
     dn: Vec<Hop>,
 }
 
 impl<const W: usize> Buffers<W> {
     const fn new() -> Self {
-        Self { links: Vec::new(), corners: Vec::new(), up: Vec::new(), dn: Vec::new() }
+        Self { links: Vec::new(), ring: Vec::new(), up: Vec::new(), dn: Vec::new() }
     }
 }
 
@@ -226,7 +245,9 @@ thread_local! {
     static B2: RefCell<Buffers<2>> = const { RefCell::new(Buffers::new()) };
 }
 
-/// The most bytes of packed links and corner products the blocked force keeps (8⁴ needs
+/// The most bytes of packed links and corner products the blocked force keeps, counted as the
+/// packed links plus the corners of the whole lattice (the corner slots take two slabs per
+/// task: at most the whole lattice's corners where each task has a slab or two; 8⁴ counts
 /// 5.9 MB with its corners, 2.5× the links' memory; 16⁴, whose force forms its lower staples
 /// without shared corners ([`crate::fast::CORNERS_MAX_BYTES`]), 38 MB for the links alone;
 /// 24⁴ would need 191 MB, which the per-site kernels save).
@@ -288,6 +309,11 @@ pub(crate) fn wilson_force<N: Neighbours + ?Sized>(
     level: u8,
     shared: bool,
 ) {
+    // narrower lanes run the AVX2 variant even where AVX-512 is there (every AVX-512 CPU has
+    // AVX2): compiled for AVX-512, the compiler fuses pairs of 4-lane (and 2-lane) vectors
+    // into 512-bit ones with shuffles and gathers, which measured 2.3× slower at 4⁴ (the same
+    // bits either way)
+    let level = if width < 8 { level.min(1) } else { level };
     match width {
         8 => B8.with(|b| run::<N, 8>(lat, u, w, f, level, shared, &mut b.borrow_mut())),
         4 => B4.with(|b| run::<N, 4>(lat, u, w, f, level, shared, &mut b.borrow_mut())),
@@ -320,7 +346,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     };
     let planes = d * (d - 1) / 2;
     let par = SiteWork::Heavy.parallel(v);
-    // whole rows of the fastest axis per task, about one of core's chunks of sites
+    // whole rows of the fastest axis per packing task, about one of core's chunks of sites
     let rows = (CHUNK_SITES / ext).max(1);
     let chunk = rows * q;
     // the hops of outer site o are those of its lane-0 site
@@ -333,60 +359,246 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
             bufs.dn[o * d + mu] = outer(lat.dn(x, mu));
         }
     }
+    let slab = slab_size(&bufs.up, &bufs.dn, d, b);
+    let slabs = b / slab;
     // 1. pack (a pass of its own: packing each task's links and forming their corners in one
     // pass measured 7% slower at 8⁴)
     let uf: &[f64] = bytemuck::cast_slice(u);
-    let Buffers { links, corners, up, dn } = bufs;
+    let Buffers { links, ring, up, dn } = bufs;
     links.resize(b * d, zero::<W>());
+    // lane ℓ of outer site o is site site(o, 0) + ℓ·q: its records lie `lane` reals apart
+    let lane = q * d * 18;
     chunks_mut_when(par, links, chunk * d, |k, out| {
         let start = |n: usize| {
             let (o, mu) = ((k * chunk * d + n) / d, n % d);
-            std::array::from_fn(|l| (site(o, l) * d + mu) * 18)
+            (site(o, 0) * d + mu) * 18
         };
         // the caller checked that the CPU runs `level`
-        by_level!(level, pack, pack_into(uf, start, out))
+        by_level!(level, pack, pack_into(uf, start, lane, level, out))
     });
-    // 2. corners
-    if shared {
-        corners.resize(b * planes, zero::<W>());
-        let links = &links[..];
-        chunks_mut_when(par, corners, chunk * planes, |k, out| {
-            by_level!(level, corners, corners_from(links, d, k * chunk, out))
-        });
-    }
     let (links, up, dn) = (&links[..], &up[..], &dn[..]);
-    let corners = &corners[..];
-    // 3. force, each task's rows of the fastest axis written straight to `f` (a row's sites are
-    // contiguous there)
+    // 2. corners and force, slab by slab: each task takes a run of slabs, forms the corner
+    // products of a slab just before its force (and those of the slab before its first), in
+    // two slab-sized slots of its own, so that they are read back from cache; its force is
+    // written straight to `f` (a slab's sites are contiguous there). A slab's corners are
+    // formed once more by the task before it (the same bits: the same products).
+    let tasks = if par { latflow_core::par::threads().clamp(1, slabs) } else { 1 };
+    let per_task = slabs.div_ceil(tasks);
+    let tasks = slabs.div_ceil(per_task);
+    let slot = if shared { slab * planes } else { 0 };
+    ring.resize(tasks * 2 * slot.max(1), zero::<W>());
     let ff: &mut [f64] = bytemuck::cast_slice_mut(f);
-    chunks_mut_when(par, ff, rows * ext * d * 18, |k, out| {
-        let sites = Blocked { links, corners, up, dn, d, shared };
-        let first = k * chunk;
-        let n = out.len() / (ext * d * 18) * q;
-        let sink = |o: usize, mu: usize, m: &M<W>| {
-            for l in 0..W {
-                let x = site(o, l) - k * rows * ext;
-                let dst = &mut out[(x * d + mu) * 18..][..18];
-                for i in 0..3 {
-                    for j in 0..6 {
-                        dst[i * 6 + j] = m[i][j][l];
-                    }
-                }
+    let task = |k: usize, out: &mut [f64], ring: &mut [M<W>]| {
+        let (t0, t1) = (k * per_task, ((k + 1) * per_task).min(slabs));
+        let (mut cur, mut prev) = ring.split_at_mut(slot.max(1));
+        let before = |t: usize| (t + slabs - 1) % slabs;
+        if shared && slabs > 1 {
+            by_level!(level, corners, corners_from(links, d, before(t0) * slab, prev));
+        }
+        for t in t0..t1 {
+            if shared {
+                by_level!(level, corners, corners_from(links, d, t * slab, cur));
             }
-        };
-        by_level!(level, force, force_from(&sites, w, first, n, sink))
-    });
+            let sites = Blocked {
+                links,
+                corners: &cur[..],
+                corners_at: t * slab,
+                before: &prev[..],
+                before_at: before(t) * slab,
+                slab,
+                up,
+                dn,
+                d,
+                shared,
+            };
+            let sink = |o: usize, mu: usize, m: &M<W>| {
+                let x = site(o, 0) - t0 * slab * W;
+                unpack(m, &mut out[(x * d + mu) * 18..], lane, level);
+            };
+            by_level!(level, force, force_from(&sites, w, t * slab, slab, sink));
+            std::mem::swap(&mut cur, &mut prev);
+        }
+    };
+    let (out_chunk, ring_chunk) = (per_task * slab * W * d * 18, 2 * slot.max(1));
+    if tasks > 1 {
+        latflow_core::par::chunks_mut2(ff, out_chunk, ring, ring_chunk, task);
+    } else {
+        task(0, ff, ring);
+    }
 }
 
-/// Packs `out[n]` from the links of `uf` (18 reals each) that start at `start(n)[ℓ]`, lane ℓ.
+/// The slab size of the outer sites whose forward and backward `hops` (`d` per outer site, `b`
+/// outer sites) are `up` and `dn`: the outer-site stride S of the slowest axis, so that slab
+/// t = o / S holds whole hyperplanes of that axis and every hop from slab t lands in slab t − 1,
+/// t or t + 1 (cyclically), as for row-major sites. Where the hops do not have that shape, b
+/// (one slab).
+fn slab_size(up: &[Hop], dn: &[Hop], d: usize, b: usize) -> usize {
+    // the backward hop from outer site 0 along the slowest axis lands furthest, at (L − 1)·S
+    let far = (0..d).map(|mu| dn[mu].o as usize).max().unwrap_or(0);
+    let s = b - far;
+    if far == 0 || !b.is_multiple_of(s) || b / s < 2 {
+        return b;
+    }
+    let n = b / s;
+    let near = |o: usize, h: Hop| {
+        let (a, c) = (o / s, h.o as usize / s);
+        c == a || c == (a + 1) % n || c == (a + n - 1) % n
+    };
+    let fits = (0..b).all(|o| (0..d).all(|mu| near(o, up[o * d + mu]) && near(o, dn[o * d + mu])));
+    if fits { s } else { b }
+}
+
+/// Packs `out[n]` from the links of `uf` (18 reals each): lane ℓ from the record at
+/// `start(n) + ℓ·lane`. At SIMD `level` 2 with 8 lanes, by register transposes.
 #[inline(always)]
-fn pack_into<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], out: &mut [M<W>]) {
+fn pack_into<const W: usize>(uf: &[f64], start: impl Fn(usize) -> usize, lane: usize, level: u8, out: &mut [M<W>]) {
     for (n, m) in out.iter_mut().enumerate() {
-        let src: [&[f64]; W] = start(n).map(|s| &uf[s..s + 18]);
+        let src = &uf[start(n)..][..(W - 1) * lane + 18];
+        #[cfg(target_arch = "x86_64")]
+        if W == 8 && level == 2 {
+            // SAFETY: level 2 means the CPU runs AVX-512F (the caller checked); `src` holds the
+            // 8 records (sliced above); M<W> is M<8> here
+            unsafe { wide::pack8(src, lane, &mut *(m as *mut M<W>).cast::<M<8>>()) };
+            continue;
+        }
+        let _ = level;
         for i in 0..3 {
             for j in 0..6 {
-                m[i][j] = std::array::from_fn(|l| src[l][i * 6 + j]);
+                m[i][j] = std::array::from_fn(|l| src[l * lane + i * 6 + j]);
             }
+        }
+    }
+}
+
+/// Writes lane ℓ of `m` as 18 reals at `out[ℓ·lane..]`; at SIMD `level` 2 with 8 lanes, by
+/// register transposes.
+#[inline(always)]
+fn unpack<const W: usize>(m: &M<W>, out: &mut [f64], lane: usize, level: u8) {
+    let out = &mut out[..(W - 1) * lane + 18];
+    #[cfg(target_arch = "x86_64")]
+    if W == 8 && level == 2 {
+        // SAFETY: level 2 means the CPU runs AVX-512F (the caller checked); `out` holds the 8
+        // records (sliced above); M<W> is M<8> here
+        unsafe { wide::unpack8(&*(m as *const M<W>).cast::<M<8>>(), out, lane) };
+        return;
+    }
+    let _ = level;
+    for l in 0..W {
+        let dst = &mut out[l * lane..][..18];
+        for i in 0..3 {
+            for j in 0..6 {
+                dst[i * 6 + j] = m[i][j][l];
+            }
+        }
+    }
+}
+
+/// Packing and unpacking 8 lanes with AVX-512 shuffles: the 18 reals of a matrix as two 8×8
+/// transposes (reals 0–7 and 8–15) and one 2×8 (reals 16, 17).
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::M;
+    use std::arch::x86_64::*;
+
+    /// The 8×8 transpose of `r` (r[a][b] becomes r[b][a]).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose8(r: [__m512d; 8]) -> [__m512d; 8] {
+        let t = [
+            _mm512_unpacklo_pd(r[0], r[1]),
+            _mm512_unpackhi_pd(r[0], r[1]),
+            _mm512_unpacklo_pd(r[2], r[3]),
+            _mm512_unpackhi_pd(r[2], r[3]),
+            _mm512_unpacklo_pd(r[4], r[5]),
+            _mm512_unpackhi_pd(r[4], r[5]),
+            _mm512_unpacklo_pd(r[6], r[7]),
+            _mm512_unpackhi_pd(r[6], r[7]),
+        ];
+        // 128-bit lanes 0 and 2 (resp. 1 and 3) of two vectors, interleaved
+        let even = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+        let odd = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+        let s = [
+            _mm512_permutex2var_pd(t[0], even, t[2]),
+            _mm512_permutex2var_pd(t[1], even, t[3]),
+            _mm512_permutex2var_pd(t[0], odd, t[2]),
+            _mm512_permutex2var_pd(t[1], odd, t[3]),
+            _mm512_permutex2var_pd(t[4], even, t[6]),
+            _mm512_permutex2var_pd(t[5], even, t[7]),
+            _mm512_permutex2var_pd(t[4], odd, t[6]),
+            _mm512_permutex2var_pd(t[5], odd, t[7]),
+        ];
+        [
+            _mm512_shuffle_f64x2::<0b01_00_01_00>(s[0], s[4]),
+            _mm512_shuffle_f64x2::<0b01_00_01_00>(s[1], s[5]),
+            _mm512_shuffle_f64x2::<0b01_00_01_00>(s[2], s[6]),
+            _mm512_shuffle_f64x2::<0b01_00_01_00>(s[3], s[7]),
+            _mm512_shuffle_f64x2::<0b11_10_11_10>(s[0], s[4]),
+            _mm512_shuffle_f64x2::<0b11_10_11_10>(s[1], s[5]),
+            _mm512_shuffle_f64x2::<0b11_10_11_10>(s[2], s[6]),
+            _mm512_shuffle_f64x2::<0b11_10_11_10>(s[3], s[7]),
+        ]
+    }
+
+    /// `m` from the 8 records of 18 reals at `src[ℓ·lane..]`.
+    ///
+    /// # Safety
+    /// The CPU must run AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack8(src: &[f64], lane: usize, m: &mut M<8>) {
+        assert!(src.len() >= 7 * lane + 18);
+        let p = src.as_ptr();
+        let out = (m as *mut M<8>).cast::<f64>();
+        // SAFETY: every read lies in `src` (checked above); `out` is 18 vectors of 8 reals
+        unsafe {
+            for h in 0..2 {
+                let r = std::array::from_fn(|l| _mm512_loadu_pd(p.add(l * lane + 8 * h)));
+                for (j, v) in transpose8(r).into_iter().enumerate() {
+                    _mm512_storeu_pd(out.add((8 * h + j) * 8), v);
+                }
+            }
+            // reals 16 and 17 of lanes 0–3 and 4–7 as (16, 17) pairs, then split
+            let pairs = |first: usize| {
+                let v = _mm512_castpd128_pd512(_mm_loadu_pd(p.add(first * lane + 16)));
+                let v = _mm512_insertf64x2::<1>(v, _mm_loadu_pd(p.add((first + 1) * lane + 16)));
+                let v = _mm512_insertf64x2::<2>(v, _mm_loadu_pd(p.add((first + 2) * lane + 16)));
+                _mm512_insertf64x2::<3>(v, _mm_loadu_pd(p.add((first + 3) * lane + 16)))
+            };
+            let (lo, hi) = (pairs(0), pairs(4));
+            let re = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+            let im = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+            _mm512_storeu_pd(out.add(16 * 8), _mm512_permutex2var_pd(lo, re, hi));
+            _mm512_storeu_pd(out.add(17 * 8), _mm512_permutex2var_pd(lo, im, hi));
+        }
+    }
+
+    /// The 8 records of 18 reals of `m` to `out[ℓ·lane..]`.
+    ///
+    /// # Safety
+    /// The CPU must run AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn unpack8(m: &M<8>, out: &mut [f64], lane: usize) {
+        assert!(out.len() >= 7 * lane + 18);
+        let p = out.as_mut_ptr();
+        let src = (m as *const M<8>).cast::<f64>();
+        // SAFETY: every write lies in `out` (checked above); `src` is 18 vectors of 8 reals
+        unsafe {
+            for h in 0..2 {
+                let r = std::array::from_fn(|j| _mm512_loadu_pd(src.add((8 * h + j) * 8)));
+                for (l, v) in transpose8(r).into_iter().enumerate() {
+                    _mm512_storeu_pd(p.add(l * lane + 8 * h), v);
+                }
+            }
+            let (re, im) = (_mm512_loadu_pd(src.add(16 * 8)), _mm512_loadu_pd(src.add(17 * 8)));
+            let lo = _mm512_permutex2var_pd(re, _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), im);
+            let hi = _mm512_permutex2var_pd(re, _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4), im);
+            _mm_storeu_pd(p.add(16), _mm512_castpd512_pd128(lo));
+            _mm_storeu_pd(p.add(lane + 16), _mm512_extractf64x2_pd::<1>(lo));
+            _mm_storeu_pd(p.add(2 * lane + 16), _mm512_extractf64x2_pd::<2>(lo));
+            _mm_storeu_pd(p.add(3 * lane + 16), _mm512_extractf64x2_pd::<3>(lo));
+            _mm_storeu_pd(p.add(4 * lane + 16), _mm512_castpd512_pd128(hi));
+            _mm_storeu_pd(p.add(5 * lane + 16), _mm512_extractf64x2_pd::<1>(hi));
+            _mm_storeu_pd(p.add(6 * lane + 16), _mm512_extractf64x2_pd::<2>(hi));
+            _mm_storeu_pd(p.add(7 * lane + 16), _mm512_extractf64x2_pd::<3>(hi));
         }
     }
 }
@@ -394,7 +606,13 @@ fn pack_into<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], ou
 /// What the per-outer-site kernels read.
 struct Blocked<'a, const W: usize> {
     links: &'a [M<W>],
+    /// The corner products of the `slab` outer sites from `corners_at` on (the slab being
+    /// worked on), and those of the `slab` from `before_at` on (the slab before it).
     corners: &'a [M<W>],
+    corners_at: usize,
+    before: &'a [M<W>],
+    before_at: usize,
+    slab: usize,
     up: &'a [Hop],
     dn: &'a [Hop],
     d: usize,
@@ -417,15 +635,21 @@ impl<'a, const W: usize> Blocked<'a, W> {
         &self.links[o * self.d + mu]
     }
 
-    /// The corner product of plane k at the hop's site, lanes rotated (into `tmp` where they
-    /// move).
+    /// The corner product of plane k at the hop's site (in the slab worked on or the one before
+    /// it), lanes rotated (into `tmp` where they move).
     #[inline(always)]
     fn corner<'s>(&self, h: Hop, k: usize, tmp: &'s mut M<W>) -> &'s M<W>
     where
         'a: 's,
     {
         let planes = self.d * (self.d - 1) / 2;
-        fetch(&self.corners[h.o as usize * planes + k], h.r as usize, tmp)
+        let o = h.o as usize;
+        let (slot, from) = if o.wrapping_sub(self.corners_at) < self.slab {
+            (self.corners, self.corners_at)
+        } else {
+            (self.before, self.before_at)
+        };
+        fetch(&slot[(o - from) * planes + k], h.r as usize, tmp)
     }
 }
 
@@ -463,31 +687,34 @@ fn force_from<const W: usize>(s: &Blocked<'_, W>, w: f64, first: usize, n: usize
             for nu in mu + 1..d {
                 let (xm, xn) = (s.up[o * d + mu], s.up[o * d + nu]);
                 let c = prod::<W, false, true>(s.link(xm, nu, &mut t0), s.link(xn, mu, &mut t1));
-                let up_mu = prod::<W, false, true>(&c, s.here(o, nu));
-                add_to(&mut acc[mu], &up_mu);
-                let uc = prod::<W, false, false>(s.here(o, mu), &c);
+                prod_add::<W, false, true>(&mut acc[mu], &c, s.here(o, nu));
                 let yn = s.dn[o * d + nu];
                 let ym = s.dn[o * d + mu];
                 if s.shared {
-                    let lo_mu = prod::<W, true, false>(s.link(then::<W>(s.up, d, yn, mu), nu, &mut t0), s.corner(yn, k, &mut t1));
-                    add_to(&mut acc[mu], &lo_mu);
-                    add_adj_to(&mut acc[nu], &uc);
-                    let lo_nu = prod::<W, false, false>(s.corner(ym, k, &mut t0), s.link(then::<W>(s.up, d, ym, nu), mu, &mut t1));
-                    add_adj_to(&mut acc[nu], &lo_nu);
+                    prod_add::<W, true, false>(
+                        &mut acc[mu],
+                        s.link(then::<W>(s.up, d, yn, mu), nu, &mut t0),
+                        s.corner(yn, k, &mut t1),
+                    );
+                    prod_add_adj::<W, false, false>(&mut acc[nu], s.here(o, mu), &c);
+                    prod_add_adj::<W, false, false>(
+                        &mut acc[nu],
+                        s.corner(ym, k, &mut t0),
+                        s.link(then::<W>(s.up, d, ym, nu), mu, &mut t1),
+                    );
                 } else {
                     let a = prod::<W, false, false>(s.link(yn, mu, &mut t0), s.link(then::<W>(s.up, d, yn, mu), nu, &mut t1));
-                    let lo_mu = prod::<W, true, false>(&a, s.link(yn, nu, &mut t0));
-                    add_to(&mut acc[mu], &lo_mu);
-                    add_adj_to(&mut acc[nu], &uc);
+                    prod_add::<W, true, false>(&mut acc[mu], &a, s.link(yn, nu, &mut t0));
+                    prod_add_adj::<W, false, false>(&mut acc[nu], s.here(o, mu), &c);
                     let a = prod::<W, false, false>(s.link(ym, nu, &mut t0), s.link(then::<W>(s.up, d, ym, nu), mu, &mut t1));
-                    let lo_nu = prod::<W, true, false>(&a, s.link(ym, mu, &mut t0));
-                    add_to(&mut acc[nu], &lo_nu);
+                    prod_add::<W, true, false>(&mut acc[nu], &a, s.link(ym, mu, &mut t0));
                 }
                 k += 1;
             }
         }
         for (mu, a) in acc.iter().enumerate().take(d) {
-            sink(o, mu, &force_of(&prod::<W, false, false>(s.here(o, mu), a), w));
+            force_into(&prod::<W, false, false>(s.here(o, mu), a), w, &mut t0);
+            sink(o, mu, &t0);
         }
     }
 }
@@ -522,8 +749,14 @@ macro_rules! variant {
             /// # Safety
             /// The CPU must support the instruction set.
             #[target_feature(enable = $feature)]
-            pub unsafe fn pack<const W: usize>(uf: &[f64], start: impl Fn(usize) -> [usize; W], out: &mut [M<W>]) {
-                pack_into(uf, start, out)
+            pub unsafe fn pack<const W: usize>(
+                uf: &[f64],
+                start: impl Fn(usize) -> usize,
+                lane: usize,
+                level: u8,
+                out: &mut [M<W>],
+            ) {
+                pack_into(uf, start, lane, level, out)
             }
 
             /// # Safety

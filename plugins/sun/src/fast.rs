@@ -501,7 +501,9 @@ mod tests {
 
     /// The site-blocked force (SIMD across sites) gives the bits of the per-site kernels, at
     /// every lane width that splits the lattice, every compiled variant, with and without
-    /// shared corners, on one and two threads.
+    /// shared corners, on one, two and three threads (the lattices from 2048 sites run in
+    /// tasks of whole slabs: two slabs in all, the slowest extent 2; five slabs in tasks of
+    /// two, two and one; six in two tasks of three or three of two).
     #[test]
     fn blocked_force_gives_the_per_site_bits() {
         for (shape, seed) in [
@@ -512,6 +514,8 @@ mod tests {
             (&[3, 2, 6][..], 5),
             (&[6, 6, 8, 16][..], 6),
             (&[3, 3, 3][..], 7),
+            (&[2, 8, 8, 16][..], 8),
+            (&[5, 4, 8, 16][..], 9),
         ] {
             let (lat, u) = hot(shape, seed);
             for (level, shared) in (0..=simd_level()).flat_map(|l| [(l, false), (l, true)]) {
@@ -521,7 +525,7 @@ mod tests {
                     if !(shape[shape.len() - 1] as usize).is_multiple_of(width) {
                         continue;
                     }
-                    for threads in [1, 2] {
+                    for threads in [1, 2, 3] {
                         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                         let mut got = vec![SuAlg::<3>::zero(); u.len()];
                         pool.install(|| crate::blocked::wilson_force(&lat, &u, 1.9, &mut got, width, level, shared));
