@@ -15,7 +15,7 @@
 //!
 //! A force evaluation
 //! 1. packs the links into the blocked layout (a transpose, no arithmetic; with AVX-512 and 8
-//!    lanes, 8×8 register transposes, [`wide`]),
+//!    lanes, 8×8 register transposes),
 //! 2. cuts the outer sites into *slabs* (hyperplanes of the slowest axis, so that every hop
 //!    from slab t lands in slab t − 1, t or t + 1) and gives each task a run of slabs. For each
 //!    slab the task forms the corner products U_μ(y)† U_ν(y) (when [`fast`](crate::fast)
