@@ -192,6 +192,28 @@ fn snf_columns(out: &std::path::Path) -> (Vec<f64>, Vec<f64>) {
     (col("protocol_accepted"), col("work"))
 }
 
+/// The anneal test card `card(beta, defect, "", seed, sweeps, extra)` with its step turned into
+/// `defect_snf` with the options `step`.
+fn snf_card(beta: f64, defect: &str, seed: u64, sweeps: u64, extra: &str, step: &str) -> String {
+    card(beta, defect, "", seed, sweeps, extra)
+        .replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{step}\n"))
+}
+
+/// Runs the `defect_snf` card `text` as `name` in `dir`, checks the exact values at β = 6, and
+/// returns the work column, the protocol acceptance and τ_int(Q) in sweeps (printed too).
+fn run_exact_snf(dir: &std::path::Path, name: &str, text: &str) -> (Vec<f64>, f64, f64) {
+    let (c, out) = write_card(dir, name, text);
+    run_ok(&["run", c.to_str().unwrap(), "-q"]);
+    let json = analyze_json(&out);
+    assert_exact_at_beta_6(name, &json);
+    let (accepted, work) = snf_columns(&out);
+    let n = work.len() as f64;
+    let acc = accepted.iter().sum::<f64>() / n;
+    let tau_q = json["observables"]["topological_charge"]["tau_int"].as_f64().unwrap();
+    println!("{name}: acceptance {acc:.3}, <W> = {:.3}, tau_int(Q) = {tau_q:.2} sweeps", work.iter().sum::<f64>() / n);
+    (work, acc, tau_q)
+}
+
 /// At β = 6, L = 8, the flow protocol reproduces the exact plaquette, W(2×2), χ_top and ⟨Q⟩,
 /// with Jarzynski's ⟨e^{−W}⟩ = 1 (independent-sample error: protocols from consecutive sweeps
 /// are nearly independent here, τ_int(Q) being a few sweeps); the trained layer is accepted
@@ -199,20 +221,13 @@ fn snf_columns(out: &std::path::Path) -> (Vec<f64>, Vec<f64>) {
 #[test]
 fn the_defect_flow_is_exact_and_moves_the_charge_at_beta_6() {
     let dir = tempfile::tempdir().unwrap();
-    let text = card(6.0, "defect = [1, 1]", "", 31, 6000, "").replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{DEFECT_SNF}"));
-    let (c, out) = write_card(dir.path(), "defect_snf", &text);
-    run_ok(&["run", c.to_str().unwrap(), "-q"]);
-    let json = analyze_json(&out);
-    assert_exact_at_beta_6("defect_snf", &json);
-    let (accepted, work) = snf_columns(&out);
+    let text = snf_card(6.0, "defect = [1, 1]", 31, 6000, "", DEFECT_SNF);
+    let (work, acc, tau_q) = run_exact_snf(dir.path(), "defect_snf", &text);
     let n = work.len() as f64;
     let e: Vec<f64> = work.iter().map(|w| (-w).exp()).collect();
     let mean = e.iter().sum::<f64>() / n;
     let err = (e.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt();
     assert_z("defect_snf <exp(-W)>", (mean, err), 1.0, 0.0);
-    let acc = accepted.iter().sum::<f64>() / n;
-    let tau_q = json["observables"]["topological_charge"]["tau_int"].as_f64().unwrap();
-    println!("defect_snf: acceptance {acc:.3}, <W> = {:.3}, tau_int(Q) = {tau_q:.2} sweeps", work.iter().sum::<f64>() / n);
     assert!(acc > 0.5, "protocol acceptance {acc}: the trained layer should carry the defect");
     assert!(tau_q < 10.0, "tau_int(Q) = {tau_q} sweeps: the flow protocol does not move the charge");
 }
@@ -222,17 +237,8 @@ fn the_defect_flow_is_exact_and_moves_the_charge_at_beta_6() {
 #[test]
 fn the_defect_flow_with_two_defects_is_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let text = card(6.0, "defect_sites = [[0, 0], [4, 4]]", "", 33, 4000, "")
-        .replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{DEFECT_SNF}"));
-    let (c, out) = write_card(dir.path(), "defect_snf2", &text);
-    run_ok(&["run", c.to_str().unwrap(), "-q"]);
-    let json = analyze_json(&out);
-    assert_exact_at_beta_6("defect_snf2", &json);
-    let (accepted, work) = snf_columns(&out);
-    let n = work.len() as f64;
-    let acc = accepted.iter().sum::<f64>() / n;
-    let tau_q = json["observables"]["topological_charge"]["tau_int"].as_f64().unwrap();
-    println!("defect_snf2: acceptance {acc:.3}, <W> = {:.3}, tau_int(Q) = {tau_q:.2} sweeps", work.iter().sum::<f64>() / n);
+    let text = snf_card(6.0, "defect_sites = [[0, 0], [4, 4]]", 33, 4000, "", DEFECT_SNF);
+    let (_, acc, tau_q) = run_exact_snf(dir.path(), "defect_snf2", &text);
     assert!(acc > 0.3 && tau_q < 10.0, "acceptance {acc}, tau_int(Q) {tau_q}");
 }
 
@@ -241,9 +247,8 @@ fn the_defect_flow_with_two_defects_is_exact() {
 #[test]
 fn killed_defect_flow_run_resumes_to_the_same_bits() {
     let dir = tempfile::tempdir().unwrap();
-    let text = card(6.0, "defect = [1, 1]", "", 32, 6000, "checkpoint_every = 97")
-        .replace("save_every = 0", "save_every = 11")
-        .replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{DEFECT_SNF}"));
+    let text = snf_card(6.0, "defect = [1, 1]", 32, 6000, "checkpoint_every = 97", DEFECT_SNF)
+        .replace("save_every = 0", "save_every = 11");
     let (reference_card, reference) = write_card(dir.path(), "reference", &text);
     let (c, out) = write_card(dir.path(), "killed", &text);
     run_ok(&["run", reference_card.to_str().unwrap(), "-q"]);
@@ -264,7 +269,7 @@ fn bad_defect_flow_cards_name_the_key() {
         ("snf_bad_components", "defect = [1, 1]", "flow = { components = 0 }", &["flow.components"][..]),
         ("snf_bad_sites", "defect_sites = [[0, 0], [8, 0]]", "stages = 1", &["defect_sites[1][0]"][..]),
     ] {
-        let text = card(6.0, defect, "", 1, 10, "").replace("kind = \"anneal\"\n", &format!("kind = \"defect_snf\"\n{step}\n"));
+        let text = snf_card(6.0, defect, 1, 10, "", step);
         let (c, _) = write_card(dir.path(), name, &text);
         expect_failure(&["run", c.to_str().unwrap(), "-q"], needles);
     }

@@ -385,12 +385,13 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     let tasks = if par { latflow_core::par::threads().clamp(1, slabs) } else { 1 };
     let per_task = slabs.div_ceil(tasks);
     let tasks = slabs.div_ceil(per_task);
-    let slot = if shared { slab * planes } else { 0 };
-    ring.resize(tasks * 2 * slot.max(1), zero::<W>());
+    // a slot's matrices (one placeholder where no corners are formed)
+    let slot = if shared { slab * planes } else { 1 };
+    ring.resize(tasks * 2 * slot, zero::<W>());
     let ff: &mut [f64] = bytemuck::cast_slice_mut(f);
     let task = |k: usize, out: &mut [f64], ring: &mut [M<W>]| {
         let (t0, t1) = (k * per_task, ((k + 1) * per_task).min(slabs));
-        let (mut cur, mut prev) = ring.split_at_mut(slot.max(1));
+        let (mut cur, mut prev) = ring.split_at_mut(slot);
         let before = |t: usize| (t + slabs - 1) % slabs;
         if shared && slabs > 1 {
             by_level!(level, corners, corners_from(links, d, before(t0) * slab, prev));
@@ -419,7 +420,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
             std::mem::swap(&mut cur, &mut prev);
         }
     };
-    let (out_chunk, ring_chunk) = (per_task * slab * W * d * 18, 2 * slot.max(1));
+    let (out_chunk, ring_chunk) = (per_task * slab * W * d * 18, 2 * slot);
     if tasks > 1 {
         latflow_core::par::chunks_mut2(ff, out_chunk, ring, ring_chunk, task);
     } else {
