@@ -501,6 +501,21 @@ mod wide {
     use super::M;
     use std::arch::x86_64::*;
 
+    /// 128-bit lane `K` of `v` (through AVX-512F's float form, which moves the same bits; the
+    /// double form needs AVX-512DQ, which the variant's level does not check).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lane128<const K: i32>(v: __m512d) -> __m128d {
+        _mm_castps_pd(_mm512_extractf32x4_ps::<K>(_mm512_castpd_ps(v)))
+    }
+
+    /// `v` with its 128-bit lane `K` replaced by `x` (AVX-512F, as [`lane128`]).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn with128<const K: i32>(v: __m512d, x: __m128d) -> __m512d {
+        _mm512_castps_pd(_mm512_insertf32x4::<K>(_mm512_castpd_ps(v), _mm_castpd_ps(x)))
+    }
+
     /// The 8×8 transpose of `r` (r[a][b] becomes r[b][a]).
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -560,9 +575,9 @@ mod wide {
             // reals 16 and 17 of lanes 0–3 and 4–7 as (16, 17) pairs, then split
             let pairs = |first: usize| {
                 let v = _mm512_castpd128_pd512(_mm_loadu_pd(p.add(first * lane + 16)));
-                let v = _mm512_insertf64x2::<1>(v, _mm_loadu_pd(p.add((first + 1) * lane + 16)));
-                let v = _mm512_insertf64x2::<2>(v, _mm_loadu_pd(p.add((first + 2) * lane + 16)));
-                _mm512_insertf64x2::<3>(v, _mm_loadu_pd(p.add((first + 3) * lane + 16)))
+                let v = with128::<1>(v, _mm_loadu_pd(p.add((first + 1) * lane + 16)));
+                let v = with128::<2>(v, _mm_loadu_pd(p.add((first + 2) * lane + 16)));
+                with128::<3>(v, _mm_loadu_pd(p.add((first + 3) * lane + 16)))
             };
             let (lo, hi) = (pairs(0), pairs(4));
             let re = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
@@ -593,13 +608,13 @@ mod wide {
             let lo = _mm512_permutex2var_pd(re, _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), im);
             let hi = _mm512_permutex2var_pd(re, _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4), im);
             _mm_storeu_pd(p.add(16), _mm512_castpd512_pd128(lo));
-            _mm_storeu_pd(p.add(lane + 16), _mm512_extractf64x2_pd::<1>(lo));
-            _mm_storeu_pd(p.add(2 * lane + 16), _mm512_extractf64x2_pd::<2>(lo));
-            _mm_storeu_pd(p.add(3 * lane + 16), _mm512_extractf64x2_pd::<3>(lo));
+            _mm_storeu_pd(p.add(lane + 16), lane128::<1>(lo));
+            _mm_storeu_pd(p.add(2 * lane + 16), lane128::<2>(lo));
+            _mm_storeu_pd(p.add(3 * lane + 16), lane128::<3>(lo));
             _mm_storeu_pd(p.add(4 * lane + 16), _mm512_castpd512_pd128(hi));
-            _mm_storeu_pd(p.add(5 * lane + 16), _mm512_extractf64x2_pd::<1>(hi));
-            _mm_storeu_pd(p.add(6 * lane + 16), _mm512_extractf64x2_pd::<2>(hi));
-            _mm_storeu_pd(p.add(7 * lane + 16), _mm512_extractf64x2_pd::<3>(hi));
+            _mm_storeu_pd(p.add(5 * lane + 16), lane128::<1>(hi));
+            _mm_storeu_pd(p.add(6 * lane + 16), lane128::<2>(hi));
+            _mm_storeu_pd(p.add(7 * lane + 16), lane128::<3>(hi));
         }
     }
 }
