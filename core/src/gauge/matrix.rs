@@ -155,7 +155,8 @@ impl<const N: usize> Matrix<N> {
     }
 
     /// The determinant (closed forms for N ≤ 3, Gaussian elimination with partial pivoting
-    /// beyond).
+    /// beyond). Inlinable, so that the closed forms reach the callers' vector units.
+    #[inline]
     pub fn det(&self) -> Complex {
         let m = &self.0;
         match N {

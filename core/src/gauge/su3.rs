@@ -50,6 +50,30 @@ fn sin_cos_sinc(x: f64) -> (f64, f64, f64) {
         let (s, c) = x.sin_cos();
         return (s, c, s / x);
     }
+    series(x)
+}
+
+/// [`sin_cos_sinc`] of `N` arguments at once: the series of every lane (independent chains
+/// that overlap, and vectorise), then the platform's sin and cos for lanes beyond
+/// [`SERIES_MAX`]. Each lane has the bits of [`sin_cos_sinc`].
+#[inline(always)]
+fn sin_cos_sinc_many<const N: usize>(x: [f64; N]) -> ([f64; N], [f64; N], [f64; N]) {
+    let mut out = (x, x, x);
+    for l in 0..N {
+        (out.0[l], out.1[l], out.2[l]) = series(x[l]);
+    }
+    for l in 0..N {
+        if x[l] > SERIES_MAX {
+            (out.0[l], out.1[l], out.2[l]) = sin_cos_sinc(x[l]);
+        }
+    }
+    out
+}
+
+/// The Taylor series of [`sin_cos_sinc`] (for 0 ≤ x ≤ [`SERIES_MAX`]; any x gives a finite
+/// result, meaningless beyond).
+#[inline(always)]
+fn series(x: f64) -> (f64, f64, f64) {
     let c = |k: usize| SERIES[k].0;
     let s = |k: usize| SERIES[k].1;
     let y = x * x;
@@ -137,56 +161,94 @@ pub fn re_tr_mul_adj_rows(a: &Rows, b: &Rows) -> f64 {
     (s[0] + s[1]) + s[2]
 }
 
-/// The f_j of Morningstar–Peardon eq. (29)–(34) for c₀ ≥ 0. Transcendental calls: one acos;
-/// the sines and cosines of θ/3, w and u come from [`sin_cos_sinc`], and e^{2iu} from e^{iu}
-/// by the double-angle formulas.
-#[inline]
-fn mp_coefficients(c0: f64, c1: f64) -> [Complex; 3] {
-    let third = c1 / 3.0;
-    let root_third = third.sqrt();
-    let c0max = 2.0 * third * root_third;
-    let theta = (c0 / c0max).min(1.0).acos();
-    let (s3, c3, _) = sin_cos_sinc(theta / 3.0);
-    let u = root_third * c3;
-    let w = c1.sqrt() * s3;
-    let (u2, w2) = (u * u, w * w);
-    let (_, cw, xi0) = sin_cos_sinc(w);
-    let (su, cu, _) = sin_cos_sinc(u);
-    let e2iu = Complex::new(cu * cu - su * su, 2.0 * su * cu);
-    let emiu = Complex::new(cu, -su);
-    let h0 = e2iu.scale(u2 - w2) + emiu * Complex::new(8.0 * u2 * cw, 2.0 * u * (3.0 * u2 + w2) * xi0);
-    let h1 = e2iu.scale(2.0 * u) - emiu * Complex::new(2.0 * u * cw, -(3.0 * u2 - w2) * xi0);
-    let h2 = e2iu - emiu * Complex::new(cw, 3.0 * u * xi0);
-    let d = 1.0 / (9.0 * u2 - w2);
-    [h0.scale(d), h1.scale(d), h2.scale(d)]
+/// The f_j of Morningstar–Peardon eq. (29)–(34) for each lane's c₀ ≥ 0 and c₁ > 0 (a lane
+/// with c₁ = 0 gives non-finite f_j, and no panic). Transcendental calls: one acos per lane;
+/// the sines and cosines of θ/3, w and u come from [`sin_cos_sinc_many`], and e^{2iu} from
+/// e^{iu} by the double-angle formulas. Every stage runs over all lanes before the next, so
+/// that the lanes' long dependency chains (square roots, acos, the series) overlap; each
+/// lane's operations are those of one lane alone.
+#[inline(always)]
+fn mp_coefficients<const N: usize>(c0: [f64; N], c1: [f64; N]) -> [[Complex; 3]; N] {
+    // plain loops over lanes (`array::from_fn` left calls and copies in the loop)
+    let (mut root_third, mut theta) = ([0.0; N], [0.0; N]);
+    for l in 0..N {
+        let third = c1[l] / 3.0;
+        root_third[l] = third.sqrt();
+        let c0max = 2.0 * third * root_third[l];
+        theta[l] = (c0[l] / c0max).min(1.0).acos() / 3.0;
+    }
+    let (s3, c3, _) = sin_cos_sinc_many(theta);
+    let (mut u, mut w) = ([0.0; N], [0.0; N]);
+    for l in 0..N {
+        u[l] = root_third[l] * c3[l];
+        w[l] = c1[l].sqrt() * s3[l];
+    }
+    let (_, cw, xi0) = sin_cos_sinc_many(w);
+    let (su, cu, _) = sin_cos_sinc_many(u);
+    let mut f = [[Complex::ZERO; 3]; N];
+    for l in 0..N {
+        let (u, w, cw, xi0) = (u[l], w[l], cw[l], xi0[l]);
+        let (u2, w2) = (u * u, w * w);
+        let e2iu = Complex::new(cu[l] * cu[l] - su[l] * su[l], 2.0 * su[l] * cu[l]);
+        let emiu = Complex::new(cu[l], -su[l]);
+        let h0 = e2iu.scale(u2 - w2) + emiu * Complex::new(8.0 * u2 * cw, 2.0 * u * (3.0 * u2 + w2) * xi0);
+        let h1 = e2iu.scale(2.0 * u) - emiu * Complex::new(2.0 * u * cw, -(3.0 * u2 - w2) * xi0);
+        let h2 = e2iu - emiu * Complex::new(cw, 3.0 * u * xi0);
+        let d = 1.0 / (9.0 * u2 - w2);
+        f[l] = [h0.scale(d), h1.scale(d), h2.scale(d)];
+    }
+    f
 }
 
 /// exp(X) for X ∈ su(3): with Q = −iX, exp(X) = f₀ − i f₁ X − f₂ X². Inlinable, so that
 /// callers compiled for wider vector units use them in it.
 #[inline]
 pub fn exp(x: &SuAlg<3>) -> Su3 {
-    let x = &x.0;
-    let c1 = 0.5 * x.norm2();
-    if c1 < C1_TAYLOR {
-        let mut sum = Matrix::identity();
-        for k in (1..=10).rev() {
-            sum = Matrix::identity() + (*x * sum).scale(1.0 / f64::from(k));
-        }
-        return sum;
+    let [e] = exp_many(&[*x]);
+    e
+}
+
+/// [`exp`] of `N` elements at once, each with the bits of [`exp`]: the stages of the closed
+/// form run over all `N` before the next, so that their latency-bound chains (a square root, a
+/// division, an acos and three series per element) overlap instead of running one after the
+/// other. An HMC drift exponentiates the `d` links of a site this way.
+#[inline(always)]
+pub fn exp_many<const N: usize>(xs: &[SuAlg<3>; N]) -> [Su3; N] {
+    let (mut c0, mut c1) = ([0.0; N], [0.0; N]);
+    for l in 0..N {
+        c1[l] = 0.5 * xs[l].0.norm2();
+        // det Q = det(−iX) = i det X, real for traceless anti-Hermitian X.
+        c0[l] = -xs[l].0.det().im;
     }
-    // det Q = det(−iX) = i det X, real for traceless anti-Hermitian X.
-    let c0 = -x.det().im;
-    let mut f = mp_coefficients(c0.abs(), c1);
-    if c0 < 0.0 {
-        // f_j(−c₀) = (−1)^j f_j(c₀)*
-        f = [f[0].conj(), -f[1].conj(), f[2].conj()];
+    let mut c0abs = c0;
+    for c in &mut c0abs {
+        *c = c.abs();
     }
-    let x2 = *x * *x;
-    let mut m = x.scale_c(Complex::new(f[1].im, -f[1].re)) - x2.scale_c(f[2]);
-    for i in 0..3 {
-        m.0[i][i] += f[0];
+    let f = mp_coefficients(c0abs, c1);
+    let mut out = [Matrix::zero(); N];
+    for l in 0..N {
+        let x = &xs[l].0;
+        out[l] = if c1[l] < C1_TAYLOR {
+            let mut sum = Matrix::identity();
+            for k in (1..=10).rev() {
+                sum = Matrix::identity() + (*x * sum).scale(1.0 / f64::from(k));
+            }
+            sum
+        } else {
+            let mut f = f[l];
+            if c0[l] < 0.0 {
+                // f_j(−c₀) = (−1)^j f_j(c₀)*
+                f = [f[0].conj(), -f[1].conj(), f[2].conj()];
+            }
+            let x2 = *x * *x;
+            let mut m = x.scale_c(Complex::new(f[1].im, -f[1].re)) - x2.scale_c(f[2]);
+            for i in 0..3 {
+                m.0[i][i] += f[0];
+            }
+            m
+        };
     }
-    m
+    out
 }
 
 /// The third row of an SU(3) matrix from its first two: (r₀ × r₁)*.
@@ -266,6 +328,32 @@ mod tests {
         let (s, c, sc) = sin_cos_sinc(1e-9);
         assert!(s == 1e-9 && c == 1.0 && sc == 1.0);
         assert_eq!(sin_cos_sinc(0.0), (0.0, 1.0, 1.0));
+    }
+
+    #[test]
+    fn exp_many_gives_the_bits_of_exp_in_every_lane() {
+        // lanes of every branch side by side: the Taylor series (tiny X), the closed form with
+        // series sines (‖X‖ < 1) and with the platform's (large X), both signs of det, zero
+        let mut rng = Stream::new(32, 0);
+        for _ in 0..50 {
+            let xs: [SuAlg<3>; 8] = std::array::from_fn(|l| {
+                let size = [1e-4, 0.05, 0.3, 0.9, 2.0, 5.0, 12.0, 0.0][l];
+                SuAlg::<3>::gaussian(&mut rng).scale(size)
+            });
+            let xs = [xs[3], xs[0], xs[6], xs[7], xs[1], xs[5], xs[2], xs[4]];
+            let many = exp_many(&xs);
+            for (x, e) in xs.iter().zip(&many) {
+                let one = exp(x);
+                assert!(one.0.iter().flatten().zip(e.0.iter().flatten()).all(|(a, b)| {
+                    a.re.to_bits() == b.re.to_bits() && a.im.to_bits() == b.im.to_bits()
+                }));
+                if x.0.norm2() < 4.0 {
+                    assert!((one - x.0.exp_taylor()).norm2().sqrt() < 1e-13);
+                }
+            }
+            let [a, b, c] = exp_many(&[xs[0], xs[1], xs[2]]);
+            assert!(a == exp(&xs[0]) && b == exp(&xs[1]) && c == exp(&xs[2]));
+        }
     }
 
     #[test]
