@@ -496,9 +496,7 @@ where
         let d = self.domain.dim();
         let owned = self.owned_links();
         fill_sites_as(SiteWork::of_group::<G>(), &mut u[..owned], d, |x, links, _| {
-            for (l, q) in links.iter_mut().zip(&p[x * d..(x + 1) * d]) {
-                *l = G::exp(&q.scale(eps)).mul(l);
-            }
+            G::exp_mul_into(links, &p[x * d..(x + 1) * d], eps)
         });
         self.exchange(u).unwrap_or_else(|e| panic!("halo exchange: {e}"));
     }

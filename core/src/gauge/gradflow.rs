@@ -481,14 +481,7 @@ impl<G: FlowGroup> Integrator<G> {
     /// u ← exp(s · x) u, link by link.
     fn apply(u: &mut [G], x: &[G::Algebra], s: f64, d: usize) {
         fill_sites_as(SiteWork::of_group::<G>(), u, d, |site, links, _| {
-            for (mu, l) in links.iter_mut().enumerate() {
-                let e = if s == 1.0 {
-                    x[site * d + mu]
-                } else {
-                    x[site * d + mu].scale(s)
-                };
-                *l = G::exp(&e).mul(l);
-            }
+            G::exp_mul_into(links, &x[site * d..(site + 1) * d], s)
         });
     }
 

@@ -127,6 +127,16 @@ pub trait GaugeGroup: Copy + Clone + Debug + PartialEq + Send + Sync + 'static {
     fn random(rng: &mut Stream) -> Self;
     /// The exact exponential map exp(X).
     fn exp(x: &Self::Algebra) -> Self;
+    /// `links[i] ← exp(s·x[i])·links[i]` for each i (with `x[i]` itself where s = 1): the drift
+    /// of HMC and a gradient-flow stage, with the bits of [`exp`](Self::exp) and
+    /// [`mul`](Self::mul) link by link. SU(3) overrides it to overlap several exponentials.
+    #[inline]
+    fn exp_mul_into(links: &mut [Self], x: &[Self::Algebra], s: f64) {
+        for (l, q) in links.iter_mut().zip(x) {
+            let e = if s == 1.0 { *q } else { q.scale(s) };
+            *l = Self::exp(&e).mul(l);
+        }
+    }
     /// U as an element of the linear span.
     fn to_mat(&self) -> Self::Mat;
     /// Re Tr(U · M).

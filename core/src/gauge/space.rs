@@ -63,11 +63,7 @@ impl<G: GaugeGroup> LinkSpace<G> {
 
     fn step_links(&self, u: &mut [G], p: &[G::Algebra], eps: f64) {
         let d = self.dim;
-        fill_sites_as(SiteWork::of_group::<G>(), u, d, |x, links, _| {
-            for (l, q) in links.iter_mut().zip(&p[x * d..(x + 1) * d]) {
-                *l = G::exp(&q.scale(eps)).mul(l);
-            }
-        });
+        fill_sites_as(SiteWork::of_group::<G>(), u, d, |x, links, _| G::exp_mul_into(links, &p[x * d..(x + 1) * d], eps));
     }
 
     fn kick_momenta(&self, p: &mut [G::Algebra], f: &[G::Algebra], eps: f64) {

@@ -5,6 +5,7 @@
 //! invariants c₀ = det Q and c₁ = ½ Tr Q².
 
 use super::algebra::SuAlg;
+use super::group::LieAlgebra;
 use super::complex::Complex;
 use super::matrix::Matrix;
 use crate::rng::Stream;
@@ -211,7 +212,7 @@ pub fn exp(x: &SuAlg<3>) -> Su3 {
 /// [`exp`] of `N` elements at once, each with the bits of [`exp`]: the stages of the closed
 /// form run over all `N` before the next, so that their latency-bound chains (a square root, a
 /// division, an acos and three series per element) overlap instead of running one after the
-/// other. An HMC drift exponentiates the `d` links of a site this way.
+/// other. The HMC drift and the gradient flow take them four at a time ([`exp_mul_into`]).
 #[inline(always)]
 pub fn exp_many<const N: usize>(xs: &[SuAlg<3>; N]) -> [Su3; N] {
     let (mut c0, mut c1) = ([0.0; N], [0.0; N]);
@@ -249,6 +250,33 @@ pub fn exp_many<const N: usize>(xs: &[SuAlg<3>; N]) -> [Su3; N] {
         };
     }
     out
+}
+
+/// `links[i] ← exp(s·x[i])·links[i]` (with `x[i]` itself where s = 1), four exponentials at a
+/// time ([`exp_many`]): the bits of [`exp`] and the product link by link
+/// ([`GaugeGroup::exp_mul_into`](super::GaugeGroup::exp_mul_into)).
+#[inline(always)]
+pub fn exp_mul_into(links: &mut [Su3], x: &[SuAlg<3>], s: f64) {
+    let scaled = |q: &SuAlg<3>| if s == 1.0 { *q } else { q.scale(s) };
+    let mut links = links.chunks_mut(4);
+    let mut x = x.chunks(4);
+    for (ls, qs) in links.by_ref().zip(x.by_ref()) {
+        if let (Ok(ls), Ok(qs)) = (<&mut [Su3; 4]>::try_from(&mut *ls), <&[SuAlg<3>; 4]>::try_from(qs)) {
+            // a plain loop (`array::map` left calls and copies in the loop)
+            let mut xs = *qs;
+            for q in &mut xs {
+                *q = scaled(q);
+            }
+            let es = exp_many(&xs);
+            for (l, e) in ls.iter_mut().zip(&es) {
+                *l = *e * *l;
+            }
+        } else {
+            for (l, q) in ls.iter_mut().zip(qs) {
+                *l = exp(&scaled(q)) * *l;
+            }
+        }
+    }
 }
 
 /// The third row of an SU(3) matrix from its first two: (r₀ × r₁)*.
@@ -353,6 +381,23 @@ mod tests {
             }
             let [a, b, c] = exp_many(&[xs[0], xs[1], xs[2]]);
             assert!(a == exp(&xs[0]) && b == exp(&xs[1]) && c == exp(&xs[2]));
+        }
+    }
+
+    #[test]
+    fn exp_mul_into_gives_the_bits_of_link_by_link() {
+        // 4 + 3 links (a chunk of four and a remainder), a scaled and an unscaled step
+        let mut rng = Stream::new(33, 0);
+        let links: Vec<Su3> = (0..7).map(|_| random(&mut rng)).collect();
+        let x: Vec<SuAlg<3>> = (0..7).map(|_| SuAlg::<3>::gaussian(&mut rng)).collect();
+        for s in [0.07, 1.0, -0.3] {
+            let mut got = links.clone();
+            exp_mul_into(&mut got, &x, s);
+            let bits = |m: &Su3| m.0.iter().flatten().flat_map(|z| [z.re.to_bits(), z.im.to_bits()]).collect::<Vec<_>>();
+            for ((u, q), g) in links.iter().zip(&x).zip(&got) {
+                let e = if s == 1.0 { exp(q) } else { exp(&q.scale(s)) };
+                assert_eq!(bits(&(e * *u)), bits(g), "s = {s}");
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use super::{su2, su3};
 use crate::rng::Stream;
 
 macro_rules! impl_special_unitary {
-    ($n:literal, $group:ident) => {
+    ($n:literal, $group:ident $(, $exp_mul:ident)?) => {
         impl GaugeGroup for Matrix<$n> {
             type Algebra = SuAlg<$n>;
             type Mat = Matrix<$n>;
@@ -56,6 +56,12 @@ macro_rules! impl_special_unitary {
             fn exp(x: &SuAlg<$n>) -> Self {
                 $group::exp(x)
             }
+            $(
+                #[inline]
+                fn exp_mul_into(links: &mut [Self], x: &[SuAlg<$n>], s: f64) {
+                    $group::$exp_mul(links, x, s)
+                }
+            )?
             #[inline]
             fn to_mat(&self) -> Self {
                 *self
@@ -89,7 +95,7 @@ macro_rules! impl_special_unitary {
 }
 
 impl_special_unitary!(2, su2);
-impl_special_unitary!(3, su3);
+impl_special_unitary!(3, su3, exp_mul_into);
 
 /// SU(N) for any N ≥ 2 without specialised kernels: the exponential by scaling and squaring
 /// ([`Matrix::exp_taylor`]), Haar elements and reunitarisation by Gram–Schmidt with the last

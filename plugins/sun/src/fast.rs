@@ -23,7 +23,7 @@ use latflow_core::gauge::su3::{
     adj_mul_rows as adj_mul, adj_rows as adj, mul_adj_rows as mul_adj, mul_rows as mul,
     re_tr_mul_adj_rows as re_tr_mul_adj, rows, Rows,
 };
-use latflow_core::gauge::{su3, LieAlgebra, Neighbours, Sites, Su3, SuAlg};
+use latflow_core::gauge::{su3, Neighbours, Sites, Su3, SuAlg};
 use latflow_core::sum::CompensatedSum;
 
 /// The largest dimension the specialised kernels handle (their per-site staple sums live on
@@ -270,28 +270,11 @@ fn runnable(level: u8) -> u8 {
     level.min(simd_level())
 }
 
-/// U ← exp(εP)·U for the links of one site, four exponentials at a time
-/// ([`su3::exp_many`]: the bits of one at a time, with their latency-bound chains overlapped).
+/// U ← exp(εP)·U for the links of one site (core's [`su3::exp_mul_into`]: four exponentials
+/// at a time, with the bits of one at a time).
 #[inline(always)]
 fn step_site(links: &mut [Su3], p: &[SuAlg<3>], eps: f64) {
-    let mut links = links.chunks_mut(4);
-    let mut p = p.chunks(4);
-    for (ls, qs) in links.by_ref().zip(p.by_ref()) {
-        if let (Ok(ls), Ok(qs)) = (<&mut [Su3; 4]>::try_from(&mut *ls), <&[SuAlg<3>; 4]>::try_from(qs)) {
-            let mut xs = *qs;
-            for x in &mut xs {
-                *x = x.scale(eps);
-            }
-            let es = su3::exp_many(&xs);
-            for (l, e) in ls.iter_mut().zip(&es) {
-                *l = bytemuck::cast(mul(rows(e), rows(l)));
-            }
-        } else {
-            for (l, q) in ls.iter_mut().zip(qs) {
-                *l = bytemuck::cast(mul(rows(&su3::exp(&q.scale(eps))), rows(l)));
-            }
-        }
-    }
+    su3::exp_mul_into(links, p, eps)
 }
 
 /// The HMC drift U ← exp(εP)·U of every link (`[site][μ]`, `d` links per site), with core's
