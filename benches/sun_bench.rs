@@ -29,8 +29,11 @@
 //!    the plaquette. The PyTorch peer (`benches/peers/su3_hmc.py`, one torch thread) runs in
 //!    the same process tree right after, and the ratio is printed; lattice-qcd-rs runs too if
 //!    `--lqcd-rs` names its built program (benches/peers/lattice-qcd-rs).
-//! 4. **Scaling:** HMC traj/s at 8⁴ and 16⁴ on 1 and 2 threads (short runs), and the theory's
-//!    own Markov steps (`heatbath`, `overrelax`) in sweeps/s where the plugin offers them.
+//! 4. **Scaling:** HMC at 8⁴ and 16⁴ on 1 and 2 threads (short runs): a hot start thermalised
+//!    by 20 heat-bath sweeps, one warm-up trajectory, then τ = 1 with 20 (8⁴) or 40 (16⁴)
+//!    leapfrog steps, so that the timed trajectories are accepted as in production (ΔH grows as
+//!    V ε⁴); traj/s, MD steps/s, acceptance and plaquette. Then the theory's own Markov steps
+//!    (`heatbath`, `overrelax`) in sweeps/s where the plugin offers them.
 //! 5. **The Wilson–Dirac operator** (SU(3), d = 4, κ = 0.12, random links, at 8⁴ and 16⁴):
 //!    D ψ in each compiled variant of the hopping kernel on one thread (thread CPU time), then
 //!    the same in the lanes layout the solvers use (packed fields, each variant), and both
@@ -654,19 +657,30 @@ impl Run {
     }
 }
 
-/// Cold start at L⁴ and β, `warm` trajectories of 40 steps, then `n` timed trajectories of 15
-/// leapfrog steps on `threads` threads. The plaquette is read off each trajectory's action
-/// (Wilson: ⟨P⟩ = −S / (6 V β)), so measuring costs nothing extra.
-fn hmc_run(l: usize, beta: f64, warm: usize, n: usize, threads: usize, seed: u64) -> Run {
-    let t: Adapter<Sun> = Adapter::from_json(&su3_card(l, beta)).unwrap_or_else(|e| panic!("{e}"));
+/// HMC at L⁴ and β on `threads` threads: a cold start (or, with `sweeps` > 0, a hot start
+/// thermalised by that many heat-bath sweeps of the plugin), `warm` trajectories of 40 steps,
+/// then `n` timed trajectories of `md_steps` leapfrog steps (length 1). The plaquette is read
+/// off each trajectory's action (Wilson: ⟨P⟩ = −S / (6 V β)), so measuring costs nothing extra.
+#[allow(clippy::too_many_arguments)]
+fn hmc_run(l: usize, beta: f64, sweeps: u32, warm: usize, md_steps: u32, n: usize, threads: usize, seed: u64) -> Run {
+    let mut t: Adapter<Sun> = Adapter::from_json(&su3_card(l, beta)).unwrap_or_else(|e| panic!("{e}"));
     in_pool(threads, || {
         let mut rng = Stream::new(seed, 0);
-        let mut u = t.physics().initial(Start::Cold, &mut rng);
+        let mut u = if sweeps == 0 {
+            t.physics().initial(Start::Cold, &mut rng)
+        } else {
+            let mut u = t.physics().initial(Start::Hot, &mut rng);
+            let mut state = Stream::new(seed, 4).state();
+            Theory::step(&mut t, RStr::from("heatbath"), RStr::from("{}"), RSliceMut::from(&mut u[..]), sweeps, &mut state)
+                .into_result()
+                .unwrap_or_else(|e| panic!("heat-bath thermalisation: {e}"));
+            u
+        };
         if warm > 0 {
             t.hmc_vec(&mut u, &leapfrog(40), warm as u32, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         }
         let (start, cpu) = (Instant::now(), thread_cpu_s());
-        let recs = t.hmc_vec(&mut u, &leapfrog(15), n as u32, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let recs = t.hmc_vec(&mut u, &leapfrog(md_steps), n as u32, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let secs = start.elapsed().as_secs_f64();
         let cpu = thread_cpu_s() - cpu;
         let v = l.pow(4) as f64;
@@ -684,7 +698,7 @@ fn hmc_run(l: usize, beta: f64, warm: usize, n: usize, threads: usize, seed: u64
 
 fn hmc_small(args: &Args) -> Value {
     let n = if args.quick { 40 } else { args.trajectories };
-    let r = hmc_run(4, 5.7, 30, n, 1, args.seed);
+    let r = hmc_run(4, 5.7, 0, 30, 15, n, 1, args.seed);
     eprintln!(
         "HMC 4^4 β=5.7 leapfrog 15 steps, 1 thread: {:.1} traj/s ({:.1} per CPU second), acceptance {:.3}, \
          <exp(-dH)> {:.3}, plaquette {:.4} ({} traj)",
@@ -795,19 +809,32 @@ fn lqcd_peer(args: &Args, ours: (f64, f64)) -> Value {
 /// cold start, then a few timed ones (15 steps). The acceptance of such short runs is not an
 /// equilibrium figure. Lattices below core's parallel threshold run on one thread whatever
 /// the pool (reported as `parallel: false`).
+/// Leapfrog steps per unit trajectory of the HMC scaling runs at 8⁴ and 16⁴ (β = 5.7).
+const LF_STEPS_8: u32 = 20;
+/// See [`LF_STEPS_8`].
+const LF_STEPS_16: u32 = 40;
+
 fn scaling(args: &Args) -> Value {
     let mut out = Vec::new();
-    for (l, n) in [(8usize, if args.quick { 2 } else { 20 }), (16, if args.quick { 1 } else { 3 })] {
+    // thermalised by heat-bath sweeps, with the leapfrog steps grown with the volume (ΔH grows
+    // as V ε⁴) so that the timed trajectories are accepted as in production
+    let sweeps = if args.quick { 2 } else { 20 };
+    for (l, md, n) in [(8usize, LF_STEPS_8, if args.quick { 2 } else { 20 }), (16, LF_STEPS_16, if args.quick { 1 } else { 3 })] {
         let parallel = l.pow(4) >= HEAVY_MIN_SITES;
         for threads in [1usize, 2] {
-            let r = hmc_run(l, 5.7, 2, n, threads, args.seed);
+            let r = hmc_run(l, 5.7, sweeps, 1, md, n, threads, args.seed);
             eprintln!(
-                "HMC {l}^4 β=5.7 leapfrog 15 steps, {threads} thread(s): {:.3} traj/s ({} traj after 2 warm-up{})",
+                "HMC {l}^4 β=5.7 leapfrog {md} steps, {threads} thread(s): {:.3} traj/s, {:.1} MD steps/s, \
+                 acceptance {:.2}, plaquette {:.4} ({} traj after {sweeps} heat-bath sweeps and 1 warm-up{})",
                 r.traj_per_s,
+                r.traj_per_s * f64::from(md),
+                r.acceptance,
+                r.plaquette,
                 r.trajectories,
                 if parallel { "" } else { "; below the parallel threshold: one thread" }
             );
             let mut j = r.json();
+            j["md_steps"] = json!(md);
             j["L"] = json!(l);
             j["threads"] = json!(threads);
             j["parallel"] = json!(parallel);
