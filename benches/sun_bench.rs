@@ -657,12 +657,22 @@ impl Run {
     }
 }
 
-/// HMC at L⁴ and β on `threads` threads: a cold start (or, with `sweeps` > 0, a hot start
-/// thermalised by that many heat-bath sweeps of the plugin), `warm` trajectories of 40 steps,
-/// then `n` timed trajectories of `md_steps` leapfrog steps (length 1). The plaquette is read
-/// off each trajectory's action (Wilson: ⟨P⟩ = −S / (6 V β)), so measuring costs nothing extra.
-#[allow(clippy::too_many_arguments)]
-fn hmc_run(l: usize, beta: f64, sweeps: u32, warm: usize, md_steps: u32, n: usize, threads: usize, seed: u64) -> Run {
+/// How an HMC timing run starts and what it times.
+#[derive(Clone, Copy)]
+struct Protocol {
+    /// Heat-bath sweeps of the plugin from a hot start; 0 for a cold start instead.
+    sweeps: u32,
+    /// Untimed trajectories of 40 leapfrog steps after the start.
+    warm: u32,
+    /// Leapfrog steps of each timed trajectory (length 1).
+    md_steps: u32,
+}
+
+/// HMC at L⁴ and β on `threads` threads, started as `protocol` says, then `n` timed
+/// trajectories. The plaquette is read off each trajectory's action (Wilson:
+/// ⟨P⟩ = −S / (6 V β)), so measuring costs nothing extra.
+fn hmc_run(l: usize, beta: f64, protocol: &Protocol, n: usize, threads: usize, seed: u64) -> Run {
+    let Protocol { sweeps, warm, md_steps } = *protocol;
     let mut t: Adapter<Sun> = Adapter::from_json(&su3_card(l, beta)).unwrap_or_else(|e| panic!("{e}"));
     in_pool(threads, || {
         let mut rng = Stream::new(seed, 0);
@@ -677,7 +687,7 @@ fn hmc_run(l: usize, beta: f64, sweeps: u32, warm: usize, md_steps: u32, n: usiz
             u
         };
         if warm > 0 {
-            t.hmc_vec(&mut u, &leapfrog(40), warm as u32, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+            t.hmc_vec(&mut u, &leapfrog(40), warm, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         }
         let (start, cpu) = (Instant::now(), thread_cpu_s());
         let recs = t.hmc_vec(&mut u, &leapfrog(md_steps), n as u32, &mut rng).unwrap_or_else(|e| panic!("{e}"));
@@ -698,7 +708,7 @@ fn hmc_run(l: usize, beta: f64, sweeps: u32, warm: usize, md_steps: u32, n: usiz
 
 fn hmc_small(args: &Args) -> Value {
     let n = if args.quick { 40 } else { args.trajectories };
-    let r = hmc_run(4, 5.7, 0, 30, 15, n, 1, args.seed);
+    let r = hmc_run(4, 5.7, &Protocol { sweeps: 0, warm: 30, md_steps: 15 }, n, 1, args.seed);
     eprintln!(
         "HMC 4^4 β=5.7 leapfrog 15 steps, 1 thread: {:.1} traj/s ({:.1} per CPU second), acceptance {:.3}, \
          <exp(-dH)> {:.3}, plaquette {:.4} ({} traj)",
@@ -805,24 +815,18 @@ fn lqcd_peer(args: &Args, ours: (f64, f64)) -> Value {
 // ---------------------------------------------------------------------------------------------
 // 4. Scaling and the theory's own steps
 
-/// HMC traj/s at 8⁴ and 16⁴ on 1 and 2 threads: 2 warm-up trajectories (40 steps) from the
-/// cold start, then a few timed ones (15 steps). The acceptance of such short runs is not an
-/// equilibrium figure. Lattices below core's parallel threshold run on one thread whatever
-/// the pool (reported as `parallel: false`).
-/// Leapfrog steps per unit trajectory of the HMC scaling runs at 8⁴ and 16⁴ (β = 5.7).
-const LF_STEPS_8: u32 = 20;
-/// See [`LF_STEPS_8`].
-const LF_STEPS_16: u32 = 40;
-
+/// HMC at 8⁴ and 16⁴ on 1 and 2 threads: a hot start thermalised by heat-bath sweeps, one
+/// warm-up trajectory, then a few timed ones with 20 (8⁴) or 40 (16⁴) leapfrog steps, so that
+/// they are accepted as in production (ΔH grows as V ε⁴). Lattices below core's parallel
+/// threshold run on one thread whatever the pool (reported as `parallel: false`).
 fn scaling(args: &Args) -> Value {
     let mut out = Vec::new();
-    // thermalised by heat-bath sweeps, with the leapfrog steps grown with the volume (ΔH grows
-    // as V ε⁴) so that the timed trajectories are accepted as in production
     let sweeps = if args.quick { 2 } else { 20 };
-    for (l, md, n) in [(8usize, LF_STEPS_8, if args.quick { 2 } else { 20 }), (16, LF_STEPS_16, if args.quick { 1 } else { 3 })] {
+    for (l, md, n) in [(8usize, 20, if args.quick { 2 } else { 20 }), (16, 40, if args.quick { 1 } else { 3 })] {
         let parallel = l.pow(4) >= HEAVY_MIN_SITES;
+        let protocol = Protocol { sweeps, warm: 1, md_steps: md };
         for threads in [1usize, 2] {
-            let r = hmc_run(l, 5.7, sweeps, 1, md, n, threads, args.seed);
+            let r = hmc_run(l, 5.7, &protocol, n, threads, args.seed);
             eprintln!(
                 "HMC {l}^4 β=5.7 leapfrog {md} steps, {threads} thread(s): {:.3} traj/s, {:.1} MD steps/s, \
                  acceptance {:.2}, plaquette {:.4} ({} traj after {sweeps} heat-bath sweeps and 1 warm-up{})",
