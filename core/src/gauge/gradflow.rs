@@ -478,7 +478,7 @@ impl<G: FlowGroup> Integrator<G> {
         });
     }
 
-    /// u ← exp(s · x) u, link by link.
+    /// u ← exp(s · x) u for every link ([`GaugeGroup::exp_mul_into`]: the bits of link by link).
     fn apply(u: &mut [G], x: &[G::Algebra], s: f64, d: usize) {
         fill_sites_as(SiteWork::of_group::<G>(), u, d, |site, links, _| {
             G::exp_mul_into(links, &x[site * d..(site + 1) * d], s)

@@ -242,7 +242,7 @@ macro_rules! variant {
             /// The CPU must support the instruction set.
             #[target_feature(enable = $feature)]
             pub unsafe fn step_site(links: &mut [Su3], p: &[SuAlg<3>], eps: f64) {
-                super::step_site(links, p, eps)
+                su3::exp_mul_into(links, p, eps)
             }
 
             /// # Safety
@@ -270,13 +270,6 @@ fn runnable(level: u8) -> u8 {
     level.min(simd_level())
 }
 
-/// U ← exp(εP)·U for the links of one site (core's [`su3::exp_mul_into`]: four exponentials
-/// at a time, with the bits of one at a time).
-#[inline(always)]
-fn step_site(links: &mut [Su3], p: &[SuAlg<3>], eps: f64) {
-    su3::exp_mul_into(links, p, eps)
-}
-
 /// The HMC drift U ← exp(εP)·U of every link (`[site][μ]`, `d` links per site), with core's
 /// exact SU(3) exponential: the same bits as core's `FlatLinkSpace::step_field`, in the
 /// compiled variant `level` (see [`wilson_force`]).
@@ -289,7 +282,7 @@ pub fn step_links(u: &mut [Su3], p: &[SuAlg<3>], d: usize, eps: f64, level: u8) 
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         1 => fill_sites_as(SiteWork::Heavy, u, d, |x, links, _| unsafe { avx2::step_site(links, at(x), eps) }),
-        _ => fill_sites_as(SiteWork::Heavy, u, d, |x, links, _| step_site(links, at(x), eps)),
+        _ => fill_sites_as(SiteWork::Heavy, u, d, |x, links, _| su3::exp_mul_into(links, at(x), eps)),
     };
 }
 
