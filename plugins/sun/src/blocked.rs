@@ -52,6 +52,39 @@ type Lanes<const W: usize> = [f64; W];
 /// vector of lanes (the layout of [`latflow_core::gauge::su3::Rows`], lane by lane).
 type M<const W: usize> = [[Lanes<W>; 6]; 3];
 
+/// `T` on a 64-byte boundary: a 512-bit vector of a matrix of 8 lanes never spans two cache
+/// lines (a split load costs two of the L1's loads; the allocator and the stack give only 16
+/// bytes).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+/// One cache line of reals: the unit of [`Lines`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct CacheLine([f64; 8]);
+
+// SAFETY: eight f64 fill the 64 bytes exactly (no padding), and every bit pattern is an f64
+unsafe impl bytemuck::Zeroable for CacheLine {}
+// SAFETY: as above
+unsafe impl bytemuck::Pod for CacheLine {}
+
+/// A growable buffer that starts on a cache line (see [`Line`]); its matrices are 64-byte
+/// multiples for 4 and 8 lanes, so each of them starts on one too.
+struct Lines(Vec<CacheLine>);
+
+impl Lines {
+    /// The first `n` matrices of `W` lanes, the buffer grown (zero-filled) as needed; what an
+    /// earlier call wrote stays.
+    fn matrices<const W: usize>(&mut self, n: usize) -> &mut [M<W>] {
+        let bytes = n * std::mem::size_of::<M<W>>();
+        if self.0.len() * 64 < bytes {
+            self.0.resize(bytes.div_ceil(64), CacheLine([0.0; 8]));
+        }
+        bytemuck::cast_slice_mut(&mut bytemuck::cast_slice_mut::<CacheLine, u8>(&mut self.0)[..bytes])
+    }
+}
+
 #[inline(always)]
 fn zero<const W: usize>() -> M<W> {
     [[[0.0; W]; 6]; 3]
@@ -226,16 +259,16 @@ fn then<const W: usize>(hops: &[Hop], d: usize, a: Hop, b: usize) -> Hop {
 /// The per-thread storage of one lane width: packed links, corner products, and the outer
 /// sites' forward and backward hops.
 struct Buffers<const W: usize> {
-    links: Vec<M<W>>,
+    links: Lines,
     /// Each task's two slab-sized slots of corner products.
-    ring: Vec<M<W>>,
+    ring: Lines,
     up: Vec<Hop>,
     dn: Vec<Hop>,
 }
 
 impl<const W: usize> Buffers<W> {
     const fn new() -> Self {
-        Self { links: Vec::new(), ring: Vec::new(), up: Vec::new(), dn: Vec::new() }
+        Self { links: Lines(Vec::new()), ring: Lines(Vec::new()), up: Vec::new(), dn: Vec::new() }
     }
 }
 
@@ -365,7 +398,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     // pass measured 7% slower at 8⁴)
     let uf: &[f64] = bytemuck::cast_slice(u);
     let Buffers { links, ring, up, dn } = bufs;
-    links.resize(b * d, zero::<W>());
+    let links = links.matrices::<W>(b * d);
     // lane ℓ of outer site o is site site(o, 0) + ℓ·q: its records lie `lane` reals apart
     let lane = q * d * 18;
     chunks_mut_when(par, links, chunk * d, |k, out| {
@@ -387,7 +420,7 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     let tasks = slabs.div_ceil(per_task);
     // a slot's matrices (one placeholder where no corners are formed)
     let slot = if shared { slab * planes } else { 1 };
-    ring.resize(tasks * 2 * slot, zero::<W>());
+    let ring = ring.matrices::<W>(tasks * 2 * slot);
     let ff: &mut [f64] = bytemuck::cast_slice_mut(f);
     let task = |k: usize, out: &mut [f64], ring: &mut [M<W>]| {
         let (t0, t1) = (k * per_task, ((k + 1) * per_task).min(slabs));
@@ -691,9 +724,12 @@ fn corners_from<const W: usize>(links: &[M<W>], d: usize, first: usize, out: &mu
 #[inline(always)]
 fn force_from<const W: usize>(s: &Blocked<'_, W>, w: f64, first: usize, n: usize, mut sink: impl FnMut(usize, usize, &M<W>)) {
     let d = s.d;
-    let mut acc = [zero::<W>(); crate::fast::MAX_DIM];
+    // on cache lines, as the buffers (see [`Line`])
+    let mut acc = Line([zero::<W>(); crate::fast::MAX_DIM]);
+    let acc = &mut acc.0;
     // scratch for the rotated operands of one product
-    let (mut t0, mut t1) = (zero::<W>(), zero::<W>());
+    let (mut l0, mut l1) = (Line(zero::<W>()), Line(zero::<W>()));
+    let (t0, t1) = (&mut l0.0, &mut l1.0);
     for o in first..first + n {
         for a in acc.iter_mut().take(d) {
             *a = zero();
@@ -702,35 +738,35 @@ fn force_from<const W: usize>(s: &Blocked<'_, W>, w: f64, first: usize, n: usize
         for mu in 0..d {
             for nu in mu + 1..d {
                 let (xm, xn) = (s.up[o * d + mu], s.up[o * d + nu]);
-                let c = prod::<W, false, true>(s.link(xm, nu, &mut t0), s.link(xn, mu, &mut t1));
+                let c = prod::<W, false, true>(s.link(xm, nu, &mut *t0), s.link(xn, mu, &mut *t1));
                 prod_add::<W, false, true>(&mut acc[mu], &c, s.here(o, nu));
                 let yn = s.dn[o * d + nu];
                 let ym = s.dn[o * d + mu];
                 if s.shared {
                     prod_add::<W, true, false>(
                         &mut acc[mu],
-                        s.link(then::<W>(s.up, d, yn, mu), nu, &mut t0),
-                        s.corner(yn, k, &mut t1),
+                        s.link(then::<W>(s.up, d, yn, mu), nu, &mut *t0),
+                        s.corner(yn, k, &mut *t1),
                     );
                     prod_add_adj::<W, false, false>(&mut acc[nu], s.here(o, mu), &c);
                     prod_add_adj::<W, false, false>(
                         &mut acc[nu],
-                        s.corner(ym, k, &mut t0),
-                        s.link(then::<W>(s.up, d, ym, nu), mu, &mut t1),
+                        s.corner(ym, k, &mut *t0),
+                        s.link(then::<W>(s.up, d, ym, nu), mu, &mut *t1),
                     );
                 } else {
-                    let a = prod::<W, false, false>(s.link(yn, mu, &mut t0), s.link(then::<W>(s.up, d, yn, mu), nu, &mut t1));
-                    prod_add::<W, true, false>(&mut acc[mu], &a, s.link(yn, nu, &mut t0));
+                    let a = prod::<W, false, false>(s.link(yn, mu, &mut *t0), s.link(then::<W>(s.up, d, yn, mu), nu, &mut *t1));
+                    prod_add::<W, true, false>(&mut acc[mu], &a, s.link(yn, nu, &mut *t0));
                     prod_add_adj::<W, false, false>(&mut acc[nu], s.here(o, mu), &c);
-                    let a = prod::<W, false, false>(s.link(ym, nu, &mut t0), s.link(then::<W>(s.up, d, ym, nu), mu, &mut t1));
-                    prod_add::<W, true, false>(&mut acc[nu], &a, s.link(ym, mu, &mut t0));
+                    let a = prod::<W, false, false>(s.link(ym, nu, &mut *t0), s.link(then::<W>(s.up, d, ym, nu), mu, &mut *t1));
+                    prod_add::<W, true, false>(&mut acc[nu], &a, s.link(ym, mu, &mut *t0));
                 }
                 k += 1;
             }
         }
         for (mu, a) in acc.iter().enumerate().take(d) {
-            force_into(&prod::<W, false, false>(s.here(o, mu), a), w, &mut t0);
-            sink(o, mu, &t0);
+            force_into(&prod::<W, false, false>(s.here(o, mu), a), w, &mut *t0);
+            sink(o, mu, &*t0);
         }
     }
 }
