@@ -43,7 +43,7 @@
 use std::cell::RefCell;
 
 use latflow_core::gauge::parallel::{SiteWork, CHUNK_SITES};
-use latflow_core::gauge::{Neighbours, Su3, SuAlg};
+use latflow_core::gauge::{su3, LieAlgebra, Neighbours, Su3, SuAlg};
 use latflow_core::par::chunks_mut_when;
 
 /// A real entry of `W` sites.
@@ -71,9 +71,26 @@ unsafe impl bytemuck::Pod for CacheLine {}
 
 /// A growable buffer that starts on a cache line (see [`Line`]); its matrices are 64-byte
 /// multiples for 4 and 8 lanes, so each of them starts on one too.
+#[derive(Clone)]
 struct Lines(Vec<CacheLine>);
 
 impl Lines {
+    /// The first `n` matrices of `W` lanes (the buffer must hold them).
+    fn view<const W: usize>(&self, n: usize) -> &[M<W>] {
+        let bytes = n * std::mem::size_of::<M<W>>();
+        bytemuck::cast_slice(&bytemuck::cast_slice::<CacheLine, u8>(&self.0)[..bytes])
+    }
+
+    /// All reals.
+    fn reals_mut(&mut self) -> &mut [f64] {
+        bytemuck::cast_slice_mut(&mut self.0)
+    }
+
+    /// All reals.
+    fn reals(&self) -> &[f64] {
+        bytemuck::cast_slice(&self.0)
+    }
+
     /// The first `n` matrices of `W` lanes, the buffer grown (zero-filled) as needed; what an
     /// earlier call wrote stays.
     fn matrices<const W: usize>(&mut self, n: usize) -> &mut [M<W>] {
@@ -256,26 +273,27 @@ fn then<const W: usize>(hops: &[Hop], d: usize, a: Hop, b: usize) -> Hop {
     Hop { o: h.o, r: ((a.r as usize + h.r as usize) % W) as u8 }
 }
 
-/// The per-thread storage of one lane width: packed links, corner products, and the outer
-/// sites' forward and backward hops.
-struct Buffers<const W: usize> {
+/// The per-thread storage of the flat-interface force: packed links, corner products (as
+/// untyped cache lines: any lane width), and the geometry.
+struct Buffers {
     links: Lines,
     /// Each task's two slab-sized slots of corner products.
     ring: Lines,
-    up: Vec<Hop>,
-    dn: Vec<Hop>,
+    geometry: Geometry,
 }
 
-impl<const W: usize> Buffers<W> {
+impl Buffers {
     const fn new() -> Self {
-        Self { links: Lines(Vec::new()), ring: Lines(Vec::new()), up: Vec::new(), dn: Vec::new() }
+        Self {
+            links: Lines(Vec::new()),
+            ring: Lines(Vec::new()),
+            geometry: Geometry { d: 0, q: 0, ext: 0, b: 0, slab: 0, up: Vec::new(), dn: Vec::new() },
+        }
     }
 }
 
 thread_local! {
-    static B8: RefCell<Buffers<8>> = const { RefCell::new(Buffers::new()) };
-    static B4: RefCell<Buffers<4>> = const { RefCell::new(Buffers::new()) };
-    static B2: RefCell<Buffers<2>> = const { RefCell::new(Buffers::new()) };
+    static BUFFERS: RefCell<Buffers> = const { RefCell::new(Buffers::new()) };
 }
 
 /// The most bytes of packed links and corner products the blocked force keeps, counted as the
@@ -342,20 +360,46 @@ pub(crate) fn wilson_force<N: Neighbours + ?Sized>(
     level: u8,
     shared: bool,
 ) {
-    // narrower lanes run the AVX2 variant even where AVX-512 is there (every AVX-512 CPU has
-    // AVX2): compiled for AVX-512, the compiler fuses pairs of 4-lane (and 2-lane) vectors
-    // into 512-bit ones with shuffles and gathers, which measured 2.3× slower at 4⁴ (the same
-    // bits either way)
-    let level = if width < 8 { level.min(1) } else { level };
-    match width {
-        8 => B8.with(|b| run::<N, 8>(lat, u, w, f, level, shared, &mut b.borrow_mut())),
-        4 => B4.with(|b| run::<N, 4>(lat, u, w, f, level, shared, &mut b.borrow_mut())),
-        2 => B2.with(|b| run::<N, 2>(lat, u, w, f, level, shared, &mut b.borrow_mut())),
-        _ => unreachable!("lane widths are 2, 4 or 8"),
-    }
+    let level = width_level(width, level);
+    by_width!(width, W => with_buffers(|b| run::<N, W>(lat, u, w, f, level, shared, b)))
 }
 
-/// One force evaluation at width `W` with `bufs` as storage.
+/// The SIMD level the kernels of `width` lanes run at: narrower lanes run the AVX2 variant even
+/// where AVX-512 is there (every AVX-512 CPU has AVX2): compiled for AVX-512, the compiler
+/// fuses pairs of 4-lane (and 2-lane) vectors into 512-bit ones with shuffles and gathers,
+/// which measured 2.3× slower at 4⁴ (the same bits either way).
+pub(crate) fn width_level(width: usize, level: u8) -> u8 {
+    if width < 8 { level.min(1) } else { level }
+}
+
+/// `$body` with the const `$w` = `$width` (8, 4, or 2 for anything else).
+macro_rules! by_width {
+    ($width:expr, $w:ident => $body:expr) => {
+        match $width {
+            8 => {
+                const $w: usize = 8;
+                $body
+            }
+            4 => {
+                const $w: usize = 4;
+                $body
+            }
+            _ => {
+                const $w: usize = 2;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use by_width;
+
+/// `f` with this thread's buffers.
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    BUFFERS.with(|b| f(&mut b.borrow_mut()))
+}
+
+/// One force evaluation at width `W` with `bufs` as storage: packs `u`, then [`forces`] with
+/// each lane written back to `f`'s `[site][μ]` records.
 fn run<N: Neighbours + ?Sized, const W: usize>(
     lat: &N,
     u: &[Su3],
@@ -363,66 +407,162 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
     f: &mut [SuAlg<3>],
     level: u8,
     shared: bool,
-    bufs: &mut Buffers<W>,
+    bufs: &mut Buffers,
 ) {
-    let d = lat.dim();
-    let v = lat.sites();
-    let ext = lat.fastest_axis_extent().expect("the caller checked the split");
-    debug_assert!(ext.is_multiple_of(W) && v.is_multiple_of(ext));
-    // site a·ext + c (c the fastest coordinate) is lane c / q of outer site a·q + c mod q
-    let q = ext / W;
-    let b = v / W;
-    let site = |o: usize, l: usize| (o / q) * ext + l * q + o % q;
-    let outer = |y: usize| {
-        let c = y % ext;
-        Hop { o: ((y / ext) * q + c % q) as u32, r: (c / q) as u8 }
-    };
-    let planes = d * (d - 1) / 2;
-    let par = SiteWork::Heavy.parallel(v);
-    // whole rows of the fastest axis per packing task, about one of core's chunks of sites
-    let rows = (CHUNK_SITES / ext).max(1);
-    let chunk = rows * q;
-    // the hops of outer site o are those of its lane-0 site
-    bufs.up.resize(b * d, Hop::default());
-    bufs.dn.resize(b * d, Hop::default());
-    for o in 0..b {
-        let x = site(o, 0);
-        for mu in 0..d {
-            bufs.up[o * d + mu] = outer(lat.up(x, mu));
-            bufs.dn[o * d + mu] = outer(lat.dn(x, mu));
-        }
-    }
-    let slab = slab_size(&bufs.up, &bufs.dn, d, b);
-    let slabs = b / slab;
+    let Buffers { links, ring, geometry } = bufs;
+    geometry.build::<N, W>(lat);
+    let g = &*geometry;
+    let links = links.matrices::<W>(g.b * g.d);
     // 1. pack (a pass of its own: packing each task's links and forming their corners in one
     // pass measured 7% slower at 8⁴)
-    let uf: &[f64] = bytemuck::cast_slice(u);
-    let Buffers { links, ring, up, dn } = bufs;
-    let links = links.matrices::<W>(b * d);
+    pack_all::<W>(g, bytemuck::cast_slice(u), level, links);
+    // 2. corners and forces, each lane written back to its site's record
+    let lane = g.q * g.d * 18;
+    let d = g.d;
+    let sink = |out: &mut [f64], o: usize, mu: usize, m: &M<W>| {
+        let x = g.site(o, 0);
+        unpack(m, &mut out[(x * d + mu) * 18..], lane, level);
+    };
+    forces::<W, f64>(g, links, w, level, shared, ring, bytemuck::cast_slice_mut(f), W * d * 18, sink);
+}
+
+/// The site-blocked geometry of a lattice at `W` lanes: site a·L + c (c the fastest coordinate,
+/// L its extent) is lane c / q of outer site a·q + c mod q (q = L / W); the hops of each outer
+/// site (those of its lane-0 site), and the slab size ([`slab_size`]).
+#[derive(Clone, Default)]
+pub(crate) struct Geometry {
+    d: usize,
+    /// Sites per lane row: L / W.
+    q: usize,
+    /// The fastest axis's extent L.
+    ext: usize,
+    /// Outer sites.
+    b: usize,
+    slab: usize,
+    up: Vec<Hop>,
+    dn: Vec<Hop>,
+}
+
+impl Geometry {
+    /// The geometry of `lat` at `W` lanes (W must divide the fastest axis's extent:
+    /// [`lane_width`] checks), reusing this one's storage.
+    fn build<N: Neighbours + ?Sized, const W: usize>(&mut self, lat: &N) {
+        let d = lat.dim();
+        let v = lat.sites();
+        let ext = lat.fastest_axis_extent().expect("the caller checked the split");
+        debug_assert!(ext.is_multiple_of(W) && v.is_multiple_of(ext));
+        let q = ext / W;
+        let b = v / W;
+        (self.d, self.q, self.ext, self.b) = (d, q, ext, b);
+        let outer = |y: usize| {
+            let c = y % ext;
+            Hop { o: ((y / ext) * q + c % q) as u32, r: (c / q) as u8 }
+        };
+        self.up.resize(b * d, Hop::default());
+        self.dn.resize(b * d, Hop::default());
+        for o in 0..b {
+            let x = self.site(o, 0);
+            for mu in 0..d {
+                self.up[o * d + mu] = outer(lat.up(x, mu));
+                self.dn[o * d + mu] = outer(lat.dn(x, mu));
+            }
+        }
+        self.slab = slab_size(&self.up, &self.dn, d, b);
+    }
+
+    /// The geometry of `lat` at `width` lanes (see [`Geometry::build`]).
+    pub(crate) fn new<N: Neighbours + ?Sized>(lat: &N, width: usize) -> Self {
+        let mut g = Self::default();
+        by_width!(width, W => g.build::<N, W>(lat));
+        g
+    }
+
+    /// The site of lane `l` of outer site `o`.
+    #[inline(always)]
+    fn site(&self, o: usize, l: usize) -> usize {
+        (o / self.q) * self.ext + l * self.q + o % self.q
+    }
+
+    /// Outer sites times directions: the matrices of a blocked link field.
+    pub(crate) fn matrices(&self) -> usize {
+        self.b * self.d
+    }
+
+    /// Outer sites per packing task: whole rows of the fastest axis, about one of core's chunks
+    /// of sites.
+    fn chunk(&self) -> usize {
+        (CHUNK_SITES / self.ext).max(1) * self.q
+    }
+
+    /// Whether a loop over the lattice runs in parallel.
+    fn parallel(&self, lanes: usize) -> bool {
+        SiteWork::Heavy.parallel(self.b * lanes)
+    }
+}
+
+/// Packs the `[site][μ]` records of 18 reals `uf` (links or algebra elements) into `out` (one
+/// matrix of `W` lanes per outer site and direction), at SIMD `level`.
+fn pack_all<const W: usize>(g: &Geometry, uf: &[f64], level: u8, out: &mut [M<W>]) {
+    let d = g.d;
+    let chunk = g.chunk();
     // lane ℓ of outer site o is site site(o, 0) + ℓ·q: its records lie `lane` reals apart
-    let lane = q * d * 18;
-    chunks_mut_when(par, links, chunk * d, |k, out| {
+    let lane = g.q * d * 18;
+    chunks_mut_when(g.parallel(W), out, chunk * d, |k, out| {
         let start = |n: usize| {
             let (o, mu) = ((k * chunk * d + n) / d, n % d);
-            (site(o, 0) * d + mu) * 18
+            (g.site(o, 0) * d + mu) * 18
         };
         // the caller checked that the CPU runs `level`
         by_level!(level, pack, pack_into(uf, start, lane, level, out))
     });
-    let (links, up, dn) = (&links[..], &up[..], &dn[..]);
-    // 2. corners and force, slab by slab: each task takes a run of slabs, forms the corner
+}
+
+/// The inverse of [`pack_all`]: `out` (`[site][μ]` records of 18 reals) from the blocked `m`.
+fn unpack_all<const W: usize>(g: &Geometry, m: &[M<W>], level: u8, out: &mut [f64]) {
+    let d = g.d;
+    let chunk = g.chunk();
+    let lane = g.q * d * 18;
+    // a task's outer sites are whole rows, so their sites are contiguous
+    chunks_mut_when(g.parallel(W), out, chunk * W * d * 18, |k, out| {
+        for (n, m) in m[k * chunk * d..].iter().take(out.len() / (18 * W)).enumerate() {
+            let (o, mu) = (n / d, n % d);
+            unpack(m, &mut out[(g.site(o, 0) * d + mu) * 18..], lane, level);
+        }
+    });
+}
+
+/// The corner products and the forces of every outer site of `g` from the packed `links`,
+/// each handed to `sink(out, o, μ, F)` with `out` the part of `out` of the task that owns
+/// outer site o, o counted from the task's first outer site, `per_outer` elements of `out` per
+/// outer site. `ring` holds each task's corner slots.
+#[allow(clippy::too_many_arguments)]
+fn forces<const W: usize, T: Send>(
+    g: &Geometry,
+    links: &[M<W>],
+    w: f64,
+    level: u8,
+    shared: bool,
+    ring: &mut Lines,
+    out: &mut [T],
+    per_outer: usize,
+    sink: impl Fn(&mut [T], usize, usize, &M<W>) + Sync,
+) {
+    let (d, slab) = (g.d, g.slab);
+    let slabs = g.b / slab;
+    let planes = d * (d - 1) / 2;
+    let (up, dn) = (&g.up[..], &g.dn[..]);
+    // corners and force, slab by slab: each task takes a run of slabs, forms the corner
     // products of a slab just before its force (and those of the slab before its first), in
     // two slab-sized slots of its own, so that they are read back from cache; its force is
-    // written straight to `f` (a slab's sites are contiguous there). A slab's corners are
+    // handed to `sink` (a slab's outer sites are contiguous in `out`). A slab's corners are
     // formed once more by the task before it (the same bits: the same products).
-    let tasks = if par { latflow_core::par::threads().clamp(1, slabs) } else { 1 };
+    let tasks = if g.parallel(W) { latflow_core::par::threads().clamp(1, slabs) } else { 1 };
     let per_task = slabs.div_ceil(tasks);
     let tasks = slabs.div_ceil(per_task);
     // a slot's matrices (one placeholder where no corners are formed)
     let slot = if shared { slab * planes } else { 1 };
     let ring = ring.matrices::<W>(tasks * 2 * slot);
-    let ff: &mut [f64] = bytemuck::cast_slice_mut(f);
-    let task = |k: usize, out: &mut [f64], ring: &mut [M<W>]| {
+    let task = |k: usize, out: &mut [T], ring: &mut [M<W>]| {
         let (t0, t1) = (k * per_task, ((k + 1) * per_task).min(slabs));
         let (mut cur, mut prev) = ring.split_at_mut(slot);
         let before = |t: usize| (t + slabs - 1) % slabs;
@@ -445,19 +585,130 @@ fn run<N: Neighbours + ?Sized, const W: usize>(
                 d,
                 shared,
             };
-            let sink = |o: usize, mu: usize, m: &M<W>| {
-                let x = site(o, 0) - t0 * slab * W;
-                unpack(m, &mut out[(x * d + mu) * 18..], lane, level);
-            };
+            let sink = |o: usize, mu: usize, m: &M<W>| sink(out, o - t0 * slab, mu, m);
             by_level!(level, force, force_from(&sites, w, t * slab, slab, sink));
             std::mem::swap(&mut cur, &mut prev);
         }
     };
-    let (out_chunk, ring_chunk) = (per_task * slab * W * d * 18, 2 * slot);
+    let (out_chunk, ring_chunk) = (per_task * slab * per_outer, 2 * slot);
     if tasks > 1 {
-        latflow_core::par::chunks_mut2(ff, out_chunk, ring, ring_chunk, task);
+        latflow_core::par::chunks_mut2(out, out_chunk, ring, ring_chunk, task);
     } else {
-        task(0, ff, ring);
+        task(0, out, ring);
+    }
+}
+
+/// A field of 3×3 complex matrices, one per link (SU(3) links, or su(3) momenta and forces as
+/// 3×3 anti-Hermitian matrices), in the site-blocked layout of a [`Layout`].
+#[derive(Clone)]
+pub struct Packed(Lines);
+
+/// The site-blocked layout of one lattice: its [`Geometry`] at a lane width, the SIMD level the
+/// kernels run at, and whether the force shares corner products (as the per-site kernels
+/// decide). HMC keeps the links and momenta in this layout for a whole trajectory
+/// ([`crate::space::PackedSpace`]), so that the force, the kick and the drift never convert;
+/// fields are packed and unpacked only at the ends. Every kernel gives each link the bits of
+/// the per-site one.
+#[derive(Clone)]
+pub struct Layout {
+    g: Geometry,
+    width: usize,
+    level: u8,
+    shared: bool,
+}
+
+impl Layout {
+    /// The layout of `lat` at `width` lanes (from [`lane_width`]) with kernels at SIMD `level`
+    /// (which the CPU must run: the caller checks), corners shared when `shared`.
+    pub(crate) fn new<N: Neighbours + ?Sized>(lat: &N, width: usize, level: u8, shared: bool) -> Self {
+        Self { g: Geometry::new(lat, width), width, level: width_level(width, level), shared }
+    }
+
+    /// The lane width.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Reals per field: 18 per link.
+    pub fn reals(&self) -> usize {
+        self.g.matrices() * self.width * 18
+    }
+
+    /// A field of zeros.
+    pub fn zeros(&self) -> Packed {
+        let mut p = Packed(Lines(Vec::new()));
+        by_width!(self.width, W => { p.0.matrices::<W>(self.g.matrices()); });
+        p
+    }
+
+    /// `uf` (`[site][μ]` records of 18 reals, [`Layout::reals`] in all) packed.
+    pub fn pack(&self, uf: &[f64]) -> Packed {
+        assert_eq!(uf.len(), self.reals(), "a field of the layout's lattice");
+        let mut p = self.zeros();
+        by_width!(self.width, W => pack_all::<W>(&self.g, uf, self.level, p.0.matrices::<W>(self.g.matrices())));
+        p
+    }
+
+    /// `p` written to `out` as `[site][μ]` records of 18 reals.
+    pub fn unpack(&self, p: &Packed, out: &mut [f64]) {
+        assert_eq!(out.len(), self.reals(), "a field of the layout's lattice");
+        by_width!(self.width, W => unpack_all::<W>(&self.g, p.0.view::<W>(self.g.matrices()), self.level, out));
+    }
+
+    /// The Wilson force (weight `w` = β/3, as [`wilson_force`]) of the links `u` into `f`.
+    pub fn force(&self, u: &Packed, w: f64, f: &mut Packed) {
+        let n = self.g.matrices();
+        let d = self.g.d;
+        by_width!(self.width, W => {
+            let (u, f) = (u.0.view::<W>(n), f.0.matrices::<W>(n));
+            let sink = |out: &mut [M<W>], o: usize, mu: usize, m: &M<W>| out[o * d + mu] = *m;
+            with_buffers(|b| forces::<W, M<W>>(&self.g, u, w, self.level, self.shared, &mut b.ring, f, d, sink))
+        })
+    }
+
+    /// The drift U ← exp(εP)·U of every link (the bits of core's `GaugeGroup::exp_mul_into`).
+    pub fn drift(&self, u: &mut Packed, p: &Packed, eps: f64) {
+        let n = self.g.matrices();
+        let (level, chunk) = (self.level, self.g.chunk() * self.g.d);
+        by_width!(self.width, W => {
+            let (u, p) = (u.0.matrices::<W>(n), p.0.view::<W>(n));
+            chunks_mut_when(self.g.parallel(W), u, chunk, |k, u| {
+                let p = &p[k * chunk..][..u.len()];
+                by_level!(level, drift, drift_from(u, p, eps, level))
+            });
+        })
+    }
+
+    /// p ← p − ε·f, real by real (the bits of core's kick).
+    pub fn kick(&self, p: &mut Packed, f: &Packed, eps: f64) {
+        let f = f.0.reals();
+        let chunk = CHUNK_SITES * 18;
+        chunks_mut_when(SiteWork::Light.parallel(self.g.b * self.width), p.0.reals_mut(), chunk, |k, p| {
+            for (q, g) in p.iter_mut().zip(&f[k * chunk..]) {
+                *q += *g * -eps;
+            }
+        });
+    }
+}
+
+/// U ← exp(εP)·U for the links `u` and momenta `p` of a run of outer sites: each matrix's lanes
+/// unpacked into W algebra elements, exponentiated W at a time by core's `su3::exp_many` (the
+/// bits of `su3::exp`), packed back and multiplied onto U in the blocked layout (the bits of a
+/// per-site product).
+#[inline(always)]
+fn drift_from<const W: usize>(u: &mut [M<W>], p: &[M<W>], eps: f64, level: u8) {
+    let mut xs = [SuAlg::<3>::zero(); W];
+    let mut e = Line(zero::<W>());
+    for (u, q) in u.iter_mut().zip(p) {
+        unpack(q, bytemuck::cast_slice_mut(&mut xs), 18, level);
+        if eps != 1.0 {
+            for x in &mut xs {
+                *x = x.scale(eps);
+            }
+        }
+        let es = su3::exp_many(&xs);
+        pack_into(bytemuck::cast_slice(&es), |_| 0, 18, level, std::slice::from_mut(&mut e.0));
+        *u = prod::<W, false, false>(&e.0, u);
     }
 }
 
@@ -809,6 +1060,13 @@ macro_rules! variant {
                 out: &mut [M<W>],
             ) {
                 pack_into(uf, start, lane, level, out)
+            }
+
+            /// # Safety
+            /// The CPU must support the instruction set.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn drift<const W: usize>(u: &mut [M<W>], p: &[M<W>], eps: f64, level: u8) {
+                drift_from(u, p, eps, level)
             }
 
             /// # Safety

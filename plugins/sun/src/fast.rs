@@ -340,6 +340,19 @@ pub fn wilson_force<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAl
     wilson_force_with(lat, lat.stored(), u, w, f, level, shared);
 }
 
+/// The site-blocked layout [`wilson_force`] takes on `lat` (at [`force_level`], corners shared
+/// as it decides), or None where it takes the per-site kernels: HMC then keeps its fields in
+/// this layout for whole trajectories ([`crate::space::PackedSpace`]).
+pub fn blocked_layout<S: Sites + ?Sized>(lat: &S) -> Option<crate::blocked::Layout> {
+    let d = lat.dim();
+    if !(2..=MAX_DIM).contains(&d) {
+        return None;
+    }
+    let (shared, level) = (shares_corners(lat), runnable(force_level()));
+    let width = crate::blocked::lane_width(lat, level, shared)?;
+    Some(crate::blocked::Layout::new(lat, width, level, shared))
+}
+
 /// [`wilson_force`] by the per-site kernels alone (SIMD within each matrix), never the
 /// site-blocked ones: the same bits, for comparison benchmarks.
 pub fn wilson_force_per_site<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &mut [SuAlg<3>], level: u8) {
@@ -348,7 +361,7 @@ pub fn wilson_force_per_site<S: Sites + ?Sized>(lat: &S, u: &[Su3], w: f64, f: &
 
 /// Whether the force shares corner products between lower staples: when those of the *global*
 /// lattice take at most [`CORNERS_MAX_BYTES`] (see [`wilson_force`]).
-fn shares_corners<S: Sites + ?Sized>(lat: &S) -> bool {
+pub(crate) fn shares_corners<S: Sites + ?Sized>(lat: &S) -> bool {
     let d = lat.dim();
     lat.global_sites() * d * (d - 1) / 2 * std::mem::size_of::<Rows>() <= CORNERS_MAX_BYTES
 }

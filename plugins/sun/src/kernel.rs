@@ -32,7 +32,7 @@ pub struct Coefficients {
 
 impl Coefficients {
     /// β c0/N and β c1/N, the weights of Re Tr U_P and Re Tr U_R in −S.
-    fn weights(&self, n: usize) -> (f64, f64) {
+    pub(crate) fn weights(&self, n: usize) -> (f64, f64) {
         (self.beta * self.c0 / n as f64, self.beta * self.c1 / n as f64)
     }
 }

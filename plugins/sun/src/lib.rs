@@ -29,7 +29,7 @@
 pub mod blocked;
 pub mod fast;
 mod kernel;
-mod space;
+pub mod space;
 mod steps;
 
 use latflow_core::abi::{parse_config, HmcParams, ObservableSpec, PluginError, Start};
@@ -47,7 +47,8 @@ use latflow_core::{Lattice, Stream};
 use serde::Deserialize;
 
 pub use kernel::{Coefficients, SunGroup, MAX_LOOP_SIDE};
-pub use space::SunSpace;
+pub use space::{PackedSpace, SunSpace};
+use blocked::Packed;
 
 /// Runs `$body` with `$g` the group type of `$n` (2 → `Su2`, 3 → `Su3`); `$n` is validated
 /// when the theory is built.
@@ -150,6 +151,46 @@ impl Sun {
         self.lattice.volume() * self.lattice.dim()
     }
 
+    /// The site-blocked HMC space where the force takes the blocked kernels: SU(3), the Wilson
+    /// action, the lattice not split over ranks (see [`fast::blocked_layout`]).
+    pub fn packed_space(&self) -> Option<PackedSpace> {
+        if self.n != 3 || self.c1 != 0.0 || self.split.is_some() {
+            return None;
+        }
+        let layout = fast::blocked_layout(&self.lattice)?;
+        Some(PackedSpace::new(layout, self.lattice.dim(), self.lattice.volume()))
+    }
+
+    /// `n_traj` HMC trajectories with the fields in `space`'s blocked layout: `field` is packed
+    /// once and unpacked once (also after a failed trajectory, so that it holds the last
+    /// accepted links), with the bits of [`latflow_core::sdk::hmc_trajectories`].
+    pub fn packed_hmc(
+        &self,
+        space: &PackedSpace,
+        field: &mut Vec<f64>,
+        params: &HmcParams,
+        n_traj: u32,
+        rng: &mut Stream,
+    ) -> Result<Vec<latflow_core::abi::TrajectoryRecord>, PluginError> {
+        self.check_options(params)?;
+        let schedule = self.schedule(params, 1)?;
+        let mut action = LeveledAction::single(Box::new(PackedGaugeTerm { theory: self, space }));
+        let mut u = space.layout.pack(field);
+        let mut out = Vec::with_capacity(n_traj as usize);
+        let mut failed = None;
+        for _ in 0..n_traj {
+            match latflow_core::hmc::hmc_trajectory(space, &mut action, &mut u, &schedule, params.accept_reject, rng) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    failed = Some(latflow_core::sdk::hmc_error(e));
+                    break;
+                }
+            }
+        }
+        space.layout.unpack(&u, field);
+        failed.map_or(Ok(out), Err)
+    }
+
     fn check_loops(lattice: &Lattice, sizes: &[[i64; 2]]) -> Result<Vec<(usize, usize)>, PluginError> {
         let min_extent = *lattice.shape().iter().min().unwrap_or(&0);
         let mut loops: Vec<(usize, usize)> = Vec::with_capacity(sizes.len());
@@ -188,6 +229,30 @@ impl ActionTerm<SunSpace> for GaugeTerm<'_> {
     fn force(&self, u: &Vec<f64>, out: &mut Vec<f64>) -> Result<(), TermError> {
         let (lat, k) = (&self.theory.lattice, self.theory.coefficients());
         with_group!(self.theory.n, G => kernel::force::<G, _>(lat, links::<G>(u), k, algebra_mut::<G>(out)));
+        Ok(())
+    }
+}
+
+/// The SU(3) Wilson action as the one HMC term on site-blocked fields ([`PackedSpace`]): the
+/// force in the blocked layout, the action (twice a trajectory) from the flat links, so both
+/// have the bits of [`GaugeTerm`]'s.
+pub struct PackedGaugeTerm<'a> {
+    pub theory: &'a Sun,
+    pub space: &'a PackedSpace,
+}
+
+impl ActionTerm<PackedSpace> for PackedGaugeTerm<'_> {
+    fn name(&self) -> &str {
+        "gauge"
+    }
+
+    fn action(&self, u: &Packed) -> Result<f64, TermError> {
+        Ok(self.theory.action(&self.space.flat(u)))
+    }
+
+    fn force(&self, u: &Packed, out: &mut Packed) -> Result<(), TermError> {
+        let (w0, _) = self.theory.coefficients().weights(3);
+        self.space.layout.force(u, w0, out);
         Ok(())
     }
 }
@@ -246,6 +311,9 @@ impl Physics for Sun {
     ) -> Result<Vec<latflow_core::abi::TrajectoryRecord>, PluginError> {
         if self.split.is_some() {
             return self.split_hmc(field, params, n_traj, rng);
+        }
+        if let Some(space) = self.packed_space() {
+            return self.packed_hmc(&space, field, params, n_traj, rng);
         }
         latflow_core::sdk::hmc_trajectories(self, field, params, n_traj, rng)
     }

@@ -339,3 +339,71 @@ fn hmc_reproduces_the_4d_small_volume_plaquettes() {
         assert!(z.abs() < 4.0, "SU({n}) 4^4 beta {beta}: {m:?} vs {exact}({err}), z = {z}");
     }
 }
+
+/// HMC with its fields in the site-blocked layout ([`PackedSpace`]) gives the bits of the flat
+/// path (core's `hmc_trajectories` on [`SunSpace`]): the same records and the same links, for
+/// every lane width that splits the lattice, every compiled variant (the corners shared as the
+/// flat force decides: with or without them the sums differ in their last bits), every integrator (the force-gradient one also steps along the force), and on a
+/// lattice above the parallel threshold on one, two and three threads.
+#[test]
+fn packed_hmc_gives_the_bits_of_the_flat_path() {
+    let integrators = [IntegratorKind::Leapfrog, IntegratorKind::Omelyan2, IntegratorKind::ForceGradient];
+    let cases: [(&str, &[IntegratorKind], &[usize]); 4] = [
+        ("[2, 2, 4, 8]", &integrators, &[1]),
+        ("[4, 4, 4, 4]", &integrators[1..2], &[1]),
+        ("[3, 2, 6]", &integrators[..1], &[1]),
+        ("[2, 8, 8, 16]", &integrators[1..2], &[1, 2, 3]),
+    ];
+    for (shape, integrators, threads) in cases {
+        let t = theory(&format!(r#"{{"lattice": {shape}, "n": 3, "beta": 5.7}}"#));
+        let sun = t.physics();
+        let (d, v) = (sun.lattice.dim(), sun.lattice.volume());
+        let ext = *sun.lattice.shape().last().unwrap() as usize;
+        let start = hot(sun, 5);
+        for &integrator in integrators {
+            let p = params(integrator, 3, 0.3);
+            let mut want_field = start.clone();
+            let want = latflow_core::sdk::hmc_trajectories(sun, &mut want_field, &p, 3, &mut Stream::new(9, 0)).unwrap();
+            assert!(want.iter().any(|r| r.accepted), "{shape}: a test that accepts");
+            for width in [2usize, 4, 8].into_iter().filter(|w| ext.is_multiple_of(*w)) {
+                for level in 0..=fast::simd_level() {
+                    let shared = fast::shares_corners(&sun.lattice);
+                    let space = PackedSpace::new(blocked::Layout::new(&sun.lattice, width, level, shared), d, v);
+                    for &n in threads {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+                        let mut field = start.clone();
+                        let got = pool.install(|| sun.packed_hmc(&space, &mut field, &p, 3, &mut Stream::new(9, 0)));
+                        let case = format!("{shape} {integrator:?} width {width} level {level} shared {shared} threads {n}");
+                        assert!(got.unwrap() == want, "{case}: records");
+                        assert!(field == want_field, "{case}: links");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The dispatcher keeps HMC's fields blocked exactly where the force takes the blocked
+/// kernels: SU(3) with the Wilson action on a lattice whose fastest extent is even; the packed
+/// layout's pack and unpack are inverse.
+#[test]
+fn packed_space_is_taken_where_the_blocked_force_is() {
+    for (card, packed) in [
+        (r#"{"lattice": [4, 4, 4, 4], "n": 3, "beta": 5.7}"#, true),
+        (r#"{"lattice": [4, 4, 4, 3], "n": 3, "beta": 5.7}"#, false),
+        (r#"{"lattice": [4, 4, 4, 4], "n": 2, "beta": 2.3}"#, false),
+        (r#"{"lattice": [4, 4, 4, 4], "n": 3, "beta": 5.7, "action": "symanzik"}"#, false),
+    ] {
+        let t = theory(card);
+        let sun = t.physics();
+        let space = sun.packed_space();
+        assert_eq!(space.is_some(), packed, "{card}");
+        if let Some(space) = space {
+            let u = hot(sun, 3);
+            let mut back = vec![0.0; u.len()];
+            space.layout.unpack(&space.layout.pack(&u), &mut back);
+            assert!(back == u, "{card}");
+        }
+    }
+}
+
