@@ -58,7 +58,7 @@ use latflow_core::gauge::{GaugeGroup, LieAlgebra, Su3, SuAlg};
 use latflow_core::hmc::{ActionTerm, FieldSpace};
 use latflow_core::sdk::{Adapter, Physics};
 use latflow_sun::fast;
-use latflow_sun::{GaugeTerm, Sun};
+use latflow_sun::{GaugeTerm, PackedGaugeTerm, Sun};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
@@ -610,8 +610,39 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
             batches,
         );
         let e = links * ELEMENT_BYTES;
+        // the kernels HMC runs where it keeps its fields site-blocked (SU(3), Wilson action, an
+        // even fastest extent): no packing or write-back in the force
+        let mut packed = Vec::new();
+        if let Some(ps) = sun.packed_space() {
+            let pterm = PackedGaugeTerm { theory: sun, space: &ps };
+            let (mut pu, mut pp) = (ps.layout.pack(&u), ps.layout.pack(&p));
+            let mut pf = ps.zero_momentum();
+            let force = per_call(|| pterm.force(&pu, &mut pf).unwrap_or_else(|e| panic!("{e}")), batch, batches);
+            let mut sign = 1.0;
+            let step = per_call(
+                || {
+                    ps.step_field(&mut pu, &mut pp, sign * 0.05);
+                    sign = -sign;
+                },
+                batch,
+                batches,
+            );
+            let kick = per_call(|| ps.kick(&mut pp, &pf, 1e-9), batch, batches);
+            let width = ps.layout.width();
+            packed.push(kernel_figures(
+                &format!("force, blocked fields (W = {width})"),
+                l,
+                force,
+                v * force_flops_per_site(l),
+                2.0 * e,
+                lim,
+            ));
+            packed.push(plain_figures(&format!("step_field, blocked fields (W = {width})"), l, step, 3.0 * e));
+            packed.push(plain_figures(&format!("kick, blocked fields (W = {width})"), l, kick, 3.0 * e));
+        }
         json!([
             kernel_figures("force", l, force, v * force_flops_per_site(l), 2.0 * e, lim),
+            packed,
             kernel_figures("action", l, action, v * ACTION_FLOPS_PER_SITE, e, lim),
             plain_figures("step_field", l, step, 3.0 * e),
             plain_figures("momentum", l, refresh, e),
