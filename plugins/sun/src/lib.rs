@@ -167,7 +167,7 @@ impl Sun {
     pub fn packed_hmc(
         &self,
         space: &PackedSpace,
-        field: &mut Vec<f64>,
+        field: &mut [f64],
         params: &HmcParams,
         n_traj: u32,
         rng: &mut Stream,
