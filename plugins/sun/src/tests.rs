@@ -343,7 +343,8 @@ fn hmc_reproduces_the_4d_small_volume_plaquettes() {
 /// HMC with its fields in the site-blocked layout ([`PackedSpace`]) gives the bits of the flat
 /// path (core's `hmc_trajectories` on [`SunSpace`]): the same records and the same links, for
 /// every lane width that splits the lattice, every compiled variant (the corners shared as the
-/// flat force decides: with or without them the sums differ in their last bits), every integrator (the force-gradient one also steps along the force), and on a
+/// flat force decides: with or without them the sums differ in their last bits), the force
+/// written by plain or non-temporal stores, every integrator (the force-gradient one also steps along the force), and on a
 /// lattice above the parallel threshold on one, two and three threads.
 #[test]
 fn packed_hmc_gives_the_bits_of_the_flat_path() {
@@ -368,12 +369,15 @@ fn packed_hmc_gives_the_bits_of_the_flat_path() {
             for width in [2usize, 4, 8].into_iter().filter(|w| ext.is_multiple_of(*w)) {
                 for level in 0..=fast::simd_level() {
                     let shared = fast::shares_corners(&sun.lattice);
-                    let space = PackedSpace::new(blocked::Layout::new(&sun.lattice, width, level, shared), d, v);
-                    for &n in threads {
+                    let layout = blocked::Layout::new(&sun.lattice, width, level, shared);
+                    // the force written by plain and by non-temporal stores (the latter taken
+                    // with AVX-512 and 8 lanes, else the same plain path)
+                    for (stream, &n) in [false, true].into_iter().flat_map(|s| threads.iter().map(move |n| (s, n))) {
+                        let space = PackedSpace::new(layout.clone().streaming(stream), d, v);
                         let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
                         let mut field = start.clone();
                         let got = pool.install(|| sun.packed_hmc(&space, &mut field, &p, 3, &mut Stream::new(9, 0)));
-                        let case = format!("{shape} {integrator:?} width {width} level {level} shared {shared} threads {n}");
+                        let case = format!("{shape} {integrator:?} width {width} level {level} stream {stream} threads {n}");
                         assert!(got.unwrap() == want, "{case}: records");
                         assert!(field == want_field, "{case}: links");
                     }
