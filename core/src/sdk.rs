@@ -225,12 +225,23 @@ pub fn hmc_trajectories<P: Physics>(
     physics.check_options(params)?;
     let mut action = physics.action_levels(params)?;
     let schedule = physics.schedule(params, action.levels())?;
-    let space = physics.space();
-    let mut out = Vec::with_capacity(n_traj as usize);
-    for _ in 0..n_traj {
-        out.push(hmc_trajectory(&space, &mut action, field, &schedule, params.accept_reject, rng).map_err(hmc_error)?);
-    }
-    Ok(out)
+    run_trajectories(&physics.space(), &mut action, field, &schedule, params.accept_reject, n_traj, rng)
+}
+
+/// `n_traj` HMC trajectories of `u` in `space` under `action` and `schedule`, continuing `rng`:
+/// the records in order, or the first failure as a [`PluginError`] (see [`hmc_error`]), with
+/// `u` then holding the field of the last trajectory that ended. The loop of
+/// [`hmc_trajectories`], for a plugin that runs HMC in a field space of its own.
+pub fn run_trajectories<S: FieldSpace>(
+    space: &S,
+    action: &mut LeveledAction<'_, S>,
+    u: &mut S::Field,
+    schedule: &Schedule,
+    accept_reject: bool,
+    n_traj: u32,
+    rng: &mut Stream,
+) -> Result<Vec<TrajectoryRecord>, PluginError> {
+    (0..n_traj).map(|_| hmc_trajectory(space, action, u, schedule, accept_reject, rng).map_err(hmc_error)).collect()
 }
 
 /// The ABI [`Theory`] of a [`Physics`], with cached static facts and guarded calls.

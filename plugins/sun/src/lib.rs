@@ -157,8 +157,7 @@ impl Sun {
         if self.n != 3 || self.c1 != 0.0 || self.split.is_some() {
             return None;
         }
-        let layout = fast::blocked_layout(&self.lattice)?;
-        Some(PackedSpace::new(layout, self.lattice.dim(), self.lattice.volume()))
+        fast::blocked_layout(&self.lattice).map(PackedSpace::new)
     }
 
     /// `n_traj` HMC trajectories with the fields in `space`'s blocked layout: `field` is packed
@@ -176,19 +175,10 @@ impl Sun {
         let schedule = self.schedule(params, 1)?;
         let mut action = LeveledAction::single(Box::new(PackedGaugeTerm { theory: self, space }));
         let mut u = space.layout.pack(field);
-        let mut out = Vec::with_capacity(n_traj as usize);
-        let mut failed = None;
-        for _ in 0..n_traj {
-            match latflow_core::hmc::hmc_trajectory(space, &mut action, &mut u, &schedule, params.accept_reject, rng) {
-                Ok(r) => out.push(r),
-                Err(e) => {
-                    failed = Some(latflow_core::sdk::hmc_error(e));
-                    break;
-                }
-            }
-        }
+        let records =
+            latflow_core::sdk::run_trajectories(space, &mut action, &mut u, &schedule, params.accept_reject, n_traj, rng);
         space.layout.unpack(&u, field);
-        failed.map_or(Ok(out), Err)
+        records
     }
 
     fn check_loops(lattice: &Lattice, sizes: &[[i64; 2]]) -> Result<Vec<(usize, usize)>, PluginError> {

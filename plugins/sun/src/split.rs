@@ -36,8 +36,8 @@ use latflow_core::comm::CommBox;
 use latflow_core::gauge::domain::{CommCount, Domain, DomainLinkSpace, DomainSites};
 use latflow_core::gauge::flat::{reals, view};
 use latflow_core::gauge::{Neighbours, Su2, Su3};
-use latflow_core::hmc::{hmc_trajectory, ActionTerm, LeveledAction, Schedule, TermError};
-use latflow_core::sdk::{hmc_error, Physics};
+use latflow_core::hmc::{ActionTerm, LeveledAction, Schedule, TermError};
+use latflow_core::sdk::{run_trajectories, Physics};
 use latflow_core::{ErrorKind, Stream};
 
 use crate::kernel::{self, Coefficients, SunGroup};
@@ -193,9 +193,7 @@ impl Sun {
         s.with_stored::<G, _>(field, |sites, u| {
             let space = DomainLinkSpace::<G>::new(sites.domain, sites.comm, sites.count);
             let mut action = LeveledAction::single(Box::new(SplitGauge { sites, k }));
-            (0..n_traj)
-                .map(|_| hmc_trajectory(&space, &mut action, u, schedule, params.accept_reject, rng).map_err(hmc_error))
-                .collect()
+            run_trajectories(&space, &mut action, u, schedule, params.accept_reject, n_traj, rng)
         })?
     }
 }
