@@ -663,6 +663,16 @@ impl Layout {
         self.width
     }
 
+    /// The lattice's dimension.
+    pub fn dim(&self) -> usize {
+        self.g.d
+    }
+
+    /// The lattice's sites.
+    pub fn sites(&self) -> usize {
+        self.g.b * self.width
+    }
+
     /// Reals per field: 18 per link.
     pub fn reals(&self) -> usize {
         self.g.matrices() * self.width * 18

@@ -88,11 +88,10 @@ pub struct PackedSpace {
 }
 
 impl PackedSpace {
-    /// The space of SU(3) links in `dim` directions on `sites` sites, blocked by `layout` (of the
-    /// same lattice).
-    pub fn new(layout: Layout, dim: usize, sites: usize) -> Self {
-        assert_eq!(layout.reals(), dim * sites * 18, "a layout of the same lattice");
-        Self { layout, flat: FlatLinkSpace::new(dim, sites) }
+    /// The space of SU(3) links on the lattice of `layout`, blocked by it.
+    pub fn new(layout: Layout) -> Self {
+        let flat = FlatLinkSpace::new(layout.dim(), layout.sites());
+        Self { layout, flat }
     }
 
     /// `p` in the flat layout (`[site][μ]`, 18 reals each).

@@ -358,7 +358,6 @@ fn packed_hmc_gives_the_bits_of_the_flat_path() {
     for (shape, integrators, threads) in cases {
         let t = theory(&format!(r#"{{"lattice": {shape}, "n": 3, "beta": 5.7}}"#));
         let sun = t.physics();
-        let (d, v) = (sun.lattice.dim(), sun.lattice.volume());
         let ext = *sun.lattice.shape().last().unwrap() as usize;
         let start = hot(sun, 5);
         for &integrator in integrators {
@@ -373,7 +372,7 @@ fn packed_hmc_gives_the_bits_of_the_flat_path() {
                     // the force written by plain and by non-temporal stores (the latter taken
                     // with AVX-512 and 8 lanes, else the same plain path)
                     for (stream, &n) in [false, true].into_iter().flat_map(|s| threads.iter().map(move |n| (s, n))) {
-                        let space = PackedSpace::new(layout.clone().streaming(stream), d, v);
+                        let space = PackedSpace::new(layout.clone().streaming(stream));
                         let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
                         let mut field = start.clone();
                         let got = pool.install(|| sun.packed_hmc(&space, &mut field, &p, 3, &mut Stream::new(9, 0)));
