@@ -196,6 +196,20 @@ fn thread_cpu_s() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
+/// [`per_call`] of a drift `step(ε)`, ε alternating between +0.05 and −0.05 so that the field
+/// stays where it started.
+fn per_drift(mut step: impl FnMut(f64), batch_s: f64, batches: usize) -> (f64, f64) {
+    let mut eps = 0.05;
+    per_call(
+        || {
+            step(eps);
+            eps = -eps;
+        },
+        batch_s,
+        batches,
+    )
+}
+
 /// Per-call times of `f` on this thread: batches of about `batch_s` seconds, `batches` of
 /// them; returns (median, min) seconds of thread CPU time per call (see [`thread_cpu_s`]).
 fn per_call(mut f: impl FnMut(), batch_s: f64, batches: usize) -> (f64, f64) {
@@ -562,15 +576,7 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
             );
             let mut v3: Vec<Su3> = u3.to_vec();
             let p3: Vec<SuAlg<3>> = bytemuck::cast_slice(&p[..]).to_vec();
-            let mut sign = 1.0;
-            let step = per_call(
-                || {
-                    fast::step_links(&mut v3, &p3, 4, sign * 0.05, level);
-                    sign = -sign;
-                },
-                batch,
-                batches,
-            );
+            let step = per_drift(|eps| fast::step_links(&mut v3, &p3, 4, eps, level), batch, batches);
             let e = links * ELEMENT_BYTES;
             variants.push(plain_figures(&format!("step_field[{name}]"), l, step, 3.0 * e));
             variants.push(kernel_figures(
@@ -591,15 +597,7 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
             ));
             variants.push(kernel_figures(&format!("action[{name}]"), l, action, v * ACTION_FLOPS_PER_SITE, e, lim));
         }
-        let mut sign = 1.0;
-        let step = per_call(
-            || {
-                space.step_field(&mut u, &mut p, sign * 0.05);
-                sign = -sign;
-            },
-            batch,
-            batches,
-        );
+        let step = per_drift(|eps| space.step_field(&mut u, &mut p, eps), batch, batches);
         let refresh = per_call(|| drop(black_box(space.sample_momentum(&u, &mut rng))), batch, batches);
         let kick = per_call(|| space.kick(&mut p, &f, 1e-9), batch, batches);
         let kinetic = per_call(
@@ -618,15 +616,7 @@ fn kernel_report(l: usize, lim: &Limits, quick: bool) -> Value {
             let (mut pu, mut pp) = (ps.layout.pack(&u), ps.layout.pack(&p));
             let mut pf = ps.zero_momentum();
             let force = per_call(|| pterm.force(&pu, &mut pf).unwrap_or_else(|e| panic!("{e}")), batch, batches);
-            let mut sign = 1.0;
-            let step = per_call(
-                || {
-                    ps.step_field(&mut pu, &mut pp, sign * 0.05);
-                    sign = -sign;
-                },
-                batch,
-                batches,
-            );
+            let step = per_drift(|eps| ps.step_field(&mut pu, &mut pp, eps), batch, batches);
             let kick = per_call(|| ps.kick(&mut pp, &pf, 1e-9), batch, batches);
             let width = ps.layout.width();
             packed.push(kernel_figures(
